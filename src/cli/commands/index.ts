@@ -1,0 +1,9 @@
+import type { Command } from 'commander';
+
+/**
+ * Each area of vmlift adds its command group here: one module per group in this folder,
+ * exporting `register(program)`. Keep this list the only place that knows them all.
+ */
+export function registerCommands(program: Command): void {
+  void program;
+}

@@ -1,0 +1,123 @@
+/**
+ * The image store's contract with the receiver (and the `vmlift image` CLI).
+ *
+ * A *source* (one VM or one agent machine; id matches [a-z0-9-]) has *images*; each image is a
+ * full point-in-time image of each of the source's disks (numbered 0..n-1). A *cycle* builds the
+ * next image by applying extents onto the previous image copy-on-write; nothing of a cycle is
+ * visible as an image until `commit` returns.
+ */
+
+export interface DiskSpec {
+  /** Disk number within the source, 0-based. */
+  disk: number;
+  /** Capacity in bytes (a multiple of 512). */
+  capacity: number;
+  /** Free-form label (device path, VMware disk label); informational. */
+  label?: string;
+}
+
+export interface ImageDiskInfo extends DiskSpec {
+  /** Bytes of the disk that are not holes. */
+  allocatedBytes: number;
+  /** Number of chunk references (non-hole chunks) in this disk's index. */
+  chunkCount: number;
+}
+
+export interface ImageInfo {
+  sourceId: string;
+  /** Image id: a sequence number, increasing per source, as a decimal string (`"1"`, `"2"`, ...). */
+  imageId: string;
+  seq: number;
+  /** ISO time the image was committed. */
+  committedAt: string;
+  /** Id of the cycle that produced it. */
+  cycleId: string;
+  /** Image this one was built on, or null for a first (full) cycle. */
+  baseImageId: string | null;
+  disks: ImageDiskInfo[];
+  /** Free-form metadata the sender attached at commit (e.g. CBT changeIds, snapshot name). */
+  meta: Record<string, unknown>;
+}
+
+/** A byte range of one disk. */
+export interface Range { offset: number; length: number }
+
+export interface HeldRanges {
+  disk: number;
+  /** Ranges durably applied in this open cycle, sorted and coalesced. */
+  ranges: Range[];
+}
+
+export interface BeginCycleOptions {
+  sourceId: string;
+  /** Sender-chosen id of the cycle ([a-z0-9-]); beginning an existing open cycle resumes it. */
+  cycleId: string;
+  disks: DiskSpec[];
+  /** Build on this image (default: the source's newest). `null` forces a cycle from empty disks. */
+  baseImageId?: string | null;
+}
+
+export interface CommitOptions {
+  /** Attached to the image as `meta`. */
+  meta?: Record<string, unknown>;
+  /**
+   * Ranges (per disk) the sender says it sent; commit refuses (StoreError 'MISSING_EXTENTS')
+   * when any of them is not held.
+   */
+  expected?: HeldRanges[];
+}
+
+export interface CycleWriter {
+  readonly sourceId: string;
+  readonly cycleId: string;
+  readonly disks: readonly DiskSpec[];
+  readonly baseImageId: string | null;
+  /**
+   * Apply `length` bytes at `offset` of `disk`. `data` null means all zeros.
+   * Throws StoreError 'OUT_OF_RANGE' past the disk's capacity, 'BAD_DISK' for an unknown disk.
+   * Concurrent calls are allowed; overlapping calls are applied in call order.
+   */
+  writeExtent(disk: number, offset: number, length: number, data: Uint8Array | null): Promise<void>;
+  /** Make everything written so far durable and reported by `held()`. */
+  flush(): Promise<void>;
+  /** What this cycle durably holds (after the last flush), also after a crash and reopen. */
+  held(): Promise<HeldRanges[]>;
+  /** Atomically publish the cycle as the source's next image. */
+  commit(opts?: CommitOptions): Promise<ImageInfo>;
+  /** Drop the cycle; the previous image stays as it was. */
+  abort(): Promise<void>;
+}
+
+export interface ImageStore {
+  readonly root: string;
+  beginCycle(opts: BeginCycleOptions): Promise<CycleWriter>;
+  /** Open cycles of a source (left by a crash or a broken connection). */
+  openCycles(sourceId: string): Promise<string[]>;
+  listSources(): Promise<string[]>;
+  listImages(sourceId: string): Promise<ImageInfo[]>;
+  getImage(sourceId: string, imageId: string): Promise<ImageInfo>;
+  /** Read bytes of a committed image (holes read as zeros). */
+  readImage(sourceId: string, imageId: string, disk: number, offset: number, length: number): Promise<Buffer>;
+  /** Re-hash every chunk of an image; lists bad chunks. Pins the image while it runs. */
+  verify(sourceId: string, imageId: string): Promise<{ ok: boolean; chunks: number; bad: { disk: number; offset: number; reason: string }[] }>;
+  /** Export one disk of an image. Pins the image while it runs. Never leaves a partial file at `output`. */
+  export(sourceId: string, imageId: string, disk: number, format: 'raw' | 'qcow2' | 'vmdk', output: string): Promise<void>;
+  /** Delete an image (refused while pinned by an export or verify). */
+  removeImage(sourceId: string, imageId: string): Promise<void>;
+  /** Keep at most `maxImages` (1–10) images of the source, then collect garbage. Returns the removed image ids. */
+  applyRetention(sourceId: string, maxImages: number): Promise<string[]>;
+  /** Mark and sweep chunks no index or open cycle references. Safe while cycles run. */
+  gc(): Promise<{ removedChunks: number; removedBytes: number }>;
+  /** Chunk totals for `image ls`: logical bytes referenced vs stored bytes (dedup ratio). */
+  stats(): Promise<{ logicalBytes: number; storedBytes: number; chunks: number; dedupRatio: number }>;
+  close(): Promise<void>;
+}
+
+export class StoreError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'StoreError';
+    this.code = code;
+  }
+}
