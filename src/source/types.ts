@@ -1,0 +1,29 @@
+/**
+ * The contract every disk reader implements (DESIGN.md, "BlockSource").
+ * Implementations: local (file / block device), nbd, vddk, http-datastore.
+ */
+
+export interface SourceExtent {
+  offset: number;
+  length: number;
+  /** false: a hole / unallocated or known-zero area; true: data (may still contain zeros). */
+  data: boolean;
+}
+
+export interface BlockSource {
+  /** The URI or path the source was opened from (credentials removed). */
+  readonly uri: string;
+  /** 'local' | 'nbd' | 'vddk' | 'http-datastore' */
+  readonly transport: string;
+  /** Capacity in bytes. */
+  readonly capacity: number;
+  /** Largest length one read() may ask for. */
+  readonly maxReadSize: number;
+  /** Reads the caller may keep in flight at once. */
+  readonly maxInFlight: number;
+  /** Exactly `length` bytes at `offset` (offset + length <= capacity), or a thrown error naming the offset and cause. */
+  read(offset: number, length: number): Promise<Buffer>;
+  /** Allocated / hole map of [offset, offset+length) (default: the whole disk), in order, when the transport knows it. */
+  extents?(offset?: number, length?: number): AsyncIterable<SourceExtent>;
+  close(): Promise<void>;
+}
