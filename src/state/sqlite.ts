@@ -1,0 +1,274 @@
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import {
+  StateError, WORKGROUP_MAX_MEMBERS,
+  type CycleRecord, type DiskRecord, type JobRecord, type JobSettings, type NewJob, type StateStore,
+  type TemplateRecord, type WorkgroupRecord,
+} from './types.ts';
+
+const SCHEMA_VERSION = 1;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, vm_ref TEXT, source_id TEXT NOT NULL,
+  settings TEXT NOT NULL, state TEXT NOT NULL, resume_state TEXT, error TEXT, workgroup_id TEXT,
+  next_sync_at TEXT, sync_requested INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS disks (
+  job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, disk_key INTEGER NOT NULL,
+  label TEXT NOT NULL, capacity INTEGER NOT NULL, change_id TEXT, PRIMARY KEY (job_id, disk_key)
+);
+CREATE TABLE IF NOT EXISTS cycles (
+  id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, seq INTEGER NOT NULL,
+  kind TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, snapshot_name TEXT, image_id TEXT,
+  started_at TEXT NOT NULL, ended_at TEXT, source_bytes_read INTEGER NOT NULL DEFAULT 0,
+  wire_bytes INTEGER NOT NULL DEFAULT 0, changed_bytes INTEGER NOT NULL DEFAULT 0, error TEXT,
+  UNIQUE (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS workgroups (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS templates (name TEXT PRIMARY KEY, settings TEXT NOT NULL, created_at TEXT NOT NULL);
+`;
+
+interface JobRow {
+  id: string; name: string; kind: string; vm_ref: string | null; source_id: string; settings: string;
+  state: string; resume_state: string | null; error: string | null; workgroup_id: string | null;
+  next_sync_at: string | null; sync_requested: number; created_at: string; updated_at: string;
+}
+interface CycleRow {
+  id: string; job_id: string; seq: number; kind: string; state: string; reason: string | null;
+  snapshot_name: string | null; image_id: string | null; started_at: string; ended_at: string | null;
+  source_bytes_read: number; wire_bytes: number; changed_bytes: number; error: string | null;
+}
+
+const now = (): string => new Date().toISOString();
+
+function jobFromRow(r: JobRow): JobRecord {
+  return {
+    id: r.id, name: r.name, kind: r.kind as JobRecord['kind'], vmRef: r.vm_ref, sourceId: r.source_id,
+    settings: JSON.parse(r.settings) as JobSettings, state: r.state as JobRecord['state'],
+    resumeState: r.resume_state as JobRecord['resumeState'], error: r.error ? JSON.parse(r.error) : null,
+    workgroupId: r.workgroup_id, nextSyncAt: r.next_sync_at, syncRequested: r.sync_requested === 1,
+    createdAt: r.created_at, updatedAt: r.updated_at,
+  };
+}
+
+function cycleFromRow(r: CycleRow): CycleRecord {
+  return {
+    id: r.id, jobId: r.job_id, seq: r.seq, kind: r.kind as CycleRecord['kind'], state: r.state as CycleRecord['state'],
+    reason: r.reason, snapshotName: r.snapshot_name, imageId: r.image_id, startedAt: r.started_at, endedAt: r.ended_at,
+    sourceBytesRead: r.source_bytes_read, wireBytes: r.wire_bytes, changedBytes: r.changed_bytes, error: r.error,
+  };
+}
+
+/** SQLite (WAL, synchronous=FULL so a committed transaction survives power loss) state store. */
+export class SqliteStateStore implements StateStore {
+  private readonly db: Database.Database;
+
+  constructor(readonly path: string) {
+    mkdirSync(dirname(path), { recursive: true });
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    const version = this.db.pragma('user_version', { simple: true }) as number;
+    if (version > SCHEMA_VERSION) {
+      throw new StateError('SCHEMA_NEWER', `state database ${path} was written by a newer vmlift (schema ${version} > ${SCHEMA_VERSION}); upgrade vmlift`);
+    }
+    this.db.exec(SCHEMA);
+    this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  }
+
+  createJob(job: NewJob): JobRecord {
+    const t = now();
+    try {
+      this.db.prepare(`INSERT INTO jobs (id, name, kind, vm_ref, source_id, settings, state, created_at, updated_at)
+        VALUES (?, ?, ?, ?, ?, ?, 'created', ?, ?)`).run(job.id, job.name, job.kind, job.vmRef, job.sourceId, JSON.stringify(job.settings), t, t);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new StateError('JOB_EXISTS', `job ${job.id} already exists`);
+      throw e;
+    }
+    return this.mustJob(job.id);
+  }
+
+  getJob(id: string): JobRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as JobRow | undefined;
+    return r ? jobFromRow(r) : undefined;
+  }
+
+  listJobs(): JobRecord[] {
+    return (this.db.prepare('SELECT * FROM jobs ORDER BY created_at, id').all() as JobRow[]).map(jobFromRow);
+  }
+
+  updateJob(id: string, patch: Partial<Omit<JobRecord, 'id' | 'createdAt'>>): JobRecord {
+    const cols: Record<string, unknown> = {};
+    if (patch.name !== undefined) cols.name = patch.name;
+    if (patch.kind !== undefined) cols.kind = patch.kind;
+    if (patch.vmRef !== undefined) cols.vm_ref = patch.vmRef;
+    if (patch.sourceId !== undefined) cols.source_id = patch.sourceId;
+    if (patch.settings !== undefined) cols.settings = JSON.stringify(patch.settings);
+    if (patch.state !== undefined) cols.state = patch.state;
+    if (patch.resumeState !== undefined) cols.resume_state = patch.resumeState;
+    if (patch.error !== undefined) cols.error = patch.error === null ? null : JSON.stringify(patch.error);
+    if (patch.workgroupId !== undefined) cols.workgroup_id = patch.workgroupId;
+    if (patch.nextSyncAt !== undefined) cols.next_sync_at = patch.nextSyncAt;
+    if (patch.syncRequested !== undefined) cols.sync_requested = patch.syncRequested ? 1 : 0;
+    cols.updated_at = now();
+    const names = Object.keys(cols);
+    const info = this.db.prepare(`UPDATE jobs SET ${names.map((n) => `${n} = @${n}`).join(', ')} WHERE id = @id`).run({ ...cols, id });
+    if (info.changes === 0) throw new StateError('NO_JOB', `no job ${id}`);
+    return this.mustJob(id);
+  }
+
+  deleteJob(id: string): void {
+    this.db.prepare('DELETE FROM jobs WHERE id = ?').run(id);
+  }
+
+  setDisks(jobId: string, disks: Omit<DiskRecord, 'jobId'>[]): void {
+    const upsert = this.db.prepare(`INSERT INTO disks (job_id, disk_key, label, capacity, change_id) VALUES (?, ?, ?, ?, ?)
+      ON CONFLICT (job_id, disk_key) DO UPDATE SET label = excluded.label, capacity = excluded.capacity`);
+    const keys = new Set(disks.map((d) => d.diskKey));
+    this.db.transaction(() => {
+      for (const d of disks) upsert.run(jobId, d.diskKey, d.label, d.capacity, d.changeId);
+      for (const old of this.getDisks(jobId)) {
+        if (!keys.has(old.diskKey)) this.db.prepare('DELETE FROM disks WHERE job_id = ? AND disk_key = ?').run(jobId, old.diskKey);
+      }
+    })();
+  }
+
+  getDisks(jobId: string): DiskRecord[] {
+    const rows = this.db.prepare('SELECT * FROM disks WHERE job_id = ? ORDER BY disk_key').all(jobId) as
+      { job_id: string; disk_key: number; label: string; capacity: number; change_id: string | null }[];
+    return rows.map((r) => ({ jobId: r.job_id, diskKey: r.disk_key, label: r.label, capacity: r.capacity, changeId: r.change_id }));
+  }
+
+  startCycle(c: Pick<CycleRecord, 'id' | 'jobId' | 'kind' | 'reason' | 'snapshotName'>): CycleRecord {
+    this.db.transaction(() => {
+      const { seq } = this.db.prepare('SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM cycles WHERE job_id = ?').get(c.jobId) as { seq: number };
+      this.db.prepare(`INSERT INTO cycles (id, job_id, seq, kind, state, reason, snapshot_name, started_at)
+        VALUES (?, ?, ?, ?, 'running', ?, ?, ?)`).run(c.id, c.jobId, seq, c.kind, c.reason, c.snapshotName, now());
+    })();
+    return this.mustCycle(c.id);
+  }
+
+  updateCycle(id: string, patch: Partial<Pick<CycleRecord, 'sourceBytesRead' | 'wireBytes' | 'changedBytes' | 'snapshotName'>>): void {
+    const c = this.mustCycle(id);
+    this.db.prepare(`UPDATE cycles SET source_bytes_read = ?, wire_bytes = ?, changed_bytes = ?, snapshot_name = ? WHERE id = ?`)
+      .run(patch.sourceBytesRead ?? c.sourceBytesRead, patch.wireBytes ?? c.wireBytes, patch.changedBytes ?? c.changedBytes,
+        patch.snapshotName ?? c.snapshotName, id);
+  }
+
+  commitCycle(id: string, imageId: string, changeIds: { diskKey: number; changeId: string | null }[]): CycleRecord {
+    this.db.transaction(() => {
+      const c = this.mustCycle(id);
+      if (c.state !== 'running') throw new StateError('CYCLE_NOT_RUNNING', `cycle ${id} is ${c.state}, not running`);
+      this.db.prepare(`UPDATE cycles SET state = 'committed', image_id = ?, ended_at = ? WHERE id = ?`).run(imageId, now(), id);
+      const set = this.db.prepare('UPDATE disks SET change_id = ? WHERE job_id = ? AND disk_key = ?');
+      for (const d of changeIds) {
+        if (set.run(d.changeId, c.jobId, d.diskKey).changes === 0) {
+          throw new StateError('NO_DISK', `job ${c.jobId} has no disk ${d.diskKey}`);
+        }
+      }
+    })();
+    return this.mustCycle(id);
+  }
+
+  failCycle(id: string, error: string): CycleRecord {
+    this.db.prepare(`UPDATE cycles SET state = 'failed', error = ?, ended_at = ? WHERE id = ? AND state = 'running'`).run(error, now(), id);
+    return this.mustCycle(id);
+  }
+
+  listCycles(jobId: string, limit = 20): CycleRecord[] {
+    return (this.db.prepare('SELECT * FROM cycles WHERE job_id = ? ORDER BY seq DESC LIMIT ?').all(jobId, limit) as CycleRow[]).map(cycleFromRow);
+  }
+
+  runningCycles(): CycleRecord[] {
+    return (this.db.prepare(`SELECT * FROM cycles WHERE state = 'running' ORDER BY started_at`).all() as CycleRow[]).map(cycleFromRow);
+  }
+
+  createWorkgroup(id: string, name: string): WorkgroupRecord {
+    try {
+      this.db.prepare('INSERT INTO workgroups (id, name, created_at) VALUES (?, ?, ?)').run(id, name, now());
+    } catch (e) {
+      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new StateError('WORKGROUP_EXISTS', `workgroup ${id} already exists`);
+      throw e;
+    }
+    return this.getWorkgroup(id)!;
+  }
+
+  getWorkgroup(id: string): WorkgroupRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM workgroups WHERE id = ?').get(id) as { id: string; name: string; created_at: string } | undefined;
+    if (!r) return undefined;
+    const members = (this.db.prepare('SELECT id FROM jobs WHERE workgroup_id = ? ORDER BY id').all(id) as { id: string }[]).map((m) => m.id);
+    return { id: r.id, name: r.name, createdAt: r.created_at, members };
+  }
+
+  listWorkgroups(): WorkgroupRecord[] {
+    return (this.db.prepare('SELECT id FROM workgroups ORDER BY id').all() as { id: string }[]).map((r) => this.getWorkgroup(r.id)!);
+  }
+
+  addToWorkgroup(workgroupId: string, jobId: string): void {
+    this.db.transaction(() => {
+      const wg = this.getWorkgroup(workgroupId);
+      if (!wg) throw new StateError('NO_WORKGROUP', `no workgroup ${workgroupId}`);
+      const job = this.mustJob(jobId);
+      if (job.workgroupId === workgroupId) return;
+      if (job.workgroupId) throw new StateError('IN_OTHER_WORKGROUP', `job ${jobId} already belongs to workgroup ${job.workgroupId}; remove it there first`);
+      if (wg.members.length >= WORKGROUP_MAX_MEMBERS) {
+        throw new StateError('WORKGROUP_FULL', `workgroup ${workgroupId} already holds ${WORKGROUP_MAX_MEMBERS} sources, the most a workgroup can hold; create another workgroup`);
+      }
+      this.db.prepare('UPDATE jobs SET workgroup_id = ?, updated_at = ? WHERE id = ?').run(workgroupId, now(), jobId);
+    })();
+  }
+
+  removeFromWorkgroup(workgroupId: string, jobId: string): void {
+    this.db.prepare('UPDATE jobs SET workgroup_id = NULL, updated_at = ? WHERE id = ? AND workgroup_id = ?').run(now(), jobId, workgroupId);
+  }
+
+  deleteWorkgroup(id: string): void {
+    this.db.transaction(() => {
+      this.db.prepare('UPDATE jobs SET workgroup_id = NULL WHERE workgroup_id = ?').run(id);
+      this.db.prepare('DELETE FROM workgroups WHERE id = ?').run(id);
+    })();
+  }
+
+  putTemplate(name: string, settings: Partial<JobSettings>): TemplateRecord {
+    this.db.prepare(`INSERT INTO templates (name, settings, created_at) VALUES (?, ?, ?)
+      ON CONFLICT (name) DO UPDATE SET settings = excluded.settings`).run(name, JSON.stringify(settings), now());
+    return this.getTemplate(name)!;
+  }
+
+  getTemplate(name: string): TemplateRecord | undefined {
+    const r = this.db.prepare('SELECT * FROM templates WHERE name = ?').get(name) as { name: string; settings: string; created_at: string } | undefined;
+    return r ? { name: r.name, settings: JSON.parse(r.settings), createdAt: r.created_at } : undefined;
+  }
+
+  listTemplates(): TemplateRecord[] {
+    return (this.db.prepare('SELECT name FROM templates ORDER BY name').all() as { name: string }[]).map((r) => this.getTemplate(r.name)!);
+  }
+
+  deleteTemplate(name: string): void {
+    this.db.prepare('DELETE FROM templates WHERE name = ?').run(name);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  private mustJob(id: string): JobRecord {
+    const j = this.getJob(id);
+    if (!j) throw new StateError('NO_JOB', `no job ${id}`);
+    return j;
+  }
+
+  private mustCycle(id: string): CycleRecord {
+    const r = this.db.prepare('SELECT * FROM cycles WHERE id = ?').get(id) as CycleRow | undefined;
+    if (!r) throw new StateError('NO_CYCLE', `no cycle ${id}`);
+    return cycleFromRow(r);
+  }
+}
+
+export function openStateStore(path: string): StateStore {
+  return new SqliteStateStore(path);
+}

@@ -1,0 +1,148 @@
+/**
+ * Durable state of the connector (jobs, cycles, disks' change ids, workgroups, templates) behind
+ * an interface; SQLite in WAL mode is the embedded default (src/state/sqlite.ts).
+ */
+
+export const JOB_STATES = ['created', 'syncing', 'waiting', 'paused', 'completing', 'completed', 'error'] as const;
+export type JobState = (typeof JOB_STATES)[number];
+
+export const TRANSPORTS = ['auto', 'vddk', 'nbd', 'http'] as const;
+export type Transport = (typeof TRANSPORTS)[number];
+
+export interface JobSettings {
+  /** Seconds between the starts of two automatic cycles: 3600 (1 h) – 604800 (7 days). */
+  intervalSeconds: number;
+  /** Images kept on the receiver: 1–10. */
+  maxImages: number;
+  /** 0 = none, 1–10; default 7. */
+  compression: number;
+  /** Wire bandwidth limit in Mbps; 0 = unlimited. */
+  bandwidthMbps: number;
+  /** Verify the committed image against digests computed at the source. */
+  checksum: boolean;
+  /** Quiesce the guest file systems when snapshotting (VMware Tools). */
+  quiesce: boolean;
+  transport: Transport;
+  /** Run incremental cycles on the interval automatically. */
+  autoSync: boolean;
+}
+
+export interface JobError {
+  step: string;
+  message: string;
+  at: string;
+  /** Consecutive failed attempts. */
+  attempts: number;
+}
+
+export interface JobRecord {
+  id: string;
+  name: string;
+  kind: 'vm' | 'agent';
+  /** vCenter managed object id of the VM (`vm-42`) for kind 'vm'. */
+  vmRef: string | null;
+  /** Receiver source id the job writes to. */
+  sourceId: string;
+  settings: JobSettings;
+  state: JobState;
+  /** State to return to after `paused` / `error` is cleared. */
+  resumeState: JobState | null;
+  error: JobError | null;
+  workgroupId: string | null;
+  nextSyncAt: string | null;
+  /** The user asked for a sync now. */
+  syncRequested: boolean;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface DiskRecord {
+  jobId: string;
+  /** vSphere device key (e.g. 2000) or the agent's device number. */
+  diskKey: number;
+  label: string;
+  capacity: number;
+  /** changeId recorded by the last committed cycle; null before the first. */
+  changeId: string | null;
+}
+
+export type CycleKind = 'full' | 'incremental' | 'final';
+export type CycleState = 'running' | 'committed' | 'failed';
+
+export interface CycleRecord {
+  id: string;
+  jobId: string;
+  seq: number;
+  kind: CycleKind;
+  state: CycleState;
+  reason: string | null;
+  snapshotName: string | null;
+  imageId: string | null;
+  startedAt: string;
+  endedAt: string | null;
+  sourceBytesRead: number;
+  wireBytes: number;
+  changedBytes: number;
+  error: string | null;
+}
+
+export interface WorkgroupRecord {
+  id: string;
+  name: string;
+  createdAt: string;
+  members: string[];
+}
+
+export interface TemplateRecord {
+  name: string;
+  settings: Partial<JobSettings>;
+  createdAt: string;
+}
+
+export type NewJob = Pick<JobRecord, 'id' | 'name' | 'kind' | 'vmRef' | 'sourceId' | 'settings'>;
+
+export interface StateStore {
+  createJob(job: NewJob): JobRecord;
+  getJob(id: string): JobRecord | undefined;
+  listJobs(): JobRecord[];
+  updateJob(id: string, patch: Partial<Omit<JobRecord, 'id' | 'createdAt'>>): JobRecord;
+  deleteJob(id: string): void;
+
+  setDisks(jobId: string, disks: Omit<DiskRecord, 'jobId'>[]): void;
+  getDisks(jobId: string): DiskRecord[];
+
+  startCycle(c: Pick<CycleRecord, 'id' | 'jobId' | 'kind' | 'reason' | 'snapshotName'>): CycleRecord;
+  updateCycle(id: string, patch: Partial<Pick<CycleRecord, 'sourceBytesRead' | 'wireBytes' | 'changedBytes' | 'snapshotName'>>): void;
+  /** One transaction: the cycle becomes committed with its image and every disk's new changeId is recorded. */
+  commitCycle(id: string, imageId: string, changeIds: { diskKey: number; changeId: string | null }[]): CycleRecord;
+  failCycle(id: string, error: string): CycleRecord;
+  listCycles(jobId: string, limit?: number): CycleRecord[];
+  /** Cycles left `running` by a crash. */
+  runningCycles(): CycleRecord[];
+
+  createWorkgroup(id: string, name: string): WorkgroupRecord;
+  getWorkgroup(id: string): WorkgroupRecord | undefined;
+  listWorkgroups(): WorkgroupRecord[];
+  addToWorkgroup(workgroupId: string, jobId: string): void;
+  removeFromWorkgroup(workgroupId: string, jobId: string): void;
+  deleteWorkgroup(id: string): void;
+
+  putTemplate(name: string, settings: Partial<JobSettings>): TemplateRecord;
+  getTemplate(name: string): TemplateRecord | undefined;
+  listTemplates(): TemplateRecord[];
+  deleteTemplate(name: string): void;
+
+  close(): void;
+}
+
+/** At most this many sources in one workgroup (DESIGN.md). */
+export const WORKGROUP_MAX_MEMBERS = 50;
+
+export class StateError extends Error {
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = 'StateError';
+    this.code = code;
+  }
+}
