@@ -1,0 +1,222 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from 'pino';
+import PQueue from 'p-queue';
+import type { BlockSource } from '../source/types.ts';
+import type { ImageInfo, Range } from '../store/types.ts';
+import { planDiskSync, type SyncPlan } from './change-id.ts';
+import { coalesce, split, subtract, totalLength } from './ranges.ts';
+import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
+import type { JobSettings } from '../state/types.ts';
+
+export const SNAPSHOT_PREFIX = 'vmlift-';
+
+export interface DiskProgress {
+  diskKey: number;
+  label: string;
+  /** Bytes of changed areas to move this cycle. */
+  total: number;
+  done: number;
+}
+
+export interface CycleInput {
+  jobId: string;
+  cycleId: string;
+  vmRef: string;
+  settings: JobSettings;
+  /** changeId recorded per disk key by the last committed cycle. */
+  previousChangeIds: Map<number, string | null>;
+  /** Receiver image the previous cycle committed (null before the first). */
+  previousImageId: string | null;
+  /** Force a full cycle (e.g. first cycle) with this reason. */
+  forceFull?: string;
+  vcenter: VCenterPort;
+  disks: DiskOpener;
+  receiver: ReceiverPort;
+  logger: Logger;
+  signal?: AbortSignal;
+  /** Largest single read (VMware NFC: 2 MiB through vCenter). */
+  maxReadSize?: number;
+  onStep?: (step: CycleStep) => void;
+  onProgress?: (p: DiskProgress[]) => void;
+  /** Called once the snapshot exists, so a caller can record it before anything can crash. */
+  onSnapshot?: (s: SnapshotHandle) => void;
+}
+
+export type CycleStep = 'sweep' | 'snapshot' | 'plan' | 'transfer' | 'commit' | 'cleanup';
+
+export interface DiskResult {
+  key: number;
+  label: string;
+  capacity: number;
+  plan: SyncPlan;
+  changeId: string | null;
+  /** Bytes of areas CBT reported (after what the receiver already held). */
+  areaBytes: number;
+  sourceBytesRead: number;
+}
+
+export interface CycleResult {
+  image: ImageInfo;
+  kind: 'full' | 'incremental';
+  disks: DiskResult[];
+  wireBytes: number;
+  resentBytes: number;
+  snapshot: SnapshotHandle;
+  durationMs: number;
+}
+
+/** An error in a named step of the cycle: the job shows it as its failing step. */
+export class CycleError extends Error {
+  readonly step: CycleStep;
+  constructor(step: CycleStep, cause: unknown) {
+    super(`${step}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+    this.name = 'CycleError';
+    this.step = step;
+  }
+}
+
+async function step<T>(name: CycleStep, input: CycleInput, fn: () => Promise<T>): Promise<T> {
+  input.signal?.throwIfAborted();
+  input.onStep?.(name);
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof CycleError) throw e;
+    throw new CycleError(name, e);
+  }
+}
+
+/**
+ * One agentless sync cycle (DESIGN.md steps 1–7). The snapshot is always removed, whether the
+ * cycle succeeds or fails; the caller records new changeIds only from a returned result.
+ */
+export async function runCycle(input: CycleInput): Promise<CycleResult> {
+  const started = Date.now();
+  const { vcenter, vmRef, logger } = input;
+  await step('sweep', input, async () => {
+    const n = await vcenter.sweepSnapshots(vmRef, SNAPSHOT_PREFIX);
+    if (n > 0) logger.warn({ vmRef, removed: n }, 'removed leftover vmlift snapshots');
+  });
+  const snapshot = await step('snapshot', input, () =>
+    vcenter.createSnapshot(vmRef, `${SNAPSHOT_PREFIX}${input.cycleId}`, { quiesce: input.settings.quiesce }));
+  input.onSnapshot?.(snapshot);
+  let session: CycleSessionPort | undefined;
+  try {
+    const result = await transferAndCommit(input, snapshot, (s) => { session = s; });
+    return { ...result, snapshot, durationMs: Date.now() - started };
+  } catch (e) {
+    // The receiver keeps an open cycle for resume unless the user paused/deleted; a failed cycle is resumed by its retry.
+    if (input.signal?.aborted && session) logger.info({ cycleId: input.cycleId }, 'cycle paused; receiver keeps what it holds');
+    throw e;
+  } finally {
+    await step('cleanup', { ...input, signal: undefined }, () => vcenter.removeSnapshot(vmRef, snapshot))
+      .catch((e) => logger.error({ vmRef, snapshot: snapshot.name, err: (e as Error).message }, 'could not remove the cycle snapshot; the next cycle sweeps it'));
+  }
+}
+
+async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, onSession: (s: CycleSessionPort) => void):
+  Promise<Omit<CycleResult, 'snapshot' | 'durationMs'>> {
+  const { vcenter, vmRef, receiver, logger, settings } = input;
+  const disks = await step('plan', input, async () =>
+    [...await vcenter.snapshotDisks(vmRef, snapshot)].sort((a, b) => a.key - b.key));
+  const images = await step('plan', input, () => receiver.listImages());
+  const baseOnReceiver = input.previousImageId !== null && images.some((i) => i.imageId === input.previousImageId);
+  const plans = disks.map((d) => input.forceFull
+    ? { mode: 'full', reason: input.forceFull } as SyncPlan
+    : planDiskSync(input.previousChangeIds.get(d.key) ?? null, d.changeId, baseOnReceiver));
+  // One image holds every disk: if any disk needs a full read, the image still builds on the base
+  // (unchanged disks keep their content); only a missing base forces building from empty disks.
+  const anyFull = plans.some((p) => p.mode === 'full');
+  for (const [i, p] of plans.entries()) {
+    if (p.mode === 'full') logger.info({ vmRef, disk: disks[i]!.key, reason: p.reason }, 'full sync of disk');
+  }
+
+  const areas = await step('plan', input, () => Promise.all(disks.map((d, i) => {
+    const p = plans[i]!;
+    return vcenter.changedAreas(vmRef, snapshot, d, p.mode === 'full' ? '*' : p.sinceChangeId);
+  })));
+
+  const session = await step('transfer', input, () => receiver.beginCycle({
+    cycleId: input.cycleId,
+    disks: disks.map((d, i) => ({ disk: i, capacity: d.capacity, label: d.label })),
+    baseImageId: baseOnReceiver ? input.previousImageId : null,
+    maxImages: settings.maxImages,
+  }));
+  onSession(session);
+
+  const results: DiskResult[] = [];
+  const progress: DiskProgress[] = [];
+  const digests: { disk: number; extents: { offset: number; length: number; sha256: string }[] }[] = [];
+  const work: { disk: SnapshotDisk; index: number; ranges: Range[] }[] = [];
+  for (const [i, d] of disks.entries()) {
+    const held = session.held.find((h) => h.disk === i)?.ranges ?? [];
+    // A full read of a disk on top of a base image must also clear what the disk no longer holds.
+    const ranges = subtract(coalesce(areas[i]!), held);
+    const wantZeros = plans[i]!.mode === 'full' && baseOnReceiver;
+    const zeroRanges = wantZeros ? subtract(subtract([{ offset: 0, length: d.capacity }], areas[i]!), held) : [];
+    for (const z of zeroRanges) await session.send(i, z.offset, null, z.length);
+    work.push({ disk: d, index: i, ranges });
+    progress.push({ diskKey: d.key, label: d.label, total: totalLength(ranges), done: 0 });
+    results.push({ key: d.key, label: d.label, capacity: d.capacity, plan: plans[i]!, changeId: d.changeId, areaBytes: totalLength(ranges), sourceBytesRead: 0 });
+    digests.push({ disk: i, extents: [] });
+  }
+
+  await step('transfer', input, () => Promise.all(work.map(async (w) => {
+    const source = await input.disks.open(vmRef, snapshot, w.disk);
+    try {
+      await copyRanges(source, w.ranges, {
+        maxReadSize: Math.min(input.maxReadSize ?? 2 << 20, source.maxReadSize),
+        signal: input.signal,
+        send: (offset, data) => session.send(w.index, offset, data),
+        onRead: (offset, data) => {
+          results[w.index]!.sourceBytesRead += data.length;
+          progress[w.index]!.done += data.length;
+          if (settings.checksum) {
+            digests[w.index]!.extents.push({ offset, length: data.length, sha256: createHash('sha256').update(data).digest('hex') });
+          }
+          input.onProgress?.(progress);
+        },
+      });
+    } finally {
+      await source.close().catch(() => undefined);
+    }
+  })));
+
+  const image = await step('commit', input, () => session.commit({
+    meta: {
+      jobId: input.jobId, vmRef, snapshot: snapshot.name,
+      changeIds: Object.fromEntries(disks.map((d) => [d.key, d.changeId])),
+      diskKeys: disks.map((d) => d.key),
+    },
+    sourceDigests: settings.checksum ? digests : undefined,
+  }));
+  const st = session.stats();
+  return { image, kind: anyFull ? 'full' : 'incremental', disks: results, wireBytes: st.wireBytes, resentBytes: st.resentBytes };
+}
+
+interface CopyOptions {
+  maxReadSize: number;
+  signal?: AbortSignal;
+  send: (offset: number, data: Buffer) => Promise<void>;
+  onRead: (offset: number, data: Buffer) => void;
+}
+
+/** Read `ranges` from `source` with up to `source.maxInFlight` reads in flight and hand each piece to `send`. */
+export async function copyRanges(source: BlockSource, ranges: readonly Range[], o: CopyOptions): Promise<void> {
+  const queue = new PQueue({ concurrency: Math.max(1, source.maxInFlight) });
+  let failure: unknown;
+  for (const piece of split(ranges, o.maxReadSize)) {
+    if (failure) break;
+    o.signal?.throwIfAborted();
+    // Backpressure: never queue more than a few pieces beyond those in flight.
+    await queue.onSizeLessThan(source.maxInFlight);
+    queue.add(async () => {
+      const data = await source.read(piece.offset, piece.length);
+      o.onRead(piece.offset, data);
+      await o.send(piece.offset, data);
+    }).catch((e) => { failure ??= e; });
+  }
+  await queue.onIdle();
+  if (failure) throw failure;
+  o.signal?.throwIfAborted();
+}

@@ -1,0 +1,64 @@
+/**
+ * What the engine needs from vCenter, the disk transports and the receiver, as narrow ports.
+ * cli/ wires the real implementations (src/vsphere, src/source, src/transfer) into them.
+ */
+import type { BlockSource } from '../source/types.ts';
+import type { DiskSpec, HeldRanges, ImageInfo, Range } from '../store/types.ts';
+
+export interface PreflightCheck { name: string; ok: boolean; message: string; fix?: string }
+
+export interface SnapshotDisk {
+  /** vSphere device key. */
+  key: number;
+  label: string;
+  capacity: number;
+  /** `backing.changeId` at the snapshot; null when CBT is off for the disk. */
+  changeId: string | null;
+}
+
+export interface SnapshotHandle {
+  /** Managed object id of the snapshot (`snapshot-12`). */
+  ref: string;
+  name: string;
+}
+
+export interface VCenterPort {
+  preflight(vmRef: string): Promise<PreflightCheck[]>;
+  /** Enable CBT on the VM and all its disks (idempotent; stun/unstun when powered on). */
+  ensureCbt(vmRef: string): Promise<{ changed: boolean }>;
+  /** ESXi host the VM runs on: the key for per-host concurrency. */
+  hostOf(vmRef: string): Promise<string>;
+  /** Remove leftover snapshots whose names start with `prefix`; returns how many. */
+  sweepSnapshots(vmRef: string, prefix: string): Promise<number>;
+  createSnapshot(vmRef: string, name: string, opts: { quiesce: boolean }): Promise<SnapshotHandle>;
+  /** The disks as seen in the snapshot's config, with their changeIds. */
+  snapshotDisks(vmRef: string, snapshot: SnapshotHandle): Promise<SnapshotDisk[]>;
+  /** DESIGN.md step 4: the whole QueryChangedDiskAreas paging loop for one disk. `changeId` "*" = allocated areas. */
+  changedAreas(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk, changeId: string): Promise<Range[]>;
+  removeSnapshot(vmRef: string, snapshot: SnapshotHandle): Promise<void>;
+}
+
+export interface DiskOpener {
+  /** Open a disk of the VM as of `snapshot` through the job's transport. */
+  open(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk): Promise<BlockSource>;
+}
+
+export interface CycleSessionPort {
+  readonly cycleId: string;
+  readonly baseImageId: string | null;
+  readonly held: HeldRanges[];
+  send(disk: number, offset: number, data: Buffer | null, length?: number): Promise<void>;
+  stats(): { payloadBytes: number; wireBytes: number; extents: number; resentBytes: number };
+  commit(o?: {
+    meta?: Record<string, unknown>;
+    sourceDigests?: { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }[];
+  }): Promise<ImageInfo>;
+  abort(): Promise<void>;
+}
+
+export interface ReceiverPort {
+  listImages(): Promise<ImageInfo[]>;
+  beginCycle(o: { cycleId: string; disks: DiskSpec[]; baseImageId?: string | null; maxImages?: number }): Promise<CycleSessionPort>;
+  setBandwidthMbps(n: number): void;
+  setCompression(level: number): void;
+}
