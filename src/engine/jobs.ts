@@ -1,0 +1,325 @@
+import type { Logger } from 'pino';
+import { UserError, errorMessage } from '../util/errors.ts';
+import { assertId } from '../util/ids.ts';
+import type { JobRecord, JobSettings, JobState, StateStore } from '../state/types.ts';
+import type { DiskOpener, ReceiverPort, VCenterPort } from './ports.ts';
+import type { ImageInfo } from '../store/types.ts';
+import { CycleError, runCycle, type CycleResult, type DiskProgress } from './cycle.ts';
+import { isTransient } from './transient.ts';
+
+export interface JobPorts {
+  vcenter: VCenterPort;
+  disks: DiskOpener;
+  receiver: ReceiverPort;
+  /** Delete the job's images on the receiver (job delete --remove-images). */
+  removeImages?(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface RetryPolicy { attempts: number; baseDelayMs: number; maxDelayMs: number }
+
+export interface EngineOptions {
+  state: StateStore;
+  connect(job: JobRecord): Promise<JobPorts>;
+  logger: Logger;
+  retry?: RetryPolicy;
+  now?: () => Date;
+}
+
+export interface LiveStatus {
+  jobId: string;
+  cycleId: string;
+  step: string;
+  startedAt: number;
+  disks: (DiskProgress & { speed: number; remainingSeconds: number | null })[];
+}
+
+interface Running {
+  controller: AbortController;
+  promise: Promise<void>;
+  settings: JobSettings;
+  ports?: JobPorts;
+  status: LiveStatus;
+}
+
+const DEFAULT_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 5_000, maxDelayMs: 120_000 };
+
+/**
+ * Jobs and their state machine (DESIGN.md): created → syncing → waiting → (syncing → waiting)*
+ * → completing → completed, plus paused and error. One cycle at a time per job.
+ */
+export class JobEngine {
+  private readonly running = new Map<string, Running>();
+  private readonly retry: RetryPolicy;
+  private readonly now: () => Date;
+
+  constructor(private readonly o: EngineOptions) {
+    this.retry = o.retry ?? DEFAULT_RETRY;
+    this.now = o.now ?? (() => new Date());
+  }
+
+  get state(): StateStore { return this.o.state; }
+
+  createJob(job: { id: string; name?: string; vmRef: string | null; kind?: 'vm' | 'agent'; sourceId?: string; settings: JobSettings }): JobRecord {
+    const id = assertId(job.id, 'job id');
+    return this.o.state.createJob({
+      id, name: job.name ?? id, kind: job.kind ?? 'vm', vmRef: job.vmRef, sourceId: assertId(job.sourceId ?? id, 'source id'), settings: job.settings,
+    });
+  }
+
+  getJob(id: string): JobRecord {
+    const job = this.o.state.getJob(id);
+    if (!job) throw new UserError('NO_JOB', `no job named ${id}`, 'list jobs with `vmlift job ls`');
+    return job;
+  }
+
+  /** created | error → syncing (the first cycle starts at the next scheduler tick). */
+  start(id: string): JobRecord {
+    const job = this.getJob(id);
+    if (job.state === 'created' || job.state === 'error') return this.o.state.updateJob(id, { state: 'syncing', error: null });
+    if (job.state === 'completed') throw new UserError('JOB_COMPLETED', `job ${id} is completed; it runs no more cycles`, 'create a new job to migrate the VM again');
+    return job;
+  }
+
+  /** Ask for a cycle now (waiting jobs); a running cycle is not interrupted. */
+  requestSync(id: string): JobRecord {
+    const job = this.getJob(id);
+    if (job.state === 'waiting') return this.o.state.updateJob(id, { state: 'syncing' });
+    if (job.state === 'syncing' || job.state === 'completing') return job;
+    throw new UserError('CANNOT_SYNC', `job ${id} is ${job.state}; a sync can start only when it is waiting`,
+      job.state === 'created' ? 'start it with `vmlift job start`' : job.state === 'paused' ? 'resume it with `vmlift job resume`' : 'see `vmlift job show`');
+  }
+
+  /** Stop reading and keep state: the open cycle resumes where it was after `resume`. */
+  pause(id: string): JobRecord {
+    const job = this.getJob(id);
+    if (job.state === 'paused') return job;
+    if (job.state === 'completed') throw new UserError('JOB_COMPLETED', `job ${id} is completed`, 'nothing to pause');
+    const resumeState: JobState = job.state === 'created' ? 'created' : job.state === 'error' ? 'syncing'
+      : job.state === 'waiting' ? 'waiting' : job.state;
+    const updated = this.o.state.updateJob(id, { state: 'paused', resumeState });
+    this.running.get(id)?.controller.abort(new UserError('PAUSED', `job ${id} was paused`));
+    return updated;
+  }
+
+  resume(id: string): JobRecord {
+    const job = this.getJob(id);
+    if (job.state === 'paused') return this.o.state.updateJob(id, { state: job.resumeState ?? 'waiting', resumeState: null });
+    if (job.state === 'error') return this.o.state.updateJob(id, { state: 'syncing', error: null });
+    return job;
+  }
+
+  /** One final sync (the user has stopped the services), then completed. */
+  complete(id: string): JobRecord {
+    const job = this.getJob(id);
+    switch (job.state) {
+      case 'completed':
+        throw new UserError('ALREADY_COMPLETED', `job ${id} is already completed`, 'its final images are on the receiver: `vmlift image ls`');
+      case 'completing':
+        throw new UserError('ALREADY_COMPLETING', `job ${id} is already completing (its final sync is running or queued)`, 'wait for it: `vmlift job show`');
+      case 'created':
+        throw new UserError('NOT_STARTED', `job ${id} has not synced yet`, 'start it first with `vmlift job start`, then complete it');
+      case 'paused':
+        return this.o.state.updateJob(id, { state: 'completing', resumeState: null });
+      default:
+        // A cycle running now started before the request: the scheduler runs one more, final, cycle after it.
+        return this.o.state.updateJob(id, { state: 'completing', error: null });
+    }
+  }
+
+  /** Change settings; bandwidth and compression reach a running cycle at once, checksum from its next read. */
+  updateSettings(id: string, patch: Partial<JobSettings>): JobRecord {
+    const job = this.getJob(id);
+    const settings = { ...job.settings, ...patch };
+    const updated = this.o.state.updateJob(id, { settings });
+    const run = this.running.get(id);
+    if (run) {
+      Object.assign(run.settings, patch);
+      if (patch.bandwidthMbps !== undefined) run.ports?.receiver.setBandwidthMbps(patch.bandwidthMbps);
+      if (patch.compression !== undefined) run.ports?.receiver.setCompression(patch.compression);
+    }
+    return updated;
+  }
+
+  async delete(id: string, opts: { removeImages?: boolean } = {}): Promise<void> {
+    const job = this.getJob(id);
+    const run = this.running.get(id);
+    if (run) {
+      run.controller.abort(new UserError('DELETED', `job ${id} was deleted`));
+      await run.promise.catch(() => undefined);
+    }
+    if (job.vmRef || opts.removeImages) {
+      const ports = await this.o.connect(job);
+      try {
+        if (job.vmRef) await ports.vcenter.sweepSnapshots(job.vmRef, 'vmlift-');
+        if (opts.removeImages) await ports.removeImages?.();
+      } finally {
+        await ports.close();
+      }
+    }
+    this.o.state.deleteJob(id);
+  }
+
+  isRunning(id: string): boolean { return this.running.has(id); }
+
+  live(id: string): LiveStatus | undefined { return this.running.get(id)?.status; }
+
+  /** Jobs that should run a cycle now. */
+  dueJobs(): JobRecord[] {
+    const t = this.now().getTime();
+    return this.o.state.listJobs().filter((j) => {
+      if (this.running.has(j.id)) return false;
+      if (j.state === 'syncing' || j.state === 'completing') return true;
+      return j.state === 'waiting' && j.settings.autoSync && j.nextSyncAt !== null && Date.parse(j.nextSyncAt) <= t;
+    });
+  }
+
+  /** Run one cycle of the job now (with retries of transient errors). Resolves when it ends. */
+  runNow(id: string): Promise<void> {
+    const existing = this.running.get(id);
+    if (existing) return existing.promise;
+    const job = this.getJob(id);
+    const controller = new AbortController();
+    const settings = { ...job.settings };
+    const run: Running = {
+      controller, settings, promise: Promise.resolve(),
+      status: { jobId: id, cycleId: '', step: 'connect', startedAt: Date.now(), disks: [] },
+    };
+    this.running.set(id, run);
+    run.promise = this.runCycleWithRetries(job, run).finally(() => this.running.delete(id));
+    return run.promise;
+  }
+
+  /** Wait for every running cycle (shutdown). */
+  async drain(abort = false): Promise<void> {
+    for (const r of this.running.values()) if (abort) r.controller.abort(new UserError('SHUTDOWN', 'connector is shutting down'));
+    await Promise.all([...this.running.values()].map((r) => r.promise.catch(() => undefined)));
+  }
+
+  private async runCycleWithRetries(job: JobRecord, run: Running): Promise<void> {
+    if (job.state === 'waiting') job = this.o.state.updateJob(job.id, { state: 'syncing' });
+    const final = job.state === 'completing';
+    const log = this.o.logger.child({ jobId: job.id });
+    // A cycle left running by a crash or a pause keeps its id, so the receiver's resume applies.
+    const leftover = this.o.state.runningCycles().find((c) => c.jobId === job.id);
+    const committed = this.o.state.listCycles(job.id, 1000).filter((c) => c.state === 'committed');
+    const previous = committed[0] ?? null;
+    const cycle = leftover ?? this.o.state.startCycle({
+      id: `c${Date.now().toString(36)}`, jobId: job.id, kind: final ? 'final' : previous ? 'incremental' : 'full',
+      reason: final ? 'complete requested' : previous ? null : 'first cycle', snapshotName: null,
+    });
+    run.status.cycleId = cycle.id;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const result = await this.attempt(job, run, cycle.id, previous?.imageId ?? null, !previous, log, leftover !== undefined);
+        const changeIds = result.disks.map((d) => ({ diskKey: d.key, changeId: d.changeId }));
+        this.o.state.setDisks(job.id, result.disks.map((d) => ({ diskKey: d.key, label: d.label, capacity: d.capacity, changeId: null })));
+        this.o.state.updateCycle(cycle.id, {
+          sourceBytesRead: result.disks.reduce((n, d) => n + d.sourceBytesRead, 0),
+          changedBytes: result.disks.reduce((n, d) => n + d.areaBytes, 0),
+          wireBytes: result.wireBytes, snapshotName: result.snapshot.name,
+        });
+        this.o.state.commitCycle(cycle.id, result.image.imageId, changeIds);
+        const current = this.getJob(job.id);
+        const next = new Date(this.now().getTime() + current.settings.intervalSeconds * 1000).toISOString();
+        if (current.state === 'paused') {
+          this.o.state.updateJob(job.id, { resumeState: final ? 'completed' : 'waiting', nextSyncAt: next, error: null });
+        } else {
+          // A complete requested during a non-final cycle leaves the job completing: the final cycle runs next.
+          const state: JobState = final ? 'completed' : current.state === 'completing' ? 'completing' : 'waiting';
+          this.o.state.updateJob(job.id, { state, nextSyncAt: state === 'waiting' ? next : null, error: null, syncRequested: false });
+        }
+        log.info({ cycleId: cycle.id, imageId: result.image.imageId, kind: result.kind, wireBytes: result.wireBytes, ms: result.durationMs }, 'cycle committed');
+        return;
+      } catch (e) {
+        if (run.controller.signal.aborted) {
+          log.info({ cycleId: cycle.id, reason: errorMessage(run.controller.signal.reason) }, 'cycle interrupted; it resumes later');
+          return;
+        }
+        const step = e instanceof CycleError ? e.step : 'connect';
+        const transient = isTransient(e);
+        log.warn({ cycleId: cycle.id, step, attempt, transient, err: errorMessage(e) }, 'cycle attempt failed');
+        if (transient && attempt < this.retry.attempts) {
+          this.o.state.updateJob(job.id, { error: { step, message: errorMessage(e), at: this.now().toISOString(), attempts: attempt } });
+          const delay = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
+          await sleep(delay, run.controller.signal).catch(() => undefined);
+          if (run.controller.signal.aborted) return;
+          continue;
+        }
+        this.o.state.failCycle(cycle.id, errorMessage(e));
+        this.o.state.updateJob(job.id, { state: 'error', resumeState: null, error: { step, message: errorMessage(e), at: this.now().toISOString(), attempts: attempt } });
+        return;
+      }
+    }
+  }
+
+  private async attempt(job: JobRecord, run: Running, cycleId: string, previousImageId: string | null, first: boolean, log: Logger,
+    resumed: boolean): Promise<CycleResult> {
+    if (!job.vmRef) throw new UserError('NOT_A_VM', `job ${job.id} has no VM`, 'agent sources sync with `vmlift agent sync`');
+    run.status.step = 'connect';
+    const ports = await this.o.connect(job);
+    run.ports = ports;
+    try {
+      if (resumed) {
+        // A crash between the receiver's commit and ours: the image is there, with the changeIds in its meta.
+        const image = (await ports.receiver.listImages()).find((i) => i.cycleId === cycleId);
+        if (image) {
+          log.info({ cycleId, imageId: image.imageId }, 'cycle was committed on the receiver before a restart; recording it');
+          return recoveredResult(image);
+        }
+      }
+      ports.receiver.setBandwidthMbps(run.settings.bandwidthMbps);
+      ports.receiver.setCompression(run.settings.compression);
+      if (first) {
+        run.status.step = 'preflight';
+        const failed = (await ports.vcenter.preflight(job.vmRef)).filter((c) => !c.ok);
+        if (failed.length) {
+          throw new CycleError('sweep', new UserError('PREFLIGHT', `preflight failed: ${failed.map((c) => c.message).join('; ')}`,
+            failed.map((c) => c.fix).filter(Boolean).join('; ')));
+        }
+        const { changed } = await ports.vcenter.ensureCbt(job.vmRef);
+        if (changed) log.info({ vmRef: job.vmRef }, 'enabled changed block tracking');
+      }
+      const previousChangeIds = new Map(this.o.state.getDisks(job.id).map((d) => [d.diskKey, d.changeId]));
+      const started = Date.now();
+      return await runCycle({
+        jobId: job.id, cycleId, vmRef: job.vmRef, settings: run.settings, previousChangeIds, previousImageId,
+        forceFull: first ? 'first cycle' : undefined,
+        vcenter: ports.vcenter, disks: ports.disks, receiver: ports.receiver, logger: log,
+        signal: run.controller.signal,
+        onStep: (s) => { run.status.step = s; },
+        onSnapshot: (s) => this.o.state.updateCycle(cycleId, { snapshotName: s.name }),
+        onProgress: (p) => {
+          const secs = Math.max(0.001, (Date.now() - started) / 1000);
+          run.status.disks = p.map((d) => {
+            const speed = d.done / secs;
+            return { ...d, speed, remainingSeconds: speed > 0 ? (d.total - d.done) / speed : null };
+          });
+        },
+      });
+    } finally {
+      run.ports = undefined;
+      await ports.close().catch(() => undefined);
+    }
+  }
+}
+
+function recoveredResult(image: ImageInfo): CycleResult {
+  const keys = (image.meta.diskKeys as number[] | undefined) ?? image.disks.map((d) => d.disk);
+  const changeIds = (image.meta.changeIds as Record<string, string | null> | undefined) ?? {};
+  return {
+    image, kind: image.baseImageId ? 'incremental' : 'full', wireBytes: 0, resentBytes: 0, durationMs: 0,
+    snapshot: { ref: '', name: String(image.meta.snapshot ?? '') },
+    disks: image.disks.map((d, i) => ({
+      key: keys[i]!, label: d.label ?? '', capacity: d.capacity, plan: { mode: 'full', reason: 'recovered' },
+      changeId: changeIds[String(keys[i])] ?? null, areaBytes: 0, sourceBytesRead: 0,
+    })),
+  };
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => { clearTimeout(t); reject(signal.reason); }, { once: true });
+  });
+}

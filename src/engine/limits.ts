@@ -1,0 +1,71 @@
+import type { BlockSource } from '../source/types.ts';
+import type { DiskOpener, SnapshotDisk, SnapshotHandle } from './ports.ts';
+
+/** A counting semaphore: at most `limit` holders at once, waiters served in order. */
+export class Semaphore {
+  private active = 0;
+  private readonly waiters: (() => void)[] = [];
+  constructor(private readonly limit: number) {}
+
+  async acquire(): Promise<() => void> {
+    if (this.active >= this.limit) await new Promise<void>((resolve) => this.waiters.push(resolve));
+    else this.active++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.waiters.shift();
+      if (next) next(); else this.active--;
+    };
+  }
+
+  get inUse(): number { return this.active; }
+}
+
+/**
+ * Bounds the disks open at once per ESXi host (VMware's NFC connection limits) and overall.
+ * Wraps a DiskOpener: a slot is held from open() until the source is closed.
+ */
+export class LimitedDiskOpener implements DiskOpener {
+  private readonly perHost = new Map<string, Semaphore>();
+  private readonly overall: Semaphore;
+
+  constructor(
+    private readonly inner: DiskOpener,
+    private readonly hostOf: (vmRef: string) => Promise<string>,
+    private readonly limits: { perHost: number; overall: number },
+  ) {
+    this.overall = new Semaphore(limits.overall);
+  }
+
+  async open(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk): Promise<BlockSource> {
+    const host = await this.hostOf(vmRef);
+    let sem = this.perHost.get(host);
+    if (!sem) this.perHost.set(host, (sem = new Semaphore(this.limits.perHost)));
+    const releaseHost = await sem.acquire();
+    const releaseAll = await this.overall.acquire();
+    const release = () => { releaseAll(); releaseHost(); };
+    try {
+      const source = await this.inner.open(vmRef, snapshot, disk);
+      const limited: BlockSource = {
+        uri: source.uri,
+        transport: source.transport,
+        capacity: source.capacity,
+        maxReadSize: source.maxReadSize,
+        maxInFlight: source.maxInFlight,
+        read: (offset, length) => source.read(offset, length),
+        close: async () => { try { await source.close(); } finally { release(); } },
+      };
+      if (source.extents) limited.extents = (offset, length) => source.extents!(offset, length);
+      return limited;
+    } catch (e) {
+      release();
+      throw e;
+    }
+  }
+
+  /** Disks open now, per host. */
+  usage(): Record<string, number> {
+    return Object.fromEntries([...this.perHost].map(([h, s]) => [h, s.inUse]));
+  }
+}
