@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { register as registerAgent } from './agent.ts';
 
 /**
  * Each area of vmlift adds its command group here: one module per group in this folder,
@@ -6,4 +7,5 @@ import type { Command } from 'commander';
  */
 export function registerCommands(program: Command): void {
   void program;
+  registerAgent(program);
 }

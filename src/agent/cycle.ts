@@ -1,0 +1,266 @@
+/**
+ * One agent sync cycle: every device of the source into one image. Compares block digests with
+ * the previous image's manifest (cached in the state dir, fetched from the receiver when missing
+ * or stale), sends the changed blocks, commits, then records the new manifest. Survives the
+ * receiver or the agent dying mid-cycle: the open cycle id is persisted and resumed, and ranges
+ * the receiver already holds are not sent again.
+ */
+import { randomBytes } from 'node:crypto';
+import { rename, rm, mkdir } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import type { Logger } from 'pino';
+import type { BlockSource } from '../source/types.ts';
+import type { DiskSpec, ImageInfo } from '../store/types.ts';
+import { silentLogger } from '../util/log.ts';
+import { writeFileAtomic } from '../util/fsync.ts';
+import { UserError, errorMessage, isUserError } from '../util/errors.ts';
+import { FATAL_CODES } from '../transfer/protocol.ts';
+import { BLOCK_SIZE, DIGEST_SIZE, ManifestReader, ManifestWriter, blockCount } from './manifest.ts';
+import { scanDisk, type ScanResult } from './scan.ts';
+import type { AgentSender, AgentSession, SessionStats } from './ports.ts';
+import type { AgentState } from './state.ts';
+
+export interface DiskProgress {
+  disk: number;
+  label: string;
+  /** Bytes of the device scanned. */
+  done: number;
+  total: number;
+  /** Bytes of changed blocks found so far. */
+  changed: number;
+  /** Payload and wire bytes sent in this cycle so far (all attempts). */
+  payloadBytes: number;
+  wireBytes: number;
+}
+
+export interface CycleOptions {
+  sources: BlockSource[];
+  /** Opens a connection to the receiver (a fresh one after each failure). */
+  connect: () => Promise<AgentSender>;
+  state: AgentState;
+  checksum?: boolean;
+  maxImages?: number;
+  /** Keep retrying transient failures (receiver down, connection lost) this long; default 10 min. */
+  retryForMs?: number;
+  logger?: Logger;
+  onProgress?: (p: DiskProgress) => void;
+  /** Called with each attempt's session (for tests and the CLI's bandwidth/compression changes). */
+  onSession?: (s: AgentSession) => void;
+  signal?: AbortSignal;
+}
+
+export interface CycleReport {
+  imageId: string;
+  cycleId: string;
+  baseImageId: string | null;
+  /** True when this run continued a cycle left open by an earlier run. */
+  resumedFromState: boolean;
+  attempts: number;
+  disks: (ScanResult & { label: string })[];
+  /** Bytes of changed blocks over all disks (from the last attempt's scan). */
+  changedBytes: number;
+  /** Summed over all attempts of this run. */
+  payloadBytes: number;
+  wireBytes: number;
+  extents: number;
+  durationMs: number;
+}
+
+export class SourceReadError extends Error {}
+
+const NET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ECONNABORTED', 'ERR_SOCKET_CLOSED', 'ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED']);
+
+/** Whether reconnecting and resuming could help. */
+export function isTransient(e: unknown): boolean {
+  if (e instanceof SourceReadError) return false;
+  if ((e as { transient?: unknown })?.transient === true) return true;
+  const code = (e as { code?: unknown })?.code;
+  if (typeof code === 'string' && FATAL_CODES.has(code)) return false;
+  if (typeof code === 'string' && NET_CODES.has(code)) return true;
+  const causeCode = ((e as { cause?: { code?: unknown } })?.cause)?.code;
+  if (typeof causeCode === 'string' && NET_CODES.has(causeCode)) return true;
+  if (isUserError(e)) return /UNREACHABLE|CONNECTION|DISCONNECT|TIMEOUT|UNAVAILABLE|CLOSED|LOST|BUSY/i.test(e.code);
+  return !(e instanceof TypeError || e instanceof RangeError || e instanceof SyntaxError);
+}
+
+/** The default source id: the host name made into a valid id. */
+export function defaultSourceId(): string {
+  const h = hostname().toLowerCase().split('.')[0]!.replace(/[^a-z0-9-]+/g, '-').replace(/^-+/, '').slice(0, 64);
+  return h || 'agent';
+}
+
+function newCycleId(): string {
+  return `c${new Date().toISOString().replace(/[-:.TZ]/g, '').slice(0, 14)}-${randomBytes(3).toString('hex')}`;
+}
+
+const sleep = (ms: number, signal?: AbortSignal): Promise<void> => new Promise((res, rej) => {
+  const t = setTimeout(res, ms);
+  signal?.addEventListener('abort', () => { clearTimeout(t); rej(signal.reason ?? new Error('aborted')); }, { once: true });
+});
+
+export async function runCycle(o: CycleOptions): Promise<CycleReport> {
+  const log = o.logger ?? silentLogger;
+  const started = Date.now();
+  const deadline = started + (o.retryForMs ?? 10 * 60_000);
+  const disks: DiskSpec[] = o.sources.map((s, disk) => ({ disk, capacity: s.capacity, label: s.uri }));
+  const totals = { payloadBytes: 0, wireBytes: 0, extents: 0 };
+  let attempts = 0;
+  let delay = 250;
+  const resumedFromState = (await o.state.openCycle()) !== null;
+  for (;;) {
+    attempts++;
+    let sender: AgentSender | undefined;
+    let session: AgentSession | undefined;
+    const before = { ...totals };
+    try {
+      sender = await o.connect();
+      const out = await attempt(o, sender, disks, log, (s) => { session = s; o.onSession?.(s); }, totals, before);
+      return { ...out, resumedFromState, attempts, durationMs: Date.now() - started, ...totals };
+    } catch (e) {
+      if (session) addStats(totals, before, safeStats(session));
+      if (o.signal?.aborted) throw e;
+      if (!isTransient(e) || Date.now() + delay > deadline) throw e;
+      log.warn({ err: errorMessage(e), code: (e as { code?: string }).code, retryInMs: delay }, 'cycle interrupted; reconnecting to resume it');
+      await sleep(delay, o.signal);
+      delay = Math.min(delay * 2, 5000);
+    } finally {
+      try { await sender?.close(); } catch { /* already gone */ }
+    }
+  }
+}
+
+function safeStats(s: AgentSession): SessionStats | undefined {
+  try { return s.stats(); } catch { return undefined; }
+}
+
+function addStats(totals: { payloadBytes: number; wireBytes: number; extents: number }, before: typeof totals, s: SessionStats | undefined): void {
+  if (!s) return;
+  totals.payloadBytes = before.payloadBytes + s.payloadBytes;
+  totals.wireBytes = before.wireBytes + s.wireBytes;
+  totals.extents = before.extents + s.extents;
+}
+
+async function attempt(
+  o: CycleOptions, sender: AgentSender, disks: DiskSpec[], log: Logger,
+  setSession: (s: AgentSession) => void,
+  totals: { payloadBytes: number; wireBytes: number; extents: number }, before: typeof totals,
+): Promise<Omit<CycleReport, 'resumedFromState' | 'attempts' | 'durationMs' | 'payloadBytes' | 'wireBytes' | 'extents'>> {
+  const images = await sender.listImages();
+  let open = await o.state.openCycle();
+  if (open && images.some((i) => i.cycleId === open!.cycleId)) {
+    // Committed, but the agent died before recording it: nothing left to do for that cycle.
+    log.info({ cycleId: open.cycleId }, 'the open cycle was already committed');
+    await o.state.setOpenCycle(null);
+    open = null;
+  }
+  if (open && open.baseImageId !== null && !images.some((i) => i.imageId === open!.baseImageId)) {
+    log.warn({ cycleId: open.cycleId, baseImageId: open.baseImageId }, 'the base image of the open cycle is gone; starting a new cycle');
+    await o.state.setOpenCycle(null);
+    open = null;
+  }
+  const newest = images.length ? images.reduce((a, b) => (b.seq > a.seq ? b : a)) : null;
+  const baseImageId = open ? open.baseImageId : newest?.imageId ?? null;
+  const base = baseImageId === null ? null : images.find((i) => i.imageId === baseImageId)!;
+  if (base) await ensureManifest(o, sender, base, log);
+  const cycleId = open?.cycleId ?? newCycleId();
+  if (!open) await o.state.setOpenCycle({ cycleId, baseImageId, startedAt: new Date().toISOString() });
+
+  const session = await sender.beginCycle({ cycleId, disks, baseImageId, maxImages: o.maxImages });
+  setSession(session);
+  const heldBytes = session.held.reduce((n, h) => n + h.ranges.reduce((m, r) => m + r.length, 0), 0);
+  log.info({ cycleId, baseImageId, resumed: !!open, heldBytes }, 'cycle started');
+
+  const newDir = await o.state.prepareNewManifestDir(cycleId);
+  const results: (ScanResult & { label: string })[] = [];
+  for (const [disk, source] of o.sources.entries()) {
+    const oldManifest = await ManifestReader.open(base && disk < base.disks.length ? o.state.manifestPath(base.imageId, disk) : null, source.capacity);
+    const newManifest = await ManifestWriter.create(`${newDir}/disk-${disk}.bin`);
+    try {
+      const label = source.uri;
+      const r = await scanDisk({
+        disk, source, oldManifest, newManifest,
+        held: session.held.find((h) => h.disk === disk)?.ranges ?? [],
+        wholeDigest: o.checksum,
+        signal: o.signal,
+        sink: { send: (d, off, data, len) => session.send(d, off, data, len) },
+        onProgress: (p) => {
+          addStats(totals, before, safeStats(session));
+          o.onProgress?.({ ...p, label, payloadBytes: totals.payloadBytes, wireBytes: totals.wireBytes });
+        },
+      }).catch((e: unknown) => {
+        if (isReadError(e)) throw new SourceReadError(errorMessage(e), { cause: e });
+        throw e;
+      });
+      await newManifest.finish();
+      results.push({ ...r, label });
+    } catch (e) {
+      await newManifest.discard();
+      throw e;
+    } finally {
+      await oldManifest.close();
+    }
+  }
+
+  const image = await session.commit({
+    meta: { agent: { hostname: hostname(), devices: o.sources.map((s) => s.uri) } },
+    sourceDigests: o.checksum ? results.map((r) => ({ disk: r.disk, sha256: r.sha256! })) : undefined,
+  });
+  addStats(totals, before, safeStats(session));
+  await o.state.promoteManifest(newDir, {
+    imageId: image.imageId, cycleId: image.cycleId, committedAt: image.committedAt,
+    blockSize: BLOCK_SIZE, capacities: disks.map((d) => d.capacity),
+  });
+  await o.state.setOpenCycle(null);
+  log.info({ cycleId, imageId: image.imageId, payloadBytes: totals.payloadBytes, wireBytes: totals.wireBytes }, 'cycle committed');
+  return {
+    imageId: image.imageId, cycleId, baseImageId, disks: results,
+    changedBytes: results.reduce((n, r) => n + r.changedBytes, 0),
+  };
+}
+
+function isReadError(e: unknown): boolean {
+  return e instanceof Error && /^read error on |ended at offset/.test(e.message);
+}
+
+/** Make sure the state dir holds the manifest of `image`, fetching it from the receiver if needed. */
+async function ensureManifest(o: CycleOptions, sender: AgentSender, image: ImageInfo, log: Logger): Promise<void> {
+  const cached = await o.state.cachedManifest({ imageId: image.imageId, cycleId: image.cycleId, committedAt: image.committedAt }, BLOCK_SIZE);
+  if (cached) return;
+  log.info({ imageId: image.imageId }, 'fetching the block digests of the base image from the receiver');
+  const tmp = `${o.state.dir}/manifests/fetch-${image.imageId}`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp, { recursive: true, mode: 0o700 });
+  for (const d of image.disks) {
+    const w = await ManifestWriter.create(`${tmp}/disk-${d.disk}.bin`);
+    try {
+      const stream = await sender.blockDigests(image.imageId, d.disk, BLOCK_SIZE);
+      if (stream instanceof Uint8Array) await w.append(stream);
+      else {
+        // The stream may yield one 16-byte digest at a time: batch before writing.
+        const batch = Buffer.allocUnsafe(64 * 1024);
+        let used = 0;
+        for await (const chunk of stream) {
+          if (used + chunk.length > batch.length) { await w.append(batch.subarray(0, used)); used = 0; }
+          if (chunk.length > batch.length) await w.append(chunk);
+          else { batch.set(chunk, used); used += chunk.length; }
+        }
+        if (used) await w.append(batch.subarray(0, used));
+      }
+      const size = await w.finish();
+      if (size !== blockCount(d.capacity) * DIGEST_SIZE) {
+        throw new UserError('DIGESTS_SHORT', `the receiver sent ${size / DIGEST_SIZE} block digests for disk ${d.disk} of image ${image.imageId}, expected ${blockCount(d.capacity)}`,
+          'retry; if it persists, check the receiver\'s version');
+      }
+    } catch (e) {
+      await w.discard();
+      throw e;
+    }
+  }
+  const target = o.state.imageManifestDir(image.imageId);
+  await rm(target, { recursive: true, force: true });
+  await rename(tmp, target);
+  await writeFileAtomic(`${target}/meta.json`, `${JSON.stringify({
+    imageId: image.imageId, cycleId: image.cycleId, committedAt: image.committedAt,
+    blockSize: BLOCK_SIZE, capacities: image.disks.map((d) => d.capacity),
+  }, null, 2)}\n`);
+}

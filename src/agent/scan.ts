@@ -1,0 +1,205 @@
+/**
+ * Scan one disk: read it in order (reads in parallel, bounded), digest every 4 KiB block, compare
+ * with the previous image's manifest and send the blocks that differ, coalesced into extents of at
+ * most one window. Holes the source reports are not read. Writes the new manifest as it goes and,
+ * with `wholeDigest`, hashes the whole disk in order.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import type { BlockSource, SourceExtent } from '../source/types.ts';
+import type { Range } from '../store/types.ts';
+import { BLOCK_SIZE, DIGEST_SIZE, zeroDigest, type ManifestReader, type ManifestWriter } from './manifest.ts';
+
+export const WINDOW = 1024 * 1024;
+
+export interface ExtentSink {
+  /** Ship `length` bytes at `offset`; `data` null = all zeros. Resolves when the sink can take more. */
+  send(disk: number, offset: number, data: Buffer | null, length: number): Promise<void>;
+}
+
+export interface ScanProgress {
+  disk: number;
+  /** Bytes of the disk scanned so far. */
+  done: number;
+  total: number;
+  /** Bytes of changed blocks found so far. */
+  changed: number;
+}
+
+export interface ScanOptions {
+  disk: number;
+  source: BlockSource;
+  oldManifest: ManifestReader;
+  newManifest: ManifestWriter;
+  sink: ExtentSink;
+  /** Ranges the receiver already holds for this disk in the open cycle (sorted): not sent again. */
+  held?: Range[];
+  wholeDigest?: boolean;
+  /** Reads in flight (default: the source's maxInFlight, at most 8). */
+  readAhead?: number;
+  onProgress?: (p: ScanProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface ScanResult {
+  disk: number;
+  capacity: number;
+  /** Bytes read from the source (holes are not read). */
+  readBytes: number;
+  /** Bytes in blocks that differ from the previous image. */
+  changedBytes: number;
+  /** Of those, bytes sent (the rest the receiver already held). */
+  sentBytes: number;
+  extents: number;
+  /** Whole-disk SHA-256 (hex) when asked for. */
+  sha256?: string;
+}
+
+interface Window {
+  offset: number;
+  length: number;
+  /** Part to read, [readStart, readEnd); empty when the window is all hole. */
+  readStart: number;
+  readEnd: number;
+}
+
+/** Walks the source's extent map in step with the windows. */
+class HoleMap {
+  private it: AsyncIterator<SourceExtent> | undefined;
+  private pending: SourceExtent[] = [];
+  private done = false;
+
+  constructor(source: BlockSource) {
+    this.it = source.extents ? source.extents()[Symbol.asyncIterator]() : undefined;
+  }
+
+  /** The block-aligned part of [start, end) to read (covers every data byte in it). */
+  async dataSpan(start: number, end: number): Promise<[number, number]> {
+    if (!this.it) return [start, end];
+    let lo = Infinity; let hi = -Infinity;
+    for (;;) {
+      while (this.pending.length && this.pending[0]!.offset + this.pending[0]!.length <= start) this.pending.shift();
+      for (const e of this.pending) {
+        if (e.offset >= end) break;
+        if (!e.data) continue;
+        lo = Math.min(lo, Math.max(e.offset, start));
+        hi = Math.max(hi, Math.min(e.offset + e.length, end));
+      }
+      const last = this.pending[this.pending.length - 1];
+      if (this.done || (last && last.offset + last.length >= end)) break;
+      const r = await this.it.next();
+      if (r.done) { this.done = true; break; }
+      if (r.value.length > 0) this.pending.push(r.value);
+    }
+    if (lo === Infinity) return [start, start];
+    return [start + Math.floor((lo - start) / BLOCK_SIZE) * BLOCK_SIZE, Math.min(end, start + Math.ceil((hi - start) / BLOCK_SIZE) * BLOCK_SIZE)];
+  }
+}
+
+class HeldCursor {
+  private i = 0;
+  constructor(private readonly ranges: Range[]) {}
+  /** Whether [off, off+len) lies inside one held range. Calls must go forward. */
+  covers(off: number, len: number): boolean {
+    while (this.i < this.ranges.length && this.ranges[this.i]!.offset + this.ranges[this.i]!.length <= off) this.i++;
+    const r = this.ranges[this.i];
+    return !!r && r.offset <= off && r.offset + r.length >= off + len;
+  }
+}
+
+let zeroWindow: Buffer | undefined;
+function zeros(n: number): Buffer {
+  if (!zeroWindow) zeroWindow = Buffer.alloc(WINDOW);
+  return zeroWindow.subarray(0, n);
+}
+
+export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
+  const { source, disk } = o;
+  const capacity = source.capacity;
+  const readAhead = Math.max(1, o.readAhead ?? Math.min(8, source.maxInFlight));
+  const holes = new HoleMap(source);
+  const held = new HeldCursor(o.held ?? []);
+  const whole: Hash | undefined = o.wholeDigest ? createHash('sha256') : undefined;
+  const res: ScanResult = { disk, capacity, readBytes: 0, changedBytes: 0, sentBytes: 0, extents: 0 };
+
+  const queue: { w: Window; data: Promise<Buffer | null> }[] = [];
+  let next = 0;
+  const plan = async (): Promise<void> => {
+    const offset = next;
+    const length = Math.min(WINDOW, capacity - offset);
+    next += length;
+    const [readStart, readEnd] = await holes.dataSpan(offset, offset + length);
+    const w: Window = { offset, length, readStart, readEnd };
+    const data = readEnd > readStart ? readChunked(source, readStart, readEnd - readStart) : Promise.resolve(null);
+    data.catch(() => {}); // awaited in order below; avoid an unhandled rejection meanwhile
+    queue.push({ w, data });
+  };
+
+  while (queue.length < readAhead && next < capacity) await plan();
+  while (queue.length) {
+    if (o.signal?.aborted) throw o.signal.reason ?? new Error('aborted');
+    const { w, data } = queue.shift()!;
+    const buf = await data;
+    while (queue.length < readAhead && next < capacity) await plan();
+    if (buf) res.readBytes += buf.length;
+    await processWindow(o, w, buf, held, res);
+    if (whole) {
+      if (w.readStart > w.offset) whole.update(zeros(w.readStart - w.offset));
+      if (buf) whole.update(buf);
+      if (w.offset + w.length > w.readEnd) whole.update(zeros(w.offset + w.length - Math.max(w.readEnd, w.offset)));
+    }
+    o.onProgress?.({ disk, done: w.offset + w.length, total: capacity, changed: res.changedBytes });
+  }
+  if (whole) res.sha256 = whole.digest('hex');
+  return res;
+}
+
+async function readChunked(source: BlockSource, offset: number, length: number): Promise<Buffer> {
+  if (length <= source.maxReadSize) return source.read(offset, length);
+  const parts: Buffer[] = [];
+  for (let at = 0; at < length; at += source.maxReadSize) {
+    parts.push(await source.read(offset + at, Math.min(source.maxReadSize, length - at)));
+  }
+  return Buffer.concat(parts);
+}
+
+async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, held: HeldCursor, res: ScanResult): Promise<void> {
+  const nBlocks = Math.ceil(w.length / BLOCK_SIZE);
+  const first = w.offset / BLOCK_SIZE;
+  const old = await o.oldManifest.get(first, nBlocks);
+  const fresh = Buffer.allocUnsafe(nBlocks * DIGEST_SIZE);
+  const zero = zeroDigest();
+  // Runs of changed blocks to send: [startBlock, endBlock, isZero]
+  let runStart = -1; let runZero = false;
+  const flush = async (endBlock: number): Promise<void> => {
+    if (runStart < 0) return;
+    const off = w.offset + runStart * BLOCK_SIZE;
+    const len = Math.min(w.offset + w.length, w.offset + endBlock * BLOCK_SIZE) - off;
+    const data = runZero ? null : buf!.subarray(off - w.readStart, off - w.readStart + len);
+    runStart = -1;
+    await o.sink.send(o.disk, off, data, len);
+    res.sentBytes += len;
+    res.extents++;
+  };
+  for (let i = 0; i < nBlocks; i++) {
+    const off = w.offset + i * BLOCK_SIZE;
+    const len = Math.min(BLOCK_SIZE, w.offset + w.length - off);
+    let isZero: boolean;
+    let d: Buffer;
+    if (!buf || off < w.readStart || off >= w.readEnd) {
+      isZero = true;
+      d = len === BLOCK_SIZE ? zero : zeroDigest(len);
+    } else {
+      const block = buf.subarray(off - w.readStart, off - w.readStart + len);
+      isZero = len === BLOCK_SIZE ? block.equals(zeros(BLOCK_SIZE)) : block.every((x) => x === 0);
+      d = isZero ? (len === BLOCK_SIZE ? zero : zeroDigest(len)) : createHash('sha256').update(block).digest();
+    }
+    d.copy(fresh, i * DIGEST_SIZE, 0, DIGEST_SIZE);
+    const changed = old.compare(fresh, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE) !== 0;
+    if (changed) res.changedBytes += len;
+    const send = changed && !held.covers(off, len);
+    if (!send || (runStart >= 0 && runZero !== isZero)) await flush(i);
+    if (send && runStart < 0) { runStart = i; runZero = isZero; }
+  }
+  await flush(nBlocks);
+  await o.newManifest.append(fresh);
+}
