@@ -24,6 +24,12 @@ export interface EngineOptions {
   logger: Logger;
   retry?: RetryPolicy;
   now?: () => Date;
+  events?: EngineEvents;
+}
+
+export interface EngineEvents {
+  cycleCommitted?(e: { jobId: string; kind: string; wireBytes: number; sourceBytesRead: number; seconds: number }): void;
+  cycleFailed?(e: { jobId: string; step: string; transient: boolean; message: string }): void;
 }
 
 export interface LiveStatus {
@@ -230,6 +236,10 @@ export class JobEngine {
           this.o.state.updateJob(job.id, { state, nextSyncAt: state === 'waiting' ? next : null, error: null, syncRequested: false });
         }
         log.info({ cycleId: cycle.id, imageId: result.image.imageId, kind: result.kind, wireBytes: result.wireBytes, ms: result.durationMs }, 'cycle committed');
+        this.o.events?.cycleCommitted?.({
+          jobId: job.id, kind: final ? 'final' : result.kind, wireBytes: result.wireBytes,
+          sourceBytesRead: result.disks.reduce((n, d) => n + d.sourceBytesRead, 0), seconds: result.durationMs / 1000,
+        });
         return;
       } catch (e) {
         if (run.controller.signal.aborted) {
@@ -239,6 +249,7 @@ export class JobEngine {
         const step = e instanceof CycleError ? e.step : 'connect';
         const transient = isTransient(e);
         log.warn({ cycleId: cycle.id, step, attempt, transient, err: errorMessage(e) }, 'cycle attempt failed');
+        this.o.events?.cycleFailed?.({ jobId: job.id, step, transient, message: errorMessage(e) });
         if (transient && attempt < this.retry.attempts) {
           this.o.state.updateJob(job.id, { error: { step, message: errorMessage(e), at: this.now().toISOString(), attempts: attempt } });
           const delay = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
