@@ -67,7 +67,20 @@ export interface CommitOptions {
   expected?: HeldRanges[];
 }
 
+/** Optional hints for `writeExtent` (added by the store; callers may ignore them). */
+export interface WriteExtentOptions {
+  /**
+   * SHA-256 of `data` (32 bytes or 64 hex chars), used only when the extent is exactly one whole
+   * chunk (offset a multiple of `chunkSize`, length = that chunk's length, data not null): the store
+   * then names the chunk by it without hashing again. The store trusts it; pass it only after
+   * checking it against the bytes (the receiver does, for wire digests).
+   */
+  sha256?: Uint8Array | string;
+}
+
 export interface CycleWriter {
+  /** The store's chunk size in bytes: extents aligned to it take the fast path. */
+  readonly chunkSize: number;
   readonly sourceId: string;
   readonly cycleId: string;
   readonly disks: readonly DiskSpec[];
@@ -77,7 +90,7 @@ export interface CycleWriter {
    * Throws StoreError 'OUT_OF_RANGE' past the disk's capacity, 'BAD_DISK' for an unknown disk.
    * Concurrent calls are allowed; overlapping calls are applied in call order.
    */
-  writeExtent(disk: number, offset: number, length: number, data: Uint8Array | null): Promise<void>;
+  writeExtent(disk: number, offset: number, length: number, data: Uint8Array | null, opts?: WriteExtentOptions): Promise<void>;
   /** Make everything written so far durable and reported by `held()`. */
   flush(): Promise<void>;
   /** What this cycle durably holds (after the last flush), also after a crash and reopen. */
@@ -90,6 +103,8 @@ export interface CycleWriter {
 
 export interface ImageStore {
   readonly root: string;
+  /** Chunk size in bytes (fixed when the store is created; recorded in `<root>/store.json`). */
+  readonly chunkSize: number;
   beginCycle(opts: BeginCycleOptions): Promise<CycleWriter>;
   /** Open cycles of a source (left by a crash or a broken connection). */
   openCycles(sourceId: string): Promise<string[]>;
@@ -98,6 +113,13 @@ export interface ImageStore {
   getImage(sourceId: string, imageId: string): Promise<ImageInfo>;
   /** Read bytes of a committed image (holes read as zeros). */
   readImage(sourceId: string, imageId: string, disk: number, offset: number, length: number): Promise<Buffer>;
+  /**
+   * Raw index slots of an image's disk: 32 bytes (the chunk's SHA-256) per chunk from chunk `first`,
+   * `count` chunks (clipped to the disk); all-zero slots are holes. Chunk i covers bytes
+   * [i*chunkSize, min((i+1)*chunkSize, capacity)). Lets a sender compare block digests without
+   * reading image data when its block size equals `chunkSize`.
+   */
+  chunkDigests(sourceId: string, imageId: string, disk: number, first: number, count: number): Promise<Buffer>;
   /** Re-hash every chunk of an image; lists bad chunks. Pins the image while it runs. */
   verify(sourceId: string, imageId: string): Promise<{ ok: boolean; chunks: number; bad: { disk: number; offset: number; reason: string }[] }>;
   /** Export one disk of an image. Pins the image while it runs. Never leaves a partial file at `output`. */

@@ -1,0 +1,143 @@
+import { open, readFile, rename, unlink, utimes } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { fsyncDir } from '../util/fsync.ts';
+import type { Layout } from './layout.ts';
+
+export function sha256(data: Uint8Array): Buffer {
+  return createHash('sha256').update(data).digest();
+}
+
+const zeroDigests = new Map<number, Buffer>();
+/** SHA-256 of `len` zero bytes (cached): a chunk with this digest is a hole. */
+export function zeroDigest(len: number): Buffer {
+  let d = zeroDigests.get(len);
+  if (!d) {
+    d = sha256(Buffer.alloc(len));
+    if (zeroDigests.size < 64) zeroDigests.set(len, d);
+  }
+  return d;
+}
+
+export function isZeroSlot(slot: Uint8Array): boolean {
+  for (let i = 0; i < slot.length; i++) if (slot[i] !== 0) return false;
+  return true;
+}
+
+let tmpCounter = 0;
+
+/**
+ * Chunk files for one cycle writer. A new chunk is written to a temp name in its directory and
+ * only gets its final (content) name after an fsync ("promotion", batched), so a final name is
+ * always complete and durable: other writers may dedup against any final name.
+ */
+export class ChunkWriter {
+  /** hex -> temp path of chunks written but not yet promoted. */
+  private readonly pending = new Map<string, string>();
+  private readonly promoting = new Set<Promise<void>>();
+  private readonly inPromotion = new Set<string>();
+  private readonly dirtyDirs = new Set<string>();
+  /** Chunks this writer knows exist and protected by its refs journal. */
+  private readonly confirmed = new Set<string>();
+  newChunks = 0;
+  newBytes = 0;
+
+  constructor(private readonly layout: Layout, private readonly noteRef: (hex: string) => void,
+    private readonly promoteBatch = 32) {}
+
+  /** Make sure a chunk named `hex` with content `data` exists (or will on the next `sync`). */
+  async put(hex: string, data: Uint8Array): Promise<void> {
+    if (this.pending.has(hex) || this.confirmed.has(hex)) return;
+    // Journal the reference before touching the chunk: gc either sees the journal entry, or runs its
+    // mark before it and then sees an mtime newer than its start (see gc.ts).
+    this.noteRef(hex);
+    const final = this.layout.chunkPath(hex);
+    const now = new Date();
+    try {
+      await utimes(final, now, now);
+      this.confirmed.add(hex);
+      this.dirtyDirs.add(this.layout.chunkDir(hex));
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    if (this.pending.has(hex) || this.confirmed.has(hex)) return;
+    const tmp = join(this.layout.chunkDir(hex), `.tmp-${process.pid}-${(tmpCounter++).toString(36)}`);
+    this.pending.set(hex, tmp);
+    try {
+      const fh = await open(tmp, 'wx', 0o600);
+      try {
+        await fh.write(data, 0, data.length, 0);
+      } finally {
+        await fh.close();
+      }
+    } catch (e) {
+      this.pending.delete(hex);
+      await unlink(tmp).catch(() => {});
+      throw e;
+    }
+    this.newChunks++;
+    this.newBytes += data.length;
+    if (this.pending.size >= this.promoteBatch * 2) {
+      const p = this.promote();
+      this.track(p);
+      await p;
+    } else if (this.pending.size >= this.promoteBatch && this.promoting.size === 0) {
+      this.track(this.promote());
+    }
+  }
+
+  /** Bytes of chunk `hex`, also when it is still under its temp name. */
+  async read(hex: string): Promise<Buffer> {
+    const tmp = this.pending.get(hex);
+    if (tmp) {
+      try { return await readFile(tmp); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+    }
+    return readFile(this.layout.chunkPath(hex));
+  }
+
+  private track(p: Promise<void>): void {
+    const q = p.catch(() => {}).finally(() => this.promoting.delete(q));
+    this.promoting.add(q);
+  }
+
+  /** fsync and rename the pending chunks present now. */
+  private async promote(): Promise<void> {
+    const batch = [...this.pending].filter(([hex]) => !this.inPromotion.has(hex));
+    for (const [hex] of batch) this.inPromotion.add(hex);
+    await Promise.all(batch.map(async ([hex, tmp]) => {
+      try {
+        const fh = await open(tmp, 'r');
+        try { await fh.sync(); } finally { await fh.close(); }
+        await rename(tmp, this.layout.chunkPath(hex));
+        this.confirmed.add(hex);
+        this.dirtyDirs.add(this.layout.chunkDir(hex));
+        this.pending.delete(hex);
+      } finally {
+        this.inPromotion.delete(hex);
+      }
+    }));
+  }
+
+  /** Everything put so far is durable under its final name. */
+  async sync(): Promise<void> {
+    const want = [...this.pending.keys()];
+    while (want.some((h) => this.pending.has(h))) {
+      await Promise.all([...this.promoting]);
+      const p = this.promote();
+      this.track(p);
+      await p;
+    }
+    const dirs = [...this.dirtyDirs];
+    this.dirtyDirs.clear();
+    await Promise.all(dirs.map((d) => fsyncDir(d)));
+  }
+
+  /** Drop temp files (abort). */
+  async discard(): Promise<void> {
+    await Promise.all([...this.promoting]);
+    const tmps = [...this.pending.values()];
+    this.pending.clear();
+    await Promise.all(tmps.map((t) => unlink(t).catch(() => {})));
+  }
+}

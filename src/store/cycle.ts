@@ -1,0 +1,458 @@
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { copyFile, constants as fsc, link, mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { assertId } from '../util/ids.ts';
+import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
+import { StoreError, type CommitOptions, type CycleWriter, type DiskSpec, type HeldRanges, type ImageInfo, type Range, type WriteExtentOptions } from './types.ts';
+import { indexName, SLOT, type Layout } from './layout.ts';
+import { ChunkWriter, isZeroSlot, sha256, zeroDigest } from './chunks.ts';
+import { coalesce, firstUncovered } from './ranges.ts';
+import { imageIds, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
+import { pidAlive, pinImage } from './pins.ts';
+
+interface CycleRecord {
+  sourceId: string;
+  cycleId: string;
+  baseImageId: string | null;
+  disks: DiskSpec[];
+  chunkSize: number;
+  createdAt: string;
+}
+
+interface DiskState {
+  spec: DiskSpec;
+  slots: number;
+  idx: FileHandle;
+  /** chunk index -> new digest (null = hole), not yet in the working index file. */
+  dirty: Map<number, Buffer | null>;
+  held: Range[];
+  unflushed: Range[];
+}
+
+export interface CycleEnv {
+  layout: Layout;
+  chunkSize: number;
+  /** Called when the writer is done (commit or abort) so the store forgets it. */
+  onClose: (w: Cycle) => void;
+}
+
+export function validateDisks(disks: unknown): DiskSpec[] {
+  if (!Array.isArray(disks) || disks.length === 0) throw new StoreError('BAD_DISK', 'a cycle needs at least one disk');
+  const seen = new Set<number>();
+  for (const d of disks as DiskSpec[]) {
+    if (!Number.isSafeInteger(d?.disk) || d.disk < 0 || d.disk >= disks.length || seen.has(d.disk)) {
+      throw new StoreError('BAD_DISK', `disk numbers must be 0..${disks.length - 1}, each once (got ${JSON.stringify(d?.disk)})`);
+    }
+    if (!Number.isSafeInteger(d.capacity) || d.capacity <= 0 || d.capacity % 512 !== 0) {
+      throw new StoreError('BAD_DISK', `disk ${d.disk}: capacity must be a positive multiple of 512 bytes (got ${JSON.stringify(d.capacity)})`);
+    }
+    seen.add(d.disk);
+  }
+  return [...(disks as DiskSpec[])].sort((a, b) => a.disk - b.disk)
+    .map((d) => ({ disk: d.disk, capacity: d.capacity, ...(d.label !== undefined ? { label: String(d.label) } : {}) }));
+}
+
+function toDigest(v: Uint8Array | string): Buffer | null {
+  if (typeof v === 'string') return /^[0-9a-fA-F]{64}$/.test(v) ? Buffer.from(v, 'hex') : null;
+  return v.length === 32 ? Buffer.from(v.buffer, v.byteOffset, 32) : null;
+}
+
+/** Parse held.log: JSON lines {d, o, l}; a torn last line (crash mid-append) is ignored. */
+function parseHeld(text: string): Map<number, Range[]> {
+  const out = new Map<number, Range[]>();
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    try {
+      const r = JSON.parse(line) as { d: number; o: number; l: number };
+      if (!Number.isSafeInteger(r.d) || !Number.isSafeInteger(r.o) || !Number.isSafeInteger(r.l)) continue;
+      let list = out.get(r.d);
+      if (!list) out.set(r.d, (list = []));
+      list.push({ offset: r.o, length: r.l });
+    } catch { /* torn line */ }
+  }
+  return out;
+}
+
+export class Cycle implements CycleWriter {
+  readonly chunkSize: number;
+  readonly sourceId: string;
+  readonly cycleId: string;
+  readonly disks: readonly DiskSpec[];
+  readonly baseImageId: string | null;
+  private readonly dir: string;
+  private readonly state = new Map<number, DiskState>();
+  private readonly chains = new Map<string, Promise<void>>();
+  private readonly inflight = new Set<Promise<void>>();
+  private flushChain: Promise<void> = Promise.resolve();
+  private status: 'open' | 'closing' | 'closed' = 'open';
+  private chunks: ChunkWriter;
+
+  private constructor(private readonly env: CycleEnv, rec: CycleRecord, dir: string,
+    private readonly refsFd: number, private readonly heldFh: FileHandle) {
+    this.chunkSize = rec.chunkSize;
+    this.sourceId = rec.sourceId;
+    this.cycleId = rec.cycleId;
+    this.disks = Object.freeze(rec.disks.map((d) => Object.freeze({ ...d })));
+    this.baseImageId = rec.baseImageId;
+    this.dir = dir;
+    this.chunks = new ChunkWriter(env.layout, (hex) => { writeSync(this.refsFd, `${hex}\n`); });
+  }
+
+  get key(): string { return `${this.sourceId}/${this.cycleId}`; }
+  get isOpen(): boolean { return this.status === 'open'; }
+  /** Chunk files this writer created (for tests and stats). */
+  get newChunks(): number { return this.chunks.newChunks; }
+
+  /** Begin a new cycle, or resume the open one with the same ids. */
+  static async begin(env: CycleEnv, opts: { sourceId: string; cycleId: string; disks: DiskSpec[]; baseImageId?: string | null }): Promise<Cycle> {
+    const { layout } = env;
+    const src = assertId(opts.sourceId, 'source id');
+    const cid = assertId(opts.cycleId, 'cycle id');
+    const disks = validateDisks(opts.disks);
+    const dir = layout.cycleDir(src, cid);
+    await mkdir(layout.cyclesDir(src), { recursive: true });
+    await mkdir(layout.imagesDir(src), { recursive: true });
+
+    let rec: CycleRecord | null = null;
+    try {
+      rec = JSON.parse(await readFile(join(dir, 'cycle.json'), 'utf8')) as CycleRecord;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    if (rec) {
+      const same = rec.disks.length === disks.length && rec.disks.every((d, i) => d.disk === disks[i]!.disk && d.capacity === disks[i]!.capacity);
+      if (!same) {
+        throw new StoreError('CYCLE_MISMATCH', `cycle ${cid} of source ${src} is open with disks ${JSON.stringify(rec.disks.map((d) => [d.disk, d.capacity]))}; `
+          + `resume it with the same disks or abort it`);
+      }
+      if (opts.baseImageId !== undefined && opts.baseImageId !== rec.baseImageId) {
+        throw new StoreError('CYCLE_MISMATCH', `cycle ${cid} of source ${src} is open on base image ${rec.baseImageId ?? 'none'}, not ${opts.baseImageId ?? 'none'}`);
+      }
+      await claimOwner(dir, src, cid);
+    } else {
+      rec = await createCycle(env, src, cid, disks, opts.baseImageId, dir);
+    }
+    const refsFd = openSync(join(dir, 'refs.log'), 'a', 0o600);
+    let heldFh: FileHandle | undefined;
+    const c = await (async () => {
+      heldFh = await open(join(dir, 'held.log'), 'a+', 0o600);
+      const held = parseHeld(await readFile(join(dir, 'held.log'), 'utf8'));
+      const cyc = new Cycle(env, rec, dir, refsFd, heldFh);
+      for (const d of rec.disks) {
+        const idx = await open(join(dir, indexName(d.disk)), 'r+');
+        cyc.state.set(d.disk, {
+          spec: d, slots: Math.ceil(d.capacity / rec.chunkSize), idx, dirty: new Map(),
+          held: coalesce(held.get(d.disk) ?? []), unflushed: [],
+        });
+      }
+      return cyc;
+    })().catch(async (e) => {
+      closeSync(refsFd);
+      await heldFh?.close();
+      throw e;
+    });
+    return c;
+  }
+
+  async writeExtent(disk: number, offset: number, length: number, data: Uint8Array | null, opts?: WriteExtentOptions): Promise<void> {
+    // Everything up to the chain registration runs synchronously, so overlapping calls queue in call order.
+    if (this.status !== 'open') throw new StoreError('CYCLE_CLOSED', `cycle ${this.cycleId} of source ${this.sourceId} is ${this.status === 'closing' ? 'being committed or aborted' : 'closed'}`);
+    const ds = this.state.get(disk);
+    if (!ds) throw new StoreError('BAD_DISK', `source ${this.sourceId} cycle ${this.cycleId} has no disk ${disk} (disks: ${[...this.state.keys()].join(', ')})`);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > ds.spec.capacity) {
+      throw new StoreError('OUT_OF_RANGE', `extent offset ${offset} length ${length} is outside disk ${disk} (capacity ${ds.spec.capacity} bytes)`);
+    }
+    if (data !== null && data.length !== length) {
+      throw new StoreError('BAD_LENGTH', `extent at offset ${offset} of disk ${disk} says length ${length} but carries ${data.length} bytes`);
+    }
+    if (length === 0) return;
+    const cs = this.chunkSize;
+    const pieces: Promise<void>[] = [];
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + length - 1) / cs);
+    const given = opts?.sha256 !== undefined && first === last ? toDigest(opts.sha256) : null;
+    for (let i = first; i <= last; i++) {
+      const cStart = i * cs;
+      const cLen = Math.min(cs, ds.spec.capacity - cStart);
+      const s = Math.max(offset, cStart);
+      const e = Math.min(offset + length, cStart + cLen);
+      const piece = data ? data.subarray(s - offset, e - offset) : null;
+      const key = `${disk}:${i}`;
+      const prev = this.chains.get(key);
+      const run = () => this.applyPiece(ds, i, cLen, s - cStart, e - s, piece, given);
+      const p = prev ? prev.then(run, run) : run();
+      this.chains.set(key, p);
+      const drop = () => { if (this.chains.get(key) === p) this.chains.delete(key); };
+      p.then(drop, drop);
+      pieces.push(p);
+    }
+    const op = Promise.all(pieces).then(() => { ds.unflushed.push({ offset, length }); });
+    const tracked = op.then(() => {}, () => {});
+    this.inflight.add(tracked);
+    void tracked.then(() => this.inflight.delete(tracked));
+    await op;
+  }
+
+  private async currentSlot(ds: DiskState, i: number): Promise<Buffer | null> {
+    if (ds.dirty.has(i)) return ds.dirty.get(i)!;
+    const b = Buffer.alloc(SLOT);
+    const { bytesRead } = await ds.idx.read(b, 0, SLOT, i * SLOT);
+    return bytesRead === SLOT && !isZeroSlot(b) ? b : null;
+  }
+
+  private async applyPiece(ds: DiskState, i: number, cLen: number, at: number, len: number, piece: Uint8Array | null, given: Buffer | null): Promise<void> {
+    let digest: Buffer | null;
+    if (at === 0 && len === cLen) {
+      if (!piece) {
+        digest = null;
+      } else {
+        digest = given ?? sha256(piece);
+        if (digest.equals(zeroDigest(cLen))) digest = null;
+        else await this.chunks.put(digest.toString('hex'), piece);
+      }
+    } else {
+      const cur = await this.currentSlot(ds, i);
+      if (!cur && !piece) {
+        digest = null;
+      } else {
+        let buf: Buffer;
+        if (cur) {
+          const old = await this.chunks.read(cur.toString('hex'));
+          buf = old.length === cLen ? old : Buffer.concat([old.subarray(0, cLen), Buffer.alloc(Math.max(0, cLen - old.length))]);
+        } else {
+          buf = Buffer.alloc(cLen);
+        }
+        if (piece) buf.set(piece, at);
+        else buf.fill(0, at, at + len);
+        digest = sha256(buf);
+        if (digest.equals(zeroDigest(cLen))) digest = null;
+        else await this.chunks.put(digest.toString('hex'), buf);
+      }
+    }
+    ds.dirty.set(i, digest);
+  }
+
+  flush(): Promise<void> {
+    const run = this.flushChain.then(() => this.doFlush());
+    this.flushChain = run.catch(() => {});
+    return run;
+  }
+
+  private async doFlush(): Promise<void> {
+    await Promise.all([...this.inflight]);
+    const snaps = [...this.state.values()].map((ds) => ({ ds, dirty: new Map(ds.dirty), ranges: ds.unflushed.splice(0) }));
+    try {
+      // Chunks before the index that names them, the index before the journal that claims the ranges.
+      await this.chunks.sync();
+      const zero = Buffer.alloc(SLOT);
+      await Promise.all(snaps.map(async ({ ds, dirty }) => {
+        if (dirty.size === 0) return;
+        const idxs = [...dirty.keys()].sort((a, b) => a - b);
+        for (let k = 0; k < idxs.length;) {
+          let j = k + 1;
+          while (j < idxs.length && idxs[j] === idxs[j - 1]! + 1 && j - k < 8192) j++;
+          const buf = Buffer.concat(idxs.slice(k, j).map((i) => dirty.get(i) ?? zero));
+          await ds.idx.write(buf, 0, buf.length, idxs[k]! * SLOT);
+          k = j;
+        }
+        await ds.idx.sync();
+      }));
+      const lines: string[] = [];
+      for (const { ds, ranges } of snaps) for (const r of coalesce(ranges)) lines.push(JSON.stringify({ d: ds.spec.disk, o: r.offset, l: r.length }));
+      if (lines.length > 0) {
+        await this.heldFh.write(`${lines.join('\n')}\n`);
+        await this.heldFh.sync();
+      }
+    } catch (e) {
+      for (const { ds, ranges } of snaps) ds.unflushed.unshift(...ranges);
+      throw e;
+    }
+    for (const { ds, dirty, ranges } of snaps) {
+      if (ranges.length > 0) ds.held = coalesce(ds.held.concat(ranges));
+      for (const [i, v] of dirty) if (ds.dirty.get(i) === v) ds.dirty.delete(i);
+    }
+  }
+
+  async held(): Promise<HeldRanges[]> {
+    return [...this.state.values()].map((ds) => ({ disk: ds.spec.disk, ranges: ds.held.map((r) => ({ ...r })) }));
+  }
+
+  async commit(opts: CommitOptions = {}): Promise<ImageInfo> {
+    this.assertOpen();
+    this.status = 'closing';
+    try {
+      await this.flush();
+      this.checkExpected(opts);
+      const info = await this.publish(opts.meta ?? {});
+      await this.closeHandles();
+      await rm(this.dir, { recursive: true, force: true });
+      await fsyncDir(this.env.layout.cyclesDir(this.sourceId));
+      this.status = 'closed';
+      this.env.onClose(this);
+      return info;
+    } catch (e) {
+      if (this.status === 'closing') this.status = 'open';
+      throw e;
+    }
+  }
+
+  private checkExpected(opts: CommitOptions): void {
+    for (const exp of opts.expected ?? []) {
+      const ds = this.state.get(exp.disk);
+      if (!ds) throw new StoreError('BAD_DISK', `commit expects disk ${exp.disk}, but cycle ${this.cycleId} of source ${this.sourceId} has no such disk`);
+      const gap = firstUncovered(exp.ranges, ds.held);
+      if (gap) {
+        throw new StoreError('MISSING_EXTENTS', `cycle ${this.cycleId} of source ${this.sourceId}: disk ${exp.disk} is missing bytes `
+          + `${gap.offset}-${gap.offset + gap.length - 1} (${gap.length} bytes at offset ${gap.offset}) that the sender claims to have sent`);
+      }
+    }
+  }
+
+  private async publish(meta: Record<string, unknown>): Promise<ImageInfo> {
+    const layout = this.env.layout;
+    const imagesDir = layout.imagesDir(this.sourceId);
+    const disks = [];
+    for (const ds of this.state.values()) disks.push({ ...ds.spec, ...(await indexStats(ds, this.chunkSize)) });
+    const tmp = join(imagesDir, `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+    await mkdir(tmp);
+    try {
+      for (const ds of this.state.values()) await link(join(this.dir, indexName(ds.spec.disk)), join(tmp, indexName(ds.spec.disk)));
+      const lastSeqPath = join(layout.sourceDir(this.sourceId), 'last-seq');
+      const lastSeq = Number((await readFile(lastSeqPath, 'utf8').catch(() => '0')).trim()) || 0;
+      const ids = await imageIds(layout, this.sourceId);
+      let seq = Math.max(lastSeq, ids.length ? Number(ids[ids.length - 1]) : 0) + 1;
+      for (;;) {
+        const rec: ImageRecord = {
+          sourceId: this.sourceId, imageId: String(seq), seq, committedAt: new Date().toISOString(),
+          cycleId: this.cycleId, baseImageId: this.baseImageId, disks, meta, chunkSize: this.chunkSize,
+        };
+        const fh = await open(join(tmp, 'image.json'), 'w', 0o600);
+        try { await fh.writeFile(JSON.stringify(rec, null, 1)); await fh.sync(); } finally { await fh.close(); }
+        await fsyncDir(tmp);
+        try {
+          await rename(tmp, join(imagesDir, String(seq)));
+        } catch (e) {
+          const code = (e as NodeJS.ErrnoException).code;
+          if (code === 'ENOTEMPTY' || code === 'EEXIST') { seq++; continue; }
+          throw e;
+        }
+        await fsyncDir(imagesDir);
+        await writeFileAtomic(lastSeqPath, String(seq));
+        return publicInfo(rec);
+      }
+    } catch (e) {
+      await rm(tmp, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.status === 'closed') return;
+    this.status = 'closing';
+    await Promise.all([...this.inflight]);
+    await this.flushChain;
+    await this.chunks.discard();
+    await this.closeHandles();
+    await rm(this.dir, { recursive: true, force: true });
+    await fsyncDir(this.env.layout.cyclesDir(this.sourceId)).catch(() => {});
+    this.status = 'closed';
+    this.env.onClose(this);
+  }
+
+  /** Release files without committing or aborting (the cycle stays open on disk, resumable). */
+  async detach(): Promise<void> {
+    if (this.status === 'closed') return;
+    this.status = 'closing';
+    await Promise.all([...this.inflight]);
+    await this.flush().catch(() => {});
+    await this.closeHandles();
+    await rm(join(this.dir, 'owner'), { force: true });
+    this.status = 'closed';
+    this.env.onClose(this);
+  }
+
+  private assertOpen(): void {
+    if (this.status !== 'open') throw new StoreError('CYCLE_CLOSED', `cycle ${this.cycleId} of source ${this.sourceId} is no longer open`);
+  }
+
+  private async closeHandles(): Promise<void> {
+    for (const ds of this.state.values()) await ds.idx.close().catch(() => {});
+    await this.heldFh.close().catch(() => {});
+    try { closeSync(this.refsFd); } catch { /* closed */ }
+  }
+}
+
+/** Non-hole chunks and their bytes, streaming the index (bounded memory). */
+async function indexStats(ds: DiskState, cs: number): Promise<{ allocatedBytes: number; chunkCount: number }> {
+  const per = 32768;
+  const buf = Buffer.alloc(per * SLOT);
+  let chunkCount = 0; let allocatedBytes = 0;
+  for (let i = 0; i < ds.slots; i += per) {
+    const n = Math.min(per, ds.slots - i);
+    const { bytesRead } = await ds.idx.read(buf, 0, n * SLOT, i * SLOT);
+    for (let k = 0; k * SLOT < bytesRead; k++) {
+      if (!isZeroSlot(buf.subarray(k * SLOT, (k + 1) * SLOT))) {
+        chunkCount++;
+        allocatedBytes += Math.min(cs, ds.spec.capacity - (i + k) * cs);
+      }
+    }
+  }
+  return { allocatedBytes, chunkCount };
+}
+
+async function claimOwner(dir: string, src: string, cid: string): Promise<void> {
+  const ownerPath = join(dir, 'owner');
+  const pid = Number((await readFile(ownerPath, 'utf8').catch(() => '')).trim());
+  if (pid && pid !== process.pid && pidAlive(pid)) {
+    throw new StoreError('CYCLE_BUSY', `cycle ${cid} of source ${src} is being written by process ${pid}`);
+  }
+  await writeFile(ownerPath, String(process.pid));
+}
+
+async function createCycle(env: CycleEnv, src: string, cid: string, disks: DiskSpec[], baseOpt: string | null | undefined, dir: string): Promise<CycleRecord> {
+  const { layout, chunkSize } = env;
+  let base: ImageRecord | null = null;
+  let unpin: (() => Promise<void>) | null = null;
+  try {
+    if (baseOpt === undefined) {
+      const ids = await imageIds(layout, src);
+      for (let k = ids.length - 1; k >= 0 && !base; k--) {
+        unpin = await pinImage(layout, src, ids[k]!);
+        try { base = await readImageRecord(layout, src, ids[k]!); } catch (e) {
+          await unpin(); unpin = null;
+          if (!(e instanceof StoreError && e.code === 'NOT_FOUND')) throw e;
+        }
+      }
+    } else if (baseOpt !== null) {
+      unpin = await pinImage(layout, src, baseOpt);
+      base = await readImageRecord(layout, src, baseOpt);
+    }
+    if (base && base.chunkSize !== chunkSize) throw new StoreError('BAD_STORE', `image ${base.imageId} uses chunk size ${base.chunkSize}, the store ${chunkSize}`);
+    await rm(dir, { recursive: true, force: true });
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'owner'), String(process.pid));
+    for (const d of disks) {
+      const target = join(dir, indexName(d.disk));
+      const fromBase = base?.disks.some((b) => b.disk === d.disk);
+      if (base && fromBase) {
+        await copyFile(join(layout.imageDir(src, base.imageId), indexName(d.disk)), target, fsc.COPYFILE_FICLONE);
+      }
+      const fh = await open(target, fromBase ? 'r+' : 'w', 0o600);
+      try {
+        await fh.truncate(Math.ceil(d.capacity / chunkSize) * SLOT);
+        await fh.sync();
+      } finally { await fh.close(); }
+    }
+    const rec: CycleRecord = { sourceId: src, cycleId: cid, baseImageId: base?.imageId ?? null, disks, chunkSize, createdAt: new Date().toISOString() };
+    await writeFileAtomic(join(dir, 'cycle.json'), JSON.stringify(rec));
+    await fsyncDir(layout.cyclesDir(src));
+    return rec;
+  } catch (e) {
+    await rm(dir, { recursive: true, force: true });
+    throw e;
+  } finally {
+    await unpin?.();
+  }
+}
+

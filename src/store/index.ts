@@ -1,0 +1,3 @@
+export { openImageStore, DEFAULT_CHUNK_SIZE, MAX_READ, type StoreOptions } from './store.ts';
+export { StoreError } from './types.ts';
+export type * from './types.ts';

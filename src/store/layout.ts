@@ -1,0 +1,41 @@
+import { join } from 'node:path';
+import { assertId } from '../util/ids.ts';
+import { UserError } from '../util/errors.ts';
+
+/**
+ * On-disk layout of a store (all paths below `root`):
+ *   store.json                          { version, chunkSize }
+ *   chunks/<hh>/<sha256 hex>            chunk files (<hh> = first two hex digits); `.tmp-<pid>-*` being written
+ *   sources/<src>/images/<seq>/         image.json + disk-<n>.idx (a committed image; `.tmp-*`/`.trash-*` in flux)
+ *   sources/<src>/cycles/<cycle>/       cycle.json, disk-<n>.idx (working index), held.log, refs.log, owner
+ *   sources/<src>/pins/<image>.<pid>.<rand>   an export/verify (or a beginning cycle) is using the image
+ * An index is 32 bytes per chunk (its SHA-256); 32 zero bytes mark a hole.
+ */
+export const SLOT = 32;
+export const STORE_VERSION = 1;
+
+export class Layout {
+  constructor(readonly root: string) {}
+  get storeJson(): string { return join(this.root, 'store.json'); }
+  get chunksDir(): string { return join(this.root, 'chunks'); }
+  get sourcesDir(): string { return join(this.root, 'sources'); }
+  chunkDir(hex: string): string { return join(this.root, 'chunks', hex.slice(0, 2)); }
+  chunkPath(hex: string): string { return join(this.root, 'chunks', hex.slice(0, 2), hex); }
+  sourceDir(src: string): string { return join(this.root, 'sources', assertId(src, 'source id')); }
+  imagesDir(src: string): string { return join(this.sourceDir(src), 'images'); }
+  imageDir(src: string, imageId: string): string { return join(this.imagesDir(src), assertImageId(imageId)); }
+  cyclesDir(src: string): string { return join(this.sourceDir(src), 'cycles'); }
+  cycleDir(src: string, cycleId: string): string { return join(this.cyclesDir(src), assertId(cycleId, 'cycle id')); }
+  pinsDir(src: string): string { return join(this.sourceDir(src), 'pins'); }
+}
+
+export function indexName(disk: number): string { return `disk-${disk}.idx`; }
+
+/** Image ids are decimal sequence numbers. */
+export function assertImageId(id: unknown): string {
+  if (typeof id !== 'string' || !/^[1-9][0-9]{0,15}$/.test(id)) {
+    throw new UserError('BAD_ID', `invalid image id ${JSON.stringify(id)}: image ids are decimal numbers (1, 2, ...)`,
+      'use an image id listed by `vmlift image ls`');
+  }
+  return id;
+}

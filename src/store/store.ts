@@ -1,0 +1,329 @@
+import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { assertId, isValidId } from '../util/ids.ts';
+import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
+import { StoreError, type BeginCycleOptions, type CycleWriter, type ImageInfo, type ImageStore } from './types.ts';
+import { assertImageId, indexName, Layout, SLOT, STORE_VERSION } from './layout.ts';
+import { isZeroSlot, sha256 } from './chunks.ts';
+import { Cycle } from './cycle.ts';
+import { imageIds, listImageRecords, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
+import { livePins, pinImage } from './pins.ts';
+import { collectGarbage } from './gc.ts';
+import { exportDisk } from './export.ts';
+
+/** Chosen by measurement (bench/store-chunk-size.ts, docs/store.md). */
+export const DEFAULT_CHUNK_SIZE = 1 << 20;
+/** Largest readImage() request (bounds memory per call). */
+export const MAX_READ = 64 << 20;
+
+export interface StoreOptions {
+  /** Chunk size for a new store (power of two, 4 KiB – 64 MiB). An existing store keeps its own. */
+  chunkSize?: number;
+}
+
+async function runLimited<T>(items: T[], depth: number, fn: (t: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(depth, items.length) }, async () => {
+    while (next < items.length) await fn(items[next++]!);
+  }));
+}
+
+class Store implements ImageStore {
+  readonly layout: Layout;
+  private readonly active = new Map<string, Cycle>();
+  private readonly beginning = new Map<string, Promise<Cycle>>();
+
+  constructor(readonly root: string, readonly chunkSize: number) {
+    this.layout = new Layout(root);
+  }
+
+  async beginCycle(opts: BeginCycleOptions): Promise<CycleWriter> {
+    const key = `${assertId(opts.sourceId, 'source id')}/${assertId(opts.cycleId, 'cycle id')}`;
+    const pending = this.beginning.get(key);
+    if (pending) await pending.catch(() => {});
+    const cur = this.active.get(key);
+    if (cur?.isOpen) {
+      const same = cur.disks.length === opts.disks.length && cur.disks.every((d) => opts.disks.some((o) => o.disk === d.disk && o.capacity === d.capacity));
+      if (!same) throw new StoreError('CYCLE_MISMATCH', `cycle ${opts.cycleId} of source ${opts.sourceId} is open with other disks; resume it with the same disks or abort it`);
+      return cur;
+    }
+    const p = Cycle.begin({ layout: this.layout, chunkSize: this.chunkSize, onClose: (w) => { if (this.active.get(w.key) === w) this.active.delete(w.key); } }, opts);
+    this.beginning.set(key, p);
+    try {
+      const c = await p;
+      this.active.set(key, c);
+      return c;
+    } finally {
+      this.beginning.delete(key);
+    }
+  }
+
+  async openCycles(sourceId: string): Promise<string[]> {
+    const dir = this.layout.cyclesDir(sourceId);
+    const names = await readdir(dir).catch(() => [] as string[]);
+    const out: string[] = [];
+    for (const n of names) {
+      if (isValidId(n) && (await stat(join(dir, n, 'cycle.json')).catch(() => null))) out.push(n);
+    }
+    return out.sort();
+  }
+
+  async listSources(): Promise<string[]> {
+    return (await readdir(this.layout.sourcesDir).catch(() => [] as string[])).filter((n) => isValidId(n)).sort();
+  }
+
+  async listImages(sourceId: string): Promise<ImageInfo[]> {
+    return (await listImageRecords(this.layout, assertId(sourceId, 'source id'))).map(publicInfo);
+  }
+
+  private async record(sourceId: string, imageId: string): Promise<ImageRecord> {
+    assertId(sourceId, 'source id');
+    assertImageId(imageId);
+    if (!(await stat(this.layout.sourceDir(sourceId)).catch(() => null))) {
+      throw new StoreError('NOT_FOUND', `source ${sourceId} has no images in this store`);
+    }
+    return readImageRecord(this.layout, sourceId, imageId);
+  }
+
+  async getImage(sourceId: string, imageId: string): Promise<ImageInfo> {
+    return publicInfo(await this.record(sourceId, imageId));
+  }
+
+  private diskOf(rec: ImageRecord, disk: number) {
+    const d = rec.disks.find((x) => x.disk === disk);
+    if (!d) throw new StoreError('NOT_FOUND', `image ${rec.imageId} of source ${rec.sourceId} has no disk ${disk} (disks: ${rec.disks.map((x) => x.disk).join(', ')})`);
+    return d;
+  }
+
+  private async withIndex<T>(rec: ImageRecord, disk: number, fn: (read: (first: number, count: number) => Promise<Buffer>) => Promise<T>): Promise<T> {
+    let fh;
+    try {
+      fh = await open(join(this.layout.imageDir(rec.sourceId, rec.imageId), indexName(disk)), 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StoreError('NOT_FOUND', `image ${rec.imageId} of source ${rec.sourceId} was removed`);
+      throw e;
+    }
+    try {
+      return await fn(async (first, count) => {
+        const b = Buffer.alloc(count * SLOT);
+        const { bytesRead } = await fh.read(b, 0, b.length, first * SLOT);
+        if (bytesRead < b.length) b.fill(0, bytesRead);
+        return b;
+      });
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private async readChunk(hex: string, len: number): Promise<Buffer> {
+    let b: Buffer;
+    try {
+      b = await readFile(this.layout.chunkPath(hex));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StoreError('CHUNK_MISSING', `chunk ${hex} is missing from the store`);
+      throw e;
+    }
+    if (b.length === len) return b;
+    const out = Buffer.alloc(len);
+    b.copy(out, 0, 0, Math.min(len, b.length));
+    return out;
+  }
+
+  async readImage(sourceId: string, imageId: string, disk: number, offset: number, length: number): Promise<Buffer> {
+    const rec = await this.record(sourceId, imageId);
+    const d = this.diskOf(rec, disk);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > d.capacity) {
+      throw new StoreError('OUT_OF_RANGE', `read offset ${offset} length ${length} is outside disk ${disk} (capacity ${d.capacity} bytes)`);
+    }
+    if (length > MAX_READ) throw new StoreError('BAD_LENGTH', `read of ${length} bytes is larger than ${MAX_READ}`);
+    const out = Buffer.alloc(length);
+    if (length === 0) return out;
+    const cs = rec.chunkSize;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + length - 1) / cs);
+    await this.withIndex(rec, disk, async (read) => {
+      const slots = await read(first, last - first + 1);
+      const idx = Array.from({ length: last - first + 1 }, (_, k) => first + k);
+      await runLimited(idx, 4, async (i) => {
+        const slot = slots.subarray((i - first) * SLOT, (i - first + 1) * SLOT);
+        if (isZeroSlot(slot)) return;
+        const cStart = i * cs;
+        const data = await this.readChunk(slot.toString('hex'), Math.min(cs, d.capacity - cStart));
+        const s = Math.max(offset, cStart);
+        const e = Math.min(offset + length, cStart + cs);
+        data.copy(out, s - offset, s - cStart, e - cStart);
+      });
+    });
+    return out;
+  }
+
+  async chunkDigests(sourceId: string, imageId: string, disk: number, first: number, count: number): Promise<Buffer> {
+    const rec = await this.record(sourceId, imageId);
+    const d = this.diskOf(rec, disk);
+    const slots = Math.ceil(d.capacity / rec.chunkSize);
+    if (!Number.isSafeInteger(first) || !Number.isSafeInteger(count) || first < 0 || count < 0 || first > slots) {
+      throw new StoreError('OUT_OF_RANGE', `chunks ${first}+${count} are outside disk ${disk} (${slots} chunks)`);
+    }
+    const n = Math.min(count, slots - first, MAX_READ / SLOT);
+    return this.withIndex(rec, disk, (read) => read(first, n));
+  }
+
+  /** Every non-hole chunk of one disk, in index order, streamed. */
+  private async eachChunk(rec: ImageRecord, disk: number, fn: (i: number, hex: string) => Promise<void>): Promise<void> {
+    const d = this.diskOf(rec, disk);
+    const slots = Math.ceil(d.capacity / rec.chunkSize);
+    const per = 16384;
+    await this.withIndex(rec, disk, async (read) => {
+      for (let first = 0; first < slots; first += per) {
+        const n = Math.min(per, slots - first);
+        const buf = await read(first, n);
+        const todo: number[] = [];
+        for (let k = 0; k < n; k++) if (!isZeroSlot(buf.subarray(k * SLOT, (k + 1) * SLOT))) todo.push(k);
+        await runLimited(todo, 4, (k) => fn(first + k, buf.toString('hex', k * SLOT, (k + 1) * SLOT)));
+      }
+    });
+  }
+
+  private async pinned<T>(sourceId: string, imageId: string, fn: (rec: ImageRecord) => Promise<T>): Promise<T> {
+    await this.record(sourceId, imageId);
+    const unpin = await pinImage(this.layout, sourceId, imageId);
+    try {
+      return await fn(await this.record(sourceId, imageId));
+    } finally {
+      await unpin();
+    }
+  }
+
+  async verify(sourceId: string, imageId: string) {
+    return this.pinned(sourceId, imageId, async (rec) => {
+      const bad: { disk: number; offset: number; reason: string }[] = [];
+      let chunks = 0;
+      for (const d of rec.disks) {
+        await this.eachChunk(rec, d.disk, async (i, hex) => {
+          chunks++;
+          let data: Buffer;
+          try {
+            data = await readFile(this.layout.chunkPath(hex));
+          } catch (e) {
+            if (bad.length < 1000) bad.push({ disk: d.disk, offset: i * rec.chunkSize, reason: `chunk ${hex} ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'is missing' : `cannot be read: ${(e as Error).message}`}` });
+            return;
+          }
+          if (sha256(data).toString('hex') !== hex && bad.length < 1000) {
+            bad.push({ disk: d.disk, offset: i * rec.chunkSize, reason: `chunk ${hex} is corrupt (its content has another SHA-256)` });
+          }
+        });
+      }
+      return { ok: bad.length === 0, chunks, bad };
+    });
+  }
+
+  async export(sourceId: string, imageId: string, disk: number, format: 'raw' | 'qcow2' | 'vmdk', output: string): Promise<void> {
+    await this.pinned(sourceId, imageId, async (rec) => {
+      const d = this.diskOf(rec, disk);
+      const cs = rec.chunkSize;
+      const idxPath = join(this.layout.imageDir(sourceId, imageId), indexName(disk));
+      const fh = await open(idxPath, 'r');
+      try {
+        await exportDisk(output, format, d.capacity, cs, async (i) => {
+          const slot = Buffer.alloc(SLOT);
+          await fh.read(slot, 0, SLOT, i * SLOT);
+          if (isZeroSlot(slot)) return null;
+          return this.readChunk(slot.toString('hex'), Math.min(cs, d.capacity - i * cs));
+        });
+      } finally {
+        await fh.close();
+      }
+    });
+  }
+
+  async removeImage(sourceId: string, imageId: string): Promise<void> {
+    await this.record(sourceId, imageId);
+    const pinnedMsg = () => new StoreError('PINNED', `image ${imageId} of source ${sourceId} is in use by an export or verify; try again when it ends`);
+    if (await livePins(this.layout, sourceId, imageId)) throw pinnedMsg();
+    const imagesDir = this.layout.imagesDir(sourceId);
+    const dir = this.layout.imageDir(sourceId, imageId);
+    const trash = join(imagesDir, `.trash-${imageId}-${process.pid}-${randomBytes(4).toString('hex')}`);
+    try {
+      await rename(dir, trash);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StoreError('NOT_FOUND', `image ${imageId} of source ${sourceId} does not exist`);
+      throw e;
+    }
+    // A pin taken between the check and the rename wins: put the image back.
+    if (await livePins(this.layout, sourceId, imageId)) {
+      await rename(trash, dir);
+      throw pinnedMsg();
+    }
+    await fsyncDir(imagesDir);
+    await rm(trash, { recursive: true, force: true });
+  }
+
+  async applyRetention(sourceId: string, maxImages: number): Promise<string[]> {
+    assertId(sourceId, 'source id');
+    if (!Number.isInteger(maxImages) || maxImages < 1 || maxImages > 10) {
+      throw new StoreError('BAD_RETENTION', `max kept images must be 1-10 (got ${maxImages})`);
+    }
+    const ids = await imageIds(this.layout, sourceId);
+    const removed: string[] = [];
+    // Only images older than the newest `maxImages` go; a pinned one stays until a later run.
+    for (const id of ids.slice(0, Math.max(0, ids.length - maxImages))) {
+      try {
+        await this.removeImage(sourceId, id);
+        removed.push(id);
+      } catch (e) {
+        if (!(e instanceof StoreError && (e.code === 'PINNED' || e.code === 'NOT_FOUND'))) throw e;
+      }
+    }
+    await this.gc();
+    return removed;
+  }
+
+  gc(): Promise<{ removedChunks: number; removedBytes: number }> {
+    return collectGarbage(this.layout);
+  }
+
+  async stats(): Promise<{ logicalBytes: number; storedBytes: number; chunks: number; dedupRatio: number }> {
+    let logicalBytes = 0;
+    for (const src of await this.listSources()) {
+      for (const img of await this.listImages(src)) for (const d of img.disks) logicalBytes += d.allocatedBytes;
+    }
+    let storedBytes = 0; let chunks = 0;
+    for (let b = 0; b < 256; b++) {
+      const dir = join(this.layout.chunksDir, b.toString(16).padStart(2, '0'));
+      const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.length === 64);
+      await runLimited(names, 8, async (n) => {
+        const st = await stat(join(dir, n)).catch(() => null);
+        if (st) { chunks++; storedBytes += st.size; }
+      });
+    }
+    return { logicalBytes, storedBytes, chunks, dedupRatio: storedBytes > 0 ? logicalBytes / storedBytes : 1 };
+  }
+
+  async close(): Promise<void> {
+    for (const c of [...this.active.values()]) await c.detach();
+  }
+}
+
+export async function openImageStore(root: string, opts: StoreOptions = {}): Promise<ImageStore> {
+  const layout = new Layout(root);
+  await mkdir(root, { recursive: true });
+  let chunkSize: number;
+  try {
+    const meta = JSON.parse(await readFile(layout.storeJson, 'utf8')) as { version: number; chunkSize: number };
+    if (meta.version !== STORE_VERSION || !Number.isInteger(meta.chunkSize)) {
+      throw new StoreError('BAD_STORE', `${layout.storeJson} is from another vmlift version (store version ${meta.version})`);
+    }
+    chunkSize = meta.chunkSize;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    if (!Number.isInteger(Math.log2(chunkSize)) || chunkSize < 4096 || chunkSize > 64 << 20) {
+      throw new StoreError('BAD_STORE', `chunk size must be a power of two from 4 KiB to 64 MiB (got ${chunkSize})`);
+    }
+    for (let b = 0; b < 256; b++) await mkdir(join(layout.chunksDir, b.toString(16).padStart(2, '0')), { recursive: true });
+    await mkdir(layout.sourcesDir, { recursive: true });
+    await writeFileAtomic(layout.storeJson, JSON.stringify({ version: STORE_VERSION, chunkSize }));
+  }
+  return new Store(root, chunkSize);
+}
