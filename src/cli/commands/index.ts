@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { register as registerJobs } from './job.ts';
 import { register as registerAgent } from './agent.ts';
 
 /**
@@ -7,5 +8,6 @@ import { register as registerAgent } from './agent.ts';
  */
 export function registerCommands(program: Command): void {
   void program;
+  registerJobs(program);
   registerAgent(program);
 }

@@ -1,0 +1,153 @@
+import type { Command } from 'commander';
+import { callApi, connectorHome } from '../home.ts';
+import { printResult, table, formatBytes } from '../output.ts';
+import { formatDuration } from '../../util/duration.ts';
+import type { CycleRecord, DiskRecord, JobRecord, TemplateRecord, WorkgroupRecord } from '../../state/types.ts';
+import type { LiveStatus } from '../../engine/jobs.ts';
+import type { MemberResult } from '../../engine/workgroups.ts';
+
+interface Common { home?: string; json?: boolean }
+
+const settingFlags = (c: Command): Command => c
+  .option('--interval <duration>', 'sync interval, 1h to 7d (e.g. 12h)')
+  .option('--max-images <n>', 'images kept on the receiver, 1-10')
+  .option('--compression <level>', 'compression level 0-10 (0 = none)')
+  .option('--bandwidth <mbps>', 'bandwidth limit in Mbps, 0 = unlimited')
+  .option('--checksum <on|off>', 'verify committed images against source digests')
+  .option('--quiesce <on|off>', 'quiesce the guest when snapshotting')
+  .option('--transport <name>', 'disk transport: auto, vddk, nbd, http')
+  .option('--auto-sync <on|off>', 'run incremental cycles on the interval');
+
+function settingsFrom(o: Record<string, unknown>): Record<string, unknown> {
+  const map: Record<string, string> = {
+    interval: 'interval', maxImages: 'maxImages', compression: 'compression', bandwidth: 'bandwidth',
+    checksum: 'checksum', quiesce: 'quiesce', transport: 'transport', autoSync: 'autoSync',
+  };
+  return Object.fromEntries(Object.entries(map).filter(([k]) => o[k] !== undefined).map(([k, v]) => [v, o[k]]));
+}
+
+const homeOpt = (c: Command): Command => c
+  .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
+  .option('--json', 'print JSON');
+
+function jobLine(j: JobRecord): (string | number)[] {
+  return [j.id, j.vmRef ?? '-', j.state, j.error ? `${j.error.step}: ${j.error.message}` : '', j.nextSyncAt ?? '-', j.workgroupId ?? '-'];
+}
+
+function printMembers(json: boolean | undefined, results: MemberResult[]): void {
+  printResult(json, results, (r) => table(['SOURCE', 'OK', 'STATE', 'REASON'], r.map((m) => [m.jobId, m.ok ? 'yes' : 'no', m.state ?? '', m.reason ?? ''])));
+  if (results.some((m) => !m.ok)) process.exitCode = 1;
+}
+
+export function register(program: Command): void {
+  const job = program.command('job').description('agentless migration jobs (one VM each), run by the connector');
+
+  settingFlags(homeOpt(job.command('create').description('create a job for a VM')
+    .argument('<id>', 'job id ([a-z0-9-])')
+    .requiredOption('--vm <name|moref>', 'the VM to migrate')
+    .option('--template <name>', 'start from a template\'s settings')))
+    .action(async (id: string, o: Common & { vm: string; template?: string }) => {
+      const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', '/v1/jobs', { id, vm: o.vm, template: o.template, settings: settingsFrom(o as unknown as Record<string, unknown>) });
+      printResult(o.json, j, (x) => `created job ${x.id} for ${x.name} (${x.vmRef}); start it with: vmlift job start ${x.id}`);
+    });
+
+  for (const action of ['start', 'sync', 'pause', 'resume', 'complete'] as const) {
+    const help = {
+      start: 'start the job: preflight, enable CBT, full sync, then incrementals on the interval',
+      sync: 'run an incremental sync now', pause: 'stop reading and keep state', resume: 'resume a paused or failed job',
+      complete: 'one final sync (stop the VM\'s services first), then no more cycles',
+    }[action];
+    homeOpt(job.command(action).description(help).argument('<id>')).action(async (id: string, o: Common) => {
+      const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', `/v1/jobs/${encodeURIComponent(id)}/${action}`);
+      printResult(o.json, j, (x) => `job ${x.id}: ${x.state}`);
+    });
+  }
+
+  settingFlags(homeOpt(job.command('set').description('change settings; bandwidth and compression reach a running cycle within seconds').argument('<id>')))
+    .action(async (id: string, o: Common) => {
+      const j = await callApi<JobRecord>(connectorHome(o.home), 'PATCH', `/v1/jobs/${encodeURIComponent(id)}/settings`, settingsFrom(o as unknown as Record<string, unknown>));
+      printResult(o.json, j, (x) => `job ${x.id}: ${JSON.stringify(x.settings)}`);
+    });
+
+  homeOpt(job.command('delete').description('delete the job and its snapshots').argument('<id>')
+    .option('--remove-images', 'also delete its images on the receiver'))
+    .action(async (id: string, o: Common & { removeImages?: boolean }) => {
+      const r = await callApi(connectorHome(o.home), 'DELETE', `/v1/jobs/${encodeURIComponent(id)}${o.removeImages ? '?removeImages=1' : ''}`);
+      printResult(o.json, r, () => `deleted job ${id}`);
+    });
+
+  homeOpt(job.command('ls').description('list jobs')).action(async (o: Common) => {
+    const jobs = await callApi<JobRecord[]>(connectorHome(o.home), 'GET', '/v1/jobs');
+    printResult(o.json, jobs, (js) => table(['JOB', 'VM', 'STATE', 'ERROR', 'NEXT SYNC', 'WORKGROUP'], js.map(jobLine)));
+  });
+
+  homeOpt(job.command('show').description('a job\'s disks with progress, speed and remaining time, recent cycles and images').argument('<id>'))
+    .action(async (id: string, o: Common) => {
+      const r = await callApi<{ job: JobRecord; disks: DiskRecord[]; cycles: CycleRecord[]; live: LiveStatus | null; images: unknown }>(
+        connectorHome(o.home), 'GET', `/v1/jobs/${encodeURIComponent(id)}`);
+      printResult(o.json, r, (x) => {
+        const live = new Map((x.live?.disks ?? []).map((d) => [d.diskKey, d]));
+        const lines = [
+          `job ${x.job.id}  vm ${x.job.vmRef}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step})` : ''}`,
+          ...(x.job.error ? [`error in ${x.job.error.step} (attempt ${x.job.error.attempts}): ${x.job.error.message}`] : []),
+          '',
+          table(['DISK', 'LABEL', 'CAPACITY', 'DONE', 'TOTAL', 'SPEED', 'REMAINING', 'CHANGE ID'], x.disks.map((d) => {
+            const l = live.get(d.diskKey);
+            return [d.diskKey, d.label, formatBytes(d.capacity), l ? formatBytes(l.done) : '-', l ? formatBytes(l.total) : '-',
+              l ? `${formatBytes(l.speed)}/s` : '-', l?.remainingSeconds != null ? formatDuration(l.remainingSeconds) : '-', d.changeId ?? '-'];
+          })),
+          '',
+          table(['CYCLE', 'SEQ', 'KIND', 'STATE', 'IMAGE', 'STARTED', 'READ', 'WIRE', 'ERROR'], x.cycles.map((c) => [
+            c.id, c.seq, c.kind, c.state, c.imageId ?? '-', c.startedAt, formatBytes(c.sourceBytesRead), formatBytes(c.wireBytes), c.error ?? ''])),
+        ];
+        if (Array.isArray(x.images)) {
+          lines.push('', table(['IMAGE', 'COMMITTED'], (x.images as { imageId: string; committedAt: string }[]).map((i) => [i.imageId, i.committedAt])));
+        }
+        return lines.join('\n');
+      });
+    });
+
+  const wg = program.command('workgroup').description('groups of up to 50 sources with batch actions');
+  homeOpt(wg.command('create').argument('<id>').option('--name <name>')).action(async (id: string, o: Common & { name?: string }) => {
+    const w = await callApi<WorkgroupRecord>(connectorHome(o.home), 'POST', '/v1/workgroups', { id, name: o.name });
+    printResult(o.json, w, (x) => `created workgroup ${x.id}`);
+  });
+  for (const op of ['add', 'remove'] as const) {
+    homeOpt(wg.command(op).description(`${op} jobs ${op === 'add' ? 'to' : 'from'} a workgroup`).argument('<id>').argument('<jobs...>'))
+      .action(async (id: string, jobs: string[], o: Common) => {
+        printMembers(o.json, await callApi<MemberResult[]>(connectorHome(o.home), 'POST', `/v1/workgroups/${encodeURIComponent(id)}/${op}`, { jobs }));
+      });
+  }
+  for (const action of ['start', 'sync', 'pause', 'resume', 'complete'] as const) {
+    homeOpt(wg.command(action).description(`${action} every source of the workgroup`).argument('<id>')).action(async (id: string, o: Common) => {
+      printMembers(o.json, await callApi<MemberResult[]>(connectorHome(o.home), 'POST', `/v1/workgroups/${encodeURIComponent(id)}/${action}`));
+    });
+  }
+  homeOpt(wg.command('ls')).action(async (o: Common) => {
+    const ws = await callApi<WorkgroupRecord[]>(connectorHome(o.home), 'GET', '/v1/workgroups');
+    printResult(o.json, ws, (x) => table(['WORKGROUP', 'NAME', 'SOURCES'], x.map((w) => [w.id, w.name, w.members.length])));
+  });
+  homeOpt(wg.command('show').argument('<id>')).action(async (id: string, o: Common) => {
+    const s = await callApi<{ workgroup: WorkgroupRecord; members: { jobId: string; state: string; error: string | null }[] }>(
+      connectorHome(o.home), 'GET', `/v1/workgroups/${encodeURIComponent(id)}`);
+    printResult(o.json, s, (x) => `workgroup ${x.workgroup.id} (${x.members.length}/50)\n${table(['SOURCE', 'STATE', 'ERROR'], x.members.map((m) => [m.jobId, m.state, m.error ?? '']))}`);
+  });
+
+  const tpl = program.command('template').description('named job settings');
+  settingFlags(homeOpt(tpl.command('create').argument('<name>'))).action(async (name: string, o: Common) => {
+    const t = await callApi<TemplateRecord>(connectorHome(o.home), 'PUT', `/v1/templates/${encodeURIComponent(name)}`, settingsFrom(o as unknown as Record<string, unknown>));
+    printResult(o.json, t, (x) => `template ${x.name}: ${JSON.stringify(x.settings)}`);
+  });
+  homeOpt(tpl.command('ls')).action(async (o: Common) => {
+    const ts = await callApi<TemplateRecord[]>(connectorHome(o.home), 'GET', '/v1/templates');
+    printResult(o.json, ts, (x) => table(['TEMPLATE', 'SETTINGS'], x.map((t) => [t.name, JSON.stringify(t.settings)])));
+  });
+  homeOpt(tpl.command('show').argument('<name>')).action(async (name: string, o: Common) => {
+    const t = await callApi<TemplateRecord>(connectorHome(o.home), 'GET', `/v1/templates/${encodeURIComponent(name)}`);
+    printResult(o.json, t, (x) => JSON.stringify(x.settings, null, 2));
+  });
+  homeOpt(tpl.command('rm').argument('<name>')).action(async (name: string, o: Common) => {
+    const r = await callApi(connectorHome(o.home), 'DELETE', `/v1/templates/${encodeURIComponent(name)}`);
+    printResult(o.json, r, () => `removed template ${name}`);
+  });
+}
