@@ -2,9 +2,9 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import PQueue from 'p-queue';
 import type { BlockSource } from '../source/types.ts';
-import type { ImageInfo, Range } from '../store/types.ts';
+import type { ImageInfo } from '../transfer/sender.ts';
 import { planDiskSync, type SyncPlan } from './change-id.ts';
-import { coalesce, split, subtract, totalLength } from './ranges.ts';
+import { coalesce, split, subtract, totalLength, type Range } from './ranges.ts';
 import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
 import type { JobSettings } from '../state/types.ts';
 

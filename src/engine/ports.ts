@@ -3,7 +3,8 @@
  * cli/ wires the real implementations (src/vsphere, src/source, src/transfer) into them.
  */
 import type { BlockSource } from '../source/types.ts';
-import type { DiskSpec, HeldRanges, ImageInfo, Range } from '../store/types.ts';
+import type { DiskSpec, HeldRanges, ImageInfo } from '../transfer/sender.ts';
+import type { Range } from './ranges.ts';
 
 export interface PreflightCheck { name: string; ok: boolean; message: string; fix?: string }
 

@@ -1,4 +1,5 @@
-import type { Range } from '../store/types.ts';
+/** A byte range of a disk. */
+export interface Range { offset: number; length: number }
 
 /** Sort and merge touching or overlapping ranges. */
 export function coalesce(ranges: readonly Range[]): Range[] {
