@@ -1,0 +1,379 @@
+package main
+
+// The lab's own state beside the simulator: per VM its disks and snapshot chain, the
+// session cookies the front has seen, the armed faults and delays, the NBD exports.
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+type labSnap struct {
+	ref       string
+	name      string
+	changeIds map[int32]string
+}
+
+type labVM struct {
+	name  string
+	ref   string
+	disks []*disk
+	snaps []*labSnap
+}
+
+type nbdExport struct {
+	cmd  *exec.Cmd
+	uri  string
+	port int
+}
+
+type lab struct {
+	mu         sync.Mutex
+	dir        string
+	dsName     string
+	dcName     string
+	dsDir      string
+	token      string
+	frontURL   string
+	certFile   string
+	vmsByRef   map[string]*labVM
+	vmsByName  map[string]*labVM
+	order      []*labVM
+	snapOwner  map[string]*labVM
+	cookies    map[string]bool
+	faults     map[string]int
+	delays     map[string]int
+	nbd        map[string]*nbdExport
+	backendURL string
+}
+
+func newLab(dir string) *lab {
+	return &lab{dir: dir, token: randHex(16), vmsByRef: map[string]*labVM{}, vmsByName: map[string]*labVM{},
+		snapOwner: map[string]*labVM{}, cookies: map[string]bool{}, faults: map[string]int{},
+		delays: map[string]int{}, nbd: map[string]*nbdExport{}}
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func newUUID() string {
+	h := randHex(16)
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// deltaName is the descriptor name VMware gives the j-th delta of a disk: vm.vmdk -> vm-00000j.vmdk.
+func deltaName(base string, j int) string {
+	if j == 0 {
+		return base
+	}
+	return strings.TrimSuffix(base, ".vmdk") + fmt.Sprintf("-%06d.vmdk", j)
+}
+
+func simVM(ref string) *simulator.VirtualMachine {
+	obj := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachine", Value: ref})
+	vm, _ := obj.(*simulator.VirtualMachine)
+	return vm
+}
+
+func (v *labVM) disk(key int32) *disk {
+	for _, d := range v.disks {
+		if d.key == key {
+			return d
+		}
+	}
+	return nil
+}
+
+func (v *labVM) snapIndex(ref string) int {
+	for i, s := range v.snaps {
+		if s.ref == ref {
+			return i
+		}
+	}
+	return -1
+}
+
+// syncTracking makes each disk's change tracking follow the VM's changeTrackingEnabled.
+func (l *lab) syncTracking(v *labVM) {
+	vm := simVM(v.ref)
+	if vm == nil {
+		return
+	}
+	var on bool
+	simulator.Map.WithLock(vm, func() {
+		on = vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
+	})
+	for _, d := range v.disks {
+		d.mu.Lock()
+		if on && d.cbt == nil {
+			d.cbt = &cbtState{uuid: newUUID(), pending: newBitset(d.blocks), epochs: map[int]bitset{}}
+		} else if !on {
+			d.cbt = nil
+		}
+		d.mu.Unlock()
+	}
+}
+
+func (l *lab) resetCBT(v *labVM, key int32) error {
+	d := v.disk(key)
+	if d == nil {
+		return fmt.Errorf("VM %s has no disk %d", v.name, key)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cbt == nil {
+		return fmt.Errorf("change tracking is off on VM %s", v.name)
+	}
+	d.cbt = &cbtState{uuid: newUUID(), pending: newBitset(d.blocks), epochs: map[int]bitset{}}
+	return nil
+}
+
+func cloneDisk(dev *types.VirtualDisk) *types.VirtualDisk {
+	c := *dev
+	if b, ok := dev.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
+		bc := *b
+		c.Backing = &bc
+	}
+	return &c
+}
+
+// afterSnapshotCreated runs once the simulator has made snapshot snapRef of VM v: freeze
+// the disks (new delta layers), cut a change-tracking epoch, and give the snapshot its own
+// copy of the device list with the base or delta file names and the new changeIds.
+func (l *lab) afterSnapshotCreated(v *labVM, snapRef, name string) error {
+	l.syncTracking(v)
+	j := len(v.snaps)
+	s := &labSnap{ref: snapRef, name: name, changeIds: map[int32]string{}}
+	for _, d := range v.disks {
+		d.mu.Lock()
+		if err := d.pushLayer(); err != nil {
+			d.mu.Unlock()
+			return err
+		}
+		if d.cbt != nil {
+			d.cbt.seq++
+			d.cbt.epochs[d.cbt.seq] = d.cbt.pending
+			d.cbt.pending = newBitset(d.blocks)
+			s.changeIds[d.key] = fmt.Sprintf("%s/%d", d.cbt.uuid, d.cbt.seq)
+		}
+		d.mu.Unlock()
+	}
+	v.snaps = append(v.snaps, s)
+	l.snapOwner[snapRef] = v
+	snapObj, _ := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachineSnapshot", Value: snapRef}).(*simulator.VirtualMachineSnapshot)
+	if snapObj == nil {
+		return fmt.Errorf("snapshot %s not found in the simulator", snapRef)
+	}
+	simulator.Map.WithLock(snapObj, func() {
+		var devs []types.BaseVirtualDevice
+		for _, dev := range snapObj.Config.Hardware.Device {
+			if vd, ok := dev.(*types.VirtualDisk); ok {
+				c := cloneDisk(vd)
+				if b, ok := c.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
+					if d := v.disk(c.Key); d != nil {
+						b.FileName = deltaName(d.baseName, j)
+					}
+					b.ChangeId = s.changeIds[c.Key]
+				}
+				devs = append(devs, c)
+				continue
+			}
+			devs = append(devs, dev)
+		}
+		snapObj.Config.Hardware.Device = devs
+	})
+	l.renameLive(v)
+	return nil
+}
+
+// renameLive points the VM's live disk backings at the top delta, as vSphere does.
+func (l *lab) renameLive(v *labVM) {
+	vm := simVM(v.ref)
+	if vm == nil {
+		return
+	}
+	simulator.Map.WithLock(vm, func() {
+		for i, dev := range vm.Config.Hardware.Device {
+			vd, ok := dev.(*types.VirtualDisk)
+			if !ok {
+				continue
+			}
+			d := v.disk(vd.Key)
+			if d == nil {
+				continue
+			}
+			c := cloneDisk(vd)
+			if b, ok := c.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
+				b.FileName = deltaName(d.baseName, len(v.snaps))
+				if d.cbt != nil && d.cbt.seq > 0 {
+					b.ChangeId = fmt.Sprintf("%s/%d", d.cbt.uuid, d.cbt.seq)
+				} else {
+					b.ChangeId = ""
+				}
+			}
+			vm.Config.Hardware.Device[i] = c
+		}
+	})
+}
+
+// afterSnapshotRemoved consolidates: the layer above the removed snapshot merges down.
+func (l *lab) afterSnapshotRemoved(v *labVM, snapRef string, removeChildren bool) error {
+	idx := v.snapIndex(snapRef)
+	if idx < 0 {
+		return nil
+	}
+	last := idx
+	if removeChildren {
+		last = len(v.snaps) - 1
+	}
+	for k := last; k >= idx; k-- {
+		for _, d := range v.disks {
+			d.mu.Lock()
+			err := d.mergeDown(k + 1)
+			d.mu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+		l.stopExports(v.snaps[k].ref)
+		delete(l.snapOwner, v.snaps[k].ref)
+		v.snaps = append(v.snaps[:k], v.snaps[k+1:]...)
+	}
+	// Later snapshots moved down the chain: their disk files are renamed as consolidation does.
+	for i, s := range v.snaps {
+		snapObj, _ := simulator.Map.Get(types.ManagedObjectReference{Type: "VirtualMachineSnapshot", Value: s.ref}).(*simulator.VirtualMachineSnapshot)
+		if snapObj == nil {
+			continue
+		}
+		simulator.Map.WithLock(snapObj, func() {
+			for _, dev := range snapObj.Config.Hardware.Device {
+				if vd, ok := dev.(*types.VirtualDisk); ok {
+					if b, ok := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
+						if d := v.disk(vd.Key); d != nil {
+							b.FileName = deltaName(d.baseName, i)
+						}
+					}
+				}
+			}
+		})
+	}
+	l.renameLive(v)
+	return nil
+}
+
+// normalizeExtraConfig makes extraConfig behave like vCenter's: one entry per key, the last
+// value set wins, an empty value removes the key (the simulator only appends).
+func normalizeExtraConfig(ref string) {
+	vm := simVM(ref)
+	if vm == nil {
+		return
+	}
+	simulator.Map.WithLock(vm, func() {
+		idx := map[string]int{}
+		var out []types.BaseOptionValue
+		for _, o := range vm.Config.ExtraConfig {
+			ov := o.GetOptionValue()
+			if i, ok := idx[ov.Key]; ok {
+				out[i] = o
+			} else {
+				idx[ov.Key] = len(out)
+				out = append(out, o)
+			}
+		}
+		var kept []types.BaseOptionValue
+		for _, o := range out {
+			if s, ok := o.GetOptionValue().Value.(string); ok && s == "" {
+				continue
+			}
+			kept = append(kept, o)
+		}
+		vm.Config.ExtraConfig = kept
+	})
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// startExport serves a snapshot disk over NBD with nbdkit: the file plugin on the frozen base
+// for the first snapshot of the chain, the curl plugin over the lab's view endpoint otherwise.
+func (l *lab) startExport(v *labVM, snapRef string, key int32) (*nbdExport, error) {
+	id := snapRef + "/" + strconv.Itoa(int(key))
+	if e, ok := l.nbd[id]; ok {
+		return e, nil
+	}
+	idx := v.snapIndex(snapRef)
+	d := v.disk(key)
+	if idx < 0 || d == nil {
+		return nil, fmt.Errorf("no snapshot %s with disk %d on VM %s", snapRef, key, v.name)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--readonly", "--exit-with-parent", "-f", "-i", "127.0.0.1", "-p", strconv.Itoa(port)}
+	if idx == 0 {
+		args = append(args, "file", "file="+d.layers[0].path)
+	} else {
+		u := fmt.Sprintf("%s/lab/view?vm=%s&snapshot=%s&disk=%d", l.frontURL, v.name, snapRef, key)
+		args = append(args, "curl", "url="+u, "cainfo="+l.certFile, "header=X-Lab-Token: "+l.token)
+	}
+	cmd := exec.Command("nbdkit", args...)
+	cmd.Stdout = os.Stderr
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("cannot start nbdkit: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			return nil, fmt.Errorf("nbdkit did not listen on port %d", port)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e := &nbdExport{cmd: cmd, port: port, uri: fmt.Sprintf("nbd://127.0.0.1:%d", port)}
+	l.nbd[id] = e
+	go func() { _ = cmd.Wait() }()
+	return e, nil
+}
+
+func (l *lab) stopExports(snapRef string) {
+	for id, e := range l.nbd {
+		if strings.HasPrefix(id, snapRef+"/") {
+			_ = e.cmd.Process.Kill()
+			delete(l.nbd, id)
+		}
+	}
+}
+
+func (l *lab) stopAllExports() {
+	for id, e := range l.nbd {
+		_ = e.cmd.Process.Kill()
+		delete(l.nbd, id)
+	}
+}

@@ -1,0 +1,197 @@
+/**
+ * Test and CLI helper API of the lab vCenter (test/lab/*.go, built by test/lab/build.sh).
+ *
+ *   const lab = await startLab({ dir, vms: 8 });         // foreground child, dies with this process
+ *   lab.url / lab.user / lab.passwordFile / lab.thumbprint (SHA-256) / lab.thumbprintSha1
+ *   await lab.write('vm-0001', 2000, offset, bytes);      // guest write onto the live disk
+ *   await lab.read('vm-0001', 2000, offset, len, snapRef) // bytes of a snapshot's view (or live)
+ *   await lab.nbdExport('vm-0001', snapRef, 2000)         // { uri: 'nbd://127.0.0.1:PORT', ... }
+ *   lab.folderUrl('vm-0001/vm-0001-flat.vmdk')            // datastore URL (needs a session cookie)
+ *   await lab.injectFault('createSnapshot'); await lab.expireSessions(); await lab.stop();
+ */
+import { spawn, execFile } from 'node:child_process';
+import { readFile, mkdir, open } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join, resolve, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { Agent, request } from 'undici';
+
+const here = dirname(fileURLToPath(import.meta.url));
+export const labBinary = join(here, 'build', 'vmlift-lab');
+
+export interface LabDisk {
+  key: number;
+  /** Descriptor path as vSphere shows it: "[LocalDS_0] vm/vm.vmdk". */
+  file: string;
+  /** Absolute path of the base flat file on the lab's datastore folder. */
+  flatPath: string;
+  /** Path of the base flat file relative to the datastore root (for /folder URLs). */
+  datastorePath: string;
+  capacity: number;
+  bus: number;
+  unit: number;
+}
+export interface LabVm { name: string; moref: string; disks: LabDisk[] }
+export interface LabSnapshot { ref: string; name: string; index: number; changeIds: Record<string, string> }
+
+interface LabState {
+  url: string; user: string; passwordFile: string; thumbprintSha1: string; thumbprintSha256: string;
+  certFile: string; controlUrl: string; token: string; pid: number; datacenter: string; datastore: string;
+  datastoreDir: string; cbtBlockSize: number; vms: LabVm[];
+}
+
+export type FaultKind = 'createSnapshot' | 'removeSnapshot' | 'reconfigure' | 'removeAllSnapshots' | string;
+
+export class Lab {
+  readonly dir: string;
+  readonly url: string;
+  readonly user: string;
+  readonly password: string;
+  readonly passwordFile: string;
+  /** SHA-256 thumbprint of the lab's certificate (colon-separated hex). */
+  readonly thumbprint: string;
+  readonly thumbprintSha1: string;
+  readonly thumbprintSha256: string;
+  readonly certFile: string;
+  readonly certPem: string;
+  readonly datacenter: string;
+  readonly datastore: string;
+  readonly datastoreDir: string;
+  /** Granularity of the lab's change tracking and of its "*" allocated areas. */
+  readonly cbtBlockSize: number;
+  readonly vms: LabVm[];
+  readonly pid: number;
+  private readonly controlUrl: string;
+  private readonly token: string;
+  private readonly agent: Agent;
+  private readonly child: import('node:child_process').ChildProcess | undefined;
+
+  constructor(dir: string, s: LabState, password: string, certPem: string, child?: import('node:child_process').ChildProcess) {
+    this.dir = dir; this.url = s.url; this.user = s.user; this.password = password; this.passwordFile = s.passwordFile;
+    this.thumbprint = s.thumbprintSha256; this.thumbprintSha1 = s.thumbprintSha1; this.thumbprintSha256 = s.thumbprintSha256;
+    this.certFile = s.certFile; this.certPem = certPem; this.datacenter = s.datacenter; this.datastore = s.datastore;
+    this.datastoreDir = s.datastoreDir; this.cbtBlockSize = s.cbtBlockSize; this.vms = s.vms; this.pid = s.pid;
+    this.controlUrl = s.controlUrl; this.token = s.token; this.child = child;
+    this.agent = new Agent({ connect: { ca: certPem }, keepAliveTimeout: 1000 });
+  }
+
+  vm(name: string): LabVm {
+    const v = this.vms.find((x) => x.name === name);
+    if (!v) throw new Error(`the lab has no VM ${name}`);
+    return v;
+  }
+
+  /** https URL of a datastore file, as vCenter serves it (GET with Range; needs the session cookie). */
+  folderUrl(datastorePath: string): string {
+    const u = new URL(this.url);
+    return `${u.origin}/folder/${datastorePath.split('/').map(encodeURIComponent).join('/')}?dcPath=${encodeURIComponent(this.datacenter)}&dsName=${encodeURIComponent(this.datastore)}`;
+  }
+
+  private async call(op: string, params: Record<string, string | number | undefined>, body?: Buffer, method = 'POST'): Promise<Buffer> {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) if (v !== undefined) q.set(k, String(v));
+    const res = await request(`${this.controlUrl}/${op}?${q}`, {
+      method: method as 'POST', body, dispatcher: this.agent, headers: { 'x-lab-token': this.token },
+    });
+    const buf = Buffer.from(await res.body.arrayBuffer());
+    if (res.statusCode !== 200) throw new Error(`lab ${op}: ${res.statusCode} ${buf.toString().trim()}`);
+    return buf;
+  }
+
+  /** Plays a guest write onto the VM's live disk (goes past any snapshot). */
+  async write(vm: string, disk: number, offset: number, data: Buffer): Promise<void> {
+    await this.call('write', { vm, disk, offset }, data);
+  }
+
+  /** Reads a snapshot's view of a disk (snapshot moref), or the live disk when omitted. */
+  async read(vm: string, disk: number, offset: number, length: number, snapshot?: string): Promise<Buffer> {
+    return this.call('read', { vm, disk, offset, length, snapshot }, undefined, 'GET');
+  }
+
+  /** Starts (once) an nbdkit export of a snapshot's disk, read-only. */
+  async nbdExport(vm: string, snapshot: string, disk: number): Promise<{ uri: string; host: string; port: number }> {
+    return JSON.parse((await this.call('nbd', { vm, snapshot, disk })).toString());
+  }
+
+  async snapshots(vm: string): Promise<LabSnapshot[]> {
+    return JSON.parse((await this.call('snapshots', { vm }, undefined, 'GET')).toString()) ?? [];
+  }
+
+  /** The next `count` tasks of this kind fail (createSnapshot, removeSnapshot, reconfigure, or a method name). */
+  async injectFault(kind: FaultKind, count = 1): Promise<void> { await this.call('fault', { kind, count }); }
+  /** Tasks of this kind stay running for `ms` (with progress) before they finish. 0 clears. */
+  async delayTasks(kind: FaultKind, ms: number): Promise<void> { await this.call('delay', { kind, ms }); }
+  async clearFaults(): Promise<void> { await this.call('clear-faults', {}); }
+  /** Ends every session, as vCenter's idle timeout does. */
+  async expireSessions(): Promise<number> { return JSON.parse((await this.call('expire-sessions', {})).toString()).expired; }
+  /** Resets change tracking of a disk (new CBT UUID), as a vMotion or a ctk repair does. */
+  async resetCbt(vm: string, disk: number): Promise<void> { await this.call('cbt-reset', { vm, disk }); }
+
+  async stop(): Promise<void> {
+    await this.agent.close().catch(() => {});
+    if (!isAlive(this.pid)) return;
+    process.kill(this.pid, 'SIGTERM');
+    for (let i = 0; i < 100 && isAlive(this.pid); i++) await sleep(50);
+    if (isAlive(this.pid)) process.kill(this.pid, 'SIGKILL');
+    void this.child;
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch { return false; }
+}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Builds the lab binary if its sources changed (cached by source hash). */
+export async function buildLab(): Promise<string> {
+  await promisify(execFile)(join(here, 'build.sh'), { maxBuffer: 16 << 20 });
+  return labBinary;
+}
+
+export interface StartLabOptions {
+  dir: string;
+  /** Plain VMs vm-0001..vm-N besides the four shaped ones (two-disks, shape-snapshot, shape-independent, shape-vmx04). */
+  vms?: number;
+  diskMb?: number;
+  /** Keep running after this process exits (the CLI's `vmlift lab start`). Default: die with this process. */
+  detached?: boolean;
+  timeoutMs?: number;
+}
+
+export async function startLab(opts: StartLabOptions): Promise<Lab> {
+  const dir = resolve(opts.dir);
+  await mkdir(dir, { recursive: true });
+  await buildLab();
+  const args = ['-dir', dir, '-vms', String(opts.vms ?? 8), '-disk-mb', String(opts.diskMb ?? 64)];
+  if (!opts.detached) args.push('-parent-pid', String(process.pid));
+  const log = await open(join(dir, 'lab.log'), 'a');
+  const child = spawn(labBinary, args, { stdio: ['ignore', log.fd, log.fd], detached: !!opts.detached });
+  await log.close();
+  if (opts.detached) child.unref();
+  let exited: number | null = null;
+  child.on('exit', (code) => { exited = code ?? -1; });
+  const deadline = Date.now() + (opts.timeoutMs ?? 180_000);
+  while (!existsSync(join(dir, 'lab.json'))) {
+    if (exited !== null) {
+      const text = await readFile(join(dir, 'lab.log'), 'utf8').catch(() => '');
+      throw new Error(`the lab exited (${exited}) before it was ready:\n${text.slice(-2000)}`);
+    }
+    if (Date.now() > deadline) { child.kill('SIGKILL'); throw new Error('the lab did not become ready in time'); }
+    await sleep(50);
+  }
+  return connectLab(dir, child);
+}
+
+/** Attaches to a lab started earlier in `dir`. */
+export async function connectLab(dir: string, child?: import('node:child_process').ChildProcess): Promise<Lab> {
+  const file = join(resolve(dir), 'lab.json');
+  let s: LabState;
+  try { s = JSON.parse(await readFile(file, 'utf8')); } catch {
+    throw new Error(`no running lab in ${dir} (no lab.json)`);
+  }
+  if (!isAlive(s.pid)) throw new Error(`the lab in ${dir} is not running (pid ${s.pid} is gone)`);
+  const password = (await readFile(s.passwordFile, 'utf8')).trim();
+  const certPem = await readFile(s.certFile, 'utf8');
+  return new Lab(resolve(dir), s, password, certPem, child);
+}
