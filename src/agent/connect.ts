@@ -20,6 +20,8 @@ export interface AgentConnectOptions {
   /** How long a session keeps reconnecting on its own before it fails (default 10 min). */
   resumeTimeoutMs?: number;
   dataPort?: number;
+  /** Unacknowledged payload the sender keeps for resend (default 64 MiB): bounds bytes sent twice. */
+  windowBytes?: number;
 }
 
 export async function connectAgentSender(o: AgentConnectOptions): Promise<AgentSender> {
@@ -38,5 +40,6 @@ export async function connectAgentSender(o: AgentConnectOptions): Promise<AgentS
     ...(o.logger ? { logger: o.logger } : {}),
     ...(o.resumeTimeoutMs !== undefined ? { resumeTimeoutMs: o.resumeTimeoutMs } : {}),
     ...(o.dataPort !== undefined ? { dataPort: o.dataPort } : {}),
+    ...(o.windowBytes !== undefined ? { windowBytes: o.windowBytes } : {}),
   });
 }

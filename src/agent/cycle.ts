@@ -31,6 +31,7 @@ export interface DiskProgress {
   /** Payload and wire bytes sent in this cycle so far (all attempts). */
   payloadBytes: number;
   wireBytes: number;
+  resentBytes: number;
 }
 
 export interface CycleOptions {
@@ -63,6 +64,8 @@ export interface CycleReport {
   payloadBytes: number;
   wireBytes: number;
   extents: number;
+  /** Wire bytes the sender had to send a second time after a reconnect. */
+  resentBytes: number;
   durationMs: number;
 }
 
@@ -103,7 +106,7 @@ export async function runCycle(o: CycleOptions): Promise<CycleReport> {
   const started = Date.now();
   const deadline = started + (o.retryForMs ?? 10 * 60_000);
   const disks: DiskSpec[] = o.sources.map((s, disk) => ({ disk, capacity: s.capacity, label: s.uri }));
-  const totals = { payloadBytes: 0, wireBytes: 0, extents: 0 };
+  const totals = { payloadBytes: 0, wireBytes: 0, extents: 0, resentBytes: 0 };
   let attempts = 0;
   let delay = 250;
   const resumedFromState = (await o.state.openCycle()) !== null;
@@ -133,8 +136,11 @@ function safeStats(s: AgentSession): SessionStats | undefined {
   try { return s.stats(); } catch { return undefined; }
 }
 
-function addStats(totals: { payloadBytes: number; wireBytes: number; extents: number }, before: typeof totals, s: SessionStats | undefined): void {
+type Totals = { payloadBytes: number; wireBytes: number; extents: number; resentBytes: number };
+
+function addStats(totals: Totals, before: Totals, s: SessionStats | undefined): void {
   if (!s) return;
+  totals.resentBytes = before.resentBytes + s.resentBytes;
   totals.payloadBytes = before.payloadBytes + s.payloadBytes;
   totals.wireBytes = before.wireBytes + s.wireBytes;
   totals.extents = before.extents + s.extents;
@@ -143,8 +149,8 @@ function addStats(totals: { payloadBytes: number; wireBytes: number; extents: nu
 async function attempt(
   o: CycleOptions, sender: AgentSender, disks: DiskSpec[], log: Logger,
   setSession: (s: AgentSession) => void,
-  totals: { payloadBytes: number; wireBytes: number; extents: number }, before: typeof totals,
-): Promise<Omit<CycleReport, 'resumedFromState' | 'attempts' | 'durationMs' | 'payloadBytes' | 'wireBytes' | 'extents'>> {
+  totals: Totals, before: Totals,
+): Promise<Omit<CycleReport, 'resumedFromState' | 'attempts' | 'durationMs' | keyof Totals>> {
   const images = await sender.listImages();
   let open = await o.state.openCycle();
   if (open && images.some((i) => i.cycleId === open!.cycleId)) {
@@ -185,7 +191,7 @@ async function attempt(
         sink: { send: (d, off, data, len) => session.send(d, off, data, len) },
         onProgress: (p) => {
           addStats(totals, before, safeStats(session));
-          o.onProgress?.({ ...p, label, payloadBytes: totals.payloadBytes, wireBytes: totals.wireBytes });
+          o.onProgress?.({ ...p, label, payloadBytes: totals.payloadBytes, wireBytes: totals.wireBytes, resentBytes: totals.resentBytes });
         },
       }).catch((e: unknown) => {
         if (isReadError(e)) throw new SourceReadError(errorMessage(e), { cause: e });

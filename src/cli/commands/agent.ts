@@ -28,6 +28,7 @@ interface SyncFlags {
   once?: boolean;
   interval?: string;
   testIntervalSeconds?: string;
+  windowMib?: string;
   compression: string;
   bandwidth: string;
   checksum?: boolean;
@@ -59,6 +60,7 @@ export function register(program: Command): void {
     .option('--once', 'run one cycle and exit')
     .option('--interval <duration>', 'run a cycle every DURATION, 1h to 7d (e.g. 1h, 12h, 1d)')
     .addOption(new Option('--test-interval-seconds <n>', 'sub-hour interval, for tests only').hideHelp())
+    .addOption(new Option('--window-mib <n>', 'unacknowledged data kept for resend, MiB (default 64)').hideHelp())
     .option('--compression <0-10>', 'compression level, 0 = none', '7')
     .option('--bandwidth <mbps>', 'bandwidth limit in Mbit/s on wire bytes, 0 = unlimited', '0')
     .option('--checksum', 'verify each committed image against whole-disk SHA-256 computed while reading')
@@ -98,8 +100,10 @@ async function sync(f: SyncFlags): Promise<void> {
     proxy: f.proxy, proxyPassword,
     compression: settings.compression ?? 7, bandwidthMbps: settings.bandwidthMbps ?? 0,
     checksum: !!f.checksum, logger, resumeTimeoutMs: retryForMs,
+    ...(f.windowMib ? { windowBytes: Math.max(1, Number(f.windowMib)) * 1024 * 1024 } : {}),
   };
-  const progress = new Progress({ json: f.json });
+  const progressMs = Number(process.env.VMLIFT_PROGRESS_INTERVAL_MS) || undefined;
+  const progress = new Progress({ json: f.json, ...(progressMs ? { intervalMs: progressMs } : {}) });
   const stop = new AbortController();
   const onSignal = (): void => stop.abort(new UserError('INTERRUPTED', 'interrupted; the open cycle resumes on the next run', undefined, { exitCode: 130 }));
   process.once('SIGINT', onSignal);
@@ -116,7 +120,7 @@ async function sync(f: SyncFlags): Promise<void> {
           connect: () => connectAgentSender(connectOpts),
           onProgress: (p) => progress.update(`disk${p.disk}`, {
             label: `disk ${p.disk} ${p.label}`, done: p.done, total: p.total,
-            extra: { changed: p.changed, sent: p.payloadBytes, wire: p.wireBytes },
+            extra: { changed: p.changed, sent: p.payloadBytes, wire: p.wireBytes, resent: p.resentBytes },
           }),
         });
       } catch (e) {
@@ -170,5 +174,5 @@ function printReport(r: CycleReport, json: boolean): void {
   const rows = r.disks.map((d) => [d.disk, d.label, formatBytes(d.capacity), formatBytes(d.readBytes), formatBytes(d.changedBytes), formatBytes(d.sentBytes), d.sha256 ?? '']);
   process.stdout.write(`image ${r.imageId} committed (cycle ${r.cycleId}${r.baseImageId ? `, on image ${r.baseImageId}` : ', full'}${r.resumedFromState || r.attempts > 1 ? ', resumed' : ''}) in ${formatDuration(r.durationMs / 1000)}\n`
     + `${table(['disk', 'device', 'size', 'read', 'changed', 'sent', 'sha256'], rows)}\n`
-    + `payload ${formatBytes(r.payloadBytes)}, on the wire ${formatBytes(r.wireBytes)}, ${r.extents} extents\n`);
+    + `payload ${formatBytes(r.payloadBytes)}, on the wire ${formatBytes(r.wireBytes)}, ${r.extents} extents${r.resentBytes ? `, ${formatBytes(r.resentBytes)} re-sent after reconnects` : ''}\n`);
 }
