@@ -57,6 +57,7 @@ interface Pending {
   reject: (e: NbdError) => void;
 }
 
+const EMPTY = Buffer.alloc(0);
 const MAX_SMALL_PAYLOAD = 16 << 20; // block status of a huge range, or an error message; never data
 const DEFAULT_MAX_BLOCK = 32 << 20; // the protocol's assumed maximum when the server does not say
 
@@ -106,7 +107,8 @@ export class NbdConnection {
 
   static async connect(target: NbdTarget, settings: NbdConnectSettings = {}): Promise<NbdConnection> {
     const timeoutMs = settings.connectTimeoutMs ?? 30_000;
-    const raw = await openSocket(target, timeoutMs);
+    const router = target.tls ? undefined : new ReadRouter();
+    const raw = await openSocket(target, timeoutMs, router);
     const reader = new HandshakeReader();
     reader.attach(raw);
     let sock: Duplex = raw;
@@ -115,7 +117,9 @@ export class NbdConnection {
       const r = await negotiate(raw, reader, target, settings, (s) => { sock = s; });
       const leftover = reader.detach();
       clearTimeout(timer);
-      return new NbdConnection(sock, target, r, leftover, settings.requestTimeoutMs ?? 120_000);
+      const conn = new NbdConnection(sock, target, r, leftover, settings.requestTimeoutMs ?? 120_000);
+      if (router) router.conn = conn;
+      return conn;
     } catch (e) {
       clearTimeout(timer);
       reader.detach();
@@ -242,6 +246,22 @@ export class NbdConnection {
   }
 
   // ---- reply parser ----
+
+  /** Where the next socket read may land directly: the rest of a READ payload, when large enough to pay off. */
+  directTarget(): Buffer | undefined {
+    if (this.dead || this.fillBuf === this.hdr || this.fillBuf === this.small || this.fillNeed < 32768) return undefined;
+    return this.fillBuf.subarray(this.fillPos, this.fillPos + this.fillNeed);
+  }
+
+  /** `n` bytes were read into the buffer directTarget() returned. */
+  advanceDirect(n: number): void {
+    if (this.dead) return;
+    this.fillPos += n;
+    this.fillNeed -= n;
+    this.onData(EMPTY);
+  }
+
+  feed(chunk: Buffer): void { this.onData(chunk); }
 
   private onData(chunk: Buffer): void {
     if (this.dead) return;
@@ -441,11 +461,37 @@ function cmdName(cmd: number): string {
   return cmd === P.CMD_READ ? 'read' : cmd === P.CMD_BLOCK_STATUS ? 'block status' : `command ${cmd}`;
 }
 
-function openSocket(target: NbdTarget, timeoutMs: number): Promise<net.Socket> {
+/**
+ * Lets a plain socket read READ payloads straight into the request's buffer (net's `onread`),
+ * saving a copy and an allocation per socket read. Until a connection takes over, bytes are
+ * re-emitted as 'data' for the handshake. TLS sockets keep ordinary 'data' events.
+ */
+class ReadRouter {
+  private readonly scratch = Buffer.allocUnsafe(256 << 10);
+  private direct = false;
+  sock: net.Socket | undefined;
+  conn: NbdConnection | undefined;
+  readonly buffer = (): Buffer => {
+    const t = this.conn?.directTarget();
+    this.direct = t !== undefined;
+    return t ?? this.scratch;
+  };
+  readonly callback = (n: number): void => {
+    if (this.direct) this.conn!.advanceDirect(n);
+    else if (this.conn) this.conn.feed(this.scratch.subarray(0, n));
+    else this.sock?.emit('data', Buffer.from(this.scratch.subarray(0, n)));
+  };
+}
+
+function openSocket(target: NbdTarget, timeoutMs: number, router?: ReadRouter): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
+    const onread: net.OnReadOpts | undefined = router
+      ? { buffer: router.buffer, callback: (n: number) => { router.callback(n); return true; } }
+      : undefined;
     const sock = target.socketPath
-      ? net.createConnection({ path: target.socketPath })
-      : net.createConnection({ host: target.host!, port: target.port });
+      ? net.createConnection({ path: target.socketPath, ...(onread ? { onread } : {}) } as net.IpcNetConnectOpts)
+      : net.createConnection({ host: target.host!, port: target.port, ...(onread ? { onread } : {}) } as net.TcpNetConnectOpts);
+    if (router) router.sock = sock;
     const t = setTimeout(() => { sock.destroy(); reject(new NbdError(`connecting to ${target.display} timed out after ${timeoutMs} ms`, { retryable: true })); }, timeoutMs);
     sock.once('connect', () => { clearTimeout(t); sock.setNoDelay(true); resolve(sock); });
     sock.once('error', (e: NodeJS.ErrnoException) => {
