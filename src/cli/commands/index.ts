@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { register as registerJobs } from './job.ts';
 import { register as registerAgent } from './agent.ts';
+import { register as registerReceiver } from './receiver.ts';
 
 /**
  * Each area of vmlift adds its command group here: one module per group in this folder,
@@ -10,4 +11,5 @@ export function registerCommands(program: Command): void {
   void program;
   registerJobs(program);
   registerAgent(program);
+  registerReceiver(program);
 }

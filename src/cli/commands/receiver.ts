@@ -1,0 +1,88 @@
+import type { Command } from 'commander';
+import { resolve } from 'node:path';
+import { createLogger } from '../../util/log.ts';
+import { UserError } from '../../util/errors.ts';
+import { printResult, table } from '../output.ts';
+import { formatFingerprint } from '../../transfer/connect.ts';
+import { startReceiver, initDataDir } from '../../receiver/server.ts';
+import { createCode, listCodes, CODE_LIMITS, type ActivationCode } from '../../receiver/identity.ts';
+
+function intOption(v: string, what: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new UserError('BAD_OPTION', `${what} "${v}" is not a whole number`, `give ${what} as a whole number`);
+  return n;
+}
+function portOption(v: string, what: string): number {
+  const n = intOption(v, what);
+  if (n > 65535) throw new UserError('BAD_OPTION', `${what} ${n} is outside 0..65535`, `choose a port in 1..65535 (0 = any free port)`);
+  return n;
+}
+
+function codeView(c: ActivationCode) {
+  const expired = Date.parse(c.expiresAt) <= Date.now();
+  return { code: c.code, quota: c.quota, used: c.used, expiresAt: c.expiresAt, state: expired ? 'expired' : c.used >= c.quota ? 'used up' : 'valid' };
+}
+
+export function register(program: Command): void {
+  const r = program.command('receiver').description('the intermediate instance: receives disk data and keeps images');
+
+  r.command('serve')
+    .description('run the receiver (control API over TLS, data port over TLS); first start creates the TLS key and an activation code')
+    .requiredOption('--data-dir <dir>', 'where the receiver keeps its key, codes, sources and image store')
+    .option('--listen <host>', 'address to listen on (default: all)')
+    .option('--control-port <port>', 'control API port (0 = any free port)', '8080')
+    .option('--data-port <port>', 'data port (0 = any free port)', '8703')
+    .option('--json', 'print the start-up facts as one JSON line')
+    .action(async (o: { dataDir: string; listen?: string; controlPort: string; dataPort: string; json?: boolean }) => {
+      const log = createLogger({}, { cmd: 'receiver serve' });
+      const rx = await startReceiver({
+        dataDir: resolve(o.dataDir), controlPort: portOption(o.controlPort, '--control-port'), dataPort: portOption(o.dataPort, '--data-port'),
+        ...(o.listen ? { listen: o.listen } : {}), logger: log,
+      });
+      const facts = {
+        controlPort: rx.controlPort, dataPort: rx.dataPort, fingerprint: formatFingerprint(rx.fingerprint),
+        activationCode: rx.createdCode ? codeView(rx.createdCode) : null,
+      };
+      if (o.json) process.stdout.write(`${JSON.stringify(facts)}\n`);
+      else {
+        process.stdout.write(`vmlift receiver listening: control port ${facts.controlPort}, data port ${facts.dataPort}\n`
+          + `certificate fingerprint (SHA-256): ${facts.fingerprint}\n`
+          + (rx.createdCode ? `activation code: ${rx.createdCode.code} (${rx.createdCode.quota} sources, valid until ${rx.createdCode.expiresAt})\n` : '')
+          + 'show again with: vmlift receiver info --data-dir DIR\n');
+      }
+      await new Promise<void>((done) => {
+        const stop = (sig: string) => {
+          log.info({ signal: sig }, 'receiver stopping');
+          rx.close().finally(done);
+        };
+        process.once('SIGINT', () => stop('SIGINT'));
+        process.once('SIGTERM', () => stop('SIGTERM'));
+      });
+    });
+
+  r.command('info')
+    .description('print the certificate fingerprint and the activation codes')
+    .requiredOption('--data-dir <dir>', 'the receiver data directory')
+    .option('--json', 'JSON output')
+    .action(async (o: { dataDir: string; json?: boolean }) => {
+      const init = await initDataDir(resolve(o.dataDir));
+      const codes = (await listCodes(resolve(o.dataDir))).map(codeView);
+      printResult(o.json, { fingerprint: formatFingerprint(init.fingerprint), codes }, (v) =>
+        `certificate fingerprint (SHA-256): ${v.fingerprint}\n\n`
+        + table(['CODE', 'USED', 'QUOTA', 'EXPIRES', 'STATE'], v.codes.map((c) => [c.code, c.used, c.quota, c.expiresAt, c.state])));
+    });
+
+  r.command('code')
+    .description('make another activation code')
+    .requiredOption('--data-dir <dir>', 'the receiver data directory')
+    .option('--quota <n>', `sources it may register (${CODE_LIMITS.quota.min}-${CODE_LIMITS.quota.max})`, String(CODE_LIMITS.quota.default))
+    .option('--days <d>', `validity in days (${CODE_LIMITS.days.min}-${CODE_LIMITS.days.max})`, String(CODE_LIMITS.days.default))
+    .option('--json', 'JSON output')
+    .action(async (o: { dataDir: string; quota: string; days: string; json?: boolean }) => {
+      const quota = intOption(o.quota, '--quota');
+      const days = intOption(o.days, '--days');
+      await initDataDir(resolve(o.dataDir));
+      const c = await createCode(resolve(o.dataDir), quota, days);
+      printResult(o.json, codeView(c), (v) => `activation code: ${v.code} (${v.quota} sources, valid until ${v.expiresAt})`);
+    });
+}

@@ -1,0 +1,167 @@
+/**
+ * Control API (port 8080, HTTP+JSON over TLS). Every route but /v1/register needs the headers
+ * `x-vmlift-source` and `authorization: Bearer <credential>`; a source sees only its own images.
+ *
+ *   POST /v1/register                       {sourceId, code, label?} → {sourceId, credential}
+ *   GET  /v1/whoami                         → {sourceId, dataPort}
+ *   GET  /v1/images                         → {images: ImageInfo[]}
+ *   GET  /v1/disks                          → {imageId, disks} of the newest image
+ *   GET  /v1/images/:id/digests?disk=&blockSize=  → octet stream: 16 bytes (SHA-256 prefix) per block
+ *   POST /v1/cycles                         {cycleId, disks, baseImageId?, maxImages?} → {cycleId, baseImageId, held}
+ *   GET  /v1/cycles/:id/held                → {held}
+ *   POST /v1/cycles/:id/commit              {meta?, expected?, verify?, sourceDigests?, maxImages?} → ImageInfo
+ *   POST /v1/cycles/:id/abort               {disks?} → {}
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createHash } from 'node:crypto';
+import type { Logger } from '../util/log.ts';
+import { errorMessage } from '../util/errors.ts';
+import { assertId, isValidId } from '../util/ids.ts';
+import type { ImageStore } from '../store/types.ts';
+import { DIGEST_BLOCK_SIZES, HDR_SOURCE } from '../transfer/protocol.ts';
+import { authenticate, registerSource } from './identity.ts';
+import { Refusal, refusalFrom, type Cycles } from './cycles.ts';
+
+const MAX_BODY = 64 * 1024 * 1024;
+
+export interface ControlContext { dataDir: string; store: ImageStore; cycles: Cycles; log: Logger; dataPort: () => number }
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req) {
+    n += (c as Buffer).length;
+    if (n > MAX_BODY) throw new Refusal(413, 'BAD_REQUEST', `request body exceeds ${MAX_BODY} bytes`);
+    chunks.push(c as Buffer);
+  }
+  if (n === 0) return {};
+  try {
+    const v = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch { /* below */ }
+  throw new Refusal(400, 'BAD_REQUEST', 'request body is not a JSON object');
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const b = Buffer.from(JSON.stringify(body));
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': b.length });
+  res.end(b);
+}
+
+export function controlHandler(ctx: ControlContext): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    const url = new URL(req.url ?? '/', 'https://receiver');
+    const route = `${req.method} ${url.pathname}`;
+    let sourceId: string | undefined;
+    handle(ctx, req, res, url, (s) => { sourceId = s; }).catch((e: unknown) => {
+      const r = refusalFrom(e);
+      if (r) {
+        ctx.log.warn({ route, sourceId, status: r.status, errCode: r.code, reason: r.message }, 'control request refused');
+        if (!res.headersSent) send(res, r.status, { error: { code: r.code, message: r.message, fix: r.fix } });
+        else res.destroy();
+      } else {
+        ctx.log.error({ route, sourceId, err: errorMessage(e) }, 'control request failed');
+        if (!res.headersSent) send(res, 500, { error: { code: 'INTERNAL', message: `receiver error: ${errorMessage(e)}` } });
+        else res.destroy();
+      }
+    });
+  };
+}
+
+async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResponse, url: URL, setSource: (s: string) => void): Promise<void> {
+  const parts = url.pathname.split('/').filter(Boolean);
+  if (parts[0] !== 'v1') throw new Refusal(404, 'NOT_FOUND', `no route ${url.pathname}`);
+  const m = req.method;
+
+  if (m === 'POST' && parts[1] === 'register' && parts.length === 2) {
+    const body = await readJson(req);
+    const sourceId = assertId(body.sourceId, 'source id');
+    setSource(sourceId);
+    const { credential } = await registerSource(ctx.dataDir, sourceId, body.code as string, typeof body.label === 'string' ? body.label.slice(0, 200) : null)
+      .catch((e: unknown) => { const r = refusalFrom(e); throw r ? new Refusal(r.code === 'ALREADY_REGISTERED' ? 409 : 403, r.code, r.message, r.fix) : e; });
+    ctx.log.info({ sourceId }, 'source registered');
+    return send(res, 200, { sourceId, credential });
+  }
+
+  const hdr = req.headers[HDR_SOURCE];
+  const sourceId = Array.isArray(hdr) ? hdr[0] : hdr;
+  if (!sourceId) throw new Refusal(401, 'AUTH', 'missing credential: no source id header', 'register the source with an activation code first');
+  if (!isValidId(sourceId)) assertId(sourceId, 'source id');
+  setSource(sourceId);
+  const auth = req.headers.authorization;
+  const cred = auth?.startsWith('Bearer ') ? auth.slice(7) : undefined;
+  if (!cred) throw new Refusal(401, 'AUTH', `missing credential for source ${sourceId}`, 'pass the credential file written when the source registered');
+  if (!(await authenticate(ctx.dataDir, sourceId, cred))) {
+    throw new Refusal(401, 'AUTH', `wrong credential for source ${sourceId}`, 'use the credential file written when this source registered, or register a new source id with an activation code');
+  }
+
+  if (m === 'GET' && parts[1] === 'whoami' && parts.length === 2) return send(res, 200, { sourceId, dataPort: ctx.dataPort() });
+  if (m === 'GET' && parts[1] === 'images' && parts.length === 2) return send(res, 200, { images: await listImages(ctx.store, sourceId) });
+  if (m === 'GET' && parts[1] === 'disks' && parts.length === 2) {
+    const imgs = await listImages(ctx.store, sourceId);
+    const last = imgs[imgs.length - 1];
+    return send(res, 200, { imageId: last?.imageId ?? null, disks: last?.disks ?? [] });
+  }
+  if (m === 'GET' && parts[1] === 'images' && parts[3] === 'digests' && parts.length === 4) {
+    return digests(ctx, res, sourceId, assertId(parts[2], 'image id'), url.searchParams);
+  }
+  if (parts[1] === 'cycles') {
+    if (m === 'POST' && parts.length === 2) return send(res, 200, await ctx.cycles.begin(sourceId, await readJson(req)));
+    const cycleId = assertId(parts[2], 'cycle id');
+    if (m === 'GET' && parts[3] === 'held' && parts.length === 4) return send(res, 200, { held: await ctx.cycles.held(sourceId, cycleId) });
+    if (m === 'POST' && parts[3] === 'commit' && parts.length === 4) return send(res, 200, await ctx.cycles.commit(sourceId, cycleId, await readJson(req)));
+    if (m === 'POST' && parts[3] === 'abort' && parts.length === 4) { await ctx.cycles.abort(sourceId, cycleId, await readJson(req)); return send(res, 200, {}); }
+  }
+  throw new Refusal(404, 'NOT_FOUND', `no route ${m} ${url.pathname}`);
+}
+
+async function listImages(store: ImageStore, sourceId: string) {
+  return (await store.listSources()).includes(sourceId) ? store.listImages(sourceId) : [];
+}
+
+async function digests(ctx: ControlContext, res: ServerResponse, sourceId: string, imageId: string, q: URLSearchParams): Promise<void> {
+  const blockSize = Number(q.get('blockSize'));
+  const disk = Number(q.get('disk') ?? '0');
+  if (!Number.isInteger(blockSize) || blockSize < DIGEST_BLOCK_SIZES.min || blockSize > DIGEST_BLOCK_SIZES.max || (blockSize & (blockSize - 1)) !== 0) {
+    throw new Refusal(400, 'BAD_REQUEST', `blockSize ${q.get('blockSize')} must be a power of two in ${DIGEST_BLOCK_SIZES.min}..${DIGEST_BLOCK_SIZES.max}`);
+  }
+  const img = await ctx.store.getImage(sourceId, imageId);
+  const spec = img.disks.find((d) => d.disk === disk);
+  if (!spec) throw new Refusal(404, 'BAD_DISK', `image ${imageId} has no disk ${q.get('disk')}`);
+  const batch = Math.max(blockSize, 4 * 1024 * 1024);
+  const zeroDigest = createHash('sha256').update(Buffer.alloc(blockSize)).digest().subarray(0, 16);
+  const zero = Buffer.alloc(blockSize);
+  res.writeHead(200, { 'content-type': 'application/octet-stream', 'x-vmlift-blocks': String(Math.ceil(spec.capacity / blockSize)) });
+  if (blockSize === ctx.store.chunkSize) {
+    // the index already names every chunk by its SHA-256: no image data to read
+    const total = Math.ceil(spec.capacity / blockSize);
+    const tailLen = spec.capacity - (total - 1) * blockSize;
+    const tailZero = createHash('sha256').update(Buffer.alloc(tailLen)).digest().subarray(0, 16);
+    for (let first = 0; first < total; first += 4096) {
+      const slots = await ctx.store.chunkDigests(sourceId, imageId, disk, first, Math.min(4096, total - first));
+      const out = Buffer.allocUnsafe((slots.length / 32) * 16);
+      for (let i = 0; i < slots.length / 32; i++) {
+        const slot = slots.subarray(i * 32, i * 32 + 32);
+        const hole = slot.every((b) => b === 0);
+        (hole ? (first + i === total - 1 ? tailZero : zeroDigest) : slot).copy(out, i * 16, 0, 16);
+      }
+      if (!res.write(out)) await new Promise<void>((r) => { res.once('drain', r); res.once('close', r); });
+      if (res.destroyed) return;
+    }
+    res.end();
+    return;
+  }
+  for (let off = 0; off < spec.capacity; off += batch) {
+    const len = Math.min(batch, spec.capacity - off);
+    const buf = await ctx.store.readImage(sourceId, imageId, disk, off, len);
+    const out = Buffer.allocUnsafe(Math.ceil(len / blockSize) * 16);
+    for (let i = 0, k = 0; i < len; i += blockSize, k += 16) {
+      const b = buf.subarray(i, Math.min(len, i + blockSize));
+      const d = b.length === blockSize && b.equals(zero) ? zeroDigest : createHash('sha256').update(b).digest();
+      d.copy(out, k, 0, 16);
+    }
+    if (!res.write(out)) await new Promise<void>((r) => { res.once('drain', r); res.once('close', r); });
+    if (res.destroyed) return;
+  }
+  res.end();
+}

@@ -1,0 +1,216 @@
+import { createHash } from 'node:crypto';
+import type { Logger } from '../util/log.ts';
+import { UserError } from '../util/errors.ts';
+import { assertId } from '../util/ids.ts';
+import { StoreError, type CycleWriter, type DiskSpec, type HeldRanges, type ImageInfo, type ImageStore } from '../store/types.ts';
+
+/** A refusal sent to the peer: HTTP status, code, message, fix. */
+export class Refusal extends Error {
+  constructor(readonly status: number, readonly code: string, message: string, readonly fix?: string) {
+    super(message);
+    this.name = 'Refusal';
+  }
+}
+
+/** The data connection currently feeding a cycle (see data.ts). */
+export interface CycleFeed {
+  /** Close the connection and resolve once everything it received is written and flushed. */
+  detach(): Promise<void>;
+}
+
+export class OpenCycle {
+  /** streamId → highest sequence number durably written (for exact resume while this process lives). */
+  readonly streams = new Map<string, number>();
+  feed: CycleFeed | null = null;
+  committing = false;
+  constructor(readonly sourceId: string, readonly writer: CycleWriter, public maxImages: number | undefined) {}
+  get cycleId(): string { return this.writer.cycleId; }
+}
+
+export interface SourceDigest { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }
+
+const READ_BATCH = 4 * 1024 * 1024;
+
+function checkMaxImages(n: unknown): number | undefined {
+  if (n === undefined || n === null) return undefined;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 10) throw new Refusal(400, 'BAD_REQUEST', `maxImages ${String(n)} is outside 1..10`, 'keep between 1 and 10 images');
+  return n;
+}
+
+function checkDisks(disks: unknown): DiskSpec[] {
+  if (!Array.isArray(disks) || disks.length === 0 || disks.length > 256) throw new Refusal(400, 'BAD_REQUEST', 'disks must be a list of 1..256 disks', 'describe every disk of the source');
+  return disks.map((d: unknown, i) => {
+    const x = d as Partial<DiskSpec>;
+    if (!x || x.disk !== i || typeof x.capacity !== 'number' || !Number.isSafeInteger(x.capacity) || x.capacity <= 0 || x.capacity % 512 !== 0) {
+      throw new Refusal(400, 'BAD_REQUEST', `disk ${i}: needs disk=${i} and a capacity that is a positive multiple of 512`, 'number disks 0..n-1 and give their sizes in bytes');
+    }
+    return { disk: i, capacity: x.capacity, ...(typeof x.label === 'string' ? { label: x.label.slice(0, 200) } : {}) };
+  });
+}
+
+/** Open cycles of every source, and the cycle operations of the control API. */
+export class Cycles {
+  private readonly open = new Map<string, OpenCycle>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(readonly store: ImageStore, private readonly log: Logger) {}
+
+  /** One control operation per source at a time. */
+  private locked<T>(sourceId: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(sourceId) ?? Promise.resolve();
+    const p = prev.then(fn, fn);
+    this.locks.set(sourceId, p.catch(() => undefined));
+    return p;
+  }
+
+  get(sourceId: string, cycleId: string): OpenCycle | null {
+    const oc = this.open.get(sourceId);
+    return oc && oc.cycleId === cycleId ? oc : null;
+  }
+
+  async begin(sourceId: string, body: Record<string, unknown>): Promise<{ cycleId: string; baseImageId: string | null; held: HeldRanges[] }> {
+    const cycleId = assertId(body.cycleId, 'cycle id');
+    const disks = checkDisks(body.disks);
+    const maxImages = checkMaxImages(body.maxImages);
+    return this.locked(sourceId, async () => {
+      let oc = this.open.get(sourceId);
+      if (oc && oc.cycleId !== cycleId) {
+        throw new Refusal(409, 'CYCLE_OPEN', `source ${sourceId} has cycle ${oc.cycleId} open`, `resume cycle ${oc.cycleId} or abort it first`);
+      }
+      if (!oc) {
+        const others = (await this.store.openCycles(sourceId)).filter((c) => c !== cycleId);
+        if (others.length) {
+          throw new Refusal(409, 'CYCLE_OPEN', `source ${sourceId} has cycle ${others[0]} open`, `resume cycle ${others[0]} or abort it first`);
+        }
+        const opts: Parameters<ImageStore['beginCycle']>[0] = { sourceId, cycleId, disks };
+        if (body.baseImageId !== undefined) {
+          if (body.baseImageId !== null) assertId(body.baseImageId, 'image id');
+          opts.baseImageId = body.baseImageId as string | null;
+        }
+        const writer = await this.store.beginCycle(opts);
+        oc = new OpenCycle(sourceId, writer, maxImages);
+        this.open.set(sourceId, oc);
+        this.log.info({ sourceId, cycleId, baseImageId: writer.baseImageId }, 'cycle begun');
+      } else {
+        const same = oc.writer.disks.length === disks.length && oc.writer.disks.every((d, i) => d.capacity === disks[i]!.capacity);
+        if (!same) throw new Refusal(409, 'BAD_REQUEST', `cycle ${cycleId} was begun with other disks`, 'resume with the same disks, or abort the cycle');
+        if (maxImages !== undefined) oc.maxImages = maxImages;
+      }
+      return { cycleId, baseImageId: oc.writer.baseImageId, held: await oc.writer.held() };
+    });
+  }
+
+  async held(sourceId: string, cycleId: string): Promise<HeldRanges[]> {
+    const oc = this.get(sourceId, cycleId);
+    if (!oc) throw notOpen(sourceId, cycleId);
+    return oc.writer.held();
+  }
+
+  async commit(sourceId: string, cycleId: string, body: Record<string, unknown>): Promise<ImageInfo> {
+    assertId(cycleId, 'cycle id');
+    const maxImages = checkMaxImages(body.maxImages);
+    return this.locked(sourceId, async () => {
+      const oc = this.get(sourceId, cycleId);
+      if (!oc) throw notOpen(sourceId, cycleId);
+      oc.committing = true;
+      try {
+        if (oc.feed) await oc.feed.detach();
+        const meta = body.meta && typeof body.meta === 'object' && !Array.isArray(body.meta) ? body.meta as Record<string, unknown> : {};
+        const commitOpts: Parameters<CycleWriter['commit']>[0] = { meta };
+        if (Array.isArray(body.expected)) commitOpts.expected = body.expected as HeldRanges[];
+        let img: ImageInfo;
+        try {
+          img = await oc.writer.commit(commitOpts);
+        } catch (e) {
+          if (e instanceof StoreError && e.code === 'MISSING_EXTENTS') {
+            this.log.warn({ sourceId, cycleId, reason: e.message }, 'commit refused: missing extents');
+            throw new Refusal(409, 'MISSING_EXTENTS', `commit of cycle ${cycleId} refused: ${e.message}`, 'resume the cycle and send the missing extents, then commit again');
+          }
+          throw e;
+        }
+        this.open.delete(sourceId);
+        if (body.verify === true && Array.isArray(body.sourceDigests)) {
+          const bad = await this.verifyDigests(sourceId, img, body.sourceDigests as SourceDigest[]);
+          if (bad) {
+            await this.store.removeImage(sourceId, img.imageId);
+            this.log.warn({ sourceId, cycleId, reason: bad }, 'commit refused: checksum mismatch; image removed');
+            throw new Refusal(422, 'CHECKSUM_MISMATCH', `image of cycle ${cycleId} does not match the source digests: ${bad}`,
+              'run a new full cycle (baseImageId null); if it happens again, check the source disk and the receiver storage');
+          }
+        }
+        const keep = maxImages ?? oc.maxImages;
+        if (keep !== undefined) {
+          const removed = await this.store.applyRetention(sourceId, keep);
+          if (removed.length) this.log.info({ sourceId, removed, keep }, 'retention removed images');
+        }
+        this.log.info({ sourceId, cycleId, imageId: img.imageId }, 'cycle committed');
+        return img;
+      } finally {
+        oc.committing = false;
+      }
+    });
+  }
+
+  async abort(sourceId: string, cycleId: string, body: Record<string, unknown>): Promise<void> {
+    assertId(cycleId, 'cycle id');
+    return this.locked(sourceId, async () => {
+      let oc = this.get(sourceId, cycleId);
+      if (!oc) {
+        // after a receiver restart the cycle is only on disk: reopen it to drop it
+        if (!(await this.store.openCycles(sourceId)).includes(cycleId)) throw notOpen(sourceId, cycleId);
+        const writer = await this.store.beginCycle({ sourceId, cycleId, disks: checkDisks(body.disks) });
+        oc = new OpenCycle(sourceId, writer, undefined);
+      }
+      if (oc.feed) await oc.feed.detach();
+      await oc.writer.abort();
+      if (this.open.get(sourceId) === oc) this.open.delete(sourceId);
+      this.log.info({ sourceId, cycleId }, 'cycle aborted');
+    });
+  }
+
+  /** Null when every given digest matches the committed image, else what differs. */
+  private async verifyDigests(sourceId: string, img: ImageInfo, digests: SourceDigest[]): Promise<string | null> {
+    const hashRange = async (disk: number, offset: number, length: number): Promise<string> => {
+      const h = createHash('sha256');
+      for (let pos = 0; pos < length; pos += READ_BATCH) {
+        h.update(await this.store.readImage(sourceId, img.imageId, disk, offset + pos, Math.min(READ_BATCH, length - pos)));
+      }
+      return h.digest('hex');
+    };
+    for (const d of digests) {
+      const spec = img.disks.find((x) => x.disk === d?.disk);
+      if (!spec) return `disk ${String(d?.disk)} is not in the image`;
+      if (typeof d.sha256 === 'string') {
+        const got = await hashRange(d.disk, 0, spec.capacity);
+        if (got !== d.sha256.toLowerCase()) return `disk ${d.disk}: SHA-256 ${got}, source says ${d.sha256}`;
+      }
+      for (const x of Array.isArray(d.extents) ? d.extents : []) {
+        if (!(Number.isSafeInteger(x.offset) && Number.isSafeInteger(x.length) && x.offset >= 0 && x.length > 0 && x.offset + x.length <= spec.capacity)) {
+          return `disk ${d.disk}: extent ${x.offset}+${x.length} is outside the disk`;
+        }
+        const got = await hashRange(d.disk, x.offset, x.length);
+        if (got !== String(x.sha256).toLowerCase()) return `disk ${d.disk}: extent at ${x.offset} (${x.length} bytes) has SHA-256 ${got}, source says ${x.sha256}`;
+      }
+    }
+    return null;
+  }
+
+  /** Drop every data connection (shutdown). */
+  async detachAll(): Promise<void> {
+    await Promise.all([...this.open.values()].map((oc) => oc.feed?.detach()));
+  }
+}
+
+export function notOpen(sourceId: string, cycleId: string): Refusal {
+  return new Refusal(404, 'CYCLE_NOT_OPEN', `cycle ${cycleId} of source ${sourceId} is not open`, 'begin (or resume) the cycle first');
+}
+
+export function refusalFrom(e: unknown): Refusal | null {
+  if (e instanceof Refusal) return e;
+  if (e instanceof UserError) return new Refusal(400, e.code, e.message, e.fix);
+  if (e instanceof StoreError) {
+    const status = e.code === 'NOT_FOUND' ? 404 : e.code === 'CYCLE_BUSY' || e.code === 'CYCLE_MISMATCH' || e.code === 'CYCLE_CLOSED' ? 409 : 400;
+    return new Refusal(status, e.code, e.message);
+  }
+  return null;
+}

@@ -1,0 +1,265 @@
+/**
+ * One data connection (port 8703): HELLO → READY, then EXTENT and SYNC frames in; ACK frames out.
+ *
+ * Frames are validated on arrival (disk, range, codec, lengths), verified off the main thread
+ * (decompress + SHA-256 in the codec pool) and written to the cycle in arrival order. The socket is
+ * paused while more than PENDING_LIMIT bytes wait, so memory per connection stays bounded. The store
+ * is flushed every FLUSH_BYTES or FLUSH_MS; each flush is followed by ACK {seq}: everything up to seq
+ * is durable. A refused frame ends the connection with an ERROR frame; the cycle stays open (resumable)
+ * and nothing becomes an image until a commit.
+ */
+import type { TLSSocket } from 'node:tls';
+import type { Logger } from '../util/log.ts';
+import { errorMessage } from '../util/errors.ts';
+import { isValidId } from '../util/ids.ts';
+import { StoreError } from '../store/types.ts';
+import {
+  CODEC, EXTENT_HEADER, FRAME, FrameReader, MAX_DATA_EXTENT, MAX_ZERO_EXTENT, ProtocolError, decodeExtentHeader,
+  encodeJsonFrame, parseJsonBody,
+} from '../transfer/protocol.ts';
+import type { CodecPool } from '../transfer/codec-pool.ts';
+import { authenticate } from './identity.ts';
+import type { Cycles, OpenCycle, CycleFeed } from './cycles.ts';
+
+export const PENDING_LIMIT = 32 * 1024 * 1024;
+export const FLUSH_BYTES = 32 * 1024 * 1024;
+export const FLUSH_MS = 300;
+const WRITES_IN_FLIGHT = 4;
+const HELLO_TIMEOUT_MS = 15000;
+
+type Item =
+  | { kind: 'extent'; seq: number; disk: number; offset: number; length: number; data: Promise<Buffer | null>; digest: Buffer; cost: number }
+  | { kind: 'sync'; token: unknown };
+
+export interface DataContext { dataDir: string; cycles: Cycles; pool: CodecPool; log: Logger }
+
+export class DataConnection implements CycleFeed {
+  private readonly reader = new FrameReader();
+  private oc: OpenCycle | null = null;
+  private streamId = '';
+  private sourceId: string | null = null;
+  private helloSeen = false;
+  private inHello = false;
+  private queue: Item[] = [];
+  private pending = 0;
+  private paused = false;
+  private running = false;
+  private closed = false;
+  private refused = false;
+  private inflight: Promise<void>[] = [];
+  private lastIssued = 0;
+  private unflushed = 0;
+  private flushTimer: NodeJS.Timeout | null = null;
+  private drained: Promise<void>;
+  private resolveDrained!: () => void;
+  private log: Logger;
+
+  constructor(private readonly s: TLSSocket, private readonly ctx: DataContext) {
+    this.log = ctx.log.child({ peer: `${s.remoteAddress}:${s.remotePort}` });
+    this.drained = new Promise((r) => { this.resolveDrained = r; });
+    const helloTimer = setTimeout(() => { if (!this.helloSeen) this.refuse('BAD_FRAME', 'no HELLO within 15 s'); }, HELLO_TIMEOUT_MS);
+    s.on('data', (chunk: Buffer) => this.onData(chunk));
+    s.on('error', (e) => this.log.debug({ err: e.message }, 'data socket error'));
+    s.on('close', () => { clearTimeout(helloTimer); this.onClose(); });
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closed || this.refused) return;
+    this.reader.push(chunk);
+    try {
+      while (!this.refused && !this.inHello) {
+        const f = this.reader.next();
+        if (!f) break;
+        this.onFrame(f.type, f.body);
+      }
+    } catch (e) {
+      if (e instanceof ProtocolError) this.refuse(e.code, e.message);
+      else this.refuse('INTERNAL', errorMessage(e));
+    }
+  }
+
+  private onFrame(type: number, body: Buffer): void {
+    if (!this.helloSeen) {
+      if (type !== FRAME.HELLO) throw new ProtocolError('BAD_FRAME', 'the first frame must be HELLO');
+      this.helloSeen = true;
+      this.inHello = true;
+      this.s.pause();
+      void this.hello(parseJsonBody(body)).catch((e) => this.refuse('INTERNAL', errorMessage(e))).finally(() => {
+        this.inHello = false;
+        if (this.oc && !this.closed) { this.s.resume(); this.onData(Buffer.alloc(0)); }
+      });
+      return;
+    }
+    if (!this.oc) throw new ProtocolError('BAD_FRAME', 'frame before READY');
+    if (type === FRAME.EXTENT) this.onExtent(body);
+    else if (type === FRAME.SYNC) { this.queue.push({ kind: 'sync', token: parseJsonBody(body).token }); this.kick(); }
+    else throw new ProtocolError('BAD_FRAME', `unexpected frame type ${type}`);
+  }
+
+  private async hello(msg: Record<string, unknown>): Promise<void> {
+    const { sourceId, cycleId, streamId } = msg;
+    if (!isValidId(sourceId) || !isValidId(cycleId)) {
+      return this.refuse('BAD_ID', `invalid source or cycle id ${JSON.stringify(String(sourceId)).slice(0, 80)}/${JSON.stringify(String(cycleId)).slice(0, 80)}: only a-z, 0-9 and '-' are allowed`);
+    }
+    this.sourceId = sourceId;
+    this.log = this.log.child({ sourceId, cycleId });
+    if (!(await authenticate(this.ctx.dataDir, sourceId, msg.credential))) {
+      return this.refuse('AUTH', `missing or wrong credential for source ${sourceId}`);
+    }
+    if (typeof streamId !== 'string' || !/^[0-9a-f]{1,64}$/.test(streamId)) return this.refuse('BAD_FRAME', 'HELLO lacks a valid streamId');
+    const oc = this.ctx.cycles.get(sourceId, cycleId);
+    if (!oc) return this.refuse('CYCLE_NOT_OPEN', `cycle ${cycleId} of source ${sourceId} is not open; begin it on the control port first`);
+    if (oc.committing) return this.refuse('CYCLE_BUSY', `cycle ${cycleId} is being committed`);
+    if (oc.feed && oc.feed !== this) await oc.feed.detach();
+    if (this.closed) return;
+    oc.feed = this;
+    this.oc = oc;
+    this.streamId = streamId;
+    const durableSeq = oc.streams.has(streamId) ? oc.streams.get(streamId)! : null;
+    if (durableSeq === null) oc.streams.set(streamId, 0);
+    this.lastIssued = durableSeq ?? 0;
+    this.s.write(encodeJsonFrame(FRAME.READY, { durableSeq }));
+    this.log.debug({ durableSeq }, 'data stream ready');
+  }
+
+  private onExtent(body: Buffer): void {
+    if (body.length < EXTENT_HEADER) throw new ProtocolError('BAD_LENGTH', `extent frame of ${body.length} bytes is shorter than its header`);
+    const h = decodeExtentHeader(body);
+    const payload = body.subarray(EXTENT_HEADER);
+    const disk = this.oc!.writer.disks.find((d) => d.disk === h.disk);
+    if (!disk) throw new ProtocolError('BAD_DISK', `disk ${h.disk} is not part of cycle ${this.oc!.cycleId}`);
+    if (h.length === 0 || h.offset + h.length > disk.capacity) {
+      throw new ProtocolError('OUT_OF_RANGE', `extent ${h.offset}+${h.length} is beyond disk ${h.disk} (capacity ${disk.capacity})`);
+    }
+    let data: Promise<Buffer | null>;
+    if (h.codec === CODEC.ZERO) {
+      if (payload.length !== 0 || h.length > MAX_ZERO_EXTENT) throw new ProtocolError('BAD_LENGTH', `zero marker with ${payload.length} payload bytes or length ${h.length}`);
+      data = Promise.resolve(null);
+    } else if (h.codec === CODEC.RAW || h.codec === CODEC.ZSTD) {
+      if (h.length > MAX_DATA_EXTENT) throw new ProtocolError('BAD_LENGTH', `extent length ${h.length} exceeds ${MAX_DATA_EXTENT}`);
+      if (h.codec === CODEC.RAW && payload.length !== h.length) {
+        throw new ProtocolError('BAD_LENGTH', `raw extent says ${h.length} bytes but carries ${payload.length}`);
+      }
+      data = this.ctx.pool.unpack(h.codec, payload, h.length, Buffer.from(h.digest));
+      data.catch(() => undefined);
+    } else {
+      throw new ProtocolError('BAD_CODEC', `unknown codec ${h.codec}`);
+    }
+    this.queue.push({ kind: 'extent', seq: h.seq, disk: h.disk, offset: h.offset, length: h.length, data, digest: Buffer.from(h.digest), cost: body.length });
+    this.pending += body.length;
+    if (this.pending > PENDING_LIMIT && !this.paused) { this.paused = true; this.s.pause(); }
+    this.kick();
+  }
+
+  private kick(): void {
+    if (!this.running) { this.running = true; void this.process(); }
+  }
+
+  private async process(): Promise<void> {
+    try {
+      while (this.queue.length && !this.refused) {
+        const item = this.queue[0]!;
+        if (item.kind === 'sync') {
+          await this.flush();
+          this.queue.shift();
+          if (!this.closed) this.s.write(encodeJsonFrame(FRAME.ACK, { seq: this.lastIssued, token: item.token }));
+          continue;
+        }
+        const data = await item.data;
+        if (this.refused) break;
+        // the digest was just checked against the bytes: the store may name the chunk by it
+        const w = this.oc!.writer.writeExtent(item.disk, item.offset, item.length, data, data ? { sha256: item.digest } : undefined);
+        w.catch(() => undefined);
+        this.inflight.push(w);
+        if (this.inflight.length >= WRITES_IN_FLIGHT) await this.inflight.shift();
+        this.lastIssued = item.seq;
+        this.unflushed += item.length;
+        this.queue.shift();
+        this.pending -= item.cost;
+        if (this.paused && this.pending < PENDING_LIMIT / 2 && !this.closed) { this.paused = false; this.s.resume(); }
+        if (this.unflushed >= FLUSH_BYTES) await this.flush();
+        else this.armFlushTimer();
+      }
+    } catch (e) {
+      if (e instanceof ProtocolError) this.refuse(e.code, e.message);
+      else if (e instanceof StoreError) this.refuse(e.code, e.message);
+      else this.refuse('INTERNAL', errorMessage(e));
+    } finally {
+      this.running = false;
+    }
+    if (this.queue.length && !this.refused) this.kick();
+    else if (this.closed) await this.finish();
+  }
+
+  private armFlushTimer(): void {
+    if (this.flushTimer || this.closed) return;
+    this.flushTimer = setTimeout(() => {
+      this.flushTimer = null;
+      if (this.running || this.unflushed === 0) { if (this.unflushed) this.armFlushTimer(); return; }
+      this.running = true;
+      this.flush().catch((e) => this.refuse('INTERNAL', `flush failed: ${errorMessage(e)}`)).finally(() => {
+        this.running = false;
+        if (this.queue.length && !this.refused) this.kick();
+        else if (this.closed || this.refused) void this.finish();
+      });
+    }, FLUSH_MS);
+  }
+
+  /** Wait for issued writes, flush the store, publish the durable sequence number. */
+  private async flush(): Promise<void> {
+    if (!this.oc) return;
+    const pending = this.inflight;
+    this.inflight = [];
+    await Promise.all(pending);
+    if (this.unflushed > 0) {
+      this.unflushed = 0;
+      await this.oc.writer.flush();
+    }
+    this.oc.streams.set(this.streamId, this.lastIssued);
+    if (!this.closed && this.lastIssued) {
+      this.s.write(encodeJsonFrame(FRAME.ACK, { seq: this.lastIssued }));
+    }
+  }
+
+  /** Refuse: tell the peer why, log it, close. The cycle stays open and resumable. */
+  refuse(code: string, message: string): void {
+    if (this.refused) return;
+    this.refused = true;
+    this.log.warn({ errCode: code, reason: message }, 'data connection refused');
+    for (const it of this.queue) if (it.kind === 'extent') this.pending -= it.cost;
+    this.queue = [];
+    if (!this.s.destroyed) {
+      this.s.end(encodeJsonFrame(FRAME.ERROR, { code, message }));
+      setTimeout(() => this.s.destroy(), 2000).unref();
+    }
+    if (!this.running) void this.finish();
+  }
+
+  private onClose(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.flushTimer) { clearTimeout(this.flushTimer); this.flushTimer = null; }
+    if (!this.running) void this.finish();
+  }
+
+  private finishing = false;
+  /** After close: what was fully received is written and flushed, then the cycle is free for the next connection. */
+  private async finish(): Promise<void> {
+    if (this.finishing) return;
+    this.finishing = true;
+    try {
+      if (this.oc) await this.flush();
+    } catch (e) {
+      this.log.error({ err: errorMessage(e) }, 'flush after disconnect failed');
+    } finally {
+      if (this.oc && this.oc.feed === this) this.oc.feed = null;
+      this.resolveDrained();
+    }
+  }
+
+  detach(): Promise<void> {
+    this.s.destroy();
+    this.onClose();
+    return this.drained;
+  }
+}

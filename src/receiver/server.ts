@@ -1,0 +1,87 @@
+import https from 'node:https';
+import tls from 'node:tls';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
+import type { Logger } from '../util/log.ts';
+import { silentLogger } from '../util/log.ts';
+import { UserError } from '../util/errors.ts';
+import type { ImageStore } from '../store/types.ts';
+import { openImageStore } from '../store/index.ts';
+import { sharedCodecPool } from '../transfer/codec-pool.ts';
+import { formatFingerprint } from '../transfer/connect.ts';
+import { createCode, listCodes, loadOrCreateTls, type ActivationCode } from './identity.ts';
+import { Cycles } from './cycles.ts';
+import { controlHandler } from './control.ts';
+import { DataConnection } from './data.ts';
+
+export interface ReceiverOptions {
+  dataDir: string;
+  listen?: string;
+  /** 0 = any free port. */
+  controlPort?: number;
+  dataPort?: number;
+  logger?: Logger;
+}
+
+export interface RunningReceiver {
+  controlPort: number;
+  dataPort: number;
+  /** 64 lowercase hex chars. */
+  fingerprint: string;
+  /** The activation code made on first start (null on later starts). */
+  createdCode: ActivationCode | null;
+  store: ImageStore;
+  close(): Promise<void>;
+}
+
+/** First-start set-up (TLS identity, first activation code), shared by `serve` and `info`. */
+export async function initDataDir(dataDir: string): Promise<{ fingerprint: string; createdCode: ActivationCode | null; key: string; cert: string }> {
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const { tls: id, created } = await loadOrCreateTls(dataDir);
+  let createdCode: ActivationCode | null = null;
+  if (created || (await listCodes(dataDir)).length === 0) createdCode = await createCode(dataDir);
+  return { fingerprint: id.fingerprint, createdCode, key: id.key, cert: id.cert };
+}
+
+function listenOn(server: tls.Server, port: number, host: string | undefined, what: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', (e: NodeJS.ErrnoException) => reject(new UserError('LISTEN', `cannot listen on ${host ?? '*'}:${port} for the ${what}: ${e.message}`,
+      e.code === 'EADDRINUSE' ? `another process uses port ${port}; stop it or choose another --${what === 'control API' ? 'control' : 'data'}-port` : 'check --listen and the port')));
+    server.listen(port, host, () => resolve((server.address() as AddressInfo).port));
+  });
+}
+
+export async function startReceiver(o: ReceiverOptions): Promise<RunningReceiver> {
+  const log = (o.logger ?? silentLogger).child({ component: 'receiver' });
+  const init = await initDataDir(o.dataDir);
+  const store = await openImageStore(join(o.dataDir, 'store'));
+  const cycles = new Cycles(store, log);
+  const pool = sharedCodecPool();
+  let dataPort = 0;
+  const control = https.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2' },
+    controlHandler({ dataDir: o.dataDir, store, cycles, log, dataPort: () => dataPort }));
+  control.keepAliveTimeout = 5000;
+  const conns = new Set<DataConnection>();
+  const data = tls.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2' }, (s) => {
+    s.setNoDelay(true);
+    const c = new DataConnection(s, { dataDir: o.dataDir, cycles, pool, log });
+    conns.add(c);
+    s.on('close', () => conns.delete(c));
+  });
+  data.on('tlsClientError', (e) => log.debug({ err: e.message }, 'TLS handshake failed on the data port'));
+  control.on('tlsClientError', (e) => log.debug({ err: e.message }, 'TLS handshake failed on the control port'));
+  const controlPort = await listenOn(control, o.controlPort ?? 8080, o.listen, 'control API');
+  dataPort = await listenOn(data, o.dataPort ?? 8703, o.listen, 'data port');
+  log.info({ controlPort, dataPort, fingerprint: formatFingerprint(init.fingerprint) }, 'receiver listening');
+  return {
+    controlPort, dataPort, fingerprint: init.fingerprint, createdCode: init.createdCode, store,
+    async close() {
+      control.close();
+      data.close();
+      control.closeAllConnections();
+      await Promise.all([...conns].map((c) => c.detach()));
+      await store.close();
+    },
+  };
+}

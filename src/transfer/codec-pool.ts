@@ -1,0 +1,92 @@
+import { Worker } from 'node:worker_threads';
+import type { PackRequest, UnpackRequest, WorkerReply } from './codec-worker.ts';
+import { ProtocolError } from './protocol.ts';
+
+export interface Packed { codec: number; payload: Buffer | null; digest: Buffer }
+
+/**
+ * Node 20 does not hand tsx's loader to worker threads, so the worker first registers tsx itself
+ * (harmless where the loader is inherited), then imports the TypeScript worker module.
+ */
+function startTsWorker(url: URL): Worker {
+  const tsx = import.meta.resolve('tsx/esm/api');
+  return new Worker(`import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`, { eval: true });
+}
+
+type Pending = { resolve: (r: WorkerReply) => void; reject: (e: Error) => void };
+
+/**
+ * A small pool of codec workers (2 by default: one per core of the target machines). Workers are
+ * unref'd while idle so an idle pool never keeps a process alive.
+ */
+export class CodecPool {
+  private readonly workers: { w: Worker; busy: number; pending: Map<number, Pending> }[] = [];
+  private nextId = 1;
+  private closed = false;
+
+  constructor(size = 2) {
+    for (let i = 0; i < size; i++) {
+      const w = startTsWorker(new URL('./codec-worker.ts', import.meta.url));
+      const slot = { w, busy: 0, pending: new Map<number, Pending>() };
+      w.on('message', (r: WorkerReply) => {
+        const p = slot.pending.get(r.id);
+        if (!p) return;
+        slot.pending.delete(r.id);
+        if (--slot.busy === 0) w.unref();
+        p.resolve(r);
+      });
+      w.on('error', (e) => {
+        for (const p of slot.pending.values()) p.reject(e);
+        slot.pending.clear();
+      });
+      w.unref();
+      this.workers.push(slot);
+    }
+  }
+
+  private run(req: Omit<PackRequest, 'id'> | Omit<UnpackRequest, 'id'>, transfer: ArrayBuffer[]): Promise<WorkerReply> {
+    if (this.closed) return Promise.reject(new Error('codec pool is closed'));
+    let slot = this.workers[0]!;
+    for (const s of this.workers) if (s.busy < slot.busy) slot = s;
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      slot.pending.set(id, { resolve, reject });
+      if (slot.busy++ === 0) slot.w.ref();
+      slot.w.postMessage({ ...req, id }, transfer);
+    });
+  }
+
+  /** Zero check, SHA-256 and (zstdLevel !== null) compression of a copy of `data`. */
+  async pack(data: Uint8Array, zstdLevel: number | null): Promise<Packed> {
+    const copy = new Uint8Array(data); // own ArrayBuffer: transferred, and the caller may reuse `data`
+    const r = await this.run({ op: 'pack', data: copy, zstdLevel }, [copy.buffer]);
+    if (!r.ok) throw new Error(r.message);
+    if (!('codec' in r)) throw new Error('unexpected worker reply');
+    return {
+      codec: r.codec,
+      payload: r.payload ? Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength) : null,
+      digest: Buffer.from(r.digest.buffer, r.digest.byteOffset, r.digest.byteLength),
+    };
+  }
+
+  /** Decompress / check length and SHA-256. Throws ProtocolError on a bad extent. */
+  async unpack(codec: number, payload: Buffer, length: number, digest: Buffer): Promise<Buffer> {
+    const p = new Uint8Array(payload);
+    const r = await this.run({ op: 'unpack', codec, payload: p, length, digest: new Uint8Array(digest) }, [p.buffer]);
+    if (!r.ok) throw new ProtocolError(r.code, r.message);
+    if (!('data' in r)) throw new Error('unexpected worker reply');
+    return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.workers.map((s) => s.w.terminate()));
+  }
+}
+
+let shared: CodecPool | null = null;
+/** One pool per process, shared by every sender and receiver connection in it. */
+export function sharedCodecPool(): CodecPool {
+  shared ??= new CodecPool(2);
+  return shared;
+}

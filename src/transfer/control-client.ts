@@ -1,0 +1,83 @@
+import http from 'node:http';
+import { UserError } from '../util/errors.ts';
+import { connectPinned, ConnectError, type ProxySpec } from './connect.ts';
+import { HDR_SOURCE, type WireError } from './protocol.ts';
+
+export interface ControlTarget { host: string; port: number; fingerprint: string; proxy?: ProxySpec | undefined }
+export interface ControlAuth { sourceId: string; credential: string }
+
+/** An error the receiver answered with; `code` as sent by the receiver. */
+export class RemoteError extends UserError {
+  readonly status: number;
+  constructor(status: number, e: WireError) {
+    super(e.code, `receiver refused: ${e.message}`, e.fix);
+    this.status = status;
+  }
+}
+
+/**
+ * HTTP+JSON client of the receiver's control API over a pinned TLS connection (optionally through
+ * an HTTP CONNECT proxy). One connection per request keeps it simple and robust across receiver restarts.
+ */
+export class ControlClient {
+  constructor(private readonly target: ControlTarget, private auth: ControlAuth | null = null) {}
+
+  setAuth(auth: ControlAuth): void { this.auth = auth; }
+
+  private async open(method: string, path: string, body?: unknown): Promise<http.IncomingMessage> {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const headers: Record<string, string> = { accept: 'application/json', connection: 'close' };
+    if (payload) { headers['content-type'] = 'application/json'; headers['content-length'] = String(payload.length); }
+    if (this.auth) { headers[HDR_SOURCE] = this.auth.sourceId; headers.authorization = `Bearer ${this.auth.credential}`; }
+    // the fingerprint is checked before a single byte (credential included) is written
+    const sock = await connectPinned(this.target);
+    return new Promise((resolve, reject) => {
+      const req = http.request({
+        method, path, headers, host: this.target.host, port: this.target.port,
+        createConnection: () => sock,
+      });
+      req.on('error', (e) => reject(e instanceof UserError || e instanceof ConnectError ? e
+        : new ConnectError(`control request ${method} ${path} failed: ${e.message}`, { cause: e })));
+      req.on('response', resolve);
+      req.end(payload);
+    });
+  }
+
+  /** JSON request; non-2xx answers become RemoteError. */
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.open(method, path, body);
+    const chunks: Buffer[] = [];
+    try {
+      for await (const c of res) chunks.push(c as Buffer);
+    } catch (e) {
+      throw new ConnectError(`control response to ${method} ${path} broke: ${(e as Error).message}`, { cause: e });
+    }
+    const text = Buffer.concat(chunks).toString('utf8');
+    let json: unknown;
+    try { json = text ? JSON.parse(text) : {}; } catch {
+      throw new ConnectError(`receiver answered ${method} ${path} with non-JSON (status ${res.statusCode})`);
+    }
+    if ((res.statusCode ?? 500) >= 300) {
+      const err = (json as { error?: WireError }).error ?? { code: 'HTTP', message: `status ${res.statusCode}` };
+      if ((res.statusCode ?? 500) >= 500 && err.code === 'INTERNAL') throw new ConnectError(`receiver error on ${method} ${path}: ${err.message}`);
+      throw new RemoteError(res.statusCode ?? 500, err);
+    }
+    return json as T;
+  }
+
+  /** Binary streaming GET (block digests). */
+  async *stream(path: string): AsyncGenerator<Buffer> {
+    const res = await this.open('GET', path);
+    if ((res.statusCode ?? 500) >= 300) {
+      const chunks: Buffer[] = [];
+      for await (const c of res) chunks.push(c as Buffer);
+      let err: WireError = { code: 'HTTP', message: `status ${res.statusCode}` };
+      try { err = (JSON.parse(Buffer.concat(chunks).toString('utf8')) as { error: WireError }).error ?? err; } catch { /* keep generic */ }
+      throw new RemoteError(res.statusCode ?? 500, err);
+    }
+    let complete = false;
+    res.on('end', () => { complete = true; });
+    for await (const c of res) yield c as Buffer;
+    if (!complete || res.trailers['x-vmlift-complete'] === 'no') throw new ConnectError(`stream ${path} ended early`);
+  }
+}
