@@ -30,6 +30,17 @@ interface DiskState {
   unflushed: Range[];
 }
 
+interface CacheEntry {
+  ds: DiskState;
+  i: number;
+  buf: Buffer;
+  /** Changed since last stored. */
+  dirty: boolean;
+}
+
+/** Bound of the write-back cache of partially written chunks. */
+const CACHE_BYTES = 64 << 20;
+
 export interface CycleEnv {
   layout: Layout;
   chunkSize: number;
@@ -84,6 +95,8 @@ export class Cycle implements CycleWriter {
   private readonly state = new Map<number, DiskState>();
   private readonly chains = new Map<string, Promise<void>>();
   private readonly inflight = new Set<Promise<void>>();
+  private readonly cache = new Map<string, CacheEntry>();
+  private cacheBytes = 0;
   private flushChain: Promise<void> = Promise.resolve();
   private status: 'open' | 'closing' | 'closed' = 'open';
   private chunks: ChunkWriter;
@@ -178,19 +191,10 @@ export class Cycle implements CycleWriter {
       const s = Math.max(offset, cStart);
       const e = Math.min(offset + length, cStart + cLen);
       const piece = data ? data.subarray(s - offset, e - offset) : null;
-      const key = `${disk}:${i}`;
-      const prev = this.chains.get(key);
-      const run = () => this.applyPiece(ds, i, cLen, s - cStart, e - s, piece, given);
-      const p = prev ? prev.then(run, run) : run();
-      this.chains.set(key, p);
-      const drop = () => { if (this.chains.get(key) === p) this.chains.delete(key); };
-      p.then(drop, drop);
-      pieces.push(p);
+      pieces.push(this.chain(`${disk}:${i}`, () => this.applyPiece(ds, i, cLen, s - cStart, e - s, piece, given)));
     }
     const op = Promise.all(pieces).then(() => { ds.unflushed.push({ offset, length }); });
-    const tracked = op.then(() => {}, () => {});
-    this.inflight.add(tracked);
-    void tracked.then(() => this.inflight.delete(tracked));
+    this.track(op);
     await op;
   }
 
@@ -201,36 +205,82 @@ export class Cycle implements CycleWriter {
     return bytesRead === SLOT && !isZeroSlot(b) ? b : null;
   }
 
+  /** Queue `fn` behind earlier work on the same chunk (call order for overlapping writes). */
+  private chain(key: string, fn: () => Promise<void>): Promise<void> {
+    const prev = this.chains.get(key);
+    const p = prev ? prev.then(fn, fn) : fn();
+    this.chains.set(key, p);
+    const drop = () => { if (this.chains.get(key) === p) this.chains.delete(key); };
+    p.then(drop, drop);
+    return p;
+  }
+
+  private track(p: Promise<unknown>): void {
+    const t = p.then(() => {}, () => {});
+    this.inflight.add(t);
+    void t.then(() => this.inflight.delete(t));
+  }
+
   private async applyPiece(ds: DiskState, i: number, cLen: number, at: number, len: number, piece: Uint8Array | null, given: Buffer | null): Promise<void> {
-    let digest: Buffer | null;
+    const key = `${ds.spec.disk}:${i}`;
     if (at === 0 && len === cLen) {
-      if (!piece) {
-        digest = null;
-      } else {
+      this.dropCached(key);
+      let digest: Buffer | null = null;
+      if (piece) {
         digest = given ?? sha256(piece);
         if (digest.equals(zeroDigest(cLen))) digest = null;
         else await this.chunks.put(digest.toString('hex'), piece);
       }
+      ds.dirty.set(i, digest);
+      return;
+    }
+    // Partial write: patch the chunk in a bounded write-back cache, so a run of small writes into
+    // one chunk stores it once (at eviction or flush), not once per write.
+    let entry = this.cache.get(key);
+    if (entry) {
+      this.cache.delete(key); // re-insert: Map order = least recently used first
+      this.cache.set(key, entry);
     } else {
       const cur = await this.currentSlot(ds, i);
-      if (!cur && !piece) {
-        digest = null;
+      let buf: Buffer;
+      if (cur) {
+        const old = await this.chunks.read(cur.toString('hex'));
+        buf = old.length === cLen ? old : Buffer.concat([old.subarray(0, cLen), Buffer.alloc(Math.max(0, cLen - old.length))]);
       } else {
-        let buf: Buffer;
-        if (cur) {
-          const old = await this.chunks.read(cur.toString('hex'));
-          buf = old.length === cLen ? old : Buffer.concat([old.subarray(0, cLen), Buffer.alloc(Math.max(0, cLen - old.length))]);
-        } else {
-          buf = Buffer.alloc(cLen);
-        }
-        if (piece) buf.set(piece, at);
-        else buf.fill(0, at, at + len);
-        digest = sha256(buf);
-        if (digest.equals(zeroDigest(cLen))) digest = null;
-        else await this.chunks.put(digest.toString('hex'), buf);
+        buf = Buffer.alloc(cLen);
       }
+      entry = { ds, i, buf, dirty: false };
+      this.cache.set(key, entry);
+      this.cacheBytes += cLen;
     }
-    ds.dirty.set(i, digest);
+    if (piece) entry.buf.set(piece, at);
+    else entry.buf.fill(0, at, at + len);
+    entry.dirty = true;
+    this.evict();
+  }
+
+  private dropCached(key: string): void {
+    const e = this.cache.get(key);
+    if (e) { this.cache.delete(key); this.cacheBytes -= e.buf.length; }
+  }
+
+  /** Hash and store a cached chunk; runs in the chunk's chain. */
+  private async materialize(e: CacheEntry): Promise<void> {
+    if (!e.dirty) return;
+    e.dirty = false;
+    let digest: Buffer | null = sha256(e.buf);
+    if (digest.equals(zeroDigest(e.buf.length))) digest = null;
+    else await this.chunks.put(digest.toString('hex'), e.buf);
+    e.ds.dirty.set(e.i, digest);
+  }
+
+  private evict(): void {
+    while (this.cacheBytes > CACHE_BYTES && this.cache.size > 1) {
+      const [key, e] = this.cache.entries().next().value as [string, CacheEntry];
+      this.cache.delete(key);
+      this.cacheBytes -= e.buf.length;
+      this.track(this.chain(key, () => this.materialize(e)));
+    }
   }
 
   flush(): Promise<void> {
@@ -241,8 +291,12 @@ export class Cycle implements CycleWriter {
 
   private async doFlush(): Promise<void> {
     await Promise.all([...this.inflight]);
-    const snaps = [...this.state.values()].map((ds) => ({ ds, dirty: new Map(ds.dirty), ranges: ds.unflushed.splice(0) }));
+    const disks = [...this.state.values()];
+    const ranges = disks.map((ds) => ds.unflushed.splice(0));
+    let snaps: { ds: DiskState; dirty: Map<number, Buffer | null>; ranges: Range[] }[] = [];
     try {
+      await Promise.all([...this.cache].filter(([, e]) => e.dirty).map(([key, e]) => this.chain(key, () => this.materialize(e))));
+      snaps = disks.map((ds, k) => ({ ds, dirty: new Map(ds.dirty), ranges: ranges[k]! }));
       // Chunks before the index that names them, the index before the journal that claims the ranges.
       await this.chunks.sync();
       const zero = Buffer.alloc(SLOT);
@@ -265,7 +319,7 @@ export class Cycle implements CycleWriter {
         await this.heldFh.sync();
       }
     } catch (e) {
-      for (const { ds, ranges } of snaps) ds.unflushed.unshift(...ranges);
+      disks.forEach((ds, k) => ds.unflushed.unshift(...ranges[k]!));
       throw e;
     }
     for (const { ds, dirty, ranges } of snaps) {
@@ -352,6 +406,8 @@ export class Cycle implements CycleWriter {
     this.status = 'closing';
     await Promise.all([...this.inflight]);
     await this.flushChain;
+    this.cache.clear();
+    this.cacheBytes = 0;
     await this.chunks.discard();
     await this.closeHandles();
     await rm(this.dir, { recursive: true, force: true });
