@@ -1,0 +1,101 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { startTestReceiver, makeDisk, sendDisk, sha256, readDisk, type TestRx } from '../transfer/helpers.ts';
+import { RemoteError } from '../../src/transfer/control-client.ts';
+
+let t: TestRx;
+before(async () => { t = await startTestReceiver(); });
+after(async () => { await t.close(); });
+
+const MiB = 1 << 20;
+
+test('a cycle round trip: export has the source bytes; a second cycle changes only what was sent; digests match', async () => {
+  const d0 = makeDisk(24 * MiB, 7);
+  const d1 = makeDisk(8 * MiB + 4096 * 3, 9); // capacity not a multiple of the chunk size
+  const s = await t.sender('rt-a');
+  const c1 = await s.beginCycle({ cycleId: 'c1', disks: [{ disk: 0, capacity: d0.length }, { disk: 1, capacity: d1.length }] });
+  assert.equal(c1.baseImageId, null);
+  await sendDisk(c1, 0, d0, 3 * MiB + 4096); // odd sizes: the sender re-cuts at 1 MiB boundaries
+  await sendDisk(c1, 1, d1, 512 * 1024);
+  const img1 = await c1.commit({ meta: { note: 'first' } });
+  assert.equal(img1.imageId, '1');
+  assert.deepEqual(img1.meta, { note: 'first' });
+
+  const out = join(t.dir, 'd0.raw');
+  await t.rx.store.export('rt-a', '1', 0, 'raw', out);
+  assert.equal(sha256(await readFile(out)), sha256(d0));
+  assert.equal(sha256(await readDisk(t.rx, 'rt-a', '1', 1, d1.length)), sha256(d1));
+  const st1 = c1.stats();
+  assert.ok(st1.zeroBytes > 0, 'holes travel as zero markers');
+  assert.ok(st1.wireBytes < st1.payloadBytes * 0.8, `compression and zero markers shrink the wire (${st1.wireBytes} vs ${st1.payloadBytes})`);
+
+  // cycle 2: change a few scattered 4 KiB blocks of disk 0
+  const d0b = Buffer.from(d0);
+  const c2 = await s.beginCycle({ cycleId: 'c2', disks: [{ disk: 0, capacity: d0.length }, { disk: 1, capacity: d1.length }] });
+  assert.equal(c2.baseImageId, '1');
+  let changed = 0;
+  for (const off of [0, 5 * MiB + 8192, 13 * MiB, 24 * MiB - 4096]) {
+    const blk = createHash('sha256').update(String(off)).digest();
+    for (let i = 0; i < 4096; i += 32) blk.copy(d0b, off + i);
+    await c2.send(0, off, d0b.subarray(off, off + 4096));
+    changed += 4096;
+  }
+  const img2 = await c2.commit();
+  assert.equal(img2.baseImageId, '1');
+  assert.ok(c2.stats().payloadBytes === changed);
+  assert.equal(sha256(await readDisk(t.rx, 'rt-a', '2', 0, d0.length)), sha256(d0b));
+  assert.equal(sha256(await readDisk(t.rx, 'rt-a', '2', 1, d1.length)), sha256(d1));
+  assert.equal(sha256(await readDisk(t.rx, 'rt-a', '1', 0, d0.length)), sha256(d0), 'image 1 keeps the old content');
+
+  const images = await s.listImages();
+  assert.deepEqual(images.map((i) => i.imageId), ['1', '2']);
+
+  // block digests from the receiver equal the source's, for the store's chunk size (index fast path) and a smaller block
+  for (const bs of [MiB, 64 * 1024]) {
+    const got: string[] = [];
+    for await (const d of s.blockDigests('2', 1, bs)) got.push(d.toString('hex'));
+    const want: string[] = [];
+    for (let off = 0; off < d1.length; off += bs) want.push(createHash('sha256').update(d1.subarray(off, Math.min(d1.length, off + bs))).digest().subarray(0, 16).toString('hex'));
+    assert.deepEqual(got, want, `digests at block size ${bs}`);
+  }
+  await s.close();
+});
+
+test('checksum: the commit verifies source digests; a mismatch fails the commit and publishes nothing', async () => {
+  const d = makeDisk(6 * MiB, 3);
+  const s = await t.sender('ck-a', { checksum: true });
+  const c = await s.beginCycle({ cycleId: 'ok', disks: [{ disk: 0, capacity: d.length }] });
+  await sendDisk(c, 0, d);
+  const img = await c.commit({ sourceDigests: [{ disk: 0, sha256: sha256(d), extents: [{ offset: MiB, length: 4096, sha256: sha256(d.subarray(MiB, MiB + 4096)) }] }] });
+  assert.equal(img.imageId, '1');
+
+  const c2 = await s.beginCycle({ cycleId: 'bad', disks: [{ disk: 0, capacity: d.length }] });
+  const wrong = Buffer.from(d); wrong[100] = (wrong[100]! + 1) & 0xff;
+  await c2.send(0, 0, d.subarray(0, MiB));
+  await assert.rejects(c2.commit({ sourceDigests: [{ disk: 0, sha256: sha256(wrong) }] }), (e: unknown) => {
+    assert.ok(e instanceof RemoteError);
+    assert.equal(e.code, 'CHECKSUM_MISMATCH');
+    assert.match(e.message, /does not match the source digests: disk 0: SHA-256 [0-9a-f]{64}, source says/);
+    return true;
+  });
+  assert.deepEqual((await s.listImages()).map((i) => i.imageId), ['1'], 'the mismatching image is not kept');
+  assert.ok(t.log.lines.some((l) => l.errCode === 'CHECKSUM_MISMATCH' || String(l.msg).includes('checksum mismatch')));
+  await s.close();
+});
+
+test('retention: maxImages from begin keeps the newest images', async () => {
+  const s = await t.sender('ret-a');
+  const disks = [{ disk: 0, capacity: 2 * MiB }];
+  for (let i = 1; i <= 4; i++) {
+    const c = await s.beginCycle({ cycleId: `r${i}`, disks, maxImages: 2 });
+    await c.send(0, 0, Buffer.alloc(MiB, i));
+    await c.commit();
+  }
+  assert.deepEqual((await s.listImages()).map((i) => i.imageId), ['3', '4']);
+  const b = await t.rx.store.readImage('ret-a', '4', 0, 0, 16);
+  assert.equal(b[0], 4);
+  await s.close();
+});
