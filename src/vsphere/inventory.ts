@@ -1,0 +1,183 @@
+/** Inventory through the PropertyCollector: a constant number of round trips whatever the VM count. */
+import { UserError } from '../util/errors.ts';
+import type { VimSession } from './session.ts';
+import { arr, arrayOf, bool, moref, num, str, xsiType, type MoRef } from './convert.ts';
+import { createContainerView, destroyView, objectsSpec, retrieveProperties, viewSpec, type ObjectProps } from './methods.ts';
+import type { ControllerType, DiskInfo, HostInfo, SnapshotNode, VmInfo } from './types.ts';
+
+export const VM_PATHS = [
+  'name', 'runtime.powerState', 'runtime.host', 'runtime.consolidationNeeded', 'config.guestId', 'config.guestFullName',
+  'config.version', 'config.uuid', 'config.changeTrackingEnabled', 'config.hardware.device', 'config.extraConfig', 'snapshot',
+];
+const HOST_PATHS = ['name', 'config.product'];
+
+const CONTROLLERS: Record<string, [ControllerType, string]> = {
+  ParaVirtualSCSIController: ['pvscsi', 'scsi'], VirtualLsiLogicController: ['lsilogic', 'scsi'],
+  VirtualLsiLogicSASController: ['lsilogic-sas', 'scsi'], VirtualBusLogicController: ['buslogic', 'scsi'],
+  VirtualSCSIController: ['scsi', 'scsi'], VirtualIDEController: ['ide', 'ide'], VirtualAHCIController: ['sata', 'sata'],
+  VirtualSATAController: ['sata', 'sata'], VirtualNVMEController: ['nvme', 'nvme'],
+};
+
+export function parseExtraConfig(val: unknown): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const o of arrayOf(val)) {
+    const k = str((o as any).key);
+    if (k !== undefined) out[k] = str((o as any).value) ?? '';
+  }
+  return out;
+}
+
+/** Disks of a device list (VM config or snapshot config), with their controller facts. */
+export function parseDisks(devicesVal: unknown, extra: Record<string, string>): DiskInfo[] {
+  const devices = arrayOf(devicesVal);
+  const ctrls = new Map<number, { type: ControllerType; prefix: string; bus: number }>();
+  for (const d of devices) {
+    const c = CONTROLLERS[xsiType(d) ?? ''];
+    if (c) ctrls.set(num((d as any).key)!, { type: c[0], prefix: c[1], bus: num((d as any).busNumber) ?? 0 });
+  }
+  const disks: DiskInfo[] = [];
+  for (const d of devices as any[]) {
+    if (xsiType(d) !== 'VirtualDisk') continue;
+    const ctrl = ctrls.get(num(d.controllerKey) ?? -1);
+    const unit = num(d.unitNumber) ?? 0;
+    const busId = ctrl ? `${ctrl.prefix}${ctrl.bus}:${unit}` : `unknown${num(d.controllerKey)}:${unit}`;
+    const b = d.backing ?? {};
+    const capacity = num(d.capacityInBytes) ?? (num(d.capacityInKB) ?? 0) * 1024;
+    const ds = moref(b.datastore);
+    disks.push({
+      key: num(d.key)!, label: str(d.deviceInfo?.label) ?? `disk ${num(d.key)}`,
+      controllerType: ctrl?.type ?? 'unknown', controllerBus: ctrl?.bus ?? -1, unitNumber: unit, busId,
+      capacity, backingType: (xsiType(b) ?? 'unknown').replace(/BackingInfo$/, ''),
+      file: str(b.fileName) ?? '', datastore: ds ? ds.value : null,
+      diskMode: str(b.diskMode) ?? 'persistent', compatibilityMode: str(b.compatibilityMode) ?? null,
+      changeId: str(b.changeId) || null,
+      ctkEnabled: (extra[`${busId}.ctkEnabled`] ?? '').toUpperCase() === 'TRUE',
+    });
+  }
+  return disks.sort((a, b) => a.key - b.key);
+}
+
+function parseTree(nodes: unknown): SnapshotNode[] {
+  return arr(nodes).map((n: any) => ({
+    ref: moref(n.snapshot)?.value ?? '', name: str(n.name) ?? '', description: str(n.description) ?? '',
+    createTime: str(n.createTime) ?? '', state: str(n.state) ?? '', quiesced: bool(n.quiesced) ?? false,
+    children: parseTree(n.childSnapshotList),
+  }));
+}
+
+export function parseVm(o: ObjectProps, hosts: Map<string, HostInfo>, dcOfDatastore: Map<string, string>): VmInfo {
+  const p = o.props;
+  const extra = parseExtraConfig(p['config.extraConfig']);
+  const disks = parseDisks(p['config.hardware.device'], extra);
+  const hostRef = moref(p['runtime.host'])?.value;
+  const snap = p['snapshot'];
+  const ctkConfig: Record<string, string> = {};
+  for (const [k, v] of Object.entries(extra)) if (/ctkEnabled$/i.test(k)) ctkConfig[k] = v;
+  const dsOfFirst = disks.find((d) => d.datastore)?.datastore;
+  return {
+    ref: o.obj.value, name: str(p['name']) ?? o.obj.value, powerState: str(p['runtime.powerState']) ?? 'unknown',
+    guestId: str(p['config.guestId']) ?? '', guestFullName: str(p['config.guestFullName']) ?? '',
+    hardwareVersion: str(p['config.version']) ?? '', uuid: str(p['config.uuid']) ?? '',
+    host: hostRef ? hosts.get(hostRef) ?? { ref: hostRef, name: hostRef, version: '', build: '' } : null,
+    datacenter: dsOfFirst ? dcOfDatastore.get(dsOfFirst) ?? null : null,
+    changeTrackingEnabled: bool(p['config.changeTrackingEnabled']) ?? false,
+    ctkEnabled: (extra['ctkEnabled'] ?? '').toUpperCase() === 'TRUE',
+    consolidationNeeded: bool(p['runtime.consolidationNeeded']) ?? false,
+    snapshots: parseTree(snap?.rootSnapshotList), currentSnapshot: moref(snap?.currentSnapshot)?.value ?? null,
+    disks, ctkConfig,
+  };
+}
+
+export interface Inventory {
+  vms: VmInfo[];
+  hosts: HostInfo[];
+  datastores: { ref: string; name: string; datacenter: string | null }[];
+  datacenters: string[];
+}
+
+function parseHost(o: ObjectProps): HostInfo {
+  const prod = o.props['config.product'] ?? {};
+  return { ref: o.obj.value, name: str(o.props['name']) ?? o.obj.value, version: str(prod.version) ?? '', build: str(prod.build) ?? '' };
+}
+
+/**
+ * The whole inventory in three round trips: CreateContainerView, RetrievePropertiesEx
+ * (+ ContinueRetrievePropertiesEx only when vCenter pages the answer), DestroyView.
+ * `only` narrows the VMs to these refs (the objects are still found through the view).
+ */
+export async function fetchInventory(s: VimSession, o: { vmPaths?: string[] } = {}): Promise<Inventory> {
+  const view = await createContainerView(s, ['VirtualMachine', 'HostSystem', 'Datastore', 'Datacenter']);
+  let objs: ObjectProps[];
+  try {
+    objs = await retrieveProperties(s, [viewSpec(view, [
+      { type: 'VirtualMachine', pathSet: o.vmPaths ?? VM_PATHS },
+      { type: 'HostSystem', pathSet: HOST_PATHS },
+      { type: 'Datastore', pathSet: ['name'] },
+      { type: 'Datacenter', pathSet: ['name', 'datastore'] },
+    ])]);
+  } finally {
+    await destroyView(s, view).catch(() => {});
+  }
+  const hosts = new Map<string, HostInfo>();
+  const dsNames = new Map<string, string>();
+  const dcOfDs = new Map<string, string>();
+  const datacenters: string[] = [];
+  for (const x of objs) {
+    if (x.obj.type === 'HostSystem') hosts.set(x.obj.value, parseHost(x));
+    if (x.obj.type === 'Datastore') dsNames.set(x.obj.value, str(x.props['name']) ?? x.obj.value);
+    if (x.obj.type === 'Datacenter') {
+      const name = str(x.props['name']) ?? x.obj.value;
+      datacenters.push(name);
+      for (const d of arrayOf(x.props['datastore'])) { const r = moref(d); if (r) dcOfDs.set(r.value, name); }
+    }
+  }
+  const vms = objs.filter((x) => x.obj.type === 'VirtualMachine').map((x) => parseVm(x, hosts, dcOfDs));
+  for (const vm of vms) for (const d of vm.disks) if (d.datastore) d.datastore = dsNames.get(d.datastore) ?? d.datastore;
+  vms.sort((a, b) => a.name.localeCompare(b.name));
+  return {
+    vms, hosts: [...hosts.values()], datacenters,
+    datastores: [...dsNames].map(([ref, name]) => ({ ref, name, datacenter: dcOfDs.get(ref) ?? null })),
+  };
+}
+
+/** One VM by name or managed object id (vm-42), with everything VmInfo holds. */
+export async function fetchVm(s: VimSession, nameOrRef: string): Promise<VmInfo> {
+  const inv = await fetchInventory(s, { vmPaths: ['name'] });
+  const hit = inv.vms.filter((v) => v.name === nameOrRef || v.ref === nameOrRef);
+  if (hit.length === 0) {
+    throw new UserError('VC_VM_NOT_FOUND', `vCenter has no virtual machine named "${nameOrRef}"`,
+      'check the name with `vmlift vc ls` (names are case-sensitive), or give the managed object id (vm-42)');
+  }
+  if (hit.length > 1) {
+    throw new UserError('VC_VM_AMBIGUOUS', `${hit.length} virtual machines are named "${nameOrRef}" (${hit.map((v) => v.ref).join(', ')})`,
+      'give the managed object id (vm-42) instead of the name');
+  }
+  return fetchVmByRef(s, hit[0]!.ref, inv);
+}
+
+export async function fetchVmByRef(s: VimSession, ref: string, inv?: Inventory): Promise<VmInfo> {
+  const [o] = await retrieveProperties(s, [objectsSpec([{ type: 'VirtualMachine', value: ref }], [{ type: 'VirtualMachine', pathSet: VM_PATHS }])]);
+  if (!o) throw new UserError('VC_VM_NOT_FOUND', `virtual machine ${ref} no longer exists in vCenter`, 'check the VM with `vmlift vc ls`');
+  const hostRef = moref(o.props['runtime.host']);
+  const hosts = new Map<string, HostInfo>();
+  if (hostRef) {
+    const [h] = await retrieveProperties(s, [objectsSpec([hostRef], [{ type: 'HostSystem', pathSet: HOST_PATHS }])]);
+    if (h) hosts.set(hostRef.value, parseHost(h));
+  }
+  const vm = parseVm(o, hosts, new Map());
+  if (inv) {
+    const dsNames = new Map(inv.datastores.map((d) => [d.ref, d]));
+    for (const d of vm.disks) {
+      const ds = d.datastore ? dsNames.get(d.datastore) : undefined;
+      if (ds) { d.datastore = ds.name; vm.datacenter ??= ds.datacenter; }
+    }
+  }
+  return vm;
+}
+
+/** The disks as the snapshot's own config shows them (with the snapshot's changeIds). */
+export async function fetchSnapshotDisks(s: VimSession, snapshot: MoRef): Promise<DiskInfo[]> {
+  const [o] = await retrieveProperties(s, [objectsSpec([snapshot], [{ type: 'VirtualMachineSnapshot', pathSet: ['config.hardware.device', 'config.extraConfig'] }])]);
+  if (!o) throw new UserError('VC_SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.value} does not exist`, 'list the snapshots with `vmlift vc snapshots VM`');
+  return parseDisks(o.props['config.hardware.device'], parseExtraConfig(o.props['config.extraConfig']));
+}

@@ -1,0 +1,93 @@
+/** The vim25 methods vmlift calls, typed, over a VimSession. */
+import type { VimSession } from './session.ts';
+import { arr, bool, mor, morOf, moref, num, str, type MoRef } from './convert.ts';
+
+export interface PropSpec { type: string; pathSet: string[] }
+export interface ObjectProps { obj: MoRef; props: Record<string, any>; missing: string[] }
+
+/** RetrievePropertiesEx + ContinueRetrievePropertiesEx until the token runs out. */
+export async function retrieveProperties(s: VimSession, specSet: Record<string, unknown>[], maxObjects?: number): Promise<ObjectProps[]> {
+  const pc = morOf(s.content.propertyCollector);
+  const out: ObjectProps[] = [];
+  let res = await s.call('RetrievePropertiesEx', { _this: pc, specSet, options: maxObjects ? { maxObjects } : {} });
+  for (;;) {
+    const rv = res.returnval;
+    if (!rv) break;
+    for (const o of arr(rv.objects)) {
+      const props: Record<string, any> = {};
+      for (const p of arr(o.propSet)) props[str(p.name)!] = p.val;
+      out.push({ obj: moref(o.obj)!, props, missing: arr(o.missingSet).map((m: any) => str(m.path)!) });
+    }
+    const token = str(rv.token);
+    if (!token) break;
+    res = await s.call('ContinueRetrievePropertiesEx', { _this: pc, token });
+  }
+  return out;
+}
+
+/** A filter spec over a ContainerView: every object of the given types, with their properties. */
+export function viewSpec(view: MoRef, props: PropSpec[]): Record<string, unknown> {
+  return {
+    propSet: props.map((p) => ({ type: p.type, pathSet: p.pathSet })),
+    objectSet: [{ obj: morOf(view), skip: true, selectSet: [{ attributes: { 'xsi:type': 'vim25:TraversalSpec' }, name: 'view', type: 'ContainerView', path: 'view', skip: false }] }],
+  };
+}
+
+/** A filter spec over explicit objects. */
+export function objectsSpec(objs: MoRef[], props: PropSpec[]): Record<string, unknown> {
+  return { propSet: props.map((p) => ({ type: p.type, pathSet: p.pathSet })), objectSet: objs.map((o) => ({ obj: morOf(o) })) };
+}
+
+export async function createContainerView(s: VimSession, types: string[]): Promise<MoRef> {
+  const r = await s.call('CreateContainerView', { _this: morOf(s.content.viewManager), container: morOf(s.content.rootFolder), type: types, recursive: true });
+  return moref(r.returnval)!;
+}
+
+export async function destroyView(s: VimSession, view: MoRef): Promise<void> {
+  await s.call('DestroyView', { _this: morOf(view) });
+}
+
+export interface ConfigSpec { extraConfig?: { key: string; value: string }[]; changeTrackingEnabled?: boolean }
+
+export async function reconfigVM(s: VimSession, vm: MoRef, spec: ConfigSpec): Promise<MoRef> {
+  const body: Record<string, unknown> = {};
+  if (spec.extraConfig?.length) {
+    body.extraConfig = spec.extraConfig.map((o) => ({ key: o.key, value: { attributes: { 'xmlns:xsd': 'http://www.w3.org/2001/XMLSchema', 'xsi:type': 'xsd:string' }, $value: o.value } }));
+  }
+  if (spec.changeTrackingEnabled !== undefined) body.changeTrackingEnabled = spec.changeTrackingEnabled;
+  const r = await s.call('ReconfigVM_Task', { _this: morOf(vm), spec: body });
+  return moref(r.returnval)!;
+}
+
+export async function createSnapshotTask(s: VimSession, vm: MoRef, name: string, o: { description?: string; memory: boolean; quiesce: boolean }): Promise<MoRef> {
+  const args: Record<string, unknown> = { _this: morOf(vm), name };
+  if (o.description) args.description = o.description;
+  args.memory = o.memory;
+  args.quiesce = o.quiesce;
+  const r = await s.call('CreateSnapshot_Task', args);
+  return moref(r.returnval)!;
+}
+
+export async function removeSnapshotTask(s: VimSession, snapshot: MoRef, o: { removeChildren: boolean; consolidate: boolean }): Promise<MoRef> {
+  const r = await s.call('RemoveSnapshot_Task', { _this: morOf(snapshot), removeChildren: o.removeChildren, consolidate: o.consolidate });
+  return moref(r.returnval)!;
+}
+
+export async function consolidateVMDisksTask(s: VimSession, vm: MoRef): Promise<MoRef> {
+  const r = await s.call('ConsolidateVMDisks_Task', { _this: morOf(vm) });
+  return moref(r.returnval)!;
+}
+
+export interface DiskChangeInfo { startOffset: number; length: number; changedArea: { start: number; length: number }[] }
+
+export async function queryChangedDiskAreas(s: VimSession, vm: MoRef, snapshot: MoRef, deviceKey: number, startOffset: number, changeId: string): Promise<DiskChangeInfo> {
+  const r = await s.call('QueryChangedDiskAreas', { _this: morOf(vm), snapshot: morOf(snapshot), deviceKey, startOffset, changeId });
+  const rv = r.returnval ?? {};
+  return {
+    startOffset: num(rv.startOffset) ?? startOffset,
+    length: num(rv.length) ?? 0,
+    changedArea: arr(rv.changedArea).map((a: any) => ({ start: num(a.start)!, length: num(a.length)! })),
+  };
+}
+
+export { bool, mor };

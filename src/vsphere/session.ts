@@ -1,0 +1,158 @@
+import { fileURLToPath } from 'node:url';
+import * as soap from 'soap';
+import type { Agent } from 'undici';
+import { UserError, errorMessage } from '../util/errors.ts';
+import { silentLogger, type Logger } from '../util/log.ts';
+import { fetchThumbprints, makeDispatcher, type TrustMode } from './tls.ts';
+import { UndiciSoapHttp, type TransportStats } from './http.ts';
+import { parseFault, unreachable, VimFault } from './errors.ts';
+import { mor, moref, str, type MoRef } from './convert.ts';
+
+const WSDL = fileURLToPath(new URL('./wsdl/vim25-trimmed.wsdl', import.meta.url));
+
+export interface ConnectOptions {
+  /** https://HOST/sdk, https://HOST or HOST. */
+  server: string;
+  user: string;
+  password: string;
+  trust: TrustMode;
+  timeoutMs?: number;
+  logger?: Logger;
+}
+
+export interface ServiceContent {
+  rootFolder: MoRef;
+  propertyCollector: MoRef;
+  viewManager: MoRef;
+  sessionManager: MoRef;
+  about: { fullName: string; version: string; build: string; apiType: string; apiVersion: string; instanceUuid?: string };
+}
+
+export function sdkUrl(server: string): string {
+  const s = server.trim();
+  const u = new URL(/^[a-z]+:\/\//i.test(s) ? s : `https://${s}`);
+  if (u.protocol !== 'https:') {
+    throw new UserError('VC_SERVER_URL', `vCenter URL ${server} is not https`, 'use https://HOST/sdk');
+  }
+  if (u.pathname === '/' || u.pathname === '') u.pathname = '/sdk';
+  u.search = ''; u.hash = ''; u.username = ''; u.password = '';
+  return u.toString();
+}
+
+/**
+ * The SOAP layer: node-soap over a project-authored trimmed vim25 WSDL, undici as HTTP client
+ * with the pinned-TLS connector, the session cookie, and one transparent re-login when vCenter
+ * says NotAuthenticated (expired or terminated session).
+ */
+export class VimSession {
+  readonly url: string;
+  readonly user: string;
+  readonly trust: TrustMode;
+  readonly dispatcher: Agent;
+  readonly log: Logger;
+  content!: ServiceContent;
+  relogins = 0;
+  private readonly http: UndiciSoapHttp;
+  private client!: soap.Client;
+  private readonly password: string;
+
+  private constructor(opts: ConnectOptions) {
+    this.url = sdkUrl(opts.server);
+    this.user = opts.user;
+    this.password = opts.password;
+    this.trust = opts.trust;
+    this.log = opts.logger ?? silentLogger;
+    const timeout = opts.timeoutMs ?? 60_000;
+    this.dispatcher = makeDispatcher(opts.trust, timeout);
+    this.http = new UndiciSoapHttp(this.dispatcher, timeout);
+  }
+
+  static async connect(opts: ConnectOptions): Promise<VimSession> {
+    const s = new VimSession(opts);
+    // node-soap caches the parsed WSDL per path; each session gets its own client over it.
+    s.client = await soap.createClientAsync(WSDL, { httpClient: s.http as unknown as soap.IHttpClient, endpoint: s.url });
+    const sc = await s.invoke('RetrieveServiceContent', { _this: mor('ServiceInstance', 'ServiceInstance') });
+    const rv = sc.returnval;
+    s.content = {
+      rootFolder: moref(rv.rootFolder)!, propertyCollector: moref(rv.propertyCollector)!,
+      viewManager: moref(rv.viewManager)!, sessionManager: moref(rv.sessionManager)!,
+      about: { fullName: str(rv.about?.fullName) ?? '', version: str(rv.about?.version) ?? '', build: str(rv.about?.build) ?? '',
+        apiType: str(rv.about?.apiType) ?? '', apiVersion: str(rv.about?.apiVersion) ?? '', instanceUuid: str(rv.about?.instanceUuid) },
+    };
+    await s.login();
+    return s;
+  }
+
+  get stats(): TransportStats { return this.http.stats; }
+  /** The session cookie ("vmware_soap_session=…") for datastore HTTP access. Never log it. */
+  get cookie(): string | undefined { return this.http.cookie; }
+
+  private async login(): Promise<void> {
+    this.http.cookie = undefined;
+    try {
+      await this.invoke('Login', { _this: mor('SessionManager', this.content.sessionManager.value), userName: this.user, password: this.password });
+    } catch (e) {
+      if (e instanceof VimFault && e.type === 'InvalidLogin') {
+        throw new UserError('VC_LOGIN', `vCenter ${this.url} rejected the user name or password for ${this.user}`,
+          'check --user and the password (--password-file, VMLIFT_PASSWORD_FILE or VMLIFT_PASSWORD)', { cause: e });
+      }
+      throw e;
+    }
+    this.log.debug({ url: this.url, user: this.user }, 'logged in to vCenter');
+  }
+
+  /** Calls a vim25 method; re-logs in once and retries when the session has expired. */
+  async call(method: string, args: Record<string, unknown>): Promise<any> {
+    try {
+      return await this.invoke(method, args);
+    } catch (e) {
+      if (e instanceof VimFault && e.type === 'NotAuthenticated' && method !== 'Login') {
+        this.log.info({ method }, 'vCenter session expired; logging in again');
+        this.relogins++;
+        await this.login();
+        return this.invoke(method, args);
+      }
+      throw e;
+    }
+  }
+
+  private async invoke(method: string, args: Record<string, unknown>): Promise<any> {
+    const fn = (this.client as unknown as Record<string, (a: unknown) => Promise<any[]>>)[`${method}Async`];
+    if (!fn) throw new Error(`vim25 method ${method} is not in vmlift's WSDL`);
+    try {
+      const [result] = await fn.call(this.client, args);
+      return result ?? {};
+    } catch (e) {
+      const body: unknown = (e as { body?: unknown }).body ?? (e as { response?: { data?: unknown } }).response?.data;
+      if (typeof body === 'string') {
+        const f = parseFault(body, method);
+        if (f) throw f;
+      }
+      if (e instanceof UserError) throw e;
+      const inner = (e as { cause?: unknown }).cause;
+      if (inner instanceof UserError) throw inner;
+      const code = (e as { code?: string }).code ?? ((e as { cause?: { code?: string } }).cause?.code);
+      if (code && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)) {
+        const u = new URL(this.url);
+        const tp = await fetchThumbprints(u.hostname, Number(u.port || 443)).then((t) => t.sha256, () => undefined);
+        throw new UserError('VC_TLS_UNTRUSTED', `the certificate of ${u.host} is not trusted by the system CAs (${code})`,
+          `pin it: --thumbprint ${tp ?? 'SHA256-OF-THE-CERTIFICATE'} (check this value against the vCenter appliance first)`, { cause: e });
+      }
+      if (code && /^(ECONN|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|UND_ERR_CONNECT|UND_ERR_SOCKET|ECONNRESET)/.test(code)) {
+        throw unreachable(this.url, e);
+      }
+      throw new Error(`vCenter call ${method} failed: ${errorMessage(e)}`, { cause: e });
+    }
+  }
+
+  async logout(): Promise<void> {
+    try {
+      await this.invoke('Logout', { _this: mor('SessionManager', this.content.sessionManager.value) });
+    } catch { /* the session may already be gone */ }
+  }
+
+  async close(): Promise<void> {
+    await this.logout();
+    await this.dispatcher.close().catch(() => {});
+  }
+}

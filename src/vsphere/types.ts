@@ -1,0 +1,66 @@
+/** The facts vmlift reads from vCenter, as plain data. */
+import type { MoRef } from './convert.ts';
+
+export type ControllerType = 'pvscsi' | 'lsilogic' | 'lsilogic-sas' | 'buslogic' | 'scsi' | 'ide' | 'sata' | 'nvme' | 'unknown';
+
+export interface DiskInfo {
+  /** Device key (2000, 2001, …): what QueryChangedDiskAreas and VDDK call the disk. */
+  key: number;
+  label: string;
+  controllerType: ControllerType;
+  controllerBus: number;
+  unitNumber: number;
+  /** "scsi0:1", "ide0:0", "sata0:2", "nvme0:0": the extraConfig prefix of the disk. */
+  busId: string;
+  capacity: number;
+  /** Backing type without the "BackingInfo" suffix: VirtualDiskFlatVer2, VirtualDiskRawDiskMappingVer1, … */
+  backingType: string;
+  /** "[datastore] folder/name.vmdk" */
+  file: string;
+  datastore: string | null;
+  diskMode: string;
+  /** RDM only: physicalMode or virtualMode. */
+  compatibilityMode: string | null;
+  changeId: string | null;
+  /** extraConfig "<busId>.ctkEnabled" is TRUE */
+  ctkEnabled: boolean;
+}
+
+export interface SnapshotNode {
+  ref: string;
+  name: string;
+  description: string;
+  createTime: string;
+  state: string;
+  quiesced: boolean;
+  children: SnapshotNode[];
+}
+
+export interface HostInfo { ref: string; name: string; version: string; build: string }
+
+export interface VmInfo {
+  ref: string;
+  name: string;
+  powerState: string;
+  guestId: string;
+  guestFullName: string;
+  /** "vmx-13" */
+  hardwareVersion: string;
+  uuid: string;
+  host: HostInfo | null;
+  datacenter: string | null;
+  /** config.changeTrackingEnabled */
+  changeTrackingEnabled: boolean;
+  /** extraConfig ctkEnabled = TRUE */
+  ctkEnabled: boolean;
+  consolidationNeeded: boolean;
+  snapshots: SnapshotNode[];
+  currentSnapshot: string | null;
+  disks: DiskInfo[];
+  /** Raw extraConfig keys that matter for CBT (ctkEnabled, scsiX:Y.ctkEnabled). */
+  ctkConfig: Record<string, string>;
+}
+
+export interface SnapshotHandle { ref: string; name: string }
+
+export type { MoRef };
