@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { register as registerJobs } from './job.ts';
 import { register as registerAgent } from './agent.ts';
 import { register as registerReceiver } from './receiver.ts';
+import { register as registerImage } from './image.ts';
 
 /**
  * Each area of vmlift adds its command group here: one module per group in this folder,
@@ -12,4 +13,5 @@ export function registerCommands(program: Command): void {
   registerJobs(program);
   registerAgent(program);
   registerReceiver(program);
+  registerImage(program);
 }

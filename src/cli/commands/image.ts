@@ -1,0 +1,163 @@
+import type { Command } from 'commander';
+import { resolve, join } from 'node:path';
+import { stat } from 'node:fs/promises';
+import { UserError } from '../../util/errors.ts';
+import { printResult, table, formatBytes } from '../output.ts';
+import { openImageStore, StoreError, type ImageInfo, type ImageStore } from '../../store/index.ts';
+
+interface Common { dataDir: string; json?: boolean }
+
+const FIXES: Record<string, string> = {
+  NOT_FOUND: 'list what exists with `vmlift image ls --data-dir DIR` (and `vmlift image show` for the disks of an image)',
+  PINNED: 'wait for the running export or verify of this image to end, then try again',
+  OUT_OF_RANGE: 'use offsets within the disk capacity shown by `vmlift image show`',
+  BAD_OUTPUT: 'give --output a file path in an existing folder',
+  BAD_FORMAT: 'use --format raw, qcow2 or vmdk',
+  QEMU_IMG_MISSING: 'install qemu-img (Debian: apt-get install qemu-utils), or export --format raw',
+  QEMU_IMG_FAILED: 'check free space in the output folder and the qemu-img message above',
+  CHUNK_MISSING: 'run `vmlift image verify` on the image; restore the store from a backup or sync a new image',
+  BAD_STORE: 'point --data-dir at a receiver data folder made by this vmlift version',
+};
+
+/** Store errors as user errors: cause from the store, fix from here. */
+async function run<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof StoreError) throw new UserError(e.code, e.message, FIXES[e.code], { cause: e });
+    throw e;
+  }
+}
+
+async function openStore(dataDir: string): Promise<ImageStore> {
+  const dir = resolve(dataDir);
+  const st = await stat(dir).catch(() => null);
+  if (!st?.isDirectory()) {
+    throw new UserError('NO_DATA_DIR', `data folder ${dir} does not exist`, 'give --data-dir the folder the receiver runs with (vmlift receiver serve --data-dir DIR)');
+  }
+  return openImageStore(join(dir, 'store'));
+}
+
+async function knownSource(store: ImageStore, src: string): Promise<void> {
+  const sources = await store.listSources();
+  if (!sources.includes(src)) {
+    throw new UserError('NOT_FOUND', `source ${src} has no images in ${store.root}`,
+      sources.length ? `known sources: ${sources.join(', ')}` : 'no source has synced to this receiver yet');
+  }
+}
+
+function intArg(v: string, what: string): number {
+  if (!/^\d+$/.test(v)) throw new UserError('BAD_OPTION', `${what} "${v}" is not a whole number`, `give ${what} as a whole number (0, 1, ...)`);
+  return Number(v);
+}
+
+function imageLine(i: ImageInfo): (string | number)[] {
+  const cap = i.disks.reduce((a, d) => a + d.capacity, 0);
+  const alloc = i.disks.reduce((a, d) => a + d.allocatedBytes, 0);
+  return [i.sourceId, i.imageId, i.committedAt, i.disks.length, formatBytes(cap), formatBytes(alloc), i.baseImageId ?? '-'];
+}
+
+export function register(program: Command): void {
+  const img = program.command('image').description('list, check, export and remove the images a receiver keeps');
+  const dataDir = '--data-dir <dir>';
+  const dataDirHelp = 'the receiver data folder (the store is DIR/store)';
+
+  img.command('ls')
+    .description('list images (all sources, or one) with their sizes and the store\'s dedup ratio')
+    .requiredOption(dataDir, dataDirHelp)
+    .option('--source <id>', 'only this source')
+    .option('--json', 'print JSON')
+    .action((o: Common & { source?: string }) => run(async () => {
+      const store = await openStore(o.dataDir);
+      if (o.source) await knownSource(store, o.source);
+      const sources = o.source ? [o.source] : await store.listSources();
+      const images: ImageInfo[] = [];
+      const openCycles: { sourceId: string; cycleId: string }[] = [];
+      for (const s of sources) {
+        images.push(...await store.listImages(s));
+        for (const c of await store.openCycles(s)) openCycles.push({ sourceId: s, cycleId: c });
+      }
+      const stats = await store.stats();
+      printResult(o.json, { images, openCycles, store: { root: store.root, chunkSize: store.chunkSize, ...stats } }, (v) =>
+        [
+          v.images.length ? table(['SOURCE', 'IMAGE', 'COMMITTED', 'DISKS', 'SIZE', 'ALLOCATED', 'BASE'], v.images.map(imageLine)) : 'no images',
+          ...(v.openCycles.length ? [`open cycles: ${v.openCycles.map((c) => `${c.sourceId}/${c.cycleId}`).join(', ')}`] : []),
+          `store: ${formatBytes(v.store.logicalBytes)} of images in ${formatBytes(v.store.storedBytes)} of chunks (${v.store.chunks} chunks), dedup ratio ${v.store.dedupRatio.toFixed(2)}`,
+        ].join('\n'));
+    }));
+
+  img.command('show')
+    .description('show one image: its disks, sizes and metadata')
+    .requiredOption(dataDir, dataDirHelp)
+    .requiredOption('--source <id>', 'source id')
+    .requiredOption('--image <id>', 'image id (see image ls)')
+    .option('--json', 'print JSON')
+    .action((o: Common & { source: string; image: string }) => run(async () => {
+      const store = await openStore(o.dataDir);
+      await knownSource(store, o.source);
+      const i = await store.getImage(o.source, o.image);
+      printResult(o.json, i, (v) => [
+        `source ${v.sourceId} image ${v.imageId} (cycle ${v.cycleId}, base ${v.baseImageId ?? 'none'}), committed ${v.committedAt}`,
+        table(['DISK', 'LABEL', 'CAPACITY', 'ALLOCATED', 'CHUNKS'], v.disks.map((d) => [d.disk, d.label ?? '', `${formatBytes(d.capacity)} (${d.capacity})`, formatBytes(d.allocatedBytes), d.chunkCount])),
+        ...(Object.keys(v.meta).length ? [`meta: ${JSON.stringify(v.meta)}`] : []),
+      ].join('\n'));
+    }));
+
+  img.command('verify')
+    .description('re-hash every chunk of an image; exits 3 when any chunk is missing or corrupt')
+    .requiredOption(dataDir, dataDirHelp)
+    .requiredOption('--source <id>', 'source id')
+    .requiredOption('--image <id>', 'image id')
+    .option('--json', 'print JSON')
+    .action((o: Common & { source: string; image: string }) => run(async () => {
+      const store = await openStore(o.dataDir);
+      await knownSource(store, o.source);
+      const r = await store.verify(o.source, o.image);
+      printResult(o.json, { sourceId: o.source, imageId: o.image, ...r }, (v) => v.ok
+        ? `image ${v.imageId} of ${v.sourceId}: ok (${v.chunks} chunks verified)`
+        : [`image ${v.imageId} of ${v.sourceId}: BAD, ${v.bad.length} of ${v.chunks} chunks failed`,
+          ...v.bad.slice(0, 20).map((b) => `  disk ${b.disk} offset ${b.offset}: ${b.reason}`)].join('\n'));
+      if (!r.ok) {
+        process.stderr.write('vmlift: error: the image failed verification\n  fix: sync a new image from the source (the damaged chunks are listed above)\n');
+        process.exitCode = 3;
+      }
+    }));
+
+  img.command('export')
+    .description('write one disk of an image to a file: sparse raw, or qcow2/vmdk through qemu-img')
+    .requiredOption(dataDir, dataDirHelp)
+    .requiredOption('--source <id>', 'source id')
+    .requiredOption('--image <id>', 'image id')
+    .option('--disk <n>', 'disk number', '0')
+    .option('--format <fmt>', 'raw, qcow2 or vmdk', 'raw')
+    .requiredOption('--output <file>', 'output file (written as FILE.partial-* first, renamed when complete)')
+    .option('--json', 'print JSON')
+    .action((o: Common & { source: string; image: string; disk: string; format: string; output: string }) => run(async () => {
+      if (!['raw', 'qcow2', 'vmdk'].includes(o.format)) throw new UserError('BAD_FORMAT', `unknown format "${o.format}"`, FIXES.BAD_FORMAT);
+      const store = await openStore(o.dataDir);
+      await knownSource(store, o.source);
+      const disk = intArg(o.disk, '--disk');
+      const out = resolve(o.output);
+      const t0 = Date.now();
+      await store.export(o.source, o.image, disk, o.format as 'raw' | 'qcow2' | 'vmdk', out);
+      const i = await store.getImage(o.source, o.image).catch(() => null);
+      const d = i?.disks.find((x) => x.disk === disk);
+      printResult(o.json, { sourceId: o.source, imageId: o.image, disk, format: o.format, output: out, capacity: d?.capacity ?? null, seconds: (Date.now() - t0) / 1000 },
+        (v) => `exported disk ${v.disk} of image ${v.imageId} (${v.sourceId}) as ${v.format} to ${v.output}`);
+    }));
+
+  img.command('rm')
+    .description('delete an image (refused while an export or verify uses it), then collect unreferenced chunks')
+    .requiredOption(dataDir, dataDirHelp)
+    .requiredOption('--source <id>', 'source id')
+    .requiredOption('--image <id>', 'image id')
+    .option('--json', 'print JSON')
+    .action((o: Common & { source: string; image: string }) => run(async () => {
+      const store = await openStore(o.dataDir);
+      await knownSource(store, o.source);
+      await store.removeImage(o.source, o.image);
+      const gc = await store.gc();
+      printResult(o.json, { sourceId: o.source, imageId: o.image, removed: true, ...gc },
+        (v) => `removed image ${v.imageId} of ${v.sourceId}; freed ${v.removedChunks} chunks (${formatBytes(v.removedBytes)})`);
+    }));
+}
