@@ -3,6 +3,8 @@ import { register as registerJobs } from './job.ts';
 import { register as registerAgent } from './agent.ts';
 import { register as registerReceiver } from './receiver.ts';
 import { register as registerImage } from './image.ts';
+import { register as registerVc } from './vc.ts';
+import { register as registerLab } from './lab.ts';
 
 /**
  * Each area of vmlift adds its command group here: one module per group in this folder,
@@ -14,4 +16,6 @@ export function registerCommands(program: Command): void {
   registerAgent(program);
   registerReceiver(program);
   registerImage(program);
+  registerVc(program);
+  registerLab(program);
 }
