@@ -39,10 +39,13 @@ export function redactUrl(url: string): string {
   return url.replace(/\/\/([^@/]*)@/, (_m, cred: string) => `//${cred.split(':')[0]}:***@`);
 }
 
-/** Transient network errors: worth a reconnect. */
-export class ConnectError extends Error {
+/** Transient network errors: worth a reconnect; a UserError for whoever finally gives up. */
+export class ConnectError extends UserError {
   readonly transient = true;
-  constructor(message: string, options?: { cause?: unknown }) { super(message, options); this.name = 'ConnectError'; }
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('RECEIVER_UNREACHABLE', message, 'check that the receiver runs (`vmlift receiver serve`), the host and ports, and any firewall or proxy in between', options);
+    this.name = 'ConnectError';
+  }
 }
 
 function tunnel(proxy: ProxySpec, host: string, port: number, timeoutMs: number): Promise<net.Socket> {

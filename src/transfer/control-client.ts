@@ -36,7 +36,7 @@ export class ControlClient {
         method, path, headers, host: this.target.host, port: this.target.port,
         createConnection: () => sock,
       });
-      req.on('error', (e) => reject(e instanceof UserError || e instanceof ConnectError ? e
+      req.on('error', (e) => reject(e instanceof UserError ? e
         : new ConnectError(`control request ${method} ${path} failed: ${e.message}`, { cause: e })));
       req.on('response', resolve);
       req.end(payload);

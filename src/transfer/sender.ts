@@ -408,8 +408,9 @@ export class CycleSession extends EventEmitter {
           this.log.info({ reconnects: this.st.reconnects }, 'data connection resumed');
           lostSince = 0; backoff = 200;
         } catch (e) {
-          if (e instanceof UserError && (FATAL_CODES.has(e.code) || !(e instanceof RemoteError))) this.fail(e);
-          else this.log.warn({ err: errorMessage(e) }, 'reconnect failed; retrying');
+          if (e instanceof ConnectError || !(e instanceof UserError)) this.log.warn({ err: errorMessage(e) }, 'reconnect failed; retrying');
+          else if (FATAL_CODES.has(e.code) || !(e instanceof RemoteError)) this.fail(e);
+          else this.log.warn({ err: errorMessage(e) }, 'reconnect refused for now; retrying');
         }
         continue;
       }
@@ -533,6 +534,7 @@ export class CycleSession extends EventEmitter {
     const path = `/v1/cycles/${this.cycleId}/commit`;
     const started = Date.now();
     let backoff = 200;
+    let reopened = false;
     try {
       for (;;) {
         try {
@@ -540,12 +542,15 @@ export class CycleSession extends EventEmitter {
           this.log.info({ imageId: img.imageId, ...this.st }, 'cycle committed');
           return img;
         } catch (e) {
-          if (e instanceof RemoteError && e.code === 'CYCLE_NOT_OPEN') {
-            // a commit whose answer was lost: the image exists
+          if (e instanceof RemoteError && e.code === 'CYCLE_NOT_OPEN' && !reopened) {
+            // a commit whose answer was lost: the image exists; or a receiver restart: reopen the cycle from its store
             const img = (await this.sender.listImages()).find((i) => i.cycleId === this.cycleId);
             if (img) return img;
+            reopened = true;
+            await this.begin();
+            continue;
           }
-          if (e instanceof UserError || Date.now() - started > this.resumeTimeoutMs) throw e;
+          if ((e instanceof UserError && !(e instanceof ConnectError)) || Date.now() - started > this.resumeTimeoutMs) throw e;
           await sleep(backoff);
           backoff = Math.min(backoff * 2, 5000);
         }
