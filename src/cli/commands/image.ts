@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { resolve, join } from 'node:path';
 import { stat } from 'node:fs/promises';
 import { UserError } from '../../util/errors.ts';
+import { assertId } from '../../util/ids.ts';
 import { printResult, table, formatBytes } from '../output.ts';
 import { openImageStore, StoreError, type ImageInfo, type ImageStore } from '../../store/index.ts';
 
@@ -39,6 +40,7 @@ async function openStore(dataDir: string): Promise<ImageStore> {
 }
 
 async function knownSource(store: ImageStore, src: string): Promise<void> {
+  assertId(src, 'source id');
   const sources = await store.listSources();
   if (!sources.includes(src)) {
     throw new UserError('NOT_FOUND', `source ${src} has no images in ${store.root}`,
