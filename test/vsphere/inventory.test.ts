@@ -1,0 +1,103 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { labFixture, connect, vmlift, labEnv } from './helpers.ts';
+import type { Lab } from '../lab/lab.ts';
+import type { VCenter } from '../../src/vsphere/index.ts';
+
+let fx: Awaited<ReturnType<typeof labFixture>>;
+let lab: Lab;
+let vc: VCenter;
+
+before(async () => { fx = await labFixture({ vms: 6 }); lab = fx.lab; vc = await connect(lab); });
+after(async () => { await vc?.close(); await fx?.cleanup(); });
+
+test('inventory lists every VM with the right disk facts, in constant round trips', async () => {
+  const before = vc.roundTrips;
+  const inv = await vc.inventory();
+  assert.equal(vc.roundTrips - before, 3, 'CreateContainerView + RetrievePropertiesEx + DestroyView');
+  assert.deepEqual(inv.vms.map((v) => v.name).sort(), lab.vms.map((v) => v.name).sort());
+  for (const lv of lab.vms) {
+    const vm = inv.vms.find((v) => v.name === lv.name)!;
+    assert.equal(vm.ref, lv.moref);
+    assert.equal(vm.datacenter, lab.datacenter);
+    assert.ok(vm.host && /^6\.5/.test(vm.host.version), `${vm.name} host version`);
+    assert.equal(vm.disks.length, lv.disks.length);
+    for (const ld of lv.disks) {
+      const d = vm.disks.find((x) => x.key === ld.key)!;
+      assert.ok(d, `${vm.name} disk ${ld.key}`);
+      assert.equal(d.capacity, ld.capacity);
+      // A VM with a snapshot writes to a delta (vm-000001.vmdk), as on vSphere.
+      assert.equal(d.file, vm.snapshots.length ? ld.file.replace(/\.vmdk$/, '-000001.vmdk') : ld.file);
+      assert.equal(d.controllerBus, ld.bus);
+      assert.equal(d.unitNumber, ld.unit);
+      assert.equal(d.busId, `scsi${ld.bus}:${ld.unit}`);
+      assert.equal(d.datastore, lab.datastore);
+      assert.equal(d.backingType, 'VirtualDiskFlatVer2');
+      assert.equal(d.compatibilityMode, null);
+    }
+  }
+  const two = inv.vms.find((v) => v.name === 'two-disks')!;
+  assert.deepEqual(two.disks.map((d) => [d.key, d.controllerType, d.busId, d.capacity]),
+    [[2000, 'pvscsi', 'scsi0:0', 64 << 20], [2016, 'lsilogic', 'scsi1:0', 32 << 20]]);
+  assert.equal(two.powerState, 'poweredOn');
+  assert.equal(two.hardwareVersion, 'vmx-13');
+  assert.equal(inv.vms.find((v) => v.name === 'shape-vmx04')!.hardwareVersion, 'vmx-04');
+  assert.equal(inv.vms.find((v) => v.name === 'shape-independent')!.disks[0]!.diskMode, 'independent_persistent');
+  const snap = inv.vms.find((v) => v.name === 'shape-snapshot')!;
+  assert.equal(snap.snapshots.length, 1);
+  assert.equal(snap.snapshots[0]!.name, 'before-upgrade');
+  assert.equal(snap.currentSnapshot, snap.snapshots[0]!.ref);
+  assert.equal(inv.vms.find((v) => v.name === 'vm-0003')!.powerState, 'poweredOff');
+});
+
+test('preflight fails with a fix for the snapshot, independent-disk and vmx-04 VMs, passes a plain VM', async () => {
+  const cases: [string, string, RegExp][] = [
+    ['shape-snapshot', 'snapshots', /before-upgrade/],
+    ['shape-independent', 'independent-disks', /independent_persistent/],
+    ['shape-vmx04', 'hardware-version', /vmx-04 is below vmx-07/],
+  ];
+  for (const [name, check, msg] of cases) {
+    const r = await vc.preflight(name);
+    assert.equal(r.ok, false, name);
+    const failed = r.checks.filter((c) => !c.ok);
+    assert.deepEqual(failed.map((c) => c.name), [check], name);
+    assert.match(failed[0]!.message, msg);
+    assert.ok(failed[0]!.fix && failed[0]!.fix.length > 20, `${name} has a fix`);
+  }
+  const ok = await vc.preflight('vm-0001');
+  assert.equal(ok.ok, true);
+  await assert.rejects(vc.enableCbt('shape-vmx04'), (e: Error) => /cannot enable CBT on shape-vmx04/.test(e.message));
+});
+
+test('CLI: vc ls --json, preflight exit code, and one clear message per failure', async () => {
+  const env = labEnv(lab);
+  const ls = await vmlift(['vc', 'ls', '--json'], env);
+  assert.equal(ls.code, 0, ls.stderr);
+  assert.equal(JSON.parse(ls.stdout).length, lab.vms.length);
+
+  const pf = await vmlift(['vc', 'preflight', 'shape-independent'], env);
+  assert.equal(pf.code, 1);
+  assert.match(pf.stdout, /FAIL\s+independent-disks/);
+  assert.match(pf.stdout, /fix: power off shape-independent and set the disk to Dependent mode/);
+
+  const wrongPw = join(fx.dir, 'wrong-password');
+  writeFileSync(wrongPw, 'not-the-password\n');
+  const cases: [string, string[], Record<string, string | undefined>, RegExp][] = [
+    ['wrong password', ['vc', 'ls'], { ...env, VMLIFT_PASSWORD_FILE: wrongPw }, /rejected the user name or password/],
+    ['wrong thumbprint', ['vc', 'ls', '--thumbprint', 'AA'.repeat(32)], env, /does not match the pinned thumbprint/],
+    ['unknown VM', ['vc', 'show', 'no-such-vm'], env, /no virtual machine named "no-such-vm"/],
+    ['vCenter down', ['vc', 'ls', '--server', 'https://127.0.0.1:9/sdk'], env, /cannot reach vCenter at https:\/\/127\.0\.0\.1:9\/sdk: connection refused/],
+    ['untrusted certificate', ['vc', 'ls'], { ...env, VMLIFT_THUMBPRINT: undefined }, /not trusted by the system CAs/],
+  ];
+  const results = await Promise.all(cases.map(([, args, e]) => vmlift(args, e)));
+  cases.forEach(([what, , , re], i) => {
+    const r = results[i]!;
+    assert.notEqual(r.code, 0, `${what}: exit code`);
+    assert.match(r.stderr, re, what);
+    assert.equal(r.stderr.match(/error:/g)?.length, 1, `${what}: one message\n${r.stderr}`);
+    assert.match(r.stderr, /fix: /, `${what}: a fix`);
+    assert.doesNotMatch(r.stderr + r.stdout, new RegExp(lab.password), `${what}: password never printed`);
+  });
+});
