@@ -33,3 +33,16 @@ export function vmlift(args: string[], env: Record<string, string | undefined> =
 export function labEnv(lab: Lab): Record<string, string> {
   return { VMLIFT_SERVER: lab.url, VMLIFT_USER: lab.user, VMLIFT_PASSWORD_FILE: lab.passwordFile, VMLIFT_THUMBPRINT: lab.thumbprint };
 }
+
+import { Agent, request } from 'undici';
+
+/** GET a datastore file range through /folder with the session's cookie (what the http-datastore transport does). */
+export async function folderRead(lab: Lab, url: string, cookie: string | undefined, offset: number, length: number): Promise<{ status: number; body: Buffer }> {
+  const agent = new Agent({ connect: { ca: lab.certPem } });
+  try {
+    const res = await request(url, { dispatcher: agent, headers: { ...(cookie ? { cookie } : {}), range: `bytes=${offset}-${offset + length - 1}` } });
+    return { status: res.statusCode, body: Buffer.from(await res.body.arrayBuffer()) };
+  } finally {
+    await agent.close();
+  }
+}
