@@ -70,7 +70,7 @@ export class DataConnection implements CycleFeed {
       while (!this.refused && !this.inHello) {
         const f = this.reader.next();
         if (!f) break;
-        this.onFrame(f.type, f.body);
+        this.onFrame(f.type, f.body, f.owned);
       }
     } catch (e) {
       if (e instanceof ProtocolError) this.refuse(e.code, e.message);
@@ -78,7 +78,7 @@ export class DataConnection implements CycleFeed {
     }
   }
 
-  private onFrame(type: number, body: Buffer): void {
+  private onFrame(type: number, body: Buffer, owned: boolean): void {
     if (!this.helloSeen) {
       if (type !== FRAME.HELLO) throw new ProtocolError('BAD_FRAME', 'the first frame must be HELLO');
       this.helloSeen = true;
@@ -91,7 +91,7 @@ export class DataConnection implements CycleFeed {
       return;
     }
     if (!this.oc) throw new ProtocolError('BAD_FRAME', 'frame before READY');
-    if (type === FRAME.EXTENT) this.onExtent(body);
+    if (type === FRAME.EXTENT) this.onExtent(body, owned);
     else if (type === FRAME.SYNC) { this.queue.push({ kind: 'sync', token: parseJsonBody(body).token }); this.kick(); }
     else throw new ProtocolError('BAD_FRAME', `unexpected frame type ${type}`);
   }
@@ -122,10 +122,12 @@ export class DataConnection implements CycleFeed {
     this.log.debug({ durableSeq }, 'data stream ready');
   }
 
-  private onExtent(body: Buffer): void {
+  private onExtent(body: Buffer, owned: boolean): void {
     if (body.length < EXTENT_HEADER) throw new ProtocolError('BAD_LENGTH', `extent frame of ${body.length} bytes is shorter than its header`);
     const h = decodeExtentHeader(body);
     const payload = body.subarray(EXTENT_HEADER);
+    const cost = body.length;
+    const digest = Buffer.from(h.digest); // copied: the frame's buffer may move to a worker
     const disk = this.oc!.writer.disks.find((d) => d.disk === h.disk);
     if (!disk) throw new ProtocolError('BAD_DISK', `disk ${h.disk} is not part of cycle ${this.oc!.cycleId}`);
     if (h.length === 0 || h.offset + h.length > disk.capacity) {
@@ -140,13 +142,13 @@ export class DataConnection implements CycleFeed {
       if (h.codec === CODEC.RAW && payload.length !== h.length) {
         throw new ProtocolError('BAD_LENGTH', `raw extent says ${h.length} bytes but carries ${payload.length}`);
       }
-      data = this.ctx.pool.unpack(h.codec, payload, h.length, Buffer.from(h.digest));
+      data = this.ctx.pool.unpack(h.codec, payload, h.length, digest, owned);
       data.catch(() => undefined);
     } else {
       throw new ProtocolError('BAD_CODEC', `unknown codec ${h.codec}`);
     }
-    this.queue.push({ kind: 'extent', seq: h.seq, disk: h.disk, offset: h.offset, length: h.length, data, digest: Buffer.from(h.digest), cost: body.length });
-    this.pending += body.length;
+    this.queue.push({ kind: 'extent', seq: h.seq, disk: h.disk, offset: h.offset, length: h.length, data, digest, cost });
+    this.pending += cost;
     if (this.pending > PENDING_LIMIT && !this.paused) { this.paused = true; this.s.pause(); }
     this.kick();
   }

@@ -70,9 +70,10 @@ export class CodecPool {
   }
 
   /** Decompress / check length and SHA-256. Throws ProtocolError on a bad extent. */
-  async unpack(codec: number, payload: Buffer, length: number, digest: Buffer): Promise<Buffer> {
-    const p = new Uint8Array(payload);
-    const r = await this.run({ op: 'unpack', codec, payload: p, length, digest: new Uint8Array(digest) }, [p.buffer]);
+  async unpack(codec: number, payload: Buffer, length: number, digest: Buffer, owned = false): Promise<Buffer> {
+    // an owned payload (its ArrayBuffer holds nothing else in use) moves to the worker without a copy
+    const p = owned ? new Uint8Array(payload.buffer, payload.byteOffset, payload.length) : new Uint8Array(payload);
+    const r = await this.run({ op: 'unpack', codec, payload: p, length, digest: new Uint8Array(digest) }, [p.buffer as ArrayBuffer]);
     if (!r.ok) throw new ProtocolError(r.code, r.message);
     if (!('data' in r)) throw new Error('unexpected worker reply');
     return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);

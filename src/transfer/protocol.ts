@@ -98,8 +98,11 @@ export class FrameReader {
     this.buffered += chunk.length;
   }
 
-  /** The next complete frame, or null when more bytes are needed. Throws ProtocolError on a bad length. */
-  next(): { type: number; body: Buffer } | null {
+  /**
+   * The next complete frame, or null when more bytes are needed. Throws ProtocolError on a bad length.
+   * `owned`: the body's ArrayBuffer holds only this frame (it may be transferred to a worker).
+   */
+  next(): { type: number; body: Buffer; owned: boolean } | null {
     if (this.buffered < 5) return null;
     const head = this.peek(5);
     const len = head.readUInt32BE(0);
@@ -107,8 +110,8 @@ export class FrameReader {
       throw new ProtocolError('BAD_FRAME_LENGTH', `frame length ${len} is outside 1..${this.maxFrame}`);
     }
     if (this.buffered < 4 + len) return null;
-    const all = this.take(4 + len);
-    return { type: all.readUInt8(4), body: all.subarray(5) };
+    const { buf: all, owned } = this.take(4 + len);
+    return { type: all.readUInt8(4), body: all.subarray(5), owned };
   }
 
   private peek(n: number): Buffer {
@@ -116,15 +119,15 @@ export class FrameReader {
     return Buffer.concat(this.chunks, Math.min(this.buffered, Math.max(n, 64))).subarray(0, n);
   }
 
-  private take(n: number): Buffer {
+  private take(n: number): { buf: Buffer; owned: boolean } {
     const first = this.chunks[0]!;
     if (first.length >= n) {
       const out = first.subarray(0, n);
       if (first.length === n) this.chunks.shift(); else this.chunks[0] = first.subarray(n);
       this.buffered -= n;
-      return out;
+      return { buf: out, owned: false };
     }
-    const out = Buffer.allocUnsafe(n);
+    const out = Buffer.allocUnsafeSlow(n);
     let pos = 0;
     while (pos < n) {
       const c = this.chunks[0]!;
@@ -134,7 +137,7 @@ export class FrameReader {
       if (k === c.length) this.chunks.shift(); else this.chunks[0] = c.subarray(k);
     }
     this.buffered -= n;
-    return out;
+    return { buf: out, owned: true };
   }
 }
 
