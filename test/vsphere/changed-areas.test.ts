@@ -1,0 +1,183 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { spawn } from 'node:child_process';
+import { labFixture, connect, folderRead } from './helpers.ts';
+import type { Lab } from '../lab/lab.ts';
+import { cbtWasReset, methods, parseChangeId, VimFault, type VCenter, type Area } from '../../src/vsphere/index.ts';
+
+let fx: Awaited<ReturnType<typeof labFixture>>;
+let lab: Lab;
+let vc: VCenter;
+const MB = 1 << 20;
+
+before(async () => { fx = await labFixture({ vms: 3, diskMb: 288 }); lab = fx.lab; vc = await connect(lab); });
+after(async () => { await vc?.close(); await fx?.cleanup(); });
+
+/** Deterministic PRNG so a failure replays. */
+function rng(seed: number) {
+  let x = seed >>> 0;
+  return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x / 2 ** 32; };
+}
+
+function blockAreas(writes: { offset: number; length: number }[], bs: number, cap: number): Area[] {
+  const blocks = new Set<number>();
+  for (const w of writes) for (let b = Math.floor(w.offset / bs); b * bs < w.offset + w.length; b++) blocks.add(b);
+  const out: Area[] = [];
+  for (const b of [...blocks].sort((a, c) => a - c)) {
+    const last = out[out.length - 1];
+    const end = Math.min((b + 1) * bs, cap);
+    if (last && last.offset + last.length === b * bs) last.length = end - last.offset;
+    else out.push({ offset: b * bs, length: end - b * bs });
+  }
+  return out;
+}
+
+function covered(areas: Area[], off: number, len: number): boolean {
+  let pos = off;
+  for (const a of areas) {
+    if (a.offset <= pos && pos < a.offset + a.length) pos = a.offset + a.length;
+    if (pos >= off + len) return true;
+  }
+  return pos >= off + len;
+}
+
+function sha256Stream(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    const h = createHash('sha256');
+    p.stdout.on('data', (b) => h.update(b));
+    p.on('close', (code) => (code === 0 ? resolve(h.digest('hex')) : reject(new Error(`${cmd} exited ${code}`))));
+  });
+}
+
+test('changed areas between two snapshots cover every written byte; "*" is the allocated areas; snapshots keep their data', async () => {
+  const vm = await vc.vm('vm-0001');
+  const key = 2000;
+  const cap = vm.disks[0]!.capacity;
+  const bs = lab.cbtBlockSize;
+  await vc.enableCbt(vm.ref);
+
+  const s1 = await vc.createSnapshot(vm.ref, 'vmlift-c1', { quiesce: false });
+  const id1 = (await vc.snapshotDisks(s1.ref)).find((d) => d.key === key)!.changeId!;
+  assert.ok(parseChangeId(id1), `changeId ${id1} is <uuid>/<seq>`);
+
+  // "*" = exactly the regions the lab wrote at creation (first MiB, 256 KiB in the middle, the last 64 KiB): no holes reported
+  const all = await vc.changedAreas(vm.ref, s1.ref, key, '*', cap);
+  assert.deepEqual(all.areas, [{ offset: 0, length: MB }, { offset: cap / 2, length: 256 << 10 }, { offset: cap - (64 << 10), length: 64 << 10 }]);
+  await vc.removeSnapshot(vm.ref, s1.ref);
+
+  const r = rng(42);
+  const writes: { offset: number; length: number }[] = [];
+  for (let i = 0; i < 40; i++) {
+    const length = 1 + Math.floor(r() * 300_000);
+    const offset = Math.floor(r() * (cap - length));
+    writes.push({ offset, length });
+    await lab.write('vm-0001', key, offset, Buffer.alloc(length, i + 1));
+  }
+  writes.push({ offset: bs - 1, length: 2 }); // straddles a block boundary
+  await lab.write('vm-0001', key, bs - 1, Buffer.from([7, 7]));
+
+  const s2 = await vc.createSnapshot(vm.ref, 'vmlift-c2', { quiesce: false });
+  const d2 = (await vc.snapshotDisks(s2.ref)).find((d) => d.key === key)!;
+  const id2 = d2.changeId!;
+  assert.equal(parseChangeId(id2)!.uuid, parseChangeId(id1)!.uuid);
+  assert.ok(parseChangeId(id2)!.seq > parseChangeId(id1)!.seq);
+  assert.equal(cbtWasReset(id1, id2), false);
+
+  const q = await vc.changedAreas(vm.ref, s2.ref, key, id1, cap);
+  for (const w of writes) assert.ok(covered(q.areas, w.offset, w.length), `write ${w.offset}+${w.length} is covered`);
+  // False positives: only the rest of each touched 64 KiB block (< 64 KiB on each side of a written range).
+  const expected = blockAreas(writes, bs, cap);
+  assert.deepEqual(q.areas, expected);
+  const written = writes.reduce((n, w) => n + w.length, 0);
+  assert.ok(q.bytes <= written + writes.length * 2 * (bs - 1), `reported ${q.bytes} B for ${written} B written`);
+  for (const a of q.areas) assert.equal(a.offset % bs, 0);
+
+  // A guest write after the snapshot goes past it: the snapshot (read through /folder) keeps the old bytes.
+  const at = 100 * MB + 12345;
+  const oldBytes = await lab.read('vm-0001', key, at, 4096);
+  const newBytes = Buffer.alloc(4096, 0xab);
+  await lab.write('vm-0001', key, at, newBytes);
+  assert.deepEqual(await lab.read('vm-0001', key, at, 4096), newBytes, 'the live disk has the write');
+  const url2 = vc.diskUrl(d2, lab.datacenter);
+  const viaFolder = await folderRead(lab, url2.url, url2.cookie, at, 4096);
+  assert.equal(viaFolder.status, 206);
+  assert.deepEqual(viaFolder.body, oldBytes, 'the snapshot shows the data as of the snapshot');
+  assert.deepEqual((await vc.changedAreas(vm.ref, s2.ref, key, id1, cap)).areas, expected, 'the snapshot\'s changes do not grow');
+  const firstWrite = writes[0]!;
+  assert.deepEqual((await folderRead(lab, url2.url, url2.cookie, firstWrite.offset, 16)).body, Buffer.alloc(16, 1), 'earlier writes are in the snapshot');
+
+  // A second snapshot on top is its own delta file with its own view; NBD exports serve each view.
+  const s3 = await vc.createSnapshot(vm.ref, 'vmlift-c3', { quiesce: false });
+  const d3 = (await vc.snapshotDisks(s3.ref)).find((d) => d.key === key)!;
+  assert.match(d3.file, /vm-0001-000001\.vmdk$/);
+  await lab.write('vm-0001', key, at, Buffer.alloc(4096, 0xcd));
+  const url3 = vc.diskUrl(d3, lab.datacenter);
+  assert.deepEqual((await folderRead(lab, url3.url, url3.cookie, at, 4096)).body, newBytes);
+  assert.deepEqual((await folderRead(lab, url2.url, url2.cookie, at, 4096)).body, oldBytes);
+  const q3 = await vc.changedAreas(vm.ref, s3.ref, key, id2, cap);
+  assert.deepEqual(q3.areas, blockAreas([{ offset: at, length: 4096 }], bs, cap));
+
+  const [nbd2, nbd3] = [await lab.nbdExport('vm-0001', s2.ref, key), await lab.nbdExport('vm-0001', s3.ref, key)];
+  const full = async (u: { url: string; cookie: string | undefined }) => {
+    const h = createHash('sha256');
+    for (let off = 0; off < cap; off += 32 * MB) h.update((await folderRead(lab, u.url, u.cookie, off, Math.min(32 * MB, cap - off))).body);
+    return h.digest('hex');
+  };
+  assert.equal(await sha256Stream('nbdcopy', [nbd2.uri, '-']), await full(url2), 'NBD export of the first snapshot = its /folder data');
+  assert.equal(await sha256Stream('nbdcopy', [nbd3.uri, '-']), await full(url3), 'NBD export of the second snapshot = its /folder data');
+
+  await vc.removeSnapshot(vm.ref, s2.ref);
+  await vc.removeSnapshot(vm.ref, s3.ref);
+  assert.deepEqual(await lab.read('vm-0001', key, at, 4096), Buffer.alloc(4096, 0xcd), 'consolidation keeps the live data');
+  assert.equal((await vc.vm(vm.ref)).snapshots.length, 0);
+
+  // CBT reset: the next snapshot carries a new UUID; the old changeId is refused.
+  await lab.resetCbt('vm-0001', key);
+  const s4 = await vc.createSnapshot(vm.ref, 'vmlift-c4', { quiesce: false });
+  const id4 = (await vc.snapshotDisks(s4.ref)).find((d) => d.key === key)!.changeId!;
+  assert.equal(cbtWasReset(id2, id4), true);
+  await assert.rejects(vc.changedAreas(vm.ref, s4.ref, key, id2, cap), (e: Error & { code?: string }) => e.code === 'VC_CHANGE_ID_INVALID' && /CBT was reset/.test(e.message));
+  assert.ok((await vc.changedAreas(vm.ref, s4.ref, key, '*', cap)).areas.length > 0);
+
+  // vCenter's faults: startOffset at the capacity, an unknown changeId, a malformed one.
+  await assert.rejects(methods.queryChangedDiskAreas(vc.session, { type: 'VirtualMachine', value: vm.ref }, { type: 'VirtualMachineSnapshot', value: s4.ref }, key, cap, id4),
+    (e: unknown) => e instanceof VimFault && e.type === 'InvalidArgument' && e.detail.invalidProperty === 'startOffset');
+  await assert.rejects(vc.changedAreas(vm.ref, s4.ref, key, '52 aa bb/3', cap), (e: Error & { code?: string }) => e.code === 'VC_CHANGE_ID_INVALID');
+  await assert.rejects(vc.changedAreas(vm.ref, s4.ref, key, 'not-a-change-id', cap), (e: Error & { code?: string }) => e.code === 'VC_CHANGE_ID');
+  await vc.removeSnapshot(vm.ref, s4.ref);
+});
+
+test('CBT off: no changeId on the snapshot, and QueryChangedDiskAreas says so', async () => {
+  const vm = await vc.vm('vm-0002');
+  const s = await vc.createSnapshot(vm.ref, 'vmlift-off', { quiesce: false });
+  try {
+    assert.equal((await vc.snapshotDisks(s.ref))[0]!.changeId, null);
+    await assert.rejects(vc.changedAreas(vm.ref, s.ref, 2000, '*'), (e: Error & { code?: string; fix?: string }) =>
+      e.code === 'VC_CBT_OFF' && /change tracking is not active/.test(e.message) && /vmlift vc cbt enable/.test(e.fix ?? ''));
+  } finally {
+    await vc.removeSnapshot(vm.ref, s.ref);
+  }
+});
+
+test('more than 2,000 changed areas come back in pages and are all collected', async () => {
+  const vm = await vc.vm('vm-0003');
+  const bs = lab.cbtBlockSize;
+  const cap = vm.disks[0]!.capacity;
+  await vc.enableCbt(vm.ref);
+  const s1 = await vc.createSnapshot(vm.ref, 'vmlift-p1', { quiesce: false });
+  const id1 = (await vc.snapshotDisks(s1.ref))[0]!.changeId!;
+  await vc.removeSnapshot(vm.ref, s1.ref);
+  const n = 2100;
+  const offsets = Array.from({ length: n }, (_, i) => (2 * i + 1) * bs + 17);
+  for (let i = 0; i < n; i += 32) {
+    await Promise.all(offsets.slice(i, i + 32).map((o) => lab.write('vm-0003', 2000, o, Buffer.from([1]))));
+  }
+  const s2 = await vc.createSnapshot(vm.ref, 'vmlift-p2', { quiesce: false });
+  const q = await vc.changedAreas(vm.ref, s2.ref, 2000, id1, cap);
+  assert.equal(q.areas.length, n);
+  assert.equal(q.calls, 2, 'two pages of at most 2,000 areas');
+  assert.deepEqual(q.areas.map((a) => a.offset), offsets.map((o) => o - 17));
+  await vc.removeSnapshot(vm.ref, s2.ref);
+});
