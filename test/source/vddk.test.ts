@@ -5,6 +5,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
+import type { Logger } from '../../src/util/log.ts';
 import { SourceReadError } from '../../src/source/retry.ts';
 import { VddkSource, VddkUnavailableError, parseVddkUri, shutdownVddk, type VddkSourceOptions } from '../../src/source/vddk/index.ts';
 import { UserError } from '../../src/util/errors.ts';
@@ -96,7 +97,7 @@ describe('VDDK binding driven against the libvixDiskLib double', () => {
 
   it('connects like to vCenter: every ConnectParams field arrives intact and VDDK logs reach pino formatted', () => fresh(async () => {
     const cap = capture();
-    const src = await VddkSource.open({ ...remote(config()), logger: cap.logger });
+    const src = await VddkSource.open({ ...remote(config()), logger: cap.logger as unknown as Logger });
     try {
       assert.equal(src.transportMode, 'nbdssl', 'first offered mode of hotadd:nbdssl:nbd');
       assert.equal(src.maxReadSize, 2 * MiB, 'NFC default through vCenter');
