@@ -31,7 +31,25 @@ type Item =
   | { kind: 'extent'; seq: number; disk: number; offset: number; length: number; data: Promise<Buffer | null>; digest: Buffer; cost: number }
   | { kind: 'sync'; token: unknown };
 
-export interface DataContext { dataDir: string; cycles: Cycles; pool: CodecPool; log: Logger }
+/**
+ * Bytes of received-but-unwritten frames over all connections. A connection pauses its socket when
+ * its own share passes PENDING_LIMIT or the total passes `limit`, and resumes when both fell back.
+ */
+export class PendingBudget {
+  used = 0;
+  private readonly paused = new Set<DataConnection>();
+  constructor(readonly limit = 128 * 1024 * 1024) {}
+  over(): boolean { return this.used > this.limit; }
+  park(c: DataConnection): void { this.paused.add(c); }
+  release(bytes: number): void {
+    this.used -= bytes;
+    if (this.used > this.limit * 0.75) return;
+    for (const c of this.paused) if (c.tryResume()) this.paused.delete(c);
+  }
+  forget(c: DataConnection): void { this.paused.delete(c); }
+}
+
+export interface DataContext { dataDir: string; cycles: Cycles; pool: CodecPool; log: Logger; budget: PendingBudget }
 
 export class DataConnection implements CycleFeed {
   private readonly reader = new FrameReader();
@@ -149,7 +167,12 @@ export class DataConnection implements CycleFeed {
     }
     this.queue.push({ kind: 'extent', seq: h.seq, disk: h.disk, offset: h.offset, length: h.length, data, digest, cost });
     this.pending += cost;
-    if (this.pending > PENDING_LIMIT && !this.paused) { this.paused = true; this.s.pause(); }
+    this.ctx.budget.used += cost;
+    if ((this.pending > PENDING_LIMIT || this.ctx.budget.over()) && !this.paused) {
+      this.paused = true;
+      this.s.pause();
+      this.ctx.budget.park(this);
+    }
     this.kick();
   }
 
@@ -178,7 +201,8 @@ export class DataConnection implements CycleFeed {
         this.unflushed += item.length;
         this.queue.shift();
         this.pending -= item.cost;
-        if (this.paused && this.pending < PENDING_LIMIT / 2 && !this.closed) { this.paused = false; this.s.resume(); }
+        this.tryResume();
+        this.ctx.budget.release(item.cost);
         if (this.unflushed >= FLUSH_BYTES) await this.flush();
         else this.armFlushTimer();
       }
@@ -191,6 +215,16 @@ export class DataConnection implements CycleFeed {
     }
     if (this.queue.length && !this.refused) this.kick();
     else if (this.closed) await this.finish();
+  }
+
+  /** Resume a paused socket once its backlog and the receiver-wide backlog are low. */
+  tryResume(): boolean {
+    if (!this.paused) return true;
+    if (this.closed || this.refused) return true;
+    if (this.pending >= PENDING_LIMIT / 2 || this.ctx.budget.used > this.ctx.budget.limit * 0.75) return false;
+    this.paused = false;
+    this.s.resume();
+    return true;
   }
 
   private armFlushTimer(): void {
@@ -228,8 +262,7 @@ export class DataConnection implements CycleFeed {
     if (this.refused) return;
     this.refused = true;
     this.log.warn({ errCode: code, reason: message }, 'data connection refused');
-    for (const it of this.queue) if (it.kind === 'extent') this.pending -= it.cost;
-    this.queue = [];
+    this.dropQueue();
     if (!this.s.destroyed) {
       this.s.end(encodeJsonFrame(FRAME.ERROR, { code, message }));
       setTimeout(() => this.s.destroy(), 2000).unref();
@@ -244,6 +277,15 @@ export class DataConnection implements CycleFeed {
     if (!this.running) void this.finish();
   }
 
+  private dropQueue(): void {
+    let freed = 0;
+    for (const it of this.queue) if (it.kind === 'extent') freed += it.cost;
+    this.queue = [];
+    this.pending -= freed;
+    this.ctx.budget.forget(this);
+    this.ctx.budget.release(freed);
+  }
+
   private finishing = false;
   /** After close: what was fully received is written and flushed, then the cycle is free for the next connection. */
   private async finish(): Promise<void> {
@@ -255,6 +297,7 @@ export class DataConnection implements CycleFeed {
       this.log.error({ err: errorMessage(e) }, 'flush after disconnect failed');
     } finally {
       if (this.oc && this.oc.feed === this) this.oc.feed = null;
+      this.dropQueue();
       this.resolveDrained();
     }
   }

@@ -13,7 +13,7 @@ import { formatFingerprint } from '../transfer/connect.ts';
 import { createCode, listCodes, loadOrCreateTls, type ActivationCode } from './identity.ts';
 import { Cycles } from './cycles.ts';
 import { controlHandler } from './control.ts';
-import { DataConnection } from './data.ts';
+import { DataConnection, PendingBudget } from './data.ts';
 
 export interface ReceiverOptions {
   dataDir: string;
@@ -63,9 +63,10 @@ export async function startReceiver(o: ReceiverOptions): Promise<RunningReceiver
     controlHandler({ dataDir: o.dataDir, store, cycles, log, dataPort: () => dataPort }));
   control.keepAliveTimeout = 5000;
   const conns = new Set<DataConnection>();
+  const budget = new PendingBudget();
   const data = tls.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2' }, (s) => {
     s.setNoDelay(true);
-    const c = new DataConnection(s, { dataDir: o.dataDir, cycles, pool, log });
+    const c = new DataConnection(s, { dataDir: o.dataDir, cycles, pool, log, budget });
     conns.add(c);
     s.on('close', () => conns.delete(c));
   });

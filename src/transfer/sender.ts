@@ -41,7 +41,7 @@ import { writeFileAtomic } from '../util/fsync.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../store/types.ts';
 import { ControlClient, RemoteError, type ControlTarget } from './control-client.ts';
 import { connectPinned, normalizeFingerprint, parseHostPort, parseProxy, redactUrl, ConnectError } from './connect.ts';
-import { CODEC, FRAME, FATAL_CODES, FrameReader, MAX_DATA_EXTENT, MAX_ZERO_EXTENT, MAX_JSON_FRAME, encodeExtentHeader,
+import { CODEC, FRAME, FATAL_CODES, FrameReader, MAX_ZERO_EXTENT, MAX_JSON_FRAME, encodeExtentHeader,
   encodeJsonFrame, parseJsonBody, type WireError } from './protocol.ts';
 import { sharedCodecPool, type Packed } from './codec-pool.ts';
 import { zstdLevelFor } from './levels.ts';
@@ -498,7 +498,6 @@ export class CycleSession extends EventEmitter {
       this.winCost += cost;
       this.changed.notify();
     }
-    void MAX_DATA_EXTENT;
   }
 
   stats(): SessionStats { return { ...this.st }; }

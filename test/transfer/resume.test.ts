@@ -97,6 +97,11 @@ test('receiver killed -9 mid-cycle and restarted: the cycle completes bit-identi
       }
     }
     await restarted;
+    // and once more once everything is acknowledged, just before the commit: the commit reopens the cycle
+    await (c as unknown as { drain(): Promise<void> }).drain();
+    rx.child.kill('SIGKILL');
+    await new Promise((r) => rx.child.once('exit', r));
+    rx = await spawnReceiver(dataDir, controlPort, dataPort);
     const img = await c.commit({ sourceDigests: [{ disk: 0, sha256: sha256(data) }] });
     const st = c.stats();
     tt.diagnostic(`receiver killed: ${st.reconnects} reconnect attempts, re-sent ${st.resentBytes} of ${st.wireBytes} wire bytes`);
