@@ -16,3 +16,4 @@ export { datastoreUrl, flatExtentPath, parseDatastorePath, type DatastorePath } 
 export { VCenter, type CbtResult } from './vcenter.ts';
 export type { DiskInfo, VmInfo, HostInfo, SnapshotNode, SnapshotHandle, ControllerType, MoRef } from './types.ts';
 export { resolveConnection, type ConnectionFlags } from './connection.ts';
+export { VCenterControl, type ControlSnapshotDisk } from './control.ts';

@@ -23,6 +23,12 @@ async function withVc<T>(o: ConnectionFlags, fn: (vc: VCenter) => Promise<T>): P
   }
 }
 
+/** Task progress on a terminal ("  createSnapshot 40%"), nothing when piped or with --json. */
+function progress(o: { json?: boolean }, label: string): { onProgress?: (p: number) => void } {
+  if (o.json || !process.stderr.isTTY) return {};
+  return { onProgress: (p) => process.stderr.write(`\r  ${label} ${p}%${p >= 100 ? '\n' : ''}`) };
+}
+
 function treeLines(nodes: SnapshotNode[], depth = 0): string[] {
   return nodes.flatMap((n) => [`${'  '.repeat(depth)}${n.name}  (${n.ref}, ${n.createTime}${n.quiesced ? ', quiesced' : ''})`, ...treeLines(n.children, depth + 1)]);
 }
@@ -81,7 +87,7 @@ export function register(program: Command): void {
     conn(cbt.command(on ? 'enable' : 'disable').argument('<vm>')
       .description(on ? 'enable CBT (changeTrackingEnabled, ctkEnabled, <bus>.ctkEnabled per disk; stun/unstun when running); idempotent' : 'disable CBT'))
       .action(async (name: string, o) => withVc(o, async (c) => {
-        const r = on ? await c.enableCbt(name) : await c.disableCbt(name);
+        const r = on ? await c.enableCbt(name, progress(o, 'reconfigure')) : await c.disableCbt(name, progress(o, 'reconfigure'));
         printResult(o.json, r, (x) => `${x.vm}: CBT ${on ? 'enabled' : 'disabled'}${x.changed ? '' : ' (already; nothing changed)'}${x.stunned ? ' (stun/unstun done)' : ''}\n` +
           Object.entries(x.settings).map(([k, v]) => `  ${k} = ${v}`).join('\n'));
       }));
@@ -92,7 +98,7 @@ export function register(program: Command): void {
     .option('--prefix <p>', 'snapshot name prefix of --sweep', 'vmlift-')
     .action(async (name: string, o) => withVc(o, async (c) => {
       let swept: { removed: string[]; consolidated: boolean } | undefined;
-      if (o.sweep) swept = await c.sweepSnapshots(name, o.prefix);
+      if (o.sweep) swept = await c.sweepSnapshots(name, o.prefix, progress(o, 'remove snapshot'));
       const { vm, snapshots } = await c.snapshots(name);
       printResult(o.json, { vm: vm.name, ref: vm.ref, snapshots, consolidationNeeded: vm.consolidationNeeded, swept }, (x) => [
         ...(swept ? [`removed ${swept.removed.length} snapshot(s)${swept.removed.length ? `: ${swept.removed.join(', ')}` : ''}${swept.consolidated ? '; consolidated' : ''}`] : []),
@@ -112,7 +118,7 @@ export function register(program: Command): void {
       }
       let snap = o.snapshot as string | undefined;
       const temporary = !snap;
-      if (!snap) snap = (await c.createSnapshot(vm.ref, `vmlift-query-${Date.now()}`, { quiesce: false })).ref;
+      if (!snap) snap = (await c.createSnapshot(vm.ref, `vmlift-query-${Date.now()}`, { quiesce: false }, progress(o, 'snapshot'))).ref;
       try {
         const disk = (await c.snapshotDisks(snap)).find((d) => d.key === key)!;
         const r = await c.changedAreas(vm.ref, snap, key, o.changeId, disk.capacity);
