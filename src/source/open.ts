@@ -5,9 +5,17 @@
 import type { BlockSource } from './types.ts';
 import { UserError } from '../util/errors.ts';
 import { LocalSource, type LocalSourceOptions } from './local/index.ts';
+import { NbdSource, type NbdSourceOptions } from './nbd/index.ts';
+import { VddkSource, parseVddkUri, type VddkSourceOptions } from './vddk/index.ts';
+import { HttpDatastoreSource, type HttpDatastoreOptions } from './http-datastore/index.ts';
 
 export interface OpenSourceOptions {
   local?: LocalSourceOptions;
+  nbd?: NbdSourceOptions;
+  /** Library, credentials (never in the URI) and limits for vddk:// URIs. */
+  vddk?: Partial<Omit<VddkSourceOptions, 'credentials'>> & { password?: string; cookie?: string };
+  /** Cookie and trust for https://.../folder/ URIs. */
+  http?: Omit<HttpDatastoreOptions, 'url'>;
 }
 
 export async function openSource(uri: string, opts: OpenSourceOptions = {}): Promise<BlockSource> {
@@ -17,6 +25,17 @@ export async function openSource(uri: string, opts: OpenSourceOptions = {}): Pro
       return LocalSource.open(uri, opts.local);
     case 'file':
       return LocalSource.open(decodeURIComponent(new URL(uri).pathname), opts.local);
+    case 'nbd': case 'nbds': case 'nbd+unix': case 'nbds+unix':
+      return NbdSource.open(uri, opts.nbd);
+    case 'vddk': {
+      const { user, ...u } = parseVddkUri(uri);
+      const { password, cookie, ...v } = opts.vddk ?? {};
+      const credentials = password !== undefined ? { user: user ?? '', password } : cookie !== undefined ? { cookie, user } : undefined;
+      return VddkSource.open({ ...v, ...u, credentials });
+    }
+    case 'https':
+      if (!opts.http) throw new UserError('SOURCE_HTTP_TRUST', 'an https:// datastore source needs the vCenter session cookie and thumbprint', 'open it through a vCenter connection (job transport http-datastore)');
+      return HttpDatastoreSource.open({ ...opts.http, url: uri });
     default:
       throw new UserError('SOURCE_SCHEME', `unsupported source ${JSON.stringify(uri.replace(/\/\/[^@/]*@/, '//'))}: no transport for "${scheme}://"`,
         'use a local path (file or block device) or a supported transport URI');
