@@ -2,7 +2,7 @@ import https from 'node:https';
 import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { mkdir } from 'node:fs/promises';
+import { access, mkdir } from 'node:fs/promises';
 import type { Logger } from '../util/log.ts';
 import { silentLogger } from '../util/log.ts';
 import { UserError } from '../util/errors.ts';
@@ -35,8 +35,17 @@ export interface RunningReceiver {
   close(): Promise<void>;
 }
 
-/** First-start set-up (TLS identity, first activation code), shared by `serve` and `info`. */
-export async function initDataDir(dataDir: string): Promise<{ fingerprint: string; createdCode: ActivationCode | null; key: string; cert: string }> {
+/**
+ * First-start set-up (TLS identity, first activation code) for `serve`; `info` and `code` pass
+ * `mustExist` so a mistyped directory is an error instead of a second receiver identity.
+ */
+export async function initDataDir(dataDir: string, mustExist = false): Promise<{ fingerprint: string; createdCode: ActivationCode | null; key: string; cert: string }> {
+  if (mustExist) {
+    try { await access(join(dataDir, 'tls', 'cert.pem')); } catch {
+      throw new UserError('NO_RECEIVER', `${dataDir} holds no receiver (no tls/cert.pem)`,
+        'check --data-dir, or start the receiver once with `vmlift receiver serve --data-dir DIR`');
+    }
+  }
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
   const { tls: id, created } = await loadOrCreateTls(dataDir);
   let createdCode: ActivationCode | null = null;

@@ -65,7 +65,7 @@ export function register(program: Command): void {
     .requiredOption('--data-dir <dir>', 'the receiver data directory')
     .option('--json', 'JSON output')
     .action(async (o: { dataDir: string; json?: boolean }) => {
-      const init = await initDataDir(resolve(o.dataDir));
+      const init = await initDataDir(resolve(o.dataDir), true);
       const codes = (await listCodes(resolve(o.dataDir))).map(codeView);
       printResult(o.json, { fingerprint: formatFingerprint(init.fingerprint), codes }, (v) =>
         `certificate fingerprint (SHA-256): ${v.fingerprint}\n\n`
@@ -81,7 +81,7 @@ export function register(program: Command): void {
     .action(async (o: { dataDir: string; quota: string; days: string; json?: boolean }) => {
       const quota = intOption(o.quota, '--quota');
       const days = intOption(o.days, '--days');
-      await initDataDir(resolve(o.dataDir));
+      await initDataDir(resolve(o.dataDir), true);
       const c = await createCode(resolve(o.dataDir), quota, days);
       printResult(o.json, codeView(c), (v) => `activation code: ${v.code} (${v.quota} sources, valid until ${v.expiresAt})`);
     });
