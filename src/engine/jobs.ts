@@ -224,6 +224,8 @@ export class JobEngine {
           sourceBytesRead: result.disks.reduce((n, d) => n + d.sourceBytesRead, 0),
           changedBytes: result.disks.reduce((n, d) => n + d.areaBytes, 0),
           wireBytes: result.wireBytes, snapshotName: result.snapshot.name,
+          kind: final ? 'final' : result.kind,
+          reason: result.disks.map((d) => d.plan.mode === 'full' ? `disk ${d.key}: ${d.plan.reason}` : '').filter(Boolean).join('; ') || null,
         });
         this.o.state.commitCycle(cycle.id, result.image.imageId, changeIds);
         const current = this.getJob(job.id);

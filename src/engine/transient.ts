@@ -4,6 +4,9 @@ const TRANSIENT_CODES = new Set([
   'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT',
   'NotAuthenticated', 'TaskInProgress', 'ConcurrentAccess', 'InvalidState', 'SESSION_EXPIRED', 'TASK_FAILED_TRANSIENT',
   'RECEIVER_UNREACHABLE', 'CONNECTION_LOST',
+  // vmlift's own codes for conditions that clear up by themselves: a snapshot or reconfigure task that
+  // failed in vCenter (locks, busy host), a task past its timeout, vCenter briefly unreachable.
+  'VC_TASK_FAILED', 'VC_TASK_TIMEOUT', 'VC_UNREACHABLE',
 ]);
 
 /** True when `e` or one of its causes carries a transient code or says so with `transient: true`. */

@@ -152,11 +152,11 @@ export class SqliteStateStore implements StateStore {
     return this.mustCycle(c.id);
   }
 
-  updateCycle(id: string, patch: Partial<Pick<CycleRecord, 'sourceBytesRead' | 'wireBytes' | 'changedBytes' | 'snapshotName'>>): void {
+  updateCycle(id: string, patch: Partial<Pick<CycleRecord, 'sourceBytesRead' | 'wireBytes' | 'changedBytes' | 'snapshotName' | 'kind' | 'reason'>>): void {
     const c = this.mustCycle(id);
-    this.db.prepare(`UPDATE cycles SET source_bytes_read = ?, wire_bytes = ?, changed_bytes = ?, snapshot_name = ? WHERE id = ?`)
+    this.db.prepare(`UPDATE cycles SET source_bytes_read = ?, wire_bytes = ?, changed_bytes = ?, snapshot_name = ?, kind = ?, reason = ? WHERE id = ?`)
       .run(patch.sourceBytesRead ?? c.sourceBytesRead, patch.wireBytes ?? c.wireBytes, patch.changedBytes ?? c.changedBytes,
-        patch.snapshotName ?? c.snapshotName, id);
+        patch.snapshotName ?? c.snapshotName, patch.kind ?? c.kind, patch.reason ?? c.reason, id);
   }
 
   commitCycle(id: string, imageId: string, changeIds: { diskKey: number; changeId: string | null }[]): CycleRecord {

@@ -112,7 +112,7 @@ export interface StateStore {
   getDisks(jobId: string): DiskRecord[];
 
   startCycle(c: Pick<CycleRecord, 'id' | 'jobId' | 'kind' | 'reason' | 'snapshotName'>): CycleRecord;
-  updateCycle(id: string, patch: Partial<Pick<CycleRecord, 'sourceBytesRead' | 'wireBytes' | 'changedBytes' | 'snapshotName'>>): void;
+  updateCycle(id: string, patch: Partial<Pick<CycleRecord, 'sourceBytesRead' | 'wireBytes' | 'changedBytes' | 'snapshotName' | 'kind' | 'reason'>>): void;
   /** One transaction: the cycle becomes committed with its image and every disk's new changeId is recorded. */
   commitCycle(id: string, imageId: string, changeIds: { diskKey: number; changeId: string | null }[]): CycleRecord;
   failCycle(id: string, error: string): CycleRecord;

@@ -1,0 +1,69 @@
+import { readFile, copyFile, chmod, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { UserError } from '../util/errors.ts';
+import { writeFileAtomic } from '../util/fsync.ts';
+
+/** config.json in the connector's home. Secrets live in files beside it (mode 0600), never in the config. */
+export interface ConnectorConfig {
+  vcenter: {
+    server: string;
+    user: string;
+    /** File with the vCenter password (inside the home, 0600). */
+    passwordFile: string;
+    thumbprint?: string;
+    insecure?: boolean;
+  };
+  receiver: {
+    /** host[:controlPort] */
+    address: string;
+    fingerprint: string;
+    /** File with the activation code used to register each new source (inside the home, 0600). */
+    codeFile: string;
+    dataPort?: number;
+    proxy?: string;
+    proxyPasswordFile?: string;
+  };
+  limits: { disksPerHost: number; disksOverall: number; maxConcurrentJobs: number };
+  /** Read size cap for disk transports (VMware NFC through vCenter: 2 MiB). */
+  maxReadSize: number;
+  /** Extra transport settings (e.g. VDDK libdir). */
+  vddkLibdir?: string;
+}
+
+export const DEFAULT_LIMITS = { disksPerHost: 8, disksOverall: 32, maxConcurrentJobs: 100 };
+
+export async function readConnectorConfig(home: string): Promise<ConnectorConfig> {
+  const path = join(home, 'config.json');
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    throw new UserError('NO_CONNECTOR_CONFIG', `the connector home ${home} has no config.json`,
+      `run \`vmlift connector init --home ${home} --server URL --user U --password-file F --receiver HOST --fingerprint FP --code-file F\``, { cause: e });
+  }
+  try {
+    const c = JSON.parse(text) as ConnectorConfig;
+    return { ...c, limits: { ...DEFAULT_LIMITS, ...c.limits }, maxReadSize: c.maxReadSize ?? 2 << 20 };
+  } catch (e) {
+    throw new UserError('BAD_CONNECTOR_CONFIG', `${path} is not valid JSON: ${(e as Error).message}`, 'fix or re-create it with `vmlift connector init`');
+  }
+}
+
+/** Copy a secret file into the home with mode 0600 and return its new path. */
+export async function keepSecret(home: string, name: string, from: string): Promise<string> {
+  const dir = join(home, 'secrets');
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const to = join(dir, name);
+  try {
+    await copyFile(from, to);
+  } catch (e) {
+    throw new UserError('SECRET_FILE', `cannot read ${from}: ${(e as Error).message}`, 'check the path and its permissions', { cause: e });
+  }
+  await chmod(to, 0o600);
+  return to;
+}
+
+export async function writeConnectorConfig(home: string, c: ConnectorConfig): Promise<void> {
+  await mkdir(home, { recursive: true, mode: 0o700 });
+  await writeFileAtomic(join(home, 'config.json'), `${JSON.stringify(c, null, 2)}\n`);
+}

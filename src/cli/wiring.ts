@@ -1,0 +1,115 @@
+/**
+ * Wires the real parts into the engine's ports: the vSphere client (src/vsphere), the disk
+ * transports (src/source) and the wire sender (src/transfer). The only place that knows them all.
+ */
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { VCenter, resolveConnection, makeDispatcher, type TrustMode } from '../vsphere/index.ts';
+import { HttpDatastoreSource } from '../source/http-datastore/index.ts';
+import { Sender } from '../transfer/sender.ts';
+import { UserError } from '../util/errors.ts';
+import { readSecret } from '../util/secret.ts';
+import type { JobRecord } from '../state/types.ts';
+import type { DiskOpener, SnapshotDisk, SnapshotHandle, VCenterPort } from '../engine/ports.ts';
+import type { JobPorts } from '../engine/jobs.ts';
+import { LimitedDiskOpener } from '../engine/limits.ts';
+import type { ConnectorConfig } from './connector-config.ts';
+
+export interface Wiring {
+  vc: VCenter;
+  connect(job: JobRecord): Promise<JobPorts>;
+  resolveVm(nameOrRef: string): Promise<{ vmRef: string; name: string }>;
+  images(sourceId: string): Promise<unknown[]>;
+  close(): Promise<void>;
+}
+
+/** The VCenterPort over one logged-in vCenter session (re-login is the session's job). */
+export function vcenterPort(vc: VCenter): VCenterPort & { datacenterOf(vmRef: string): Promise<string> } {
+  const hosts = new Map<string, string>();
+  const datacenters = new Map<string, string>();
+  const facts = async (vmRef: string) => {
+    const vm = await vc.vm(vmRef);
+    hosts.set(vmRef, vm.host?.ref ?? 'unknown-host');
+    if (vm.datacenter) datacenters.set(vmRef, vm.datacenter);
+    return vm;
+  };
+  return {
+    preflight: async (vmRef) => (await vc.preflight(vmRef)).checks,
+    ensureCbt: async (vmRef) => ({ changed: (await vc.enableCbt(vmRef)).changed }),
+    hostOf: async (vmRef) => hosts.get(vmRef) ?? (await facts(vmRef)).host?.ref ?? 'unknown-host',
+    sweepSnapshots: async (vmRef, prefix) => (await vc.sweepSnapshots(vmRef, prefix)).removed.length,
+    createSnapshot: (vmRef, name, o) => vc.createSnapshot(vmRef, name, { quiesce: o.quiesce, description: 'vmlift sync cycle; removed when the cycle ends' }),
+    snapshotDisks: async (_vmRef, s) => (await vc.snapshotDisks(s.ref)).map((d) => ({ key: d.key, label: d.label, capacity: d.capacity, changeId: d.changeId, file: d.file })),
+    changedAreas: async (vmRef, s, d, changeId) => (await vc.changedAreas(vmRef, s.ref, d.key, changeId, d.capacity)).areas,
+    removeSnapshot: async (vmRef, s) => { await vc.removeSnapshot(vmRef, s.ref); },
+    datacenterOf: async (vmRef) => {
+      const known = datacenters.get(vmRef);
+      if (known) return known;
+      const vm = await facts(vmRef);
+      if (!vm.datacenter) throw new UserError('VC_NO_DATACENTER', `cannot tell the datacenter of ${vmRef}`, 'check the VM in vCenter');
+      return vm.datacenter;
+    },
+  };
+}
+
+/** Reads a snapshot's disk through the datastore's /folder URL (Range GETs, session cookie). */
+export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterPort>, trust: TrustMode, maxReadSize: number, logger: Logger): DiskOpener {
+  const dispatcher = makeDispatcher(trust, 120_000);
+  return {
+    async open(vmRef: string, _s: SnapshotHandle, disk: SnapshotDisk) {
+      if (!disk.file) throw new UserError('NO_DISK_FILE', `disk ${disk.key} of ${vmRef} has no backing file`, 'check the VM in vCenter');
+      const { url } = vc.diskUrl({ file: disk.file }, await port.datacenterOf(vmRef));
+      return HttpDatastoreSource.open({
+        url, cookie: () => vc.session.cookie, dispatcher,
+        trust: 'thumbprint' in trust ? { thumbprint: trust.thumbprint } : { insecure: true },
+        maxReadSize, logger,
+      });
+    },
+  };
+}
+
+export async function createWiring(home: string, config: ConnectorConfig, logger: Logger): Promise<Wiring> {
+  const conn = await resolveConnection({
+    server: config.vcenter.server, user: config.vcenter.user, passwordFile: config.vcenter.passwordFile,
+    thumbprint: config.vcenter.thumbprint, insecure: config.vcenter.insecure,
+  }, { warn: (m) => logger.warn(m) });
+  const vc = await VCenter.connect({ ...conn, logger });
+  const port = vcenterPort(vc);
+  const disks = new LimitedDiskOpener(httpDiskOpener(vc, port, conn.trust, config.maxReadSize, logger), port.hostOf,
+    { perHost: config.limits.disksPerHost, overall: config.limits.disksOverall });
+  const code = await readSecret({ file: config.receiver.codeFile, what: 'activation code' });
+  const proxyPassword = await readSecret({ file: config.receiver.proxyPasswordFile, what: 'proxy password' });
+
+  const sender = (job: Pick<JobRecord, 'sourceId' | 'name' | 'settings'>) => Sender.connect({
+    receiver: config.receiver.address, dataPort: config.receiver.dataPort, fingerprint: config.receiver.fingerprint,
+    credentialFile: join(home, 'credentials', `${job.sourceId}.json`), activationCode: code,
+    sourceId: job.sourceId, sourceLabel: job.name, proxy: config.receiver.proxy, proxyPassword,
+    compression: job.settings.compression, bandwidthMbps: job.settings.bandwidthMbps, checksum: job.settings.checksum,
+    logger: logger.child({ sourceId: job.sourceId }),
+  });
+
+  return {
+    vc,
+    async connect(job) {
+      const receiver = await sender(job);
+      return {
+        vcenter: port, disks, receiver,
+        close: () => receiver.close(),
+      };
+    },
+    async resolveVm(nameOrRef) {
+      if (!nameOrRef) throw new UserError('NO_VM', 'no VM given', 'pass --vm NAME (or its moref, vm-42)');
+      const vm = await vc.vm(nameOrRef);
+      return { vmRef: vm.ref, name: vm.name };
+    },
+    async images(sourceId) {
+      const s = await Sender.connect({
+        receiver: config.receiver.address, fingerprint: config.receiver.fingerprint,
+        credentialFile: join(home, 'credentials', `${sourceId}.json`), activationCode: code, sourceId,
+        compression: 0, bandwidthMbps: 0, checksum: false, logger,
+      });
+      try { return await s.listImages(); } finally { await s.close(); }
+    },
+    close: () => vc.close(),
+  };
+}
