@@ -127,12 +127,18 @@ const data = mixedData(total * MiB);
 const zeroShare = (() => { let z = 0; const zero = Buffer.alloc(MiB); for (let o = 0; o < data.length; o += MiB) if (data.subarray(o, o + MiB).equals(zero)) z++; return z / (data.length / MiB); })();
 console.log(`data: ${total} MiB mixed (1 MiB pieces all-zero: ${(zeroShare * 100).toFixed(1)} %), node ${process.version}, 2 codec workers`);
 await packRate(data.subarray(0, 32 * MiB), 1); // warm-up
-const plain = await tlsRate(data);
+// best of 3: the machines are shared, the best run is the one least disturbed by other load
+const best = async <T extends { mbps: number }>(f: () => Promise<T>): Promise<T> => {
+  let b: T | null = null;
+  for (let i = 0; i < 3; i++) { const r = await f(); if (!b || r.mbps > b.mbps) b = r; }
+  return b!;
+};
+const plain = (await best(async () => ({ mbps: await tlsRate(data) }))).mbps;
 console.log(`uncompressed TLS loopback incl. sender SHA-256: ${plain.toFixed(0)} MB/s   (10 Gbit/s link = 1250 MB/s)`);
 console.log('level  zstd  pack MB/s (2 workers)  ratio  vs TLS');
 for (let level = 0; level <= 10; level++) {
   const z = ZSTD_LEVEL_MAP[level]!;
-  const r = await packRate(data, z);
+  const r = await best(() => packRate(data, z));
   console.log(`${String(level).padStart(5)}  ${String(z ?? '-').padStart(4)}  ${r.mbps.toFixed(0).padStart(21)}  ${r.ratio.toFixed(2).padStart(5)}  ${(r.mbps / plain).toFixed(2).padStart(6)}`);
 }
 if (e2e) {
