@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import type { Layout } from './layout.ts';
+import { dropFromCache } from './pagecache.ts';
 
 export function sha256(data: Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
@@ -34,6 +35,8 @@ let tmpCounter = 0;
 export class ChunkWriter {
   /** hex -> temp path of chunks written but not yet promoted. */
   private readonly pending = new Map<string, string>();
+  /** hex -> the put writing it now (a second put of the same chunk waits for the first). */
+  private readonly putting = new Map<string, Promise<void>>();
   private readonly promoting = new Set<Promise<void>>();
   private readonly inPromotion = new Set<string>();
   private readonly dirtyDirs = new Set<string>();
@@ -46,24 +49,30 @@ export class ChunkWriter {
     private readonly promoteBatch = 32) {}
 
   /** Make sure a chunk named `hex` with content `data` exists (or will on the next `sync`). */
-  async put(hex: string, data: Uint8Array): Promise<void> {
-    if (this.pending.has(hex) || this.confirmed.has(hex)) return;
+  put(hex: string, data: Uint8Array): Promise<void> {
+    if (this.pending.has(hex) || this.confirmed.has(hex)) return Promise.resolve();
+    let p = this.putting.get(hex);
+    if (!p) {
+      p = this.doPut(hex, data).finally(() => this.putting.delete(hex));
+      this.putting.set(hex, p);
+    }
+    return p;
+  }
+
+  private async doPut(hex: string, data: Uint8Array): Promise<void> {
     // Journal the reference before touching the chunk: gc either sees the journal entry, or runs its
     // mark before it and then sees an mtime newer than its start (see gc.ts).
     this.noteRef(hex);
-    const final = this.layout.chunkPath(hex);
     const now = new Date();
     try {
-      await utimes(final, now, now);
+      await utimes(this.layout.chunkPath(hex), now, now);
       this.confirmed.add(hex);
       this.dirtyDirs.add(this.layout.chunkDir(hex));
       return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
-    if (this.pending.has(hex) || this.confirmed.has(hex)) return;
     const tmp = join(this.layout.chunkDir(hex), `.tmp-${process.pid}-${(tmpCounter++).toString(36)}`);
-    this.pending.set(hex, tmp);
     try {
       const fh = await open(tmp, 'wx', 0o600);
       try {
@@ -72,10 +81,11 @@ export class ChunkWriter {
         await fh.close();
       }
     } catch (e) {
-      this.pending.delete(hex);
       await unlink(tmp).catch(() => {});
       throw e;
     }
+    // Only complete temp files are pending (and so can be promoted or read).
+    this.pending.set(hex, tmp);
     this.newChunks++;
     this.newBytes += data.length;
     if (this.pending.size >= this.promoteBatch * 2) {
@@ -89,6 +99,7 @@ export class ChunkWriter {
 
   /** Bytes of chunk `hex`, also when it is still under its temp name. */
   async read(hex: string): Promise<Buffer> {
+    await this.putting.get(hex)?.catch(() => {});
     const tmp = this.pending.get(hex);
     if (tmp) {
       try { return await readFile(tmp); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
@@ -108,7 +119,10 @@ export class ChunkWriter {
     await Promise.all(batch.map(async ([hex, tmp]) => {
       try {
         const fh = await open(tmp, 'r');
-        try { await fh.sync(); } finally { await fh.close(); }
+        try {
+          await fh.sync();
+          dropFromCache(fh.fd);
+        } finally { await fh.close(); }
         await rename(tmp, this.layout.chunkPath(hex));
         this.confirmed.add(hex);
         this.dirtyDirs.add(this.layout.chunkDir(hex));
@@ -135,6 +149,7 @@ export class ChunkWriter {
 
   /** Drop temp files (abort). */
   async discard(): Promise<void> {
+    await Promise.all([...this.putting.values()].map((p) => p.catch(() => {})));
     await Promise.all([...this.promoting]);
     const tmps = [...this.pending.values()];
     this.pending.clear();

@@ -92,6 +92,7 @@ export class Cycle implements CycleWriter {
   readonly disks: readonly DiskSpec[];
   readonly baseImageId: string | null;
   private readonly dir: string;
+  private readonly createdAt: string;
   private readonly state = new Map<number, DiskState>();
   private readonly chains = new Map<string, Promise<void>>();
   private readonly inflight = new Set<Promise<void>>();
@@ -108,6 +109,7 @@ export class Cycle implements CycleWriter {
     this.cycleId = rec.cycleId;
     this.disks = Object.freeze(rec.disks.map((d) => Object.freeze({ ...d })));
     this.baseImageId = rec.baseImageId;
+    this.createdAt = rec.createdAt;
     this.dir = dir;
     this.chunks = new ChunkWriter(env.layout, (hex) => { writeSync(this.refsFd, `${hex}\n`); });
   }
@@ -366,6 +368,12 @@ export class Cycle implements CycleWriter {
   private async publish(meta: Record<string, unknown>): Promise<ImageInfo> {
     const layout = this.env.layout;
     const imagesDir = layout.imagesDir(this.sourceId);
+    // A crash between publishing the image and removing the cycle folder: the commit already happened.
+    for (const id of (await imageIds(layout, this.sourceId)).reverse()) {
+      const r = await readImageRecord(layout, this.sourceId, id).catch(() => null);
+      if (r && r.cycleId === this.cycleId && r.committedAt >= this.createdAt) return publicInfo(r);
+      if (r && r.committedAt < this.createdAt) break;
+    }
     const disks = [];
     for (const ds of this.state.values()) disks.push({ ...ds.spec, ...(await indexStats(ds, this.chunkSize)) });
     const tmp = join(imagesDir, `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { open, readdir, rename, stat, unlink } from 'node:fs/promises';
+import { open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import { isValidId } from '../util/ids.ts';
@@ -84,8 +84,16 @@ export async function collectGarbage(layout: Layout): Promise<{ removedChunks: n
     for (const c of await names(layout.cyclesDir(src))) await markDir(join(layout.cyclesDir(src), c), marks, true);
   }
   for (const src of sources) {
-    // Committed images, and ones being committed (.tmp-) or removed (.trash-, may be restored).
-    for (const i of await names(layout.imagesDir(src))) await markDir(join(layout.imagesDir(src), i), marks, false);
+    // Committed images, and ones being committed (.tmp-) or removed (.trash-, may be restored);
+    // those of dead processes are leftovers of a crash: the cycle folder still holds an unfinished commit.
+    for (const i of await names(layout.imagesDir(src))) {
+      const m = /^\.(tmp|trash-[0-9]+)-([0-9]+)-/.exec(i);
+      if (m && !pidAlive(Number(m[2]))) {
+        await rm(join(layout.imagesDir(src), i), { recursive: true, force: true });
+        continue;
+      }
+      await markDir(join(layout.imagesDir(src), i), marks, false);
+    }
   }
   const cutoff = t0 - GRACE_MS;
   let removedChunks = 0; let removedBytes = 0;
