@@ -35,7 +35,8 @@ export function xsiType(x: unknown): string | undefined {
   const attrs = (x as Record<string, any>).attributes;
   if (!attrs) return undefined;
   for (const [k, v] of Object.entries(attrs)) {
-    if (k === 'type' || k.endsWith(':type')) return String(v).replace(/^.*:/, '');
+    // xsi:type always carries a prefix; a bare "type" is a managed object reference's own attribute.
+    if (k.endsWith(':type')) return String(v).replace(/^.*:/, '');
   }
   return undefined;
 }

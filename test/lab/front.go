@@ -130,6 +130,17 @@ func (f *front) serveSDK(w http.ResponseWriter, r *http.Request) {
 		f.queryChangedDiskAreas(w, body)
 		return
 	}
+	if method == "ContinueRetrievePropertiesEx" {
+		tok, _ := field(body, "token")
+		f.l.mu.Lock()
+		rest, ok := f.l.pages[tok]
+		delete(f.l.pages, tok)
+		f.l.mu.Unlock()
+		if ok && f.sessionOK(r) {
+			f.writePage("ContinueRetrievePropertiesEx", w, rest.objs, rest.size)
+			return
+		}
+	}
 	this, _ := field(body, "_this")
 	if strings.HasSuffix(method, "_Task") && f.sessionOK(r) {
 		f.l.mu.Lock()
@@ -174,6 +185,18 @@ func (f *front) serveSDK(w http.ResponseWriter, r *http.Request) {
 			f.l.mu.Unlock()
 		}
 	}
+	if method == "RetrievePropertiesEx" && res.StatusCode == 200 {
+		// The simulator ignores maxObjects; vCenter pages. Page here so clients meet tokens.
+		if ms, ok := field(body, "maxObjects"); ok {
+			if max, err := strconv.Atoi(ms); err == nil && max > 0 {
+				objs := reObjects.FindAll(out, -1)
+				if len(objs) > max {
+					f.writePage(method, w, objs, max)
+					return
+				}
+			}
+		}
+	}
 	if strings.HasSuffix(method, "_Task") && res.StatusCode == 200 {
 		if tm := reReturnTk.FindSubmatch(out); tm != nil {
 			f.afterTask(method, this, body, string(tm[1]))
@@ -186,6 +209,26 @@ func (f *front) serveSDK(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(res.StatusCode)
 	_, _ = w.Write(out)
+}
+
+var reObjects = regexp.MustCompile(`(?s)<objects>.*?</objects>`)
+
+// writePage answers with the first max objects and a token for the rest, like vCenter's RetrieveResult.
+func (f *front) writePage(method string, w http.ResponseWriter, objs [][]byte, max int) {
+	var sb strings.Builder
+	if len(objs) > max {
+		tok := randHex(8)
+		f.l.mu.Lock()
+		f.l.pages[tok] = labPage{objs: objs[max:], size: max}
+		f.l.mu.Unlock()
+		objs = objs[:max]
+		sb.WriteString("<token>" + tok + "</token>")
+	}
+	for _, o := range objs {
+		sb.Write(o)
+	}
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	_, _ = w.Write(envelope(fmt.Sprintf(`<%sResponse xmlns="urn:vim25"><returnval>%s</returnval></%sResponse>`, method, sb.String(), method)))
 }
 
 func getTask(ref string) *simulator.Task {

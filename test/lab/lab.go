@@ -32,6 +32,11 @@ type labVM struct {
 	snaps []*labSnap
 }
 
+type labPage struct {
+	objs [][]byte
+	size int
+}
+
 type nbdExport struct {
 	cmd  *exec.Cmd
 	uri  string
@@ -39,29 +44,29 @@ type nbdExport struct {
 }
 
 type lab struct {
-	mu         sync.Mutex
-	dir        string
-	dsName     string
-	dcName     string
-	dsDir      string
-	token      string
-	frontURL   string
-	certFile   string
-	vmsByRef   map[string]*labVM
-	vmsByName  map[string]*labVM
-	order      []*labVM
-	snapOwner  map[string]*labVM
-	cookies    map[string]bool
-	faults     map[string]int
-	delays     map[string]int
-	nbd        map[string]*nbdExport
-	backendURL string
+	mu        sync.Mutex
+	dir       string
+	dsName    string
+	dcName    string
+	dsDir     string
+	token     string
+	frontURL  string
+	certFile  string
+	vmsByRef  map[string]*labVM
+	vmsByName map[string]*labVM
+	order     []*labVM
+	snapOwner map[string]*labVM
+	cookies   map[string]bool
+	faults    map[string]int
+	delays    map[string]int
+	nbd       map[string]*nbdExport
+	pages     map[string]labPage // RetrievePropertiesEx continuation tokens
 }
 
 func newLab(dir string) *lab {
 	return &lab{dir: dir, token: randHex(16), vmsByRef: map[string]*labVM{}, vmsByName: map[string]*labVM{},
 		snapOwner: map[string]*labVM{}, cookies: map[string]bool{}, faults: map[string]int{},
-		delays: map[string]int{}, nbd: map[string]*nbdExport{}}
+		delays: map[string]int{}, nbd: map[string]*nbdExport{}, pages: map[string]labPage{}}
 }
 
 func randHex(n int) string {

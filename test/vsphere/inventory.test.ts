@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { labFixture, connect, vmlift, labEnv } from './helpers.ts';
 import type { Lab } from '../lab/lab.ts';
-import type { VCenter } from '../../src/vsphere/index.ts';
+import { methods, preflight, type VCenter, type VmInfo } from '../../src/vsphere/index.ts';
 
 let fx: Awaited<ReturnType<typeof labFixture>>;
 let lab: Lab;
@@ -100,4 +100,45 @@ test('CLI: vc ls --json, preflight exit code, and one clear message per failure'
     assert.match(r.stderr, /fix: /, `${what}: a fix`);
     assert.doesNotMatch(r.stderr + r.stdout, new RegExp(lab.password), `${what}: password never printed`);
   });
+});
+
+test('ContinueRetrievePropertiesEx: a paged answer is collected whole', async () => {
+  const view = await methods.createContainerView(vc.session, ['VirtualMachine']);
+  try {
+    const rt = vc.roundTrips;
+    const objs = await methods.retrieveProperties(vc.session, [methods.viewSpec(view, [{ type: 'VirtualMachine', pathSet: ['name'] }])], 3);
+    assert.equal(objs.length, lab.vms.length);
+    assert.equal(vc.roundTrips - rt, Math.ceil(lab.vms.length / 3), 'one RetrievePropertiesEx, then ContinueRetrievePropertiesEx per page');
+    assert.deepEqual(objs.map((o) => o.props['name'] && String(o.props['name'].$value ?? o.props['name'])).sort(), lab.vms.map((v) => v.name).sort());
+  } finally {
+    await methods.destroyView(vc.session, view);
+  }
+});
+
+test('preflight refuses physical RDMs and ESXi below 4.0 (facts as vCenter reports them)', () => {
+  const base: VmInfo = {
+    ref: 'vm-1', name: 'db01', powerState: 'poweredOn', guestId: 'x', guestFullName: 'x', hardwareVersion: 'vmx-08', uuid: 'u',
+    host: { ref: 'host-1', name: 'esx35', version: '3.5.0', build: '1' }, datacenter: 'DC', changeTrackingEnabled: false,
+    ctkEnabled: false, consolidationNeeded: false, snapshots: [], currentSnapshot: null, ctkConfig: {},
+    disks: [{ key: 2001, label: 'Hard disk 2', controllerType: 'lsilogic', controllerBus: 0, unitNumber: 1, busId: 'scsi0:1',
+      capacity: 1 << 30, backingType: 'VirtualDiskRawDiskMappingVer1', file: '[ds] db01/db01_1.vmdk', datastore: 'ds',
+      diskMode: 'persistent', compatibilityMode: 'physicalMode', changeId: null, ctkEnabled: false }],
+  };
+  const r = preflight(base);
+  assert.equal(r.ok, false);
+  assert.deepEqual(r.checks.filter((c) => !c.ok).map((c) => c.name), ['esxi-version', 'physical-rdm']);
+  assert.match(r.checks.find((c) => c.name === 'physical-rdm')!.fix!, /virtual compatibility/);
+  const fixed = preflight({ ...base, host: { ...base.host!, version: '7.0.3' }, disks: [{ ...base.disks[0]!, compatibilityMode: 'virtualMode' }] });
+  assert.equal(fixed.ok, true);
+});
+
+test('CLI: --insecure warns and works; a config file replaces the flags', async () => {
+  const ins = await vmlift(['vc', 'ls', '--insecure'], { ...labEnv(lab), VMLIFT_THUMBPRINT: undefined });
+  assert.equal(ins.code, 0, ins.stderr);
+  assert.match(ins.stderr, /warning: --insecure: the certificate of .* is NOT verified/);
+  const cfg = join(fx.dir, 'vcenter.json');
+  writeFileSync(cfg, JSON.stringify({ server: lab.url, user: lab.user, passwordFile: lab.passwordFile, thumbprint: lab.thumbprintSha1 }));
+  const show = await vmlift(['vc', 'show', 'two-disks', '--json', '--config', cfg]);
+  assert.equal(show.code, 0, show.stderr);
+  assert.deepEqual(JSON.parse(show.stdout).disks.map((d: { busId: string }) => d.busId), ['scsi0:0', 'scsi1:0']);
 });
