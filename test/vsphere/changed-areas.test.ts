@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { labFixture, connect, folderRead } from './helpers.ts';
 import type { Lab } from '../lab/lab.ts';
-import { cbtWasReset, methods, parseChangeId, VimFault, type VCenter, type Area } from '../../src/vsphere/index.ts';
+import { cbtWasReset, methods, parseChangeId, VimFault, VCenterControl, type VCenter, type Area } from '../../src/vsphere/index.ts';
 
 let fx: Awaited<ReturnType<typeof labFixture>>;
 let lab: Lab;
@@ -180,4 +180,30 @@ test('more than 2,000 changed areas come back in pages and are all collected', a
   assert.equal(q.calls, 2, 'two pages of at most 2,000 areas');
   assert.deepEqual(q.areas.map((a) => a.offset), offsets.map((o) => o - 17));
   await vc.removeSnapshot(vm.ref, s2.ref);
+});
+
+test('engine port: one DESIGN.md cycle over a two-disk VM', async () => {
+  const ctl = new VCenterControl(vc, { taskTimeoutMs: 60_000 });
+  const ref = lab.vm('two-disks').moref;
+  assert.ok((await ctl.preflight(ref)).every((c) => c.ok));
+  assert.match(await ctl.hostOf(ref), /^host-\d+$/);
+  assert.equal((await ctl.ensureCbt(ref)).changed, true);
+  assert.equal((await ctl.ensureCbt(ref)).changed, false);
+  await vc.createSnapshot(ref, 'vmlift-crashed-cycle', { quiesce: false });
+  assert.equal(await ctl.sweepSnapshots(ref, 'vmlift-'), 1);
+
+  const s1 = await ctl.createSnapshot(ref, 'vmlift-cycle-1', { quiesce: true });
+  const d1 = await ctl.snapshotDisks(ref, s1);
+  assert.deepEqual(d1.map((d) => [d.key, d.capacity]), [[2000, 288 * MB], [2016, 144 * MB]]);
+  for (const d of d1) assert.ok(d.changeId && parseChangeId(d.changeId));
+  for (const d of d1) assert.ok((await ctl.changedAreas(ref, s1, d, '*')).length > 0);
+  await ctl.removeSnapshot(ref, s1);
+
+  await lab.write('two-disks', 2016, 5 * MB, Buffer.alloc(10, 9));
+  const s2 = await ctl.createSnapshot(ref, 'vmlift-cycle-2', { quiesce: true });
+  const d2 = await ctl.snapshotDisks(ref, s2);
+  assert.deepEqual(await ctl.changedAreas(ref, s2, d2[0]!, d1[0]!.changeId!), [], 'untouched disk: nothing to send');
+  assert.deepEqual(await ctl.changedAreas(ref, s2, d2[1]!, d1[1]!.changeId!), [{ offset: 5 * MB, length: lab.cbtBlockSize }]);
+  await ctl.removeSnapshot(ref, s2);
+  assert.equal((await vc.vm(ref)).snapshots.length, 0);
 });
