@@ -43,11 +43,13 @@ export function vcenterPort(vc: VCenter): VCenterPort & { datacenterOf(vmRef: st
     changedAreas: async (vmRef, s, d, changeId) => (await vc.changedAreas(vmRef, s.ref, d.key, changeId, d.capacity)).areas,
     removeSnapshot: async (vmRef, s) => { await vc.removeSnapshot(vmRef, s.ref); },
     datacenterOf: async (vmRef) => {
-      const known = datacenters.get(vmRef);
-      if (known) return known;
-      const vm = await facts(vmRef);
-      if (!vm.datacenter) throw new UserError('VC_NO_DATACENTER', `cannot tell the datacenter of ${vmRef}`, 'check the VM in vCenter');
-      return vm.datacenter;
+      if (!datacenters.has(vmRef)) {
+        // One inventory pass (constant round trips) learns the datacenter of every VM at once.
+        for (const vm of (await vc.inventory()).vms) if (vm.datacenter) datacenters.set(vm.ref, vm.datacenter);
+      }
+      const dc = datacenters.get(vmRef);
+      if (!dc) throw new UserError('VC_NO_DATACENTER', `cannot tell the datacenter of ${vmRef}`, 'check that the VM and its datastore still exist in vCenter');
+      return dc;
     },
   };
 }

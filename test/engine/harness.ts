@@ -1,0 +1,98 @@
+/** The agentless engine wired to real parts: the lab vCenter, an in-process receiver, a SQLite state file. */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import { startLab, type Lab } from '../lab/lab.ts';
+import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
+import { VCenter } from '../../src/vsphere/index.ts';
+import { vcenterPort, httpDiskOpener } from '../../src/cli/wiring.ts';
+import { LimitedDiskOpener } from '../../src/engine/limits.ts';
+import { JobEngine, type JobPorts } from '../../src/engine/jobs.ts';
+import { openStateStore } from '../../src/state/sqlite.ts';
+import { resolveSettings } from '../../src/engine/settings.ts';
+import type { JobSettings, StateStore } from '../../src/state/types.ts';
+import type { VCenterPort } from '../../src/engine/ports.ts';
+import { silentLogger } from '../../src/util/log.ts';
+
+export const MiB = 1 << 20;
+
+export interface EngineRig {
+  lab: Lab;
+  rx: TestRx;
+  vc: VCenter;
+  state: StateStore;
+  engine: JobEngine;
+  port: ReturnType<typeof vcenterPort>;
+  /** Hooks a test may set to act between the engine's vCenter calls (e.g. guest writes after the snapshot). */
+  hooks: { afterSnapshot?: (vmRef: string) => Promise<void> };
+  counters: { snapshotsCreated: number; diskOpens: number };
+  close(): Promise<void>;
+}
+
+export async function startRig(o: { vms?: number; diskMb?: number; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number } } = {}): Promise<EngineRig> {
+  const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
+  const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64 });
+  const rx = await startTestReceiver();
+  const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint }, timeoutMs: 30_000 });
+  const port = vcenterPort(vc);
+  const hooks: EngineRig['hooks'] = {};
+  const counters = { snapshotsCreated: 0, diskOpens: 0 };
+  const hooked: VCenterPort = {
+    ...port,
+    async createSnapshot(vmRef, name, opts) {
+      const s = await port.createSnapshot(vmRef, name, opts);
+      counters.snapshotsCreated++;
+      await hooks.afterSnapshot?.(vmRef);
+      return s;
+    },
+  };
+  const http = httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
+  const disks = new LimitedDiskOpener({ open: (...a) => { counters.diskOpens++; return http.open(...a); } }, port.hostOf, { perHost: 8, overall: 32 });
+  const state = openStateStore(join(dir, 'state.db'));
+  const engine = new JobEngine({
+    state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },
+    async connect(job): Promise<JobPorts> {
+      const receiver = await rx.sender(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum });
+      return { vcenter: hooked, disks, receiver, close: () => receiver.close() };
+    },
+  });
+  return {
+    lab, rx, vc, state, engine, port, hooks, counters,
+    async close() {
+      await engine.drain(true);
+      state.close();
+      await vc.close().catch(() => undefined);
+      await rx.close();
+      await lab.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export function settings(patch: Partial<JobSettings> = {}): JobSettings {
+  return resolveSettings({ intervalSeconds: 3600, maxImages: 3, compression: 3, checksum: true }, patch);
+}
+
+/** SHA-256 of a VM disk's live content (what a snapshot taken now will hold). */
+export async function liveSha(lab: Lab, vm: string, key: number, capacity: number): Promise<string> {
+  const h = createHash('sha256');
+  for (let off = 0; off < capacity; off += 8 * MiB) h.update(await lab.read(vm, key, off, Math.min(8 * MiB, capacity - off)));
+  return h.digest('hex');
+}
+
+/** SHA-256 of a disk of a committed receiver image. */
+export async function imageSha(rx: TestRx, sourceId: string, imageId: string, disk: number, capacity: number): Promise<string> {
+  const h = createHash('sha256');
+  for (let off = 0; off < capacity; off += 8 * MiB) h.update(await rx.rx.store.readImage(sourceId, imageId, disk, off, Math.min(8 * MiB, capacity - off)));
+  return h.digest('hex');
+}
+
+/** Guest writes of `count` random blocks of `size` bytes at random aligned offsets; returns the bytes written. */
+export async function guestWrites(lab: Lab, vm: string, key: number, capacity: number, count: number, size = 64 * 1024): Promise<number> {
+  for (let i = 0; i < count; i++) {
+    const offset = Math.floor(Math.random() * (capacity / size)) * size;
+    await lab.write(vm, key, offset, randomBytes(size));
+  }
+  return count * size;
+}
