@@ -155,6 +155,10 @@ func (f *front) serveSDK(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	if method == "ConsolidateVMDisks_Task" && f.sessionOK(r) {
+		f.consolidate(w, this)
+		return
+	}
 	req, _ := http.NewRequest(http.MethodPost, f.backend.String(), bytes.NewReader(body))
 	for _, h := range []string{"Content-Type", "SOAPAction", "Cookie", "User-Agent"} {
 		if v := r.Header.Get(h); v != "" {
@@ -231,6 +235,28 @@ func (f *front) writePage(method string, w http.ResponseWriter, objs [][]byte, m
 	_, _ = w.Write(envelope(fmt.Sprintf(`<%sResponse xmlns="urn:vim25"><returnval>%s</returnval></%sResponse>`, method, sb.String(), method)))
 }
 
+func setConsolidationNeeded(ref string, on bool) {
+	if vm := simVM(ref); vm != nil {
+		simulator.Map.WithLock(vm, func() { vm.Runtime.ConsolidationNeeded = types.NewBool(on) })
+	}
+}
+
+// consolidate implements ConsolidateVMDisks_Task, which the simulator lacks: the lab's layers are
+// merged at snapshot removal already, so it only clears runtime.consolidationNeeded.
+func (f *front) consolidate(w http.ResponseWriter, this string) {
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: this}
+	task := simulator.CreateTask(ref, "consolidateVMDisks", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		if simVM(this) == nil {
+			return nil, &types.ManagedObjectNotFound{Obj: ref}
+		}
+		setConsolidationNeeded(this, false)
+		return nil, nil
+	})
+	tref := task.Run()
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	_, _ = w.Write(envelope(fmt.Sprintf(`<ConsolidateVMDisks_TaskResponse xmlns="urn:vim25"><returnval type="Task">%s</returnval></ConsolidateVMDisks_TaskResponse>`, tref.Value)))
+}
+
 func getTask(ref string) *simulator.Task {
 	t, _ := simulator.Map.Get(types.ManagedObjectReference{Type: "Task", Value: ref}).(*simulator.Task)
 	return t
@@ -261,6 +287,10 @@ func (f *front) afterTask(method, this string, body []byte, taskRef string) {
 				rc, _ := field(body, "removeChildren")
 				if err := l.afterSnapshotRemoved(v, this, rc == "true" || rc == "1"); err != nil {
 					logf("consolidate hook: %v", err)
+				}
+				if l.faults["needConsolidation"] > 0 {
+					l.faults["needConsolidation"]--
+					setConsolidationNeeded(v.ref, true)
 				}
 			}
 		case "RemoveAllSnapshots_Task":

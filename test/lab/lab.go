@@ -112,21 +112,31 @@ func (v *labVM) snapIndex(ref string) int {
 	return -1
 }
 
-// syncTracking makes each disk's change tracking follow the VM's changeTrackingEnabled.
+// syncTracking makes each disk's change tracking follow the VM's configuration, as ESXi does:
+// changeTrackingEnabled, extraConfig ctkEnabled = TRUE and scsiX:Y.ctkEnabled = TRUE for the disk.
 func (l *lab) syncTracking(v *labVM) {
 	vm := simVM(v.ref)
 	if vm == nil {
 		return
 	}
 	var on bool
+	extra := map[string]string{}
 	simulator.Map.WithLock(vm, func() {
 		on = vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
+		for _, o := range vm.Config.ExtraConfig {
+			ov := o.GetOptionValue()
+			if s, ok := ov.Value.(string); ok {
+				extra[strings.ToLower(ov.Key)] = strings.ToUpper(s)
+			}
+		}
 	})
+	on = on && extra["ctkenabled"] == "TRUE"
 	for _, d := range v.disks {
+		diskOn := on && extra[fmt.Sprintf("scsi%d:%d.ctkenabled", d.bus, d.unit)] == "TRUE"
 		d.mu.Lock()
-		if on && d.cbt == nil {
+		if diskOn && d.cbt == nil {
 			d.cbt = &cbtState{uuid: newUUID(), pending: newBitset(d.blocks), epochs: map[int]bitset{}}
-		} else if !on {
+		} else if !diskOn {
 			d.cbt = nil
 		}
 		d.mu.Unlock()

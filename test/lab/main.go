@@ -46,8 +46,15 @@ func thumb(sum []byte) string {
 	return strings.Join(parts, ":")
 }
 
-// makeCert creates a self-signed ECDSA certificate for 127.0.0.1 / localhost.
+// makeCert creates a self-signed ECDSA certificate for 127.0.0.1 / localhost, or reuses the one
+// a previous lab left in dir, so a pinned thumbprint survives a restart.
 func makeCert(dir string) (tls.Certificate, string, []byte, error) {
+	certFile := filepath.Join(dir, "cert.pem")
+	if c, err := tls.LoadX509KeyPair(certFile, filepath.Join(dir, "key.pem")); err == nil {
+		if x, err := x509.ParseCertificate(c.Certificate[0]); err == nil && time.Now().Before(x.NotAfter.Add(-24*time.Hour)) {
+			return c, certFile, c.Certificate[0], nil
+		}
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, "", nil, err
@@ -57,7 +64,7 @@ func makeCert(dir string) (tls.Certificate, string, []byte, error) {
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: "vmlift-lab-vcenter", Organization: []string{"vmlift lab"}},
 		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(30 * 24 * time.Hour),
+		NotAfter:     time.Now().Add(365 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
@@ -71,7 +78,6 @@ func makeCert(dir string) (tls.Certificate, string, []byte, error) {
 	kb, _ := x509.MarshalECPrivateKey(key)
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-	certFile := filepath.Join(dir, "cert.pem")
 	if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
 		return tls.Certificate{}, "", nil, err
 	}

@@ -2,7 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { labFixture, connect, folderRead } from './helpers.ts';
 import type { Lab } from '../lab/lab.ts';
-import { fetchVmByRef, type VCenter } from '../../src/vsphere/index.ts';
+import { fetchVmByRef, methods, waitForTask, type VCenter } from '../../src/vsphere/index.ts';
 
 let fx: Awaited<ReturnType<typeof labFixture>>;
 let lab: Lab;
@@ -113,4 +113,26 @@ test('task wait times out with a clear message', async () => {
   await new Promise((r) => setTimeout(r, 3200));
   await vc.sweepSnapshots('vm-0004');
   assert.equal((await vc.vm('vm-0004')).snapshots.length, 0);
+});
+
+test('consolidation: a removal that leaves consolidationNeeded is followed by ConsolidateVMDisks', async () => {
+  const ref = lab.vm('vm-0003').moref;
+  const s = await vc.createSnapshot(ref, 'vmlift-cons', { quiesce: false });
+  await lab.injectFault('needConsolidation');
+  assert.deepEqual(await vc.removeSnapshot(ref, s.ref), { consolidated: true });
+  let vm = await vc.vm(ref);
+  assert.equal(vm.consolidationNeeded, false);
+  assert.equal(vm.snapshots.length, 0);
+
+  // Left needing consolidation by someone else: preflight says so with the fix; a sweep consolidates.
+  const s2 = await vc.createSnapshot(ref, 'other-tool', { quiesce: false });
+  await lab.injectFault('needConsolidation');
+  await waitForTask(vc.session, await methods.removeSnapshotTask(vc.session, { type: 'VirtualMachineSnapshot', value: s2.ref }, { removeChildren: false, consolidate: false }));
+  const pf = await vc.preflight(ref);
+  const c = pf.checks.find((x) => x.name === 'consolidation')!;
+  assert.equal(c.ok, false);
+  assert.match(c.fix!, /--sweep/);
+  assert.equal((await vc.sweepSnapshots(ref)).consolidated, true);
+  vm = await vc.vm(ref);
+  assert.equal(vm.consolidationNeeded, false);
 });

@@ -51,12 +51,14 @@ export function register(program: Command): void {
   lab.command('write').description('play a guest write onto a VM disk (goes past snapshots)')
     .requiredOption('--dir <dir>').argument('<vm>')
     .requiredOption('--disk <key>', 'disk device key').requiredOption('--offset <n>').requiredOption('--length <n>')
-    .option('--data-file <file>', 'bytes to write (its first LENGTH bytes); default: random bytes')
+    .option('--data-file <file>', 'bytes to write (its first LENGTH bytes)')
+    .option('--random', 'write random bytes (the default without --data-file)')
     .option('--json')
     .action(async (vm: string, o) => {
       const l = await attach(o.dir);
       const length = int(o.length, '--length');
       const offset = int(o.offset, '--offset');
+      if (o.dataFile && o.random) throw new UserError('LAB_ARG', '--data-file and --random exclude each other', 'keep one of them');
       let data = randomBytes(length);
       if (o.dataFile) {
         const f = await readFile(o.dataFile);
@@ -71,7 +73,7 @@ export function register(program: Command): void {
       printResult(o.json, { vm, disk: Number(o.disk), offset, length }, (x) => `wrote ${x.length} bytes at ${x.offset} of ${x.vm} disk ${x.disk}`);
     });
 
-  lab.command('fault').description('make the next task(s) of a kind fail: createSnapshot, removeSnapshot, reconfigure')
+  lab.command('fault').description('make the next task(s) of a kind fail (createSnapshot, removeSnapshot, reconfigure), or needConsolidation')
     .requiredOption('--dir <dir>').argument('<kind>').option('--count <n>', 'how many', '1')
     .action(async (kind: string, o) => { const l = await attach(o.dir); await l.injectFault(kind, int(o.count, '--count')); });
 
