@@ -64,6 +64,8 @@ export class DataConnection implements CycleFeed {
   private running = false;
   private closed = false;
   private refused = false;
+  /** A store write failed: from then on nothing more is claimed durable for this stream. */
+  private writeFailed = false;
   private inflight: Promise<void>[] = [];
   private lastIssued = 0;
   private unflushed = 0;
@@ -207,6 +209,7 @@ export class DataConnection implements CycleFeed {
         else this.armFlushTimer();
       }
     } catch (e) {
+      if (!(e instanceof ProtocolError)) this.writeFailed = true;
       if (e instanceof ProtocolError) this.refuse(e.code, e.message);
       else if (e instanceof StoreError) this.refuse(e.code, e.message);
       else this.refuse('INTERNAL', errorMessage(e));
@@ -233,7 +236,7 @@ export class DataConnection implements CycleFeed {
       this.flushTimer = null;
       if (this.running || this.unflushed === 0) { if (this.unflushed) this.armFlushTimer(); return; }
       this.running = true;
-      this.flush().catch((e) => this.refuse('INTERNAL', `flush failed: ${errorMessage(e)}`)).finally(() => {
+      this.flush().catch((e) => { this.writeFailed = true; this.refuse('INTERNAL', `flush failed: ${errorMessage(e)}`); }).finally(() => {
         this.running = false;
         if (this.queue.length && !this.refused) this.kick();
         else if (this.closed || this.refused) void this.finish();
@@ -251,6 +254,7 @@ export class DataConnection implements CycleFeed {
       this.unflushed = 0;
       await this.oc.writer.flush();
     }
+    if (this.writeFailed) return;
     this.oc.streams.set(this.streamId, this.lastIssued);
     if (!this.closed && this.lastIssued) {
       this.s.write(encodeJsonFrame(FRAME.ACK, { seq: this.lastIssued }));
