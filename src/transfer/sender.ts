@@ -10,6 +10,7 @@
  * cycle.held                       // what the receiver already holds of this cycle: do not read it again
  * await cycle.send(disk, offset, buffer);          // resolves once accepted into the window (backpressure)
  * await cycle.send(disk, offset, null, length);    // zeros, sent as a marker
+ * await cycle.flush();             // optional: wait until everything sent so far is durable on the receiver
  * const image = await cycle.commit({ meta, sourceDigests });
  * await sender.close();
  * ```
@@ -502,8 +503,8 @@ export class CycleSession extends EventEmitter {
 
   stats(): SessionStats { return { ...this.st }; }
 
-  /** Wait until every extent is durably acknowledged by the receiver. */
-  private async drain(): Promise<void> {
+  /** Resolves when every extent sent so far is durable on the receiver (acknowledged after its store flushed). */
+  async flush(): Promise<void> {
     while (this.win.length > 0) {
       this.check();
       if (this.sock && this.sendIdx === this.win.length && this.syncSentFor !== this.epoch) {
@@ -517,7 +518,7 @@ export class CycleSession extends EventEmitter {
 
   async commit(o: CommitRequest = {}): Promise<ImageInfo> {
     this.check();
-    await this.drain();
+    await this.flush();
     this.ended = true;
     this.changed.notify();
     this.sock?.end();
