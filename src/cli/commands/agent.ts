@@ -80,7 +80,7 @@ async function sync(f: SyncFlags): Promise<void> {
     throw new UserError('BAD_ARGS', '--once and --interval exclude each other', 'pass --once for one cycle, or --interval for a cycle every interval');
   }
   if (!f.once && !f.interval && !f.testIntervalSeconds) {
-    throw new UserError('BAD_ARGS', 'say how often to sync', 'pass --once for one cycle, or --interval 1h (1h to 7d) to keep syncing');
+    throw new UserError('BAD_ARGS', 'neither --once nor --interval given: say how often to sync', 'pass --once for one cycle, or --interval 1h (1h to 7d) to keep syncing');
   }
   const settings = parseSettings({ compression: f.compression, bandwidth: f.bandwidth, ...(f.maxImages !== undefined ? { maxImages: f.maxImages } : {}), ...(f.interval ? { interval: f.interval } : {}) });
   let intervalMs = (settings.intervalSeconds ?? 0) * 1000;
