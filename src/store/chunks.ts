@@ -1,9 +1,9 @@
-import { open, readFile, rename, unlink, utimes } from 'node:fs/promises';
+import { open, readFile, rename, unlink, utimes, type FileHandle } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import type { Layout } from './layout.ts';
-import { dropFromCache } from './pagecache.ts';
+import { dropFromCache, hasSyncfs, syncfs } from './native.ts';
 
 export function sha256(data: Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
@@ -33,8 +33,8 @@ let tmpCounter = 0;
  * always complete and durable: other writers may dedup against any final name.
  */
 export class ChunkWriter {
-  /** hex -> temp path of chunks written but not yet promoted. */
-  private readonly pending = new Map<string, string>();
+  /** hex -> temp file (still open) of chunks written but not yet promoted. */
+  private readonly pending = new Map<string, { tmp: string; fh: FileHandle }>();
   /** hex -> the put writing it now (a second put of the same chunk waits for the first). */
   private readonly putting = new Map<string, Promise<void>>();
   private readonly promoting = new Set<Promise<void>>();
@@ -73,19 +73,18 @@ export class ChunkWriter {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
     const tmp = join(this.layout.chunkDir(hex), `.tmp-${process.pid}-${(tmpCounter++).toString(36)}`);
+    let fh: FileHandle | undefined;
     try {
-      const fh = await open(tmp, 'wx', 0o600);
-      try {
-        await fh.write(data, 0, data.length, 0);
-      } finally {
-        await fh.close();
-      }
+      fh = await open(tmp, 'wx', 0o600);
+      await fh.write(data, 0, data.length, 0);
     } catch (e) {
+      await fh?.close().catch(() => {});
       await unlink(tmp).catch(() => {});
       throw e;
     }
-    // Only complete temp files are pending (and so can be promoted or read).
-    this.pending.set(hex, tmp);
+    // Only complete temp files are pending (and so can be promoted or read). The file stays open
+    // until promotion (at most 2 x promoteBatch per writer).
+    this.pending.set(hex, { tmp, fh });
     this.newChunks++;
     this.newBytes += data.length;
     if (this.pending.size >= this.promoteBatch * 2) {
@@ -100,7 +99,7 @@ export class ChunkWriter {
   /** Bytes of chunk `hex`, also when it is still under its temp name. */
   async read(hex: string): Promise<Buffer> {
     await this.putting.get(hex)?.catch(() => {});
-    const tmp = this.pending.get(hex);
+    const tmp = this.pending.get(hex)?.tmp;
     if (tmp) {
       try { return await readFile(tmp); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
     }
@@ -112,25 +111,26 @@ export class ChunkWriter {
     this.promoting.add(q);
   }
 
-  /** fsync and rename the pending chunks present now. */
+  /** Make the pending chunks present now durable, then give them their final names. */
   private async promote(): Promise<void> {
     const batch = [...this.pending].filter(([hex]) => !this.inPromotion.has(hex));
+    if (batch.length === 0) return;
     for (const [hex] of batch) this.inPromotion.add(hex);
-    await Promise.all(batch.map(async ([hex, tmp]) => {
-      try {
-        const fh = await open(tmp, 'r');
+    try {
+      if (hasSyncfs()) await syncfs(batch[0]![1].fh.fd);
+      await Promise.all(batch.map(async ([hex, { tmp, fh }]) => {
         try {
-          await fh.sync();
+          if (!hasSyncfs()) await fh.sync();
           dropFromCache(fh.fd);
-        } finally { await fh.close(); }
+        } finally { await fh.close().catch(() => {}); }
         await rename(tmp, this.layout.chunkPath(hex));
         this.confirmed.add(hex);
         this.dirtyDirs.add(this.layout.chunkDir(hex));
         this.pending.delete(hex);
-      } finally {
-        this.inPromotion.delete(hex);
-      }
-    }));
+      }));
+    } finally {
+      for (const [hex] of batch) this.inPromotion.delete(hex);
+    }
   }
 
   /** Everything put so far is durable under its final name. */
@@ -153,6 +153,6 @@ export class ChunkWriter {
     await Promise.all([...this.promoting]);
     const tmps = [...this.pending.values()];
     this.pending.clear();
-    await Promise.all(tmps.map((t) => unlink(t).catch(() => {})));
+    await Promise.all(tmps.map(async ({ tmp, fh }) => { await fh.close().catch(() => {}); await unlink(tmp).catch(() => {}); }));
   }
 }
