@@ -13,6 +13,7 @@ import { ControlClient, RemoteError } from '../../src/transfer/control-client.ts
 import { connectPinned } from '../../src/transfer/connect.ts';
 import { CODEC, FRAME, FrameReader, encodeExtentHeader, encodeJsonFrame, parseJsonBody } from '../../src/transfer/protocol.ts';
 import { createCode } from '../../src/receiver/identity.ts';
+import { compress } from 'zstd-napi';
 import type { CycleSession, Sender } from '../../src/transfer/sender.ts';
 
 const MiB = 1 << 20;
@@ -159,6 +160,13 @@ test('frames with a wrong length', async () => {
   await r.closed;
   assert.equal(errorOf(r.frames).code, 'BAD_LENGTH');
   assert.match(String(errorOf(r.frames).message), /raw extent says 8192 bytes but carries 4096/);
+  // a compressed extent that inflates to another length than its header says
+  r = await rawData('len-a', cred, 'c1');
+  const plain = Buffer.alloc(8192, 5);
+  r.s.write(extent(1, 0, 0, compress(plain), { codec: CODEC.ZSTD, length: 4096, digest: createHash('sha256').update(plain).digest() }));
+  await r.closed;
+  assert.equal(errorOf(r.frames).code, 'BAD_LENGTH');
+  assert.match(String(errorOf(r.frames).message), /compressed extent declares 8192 bytes, frame header says 4096/);
   // a frame length beyond the maximum
   r = await rawData('len-a', cred, 'c1');
   const huge = Buffer.alloc(5); huge.writeUInt32BE(0x7fffffff, 0); huge[4] = FRAME.EXTENT;
