@@ -45,3 +45,23 @@ export function taskFailed(what: string, message: string, faultType?: string): U
   return new UserError('VC_TASK_FAILED', `${what} failed in vCenter: ${message}${faultType ? ` (${faultType})` : ''}`,
     'read the task in the vSphere Client (Monitor → Tasks) for details; retry once the cause is cleared');
 }
+
+/** A user-facing message and fix for the faults a vmlift user meets; others keep vCenter's words. */
+export function faultToUserError(f: VimFault): UserError {
+  const d = f.detail;
+  switch (f.type) {
+    case 'NoPermission':
+      return new UserError('VC_NO_PERMISSION', `the vCenter user lacks privilege ${d.privilegeId ?? '?'} for ${f.method}${d.object ? ` on ${d.object}` : ''}`,
+        'give the vmlift user a role with Virtual machine → Snapshot management, Configuration (Change settings, Toggle disk change tracking), Provisioning (Allow read-only disk access, Allow disk access) and Datastore → Browse datastore', { cause: f });
+    case 'ManagedObjectNotFound':
+      return new UserError('VC_OBJECT_GONE', `the object ${d.obj ?? ''} no longer exists in vCenter (${f.method})`, 'refresh the inventory (`vmlift vc ls`) and retry', { cause: f });
+    case 'TaskInProgress':
+    case 'InvalidState':
+    case 'InvalidPowerState':
+      return new UserError('VC_BUSY', `vCenter refused ${f.method}: ${f.message} (${f.type})`, 'wait for the VM\'s running task to finish (vSphere Client: Monitor → Tasks) and retry', { cause: f });
+    case 'NotAuthenticated':
+      return new UserError('VC_SESSION', `the vCenter session ended and logging in again failed (${f.method})`, 'check that the vmlift user still exists and its password has not changed', { cause: f });
+    default:
+      return new UserError('VC_FAULT', `vCenter ${f.method} failed: ${f.type}: ${f.message}`, 'see the vCenter logs or the task list for details; retry if the cause was transient', { cause: f });
+  }
+}

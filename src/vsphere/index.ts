@@ -6,7 +6,7 @@
 export { VimSession, sdkUrl, type ConnectOptions, type ServiceContent } from './session.ts';
 export { makeDispatcher, normalizeThumbprint, formatThumbprint, fetchThumbprints, type TrustMode } from './tls.ts';
 export type { TransportStats } from './http.ts';
-export { VimFault, parseFault, isFault } from './errors.ts';
+export { VimFault, parseFault, isFault, faultToUserError } from './errors.ts';
 export * as methods from './methods.ts';
 export { waitForTask, type TaskWaitOptions, type TaskResult } from './tasks.ts';
 export { fetchInventory, fetchVm, fetchVmByRef, fetchSnapshotDisks, parseDisks, parseExtraConfig, type Inventory } from './inventory.ts';

@@ -71,7 +71,15 @@ export class VimSession {
     const s = new VimSession(opts);
     // node-soap caches the parsed WSDL per path; each session gets its own client over it.
     s.client = await soap.createClientAsync(WSDL, { httpClient: s.http as unknown as soap.IHttpClient, endpoint: s.url });
-    const sc = await s.invoke('RetrieveServiceContent', { _this: mor('ServiceInstance', 'ServiceInstance') });
+    let sc;
+    try {
+      sc = await s.invoke('RetrieveServiceContent', { _this: mor('ServiceInstance', 'ServiceInstance') });
+    } catch (e) {
+      await s.dispatcher.close().catch(() => {});
+      if (e instanceof UserError) throw e;
+      throw new UserError('VC_NOT_VCENTER', `${s.url} did not answer as a vSphere SDK endpoint (${errorMessage(e)})`,
+        'check --server: it must be the vCenter (or ESXi) SDK URL, https://HOST/sdk', { cause: e });
+    }
     const rv = sc.returnval;
     s.content = {
       rootFolder: moref(rv.rootFolder)!, propertyCollector: moref(rv.propertyCollector)!,
@@ -141,7 +149,9 @@ export class VimSession {
       if (code && /^(ECONN|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|UND_ERR_CONNECT|UND_ERR_SOCKET|ECONNRESET)/.test(code)) {
         throw unreachable(this.url, e);
       }
-      throw new Error(`vCenter call ${method} failed: ${errorMessage(e)}`, { cause: e });
+      const status = (e as { response?: { status?: number } }).response?.status;
+      const why = status ? `HTTP ${status}` : e instanceof Error ? e.message : 'unreadable answer';
+      throw new Error(`vCenter call ${method} failed: ${why}`, { cause: e });
     }
   }
 

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { printResult, table, formatBytes } from '../output.ts';
 import { UserError } from '../../util/errors.ts';
-import { VCenter, resolveConnection, type ConnectionFlags, type SnapshotNode, type VmInfo } from '../../vsphere/index.ts';
+import { VCenter, VimFault, faultToUserError, resolveConnection, type ConnectionFlags, type SnapshotNode, type VmInfo } from '../../vsphere/index.ts';
 
 function conn(cmd: Command): Command {
   return cmd
@@ -18,6 +18,8 @@ async function withVc<T>(o: ConnectionFlags, fn: (vc: VCenter) => Promise<T>): P
   const vc = await VCenter.connect(await resolveConnection(o));
   try {
     return await fn(vc);
+  } catch (e) {
+    throw e instanceof VimFault ? faultToUserError(e) : e;
   } finally {
     await vc.close();
   }
