@@ -18,6 +18,7 @@ import type { CycleSession, Sender } from '../../src/transfer/sender.ts';
 
 const MiB = 1 << 20;
 let t: TestRx;
+let victimStop = false;
 let victim: { sender: Sender; cycle: CycleSession; data: Buffer; sending: Promise<void> };
 
 before(async () => {
@@ -26,17 +27,21 @@ before(async () => {
   const data = makeDisk(12 * MiB, 5);
   const sender = await t.sender('victim', { compression: 1 });
   const cycle = await sender.beginCycle({ cycleId: 'v1', disks: [{ disk: 0, capacity: data.length }] });
+  // it keeps sending (the same bytes, round after round) until every refusal test is done
   const sending = (async () => {
-    for (let off = 0; off < data.length; off += 256 * 1024) {
-      await cycle.send(0, off, data.subarray(off, off + 256 * 1024));
-      await new Promise((r) => setTimeout(r, 70));
-    }
+    do {
+      for (let off = 0; off < data.length; off += 256 * 1024) {
+        await cycle.send(0, off, data.subarray(off, off + 256 * 1024));
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    } while (!victimStop);
   })();
   victim = { sender, cycle, data, sending };
 });
 
 after(async () => {
   // the victim finishes, bit-identical, after all the refusals
+  victimStop = true;
   await victim.sending;
   const img = await victim.cycle.commit();
   assert.equal(sha256(await readDisk(t.rx, 'victim', img.imageId, 0, victim.data.length)), sha256(victim.data));
