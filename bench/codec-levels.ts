@@ -115,6 +115,8 @@ async function endToEnd(data: Buffer, levels: number[]): Promise<{ level: number
       out.push({ level, mbps: data.length / 1e6 / ((performance.now() - t0) / 1000), wireRatio: st.payloadBytes / st.wireBytes });
     }
     await s.close();
+    const hwm = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'));
+    console.log(`  peak RSS: receiver ${hwm ? (Number(hwm[1]) / 1024).toFixed(0) : '?'} MiB, this process (sender + test data) ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
     return out;
   } finally {
     child.kill('SIGTERM');
