@@ -6,12 +6,14 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startLab } from '../test/lab/lab.ts';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { startLab, labBinary } from '../test/lab/lab.ts';
 import { VCenter } from '../src/vsphere/index.ts';
 
 const counts = process.argv.slice(2).map(Number).filter((n) => n > 0);
 if (counts.length === 0) counts.push(100, 1000);
-const rows: { vms: number; connectRoundTrips: number; inventoryRoundTrips: number; seconds: number; bytes: number; disks: number }[] = [];
+const rows: { vms: number; connectRoundTrips: number; inventoryRoundTrips: number; seconds: number; bytes: number; disks: number; peerSeconds: number }[] = [];
 
 for (const n of counts) {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-bench-inv-'));
@@ -31,7 +33,10 @@ for (const n of counts) {
       if (inv.vms.length !== lab.vms.length) throw new Error(`inventory returned ${inv.vms.length} of ${lab.vms.length} VMs`);
       if (s < best.s) Object.assign(best, { s, rt: vc.roundTrips - rt0, bytes: vc.session.stats.bytesReceived - b0, disks: inv.vms.reduce((k, v) => k + v.disks.length, 0) });
     }
-    rows.push({ vms: lab.vms.length, connectRoundTrips: connectRt, inventoryRoundTrips: best.rt, seconds: best.s, bytes: best.bytes, disks: best.disks });
+    // Peer: the same request by govmomi's Go client (typed decode), best of 3 after a warm-up.
+    const { stdout } = await promisify(execFile)(labBinary, ['-peer-inventory', lab.url, '-user', lab.user, '-password-file', lab.passwordFile]);
+    const peer = JSON.parse(stdout) as { seconds: number; objects: number };
+    rows.push({ vms: lab.vms.length, connectRoundTrips: connectRt, inventoryRoundTrips: best.rt, seconds: best.s, bytes: best.bytes, disks: best.disks, peerSeconds: peer.seconds });
     await vc.close();
   } finally {
     await lab.stop();
@@ -39,9 +44,10 @@ for (const n of counts) {
   }
 }
 
-console.log('VMs     connect RTs  inventory RTs  seconds  response MiB  disks');
+console.log('VMs     connect RTs  inventory RTs  seconds  response MiB  disks  govmomi s  vmlift/govmomi');
 for (const r of rows) {
-  console.log(`${String(r.vms).padEnd(8)}${String(r.connectRoundTrips).padEnd(13)}${String(r.inventoryRoundTrips).padEnd(15)}${r.seconds.toFixed(2).padEnd(9)}${(r.bytes / 2 ** 20).toFixed(1).padEnd(14)}${r.disks}`);
+  console.log(`${String(r.vms).padEnd(8)}${String(r.connectRoundTrips).padEnd(13)}${String(r.inventoryRoundTrips).padEnd(15)}${r.seconds.toFixed(2).padEnd(9)}` +
+    `${(r.bytes / 2 ** 20).toFixed(1).padEnd(14)}${String(r.disks).padEnd(7)}${r.peerSeconds.toFixed(2).padEnd(11)}${(r.seconds / r.peerSeconds).toFixed(2)}×`);
 }
 if (rows.length >= 2) {
   const [a, b] = [rows[0]!, rows[rows.length - 1]!];

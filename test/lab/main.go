@@ -180,7 +180,15 @@ func main() {
 	port := flag.Int("port", 0, "TLS port of the front (0: any free port)")
 	user := flag.String("user", "administrator@vsphere.local", "login user")
 	parent := flag.Int("parent-pid", 0, "exit when this process is gone")
+	peer := flag.String("peer-inventory", "", "benchmark peer: time govmomi's inventory of this vCenter URL and exit")
+	pwFlag := flag.String("password-file", "", "password file (with -peer-inventory)")
 	flag.Parse()
+	if *peer != "" {
+		if err := runPeerInventory(*peer, *user, *pwFlag, 3); err != nil {
+			log.Fatalf("peer inventory: %v", err)
+		}
+		return
+	}
 	if *dir == "" {
 		log.Fatal("-dir is required")
 	}
