@@ -566,7 +566,7 @@ export class CycleSession extends EventEmitter {
     this.sock?.destroy();
     await this.pumpDone;
     try {
-      await this.sender.control.request('POST', `/v1/cycles/${this.cycleId}/abort`, {});
+      await this.sender.control.request('POST', `/v1/cycles/${this.cycleId}/abort`, { disks: this.disks });
     } finally {
       this.emit('closed');
     }

@@ -99,3 +99,36 @@ test('retention: maxImages from begin keeps the newest images', async () => {
   assert.equal(b[0], 4);
   await s.close();
 });
+
+test('an open cycle survives a receiver restart and can then be resumed or aborted', async () => {
+  const { startReceiver } = await import('../../src/receiver/server.ts');
+  const { Sender } = await import('../../src/transfer/sender.ts');
+  const dataDir = join(t.dir, 'rx2');
+  let rx = await startReceiver({ dataDir, controlPort: 0, dataPort: 0, listen: '127.0.0.1' });
+  const code = rx.createdCode!.code;
+  const opts = (port: number) => ({ receiver: `127.0.0.1:${port}`, fingerprint: rx.fingerprint, credentialFile: join(t.dir, 'rx2.cred'),
+    activationCode: code, sourceId: 'ab-a', compression: 7, bandwidthMbps: 0, checksum: false });
+  const disks = [{ disk: 0, capacity: 4 * MiB }];
+  let s = await Sender.connect(opts(rx.controlPort));
+  const c = await s.beginCycle({ cycleId: 'c1', disks });
+  await c.send(0, 0, Buffer.alloc(2 * MiB, 1));
+  await c.flush();
+  await s.close();
+  await rx.close();
+  rx = await startReceiver({ dataDir, controlPort: 0, dataPort: 0, listen: '127.0.0.1' });
+  try {
+    s = await Sender.connect(opts(rx.controlPort));
+    const again = await s.beginCycle({ cycleId: 'c1', disks });
+    assert.deepEqual(again.held, [{ disk: 0, ranges: [{ offset: 0, length: 2 * MiB }] }]);
+    await s.close();
+    await rx.close();
+    rx = await startReceiver({ dataDir, controlPort: 0, dataPort: 0, listen: '127.0.0.1' });
+    s = await Sender.connect(opts(rx.controlPort));
+    // abort straight after a restart: the cycle is only on disk
+    const ctl = s.control;
+    await ctl.request('POST', '/v1/cycles/c1/abort', { disks });
+    assert.deepEqual(await rx.store.openCycles('ab-a'), []);
+    assert.deepEqual(await s.listImages(), []);
+    await s.close();
+  } finally { await rx.close(); }
+});
