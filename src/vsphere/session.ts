@@ -95,6 +95,13 @@ export class VimSession {
   /** The session cookie ("vmware_soap_session=…") for datastore HTTP access. Never log it. */
   get cookie(): string | undefined { return this.http.cookie; }
 
+  /** Logs in again now: for datastore HTTP readers whose cookie got a 401 after the session expired. Returns the new cookie. */
+  async relogin(): Promise<string | undefined> {
+    this.relogins++;
+    await this.login();
+    return this.cookie;
+  }
+
   private async login(): Promise<void> {
     this.http.cookie = undefined;
     try {

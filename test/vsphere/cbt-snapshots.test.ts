@@ -79,6 +79,12 @@ test('an expired session logs in again transparently', async () => {
   const { url, cookie } = vc.diskUrl({ file: d.file }, lab.datacenter);
   assert.equal((await folderRead(lab, url, cookie, 0, 16)).status, 206);
   assert.equal((await folderRead(lab, url, 'vmware_soap_session=stale', 0, 16)).status, 401);
+  // a datastore reader that meets a 401 after expiry logs in again explicitly
+  await lab.expireSessions();
+  assert.equal((await folderRead(lab, url, cookie, 0, 16)).status, 401);
+  const fresh = await vc.session.relogin();
+  assert.notEqual(fresh, cookie);
+  assert.equal((await folderRead(lab, url, fresh, 0, 16)).status, 206);
 });
 
 test('an injected task failure gives a clear error and leaves no snapshot', async () => {

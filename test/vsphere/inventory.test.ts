@@ -142,3 +142,15 @@ test('CLI: --insecure warns and works; a config file replaces the flags', async 
   assert.equal(show.code, 0, show.stderr);
   assert.deepEqual(JSON.parse(show.stdout).disks.map((d: { busId: string }) => d.busId), ['scsi0:0', 'scsi1:0']);
 });
+
+test('CLI: lab write plays a guest write that the lab reads back', async () => {
+  const f = join(fx.dir, 'payload');
+  writeFileSync(f, Buffer.from('guest-bytes-0123456789'));
+  const w = await vmlift(['lab', 'write', '--dir', fx.dir, 'vm-0004', '--disk', '2000', '--offset', '70000', '--length', '11', '--data-file', f, '--json']);
+  assert.equal(w.code, 0, w.stderr);
+  assert.deepEqual(JSON.parse(w.stdout), { vm: 'vm-0004', disk: 2000, offset: 70000, length: 11 });
+  assert.equal((await lab.read('vm-0004', 2000, 70000, 11)).toString(), 'guest-bytes');
+  const bad = await vmlift(['lab', 'write', '--dir', fx.dir, 'vm-0004', '--disk', '2000', '--offset', String(64 << 20), '--length', '1']);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /outside the disk/);
+});
