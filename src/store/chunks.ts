@@ -45,7 +45,7 @@ export class ChunkWriter {
   newChunks = 0;
   newBytes = 0;
 
-  constructor(private readonly layout: Layout, private readonly noteRef: (hex: string) => void,
+  constructor(private readonly layout: Layout, private readonly noteRef: (hex: string) => Promise<void>,
     private readonly promoteBatch = 32) {}
 
   /** Make sure a chunk named `hex` with content `data` exists (or will on the next `sync`). */
@@ -62,7 +62,7 @@ export class ChunkWriter {
   private async doPut(hex: string, data: Uint8Array): Promise<void> {
     // Journal the reference before touching the chunk: gc either sees the journal entry, or runs its
     // mark before it and then sees an mtime newer than its start (see gc.ts).
-    this.noteRef(hex);
+    await this.noteRef(hex);
     const now = new Date();
     try {
       await utimes(this.layout.chunkPath(hex), now, now);
@@ -121,7 +121,7 @@ export class ChunkWriter {
       await Promise.all(batch.map(async ([hex, { tmp, fh }]) => {
         try {
           if (!hasSyncfs()) await fh.sync();
-          dropFromCache(fh.fd);
+          await dropFromCache(fh.fd);
         } finally { await fh.close().catch(() => {}); }
         await rename(tmp, this.layout.chunkPath(hex));
         this.confirmed.add(hex);

@@ -1,4 +1,3 @@
-import { closeSync, openSync, writeSync } from 'node:fs';
 import { copyFile, constants as fsc, link, mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -10,6 +9,7 @@ import { ChunkWriter, isZeroSlot, sha256, zeroDigest } from './chunks.ts';
 import { coalesce, firstUncovered } from './ranges.ts';
 import { imageIds, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
 import { pidAlive, pinImage } from './pins.ts';
+import { RefsJournal } from './refs.ts';
 
 interface CycleRecord {
   sourceId: string;
@@ -103,7 +103,7 @@ export class Cycle implements CycleWriter {
   private chunks: ChunkWriter;
 
   private constructor(private readonly env: CycleEnv, rec: CycleRecord, dir: string,
-    private readonly refsFd: number, private readonly heldFh: FileHandle) {
+    private readonly refs: RefsJournal, private readonly heldFh: FileHandle) {
     this.chunkSize = rec.chunkSize;
     this.sourceId = rec.sourceId;
     this.cycleId = rec.cycleId;
@@ -111,7 +111,7 @@ export class Cycle implements CycleWriter {
     this.baseImageId = rec.baseImageId;
     this.createdAt = rec.createdAt;
     this.dir = dir;
-    this.chunks = new ChunkWriter(env.layout, (hex) => { writeSync(this.refsFd, `${hex}\n`); });
+    this.chunks = new ChunkWriter(env.layout, (hex) => this.refs.note(hex));
   }
 
   get key(): string { return `${this.sourceId}/${this.cycleId}`; }
@@ -148,12 +148,12 @@ export class Cycle implements CycleWriter {
     } else {
       rec = await createCycle(env, src, cid, disks, opts.baseImageId, dir);
     }
-    const refsFd = openSync(join(dir, 'refs.log'), 'a', 0o600);
+    const refs = new RefsJournal(await open(join(dir, 'refs.log'), 'a', 0o600));
     let heldFh: FileHandle | undefined;
     const c = await (async () => {
       heldFh = await open(join(dir, 'held.log'), 'a+', 0o600);
       const held = parseHeld(await readFile(join(dir, 'held.log'), 'utf8'));
-      const cyc = new Cycle(env, rec, dir, refsFd, heldFh);
+      const cyc = new Cycle(env, rec, dir, refs, heldFh);
       for (const d of rec.disks) {
         const idx = await open(join(dir, indexName(d.disk)), 'r+');
         cyc.state.set(d.disk, {
@@ -163,7 +163,7 @@ export class Cycle implements CycleWriter {
       }
       return cyc;
     })().catch(async (e) => {
-      closeSync(refsFd);
+      await refs.close().catch(() => {});
       await heldFh?.close();
       throw e;
     });
@@ -443,7 +443,7 @@ export class Cycle implements CycleWriter {
   private async closeHandles(): Promise<void> {
     for (const ds of this.state.values()) await ds.idx.close().catch(() => {});
     await this.heldFh.close().catch(() => {});
-    try { closeSync(this.refsFd); } catch { /* closed */ }
+    await this.refs.close().catch(() => {});
   }
 }
 

@@ -56,7 +56,9 @@ export function syncfs(fd: number): Promise<void> {
 }
 
 const POSIX_FADV_DONTNEED = 4;
-/** Drop a durable file's pages from the page cache (no-op without koffi). */
-export function dropFromCache(fd: number): void {
-  get()?.fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+/** Drop a durable file's pages from the page cache, off the main thread (no-op without koffi). */
+export function dropFromCache(fd: number): Promise<void> {
+  const l = get();
+  if (!l) return Promise.resolve();
+  return new Promise((resolve) => { l.fadvise.async(fd, 0, 0, POSIX_FADV_DONTNEED, () => resolve()); });
 }
