@@ -516,6 +516,10 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the lab control endpoint answers loopback clients only", http.StatusForbidden)
 		return
 	}
+	if r.Header.Get("X-Lab-Token") != f.l.token {
+		http.Error(w, "the lab control endpoint needs the X-Lab-Token header (token in lab.json)", http.StatusUnauthorized)
+		return
+	}
 	l := f.l
 	q := r.URL.Query()
 	op := strings.TrimPrefix(r.URL.Path, "/lab/")

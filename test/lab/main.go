@@ -288,7 +288,7 @@ func main() {
 
 	js, _ := json.MarshalIndent(state, "", "  ")
 	tmp := filepath.Join(*dir, "lab.json.tmp")
-	if err := os.WriteFile(tmp, js, 0o644); err != nil {
+	if err := os.WriteFile(tmp, js, 0o600); err != nil { // holds the control token
 		log.Fatal(err)
 	}
 	if err := os.Rename(tmp, filepath.Join(*dir, "lab.json")); err != nil {
