@@ -2,14 +2,16 @@
  * Image store chunk-size benchmark: for each chunk size, a full cycle of a fully allocated disk
  * (unique random data) and an incremental cycle after 1 % scattered 4 KiB writes; prints MB/s,
  * chunk files, index size, bytes rewritten by the incremental cycle (write amplification), and,
- * as the peer, `nbdcopy` of the same data from a raw file into a raw file in the same folder.
+ * as peers, `nbdcopy --flush` of the same data from a raw file into a raw file in the same folder,
+ * and (per row) the same bytes written once into one file by this process (`plain`).
+ * CPU seconds count all threads of the process; on a busy machine they are steadier than MB/s.
  *
  *   node --import tsx bench/store-chunk-size.ts [--size-mib 2048] [--sizes 64,256,1024,4096] [--dir /var/tmp] [--json]
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { openImageStore } from '../src/store/index.ts';
@@ -22,7 +24,7 @@ const { values } = parseArgs({
     json: { type: 'boolean', default: false },
   },
 });
-const capacity = Number(values['size-mib']) << 20;
+const capacity = Number(values['size-mib']) * 2 ** 20;
 const sizesKiB = values.sizes!.split(',').map(Number);
 const base = await mkdtemp(join(values.dir!, 'vmlift-bench-store-'));
 
@@ -76,10 +78,17 @@ const srcFile = join(base, 'source.raw');
   await fh.sync(); await fh.close();
 }
 let nbdcopyMBs: number | null = null;
+let nbdcopyCpuS: number | null = null;
 {
   const t0 = performance.now();
-  const r = spawnSync('nbdcopy', ['--flush', srcFile, join(base, 'copy.raw')], { stdio: 'inherit' });
-  if (r.status === 0) nbdcopyMBs = capacity / 1e6 / ((performance.now() - t0) / 1000);
+  const r = spawnSync('/usr/bin/time', ['-f', '%U %S', 'nbdcopy', '--flush', srcFile, join(base, 'copy.raw')], { encoding: 'utf8' });
+  if (r.status === 0) {
+    nbdcopyMBs = capacity / 1e6 / ((performance.now() - t0) / 1000);
+    const [u, sy] = r.stderr.trim().split('\n').pop()!.split(' ').map(Number);
+    nbdcopyCpuS = (u ?? 0) + (sy ?? 0);
+  } else {
+    console.error(`nbdcopy failed: ${r.error?.message ?? r.stderr}`);
+  }
   await rm(join(base, 'copy.raw'), { force: true });
 }
 await rm(srcFile, { force: true });
@@ -88,6 +97,25 @@ const results = [];
 for (const kib of sizesKiB) {
   const cs = kib << 10;
   for (const given of [true, false]) {
+    // Peer in this process: the same bytes written once into one file, fsynced (what a store cannot beat).
+    const plainFile = join(base, 'plain.raw');
+    const pc0 = process.cpuUsage();
+    const pt0 = performance.now();
+    {
+      const fh = await open(plainFile, 'w');
+      const q0 = writerPool(8);
+      for (let o = 0; o < capacity; o += 1 << 20) {
+        const buf = Buffer.allocUnsafe(1 << 20);
+        fill(buf, o);
+        await q0.add(fh.write(buf, 0, buf.length, o).then(() => {}));
+      }
+      await q0.drain();
+      await fh.sync(); await fh.close();
+    }
+    const plainS = (performance.now() - pt0) / 1000;
+    const pcpu = process.cpuUsage(pc0);
+    await rm(plainFile, { force: true });
+
     const root = join(base, `store-${kib}-${given}`);
     const store = await openImageStore(root, { chunkSize: cs });
     const cpu0 = process.cpuUsage();
@@ -138,15 +166,17 @@ for (const kib of sizesKiB) {
         incOfFull: Number((incS / fullS).toFixed(3)),
       } : {}),
       ratioVsNbdcopy: nbdcopyMBs ? Number((capacity / 1e6 / fullS / nbdcopyMBs).toFixed(2)) : null,
+      plainMBs: Math.round(capacity / 1e6 / plainS), plainCpuS: Number(((pcpu.user + pcpu.system) / 1e6).toFixed(1)),
+      ratioVsPlain: Number((plainS / fullS).toFixed(2)),
     };
     results.push(r);
     if (!values.json) console.error(JSON.stringify(r));
   }
 }
 await rm(base, { recursive: true, force: true });
-const out = { capacityMiB: capacity >> 20, nbdcopyMBs: nbdcopyMBs && Math.round(nbdcopyMBs), peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024), results };
+const out = { capacityMiB: capacity / 2 ** 20, nbdcopyMBs: nbdcopyMBs && Math.round(nbdcopyMBs), nbdcopyCpuS, peakRssMiB: Math.round(process.resourceUsage().maxRSS / 1024), results };
 if (values.json) console.log(JSON.stringify(out, null, 2));
 else {
-  console.log(`disk ${out.capacityMiB} MiB, nbdcopy --flush file->file ${out.nbdcopyMBs} MB/s, peak RSS ${out.peakRssMiB} MiB`);
+  console.log(`disk ${out.capacityMiB} MiB, nbdcopy --flush file->file ${out.nbdcopyMBs} MB/s (${out.nbdcopyCpuS} CPU s), peak RSS ${out.peakRssMiB} MiB, load ${loadavg()[0]!.toFixed(1)}`);
   console.table(results);
 }
