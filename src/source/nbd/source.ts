@@ -15,7 +15,7 @@ export interface NbdSourceOptions extends Omit<NbdConnectSettings, 'tls'> {
   connections?: number;
   /** Requests in flight per connection (default 8). */
   inFlightPerConnection?: number;
-  /** Cap on one read (default 1 MiB, never above the server's maximum block size). */
+  /** Cap on one read (default 2 MiB, never above the server's maximum block size). */
   maxReadSize?: number;
   retry?: RetryPolicy;
   logger?: Logger;
@@ -48,7 +48,7 @@ export class NbdSource implements BlockSource {
     this.log = opts.logger ?? silentLogger;
     // Reads are widened to the server's minimum block size, so keep room for that.
     const a = first.info.minBlock;
-    const limit = Math.min(opts.maxReadSize ?? 1 << 20, a > 1 ? first.info.maxBlock - 2 * a : first.info.maxBlock);
+    const limit = Math.min(opts.maxReadSize ?? 2 << 20, a > 1 ? first.info.maxBlock - 2 * a : first.info.maxBlock);
     this.maxReadSize = Math.max(a, Math.floor(limit / a) * a);
     this.slots = [Promise.resolve(first)];
     for (let i = 1; i < count; i++) this.slots.push(NbdConnection.connect(target, settings));
