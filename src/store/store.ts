@@ -224,10 +224,27 @@ class Store implements ImageStore {
       const cs = rec.chunkSize;
       const idxPath = join(this.layout.imageDir(sourceId, imageId), indexName(disk));
       const fh = await open(idxPath, 'r');
+      // Slots are read a block at a time (export walks them in order; 4 readers at once).
+      const per = 16384;
+      const blocks = new Map<number, Promise<Buffer>>();
+      const slotBlock = (b: number) => {
+        let p = blocks.get(b);
+        if (!p) {
+          p = (async () => {
+            const buf = Buffer.alloc(per * SLOT);
+            const { bytesRead } = await fh.read(buf, 0, buf.length, b * per * SLOT);
+            buf.fill(0, bytesRead);
+            return buf;
+          })();
+          blocks.set(b, p);
+          for (const k of blocks.keys()) if (k < b - 1) blocks.delete(k);
+        }
+        return p;
+      };
       try {
         await exportDisk(output, format, d.capacity, cs, async (i) => {
-          const slot = Buffer.alloc(SLOT);
-          await fh.read(slot, 0, SLOT, i * SLOT);
+          const buf = await slotBlock(Math.floor(i / per));
+          const slot = buf.subarray((i % per) * SLOT, (i % per + 1) * SLOT);
           if (isZeroSlot(slot)) return null;
           return this.readChunk(slot.toString('hex'), Math.min(cs, d.capacity - i * cs));
         });

@@ -196,3 +196,33 @@ test('abort leaves nothing visible and the previous image intact; gc removes the
   assert.deepEqual(await chunkFiles(root), kept);
   assert.equal((await store.verify('vm', '1')).ok, true);
 });
+
+test('a 64 GiB sparse disk: cycle, read, verify and sparse export with bounded memory', async (t) => {
+  const dir = await tempDir(t);
+  const store = await openImageStore(join(dir, 'store')); // default chunk size
+  const cap = 64 * 2 ** 30;
+  const rss0 = process.memoryUsage().rss;
+  const w = await store.beginCycle({ sourceId: 'big', cycleId: 'c1', disks: [{ disk: 0, capacity: cap }] });
+  const parts = [[0, randomBytes(3 << 20)], [cap / 2 + 12345, randomBytes(777_777)], [cap - (1 << 20), randomBytes(1 << 20)]] as const;
+  for (const [o, b] of parts) await w.writeExtent(0, o, b.length, b);
+  const img = await w.commit({ expected: [{ disk: 0, ranges: parts.map(([o, b]) => ({ offset: o, length: b.length })) }] });
+  assert.equal(img.disks[0]!.chunkCount, 3 + 1 + 1);
+  for (const [o, b] of parts) assert.ok((await store.readImage('big', '1', 0, o, b.length)).equals(b));
+  assert.ok((await store.readImage('big', '1', 0, 10 << 20, 1 << 20)).equals(Buffer.alloc(1 << 20)));
+  assert.deepEqual(await store.verify('big', '1'), { ok: true, chunks: 5, bad: [] });
+  const out = join(dir, 'big.raw');
+  await store.export('big', '1', 0, 'raw', out);
+  const st = await stat(out);
+  assert.equal(st.size, cap);
+  assert.ok(st.blocks * 512 < 64 << 20, `sparse export allocates ${st.blocks * 512} bytes`);
+  const { open } = await import('node:fs/promises');
+  const fh = await open(out, 'r');
+  for (const [o, b] of parts) {
+    const got = Buffer.alloc(b.length);
+    await fh.read(got, 0, b.length, o);
+    assert.ok(got.equals(b), `exported bytes at ${o}`);
+  }
+  await fh.close();
+  const grew = process.memoryUsage().rss - rss0;
+  assert.ok(grew < 128 << 20, `RSS grew by ${grew >> 20} MiB`);
+});
