@@ -5,6 +5,7 @@ import { register as registerReceiver } from './receiver.ts';
 import { register as registerImage } from './image.ts';
 import { register as registerVc } from './vc.ts';
 import { register as registerLab } from './lab.ts';
+import { register as registerSource } from './source.ts';
 
 /**
  * Each area of vmlift adds its command group here: one module per group in this folder,
@@ -18,4 +19,5 @@ export function registerCommands(program: Command): void {
   registerImage(program);
   registerVc(program);
   registerLab(program);
+  registerSource(program);
 }
