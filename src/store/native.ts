@@ -42,17 +42,32 @@ export function hasSyncfs(): boolean {
   return get() !== null;
 }
 
+// koffi runs async calls on a small pool of its own and refuses too many at once: queue ours.
+const MAX_ASYNC = 8;
+let running = 0;
+const waiting: (() => void)[] = [];
+async function limited<T>(fn: () => Promise<T>): Promise<T> {
+  if (running >= MAX_ASYNC) await new Promise<void>((r) => waiting.push(r));
+  running++;
+  try {
+    return await fn();
+  } finally {
+    running--;
+    waiting.shift()?.();
+  }
+}
+
 /** syncfs(2) on the filesystem holding `fd`, off the main thread. */
 export function syncfs(fd: number): Promise<void> {
   const l = get();
   if (!l) return Promise.reject(new Error('syncfs is not available'));
-  return new Promise((resolve, reject) => {
+  return limited(() => new Promise((resolve, reject) => {
     l.syncfs.async(fd, (err: unknown, r: number) => {
       if (err) reject(err as Error);
       else if (r !== 0) reject(new Error(`syncfs failed (errno ${l.errno()})`));
       else resolve();
     });
-  });
+  }));
 }
 
 const POSIX_FADV_DONTNEED = 4;
@@ -60,5 +75,11 @@ const POSIX_FADV_DONTNEED = 4;
 export function dropFromCache(fd: number): Promise<void> {
   const l = get();
   if (!l) return Promise.resolve();
-  return new Promise((resolve) => { l.fadvise.async(fd, 0, 0, POSIX_FADV_DONTNEED, () => resolve()); });
+  return limited(() => new Promise<void>((resolve) => {
+    try {
+      l.fadvise.async(fd, 0, 0, POSIX_FADV_DONTNEED, () => resolve());
+    } catch {
+      resolve(); // only a page-cache hint
+    }
+  }));
 }
