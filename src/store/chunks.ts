@@ -144,7 +144,18 @@ export class ChunkWriter {
     }
     const dirs = [...this.dirtyDirs];
     this.dirtyDirs.clear();
-    await Promise.all(dirs.map((d) => fsyncDir(d)));
+    try {
+      if (dirs.length > 2 && hasSyncfs()) {
+        // one syncfs makes all the renames durable (instead of one journal commit per folder)
+        const fh = await open(dirs[0]!, 'r');
+        try { await syncfs(fh.fd); } finally { await fh.close(); }
+      } else {
+        await Promise.all(dirs.map((d) => fsyncDir(d)));
+      }
+    } catch (e) {
+      for (const d of dirs) this.dirtyDirs.add(d);
+      throw e;
+    }
   }
 
   /** Drop temp files (abort). */
