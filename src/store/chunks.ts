@@ -34,7 +34,7 @@ let tmpCounter = 0;
  */
 export class ChunkWriter {
   /** hex -> temp file (still open) of chunks written but not yet promoted. */
-  private readonly pending = new Map<string, { tmp: string; fh: FileHandle }>();
+  private readonly pending = new Map<string, { tmp: string; fh: FileHandle; size: number }>();
   /** hex -> the put writing it now (a second put of the same chunk waits for the first). */
   private readonly putting = new Map<string, Promise<void>>();
   private readonly promoting = new Set<Promise<void>>();
@@ -46,7 +46,14 @@ export class ChunkWriter {
   newBytes = 0;
 
   constructor(private readonly layout: Layout, private readonly noteRef: (hex: string) => Promise<void>,
-    private readonly promoteBatch = 32) {}
+    private readonly promoteFiles = 128, private readonly promoteBytes = 32 << 20) {}
+
+  private pendingBytes = 0;
+
+  /** A batch is due: enough files (each holds an open descriptor) or enough bytes (one syncfs each). */
+  private batchDue(factor: number): boolean {
+    return this.pending.size >= this.promoteFiles * factor || this.pendingBytes >= this.promoteBytes * factor;
+  }
 
   /** Make sure a chunk named `hex` with content `data` exists (or will on the next `sync`). */
   put(hex: string, data: Uint8Array): Promise<void> {
@@ -83,15 +90,16 @@ export class ChunkWriter {
       throw e;
     }
     // Only complete temp files are pending (and so can be promoted or read). The file stays open
-    // until promotion (at most 2 x promoteBatch per writer).
-    this.pending.set(hex, { tmp, fh });
+    // until promotion (at most 2 x promoteFiles per writer).
+    this.pending.set(hex, { tmp, fh, size: data.length });
+    this.pendingBytes += data.length;
     this.newChunks++;
     this.newBytes += data.length;
-    if (this.pending.size >= this.promoteBatch * 2) {
+    if (this.batchDue(2)) {
       const p = this.promote();
       this.track(p);
       await p;
-    } else if (this.pending.size >= this.promoteBatch && this.promoting.size === 0) {
+    } else if (this.batchDue(1) && this.promoting.size === 0) {
       this.track(this.promote());
     }
   }
@@ -118,7 +126,7 @@ export class ChunkWriter {
     for (const [hex] of batch) this.inPromotion.add(hex);
     try {
       if (hasSyncfs()) await syncfs(batch[0]![1].fh.fd);
-      await Promise.all(batch.map(async ([hex, { tmp, fh }]) => {
+      await Promise.all(batch.map(async ([hex, { tmp, fh, size }]) => {
         try {
           if (!hasSyncfs()) await fh.sync();
           await dropFromCache(fh.fd);
@@ -127,6 +135,7 @@ export class ChunkWriter {
         this.confirmed.add(hex);
         this.dirtyDirs.add(this.layout.chunkDir(hex));
         this.pending.delete(hex);
+        this.pendingBytes -= size;
       }));
     } finally {
       for (const [hex] of batch) this.inPromotion.delete(hex);
@@ -164,6 +173,7 @@ export class ChunkWriter {
     await Promise.all([...this.promoting]);
     const tmps = [...this.pending.values()];
     this.pending.clear();
+    this.pendingBytes = 0;
     await Promise.all(tmps.map(async ({ tmp, fh }) => { await fh.close().catch(() => {}); await unlink(tmp).catch(() => {}); }));
   }
 }
