@@ -143,6 +143,8 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
     maxImages: settings.maxImages,
   }));
   onSession(session);
+  const heldBytes = session.held.reduce((n, h) => n + totalLength(h.ranges), 0);
+  if (heldBytes > 0) logger.info({ cycleId: input.cycleId, heldBytes }, 'resuming: the receiver already holds part of this cycle');
 
   const results: DiskResult[] = [];
   const progress: DiskProgress[] = [];

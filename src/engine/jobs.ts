@@ -4,8 +4,9 @@ import { assertId } from '../util/ids.ts';
 import type { JobRecord, JobSettings, JobState, StateStore } from '../state/types.ts';
 import type { DiskOpener, ReceiverPort, VCenterPort } from './ports.ts';
 import type { ImageInfo } from '../transfer/sender.ts';
-import { CycleError, runCycle, type CycleResult, type DiskProgress } from './cycle.ts';
+import { CycleError, runCycle, SNAPSHOT_PREFIX, type CycleResult, type DiskProgress } from './cycle.ts';
 import { isTransient } from './transient.ts';
+import { crashPoint } from '../util/crash.ts';
 
 export interface JobPorts {
   vcenter: VCenterPort;
@@ -218,6 +219,7 @@ export class JobEngine {
     for (let attempt = 1; ; attempt++) {
       try {
         const result = await this.attempt(job, run, cycle.id, previous?.imageId ?? null, !previous, log, leftover !== undefined);
+        crashPoint('engine:after-receiver-commit');
         const changeIds = result.disks.map((d) => ({ diskKey: d.key, changeId: d.changeId }));
         this.o.state.setDisks(job.id, result.disks.map((d) => ({ diskKey: d.key, label: d.label, capacity: d.capacity, changeId: null })));
         this.o.state.updateCycle(cycle.id, {
@@ -278,6 +280,7 @@ export class JobEngine {
         const image = (await ports.receiver.listImages()).find((i) => i.cycleId === cycleId);
         if (image) {
           log.info({ cycleId, imageId: image.imageId }, 'cycle was committed on the receiver before a restart; recording it');
+          await ports.vcenter.sweepSnapshots(job.vmRef, SNAPSHOT_PREFIX);
           return recoveredResult(image);
         }
       }

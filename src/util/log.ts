@@ -15,6 +15,8 @@ export interface LogSettings {
   fd?: number;
   /** Or to this file path. */
   file?: string;
+  /** Or to a rotated file (pino-roll, in a worker thread): `<base>.<n>.log`, daily or at `size`, keeping `keep` files. */
+  rotate?: { base: string; size?: string; keep?: number };
 }
 
 export function createLogger(settings: LogSettings = {}, bindings: Record<string, unknown> = {}): Logger {
@@ -24,6 +26,16 @@ export function createLogger(settings: LogSettings = {}, bindings: Record<string
     base: { pid: process.pid, ...bindings },
     timestamp: pino.stdTimeFunctions.isoTime,
   };
+  if (settings.rotate) {
+    const transport = pino.transport({
+      target: 'pino-roll',
+      options: {
+        file: settings.rotate.base, extension: '.log', frequency: 'daily', size: settings.rotate.size ?? '20m',
+        mkdir: true, limit: { count: settings.rotate.keep ?? 10 },
+      },
+    });
+    return pino(options, transport);
+  }
   const dest = settings.file
     ? pino.destination({ dest: settings.file, mkdir: true, sync: false })
     : pino.destination({ fd: settings.fd ?? 2, sync: true });

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { register as registerJobs } from './job.ts';
+import { register as registerConnector } from './connector.ts';
 import { register as registerAgent } from './agent.ts';
 import { register as registerReceiver } from './receiver.ts';
 import { register as registerImage } from './image.ts';
@@ -14,6 +15,7 @@ import { register as registerSource } from './source.ts';
 export function registerCommands(program: Command): void {
   void program;
   registerJobs(program);
+  registerConnector(program);
   registerAgent(program);
   registerReceiver(program);
   registerImage(program);

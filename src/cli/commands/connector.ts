@@ -1,0 +1,125 @@
+/**
+ * `vmlift connector init|serve`: the long-running process beside vCenter that runs the agentless jobs.
+ */
+import type { Command } from 'commander';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { readFile, writeFile, rm } from 'node:fs/promises';
+import { UserError } from '../../util/errors.ts';
+import { createLogger } from '../../util/log.ts';
+import { writeFileAtomic } from '../../util/fsync.ts';
+import { openStateStore } from '../../state/sqlite.ts';
+import { JobEngine } from '../../engine/jobs.ts';
+import { Scheduler } from '../../engine/scheduler.ts';
+import { Workgroups } from '../../engine/workgroups.ts';
+import { EngineMetrics } from '../../engine/metrics.ts';
+import { ConnectorApi } from '../../engine/api.ts';
+import { connectorHome } from '../home.ts';
+import { DEFAULT_LIMITS, keepSecret, readConnectorConfig, writeConnectorConfig } from '../connector-config.ts';
+import { createWiring } from '../wiring.ts';
+import { printResult } from '../output.ts';
+
+interface InitFlags {
+  home?: string; server: string; user: string; passwordFile: string; thumbprint?: string; insecure?: boolean;
+  receiver: string; fingerprint: string; codeFile: string; dataPort?: string; proxy?: string; proxyPasswordFile?: string;
+  disksPerHost: string; disksOverall: string; maxReadMib: string; json?: boolean;
+}
+
+function positiveInt(v: string, flag: string, max: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > max) throw new UserError('BAD_FLAG', `${flag} must be a whole number from 1 to ${max}, got ${v}`, `pass ${flag} 1..${max}`);
+  return n;
+}
+
+async function apiToken(home: string): Promise<string> {
+  const path = join(home, 'api-token');
+  try {
+    return (await readFile(path, 'utf8')).trim();
+  } catch {
+    const token = randomBytes(24).toString('base64url');
+    await writeFile(path, `${token}\n`, { mode: 0o600 });
+    return token;
+  }
+}
+
+export function register(program: Command): void {
+  const c = program.command('connector').description('the long-running process beside vCenter that runs agentless jobs');
+
+  c.command('init').description('write the connector\'s configuration (secrets are copied into its home, mode 0600)')
+    .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
+    .requiredOption('--server <url>', 'vCenter, https://VCENTER/sdk')
+    .requiredOption('--user <user>', 'vCenter user')
+    .requiredOption('--password-file <file>', 'file holding the vCenter password')
+    .option('--thumbprint <sha>', 'pin vCenter\'s certificate (SHA-1 or SHA-256)')
+    .option('--insecure', 'do not verify vCenter\'s certificate (lab only)')
+    .requiredOption('--receiver <host[:port]>', 'the vmlift receiver (control port, default 8080)')
+    .requiredOption('--fingerprint <sha256>', 'the receiver certificate\'s SHA-256 fingerprint')
+    .requiredOption('--code-file <file>', 'file holding the receiver\'s activation code')
+    .option('--data-port <port>', 'receiver data port (default: what the receiver advertises)')
+    .option('--proxy <url>', 'HTTP CONNECT proxy to reach the receiver')
+    .option('--proxy-password-file <file>', 'file holding the proxy password')
+    .option('--disks-per-host <n>', 'disks read at once per ESXi host', String(DEFAULT_LIMITS.disksPerHost))
+    .option('--disks-overall <n>', 'disks read at once in all', String(DEFAULT_LIMITS.disksOverall))
+    .option('--max-read-mib <n>', 'largest single disk read in MiB (VMware NFC through vCenter: 2)', '2')
+    .option('--json', 'print JSON')
+    .action(async (f: InitFlags) => {
+      const home = connectorHome(f.home);
+      if (f.thumbprint && f.insecure) throw new UserError('VC_TRUST', '--thumbprint and --insecure exclude each other', 'keep --thumbprint and drop --insecure');
+      const config = {
+        vcenter: {
+          server: f.server, user: f.user, passwordFile: await keepSecret(home, 'vcenter-password', f.passwordFile),
+          ...(f.thumbprint ? { thumbprint: f.thumbprint } : {}), ...(f.insecure ? { insecure: true } : {}),
+        },
+        receiver: {
+          address: f.receiver, fingerprint: f.fingerprint, codeFile: await keepSecret(home, 'activation-code', f.codeFile),
+          ...(f.dataPort ? { dataPort: positiveInt(f.dataPort, '--data-port', 65535) } : {}),
+          ...(f.proxy ? { proxy: f.proxy } : {}),
+          ...(f.proxyPasswordFile ? { proxyPasswordFile: await keepSecret(home, 'proxy-password', f.proxyPasswordFile) } : {}),
+        },
+        limits: {
+          disksPerHost: positiveInt(f.disksPerHost, '--disks-per-host', 64), disksOverall: positiveInt(f.disksOverall, '--disks-overall', 1024),
+          maxConcurrentJobs: DEFAULT_LIMITS.maxConcurrentJobs,
+        },
+        maxReadSize: positiveInt(f.maxReadMib, '--max-read-mib', 64) << 20,
+      };
+      await writeConnectorConfig(home, config);
+      printResult(f.json, { home, config }, () => `wrote ${join(home, 'config.json')}; start the connector with: vmlift connector serve --home ${home}`);
+    });
+
+  c.command('serve').description('run the scheduler, the local API (for the CLI) and /metrics; resumes unfinished cycles after a restart')
+    .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
+    .option('--api-port <port>', 'local API port on 127.0.0.1 (0 = any free port)', '8090')
+    .option('--tick-ms <ms>', 'how often the scheduler looks for due jobs', '1000')
+    .option('--log-stderr', 'log to stderr instead of the rotated file')
+    .action(async (f: { home?: string; apiPort: string; tickMs: string; logStderr?: boolean }) => {
+      const home = connectorHome(f.home);
+      const config = await readConnectorConfig(home);
+      const logger = createLogger(f.logStderr ? {} : { rotate: { base: join(home, 'logs', 'connector') } }, { component: 'connector' });
+      const state = openStateStore(join(home, 'state.db'));
+      const wiring = await createWiring(home, config, logger);
+      const metrics = new EngineMetrics(state);
+      const engine = new JobEngine({ state, connect: wiring.connect, logger, events: metrics.events });
+      const workgroups = new Workgroups(engine);
+      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, images: wiring.images });
+      const addr = await api.listen(Number(f.apiPort));
+      await writeFileAtomic(join(home, 'api.json'), JSON.stringify({ port: addr.port, pid: process.pid }));
+      const scheduler = new Scheduler(engine, { logger, tickMs: Number(f.tickMs), maxConcurrentJobs: config.limits.maxConcurrentJobs });
+      const interrupted = state.runningCycles();
+      if (interrupted.length) logger.info({ cycles: interrupted.map((x) => `${x.jobId}/${x.id}`) }, 'resuming cycles cut short by a restart');
+      scheduler.start();
+      logger.info({ port: addr.port, home }, 'connector started');
+      process.stderr.write(`vmlift connector: API on http://127.0.0.1:${addr.port}, metrics at /metrics, logs in ${join(home, 'logs')}\n`);
+      await new Promise<void>((resolve) => {
+        const stop = () => resolve();
+        process.once('SIGTERM', stop);
+        process.once('SIGINT', stop);
+      });
+      logger.info('connector stopping');
+      await scheduler.stop({ abort: true });
+      await api.close();
+      await rm(join(home, 'api.json'), { force: true });
+      await wiring.close().catch(() => undefined);
+      state.close();
+      logger.flush?.();
+    });
+}

@@ -1,0 +1,164 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startLab, type Lab } from '../lab/lab.ts';
+import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
+import { VCenter } from '../../src/vsphere/index.ts';
+import { liveSha, imageSha, guestWrites, MiB } from './harness.ts';
+
+const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
+
+function vmlift(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(bin, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    p.stdout.on('data', (b) => { stdout += b; });
+    p.stderr.on('data', (b) => { stderr += b; });
+    p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+interface Rig { lab: Lab; rx: TestRx; home: string; vc: VCenter; serve(env?: NodeJS.ProcessEnv): Promise<ChildProcess>; api<T>(args: string[]): Promise<T>; close(): Promise<void> }
+
+async function rig(): Promise<Rig> {
+  const dir = mkdtempSync(join(tmpdir(), 'vmlift-connector-'));
+  const lab = await startLab({ dir: join(dir, 'lab'), vms: 0, diskMb: 64 });
+  const rx = await startTestReceiver();
+  const home = join(dir, 'home');
+  const codeFile = join(dir, 'code');
+  writeFileSync(codeFile, `${rx.code}\n`);
+  const init = await vmlift(['connector', 'init', '--home', home, '--server', lab.url, '--user', lab.user, '--password-file', lab.passwordFile,
+    '--thumbprint', lab.thumbprint, '--receiver', `127.0.0.1:${rx.rx.controlPort}`, '--fingerprint', rx.rx.fingerprint, '--code-file', codeFile]);
+  assert.equal(init.code, 0, init.stderr);
+  assert.ok(!readFileSync(join(home, 'config.json'), 'utf8').includes(rx.code), 'the config holds no secret');
+  const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });
+  const children: ChildProcess[] = [];
+  return {
+    lab, rx, home, vc,
+    async serve(env = {}) {
+      rmSync(join(home, 'api.json'), { force: true });
+      const p = spawn(bin, ['connector', 'serve', '--home', home, '--api-port', '0', '--tick-ms', '200'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+      children.push(p);
+      let err = '';
+      p.stderr!.on('data', (b) => { err += b; });
+      for (let i = 0; i < 200 && !existsSync(join(home, 'api.json')); i++) {
+        if (p.exitCode !== null) throw new Error(`connector exited: ${err}`);
+        await sleep(100);
+      }
+      assert.ok(existsSync(join(home, 'api.json')), `connector did not start: ${err}`);
+      return p;
+    },
+    async api<T>(args: string[]) {
+      const r = await vmlift([...args, '--home', home, '--json']);
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+      return JSON.parse(r.stdout) as T;
+    },
+    async close() {
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+      await vc.close().catch(() => undefined);
+      await rx.close();
+      await lab.stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+interface JobView { job: { state: string; sourceId: string; error: unknown }; cycles: { kind: string; state: string; imageId: string | null; sourceBytesRead: number; changedBytes: number }[]; live: { cycleId: string; step: string; disks: { done: number; total: number }[] } | null }
+
+async function waitFor(r: Rig, id: string, pred: (v: JobView) => boolean, what: string, ms = 120_000): Promise<JobView> {
+  const end = Date.now() + ms;
+  let v: JobView | undefined;
+  while (Date.now() < end) {
+    // Polls the API directly (the CLI's `job show --json` prints the same document) to keep the test quick.
+    const port = JSON.parse(readFileSync(join(r.home, 'api.json'), 'utf8')).port;
+    const token = readFileSync(join(r.home, 'api-token'), 'utf8').trim();
+    v = await (await fetch(`http://127.0.0.1:${port}/v1/jobs/${id}`, { headers: { authorization: `Bearer ${token}` } })).json() as JobView;
+    if (pred(v)) return v;
+    await sleep(150);
+  }
+  throw new Error(`timed out waiting for ${what}: ${JSON.stringify(v)}`);
+}
+
+function killed(p: ChildProcess): Promise<void> {
+  return new Promise((resolve) => { if (p.exitCode !== null || p.signalCode !== null) resolve(); else p.once('exit', () => resolve()); });
+}
+
+test('kill -9 of the connector during a read and right after the receiver committed: both resume to correct images, no snapshot left', async (t) => {
+  const r = await rig();
+  t.after(() => r.close());
+  const vm = r.lab.vm('two-disks');
+  for (const d of vm.disks) await guestWrites(r.lab, vm.name, d.key, d.capacity, 200);
+  const expected = await Promise.all(vm.disks.map((d) => liveSha(r.lab, vm.name, d.key, d.capacity)));
+
+  let serve = await r.serve();
+  // 32 Mbps (4 MB/s) keeps the first cycle's ~24 MiB on the wire for about 6 s.
+  await r.api(['job', 'create', 'mig', '--vm', 'two-disks', '--compression', '0', '--bandwidth', '32', '--max-images', '5']);
+  await r.api(['job', 'start', 'mig']);
+  const during = await waitFor(r, 'mig', (v) => !!v.live?.disks.length && v.live.disks.reduce((n, d) => n + d.done, 0) > 4 * MiB, 'reading');
+  const total = during.live!.disks.reduce((n, d) => n + d.total, 0);
+  // Reads run ahead of the wire by the sender's window: give the wire a moment, then kill.
+  await sleep(1500);
+  serve.kill('SIGKILL');
+  await killed(serve);
+  // The receiver keeps (flushes) what it fully received from the dead connection: that is not read again.
+  const control = r.rx.control();
+  control.setAuth(JSON.parse(readFileSync(join(r.home, 'credentials', 'mig.json'), 'utf8')));
+  let heldAtKill = 0;
+  for (let i = 0; i < 50; i++) {
+    const { held } = await control.request<{ held: { ranges: { length: number }[] }[] }>('GET', `/v1/cycles/${during.live!.cycleId}/held`);
+    const n = held.reduce((a, h) => a + h.ranges.reduce((m, x) => m + x.length, 0), 0);
+    if (n > 0 && n === heldAtKill) break;
+    heldAtKill = n;
+    await sleep(200);
+  }
+  assert.ok(heldAtKill >= 2 * MiB && heldAtKill < total, `the receiver holds ${heldAtKill} of ${total} B of the cycle`);
+
+  serve = await r.serve();
+  let v = await waitFor(r, 'mig', (x) => x.job.state === 'waiting' || x.job.state === 'error', 'the resumed cycle');
+  assert.equal(v.job.state, 'waiting', JSON.stringify(v.job.error));
+  assert.equal(v.cycles.length, 1, 'the interrupted cycle was resumed, not started anew');
+  const c1 = v.cycles[0]!;
+  // What the receiver held at the kill is not read again (it may hold more by the time the restart asks).
+  assert.ok(c1.sourceBytesRead <= total - heldAtKill, `after the restart only what the receiver lacked was read (${c1.sourceBytesRead} of ${total}, ${heldAtKill} held)`);
+  for (const [i, d] of vm.disks.entries()) assert.equal(await imageSha(r.rx, v.job.sourceId, c1.imageId!, i, d.capacity), expected[i]);
+  assert.equal((await r.vc.snapshots(vm.moref)).snapshots.length, 0);
+  serve.kill('SIGTERM');
+  await killed(serve);
+
+  // Crash between the receiver's commit and the connector's own record of it.
+  await guestWrites(r.lab, vm.name, vm.disks[0]!.key, vm.disks[0]!.capacity, 10);
+  const expected2 = await Promise.all(vm.disks.map((d) => liveSha(r.lab, vm.name, d.key, d.capacity)));
+  serve = await r.serve({ VMLIFT_TEST_CRASH_AT: 'engine:after-receiver-commit' });
+  await r.api(['job', 'sync', 'mig']);
+  await killed(serve);
+  assert.equal(serve.signalCode, 'SIGKILL');
+  assert.equal((await r.rx.rx.store.listImages(v.job.sourceId)).length, 2, 'the receiver committed image 2');
+  serve = await r.serve();
+  v = await waitFor(r, 'mig', (x) => x.job.state === 'waiting' && x.cycles.length === 2 && x.cycles[0]!.state === 'committed', 'recovery');
+  assert.equal((await r.rx.rx.store.listImages(v.job.sourceId)).length, 2, 'no image was made twice');
+  for (const [i, d] of vm.disks.entries()) assert.equal(await imageSha(r.rx, v.job.sourceId, v.cycles[0]!.imageId!, i, d.capacity), expected2[i]);
+  assert.equal((await r.vc.snapshots(vm.moref)).snapshots.length, 0, 'the crashed cycle\'s snapshot was swept');
+
+  // The recorded changeIds are the committed image's: the next incremental is exact.
+  await guestWrites(r.lab, vm.name, vm.disks[1]!.key, vm.disks[1]!.capacity, 5);
+  const expected3 = await Promise.all(vm.disks.map((d) => liveSha(r.lab, vm.name, d.key, d.capacity)));
+  await r.api(['job', 'sync', 'mig']);
+  v = await waitFor(r, 'mig', (x) => x.job.state === 'waiting' && x.cycles.length === 3 && x.cycles[0]!.state === 'committed', 'cycle 3');
+  assert.equal(v.cycles[0]!.kind, 'incremental');
+  for (const [i, d] of vm.disks.entries()) assert.equal(await imageSha(r.rx, v.job.sourceId, v.cycles[0]!.imageId!, i, d.capacity), expected3[i]);
+
+  // Metrics are served.
+  const port = JSON.parse(readFileSync(join(r.home, 'api.json'), 'utf8')).port;
+  const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  assert.match(metrics, /vmlift_jobs\{state="waiting"\} 1/);
+  // This process recorded the recovered cycle 2 and ran cycle 3.
+  assert.match(metrics, /vmlift_cycles_total\{job="mig",kind="incremental",result="committed"\} 2/);
+  serve.kill('SIGTERM');
+  await killed(serve);
+});
+
