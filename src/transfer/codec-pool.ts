@@ -1,16 +1,21 @@
 import { Worker } from 'node:worker_threads';
-import type { PackRequest, UnpackRequest, WorkerReply } from './codec-worker.ts';
-import { ProtocolError } from './protocol.ts';
+import { createRequire } from 'node:module';
+import { codecWorkerMain, type CodecWorkerData, type PackRequest, type UnpackRequest, type WorkerReply } from './codec-worker.ts';
+import { CODEC, ProtocolError } from './protocol.ts';
 
 export interface Packed { codec: number; payload: Buffer | null; digest: Buffer }
 
-/**
- * Node 20 does not hand tsx's loader to worker threads, so the worker first registers tsx itself
- * (harmless where the loader is inherited), then imports the TypeScript worker module.
- */
-function startTsWorker(url: URL): Worker {
-  const tsx = import.meta.resolve('tsx/esm/api');
-  return new Worker(`import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(url.href)}); })`, { eval: true });
+const requireHere = createRequire(import.meta.url);
+
+/** A worker running `codecWorkerMain` from its source text: no TypeScript loader in the worker. */
+function startCodecWorker(): Worker {
+  const workerData: CodecWorkerData = {
+    zstdPath: requireHere.resolve('zstd-napi'),
+    bindingPath: requireHere.resolve('zstd-napi/binding'),
+    codec: { ...CODEC },
+  };
+  // `__name`: the helper tsx's transform adds to keep function names; a no-op here
+  return new Worker(`var __name = (f) => f;\n(${String(codecWorkerMain)})()`, { eval: true, workerData });
 }
 
 type Pending = { resolve: (r: WorkerReply) => void; reject: (e: Error) => void };
@@ -26,7 +31,7 @@ export class CodecPool {
 
   constructor(size = 2) {
     for (let i = 0; i < size; i++) {
-      const w = startTsWorker(new URL('./codec-worker.ts', import.meta.url));
+      const w = startCodecWorker();
       const slot = { w, busy: 0, pending: new Map<number, Pending>() };
       w.on('message', (r: WorkerReply) => {
         const p = slot.pending.get(r.id);

@@ -20,7 +20,11 @@ export class TokenBucket {
 
   get mbps(): number { return (this.bytesPerSec * 8) / 1e6; }
 
-  private burst(): number { return Math.max(64 * 1024, this.bytesPerSec / 20); }
+  /**
+   * A quarter second of credit: timers fire late on a loaded machine, and the credit that accrued
+   * meanwhile must not be lost, or the rate falls short of the limit.
+   */
+  private burst(): number { return Math.max(256 * 1024, this.bytesPerSec / 4); }
 
   private refill(): void {
     const now = performance.now();
