@@ -226,3 +226,51 @@ test('a 64 GiB sparse disk: cycle, read, verify and sparse export with bounded m
   const grew = process.memoryUsage().rss - rss0;
   assert.ok(grew < 128 << 20, `RSS grew by ${grew >> 20} MiB`);
 });
+
+test('writes keep flowing while flushes run; held() reports only completed, durable ranges', async (t) => {
+  const dir = await tempDir(t);
+  const store = await openImageStore(join(dir, 'store'), { chunkSize: CS });
+  const cap = 8 << 20;
+  const v = randomBytes(cap);
+  const w = await store.beginCycle({ sourceId: 's', cycleId: 'c', disks: [{ disk: 0, capacity: cap }] });
+  const writes: Promise<void>[] = [];
+  const flushes: Promise<void>[] = [];
+  const ext = 50_000;
+  for (let o = 0, k = 0; o < cap; o += ext, k++) {
+    const len = Math.min(ext, cap - o);
+    writes.push(w.writeExtent(0, o, len, v.subarray(o, o + len)));
+    if (k % 13 === 0) flushes.push(w.flush());
+  }
+  await Promise.all(flushes);
+  const mid = (await w.held())[0]!.ranges;
+  for (const r of mid) assert.ok(r.offset >= 0 && r.offset + r.length <= cap);
+  await Promise.all(writes);
+  await w.flush();
+  assert.deepEqual((await w.held())[0]!.ranges, [{ offset: 0, length: cap }]);
+  await w.commit({ expected: [{ disk: 0, ranges: [{ offset: 0, length: cap }] }] });
+  assert.equal(sha(await store.readImage('s', '1', 0, 0, cap)), sha(v));
+});
+
+test('a crash after publishing the image but before removing the cycle folder does not publish twice', async (t) => {
+  const dir = await tempDir(t);
+  const root = join(dir, 'store');
+  const store = await openImageStore(root, { chunkSize: CS });
+  const cap = 1 << 20;
+  const v = randomBytes(cap);
+  const w = await store.beginCycle({ sourceId: 's', cycleId: 'c', disks: [{ disk: 0, capacity: cap }] });
+  await writeAll(w, 0, v, CS);
+  await w.flush();
+  const { cp } = await import('node:fs/promises');
+  const cdir = join(root, 'sources', 's', 'cycles', 'c');
+  await cp(cdir, join(dir, 'cycle-backup'), { recursive: true });
+  const img = await w.commit();
+  await cp(join(dir, 'cycle-backup'), cdir, { recursive: true }); // as if the cleanup never ran
+  const again = await openImageStore(root);
+  assert.deepEqual(await again.openCycles('s'), ['c']);
+  const w2 = await again.beginCycle({ sourceId: 's', cycleId: 'c', disks: [{ disk: 0, capacity: cap }] });
+  assert.deepEqual((await w2.held())[0]!.ranges, [{ offset: 0, length: cap }]);
+  const img2 = await w2.commit();
+  assert.equal(img2.imageId, img.imageId);
+  assert.deepEqual((await again.listImages('s')).map((i) => i.imageId), ['1']);
+  assert.deepEqual(await again.openCycles('s'), []);
+});
