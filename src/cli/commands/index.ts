@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { register as registerJobs } from './job.ts';
 import { register as registerConnector } from './connector.ts';
+import { register as registerDemo } from './demo.ts';
 import { register as registerAgent } from './agent.ts';
 import { register as registerReceiver } from './receiver.ts';
 import { register as registerImage } from './image.ts';
@@ -16,6 +17,7 @@ export function registerCommands(program: Command): void {
   void program;
   registerJobs(program);
   registerConnector(program);
+  registerDemo(program);
   registerAgent(program);
   registerReceiver(program);
   registerImage(program);
