@@ -21,7 +21,7 @@ import type { CodecPool } from '../transfer/codec-pool.ts';
 import { authenticate } from './identity.ts';
 import type { Cycles, OpenCycle, CycleFeed } from './cycles.ts';
 
-export const PENDING_LIMIT = 32 * 1024 * 1024;
+export const PENDING_LIMIT = 16 * 1024 * 1024;
 export const FLUSH_BYTES = 32 * 1024 * 1024;
 export const FLUSH_MS = 300;
 const WRITES_IN_FLIGHT = 4;
@@ -38,7 +38,7 @@ type Item =
 export class PendingBudget {
   used = 0;
   private readonly paused = new Set<DataConnection>();
-  constructor(readonly limit = 128 * 1024 * 1024) {}
+  constructor(readonly limit = 64 * 1024 * 1024) {}
   over(): boolean { return this.used > this.limit; }
   park(c: DataConnection): void { this.paused.add(c); }
   release(bytes: number): void {
