@@ -11,6 +11,7 @@
  *     transports=a:b     transports this "host" offers (default nbdssl:nbd)
  *     fail_sector=S      reads covering sector S fail with VIX_E_DISK_NOIO
  *     busy_reads=N       the first N reads fail with VIX_E_OBJECT_IS_BUSY (transient)
+ *     no_query_blocks=1  QueryAllocatedBlocks answers VIX_E_NOT_SUPPORTED
  * - With no serverName the connection is local: paths are plain file names, transport "file".
  * - ReadAsync runs on a worker thread per handle and calls the completion callback there,
  *   as the real library does; Wait blocks until that handle's queue is empty.
@@ -34,6 +35,7 @@ static char g_datastores[4096], g_user[256], g_password[256], g_cookie[1024], g_
 static char g_transports[256] = "nbdssl:nbd";
 static long long g_fail_sector = -1;
 static int g_busy_reads;
+static int g_no_query_blocks;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void say(VixDiskLibGenericLogFunc *f, const char *fmt, ...) {
@@ -94,6 +96,7 @@ static void read_config(const char *path) {
     else if (!strcmp(k, "transports")) snprintf(g_transports, sizeof g_transports, "%s", v);
     else if (!strcmp(k, "fail_sector")) g_fail_sector = atoll(v);
     else if (!strcmp(k, "busy_reads")) g_busy_reads = atoi(v);
+    else if (!strcmp(k, "no_query_blocks")) g_no_query_blocks = atoi(v);
   }
   fclose(f);
 }
@@ -103,7 +106,7 @@ VixError VixDiskLib_InitEx(uint32_t major, uint32_t minor, VixDiskLibGenericLogF
                            const char *libDir, const char *configFile) {
   if (major < 6) return VIX_E_NOT_SUPPORTED;
   g_log = log; g_warn = warn; g_panic = panic;
-  g_fail_sector = -1; g_busy_reads = 0;
+  g_fail_sector = -1; g_busy_reads = 0; g_no_query_blocks = 0;
   g_datastores[0] = g_user[0] = g_password[0] = g_cookie[0] = g_thumb[0] = 0;
   snprintf(g_transports, sizeof g_transports, "nbdssl:nbd");
   if (configFile && *configFile) read_config(configFile);
@@ -365,6 +368,7 @@ VixError VixDiskLib_QueryAllocatedBlocks(VixDiskLibHandle handle, VixDiskLibSect
                                          VixDiskLibSectorType chunk, VixDiskLibBlockList **out) {
   struct disk *d = handle;
   if (!d || !out) return VIX_E_INVALID_ARG;
+  if (g_no_query_blocks) return VIX_E_NOT_SUPPORTED;
   if (chunk < VIXDISKLIB_MIN_CHUNK_SIZE || (chunk & (chunk - 1)) != 0) return VIX_E_INVALID_ARG;
   if (start % chunk != 0 || n % chunk != 0 || n / chunk > VIXDISKLIB_MAX_CHUNK_NUMBER) return VIX_E_INVALID_ARG;
   if (start > d->sectors || n > d->sectors - start) return VIX_E_DISK_OUTOFRANGE;

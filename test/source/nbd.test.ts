@@ -70,6 +70,7 @@ describe('NBD client against nbdkit', () => {
       assert.deepEqual(await src.read(size - 5, 5), data.subarray(size - 5));
       assert.deepEqual(await src.read(0, 1), data.subarray(0, 1));
       await assert.rejects(src.read(size - 5, 6), /outside/);
+      await assert.rejects(collect(src, size - 5, 6), RangeError);
     } finally { await src.close(); }
   });
 

@@ -143,6 +143,16 @@ describe('VDDK binding driven against the libvixDiskLib double', () => {
     } finally { await src.close(); }
   }));
 
+  it('treats the whole disk as data when QueryAllocatedBlocks is not supported', () => fresh(async () => {
+    const src = await VddkSource.open(remote(config('no_query_blocks=1\n')));
+    try {
+      const ext = [];
+      for await (const e of src.extents(MiB, 3 * MiB)) ext.push(e);
+      assert.deepEqual(ext, [{ offset: MiB, length: 3 * MiB, data: true }]);
+      await assert.rejects(async () => { for await (const e of src.extents(size - 512, 1024)) void e; }, RangeError);
+    } finally { await src.close(); }
+  }));
+
   it('retries a busy handle and returns exact bytes', () => fresh(async () => {
     const src = await VddkSource.open({ ...remote(config('busy_reads=3\n')), retry: { attempts: 5, baseDelayMs: 1 } });
     try { assert.ok((await src.read(3 * MiB, 100000)).equals(data.subarray(3 * MiB, 3 * MiB + 100000))); } finally { await src.close(); }

@@ -94,6 +94,7 @@ export class NbdSource implements BlockSource {
 
   async *extents(offset = 0, length = this.capacity - offset): AsyncIterable<SourceExtent> {
     const end = offset + length;
+    if (offset < 0 || length < 0 || end > this.capacity) throw new RangeError(`extents of [${offset}, ${end}) are outside ${this.uri} (capacity ${this.capacity})`);
     if (this.info.allocationContextId === undefined) {
       if (length > 0) yield { offset, length, data: true };
       return;

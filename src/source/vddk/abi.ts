@@ -12,6 +12,7 @@ export const VIX_OK = 0;
 export const VIX_ASYNC = 25000;
 export const VIX_E_OBJECT_IS_BUSY = 5;
 export const VIX_E_FILE_NOT_FOUND = 4;
+export const VIX_E_NOT_SUPPORTED = 6;
 export const VIX_E_HOST_USER_PERMISSIONS = 3014;
 export const VIX_E_DISK_OUTOFRANGE = 16007;
 export const VIXDISKLIB_FLAG_OPEN_READ_ONLY = 4;

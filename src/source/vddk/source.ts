@@ -4,7 +4,7 @@ import { silentLogger, type Logger } from '../../util/log.ts';
 import { SourceReadError, withRetry, type RetryPolicy } from '../retry.ts';
 import {
   ConnectParamsType, decodeBlockList, errorText, koffi, loadVixDiskLib, MAX_CHUNK_NUMBER, MIN_CHUNK_SECTORS, SECTOR,
-  VIX_ASYNC, VIX_E_DISK_OUTOFRANGE, VIX_E_FILE_NOT_FOUND, VIX_E_HOST_USER_PERMISSIONS, VIX_E_OBJECT_IS_BUSY, VIX_OK,
+  VIX_ASYNC, VIX_E_DISK_OUTOFRANGE, VIX_E_NOT_SUPPORTED, VIX_E_FILE_NOT_FOUND, VIX_E_HOST_USER_PERMISSIONS, VIX_E_OBJECT_IS_BUSY, VIX_OK,
   VIXDISKLIB_CRED_SESSIONID, VIXDISKLIB_CRED_UID, VIXDISKLIB_FLAG_OPEN_READ_ONLY, type VixLib,
 } from './abi.ts';
 
@@ -220,6 +220,7 @@ export class VddkSource implements BlockSource {
   /** Allocated areas from VixDiskLib_QueryAllocatedBlocks (VDDK >= 6.7); all data when the library lacks it. */
   async *extents(offset = 0, length = this.capacity - offset): AsyncIterable<SourceExtent> {
     const end = offset + length;
+    if (offset < 0 || length < 0 || end > this.capacity) throw new RangeError(`extents of [${offset}, ${end}) are outside ${this.uri} (capacity ${this.capacity})`);
     const q = this.lib.QueryAllocatedBlocks;
     const free = this.lib.FreeBlockList;
     if (!q || !free || length <= 0) {
@@ -244,6 +245,11 @@ export class VddkSource implements BlockSource {
       const wEnd = Math.min(pos + window, alignedEnd, Math.ceil(end / chunkBytes) * chunkBytes);
       const out: unknown[] = [null];
       const err = Number(q(this.handle, pos / SECTOR, (wEnd - pos) / SECTOR, chunk, out));
+      if (err === VIX_E_NOT_SUPPORTED && pos === Math.floor(offset / chunkBytes) * chunkBytes) {
+        // Some disk types and older hosts cannot answer: everything counts as data.
+        yield { offset, length, data: true };
+        return;
+      }
       if (err !== VIX_OK) {
         throw new SourceReadError(this.uri, pos, wEnd - pos, 1, new VddkError('VixDiskLib_QueryAllocatedBlocks', err, errorText(this.lib, err)));
       }
