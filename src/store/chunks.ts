@@ -9,6 +9,15 @@ export function sha256(data: Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
 }
 
+/**
+ * SHA-256 off the main thread (WebCrypto runs digests on libuv's pool): large chunks hashed this way
+ * leave the event loop to the network and spread over both cores. Small inputs hash inline.
+ */
+export async function sha256Async(data: Uint8Array): Promise<Buffer> {
+  if (data.length < 65536) return sha256(data);
+  return Buffer.from(await crypto.subtle.digest('SHA-256', data));
+}
+
 const zeroDigests = new Map<number, Buffer>();
 /** SHA-256 of `len` zero bytes (cached): a chunk with this digest is a hole. */
 export function zeroDigest(len: number): Buffer {

@@ -5,7 +5,7 @@ import { assertId } from '../util/ids.ts';
 import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
 import { StoreError, type CommitOptions, type CycleWriter, type DiskSpec, type HeldRanges, type ImageInfo, type Range, type WriteExtentOptions } from './types.ts';
 import { indexName, SLOT, type Layout } from './layout.ts';
-import { ChunkWriter, isZeroSlot, sha256, zeroDigest } from './chunks.ts';
+import { ChunkWriter, isZeroSlot, sha256Async, zeroDigest } from './chunks.ts';
 import { coalesce, firstUncovered } from './ranges.ts';
 import { imageIds, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
 import { pidAlive, pinImage } from './pins.ts';
@@ -229,7 +229,7 @@ export class Cycle implements CycleWriter {
       this.dropCached(key);
       let digest: Buffer | null = null;
       if (piece) {
-        digest = given ?? sha256(piece);
+        digest = given ?? await sha256Async(piece);
         if (digest.equals(zeroDigest(cLen))) digest = null;
         else await this.chunks.put(digest.toString('hex'), piece);
       }
@@ -270,7 +270,7 @@ export class Cycle implements CycleWriter {
   private async materialize(e: CacheEntry): Promise<void> {
     if (!e.dirty) return;
     e.dirty = false;
-    let digest: Buffer | null = sha256(e.buf);
+    let digest: Buffer | null = await sha256Async(e.buf);
     if (digest.equals(zeroDigest(e.buf.length))) digest = null;
     else await this.chunks.put(digest.toString('hex'), e.buf);
     e.ds.dirty.set(e.i, digest);

@@ -5,7 +5,7 @@ import { assertId, isValidId } from '../util/ids.ts';
 import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
 import { StoreError, type BeginCycleOptions, type CycleWriter, type ImageInfo, type ImageStore } from './types.ts';
 import { assertImageId, indexName, Layout, SLOT, STORE_VERSION } from './layout.ts';
-import { isZeroSlot, sha256 } from './chunks.ts';
+import { isZeroSlot, sha256Async } from './chunks.ts';
 import { Cycle } from './cycle.ts';
 import { imageIds, listImageRecords, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
 import { livePins, pinImage } from './pins.ts';
@@ -209,7 +209,7 @@ class Store implements ImageStore {
             if (bad.length < 1000) bad.push({ disk: d.disk, offset: i * rec.chunkSize, reason: `chunk ${hex} ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'is missing' : `cannot be read: ${(e as Error).message}`}` });
             return;
           }
-          if (sha256(data).toString('hex') !== hex && bad.length < 1000) {
+          if ((await sha256Async(data)).toString('hex') !== hex && bad.length < 1000) {
             bad.push({ disk: d.disk, offset: i * rec.chunkSize, reason: `chunk ${hex} is corrupt (its content has another SHA-256)` });
           }
         });
