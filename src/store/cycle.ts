@@ -148,11 +148,17 @@ export class Cycle implements CycleWriter {
     } else {
       rec = await createCycle(env, src, cid, disks, opts.baseImageId, dir);
     }
-    const refs = new RefsJournal(await open(join(dir, 'refs.log'), 'a', 0o600));
+    // A crash may have left a torn last line in either journal: end it, so that what is appended
+    // now starts on a line of its own.
+    const refsFh = await open(join(dir, 'refs.log'), 'a', 0o600);
+    await refsFh.write('\n');
+    const refs = new RefsJournal(refsFh);
     let heldFh: FileHandle | undefined;
     const c = await (async () => {
       heldFh = await open(join(dir, 'held.log'), 'a+', 0o600);
-      const held = parseHeld(await readFile(join(dir, 'held.log'), 'utf8'));
+      const heldText = await readFile(join(dir, 'held.log'), 'utf8');
+      if (heldText.length > 0 && !heldText.endsWith('\n')) { await heldFh.write('\n'); await heldFh.sync(); }
+      const held = parseHeld(heldText);
       const cyc = new Cycle(env, rec, dir, refs, heldFh);
       for (const d of rec.disks) {
         const idx = await open(join(dir, indexName(d.disk)), 'r+');

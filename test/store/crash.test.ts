@@ -93,3 +93,32 @@ test('a cycle open in another live process cannot be taken over', async (t) => {
   const img = await w.commit({ expected: [{ disk: 0, ranges: [{ offset: 0, length: cap }] }] });
   assert.equal(sha(await store.readImage('crash', img.imageId, 0, 0, cap)), sha(await readFile(srcFile)));
 });
+
+test('torn last lines of the cycle journals (crash mid-append) are ignored and do not swallow later records', async (t) => {
+  const dir = await tempDir(t, 'crash');
+  const root = join(dir, 'store');
+  const cap = 1 << 20;
+  const store = await openImageStore(root, { chunkSize: 64 << 10 });
+  const v = randomBytes(cap);
+  const w = await store.beginCycle({ sourceId: 'crash', cycleId: 'torn', disks: [{ disk: 0, capacity: cap }] });
+  await w.writeExtent(0, 0, 65536, v.subarray(0, 65536));
+  await w.flush();
+  await store.close(); // leaves the cycle open on disk, as a killed process would
+  const { appendFile } = await import('node:fs/promises');
+  const cdir = join(root, 'sources', 'crash', 'cycles', 'torn');
+  await appendFile(join(cdir, 'held.log'), '{"d":0,"o":65536,"l":');
+  await appendFile(join(cdir, 'refs.log'), 'abc123');
+  const again = await openImageStore(root);
+  const w2 = await again.beginCycle({ sourceId: 'crash', cycleId: 'torn', disks: [{ disk: 0, capacity: cap }] });
+  assert.deepEqual((await w2.held())[0]!.ranges, [{ offset: 0, length: 65536 }]);
+  await w2.writeExtent(0, 65536, cap - 65536, v.subarray(65536));
+  await w2.flush();
+  await again.close();
+  const third = await openImageStore(root);
+  const w3 = await third.beginCycle({ sourceId: 'crash', cycleId: 'torn', disks: [{ disk: 0, capacity: cap }] });
+  assert.deepEqual((await w3.held())[0]!.ranges, [{ offset: 0, length: cap }], 'the record after the torn line survives');
+  const img = await w3.commit({ expected: [{ disk: 0, ranges: [{ offset: 0, length: cap }] }] });
+  assert.equal(sha(await third.readImage('crash', img.imageId, 0, 0, cap)), sha(v));
+  const imageJson = await readFile(join(root, "sources", "crash", "images", img.imageId, "image.json"), "utf8");
+  assert.match(imageJson, /"cycleId": "torn"/);
+});
