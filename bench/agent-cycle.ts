@@ -1,0 +1,232 @@
+/**
+ * Agent cycle benchmark (issue 2): a real receiver and a real agent as child processes over
+ * loopback TLS.
+ *
+ *   node --import tsx bench/agent-cycle.ts [--size 8] [--sparse-sizes 8,64] [--dir DIR] [--json]
+ *
+ * 1. Full cycle of a SIZE GiB fully allocated source (half text, half random) at compression 0
+ *    and 7: MB/s (10^6 B of source per second), CPU seconds and peak RSS of agent and receiver.
+ *    In the same run nbdcopy copies the same file from `nbdkit file` into a local file; ratio
+ *    ours / nbdcopy (target at compression 0: >= 0.8).
+ * 2. Incremental cycle after a 1% scattered change: wire bytes / changed bytes, wall time as a
+ *    fraction of the full cycle.
+ * 3. Peak RSS of both sides for sparse sources of each --sparse-sizes GiB (full + incremental
+ *    cycle): it must not grow with the disk size (target <= 256 MiB each side).
+ * Not part of the test suite.
+ */
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, readFile, writeFile, open } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, promisify } from 'node:util';
+import { generateDisk, changeBlocks, randomStream } from '../scripts/lib/gen-disk.ts';
+
+const execFileP = promisify(execFile);
+const { values } = parseArgs({
+  options: {
+    size: { type: 'string', default: '8' },
+    'sparse-sizes': { type: 'string', default: '8,64' },
+    dir: { type: 'string' },
+    json: { type: 'boolean', default: false },
+  },
+});
+const GiB = 2 ** 30;
+const MiB = 2 ** 20;
+const SIZE = Math.round(Number(values.size) * GiB / MiB) * MiB;
+const SPARSE = values['sparse-sizes']!.split(',').filter(Boolean).map((s) => Math.round(Number(s) * GiB / MiB) * MiB);
+const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+const NODE = [process.execPath, '--import', 'tsx', '--no-warnings', MAIN];
+const TICK = Number((await execFileP('getconf', ['CLK_TCK'])).stdout.trim()) || 100;
+
+const log = (s: string): void => { process.stderr.write(`${s}\n`); };
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => { const p = (s.address() as { port: number }).port; s.close(() => resolve(p)); });
+  });
+}
+
+interface Usage { wall: number; cpu: number; maxRssMiB: number; stdout: string; code: number }
+
+/** Run a command under /usr/bin/time: exact CPU seconds and peak RSS of the whole process. */
+async function timed(cmd: string[], env: NodeJS.ProcessEnv = {}): Promise<Usage> {
+  const tf = join(tmpdir(), `vmlift-time-${process.pid}-${Math.random().toString(36).slice(2)}`);
+  const t0 = performance.now();
+  const p = spawn('/usr/bin/time', ['-f', '%U %S %M', '-o', tf, ...cmd], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  let stdout = ''; let stderr = '';
+  p.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
+  p.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; if (stderr.length > 1 << 20) stderr = stderr.slice(-65536); });
+  const code = await new Promise<number>((r) => p.once('exit', (c) => r(c ?? 1)));
+  const wall = (performance.now() - t0) / 1000;
+  const [u, s, m] = (await readFile(tf, 'utf8')).trim().split('\n').pop()!.split(' ').map(Number);
+  await rm(tf, { force: true });
+  if (code !== 0) throw new Error(`${cmd.join(' ')} failed (${code}): ${stderr.slice(-2000)}`);
+  return { wall, cpu: u! + s!, maxRssMiB: m! / 1024, stdout, code };
+}
+
+class Receiver {
+  proc!: ChildProcess;
+  fingerprint = '';
+  code = '';
+  port = 0;
+  constructor(readonly dataDir: string) {}
+  async start(): Promise<void> {
+    this.port = await freePort();
+    const dataPort = await freePort();
+    this.proc = spawn(NODE[0]!, [...NODE.slice(1), 'receiver', 'serve', '--data-dir', this.dataDir, '--listen', '127.0.0.1',
+      '--control-port', String(this.port), '--data-port', String(dataPort), '--json'], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, VMLIFT_LOG_LEVEL: 'warn' } });
+    const line = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      this.proc.stdout!.setEncoding('utf8').on('data', (d: string) => { out += d; if (out.includes('\n')) resolve(out.split('\n')[0]!); });
+      this.proc.once('exit', (c) => reject(new Error(`receiver exited (${c})`)));
+    });
+    const facts = JSON.parse(line) as { fingerprint: string; activationCode: { code: string } | null };
+    this.fingerprint = facts.fingerprint;
+    this.code = facts.activationCode?.code ?? '';
+  }
+  /** CPU seconds so far and peak RSS (VmHWM) of the receiver process. */
+  async usage(): Promise<{ cpu: number; maxRssMiB: number }> {
+    const stat = (await readFile(`/proc/${this.proc.pid}/stat`, 'utf8')).split(') ')[1]!.split(' ');
+    const cpu = (Number(stat[11]) + Number(stat[12])) / TICK;
+    const hwm = /VmHWM:\s+(\d+) kB/.exec(await readFile(`/proc/${this.proc.pid}/status`, 'utf8'));
+    return { cpu, maxRssMiB: Number(hwm?.[1] ?? 0) / 1024 };
+  }
+  async stop(): Promise<void> {
+    if (this.proc.exitCode !== null) return;
+    await new Promise<void>((r) => { this.proc.once('exit', () => r()); this.proc.kill('SIGTERM'); });
+  }
+}
+
+interface CycleResult {
+  wall: number; mbps: number; agentCpu: number; agentRssMiB: number; receiverCpu: number; receiverRssMiB: number;
+  payloadBytes: number; wireBytes: number; changedBytes: number; readBytes: number;
+}
+
+async function agentCycle(r: Receiver, device: string, stateDir: string, compression: number, capacity: number): Promise<CycleResult> {
+  const codeFile = join(stateDir, '..', `code-${r.port}`);
+  await writeFile(codeFile, r.code, { mode: 0o600 });
+  const before = await r.usage();
+  const u = await timed([...NODE, 'agent', 'sync', '--device', device, '--receiver', `127.0.0.1:${r.port}`, '--fingerprint', r.fingerprint,
+    '--code-file', codeFile, '--state-dir', stateDir, '--source-id', 'bench', '--once', '--json', '--compression', String(compression)]);
+  const after = await r.usage();
+  const report = u.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.type === 'cycle')!;
+  const disks = report.disks as { readBytes: number }[];
+  return {
+    wall: u.wall, mbps: capacity / 1e6 / u.wall, agentCpu: u.cpu, agentRssMiB: u.maxRssMiB,
+    receiverCpu: after.cpu - before.cpu, receiverRssMiB: after.maxRssMiB,
+    payloadBytes: Number(report.payloadBytes), wireBytes: Number(report.wireBytes), changedBytes: Number(report.changedBytes),
+    readBytes: disks.reduce((n, d) => n + d.readBytes, 0),
+  };
+}
+
+async function warm(path: string): Promise<void> {
+  await execFileP('sh', ['-c', `cat "${path}" > /dev/null`]);
+}
+
+const work = await mkdtemp(join(values.dir ?? tmpdir(), 'vmlift-bench-agent-'));
+const results: Record<string, unknown> = { sizeBytes: SIZE, cpus: (await import('node:os')).cpus().length, node: process.version };
+try {
+  // 1. Full cycles vs nbdcopy
+  const src = join(work, 'full.img');
+  log(`generating a ${SIZE / GiB} GiB fully allocated source...`);
+  await generateDisk({ path: src, size: SIZE, dataFraction: 1, textFraction: 0.5, seed: 42 });
+  await warm(src);
+  const out = join(work, 'nbdcopy.raw');
+  log('nbdcopy (nbdkit file -> local file)...');
+  const nb = await timed(['nbdcopy', '--', '[', 'nbdkit', '--exit-with-parent', '-r', 'file', src, ']', out]);
+  await rm(out, { force: true });
+  const nbdcopy = { wall: nb.wall, mbps: SIZE / 1e6 / nb.wall, cpu: nb.cpu, maxRssMiB: nb.maxRssMiB };
+  results.nbdcopy = nbdcopy;
+  log(`  nbdcopy: ${nbdcopy.mbps.toFixed(0)} MB/s`);
+  const full: Record<string, CycleResult> = {};
+  let incremental: (CycleResult & { wirePerChanged: number; wallFraction: number }) | undefined;
+  for (const level of [0, 7]) {
+    const r = new Receiver(join(work, `recv-${level}`));
+    await r.start();
+    try {
+      await warm(src);
+      log(`full cycle at compression ${level}...`);
+      const c = await agentCycle(r, src, join(work, `state-${level}`), level, SIZE);
+      full[level] = c;
+      log(`  ${c.mbps.toFixed(0)} MB/s, ratio ${(c.mbps / nbdcopy.mbps).toFixed(2)}, wire ${(c.wireBytes / 1e6).toFixed(0)} MB`);
+      if (level === 7) {
+        const ch = await changeBlocks(src, 0.01, 43);
+        await warm(src);
+        log('incremental cycle after a 1% scattered change...');
+        const i = await agentCycle(r, src, join(work, `state-${level}`), level, SIZE);
+        incremental = { ...i, changedBytes: ch.bytes, wirePerChanged: i.wireBytes / ch.bytes, wallFraction: i.wall / c.wall };
+        log(`  wire/changed ${incremental.wirePerChanged.toFixed(3)}, wall ${(incremental.wallFraction * 100).toFixed(0)}% of the full cycle`);
+      }
+    } finally {
+      await r.stop();
+      await rm(join(work, `recv-${level}`), { recursive: true, force: true });
+    }
+  }
+  await rm(src, { force: true });
+  results.full = Object.fromEntries(Object.entries(full).map(([k, v]) => [`compression${k}`, { ...v, ratioVsNbdcopy: v.mbps / nbdcopy.mbps }]));
+  results.incremental = incremental;
+
+  // 3. Memory with sparse sources of growing size
+  const sparse: Record<string, unknown>[] = [];
+  for (const size of SPARSE) {
+    const path = join(work, `sparse-${size / GiB}.img`);
+    const fh = await open(path, 'w');
+    const rand = randomStream(size / GiB);
+    await fh.truncate(size);
+    for (let off = 0; off < size; off += 256 * MiB) await fh.write(rand(MiB), 0, MiB, off); // 1 MiB every 256 MiB
+    await fh.close();
+    const r = new Receiver(join(work, 'recv-sparse'));
+    await r.start();
+    try {
+      log(`sparse ${size / GiB} GiB: full + incremental cycle...`);
+      const c1 = await agentCycle(r, path, join(work, `state-sparse-${size}`), 7, size);
+      await changeBlocks(path, 0.0001, 44);
+      const c2 = await agentCycle(r, path, join(work, `state-sparse-${size}`), 7, size);
+      const row = {
+        sizeGiB: size / GiB, fullWall: c1.wall, incrementalWall: c2.wall,
+        agentRssMiB: Math.max(c1.agentRssMiB, c2.agentRssMiB), receiverRssMiB: Math.max(c1.receiverRssMiB, c2.receiverRssMiB),
+      };
+      sparse.push(row);
+      log(`  agent ${row.agentRssMiB.toFixed(0)} MiB, receiver ${row.receiverRssMiB.toFixed(0)} MiB peak RSS`);
+    } finally {
+      await r.stop();
+      await rm(join(work, 'recv-sparse'), { recursive: true, force: true });
+      await rm(path, { force: true });
+    }
+  }
+  results.sparse = sparse;
+} finally {
+  await rm(work, { recursive: true, force: true });
+}
+
+if (values.json) {
+  process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
+} else {
+  const f = results.full as Record<string, CycleResult & { ratioVsNbdcopy: number }>;
+  const n = results.nbdcopy as { mbps: number; cpu: number; maxRssMiB: number; wall: number };
+  const row = (name: string, c: CycleResult & { ratioVsNbdcopy: number }): string =>
+    `| ${name} | ${c.wall.toFixed(1)} | ${c.mbps.toFixed(0)} | ${c.ratioVsNbdcopy.toFixed(2)} | ${c.agentCpu.toFixed(1)} | ${c.receiverCpu.toFixed(1)} | ${c.agentRssMiB.toFixed(0)} | ${c.receiverRssMiB.toFixed(0)} | ${(c.wireBytes / 1e6).toFixed(0)} |`;
+  const inc = results.incremental as CycleResult & { wirePerChanged: number; wallFraction: number };
+  process.stdout.write([
+    `agent cycle benchmark: ${SIZE / GiB} GiB fully allocated source (half text, half random), loopback TLS, ${results.cpus} CPUs, node ${process.version}`,
+    '',
+    '| run | wall s | MB/s | ours/nbdcopy | agent CPU s | receiver CPU s | agent RSS MiB | receiver RSS MiB | wire MB |',
+    '|---|---|---|---|---|---|---|---|---|',
+    `| nbdcopy (nbdkit file → file) | ${n.wall.toFixed(1)} | ${n.mbps.toFixed(0)} | 1.00 | ${n.cpu.toFixed(1)} | – | ${n.maxRssMiB.toFixed(0)} | – | – |`,
+    row('vmlift full, compression 0', f.compression0!),
+    row('vmlift full, compression 7', f.compression7!),
+    '',
+    `incremental after a 1% scattered change (compression 7): changed ${(inc.changedBytes / 1e6).toFixed(1)} MB, wire ${(inc.wireBytes / 1e6).toFixed(1)} MB`
+      + ` → wire/changed ${inc.wirePerChanged.toFixed(3)}; wall ${inc.wall.toFixed(1)} s = ${(inc.wallFraction * 100).toFixed(0)}% of the full cycle;`
+      + ` agent CPU ${inc.agentCpu.toFixed(1)} s, receiver CPU ${inc.receiverCpu.toFixed(1)} s`,
+    '',
+    '| sparse source GiB | full cycle s | incremental s | agent peak RSS MiB | receiver peak RSS MiB |',
+    '|---|---|---|---|---|',
+    ...(results.sparse as { sizeGiB: number; fullWall: number; incrementalWall: number; agentRssMiB: number; receiverRssMiB: number }[])
+      .map((s) => `| ${s.sizeGiB} | ${s.fullWall.toFixed(1)} | ${s.incrementalWall.toFixed(1)} | ${s.agentRssMiB.toFixed(0)} | ${s.receiverRssMiB.toFixed(0)} |`),
+    '',
+  ].join('\n'));
+}
