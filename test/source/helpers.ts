@@ -70,7 +70,7 @@ export async function nbdkit(dir: string, name: string, args: string[]): Promise
  * Reads the whole source the way the engine does: many reads in flight (bounded by maxInFlight),
  * with uneven sizes and unaligned offsets, assembled in order.
  */
-export async function readAll(src: BlockSource, opts: { chunk?: number; uneven?: boolean } = {}): Promise<Buffer> {
+export async function readAll(src: BlockSource, opts: { chunk?: number; uneven?: boolean; into?: boolean } = {}): Promise<Buffer> {
   const out = Buffer.alloc(src.capacity);
   const chunk = Math.min(opts.chunk ?? src.maxReadSize, src.maxReadSize);
   const ranges: Array<[number, number]> = [];
@@ -82,9 +82,16 @@ export async function readAll(src: BlockSource, opts: { chunk?: number; uneven?:
   }
   let next = 0;
   const worker = async (): Promise<void> => {
+    // With `into`, each worker recycles one buffer through readInto(), poisoned before every read.
+    const mine = opts.into ? Buffer.alloc(chunk) : undefined;
     while (next < ranges.length) {
       const [off, len] = ranges[next++]!;
-      const b = await src.read(off, len);
+      let b: Buffer;
+      if (mine) {
+        if (!src.readInto) throw new Error(`${src.transport} has no readInto`);
+        b = mine.subarray(0, len).fill(0xa5);
+        await src.readInto(off, b);
+      } else b = await src.read(off, len);
       if (b.length !== len) throw new Error(`read at ${off} returned ${b.length} bytes, wanted ${len}`);
       b.copy(out, off);
     }

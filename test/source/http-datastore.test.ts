@@ -44,6 +44,7 @@ describe('HTTP datastore reads against the lab vCenter', () => {
       const got = await readAll(src, { chunk: MiB, uneven: true });
       assert.equal(sha256(got), sha256(readFileSync(d.flatPath)));
       assert.equal(sha256(got), sha256(await lab.read(vm.name, d.key, 0, d.capacity)));
+      assert.equal(sha256(await readAll(src, { chunk: MiB, uneven: true, into: true })), sha256(got));
       assert.ok(got.subarray(5 * MiB + 3, 5 * MiB + 3 + blob.length).equals(blob));
       assert.ok(!src.uri.includes('cookie'));
     } finally { await src.close(); }

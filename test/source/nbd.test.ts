@@ -57,6 +57,7 @@ describe('NBD client against nbdkit', () => {
       assert.ok(src.connectionCount >= 1);
       const got = await readAll(src, { chunk: 1 * MiB, uneven: true });
       assert.equal(sha256(got), sha256(data));
+      assert.equal(sha256(await readAll(src, { chunk: 1 * MiB, uneven: true, into: true })), sha256(data), 'readInto gives the same bytes');
       const ext = await collect(src);
       assertTiles(ext, 0, size);
       assertZeroOutsideData(data, ext);
@@ -177,6 +178,7 @@ describe('NBD client against qemu-nbd', () => {
       try {
         assert.equal(src.capacity, size);
         assert.equal(sha256(await readAll(src, { chunk: 1 * MiB, uneven: true })), sha256(data));
+        assert.equal(sha256(await readAll(src, { chunk: 1 * MiB, uneven: true, into: true })), sha256(data));
         const ext = await collect(src);
         assertTiles(ext, 0, size);
         assertZeroOutsideData(data, ext);

@@ -69,6 +69,7 @@ describe('VDDK binding driven against the libvixDiskLib double', () => {
         assert.equal(src.capacity, size);
         assert.equal(src.transportMode, 'file');
         assert.equal(sha256(await readAll(src, { chunk: 1 * MiB, uneven: true })), sha256(data));
+        assert.equal(sha256(await readAll(src, { chunk: 1 * MiB, uneven: true, into: true })), sha256(data));
       } finally { await src.close(); }
     }));
   }

@@ -46,16 +46,23 @@ async function withSource<T>(uri: string, o: SourceFlags, fn: (s: BlockSource) =
   try { return await fn(s); } finally { await s.close(); }
 }
 
-/** SHA-256 of the whole source, read in order with up to maxInFlight reads ahead (memory: maxInFlight x maxReadSize). */
+/**
+ * SHA-256 of the whole source, read in order with up to maxInFlight reads ahead into a ring of
+ * maxInFlight buffers (memory: maxInFlight x maxReadSize, allocated once).
+ */
 async function checksum(s: BlockSource): Promise<{ sha256: string; bytes: number; seconds: number }> {
   const h = createHash('sha256');
   const t0 = performance.now();
+  const ring = s.readInto ? Array.from({ length: s.maxInFlight }, () => Buffer.allocUnsafe(s.maxReadSize)) : [];
   const window: Array<Promise<Buffer>> = [];
   let next = 0;
+  let issued = 0;
   const issue = (): void => {
     const len = Math.min(s.maxReadSize, s.capacity - next);
-    window.push(s.read(next, len));
+    const slot = ring.length ? ring[issued % ring.length]!.subarray(0, len) : undefined;
+    window.push(slot ? s.readInto!(next, slot).then(() => slot) : s.read(next, len));
     next += len;
+    issued++;
   };
   while (next < s.capacity && window.length < s.maxInFlight) issue();
   let bytes = 0;

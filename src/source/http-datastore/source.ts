@@ -106,7 +106,15 @@ export class HttpDatastoreSource implements BlockSource {
     }
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.readAt(offset, length, undefined);
+  }
+
+  async readInto(offset: number, target: Buffer): Promise<void> {
+    await this.readAt(offset, target.length, target);
+  }
+
+  private async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.capacity) {
       throw new RangeError(`read of ${length} bytes at offset ${offset} is outside ${this.uri} (capacity ${this.capacity})`);
     }
@@ -114,7 +122,7 @@ export class HttpDatastoreSource implements BlockSource {
     if (length === 0) return Buffer.alloc(0);
     let attempts = 0;
     try {
-      return await withRetry(() => { attempts++; return this.range(this.flatUrl, offset, length); }, isTransient, this.retry, this.log, `http read at ${offset}`);
+      return await withRetry(() => { attempts++; return this.range(this.flatUrl, offset, length, target); }, isTransient, this.retry, this.log, `http read at ${offset}`);
     } catch (e) {
       throw new SourceReadError(this.uri, offset, length, attempts, e);
     }
@@ -130,7 +138,7 @@ export class HttpDatastoreSource implements BlockSource {
   }
 
   /** Exactly [offset, offset+length) into a buffer sized up front; a 200 (Range ignored) is refused, not downloaded. */
-  private async range(url: URL, offset: number, length: number): Promise<Buffer> {
+  private async range(url: URL, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const res = await this.dispatcher.request({
       origin: url.origin, path: url.pathname + url.search, method: 'GET',
       headers: this.headers({ range: `bytes=${offset}-${offset + length - 1}` }),
@@ -146,7 +154,7 @@ export class HttpDatastoreSource implements BlockSource {
       await res.body.dump().catch(() => undefined);
       throw new HttpReadError(`the server answered range "${cr}" for bytes ${offset}-${offset + length - 1}`, false);
     }
-    const out = Buffer.allocUnsafe(length);
+    const out = into ?? Buffer.allocUnsafe(length);
     let at = 0;
     try {
       for await (const chunk of res.body as AsyncIterable<Buffer>) {

@@ -131,8 +131,8 @@ export class NbdConnection {
   }
 
   /** Exactly `length` bytes at `offset` (the caller respects block-size limits). */
-  async read(offset: number, length: number): Promise<Buffer> {
-    const p = await this.request(P.CMD_READ, offset, length, 0);
+  async read(offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const p = await this.request(P.CMD_READ, offset, length, 0, into);
     return p.buf!;
   }
 
@@ -177,7 +177,7 @@ export class NbdConnection {
     this.fatal(reason, true);
   }
 
-  private request(cmd: number, offset: number, length: number, flags: number): Promise<Pending> {
+  private request(cmd: number, offset: number, length: number, flags: number, into?: Buffer): Promise<Pending> {
     if (this.dead) return Promise.reject(this.requestError(this.dead, cmd, offset, length));
     if (this.closing) return Promise.reject(new NbdError('connection is closing', { retryable: true, offset }));
     const handle = this.nextHandle;
@@ -185,7 +185,7 @@ export class NbdConnection {
     return new Promise<Pending>((resolve, reject) => {
       const p: Pending = {
         handle, cmd, offset, length,
-        buf: cmd === P.CMD_READ ? Buffer.allocUnsafe(length) : undefined,
+        buf: cmd === P.CMD_READ ? (into ? into.subarray(0, length) : Buffer.allocUnsafe(length)) : undefined,
         filled: [], filledBytes: 0, descriptors: cmd === P.CMD_BLOCK_STATUS ? [] : undefined,
         error: undefined, resolve, reject,
       };

@@ -69,7 +69,15 @@ export class NbdSource implements BlockSource {
     return new NbdSource(target, first, count, settings, opts);
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.readAt(offset, length, undefined);
+  }
+
+  async readInto(offset: number, target: Buffer): Promise<void> {
+    await this.readAt(offset, target.length, target);
+  }
+
+  private async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.capacity) {
       throw new RangeError(`read of ${length} bytes at offset ${offset} is outside ${this.uri} (capacity ${this.capacity})`);
     }
@@ -79,14 +87,18 @@ export class NbdSource implements BlockSource {
     const a = this.info.minBlock;
     const start = Math.floor(offset / a) * a;
     const end = Math.min(this.capacity, Math.ceil((offset + length) / a) * a);
+    const exact = start === offset && end === offset + length;
     let attempts = 0;
     try {
       const buf = await withRetry(async () => {
         attempts++;
         const c = await this.pick();
-        return c.read(start, end - start);
+        return c.read(start, end - start, exact ? target : undefined);
       }, isTransient, this.retry, this.log, `nbd read at ${offset}`);
-      return start === offset && end === offset + length ? buf : buf.subarray(offset - start, offset - start + length);
+      if (exact) return buf;
+      const part = buf.subarray(offset - start, offset - start + length);
+      if (target) part.copy(target);
+      return part;
     } catch (e) {
       throw new SourceReadError(this.uri, offset, length, attempts, e);
     }

@@ -123,7 +123,7 @@ async function acquireHost(host: string, limit: number): Promise<() => void> {
   };
 }
 
-interface Req { startSector: number; sectors: number; native: unknown; resolve: (b: Buffer) => void; reject: (e: Error) => void }
+interface Req { startSector: number; sectors: number; native: unknown; into: Buffer | undefined; resolve: (b: Buffer) => void; reject: (e: Error) => void }
 
 /** A BlockSource over libvixDiskLib: a disk of a VM (at a snapshot) through vCenter/ESXi, or a local VMDK. */
 export class VddkSource implements BlockSource {
@@ -196,7 +196,15 @@ export class VddkSource implements BlockSource {
     }
   }
 
-  async read(offset: number, length: number): Promise<Buffer> {
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.readAt(offset, length, undefined);
+  }
+
+  async readInto(offset: number, target: Buffer): Promise<void> {
+    await this.readAt(offset, target.length, target);
+  }
+
+  private async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.capacity) {
       throw new RangeError(`read of ${length} bytes at offset ${offset} is outside ${this.uri} (capacity ${this.capacity})`);
     }
@@ -204,14 +212,18 @@ export class VddkSource implements BlockSource {
     if (length === 0) return Buffer.alloc(0);
     const s = Math.floor(offset / SECTOR);
     const e = Math.ceil((offset + length) / SECTOR);
+    const skip = offset - s * SECTOR;
+    const exact = skip === 0 && (e - s) * SECTOR === length ? target : undefined;
     let attempts = 0;
     try {
       const buf = await withRetry(() => {
         attempts++;
-        return this.mode === 'sync' ? this.readSync(s, e - s) : this.readAsync(s, e - s);
+        return this.mode === 'sync' ? this.readSync(s, e - s, exact) : this.readAsync(s, e - s, exact);
       }, (x) => x instanceof VddkError && x.retryable, this.retry, this.log, `vddk read at ${offset}`);
-      const skip = offset - s * SECTOR;
-      return skip === 0 && buf.length === length ? buf : buf.subarray(skip, skip + length);
+      if (exact || (skip === 0 && buf.length === length)) return buf;
+      const part = buf.subarray(skip, skip + length);
+      if (target) part.copy(target);
+      return part;
     } catch (err) {
       throw new SourceReadError(this.uri, offset, length, attempts, err);
     }
@@ -287,20 +299,20 @@ export class VddkSource implements BlockSource {
     return this.pool.pop() ?? koffi.alloc('uint8_t', this.maxReadSize + 2 * SECTOR);
   }
 
-  private copyOut(native: unknown, bytes: number): Buffer {
-    const out = Buffer.allocUnsafe(bytes);
+  private copyOut(native: unknown, bytes: number, into?: Buffer): Buffer {
+    const out = into ?? Buffer.allocUnsafe(bytes);
     Buffer.from(koffi.view(native as never, bytes)).copy(out);
     return out;
   }
 
-  private readSync(startSector: number, sectors: number): Promise<Buffer> {
+  private readSync(startSector: number, sectors: number, into?: Buffer): Promise<Buffer> {
     const run = async (): Promise<Buffer> => {
       if (this.closed) throw new Error('source closed');
       const native = this.takeNative();
       try {
         const err = await callAsync(this.lib.Read, this.handle, startSector, sectors, native);
         if (err !== VIX_OK) throw this.readError(err);
-        return this.copyOut(native, sectors * SECTOR);
+        return this.copyOut(native, sectors * SECTOR, into);
       } finally { this.pool.push(native); }
     };
     const p = this.syncChain.then(run, run);
@@ -308,10 +320,10 @@ export class VddkSource implements BlockSource {
     return p;
   }
 
-  private readAsync(startSector: number, sectors: number): Promise<Buffer> {
+  private readAsync(startSector: number, sectors: number, into?: Buffer): Promise<Buffer> {
     if (this.closed) return Promise.reject(new Error('source closed'));
     return new Promise((resolve, reject) => {
-      this.queue.push({ startSector, sectors, native: undefined, resolve, reject });
+      this.queue.push({ startSector, sectors, native: undefined, into, resolve, reject });
       this.pump ??= this.drain().finally(() => { this.pump = undefined; });
     });
   }
@@ -327,7 +339,7 @@ export class VddkSource implements BlockSource {
         if (nextCbId > 0x7fffffff) nextCbId = 1;
         done.push(new Promise<void>((fin) => {
           completions.set(id, (result) => {
-            if (result === VIX_OK) r.resolve(this.copyOut(r.native, r.sectors * SECTOR));
+            if (result === VIX_OK) r.resolve(this.copyOut(r.native, r.sectors * SECTOR, r.into));
             else r.reject(this.readError(result));
             this.pool.push(r.native);
             fin();
