@@ -1,0 +1,221 @@
+/**
+ * Agentless engine benchmark (issue 5), against the lab vCenter, with the receiver as a child process.
+ *
+ *   node --import tsx bench/engine-cycle.ts [--size 8] [--wg-vms 50] [--wg-disk-mib 64] [--json]
+ *
+ * 1. A lab VM with a SIZE GiB disk full of data: full cycle (MB/s), then 1% scattered 64 KiB guest
+ *    writes and an incremental cycle: wall time as a fraction of the full cycle (target <= 5%),
+ *    source bytes read / changed bytes (target <= 1.2), wire bytes / changed bytes.
+ *    Peer in the same run: nbdcopy of the same snapshot disk from the lab's nbdkit export into a
+ *    local file; ratio ours / nbdcopy for the full cycle.
+ * 2. A workgroup of --wg-vms VMs: a full and an incremental cycle of all; total time and peak RSS of
+ *    this process, which plays the connector (target <= 512 MiB).
+ * Not part of the test suite.
+ */
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm, open, writeFile, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, promisify } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { startLab, type Lab } from '../test/lab/lab.ts';
+import { VCenter } from '../src/vsphere/index.ts';
+import { vcenterPort, httpDiskOpener } from '../src/cli/wiring.ts';
+import { LimitedDiskOpener } from '../src/engine/limits.ts';
+import { JobEngine } from '../src/engine/jobs.ts';
+import { Scheduler } from '../src/engine/scheduler.ts';
+import { Workgroups } from '../src/engine/workgroups.ts';
+import { resolveSettings } from '../src/engine/settings.ts';
+import { openStateStore } from '../src/state/sqlite.ts';
+import { Sender } from '../src/transfer/sender.ts';
+import { openSource } from '../src/source/open.ts';
+import type { DiskOpener } from '../src/engine/ports.ts';
+import { silentLogger } from '../src/util/log.ts';
+
+const execFileP = promisify(execFile);
+const { values } = parseArgs({
+  options: {
+    size: { type: 'string', default: '8' },
+    'wg-vms': { type: 'string', default: '50' },
+    'wg-disk-mib': { type: 'string', default: '64' },
+    json: { type: 'boolean', default: false },
+  },
+  strict: false,
+});
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+const SIZE_MIB = Math.max(64, Math.round(Number(values.size) * 1024));
+const WG_VMS = Number(values['wg-vms']);
+const WG_MIB = Number(values['wg-disk-mib']);
+const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+
+const results: Record<string, unknown> = {};
+const out = (line: string) => { if (!values.json) console.log(line); };
+
+async function startReceiverProcess(dir: string): Promise<{ p: ChildProcess; port: number; fingerprint: string; code: string }> {
+  const p = spawn(process.execPath, ['--import', 'tsx', '--no-warnings', MAIN, 'receiver', 'serve', '--data-dir', join(dir, 'rx'),
+    '--listen', '127.0.0.1', '--control-port', '0', '--data-port', '0', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let buf = '';
+  return new Promise((resolve, reject) => {
+    p.stdout!.on('data', (b) => {
+      buf += b;
+      const line = buf.split('\n').find((l) => l.includes('"fingerprint"'));
+      if (line) {
+        const j = JSON.parse(line);
+        resolve({ p, port: j.controlPort, fingerprint: j.fingerprint, code: j.code ?? j.activationCode?.code });
+      }
+    });
+    p.once('exit', (c) => reject(new Error(`receiver exited ${c}: ${buf}`)));
+  });
+}
+
+async function fillFlat(path: string, bytes: number): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    for (let off = 0; off < bytes; off += 8 * MiB) await fh.write(randomBytes(Math.min(8 * MiB, bytes - off)), 0, undefined, off);
+  } finally { await fh.close(); }
+}
+
+/** NBD transport with the lab as the export provider (where production puts `nbdkit vddk` in front of VMware). */
+function labNbdOpener(lab: Lab): DiskOpener {
+  return {
+    async open(vmRef, snapshot, disk) {
+      const vm = lab.vms.find((v) => v.moref === vmRef)!;
+      return openSource((await lab.nbdExport(vm.name, snapshot.ref, disk.key)).uri);
+    },
+  };
+}
+
+function makeEngine(lab: Lab, vc: VCenter, rx: { port: number; fingerprint: string; code: string }, dir: string, transport: 'http' | 'nbd' = 'http') {
+  const port = vcenterPort(vc);
+  const inner = transport === 'nbd' ? labNbdOpener(lab) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
+  const disks = new LimitedDiskOpener(inner, port.hostOf, { perHost: 8, overall: 32 });
+  const state = openStateStore(join(dir, 'state.db'));
+  const engine = new JobEngine({
+    state, logger: silentLogger,
+    connect: async (job) => {
+      const receiver = await Sender.connect({
+        receiver: `127.0.0.1:${rx.port}`, fingerprint: rx.fingerprint, credentialFile: join(dir, 'cred', `${job.sourceId}.json`), activationCode: rx.code,
+        sourceId: job.sourceId, compression: job.settings.compression, bandwidthMbps: 0, checksum: job.settings.checksum,
+      });
+      return { vcenter: port, disks, receiver, close: () => receiver.close() };
+    },
+  });
+  return { engine, state };
+}
+
+async function cycleOne(dir: string, transport: 'http' | 'nbd', compression: number): Promise<void> {
+  dir = join(dir, `${transport}-${compression}`);
+  const rx = await startReceiverProcess(dir);
+  const labDir = join(dir, 'lab1');
+  const lab1 = await startLab({ dir: labDir, vms: 1, diskMb: SIZE_MIB });
+  const vc = await VCenter.connect({ server: lab1.url, user: lab1.user, password: lab1.password, trust: { thumbprint: lab1.thumbprint } });
+  try {
+    const vm = lab1.vm('vm-0001');
+    const d = vm.disks[0]!;
+    await fillFlat(d.flatPath, d.capacity);
+    const { engine, state } = makeEngine(lab1, vc, rx, join(dir, 'c1'), transport);
+    engine.createJob({ id: 'big', vmRef: vm.moref, settings: resolveSettings({ compression, checksum: false }) });
+    engine.start('big');
+    let t0 = process.hrtime.bigint();
+    await engine.runNow('big');
+    const fullS = Number(process.hrtime.bigint() - t0) / 1e9;
+    const full = state.listCycles('big', 1)[0]!;
+    if (full.state !== 'committed') throw new Error(`full cycle failed: ${JSON.stringify(engine.getJob('big').error)}`);
+
+    // Peer: nbdcopy of a snapshot of the same disk from the lab's nbdkit export into a local file.
+    const snap = await vc.createSnapshot(vm.moref, 'bench-peer', { quiesce: false });
+    const nbd = await lab1.nbdExport(vm.name, snap.ref, d.key);
+    const peerOut = join(dir, 'peer.raw');
+    t0 = process.hrtime.bigint();
+    await execFileP('nbdcopy', [nbd.uri, peerOut]);
+    const peerS = Number(process.hrtime.bigint() - t0) / 1e9;
+    await rm(peerOut, { force: true });
+    await vc.removeSnapshot(vm.moref, snap.ref);
+
+    const block = 64 * 1024;
+    const count = Math.round((d.capacity * 0.01) / block);
+    const seen = new Set<number>();
+    for (let i = 0; i < count; i++) {
+      let b: number;
+      do b = Math.floor(Math.random() * (d.capacity / block)); while (seen.has(b));
+      seen.add(b);
+      await lab1.write(vm.name, d.key, b * block, randomBytes(block));
+    }
+    const changed = count * block;
+    engine.requestSync('big');
+    t0 = process.hrtime.bigint();
+    await engine.runNow('big');
+    const incS = Number(process.hrtime.bigint() - t0) / 1e9;
+    const inc = state.listCycles('big', 1)[0]!;
+    state.close();
+    const r = {
+      diskGiB: d.capacity / GiB, fullSeconds: fullS, fullMBps: d.capacity / 1e6 / fullS, nbdcopySeconds: peerS, nbdcopyMBps: d.capacity / 1e6 / peerS,
+      ratioVsNbdcopy: peerS / fullS, incSeconds: incS, incFractionOfFull: incS / fullS, changedBytes: changed,
+      cbtReportedBytes: inc.changedBytes, sourceReadPerChanged: inc.sourceBytesRead / changed, wirePerChanged: inc.wireBytes / changed,
+    };
+    results[`cycle-${transport}-c${compression}`] = r;
+    out(`engine cycle, ${r.diskGiB.toFixed(2)} GiB disk full of random data, compression ${compression}, ${transport} transport:`);
+    out(`  full cycle          ${fullS.toFixed(1)} s  ${r.fullMBps.toFixed(0)} MB/s`);
+    out(`  nbdcopy (peer)      ${peerS.toFixed(1)} s  ${r.nbdcopyMBps.toFixed(0)} MB/s   ours/nbdcopy = ${r.ratioVsNbdcopy.toFixed(2)}`);
+    out(`  incremental (1%)    ${incS.toFixed(2)} s = ${(100 * r.incFractionOfFull).toFixed(1)}% of the full cycle (target <= 5%)`);
+    out(`  source read/changed ${r.sourceReadPerChanged.toFixed(3)} (target <= 1.2); wire/changed ${r.wirePerChanged.toFixed(3)}`);
+  } finally {
+    await vc.close().catch(() => undefined);
+    await lab1.stop();
+    rx.p.kill('SIGTERM');
+  }
+}
+
+async function workgroup(dir: string): Promise<void> {
+  const rx = await startReceiverProcess(join(dir, 'wg'));
+  const lab = await startLab({ dir: join(dir, 'lab2'), vms: WG_VMS, diskMb: WG_MIB });
+  const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });
+  try {
+    const vms = lab.vms.filter((v) => /^vm-\d+$/.test(v.name));
+    for (const vm of vms) await fillFlat(vm.disks[0]!.flatPath, Math.min(vm.disks[0]!.capacity, 16 * MiB));
+    const { engine, state } = makeEngine(lab, vc, rx, join(dir, 'c2'));
+    const wg = new Workgroups(engine);
+    wg.create('bench', 'bench');
+    for (const vm of vms) engine.createJob({ id: vm.name, vmRef: vm.moref, settings: resolveSettings({ compression: 7 }) });
+    wg.add('bench', vms.map((v) => v.name));
+    const scheduler = new Scheduler(engine, { logger: silentLogger, tickMs: 100 });
+    const runAll = async () => {
+      scheduler.start();
+      while (vms.some((v) => engine.isRunning(v.name) || ['syncing', 'completing'].includes(engine.getJob(v.name).state))) await sleep(100);
+      await scheduler.stop();
+    };
+    const t0 = process.hrtime.bigint();
+    wg.batch('bench', 'start');
+    await runAll();
+    const fullS = Number(process.hrtime.bigint() - t0) / 1e9;
+    for (const vm of vms) await lab.write(vm.name, vm.disks[0]!.key, 0, randomBytes(256 * 1024));
+    const t1 = process.hrtime.bigint();
+    wg.batch('bench', 'sync');
+    await runAll();
+    const incS = Number(process.hrtime.bigint() - t1) / 1e9;
+    const failed = vms.filter((v) => engine.getJob(v.name).state !== 'waiting').length;
+    state.close();
+    const rssMiB = process.resourceUsage().maxRSS / 1024;
+    results.workgroup = { vms: vms.length, fullSeconds: fullS, incSeconds: incS, failed, connectorPeakRssMiB: rssMiB };
+    out(`workgroup of ${vms.length} VMs (${WG_MIB} MiB disks, 16 MiB data each): full ${fullS.toFixed(1)} s, incremental ${incS.toFixed(1)} s, ${failed} failed`);
+    out(`  connector peak RSS ${rssMiB.toFixed(0)} MiB (target <= 512 MiB)`);
+  } finally {
+    await vc.close().catch(() => undefined);
+    await lab.stop();
+    rx.p.kill('SIGTERM');
+  }
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'vmlift-bench-engine-'));
+try {
+  await cycleOne(dir, 'nbd', 0);
+  await cycleOne(dir, 'nbd', 7);
+  await cycleOne(dir, 'http', 7);
+  await workgroup(dir);
+  if (values.json) console.log(JSON.stringify(results));
+} finally {
+  await rm(dir, { recursive: true, force: true });
+}
