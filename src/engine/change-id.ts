@@ -1,16 +1,4 @@
-/**
- * A VMware CBT changeId is `<uuid>/<sequence>`: the UUID identifies the change-tracking epoch of
- * the disk (a new UUID means CBT was reset and earlier ids are meaningless), the sequence grows.
- */
-export interface ParsedChangeId { uuid: string; seq: number }
-
-export function parseChangeId(id: string): ParsedChangeId | null {
-  const slash = id.lastIndexOf('/');
-  if (slash <= 0) return null;
-  const seq = Number(id.slice(slash + 1));
-  if (!Number.isInteger(seq) || seq < 0) return null;
-  return { uuid: id.slice(0, slash), seq };
-}
+import { parseChangeId } from '../vsphere/index.ts';
 
 export type SyncPlan =
   | { mode: 'incremental'; sinceChangeId: string }
@@ -25,5 +13,6 @@ export function planDiskSync(previous: string | null, current: string | null, ba
   const c = parseChangeId(current);
   if (!p || !c) return { mode: 'full', reason: `unparseable changeId (${previous} → ${current})` };
   if (p.uuid !== c.uuid) return { mode: 'full', reason: `CBT was reset (changeId epoch ${p.uuid} → ${c.uuid})` };
+  if (c.seq < p.seq) return { mode: 'full', reason: `changeId went backwards (${previous} → ${current})` };
   return { mode: 'incremental', sinceChangeId: previous };
 }
