@@ -67,7 +67,7 @@ sync_once 1
 verify_image 1 full
 
 step "changing 1% of the disk's 4 KiB blocks at random offsets"
-"${TSX[@]}" scripts/lib/gen-disk.ts --change "$DIR/disk.img" 0.01 --seed 9
+"${TSX[@]}" scripts/lib/gen-disk.ts --change "$DIR/disk.img" 0.01 --seed 9 >&2
 
 step "cycle 2: incremental (only changed blocks are sent)"
 sync_once 2
