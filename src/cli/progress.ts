@@ -57,7 +57,7 @@ export class Progress {
     const now = this.o.now();
     let r = this.rows.get(key);
     if (!r) {
-      r = { ...u, key, startedAt: now, speed: 0, lastAt: now, lastDone: u.done, lastEmit: 0 };
+      r = { ...u, key, startedAt: now, speed: 0, lastAt: now, lastDone: u.done, lastEmit: -Infinity };
       this.rows.set(key, r);
     }
     const dt = (now - r.lastAt) / 1000;

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { generateDisk, changeBlocks, sha256File } from '../../scripts/lib/gen-disk.ts';
 import { openImageStore } from '../../src/store/index.ts';
 import type { ImageStore } from '../../src/store/types.ts';
-import { Receiver, runAgent, writeCodeFile } from './harness.ts';
+import { Receiver, runAgent, startAgent, writeCodeFile } from './harness.ts';
 
 const execFileP = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -160,4 +160,31 @@ test('retention max 2 over 4 cycles keeps the 2 newest, drops unreferenced chunk
     await rstore.close();
     await r.stop();
   }
+});
+
+test('interval mode runs a cycle per interval until stopped; SIGTERM leaves no open cycle behind', async () => {
+  const disk = join(dir, 'loop.img');
+  await generateDisk({ path: disk, size: 8 * MiB, seed: 41, dataFraction: 0.7 });
+  const stateDir = join(dir, 'state-loop');
+  let cycles = 0;
+  const reports: Record<string, unknown>[] = [];
+  const run = startAgent({
+    devices: [disk], receiver: recv, stateDir, codeFile, sourceId: 'loop', once: false, extra: ['--test-interval-seconds', '1'],
+    onLine: (l, r) => {
+      if (l.type !== 'cycle') return;
+      cycles++;
+      reports.push(l);
+      if (cycles === 2) r.proc.kill('SIGTERM');
+    },
+  });
+  const exit = await run.done;
+  assert.equal(cycles, 2, run.stderr);
+  assert.notEqual(exit, 0, 'stopped by a signal: non-zero exit');
+  const images = await store.listImages('loop');
+  assert.deepEqual(images.map((i) => i.imageId), ['1', '2']);
+  assert.equal(reports[1]!.changedBytes, 0, 'an unchanged source: nothing changed');
+  assert.equal(reports[1]!.payloadBytes, 0, 'an unchanged source: nothing sent');
+  assert.equal(await exportSha('loop', '2', 'loop2.raw'), await sha256File(disk));
+  const state = JSON.parse(await readFile(join(stateDir, 'state.json'), 'utf8')) as { openCycle: unknown };
+  assert.equal(state.openCycle, null);
 });

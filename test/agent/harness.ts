@@ -110,6 +110,8 @@ export interface AgentArgs {
   extra?: string[];
   fingerprint?: string;
   env?: NodeJS.ProcessEnv;
+  /** Pass --once (default true). */
+  once?: boolean;
   /** Called on every JSON line (e.g. to kill the agent at some progress). */
   onLine?: (line: Record<string, unknown>, run: AgentRun) => void;
 }
@@ -122,7 +124,7 @@ export async function writeCodeFile(path: string, code: string): Promise<string>
 export function startAgent(a: AgentArgs): AgentRun {
   const args = ['agent', 'sync', ...a.devices.flatMap((d) => ['--device', d]), '--receiver', a.receiver.address,
     '--fingerprint', a.fingerprint ?? a.receiver.fingerprint, '--code-file', a.codeFile, '--state-dir', a.stateDir,
-    '--source-id', a.sourceId ?? 'agent-test', '--json', '--once', '--retry-for', '2m', ...(a.extra ?? [])];
+    '--source-id', a.sourceId ?? 'agent-test', '--json', ...(a.once === false ? [] : ['--once']), '--retry-for', '2m', ...(a.extra ?? [])];
   const proc = spawn(process.execPath, [...NODE_ARGS, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...a.env } });
   const run: AgentRun = { proc, lines: [], stderr: '', done: Promise.resolve(0) };
   let buf = '';
