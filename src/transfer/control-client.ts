@@ -31,6 +31,8 @@ export class ControlClient {
     if (this.auth) { headers[HDR_SOURCE] = this.auth.sourceId; headers.authorization = `Bearer ${this.auth.credential}`; }
     // the fingerprint is checked before a single byte (credential included) is written
     const sock = await connectPinned(this.target);
+    // idle limit, not a deadline: a commit that verifies a large disk answers only at the end
+    sock.setTimeout(30 * 60_000, () => sock.destroy(new Error('the receiver sent nothing for 30 minutes')));
     return new Promise((resolve, reject) => {
       const req = http.request({
         method, path, headers, host: this.target.host, port: this.target.port,

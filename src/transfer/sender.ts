@@ -250,6 +250,8 @@ async function readCredential(file: string): Promise<Credential | null> {
 
 /** Data pieces: 1 MiB, the image store's default chunk size (DEFAULT_CHUNK_SIZE). */
 const PIECE = 1024 * 1024;
+/** The receiver acks at least every 300 ms while data flows; two minutes of silence means it is gone. */
+const ACK_TIMEOUT_MS = 120_000;
 
 export class CycleSession extends EventEmitter {
   readonly cycleId: string;
@@ -278,6 +280,9 @@ export class CycleSession extends EventEmitter {
   private readonly changed = new Signal();
   private pumpDone: Promise<void> | null = null;
   private readonly perDisk = new Map<number, number>();
+  /** Last sign of life of the receiver on the data connection (READY or ACK). */
+  private lastHeard = Date.now();
+  private watchdog: NodeJS.Timeout | null = null;
   private readonly st: SessionStats = { payloadBytes: 0, wireBytes: 0, extents: 0, resentBytes: 0, skippedBytes: 0, zeroBytes: 0, reconnects: 0 };
 
   constructor(private readonly sender: Sender, o: { cycleId: string; disks: DiskSpec[]; baseImageId?: string | null; maxImages?: number }) {
@@ -296,6 +301,16 @@ export class CycleSession extends EventEmitter {
     await this.begin();
     await this.connectData();
     this.pumpDone = this.pump();
+    // a receiver that stops acknowledging (frozen, or a half-open connection) is treated as a lost connection
+    this.watchdog = setInterval(() => {
+      const sentUnacked = this.sendIdx > 0;
+      if (this.sock && sentUnacked && Date.now() - this.lastHeard > ACK_TIMEOUT_MS) {
+        this.log.warn({ silentMs: Date.now() - this.lastHeard }, 'receiver stopped acknowledging; reconnecting');
+        this.sock.destroy();
+      }
+    }, 5000);
+    this.watchdog.unref();
+    this.once('closed', () => { if (this.watchdog) clearInterval(this.watchdog); });
   }
 
   private async begin(): Promise<void> {
@@ -344,6 +359,7 @@ export class CycleSession extends EventEmitter {
     s.write(encodeJsonFrame(FRAME.HELLO, { sourceId: this.sender.sourceId, credential: this.sender.credential.credential, cycleId: this.cycleId, streamId: this.streamId }));
     const r = await ready;
     this.sock = s;
+    this.lastHeard = Date.now();
     this.resync(r.durableSeq);
   }
 
@@ -365,6 +381,7 @@ export class CycleSession extends EventEmitter {
   }
 
   private onAck(msg: Record<string, unknown>): void {
+    this.lastHeard = Date.now();
     if (typeof msg.seq === 'number') this.ackUpTo(msg.seq);
     this.changed.notify();
   }
