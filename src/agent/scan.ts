@@ -8,6 +8,7 @@ import { createHash, type Hash } from 'node:crypto';
 import type { BlockSource, SourceExtent } from '../source/types.ts';
 import type { Range } from '../store/types.ts';
 import { BLOCK_SIZE, DIGEST_SIZE, zeroDigest, type ManifestReader, type ManifestWriter } from './manifest.ts';
+import { sharedDigestPool, type DigestPool, type WindowDigests } from './digest-pool.ts';
 
 export const WINDOW = 1024 * 1024;
 
@@ -38,6 +39,8 @@ export interface ScanOptions {
   readAhead?: number;
   onProgress?: (p: ScanProgress) => void;
   signal?: AbortSignal;
+  /** Where block digests are computed (default: a shared pool of 2 worker threads); null = on this thread. */
+  digestPool?: DigestPool | null;
 }
 
 export interface ScanResult {
@@ -121,7 +124,8 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
   const whole: Hash | undefined = o.wholeDigest ? createHash('sha256') : undefined;
   const res: ScanResult = { disk, capacity, readBytes: 0, changedBytes: 0, sentBytes: 0, extents: 0 };
 
-  const queue: { w: Window; data: Promise<Buffer | null> }[] = [];
+  const pool = o.digestPool === undefined ? sharedDigestPool() : o.digestPool;
+  const queue: { w: Window; data: Promise<Buffer | null>; digests: Promise<WindowDigests | null> }[] = [];
   let next = 0;
   const plan = async (): Promise<void> => {
     const offset = next;
@@ -130,18 +134,22 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     const [readStart, readEnd] = await holes.dataSpan(offset, offset + length);
     const w: Window = { offset, length, readStart, readEnd };
     const data = readEnd > readStart ? readChunked(source, readStart, readEnd - readStart) : Promise.resolve(null);
+    // Hash as soon as the read lands, while earlier windows are still being sent.
+    const digests = pool ? data.then((b) => (b ? pool.digest(b, BLOCK_SIZE) : null)) : Promise.resolve(null);
     data.catch(() => {}); // awaited in order below; avoid an unhandled rejection meanwhile
-    queue.push({ w, data });
+    digests.catch(() => {});
+    queue.push({ w, data, digests });
   };
 
   while (queue.length < readAhead && next < capacity) await plan();
   while (queue.length) {
     if (o.signal?.aborted) throw o.signal.reason ?? new Error('aborted');
-    const { w, data } = queue.shift()!;
+    const { w, data, digests } = queue.shift()!;
     const buf = await data;
+    const dig = await digests;
     while (queue.length < readAhead && next < capacity) await plan();
     if (buf) res.readBytes += buf.length;
-    await processWindow(o, w, buf, held, res);
+    await processWindow(o, w, buf, dig, held, res);
     if (whole) {
       if (w.readStart > w.offset) whole.update(zeros(w.readStart - w.offset));
       if (buf) whole.update(buf);
@@ -162,7 +170,7 @@ async function readChunked(source: BlockSource, offset: number, length: number):
   return Buffer.concat(parts);
 }
 
-async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, held: HeldCursor, res: ScanResult): Promise<void> {
+async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig: WindowDigests | null, held: HeldCursor, res: ScanResult): Promise<void> {
   const nBlocks = Math.ceil(w.length / BLOCK_SIZE);
   const first = w.offset / BLOCK_SIZE;
   const old = await o.oldManifest.get(first, nBlocks);
@@ -189,9 +197,15 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, held
       isZero = true;
       d = len === BLOCK_SIZE ? zero : zeroDigest(len);
     } else {
-      const block = buf.subarray(off - w.readStart, off - w.readStart + len);
-      isZero = len === BLOCK_SIZE ? block.equals(zeros(BLOCK_SIZE)) : block.every((x) => x === 0);
-      d = isZero ? (len === BLOCK_SIZE ? zero : zeroDigest(len)) : createHash('sha256').update(block).digest();
+      const k = (off - w.readStart) / BLOCK_SIZE; // reads start on a block boundary of the window
+      if (dig) {
+        isZero = dig.zero[k] === 1;
+        d = dig.digests.subarray(k * DIGEST_SIZE, (k + 1) * DIGEST_SIZE);
+      } else {
+        const block = buf.subarray(off - w.readStart, off - w.readStart + len);
+        isZero = len === BLOCK_SIZE ? block.equals(zeros(BLOCK_SIZE)) : block.every((x) => x === 0);
+        d = isZero ? (len === BLOCK_SIZE ? zero : zeroDigest(len)) : createHash('sha256').update(block).digest();
+      }
     }
     d.copy(fresh, i * DIGEST_SIZE, 0, DIGEST_SIZE);
     const changed = old.compare(fresh, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE) !== 0;
