@@ -6,7 +6,7 @@ import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
 import { StoreError, type BeginCycleOptions, type CycleWriter, type ImageInfo, type ImageStore } from './types.ts';
 import { assertImageId, indexName, Layout, SLOT, STORE_VERSION } from './layout.ts';
 import { isZeroSlot, sha256Async } from './chunks.ts';
-import { Cycle } from './cycle.ts';
+import { Cycle, validateDisks } from './cycle.ts';
 import { imageIds, listImageRecords, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
 import { livePins, pinImage } from './pins.ts';
 import { collectGarbage } from './gc.ts';
@@ -40,6 +40,7 @@ class Store implements ImageStore {
 
   async beginCycle(opts: BeginCycleOptions): Promise<CycleWriter> {
     const key = `${assertId(opts.sourceId, 'source id')}/${assertId(opts.cycleId, 'cycle id')}`;
+    validateDisks(opts.disks);
     const pending = this.beginning.get(key);
     if (pending) await pending.catch(() => {});
     const cur = this.active.get(key);
