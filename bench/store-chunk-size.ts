@@ -11,6 +11,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, open, readdir, rm, stat } from 'node:fs/promises';
 import { spawnSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -27,6 +28,9 @@ const { values } = parseArgs({
 const capacity = Number(values['size-mib']) * 2 ** 20;
 const sizesKiB = values.sizes!.split(',').map(Number);
 const base = await mkdtemp(join(values.dir!, 'vmlift-bench-store-'));
+// Leave no multi-GiB temp folder behind when a run fails.
+process.once('uncaughtException', (e) => { rmSync(base, { recursive: true, force: true }); console.error(e); process.exit(1); });
+process.once('unhandledRejection', (e) => { rmSync(base, { recursive: true, force: true }); console.error(e); process.exit(1); });
 
 // Unique content for every 4 KiB block: a random pool with the block number stamped in.
 const pool = randomBytes(64 << 20);
