@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { generateDisk, changeBlocks, sha256File } from '../../scripts/lib/gen-disk.ts';
 import { openImageStore } from '../../src/store/index.ts';
 import type { ImageStore } from '../../src/store/types.ts';
-import { Receiver, runAgent, startAgent, writeCodeFile } from './harness.ts';
+import { Receiver, runAgent, startAgent, writeCodeFile, killChildren } from './harness.ts';
 
 const execFileP = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -40,6 +40,7 @@ before(async () => {
 after(async () => {
   await store?.close();
   await recv?.stop();
+  await killChildren();
   await rm(dir, { recursive: true, force: true });
 });
 

@@ -5,7 +5,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openImageStore } from '../../src/store/index.ts';
-import { Receiver, runAgent, vmlift, writeCodeFile, freePort } from './harness.ts';
+import { Receiver, runAgent, vmlift, writeCodeFile, freePort, killChildren } from './harness.ts';
 
 let dir: string;
 let recv: Receiver;
@@ -20,6 +20,7 @@ before(async () => {
 
 after(async () => {
   await recv?.stop();
+  await killChildren();
   await rm(dir, { recursive: true, force: true });
 });
 

@@ -15,6 +15,18 @@ const MAIN = join(ROOT, 'src/cli/main.ts');
 export const NODE_ARGS = ['--import', 'tsx', '--no-warnings', MAIN];
 const execFileP = promisify(execFile);
 
+const children = new Set<ChildProcess>();
+function track(p: ChildProcess): ChildProcess {
+  children.add(p);
+  p.once('exit', () => children.delete(p));
+  return p;
+}
+/** Kill every child process this harness started and that still runs (for `after` hooks). */
+export async function killChildren(): Promise<void> {
+  await Promise.all([...children].map((p) => killWait(p, 'SIGKILL')));
+}
+process.once('exit', () => { for (const p of children) p.kill('SIGKILL'); });
+
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
@@ -59,7 +71,7 @@ export class Receiver {
   async spawn(): Promise<void> {
     const p = spawn(process.execPath, [...NODE_ARGS, 'receiver', 'serve', '--data-dir', this.dataDir, '--listen', '127.0.0.1',
       '--control-port', String(this.controlPort), '--data-port', String(this.dataPort)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_LOG_LEVEL: 'info' } });
-    this.proc = p;
+    this.proc = track(p);
     p.stderr!.setEncoding('utf8');
     p.stdout!.setEncoding('utf8');
     p.stderr!.on('data', (d: string) => { this.stderr += d; if (this.stderr.length > 1 << 20) this.stderr = this.stderr.slice(-(1 << 19)); });
@@ -126,6 +138,7 @@ export function startAgent(a: AgentArgs): AgentRun {
     '--fingerprint', a.fingerprint ?? a.receiver.fingerprint, '--code-file', a.codeFile, '--state-dir', a.stateDir,
     '--source-id', a.sourceId ?? 'agent-test', '--json', ...(a.once === false ? [] : ['--once']), '--retry-for', '2m', ...(a.extra ?? [])];
   const proc = spawn(process.execPath, [...NODE_ARGS, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...a.env } });
+  track(proc);
   const run: AgentRun = { proc, lines: [], stderr: '', done: Promise.resolve(0) };
   let buf = '';
   proc.stdout!.setEncoding('utf8');

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { generateDisk, sha256File } from '../../scripts/lib/gen-disk.ts';
 import { openImageStore } from '../../src/store/index.ts';
-import { Receiver, runAgent, startAgent, killWait, writeCodeFile, type CycleLine } from './harness.ts';
+import { Receiver, runAgent, startAgent, killWait, writeCodeFile, type CycleLine, killChildren } from './harness.ts';
 
 const MiB = 1024 * 1024;
 /** The agents here keep at most this much unacknowledged data for resend (hidden --window-mib). */
@@ -44,6 +44,7 @@ before(async () => {
 
 after(async () => {
   await recv?.stop();
+  await killChildren();
   await rm(dir, { recursive: true, force: true });
 });
 
