@@ -130,3 +130,49 @@ test('a persistent failure moves the job to error with the failing step; resume 
   assert.equal(engine.getJob('db').state, 'waiting', JSON.stringify(engine.getJob('db').error));
   assert.equal((await rig.vc.snapshots(vm.moref)).snapshots.length, 0);
 });
+
+test('bandwidth changed while a cycle runs takes effect at once; pause keeps the cycle and resume continues it', async (t) => {
+  const rig = await startRig();
+  t.after(() => rig.close());
+  const { lab, engine, rx } = rig;
+  const vm = lab.vm('two-disks');
+  for (const d of vm.disks) await guestWrites(lab, vm.name, d.key, d.capacity, 160);
+  const expected = await Promise.all(vm.disks.map((d) => liveSha(lab, vm.name, d.key, d.capacity)));
+  // 8 Mbps = 1 MB/s: the ~15 MiB of this cycle would take ~15 s.
+  engine.createJob({ id: 'slow', vmRef: vm.moref, settings: settings({ bandwidthMbps: 8, compression: 0 }) });
+  engine.start('slow');
+  const started = Date.now();
+  let run = engine.runNow('slow');
+  await waitUntil(() => (engine.live('slow')?.disks ?? []).some((d) => d.done > 0), 60_000);
+  engine.pause('slow');
+  await run;
+  assert.equal(engine.getJob('slow').state, 'paused');
+  const [paused] = rig.state.listCycles('slow');
+  assert.equal(paused!.state, 'running', 'a paused cycle stays open for resume');
+  assert.equal((await rig.vc.snapshots(vm.moref)).snapshots.length, 0, 'pause removed the snapshot');
+
+  assert.equal(engine.resume('slow').state, 'syncing');
+  run = engine.runNow('slow');
+  await waitUntil(() => (engine.live('slow')?.disks ?? []).some((d) => d.done > 0), 60_000);
+  const raised = Date.now();
+  engine.updateSettings('slow', { bandwidthMbps: 0 });
+  await run;
+  const afterRaise = (Date.now() - raised) / 1000;
+  const job = engine.getJob('slow');
+  assert.equal(job.state, 'waiting', JSON.stringify(job.error));
+  assert.equal(job.settings.bandwidthMbps, 0);
+  assert.ok(afterRaise < 8, `lifting the limit finished the cycle in ${afterRaise.toFixed(1)} s (at 1 MB/s it needed ~15 s)`);
+  const cycles = rig.state.listCycles('slow');
+  assert.equal(cycles.length, 1, 'the paused cycle was continued, not restarted');
+  assert.equal(cycles[0]!.id, paused!.id);
+  for (const [i, d] of vm.disks.entries()) assert.equal(await imageSha(rx, job.sourceId, cycles[0]!.imageId!, i, d.capacity), expected[i]);
+  assert.ok(Date.now() - started < 60_000);
+});
+
+async function waitUntil(cond: () => boolean, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
