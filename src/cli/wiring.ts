@@ -96,6 +96,9 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
       const receiver = await sender(job);
       return {
         vcenter: port, disks, receiver,
+        async removeImages() {
+          for (const img of await receiver.listImages()) await receiver.deleteImage(img.imageId);
+        },
         close: () => receiver.close(),
       };
     },

@@ -159,7 +159,10 @@ export class JobEngine {
       const ports = await this.o.connect(job);
       try {
         if (job.vmRef) await ports.vcenter.sweepSnapshots(job.vmRef, 'vmlift-');
-        if (opts.removeImages) await ports.removeImages?.();
+        if (opts.removeImages) {
+          if (!ports.removeImages) throw new UserError('CANNOT_REMOVE_IMAGES', 'this connector cannot delete images on the receiver', 'delete them there with `vmlift image rm`');
+          await ports.removeImages();
+        }
       } finally {
         await ports.close();
       }

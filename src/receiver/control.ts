@@ -102,6 +102,19 @@ async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResp
     const last = imgs[imgs.length - 1];
     return send(res, 200, { imageId: last?.imageId ?? null, disks: last?.disks ?? [] });
   }
+  if (m === 'DELETE' && parts[1] === 'images' && parts.length === 3) {
+    // A source may delete its own images (job delete --remove-images); refused while an export or verify uses one.
+    const imageId = assertId(parts[2], 'image id');
+    await ctx.store.removeImage(sourceId, imageId).catch((e: unknown) => {
+      const code = (e as { code?: string }).code;
+      if (code === 'NOT_FOUND') throw new Refusal(404, 'NOT_FOUND', `source ${sourceId} has no image ${imageId}`, 'list the images with `vmlift image ls`');
+      if (code === 'PINNED' || code === 'BUSY') throw new Refusal(409, code, errorMessage(e), 'retry once the export or verify has finished');
+      throw e;
+    });
+    await ctx.store.gc();
+    ctx.log.info({ sourceId, imageId }, 'image deleted by its source');
+    return send(res, 200, { deleted: imageId });
+  }
   if (m === 'GET' && parts[1] === 'images' && parts[3] === 'digests' && parts.length === 4) {
     return digests(ctx, res, sourceId, assertId(parts[2], 'image id'), url.searchParams);
   }

@@ -183,6 +183,11 @@ export class Sender {
     return (await this.control.request<{ images: ImageInfo[] }>('GET', '/v1/images')).images;
   }
 
+  /** Delete one of this source's images on the receiver (refused while an export or verify uses it). */
+  async deleteImage(imageId: string): Promise<void> {
+    await this.control.request('DELETE', `/v1/images/${encodeURIComponent(assertId(imageId, 'image id'))}`);
+  }
+
   async listDisks(): Promise<{ imageId: string | null; disks: DiskSpec[] }> {
     return this.control.request('GET', '/v1/disks');
   }

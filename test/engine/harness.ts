@@ -54,7 +54,10 @@ export async function startRig(o: { vms?: number; diskMb?: number; retry?: { att
     state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },
     async connect(job): Promise<JobPorts> {
       const receiver = await rx.sender(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum });
-      return { vcenter: hooked, disks, receiver, close: () => receiver.close() };
+      return {
+        vcenter: hooked, disks, receiver, close: () => receiver.close(),
+        async removeImages() { for (const i of await receiver.listImages()) await receiver.deleteImage(i.imageId); },
+      };
     },
   });
   return {

@@ -107,6 +107,13 @@ test('an injected snapshot failure and an expired session are retried; a CBT res
   assert.equal(c!.kind, 'full');
   assert.match(c!.reason ?? '', /CBT was reset/);
   assert.equal(await imageSha(rx, 'web', c!.imageId!, 0, d.capacity), expected2);
+
+  // delete --remove-images: the job, its snapshots and its images on the receiver are gone.
+  assert.ok((await rx.rx.store.listImages('web')).length >= 3);
+  await engine.delete('web', { removeImages: true });
+  assert.equal(rig.state.getJob('web'), undefined);
+  assert.deepEqual(await rx.rx.store.listImages('web').catch(() => []), []);
+  assert.equal((await rig.vc.snapshots(vm.moref)).snapshots.length, 0);
 });
 
 test('a persistent failure moves the job to error with the failing step; resume retries it', async (t) => {
