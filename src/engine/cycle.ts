@@ -203,19 +203,33 @@ interface CopyOptions {
   onRead: (offset: number, data: Buffer) => void;
 }
 
-/** Read `ranges` from `source` with up to `source.maxInFlight` reads in flight and hand each piece to `send`. */
+/**
+ * Read `ranges` from `source` with up to `source.maxInFlight` reads in flight and hand each piece to
+ * `send`. With `readInto`, a fixed pool of buffers is recycled (send copies before it resolves), so
+ * memory is maxInFlight × maxReadSize whatever the disk size.
+ */
 export async function copyRanges(source: BlockSource, ranges: readonly Range[], o: CopyOptions): Promise<void> {
-  const queue = new PQueue({ concurrency: Math.max(1, source.maxInFlight) });
+  const inFlight = Math.max(1, source.maxInFlight);
+  const queue = new PQueue({ concurrency: inFlight });
+  const pool: Buffer[] = [];
   let failure: unknown;
   for (const piece of split(ranges, o.maxReadSize)) {
     if (failure) break;
     o.signal?.throwIfAborted();
     // Backpressure: never queue more than a few pieces beyond those in flight.
-    await queue.onSizeLessThan(source.maxInFlight);
+    await queue.onSizeLessThan(inFlight);
     queue.add(async () => {
-      const data = await source.read(piece.offset, piece.length);
+      const whole = source.readInto ? pool.pop() ?? Buffer.allocUnsafe(o.maxReadSize) : undefined;
+      let data: Buffer;
+      if (whole) {
+        data = whole.subarray(0, piece.length);
+        await source.readInto!(piece.offset, data);
+      } else {
+        data = await source.read(piece.offset, piece.length);
+      }
       o.onRead(piece.offset, data);
       await o.send(piece.offset, data);
+      if (whole) pool.push(whole);
     }).catch((e) => { failure ??= e; });
   }
   await queue.onIdle();

@@ -57,6 +57,7 @@ export class LimitedDiskOpener implements DiskOpener {
         close: async () => { try { await source.close(); } finally { release(); } },
       };
       if (source.extents) limited.extents = (offset, length) => source.extents!(offset, length);
+      if (source.readInto) limited.readInto = (offset, target) => source.readInto!(offset, target);
       return limited;
     } catch (e) {
       release();
