@@ -42,7 +42,7 @@ export interface CycleInput {
   onSnapshot?: (s: SnapshotHandle) => void;
 }
 
-export type CycleStep = 'sweep' | 'snapshot' | 'plan' | 'transfer' | 'commit' | 'cleanup';
+export type CycleStep = 'preflight' | 'cbt' | 'sweep' | 'snapshot' | 'plan' | 'transfer' | 'commit' | 'cleanup';
 
 export interface DiskResult {
   key: number;

@@ -291,12 +291,13 @@ export class JobEngine {
       ports.receiver.setCompression(run.settings.compression);
       if (first) {
         run.status.step = 'preflight';
-        const failed = (await ports.vcenter.preflight(job.vmRef)).filter((c) => !c.ok);
+        const failed = await ports.vcenter.preflight(job.vmRef).then((checks) => checks.filter((c) => !c.ok), (e) => { throw new CycleError('preflight', e); });
         if (failed.length) {
-          throw new CycleError('sweep', new UserError('PREFLIGHT', `preflight failed: ${failed.map((c) => c.message).join('; ')}`,
+          throw new CycleError('preflight', new UserError('PREFLIGHT', `preflight failed: ${failed.map((c) => c.message).join('; ')}`,
             failed.map((c) => c.fix).filter(Boolean).join('; ')));
         }
-        const { changed } = await ports.vcenter.ensureCbt(job.vmRef);
+        run.status.step = 'cbt';
+        const { changed } = await ports.vcenter.ensureCbt(job.vmRef).catch((e) => { throw new CycleError('cbt', e); });
         if (changed) log.info({ vmRef: job.vmRef }, 'enabled changed block tracking');
       }
       const previousChangeIds = new Map(this.o.state.getDisks(job.id).map((d) => [d.diskKey, d.changeId]));

@@ -158,6 +158,32 @@ test('kill -9 of the connector during a read and right after the receiver commit
   assert.match(metrics, /vmlift_jobs\{state="waiting"\} 1/);
   // This process recorded the recovered cycle 2 and ran cycle 3.
   assert.match(metrics, /vmlift_cycles_total\{job="mig",kind="incremental",result="committed"\} 2/);
+  // Templates and workgroups through the CLI.
+  await r.api(['template', 'create', 'nightly', '--interval', '1d', '--compression', '3', '--max-images', '2']);
+  const bad = await vmlift(['template', 'create', 'hourly', '--interval', '30m', '--home', r.home]);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /sync interval must be from 1h to 7d/);
+  assert.match(bad.stderr, /fix: /);
+  const created = await r.api<{ settings: { intervalSeconds: number; compression: number; maxImages: number } }>(
+    ['job', 'create', 'other', '--vm', 'shape-snapshot', '--template', 'nightly', '--compression', '5']);
+  assert.deepEqual([created.settings.intervalSeconds, created.settings.compression, created.settings.maxImages], [86400, 5, 2]);
+  await r.api(['workgroup', 'create', 'wave-1']);
+  const added = await r.api<{ ok: boolean }[]>(['workgroup', 'add', 'wave-1', 'mig', 'other']);
+  assert.ok(added.every((m) => m.ok));
+  const started = await r.api<{ jobId: string; ok: boolean }[]>(['workgroup', 'start', 'wave-1']);
+  assert.deepEqual(started.map((m) => m.ok), [true, true]);
+  // The VM with a user snapshot fails preflight: error state with the reason and the fix.
+  const other = await waitFor(r, 'other', (x) => x.job.state === 'error', 'preflight refusal');
+  assert.match(JSON.stringify(other.job.error), /"step":"preflight".*preflight failed: .*snapshot/);
+  const paused = await vmlift(['workgroup', 'pause', 'wave-1', '--home', r.home, '--json']);
+  assert.equal(paused.code, 0, paused.stderr);
+  const synced = await vmlift(['workgroup', 'sync', 'wave-1', '--home', r.home, '--json']);
+  assert.equal(synced.code, 1, 'a source that cannot sync makes the batch exit non-zero');
+  const results = JSON.parse(synced.stdout) as { jobId: string; ok: boolean; reason?: string }[];
+  assert.ok(results.every((m) => !m.ok && /paused/.test(m.reason ?? '')), JSON.stringify(results));
+  const wg = await r.api<{ members: { jobId: string; state: string; error: string | null }[] }>(['workgroup', 'show', 'wave-1']);
+  assert.deepEqual(wg.members.map((m) => m.state), ['paused', 'paused']);
+
   serve.kill('SIGTERM');
   await killed(serve);
 });
