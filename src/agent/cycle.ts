@@ -188,7 +188,7 @@ async function attempt(
         held: session.held.find((h) => h.disk === disk)?.ranges ?? [],
         wholeDigest: o.checksum,
         signal: o.signal,
-        sink: { send: (d, off, data, len) => session.send(d, off, data, len) },
+        sink: { send: (d, off, data, len, so) => session.send(d, off, data, len, so) },
         onProgress: (p) => {
           addStats(totals, before, safeStats(session));
           o.onProgress?.({ ...p, label, payloadBytes: totals.payloadBytes, wireBytes: totals.wireBytes, resentBytes: totals.resentBytes });

@@ -14,7 +14,7 @@ export const WINDOW = 1024 * 1024;
 
 export interface ExtentSink {
   /** Ship `length` bytes at `offset`; `data` null = all zeros. Resolves when the sink can take more. */
-  send(disk: number, offset: number, data: Buffer | null, length: number): Promise<void>;
+  send(disk: number, offset: number, data: Buffer | null, length: number, opts?: { handOver?: boolean }): Promise<void>;
 }
 
 export interface ScanProgress {
@@ -125,7 +125,7 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
   const res: ScanResult = { disk, capacity, readBytes: 0, changedBytes: 0, sentBytes: 0, extents: 0 };
 
   const pool = o.digestPool === undefined ? sharedDigestPool() : o.digestPool;
-  const queue: { w: Window; data: Promise<Buffer | null>; digests: Promise<WindowDigests | null> }[] = [];
+  const queue: { w: Window; data: Promise<Buffer | null>; digests: Promise<(WindowDigests & { data: Buffer }) | null> }[] = [];
   let next = 0;
   const plan = async (): Promise<void> => {
     const offset = next;
@@ -135,7 +135,8 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     const w: Window = { offset, length, readStart, readEnd };
     const data = readEnd > readStart ? readChunked(source, readStart, readEnd - readStart) : Promise.resolve(null);
     // Hash as soon as the read lands, while earlier windows are still being sent.
-    const digests = pool ? data.then((b) => (b ? pool.digest(b, BLOCK_SIZE) : null)) : Promise.resolve(null);
+    // The read buffer moves to the worker and back (no copy): use the one the digests come with.
+    const digests = pool ? data.then((b) => (b ? pool.digestOwned(b, BLOCK_SIZE) : null)) : Promise.resolve(null);
     data.catch(() => {}); // awaited in order below; avoid an unhandled rejection meanwhile
     digests.catch(() => {});
     queue.push({ w, data, digests });
@@ -145,16 +146,17 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
   while (queue.length) {
     if (o.signal?.aborted) throw o.signal.reason ?? new Error('aborted');
     const { w, data, digests } = queue.shift()!;
-    const buf = await data;
+    const read = await data;
     const dig = await digests;
+    const buf = dig ? dig.data : read;
     while (queue.length < readAhead && next < capacity) await plan();
     if (buf) res.readBytes += buf.length;
-    await processWindow(o, w, buf, dig, held, res);
     if (whole) {
       if (w.readStart > w.offset) whole.update(zeros(w.readStart - w.offset));
       if (buf) whole.update(buf);
       if (w.offset + w.length > w.readEnd) whole.update(zeros(w.offset + w.length - Math.max(w.readEnd, w.offset)));
     }
+    await processWindow(o, w, buf, dig, held, res);
     o.onProgress?.({ disk, done: w.offset + w.length, total: capacity, changed: res.changedBytes });
   }
   if (whole) res.sha256 = whole.digest('hex');
@@ -184,7 +186,9 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig:
     const len = Math.min(w.offset + w.length, w.offset + endBlock * BLOCK_SIZE) - off;
     const data = runZero ? null : buf!.subarray(off - w.readStart, off - w.readStart + len);
     runStart = -1;
-    await o.sink.send(o.disk, off, data, len);
+    // A run covering the whole read buffer is its last use: the sender may take it without a copy.
+    const handOver = data !== null && data.byteLength === buf!.byteLength;
+    await o.sink.send(o.disk, off, data, len, handOver ? { handOver } : undefined);
     res.sentBytes += len;
     res.extents++;
   };

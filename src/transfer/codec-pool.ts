@@ -61,10 +61,14 @@ export class CodecPool {
     });
   }
 
-  /** Zero check, SHA-256 and (zstdLevel !== null) compression of a copy of `data`. */
-  async pack(data: Uint8Array, zstdLevel: number | null): Promise<Packed> {
-    const copy = new Uint8Array(data); // own ArrayBuffer: transferred, and the caller may reuse `data`
-    const r = await this.run({ op: 'pack', data: copy, zstdLevel }, [copy.buffer]);
+  /**
+   * Zero check, SHA-256 and (zstdLevel !== null) compression of a copy of `data`; `owned`: `data` is
+   * the whole of its own ArrayBuffer and the caller gives it up: it is transferred, not copied.
+   */
+  async pack(data: Uint8Array, zstdLevel: number | null, owned = false): Promise<Packed> {
+    // own ArrayBuffer: transferred, and the caller may reuse `data`
+    const copy = owned ? new Uint8Array(data.buffer, 0, data.byteLength) : new Uint8Array(data);
+    const r = await this.run({ op: 'pack', data: copy, zstdLevel }, [copy.buffer as ArrayBuffer]);
     if (!r.ok) throw new Error(r.message);
     if (!('codec' in r)) throw new Error('unexpected worker reply');
     return {

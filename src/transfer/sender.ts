@@ -16,6 +16,7 @@
  * ```
  *
  * - `send` copies `data` before it resolves; the caller may reuse the buffer afterwards (not before).
+ *   With `{ handOver: true }` the caller gives the buffer up instead (no copy when it is one whole piece).
  *   Extents entirely inside `held` (from a previous run) are skipped, so a restarted agent may simply
  *   send everything again. Extents are split into ≤ 1 MiB pieces, zero pieces become markers,
  *   the rest is hashed (SHA-256) and compressed (zstd, level map in levels.ts) in a 2-worker pool.
@@ -480,9 +481,11 @@ export class CycleSession extends EventEmitter {
 
   /**
    * Queue `length` bytes at `offset` of `disk` (`data` null = zeros). Resolves when accepted into the
-   * window; rejects when the session failed.
+   * window; rejects when the session failed. `handOver`: the caller gives `data` up (it may be
+   * detached afterwards); a buffer that is the whole of its own ArrayBuffer and one piece then moves
+   * to the pack worker without a copy.
    */
-  async send(disk: number, offset: number, data: Buffer | null, length?: number): Promise<void> {
+  async send(disk: number, offset: number, data: Buffer | null, length?: number, opts?: { handOver?: boolean }): Promise<void> {
     this.check();
     const len = data ? data.length : length;
     if (data && length !== undefined && length !== data.length) throw new RangeError(`send: length ${length} differs from data length ${data.length}`);
@@ -513,8 +516,11 @@ export class CycleSession extends EventEmitter {
       const off = offset + pos;
       const overwrite = set.overlaps(off, n) || (this.heldSets.get(disk)?.overlaps(off, n) ?? false);
       set.add(off, n);
+      // a handed-over buffer that is one whole piece moves to the worker instead of being copied
+      const owned = !!opts?.handOver && data !== null && n === data.length && data.byteOffset === 0
+        && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
       const packed: Promise<Packed> = data
-        ? sharedCodecPool().pack(data.subarray(pos, pos + n), this.sender.currentZstdLevel)
+        ? sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), this.sender.currentZstdLevel, owned)
         : Promise.resolve({ codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) });
       packed.catch(() => undefined);
       this.win.push({ seq: this.nextSeq++, disk, offset: off, length: n, overwrite, packed, cost, sent: false });
