@@ -145,8 +145,8 @@ test('bandwidth changed while a cycle runs takes effect at once; pause keeps the
   const vm = lab.vm('two-disks');
   for (const d of vm.disks) await guestWrites(lab, vm.name, d.key, d.capacity, 160);
   const expected = await Promise.all(vm.disks.map((d) => liveSha(lab, vm.name, d.key, d.capacity)));
-  // 8 Mbps = 1 MB/s: the ~15 MiB of this cycle would take ~15 s.
-  engine.createJob({ id: 'slow', vmRef: vm.moref, settings: settings({ bandwidthMbps: 8, compression: 0 }) });
+  // 1 Mbps = 125 kB/s: the ~15 MiB of this cycle would take about two minutes.
+  engine.createJob({ id: 'slow', vmRef: vm.moref, settings: settings({ bandwidthMbps: 1, compression: 0 }) });
   engine.start('slow');
   const started = Date.now();
   let run = engine.runNow('slow');
@@ -168,12 +168,12 @@ test('bandwidth changed while a cycle runs takes effect at once; pause keeps the
   const job = engine.getJob('slow');
   assert.equal(job.state, 'waiting', JSON.stringify(job.error));
   assert.equal(job.settings.bandwidthMbps, 0);
-  assert.ok(afterRaise < 8, `lifting the limit finished the cycle in ${afterRaise.toFixed(1)} s (at 1 MB/s it needed ~15 s)`);
+  assert.ok(afterRaise < 45, `lifting the limit finished the cycle in ${afterRaise.toFixed(1)} s (at 1 Mbps it needed > 100 s)`);
   const cycles = rig.state.listCycles('slow');
   assert.equal(cycles.length, 1, 'the paused cycle was continued, not restarted');
   assert.equal(cycles[0]!.id, paused!.id);
   for (const [i, d] of vm.disks.entries()) assert.equal(await imageSha(rx, job.sourceId, cycles[0]!.imageId!, i, d.capacity), expected[i]);
-  assert.ok(Date.now() - started < 60_000);
+  assert.ok(Date.now() - started < 120_000);
 });
 
 async function waitUntil(cond: () => boolean, ms: number): Promise<void> {
