@@ -1,7 +1,7 @@
 /**
  * Agentless engine benchmark (issue 5), against the lab vCenter, with the receiver as a child process.
  *
- *   node --import tsx bench/engine-cycle.ts [--size 8] [--wg-vms 50] [--wg-disk-mib 64] [--json]
+ *   node --import tsx bench/engine-cycle.ts [--size 8] [--variants nbd:0,nbd:7,http:7] [--wg-vms 50] [--wg-disk-mib 64] [--json]
  *
  * 1. A lab VM with a SIZE GiB disk full of data: full cycle (MB/s), then 1% scattered 64 KiB guest
  *    writes and an incremental cycle: wall time as a fraction of the full cycle (target <= 5%),
@@ -39,6 +39,7 @@ const { values } = parseArgs({
   options: {
     size: { type: 'string', default: '8' },
     'wg-vms': { type: 'string', default: '50' },
+    variants: { type: 'string', default: 'nbd:0,nbd:7,http:7' },
     'wg-disk-mib': { type: 'string', default: '64' },
     json: { type: 'boolean', default: false },
   },
@@ -211,10 +212,12 @@ async function workgroup(dir: string): Promise<void> {
 
 const dir = await mkdtemp(join(tmpdir(), 'vmlift-bench-engine-'));
 try {
-  await cycleOne(dir, 'nbd', 0);
-  await cycleOne(dir, 'nbd', 7);
-  await cycleOne(dir, 'http', 7);
-  await workgroup(dir);
+  for (const v of String(values.variants).split(',').filter(Boolean)) {
+    const [transport, level] = v.split(':');
+    if (transport !== 'nbd' && transport !== 'http') throw new Error(`--variants: unknown transport ${transport}`);
+    await cycleOne(dir, transport, Number(level ?? 7));
+  }
+  if (WG_VMS > 0) await workgroup(dir);
   if (values.json) console.log(JSON.stringify(results));
 } finally {
   await rm(dir, { recursive: true, force: true });
