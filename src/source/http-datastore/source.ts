@@ -5,6 +5,7 @@ import { UserError } from '../../util/errors.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
 import { SourceReadError, withRetry, type RetryPolicy } from '../retry.ts';
 import { checkDescriptor, parseDescriptor } from './descriptor.ts';
+import { checkReadBounds } from '../bounds.ts';
 
 export type HttpTrust = { thumbprint: string } | { ca: string | Buffer } | { insecure: true };
 
@@ -115,10 +116,7 @@ export class HttpDatastoreSource implements BlockSource {
   }
 
   private async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.capacity) {
-      throw new RangeError(`read of ${length} bytes at offset ${offset} is outside ${this.uri} (capacity ${this.capacity})`);
-    }
-    if (length > this.maxReadSize) throw new RangeError(`read of ${length} bytes exceeds maxReadSize ${this.maxReadSize} of ${this.uri}`);
+    checkReadBounds(this, offset, length);
     if (length === 0) return Buffer.alloc(0);
     let attempts = 0;
     try {

@@ -8,6 +8,7 @@ import { NbdConnection, type NbdConnectSettings, type NbdExportInfo, type NbdTls
 import { NbdError } from './errors.ts';
 import * as P from './protocol.ts';
 import { parseNbdUri, type NbdTarget } from './uri.ts';
+import { checkReadBounds } from '../bounds.ts';
 
 export interface NbdSourceOptions extends Omit<NbdConnectSettings, 'tls'> {
   tls?: NbdTlsSettings;
@@ -78,10 +79,7 @@ export class NbdSource implements BlockSource {
   }
 
   private async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.capacity) {
-      throw new RangeError(`read of ${length} bytes at offset ${offset} is outside ${this.uri} (capacity ${this.capacity})`);
-    }
-    if (length > this.maxReadSize) throw new RangeError(`read of ${length} bytes exceeds maxReadSize ${this.maxReadSize} of ${this.uri}`);
+    checkReadBounds(this, offset, length);
     if (length === 0) return Buffer.alloc(0);
     // Servers with a minimum block size (e.g. qemu-nbd over 4K-sector files) need aligned requests.
     const a = this.info.minBlock;

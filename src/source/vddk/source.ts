@@ -2,6 +2,7 @@ import type { BlockSource, SourceExtent } from '../types.ts';
 import { UserError } from '../../util/errors.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
 import { SourceReadError, withRetry, type RetryPolicy } from '../retry.ts';
+import { checkReadBounds } from '../bounds.ts';
 import {
   ConnectParamsType, decodeBlockList, errorText, koffi, loadVixDiskLib, MAX_CHUNK_NUMBER, MIN_CHUNK_SECTORS, SECTOR,
   VIX_ASYNC, VIX_E_DISK_OUTOFRANGE, VIX_E_NOT_SUPPORTED, VIX_E_FILE_NOT_FOUND, VIX_E_HOST_USER_PERMISSIONS, VIX_E_OBJECT_IS_BUSY, VIX_OK,
@@ -205,10 +206,7 @@ export class VddkSource implements BlockSource {
   }
 
   private async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.capacity) {
-      throw new RangeError(`read of ${length} bytes at offset ${offset} is outside ${this.uri} (capacity ${this.capacity})`);
-    }
-    if (length > this.maxReadSize) throw new RangeError(`read of ${length} bytes exceeds maxReadSize ${this.maxReadSize} of ${this.uri}`);
+    checkReadBounds(this, offset, length);
     if (length === 0) return Buffer.alloc(0);
     const s = Math.floor(offset / SECTOR);
     const e = Math.ceil((offset + length) / SECTOR);
