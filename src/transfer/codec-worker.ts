@@ -97,6 +97,9 @@ export function codecWorkerMain(): void {
     const transfer: ArrayBuffer[] = [];
     const out = 'payload' in reply ? reply.payload : 'data' in reply ? reply.data : null;
     if (out && out.byteOffset === 0 && out.byteLength === out.buffer.byteLength && out.buffer instanceof ArrayBuffer) transfer.push(out.buffer);
+    // A raw extent is a view into the frame buffer that came in (after the frame header): move that
+    // buffer back too. Without it structured clone copies the whole frame (and the receiver gets garbage).
+    else if (out && r.op === 'unpack' && out.buffer === r.payload.buffer && out.buffer instanceof ArrayBuffer) transfer.push(out.buffer);
     parentPort!.postMessage(reply, transfer);
   });
 }
