@@ -196,7 +196,9 @@ export class DataConnection implements CycleFeed {
         if (this.refused) break;
         // the digest was just checked against the bytes: the store may name the chunk by it
         const w = this.oc!.writer.writeExtent(item.disk, item.offset, item.length, data, data ? { sha256: item.digest } : undefined);
-        w.catch(() => undefined);
+        // the store keeps no reference once the write is done (whole chunks are written, partial ones copied)
+        if (data) w.then(() => this.reader.recycle(data.buffer), () => undefined);
+        else w.catch(() => undefined);
         this.inflight.push(w);
         if (this.inflight.length >= WRITES_IN_FLIGHT) await this.inflight.shift();
         this.lastIssued = item.seq;

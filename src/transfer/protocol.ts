@@ -91,7 +91,19 @@ export class ProtocolError extends Error {
 export class FrameReader {
   private chunks: Buffer[] = [];
   private buffered = 0;
+  /** Frame buffers given back by `recycle`, all of `freeSize` bytes. */
+  private free: ArrayBuffer[] = [];
+  private freeSize = 0;
   constructor(private readonly maxFrame = MAX_FRAME) {}
+
+  /**
+   * Give back the buffer of an owned frame that nothing uses any more. Frames of the same size
+   * (raw 1 MiB extents are all alike) are then assembled into it: memory the kernel already mapped,
+   * and no 1 MiB garbage per frame for the major GC.
+   */
+  recycle(ab: ArrayBufferLike): void {
+    if (ab instanceof ArrayBuffer && ab.byteLength === this.freeSize && this.free.length < 8) this.free.push(ab);
+  }
 
   push(chunk: Buffer): void {
     this.chunks.push(chunk);
@@ -127,7 +139,9 @@ export class FrameReader {
       this.buffered -= n;
       return { buf: out, owned: false };
     }
-    const out = Buffer.allocUnsafeSlow(n);
+    const reuse = n === this.freeSize ? this.free.pop() : undefined;
+    if (n !== this.freeSize && n > 65536) { this.freeSize = n; this.free = []; }
+    const out = reuse ? Buffer.from(reuse, 0, n) : Buffer.allocUnsafeSlow(n);
     let pos = 0;
     while (pos < n) {
       const c = this.chunks[0]!;
