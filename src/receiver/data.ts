@@ -67,6 +67,9 @@ export class DataConnection implements CycleFeed {
   /** A store write failed: from then on nothing more is claimed durable for this stream. */
   private writeFailed = false;
   private inflight: Promise<void>[] = [];
+  /** Flushes in call order; the last one started from the pipeline (awaited before the next). */
+  private flushChain: Promise<void> = Promise.resolve();
+  private lastFlush: Promise<void> = Promise.resolve();
   private lastIssued = 0;
   private unflushed = 0;
   private flushTimer: NodeJS.Timeout | null = null;
@@ -207,8 +210,13 @@ export class DataConnection implements CycleFeed {
         this.pending -= item.cost;
         this.tryResume();
         this.ctx.budget.release(item.cost);
-        if (this.unflushed >= FLUSH_BYTES) await this.flush();
-        else this.armFlushTimer();
+        if (this.unflushed >= FLUSH_BYTES) {
+          // The store flush (syncfs, index, journal) runs while the next frames are verified and
+          // written; only the ACK waits for it. At most one flush interval runs ahead of durability.
+          await this.lastFlush;
+          this.lastFlush = this.flush();
+          this.lastFlush.catch((e) => this.refuse(e instanceof StoreError ? e.code : 'INTERNAL', `flush failed: ${errorMessage(e)}`));
+        } else this.armFlushTimer();
       }
     } catch (e) {
       if (!(e instanceof ProtocolError)) this.writeFailed = true;
@@ -246,21 +254,32 @@ export class DataConnection implements CycleFeed {
     }, FLUSH_MS);
   }
 
-  /** Wait for issued writes, flush the store, publish the durable sequence number. */
-  private async flush(): Promise<void> {
-    if (!this.oc) return;
+  /**
+   * Wait for the writes issued so far, flush the store, publish the durable sequence number (ACK).
+   * Flushes run one after the other in call order; a failed one fails the stream for good.
+   */
+  private flush(): Promise<void> {
+    const oc = this.oc;
+    if (!oc) return Promise.resolve();
     const pending = this.inflight;
     this.inflight = [];
-    await Promise.all(pending);
-    if (this.unflushed > 0) {
-      this.unflushed = 0;
-      await this.oc.writer.flush();
-    }
-    if (this.writeFailed) return;
-    this.oc.streams.set(this.streamId, this.lastIssued);
-    if (!this.closed && this.lastIssued) {
-      this.s.write(encodeJsonFrame(FRAME.ACK, { seq: this.lastIssued }));
-    }
+    const seq = this.lastIssued;
+    const hasData = this.unflushed > 0;
+    this.unflushed = 0;
+    const run = this.flushChain.then(async () => {
+      try {
+        await Promise.all(pending);
+        if (hasData) await oc.writer.flush();
+      } catch (e) {
+        this.writeFailed = true;
+        throw e;
+      }
+      if (this.writeFailed) return;
+      oc.streams.set(this.streamId, seq);
+      if (!this.closed && seq) this.s.write(encodeJsonFrame(FRAME.ACK, { seq }));
+    });
+    this.flushChain = run.catch(() => undefined);
+    return run;
   }
 
   /** Refuse: tell the peer why, log it, close. The cycle stays open and resumable. */
