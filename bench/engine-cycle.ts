@@ -121,7 +121,9 @@ async function cycleOne(dir: string, transport: 'http' | 'nbd', compression: num
     engine.createJob({ id: 'big', vmRef: vm.moref, settings: resolveSettings({ compression, checksum: false }) });
     engine.start('big');
     let t0 = process.hrtime.bigint();
+    const mem = setInterval(() => { const m = process.memoryUsage(); if (process.env.VMLIFT_BENCH_MEM) console.error(`rss ${(m.rss / MiB).toFixed(0)} heap ${(m.heapUsed / MiB).toFixed(0)} ext ${(m.external / MiB).toFixed(0)} ab ${(m.arrayBuffers / MiB).toFixed(0)}`); }, 2000);
     await engine.runNow('big');
+    clearInterval(mem);
     const fullS = Number(process.hrtime.bigint() - t0) / 1e9;
     const full = state.listCycles('big', 1)[0]!;
     if (full.state !== 'committed') throw new Error(`full cycle failed: ${JSON.stringify(engine.getJob('big').error)}`);

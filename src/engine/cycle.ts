@@ -9,6 +9,8 @@ import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, Snapshot
 import type { JobSettings } from '../state/types.ts';
 
 export const SNAPSHOT_PREFIX = 'vmlift-';
+/** Per disk. With 2 MiB reads: at most 16 MiB of read buffers per disk. */
+export const MAX_READS_IN_FLIGHT = 8;
 
 export interface DiskProgress {
   diskKey: number;
@@ -209,7 +211,8 @@ interface CopyOptions {
  * memory is maxInFlight × maxReadSize whatever the disk size.
  */
 export async function copyRanges(source: BlockSource, ranges: readonly Range[], o: CopyOptions): Promise<void> {
-  const inFlight = Math.max(1, source.maxInFlight);
+  // The sender pipelines behind us; more than a handful of reads in flight only grows memory.
+  const inFlight = Math.max(1, Math.min(source.maxInFlight, MAX_READS_IN_FLIGHT));
   const queue = new PQueue({ concurrency: inFlight });
   const pool: Buffer[] = [];
   let failure: unknown;
