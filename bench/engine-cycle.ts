@@ -33,6 +33,7 @@ import { Sender } from '../src/transfer/sender.ts';
 import { openSource } from '../src/source/open.ts';
 import type { DiskOpener } from '../src/engine/ports.ts';
 import { silentLogger } from '../src/util/log.ts';
+import { DEFAULT_LIMITS } from '../src/cli/connector-config.ts';
 
 const execFileP = promisify(execFile);
 const { values } = parseArgs({
@@ -92,7 +93,7 @@ function labNbdOpener(lab: Lab): DiskOpener {
 function makeEngine(lab: Lab, vc: VCenter, rx: { port: number; fingerprint: string; code: string }, dir: string, transport: 'http' | 'nbd' = 'http') {
   const port = vcenterPort(vc);
   const inner = transport === 'nbd' ? labNbdOpener(lab) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
-  const disks = new LimitedDiskOpener(inner, port.hostOf, { perHost: 8, overall: 32 });
+  const disks = new LimitedDiskOpener(inner, port.hostOf, { perHost: DEFAULT_LIMITS.disksPerHost, overall: DEFAULT_LIMITS.disksOverall });
   const state = openStateStore(join(dir, 'state.db'));
   const engine = new JobEngine({
     state, logger: silentLogger,
@@ -190,6 +191,8 @@ async function workgroup(dir: string): Promise<void> {
       while (vms.some((v) => engine.isRunning(v.name) || ['syncing', 'completing'].includes(engine.getJob(v.name).state))) await sleep(100);
       await scheduler.stop();
     };
+    const mem = setInterval(() => { const m = process.memoryUsage(); if (process.env.VMLIFT_BENCH_MEM) console.error(`rss ${(m.rss / MiB).toFixed(0)} heap ${(m.heapUsed / MiB).toFixed(0)} ext ${(m.external / MiB).toFixed(0)} ab ${(m.arrayBuffers / MiB).toFixed(0)}`); }, 1000);
+    if (process.env.VMLIFT_BENCH_MEM) console.error(`before: maxRSS ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
     const t0 = process.hrtime.bigint();
     wg.batch('bench', 'start');
     await runAll();
@@ -199,6 +202,7 @@ async function workgroup(dir: string): Promise<void> {
     wg.batch('bench', 'sync');
     await runAll();
     const incS = Number(process.hrtime.bigint() - t1) / 1e9;
+    clearInterval(mem);
     const failed = vms.filter((v) => engine.getJob(v.name).state !== 'waiting').length;
     state.close();
     const rssMiB = process.resourceUsage().maxRSS / 1024;

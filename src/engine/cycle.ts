@@ -9,8 +9,8 @@ import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, Snapshot
 import type { JobSettings } from '../state/types.ts';
 
 export const SNAPSHOT_PREFIX = 'vmlift-';
-/** Per disk. With 2 MiB reads: at most 16 MiB of read buffers per disk. */
-export const MAX_READS_IN_FLIGHT = 8;
+/** Per disk. With 2 MiB reads: at most 8 MiB of read buffers per disk. */
+export const MAX_READS_IN_FLIGHT = 4;
 
 export interface DiskProgress {
   diskKey: number;
@@ -181,6 +181,9 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
           input.onProgress?.(progress);
         },
       });
+      // Keep this disk's slot (and so the connector's memory bound) until its data is durable:
+      // otherwise finished disks would pile up unacknowledged data in their senders' windows.
+      await session.flush?.();
     } finally {
       await source.close().catch(() => undefined);
     }

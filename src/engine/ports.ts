@@ -52,6 +52,8 @@ export interface CycleSessionPort {
   readonly held: HeldRanges[];
   send(disk: number, offset: number, data: Buffer | null, length?: number): Promise<void>;
   stats(): { payloadBytes: number; wireBytes: number; extents: number; resentBytes: number };
+  /** Resolves once everything sent so far is durable on the receiver (its window is then empty). */
+  flush?(): Promise<void>;
   commit(o?: {
     meta?: Record<string, unknown>;
     sourceDigests?: { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }[];
