@@ -22,14 +22,13 @@ import { parseArgs, promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startLab, type Lab } from '../test/lab/lab.ts';
 import { VCenter } from '../src/vsphere/index.ts';
-import { vcenterPort, httpDiskOpener } from '../src/cli/wiring.ts';
+import { vcenterPort, httpDiskOpener, senderJobPorts } from '../src/cli/wiring.ts';
 import { LimitedDiskOpener } from '../src/engine/limits.ts';
 import { JobEngine } from '../src/engine/jobs.ts';
 import { Scheduler } from '../src/engine/scheduler.ts';
 import { Workgroups } from '../src/engine/workgroups.ts';
 import { resolveSettings } from '../src/engine/settings.ts';
 import { openStateStore } from '../src/state/sqlite.ts';
-import { Sender } from '../src/transfer/sender.ts';
 import { openSource } from '../src/source/open.ts';
 import type { DiskOpener } from '../src/engine/ports.ts';
 import { silentLogger } from '../src/util/log.ts';
@@ -97,13 +96,10 @@ function makeEngine(lab: Lab, vc: VCenter, rx: { port: number; fingerprint: stri
   const state = openStateStore(join(dir, 'state.db'));
   const engine = new JobEngine({
     state, logger: silentLogger,
-    connect: async (job) => {
-      const receiver = await Sender.connect({
-        receiver: `127.0.0.1:${rx.port}`, fingerprint: rx.fingerprint, credentialFile: join(dir, 'cred', `${job.sourceId}.json`), activationCode: rx.code,
-        sourceId: job.sourceId, compression: job.settings.compression, bandwidthMbps: 0, checksum: job.settings.checksum,
-      });
-      return { vcenter: port, disks, receiver, close: () => receiver.close() };
-    },
+    connect: (job) => senderJobPorts(port, disks, {
+      receiver: `127.0.0.1:${rx.port}`, fingerprint: rx.fingerprint, credentialFile: join(dir, 'cred', `${job.sourceId}.json`), activationCode: rx.code,
+      sourceId: job.sourceId, compression: job.settings.compression, bandwidthMbps: 0, checksum: job.settings.checksum,
+    }),
   });
   return { engine, state };
 }

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { VCenter, resolveConnection, makeDispatcher, type TrustMode } from '../vsphere/index.ts';
 import { HttpDatastoreSource } from '../source/http-datastore/index.ts';
-import { Sender } from '../transfer/sender.ts';
+import { Sender, type SenderOptions } from '../transfer/sender.ts';
 import { UserError } from '../util/errors.ts';
 import { readSecret } from '../util/secret.ts';
 import type { JobRecord } from '../state/types.ts';
@@ -70,6 +70,18 @@ export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterPort>
   };
 }
 
+/** A job's ports: the given vCenter and disk readers, and a sender to the receiver for the job's source. */
+export async function senderJobPorts(vcenter: VCenterPort, disks: DiskOpener, opts: SenderOptions): Promise<JobPorts> {
+  const receiver = await Sender.connect(opts);
+  return {
+    vcenter, disks, receiver,
+    async removeImages() {
+      for (const img of await receiver.listImages()) await receiver.deleteImage(img.imageId);
+    },
+    close: () => receiver.close(),
+  };
+}
+
 export async function createWiring(home: string, config: ConnectorConfig, logger: Logger): Promise<Wiring> {
   const conn = await resolveConnection({
     server: config.vcenter.server, user: config.vcenter.user, passwordFile: config.vcenter.passwordFile,
@@ -82,7 +94,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
   const code = await readSecret({ file: config.receiver.codeFile, what: 'activation code' });
   const proxyPassword = await readSecret({ file: config.receiver.proxyPasswordFile, what: 'proxy password' });
 
-  const sender = (job: Pick<JobRecord, 'sourceId' | 'name' | 'settings'>) => Sender.connect({
+  const senderOptions = (job: Pick<JobRecord, 'sourceId' | 'name' | 'settings'>): SenderOptions => ({
     receiver: config.receiver.address, dataPort: config.receiver.dataPort, fingerprint: config.receiver.fingerprint,
     credentialFile: join(home, 'credentials', `${job.sourceId}.json`), activationCode: code,
     sourceId: job.sourceId, sourceLabel: job.name, proxy: config.receiver.proxy, proxyPassword,
@@ -92,16 +104,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
 
   return {
     vc,
-    async connect(job) {
-      const receiver = await sender(job);
-      return {
-        vcenter: port, disks, receiver,
-        async removeImages() {
-          for (const img of await receiver.listImages()) await receiver.deleteImage(img.imageId);
-        },
-        close: () => receiver.close(),
-      };
-    },
+    connect: (job) => senderJobPorts(port, disks, senderOptions(job)),
     async resolveVm(nameOrRef) {
       if (!nameOrRef) throw new UserError('NO_VM', 'no VM given', 'pass --vm NAME (or its moref, vm-42)');
       const vm = await vc.vm(nameOrRef);

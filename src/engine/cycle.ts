@@ -4,7 +4,7 @@ import PQueue from 'p-queue';
 import type { BlockSource } from '../source/types.ts';
 import type { ImageInfo } from '../transfer/sender.ts';
 import { planDiskSync, type SyncPlan } from './change-id.ts';
-import { coalesce, split, subtract, totalLength, type Range } from './ranges.ts';
+import { coalesce, split, subtract, totalLength, type Range } from '../util/ranges.ts';
 import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
 import type { JobSettings } from '../state/types.ts';
 

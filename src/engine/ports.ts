@@ -4,7 +4,7 @@
  */
 import type { BlockSource } from '../source/types.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../transfer/sender.ts';
-import type { Range } from './ranges.ts';
+import type { Range } from '../util/ranges.ts';
 
 export interface PreflightCheck { name: string; ok: boolean; message: string; fix?: string }
 

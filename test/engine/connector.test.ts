@@ -10,18 +10,9 @@ import { startLab, type Lab } from '../lab/lab.ts';
 import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
 import { VCenter } from '../../src/vsphere/index.ts';
 import { liveSha, imageSha, guestWrites, MiB } from './harness.ts';
+import { vmlift } from '../vsphere/helpers.ts';
 
 const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
-
-function vmlift(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(bin, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '', stderr = '';
-    p.stdout.on('data', (b) => { stdout += b; });
-    p.stderr.on('data', (b) => { stderr += b; });
-    p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-  });
-}
 
 interface Rig { lab: Lab; rx: TestRx; home: string; vc: VCenter; serve(env?: NodeJS.ProcessEnv): Promise<ChildProcess>; api<T>(args: string[]): Promise<T>; close(): Promise<void> }
 

@@ -6,9 +6,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { startLab, type Lab } from '../lab/lab.ts';
 import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
 import { VCenter } from '../../src/vsphere/index.ts';
-import { vcenterPort, httpDiskOpener } from '../../src/cli/wiring.ts';
+import { vcenterPort, httpDiskOpener, senderJobPorts } from '../../src/cli/wiring.ts';
 import { LimitedDiskOpener } from '../../src/engine/limits.ts';
-import { JobEngine, type JobPorts } from '../../src/engine/jobs.ts';
+import { JobEngine } from '../../src/engine/jobs.ts';
 import { openStateStore } from '../../src/state/sqlite.ts';
 import { resolveSettings } from '../../src/engine/settings.ts';
 import type { JobSettings, StateStore } from '../../src/state/types.ts';
@@ -52,13 +52,7 @@ export async function startRig(o: { vms?: number; diskMb?: number; retry?: { att
   const state = openStateStore(join(dir, 'state.db'));
   const engine = new JobEngine({
     state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },
-    async connect(job): Promise<JobPorts> {
-      const receiver = await rx.sender(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum });
-      return {
-        vcenter: hooked, disks, receiver, close: () => receiver.close(),
-        async removeImages() { for (const i of await receiver.listImages()) await receiver.deleteImage(i.imageId); },
-      };
-    },
+    connect: (job) => senderJobPorts(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum })),
   });
   return {
     lab, rx, vc, state, engine, port, hooks, counters,

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { coalesce, split, subtract, totalLength } from '../../src/engine/ranges.ts';
+import { coalesce, split, subtract, totalLength } from '../../src/util/ranges.ts';
 import { planDiskSync } from '../../src/engine/change-id.ts';
 
 const r = (offset: number, length: number) => ({ offset, length });

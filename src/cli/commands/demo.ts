@@ -15,13 +15,12 @@ import { UserError } from '../../util/errors.ts';
 import { createLogger, silentLogger } from '../../util/log.ts';
 import { formatDuration } from '../../util/duration.ts';
 import { startReceiver } from '../../receiver/server.ts';
-import { Sender } from '../../transfer/sender.ts';
 import { VCenter } from '../../vsphere/index.ts';
 import { openStateStore } from '../../state/sqlite.ts';
 import { JobEngine } from '../../engine/jobs.ts';
 import { LimitedDiskOpener } from '../../engine/limits.ts';
 import { resolveSettings } from '../../engine/settings.ts';
-import { vcenterPort, httpDiskOpener } from '../wiring.ts';
+import { vcenterPort, httpDiskOpener, senderJobPorts } from '../wiring.ts';
 import { formatBytes, printResult, table } from '../output.ts';
 
 const run = promisify(execFile);
@@ -125,14 +124,11 @@ export function register(program: Command): void {
         cleanups.unshift(async () => state.close());
         const engine = new JobEngine({
           state, logger,
-          connect: async (job) => {
-            const receiver = await Sender.connect({
-              receiver: `127.0.0.1:${rx.controlPort}`, fingerprint: rx.fingerprint, credentialFile: join(dir, 'connector', 'credentials', `${job.sourceId}.json`),
-              activationCode: rx.createdCode?.code, sourceId: job.sourceId, sourceLabel: job.name,
-              compression: job.settings.compression, bandwidthMbps: job.settings.bandwidthMbps, checksum: job.settings.checksum, logger,
-            });
-            return { vcenter: port, disks, receiver, close: () => receiver.close() };
-          },
+          connect: (job) => senderJobPorts(port, disks, {
+            receiver: `127.0.0.1:${rx.controlPort}`, fingerprint: rx.fingerprint, credentialFile: join(dir, 'connector', 'credentials', `${job.sourceId}.json`),
+            activationCode: rx.createdCode?.code, sourceId: job.sourceId, sourceLabel: job.name,
+            compression: job.settings.compression, bandwidthMbps: job.settings.bandwidthMbps, checksum: job.settings.checksum, logger,
+          }),
         });
         const jobId = 'demo-two-disks';
         engine.createJob({ id: jobId, name: vm.name, vmRef: vm.moref, settings: resolveSettings({ maxImages: 5, checksum: true }) });

@@ -5,7 +5,7 @@ import { UserError } from '../../util/errors.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
 import { SourceReadError, withRetry, type RetryPolicy } from '../retry.ts';
 import { checkDescriptor, parseDescriptor } from './descriptor.ts';
-import { checkReadBounds } from '../bounds.ts';
+import { PositionalReader } from '../positional.ts';
 
 export type HttpTrust = { thumbprint: string } | { ca: string | Buffer } | { insecure: true };
 
@@ -41,7 +41,7 @@ class HttpReadError extends Error {
 const isTransient = (e: unknown): boolean => !(e instanceof HttpReadError) || e.retryable;
 
 /** Range reads of a flat VMDK through vCenter's or ESXi's /folder datastore URL. */
-export class HttpDatastoreSource implements BlockSource {
+export class HttpDatastoreSource extends PositionalReader implements BlockSource {
   readonly transport = 'http-datastore';
   readonly uri: string;
   readonly capacity: number;
@@ -56,6 +56,7 @@ export class HttpDatastoreSource implements BlockSource {
   private readonly timeoutMs: number;
 
   private constructor(flatUrl: URL, capacity: number, d: Dispatcher, own: boolean, o: HttpDatastoreOptions) {
+    super();
     this.flatUrl = flatUrl;
     this.uri = displayUrl(flatUrl);
     this.capacity = capacity;
@@ -107,16 +108,7 @@ export class HttpDatastoreSource implements BlockSource {
     }
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.readAt(offset, length, undefined);
-  }
-
-  async readInto(offset: number, target: Buffer): Promise<void> {
-    await this.readAt(offset, target.length, target);
-  }
-
-  private async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
-    checkReadBounds(this, offset, length);
+  protected async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
     let attempts = 0;
     try {

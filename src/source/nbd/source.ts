@@ -8,7 +8,7 @@ import { NbdConnection, type NbdConnectSettings, type NbdExportInfo, type NbdTls
 import { NbdError } from './errors.ts';
 import * as P from './protocol.ts';
 import { parseNbdUri, type NbdTarget } from './uri.ts';
-import { checkReadBounds } from '../bounds.ts';
+import { PositionalReader } from '../positional.ts';
 
 export interface NbdSourceOptions extends Omit<NbdConnectSettings, 'tls'> {
   tls?: NbdTlsSettings;
@@ -25,7 +25,7 @@ export interface NbdSourceOptions extends Omit<NbdConnectSettings, 'tls'> {
 const isTransient = (e: unknown): boolean => e instanceof NbdError && e.retryable;
 
 /** A BlockSource over an NBD export (nbdkit, qemu-nbd, nbd-server, `nbdkit vddk` in front of VMware). */
-export class NbdSource implements BlockSource {
+export class NbdSource extends PositionalReader implements BlockSource {
   readonly transport = 'nbd';
   readonly uri: string;
   readonly capacity: number;
@@ -40,6 +40,7 @@ export class NbdSource implements BlockSource {
   private closed = false;
 
   private constructor(target: NbdTarget, first: NbdConnection, count: number, settings: NbdConnectSettings, opts: NbdSourceOptions) {
+    super();
     this.target = target;
     this.uri = target.display;
     this.info = first.info;
@@ -70,16 +71,7 @@ export class NbdSource implements BlockSource {
     return new NbdSource(target, first, count, settings, opts);
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.readAt(offset, length, undefined);
-  }
-
-  async readInto(offset: number, target: Buffer): Promise<void> {
-    await this.readAt(offset, target.length, target);
-  }
-
-  private async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
-    checkReadBounds(this, offset, length);
+  protected async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
     // Servers with a minimum block size (e.g. qemu-nbd over 4K-sector files) need aligned requests.
     const a = this.info.minBlock;

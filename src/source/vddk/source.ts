@@ -2,7 +2,7 @@ import type { BlockSource, SourceExtent } from '../types.ts';
 import { UserError } from '../../util/errors.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
 import { SourceReadError, withRetry, type RetryPolicy } from '../retry.ts';
-import { checkReadBounds } from '../bounds.ts';
+import { PositionalReader } from '../positional.ts';
 import {
   ConnectParamsType, decodeBlockList, errorText, koffi, loadVixDiskLib, MAX_CHUNK_NUMBER, MIN_CHUNK_SECTORS, SECTOR,
   VIX_ASYNC, VIX_E_DISK_OUTOFRANGE, VIX_E_NOT_SUPPORTED, VIX_E_FILE_NOT_FOUND, VIX_E_HOST_USER_PERMISSIONS, VIX_E_OBJECT_IS_BUSY, VIX_OK,
@@ -127,7 +127,7 @@ async function acquireHost(host: string, limit: number): Promise<() => void> {
 interface Req { startSector: number; sectors: number; native: unknown; into: Buffer | undefined; resolve: (b: Buffer) => void; reject: (e: Error) => void }
 
 /** A BlockSource over libvixDiskLib: a disk of a VM (at a snapshot) through vCenter/ESXi, or a local VMDK. */
-export class VddkSource implements BlockSource {
+export class VddkSource extends PositionalReader implements BlockSource {
   readonly transport = 'vddk';
   readonly uri: string;
   readonly capacity: number;
@@ -149,6 +149,7 @@ export class VddkSource implements BlockSource {
   private closed = false;
 
   private constructor(lib: VixLib, conn: unknown, handle: unknown, capacity: number, release: () => void, uri: string, opts: VddkSourceOptions) {
+    super();
     this.lib = lib;
     this.conn = conn;
     this.handle = handle;
@@ -197,16 +198,7 @@ export class VddkSource implements BlockSource {
     }
   }
 
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.readAt(offset, length, undefined);
-  }
-
-  async readInto(offset: number, target: Buffer): Promise<void> {
-    await this.readAt(offset, target.length, target);
-  }
-
-  private async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
-    checkReadBounds(this, offset, length);
+  protected async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
     const s = Math.floor(offset / SECTOR);
     const e = Math.ceil((offset + length) / SECTOR);
