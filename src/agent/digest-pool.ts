@@ -1,15 +1,19 @@
 /**
- * Block digests (first 16 bytes of SHA-256 per block) and all-zero flags, computed in worker
- * threads so hashing a window overlaps reading and sending the previous ones (an incremental
- * cycle hashes every allocated block of every device).
+ * Block digests (first 16 bytes of SHA-256 per block) and all-zero flags, computed off the main
+ * thread so hashing a window overlaps reading and sending the previous ones (an incremental
+ * cycle hashes every allocated block of every device). Native code (util/native-digest.ts) when
+ * it is built, else worker threads with Node's crypto; both give the same digests.
  */
 import { Worker } from 'node:worker_threads';
+import { nativeDigest, type NativeDigest } from '../util/native-digest.ts';
 
 export interface WindowDigests {
   /** 16 bytes per block. */
   digests: Buffer;
   /** 1 where the block is all zeros. */
   zero: Uint8Array;
+  /** SHA-256 of the whole buffer (native only): the wire digest when it goes out as one extent. */
+  whole?: Buffer;
 }
 
 // Plain JS run with eval: workers need no TypeScript loader.
@@ -54,9 +58,15 @@ export class DigestPool {
   private readonly workers: { w: Worker; busy: number }[] = [];
   private readonly pending = new Map<number, { resolve: (r: WindowDigests & { data?: Buffer }) => void; reject: (e: Error) => void }>();
   private nextId = 1;
+  private readonly native: NativeDigest | null;
 
-  constructor(size = 2) {
-    for (let i = 0; i < size; i++) {
+  /** `native`: use the native digester when there is one (default). */
+  constructor(private readonly size = 2, native = true) {
+    this.native = native ? nativeDigest() : null;
+  }
+
+  private startWorkers(): void {
+    for (let i = 0; i < this.size; i++) {
       const w = new Worker(WORKER_SRC, { eval: true });
       const slot = { w, busy: 0 };
       w.on('message', (r: Reply) => {
@@ -80,6 +90,7 @@ export class DigestPool {
 
   /** Digests of the `blockSize` blocks of a copy of `data` (the caller keeps `data`). */
   digest(data: Uint8Array, blockSize: number): Promise<WindowDigests> {
+    if (this.native) return this.nativeDigests(data, blockSize);
     const copy = new Uint8Array(data);
     return this.run(copy, blockSize, false);
   }
@@ -91,12 +102,20 @@ export class DigestPool {
    * returned `data`; the argument may be detached (length 0) afterwards.
    */
   async digestOwned(data: Buffer, blockSize: number): Promise<WindowDigests & { data: Buffer }> {
+    if (this.native) return { ...(await this.nativeDigests(data, blockSize)), data };
     if (!ownsItsBuffer(data)) return { ...(await this.digest(data, blockSize)), data };
     const r = await this.run(new Uint8Array(data.buffer, 0, data.byteLength), blockSize, true);
     return { digests: r.digests, zero: r.zero, data: r.data! };
   }
 
+  /** Native: works on `data` in place (no copy); the caller keeps it untouched until this resolves. */
+  private async nativeDigests(data: Uint8Array, blockSize: number): Promise<WindowDigests> {
+    const r = await this.native!.blocks(data, blockSize, 16, data.byteLength);
+    return { digests: r.digests, zero: r.zero, whole: r.pieceDigests };
+  }
+
   private run(data: Uint8Array, blockSize: number, back: boolean): Promise<WindowDigests & { data?: Buffer }> {
+    if (this.workers.length === 0) this.startWorkers();
     let slot = this.workers[0]!;
     for (const s of this.workers) if (s.busy < slot.busy) slot = s;
     const id = this.nextId++;

@@ -9,7 +9,7 @@ export interface SessionStats { payloadBytes: number; wireBytes: number; extents
 export interface AgentSession {
   readonly held: HeldRanges[];
   /** `handOver`: the caller will not touch `data` again (the sender may move it to a worker without a copy). */
-  send(disk: number, offset: number, data: Buffer | null, length: number, opts?: { handOver?: boolean }): Promise<void>;
+  send(disk: number, offset: number, data: Buffer | null, length: number, opts?: { handOver?: boolean; digest?: Buffer }): Promise<void>;
   stats(): SessionStats;
   commit(o: { meta?: Record<string, unknown>; sourceDigests?: { disk: number; sha256: string }[] }): Promise<ImageInfo>;
   abort(): Promise<void>;

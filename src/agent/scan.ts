@@ -14,7 +14,7 @@ export const WINDOW = 1024 * 1024;
 
 export interface ExtentSink {
   /** Ship `length` bytes at `offset`; `data` null = all zeros. Resolves when the sink can take more. */
-  send(disk: number, offset: number, data: Buffer | null, length: number, opts?: { handOver?: boolean }): Promise<void>;
+  send(disk: number, offset: number, data: Buffer | null, length: number, opts?: { handOver?: boolean; digest?: Buffer }): Promise<void>;
 }
 
 export interface ScanProgress {
@@ -188,7 +188,7 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig:
     runStart = -1;
     // A run covering the whole read buffer is its last use: the sender may take it without a copy.
     const handOver = data !== null && data.byteLength === buf!.byteLength;
-    await o.sink.send(o.disk, off, data, len, handOver ? { handOver } : undefined);
+    await o.sink.send(o.disk, off, data, len, handOver ? { handOver, digest: dig?.whole } : undefined);
     res.sentBytes += len;
     res.extents++;
   };

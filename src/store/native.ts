@@ -7,21 +7,17 @@
  *    a full cycle then recycles page-cache pages instead of filling RAM with chunks nobody reads soon
  *    (on a fresh VM, first touch of guest memory made page-cache writes ~4 s CPU/GiB vs ~0.5 s).
  */
-import { createRequire } from 'node:module';
+import { callAsync, loadKoffi, type KoffiFn } from '../util/koffi.ts';
 
-interface KoffiFn {
-  (...args: unknown[]): number;
-  async: (...args: unknown[]) => void;
-}
 interface Libc { syncfs: KoffiFn; fadvise: KoffiFn; errno: () => number }
 
 let libc: Libc | null | undefined;
 
 function load(): Libc | null {
   if (process.platform !== 'linux' || process.env.VMLIFT_STORE_NO_NATIVE) return null;
+  const koffi = loadKoffi();
+  if (!koffi) return null;
   try {
-    const require = createRequire(import.meta.url);
-    const koffi = require('koffi') as { load: (lib: string) => { func: (decl: string) => KoffiFn }; errno: () => number };
     const lib = koffi.load('libc.so.6');
     return {
       syncfs: lib.func('int syncfs(int fd)'),
@@ -42,44 +38,18 @@ export function hasSyncfs(): boolean {
   return get() !== null;
 }
 
-// koffi runs async calls on a small pool of its own and refuses too many at once: queue ours.
-const MAX_ASYNC = 8;
-let running = 0;
-const waiting: (() => void)[] = [];
-async function limited<T>(fn: () => Promise<T>): Promise<T> {
-  if (running >= MAX_ASYNC) await new Promise<void>((r) => waiting.push(r));
-  running++;
-  try {
-    return await fn();
-  } finally {
-    running--;
-    waiting.shift()?.();
-  }
-}
-
 /** syncfs(2) on the filesystem holding `fd`, off the main thread. */
-export function syncfs(fd: number): Promise<void> {
+export async function syncfs(fd: number): Promise<void> {
   const l = get();
-  if (!l) return Promise.reject(new Error('syncfs is not available'));
-  return limited(() => new Promise((resolve, reject) => {
-    l.syncfs.async(fd, (err: unknown, r: number) => {
-      if (err) reject(err as Error);
-      else if (r !== 0) reject(new Error(`syncfs failed (errno ${l.errno()})`));
-      else resolve();
-    });
-  }));
+  if (!l) throw new Error('syncfs is not available');
+  const r = await callAsync(l.syncfs, fd);
+  if (r !== 0) throw new Error(`syncfs failed (errno ${l.errno()})`);
 }
 
 const POSIX_FADV_DONTNEED = 4;
 /** Drop a durable file's pages from the page cache, off the main thread (no-op without koffi). */
-export function dropFromCache(fd: number): Promise<void> {
+export async function dropFromCache(fd: number): Promise<void> {
   const l = get();
-  if (!l) return Promise.resolve();
-  return limited(() => new Promise<void>((resolve) => {
-    try {
-      l.fadvise.async(fd, 0, 0, POSIX_FADV_DONTNEED, () => resolve());
-    } catch {
-      resolve(); // only a page-cache hint
-    }
-  }));
+  if (!l) return;
+  await callAsync(l.fadvise, fd, 0, 0, POSIX_FADV_DONTNEED).catch(() => {}); // only a page-cache hint
 }

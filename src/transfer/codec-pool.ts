@@ -2,6 +2,7 @@ import { Worker } from 'node:worker_threads';
 import { createRequire } from 'node:module';
 import { codecWorkerMain, type CodecWorkerData, type PackRequest, type UnpackRequest, type WorkerReply } from './codec-worker.ts';
 import { CODEC, ProtocolError } from './protocol.ts';
+import { nativeDigest, type NativeDigest } from '../util/native-digest.ts';
 
 export interface Packed { codec: number; payload: Buffer | null; digest: Buffer }
 
@@ -21,16 +22,24 @@ function startCodecWorker(): Worker {
 type Pending = { resolve: (r: WorkerReply) => void; reject: (e: Error) => void };
 
 /**
- * A small pool of codec workers (2 by default: one per core of the target machines). Workers are
- * unref'd while idle so an idle pool never keeps a process alive.
+ * A small pool of codec workers (2 by default: one per core of the target machines), started on
+ * first use. Workers are unref'd while idle so an idle pool never keeps a process alive.
+ * Uncompressed extents (level 0 out, RAW in) do not go to a worker when the native digester is
+ * there: it hashes them in place off the event loop, with no copy and no message per extent.
  */
 export class CodecPool {
   private readonly workers: { w: Worker; busy: number; pending: Map<number, Pending> }[] = [];
   private nextId = 1;
   private closed = false;
+  private readonly native: NativeDigest | null;
 
-  constructor(size = 2) {
-    for (let i = 0; i < size; i++) {
+  /** `native`: hash uncompressed extents natively when possible (default). */
+  constructor(private readonly size = 2, native = true) {
+    this.native = native ? nativeDigest() : null;
+  }
+
+  private startWorkers(): void {
+    for (let i = 0; i < this.size; i++) {
       const w = startCodecWorker();
       const slot = { w, busy: 0, pending: new Map<number, Pending>() };
       w.on('message', (r: WorkerReply) => {
@@ -51,6 +60,7 @@ export class CodecPool {
 
   private run(req: Omit<PackRequest, 'id'> | Omit<UnpackRequest, 'id'>, transfer: ArrayBuffer[]): Promise<WorkerReply> {
     if (this.closed) return Promise.reject(new Error('codec pool is closed'));
+    if (this.workers.length === 0) this.startWorkers();
     let slot = this.workers[0]!;
     for (const s of this.workers) if (s.busy < slot.busy) slot = s;
     const id = this.nextId++;
@@ -64,11 +74,19 @@ export class CodecPool {
   /**
    * Zero check, SHA-256 and (zstdLevel !== null) compression of a copy of `data`; `owned`: `data` is
    * the whole of its own ArrayBuffer and the caller gives it up: it is transferred, not copied.
+   * `digest`: the caller's SHA-256 of `data` (it is then taken as not all zeros and not hashed again).
    */
-  async pack(data: Uint8Array, zstdLevel: number | null, owned = false): Promise<Packed> {
+  async pack(data: Uint8Array, zstdLevel: number | null, owned = false, digest?: Buffer): Promise<Packed> {
     // own ArrayBuffer: transferred, and the caller may reuse `data`
     const copy = owned ? new Uint8Array(data.buffer, 0, data.byteLength) : new Uint8Array(data);
-    const r = await this.run({ op: 'pack', data: copy, zstdLevel }, [copy.buffer as ArrayBuffer]);
+    if (zstdLevel === null && (digest || this.native)) {
+      const payload = Buffer.from(copy.buffer, copy.byteOffset, copy.byteLength);
+      if (digest) return { codec: CODEC.RAW, payload, digest };
+      const r = await this.native!.blocks(payload, payload.length, 32);
+      if (r.zero[0] === 1) return { codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) };
+      return { codec: CODEC.RAW, payload, digest: r.digests };
+    }
+    const r = await this.run({ op: 'pack', data: copy, zstdLevel, digest: digest ? new Uint8Array(digest) : undefined }, [copy.buffer as ArrayBuffer]);
     if (!r.ok) throw new Error(r.message);
     if (!('codec' in r)) throw new Error('unexpected worker reply');
     return {
@@ -80,6 +98,12 @@ export class CodecPool {
 
   /** Decompress / check length and SHA-256. Throws ProtocolError on a bad extent. */
   async unpack(codec: number, payload: Buffer, length: number, digest: Buffer, owned = false): Promise<Buffer> {
+    if (codec === CODEC.RAW && this.native) {
+      // in place: nothing else writes to a received frame's bytes
+      const d = await this.native.sha256(payload);
+      if (!d.equals(digest)) throw new ProtocolError('BAD_DIGEST', digestMismatch(digest, d));
+      return payload;
+    }
     // an owned payload (its ArrayBuffer holds nothing else in use) moves to the worker without a copy
     const p = owned ? new Uint8Array(payload.buffer, payload.byteOffset, payload.length) : new Uint8Array(payload);
     const r = await this.run({ op: 'unpack', codec, payload: p, length, digest: new Uint8Array(digest) }, [p.buffer as ArrayBuffer]);
@@ -92,6 +116,10 @@ export class CodecPool {
     this.closed = true;
     await Promise.all(this.workers.map((s) => s.w.terminate()));
   }
+}
+
+export function digestMismatch(received: Uint8Array, computed: Uint8Array): string {
+  return `extent digest mismatch: received ${Buffer.from(received).toString('hex').slice(0, 16)}…, computed ${Buffer.from(computed).toString('hex').slice(0, 16)}…`;
 }
 
 let shared: CodecPool | null = null;

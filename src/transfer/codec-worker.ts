@@ -15,7 +15,7 @@ export interface CodecWorkerData {
   codec: { RAW: number; ZSTD: number; ZERO: number };
 }
 
-export type PackRequest = { id: number; op: 'pack'; data: Uint8Array; zstdLevel: number | null };
+export type PackRequest = { id: number; op: 'pack'; data: Uint8Array; zstdLevel: number | null; digest?: Uint8Array };
 export type UnpackRequest = { id: number; op: 'unpack'; codec: number; payload: Uint8Array; length: number; digest: Uint8Array };
 export type WorkerReply =
   | { id: number; ok: true; codec: number; payload: Uint8Array | null; digest: Uint8Array }
@@ -54,8 +54,9 @@ export function codecWorkerMain(): void {
 
   const pack = (r: PackRequest): WorkerReply => {
     const data = Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
-    if (isZero(data)) return { id: r.id, ok: true, codec: CODEC.ZERO, payload: null, digest: new Uint8Array(32) };
-    const digest = createHash('sha256').update(data).digest();
+    // a digest from the caller: data it found not all zeros and already hashed
+    if (!r.digest && isZero(data)) return { id: r.id, ok: true, codec: CODEC.ZERO, payload: null, digest: new Uint8Array(32) };
+    const digest = r.digest ?? createHash('sha256').update(data).digest();
     if (r.zstdLevel !== null) {
       const c = compressor(r.zstdLevel).compress(data);
       // Not worth a decompress on the other side unless it saves at least 3 %.

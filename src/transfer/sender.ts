@@ -483,9 +483,10 @@ export class CycleSession extends EventEmitter {
    * Queue `length` bytes at `offset` of `disk` (`data` null = zeros). Resolves when accepted into the
    * window; rejects when the session failed. `handOver`: the caller gives `data` up (it may be
    * detached afterwards); a buffer that is the whole of its own ArrayBuffer and one piece then moves
-   * to the pack worker without a copy.
+   * to the pack worker without a copy. `digest`: the caller's SHA-256 of `data`, which is not all
+   * zeros (used when `data` goes out as one extent: it is not hashed again).
    */
-  async send(disk: number, offset: number, data: Buffer | null, length?: number, opts?: { handOver?: boolean }): Promise<void> {
+  async send(disk: number, offset: number, data: Buffer | null, length?: number, opts?: { handOver?: boolean; digest?: Buffer }): Promise<void> {
     this.check();
     const len = data ? data.length : length;
     if (data && length !== undefined && length !== data.length) throw new RangeError(`send: length ${length} differs from data length ${data.length}`);
@@ -520,7 +521,7 @@ export class CycleSession extends EventEmitter {
       const owned = !!opts?.handOver && data !== null && n === data.length && data.byteOffset === 0
         && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
       const packed: Promise<Packed> = data
-        ? sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), this.sender.currentZstdLevel, owned)
+        ? sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), this.sender.currentZstdLevel, owned, n === len ? opts?.digest : undefined)
         : Promise.resolve({ codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) });
       packed.catch(() => undefined);
       this.win.push({ seq: this.nextSeq++, disk, offset: off, length: n, overwrite, packed, cost, sent: false });

@@ -1,0 +1,72 @@
+/**
+ * The native digester (native/digest/ through koffi) gives the same block digests, zero flags and
+ * wire digests as Node's crypto, and the codec pool's native paths check and refuse like the worker's.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { nativeDigest } from '../../src/util/native-digest.ts';
+import { DigestPool } from '../../src/agent/digest-pool.ts';
+import { CodecPool } from '../../src/transfer/codec-pool.ts';
+import { CODEC, ProtocolError } from '../../src/transfer/protocol.ts';
+
+const sha = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
+
+/** 1 MiB + 1000 bytes: random blocks, an all-zero block, a block zero but for its last byte, a short tail. */
+function sample(): Buffer {
+  const b = randomBytes(1024 * 1024 + 1000);
+  b.fill(0, 8192, 12288);
+  b.fill(0, 16384, 20480); b[20479] = 1;
+  return b;
+}
+
+test('setup built the native digester (npm test runs native/build.sh)', () => {
+  assert.ok(nativeDigest(), 'native/build/libvmlift-digest.so is missing or does not load');
+});
+
+test('native block digests and zero flags equal the worker threads\' (Node crypto)', async () => {
+  const data = sample();
+  const native = new DigestPool(2, true);
+  const workers = new DigestPool(2, false);
+  try {
+    const a = await native.digest(data, 4096);
+    const b = await workers.digest(data, 4096);
+    assert.equal(a.digests.length, Math.ceil(data.length / 4096) * 16);
+    assert.ok(a.digests.equals(b.digests));
+    assert.deepEqual([...a.zero], [...b.zero]);
+    assert.equal(a.zero[2], 1);
+    assert.equal(a.zero[4], 0);
+    assert.ok(a.digests.subarray(16, 32).equals(sha(data.subarray(4096, 8192)).subarray(0, 16)));
+    const tail = Math.floor(data.length / 4096);
+    assert.ok(a.digests.subarray(tail * 16).equals(sha(data.subarray(tail * 4096)).subarray(0, 16)));
+    assert.ok(a.whole?.equals(sha(data)), 'the whole-buffer SHA-256 (the wire digest)');
+  } finally {
+    await native.close();
+    await workers.close();
+  }
+});
+
+test('codec pool: native level-0 pack and RAW unpack agree with the workers and refuse a bad digest', async () => {
+  const native = new CodecPool(1, true);
+  const workers = new CodecPool(1, false);
+  try {
+    const data = randomBytes(1024 * 1024);
+    const a = await native.pack(data, null);
+    const b = await workers.pack(data, null);
+    assert.equal(a.codec, CODEC.RAW);
+    assert.equal(b.codec, CODEC.RAW);
+    assert.ok(a.digest.equals(b.digest));
+    assert.ok(a.digest.equals(sha(data)));
+    assert.ok(a.payload!.equals(data));
+    assert.equal((await native.pack(Buffer.alloc(65536), null)).codec, CODEC.ZERO);
+
+    const out = await native.unpack(CODEC.RAW, Buffer.from(data), data.length, sha(data));
+    assert.ok(out.equals(data));
+    const bad = Buffer.from(data); bad[12345] ^= 1;
+    await assert.rejects(native.unpack(CODEC.RAW, bad, bad.length, sha(data)), (e: unknown) => e instanceof ProtocolError && e.code === 'BAD_DIGEST');
+    await assert.rejects(workers.unpack(CODEC.RAW, Buffer.from(bad), bad.length, sha(data)), (e: unknown) => e instanceof ProtocolError && e.code === 'BAD_DIGEST');
+  } finally {
+    await native.close();
+    await workers.close();
+  }
+});
