@@ -36,8 +36,8 @@ const GiB = 2 ** 30;
 const MiB = 2 ** 20;
 const SIZE = Math.round(Number(values.size) * GiB / MiB) * MiB;
 const SPARSE = values['sparse-sizes']!.split(',').filter(Boolean).map((s) => Math.round(Number(s) * GiB / MiB) * MiB);
-const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
-const NODE = [process.execPath, '--import', 'tsx', '--no-warnings', MAIN];
+// the vmlift command users run (compiled dist/ when fresh: scripts/setup.sh builds it)
+const NODE = [fileURLToPath(new URL('../bin/vmlift', import.meta.url))];
 const TICK = Number((await execFileP('getconf', ['CLK_TCK'])).stdout.trim()) || 100;
 
 const log = (s: string): void => { process.stderr.write(`${s}\n`); };

@@ -31,7 +31,7 @@ import { resolveSettings } from '../src/engine/settings.ts';
 import { openStateStore } from '../src/state/sqlite.ts';
 import { openSource } from '../src/source/open.ts';
 import type { DiskOpener } from '../src/engine/ports.ts';
-import { silentLogger } from '../src/util/log.ts';
+import { createLogger, silentLogger } from '../src/util/log.ts';
 import { DEFAULT_LIMITS } from '../src/cli/connector-config.ts';
 
 const execFileP = promisify(execFile);
@@ -50,13 +50,13 @@ const GiB = 2 ** 30;
 const SIZE_MIB = Math.max(64, Math.round(Number(values.size) * 1024));
 const WG_VMS = Number(values['wg-vms']);
 const WG_MIB = Number(values['wg-disk-mib']);
-const MAIN = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url));
+const VMLIFT = fileURLToPath(new URL('../bin/vmlift', import.meta.url));
 
 const results: Record<string, unknown> = {};
 const out = (line: string) => { if (!values.json) console.log(line); };
 
 async function startReceiverProcess(dir: string): Promise<{ p: ChildProcess; port: number; fingerprint: string; code: string }> {
-  const p = spawn(process.execPath, ['--import', 'tsx', '--no-warnings', MAIN, 'receiver', 'serve', '--data-dir', join(dir, 'rx'),
+  const p = spawn(VMLIFT, ['receiver', 'serve', '--data-dir', join(dir, 'rx'),
     '--listen', '127.0.0.1', '--control-port', '0', '--data-port', '0', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] });
   let buf = '';
   return new Promise((resolve, reject) => {
@@ -89,13 +89,16 @@ function labNbdOpener(lab: Lab): DiskOpener {
   };
 }
 
+// VMLIFT_BENCH_LOG=debug (or info): the engine's log on stderr, to see where a cycle spends its time
+const engineLogger = process.env.VMLIFT_BENCH_LOG ? createLogger({ level: process.env.VMLIFT_BENCH_LOG }) : silentLogger;
+
 function makeEngine(lab: Lab, vc: VCenter, rx: { port: number; fingerprint: string; code: string }, dir: string, transport: 'http' | 'nbd' = 'http') {
   const port = vcenterPort(vc);
   const inner = transport === 'nbd' ? labNbdOpener(lab) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
   const disks = new LimitedDiskOpener(inner, port.hostOf, { perHost: DEFAULT_LIMITS.disksPerHost, overall: DEFAULT_LIMITS.disksOverall });
   const state = openStateStore(join(dir, 'state.db'));
   const engine = new JobEngine({
-    state, logger: silentLogger,
+    state, logger: engineLogger,
     connect: (job) => senderJobPorts(port, disks, {
       receiver: `127.0.0.1:${rx.port}`, fingerprint: rx.fingerprint, credentialFile: join(dir, 'cred', `${job.sourceId}.json`), activationCode: rx.code,
       sourceId: job.sourceId, compression: job.settings.compression, bandwidthMbps: 0, checksum: job.settings.checksum,

@@ -9,7 +9,7 @@ bash scripts/setup.sh
 
 DIR=${VMLIFT_DEMO_DIR:-${TMPDIR:-/tmp}/vmlift-demo}
 SIZE_MIB=${VMLIFT_DEMO_SIZE_MIB:-256}
-VMLIFT=(node --import tsx --no-warnings src/cli/main.ts)
+VMLIFT=(bin/vmlift)
 TSX=(node --import tsx --no-warnings)
 
 rm -rf "$DIR"

@@ -10,9 +10,8 @@ program
   .showHelpAfterError()
   .exitOverride();
 
-registerCommands(program);
-
 try {
+  await registerCommands(program, process.argv.slice(2));
   await program.parseAsync(process.argv);
 } catch (e) {
   if (e instanceof CommanderError) {

@@ -24,7 +24,13 @@ import type { Cycles, OpenCycle, CycleFeed } from './cycles.ts';
 export const PENDING_LIMIT = 16 * 1024 * 1024;
 export const FLUSH_BYTES = 32 * 1024 * 1024;
 export const FLUSH_MS = 300;
-const WRITES_IN_FLIGHT = 4;
+/**
+ * Store writes in flight per connection: at most this many, and at most WRITE_BYTES_IN_FLIGHT of
+ * extent data. Small extents of an incremental cycle each wait on reading the chunk they patch:
+ * many in flight hide that latency (4 at a time left the receiver idle half of an incremental).
+ */
+const WRITES_IN_FLIGHT = 64;
+const WRITE_BYTES_IN_FLIGHT = 8 * 1024 * 1024;
 const HELLO_TIMEOUT_MS = 15000;
 
 type Item =
@@ -67,6 +73,8 @@ export class DataConnection implements CycleFeed {
   /** A store write failed: from then on nothing more is claimed durable for this stream. */
   private writeFailed = false;
   private inflight: Promise<void>[] = [];
+  private inflightLengths: number[] = [];
+  private inflightBytes = 0;
   /** Flushes in call order; the last one started from the pipeline (awaited before the next). */
   private flushChain: Promise<void> = Promise.resolve();
   private lastFlush: Promise<void> = Promise.resolve();
@@ -203,7 +211,12 @@ export class DataConnection implements CycleFeed {
         if (data) w.then(() => this.reader.recycle(data.buffer), () => undefined);
         else w.catch(() => undefined);
         this.inflight.push(w);
-        if (this.inflight.length >= WRITES_IN_FLIGHT) await this.inflight.shift();
+        this.inflightLengths.push(item.length);
+        this.inflightBytes += item.length;
+        while (this.inflight.length >= WRITES_IN_FLIGHT || this.inflightBytes > WRITE_BYTES_IN_FLIGHT) {
+          this.inflightBytes -= this.inflightLengths.shift()!;
+          await this.inflight.shift();
+        }
         this.lastIssued = item.seq;
         this.unflushed += item.length;
         this.queue.shift();
@@ -263,6 +276,8 @@ export class DataConnection implements CycleFeed {
     if (!oc) return Promise.resolve();
     const pending = this.inflight;
     this.inflight = [];
+    this.inflightLengths = [];
+    this.inflightBytes = 0;
     const seq = this.lastIssued;
     const hasData = this.unflushed > 0;
     this.unflushed = 0;

@@ -1,13 +1,14 @@
 /**
  * Open a BlockSource from a URI. Plain paths (and file:// URIs) open a local file or block device.
- * Each transport adds one case here.
+ * Each transport adds one case here; its module loads when first used (an agent reading local
+ * devices never loads the HTTP client).
  */
 import type { BlockSource } from './types.ts';
 import { UserError } from '../util/errors.ts';
-import { LocalSource, type LocalSourceOptions } from './local/index.ts';
-import { NbdSource, type NbdSourceOptions } from './nbd/index.ts';
-import { VddkSource, parseVddkUri, type VddkSourceOptions } from './vddk/index.ts';
-import { HttpDatastoreSource, type HttpDatastoreOptions } from './http-datastore/index.ts';
+import type { LocalSourceOptions } from './local/index.ts';
+import type { NbdSourceOptions } from './nbd/index.ts';
+import type { VddkSourceOptions } from './vddk/index.ts';
+import type { HttpDatastoreOptions } from './http-datastore/index.ts';
 
 export interface OpenSourceOptions {
   local?: LocalSourceOptions;
@@ -22,12 +23,13 @@ export async function openSource(uri: string, opts: OpenSourceOptions = {}): Pro
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(uri)?.[1]?.toLowerCase();
   switch (scheme) {
     case undefined:
-      return LocalSource.open(uri, opts.local);
+      return (await import('./local/index.ts')).LocalSource.open(uri, opts.local);
     case 'file':
-      return LocalSource.open(decodeURIComponent(new URL(uri).pathname), opts.local);
+      return (await import('./local/index.ts')).LocalSource.open(decodeURIComponent(new URL(uri).pathname), opts.local);
     case 'nbd': case 'nbds': case 'nbd+unix': case 'nbds+unix':
-      return NbdSource.open(uri, opts.nbd);
+      return (await import('./nbd/index.ts')).NbdSource.open(uri, opts.nbd);
     case 'vddk': {
+      const { VddkSource, parseVddkUri } = await import('./vddk/index.ts');
       const { user, ...u } = parseVddkUri(uri);
       const { password, cookie, ...v } = opts.vddk ?? {};
       const credentials = password !== undefined ? { user: user ?? '', password } : cookie !== undefined ? { cookie, user } : undefined;
@@ -35,7 +37,7 @@ export async function openSource(uri: string, opts: OpenSourceOptions = {}): Pro
     }
     case 'https':
       if (!opts.http) throw new UserError('SOURCE_HTTP_TRUST', 'an https:// datastore source needs the vCenter session cookie and thumbprint', 'open it through a vCenter connection (job transport http-datastore)');
-      return HttpDatastoreSource.open({ ...opts.http, url: uri });
+      return (await import('./http-datastore/index.ts')).HttpDatastoreSource.open({ ...opts.http, url: uri });
     default:
       throw new UserError('SOURCE_SCHEME', `unsupported source ${JSON.stringify(uri.replace(/\/\/[^@/]*@/, '//'))}: no transport for "${scheme}://"`,
         'use a local path (file or block device) or a supported transport URI');

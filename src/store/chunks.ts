@@ -4,17 +4,21 @@ import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import type { Layout } from './layout.ts';
 import { dropFromCache, hasSyncfs, syncfs } from './native.ts';
+import { nativeDigest } from '../util/native-digest.ts';
 
 export function sha256(data: Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
 }
 
 /**
- * SHA-256 off the main thread (WebCrypto runs digests on libuv's pool): large chunks hashed this way
- * leave the event loop to the network and spread over both cores. Small inputs hash inline.
+ * SHA-256 off the main thread: large chunks hashed this way leave the event loop to the network and
+ * spread over both cores. Native (in place) when built, else WebCrypto (libuv's pool, on a copy).
+ * Small inputs hash inline.
  */
 export async function sha256Async(data: Uint8Array): Promise<Buffer> {
   if (data.length < 65536) return sha256(data);
+  const native = nativeDigest();
+  if (native) return native.sha256(data);
   return Buffer.from(await crypto.subtle.digest('SHA-256', data));
 }
 

@@ -6,7 +6,8 @@
  * VMLIFT_NO_NATIVE_DIGEST=1), callers use Node's crypto instead and get the same digests.
  */
 import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { PROJECT_ROOT } from './root.ts';
 import { callAsync, loadKoffi, type KoffiFn } from './koffi.ts';
 
 export const SHA256_LEN = 32;
@@ -27,7 +28,7 @@ export interface NativeDigest {
   sha256(data: Uint8Array): Promise<Buffer>;
 }
 
-const DEFAULT_LIB = fileURLToPath(new URL('../../native/build/libvmlift-digest.so', import.meta.url));
+const DEFAULT_LIB = join(PROJECT_ROOT, 'native', 'build', 'libvmlift-digest.so');
 
 let loaded: NativeDigest | null | undefined;
 

@@ -1,4 +1,5 @@
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { PROJECT_ROOT } from '../util/root.ts';
 import * as soap from 'soap';
 import type { Agent } from 'undici';
 import { UserError, errorMessage } from '../util/errors.ts';
@@ -8,7 +9,7 @@ import { UndiciSoapHttp, type TransportStats } from './http.ts';
 import { parseFault, unreachable, VimFault } from './errors.ts';
 import { mor, moref, str, type MoRef } from './convert.ts';
 
-const WSDL = fileURLToPath(new URL('./wsdl/vim25-trimmed.wsdl', import.meta.url));
+const WSDL = join(PROJECT_ROOT, 'src', 'vsphere', 'wsdl', 'vim25-trimmed.wsdl');
 
 export interface ConnectOptions {
   /** https://HOST/sdk, https://HOST or HOST. */

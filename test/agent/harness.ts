@@ -11,8 +11,8 @@ import { writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const MAIN = join(ROOT, 'src/cli/main.ts');
-export const NODE_ARGS = ['--import', 'tsx', '--no-warnings', MAIN];
+/** The vmlift command (runs dist/ when it is fresh, else the sources; exec keeps one pid for kill -9). */
+export const VMLIFT = join(ROOT, 'bin/vmlift');
 const execFileP = promisify(execFile);
 
 const children = new Set<ChildProcess>();
@@ -40,7 +40,7 @@ export async function freePort(): Promise<number> {
 
 export async function vmlift(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const r = await execFileP(process.execPath, [...NODE_ARGS, ...args], { env: { ...process.env, ...env }, maxBuffer: 64 << 20 });
+    const r = await execFileP(VMLIFT, args, { env: { ...process.env, ...env }, maxBuffer: 64 << 20 });
     return { code: 0, stdout: r.stdout, stderr: r.stderr };
   } catch (e) {
     const x = e as { code?: number; stdout?: string; stderr?: string };
@@ -69,7 +69,7 @@ export class Receiver {
   get address(): string { return `127.0.0.1:${this.controlPort}`; }
 
   async spawn(): Promise<void> {
-    const p = spawn(process.execPath, [...NODE_ARGS, 'receiver', 'serve', '--data-dir', this.dataDir, '--listen', '127.0.0.1',
+    const p = spawn(VMLIFT, ['receiver', 'serve', '--data-dir', this.dataDir, '--listen', '127.0.0.1',
       '--control-port', String(this.controlPort), '--data-port', String(this.dataPort)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_LOG_LEVEL: 'info' } });
     this.proc = track(p);
     p.stderr!.setEncoding('utf8');
@@ -137,7 +137,7 @@ export function startAgent(a: AgentArgs): AgentRun {
   const args = ['agent', 'sync', ...a.devices.flatMap((d) => ['--device', d]), '--receiver', a.receiver.address,
     '--fingerprint', a.fingerprint ?? a.receiver.fingerprint, '--code-file', a.codeFile, '--state-dir', a.stateDir,
     '--source-id', a.sourceId ?? 'agent-test', '--json', ...(a.once === false ? [] : ['--once']), '--retry-for', '2m', ...(a.extra ?? [])];
-  const proc = spawn(process.execPath, [...NODE_ARGS, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...a.env } });
+  const proc = spawn(VMLIFT, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...a.env } });
   track(proc);
   const run: AgentRun = { proc, lines: [], stderr: '', done: Promise.resolve(0) };
   let buf = '';

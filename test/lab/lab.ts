@@ -12,12 +12,12 @@
 import { spawn, execFile } from 'node:child_process';
 import { readFile, mkdir, open } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { join, resolve, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
+import { PROJECT_ROOT } from '../../src/util/root.ts';
 
-const here = dirname(fileURLToPath(import.meta.url));
+const here = join(PROJECT_ROOT, 'test', 'lab'); // also when compiled to dist/
 export const labBinary = join(here, 'build', 'vmlift-lab');
 
 export interface LabDisk {

@@ -1,27 +1,32 @@
 import type { Command } from 'commander';
-import { register as registerJobs } from './job.ts';
-import { register as registerConnector } from './connector.ts';
-import { register as registerDemo } from './demo.ts';
-import { register as registerAgent } from './agent.ts';
-import { register as registerReceiver } from './receiver.ts';
-import { register as registerImage } from './image.ts';
-import { register as registerVc } from './vc.ts';
-import { register as registerLab } from './lab.ts';
-import { register as registerSource } from './source.ts';
+
+type Group = () => Promise<{ register(program: Command): void }>;
 
 /**
  * Each area of vmlift adds its command group here: one module per group in this folder,
- * exporting `register(program)`. Keep this list the only place that knows them all.
+ * exporting `register(program)`. Keep this table the only place that knows them all.
+ * Only the module of the command being run is loaded (the agent does not load the vSphere client,
+ * the receiver does not load SQLite): faster start and less memory. Help loads them all.
  */
-export function registerCommands(program: Command): void {
-  void program;
-  registerJobs(program);
-  registerConnector(program);
-  registerDemo(program);
-  registerAgent(program);
-  registerReceiver(program);
-  registerImage(program);
-  registerVc(program);
-  registerLab(program);
-  registerSource(program);
+const GROUPS: Record<string, Group> = {
+  job: () => import('./job.ts'),
+  workgroup: () => import('./job.ts'),
+  template: () => import('./job.ts'),
+  connector: () => import('./connector.ts'),
+  demo: () => import('./demo.ts'),
+  agent: () => import('./agent.ts'),
+  receiver: () => import('./receiver.ts'),
+  image: () => import('./image.ts'),
+  vc: () => import('./vc.ts'),
+  lab: () => import('./lab.ts'),
+  source: () => import('./source.ts'),
+};
+
+/** Register the command group named by the first operand of `args` (argv after the script), or all. */
+export async function registerCommands(program: Command, args: string[] = []): Promise<void> {
+  const first = args.find((a) => !a.startsWith('-'));
+  const one = first !== undefined && Object.hasOwn(GROUPS, first) ? GROUPS[first] : undefined;
+  const loaders = one ? [one] : [...new Set(Object.values(GROUPS))];
+  const modules = await Promise.all(loaders.map((l) => l()));
+  for (const m of new Set(modules)) m.register(program);
 }
