@@ -122,9 +122,12 @@ export function digestMismatch(received: Uint8Array, computed: Uint8Array): stri
   return `extent digest mismatch: received ${Buffer.from(received).toString('hex').slice(0, 16)}…, computed ${Buffer.from(computed).toString('hex').slice(0, 16)}…`;
 }
 
+/** Workers of the shared pool: one per core of the target machines. */
+export const CODEC_WORKERS = 2;
+
 let shared: CodecPool | null = null;
 /** One pool per process, shared by every sender and receiver connection in it. */
 export function sharedCodecPool(): CodecPool {
-  shared ??= new CodecPool(2);
+  shared ??= new CodecPool(CODEC_WORKERS);
   return shared;
 }

@@ -45,7 +45,8 @@ import { ControlClient, RemoteError, type ControlTarget } from './control-client
 import { connectPinned, normalizeFingerprint, parseHostPort, parseProxy, redactUrl, ConnectError } from './connect.ts';
 import { CODEC, FRAME, FATAL_CODES, FrameReader, MAX_ZERO_EXTENT, MAX_JSON_FRAME, encodeExtentHeader,
   encodeJsonFrame, parseJsonBody, type WireError } from './protocol.ts';
-import { sharedCodecPool, type Packed } from './codec-pool.ts';
+import { CompressionGovernor } from './adaptive.ts';
+import { sharedCodecPool, CODEC_WORKERS, type Packed } from './codec-pool.ts';
 import { zstdLevelFor } from './levels.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { RangeSet } from './ranges.ts';
@@ -95,6 +96,8 @@ export interface SessionStats {
   /** Bytes sent as zero markers. */
   zeroBytes: number;
   reconnects: number;
+  /** Bytes sent uncompressed although compression was on, because the link was faster than the codec (adaptive.ts). */
+  uncompressedForSpeedBytes: number;
 }
 export interface ProgressEvent { disk: number; bytesSent: number; wireBytes: number }
 
@@ -289,7 +292,11 @@ export class CycleSession extends EventEmitter {
   /** Last sign of life of the receiver on the data connection (READY or ACK). */
   private lastHeard = Date.now();
   private watchdog: NodeJS.Timeout | null = null;
-  private readonly st: SessionStats = { payloadBytes: 0, wireBytes: 0, extents: 0, resentBytes: 0, skippedBytes: 0, zeroBytes: 0, reconnects: 0 };
+  private readonly st: SessionStats = { payloadBytes: 0, wireBytes: 0, extents: 0, resentBytes: 0, skippedBytes: 0, zeroBytes: 0, reconnects: 0, uncompressedForSpeedBytes: 0 };
+  private readonly governor = new CompressionGovernor();
+  /** ms the pump waited for the socket to drain since it last wrote an extent. */
+  private waitedForNetwork = 0;
+  private packsOutstanding = 0;
 
   constructor(private readonly sender: Sender, o: { cycleId: string; disks: DiskSpec[]; baseImageId?: string | null; maxImages?: number }) {
     super();
@@ -444,7 +451,12 @@ export class CycleSession extends EventEmitter {
         continue;
       }
       let p: Packed;
+      // Waiting for a pack counts against compression only while the codec workers have a queue (more
+      // packs outstanding than workers): one pack in flight means the source is what is slow.
+      const codecQueued = !e.done && this.packsOutstanding > CODEC_WORKERS;
+      const packWaitStart = performance.now();
       try { p = e.done ?? await e.packed; } catch (err) { this.fail(err as Error); break; }
+      const waitedForPack = codecQueued ? performance.now() - packWaitStart : 0;
       if (!e.done) {
         e.done = p;
         const newCost = p.payload ? p.payload.length : 64;
@@ -454,7 +466,10 @@ export class CycleSession extends EventEmitter {
       const payloadLen = p.payload ? p.payload.length : 0;
       const head = encodeExtentHeader({ codec: p.codec, seq: e.seq, disk: e.disk, offset: e.offset, length: e.length, digest: p.digest }, payloadLen);
       const wire = head.length + payloadLen;
+      const tokenWaitStart = performance.now();
       await this.sender.takeTokens(wire);
+      this.governor.observe(waitedForPack, this.waitedForNetwork + performance.now() - tokenWaitStart);
+      this.waitedForNetwork = 0;
       const s = this.sock;
       if (!s || this.win[this.sendIdx] !== e) continue; // connection changed or window resynced meanwhile
       s.write(head);
@@ -470,7 +485,11 @@ export class CycleSession extends EventEmitter {
         this.perDisk.set(e.disk, (this.perDisk.get(e.disk) ?? 0) + e.length);
       }
       this.emit('progress', { disk: e.disk, bytesSent: this.perDisk.get(e.disk) ?? 0, wireBytes: this.st.wireBytes } satisfies ProgressEvent);
-      if (!ok) await new Promise<void>((r) => { const done = () => { s.off('drain', done); s.off('close', done); r(); }; s.on('drain', done); s.on('close', done); });
+      if (!ok) {
+        const drainStart = performance.now();
+        await new Promise<void>((r) => { const done = () => { s.off('drain', done); s.off('close', done); r(); }; s.on('drain', done); s.on('close', done); });
+        this.waitedForNetwork += performance.now() - drainStart;
+      }
     }
   }
 
@@ -521,16 +540,17 @@ export class CycleSession extends EventEmitter {
       const owned = !!opts?.handOver && data !== null && n === data.length && data.byteOffset === 0
         && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
       const packed: Promise<Packed> = data
-        ? sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), this.sender.currentZstdLevel, owned, n === len ? opts?.digest : undefined)
+        ? sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), this.governor.levelFor(this.sender.currentZstdLevel, n), owned, n === len ? opts?.digest : undefined)
         : Promise.resolve({ codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) });
-      packed.catch(() => undefined);
+      this.packsOutstanding++;
+      packed.then(() => { this.packsOutstanding--; }, () => { this.packsOutstanding--; });
       this.win.push({ seq: this.nextSeq++, disk, offset: off, length: n, overwrite, packed, cost, sent: false });
       this.winCost += cost;
       this.changed.notify();
     }
   }
 
-  stats(): SessionStats { return { ...this.st }; }
+  stats(): SessionStats { return { ...this.st, uncompressedForSpeedBytes: this.governor.rawBytes }; }
 
   /** Resolves when every extent sent so far is durable on the receiver (acknowledged after its store flushed). */
   async flush(): Promise<void> {
@@ -568,7 +588,7 @@ export class CycleSession extends EventEmitter {
       for (;;) {
         try {
           const img = await this.sender.control.request<ImageInfo>('POST', path, body);
-          this.log.info({ imageId: img.imageId, ...this.st }, 'cycle committed');
+          this.log.info({ imageId: img.imageId, ...this.stats() }, 'cycle committed');
           return img;
         } catch (e) {
           if (e instanceof RemoteError && e.code === 'CYCLE_NOT_OPEN' && !reopened) {
