@@ -80,8 +80,11 @@ export class CycleError extends Error {
 async function step<T>(name: CycleStep, input: CycleInput, fn: () => Promise<T>): Promise<T> {
   input.signal?.throwIfAborted();
   input.onStep?.(name);
+  const t0 = performance.now();
   try {
-    return await fn();
+    const r = await fn();
+    input.logger.debug({ step: name, ms: Math.round(performance.now() - t0) }, 'cycle step done');
+    return r;
   } catch (e) {
     if (e instanceof CycleError) throw e;
     throw new CycleError(name, e);
@@ -166,7 +169,9 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
   }
 
   await step('transfer', input, () => Promise.all(work.map(async (w) => {
+    const t0 = performance.now();
     const source = await input.disks.open(vmRef, snapshot, w.disk);
+    const t1 = performance.now();
     try {
       await copyRanges(source, w.ranges, {
         maxReadSize: Math.min(input.maxReadSize ?? 2 << 20, source.maxReadSize),
@@ -183,7 +188,9 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
       });
       // Keep this disk's slot (and so the connector's memory bound) until its data is durable:
       // otherwise finished disks would pile up unacknowledged data in their senders' windows.
+      const t2 = performance.now();
       await session.flush?.();
+      input.logger.debug({ diskKey: w.disk.key, openMs: Math.round(t1 - t0), readMs: Math.round(t2 - t1), flushMs: Math.round(performance.now() - t2) }, 'disk transferred');
     } finally {
       await source.close().catch(() => undefined);
     }
