@@ -127,6 +127,29 @@ export class ChunkWriter {
     return readFile(this.layout.chunkPath(hex));
   }
 
+  /** Bytes [offset, offset + length) of chunk `hex` (zeros past its end), also under its temp name. */
+  async readRange(hex: string, offset: number, length: number): Promise<Buffer> {
+    await this.putting.get(hex)?.catch(() => {});
+    const out = Buffer.alloc(length);
+    const tmp = this.pending.get(hex)?.tmp;
+    for (const path of tmp ? [tmp, this.layout.chunkPath(hex)] : [this.layout.chunkPath(hex)]) {
+      let fh: FileHandle;
+      try { fh = await open(path, 'r'); } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT' && path === tmp) continue; // promoted meanwhile
+        throw e;
+      }
+      try {
+        for (let done = 0; done < length;) {
+          const { bytesRead } = await fh.read(out, done, length - done, offset + done);
+          if (bytesRead === 0) break;
+          done += bytesRead;
+        }
+      } finally { await fh.close(); }
+      return out;
+    }
+    throw new Error(`chunk ${hex} disappeared while being read`);
+  }
+
   private track(p: Promise<void>): void {
     const q = p.catch(() => {}).finally(() => this.promoting.delete(q));
     this.promoting.add(q);

@@ -11,6 +11,7 @@ import { coalesce } from '../util/ranges.ts';
 import { imageIds, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
 import { pidAlive, pinImage } from './pins.ts';
 import { RefsJournal } from './refs.ts';
+import { compacted, encodeRecords, overlayName, readOverlay, RESET, SUBS, subSize, type Overlay } from './overlay.ts';
 
 interface CycleRecord {
   sourceId: string;
@@ -29,17 +30,33 @@ interface DiskState {
   dirty: Map<number, Buffer | null>;
   held: Range[];
   unflushed: Range[];
+  /** The slot overlays in effect (overlay.ts), and records not yet in the overlay file. */
+  overlay: Overlay;
+  overlayPending: { slot: number; sub: number; digest: Buffer | null }[];
+  overlayFh: FileHandle;
 }
 
 interface CacheEntry {
   ds: DiskState;
+  /** Slot and sub-chunk. */
   i: number;
+  k: number;
   buf: Buffer;
   /** Changed since last stored. */
   dirty: boolean;
 }
 
-/** Bound of the write-back cache of partially written chunks. */
+function chunkKey(ds: DiskState, i: number): string { return `${ds.spec.disk}:${i}`; }
+function subKey(ds: DiskState, i: number, k: number): string { return `${ds.spec.disk}:${i}:${k}`; }
+/** `b` cut or zero-padded to `len` bytes. */
+function fit(b: Buffer, len: number): Buffer {
+  if (b.length === len) return b;
+  const out = Buffer.alloc(len);
+  b.copy(out, 0, 0, Math.min(len, b.length));
+  return out;
+}
+
+/** Bound of the write-back cache of partially written sub-chunks. */
 const CACHE_BYTES = 64 << 20;
 
 export interface CycleEnv {
@@ -88,6 +105,7 @@ function parseHeld(text: string): Map<number, Range[]> {
 
 export class Cycle implements CycleWriter {
   readonly chunkSize: number;
+  private readonly subSize: number;
   readonly sourceId: string;
   readonly cycleId: string;
   readonly disks: readonly DiskSpec[];
@@ -106,6 +124,7 @@ export class Cycle implements CycleWriter {
   private constructor(private readonly env: CycleEnv, rec: CycleRecord, dir: string,
     private readonly refs: RefsJournal, private readonly heldFh: FileHandle) {
     this.chunkSize = rec.chunkSize;
+    this.subSize = subSize(rec.chunkSize);
     this.sourceId = rec.sourceId;
     this.cycleId = rec.cycleId;
     this.disks = Object.freeze(rec.disks.map((d) => Object.freeze({ ...d })));
@@ -163,9 +182,11 @@ export class Cycle implements CycleWriter {
       const cyc = new Cycle(env, rec, dir, refs, heldFh);
       for (const d of rec.disks) {
         const idx = await open(join(dir, indexName(d.disk)), 'r+');
+        const overlay = await readOverlay(join(dir, overlayName(d.disk)));
+        const overlayFh = await open(join(dir, overlayName(d.disk)), 'a', 0o600);
         cyc.state.set(d.disk, {
           spec: d, slots: Math.ceil(d.capacity / rec.chunkSize), idx, dirty: new Map(),
-          held: coalesce(held.get(d.disk) ?? []), unflushed: [],
+          held: coalesce(held.get(d.disk) ?? []), unflushed: [], overlay, overlayPending: [], overlayFh,
         });
       }
       return cyc;
@@ -231,9 +252,8 @@ export class Cycle implements CycleWriter {
   }
 
   private async applyPiece(ds: DiskState, i: number, cLen: number, at: number, len: number, piece: Uint8Array | null, given: Buffer | null): Promise<void> {
-    const key = `${ds.spec.disk}:${i}`;
     if (at === 0 && len === cLen) {
-      this.dropCached(key);
+      for (let k = 0; k < SUBS; k++) this.dropCached(subKey(ds, i, k));
       let digest: Buffer | null = null;
       if (piece) {
         digest = given ?? await sha256Async(piece);
@@ -241,31 +261,68 @@ export class Cycle implements CycleWriter {
         else await this.chunks.put(digest.toString('hex'), piece);
       }
       ds.dirty.set(i, digest);
+      if (ds.overlay.has(i)) {
+        // the whole chunk is new: the slot's sub-chunks no longer apply
+        ds.overlay.delete(i);
+        ds.overlayPending.push({ slot: i, sub: RESET, digest: null });
+      }
       return;
     }
-    // Partial write: patch the chunk in a bounded write-back cache, so a run of small writes into
-    // one chunk stores it once (at eviction or flush), not once per write.
-    let entry = this.cache.get(key);
-    if (entry) {
-      this.cache.delete(key); // re-insert: Map order = least recently used first
-      this.cache.set(key, entry);
-    } else {
-      const cur = await this.currentSlot(ds, i);
-      let buf: Buffer;
-      if (cur) {
-        const old = await this.chunks.read(cur.toString('hex'));
-        buf = old.length === cLen ? old : Buffer.concat([old.subarray(0, cLen), Buffer.alloc(Math.max(0, cLen - old.length))]);
-      } else {
-        buf = Buffer.alloc(cLen);
+    // Partial write: only the sub-chunks it touches are stored (overlay.ts), not the whole chunk.
+    // A sub-chunk written in part is patched in a bounded write-back cache, so a run of small writes
+    // into it stores it once (at eviction or flush).
+    const ss = this.subSize;
+    for (let k = Math.floor(at / ss); k * ss < at + len; k++) {
+      const sStart = k * ss;
+      const sEnd = Math.min(sStart + ss, cLen);
+      const ps = Math.max(at, sStart);
+      const pe = Math.min(at + len, sEnd);
+      const part = piece ? piece.subarray(ps - at, pe - at) : null;
+      const key = subKey(ds, i, k);
+      if (ps === sStart && pe === sEnd) {
+        this.dropCached(key);
+        await this.storeSub(ds, i, k, part, sEnd - sStart);
+        continue;
       }
-      entry = { ds, i, buf, dirty: false };
-      this.cache.set(key, entry);
-      this.cacheBytes += cLen;
+      let entry = this.cache.get(key);
+      if (entry) {
+        this.cache.delete(key); // re-insert: Map order = least recently used first
+        this.cache.set(key, entry);
+      } else {
+        entry = { ds, i, k, buf: await this.currentSub(ds, i, sStart, sEnd), dirty: false };
+        this.cache.set(key, entry);
+        this.cacheBytes += entry.buf.length;
+      }
+      if (part) entry.buf.set(part, ps - sStart);
+      else entry.buf.fill(0, ps - sStart, pe - sStart);
+      entry.dirty = true;
     }
-    if (piece) entry.buf.set(piece, at);
-    else entry.buf.fill(0, at, at + len);
-    entry.dirty = true;
     this.evict();
+  }
+
+  /** Store sub-chunk k of slot i (`data` null = zeros) and note it in the overlay. */
+  private async storeSub(ds: DiskState, i: number, k: number, data: Uint8Array | null, len: number): Promise<void> {
+    let digest = zeroDigest(len);
+    if (data) digest = await sha256Async(data);
+    const hole = digest.equals(zeroDigest(len));
+    if (!hole) await this.chunks.put(digest.toString('hex'), data!);
+    const d = hole ? Buffer.alloc(32) : digest;
+    let m = ds.overlay.get(i);
+    if (!m) ds.overlay.set(i, (m = new Map()));
+    m.set(k, d);
+    ds.overlayPending.push({ slot: i, sub: k, digest: d });
+    // Every sub-chunk of the slot is in the overlay: its chunk is no longer read, let it go (gc).
+    const cLen = Math.min(this.chunkSize, ds.spec.capacity - i * this.chunkSize);
+    if (m.size === Math.ceil(cLen / this.subSize) && ds.dirty.get(i) !== null) ds.dirty.set(i, null);
+  }
+
+  /** The current bytes [sStart, sEnd) of slot i: its overlay sub-chunk, else that part of its chunk. */
+  private async currentSub(ds: DiskState, i: number, sStart: number, sEnd: number): Promise<Buffer> {
+    const sub = ds.overlay.get(i)?.get(sStart / this.subSize);
+    if (sub) return isZeroSlot(sub) ? Buffer.alloc(sEnd - sStart) : fit(await this.chunks.read(sub.toString('hex')), sEnd - sStart);
+    const cur = await this.currentSlot(ds, i);
+    if (!cur) return Buffer.alloc(sEnd - sStart);
+    return this.chunks.readRange(cur.toString('hex'), sStart, sEnd - sStart);
   }
 
   private dropCached(key: string): void {
@@ -273,14 +330,11 @@ export class Cycle implements CycleWriter {
     if (e) { this.cache.delete(key); this.cacheBytes -= e.buf.length; }
   }
 
-  /** Hash and store a cached chunk; runs in the chunk's chain. */
+  /** Hash and store a cached sub-chunk; runs in its chunk's chain. */
   private async materialize(e: CacheEntry): Promise<void> {
     if (!e.dirty) return;
     e.dirty = false;
-    let digest: Buffer | null = await sha256Async(e.buf);
-    if (digest.equals(zeroDigest(e.buf.length))) digest = null;
-    else await this.chunks.put(digest.toString('hex'), e.buf);
-    e.ds.dirty.set(e.i, digest);
+    await this.storeSub(e.ds, e.i, e.k, e.buf, e.buf.length);
   }
 
   private evict(): void {
@@ -288,7 +342,7 @@ export class Cycle implements CycleWriter {
       const [key, e] = this.cache.entries().next().value as [string, CacheEntry];
       this.cache.delete(key);
       this.cacheBytes -= e.buf.length;
-      this.track(this.chain(key, () => this.materialize(e)));
+      this.track(this.chain(chunkKey(e.ds, e.i), () => this.materialize(e)));
     }
   }
 
@@ -304,10 +358,21 @@ export class Cycle implements CycleWriter {
     const ranges = disks.map((ds) => ds.unflushed.splice(0));
     let snaps: { ds: DiskState; dirty: Map<number, Buffer | null>; ranges: Range[] }[] = [];
     try {
-      await Promise.all([...this.cache].filter(([, e]) => e.dirty).map(([key, e]) => this.chain(key, () => this.materialize(e))));
+      await Promise.all([...this.cache.values()].filter((e) => e.dirty).map((e) => this.chain(chunkKey(e.ds, e.i), () => this.materialize(e))));
       snaps = disks.map((ds, k) => ({ ds, dirty: new Map(ds.dirty), ranges: ranges[k]! }));
-      // Chunks before the index that names them, the index before the journal that claims the ranges.
-      await this.chunks.sync();
+      const records = disks.map((ds) => ds.overlayPending.splice(0));
+      // Chunks before the overlay and index that name them, those before the journal that claims the ranges.
+      try {
+        await this.chunks.sync();
+        await Promise.all(disks.map(async (ds, k) => {
+          if (records[k]!.length === 0) return;
+          await ds.overlayFh.write(encodeRecords(records[k]!));
+          await ds.overlayFh.sync();
+        }));
+      } catch (e) {
+        disks.forEach((ds, k) => ds.overlayPending.unshift(...records[k]!));
+        throw e;
+      }
       const zero = Buffer.alloc(SLOT);
       await Promise.all(snaps.map(async ({ ds, dirty }) => {
         if (dirty.size === 0) return;
@@ -386,7 +451,10 @@ export class Cycle implements CycleWriter {
     const tmp = join(imagesDir, `.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
     await mkdir(tmp);
     try {
-      for (const ds of this.state.values()) await link(join(this.dir, indexName(ds.spec.disk)), join(tmp, indexName(ds.spec.disk)));
+      for (const ds of this.state.values()) {
+        await link(join(this.dir, indexName(ds.spec.disk)), join(tmp, indexName(ds.spec.disk)));
+        await link(join(this.dir, overlayName(ds.spec.disk)), join(tmp, overlayName(ds.spec.disk)));
+      }
       const lastSeqPath = join(layout.sourceDir(this.sourceId), 'last-seq');
       const lastSeq = Number((await readFile(lastSeqPath, 'utf8').catch(() => '0')).trim()) || 0;
       const ids = await imageIds(layout, this.sourceId);
@@ -448,7 +516,10 @@ export class Cycle implements CycleWriter {
   }
 
   private async closeHandles(): Promise<void> {
-    for (const ds of this.state.values()) await ds.idx.close().catch(() => {});
+    for (const ds of this.state.values()) {
+      await ds.idx.close().catch(() => {});
+      await ds.overlayFh.close().catch(() => {});
+    }
     await this.heldFh.close().catch(() => {});
     await this.refs.close().catch(() => {});
   }
@@ -463,7 +534,8 @@ async function indexStats(ds: DiskState, cs: number): Promise<{ allocatedBytes: 
     const n = Math.min(per, ds.slots - i);
     const { bytesRead } = await ds.idx.read(buf, 0, n * SLOT, i * SLOT);
     for (let k = 0; k * SLOT < bytesRead; k++) {
-      if (!isZeroSlot(buf.subarray(k * SLOT, (k + 1) * SLOT))) {
+      const subs = ds.overlay.get(i + k);
+      if (!isZeroSlot(buf.subarray(k * SLOT, (k + 1) * SLOT)) || (subs && [...subs.values()].some((d) => !isZeroSlot(d)))) {
         chunkCount++;
         allocatedBytes += Math.min(cs, ds.spec.capacity - (i + k) * cs);
       }
@@ -514,6 +586,11 @@ async function createCycle(env: CycleEnv, src: string, cid: string, disks: DiskS
         await fh.truncate(Math.ceil(d.capacity / chunkSize) * SLOT);
         await fh.sync();
       } finally { await fh.close(); }
+      // the base's overlay, one record per live sub-chunk (slots beyond a shrunk disk dropped)
+      const slots = Math.ceil(d.capacity / chunkSize);
+      const ov = base && fromBase ? await readOverlay(join(layout.imageDir(src, base.imageId), overlayName(d.disk))) : new Map() as Overlay;
+      for (const slot of [...ov.keys()]) if (slot >= slots) ov.delete(slot);
+      await writeFileAtomic(join(dir, overlayName(d.disk)), compacted(ov));
     }
     const rec: CycleRecord = { sourceId: src, cycleId: cid, baseImageId: base?.imageId ?? null, disks, chunkSize, createdAt: new Date().toISOString() };
     await writeFileAtomic(join(dir, 'cycle.json'), JSON.stringify(rec));

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import { isValidId } from '../util/ids.ts';
 import { SLOT, type Layout } from './layout.ts';
+import { overlayDigests, readOverlay } from './overlay.ts';
 import { isZeroSlot } from './chunks.ts';
 import { pidAlive } from './pins.ts';
 
@@ -72,6 +73,7 @@ async function markRefs(path: string, marks: Set<string>): Promise<void> {
 async function markDir(dir: string, marks: Set<string>, withRefs: boolean): Promise<void> {
   for (const n of await names(dir)) {
     if (/^disk-[0-9]+\.idx$/.test(n)) await markIndex(join(dir, n), marks);
+    if (/^disk-[0-9]+\.sub$/.test(n)) for (const hex of overlayDigests(await readOverlay(join(dir, n)))) marks.add(hex.slice(0, 16));
   }
   if (withRefs) await markRefs(join(dir, 'refs.log'), marks);
 }

@@ -11,6 +11,7 @@ import { imageIds, listImageRecords, publicInfo, readImageRecord, type ImageReco
 import { livePins, pinImage } from './pins.ts';
 import { collectGarbage } from './gc.ts';
 import { exportDisk } from './export.ts';
+import { overlayName, readOverlay, subSize, type Overlay } from './overlay.ts';
 
 /** Chosen by measurement (bench/store-chunk-size.ts, docs/store.md). */
 export const DEFAULT_CHUNK_SIZE = 1 << 20;
@@ -131,6 +132,29 @@ class Store implements ImageStore {
     return out;
   }
 
+  private overlay(rec: ImageRecord, disk: number): Promise<Overlay> {
+    return readOverlay(join(this.layout.imageDir(rec.sourceId, rec.imageId), overlayName(disk)));
+  }
+
+  /**
+   * The bytes of slot i (`len` bytes): its chunk (`slot`, zeros = hole) with the overlay's sub-chunks
+   * laid over it; null when it is a hole with no overlay.
+   */
+  private async slotBytes(rec: ImageRecord, slot: Buffer, len: number, subs: Map<number, Buffer> | undefined): Promise<Buffer | null> {
+    const base = isZeroSlot(slot) ? null : await this.readChunk(slot.toString('hex'), len);
+    if (!subs) return base;
+    const out = base ?? Buffer.alloc(len);
+    const ss = subSize(rec.chunkSize);
+    for (const [k, d] of subs) {
+      const s = k * ss;
+      if (s >= len) continue;
+      const e = Math.min(s + ss, len);
+      if (isZeroSlot(d)) out.fill(0, s, e);
+      else (await this.readChunk(d.toString('hex'), e - s)).copy(out, s);
+    }
+    return out;
+  }
+
   async readImage(sourceId: string, imageId: string, disk: number, offset: number, length: number): Promise<Buffer> {
     const rec = await this.record(sourceId, imageId);
     const d = this.diskOf(rec, disk);
@@ -143,14 +167,15 @@ class Store implements ImageStore {
     const cs = rec.chunkSize;
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + length - 1) / cs);
+    const ov = await this.overlay(rec, disk);
     await this.withIndex(rec, disk, async (read) => {
       const slots = await read(first, last - first + 1);
       const idx = Array.from({ length: last - first + 1 }, (_, k) => first + k);
       await runLimited(idx, 4, async (i) => {
         const slot = slots.subarray((i - first) * SLOT, (i - first + 1) * SLOT);
-        if (isZeroSlot(slot)) return;
         const cStart = i * cs;
-        const data = await this.readChunk(slot.toString('hex'), Math.min(cs, d.capacity - cStart));
+        const data = await this.slotBytes(rec, slot, Math.min(cs, d.capacity - cStart), ov.get(i));
+        if (!data) return;
         const s = Math.max(offset, cStart);
         const e = Math.min(offset + length, cStart + cs);
         data.copy(out, s - offset, s - cStart, e - cStart);
@@ -167,7 +192,17 @@ class Store implements ImageStore {
       throw new StoreError('OUT_OF_RANGE', `chunks ${first}+${count} are outside disk ${disk} (${slots} chunks)`);
     }
     const n = Math.min(count, slots - first, MAX_READ / SLOT);
-    return this.withIndex(rec, disk, (read) => read(first, n));
+    const ov = await this.overlay(rec, disk);
+    const out = await this.withIndex(rec, disk, (read) => read(first, n));
+    // an overlaid slot has no whole-chunk digest on record: hash its bytes
+    for (const i of ov.keys()) {
+      if (i < first || i >= first + n) continue;
+      const len = Math.min(rec.chunkSize, d.capacity - i * rec.chunkSize);
+      const data = await this.slotBytes(rec, out.subarray((i - first) * SLOT, (i - first + 1) * SLOT), len, ov.get(i));
+      const digest = data && !isZeroSlot(data) ? await sha256Async(data) : Buffer.alloc(SLOT);
+      digest.copy(out, (i - first) * SLOT);
+    }
+    return out;
   }
 
   /** Every non-hole chunk of one disk, in index order, streamed. */
@@ -201,6 +236,23 @@ class Store implements ImageStore {
       const bad: { disk: number; offset: number; reason: string }[] = [];
       let chunks = 0;
       for (const d of rec.disks) {
+        const ov = await this.overlay(rec, d.disk);
+        const ss = subSize(rec.chunkSize);
+        const subChunks = [...ov].flatMap(([i, m]) => [...m].filter(([, dg]) => !isZeroSlot(dg)).map(([k, dg]) => ({ i, k, hex: dg.toString('hex') })));
+        await runLimited(subChunks, 4, async ({ i, k, hex }) => {
+          chunks++;
+          const offset = i * rec.chunkSize + k * ss;
+          let data: Buffer;
+          try {
+            data = await readFile(this.layout.chunkPath(hex));
+          } catch (e) {
+            if (bad.length < 1000) bad.push({ disk: d.disk, offset, reason: `sub-chunk ${hex} ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'is missing' : `cannot be read: ${(e as Error).message}`}` });
+            return;
+          }
+          if ((await sha256Async(data)).toString('hex') !== hex && bad.length < 1000) {
+            bad.push({ disk: d.disk, offset, reason: `sub-chunk ${hex} is corrupt (its content has another SHA-256)` });
+          }
+        });
         await this.eachChunk(rec, d.disk, async (i, hex) => {
           chunks++;
           let data: Buffer;
@@ -224,6 +276,7 @@ class Store implements ImageStore {
       const d = this.diskOf(rec, disk);
       const cs = rec.chunkSize;
       const idxPath = join(this.layout.imageDir(sourceId, imageId), indexName(disk));
+      const ov = await this.overlay(rec, disk);
       const fh = await open(idxPath, 'r');
       // Slots are read a block at a time (export walks them in order; 4 readers at once).
       const per = 16384;
@@ -246,8 +299,7 @@ class Store implements ImageStore {
         await exportDisk(output, format, d.capacity, cs, async (i) => {
           const buf = await slotBlock(Math.floor(i / per));
           const slot = buf.subarray((i % per) * SLOT, (i % per + 1) * SLOT);
-          if (isZeroSlot(slot)) return null;
-          return this.readChunk(slot.toString('hex'), Math.min(cs, d.capacity - i * cs));
+          return this.slotBytes(rec, slot, Math.min(cs, d.capacity - i * cs), ov.get(i));
         });
       } finally {
         await fh.close();
