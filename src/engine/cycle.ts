@@ -9,8 +9,13 @@ import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, Snapshot
 import type { JobSettings } from '../state/types.ts';
 
 export const SNAPSHOT_PREFIX = 'vmlift-';
-/** Per disk. With 2 MiB reads: at most 8 MiB of read buffers per disk. */
-export const MAX_READS_IN_FLIGHT = 4;
+/**
+ * Reads in flight per disk: at most MAX_READ_BYTES_IN_FLIGHT of buffers (4 reads of 2 MiB), and at
+ * most MAX_READS_IN_FLIGHT reads (small changed areas of an incremental cycle: 64 KiB CBT blocks,
+ * where the source's latency, not its bandwidth, is what limits).
+ */
+export const MAX_READ_BYTES_IN_FLIGHT = 8 << 20;
+export const MAX_READS_IN_FLIGHT = 16;
 
 export interface DiskProgress {
   diskKey: number;
@@ -221,18 +226,24 @@ interface CopyOptions {
  * memory is maxInFlight × maxReadSize whatever the disk size.
  */
 export async function copyRanges(source: BlockSource, ranges: readonly Range[], o: CopyOptions): Promise<void> {
-  // The sender pipelines behind us; more than a handful of reads in flight only grows memory.
+  // The sender pipelines behind us; more reads in flight than this only grows memory.
   const inFlight = Math.max(1, Math.min(source.maxInFlight, MAX_READS_IN_FLIGHT));
   const queue = new PQueue({ concurrency: inFlight });
   const pool: Buffer[] = [];
+  let bytesInFlight = 0;
+  const released = new Set<() => void>();
   let failure: unknown;
   for (const piece of split(ranges, o.maxReadSize)) {
     if (failure) break;
     o.signal?.throwIfAborted();
-    // Backpressure: never queue more than a few pieces beyond those in flight.
+    // Backpressure: never queue more than a few pieces beyond those in flight, nor more bytes.
     await queue.onSizeLessThan(inFlight);
+    while (bytesInFlight > 0 && bytesInFlight + piece.length > MAX_READ_BYTES_IN_FLIGHT) await new Promise<void>((r) => released.add(r));
+    bytesInFlight += piece.length;
     queue.add(async () => {
-      const whole = source.readInto ? pool.pop() ?? Buffer.allocUnsafe(o.maxReadSize) : undefined;
+      // full-size pieces reuse a pool of buffers; small ones (incremental cycles) get their own
+      const pooled = source.readInto && piece.length > o.maxReadSize / 2;
+      const whole = pooled ? pool.pop() ?? Buffer.allocUnsafe(o.maxReadSize) : source.readInto ? Buffer.allocUnsafe(piece.length) : undefined;
       let data: Buffer;
       if (whole) {
         data = whole.subarray(0, piece.length);
@@ -242,8 +253,12 @@ export async function copyRanges(source: BlockSource, ranges: readonly Range[], 
       }
       o.onRead(piece.offset, data);
       await o.send(piece.offset, data);
-      if (whole) pool.push(whole);
-    }).catch((e) => { failure ??= e; });
+      if (whole && pooled) pool.push(whole);
+    }).catch((e) => { failure ??= e; }).finally(() => {
+      bytesInFlight -= piece.length;
+      for (const r of released) r();
+      released.clear();
+    });
   }
   await queue.onIdle();
   if (failure) throw failure;

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import type { Layout } from './layout.ts';
 import { dropFromCache, hasSyncfs, syncfs } from './native.ts';
-import { nativeDigest } from '../util/native-digest.ts';
+import { INLINE_HASH_MAX, nativeDigest } from '../util/native-digest.ts';
 
 export function sha256(data: Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
@@ -13,10 +13,10 @@ export function sha256(data: Uint8Array): Buffer {
 /**
  * SHA-256 off the main thread: large chunks hashed this way leave the event loop to the network and
  * spread over both cores. Native (in place) when built, else WebCrypto (libuv's pool, on a copy).
- * Small inputs hash inline.
+ * Inputs up to INLINE_HASH_MAX (a sub-chunk) hash inline: cheaper than a thread hop.
  */
 export async function sha256Async(data: Uint8Array): Promise<Buffer> {
-  if (data.length < 65536) return sha256(data);
+  if (data.length <= INLINE_HASH_MAX) return sha256(data);
   const native = nativeDigest();
   if (native) return native.sha256(data);
   return Buffer.from(await crypto.subtle.digest('SHA-256', data));

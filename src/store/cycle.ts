@@ -281,7 +281,8 @@ export class Cycle implements CycleWriter {
       const key = subKey(ds, i, k);
       if (ps === sStart && pe === sEnd) {
         this.dropCached(key);
-        await this.storeSub(ds, i, k, part, sEnd - sStart);
+        // the caller's digest names this sub-chunk when the extent is exactly this sub-chunk
+        await this.storeSub(ds, i, k, part, sEnd - sStart, ps === at && pe === at + len ? given : null);
         continue;
       }
       let entry = this.cache.get(key);
@@ -301,9 +302,9 @@ export class Cycle implements CycleWriter {
   }
 
   /** Store sub-chunk k of slot i (`data` null = zeros) and note it in the overlay. */
-  private async storeSub(ds: DiskState, i: number, k: number, data: Uint8Array | null, len: number): Promise<void> {
+  private async storeSub(ds: DiskState, i: number, k: number, data: Uint8Array | null, len: number, given: Buffer | null = null): Promise<void> {
     let digest = zeroDigest(len);
-    if (data) digest = await sha256Async(data);
+    if (data) digest = given ?? await sha256Async(data);
     const hole = digest.equals(zeroDigest(len));
     if (!hole) await this.chunks.put(digest.toString('hex'), data!);
     const d = hole ? Buffer.alloc(32) : digest;

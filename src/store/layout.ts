@@ -6,10 +6,11 @@ import { UserError } from '../util/errors.ts';
  * On-disk layout of a store (all paths below `root`):
  *   store.json                          { version, chunkSize }
  *   chunks/<hh>/<sha256 hex>            chunk files (<hh> = first two hex digits); `.tmp-<pid>-*` being written
- *   sources/<src>/images/<seq>/         image.json + disk-<n>.idx (a committed image; `.tmp-*`/`.trash-*` in flux)
- *   sources/<src>/cycles/<cycle>/       cycle.json, disk-<n>.idx (working index), held.log, refs.log, owner
+ *   sources/<src>/images/<seq>/         image.json + disk-<n>.idx + disk-<n>.sub (a committed image; `.tmp-*`/`.trash-*` in flux)
+ *   sources/<src>/cycles/<cycle>/       cycle.json, disk-<n>.idx + .sub (working), held.log, refs.log, owner
  *   sources/<src>/pins/<image>.<pid>.<rand>   an export/verify (or a beginning cycle) is using the image
- * An index is 32 bytes per chunk (its SHA-256); 32 zero bytes mark a hole.
+ * An index is 32 bytes per chunk (its SHA-256); 32 zero bytes mark a hole. The .sub overlay lays
+ * sub-chunks over some slots (overlay.ts).
  */
 export const SLOT = 32;
 export const STORE_VERSION = 1;

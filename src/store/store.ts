@@ -345,7 +345,8 @@ class Store implements ImageStore {
         if (!(e instanceof StoreError && (e.code === 'PINNED' || e.code === 'NOT_FOUND'))) throw e;
       }
     }
-    await this.gc();
+    // nothing removed, nothing new to collect: a sweep walks every chunk file of the store
+    if (removed.length > 0) await this.gc();
     return removed;
   }
 

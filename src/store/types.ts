@@ -71,8 +71,8 @@ export interface CommitOptions {
 export interface WriteExtentOptions {
   /**
    * SHA-256 of `data` (32 bytes or 64 hex chars), used only when the extent is exactly one whole
-   * chunk (offset a multiple of `chunkSize`, length = that chunk's length, data not null): the store
-   * then names the chunk by it without hashing again. The store trusts it; pass it only after
+   * chunk (offset a multiple of `chunkSize`, length = that chunk's length, data not null) or exactly
+   * one whole sub-chunk (1/16 of a chunk, aligned): the store then names it without hashing again. The store trusts it; pass it only after
    * checking it against the bytes (the receiver does, for wire digests).
    */
   sha256?: Uint8Array | string;
@@ -126,7 +126,7 @@ export interface ImageStore {
   export(sourceId: string, imageId: string, disk: number, format: 'raw' | 'qcow2' | 'vmdk', output: string): Promise<void>;
   /** Delete an image (refused while pinned by an export or verify). */
   removeImage(sourceId: string, imageId: string): Promise<void>;
-  /** Keep at most `maxImages` (1–10) images of the source, then collect garbage. Returns the removed image ids. */
+  /** Keep at most `maxImages` (1–10) images of the source, then (when it removed any) collect garbage. Returns the removed image ids. */
   applyRetention(sourceId: string, maxImages: number): Promise<string[]>;
   /** Mark and sweep chunks no index or open cycle references. Safe while cycles run. */
   gc(): Promise<{ removedChunks: number; removedBytes: number }>;

@@ -1,8 +1,9 @@
 import { Worker } from 'node:worker_threads';
+import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { codecWorkerMain, type CodecWorkerData, type PackRequest, type UnpackRequest, type WorkerReply } from './codec-worker.ts';
 import { CODEC, ProtocolError } from './protocol.ts';
-import { nativeDigest, type NativeDigest } from '../util/native-digest.ts';
+import { INLINE_HASH_MAX, nativeDigest, type NativeDigest } from '../util/native-digest.ts';
 
 export interface Packed { codec: number; payload: Buffer | null; digest: Buffer }
 
@@ -79,9 +80,13 @@ export class CodecPool {
   async pack(data: Uint8Array, zstdLevel: number | null, owned = false, digest?: Buffer): Promise<Packed> {
     // own ArrayBuffer: transferred, and the caller may reuse `data`
     const copy = owned ? new Uint8Array(data.buffer, 0, data.byteLength) : new Uint8Array(data);
-    if (zstdLevel === null && (digest || this.native)) {
+    if (zstdLevel === null && (digest || this.native || copy.byteLength <= INLINE_HASH_MAX)) {
       const payload = Buffer.from(copy.buffer, copy.byteOffset, copy.byteLength);
       if (digest) return { codec: CODEC.RAW, payload, digest };
+      if (payload.length <= INLINE_HASH_MAX) {
+        if (isAllZero(payload)) return { codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) };
+        return { codec: CODEC.RAW, payload, digest: createHash('sha256').update(payload).digest() };
+      }
       const r = await this.native!.blocks(payload, payload.length, 32);
       if (r.zero[0] === 1) return { codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) };
       return { codec: CODEC.RAW, payload, digest: r.digests };
@@ -98,9 +103,9 @@ export class CodecPool {
 
   /** Decompress / check length and SHA-256. Throws ProtocolError on a bad extent. */
   async unpack(codec: number, payload: Buffer, length: number, digest: Buffer, owned = false): Promise<Buffer> {
-    if (codec === CODEC.RAW && this.native) {
+    if (codec === CODEC.RAW && (this.native || payload.length <= INLINE_HASH_MAX)) {
       // in place: nothing else writes to a received frame's bytes
-      const d = await this.native.sha256(payload);
+      const d = payload.length <= INLINE_HASH_MAX ? createHash('sha256').update(payload).digest() : await this.native!.sha256(payload);
       if (!d.equals(digest)) throw new ProtocolError('BAD_DIGEST', digestMismatch(digest, d));
       return payload;
     }
@@ -120,6 +125,15 @@ export class CodecPool {
 
 export function digestMismatch(received: Uint8Array, computed: Uint8Array): string {
   return `extent digest mismatch: received ${Buffer.from(received).toString('hex').slice(0, 16)}…, computed ${Buffer.from(computed).toString('hex').slice(0, 16)}…`;
+}
+
+const zeroPage = Buffer.alloc(64 * 1024);
+function isAllZero(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i += zeroPage.length) {
+    const n = Math.min(zeroPage.length, b.length - i);
+    if (!b.subarray(i, i + n).equals(zeroPage.subarray(0, n))) return false;
+  }
+  return true;
 }
 
 /** Workers of the shared pool: one per core of the target machines. */

@@ -103,6 +103,9 @@ export interface ProgressEvent { disk: number; bytesSent: number; wireBytes: num
 
 interface Credential { sourceId: string; credential: string }
 
+/** Bytes the pump may leave queued in the data socket before it waits for a drain. */
+const SOCKET_BUFFER = 2 * 1024 * 1024;
+
 interface Entry {
   seq: number;
   disk: number;
@@ -485,7 +488,9 @@ export class CycleSession extends EventEmitter {
         this.perDisk.set(e.disk, (this.perDisk.get(e.disk) ?? 0) + e.length);
       }
       this.emit('progress', { disk: e.disk, bytesSent: this.perDisk.get(e.disk) ?? 0, wireBytes: this.st.wireBytes } satisfies ProgressEvent);
-      if (!ok) {
+      // Small extents (incremental cycles) would wait for a drain after each one: keep up to
+      // SOCKET_BUFFER bytes queued in the socket instead, so the pump writes on without a round trip.
+      if (!ok && s.writableLength > SOCKET_BUFFER) {
         const drainStart = performance.now();
         await new Promise<void>((r) => { const done = () => { s.off('drain', done); s.off('close', done); r(); }; s.on('drain', done); s.on('close', done); });
         this.waitedForNetwork += performance.now() - drainStart;
