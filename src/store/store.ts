@@ -235,37 +235,26 @@ class Store implements ImageStore {
     return this.pinned(sourceId, imageId, async (rec) => {
       const bad: { disk: number; offset: number; reason: string }[] = [];
       let chunks = 0;
+      /** Re-hash one chunk file; a bad one is listed by the disk offset it holds. */
+      const check = async (disk: number, offset: number, kind: 'chunk' | 'sub-chunk', hex: string): Promise<void> => {
+        chunks++;
+        let data: Buffer;
+        try {
+          data = await readFile(this.layout.chunkPath(hex));
+        } catch (e) {
+          if (bad.length < 1000) bad.push({ disk, offset, reason: `${kind} ${hex} ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'is missing' : `cannot be read: ${(e as Error).message}`}` });
+          return;
+        }
+        if ((await sha256Async(data)).toString('hex') !== hex && bad.length < 1000) {
+          bad.push({ disk, offset, reason: `${kind} ${hex} is corrupt (its content has another SHA-256)` });
+        }
+      };
       for (const d of rec.disks) {
-        const ov = await this.overlay(rec, d.disk);
         const ss = subSize(rec.chunkSize);
-        const subChunks = [...ov].flatMap(([i, m]) => [...m].filter(([, dg]) => !isZeroSlot(dg)).map(([k, dg]) => ({ i, k, hex: dg.toString('hex') })));
-        await runLimited(subChunks, 4, async ({ i, k, hex }) => {
-          chunks++;
-          const offset = i * rec.chunkSize + k * ss;
-          let data: Buffer;
-          try {
-            data = await readFile(this.layout.chunkPath(hex));
-          } catch (e) {
-            if (bad.length < 1000) bad.push({ disk: d.disk, offset, reason: `sub-chunk ${hex} ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'is missing' : `cannot be read: ${(e as Error).message}`}` });
-            return;
-          }
-          if ((await sha256Async(data)).toString('hex') !== hex && bad.length < 1000) {
-            bad.push({ disk: d.disk, offset, reason: `sub-chunk ${hex} is corrupt (its content has another SHA-256)` });
-          }
-        });
-        await this.eachChunk(rec, d.disk, async (i, hex) => {
-          chunks++;
-          let data: Buffer;
-          try {
-            data = await readFile(this.layout.chunkPath(hex));
-          } catch (e) {
-            if (bad.length < 1000) bad.push({ disk: d.disk, offset: i * rec.chunkSize, reason: `chunk ${hex} ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'is missing' : `cannot be read: ${(e as Error).message}`}` });
-            return;
-          }
-          if ((await sha256Async(data)).toString('hex') !== hex && bad.length < 1000) {
-            bad.push({ disk: d.disk, offset: i * rec.chunkSize, reason: `chunk ${hex} is corrupt (its content has another SHA-256)` });
-          }
-        });
+        const subChunks = [...await this.overlay(rec, d.disk)].flatMap(([i, m]) => [...m]
+          .filter(([, dg]) => !isZeroSlot(dg)).map(([k, dg]) => ({ offset: i * rec.chunkSize + k * ss, hex: dg.toString('hex') })));
+        await runLimited(subChunks, 4, ({ offset, hex }) => check(d.disk, offset, 'sub-chunk', hex));
+        await this.eachChunk(rec, d.disk, (i, hex) => check(d.disk, i * rec.chunkSize, 'chunk', hex));
       }
       return { ok: bad.length === 0, chunks, bad };
     });
