@@ -13,6 +13,18 @@ import { chunkFiles, sha, tempDir, writeAll } from './helpers.ts';
 const MiB = 1 << 20;
 const SUB = 64 << 10;
 
+/** A store (1 MiB chunks) with image 1 of source "vm": `cap` random bytes written as whole chunks. */
+async function storeWithImage(t: Parameters<typeof tempDir>[0], name: string, cap: number) {
+  const dir = await tempDir(t, name);
+  const root = join(dir, 'store');
+  const store = await openImageStore(root);
+  const v1 = randomBytes(cap);
+  const w1 = await store.beginCycle({ sourceId: 'vm', cycleId: 'c1', disks: [{ disk: 0, capacity: cap }] });
+  await writeAll(w1, 0, v1, MiB);
+  await w1.commit();
+  return { root, store, v1 };
+}
+
 async function age(root: string): Promise<void> {
   const old = new Date(Date.now() - 60_000);
   for (const c of await chunkFiles(root)) await utimes(join(root, 'chunks', c.slice(0, 2), c), old, old);
@@ -77,14 +89,8 @@ test('mixed whole, sub-aligned, unaligned, zero and overlapping writes over 5 cy
 });
 
 test('a 64 KiB change in a 1 MiB chunk stores 64 KiB, not a new 1 MiB chunk; a slot rewritten sub by sub lets its old chunk go', async (t) => {
-  const dir = await tempDir(t, 'overlay-cost');
-  const root = join(dir, 'store');
-  const store = await openImageStore(root);
   const cap = 4 * MiB;
-  const v1 = randomBytes(cap);
-  const w1 = await store.beginCycle({ sourceId: 'vm', cycleId: 'c1', disks: [{ disk: 0, capacity: cap }] });
-  await writeAll(w1, 0, v1, MiB);
-  await w1.commit();
+  const { root, store, v1 } = await storeWithImage(t, 'overlay-cost', cap);
   const before = await chunkFiles(root);
 
   const w2 = await store.beginCycle({ sourceId: 'vm', cycleId: 'c2', disks: [{ disk: 0, capacity: cap }] });
@@ -118,13 +124,8 @@ test('a 64 KiB change in a 1 MiB chunk stores 64 KiB, not a new 1 MiB chunk; a s
 });
 
 test('verify names a corrupted sub-chunk by disk and offset; gc keeps sub-chunks an image uses', async (t) => {
-  const dir = await tempDir(t, 'overlay-verify');
-  const root = join(dir, 'store');
-  const store = await openImageStore(root);
   const cap = 2 * MiB;
-  const w1 = await store.beginCycle({ sourceId: 'vm', cycleId: 'c1', disks: [{ disk: 0, capacity: cap }] });
-  await writeAll(w1, 0, randomBytes(cap), MiB);
-  await w1.commit();
+  const { root, store } = await storeWithImage(t, 'overlay-verify', cap);
   const w2 = await store.beginCycle({ sourceId: 'vm', cycleId: 'c2', disks: [{ disk: 0, capacity: cap }] });
   const change = randomBytes(SUB);
   await w2.writeExtent(0, MiB + 5 * SUB, SUB, change);
