@@ -6,6 +6,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { nativeDigest, type NativeDigest } from '../util/native-digest.ts';
+import { WorkerPool } from '../util/worker-pool.ts';
 
 export interface WindowDigests {
   /** 16 bytes per block. */
@@ -55,37 +56,13 @@ export function ownsItsBuffer(b: Uint8Array): boolean {
 }
 
 export class DigestPool {
-  private readonly workers: { w: Worker; busy: number }[] = [];
-  private readonly pending = new Map<number, { resolve: (r: WindowDigests & { data?: Buffer }) => void; reject: (e: Error) => void }>();
-  private nextId = 1;
+  private readonly pool: WorkerPool<Reply>;
   private readonly native: NativeDigest | null;
 
   /** `native`: use the native digester when there is one (default). */
-  constructor(private readonly size = 2, native = true) {
+  constructor(size = 2, native = true) {
     this.native = native ? nativeDigest() : null;
-  }
-
-  private startWorkers(): void {
-    for (let i = 0; i < this.size; i++) {
-      const w = new Worker(WORKER_SRC, { eval: true });
-      const slot = { w, busy: 0 };
-      w.on('message', (r: Reply) => {
-        const p = this.pending.get(r.id);
-        if (!p) return;
-        this.pending.delete(r.id);
-        if (--slot.busy === 0) w.unref();
-        if (r.error !== undefined) p.reject(new Error(`block digest worker: ${r.error}`));
-        else {
-          p.resolve({
-            digests: Buffer.from(r.digests!.buffer, r.digests!.byteOffset, r.digests!.byteLength), zero: r.zero!,
-            data: r.data ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength) : undefined,
-          });
-        }
-      });
-      w.on('error', (e) => { for (const p of this.pending.values()) p.reject(e); this.pending.clear(); });
-      w.unref();
-      this.workers.push(slot);
-    }
+    this.pool = new WorkerPool<Reply>(size, () => new Worker(WORKER_SRC, { eval: true }));
   }
 
   /** Digests of the `blockSize` blocks of a copy of `data` (the caller keeps `data`). */
@@ -114,20 +91,17 @@ export class DigestPool {
     return { digests: r.digests, zero: r.zero, whole: r.pieceDigests };
   }
 
-  private run(data: Uint8Array, blockSize: number, back: boolean): Promise<WindowDigests & { data?: Buffer }> {
-    if (this.workers.length === 0) this.startWorkers();
-    let slot = this.workers[0]!;
-    for (const s of this.workers) if (s.busy < slot.busy) slot = s;
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      if (slot.busy++ === 0) slot.w.ref();
-      slot.w.postMessage({ id, data, blockSize, back }, [data.buffer as ArrayBuffer]);
-    });
+  private async run(data: Uint8Array, blockSize: number, back: boolean): Promise<WindowDigests & { data?: Buffer }> {
+    const r = await this.pool.run({ data, blockSize, back }, [data.buffer as ArrayBuffer]);
+    if (r.error !== undefined) throw new Error(`block digest worker: ${r.error}`);
+    return {
+      digests: Buffer.from(r.digests!.buffer, r.digests!.byteOffset, r.digests!.byteLength), zero: r.zero!,
+      data: r.data ? Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength) : undefined,
+    };
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.workers.map((s) => s.w.terminate()));
+  close(): Promise<void> {
+    return this.pool.close();
   }
 }
 

@@ -223,7 +223,7 @@ interface CopyOptions {
 /**
  * Read `ranges` from `source` with up to `source.maxInFlight` reads in flight and hand each piece to
  * `send`. With `readInto`, a fixed pool of buffers is recycled (send copies before it resolves), so
- * memory is maxInFlight × maxReadSize whatever the disk size.
+ * read buffers stay within MAX_READ_BYTES_IN_FLIGHT whatever the disk size.
  */
 export async function copyRanges(source: BlockSource, ranges: readonly Range[], o: CopyOptions): Promise<void> {
   // The sender pipelines behind us; more reads in flight than this only grows memory.
@@ -231,14 +231,14 @@ export async function copyRanges(source: BlockSource, ranges: readonly Range[], 
   const queue = new PQueue({ concurrency: inFlight });
   const pool: Buffer[] = [];
   let bytesInFlight = 0;
-  const released = new Set<() => void>();
+  let wake: (() => void) | null = null; // the loop below, waiting for bytes to be released
   let failure: unknown;
   for (const piece of split(ranges, o.maxReadSize)) {
     if (failure) break;
     o.signal?.throwIfAborted();
     // Backpressure: never queue more than a few pieces beyond those in flight, nor more bytes.
     await queue.onSizeLessThan(inFlight);
-    while (bytesInFlight > 0 && bytesInFlight + piece.length > MAX_READ_BYTES_IN_FLIGHT) await new Promise<void>((r) => released.add(r));
+    while (bytesInFlight > 0 && bytesInFlight + piece.length > MAX_READ_BYTES_IN_FLIGHT) await new Promise<void>((r) => { wake = r; });
     bytesInFlight += piece.length;
     queue.add(async () => {
       // full-size pieces reuse a pool of buffers; small ones (incremental cycles) get their own
@@ -256,8 +256,7 @@ export async function copyRanges(source: BlockSource, ranges: readonly Range[], 
       if (whole && pooled) pool.push(whole);
     }).catch((e) => { failure ??= e; }).finally(() => {
       bytesInFlight -= piece.length;
-      for (const r of released) r();
-      released.clear();
+      const w = wake; wake = null; w?.();
     });
   }
   await queue.onIdle();

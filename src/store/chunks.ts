@@ -22,6 +22,14 @@ export async function sha256Async(data: Uint8Array): Promise<Buffer> {
   return Buffer.from(await crypto.subtle.digest('SHA-256', data));
 }
 
+/** `b` cut or zero-padded to `len` bytes (a chunk file read as the slot length it fills). */
+export function fitLength(b: Buffer, len: number): Buffer {
+  if (b.length === len) return b;
+  const out = Buffer.alloc(len);
+  b.copy(out, 0, 0, Math.min(len, b.length));
+  return out;
+}
+
 const zeroDigests = new Map<number, Buffer>();
 /** SHA-256 of `len` zero bytes (cached): a chunk with this digest is a hole. */
 export function zeroDigest(len: number): Buffer {

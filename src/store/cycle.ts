@@ -5,7 +5,7 @@ import { assertId } from '../util/ids.ts';
 import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
 import { StoreError, type CommitOptions, type CycleWriter, type DiskSpec, type HeldRanges, type ImageInfo, type Range, type WriteExtentOptions } from './types.ts';
 import { indexName, SLOT, type Layout } from './layout.ts';
-import { ChunkWriter, isZeroSlot, sha256Async, zeroDigest } from './chunks.ts';
+import { ChunkWriter, fitLength, isZeroSlot, sha256Async, zeroDigest } from './chunks.ts';
 import { firstUncovered } from './ranges.ts';
 import { coalesce } from '../util/ranges.ts';
 import { imageIds, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
@@ -48,13 +48,6 @@ interface CacheEntry {
 
 function chunkKey(ds: DiskState, i: number): string { return `${ds.spec.disk}:${i}`; }
 function subKey(ds: DiskState, i: number, k: number): string { return `${ds.spec.disk}:${i}:${k}`; }
-/** `b` cut or zero-padded to `len` bytes. */
-function fit(b: Buffer, len: number): Buffer {
-  if (b.length === len) return b;
-  const out = Buffer.alloc(len);
-  b.copy(out, 0, 0, Math.min(len, b.length));
-  return out;
-}
 
 /** Bound of the write-back cache of partially written sub-chunks. */
 const CACHE_BYTES = 64 << 20;
@@ -320,7 +313,7 @@ export class Cycle implements CycleWriter {
   /** The current bytes [sStart, sEnd) of slot i: its overlay sub-chunk, else that part of its chunk. */
   private async currentSub(ds: DiskState, i: number, sStart: number, sEnd: number): Promise<Buffer> {
     const sub = ds.overlay.get(i)?.get(sStart / this.subSize);
-    if (sub) return isZeroSlot(sub) ? Buffer.alloc(sEnd - sStart) : fit(await this.chunks.read(sub.toString('hex')), sEnd - sStart);
+    if (sub) return isZeroSlot(sub) ? Buffer.alloc(sEnd - sStart) : fitLength(await this.chunks.read(sub.toString('hex')), sEnd - sStart);
     const cur = await this.currentSlot(ds, i);
     if (!cur) return Buffer.alloc(sEnd - sStart);
     return this.chunks.readRange(cur.toString('hex'), sStart, sEnd - sStart);

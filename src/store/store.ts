@@ -5,7 +5,7 @@ import { assertId, isValidId } from '../util/ids.ts';
 import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
 import { StoreError, type BeginCycleOptions, type CycleWriter, type ImageInfo, type ImageStore } from './types.ts';
 import { assertImageId, indexName, Layout, SLOT, STORE_VERSION } from './layout.ts';
-import { isZeroSlot, sha256Async } from './chunks.ts';
+import { fitLength, isZeroSlot, sha256Async } from './chunks.ts';
 import { Cycle, validateDisks } from './cycle.ts';
 import { imageIds, listImageRecords, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
 import { livePins, pinImage } from './pins.ts';
@@ -33,6 +33,8 @@ async function runLimited<T>(items: T[], depth: number, fn: (t: T) => Promise<vo
 class Store implements ImageStore {
   readonly layout: Layout;
   private readonly active = new Map<string, Cycle>();
+  /** Overlays of recently read images (see `overlay()`), oldest first. */
+  private readonly overlays = new Map<string, Promise<Overlay>>();
   private readonly beginning = new Map<string, Promise<Cycle>>();
 
   constructor(readonly root: string, readonly chunkSize: number) {
@@ -126,14 +128,24 @@ class Store implements ImageStore {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StoreError('CHUNK_MISSING', `chunk ${hex} is missing from the store`);
       throw e;
     }
-    if (b.length === len) return b;
-    const out = Buffer.alloc(len);
-    b.copy(out, 0, 0, Math.min(len, b.length));
-    return out;
+    return fitLength(b, len);
   }
 
+  /**
+   * The overlay of a committed image's disk. Committed images never change and image ids are never
+   * reused, so the last few are kept: readers call this for every read of an image (checksums,
+   * block digests, the CLI), and a long-lived overlay holds up to 16 records per chunk.
+   */
   private overlay(rec: ImageRecord, disk: number): Promise<Overlay> {
-    return readOverlay(join(this.layout.imageDir(rec.sourceId, rec.imageId), overlayName(disk)));
+    const path = join(this.layout.imageDir(rec.sourceId, rec.imageId), overlayName(disk));
+    let p = this.overlays.get(path);
+    if (!p) {
+      p = readOverlay(path);
+      p.catch(() => this.overlays.delete(path));
+      this.overlays.set(path, p);
+      if (this.overlays.size > 16) this.overlays.delete(this.overlays.keys().next().value!);
+    }
+    return p;
   }
 
   /**

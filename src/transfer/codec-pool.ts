@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import { codecWorkerMain, type CodecWorkerData, type PackRequest, type UnpackRequest, type WorkerReply } from './codec-worker.ts';
 import { CODEC, ProtocolError } from './protocol.ts';
 import { INLINE_HASH_MAX, nativeDigest, type NativeDigest } from '../util/native-digest.ts';
+import { WorkerPool } from '../util/worker-pool.ts';
 
 export interface Packed { codec: number; payload: Buffer | null; digest: Buffer }
 
@@ -20,56 +21,24 @@ function startCodecWorker(): Worker {
   return new Worker(`var __name = (f) => f;\n(${String(codecWorkerMain)})()`, { eval: true, workerData });
 }
 
-type Pending = { resolve: (r: WorkerReply) => void; reject: (e: Error) => void };
-
 /**
  * A small pool of codec workers (2 by default: one per core of the target machines), started on
- * first use. Workers are unref'd while idle so an idle pool never keeps a process alive.
- * Uncompressed extents (level 0 out, RAW in) do not go to a worker when the native digester is
- * there: it hashes them in place off the event loop, with no copy and no message per extent.
+ * first use (util/worker-pool.ts). Uncompressed extents (level 0 out, RAW in) do not go to a worker:
+ * small ones are hashed inline, large ones by the native digester in place off the event loop, with
+ * no copy and no message per extent.
  */
 export class CodecPool {
-  private readonly workers: { w: Worker; busy: number; pending: Map<number, Pending> }[] = [];
-  private nextId = 1;
-  private closed = false;
+  private readonly pool: WorkerPool<WorkerReply>;
   private readonly native: NativeDigest | null;
 
   /** `native`: hash uncompressed extents natively when possible (default). */
-  constructor(private readonly size = 2, native = true) {
+  constructor(size = 2, native = true) {
     this.native = native ? nativeDigest() : null;
-  }
-
-  private startWorkers(): void {
-    for (let i = 0; i < this.size; i++) {
-      const w = startCodecWorker();
-      const slot = { w, busy: 0, pending: new Map<number, Pending>() };
-      w.on('message', (r: WorkerReply) => {
-        const p = slot.pending.get(r.id);
-        if (!p) return;
-        slot.pending.delete(r.id);
-        if (--slot.busy === 0) w.unref();
-        p.resolve(r);
-      });
-      w.on('error', (e) => {
-        for (const p of slot.pending.values()) p.reject(e);
-        slot.pending.clear();
-      });
-      w.unref();
-      this.workers.push(slot);
-    }
+    this.pool = new WorkerPool<WorkerReply>(size, startCodecWorker);
   }
 
   private run(req: Omit<PackRequest, 'id'> | Omit<UnpackRequest, 'id'>, transfer: ArrayBuffer[]): Promise<WorkerReply> {
-    if (this.closed) return Promise.reject(new Error('codec pool is closed'));
-    if (this.workers.length === 0) this.startWorkers();
-    let slot = this.workers[0]!;
-    for (const s of this.workers) if (s.busy < slot.busy) slot = s;
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      slot.pending.set(id, { resolve, reject });
-      if (slot.busy++ === 0) slot.w.ref();
-      slot.w.postMessage({ ...req, id }, transfer);
-    });
+    return this.pool.run(req, transfer);
   }
 
   /**
@@ -117,9 +86,8 @@ export class CodecPool {
     return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    await Promise.all(this.workers.map((s) => s.w.terminate()));
+  close(): Promise<void> {
+    return this.pool.close();
   }
 }
 
