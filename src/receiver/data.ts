@@ -12,9 +12,10 @@ import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../util/log.ts';
 import { errorMessage } from '../util/errors.ts';
 import { isValidId } from '../util/ids.ts';
+import { readIntoBuffer } from '../util/socket-read-buffer.ts';
 import { StoreError } from '../store/types.ts';
 import {
-  CODEC, EXTENT_HEADER, FRAME, FrameReader, MAX_DATA_EXTENT, MAX_ZERO_EXTENT, ProtocolError, decodeExtentHeader,
+  CODEC, EXTENT_HEADER, FRAME, FrameAssembler, MAX_DATA_EXTENT, MAX_ZERO_EXTENT, ProtocolError, decodeExtentHeader,
   encodeJsonFrame, parseJsonBody,
 } from '../transfer/protocol.ts';
 import type { CodecPool } from '../transfer/codec-pool.ts';
@@ -30,6 +31,8 @@ export const FLUSH_MS = 300;
  * many in flight hide that latency (4 at a time left the receiver idle half of an incremental).
  */
 const WRITES_IN_FLIGHT = 64;
+/** The reused buffer TLS records are decrypted into (a record is at most 16 KiB). */
+const READ_BUFFER = 64 * 1024;
 const WRITE_BYTES_IN_FLIGHT = 8 * 1024 * 1024;
 const HELLO_TIMEOUT_MS = 15000;
 
@@ -58,7 +61,7 @@ export class PendingBudget {
 export interface DataContext { dataDir: string; cycles: Cycles; pool: CodecPool; log: Logger; budget: PendingBudget }
 
 export class DataConnection implements CycleFeed {
-  private readonly reader = new FrameReader();
+  private readonly reader = new FrameAssembler();
   private oc: OpenCycle | null = null;
   private streamId = '';
   private sourceId: string | null = null;
@@ -89,7 +92,8 @@ export class DataConnection implements CycleFeed {
     this.log = ctx.log.child({ peer: `${s.remoteAddress}:${s.remotePort}` });
     this.drained = new Promise((r) => { this.resolveDrained = r; });
     const helloTimer = setTimeout(() => { if (!this.helloSeen) this.refuse('BAD_FRAME', 'no HELLO within 15 s'); }, HELLO_TIMEOUT_MS);
-    s.on('data', (chunk: Buffer) => this.onData(chunk));
+    // reads land in one reused buffer and are copied straight into their frames (no ArrayBuffer per TLS record)
+    if (!readIntoBuffer(s, READ_BUFFER, (b) => this.onData(b))) s.on('data', (chunk: Buffer) => this.onData(chunk));
     s.on('error', (e) => this.log.debug({ err: e.message }, 'data socket error'));
     s.on('close', () => { clearTimeout(helloTimer); this.onClose(); });
   }

@@ -84,74 +84,87 @@ export class ProtocolError extends Error {
   }
 }
 
-/**
- * Splits a byte stream into frames. Holds at most one frame plus one incoming chunk, and refuses
- * a declared frame length above `maxFrame` before buffering it.
- */
-export class FrameReader {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
-  /** Frame buffers given back by `recycle`, all of `freeSize` bytes. */
+/** Frame buffers of one size (raw 1 MiB extents are all alike) given back for reuse, process-wide. */
+class FrameBufferPool {
   private free: ArrayBuffer[] = [];
-  private freeSize = 0;
-  constructor(private readonly maxFrame = MAX_FRAME) {}
+  private size = 0;
+  constructor(private readonly max: number) {}
 
-  /**
-   * Give back the buffer of an owned frame that nothing uses any more. Frames of the same size
-   * (raw 1 MiB extents are all alike) are then assembled into it: memory the kernel already mapped,
-   * and no 1 MiB garbage per frame for the major GC.
-   */
+  /** A buffer of `n` bytes of its own (a recycled one when `n` is the pooled size). */
+  take(n: number): Buffer {
+    if (n === this.size) {
+      const ab = this.free.pop();
+      if (ab) return Buffer.from(ab, 0, n);
+    } else if (n > 65536) { this.size = n; this.free = []; }
+    return Buffer.allocUnsafeSlow(n);
+  }
+
+  give(ab: ArrayBufferLike): void {
+    if (ab instanceof ArrayBuffer && ab.byteLength === this.size && this.free.length < this.max) this.free.push(ab);
+  }
+}
+
+/**
+ * Enough for the frames one busy data connection holds (16 MiB queued + 8 MiB being written), shared
+ * by all connections: idle buffers cost at most this many frames of memory.
+ */
+const sharedFrameBuffers = new FrameBufferPool(32);
+
+/**
+ * Splits a byte stream into frames. The bytes pushed in are only lent (a socket's reused read
+ * buffer): each frame is copied once, straight into a buffer of its own (from a process-wide pool
+ * for big frames, given back with `recycle`). A declared length above `maxFrame` is refused before
+ * anything is buffered for it; the error is thrown by `next` once the frames before it are taken.
+ */
+export class FrameAssembler {
+  private readonly head = Buffer.alloc(5);
+  private headFill = 0;
+  private frame: Buffer | null = null;
+  private fill = 0;
+  private readonly ready: { type: number; body: Buffer; owned: boolean }[] = [];
+  private error: ProtocolError | null = null;
+  constructor(private readonly maxFrame = MAX_FRAME, private readonly pool = sharedFrameBuffers) {}
+
   recycle(ab: ArrayBufferLike): void {
-    if (ab instanceof ArrayBuffer && ab.byteLength === this.freeSize && this.free.length < 8) this.free.push(ab);
+    this.pool.give(ab);
   }
 
-  push(chunk: Buffer): void {
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-  }
-
-  /**
-   * The next complete frame, or null when more bytes are needed. Throws ProtocolError on a bad length.
-   * `owned`: the body's ArrayBuffer holds only this frame (it may be transferred to a worker).
-   */
-  next(): { type: number; body: Buffer; owned: boolean } | null {
-    if (this.buffered < 5) return null;
-    const head = this.peek(5);
-    const len = head.readUInt32BE(0);
-    if (len < 1 || len > this.maxFrame) {
-      throw new ProtocolError('BAD_FRAME_LENGTH', `frame length ${len} is outside 1..${this.maxFrame}`);
-    }
-    if (this.buffered < 4 + len) return null;
-    const { buf: all, owned } = this.take(4 + len);
-    return { type: all.readUInt8(4), body: all.subarray(5), owned };
-  }
-
-  private peek(n: number): Buffer {
-    if (this.chunks[0]!.length >= n) return this.chunks[0]!.subarray(0, n);
-    return Buffer.concat(this.chunks, Math.min(this.buffered, Math.max(n, 64))).subarray(0, n);
-  }
-
-  private take(n: number): { buf: Buffer; owned: boolean } {
-    const first = this.chunks[0]!;
-    if (first.length >= n) {
-      const out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift(); else this.chunks[0] = first.subarray(n);
-      this.buffered -= n;
-      return { buf: out, owned: false };
-    }
-    const reuse = n === this.freeSize ? this.free.pop() : undefined;
-    if (n !== this.freeSize && n > 65536) { this.freeSize = n; this.free = []; }
-    const out = reuse ? Buffer.from(reuse, 0, n) : Buffer.allocUnsafeSlow(n);
+  /** Copy `bytes` in (the caller may reuse them as soon as this returns). */
+  push(bytes: Uint8Array): void {
     let pos = 0;
-    while (pos < n) {
-      const c = this.chunks[0]!;
-      const k = Math.min(c.length, n - pos);
-      c.copy(out, pos, 0, k);
+    while (pos < bytes.length && !this.error) {
+      if (!this.frame) {
+        const k = Math.min(5 - this.headFill, bytes.length - pos);
+        this.head.set(bytes.subarray(pos, pos + k), this.headFill);
+        this.headFill += k;
+        pos += k;
+        if (this.headFill < 5) return;
+        const len = this.head.readUInt32BE(0);
+        if (len < 1 || len > this.maxFrame) {
+          this.error = new ProtocolError('BAD_FRAME_LENGTH', `frame length ${len} is outside 1..${this.maxFrame}`);
+          return;
+        }
+        this.frame = this.pool.take(4 + len);
+        this.head.copy(this.frame, 0);
+        this.fill = 5;
+        this.headFill = 0;
+      }
+      const k = Math.min(this.frame.length - this.fill, bytes.length - pos);
+      this.frame.set(bytes.subarray(pos, pos + k), this.fill);
+      this.fill += k;
       pos += k;
-      if (k === c.length) this.chunks.shift(); else this.chunks[0] = c.subarray(k);
+      if (this.fill === this.frame.length) {
+        this.ready.push({ type: this.frame[4]!, body: this.frame.subarray(5), owned: true });
+        this.frame = null;
+      }
     }
-    this.buffered -= n;
-    return { buf: out, owned: true };
+  }
+
+  next(): { type: number; body: Buffer; owned: boolean } | null {
+    const f = this.ready.shift();
+    if (f) return f;
+    if (this.error) throw this.error;
+    return null;
   }
 }
 

@@ -43,7 +43,7 @@ import { writeFileAtomic } from '../util/fsync.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../store/types.ts';
 import { ControlClient, RemoteError, type ControlTarget } from './control-client.ts';
 import { connectPinned, normalizeFingerprint, parseHostPort, parseProxy, redactUrl, ConnectError } from './connect.ts';
-import { CODEC, FRAME, FATAL_CODES, FrameReader, MAX_ZERO_EXTENT, MAX_JSON_FRAME, encodeExtentHeader,
+import { CODEC, FRAME, FATAL_CODES, FrameAssembler, MAX_ZERO_EXTENT, MAX_JSON_FRAME, encodeExtentHeader,
   encodeJsonFrame, parseJsonBody, type WireError } from './protocol.ts';
 import { CompressionGovernor } from './adaptive.ts';
 import { sharedCodecPool, CODEC_WORKERS, type Packed } from './codec-pool.ts';
@@ -342,7 +342,7 @@ export class CycleSession extends EventEmitter {
   private async connectData(): Promise<void> {
     const s = await connectPinned({ host: this.sender.target.host, port: this.sender.dataPort, fingerprint: this.sender.target.fingerprint, proxy: this.sender.target.proxy });
     s.setNoDelay(true);
-    const reader = new FrameReader(MAX_JSON_FRAME + 5);
+    const reader = new FrameAssembler(MAX_JSON_FRAME + 5);
     const epoch = ++this.epoch;
     const ready = new Promise<{ durableSeq: number | null }>((resolve, reject) => {
       const onFrame = (type: number, body: Buffer) => {

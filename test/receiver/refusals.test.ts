@@ -11,7 +11,7 @@ import type { TLSSocket } from 'node:tls';
 import { startTestReceiver, makeDisk, sha256, readDisk, type TestRx } from '../transfer/helpers.ts';
 import { ControlClient, RemoteError } from '../../src/transfer/control-client.ts';
 import { connectPinned } from '../../src/transfer/connect.ts';
-import { CODEC, FRAME, FrameReader, encodeExtentHeader, encodeJsonFrame, parseJsonBody } from '../../src/transfer/protocol.ts';
+import { CODEC, FRAME, FrameAssembler, encodeExtentHeader, encodeJsonFrame, parseJsonBody } from '../../src/transfer/protocol.ts';
 import { createCode } from '../../src/receiver/identity.ts';
 import { compress } from 'zstd-napi';
 import type { CycleSession, Sender } from '../../src/transfer/sender.ts';
@@ -82,7 +82,7 @@ async function expectRemote(p: Promise<unknown>, code: string, msg: RegExp): Pro
 async function rawData(sourceId: string, credential: string, cycleId: string): Promise<{ s: TLSSocket; frames: { type: number; msg?: Record<string, unknown> }[]; closed: Promise<void> }> {
   const s = await connectPinned({ host: '127.0.0.1', port: t.rx.dataPort, fingerprint: t.rx.fingerprint });
   const frames: { type: number; msg?: Record<string, unknown> }[] = [];
-  const reader = new FrameReader();
+  const reader = new FrameAssembler();
   s.on('data', (c: Buffer) => { reader.push(c); for (let f = reader.next(); f; f = reader.next()) frames.push({ type: f.type, msg: parseJsonBody(f.body) }); });
   const closed = new Promise<void>((r) => { s.on('close', () => r()); s.on('error', () => undefined); });
   s.write(encodeJsonFrame(FRAME.HELLO, { sourceId, credential, cycleId, streamId: 'abc123' }));

@@ -64,6 +64,21 @@ test('a cycle round trip: export has the source bytes; a second cycle changes on
   await s.close();
 });
 
+test('where Node offers no reused read buffer (data events), a cycle arrives just as intact', async () => {
+  process.env.VMLIFT_SOCKET_DATA_EVENTS = '1';
+  try {
+    const d = makeDisk(6 * MiB + 4096, 21);
+    const s = await t.sender('rt-events');
+    const c = await s.beginCycle({ cycleId: 'c1', disks: [{ disk: 0, capacity: d.length }] });
+    await sendDisk(c, 0, d);
+    const img = await c.commit();
+    assert.equal(sha256(await readDisk(t.rx, 'rt-events', img.imageId, 0, d.length)), sha256(d));
+    await s.close();
+  } finally {
+    delete process.env.VMLIFT_SOCKET_DATA_EVENTS;
+  }
+});
+
 test('checksum: the commit verifies source digests; a mismatch fails the commit and publishes nothing', async () => {
   const d = makeDisk(6 * MiB, 3);
   const s = await t.sender('ck-a', { checksum: true });
