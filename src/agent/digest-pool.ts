@@ -76,18 +76,22 @@ export class DigestPool {
    * Digests of the blocks of `data`, which the caller hands over: when it is the whole of its own
    * ArrayBuffer it moves to the worker and back without a copy (a 1 MiB copy into fresh memory costs
    * more CPU than the transfer, and each copy is garbage for the main thread's major GC). Use the
-   * returned `data`; the argument may be detached (length 0) afterwards.
+   * returned `data`; the argument may be detached (length 0) afterwards. `whole`: also the SHA-256
+   * of all of `data` where that is cheap (native: same call, no thread hop; it is still a second pass).
    */
-  async digestOwned(data: Buffer, blockSize: number): Promise<WindowDigests & { data: Buffer }> {
-    if (this.native) return { ...(await this.nativeDigests(data, blockSize)), data };
+  async digestOwned(data: Buffer, blockSize: number, whole = true): Promise<WindowDigests & { data: Buffer }> {
+    if (this.native) return { ...(await this.nativeDigests(data, blockSize, whole)), data };
     if (!ownsItsBuffer(data)) return { ...(await this.digest(data, blockSize)), data };
     const r = await this.run(new Uint8Array(data.buffer, 0, data.byteLength), blockSize, true);
     return { digests: r.digests, zero: r.zero, data: r.data! };
   }
 
-  /** Native: works on `data` in place (no copy); the caller keeps it untouched until this resolves. */
-  private async nativeDigests(data: Uint8Array, blockSize: number): Promise<WindowDigests> {
-    const r = await this.native!.blocks(data, blockSize, 16, data.byteLength);
+  /**
+   * Native: works on `data` in place (no copy); the caller keeps it untouched until this resolves.
+   * `whole`: also the SHA-256 of all of `data` (a second pass over it, in the same call).
+   */
+  private async nativeDigests(data: Uint8Array, blockSize: number, whole = true): Promise<WindowDigests> {
+    const r = await this.native!.blocks(data, blockSize, 16, whole ? data.byteLength : undefined);
     return { digests: r.digests, zero: r.zero, whole: r.pieceDigests };
   }
 

@@ -49,6 +49,11 @@ export class ManifestReader {
     return new ManifestReader(fh, Math.floor(st.size / DIGEST_SIZE), capacity);
   }
 
+  /** No old digests at all (a first cycle): every allocated block will count as changed. */
+  get isEmpty(): boolean {
+    return this.fileBlocks === 0;
+  }
+
   /** Old digests of blocks [first, first+count) as one buffer of count*16 bytes. Calls must go forward. */
   async get(first: number, count: number): Promise<Buffer> {
     const out = Buffer.allocUnsafe(count * DIGEST_SIZE);

@@ -125,6 +125,10 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
   const res: ScanResult = { disk, capacity, readBytes: 0, changedBytes: 0, sentBytes: 0, extents: 0 };
 
   const pool = o.digestPool === undefined ? sharedDigestPool() : o.digestPool;
+  // The wire digest of a whole window costs a second SHA-256 pass over it. It pays when windows go
+  // out whole (a first cycle: every one), not on an incremental cycle, where most windows are only
+  // compared and the few runs sent are hashed by the sender. Follow what recent windows did.
+  let wholeRate = o.oldManifest.isEmpty ? 1 : 0;
   const queue: { w: Window; data: Promise<Buffer | null>; digests: Promise<(WindowDigests & { data: Buffer }) | null> }[] = [];
   let next = 0;
   const plan = async (): Promise<void> => {
@@ -136,7 +140,8 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     const data = readEnd > readStart ? readChunked(source, readStart, readEnd - readStart) : Promise.resolve(null);
     // Hash as soon as the read lands, while earlier windows are still being sent.
     // The read buffer moves to the worker and back (no copy): use the one the digests come with.
-    const digests = pool ? data.then((b) => (b ? pool.digestOwned(b, BLOCK_SIZE) : null)) : Promise.resolve(null);
+    const whole = wholeRate >= 0.5;
+    const digests = pool ? data.then((b) => (b ? pool.digestOwned(b, BLOCK_SIZE, whole) : null)) : Promise.resolve(null);
     data.catch(() => {}); // awaited in order below; avoid an unhandled rejection meanwhile
     digests.catch(() => {});
     queue.push({ w, data, digests });
@@ -156,7 +161,8 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
       if (buf) whole.update(buf);
       if (w.offset + w.length > w.readEnd) whole.update(zeros(w.offset + w.length - Math.max(w.readEnd, w.offset)));
     }
-    await processWindow(o, w, buf, dig, held, res);
+    const sentWhole = await processWindow(o, w, buf, dig, held, res);
+    if (buf) wholeRate = wholeRate * 0.9 + (sentWhole ? 0.1 : 0);
     o.onProgress?.({ disk, done: w.offset + w.length, total: capacity, changed: res.changedBytes });
   }
   if (whole) res.sha256 = whole.digest('hex');
@@ -172,14 +178,15 @@ async function readChunked(source: BlockSource, offset: number, length: number):
   return Buffer.concat(parts);
 }
 
-async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig: WindowDigests | null, held: HeldCursor, res: ScanResult): Promise<void> {
+/** Returns whether the read buffer went out whole, as one extent. */
+async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig: WindowDigests | null, held: HeldCursor, res: ScanResult): Promise<boolean> {
   const nBlocks = Math.ceil(w.length / BLOCK_SIZE);
   const first = w.offset / BLOCK_SIZE;
   const old = await o.oldManifest.get(first, nBlocks);
   const fresh = Buffer.allocUnsafe(nBlocks * DIGEST_SIZE);
   const zero = zeroDigest();
   // Runs of changed blocks to send: [startBlock, endBlock, isZero]
-  let runStart = -1; let runZero = false;
+  let runStart = -1; let runZero = false; let sentWhole = false;
   const flush = async (endBlock: number): Promise<void> => {
     if (runStart < 0) return;
     const off = w.offset + runStart * BLOCK_SIZE;
@@ -188,6 +195,7 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig:
     runStart = -1;
     // A run covering the whole read buffer is its last use: the sender may take it without a copy.
     const handOver = data !== null && data.byteLength === buf!.byteLength;
+    sentWhole ||= handOver;
     await o.sink.send(o.disk, off, data, len, handOver ? { handOver, digest: dig?.whole } : undefined);
     res.sentBytes += len;
     res.extents++;
@@ -220,4 +228,5 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig:
   }
   await flush(nBlocks);
   await o.newManifest.append(fresh);
+  return sentWhole;
 }

@@ -1,0 +1,84 @@
+/**
+ * The agent's scan on a real file: what it sends, and that the wire digest of a whole window is
+ * computed with the block digests only when windows go out whole (a second SHA-256 pass an
+ * incremental cycle would mostly waste).
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DigestPool } from '../../src/agent/digest-pool.ts';
+import { ManifestReader, ManifestWriter } from '../../src/agent/manifest.ts';
+import { WINDOW, scanDisk, type ExtentSink } from '../../src/agent/scan.ts';
+import { openLocalSource } from '../../src/source/local/index.ts';
+
+const dir = await mkdtemp(join(tmpdir(), 'vmlift-scan-'));
+after(() => rm(dir, { recursive: true, force: true }));
+
+const WINDOWS = 40;
+const path = join(dir, 'disk.img');
+
+/** Counts the window digests asked for alongside block digests. */
+class CountingPool extends DigestPool {
+  withWhole = 0;
+  without = 0;
+  override digestOwned(data: Buffer, blockSize: number, whole = true) {
+    if (whole) this.withWhole++; else this.without++;
+    return super.digestOwned(data, blockSize, whole);
+  }
+}
+
+interface Sent { offset: number; length: number; digest?: Buffer; sha: string }
+
+async function scan(cycle: number): Promise<{ sent: Sent[]; pool: CountingPool }> {
+  const source = await openLocalSource(path);
+  const old = await ManifestReader.open(cycle === 1 ? null : join(dir, `m${cycle - 1}`), source.capacity);
+  const fresh = await ManifestWriter.create(join(dir, `m${cycle}`));
+  const pool = new CountingPool(1);
+  const sent: Sent[] = [];
+  const sink: ExtentSink = {
+    async send(_disk, offset, data, length, opts) {
+      sent.push({ offset, length, digest: opts?.digest, sha: createHash('sha256').update(data ?? Buffer.alloc(length)).digest('hex') });
+    },
+  };
+  try {
+    await scanDisk({ disk: 0, source, oldManifest: old, newManifest: fresh, sink, digestPool: pool });
+    await fresh.finish();
+  } finally {
+    await old.close();
+    await source.close();
+    await pool.close();
+  }
+  return { sent, pool };
+}
+
+test('first cycle: every window goes out whole with its digest computed in the same pass; incremental: only when windows go out whole', async () => {
+  const fh = await open(path, 'w');
+  await fh.write(randomBytes(WINDOWS * WINDOW), 0, WINDOWS * WINDOW, 0);
+  await fh.close();
+
+  const c1 = await scan(1);
+  assert.equal(c1.sent.length, WINDOWS);
+  assert.ok(c1.sent.every((s) => s.length === WINDOW && s.digest?.toString('hex') === s.sha), 'every window carries its correct SHA-256');
+  assert.deepEqual([c1.pool.withWhole, c1.pool.without], [WINDOWS, 0]);
+
+  // nothing changed: blocks compared, nothing sent, no window digest computed
+  const c2 = await scan(2);
+  assert.equal(c2.sent.length, 0);
+  assert.deepEqual([c2.pool.withWhole, c2.pool.without], [0, WINDOWS]);
+
+  // a 4 KiB change in window 3, then windows 10..39 rewritten: the scan starts without window digests
+  // and takes them up once most windows go out whole
+  const fh2 = await open(path, 'r+');
+  await fh2.write(randomBytes(4096), 0, 4096, 3 * WINDOW + 8192);
+  await fh2.write(randomBytes(30 * WINDOW), 0, 30 * WINDOW, 10 * WINDOW);
+  await fh2.close();
+  const c3 = await scan(3);
+  assert.deepEqual(c3.sent.map((s) => s.offset), [3 * WINDOW + 8192, ...Array.from({ length: 30 }, (_, i) => (10 + i) * WINDOW)]);
+  for (const s of c3.sent) if (s.digest) assert.equal(s.digest.toString('hex'), s.sha, `digest of ${s.offset}`);
+  const withDigest = c3.sent.filter((s) => s.digest).length;
+  assert.ok(c3.pool.without >= 10 && c3.pool.withWhole >= 10, `adapts: ${c3.pool.without} windows without, ${c3.pool.withWhole} with the window digest`);
+  assert.equal(withDigest, c3.pool.withWhole, 'every window digest computed went out with its window');
+});
