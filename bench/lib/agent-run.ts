@@ -98,6 +98,12 @@ export async function agentCycle(r: Receiver, device: string, stateDir: string, 
   };
 }
 
+/**
+ * Before a timed run: the previous run's dirty pages written back (`sync`; nbdcopy leaves its whole
+ * output in the page cache, and its write-back slowed whatever ran next by up to 30 %), and `path`
+ * read into the page cache.
+ */
 export async function warm(path: string): Promise<void> {
+  await execFileP('sync');
   await execFileP('sh', ['-c', `cat "${path}" > /dev/null`]);
 }
