@@ -13,8 +13,17 @@
  */
 import net from 'node:net';
 
-interface Slots { buffer: symbol; callback: symbol }
+interface Slots { buffer: symbol; callback: symbol; generator: symbol | null }
 let slots: Slots | null | undefined;
+
+/** The symbol of the slot of a socket made with `onread` that holds `value`. */
+function slotHolding(onread: object, value: unknown): symbol | undefined {
+  const probe = new net.Socket({ onread } as net.SocketConstructorOpts);
+  const own = probe as unknown as Record<symbol, unknown>;
+  const found = Object.getOwnPropertySymbols(probe).find((sym) => own[sym] === value);
+  probe.destroy();
+  return found;
+}
 
 function findSlots(): Slots | null {
   if (slots !== undefined) return slots;
@@ -22,15 +31,12 @@ function findSlots(): Slots | null {
   try {
     const buffer = Buffer.alloc(1);
     const callback = (): void => {};
-    const probe = new net.Socket({ onread: { buffer, callback } } as net.SocketConstructorOpts);
-    const own = probe as unknown as Record<symbol, unknown>;
-    let b: symbol | undefined; let c: symbol | undefined;
-    for (const sym of Object.getOwnPropertySymbols(probe)) {
-      if (own[sym] === buffer) b = sym;
-      if (own[sym] === callback) c = sym;
-    }
-    probe.destroy();
-    if (b && c) slots = { buffer: b, callback: c };
+    const generator = (): Buffer => buffer;
+    const b = slotHolding({ buffer, callback }, buffer);
+    const c = slotHolding({ buffer, callback }, callback);
+    // where a buffer generator is set, each read asks it for the next buffer: ours is cleared
+    const g = slotHolding({ buffer: generator, callback }, generator) ?? null;
+    if (b && c) slots = { buffer: b, callback: c, generator: g };
   } catch { /* no onread support: slots stays null */ }
   return slots;
 }
@@ -54,6 +60,7 @@ export function readIntoBuffer(s: net.Socket, size: number, onBytes: (view: Buff
   const own = s as unknown as Record<symbol, unknown>;
   own[k.buffer] = buf;
   own[k.callback] = (n: number): void => onBytes(buf.subarray(0, n));
+  if (k.generator) own[k.generator] = null;
   handle.useUserBuffer(buf);
   for (let b = s.read() as Buffer | null; b !== null; b = s.read() as Buffer | null) onBytes(b);
   return true;
