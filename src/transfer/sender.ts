@@ -45,9 +45,9 @@ import { ControlClient, RemoteError, type ControlTarget } from './control-client
 import { connectPinned, normalizeFingerprint, parseHostPort, parseProxy, redactUrl, ConnectError } from './connect.ts';
 import { CODEC, FRAME, FATAL_CODES, FrameAssembler, MAX_ZERO_EXTENT, MAX_JSON_FRAME, encodeExtentHeader,
   encodeJsonFrame, parseJsonBody, type WireError } from './protocol.ts';
-import { CompressionGovernor } from './adaptive.ts';
 import { sharedCodecPool, CODEC_WORKERS, type Packed } from './codec-pool.ts';
 import { zstdLevelFor } from './levels.ts';
+import { CompressionGovernor, DEFAULT_TIMING, type PackPhase } from './adaptive.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { RangeSet } from './ranges.ts';
 
@@ -114,6 +114,8 @@ interface Entry {
   /** Overlaps data sent earlier in this cycle: a held range then says nothing about this version. */
   overwrite: boolean;
   packed: Promise<Packed>;
+  /** The governor's phase this piece was packed in (undefined: compression off). */
+  phase?: PackPhase;
   done?: Packed;
   cost: number;
   sent: boolean;
@@ -296,7 +298,7 @@ export class CycleSession extends EventEmitter {
   private lastHeard = Date.now();
   private watchdog: NodeJS.Timeout | null = null;
   private readonly st: SessionStats = { payloadBytes: 0, wireBytes: 0, extents: 0, resentBytes: 0, skippedBytes: 0, zeroBytes: 0, reconnects: 0, uncompressedForSpeedBytes: 0 };
-  private readonly governor = new CompressionGovernor();
+  private readonly governor: CompressionGovernor;
   /** ms the pump waited for the socket to drain since it last wrote an extent. */
   private waitedForNetwork = 0;
   private packsOutstanding = 0;
@@ -309,6 +311,7 @@ export class CycleSession extends EventEmitter {
     this.requestedBase = o.baseImageId;
     this.log = sender.log.child({ cycleId: o.cycleId });
     this.windowLimit = sender.opts.windowBytes ?? 64 * 1024 * 1024;
+    this.governor = new CompressionGovernor(undefined, undefined, { ...DEFAULT_TIMING, settleBytes: Math.max(DEFAULT_TIMING.settleBytes, this.windowLimit + (32 << 20)) });
     this.resumeTimeoutMs = sender.opts.resumeTimeoutMs ?? 10 * 60 * 1000;
   }
 
@@ -477,6 +480,7 @@ export class CycleSession extends EventEmitter {
       if (!s || this.win[this.sendIdx] !== e) continue; // connection changed or window resynced meanwhile
       s.write(head);
       const ok = p.payload ? s.write(p.payload) : true;
+      if (!e.sent) this.governor.written(e.phase, e.length);
       this.sendIdx++;
       this.st.wireBytes += wire;
       if (e.sent) this.st.resentBytes += wire;
@@ -544,12 +548,13 @@ export class CycleSession extends EventEmitter {
       // a handed-over buffer that is one whole piece moves to the worker instead of being copied
       const owned = !!opts?.handOver && data !== null && n === data.length && data.byteOffset === 0
         && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
+      const { level, tag: phase } = data ? this.governor.pick(this.sender.currentZstdLevel, n) : { level: null, tag: undefined };
       const packed: Promise<Packed> = data
-        ? sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), this.governor.levelFor(this.sender.currentZstdLevel, n), owned, n === len ? opts?.digest : undefined)
+        ? sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), level, owned, n === len ? opts?.digest : undefined)
         : Promise.resolve({ codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) });
       this.packsOutstanding++;
       packed.then(() => { this.packsOutstanding--; }, () => { this.packsOutstanding--; });
-      this.win.push({ seq: this.nextSeq++, disk, offset: off, length: n, overwrite, packed, cost, sent: false });
+      this.win.push({ seq: this.nextSeq++, disk, offset: off, length: n, overwrite, packed, cost, sent: false, phase });
       this.winCost += cost;
       this.changed.notify();
     }
@@ -593,7 +598,7 @@ export class CycleSession extends EventEmitter {
       for (;;) {
         try {
           const img = await this.sender.control.request<ImageInfo>('POST', path, body);
-          this.log.info({ imageId: img.imageId, ...this.stats() }, 'cycle committed');
+          this.log.info({ imageId: img.imageId, ...this.stats(), compressionChoices: this.governor.decisions }, 'cycle committed');
           return img;
         } catch (e) {
           if (e instanceof RemoteError && e.code === 'CYCLE_NOT_OPEN' && !reopened) {

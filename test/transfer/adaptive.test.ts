@@ -24,6 +24,45 @@ test('governor: waiting on packing turns compression off, waiting on the network
   assert.equal(g.rawBytes, MiB);
 });
 
+const TIMING = { periodMs: 1000, maxPeriodMs: 16_000, probeMs: 500, settleBytes: 16 * MiB, minProbeRate: 50_000 };
+
+/** A pump with no lag: each piece takes `msPerPiece[mode]` of the fake clock to go out. */
+function drive(g: CompressionGovernor, clock: { t: number }, pieces: number, msPerPiece: { compressed: number; raw: number }): { raw: number; compressed: number } {
+  const n = { raw: 0, compressed: 0 };
+  for (let i = 0; i < pieces; i++) {
+    const { level, tag } = g.pick(7, MiB);
+    const mode = level === null ? 'raw' : 'compressed';
+    n[mode]++;
+    clock.t += msPerPiece[mode];
+    g.written(tag, MiB);
+  }
+  return n;
+}
+
+test('governor: the mode that moves more bytes per second wins the probes; probes get rarer while it keeps winning', () => {
+  const clock = { t: 0 };
+  const g = new CompressionGovernor(0.2, 0.8, TIMING, () => clock.t);
+  // both ends share the CPUs: compressed pieces go out slower than raw ones
+  drive(g, clock, 400, { compressed: 8, raw: 5 });
+  assert.equal(g.decisions.at(-1), 'raw');
+  const later = drive(g, clock, 400, { compressed: 8, raw: 5 });
+  assert.ok(later.raw > later.compressed * 4, `mostly uncompressed once measured faster (${JSON.stringify(later)})`);
+  // the link slows down (or the codec gets cheap): compressed pieces move more source bytes again
+  drive(g, clock, 1500, { compressed: 5, raw: 12 });
+  assert.equal(g.decisions.at(-1), 'compressed');
+});
+
+test('governor: a link slower than the probe threshold is never probed; a near tie stays compressed', () => {
+  const clock = { t: 0 };
+  const g = new CompressionGovernor(0.2, 0.8, TIMING, () => clock.t);
+  const n = drive(g, clock, 3000, { compressed: 40, raw: 80 }); // 26 MB/s of source compressed
+  assert.deepEqual(g.decisions, []);
+  assert.equal(n.raw, 0, 'no uncompressed probe on a slow link');
+  const tie = new CompressionGovernor(0.2, 0.8, TIMING, () => clock.t);
+  drive(tie, clock, 600, { compressed: 10, raw: 9.5 }); // raw 5 % faster: within the margin
+  assert.ok(tie.decisions.length > 0 && tie.decisions.every((d) => d === 'compressed'), tie.decisions.join());
+});
+
 /** 1 MiB pieces, half random and half text: compress about 2:1, and slowly at zstd level 9. */
 function halfCompressible(pieces: number): Buffer {
   const text = Buffer.from('vmlift keeps the link full: compressed when the network is slow, raw when the codec is. ');
