@@ -6,7 +6,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtemp, open, rm } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DigestPool } from '../../src/agent/digest-pool.ts';
@@ -81,4 +81,48 @@ test('first cycle: every window goes out whole with its digest computed in the s
   const withDigest = c3.sent.filter((s) => s.digest).length;
   assert.ok(c3.pool.without >= 10 && c3.pool.withWhole >= 10, `adapts: ${c3.pool.without} windows without, ${c3.pool.withWhole} with the window digest`);
   assert.equal(withDigest, c3.pool.withWhole, 'every window digest computed went out with its window');
+});
+
+test('the manifest holds every block digest (holes, a short last block, with and without a digest pool); sends cover exactly the non-zero blocks', async () => {
+  const sparse = join(dir, 'sparse.img');
+  const capacity = 6 * WINDOW + 1536; // the last block is short, and a hole
+  const fh = await open(sparse, 'w');
+  await fh.truncate(capacity);
+  const writes: [number, number][] = [[8192, 3 * 4096], [WINDOW - 4096, 8192], [2 * WINDOW + 65536, WINDOW], [5 * WINDOW, 1536]];
+  for (const [off, len] of writes) await fh.write(randomBytes(len), 0, len, off);
+  await fh.write(Buffer.alloc(4096), 0, 4096, 4 * WINDOW); // allocated but zero: not sent
+  await fh.close();
+  const image = await readFile(sparse);
+  const want = Buffer.alloc(Math.ceil(capacity / 4096) * 16);
+  const nonZero: number[] = [];
+  for (let b = 0; b * 4096 < capacity; b++) {
+    const block = image.subarray(b * 4096, Math.min(capacity, (b + 1) * 4096));
+    createHash('sha256').update(block).digest().copy(want, b * 16, 0, 16);
+    if (block.some((x) => x !== 0)) nonZero.push(b);
+  }
+  for (const pool of [new DigestPool(1), null]) {
+    const source = await openLocalSource(sparse);
+    const old = await ManifestReader.open(null, capacity);
+    const mpath = join(dir, `sparse-${pool ? 'pool' : 'inline'}.manifest`);
+    const fresh = await ManifestWriter.create(mpath);
+    const sentBlocks: number[] = [];
+    const sink: ExtentSink = {
+      async send(_disk, offset, data, length) {
+        assert.ok(data, 'zero blocks of a first cycle are not sent at all');
+        for (let b = offset / 4096; b < Math.ceil((offset + length) / 4096); b++) sentBlocks.push(b);
+        assert.ok(data.equals(image.subarray(offset, offset + length)), `bytes at ${offset}`);
+      },
+    };
+    try {
+      await scanDisk({ disk: 0, source, oldManifest: old, newManifest: fresh, sink, digestPool: pool });
+      await fresh.finish();
+    } finally {
+      await old.close();
+      await source.close();
+      await pool?.close();
+    }
+    const got = await readFile(mpath);
+    assert.ok(got.equals(want), `manifest (${pool ? 'digest pool' : 'inline'})`);
+    assert.deepEqual(sentBlocks, nonZero, `sent blocks (${pool ? 'digest pool' : 'inline'})`);
+  }
 });
