@@ -45,8 +45,9 @@ const FLOOR_BIN = fileURLToPath(new URL('./floor/build/data-plane-floor', import
 async function buildFloor(): Promise<void> {
   if (!existsSync('/usr/include/openssl/ssl.h')) {
     log('installing libssl-dev (OpenSSL headers for the C floor)...');
-    const sudo = process.getuid?.() === 0 ? [] : ['sudo'];
-    await execFileP(sudo[0] ?? 'apt-get', [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'install', '-y', '-q', 'libssl-dev']);
+    const install = ['apt-get', 'install', '-y', '-q', 'libssl-dev'];
+    const [cmd, ...args] = process.getuid?.() === 0 ? install : ['sudo', ...install];
+    await execFileP(cmd!, args);
   }
   await mkdir(join(FLOOR_BIN, '..'), { recursive: true });
   await execFileP(process.env.CC ?? 'cc', ['-std=c11', '-O2', '-Wall', '-Wextra', '-o', FLOOR_BIN, FLOOR_SRC, '-lssl', '-lcrypto']);
