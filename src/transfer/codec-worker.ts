@@ -2,10 +2,10 @@
  * Worker thread: packs (zero check, SHA-256, zstd) and unpacks (length check, zstd, SHA-256)
  * extents so both cores work while the main thread drives the sockets.
  *
- * `codecWorkerMain` runs in the worker from its own source text (`String(codecWorkerMain)`), so the
- * worker needs no TypeScript loader: that saves ~35 MiB of RSS per worker on each side. It must stay
- * self-contained: no references to this module's imports, only `require` of absolute paths from
- * `workerData`, and plain values.
+ * `makeCodec` and `codecWorkerMain` run in the worker from their own source text, so the worker needs
+ * no TypeScript loader: that saves ~35 MiB of RSS per worker on each side. They must stay
+ * self-contained: no references to this module's imports (`codecWorkerMain` may use `makeCodec`, which
+ * the worker's script defines first), only `require` of absolute paths from `workerData`, and plain values.
  */
 import type { Compressor, Decompressor } from 'zstd-napi';
 
@@ -22,13 +22,20 @@ export type WorkerReply =
   | { id: number; ok: true; data: Uint8Array }
   | { id: number; ok: false; code: string; message: string };
 
-export function codecWorkerMain(): void {
-  const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
-  const { createHash } = require('node:crypto') as typeof import('node:crypto');
-  const wd = workerData as CodecWorkerData;
-  const zstd = require(wd.zstdPath) as typeof import('zstd-napi');
-  const { getFrameContentSize } = require(wd.bindingPath) as { getFrameContentSize(frame: Uint8Array): number | null };
-  const CODEC = wd.codec;
+/** What `makeCodec` works with: passed in, so that its source text also runs as a worker's script. */
+export interface CodecDeps {
+  zstd: typeof import('zstd-napi');
+  getFrameContentSize(frame: Uint8Array): number | null;
+  createHash: typeof import('node:crypto').createHash;
+  codec: { RAW: number; ZSTD: number; ZERO: number };
+}
+
+/**
+ * Packing (zero check, SHA-256, zstd) and unpacking (length check, zstd, SHA-256) of extents.
+ * Self-contained: it runs in codec workers from its source text, and on the main thread for small extents.
+ */
+export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply; unpack(r: UnpackRequest): WorkerReply } {
+  const { zstd, getFrameContentSize, createHash, codec: CODEC } = deps;
 
   const zeros = Buffer.alloc(1024 * 1024);
   const compressors = new Map<number, Compressor>();
@@ -88,6 +95,19 @@ export function codecWorkerMain(): void {
     return { id: r.id, ok: true, data };
   };
 
+  return { pack, unpack };
+}
+
+/** The worker's entry point (its source text is the worker's script, after `makeCodec`'s). */
+export function codecWorkerMain(): void {
+  const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
+  const wd = workerData as CodecWorkerData;
+  const { pack, unpack } = makeCodec({
+    zstd: require(wd.zstdPath) as typeof import('zstd-napi'),
+    getFrameContentSize: (require(wd.bindingPath) as Pick<CodecDeps, 'getFrameContentSize'>).getFrameContentSize,
+    createHash: (require('node:crypto') as typeof import('node:crypto')).createHash,
+    codec: wd.codec,
+  });
   parentPort!.on('message', (r: PackRequest | UnpackRequest) => {
     let reply: WorkerReply;
     try {
