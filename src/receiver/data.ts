@@ -288,9 +288,11 @@ export class DataConnection implements CycleFeed {
     const run = this.flushChain.then(async () => {
       try {
         await Promise.all(pending);
-        const t0 = performance.now();
-        if (hasData) await oc.writer.flush();
-        if (hasData) this.log.debug({ ms: Math.round(performance.now() - t0), seq }, 'store flushed');
+        if (hasData) {
+          const t0 = performance.now();
+          await oc.writer.flush();
+          this.log.debug({ ms: Math.round(performance.now() - t0), seq }, 'store flushed');
+        }
       } catch (e) {
         this.writeFailed = true;
         throw e;

@@ -37,10 +37,10 @@ export const PROBE_MARGIN = 1.1;
 
 /** What a phase's written pieces moved (after settling). */
 export class PackPhase {
-  written = 0;
-  counted = 0;
-  first = 0;
-  last = 0;
+  private written = 0;
+  private counted = 0;
+  private first = 0;
+  private last = 0;
   constructor(readonly mode: PackMode, private readonly settleBytes: number) {}
   add(length: number, now: number): void {
     this.written += length;

@@ -32,25 +32,27 @@ class CountingPool extends DigestPool {
 
 interface Sent { offset: number; length: number; digest?: Buffer; sha: string }
 
-async function scan(cycle: number): Promise<{ sent: Sent[]; pool: CountingPool }> {
-  const source = await openLocalSource(path);
-  const old = await ManifestReader.open(cycle === 1 ? null : join(dir, `m${cycle - 1}`), source.capacity);
-  const fresh = await ManifestWriter.create(join(dir, `m${cycle}`));
-  const pool = new CountingPool(1);
-  const sent: Sent[] = [];
-  const sink: ExtentSink = {
-    async send(_disk, offset, data, length, opts) {
-      sent.push({ offset, length, digest: opts?.digest, sha: createHash('sha256').update(data ?? Buffer.alloc(length)).digest('hex') });
-    },
-  };
+/** One scan of `file` against the manifest `oldPath` (null: first cycle) into `newPath`; closes all it opens. */
+async function runScan(file: string, oldPath: string | null, newPath: string, pool: DigestPool | null, send: ExtentSink['send']): Promise<void> {
+  const source = await openLocalSource(file);
+  const old = await ManifestReader.open(oldPath, source.capacity);
+  const fresh = await ManifestWriter.create(newPath);
   try {
-    await scanDisk({ disk: 0, source, oldManifest: old, newManifest: fresh, sink, digestPool: pool });
+    await scanDisk({ disk: 0, source, oldManifest: old, newManifest: fresh, sink: { send }, digestPool: pool });
     await fresh.finish();
   } finally {
     await old.close();
     await source.close();
-    await pool.close();
+    await pool?.close();
   }
+}
+
+async function scan(cycle: number): Promise<{ sent: Sent[]; pool: CountingPool }> {
+  const pool = new CountingPool(1);
+  const sent: Sent[] = [];
+  await runScan(path, cycle === 1 ? null : join(dir, `m${cycle - 1}`), join(dir, `m${cycle}`), pool, async (_disk, offset, data, length, opts) => {
+    sent.push({ offset, length, digest: opts?.digest, sha: createHash('sha256').update(data ?? Buffer.alloc(length)).digest('hex') });
+  });
   return { sent, pool };
 }
 
@@ -101,26 +103,13 @@ test('the manifest holds every block digest (holes, a short last block, with and
     if (block.some((x) => x !== 0)) nonZero.push(b);
   }
   for (const pool of [new DigestPool(1), null]) {
-    const source = await openLocalSource(sparse);
-    const old = await ManifestReader.open(null, capacity);
     const mpath = join(dir, `sparse-${pool ? 'pool' : 'inline'}.manifest`);
-    const fresh = await ManifestWriter.create(mpath);
     const sentBlocks: number[] = [];
-    const sink: ExtentSink = {
-      async send(_disk, offset, data, length) {
-        assert.ok(data, 'zero blocks of a first cycle are not sent at all');
-        for (let b = offset / 4096; b < Math.ceil((offset + length) / 4096); b++) sentBlocks.push(b);
-        assert.ok(data.equals(image.subarray(offset, offset + length)), `bytes at ${offset}`);
-      },
-    };
-    try {
-      await scanDisk({ disk: 0, source, oldManifest: old, newManifest: fresh, sink, digestPool: pool });
-      await fresh.finish();
-    } finally {
-      await old.close();
-      await source.close();
-      await pool?.close();
-    }
+    await runScan(sparse, null, mpath, pool, async (_disk, offset, data, length) => {
+      assert.ok(data, 'zero blocks of a first cycle are not sent at all');
+      for (let b = offset / 4096; b < Math.ceil((offset + length) / 4096); b++) sentBlocks.push(b);
+      assert.ok(data.equals(image.subarray(offset, offset + length)), `bytes at ${offset}`);
+    });
     const got = await readFile(mpath);
     assert.ok(got.equals(want), `manifest (${pool ? 'digest pool' : 'inline'})`);
     assert.deepEqual(sentBlocks, nonZero, `sent blocks (${pool ? 'digest pool' : 'inline'})`);
