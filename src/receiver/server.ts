@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { access, mkdir } from 'node:fs/promises';
 import type { Logger } from '../util/log.ts';
 import { silentLogger } from '../util/log.ts';
-import { UserError } from '../util/errors.ts';
+import { errorMessage, UserError } from '../util/errors.ts';
 import type { ImageStore } from '../store/types.ts';
 import { openImageStore } from '../store/index.ts';
 import { sharedCodecPool } from '../transfer/codec-pool.ts';
@@ -64,7 +64,9 @@ function listenOn(server: tls.Server, port: number, host: string | undefined, wh
 export async function startReceiver(o: ReceiverOptions): Promise<RunningReceiver> {
   const log = (o.logger ?? silentLogger).child({ component: 'receiver' });
   const init = await initDataDir(o.dataDir);
-  const store = await openImageStore(join(o.dataDir, 'store'));
+  const store = await openImageStore(join(o.dataDir, 'store'), {
+    onBackgroundError: (e) => log.warn({ err: errorMessage(e) }, 'sweep of owed garbage failed; the next commit retries it'),
+  });
   const cycles = new Cycles(store, log);
   const pool = sharedCodecPool();
   let dataPort = 0;

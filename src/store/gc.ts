@@ -17,10 +17,19 @@ import { pidAlive } from './pins.ts';
  *  - it sweeps only unmarked chunks whose mtime is older than T0 − 2 s, and re-checks the mtime after
  *    renaming the file aside (restoring it when a writer touched it in between).
  * So a chunk referenced after the mark read the writer's refs.log was touched after T0 and survives.
+ * Unmarked chunks spared by the grace are counted as `deferredChunks`: the store records that a later
+ * sweep owes them (see `Store.gc`), so garbage never outlives the grace by more than one pass.
  * Marks are kept as 64-bit prefixes of the digests (memory ~ 8 bytes + Set overhead per live chunk);
  * a prefix collision only keeps some garbage.
  */
-const GRACE_MS = 2000;
+export const GRACE_MS = 2000;
+
+export interface GcResult {
+  removedChunks: number;
+  removedBytes: number;
+  /** Unreferenced chunks left because they were touched within the grace: a later sweep removes them. */
+  deferredChunks: number;
+}
 
 async function names(dir: string): Promise<string[]> {
   try {
@@ -78,7 +87,7 @@ async function markDir(dir: string, marks: Set<string>, withRefs: boolean): Prom
   if (withRefs) await markRefs(join(dir, 'refs.log'), marks);
 }
 
-export async function collectGarbage(layout: Layout): Promise<{ removedChunks: number; removedBytes: number }> {
+export async function collectGarbage(layout: Layout, graceMs = GRACE_MS): Promise<GcResult> {
   const t0 = Date.now();
   const marks = new Set<string>();
   const sources = (await names(layout.sourcesDir)).filter((s) => isValidId(s));
@@ -97,8 +106,8 @@ export async function collectGarbage(layout: Layout): Promise<{ removedChunks: n
       await markDir(join(layout.imagesDir(src), i), marks, false);
     }
   }
-  const cutoff = t0 - GRACE_MS;
-  let removedChunks = 0; let removedBytes = 0;
+  const cutoff = t0 - graceMs;
+  let removedChunks = 0; let removedBytes = 0; let deferredChunks = 0;
   for (let b = 0; b < 256; b++) {
     const dir = join(layout.chunksDir, b.toString(16).padStart(2, '0'));
     let changed = false;
@@ -117,13 +126,15 @@ export async function collectGarbage(layout: Layout): Promise<{ removedChunks: n
       }
       if (!/^[0-9a-f]{64}$/.test(n) || marks.has(n.slice(0, 16))) continue;
       const st1 = await stat(path).catch(() => null);
-      if (!st1 || st1.mtimeMs >= cutoff) continue;
+      if (!st1) continue;
+      if (st1.mtimeMs >= cutoff) { deferredChunks++; continue; }
       const aside = join(dir, `.gc-${process.pid}-${n}`);
       try { await rename(path, aside); } catch { continue; }
       const st2 = await stat(aside);
       if (st2.mtimeMs >= cutoff) {
         await rename(aside, path);
         await fsyncDir(dir);
+        deferredChunks++;
         continue;
       }
       await unlink(aside);
@@ -133,5 +144,5 @@ export async function collectGarbage(layout: Layout): Promise<{ removedChunks: n
     }
     if (changed) await fsyncDir(dir).catch(() => {});
   }
-  return { removedChunks, removedBytes };
+  return { removedChunks, removedBytes, deferredChunks };
 }

@@ -5,6 +5,7 @@ import { UserError } from '../util/errors.ts';
 /**
  * On-disk layout of a store (all paths below `root`):
  *   store.json                          { version, chunkSize }
+ *   gc.pending                          a sweep left unreferenced chunks within its grace: the next one is owed
  *   chunks/<hh>/<sha256 hex>            chunk files (<hh> = first two hex digits); `.tmp-<pid>-*` being written
  *   sources/<src>/images/<seq>/         image.json + disk-<n>.idx + disk-<n>.sub (a committed image; `.tmp-*`/`.trash-*` in flux)
  *   sources/<src>/cycles/<cycle>/       cycle.json, disk-<n>.idx + .sub (working), held.log, refs.log, owner
@@ -19,6 +20,7 @@ export class Layout {
   constructor(readonly root: string) {}
   get storeJson(): string { return join(this.root, 'store.json'); }
   get chunksDir(): string { return join(this.root, 'chunks'); }
+  get gcPending(): string { return join(this.root, 'gc.pending'); }
   get sourcesDir(): string { return join(this.root, 'sources'); }
   chunkDir(hex: string): string { return join(this.root, 'chunks', hex.slice(0, 2)); }
   chunkPath(hex: string): string { return join(this.root, 'chunks', hex.slice(0, 2), hex); }

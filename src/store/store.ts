@@ -9,7 +9,7 @@ import { fitLength, isZeroSlot, sha256Async } from './chunks.ts';
 import { Cycle, validateDisks } from './cycle.ts';
 import { imageIds, listImageRecords, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
 import { livePins, pinImage } from './pins.ts';
-import { collectGarbage } from './gc.ts';
+import { collectGarbage, GRACE_MS, type GcResult } from './gc.ts';
 import { exportDisk } from './export.ts';
 import { overlayName, readOverlay, subSize, type Overlay } from './overlay.ts';
 
@@ -21,6 +21,10 @@ export const MAX_READ = 64 << 20;
 export interface StoreOptions {
   /** Chunk size for a new store (power of two, 4 KiB – 64 MiB). An existing store keeps its own. */
   chunkSize?: number;
+  /** How recent an unreferenced chunk may be and still be spared by a sweep (default 2 s; tests shorten it). */
+  gcGraceMs?: number;
+  /** Errors of sweeps the store runs by itself (owed garbage); the marker stays and a later pass retries. */
+  onBackgroundError?: (e: unknown) => void;
 }
 
 async function runLimited<T>(items: T[], depth: number, fn: (t: T) => Promise<void>): Promise<void> {
@@ -36,10 +40,16 @@ class Store implements ImageStore {
   /** Overlays of recently read images (see `overlay()`), oldest first. */
   private readonly overlays = new Map<string, Promise<Overlay>>();
   private readonly beginning = new Map<string, Promise<Cycle>>();
+  /** Sweeps run one at a time, in call order. */
+  private sweeps: Promise<unknown> = Promise.resolve();
+  private owedSweep: NodeJS.Timeout | null = null;
+  private closed = false;
 
-  constructor(readonly root: string, readonly chunkSize: number) {
+  constructor(readonly root: string, readonly chunkSize: number, private readonly opts: StoreOptions = {}) {
     this.layout = new Layout(root);
   }
+
+  private get graceMs(): number { return this.opts.gcGraceMs ?? GRACE_MS; }
 
   async beginCycle(opts: BeginCycleOptions): Promise<CycleWriter> {
     const key = `${assertId(opts.sourceId, 'source id')}/${assertId(opts.cycleId, 'cycle id')}`;
@@ -346,13 +356,47 @@ class Store implements ImageStore {
         if (!(e instanceof StoreError && (e.code === 'PINNED' || e.code === 'NOT_FOUND'))) throw e;
       }
     }
-    // nothing removed, nothing new to collect: a sweep walks every chunk file of the store
-    if (removed.length > 0) await this.gc();
+    // A sweep walks every chunk file of the store: only when retention made garbage, or an
+    // earlier sweep left some within its grace.
+    if (removed.length > 0 || await this.sweepOwed()) await this.gc();
     return removed;
   }
 
-  gc(): Promise<{ removedChunks: number; removedBytes: number }> {
-    return collectGarbage(this.layout);
+  gc(): Promise<GcResult> {
+    const run = this.sweeps.then(() => this.sweep());
+    this.sweeps = run.catch(() => {});
+    return run;
+  }
+
+  private async sweep(): Promise<GcResult> {
+    this.cancelOwedSweep();
+    const r = await collectGarbage(this.layout, this.graceMs);
+    if (r.deferredChunks > 0) {
+      await writeFileAtomic(this.layout.gcPending, JSON.stringify({ deferredChunks: r.deferredChunks, at: new Date().toISOString() }));
+      this.scheduleOwedSweep();
+    } else {
+      await rm(this.layout.gcPending, { force: true });
+    }
+    return r;
+  }
+
+  private async sweepOwed(): Promise<boolean> {
+    return (await stat(this.layout.gcPending).catch(() => null)) !== null;
+  }
+
+  /** Collect the garbage an earlier sweep spared, once its grace has passed, without waiting for a commit. */
+  scheduleOwedSweep(): void {
+    if (this.closed || this.owedSweep) return;
+    this.owedSweep = setTimeout(() => {
+      this.owedSweep = null;
+      this.gc().catch((e: unknown) => this.opts.onBackgroundError?.(e));
+    }, this.graceMs + 250);
+    this.owedSweep.unref();
+  }
+
+  private cancelOwedSweep(): void {
+    if (this.owedSweep) clearTimeout(this.owedSweep);
+    this.owedSweep = null;
   }
 
   async stats(): Promise<{ logicalBytes: number; storedBytes: number; chunks: number; dedupRatio: number }> {
@@ -373,6 +417,9 @@ class Store implements ImageStore {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    this.cancelOwedSweep();
+    await this.sweeps;
     for (const c of [...this.active.values()]) await c.detach();
   }
 }
@@ -397,5 +444,7 @@ export async function openImageStore(root: string, opts: StoreOptions = {}): Pro
     await mkdir(layout.sourcesDir, { recursive: true });
     await writeFileAtomic(layout.storeJson, JSON.stringify({ version: STORE_VERSION, chunkSize }));
   }
-  return new Store(root, chunkSize);
+  const store = new Store(root, chunkSize, opts);
+  if (await stat(layout.gcPending).catch(() => null)) store.scheduleOwedSweep();
+  return store;
 }

@@ -128,8 +128,12 @@ export interface ImageStore {
   removeImage(sourceId: string, imageId: string): Promise<void>;
   /** Keep at most `maxImages` (1–10) images of the source, then (when it removed any) collect garbage. Returns the removed image ids. */
   applyRetention(sourceId: string, maxImages: number): Promise<string[]>;
-  /** Mark and sweep chunks no index or open cycle references. Safe while cycles run. */
-  gc(): Promise<{ removedChunks: number; removedBytes: number }>;
+  /**
+   * Mark and sweep chunks no index or open cycle references. Safe while cycles run. Chunks spared
+   * by the sweep's grace (`deferredChunks`) are owed to a later sweep: the store runs one by itself
+   * once the grace has passed, at the next `applyRetention`, and when it is next opened.
+   */
+  gc(): Promise<{ removedChunks: number; removedBytes: number; deferredChunks: number }>;
   /** Chunk totals for `image ls`: logical bytes referenced vs stored bytes (dedup ratio). */
   stats(): Promise<{ logicalBytes: number; storedBytes: number; chunks: number; dedupRatio: number }>;
   close(): Promise<void>;

@@ -5,7 +5,8 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, readFile, readdir } from 'node:fs/promises';
+import { mkdtemp, rm, readFile, readdir, stat } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { createHash } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -110,6 +111,15 @@ async function chunkNames(storeRoot: string): Promise<Set<string>> {
   return out;
 }
 
+/** Waits (bounded) until the store owes no sweep: every sweep since the last commit spared nothing. */
+async function waitForOwedSweep(storeRoot: string, timeoutMs = 20_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (await stat(join(storeRoot, 'gc.pending')).catch(() => null)) {
+    assert.ok(Date.now() < until, `the receiver still owes a sweep after ${timeoutMs} ms`);
+    await sleep(100);
+  }
+}
+
 /** Chunk files an image names: its index slots and its sub-chunk overlay (src/store/overlay.ts). */
 async function referencedBy(storeRoot: string, sourceId: string, imageId: string): Promise<Set<string>> {
   const dir = join(storeRoot, 'sources', sourceId, 'images', imageId);
@@ -158,8 +168,13 @@ test('retention max 2 over 4 cycles keeps the 2 newest, drops unreferenced chunk
       const ids = (await rstore.listImages('ret')).map((i) => i.imageId);
       assert.deepEqual(ids, c === 1 ? ['1'] : [String(c - 1), String(c)], `after cycle ${c}`);
     }
-    const onDisk = await chunkNames(join(rdir, 'store'));
     const kept = new Set([...await referencedBy(join(rdir, 'store'), 'ret', '3'), ...await referencedBy(join(rdir, 'store'), 'ret', '4')]);
+    const atCommit = await chunkNames(join(rdir, 'store'));
+    for (const h of kept) assert.ok(atCommit.has(h), `chunk ${h} of a kept image is on disk`);
+    // Cycles closer together than gc's grace leave garbage a sweep spared: the receiver owes a
+    // sweep (gc.pending) and runs it by itself once the grace has passed.
+    await waitForOwedSweep(join(rdir, 'store'));
+    const onDisk = await chunkNames(join(rdir, 'store'));
     assert.deepEqual([...onDisk].sort(), [...kept].sort(), 'exactly the chunks of images 3 and 4 remain');
     // whole chunks of the first version that the changes (stored as sub-chunks over them) left behind
     const gone = [...chunks[0]!].filter((h) => !kept.has(h));
