@@ -41,9 +41,8 @@ export function redactUrl(url: string): string {
 
 /** Transient network errors: worth a reconnect; a UserError for whoever finally gives up. */
 export class ConnectError extends UserError {
-  readonly transient = true;
   constructor(message: string, options?: { cause?: unknown }) {
-    super('RECEIVER_UNREACHABLE', message, 'check that the receiver runs (`vmlift receiver serve`), the host and ports, and any firewall or proxy in between', options);
+    super('RECEIVER_UNREACHABLE', message, 'check that the receiver runs (`vmlift receiver serve`), the host and ports, and any firewall or proxy in between', { ...options, transient: true });
     this.name = 'ConnectError';
   }
 }
