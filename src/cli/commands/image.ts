@@ -7,6 +7,7 @@ import { printResult, table, formatBytes } from '../output.ts';
 import { openImageStore, StoreError, type ImageInfo, type ImageStore } from '../../store/index.ts';
 
 interface Common { dataDir: string; json?: boolean }
+interface ImageFlags extends Common { source: string; image: string }
 
 const FIXES: Record<string, string> = {
   NOT_FOUND: 'list what exists with `vmlift image ls --data-dir DIR` (and `vmlift image show` for the disks of an image)',
@@ -88,78 +89,62 @@ export function register(program: Command): void {
         ].join('\n'));
     }));
 
-  img.command('show')
-    .description('show one image: its disks, sizes and metadata')
-    .requiredOption(dataDir, dataDirHelp)
-    .requiredOption('--source <id>', 'source id')
-    .requiredOption('--image <id>', 'image id (see image ls)')
-    .option('--json', 'print JSON')
-    .action((o: Common & { source: string; image: string }) => run(async () => {
-      const store = await openStore(o.dataDir);
-      await knownSource(store, o.source);
-      const i = await store.getImage(o.source, o.image);
-      printResult(o.json, i, (v) => [
-        `source ${v.sourceId} image ${v.imageId} (cycle ${v.cycleId}, base ${v.baseImageId ?? 'none'}), committed ${v.committedAt}`,
-        table(['DISK', 'LABEL', 'CAPACITY', 'ALLOCATED', 'CHUNKS'], v.disks.map((d) => [d.disk, d.label ?? '', `${formatBytes(d.capacity)} (${d.capacity})`, formatBytes(d.allocatedBytes), d.chunkCount])),
-        ...(Object.keys(v.meta).length ? [`meta: ${JSON.stringify(v.meta)}`] : []),
-      ].join('\n'));
-    }));
+  /** A command on one image of one source: --data-dir, --source, --image and --json, the store opened and the source checked. */
+  function onImage<O extends object>(name: string, description: string, imageHelp: string, action: (store: ImageStore, o: ImageFlags & O) => Promise<void>,
+    options: (c: Command) => Command = (c) => c): void {
+    const c = img.command(name).description(description)
+      .requiredOption(dataDir, dataDirHelp)
+      .requiredOption('--source <id>', 'source id')
+      .requiredOption('--image <id>', imageHelp);
+    options(c).option('--json', 'print JSON')
+      .action((o: ImageFlags & O) => run(async () => {
+        const store = await openStore(o.dataDir);
+        await knownSource(store, o.source);
+        await action(store, o);
+      }));
+  }
 
-  img.command('verify')
-    .description('re-hash every chunk of an image; exits 3 when any chunk is missing or corrupt')
-    .requiredOption(dataDir, dataDirHelp)
-    .requiredOption('--source <id>', 'source id')
-    .requiredOption('--image <id>', 'image id')
-    .option('--json', 'print JSON')
-    .action((o: Common & { source: string; image: string }) => run(async () => {
-      const store = await openStore(o.dataDir);
-      await knownSource(store, o.source);
-      const r = await store.verify(o.source, o.image);
-      printResult(o.json, { sourceId: o.source, imageId: o.image, ...r }, (v) => v.ok
-        ? `image ${v.imageId} of ${v.sourceId}: ok (${v.chunks} chunks verified)`
-        : [`image ${v.imageId} of ${v.sourceId}: BAD, ${v.bad.length} of ${v.chunks} chunks failed`,
-          ...v.bad.slice(0, 20).map((b) => `  disk ${b.disk} offset ${b.offset}: ${b.reason}`)].join('\n'));
-      if (!r.ok) {
-        process.stderr.write('vmlift: error: the image failed verification\n  fix: sync a new image from the source (the damaged chunks are listed above)\n');
-        process.exitCode = 3;
-      }
-    }));
+  onImage('show', 'show one image: its disks, sizes and metadata', 'image id (see image ls)', async (store, o) => {
+    const i = await store.getImage(o.source, o.image);
+    printResult(o.json, i, (v) => [
+      `source ${v.sourceId} image ${v.imageId} (cycle ${v.cycleId}, base ${v.baseImageId ?? 'none'}), committed ${v.committedAt}`,
+      table(['DISK', 'LABEL', 'CAPACITY', 'ALLOCATED', 'CHUNKS'], v.disks.map((d) => [d.disk, d.label ?? '', `${formatBytes(d.capacity)} (${d.capacity})`, formatBytes(d.allocatedBytes), d.chunkCount])),
+      ...(Object.keys(v.meta).length ? [`meta: ${JSON.stringify(v.meta)}`] : []),
+    ].join('\n'));
+  });
 
-  img.command('export')
-    .description('write one disk of an image to a file: sparse raw, or qcow2/vmdk through qemu-img')
-    .requiredOption(dataDir, dataDirHelp)
-    .requiredOption('--source <id>', 'source id')
-    .requiredOption('--image <id>', 'image id')
+  onImage('verify', 're-hash every chunk of an image; exits 3 when any chunk is missing or corrupt', 'image id', async (store, o) => {
+    const r = await store.verify(o.source, o.image);
+    printResult(o.json, { sourceId: o.source, imageId: o.image, ...r }, (v) => v.ok
+      ? `image ${v.imageId} of ${v.sourceId}: ok (${v.chunks} chunks verified)`
+      : [`image ${v.imageId} of ${v.sourceId}: BAD, ${v.bad.length} of ${v.chunks} chunks failed`,
+        ...v.bad.slice(0, 20).map((b) => `  disk ${b.disk} offset ${b.offset}: ${b.reason}`)].join('\n'));
+    if (!r.ok) {
+      process.stderr.write('vmlift: error: the image failed verification\n  fix: sync a new image from the source (the damaged chunks are listed above)\n');
+      process.exitCode = 3;
+    }
+  });
+
+  onImage<{ disk: string; format: string; output: string }>('export', 'write one disk of an image to a file: sparse raw, or qcow2/vmdk through qemu-img', 'image id', async (store, o) => {
+    if (!['raw', 'qcow2', 'vmdk'].includes(o.format)) throw new UserError('BAD_FORMAT', `unknown format "${o.format}"`, FIXES.BAD_FORMAT);
+    const disk = intArg(o.disk, '--disk');
+    const out = resolve(o.output);
+    const t0 = Date.now();
+    await store.export(o.source, o.image, disk, o.format as 'raw' | 'qcow2' | 'vmdk', out);
+    const i = await store.getImage(o.source, o.image).catch(() => null);
+    const d = i?.disks.find((x) => x.disk === disk);
+    printResult(o.json, { sourceId: o.source, imageId: o.image, disk, format: o.format, output: out, capacity: d?.capacity ?? null, seconds: (Date.now() - t0) / 1000 },
+      (v) => `exported disk ${v.disk} of image ${v.imageId} (${v.sourceId}) as ${v.format} to ${v.output}`);
+  }, (c) => c
     .option('--disk <n>', 'disk number', '0')
     .option('--format <fmt>', 'raw, qcow2 or vmdk', 'raw')
-    .requiredOption('--output <file>', 'output file (written as FILE.partial-* first, renamed when complete)')
-    .option('--json', 'print JSON')
-    .action((o: Common & { source: string; image: string; disk: string; format: string; output: string }) => run(async () => {
-      if (!['raw', 'qcow2', 'vmdk'].includes(o.format)) throw new UserError('BAD_FORMAT', `unknown format "${o.format}"`, FIXES.BAD_FORMAT);
-      const store = await openStore(o.dataDir);
-      await knownSource(store, o.source);
-      const disk = intArg(o.disk, '--disk');
-      const out = resolve(o.output);
-      const t0 = Date.now();
-      await store.export(o.source, o.image, disk, o.format as 'raw' | 'qcow2' | 'vmdk', out);
-      const i = await store.getImage(o.source, o.image).catch(() => null);
-      const d = i?.disks.find((x) => x.disk === disk);
-      printResult(o.json, { sourceId: o.source, imageId: o.image, disk, format: o.format, output: out, capacity: d?.capacity ?? null, seconds: (Date.now() - t0) / 1000 },
-        (v) => `exported disk ${v.disk} of image ${v.imageId} (${v.sourceId}) as ${v.format} to ${v.output}`);
-    }));
+    .requiredOption('--output <file>', 'output file (written as FILE.partial-* first, renamed when complete)'));
 
-  img.command('rm')
-    .description('delete an image (refused while an export or verify uses it), then collect unreferenced chunks')
-    .requiredOption(dataDir, dataDirHelp)
-    .requiredOption('--source <id>', 'source id')
-    .requiredOption('--image <id>', 'image id')
-    .option('--json', 'print JSON')
-    .action((o: Common & { source: string; image: string }) => run(async () => {
-      const store = await openStore(o.dataDir);
-      await knownSource(store, o.source);
-      await store.removeImage(o.source, o.image);
-      const gc = await store.gc();
-      printResult(o.json, { sourceId: o.source, imageId: o.image, removed: true, ...gc },
-        (v) => `removed image ${v.imageId} of ${v.sourceId}; freed ${v.removedChunks} chunks (${formatBytes(v.removedBytes)})`);
-    }));
+  onImage('rm', 'delete an image (refused while an export or verify uses it), then collect unreferenced chunks', 'image id', async (store, o) => {
+    await store.removeImage(o.source, o.image);
+    const gc = await store.gc();
+    printResult(o.json, { sourceId: o.source, imageId: o.image, removed: true, ...gc },
+      (v) => `removed image ${v.imageId} of ${v.sourceId}; freed ${v.removedChunks} chunks (${formatBytes(v.removedBytes)})` +
+        (v.deferredChunks ? `; ${v.deferredChunks} chunks written in the last seconds are left to the next sweep` : ''));
+  });
 }

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { formatBytes, printResult, table } from '../output.ts';
+import { addOptions, type OptionSpec } from '../options.ts';
 import { openSource, type OpenSourceOptions } from '../../source/open.ts';
 import type { BlockSource, SourceExtent } from '../../source/types.ts';
 import { UserError } from '../../util/errors.ts';
@@ -12,17 +13,25 @@ interface SourceFlags {
   thumbprint?: string; tlsCa?: string; tlsFingerprint?: string; json?: boolean; map?: boolean;
 }
 
+/** Each transport's flags: vddk://, nbds:// and https:// datastore URLs. */
+const VDDK_OPTIONS: readonly OptionSpec[] = [
+  ['--vddk-libdir <dir>', 'VDDK folder (holds lib64/libvixDiskLib.so.N); default $VMLIFT_VDDK_LIBDIR'],
+  ['--vddk-config <file>', 'VDDK configuration file passed to VixDiskLib_InitEx'],
+  ['--vddk-transports <modes>', 'VDDK transport modes in order, e.g. nbdssl:nbd, hotadd, san'],
+  ['--password-file <file>', 'vCenter password for vddk:// (or $VMLIFT_VC_PASSWORD); never on the command line'],
+];
+const HTTP_OPTIONS: readonly OptionSpec[] = [
+  ['--cookie-file <file>', 'vSphere session cookie (vmware_soap_session=...) for vddk:// or https:// datastore URLs'],
+  ['--thumbprint <sha256>', 'pinned SHA-256 thumbprint of vCenter, for https:// datastore URLs'],
+];
+const NBD_TLS_OPTIONS: readonly OptionSpec[] = [
+  ['--tls-ca <file>', 'CA certificate (PEM) an nbds:// server certificate must chain to'],
+  ['--tls-fingerprint <sha256>', 'pinned SHA-256 fingerprint of an nbds:// server certificate'],
+];
+
 function withSourceFlags(c: Command): Command {
-  return c
-    .option('--vddk-libdir <dir>', 'VDDK folder (holds lib64/libvixDiskLib.so.N); default $VMLIFT_VDDK_LIBDIR')
-    .option('--vddk-config <file>', 'VDDK configuration file passed to VixDiskLib_InitEx')
-    .option('--vddk-transports <modes>', 'VDDK transport modes in order, e.g. nbdssl:nbd, hotadd, san')
-    .option('--password-file <file>', 'vCenter password for vddk:// (or $VMLIFT_VC_PASSWORD); never on the command line')
-    .option('--cookie-file <file>', 'vSphere session cookie (vmware_soap_session=...) for vddk:// or https:// datastore URLs')
-    .option('--thumbprint <sha256>', 'pinned SHA-256 thumbprint of vCenter, for https:// datastore URLs')
-    .option('--tls-ca <file>', 'CA certificate (PEM) an nbds:// server certificate must chain to')
-    .option('--tls-fingerprint <sha256>', 'pinned SHA-256 fingerprint of an nbds:// server certificate')
-    .option('--json', 'print JSON');
+  for (const table of [VDDK_OPTIONS, HTTP_OPTIONS, NBD_TLS_OPTIONS]) addOptions(c, table);
+  return c.option('--json', 'print JSON');
 }
 
 async function sourceOptions(o: SourceFlags): Promise<OpenSourceOptions> {

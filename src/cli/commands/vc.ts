@@ -1,17 +1,21 @@
 import type { Command } from 'commander';
 import { printResult, table, formatBytes } from '../output.ts';
+import { addOptions, type OptionSpec } from '../options.ts';
 import { UserError } from '../../util/errors.ts';
 import { VCenter, VimFault, faultToUserError, resolveConnection, type ConnectionFlags, type SnapshotNode, type VmInfo } from '../../vsphere/index.ts';
 
+const VCENTER_OPTIONS: readonly OptionSpec[] = [
+  ['--server <url>', 'vCenter URL (https://VCENTER/sdk); env VMLIFT_SERVER'],
+  ['--user <user>', 'vCenter user; env VMLIFT_USER'],
+  ['--password-file <file>', 'file holding the password; env VMLIFT_PASSWORD_FILE or VMLIFT_PASSWORD; else prompted'],
+  ['--thumbprint <hex>', 'pin the vCenter certificate (SHA-1 or SHA-256 thumbprint); env VMLIFT_THUMBPRINT'],
+  ['--insecure', 'do not verify the vCenter certificate (warned; prefer --thumbprint)'],
+  ['--config <file>', 'JSON file with server, user, passwordFile, thumbprint (default ~/.config/vmlift/vcenter.json)'],
+  ['--json', 'print JSON'],
+];
+
 function conn(cmd: Command): Command {
-  return cmd
-    .option('--server <url>', 'vCenter URL (https://VCENTER/sdk); env VMLIFT_SERVER')
-    .option('--user <user>', 'vCenter user; env VMLIFT_USER')
-    .option('--password-file <file>', 'file holding the password; env VMLIFT_PASSWORD_FILE or VMLIFT_PASSWORD; else prompted')
-    .option('--thumbprint <hex>', 'pin the vCenter certificate (SHA-1 or SHA-256 thumbprint); env VMLIFT_THUMBPRINT')
-    .option('--insecure', 'do not verify the vCenter certificate (warned; prefer --thumbprint)')
-    .option('--config <file>', 'JSON file with server, user, passwordFile, thumbprint (default ~/.config/vmlift/vcenter.json)')
-    .option('--json', 'print JSON');
+  return addOptions(cmd, VCENTER_OPTIONS);
 }
 
 async function withVc<T>(o: ConnectionFlags, fn: (vc: VCenter) => Promise<T>): Promise<T> {
