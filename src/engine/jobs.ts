@@ -4,7 +4,7 @@ import { assertId } from '../util/ids.ts';
 import type { JobRecord, JobSettings, JobState, StateStore } from '../state/types.ts';
 import type { DiskOpener, ReceiverPort, VCenterPort } from './ports.ts';
 import type { ImageInfo } from '../transfer/sender.ts';
-import { CycleError, runCycle, SNAPSHOT_PREFIX, type CycleResult, type DiskProgress } from './cycle.ts';
+import { CycleError, runVmCycle, SNAPSHOT_PREFIX, type CycleResult, type DiskProgress } from './vm-cycle.ts';
 import { isTransient } from './transient.ts';
 import { crashPoint } from '../util/crash.ts';
 
@@ -302,7 +302,7 @@ export class JobEngine {
       }
       const previousChangeIds = new Map(this.o.state.getDisks(job.id).map((d) => [d.diskKey, d.changeId]));
       const started = Date.now();
-      return await runCycle({
+      return await runVmCycle({
         jobId: job.id, cycleId, vmRef: job.vmRef, settings: run.settings, previousChangeIds, previousImageId,
         forceFull: first ? 'first cycle' : undefined,
         vcenter: ports.vcenter, disks: ports.disks, receiver: ports.receiver, logger: log,

@@ -20,11 +20,11 @@ import { assertId, isValidId } from '../util/ids.ts';
 import type { ImageStore } from '../store/types.ts';
 import { DIGEST_BLOCK_SIZES, HDR_SOURCE } from '../transfer/protocol.ts';
 import { authenticate, registerSource } from './identity.ts';
-import { Refusal, refusalFrom, type Cycles } from './cycles.ts';
+import { Refusal, refusalFrom, type OpenCycles } from './open-cycles.ts';
 
 const MAX_BODY = 64 * 1024 * 1024;
 
-export interface ControlContext { dataDir: string; store: ImageStore; cycles: Cycles; log: Logger; dataPort: () => number }
+export interface ControlContext { dataDir: string; store: ImageStore; cycles: OpenCycles; log: Logger; dataPort: () => number }
 
 async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
   const chunks: Buffer[] = [];

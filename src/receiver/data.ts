@@ -20,7 +20,7 @@ import {
 } from '../transfer/protocol.ts';
 import type { CodecPool } from '../transfer/codec-pool.ts';
 import { authenticate } from './identity.ts';
-import type { Cycles, OpenCycle, CycleFeed } from './cycles.ts';
+import type { OpenCycles, OpenCycle, CycleFeed } from './open-cycles.ts';
 
 export const PENDING_LIMIT = 16 * 1024 * 1024;
 export const FLUSH_BYTES = 32 * 1024 * 1024;
@@ -58,7 +58,7 @@ export class PendingBudget {
   forget(c: DataConnection): void { this.paused.delete(c); }
 }
 
-export interface DataContext { dataDir: string; cycles: Cycles; pool: CodecPool; log: Logger; budget: PendingBudget }
+export interface DataContext { dataDir: string; cycles: OpenCycles; pool: CodecPool; log: Logger; budget: PendingBudget }
 
 export class DataConnection implements CycleFeed {
   private readonly reader = new FrameAssembler();

@@ -11,7 +11,7 @@ import { openImageStore } from '../store/index.ts';
 import { sharedCodecPool } from '../transfer/codec-pool.ts';
 import { formatFingerprint } from '../transfer/connect.ts';
 import { createCode, listCodes, loadOrCreateTls, type ActivationCode } from './identity.ts';
-import { Cycles } from './cycles.ts';
+import { OpenCycles } from './open-cycles.ts';
 import { controlHandler } from './control.ts';
 import { DataConnection, PendingBudget } from './data.ts';
 
@@ -67,7 +67,7 @@ export async function startReceiver(o: ReceiverOptions): Promise<RunningReceiver
   const store = await openImageStore(join(o.dataDir, 'store'), {
     onBackgroundError: (e) => log.warn({ err: errorMessage(e) }, 'sweep of owed garbage failed; the next commit retries it'),
   });
-  const cycles = new Cycles(store, log);
+  const cycles = new OpenCycles(store, log);
   const pool = sharedCodecPool();
   let dataPort = 0;
   const control = https.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2' },

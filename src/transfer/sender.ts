@@ -47,7 +47,7 @@ import { CODEC, FRAME, FATAL_CODES, FrameAssembler, MAX_ZERO_EXTENT, MAX_JSON_FR
   encodeJsonFrame, parseJsonBody, type WireError } from './protocol.ts';
 import { sharedCodecPool, CODEC_WORKERS, type Packed } from './codec-pool.ts';
 import { zstdLevelFor } from './levels.ts';
-import { CompressionGovernor, DEFAULT_TIMING, type PackPhase } from './adaptive.ts';
+import { CompressionGovernor, DEFAULT_TIMING, type PackPhase } from './compression-governor.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { RangeSet } from './ranges.ts';
 
@@ -96,7 +96,7 @@ export interface SessionStats {
   /** Bytes sent as zero markers. */
   zeroBytes: number;
   reconnects: number;
-  /** Bytes sent uncompressed although compression was on, because the link was faster than the codec (adaptive.ts). */
+  /** Bytes sent uncompressed although compression was on, because the link was faster than the codec (compression-governor.ts). */
   uncompressedForSpeedBytes: number;
 }
 export interface ProgressEvent { disk: number; bytesSent: number; wireBytes: number }

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { coalesce, split, subtract, totalLength } from '../../src/util/ranges.ts';
-import { planDiskSync } from '../../src/engine/change-id.ts';
+import { planDiskSync } from '../../src/engine/sync-plan.ts';
 
 const r = (offset: number, length: number) => ({ offset, length });
 

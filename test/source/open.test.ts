@@ -5,7 +5,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { openSource } from '../../src/source/open.ts';
 import { shutdownVddk } from '../../src/source/vddk/index.ts';
-import { datastoreFlatUrl, openVmwareDisk, type VmwareDiskSpec } from '../../src/source/vmware.ts';
+import { datastoreFlatUrl, openVmwareDisk, type VmwareDiskSpec } from '../../src/source/transport-chooser.ts';
 import { UserError } from '../../src/util/errors.ts';
 import { VimSession } from '../../src/vsphere/index.ts';
 import { startLab, type Lab } from '../lab/lab.ts';

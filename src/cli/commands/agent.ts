@@ -14,7 +14,7 @@ import { parseSettings } from '../../engine/settings.ts';
 import { openSource } from '../../source/open.ts';
 import type { BlockSource } from '../../source/types.ts';
 import { AgentState } from '../../agent/state.ts';
-import { runCycle, defaultSourceId, type CycleReport } from '../../agent/cycle.ts';
+import { runDeviceCycle, defaultSourceId, type CycleReport } from '../../agent/device-cycle.ts';
 import { connectAgentSender, type AgentConnectOptions } from '../../agent/connect.ts';
 import { Progress } from '../progress.ts';
 import { formatBytes, table } from '../output.ts';
@@ -114,7 +114,7 @@ async function sync(f: SyncFlags): Promise<void> {
       const sources = await openAll(f.device);
       let report: CycleReport;
       try {
-        report = await runCycle({
+        report = await runDeviceCycle({
           sources, state, logger, retryForMs, signal: stop.signal,
           checksum: !!f.checksum, maxImages: settings.maxImages,
           connect: () => connectAgentSender(connectOpts),

@@ -49,7 +49,7 @@ function checkDisks(disks: unknown): DiskSpec[] {
 }
 
 /** Open cycles of every source, and the cycle operations of the control API. */
-export class Cycles {
+export class OpenCycles {
   private readonly open = new Map<string, OpenCycle>();
   private readonly locks = new Map<string, Promise<unknown>>();
 

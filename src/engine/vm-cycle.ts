@@ -3,7 +3,7 @@ import type { Logger } from 'pino';
 import PQueue from 'p-queue';
 import type { BlockSource } from '../source/types.ts';
 import type { ImageInfo } from '../transfer/sender.ts';
-import { planDiskSync, type SyncPlan } from './change-id.ts';
+import { planDiskSync, type SyncPlan } from './sync-plan.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../util/ranges.ts';
 import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
 import type { JobSettings } from '../state/types.ts';
@@ -100,7 +100,7 @@ async function step<T>(name: CycleStep, input: CycleInput, fn: () => Promise<T>)
  * One agentless sync cycle (DESIGN.md steps 1–7). The snapshot is always removed, whether the
  * cycle succeeds or fails; the caller records new changeIds only from a returned result.
  */
-export async function runCycle(input: CycleInput): Promise<CycleResult> {
+export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   const started = Date.now();
   const { vcenter, vmRef, logger } = input;
   await step('sweep', input, async () => {

@@ -101,7 +101,7 @@ const sleep = (ms: number, signal?: AbortSignal): Promise<void> => new Promise((
   signal?.addEventListener('abort', () => { clearTimeout(t); rej(signal.reason ?? new Error('aborted')); }, { once: true });
 });
 
-export async function runCycle(o: CycleOptions): Promise<CycleReport> {
+export async function runDeviceCycle(o: CycleOptions): Promise<CycleReport> {
   const log = o.logger ?? silentLogger;
   const started = Date.now();
   const deadline = started + (o.retryForMs ?? 10 * 60_000);

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { CompressionGovernor } from '../../src/transfer/adaptive.ts';
+import { CompressionGovernor } from '../../src/transfer/compression-governor.ts';
 import { startTestReceiver, sha256, readDisk } from './helpers.ts';
 import { textCorpus } from '../../scripts/lib/gen-disk.ts';
 
