@@ -10,7 +10,7 @@ import { rename, rm, mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import type { BlockSource } from '../source/types.ts';
-import type { DiskSpec, ImageInfo } from '../store/types.ts';
+import type { DiskSpec, ImageInfo } from '../model/images.ts';
 import { silentLogger } from '../util/log.ts';
 import { writeFileAtomic } from '../util/fsync.ts';
 import { UserError, errorMessage, isUserError } from '../util/errors.ts';

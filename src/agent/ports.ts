@@ -2,7 +2,7 @@
  * What the agent needs from the transfer layer's sender (src/transfer/sender.ts). Kept as an
  * interface so the cycle runner can be read and reasoned about on its own.
  */
-import type { DiskSpec, HeldRanges, ImageInfo } from '../store/types.ts';
+import type { DiskSpec, HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
 
 export interface SessionStats { payloadBytes: number; wireBytes: number; extents: number; resentBytes: number }
 
@@ -11,7 +11,7 @@ export interface AgentSession {
   /** `handOver`: the caller will not touch `data` again (the sender may move it to a worker without a copy). */
   send(disk: number, offset: number, data: Buffer | null, length: number, opts?: { handOver?: boolean; digest?: Buffer }): Promise<void>;
   stats(): SessionStats;
-  commit(o: { meta?: Record<string, unknown>; sourceDigests?: { disk: number; sha256: string }[] }): Promise<ImageInfo>;
+  commit(o: { meta?: Record<string, unknown>; sourceDigests?: SourceDigest[] }): Promise<ImageInfo>;
   abort(): Promise<void>;
 }
 

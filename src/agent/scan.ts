@@ -6,7 +6,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import type { BlockSource, SourceExtent } from '../source/types.ts';
-import type { Range } from '../store/types.ts';
+import type { Range } from '../model/ranges.ts';
 import { BLOCK_SIZE, DIGEST_SIZE, zeroDigest, type ManifestReader, type ManifestWriter } from './manifest.ts';
 import { sharedDigestPool, type DigestPool, type WindowDigests } from './digest-pool.ts';
 

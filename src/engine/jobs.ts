@@ -3,7 +3,7 @@ import { UserError, errorMessage } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
 import type { JobRecord, JobSettings, JobState, StateStore } from '../state/types.ts';
 import type { DiskOpener, ReceiverPort, VCenterPort } from './ports.ts';
-import type { ImageInfo } from '../transfer/sender.ts';
+import type { ImageInfo } from '../model/images.ts';
 import { CycleError, runVmCycle, SNAPSHOT_PREFIX, type CycleResult, type DiskProgress } from './vm-cycle.ts';
 import { isTransient } from './transient.ts';
 import { crashPoint } from '../util/crash.ts';

@@ -3,8 +3,8 @@
  * cli/ wires the real implementations (src/vsphere, src/source, src/transfer) into them.
  */
 import type { BlockSource } from '../source/types.ts';
-import type { DiskSpec, HeldRanges, ImageInfo } from '../transfer/sender.ts';
-import type { Range } from '../util/ranges.ts';
+import type { DiskSpec, HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
+import type { Range } from '../model/ranges.ts';
 
 export interface PreflightCheck { name: string; ok: boolean; message: string; fix?: string }
 
@@ -54,10 +54,7 @@ export interface CycleSessionPort {
   stats(): { payloadBytes: number; wireBytes: number; extents: number; resentBytes: number };
   /** Resolves once everything sent so far is durable on the receiver (its window is then empty). */
   flush?(): Promise<void>;
-  commit(o?: {
-    meta?: Record<string, unknown>;
-    sourceDigests?: { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }[];
-  }): Promise<ImageInfo>;
+  commit(o?: { meta?: Record<string, unknown>; sourceDigests?: SourceDigest[] }): Promise<ImageInfo>;
   abort(): Promise<void>;
 }
 

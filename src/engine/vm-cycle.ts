@@ -2,9 +2,9 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import PQueue from 'p-queue';
 import type { BlockSource } from '../source/types.ts';
-import type { ImageInfo } from '../transfer/sender.ts';
+import type { ImageInfo } from '../model/images.ts';
 import { planDiskSync, type SyncPlan } from './sync-plan.ts';
-import { coalesce, split, subtract, totalLength, type Range } from '../util/ranges.ts';
+import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
 import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
 import type { JobSettings } from '../state/types.ts';
 

@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import type { Logger } from '../util/log.ts';
 import { UserError } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
-import { StoreError, type CycleWriter, type DiskSpec, type HeldRanges, type ImageInfo, type ImageStore } from '../store/types.ts';
+import { StoreError, type CycleWriter, type ImageStore } from '../store/types.ts';
+import type { DiskSpec, HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
 
 /** A refusal sent to the peer: HTTP status, code, message, fix. */
 export class Refusal extends Error {
@@ -26,8 +27,6 @@ export class OpenCycle {
   constructor(readonly sourceId: string, readonly writer: CycleWriter, public maxImages: number | undefined) {}
   get cycleId(): string { return this.writer.cycleId; }
 }
-
-export interface SourceDigest { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }
 
 const READ_BATCH = 4 * 1024 * 1024;
 

@@ -1,6 +1,7 @@
 import { readFile, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { StoreError, type ImageInfo } from './types.ts';
+import { StoreError } from './types.ts';
+import type { ImageInfo } from '../model/images.ts';
 import { assertImageId, type Layout } from './layout.ts';
 
 /** What image.json holds: the public ImageInfo plus the chunk size its indexes use. */

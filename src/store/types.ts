@@ -4,49 +4,10 @@
  * A *source* (one VM or one agent machine; id matches [a-z0-9-]) has *images*; each image is a
  * full point-in-time image of each of the source's disks (numbered 0..n-1). A *cycle* builds the
  * next image by applying extents onto the previous image copy-on-write; nothing of a cycle is
- * visible as an image until `commit` returns.
+ * visible as an image until `commit` returns. The image shapes themselves (DiskSpec, ImageInfo,
+ * HeldRanges, ...) are shared vocabulary in src/model/images.ts.
  */
-
-export interface DiskSpec {
-  /** Disk number within the source, 0-based. */
-  disk: number;
-  /** Capacity in bytes (a multiple of 512). */
-  capacity: number;
-  /** Free-form label (device path, VMware disk label); informational. */
-  label?: string;
-}
-
-export interface ImageDiskInfo extends DiskSpec {
-  /** Bytes of the disk that are not holes. */
-  allocatedBytes: number;
-  /** Number of chunk references (non-hole chunks) in this disk's index. */
-  chunkCount: number;
-}
-
-export interface ImageInfo {
-  sourceId: string;
-  /** Image id: a sequence number, increasing per source, as a decimal string (`"1"`, `"2"`, ...). */
-  imageId: string;
-  seq: number;
-  /** ISO time the image was committed. */
-  committedAt: string;
-  /** Id of the cycle that produced it. */
-  cycleId: string;
-  /** Image this one was built on, or null for a first (full) cycle. */
-  baseImageId: string | null;
-  disks: ImageDiskInfo[];
-  /** Free-form metadata the sender attached at commit (e.g. CBT changeIds, snapshot name). */
-  meta: Record<string, unknown>;
-}
-
-/** A byte range of one disk. */
-export interface Range { offset: number; length: number }
-
-export interface HeldRanges {
-  disk: number;
-  /** Ranges durably applied in this open cycle, sorted and coalesced. */
-  ranges: Range[];
-}
+import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
 
 export interface BeginCycleOptions {
   sourceId: string;

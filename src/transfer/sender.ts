@@ -40,7 +40,7 @@ import { silentLogger } from '../util/log.ts';
 import { UserError, errorMessage } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
 import { writeFileAtomic } from '../util/fsync.ts';
-import type { DiskSpec, HeldRanges, ImageInfo } from '../store/types.ts';
+import type { DiskSpec, HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
 import { ControlClient, RemoteError, type ControlTarget } from './control-client.ts';
 import { connectPinned, normalizeFingerprint, parseHostPort, parseProxy, redactUrl, ConnectError } from './connect.ts';
 import { CODEC, FRAME, FATAL_CODES, FrameAssembler, MAX_ZERO_EXTENT, MAX_JSON_FRAME, encodeExtentHeader,
@@ -49,9 +49,7 @@ import { sharedCodecPool, CODEC_WORKERS, type Packed } from './codec-pool.ts';
 import { zstdLevelFor } from './levels.ts';
 import { CompressionGovernor, DEFAULT_TIMING, type PackPhase } from './compression-governor.ts';
 import { TokenBucket } from './token-bucket.ts';
-import { RangeSet } from './ranges.ts';
-
-export type { DiskSpec, HeldRanges, ImageInfo };
+import { RangeSet } from '../model/ranges.ts';
 
 export interface SenderOptions {
   /** host[:controlPort] (default port 8080). */
@@ -81,7 +79,6 @@ export interface SenderOptions {
   resumeTimeoutMs?: number;
 }
 
-export interface SourceDigest { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }
 export interface CommitRequest { meta?: Record<string, unknown>; sourceDigests?: SourceDigest[] }
 export interface SessionStats {
   /** Uncompressed bytes covered by extents sent (zero markers included), first transmissions only. */

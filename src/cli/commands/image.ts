@@ -4,7 +4,8 @@ import { stat } from 'node:fs/promises';
 import { UserError } from '../../util/errors.ts';
 import { assertId } from '../../util/ids.ts';
 import { printResult, table, formatBytes } from '../output.ts';
-import { openImageStore, StoreError, type ImageInfo, type ImageStore } from '../../store/index.ts';
+import { openImageStore, StoreError, type ImageStore } from '../../store/index.ts';
+import type { ImageInfo } from '../../model/images.ts';
 
 interface Common { dataDir: string; json?: boolean }
 interface ImageFlags extends Common { source: string; image: string }

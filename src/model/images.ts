@@ -1,0 +1,52 @@
+/**
+ * The words the store, the receiver, the sender, the engine and the agent share about images.
+ *
+ * A *source* (one VM or one agent machine; id matches [a-z0-9-]) has *images*; each image is a
+ * full point-in-time image of each of the source's disks (numbered 0..n-1). These shapes also
+ * travel as JSON on the control connection, so their field names are part of the wire protocol.
+ */
+import type { Range } from './ranges.ts';
+
+export interface DiskSpec {
+  /** Disk number within the source, 0-based. */
+  disk: number;
+  /** Capacity in bytes (a multiple of 512). */
+  capacity: number;
+  /** Free-form label (device path, VMware disk label); informational. */
+  label?: string;
+}
+
+export interface ImageDiskInfo extends DiskSpec {
+  /** Bytes of the disk that are not holes. */
+  allocatedBytes: number;
+  /** Number of chunk references (non-hole chunks) in this disk's index. */
+  chunkCount: number;
+}
+
+export interface ImageInfo {
+  sourceId: string;
+  /** Image id: a sequence number, increasing per source, as a decimal string (`"1"`, `"2"`, ...). */
+  imageId: string;
+  seq: number;
+  /** ISO time the image was committed. */
+  committedAt: string;
+  /** Id of the cycle that produced it. */
+  cycleId: string;
+  /** Image this one was built on, or null for a first (full) cycle. */
+  baseImageId: string | null;
+  disks: ImageDiskInfo[];
+  /** Free-form metadata the sender attached at commit (e.g. CBT changeIds, snapshot name). */
+  meta: Record<string, unknown>;
+}
+
+export interface HeldRanges {
+  disk: number;
+  /** Ranges durably applied in this open cycle, sorted and coalesced. */
+  ranges: Range[];
+}
+
+/**
+ * SHA-256 digests (hex) the sender computed while reading a disk, sent at commit so the receiver
+ * can verify the committed image: of the whole disk and/or of single extents.
+ */
+export interface SourceDigest { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }
