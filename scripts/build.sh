@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stamp=dist/.build-stamp
-if [ -f "$stamp" ] && [ -z "$(find src test/lab/lab.ts scripts/lib tsconfig.json tsconfig.build.json package-lock.json -newer "$stamp" -print -quit)" ]; then
+if [ -f "$stamp" ] && [ -z "$(find src lab/lab.ts scripts/lib tsconfig.json tsconfig.build.json package-lock.json -newer "$stamp" -print -quit)" ]; then
   exit 0
 fi
 echo "build: tsc -> dist/" >&2

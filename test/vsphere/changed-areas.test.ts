@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { labFixture, connect, folderRead } from './helpers.ts';
-import type { Lab } from '../lab/lab.ts';
+import type { Lab } from '../../lab/lab.ts';
 import { cbtWasReset, methods, parseChangeId, VimFault, VCenterControl, type VCenter, type Area } from '../../src/vsphere/index.ts';
 
 let fx: Awaited<ReturnType<typeof labFixture>>;
