@@ -1,5 +1,5 @@
 /**
- * The contract every disk reader implements (DESIGN.md, "BlockSource").
+ * The contract every disk reader implements (docs/design.md, "BlockSource").
  * Implementations: local (file / block device), nbd, vddk, http-datastore.
  */
 
