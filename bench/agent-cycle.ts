@@ -42,8 +42,8 @@ try {
   log(`generating a ${SIZE / GiB} GiB fully allocated source...`);
   await generateDisk({ path: src, size: SIZE, dataFraction: 1, textFraction: 0.5, seed: 42 });
   await warm(src);
-  // nbdcopy varies a lot run to run on these VMs (300-800 MB/s: its output file's page-cache pages):
-  // it runs before each full cycle and the ratio is against the mean of its runs
+  // nbdcopy varies a lot run to run on these VMs (its output file's page-cache pages; docs/agent.md,
+  // Measurements): it runs before each full cycle and the ratio is against the mean of its runs
   const nbdRuns: Usage[] = [];
   const runNbdcopy = async (): Promise<void> => {
     const out = join(work, 'nbdcopy.raw');

@@ -7,7 +7,7 @@
  *   node --import tsx bench/codec-levels.ts [--mib 256] [--no-e2e]
  *
  * Data: 4 KiB blocks in runs of 1–64 blocks, ~40 % zero, ~30 % text, ~30 % random (as in
- * ../shared/notes/codecs.md), cut into the sender's 1 MiB pieces.
+ * docs/transfer.md "Codec and hash libraries"), cut into the sender's 1 MiB pieces.
  */
 import { randomBytes, createHash } from 'node:crypto';
 import { readFileSync, readdirSync, statSync, mkdtempSync, rmSync } from 'node:fs';

@@ -13,7 +13,7 @@
  *   page-cache/1  the agent hashing once (no block digests for the manifest)
  *   none/1        the receiver stores nothing: the cost of TLS + hashing alone
  * Runs alternate over --rounds so that nbdcopy and the others see the same page-cache state on
- * average (on these VMs nbdcopy alone varies 300-600 MB/s run to run). Not part of the test suite.
+ * average (on these VMs nbdcopy alone varies a lot run to run). Not part of the test suite.
  */
 import { execFile, spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';

@@ -20,7 +20,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startLab, type Lab } from '../test/lab/lab.ts';
+import { startLab, type Lab } from '../lab/lab.ts';
 import { VCenter } from '../src/vsphere/index.ts';
 import { vcenterPort, httpDiskOpener, senderJobPorts } from '../src/cli/wiring.ts';
 import { LimitedDiskOpener } from '../src/engine/limits.ts';

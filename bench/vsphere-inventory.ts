@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { startLab, labBinary } from '../test/lab/lab.ts';
+import { startLab, labBinary } from '../lab/lab.ts';
 import { VCenter } from '../src/vsphere/index.ts';
 
 const counts = process.argv.slice(2).map(Number).filter((n) => n > 0);

@@ -24,6 +24,6 @@ if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ]; then
 fi
 
 # Parts that need building register a build script here; each is itself idempotent and cached.
-for build in native/build.sh test/lab/build.sh scripts/build.sh; do
+for build in native/build.sh lab/build.sh scripts/build.sh; do
   if [ -x "$build" ]; then "$build" >&2; fi
 done

@@ -100,7 +100,7 @@ export async function agentCycle(r: Receiver, device: string, stateDir: string, 
 
 /**
  * Before a timed run: the previous run's dirty pages written back (`sync`; nbdcopy leaves its whole
- * output in the page cache, and its write-back slowed whatever ran next by up to 30 %), and `path`
+ * output in the page cache, and its write-back slowed whatever ran next), and `path`
  * read into the page cache.
  */
 export async function warm(path: string): Promise<void> {

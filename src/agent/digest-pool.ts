@@ -21,8 +21,8 @@ export interface WindowDigests {
 const WORKER_SRC = `
 const { parentPort } = require('node:worker_threads');
 const crypto = require('node:crypto');
-// One-shot crypto.hash (Node >= 20.12) skips a Hash object per 4 KiB block: about half the CPU of
-// createHash().update().digest() at this block size.
+// One-shot crypto.hash (Node >= 20.12) skips a Hash object per 4 KiB block, which at this block size
+// is much of the cost of createHash().update().digest() (docs/agent.md, Measurements).
 const sha256 = typeof crypto.hash === 'function'
   ? (b) => crypto.hash('sha256', b, 'buffer')
   : (b) => crypto.createHash('sha256').update(b).digest();

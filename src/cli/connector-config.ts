@@ -31,8 +31,8 @@ export interface ConnectorConfig {
 }
 
 /**
- * Each disk being read holds up to 4 × 2 MiB of reads plus its sender's window until flushed: 8 disks at
- * once keep the connector near 512 MiB whatever the number of jobs (measured with bench/engine-cycle.ts).
+ * Each disk being read holds its reads in flight plus its sender's window until flushed, so the number
+ * of disks read at once, not the number of jobs, bounds the connector's memory (docs/engine.md, Measurements).
  */
 export const DEFAULT_LIMITS = { disksPerHost: 8, disksOverall: 8, maxConcurrentJobs: 100 };
 

@@ -52,7 +52,7 @@ interface Running {
 const DEFAULT_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 5_000, maxDelayMs: 120_000 };
 
 /**
- * Jobs and their state machine (DESIGN.md): created → syncing → waiting → (syncing → waiting)*
+ * Jobs and their state machine (docs/design.md): created → syncing → waiting → (syncing → waiting)*
  * → completing → completed, plus paused and error. One cycle at a time per job.
  */
 export class JobEngine {

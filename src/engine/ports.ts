@@ -36,7 +36,7 @@ export interface VCenterPort {
   createSnapshot(vmRef: string, name: string, opts: { quiesce: boolean }): Promise<SnapshotHandle>;
   /** The disks as seen in the snapshot's config, with their changeIds. */
   snapshotDisks(vmRef: string, snapshot: SnapshotHandle): Promise<SnapshotDisk[]>;
-  /** DESIGN.md step 4: the whole QueryChangedDiskAreas paging loop for one disk. `changeId` "*" = allocated areas. */
+  /** docs/design.md step 4: the whole QueryChangedDiskAreas paging loop for one disk. `changeId` "*" = allocated areas. */
   changedAreas(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk, changeId: string): Promise<Range[]>;
   removeSnapshot(vmRef: string, snapshot: SnapshotHandle): Promise<void>;
 }

@@ -2,7 +2,7 @@ import { UserError } from '../util/errors.ts';
 import { parseDuration } from '../util/duration.ts';
 import { TRANSPORTS, type JobSettings, type Transport } from '../state/types.ts';
 
-/** The job setting ranges of DESIGN.md. */
+/** The job setting ranges of docs/design.md. */
 export const SETTING_LIMITS = {
   intervalSeconds: { min: 3600, max: 7 * 86400 },
   maxImages: { min: 1, max: 10 },

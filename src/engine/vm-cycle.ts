@@ -97,7 +97,7 @@ async function step<T>(name: CycleStep, input: CycleInput, fn: () => Promise<T>)
 }
 
 /**
- * One agentless sync cycle (DESIGN.md steps 1–7). The snapshot is always removed, whether the
+ * One agentless sync cycle (docs/design.md steps 1–7). The snapshot is always removed, whether the
  * cycle succeeds or fails; the caller records new changeIds only from a returned result.
  */
 export async function runVmCycle(input: CycleInput): Promise<CycleResult> {

@@ -1,5 +1,5 @@
 /**
- * The contract every disk reader implements (DESIGN.md, "BlockSource").
+ * The contract every disk reader implements (docs/design.md, "BlockSource").
  * Implementations: local (file / block device), nbd, vddk, http-datastore.
  */
 
@@ -25,7 +25,8 @@ export interface BlockSource {
   read(offset: number, length: number): Promise<Buffer>;
   /**
    * Optional: like read(), but into the caller's buffer (`target.length` bytes at `offset`), so a reader
-   * that recycles its buffers avoids one allocation per read (for the NBD client, half its CPU time).
+   * that recycles its buffers avoids one allocation per read (for the NBD client, a large share of its
+   * CPU; docs/transports.md).
    * The target's content is undefined when the promise rejects.
    */
   readInto?(offset: number, target: Buffer): Promise<void>;

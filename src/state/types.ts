@@ -135,7 +135,7 @@ export interface StateStore {
   close(): void;
 }
 
-/** At most this many sources in one workgroup (DESIGN.md). */
+/** At most this many sources in one workgroup (docs/design.md). */
 export const WORKGROUP_MAX_MEMBERS = 50;
 
 export class StateError extends Error {

@@ -2,10 +2,10 @@
  * Two libc calls Node lacks, through koffi (best effort: without them the store falls back to
  * one fsync per chunk file and keeps the page cache as is).
  *  - syncfs(2): one call makes a whole batch of chunk files durable. One fsync per file costs a
- *    journal commit each; measured on a 2-vCPU VM, per-file fsync made small chunks CPU-bound (docs/store.md).
+ *    journal commit each, which makes small chunks CPU-bound (docs/store.md, "Chunk size").
  *  - posix_fadvise(DONTNEED) on a chunk file once it is durable, like nbdcopy does for its output:
  *    a full cycle then recycles page-cache pages instead of filling RAM with chunks nobody reads soon
- *    (on a fresh VM, first touch of guest memory made page-cache writes ~4 s CPU/GiB vs ~0.5 s).
+ *    (writing into page-cache pages the guest never touched costs far more CPU than into recycled ones; docs/store.md).
  */
 import { callAsync, loadKoffi, type KoffiFn } from '../util/koffi.ts';
 
@@ -49,8 +49,7 @@ export async function syncfs(fd: number): Promise<void> {
 const POSIX_FADV_DONTNEED = 4;
 /**
  * Drop a durable file's pages from the page cache (no-op without koffi). A direct call: on a file
- * that is already on disk it takes microseconds, less than handing it to a thread (~0.1 ms per
- * koffi async call on this event loop).
+ * that is already on disk it is cheaper than handing it to a thread (docs/transfer.md, Measurements).
  */
 export async function dropFromCache(fd: number): Promise<void> {
   const l = get();

@@ -9,9 +9,8 @@ import { WorkerPool } from '../util/worker-pool.ts';
 export interface Packed { codec: number; payload: Buffer | null; digest: Buffer }
 
 /**
- * Extents up to this size are compressed on the calling thread: zstd at level 7 takes ~20-40 us on
- * 4-16 KiB, a round trip to a codec worker ~0.3 ms of CPU (measured: an agent incremental of 2,600
- * scattered 4 KiB changes per GiB spent ~0.9 CPU s/GiB more at level 7 than at level 0).
+ * Extents up to this size are compressed on the calling thread: for them zstd costs less than a
+ * round trip to a codec worker, and incremental cycles send many of them (docs/transfer.md, Measurements).
  */
 export const INLINE_PACK_MAX = 16 * 1024;
 

@@ -3,9 +3,10 @@
  * extents so both cores work while the main thread drives the sockets.
  *
  * `makeCodec` and `codecWorkerMain` run in the worker from their own source text, so the worker needs
- * no TypeScript loader: that saves ~35 MiB of RSS per worker on each side. They must stay
- * self-contained: no references to this module's imports (`codecWorkerMain` may use `makeCodec`, which
- * the worker's script defines first), only `require` of absolute paths from `workerData`, and plain values.
+ * no TypeScript loader (a loader in every worker costs memory on each side; docs/transfer.md,
+ * Measurements). They must stay self-contained: no references to this module's imports
+ * (`codecWorkerMain` may use `makeCodec`, which the worker's script defines first), only `require`
+ * of absolute paths from `workerData`, and plain values.
  */
 import type { Compressor, Decompressor } from 'zstd-napi';
 

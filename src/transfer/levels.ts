@@ -1,8 +1,8 @@
 /**
- * User compression level (0–10) → zstd level. Measured on the project's 2-core machines
- * (bench/codec-levels.ts, docs/transfer.md): with two workers zstd ≥ 3 falls below the
- * ~1.1 GB/s a 10 Gbit/s link carries uncompressed, so the default (7) maps to zstd 1, the
- * fast negative levels fill 1–6, and only 8–10 trade speed for ratio (for slow links).
+ * User compression level (0–10) → zstd level, chosen with bench/codec-levels.ts (figures in
+ * docs/transfer.md): on two cores zstd 3 and above packs slower than a 10 Gbit/s link carries
+ * uncompressed, so the default (7) maps to zstd 1, the fast negative levels fill 1–6, and only
+ * 8–10 trade speed for ratio (for slow links).
  */
 export const ZSTD_LEVEL_MAP: readonly (number | null)[] = [null, -9, -7, -5, -4, -3, -1, 1, 3, 6, 9];
 

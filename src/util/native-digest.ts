@@ -1,9 +1,9 @@
 /**
  * SHA-256 work in native code (native/digest/, over OpenSSL's libcrypto), run by koffi off the
- * event loop: no JavaScript per 4 KiB block, no copies, no messages to worker threads. Measured on
- * these 2-vCPU machines: 4 KiB block digests at ~1.9 GB/s per thread vs ~0.65 GB/s with
- * `crypto.hash` in a worker (docs/transfer.md). Absent (not built, another OS, or
- * VMLIFT_NO_NATIVE_DIGEST=1), callers use Node's crypto instead and get the same digests.
+ * event loop: no JavaScript per 4 KiB block, no copies, no messages to worker threads, so block
+ * digests cost a fraction of `crypto.hash` in a worker (docs/transfer.md, Measurements). Absent
+ * (not built, another OS, or VMLIFT_NO_NATIVE_DIGEST=1), callers use Node's crypto instead and get
+ * the same digests.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,9 +13,9 @@ import { callAsync, loadKoffi, type KoffiFn } from './koffi.ts';
 export const SHA256_LEN = 32;
 
 /**
- * Inputs up to this size are better hashed on the calling thread: a 64 KiB SHA-256 takes ~0.05 ms,
- * less than handing it to a thread (~0.1 ms of event-loop time per koffi call, ~0.05 ms per worker
- * message). Incremental cycles are made of such small extents.
+ * Inputs up to this size are better hashed on the calling thread: hashing them costs less than
+ * handing them to a thread (a koffi call or a worker message; docs/transfer.md, Measurements).
+ * Incremental cycles are made of such small extents.
  */
 export const INLINE_HASH_MAX = 256 * 1024;
 

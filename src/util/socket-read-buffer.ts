@@ -3,9 +3,9 @@
  * which Node offers only for sockets it creates itself, not for a TLS server's sockets).
  *
  * Why: a socket in the usual mode hands every read to JavaScript in a new ArrayBuffer (16 KiB per
- * TLS record: 65,536 per GiB). On the receiver those buffers made V8 run a major GC every ~17 MB
- * received (61 per GiB, 13-17 % of its CPU, measured with --trace-gc and perf); reading into one
- * buffer and copying straight into the frame being assembled allocates nothing per read.
+ * TLS record: 65,536 per GiB). On the receiver those buffers kept V8 running major GCs, a large
+ * share of its CPU (docs/transfer.md, "Receiving frames"); reading into one buffer and copying
+ * straight into the frame being assembled allocates nothing per read.
  *
  * The mechanism is Node's own (`onread`: the handle's `useUserBuffer` and the socket's callback
  * slots); the slots are found on a socket made with `onread`, by value. Where a Node version lays

@@ -1,4 +1,4 @@
-/** QueryChangedDiskAreas paging (DESIGN.md step 4) and changeId handling. */
+/** QueryChangedDiskAreas paging (docs/design.md step 4) and changeId handling. */
 import { UserError } from '../util/errors.ts';
 import type { VimSession } from './session.ts';
 import { queryChangedDiskAreas } from './methods.ts';

@@ -1,6 +1,6 @@
 /**
  * The engine-facing face of a VCenter: VM managed object ids in, plain data out, one method per
- * step of DESIGN.md's cycle. Shaped to satisfy the engine's VCenterPort structurally (vsphere/
+ * step of docs/design.md's cycle. Shaped to satisfy the engine's VCenterPort structurally (vsphere/
  * imports nothing from the engine).
  */
 import type { VCenter } from './vcenter.ts';

@@ -1,4 +1,4 @@
-/** Preflight of DESIGN.md: can vmlift enable CBT and snapshot this VM? Each check says why and how to fix it. */
+/** Preflight of docs/design.md: can vmlift enable CBT and snapshot this VM? Each check says why and how to fix it. */
 import type { VmInfo, SnapshotNode } from './types.ts';
 
 export interface PreflightCheck { name: string; ok: boolean; message: string; fix?: string }

@@ -128,12 +128,12 @@ export class VCenter {
     return { removed, consolidated: c.consolidated };
   }
 
-  /** The disks of a snapshot with their changeIds (DESIGN.md step 3). */
+  /** The disks of a snapshot with their changeIds (docs/design.md step 3). */
   snapshotDisks(snapshot: string): Promise<DiskInfo[]> {
     return fetchSnapshotDisks(this.session, snapRef(snapshot));
   }
 
-  /** DESIGN.md step 4: every changed area of a disk since `changeId` ("*": allocated areas) as of the snapshot. */
+  /** docs/design.md step 4: every changed area of a disk since `changeId` ("*": allocated areas) as of the snapshot. */
   async changedAreas(ref: string, snapshot: string, deviceKey: number, changeId: string, capacity?: number): Promise<ChangedAreas> {
     let cap = capacity;
     if (cap === undefined) {

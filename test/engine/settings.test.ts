@@ -13,7 +13,7 @@ test('durations parse in the forms users write', () => {
   assert.throws(() => parseDuration('h'), /invalid duration/);
 });
 
-test('settings inside the ranges of DESIGN.md are accepted', () => {
+test('settings inside the ranges of docs/design.md are accepted', () => {
   assert.deepEqual(parseSettings({ interval: '1h', maxImages: '10', compression: 0, bandwidth: '100', checksum: 'off', transport: 'nbd' }),
     { intervalSeconds: 3600, maxImages: 10, compression: 0, bandwidthMbps: 100, checksum: false, transport: 'nbd' });
   assert.equal(parseSettings({ interval: '7d' }).intervalSeconds, 604800);

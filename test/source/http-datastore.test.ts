@@ -6,7 +6,7 @@ import { HttpDatastoreSource, checkDescriptor, parseDescriptor } from '../../src
 import { SourceReadError } from '../../src/source/retry.ts';
 import { UserError } from '../../src/util/errors.ts';
 import { VimSession } from '../../src/vsphere/index.ts';
-import { startLab, type Lab } from '../lab/lab.ts';
+import { startLab, type Lab } from '../../lab/lab.ts';
 import { readAll, sha256, tempDir } from './helpers.ts';
 
 const { dir, cleanup } = tempDir('vmlift-httpds-');

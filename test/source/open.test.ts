@@ -8,7 +8,7 @@ import { shutdownVddk } from '../../src/source/vddk/index.ts';
 import { datastoreFlatUrl, openVmwareDisk, type VmwareDiskSpec } from '../../src/source/transport-chooser.ts';
 import { UserError } from '../../src/util/errors.ts';
 import { VimSession } from '../../src/vsphere/index.ts';
-import { startLab, type Lab } from '../lab/lab.ts';
+import { startLab, type Lab } from '../../lab/lab.ts';
 import { nbdkit, readAll, sha256, tempDir, type Server } from './helpers.ts';
 
 const root = path.resolve(import.meta.dirname, '../..');

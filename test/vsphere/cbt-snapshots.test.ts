@@ -1,7 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { labFixture, connect, folderRead } from './helpers.ts';
-import type { Lab } from '../lab/lab.ts';
+import type { Lab } from '../../lab/lab.ts';
 import { fetchVmByRef, methods, waitForTask, type VCenter } from '../../src/vsphere/index.ts';
 
 let fx: Awaited<ReturnType<typeof labFixture>>;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { labFixture, connect, folderRead } from './helpers.ts';
-import type { Lab } from '../lab/lab.ts';
+import type { Lab } from '../../lab/lab.ts';
 import { cbtWasReset, methods, parseChangeId, VimFault, VCenterControl, type VCenter, type Area } from '../../src/vsphere/index.ts';
 
 let fx: Awaited<ReturnType<typeof labFixture>>;
@@ -182,7 +182,7 @@ test('more than 2,000 changed areas come back in pages and are all collected', a
   await vc.removeSnapshot(vm.ref, s2.ref);
 });
 
-test('engine port: one DESIGN.md cycle over a two-disk VM', async () => {
+test('engine port: one docs/design.md cycle over a two-disk VM', async () => {
   const ctl = new VCenterControl(vc, { taskTimeoutMs: 60_000 });
   const ref = lab.vm('two-disks').moref;
   assert.ok((await ctl.preflight(ref)).every((c) => c.ok));

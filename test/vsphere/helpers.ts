@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { startLab, type Lab, type StartLabOptions } from '../lab/lab.ts';
+import { startLab, type Lab, type StartLabOptions } from '../../lab/lab.ts';
 import { VCenter } from '../../src/vsphere/index.ts';
 
 export async function labFixture(o: Partial<StartLabOptions> = {}): Promise<{ lab: Lab; dir: string; cleanup: () => Promise<void> }> {

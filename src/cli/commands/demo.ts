@@ -25,8 +25,8 @@ import { formatBytes, printResult, table } from '../output.ts';
 
 const run = promisify(execFile);
 const MiB = 1 << 20;
-// The lab lives with the tests; the demo loads it only when run.
-const labModule = () => import('../../../test/lab/lab.ts');
+// The lab (lab/) is loaded only when the demo runs.
+const labModule = () => import('../../../lab/lab.ts');
 type Lab = Awaited<ReturnType<Awaited<ReturnType<typeof labModule>>['startLab']>>;
 
 /** Text from the machine's documentation, so images hold real, compressible data. */

@@ -4,8 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { printResult } from '../output.ts';
 import { UserError } from '../../util/errors.ts';
 
-// The lab vCenter lives with the tests (test/lab); the CLI only drives it.
-const labModule = () => import('../../../test/lab/lab.ts');
+// The lab vCenter lives in lab/ (a Go program and its TypeScript driver); the CLI only drives it.
+const labModule = () => import('../../../lab/lab.ts');
 
 function int(v: string, what: string): number {
   const n = Number(v);

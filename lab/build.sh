@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the lab vCenter (test/lab/build/vmlift-lab) from Debian's golang-go and
+# Builds the lab vCenter (lab/build/vmlift-lab) from Debian's golang-go and
 # golang-github-vmware-govmomi-dev, offline. Idempotent: rebuilds only when the Go sources change.
 set -euo pipefail
 cd "$(dirname "$0")"

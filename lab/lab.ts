@@ -1,5 +1,5 @@
 /**
- * Test and CLI helper API of the lab vCenter (test/lab/*.go, built by test/lab/build.sh).
+ * Test and CLI helper API of the lab vCenter (lab/*.go, built by lab/build.sh).
  *
  *   const lab = await startLab({ dir, vms: 8 });         // foreground child, dies with this process
  *   lab.url / lab.user / lab.passwordFile / lab.thumbprint (SHA-256) / lab.thumbprintSha1
@@ -15,9 +15,9 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
-import { PROJECT_ROOT } from '../../src/util/root.ts';
+import { PROJECT_ROOT } from '../src/util/root.ts';
 
-const here = join(PROJECT_ROOT, 'test', 'lab'); // also when compiled to dist/
+const here = join(PROJECT_ROOT, 'lab'); // also when compiled to dist/
 export const labBinary = join(here, 'build', 'vmlift-lab');
 
 export interface LabDisk {
