@@ -7,7 +7,8 @@ import { StoreError, type BeginCycleOptions, type CycleWriter, type ImageStore }
 import type { ImageInfo } from '../model/images.ts';
 import { assertImageId, indexName, Layout, SLOT, STORE_VERSION } from './layout.ts';
 import { fitLength, isZeroSlot, sha256Async } from './chunks.ts';
-import { Cycle, validateDisks } from './cycle.ts';
+import { StoreCycleWriter } from './cycle-writer.ts';
+import { validateDisks } from './cycle-record.ts';
 import { imageIds, listImageRecords, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
 import { livePins, pinImage } from './pins.ts';
 import { collectGarbage, GRACE_MS, type GcResult } from './gc.ts';
@@ -37,10 +38,10 @@ async function runLimited<T>(items: T[], depth: number, fn: (t: T) => Promise<vo
 
 class Store implements ImageStore {
   readonly layout: Layout;
-  private readonly active = new Map<string, Cycle>();
+  private readonly active = new Map<string, StoreCycleWriter>();
   /** Overlays of recently read images (see `overlay()`), oldest first. */
   private readonly overlays = new Map<string, Promise<Overlay>>();
-  private readonly beginning = new Map<string, Promise<Cycle>>();
+  private readonly beginning = new Map<string, Promise<StoreCycleWriter>>();
   /** Sweeps run one at a time, in call order. */
   private sweeps: Promise<unknown> = Promise.resolve();
   private owedSweep: NodeJS.Timeout | null = null;
@@ -63,7 +64,7 @@ class Store implements ImageStore {
       if (!same) throw new StoreError('CYCLE_MISMATCH', `cycle ${opts.cycleId} of source ${opts.sourceId} is open with other disks; resume it with the same disks or abort it`);
       return cur;
     }
-    const p = Cycle.begin({ layout: this.layout, chunkSize: this.chunkSize, onClose: (w) => { if (this.active.get(w.key) === w) this.active.delete(w.key); } }, opts);
+    const p = StoreCycleWriter.begin({ layout: this.layout, chunkSize: this.chunkSize, onClose: (w) => { if (this.active.get(w.key) === w) this.active.delete(w.key); } }, opts);
     this.beginning.set(key, p);
     try {
       const c = await p;

@@ -4,7 +4,9 @@ import type { BlockSource, SourceExtent } from '../types.ts';
 import { UserError } from '../../util/errors.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
 import { SourceReadError, withRetry, type RetryPolicy } from '../retry.ts';
-import { NbdConnection, type NbdConnectSettings, type NbdExportInfo, type NbdTlsSettings } from './connection.ts';
+import { openNbdConnection, type NbdConnectSettings } from './connection.ts';
+import type { NbdExportInfo, NbdTlsSettings } from './handshake.ts';
+import type { NbdConnection } from './transmission.ts';
 import { NbdError } from './errors.ts';
 import * as P from './protocol.ts';
 import { parseNbdUri, type NbdTarget } from './uri.ts';
@@ -53,7 +55,7 @@ export class NbdSource extends PositionalReader implements BlockSource {
     const limit = Math.min(opts.maxReadSize ?? 2 << 20, a > 1 ? first.info.maxBlock - 2 * a : first.info.maxBlock);
     this.maxReadSize = Math.max(a, Math.floor(limit / a) * a);
     this.slots = [Promise.resolve(first)];
-    for (let i = 1; i < count; i++) this.slots.push(NbdConnection.connect(target, settings));
+    for (let i = 1; i < count; i++) this.slots.push(openNbdConnection(target, settings));
     for (const s of this.slots) s.catch(() => undefined);
     this.maxInFlight = count * (opts.inFlightPerConnection ?? 8);
   }
@@ -63,7 +65,7 @@ export class NbdSource extends PositionalReader implements BlockSource {
   static async open(spec: string | NbdTarget, opts: NbdSourceOptions = {}): Promise<NbdSource> {
     const target = typeof spec === 'string' ? parseNbdUri(spec) : spec;
     const settings: NbdConnectSettings = { ...opts, tls: await tlsSettings(target, opts.tls) };
-    const first = await withRetry(() => NbdConnection.connect(target, settings), isTransient, opts.retry, opts.logger, `connect to ${target.display}`)
+    const first = await withRetry(() => openNbdConnection(target, settings), isTransient, opts.retry, opts.logger, `connect to ${target.display}`)
       .catch((e: unknown) => { throw toUserError(target, e); });
     const multi = (first.info.transmissionFlags & P.TFLAG_CAN_MULTI_CONN) !== 0;
     const count = multi ? Math.max(1, opts.connections ?? 4) : 1;
@@ -153,7 +155,7 @@ export class NbdSource extends PositionalReader implements BlockSource {
     for (let i = 0; i < this.slots.length; i++) {
       let c = await this.slots[i]!.catch(() => undefined);
       if (!c || c.isDead) {
-        const next = NbdConnection.connect(this.target, this.settings);
+        const next = openNbdConnection(this.target, this.settings);
         next.catch(() => undefined);
         this.slots[i] = next;
         c = await next.catch(() => undefined);

@@ -1,0 +1,47 @@
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../util/fsync.ts';
+import { StoreError } from './types.ts';
+import type { DiskSpec } from '../model/images.ts';
+
+/** cycle.json: what an open cycle is (it never changes while the cycle is open). */
+export interface CycleRecord {
+  sourceId: string;
+  cycleId: string;
+  baseImageId: string | null;
+  disks: DiskSpec[];
+  chunkSize: number;
+  createdAt: string;
+}
+
+/** The disks a caller asks a cycle for, checked: numbered 0..n-1 once each, capacities multiples of 512; sorted. */
+export function validateDisks(disks: unknown): DiskSpec[] {
+  if (!Array.isArray(disks) || disks.length === 0) throw new StoreError('BAD_DISK', 'a cycle needs at least one disk');
+  const seen = new Set<number>();
+  for (const d of disks as DiskSpec[]) {
+    if (!Number.isSafeInteger(d?.disk) || d.disk < 0 || d.disk >= disks.length || seen.has(d.disk)) {
+      throw new StoreError('BAD_DISK', `disk numbers must be 0..${disks.length - 1}, each once (got ${JSON.stringify(d?.disk)})`);
+    }
+    if (!Number.isSafeInteger(d.capacity) || d.capacity <= 0 || d.capacity % 512 !== 0) {
+      throw new StoreError('BAD_DISK', `disk ${d.disk}: capacity must be a positive multiple of 512 bytes (got ${JSON.stringify(d.capacity)})`);
+    }
+    seen.add(d.disk);
+  }
+  return [...(disks as DiskSpec[])].sort((a, b) => a.disk - b.disk)
+    .map((d) => ({ disk: d.disk, capacity: d.capacity, ...(d.label !== undefined ? { label: String(d.label) } : {}) }));
+}
+
+/** The record of the cycle in folder `dir`, or null when no cycle is open there. */
+export async function readCycleRecord(dir: string): Promise<CycleRecord | null> {
+  try {
+    return JSON.parse(await readFile(join(dir, 'cycle.json'), 'utf8')) as CycleRecord;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    return null;
+  }
+}
+
+/** Written last when a cycle folder is created: a folder without it holds no open cycle. */
+export function writeCycleRecord(dir: string, rec: CycleRecord): Promise<void> {
+  return writeFileAtomic(join(dir, 'cycle.json'), JSON.stringify(rec));
+}

@@ -1,0 +1,135 @@
+import { fitLength, isZeroSlot, sha256Async, zeroDigest, type ChunkWriter } from './chunks.ts';
+import { SUBS, subSize } from './overlay.ts';
+import type { DiskJournals } from './journals.ts';
+import { WriteChain } from './write-chain.ts';
+import { SubChunkCache, type CachedSub } from './sub-chunk-cache.ts';
+import type { Range } from '../model/ranges.ts';
+
+/**
+ * Applies extents to the disks of an open cycle, one chunk's part at a time, in call order per
+ * chunk (write-chain.ts): a whole chunk becomes a chunk file named in the working index; a partial
+ * write stores only the sub-chunks it touches (overlay.ts), and a sub-chunk it covers only in part
+ * is patched in the write-back cache (sub-chunk-cache.ts) until it is evicted or flushed.
+ * What reaches the journals becomes durable at the next flush (journals.ts).
+ */
+export class ExtentWriter {
+  private readonly chain = new WriteChain();
+  private readonly cache: SubChunkCache;
+  private readonly subSize: number;
+
+  constructor(private readonly chunkSize: number, private readonly chunks: ChunkWriter,
+    private readonly disks: ReadonlyMap<number, DiskJournals>, cacheBytes?: number) {
+    this.subSize = subSize(chunkSize);
+    this.cache = new SubChunkCache(cacheBytes);
+  }
+
+  /**
+   * Apply `length` bytes at `offset` of `ds` (`data` null = zeros; the caller checked the bounds).
+   * Each chunk's part is queued synchronously, so overlapping calls apply in call order. `given`:
+   * the caller's SHA-256 of `data`, used when it names one whole chunk or sub-chunk.
+   */
+  write(ds: DiskJournals, offset: number, length: number, data: Uint8Array | null, given: Uint8Array | string | undefined): Promise<void> {
+    const cs = this.chunkSize;
+    const pieces: Promise<void>[] = [];
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((offset + length - 1) / cs);
+    const digest = given !== undefined && first === last ? toDigest(given) : null;
+    for (let i = first; i <= last; i++) {
+      const cStart = i * cs;
+      const cLen = Math.min(cs, ds.spec.capacity - cStart);
+      const s = Math.max(offset, cStart);
+      const e = Math.min(offset + length, cStart + cLen);
+      const piece = data ? data.subarray(s - offset, e - offset) : null;
+      pieces.push(this.chain.run(chunkKey(ds.spec.disk, i), () => this.applyPiece(ds, i, cLen, s - cStart, e - s, piece, digest)));
+    }
+    const range: Range = { offset, length };
+    const op = Promise.all(pieces).then(() => { ds.noteWritten(range); });
+    this.chain.track(op);
+    return op;
+  }
+
+  /** Settles when every write and store started so far has settled. */
+  settled(): Promise<void> { return this.chain.settled(); }
+
+  /** Store every cached sub-chunk patched since it was last stored (each in its chunk's turn). */
+  async storeCached(): Promise<void> {
+    await Promise.all(this.cache.dirty().map((e) => this.chain.run(chunkKey(e.disk, e.slot), () => this.materialize(e))));
+  }
+
+  /** Forget the cached sub-chunks (the cycle is aborted). */
+  discardCached(): void { this.cache.clear(); }
+
+  private async applyPiece(ds: DiskJournals, i: number, cLen: number, at: number, len: number, piece: Uint8Array | null, given: Buffer | null): Promise<void> {
+    const disk = ds.spec.disk;
+    if (at === 0 && len === cLen) {
+      for (let k = 0; k < SUBS; k++) this.cache.drop(disk, i, k);
+      let digest: Buffer | null = null;
+      if (piece) {
+        digest = given ?? await sha256Async(piece);
+        if (digest.equals(zeroDigest(cLen))) digest = null;
+        else await this.chunks.put(digest.toString('hex'), piece);
+      }
+      ds.index.set(i, digest);
+      ds.overlay.resetSlot(i); // the whole chunk is new: the slot's sub-chunks no longer apply
+      return;
+    }
+    const ss = this.subSize;
+    for (let k = Math.floor(at / ss); k * ss < at + len; k++) {
+      const sStart = k * ss;
+      const sEnd = Math.min(sStart + ss, cLen);
+      const ps = Math.max(at, sStart);
+      const pe = Math.min(at + len, sEnd);
+      const part = piece ? piece.subarray(ps - at, pe - at) : null;
+      if (ps === sStart && pe === sEnd) {
+        this.cache.drop(disk, i, k);
+        // the caller's digest names this sub-chunk when the extent is exactly this sub-chunk
+        await this.storeSub(ds, i, k, part, sEnd - sStart, ps === at && pe === at + len ? given : null);
+        continue;
+      }
+      let entry = this.cache.get(disk, i, k);
+      if (!entry) {
+        entry = { disk, slot: i, sub: k, buf: await this.currentSub(ds, i, sStart, sEnd), dirty: false };
+        this.cache.add(entry);
+      }
+      if (part) entry.buf.set(part, ps - sStart);
+      else entry.buf.fill(0, ps - sStart, pe - sStart);
+      entry.dirty = true;
+    }
+    for (const e of this.cache.evict()) this.chain.track(this.chain.run(chunkKey(e.disk, e.slot), () => this.materialize(e)));
+  }
+
+  /** Store sub-chunk k of slot i (`data` null = zeros) and note it in the overlay. */
+  private async storeSub(ds: DiskJournals, i: number, k: number, data: Uint8Array | null, len: number, given: Buffer | null = null): Promise<void> {
+    let digest = zeroDigest(len);
+    if (data) digest = given ?? await sha256Async(data);
+    const hole = digest.equals(zeroDigest(len));
+    if (!hole) await this.chunks.put(digest.toString('hex'), data!);
+    const subs = ds.overlay.setSub(i, k, hole ? Buffer.alloc(32) : digest);
+    // Every sub-chunk of the slot is in the overlay: its chunk is no longer read, let it go (gc).
+    const cLen = Math.min(this.chunkSize, ds.spec.capacity - i * this.chunkSize);
+    if (subs === Math.ceil(cLen / this.subSize)) ds.index.set(i, null);
+  }
+
+  /** The current bytes [sStart, sEnd) of slot i: its overlay sub-chunk, else that part of its chunk. */
+  private async currentSub(ds: DiskJournals, i: number, sStart: number, sEnd: number): Promise<Buffer> {
+    const sub = ds.overlay.overlay.get(i)?.get(sStart / this.subSize);
+    if (sub) return isZeroSlot(sub) ? Buffer.alloc(sEnd - sStart) : fitLength(await this.chunks.read(sub.toString('hex')), sEnd - sStart);
+    const cur = await ds.index.get(i);
+    if (!cur) return Buffer.alloc(sEnd - sStart);
+    return this.chunks.readRange(cur.toString('hex'), sStart, sEnd - sStart);
+  }
+
+  /** Hash and store a cached sub-chunk; runs in its chunk's chain. */
+  private async materialize(e: CachedSub): Promise<void> {
+    if (!e.dirty) return;
+    e.dirty = false;
+    await this.storeSub(this.disks.get(e.disk)!, e.slot, e.sub, e.buf, e.buf.length);
+  }
+}
+
+function chunkKey(disk: number, slot: number): string { return `${disk}:${slot}`; }
+
+function toDigest(v: Uint8Array | string): Buffer | null {
+  if (typeof v === 'string') return /^[0-9a-fA-F]{64}$/.test(v) ? Buffer.from(v, 'hex') : null;
+  return v.length === 32 ? Buffer.from(v.buffer, v.byteOffset, 32) : null;
+}

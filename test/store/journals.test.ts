@@ -1,0 +1,93 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { appendFile, readFile, readdir, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { sha256 } from '../../src/store/chunks.ts';
+import { CycleJournals, parseHeld } from '../../src/store/journals.ts';
+import { bareCycle, bareStore } from './cycle-parts.ts';
+
+const CS = 64 << 10;
+const SUB = CS / 16;
+const disks = [{ disk: 0, capacity: 1 << 20 }];
+
+/** Every file of the cycle folder but the owner, by name. */
+async function folder(dir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const n of (await readdir(dir)).sort()) if (n !== 'owner') out[n] = (await readFile(join(dir, n))).toString('hex');
+  return out;
+}
+
+test('the chunks come first: when a chunk cannot be made durable, the flush writes no overlay record, index slot or held range', async (t) => {
+  const { root, layout } = await bareStore(t, CS);
+  const c = await bareCycle(t, { layout, chunkSize: CS, disks });
+  const a = randomBytes(CS);
+  await c.write(0, 0, a);
+  await c.write(0, CS + SUB, randomBytes(SUB)); // a whole sub-chunk: an overlay record
+  await c.flush();
+  const before = await folder(c.dir);
+  const refsBefore = before['refs.log'];
+  await c.write(0, 2 * CS, randomBytes(CS));
+  await c.write(0, 3 * CS, randomBytes(SUB));
+  // the new chunks are still under temp names: remove them, as if they never reached the disk
+  let removed = 0;
+  for (const d of await readdir(join(root, 'chunks'))) {
+    for (const n of await readdir(join(root, 'chunks', d))) if (n.startsWith('.tmp-')) { await unlink(join(root, 'chunks', d, n)); removed++; }
+  }
+  assert.equal(removed, 2);
+  await assert.rejects(c.flush(), /ENOENT/);
+  const after = await folder(c.dir);
+  assert.notEqual(after['refs.log'], refsBefore, 'refs.log names chunks before they exist');
+  delete before['refs.log']; delete after['refs.log'];
+  assert.deepEqual(after, before, 'held.log, disk-0.idx and disk-0.sub are as the last good flush left them');
+  assert.deepEqual(c.journals.held()[0]!.ranges, [{ offset: 0, length: CS }, { offset: CS + SUB, length: SUB }]);
+});
+
+test('a flush claims the ranges noted before it began: what settle adds to the index is written, a range noted during it waits for the next flush', async (t) => {
+  const { layout } = await bareStore(t, CS);
+  const c = await bareCycle(t, { layout, chunkSize: CS, disks });
+  const digest = sha256(Buffer.from('slot five'));
+  c.disk().noteWritten({ offset: 0, length: 4096 });
+  await c.journals.flush(c.chunks, async () => {
+    c.disk().index.set(5, digest);
+    c.disk().noteWritten({ offset: 8192, length: 4096 });
+  });
+  assert.deepEqual(c.journals.held()[0]!.ranges, [{ offset: 0, length: 4096 }]);
+  assert.deepEqual(parseHeld(await readFile(join(c.dir, 'held.log'), 'utf8')).get(0), [{ offset: 0, length: 4096 }]);
+  assert.deepEqual((await readFile(join(c.dir, 'disk-0.idx'))).subarray(5 * 32, 6 * 32), digest);
+  await c.journals.flush(c.chunks, async () => {});
+  assert.deepEqual(c.journals.held()[0]!.ranges, [{ offset: 0, length: 4096 }, { offset: 8192, length: 4096 }]);
+});
+
+test('reopened after a crash mid-append, the journals read back what was flushed; the torn lines are ended, and later lines are read', async (t) => {
+  const { layout } = await bareStore(t, CS);
+  const c = await bareCycle(t, { layout, chunkSize: CS, disks });
+  const a = randomBytes(CS);
+  await c.write(0, 0, a);
+  await c.write(0, CS + 100, randomBytes(5000)); // partial: two sub-chunks, through the cache
+  await c.flush();
+  const overlay = c.disk().overlay.overlay;
+  assert.deepEqual([...overlay.get(1)!.keys()], [0, 1]);
+  // the crash: half a held.log line, half a refs.log line, half an overlay record
+  await appendFile(join(c.dir, 'held.log'), '{"d":0,"o":65536,"l":');
+  await appendFile(join(c.dir, 'refs.log'), 'abc123');
+  await appendFile(join(c.dir, 'disk-0.sub'), randomBytes(20));
+
+  const j2 = await CycleJournals.open(c.dir, c.rec);
+  t.after(() => j2.close());
+  assert.deepEqual(j2.held(), [{ disk: 0, ranges: [{ offset: 0, length: CS }, { offset: CS + 100, length: 5000 }] }]);
+  assert.deepEqual(j2.disks.get(0)!.overlay.overlay, overlay);
+  assert.deepEqual(await j2.disks.get(0)!.index.get(0), sha256(a));
+  assert.equal(await j2.disks.get(0)!.index.get(2), null);
+  const refs = (await readFile(join(c.dir, 'refs.log'), 'utf8')).split('\n');
+  assert.ok(refs.includes('abc123'), 'the torn refs line was ended');
+
+  const b = randomBytes(CS);
+  j2.disks.get(0)!.index.set(2, sha256(b));
+  j2.disks.get(0)!.noteWritten({ offset: 2 * CS, length: CS });
+  await j2.flush(c.chunks, async () => {});
+  const j3 = await CycleJournals.open(c.dir, c.rec);
+  t.after(() => j3.close());
+  assert.deepEqual(j3.held()[0]!.ranges, [{ offset: 0, length: CS }, { offset: CS + 100, length: 5000 }, { offset: 2 * CS, length: CS }]);
+  assert.deepEqual(await j3.disks.get(0)!.index.get(2), sha256(b));
+});
