@@ -6,14 +6,15 @@
  *   4. held.log: the ranges all that makes whole, JSON lines {d, o, l}, appended.
  * So held.log never claims a range whose bytes are not durable, also after a crash. refs.log
  * (refs.ts, for gc) is appended before each chunk is created or reused and is not part of a flush.
- * On reopen a torn last line of held.log or refs.log is ended (and ignored), as is a torn overlay record.
+ * On reopen a torn last line of held.log or refs.log is ended (and ignored); a torn overlay record is cut off.
  */
+import { constants } from 'node:fs';
 import { open, readFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { indexName, SLOT } from './layout.ts';
 import { isZeroSlot, type ChunkWriter } from './chunks.ts';
 import { RefsJournal } from './refs.ts';
-import { encodeRecords, overlayName, readOverlay, RESET, type Overlay } from './overlay.ts';
+import { encodeRecords, overlayName, readOverlay, RECORD, RESET, type Overlay } from './overlay.ts';
 import { coalesce, type Range } from '../model/ranges.ts';
 import type { DiskSpec, HeldRanges } from '../model/images.ts';
 
@@ -67,11 +68,31 @@ export class WorkingIndex {
 
 export interface OverlayRecord { slot: number; sub: number; digest: Buffer | null }
 
-/** One disk's overlay file: the overlay in effect, and the records not yet appended to the file. */
+/**
+ * One disk's overlay file: the overlay in effect, and the records not yet appended to the file.
+ * Records are written at the end of the last whole record, not in append mode: a torn record (a
+ * crash, or a write that failed half way) is overwritten by the next append instead of shifting
+ * every record after it.
+ */
 export class WorkingOverlay {
   private pending: OverlayRecord[] = [];
 
-  constructor(private readonly fh: FileHandle, readonly overlay: Overlay) {}
+  private constructor(private readonly fh: FileHandle, readonly overlay: Overlay, private size: number) {}
+
+  /** Open the overlay file at `path` (created when missing), cutting a torn last record off. */
+  static async open(path: string): Promise<WorkingOverlay> {
+    const overlay = await readOverlay(path);
+    const fh = await open(path, constants.O_RDWR | constants.O_CREAT, 0o600);
+    try {
+      const { size } = await fh.stat();
+      const whole = size - (size % RECORD);
+      if (whole !== size) { await fh.truncate(whole); await fh.sync(); }
+      return new WorkingOverlay(fh, overlay, whole);
+    } catch (e) {
+      await fh.close();
+      throw e;
+    }
+  }
 
   /** A whole chunk was written to slot `i`: its sub-chunks no longer apply. */
   resetSlot(i: number): void {
@@ -95,8 +116,10 @@ export class WorkingOverlay {
 
   async append(records: OverlayRecord[]): Promise<void> {
     if (records.length === 0) return;
-    await this.fh.write(encodeRecords(records));
+    const buf = encodeRecords(records);
+    await this.fh.write(buf, 0, buf.length, this.size);
     await this.fh.sync();
+    this.size += buf.length;
   }
 
   close(): Promise<void> { return this.fh.close(); }
@@ -142,7 +165,7 @@ export class CycleJournals {
     await refsFh.write('\n');
     const refs = new RefsJournal(refsFh);
     let heldFh: FileHandle | undefined;
-    const handles: FileHandle[] = [];
+    const handles: { close(): Promise<void> }[] = [];
     try {
       heldFh = await open(join(dir, 'held.log'), 'a+', 0o600);
       const heldText = await readFile(join(dir, 'held.log'), 'utf8');
@@ -152,11 +175,10 @@ export class CycleJournals {
       for (const d of rec.disks) {
         const idx = await open(join(dir, indexName(d.disk)), 'r+');
         handles.push(idx);
-        const overlay = await readOverlay(join(dir, overlayName(d.disk)));
-        const overlayFh = await open(join(dir, overlayName(d.disk)), 'a', 0o600);
-        handles.push(overlayFh);
+        const overlay = await WorkingOverlay.open(join(dir, overlayName(d.disk)));
+        handles.push(overlay);
         disks.set(d.disk, new DiskJournals(d, new WorkingIndex(idx, Math.ceil(d.capacity / rec.chunkSize)),
-          new WorkingOverlay(overlayFh, overlay), coalesce(held.get(d.disk) ?? [])));
+          overlay, coalesce(held.get(d.disk) ?? [])));
       }
       return new CycleJournals(refs, heldFh, disks);
     } catch (e) {

@@ -14,7 +14,8 @@ import { open, type FileHandle } from 'node:fs/promises';
 
 export const SUBS = 16;
 export const RESET = 0xffff;
-const RECORD = 4 + 2 + 32;
+/** Bytes of one overlay record. */
+export const RECORD = 4 + 2 + 32;
 
 export function overlayName(disk: number): string { return `disk-${disk}.sub`; }
 

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { appendFile, readFile, readdir, unlink } from 'node:fs/promises';
+import { appendFile, readFile, readdir, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sha256 } from '../../src/store/chunks.ts';
 import { CycleJournals, parseHeld } from '../../src/store/journals.ts';
@@ -82,12 +82,19 @@ test('reopened after a crash mid-append, the journals read back what was flushed
   const refs = (await readFile(join(c.dir, 'refs.log'), 'utf8')).split('\n');
   assert.ok(refs.includes('abc123'), 'the torn refs line was ended');
 
+  assert.equal((await stat(join(c.dir, 'disk-0.sub'))).size % 38, 0, 'the torn overlay record was cut off');
+
   const b = randomBytes(CS);
   j2.disks.get(0)!.index.set(2, sha256(b));
   j2.disks.get(0)!.noteWritten({ offset: 2 * CS, length: CS });
+  // a record appended after the torn one must read back as written, not shifted by the torn bytes
+  const sub = sha256(randomBytes(CS / 16));
+  j2.disks.get(0)!.overlay.setSub(3, 7, sub);
   await j2.flush(c.chunks, async () => {});
   const j3 = await CycleJournals.open(c.dir, c.rec);
   t.after(() => j3.close());
   assert.deepEqual(j3.held()[0]!.ranges, [{ offset: 0, length: CS }, { offset: CS + 100, length: 5000 }, { offset: 2 * CS, length: CS }]);
   assert.deepEqual(await j3.disks.get(0)!.index.get(2), sha256(b));
+  assert.deepEqual(j3.disks.get(0)!.overlay.overlay.get(3), new Map([[7, sub]]));
+  assert.deepEqual(j3.disks.get(0)!.overlay.overlay.get(1), overlay.get(1));
 });
