@@ -219,7 +219,7 @@ export class NbdConnection {
 
   private requestError(cause: NbdError, cmd: number, offset: number, length: number): NbdError {
     return new NbdError(`${cmdName(cmd)} of ${length} bytes at offset ${offset} from ${this.target.display}: ${cause.message}`,
-      { retryable: cause.retryable, offset, cause });
+      { retryable: cause.transient, offset, cause });
   }
 
   private startTimer(): void {
