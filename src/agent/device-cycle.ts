@@ -10,6 +10,7 @@ import { rename, rm, mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import type { BlockSource } from '../source/types.ts';
+import { SourceReadError } from '../source/retry.ts';
 import type { DiskSpec, ImageInfo } from '../model/images.ts';
 import { silentLogger } from '../util/log.ts';
 import { writeFileAtomic } from '../util/fsync.ts';
@@ -68,8 +69,6 @@ export interface CycleReport {
   resentBytes: number;
   durationMs: number;
 }
-
-export class SourceReadError extends Error {}
 
 const NET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ECONNABORTED', 'ERR_SOCKET_CLOSED', 'ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED']);
 
@@ -193,9 +192,6 @@ async function attempt(
           addStats(totals, before, safeStats(session));
           o.onProgress?.({ ...p, label, payloadBytes: totals.payloadBytes, wireBytes: totals.wireBytes, resentBytes: totals.resentBytes });
         },
-      }).catch((e: unknown) => {
-        if (isReadError(e)) throw new SourceReadError(errorMessage(e), { cause: e });
-        throw e;
       });
       await newManifest.finish();
       results.push({ ...r, label });
@@ -222,10 +218,6 @@ async function attempt(
     imageId: image.imageId, cycleId, baseImageId, disks: results,
     changedBytes: results.reduce((n, r) => n + r.changedBytes, 0),
   };
-}
-
-function isReadError(e: unknown): boolean {
-  return e instanceof Error && /^read error on |ended at offset/.test(e.message);
 }
 
 /** Make sure the state dir holds the manifest of `image`, fetching it from the receiver if needed. */

@@ -6,6 +6,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import type { BlockSource, SourceExtent } from '../source/types.ts';
+import { clampReads } from '../source/clamp.ts';
 import type { Range } from '../model/ranges.ts';
 import { BLOCK_SIZE, DIGEST_SIZE, zeroDigest, type ManifestReader, type ManifestWriter } from './manifest.ts';
 import { sharedDigestPool, type DigestPool, type WindowDigests } from './digest-pool.ts';
@@ -116,7 +117,8 @@ function zeros(n: number): Buffer {
 }
 
 export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
-  const { source, disk } = o;
+  const { disk } = o;
+  const source = clampReads(o.source); // a window longer than one read becomes several
   const capacity = source.capacity;
   const readAhead = Math.max(1, o.readAhead ?? Math.min(8, source.maxInFlight));
   const holes = new HoleMap(source);
@@ -137,7 +139,7 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     next += length;
     const [readStart, readEnd] = await holes.dataSpan(offset, offset + length);
     const w: Window = { offset, length, readStart, readEnd };
-    const data = readEnd > readStart ? readChunked(source, readStart, readEnd - readStart) : Promise.resolve(null);
+    const data = readEnd > readStart ? source.read(readStart, readEnd - readStart) : Promise.resolve(null);
     // Hash as soon as the read lands, while earlier windows are still being sent.
     // The read buffer moves to the worker and back (no copy): use the one the digests come with.
     const whole = wholeRate >= 0.5;
@@ -167,15 +169,6 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
   }
   if (whole) res.sha256 = whole.digest('hex');
   return res;
-}
-
-async function readChunked(source: BlockSource, offset: number, length: number): Promise<Buffer> {
-  if (length <= source.maxReadSize) return source.read(offset, length);
-  const parts: Buffer[] = [];
-  for (let at = 0; at < length; at += source.maxReadSize) {
-    parts.push(await source.read(offset + at, Math.min(source.maxReadSize, length - at)));
-  }
-  return Buffer.concat(parts);
 }
 
 /** Returns whether the read buffer went out whole, as one extent. */

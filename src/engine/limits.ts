@@ -1,4 +1,5 @@
 import type { BlockSource } from '../source/types.ts';
+import { wrapSource } from '../source/wrap.ts';
 import type { DiskOpener, SnapshotDisk, SnapshotHandle } from './ports.ts';
 
 /** A counting semaphore: at most `limit` holders at once, waiters served in order. */
@@ -45,28 +46,23 @@ export class LimitedDiskOpener implements DiskOpener {
     const releaseHost = await sem.acquire();
     const releaseAll = await this.overall.acquire();
     const release = () => { releaseAll(); releaseHost(); };
+    let source: BlockSource;
     try {
-      const source = await this.inner.open(vmRef, snapshot, disk);
-      const limited: BlockSource = {
-        uri: source.uri,
-        transport: source.transport,
-        capacity: source.capacity,
-        maxReadSize: source.maxReadSize,
-        maxInFlight: source.maxInFlight,
-        read: (offset, length) => source.read(offset, length),
-        close: async () => { try { await source.close(); } finally { release(); } },
-      };
-      if (source.extents) limited.extents = (offset, length) => source.extents!(offset, length);
-      if (source.readInto) limited.readInto = (offset, target) => source.readInto!(offset, target);
-      return limited;
+      source = await this.inner.open(vmRef, snapshot, disk);
     } catch (e) {
       release();
       throw e;
     }
+    return releasedOnClose(source, release);
   }
 
   /** Disks open now, per host. */
   usage(): Record<string, number> {
     return Object.fromEntries([...this.perHost].map(([h, s]) => [h, s.inUse]));
   }
+}
+
+/** `source`, calling `release` once it is closed (whether or not its own close succeeds). */
+export function releasedOnClose<S extends BlockSource>(source: S, release: () => void): S {
+  return wrapSource(source, { close: async () => { try { await source.close(); } finally { release(); } } });
 }

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import PQueue from 'p-queue';
 import type { BlockSource } from '../source/types.ts';
+import { clampReads } from '../source/clamp.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { planDiskSync, type SyncPlan } from './sync-plan.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
@@ -175,11 +176,10 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
 
   await step('transfer', input, () => Promise.all(work.map(async (w) => {
     const t0 = performance.now();
-    const source = await input.disks.open(vmRef, snapshot, w.disk);
+    const source = clampReads(await input.disks.open(vmRef, snapshot, w.disk), input.maxReadSize ?? 2 << 20);
     const t1 = performance.now();
     try {
       await copyRanges(source, w.ranges, {
-        maxReadSize: Math.min(input.maxReadSize ?? 2 << 20, source.maxReadSize),
         signal: input.signal,
         send: (offset, data) => session.send(w.index, offset, data),
         onRead: (offset, data) => {
@@ -214,16 +214,16 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
 }
 
 interface CopyOptions {
-  maxReadSize: number;
   signal?: AbortSignal;
   send: (offset: number, data: Buffer) => Promise<void>;
   onRead: (offset: number, data: Buffer) => void;
 }
 
 /**
- * Read `ranges` from `source` with up to `source.maxInFlight` reads in flight and hand each piece to
- * `send`. With `readInto`, a fixed pool of buffers is recycled (send copies before it resolves), so
- * read buffers stay within MAX_READ_BYTES_IN_FLIGHT whatever the disk size.
+ * Read `ranges` from `source` in pieces of at most its maxReadSize (the cycle clamps it with
+ * `clampReads`), with up to `source.maxInFlight` reads in flight, and hand each piece to `send`.
+ * With `readInto`, a fixed pool of buffers is recycled (send copies before it resolves), so read
+ * buffers stay within MAX_READ_BYTES_IN_FLIGHT whatever the disk size.
  */
 export async function copyRanges(source: BlockSource, ranges: readonly Range[], o: CopyOptions): Promise<void> {
   // The sender pipelines behind us; more reads in flight than this only grows memory.
@@ -233,7 +233,8 @@ export async function copyRanges(source: BlockSource, ranges: readonly Range[], 
   let bytesInFlight = 0;
   let wake: (() => void) | null = null; // the loop below, waiting for bytes to be released
   let failure: unknown;
-  for (const piece of split(ranges, o.maxReadSize)) {
+  const maxRead = source.maxReadSize;
+  for (const piece of split(ranges, maxRead)) {
     if (failure) break;
     o.signal?.throwIfAborted();
     // Backpressure: never queue more than a few pieces beyond those in flight, nor more bytes.
@@ -242,8 +243,8 @@ export async function copyRanges(source: BlockSource, ranges: readonly Range[], 
     bytesInFlight += piece.length;
     queue.add(async () => {
       // full-size pieces reuse a pool of buffers; small ones (incremental cycles) get their own
-      const pooled = source.readInto && piece.length > o.maxReadSize / 2;
-      const whole = pooled ? pool.pop() ?? Buffer.allocUnsafe(o.maxReadSize) : source.readInto ? Buffer.allocUnsafe(piece.length) : undefined;
+      const pooled = source.readInto && piece.length > maxRead / 2;
+      const whole = pooled ? pool.pop() ?? Buffer.allocUnsafe(maxRead) : source.readInto ? Buffer.allocUnsafe(piece.length) : undefined;
       let data: Buffer;
       if (whole) {
         data = whole.subarray(0, piece.length);

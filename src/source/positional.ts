@@ -26,4 +26,18 @@ export abstract class PositionalReader {
 
   /** Exactly `length` bytes at `offset` (bounds already checked), into `target` when given. */
   protected abstract readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer>;
+
+  /**
+   * For a transport that reads whole blocks of `align` bytes: fetches the blocks around
+   * [offset, offset + length) (the last one cut at the capacity) and hands out the part asked for.
+   */
+  protected async readAligned(offset: number, length: number, target: Buffer | undefined, align: number,
+    fetch: (start: number, length: number, into: Buffer | undefined) => Promise<Buffer>): Promise<Buffer> {
+    const start = Math.floor(offset / align) * align;
+    const end = Math.min(this.capacity, Math.ceil((offset + length) / align) * align);
+    if (start === offset && end === offset + length) return fetch(start, length, target);
+    const part = (await fetch(start, end - start, undefined)).subarray(offset - start, offset - start + length);
+    if (target) part.copy(target);
+    return part;
+  }
 }

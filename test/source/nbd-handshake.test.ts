@@ -107,7 +107,7 @@ describe('NBD handshake against nbdkit', () => {
       const { err, raw } = await refusal(await server(name, args), { tls });
       assert.match(err.message, message);
       assert.match(err.message, /^NBD negotiation with nbds?\+unix:/);
-      assert.equal(err.retryable, false, name);
+      assert.equal(err.transient, false, name);
       assert.equal(raw.destroyed, true, `${name}: the socket is closed`);
     }
   });
@@ -142,7 +142,7 @@ describe('NBD handshake against servers that are not NBD servers', () => {
     const sock = await plainServer('ssh', (s) => s.end('SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n'));
     const { err, raw } = await refusal(sock);
     assert.match(err.message, /not an NBD server \(no NBDMAGIC greeting\)/);
-    assert.equal(err.retryable, false);
+    assert.equal(err.transient, false);
     assert.equal(raw.destroyed, true);
   });
 
@@ -153,7 +153,7 @@ describe('NBD handshake against servers that are not NBD servers', () => {
     const t0 = Date.now();
     const { err, raw } = await refusal(sock, { timeoutMs: 300 });
     assert.match(err.message, /negotiation timed out after 300 ms/);
-    assert.equal(err.retryable, true);
+    assert.equal(err.transient, true);
     assert.ok(Date.now() - t0 < 3000);
     assert.equal(raw.destroyed, true);
   });

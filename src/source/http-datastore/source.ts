@@ -1,9 +1,9 @@
 import type { TLSSocket } from 'node:tls';
 import { buildConnector, Pool, type Dispatcher } from 'undici';
 import type { BlockSource } from '../types.ts';
-import { UserError } from '../../util/errors.ts';
+import { CodedError, UserError } from '../../util/errors.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
-import { SourceReadError, withRetry, type RetryPolicy } from '../retry.ts';
+import { retryingSource, withRetry, type RetryPolicy } from '../retry.ts';
 import { checkDescriptor, parseDescriptor } from './descriptor.ts';
 import { PositionalReader } from '../positional.ts';
 
@@ -28,19 +28,22 @@ export interface HttpDatastoreOptions {
   logger?: Logger;
 }
 
-class HttpReadError extends Error {
-  readonly retryable: boolean;
+/** A failed request to the datastore URL; `transient` when asking again may succeed (lost connection, 5xx, 429, expired cookie). */
+class HttpReadError extends CodedError {
   readonly status: number | undefined;
-  constructor(message: string, retryable: boolean, status?: number, cause?: unknown) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.retryable = retryable;
+  constructor(message: string, transient: boolean, status?: number, cause?: unknown) {
+    super('HTTP_DS_READ', message, {
+      transient, cause,
+      fix: 'check that the vCenter/ESXi host is reachable on 443 and that the vCenter session is still logged in',
+    });
     this.status = status;
   }
 }
 
-const isTransient = (e: unknown): boolean => !(e instanceof HttpReadError) || e.retryable;
-
-/** Range reads of a flat VMDK through vCenter's or ESXi's /folder datastore URL. */
+/**
+ * Range reads of a flat VMDK through vCenter's or ESXi's /folder datastore URL. `open` returns it
+ * under the retry wrapper; its own reads try once and throw HttpReadError.
+ */
 export class HttpDatastoreSource extends PositionalReader implements BlockSource {
   readonly transport = 'http-datastore';
   readonly uri: string;
@@ -101,7 +104,7 @@ export class HttpDatastoreSource extends PositionalReader implements BlockSource
       const size = await flatProbe.totalSize();
       const src = new HttpDatastoreSource(flat, size, d, own, o);
       src.log.info({ uri: src.uri, capacity: size }, 'http datastore disk opened');
-      return src;
+      return retryingSource(src, o.retry, o.logger);
     } catch (e) {
       if (own) await d.close().catch(() => undefined);
       throw e instanceof HttpReadError ? toUserError(url, e) : e;
@@ -110,12 +113,7 @@ export class HttpDatastoreSource extends PositionalReader implements BlockSource
 
   protected async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
-    let attempts = 0;
-    try {
-      return await withRetry(() => { attempts++; return this.range(this.flatUrl, offset, length, target); }, isTransient, this.retry, this.log, `http read at ${offset}`);
-    } catch (e) {
-      throw new SourceReadError(this.uri, offset, length, attempts, e);
-    }
+    return this.range(this.flatUrl, offset, length, target);
   }
 
   async close(): Promise<void> {
@@ -171,7 +169,7 @@ export class HttpDatastoreSource extends PositionalReader implements BlockSource
       const m = /\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''));
       if (!m) throw new HttpReadError('the server did not report the file size in Content-Range', false);
       return Number(m[1]);
-    }, isTransient, this.retry, this.log, 'http size probe');
+    }, this.retry, this.log, 'http size probe');
   }
 
   /** The body of a small file, or undefined when it does not exist. */

@@ -3,10 +3,12 @@
  * Files: capacity = size, hole map through SEEK_DATA / SEEK_HOLE.
  * Block devices: capacity through lseek(SEEK_END); no hole map (the whole device is reported as
  * data and the reader skips all-zero blocks itself).
+ * `open` returns it under the retry wrapper, so a failed read raises SourceReadError like every reader's.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import type { BlockSource, SourceExtent } from '../types.ts';
 import { UserError } from '../../util/errors.ts';
+import { retryingSource, type RetryPolicy } from '../retry.ts';
 import { lseek, LseekError, SEEK_DATA, SEEK_END, SEEK_HOLE, ENXIO } from './libc.ts';
 
 export interface LocalSourceOptions {
@@ -14,6 +16,7 @@ export interface LocalSourceOptions {
   maxReadSize?: number;
   /** Reads the caller may keep in flight (default 8). */
   maxInFlight?: number;
+  retry?: RetryPolicy;
 }
 
 export class LocalSource implements BlockSource {
@@ -68,7 +71,7 @@ export class LocalSource implements BlockSource {
       if (capacity % 512 !== 0) {
         throw new UserError('DEVICE_SIZE', `device ${path} has ${capacity} bytes, not a multiple of 512`, 'disk images must be a whole number of 512-byte sectors; pad the file (truncate -s) to a multiple of 512');
       }
-      return new LocalSource(path, fh, capacity, isBlock, opts);
+      return retryingSource(new LocalSource(path, fh, capacity, isBlock, opts), opts.retry);
     } catch (e) {
       await fh.close();
       throw e;
@@ -83,11 +86,7 @@ export class LocalSource implements BlockSource {
     let done = 0;
     while (done < length) {
       let n: number;
-      try {
-        ({ bytesRead: n } = await this.fh.read(buf, done, length - done, offset + done));
-      } catch (e) {
-        throw new Error(`read error on ${this.uri} at offset ${offset + done}: ${(e as Error).message}`, { cause: e });
-      }
+      ({ bytesRead: n } = await this.fh.read(buf, done, length - done, offset + done));
       if (n === 0) throw new Error(`${this.uri} ended at offset ${offset + done}, before its capacity ${this.capacity} (was it truncated?)`);
       done += n;
     }

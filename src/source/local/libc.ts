@@ -3,6 +3,7 @@
  * file) and SEEK_END (size of a block device). Loaded lazily through koffi.
  */
 import koffi from 'koffi';
+import { CodedError } from '../../util/errors.ts';
 
 export const SEEK_END = 2;
 export const SEEK_DATA = 3;
@@ -21,10 +22,10 @@ function lseekNative(): LseekFn {
   return lseekFn;
 }
 
-export class LseekError extends Error {
+export class LseekError extends CodedError {
   readonly errno: number;
   constructor(errno: number, message: string) {
-    super(message);
+    super('LSEEK_FAILED', message, { fix: 'check the device or file system the disk image is on (see errno in the message)' });
     this.errno = errno;
   }
 }

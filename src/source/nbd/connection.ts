@@ -56,11 +56,11 @@ function openSocket(target: NbdTarget, timeoutMs: number, router?: ReadRouter): 
       ? net.createConnection({ path: target.socketPath, ...(onread ? { onread } : {}) } as net.IpcNetConnectOpts)
       : net.createConnection({ host: target.host!, port: target.port, ...(onread ? { onread } : {}) } as net.TcpNetConnectOpts);
     if (router) router.sock = sock;
-    const t = setTimeout(() => { sock.destroy(); reject(new NbdError(`connecting to ${target.display} timed out after ${timeoutMs} ms`, { retryable: true })); }, timeoutMs);
+    const t = setTimeout(() => { sock.destroy(); reject(new NbdError(`connecting to ${target.display} timed out after ${timeoutMs} ms`, { transient: true })); }, timeoutMs);
     sock.once('connect', () => { clearTimeout(t); sock.setNoDelay(true); resolve(sock); });
     sock.once('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(t);
-      reject(new NbdError(`cannot connect to the NBD server at ${target.display}: ${e.code ?? e.message}`, { retryable: true, cause: e }));
+      reject(new NbdError(`cannot connect to the NBD server at ${target.display}: ${e.code ?? e.message}`, { transient: true, cause: e }));
     });
   });
 }

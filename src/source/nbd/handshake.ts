@@ -75,7 +75,7 @@ export async function handshake(raw: net.Socket, target: NbdTarget, settings: Nb
 async function negotiate(raw: net.Socket, reader: HandshakeReader, target: NbdTarget, settings: NbdHandshakeSettings,
   setSock: (s: Duplex) => void): Promise<NbdExportInfo> {
   let sock: Duplex = raw;
-  const fail = (m: string, retryable = false): never => { throw new NbdError(`NBD negotiation with ${target.display}: ${m}`, { retryable }); };
+  const fail = (m: string, transient = false): never => { throw new NbdError(`NBD negotiation with ${target.display}: ${m}`, { transient }); };
   const greet = await reader.read(18).catch((e: Error) => fail(e.message, true));
   if (greet.readBigUInt64BE(0) !== P.NBDMAGIC) fail('not an NBD server (no NBDMAGIC greeting)');
   if (greet.readBigUInt64BE(8) !== P.IHAVEOPT) fail('the server speaks the old-style handshake, which vmlift does not support');
@@ -214,12 +214,12 @@ function startTls(raw: net.Socket, target: NbdTarget, s: NbdTlsSettings): Promis
         const got = t.getPeerCertificate().fingerprint256?.replace(/:/g, '').toUpperCase();
         if (got !== pin) {
           t.destroy();
-          reject(new NbdError(`TLS to ${target.display}: server certificate fingerprint ${got ?? '(none)'} does not match the pinned ${s.fingerprint256}`, { retryable: false }));
+          reject(new NbdError(`TLS to ${target.display}: server certificate fingerprint ${got ?? '(none)'} does not match the pinned ${s.fingerprint256}`, { transient: false }));
           return;
         }
       }
       resolve(t);
     });
-    t.once('error', (e) => reject(new NbdError(`TLS to ${target.display} failed: ${e.message}`, { retryable: false, cause: e })));
+    t.once('error', (e) => reject(new NbdError(`TLS to ${target.display} failed: ${e.message}`, { transient: false, cause: e })));
   });
 }

@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { BlockSource, SourceExtent } from '../types.ts';
 import { UserError } from '../../util/errors.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
-import { SourceReadError, withRetry, type RetryPolicy } from '../retry.ts';
+import { retryingSource, withRetry, type RetryPolicy } from '../retry.ts';
 import { openNbdConnection, type NbdConnectSettings } from './connection.ts';
 import type { NbdExportInfo, NbdTlsSettings } from './handshake.ts';
 import type { NbdConnection } from './transmission.ts';
@@ -24,9 +24,10 @@ export interface NbdSourceOptions extends Omit<NbdConnectSettings, 'tls'> {
   logger?: Logger;
 }
 
-const isTransient = (e: unknown): boolean => e instanceof NbdError && e.retryable;
-
-/** A BlockSource over an NBD export (nbdkit, qemu-nbd, nbd-server, `nbdkit vddk` in front of VMware). */
+/**
+ * A BlockSource over an NBD export (nbdkit, qemu-nbd, nbd-server, `nbdkit vddk` in front of VMware).
+ * `open` returns it under the retry wrapper; its own reads and queries try once and throw NbdError.
+ */
 export class NbdSource extends PositionalReader implements BlockSource {
   readonly transport = 'nbd';
   readonly uri: string;
@@ -37,7 +38,6 @@ export class NbdSource extends PositionalReader implements BlockSource {
   private readonly slots: Array<Promise<NbdConnection>>;
   private readonly settings: NbdConnectSettings;
   private readonly target: NbdTarget;
-  private readonly retry: RetryPolicy;
   private readonly log: Logger;
   private closed = false;
 
@@ -48,7 +48,6 @@ export class NbdSource extends PositionalReader implements BlockSource {
     this.info = first.info;
     this.capacity = first.info.size;
     this.settings = settings;
-    this.retry = opts.retry ?? {};
     this.log = opts.logger ?? silentLogger;
     // Reads are widened to the server's minimum block size, so keep room for that.
     const a = first.info.minBlock;
@@ -65,35 +64,18 @@ export class NbdSource extends PositionalReader implements BlockSource {
   static async open(spec: string | NbdTarget, opts: NbdSourceOptions = {}): Promise<NbdSource> {
     const target = typeof spec === 'string' ? parseNbdUri(spec) : spec;
     const settings: NbdConnectSettings = { ...opts, tls: await tlsSettings(target, opts.tls) };
-    const first = await withRetry(() => openNbdConnection(target, settings), isTransient, opts.retry, opts.logger, `connect to ${target.display}`)
+    const first = await withRetry(() => openNbdConnection(target, settings), opts.retry, opts.logger, `connect to ${target.display}`)
       .catch((e: unknown) => { throw toUserError(target, e); });
     const multi = (first.info.transmissionFlags & P.TFLAG_CAN_MULTI_CONN) !== 0;
     const count = multi ? Math.max(1, opts.connections ?? 4) : 1;
     (opts.logger ?? silentLogger).debug({ uri: target.display, size: first.info.size, connections: count, info: first.info }, 'nbd export opened');
-    return new NbdSource(target, first, count, settings, opts);
+    return retryingSource(new NbdSource(target, first, count, settings, opts), opts.retry, opts.logger);
   }
 
   protected async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
     // Servers with a minimum block size (e.g. qemu-nbd over 4K-sector files) need aligned requests.
-    const a = this.info.minBlock;
-    const start = Math.floor(offset / a) * a;
-    const end = Math.min(this.capacity, Math.ceil((offset + length) / a) * a);
-    const exact = start === offset && end === offset + length;
-    let attempts = 0;
-    try {
-      const buf = await withRetry(async () => {
-        attempts++;
-        const c = await this.pick();
-        return c.read(start, end - start, exact ? target : undefined);
-      }, isTransient, this.retry, this.log, `nbd read at ${offset}`);
-      if (exact) return buf;
-      const part = buf.subarray(offset - start, offset - start + length);
-      if (target) part.copy(target);
-      return part;
-    } catch (e) {
-      throw new SourceReadError(this.uri, offset, length, attempts, e);
-    }
+    return this.readAligned(offset, length, target, this.info.minBlock, async (start, n, into) => (await this.pick()).read(start, n, into));
   }
 
   async *extents(offset = 0, length = this.capacity - offset): AsyncIterable<SourceExtent> {
@@ -108,19 +90,12 @@ export class NbdSource extends PositionalReader implements BlockSource {
     let pos = offset;
     let run: SourceExtent | undefined;
     while (pos < end) {
-      const at = pos;
-      const alignedAt = Math.floor(at / a) * a;
+      const alignedAt = Math.floor(pos / a) * a;
       const reqLen = Math.min(maxReq, Math.ceil(end / a) * a - alignedAt, this.capacity - alignedAt);
-      let attempts = 0;
-      const descs = await withRetry(async () => {
-        attempts++;
-        const c = await this.pick();
-        return c.blockStatus(alignedAt, reqLen);
-      }, isTransient, this.retry, this.log, `nbd block status at ${at}`)
-        .catch((e: unknown) => { throw new SourceReadError(this.uri, at, end - at, attempts, e); });
+      const descs = await (await this.pick()).blockStatus(alignedAt, reqLen);
       let p = alignedAt;
       for (const d of descs) {
-        if (d.length === 0) throw new SourceReadError(this.uri, p, end - p, 1, new NbdError('the server sent a zero-length extent', { retryable: false }));
+        if (d.length === 0) throw new NbdError(`block status at offset ${p}: the server sent a zero-length extent`, { transient: false, offset: p });
         const s = Math.max(p, pos);
         const e = Math.min(p + d.length, end);
         p += d.length;
@@ -150,7 +125,7 @@ export class NbdSource extends PositionalReader implements BlockSource {
 
   /** The live connection with the fewest requests waiting; dead ones are replaced on the way. */
   private async pick(): Promise<NbdConnection> {
-    if (this.closed) throw new NbdError(`${this.uri} is closed`, { retryable: false });
+    if (this.closed) throw new NbdError(`${this.uri} is closed`, { transient: false });
     let best: NbdConnection | undefined;
     for (let i = 0; i < this.slots.length; i++) {
       let c = await this.slots[i]!.catch(() => undefined);
@@ -165,7 +140,7 @@ export class NbdSource extends PositionalReader implements BlockSource {
       }
       if (!best || c.pendingCount < best.pendingCount) best = c;
     }
-    if (!best) throw new NbdError(`no connection to ${this.uri}`, { retryable: true });
+    if (!best) throw new NbdError(`no connection to ${this.uri}`, { transient: true });
     return best;
   }
 }

@@ -84,10 +84,10 @@ export class NbdConnection {
 
   /** base:allocation descriptors from `offset` (at least one, possibly covering less or more than asked). */
   async blockStatus(offset: number, length: number): Promise<BlockStatusDescriptor[]> {
-    if (this.info.allocationContextId === undefined) throw new NbdError('the server did not agree to base:allocation', { retryable: false });
+    if (this.info.allocationContextId === undefined) throw new NbdError('the server did not agree to base:allocation', { transient: false });
     const p = await this.request(P.CMD_BLOCK_STATUS, offset, length, 0);
     if (!p.descriptors || p.descriptors.length === 0) {
-      throw new NbdError(`block status at offset ${offset}: the server sent no extents for base:allocation`, { retryable: false, offset });
+      throw new NbdError(`block status at offset ${offset}: the server sent no extents for base:allocation`, { transient: false, offset });
     }
     return p.descriptors;
   }
@@ -108,7 +108,7 @@ export class NbdConnection {
       h.writeUInt16BE(P.CMD_DISC, 6);
       this.sock.write(h);
       this.sock.end();
-      this.dead = new NbdError('connection closed', { retryable: true });
+      this.dead = new NbdError('connection closed', { transient: true });
     }
     this.stopTimer();
     await new Promise<void>((res) => {
@@ -125,7 +125,7 @@ export class NbdConnection {
 
   private request(cmd: number, offset: number, length: number, flags: number, into?: Buffer): Promise<Pending> {
     if (this.dead) return Promise.reject(this.requestError(this.dead, cmd, offset, length));
-    if (this.closing) return Promise.reject(new NbdError('connection is closing', { retryable: true, offset }));
+    if (this.closing) return Promise.reject(new NbdError('connection is closing', { transient: true, offset }));
     const handle = this.nextHandle;
     this.nextHandle = this.nextHandle >= 0xffffffff ? 1 : this.nextHandle + 1;
     return new Promise<Pending>((resolve, reject) => {
@@ -165,7 +165,7 @@ export class NbdConnection {
 
   private requestError(cause: NbdError, cmd: number, offset: number, length: number): NbdError {
     return new NbdError(`${cmdName(cmd)} of ${length} bytes at offset ${offset} from ${this.target.display}: ${cause.message}`,
-      { retryable: cause.retryable, offset, cause });
+      { transient: cause.transient, offset, cause });
   }
 
   private startTimer(): void {
@@ -186,9 +186,9 @@ export class NbdConnection {
   }
 
   /** The connection can no longer be trusted: fail everything in flight, naming each request. */
-  private fatal(message: string, retryable: boolean, cause?: unknown): void {
+  private fatal(message: string, transient: boolean, cause?: unknown): void {
     if (this.dead) return;
-    const err = new NbdError(message, { retryable, cause });
+    const err = new NbdError(message, { transient, cause });
     this.dead = err;
     this.stopTimer();
     this.sock.destroy();
@@ -197,7 +197,7 @@ export class NbdConnection {
     for (const p of all) {
       const got = p.cmd === P.CMD_READ && p === this.cur
         ? ` in the middle of its reply (${p.filledBytes + (this.fillBuf === p.buf ? this.fillPos - this.fillStart : 0)} of ${p.length} bytes received)` : '';
-      p.reject(this.requestError(new NbdError(message + got, { retryable }), p.cmd, p.offset, p.length));
+      p.reject(this.requestError(new NbdError(message + got, { transient }), p.cmd, p.offset, p.length));
     }
   }
 
@@ -382,9 +382,9 @@ export class NbdConnection {
 
   private serverError(p: Pending, code: number, msg: string): NbdError {
     // EIO, ENOMEM and ESHUTDOWN may pass on a retry; the rest describe the request itself.
-    const retryable = code === 5 || code === 12 || code === 108;
+    const transient = code === 5 || code === 12 || code === 108;
     return new NbdError(`${cmdName(p.cmd)} of ${p.length} bytes at offset ${p.offset} from ${this.target.display}: server replied ${P.errnoText(code)}${msg ? `: ${msg}` : ''}`,
-      { retryable, offset: p.offset });
+      { transient, offset: p.offset });
   }
 
   private finish(p: Pending): void {
@@ -395,7 +395,7 @@ export class NbdConnection {
       if (gap !== undefined) {
         return p.reject(new NbdError(`read of ${p.length} bytes at offset ${p.offset} from ${this.target.display}: ` +
           `short reply from the server: no data for offset ${p.offset + gap} (${p.filledBytes} of ${p.length} bytes received)`,
-        { retryable: false, offset: p.offset + gap }));
+        { transient: false, offset: p.offset + gap }));
       }
     }
     p.resolve(p);

@@ -1,7 +1,7 @@
 import type { BlockSource, SourceExtent } from '../types.ts';
-import { UserError } from '../../util/errors.ts';
+import { CodedError, UserError } from '../../util/errors.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
-import { SourceReadError, withRetry, type RetryPolicy } from '../retry.ts';
+import { retryingSource, type RetryPolicy } from '../retry.ts';
 import { PositionalReader } from '../positional.ts';
 import {
   ConnectParamsType, decodeBlockList, errorText, koffi, loadVixDiskLib, MAX_CHUNK_NUMBER, MIN_CHUNK_SECTORS, SECTOR,
@@ -45,14 +45,15 @@ export interface VddkSourceOptions {
   logger?: Logger;
 }
 
-export class VddkError extends Error {
+/** A failed VixDiskLib call on an open disk; transient when the handle was only busy. */
+export class VddkError extends CodedError {
   readonly vixCode: number;
-  readonly retryable: boolean;
   constructor(call: string, code: number, text: string) {
-    super(`${call} failed: ${text} (VIX error ${code})`);
-    this.name = 'VddkError';
+    super('VDDK_ERROR', `${call} failed: ${text} (VIX error ${code})`, {
+      transient: code === VIX_E_OBJECT_IS_BUSY,
+      fix: 'check the ESXi host of the disk, the network path to it (NFC port 902) and the VDDK lines of the log',
+    });
     this.vixCode = code;
-    this.retryable = code === VIX_E_OBJECT_IS_BUSY;
   }
 }
 
@@ -126,7 +127,10 @@ async function acquireHost(host: string, limit: number): Promise<() => void> {
 
 interface Req { startSector: number; sectors: number; native: unknown; into: Buffer | undefined; resolve: (b: Buffer) => void; reject: (e: Error) => void }
 
-/** A BlockSource over libvixDiskLib: a disk of a VM (at a snapshot) through vCenter/ESXi, or a local VMDK. */
+/**
+ * A BlockSource over libvixDiskLib: a disk of a VM (at a snapshot) through vCenter/ESXi, or a local VMDK.
+ * `open` returns it under the retry wrapper; its own reads and queries try once and throw VddkError.
+ */
 export class VddkSource extends PositionalReader implements BlockSource {
   readonly transport = 'vddk';
   readonly uri: string;
@@ -140,7 +144,6 @@ export class VddkSource extends PositionalReader implements BlockSource {
   private handle: unknown;
   private readonly release: () => void;
   private readonly mode: 'async' | 'sync';
-  private readonly retry: RetryPolicy;
   private readonly log: Logger;
   private queue: Req[] = [];
   private pump: Promise<void> | undefined;
@@ -161,7 +164,6 @@ export class VddkSource extends PositionalReader implements BlockSource {
     this.maxReadSize = Math.max(SECTOR, Math.floor(max / SECTOR) * SECTOR);
     this.mode = opts.mode ?? 'async';
     this.maxInFlight = this.mode === 'sync' ? 1 : Math.max(1, opts.maxInFlight ?? 8);
-    this.retry = opts.retry ?? {};
     this.log = opts.logger ?? silentLogger;
   }
 
@@ -190,7 +192,7 @@ export class VddkSource extends PositionalReader implements BlockSource {
       lib.FreeInfo(ip[0]);
       const src = new VddkSource(lib, conn, h[0], Number(info.capacity) * SECTOR, release, uri, opts);
       log.info({ uri, transport: src.transportMode, capacity: src.capacity, adapterType: info.adapterType }, 'vddk disk opened');
-      return src;
+      return retryingSource(src, opts.retry, log);
     } catch (e) {
       if (conn) lib.Disconnect(conn);
       release();
@@ -200,23 +202,8 @@ export class VddkSource extends PositionalReader implements BlockSource {
 
   protected async readAt(offset: number, length: number, target: Buffer | undefined): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
-    const s = Math.floor(offset / SECTOR);
-    const e = Math.ceil((offset + length) / SECTOR);
-    const skip = offset - s * SECTOR;
-    const exact = skip === 0 && (e - s) * SECTOR === length ? target : undefined;
-    let attempts = 0;
-    try {
-      const buf = await withRetry(() => {
-        attempts++;
-        return this.mode === 'sync' ? this.readSync(s, e - s, exact) : this.readAsync(s, e - s, exact);
-      }, (x) => x instanceof VddkError && x.retryable, this.retry, this.log, `vddk read at ${offset}`);
-      if (exact || (skip === 0 && buf.length === length)) return buf;
-      const part = buf.subarray(skip, skip + length);
-      if (target) part.copy(target);
-      return part;
-    } catch (err) {
-      throw new SourceReadError(this.uri, offset, length, attempts, err);
-    }
+    return this.readAligned(offset, length, target, SECTOR, (start, n, into) =>
+      this.mode === 'sync' ? this.readSync(start / SECTOR, n / SECTOR, into) : this.readAsync(start / SECTOR, n / SECTOR, into));
   }
 
   /** Allocated areas from VixDiskLib_QueryAllocatedBlocks (VDDK >= 6.7); all data when the library lacks it. */
@@ -252,9 +239,7 @@ export class VddkSource extends PositionalReader implements BlockSource {
         yield { offset, length, data: true };
         return;
       }
-      if (err !== VIX_OK) {
-        throw new SourceReadError(this.uri, pos, wEnd - pos, 1, new VddkError('VixDiskLib_QueryAllocatedBlocks', err, errorText(this.lib, err)));
-      }
+      if (err !== VIX_OK) throw new VddkError('VixDiskLib_QueryAllocatedBlocks', err, errorText(this.lib, err));
       const blocks = decodeBlockList(out[0]);
       free(out[0]);
       let at = pos;
