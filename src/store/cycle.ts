@@ -59,15 +59,17 @@ export interface CycleEnv {
   onClose: (w: Cycle) => void;
 }
 
+const DISKS_FIX = 'number the disks 0..n-1 and give their sizes in bytes';
+
 export function validateDisks(disks: unknown): DiskSpec[] {
-  if (!Array.isArray(disks) || disks.length === 0) throw new StoreError('BAD_DISK', 'a cycle needs at least one disk');
+  if (!Array.isArray(disks) || disks.length === 0) throw new StoreError('BAD_DISK', 'a cycle needs at least one disk', { fix: DISKS_FIX });
   const seen = new Set<number>();
   for (const d of disks as DiskSpec[]) {
     if (!Number.isSafeInteger(d?.disk) || d.disk < 0 || d.disk >= disks.length || seen.has(d.disk)) {
-      throw new StoreError('BAD_DISK', `disk numbers must be 0..${disks.length - 1}, each once (got ${JSON.stringify(d?.disk)})`);
+      throw new StoreError('BAD_DISK', `disk numbers must be 0..${disks.length - 1}, each once (got ${JSON.stringify(d?.disk)})`, { fix: DISKS_FIX });
     }
     if (!Number.isSafeInteger(d.capacity) || d.capacity <= 0 || d.capacity % 512 !== 0) {
-      throw new StoreError('BAD_DISK', `disk ${d.disk}: capacity must be a positive multiple of 512 bytes (got ${JSON.stringify(d.capacity)})`);
+      throw new StoreError('BAD_DISK', `disk ${d.disk}: capacity must be a positive multiple of 512 bytes (got ${JSON.stringify(d.capacity)})`, { fix: DISKS_FIX });
     }
     seen.add(d.disk);
   }
@@ -152,10 +154,11 @@ export class Cycle implements CycleWriter {
       const same = rec.disks.length === disks.length && rec.disks.every((d, i) => d.disk === disks[i]!.disk && d.capacity === disks[i]!.capacity);
       if (!same) {
         throw new StoreError('CYCLE_MISMATCH', `cycle ${cid} of source ${src} is open with disks ${JSON.stringify(rec.disks.map((d) => [d.disk, d.capacity]))}; `
-          + `resume it with the same disks or abort it`);
+          + `resume it with the same disks or abort it`, { fix: 'resume the cycle with the disks it was begun with, or abort it' });
       }
       if (opts.baseImageId !== undefined && opts.baseImageId !== rec.baseImageId) {
-        throw new StoreError('CYCLE_MISMATCH', `cycle ${cid} of source ${src} is open on base image ${rec.baseImageId ?? 'none'}, not ${opts.baseImageId ?? 'none'}`);
+        throw new StoreError('CYCLE_MISMATCH', `cycle ${cid} of source ${src} is open on base image ${rec.baseImageId ?? 'none'}, not ${opts.baseImageId ?? 'none'}`,
+          { fix: 'resume the cycle on the base image it was begun on, or abort it' });
       }
       await claimOwner(dir, src, cid);
     } else {
@@ -193,11 +196,15 @@ export class Cycle implements CycleWriter {
 
   async writeExtent(disk: number, offset: number, length: number, data: Uint8Array | null, opts?: WriteExtentOptions): Promise<void> {
     // Everything up to the chain registration runs synchronously, so overlapping calls queue in call order.
-    if (this.status !== 'open') throw new StoreError('CYCLE_CLOSED', `cycle ${this.cycleId} of source ${this.sourceId} is ${this.status === 'closing' ? 'being committed or aborted' : 'closed'}`);
+    if (this.status !== 'open') {
+      throw new StoreError('CYCLE_CLOSED', `cycle ${this.cycleId} of source ${this.sourceId} is ${this.status === 'closing' ? 'being committed or aborted' : 'closed'}`,
+        { fix: 'begin (or resume) the cycle again', transient: true });
+    }
     const ds = this.state.get(disk);
     if (!ds) throw new StoreError('BAD_DISK', `source ${this.sourceId} cycle ${this.cycleId} has no disk ${disk} (disks: ${[...this.state.keys()].join(', ')})`);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > ds.spec.capacity) {
-      throw new StoreError('OUT_OF_RANGE', `extent offset ${offset} length ${length} is outside disk ${disk} (capacity ${ds.spec.capacity} bytes)`);
+      throw new StoreError('OUT_OF_RANGE', `extent offset ${offset} length ${length} is outside disk ${disk} (capacity ${ds.spec.capacity} bytes)`,
+        { fix: 'begin the cycle with the disk\'s current capacity' });
     }
     if (data !== null && data.length !== length) {
       throw new StoreError('BAD_LENGTH', `extent at offset ${offset} of disk ${disk} says length ${length} but carries ${data.length} bytes`);
@@ -426,7 +433,8 @@ export class Cycle implements CycleWriter {
       const gap = firstUncovered(exp.ranges, ds.held);
       if (gap) {
         throw new StoreError('MISSING_EXTENTS', `cycle ${this.cycleId} of source ${this.sourceId}: disk ${exp.disk} is missing bytes `
-          + `${gap.offset}-${gap.offset + gap.length - 1} (${gap.length} bytes at offset ${gap.offset}) that the sender claims to have sent`);
+          + `${gap.offset}-${gap.offset + gap.length - 1} (${gap.length} bytes at offset ${gap.offset}) that the sender claims to have sent`,
+        { fix: 'resume the cycle and send the missing extents, then commit again' });
       }
     }
   }
@@ -506,7 +514,7 @@ export class Cycle implements CycleWriter {
   }
 
   private assertOpen(): void {
-    if (this.status !== 'open') throw new StoreError('CYCLE_CLOSED', `cycle ${this.cycleId} of source ${this.sourceId} is no longer open`);
+    if (this.status !== 'open') throw new StoreError('CYCLE_CLOSED', `cycle ${this.cycleId} of source ${this.sourceId} is no longer open`, { fix: 'begin (or resume) the cycle again', transient: true });
   }
 
   private async closeHandles(): Promise<void> {
@@ -542,7 +550,8 @@ async function claimOwner(dir: string, src: string, cid: string): Promise<void> 
   const ownerPath = join(dir, 'owner');
   const pid = Number((await readFile(ownerPath, 'utf8').catch(() => '')).trim());
   if (pid && pid !== process.pid && pidAlive(pid)) {
-    throw new StoreError('CYCLE_BUSY', `cycle ${cid} of source ${src} is being written by process ${pid}`);
+    throw new StoreError('CYCLE_BUSY', `cycle ${cid} of source ${src} is being written by process ${pid}`,
+      { fix: `wait for process ${pid} to end: one receiver at a time may serve a data folder`, transient: true });
   }
   await writeFile(ownerPath, String(process.pid));
 }

@@ -6,6 +6,7 @@
  * next image by applying extents onto the previous image copy-on-write; nothing of a cycle is
  * visible as an image until `commit` returns.
  */
+import { CodedError } from '../util/errors.ts';
 
 export interface DiskSpec {
   /** Disk number within the source, 0-based. */
@@ -139,11 +140,5 @@ export interface ImageStore {
   close(): Promise<void>;
 }
 
-export class StoreError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'StoreError';
-    this.code = code;
-  }
-}
+/** A refusal or failure of the image store (NOT_FOUND, PINNED, MISSING_EXTENTS, ...). */
+export class StoreError extends CodedError {}
