@@ -30,7 +30,11 @@ export interface JobSettings {
 
 export interface JobError {
   step: string;
+  /** The error's code (absent in records written before codes were kept). */
+  code?: string;
   message: string;
+  /** What the user can do about it, when known. */
+  fix?: string;
   at: string;
   /** Consecutive failed attempts. */
   attempts: number;
