@@ -14,8 +14,7 @@ import { SourceReadError } from '../source/retry.ts';
 import type { DiskSpec, ImageInfo } from '../model/images.ts';
 import { silentLogger } from '../util/log.ts';
 import { writeFileAtomic } from '../util/fsync.ts';
-import { UserError, errorMessage, isUserError } from '../util/errors.ts';
-import { FATAL_CODES } from '../transfer/protocol.ts';
+import { UserError, errorMessage, isTransient } from '../util/errors.ts';
 import { BLOCK_SIZE, DIGEST_SIZE, ManifestReader, ManifestWriter, blockCount } from './manifest.ts';
 import { scanDisk, type ScanResult } from './scan.ts';
 import type { AgentSender, AgentSession, SessionStats } from './ports.ts';
@@ -70,20 +69,6 @@ export interface CycleReport {
   durationMs: number;
 }
 
-const NET_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'ECONNABORTED', 'ERR_SOCKET_CLOSED', 'ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED']);
-
-/** Whether reconnecting and resuming could help. */
-export function isTransient(e: unknown): boolean {
-  if (e instanceof SourceReadError) return false;
-  if ((e as { transient?: unknown })?.transient === true) return true;
-  const code = (e as { code?: unknown })?.code;
-  if (typeof code === 'string' && FATAL_CODES.has(code)) return false;
-  if (typeof code === 'string' && NET_CODES.has(code)) return true;
-  const causeCode = ((e as { cause?: { code?: unknown } })?.cause)?.code;
-  if (typeof causeCode === 'string' && NET_CODES.has(causeCode)) return true;
-  if (isUserError(e)) return /UNREACHABLE|CONNECTION|DISCONNECT|TIMEOUT|UNAVAILABLE|CLOSED|LOST|BUSY/i.test(e.code);
-  return !(e instanceof TypeError || e instanceof RangeError || e instanceof SyntaxError);
-}
 
 /** The default source id: the host name made into a valid id. */
 export function defaultSourceId(): string {
@@ -121,8 +106,9 @@ export async function runDeviceCycle(o: CycleOptions): Promise<CycleReport> {
     } catch (e) {
       if (session) addStats(totals, before, safeStats(session));
       if (o.signal?.aborted) throw e;
-      if (!isTransient(e) || Date.now() + delay > deadline) throw e;
-      log.warn({ err: errorMessage(e), code: (e as { code?: string }).code, retryInMs: delay }, 'cycle interrupted; reconnecting to resume it');
+      // reconnecting cannot help a device that fails to read
+      if (e instanceof SourceReadError || !isTransient(e) || Date.now() + delay > deadline) throw e;
+      log.warn({ err: errorMessage(e), errCode: (e as { code?: string }).code, retryInMs: delay }, 'cycle interrupted; reconnecting to resume it');
       await sleep(delay, o.signal);
       delay = Math.min(delay * 2, 5000);
     } finally {

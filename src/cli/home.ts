@@ -1,7 +1,7 @@
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { readFile } from 'node:fs/promises';
-import { UserError } from '../util/errors.ts';
+import { UserError, type ErrorReport } from '../util/errors.ts';
 
 /** The connector's home: state.db, config.json, api.json (port), api-token, logs/. */
 export function connectorHome(opt?: string): string {
@@ -35,10 +35,10 @@ export async function callApi<T = unknown>(home: string, method: string, path: s
     throw new UserError('NO_CONNECTOR', `cannot reach the connector at ${ep.url}: ${(e as Error).message}`,
       `start it with \`vmlift connector serve --home ${home}\``, { cause: e });
   }
-  const json = (await res.json().catch(() => ({}))) as { error?: { code: string; message: string; fix?: string } };
+  const json = (await res.json().catch(() => ({}))) as { error?: ErrorReport };
   if (!res.ok) {
     const err = json.error ?? { code: 'HTTP', message: `connector answered HTTP ${res.status}` };
-    throw new UserError(err.code, err.message, err.fix);
+    throw new UserError(err.code, err.message, err.fix, { transient: err.transient === true });
   }
   return json as T;
 }

@@ -1,6 +1,6 @@
 import { Command, CommanderError } from 'commander';
-import { isUserError, errorMessage } from '../util/errors.ts';
 import { registerCommands } from './commands/index.ts';
+import { printError } from './output.ts';
 
 const program = new Command();
 program
@@ -14,14 +14,5 @@ try {
   await registerCommands(program, process.argv.slice(2));
   await program.parseAsync(process.argv);
 } catch (e) {
-  if (e instanceof CommanderError) {
-    process.exitCode = e.exitCode;
-  } else if (isUserError(e)) {
-    process.stderr.write(`vmlift: error: ${e.message}\n${e.fix ? `  fix: ${e.fix}\n` : ''}`);
-    process.exitCode = e.exitCode;
-  } else {
-    process.stderr.write(`vmlift: unexpected error: ${errorMessage(e)}\n`);
-    if (process.env.VMLIFT_DEBUG) process.stderr.write(`${(e as Error)?.stack ?? ''}\n`);
-    process.exitCode = 2;
-  }
+  process.exitCode = e instanceof CommanderError ? e.exitCode : printError(e, process.argv.includes('--json'));
 }

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
-import { UserError, isUserError, errorMessage } from '../util/errors.ts';
+import { CodedError, UserError, isUserError, errorMessage, errorReport } from '../util/errors.ts';
 import { StateError, type JobSettings } from '../state/types.ts';
 import { parseSettings, resolveSettings, type SettingsInput } from './settings.ts';
 import type { JobEngine } from './jobs.ts';
@@ -127,11 +127,11 @@ export class ConnectorApi {
       }
       send(404, { error: { code: 'NOT_FOUND', message: `no such API route: ${req.method} ${path}` } });
     } catch (e) {
-      if (isUserError(e)) send(e.code.startsWith('NO_') ? 404 : 409, { error: { code: e.code, message: e.message, fix: e.fix } });
-      else if (e instanceof StateError) send(409, { error: { code: e.code, message: e.message } });
+      if (isUserError(e)) send(e.code.startsWith('NO_') ? 404 : 409, { error: errorReport(e) });
+      else if (e instanceof StateError) send(409, { error: errorReport(e) });
       else {
         this.o.logger.error({ path, err: errorMessage(e) }, 'connector API error');
-        send(500, { error: { code: 'INTERNAL', message: errorMessage(e) } });
+        send(500, { error: e instanceof CodedError ? errorReport(e) : { code: 'INTERNAL', message: errorMessage(e) } });
       }
     }
   }

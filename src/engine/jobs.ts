@@ -1,11 +1,10 @@
 import type { Logger } from 'pino';
-import { UserError, errorMessage } from '../util/errors.ts';
+import { UserError, errorMessage, errorReport, isTransient } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
-import type { JobRecord, JobSettings, JobState, StateStore } from '../state/types.ts';
+import type { JobError, JobRecord, JobSettings, JobState, StateStore } from '../state/types.ts';
 import type { DiskOpener, ReceiverPort, VCenterPort } from './ports.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { CycleError, runVmCycle, SNAPSHOT_PREFIX, type CycleResult, type DiskProgress } from './vm-cycle.ts';
-import { isTransient } from './transient.ts';
 import { crashPoint } from '../util/crash.ts';
 
 export interface JobPorts {
@@ -255,17 +254,18 @@ export class JobEngine {
         }
         const step = e instanceof CycleError ? e.step : 'connect';
         const transient = isTransient(e);
-        log.warn({ cycleId: cycle.id, step, attempt, transient, err: errorMessage(e) }, 'cycle attempt failed');
-        this.o.events?.cycleFailed?.({ jobId: job.id, step, transient, message: errorMessage(e) });
+        const error = jobError(step, e, this.now(), attempt);
+        log.warn({ cycleId: cycle.id, step, attempt, transient, errCode: error.code, err: error.message }, 'cycle attempt failed');
+        this.o.events?.cycleFailed?.({ jobId: job.id, step, transient, message: error.message });
         if (transient && attempt < this.retry.attempts) {
-          this.o.state.updateJob(job.id, { error: { step, message: errorMessage(e), at: this.now().toISOString(), attempts: attempt } });
+          this.o.state.updateJob(job.id, { error });
           const delay = Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 1));
           await sleep(delay, run.controller.signal).catch(() => undefined);
           if (run.controller.signal.aborted) return;
           continue;
         }
-        this.o.state.failCycle(cycle.id, errorMessage(e));
-        this.o.state.updateJob(job.id, { state: 'error', resumeState: null, error: { step, message: errorMessage(e), at: this.now().toISOString(), attempts: attempt } });
+        this.o.state.failCycle(cycle.id, error.message);
+        this.o.state.updateJob(job.id, { state: 'error', resumeState: null, error });
         return;
       }
     }
@@ -322,6 +322,12 @@ export class JobEngine {
       await ports.close().catch(() => undefined);
     }
   }
+}
+
+/** What the job records of a failed attempt: the step, and the error's code, message and fix. */
+function jobError(step: string, e: unknown, at: Date, attempts: number): JobError {
+  const { code, message, fix } = errorReport(e);
+  return { step, code, message, ...(fix !== undefined ? { fix } : {}), at: at.toISOString(), attempts };
 }
 
 function recoveredResult(image: ImageInfo): CycleResult {

@@ -8,6 +8,7 @@ import { planDiskSync, type SyncPlan } from './sync-plan.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
 import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
 import type { JobSettings } from '../state/types.ts';
+import { CodedError, errorReport, isTransient } from '../util/errors.ts';
 
 export const SNAPSHOT_PREFIX = 'vmlift-';
 /**
@@ -73,12 +74,12 @@ export interface CycleResult {
   durationMs: number;
 }
 
-/** An error in a named step of the cycle: the job shows it as its failing step. */
-export class CycleError extends Error {
+/** An error in a named step of the cycle: the job shows it as its failing step, with its cause's code and fix. */
+export class CycleError extends CodedError {
   readonly step: CycleStep;
   constructor(step: CycleStep, cause: unknown) {
-    super(`${step}: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
-    this.name = 'CycleError';
+    const why = errorReport(cause);
+    super(why.code, `${step}: ${why.message}`, { fix: why.fix, transient: isTransient(cause), cause });
     this.step = step;
   }
 }

@@ -15,10 +15,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createHash } from 'node:crypto';
 import type { Logger } from '../util/log.ts';
-import { errorMessage } from '../util/errors.ts';
+import { errorMessage, errorReport } from '../util/errors.ts';
 import { assertId, isValidId } from '../util/ids.ts';
 import type { ImageStore } from '../store/types.ts';
-import { DIGEST_BLOCK_SIZES, HDR_SOURCE } from '../transfer/protocol.ts';
+import { DIGEST_BLOCK_SIZES, HDR_SOURCE, SAME_VERSION_FIX } from '../transfer/protocol.ts';
 import { authenticate, registerSource } from './identity.ts';
 import { Refusal, refusalFrom, type OpenCycles } from './open-cycles.ts';
 
@@ -31,7 +31,7 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   let n = 0;
   for await (const c of req) {
     n += (c as Buffer).length;
-    if (n > MAX_BODY) throw new Refusal(413, 'BAD_REQUEST', `request body exceeds ${MAX_BODY} bytes`);
+    if (n > MAX_BODY) throw new Refusal(413, 'BAD_REQUEST', `request body exceeds ${MAX_BODY} bytes`, SAME_VERSION_FIX);
     chunks.push(c as Buffer);
   }
   if (n === 0) return {};
@@ -39,7 +39,7 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
     const v = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
     if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
   } catch { /* below */ }
-  throw new Refusal(400, 'BAD_REQUEST', 'request body is not a JSON object');
+  throw new Refusal(400, 'BAD_REQUEST', 'request body is not a JSON object', SAME_VERSION_FIX);
 }
 
 function send(res: ServerResponse, status: number, body: unknown): void {
@@ -57,7 +57,7 @@ export function controlHandler(ctx: ControlContext): (req: IncomingMessage, res:
       const r = refusalFrom(e);
       if (r) {
         ctx.log.warn({ route, sourceId, status: r.status, errCode: r.code, reason: r.message }, 'control request refused');
-        if (!res.headersSent) send(res, r.status, { error: { code: r.code, message: r.message, fix: r.fix } });
+        if (!res.headersSent) send(res, r.status, { error: errorReport(r) });
         else res.destroy();
       } else {
         ctx.log.error({ route, sourceId, err: errorMessage(e) }, 'control request failed');
@@ -70,7 +70,7 @@ export function controlHandler(ctx: ControlContext): (req: IncomingMessage, res:
 
 async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResponse, url: URL, setSource: (s: string) => void): Promise<void> {
   const parts = url.pathname.split('/').filter(Boolean);
-  if (parts[0] !== 'v1') throw new Refusal(404, 'NOT_FOUND', `no route ${url.pathname}`);
+  if (parts[0] !== 'v1') throw new Refusal(404, 'NOT_FOUND', `no route ${url.pathname}`, SAME_VERSION_FIX);
   const m = req.method;
 
   if (m === 'POST' && parts[1] === 'register' && parts.length === 2) {
@@ -108,7 +108,7 @@ async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResp
     await ctx.store.removeImage(sourceId, imageId).catch((e: unknown) => {
       const code = (e as { code?: string }).code;
       if (code === 'NOT_FOUND') throw new Refusal(404, 'NOT_FOUND', `source ${sourceId} has no image ${imageId}`, 'list the images with `vmlift image ls`');
-      if (code === 'PINNED' || code === 'BUSY') throw new Refusal(409, code, errorMessage(e), 'retry once the export or verify has finished');
+      if (code === 'PINNED' || code === 'BUSY') throw new Refusal(409, code, errorMessage(e), 'retry once the export or verify has finished', { transient: true });
       throw e;
     });
     await ctx.store.gc();
@@ -125,7 +125,7 @@ async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResp
     if (m === 'POST' && parts[3] === 'commit' && parts.length === 4) return send(res, 200, await ctx.cycles.commit(sourceId, cycleId, await readJson(req)));
     if (m === 'POST' && parts[3] === 'abort' && parts.length === 4) { await ctx.cycles.abort(sourceId, cycleId, await readJson(req)); return send(res, 200, {}); }
   }
-  throw new Refusal(404, 'NOT_FOUND', `no route ${m} ${url.pathname}`);
+  throw new Refusal(404, 'NOT_FOUND', `no route ${m} ${url.pathname}`, SAME_VERSION_FIX);
 }
 
 async function listImages(store: ImageStore, sourceId: string) {

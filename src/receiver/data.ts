@@ -10,13 +10,13 @@
  */
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../util/log.ts';
-import { errorMessage } from '../util/errors.ts';
+import { errorMessage, errorReport } from '../util/errors.ts';
 import { isValidId } from '../util/ids.ts';
 import { readIntoBuffer } from '../util/socket-read-buffer.ts';
 import { StoreError } from '../store/types.ts';
 import {
-  CODEC, EXTENT_HEADER, FRAME, FrameAssembler, MAX_DATA_EXTENT, MAX_ZERO_EXTENT, ProtocolError, decodeExtentHeader,
-  encodeJsonFrame, parseJsonBody,
+  CODEC, EXTENT_HEADER, FRAME, FrameAssembler, MAX_DATA_EXTENT, MAX_ZERO_EXTENT, ProtocolError, SAME_VERSION_FIX, decodeExtentHeader,
+  encodeJsonFrame, parseJsonBody, type WireError,
 } from '../transfer/protocol.ts';
 import type { CodecPool } from '../transfer/codec-pool.ts';
 import { authenticate } from './identity.ts';
@@ -91,7 +91,7 @@ export class DataConnection implements CycleFeed {
   constructor(private readonly s: TLSSocket, private readonly ctx: DataContext) {
     this.log = ctx.log.child({ peer: `${s.remoteAddress}:${s.remotePort}` });
     this.drained = new Promise((r) => { this.resolveDrained = r; });
-    const helloTimer = setTimeout(() => { if (!this.helloSeen) this.refuse('BAD_FRAME', 'no HELLO within 15 s'); }, HELLO_TIMEOUT_MS);
+    const helloTimer = setTimeout(() => { if (!this.helloSeen) this.refuse({ code: 'BAD_FRAME', message: 'no HELLO within 15 s', fix: SAME_VERSION_FIX }); }, HELLO_TIMEOUT_MS);
     // reads land in one reused buffer and are copied straight into their frames (no ArrayBuffer per TLS record)
     if (!readIntoBuffer(s, READ_BUFFER, (b) => this.onData(b))) s.on('data', (chunk: Buffer) => this.onData(chunk));
     s.on('error', (e) => this.log.debug({ err: e.message }, 'data socket error'));
@@ -108,43 +108,43 @@ export class DataConnection implements CycleFeed {
         this.onFrame(f.type, f.body, f.owned);
       }
     } catch (e) {
-      if (e instanceof ProtocolError) this.refuse(e.code, e.message);
-      else this.refuse('INTERNAL', errorMessage(e));
+      if (e instanceof ProtocolError) this.refuse(errorReport(e));
+      else this.refuse(internal(errorMessage(e)));
     }
   }
 
   private onFrame(type: number, body: Buffer, owned: boolean): void {
     if (!this.helloSeen) {
-      if (type !== FRAME.HELLO) throw new ProtocolError('BAD_FRAME', 'the first frame must be HELLO');
+      if (type !== FRAME.HELLO) throw new ProtocolError('BAD_FRAME', 'the first frame must be HELLO', { fix: SAME_VERSION_FIX });
       this.helloSeen = true;
       this.inHello = true;
       this.s.pause();
-      void this.hello(parseJsonBody(body)).catch((e) => this.refuse('INTERNAL', errorMessage(e))).finally(() => {
+      void this.hello(parseJsonBody(body)).catch((e) => this.refuse(internal(errorMessage(e)))).finally(() => {
         this.inHello = false;
         if (this.oc && !this.closed) { this.s.resume(); this.onData(Buffer.alloc(0)); }
       });
       return;
     }
-    if (!this.oc) throw new ProtocolError('BAD_FRAME', 'frame before READY');
+    if (!this.oc) throw new ProtocolError('BAD_FRAME', 'frame before READY', { fix: SAME_VERSION_FIX });
     if (type === FRAME.EXTENT) this.onExtent(body, owned);
     else if (type === FRAME.SYNC) { this.queue.push({ kind: 'sync', token: parseJsonBody(body).token }); this.kick(); }
-    else throw new ProtocolError('BAD_FRAME', `unexpected frame type ${type}`);
+    else throw new ProtocolError('BAD_FRAME', `unexpected frame type ${type}`, { fix: SAME_VERSION_FIX });
   }
 
   private async hello(msg: Record<string, unknown>): Promise<void> {
     const { sourceId, cycleId, streamId } = msg;
     if (!isValidId(sourceId) || !isValidId(cycleId)) {
-      return this.refuse('BAD_ID', `invalid source or cycle id ${JSON.stringify(String(sourceId)).slice(0, 80)}/${JSON.stringify(String(cycleId)).slice(0, 80)}: only a-z, 0-9 and '-' are allowed`);
+      return this.refuse({ code: 'BAD_ID', message: `invalid source or cycle id ${JSON.stringify(String(sourceId)).slice(0, 80)}/${JSON.stringify(String(cycleId)).slice(0, 80)}: only a-z, 0-9 and '-' are allowed` });
     }
     this.sourceId = sourceId;
     this.log = this.log.child({ sourceId, cycleId });
     if (!(await authenticate(this.ctx.dataDir, sourceId, msg.credential))) {
-      return this.refuse('AUTH', `missing or wrong credential for source ${sourceId}`);
+      return this.refuse({ code: 'AUTH', message: `missing or wrong credential for source ${sourceId}`, fix: 'pass the credential file written when this source registered' });
     }
-    if (typeof streamId !== 'string' || !/^[0-9a-f]{1,64}$/.test(streamId)) return this.refuse('BAD_FRAME', 'HELLO lacks a valid streamId');
+    if (typeof streamId !== 'string' || !/^[0-9a-f]{1,64}$/.test(streamId)) return this.refuse({ code: 'BAD_FRAME', message: 'HELLO lacks a valid streamId', fix: SAME_VERSION_FIX });
     const oc = this.ctx.cycles.get(sourceId, cycleId);
-    if (!oc) return this.refuse('CYCLE_NOT_OPEN', `cycle ${cycleId} of source ${sourceId} is not open; begin it on the control port first`);
-    if (oc.committing) return this.refuse('CYCLE_BUSY', `cycle ${cycleId} is being committed`);
+    if (!oc) return this.refuse({ code: 'CYCLE_NOT_OPEN', message: `cycle ${cycleId} of source ${sourceId} is not open; begin it on the control port first`, fix: 'begin (or resume) the cycle first' });
+    if (oc.committing) return this.refuse({ code: 'CYCLE_BUSY', message: `cycle ${cycleId} is being committed`, fix: 'wait for the commit to end', transient: true });
     if (oc.feed && oc.feed !== this) await oc.feed.detach();
     if (this.closed) return;
     oc.feed = this;
@@ -158,7 +158,7 @@ export class DataConnection implements CycleFeed {
   }
 
   private onExtent(body: Buffer, owned: boolean): void {
-    if (body.length < EXTENT_HEADER) throw new ProtocolError('BAD_LENGTH', `extent frame of ${body.length} bytes is shorter than its header`);
+    if (body.length < EXTENT_HEADER) throw new ProtocolError('BAD_LENGTH', `extent frame of ${body.length} bytes is shorter than its header`, { fix: SAME_VERSION_FIX });
     const h = decodeExtentHeader(body);
     const payload = body.subarray(EXTENT_HEADER);
     const cost = body.length;
@@ -170,17 +170,17 @@ export class DataConnection implements CycleFeed {
     }
     let data: Promise<Buffer | null>;
     if (h.codec === CODEC.ZERO) {
-      if (payload.length !== 0 || h.length > MAX_ZERO_EXTENT) throw new ProtocolError('BAD_LENGTH', `zero marker with ${payload.length} payload bytes or length ${h.length}`);
+      if (payload.length !== 0 || h.length > MAX_ZERO_EXTENT) throw new ProtocolError('BAD_LENGTH', `zero marker with ${payload.length} payload bytes or length ${h.length}`, { fix: SAME_VERSION_FIX });
       data = Promise.resolve(null);
     } else if (h.codec === CODEC.RAW || h.codec === CODEC.ZSTD) {
-      if (h.length > MAX_DATA_EXTENT) throw new ProtocolError('BAD_LENGTH', `extent length ${h.length} exceeds ${MAX_DATA_EXTENT}`);
+      if (h.length > MAX_DATA_EXTENT) throw new ProtocolError('BAD_LENGTH', `extent length ${h.length} exceeds ${MAX_DATA_EXTENT}`, { fix: SAME_VERSION_FIX });
       if (h.codec === CODEC.RAW && payload.length !== h.length) {
-        throw new ProtocolError('BAD_LENGTH', `raw extent says ${h.length} bytes but carries ${payload.length}`);
+        throw new ProtocolError('BAD_LENGTH', `raw extent says ${h.length} bytes but carries ${payload.length}`, { fix: SAME_VERSION_FIX });
       }
       data = this.ctx.pool.unpack(h.codec, payload, h.length, digest, owned);
       data.catch(() => undefined);
     } else {
-      throw new ProtocolError('BAD_CODEC', `unknown codec ${h.codec}`);
+      throw new ProtocolError('BAD_CODEC', `unknown codec ${h.codec}`, { fix: SAME_VERSION_FIX });
     }
     this.queue.push({ kind: 'extent', seq: h.seq, disk: h.disk, offset: h.offset, length: h.length, data, digest, cost });
     this.pending += cost;
@@ -232,14 +232,13 @@ export class DataConnection implements CycleFeed {
           // written; only the ACK waits for it. At most one flush interval runs ahead of durability.
           await this.lastFlush;
           this.lastFlush = this.flush();
-          this.lastFlush.catch((e) => this.refuse(e instanceof StoreError ? e.code : 'INTERNAL', `flush failed: ${errorMessage(e)}`));
+          this.lastFlush.catch((e) => this.refuse(e instanceof StoreError ? { ...errorReport(e), message: `flush failed: ${e.message}` } : internal(`flush failed: ${errorMessage(e)}`)));
         } else this.armFlushTimer();
       }
     } catch (e) {
       if (!(e instanceof ProtocolError)) this.writeFailed = true;
-      if (e instanceof ProtocolError) this.refuse(e.code, e.message);
-      else if (e instanceof StoreError) this.refuse(e.code, e.message);
-      else this.refuse('INTERNAL', errorMessage(e));
+      if (e instanceof ProtocolError || e instanceof StoreError) this.refuse(errorReport(e));
+      else this.refuse(internal(errorMessage(e)));
     } finally {
       this.running = false;
     }
@@ -263,7 +262,7 @@ export class DataConnection implements CycleFeed {
       this.flushTimer = null;
       if (this.running || this.unflushed === 0) { if (this.unflushed) this.armFlushTimer(); return; }
       this.running = true;
-      this.flush().catch((e) => { this.writeFailed = true; this.refuse('INTERNAL', `flush failed: ${errorMessage(e)}`); }).finally(() => {
+      this.flush().catch((e) => { this.writeFailed = true; this.refuse(internal(`flush failed: ${errorMessage(e)}`)); }).finally(() => {
         this.running = false;
         if (this.queue.length && !this.refused) this.kick();
         else if (this.closed || this.refused) void this.finish();
@@ -305,14 +304,14 @@ export class DataConnection implements CycleFeed {
     return run;
   }
 
-  /** Refuse: tell the peer why, log it, close. The cycle stays open and resumable. */
-  refuse(code: string, message: string): void {
+  /** Refuse: tell the peer why (code, message, fix), log it, close. The cycle stays open and resumable. */
+  refuse(why: WireError): void {
     if (this.refused) return;
     this.refused = true;
-    this.log.warn({ errCode: code, reason: message }, 'data connection refused');
+    this.log.warn({ errCode: why.code, reason: why.message }, 'data connection refused');
     this.dropQueue();
     if (!this.s.destroyed) {
-      this.s.end(encodeJsonFrame(FRAME.ERROR, { code, message }));
+      this.s.end(encodeJsonFrame(FRAME.ERROR, why));
       setTimeout(() => this.s.destroy(), 2000).unref();
     }
     if (!this.running) void this.finish();
@@ -355,4 +354,9 @@ export class DataConnection implements CycleFeed {
     this.onClose();
     return this.drained;
   }
+}
+
+/** A failure of the receiver itself, not of what the peer sent. */
+function internal(message: string): WireError {
+  return { code: 'INTERNAL', message };
 }

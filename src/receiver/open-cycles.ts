@@ -1,15 +1,14 @@
 import { createHash } from 'node:crypto';
 import type { Logger } from '../util/log.ts';
-import { UserError } from '../util/errors.ts';
+import { UserError, isTransient } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
 import { StoreError, type CycleWriter, type ImageStore } from '../store/types.ts';
 import type { DiskSpec, HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
 
-/** A refusal sent to the peer: HTTP status, code, message, fix. */
-export class Refusal extends Error {
-  constructor(readonly status: number, readonly code: string, message: string, readonly fix?: string) {
-    super(message);
-    this.name = 'Refusal';
+/** A refusal sent to the peer: HTTP status, code, message, fix, and `transient` when the peer may try again. */
+export class Refusal extends UserError {
+  constructor(readonly status: number, code: string, message: string, fix?: string, options?: { cause?: unknown; transient?: boolean }) {
+    super(code, message, fix, options);
   }
 }
 
@@ -206,10 +205,10 @@ export function notOpen(sourceId: string, cycleId: string): Refusal {
 
 export function refusalFrom(e: unknown): Refusal | null {
   if (e instanceof Refusal) return e;
-  if (e instanceof UserError) return new Refusal(400, e.code, e.message, e.fix);
+  if (e instanceof UserError) return new Refusal(400, e.code, e.message, e.fix, { cause: e, transient: isTransient(e) });
   if (e instanceof StoreError) {
     const status = e.code === 'NOT_FOUND' ? 404 : e.code === 'CYCLE_BUSY' || e.code === 'CYCLE_MISMATCH' || e.code === 'CYCLE_CLOSED' ? 409 : 400;
-    return new Refusal(status, e.code, e.message);
+    return new Refusal(status, e.code, e.message, e.fix, { cause: e, transient: isTransient(e) });
   }
   return null;
 }

@@ -9,6 +9,8 @@ import {
 
 const SCHEMA_VERSION = 1;
 
+const NO_JOB_FIX = 'list jobs with `vmlift job ls`';
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, vm_ref TEXT, source_id TEXT NOT NULL,
@@ -74,7 +76,8 @@ export class SqliteStateStore implements StateStore {
     this.db.pragma('busy_timeout = 5000');
     const version = this.db.pragma('user_version', { simple: true }) as number;
     if (version > SCHEMA_VERSION) {
-      throw new StateError('SCHEMA_NEWER', `state database ${path} was written by a newer vmlift (schema ${version} > ${SCHEMA_VERSION}); upgrade vmlift`);
+      throw new StateError('SCHEMA_NEWER', `state database ${path} was written by a newer vmlift (schema ${version} > ${SCHEMA_VERSION}); upgrade vmlift`,
+        { fix: 'run the vmlift version that wrote it, or a newer one' });
     }
     this.db.exec(SCHEMA);
     this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
@@ -86,7 +89,7 @@ export class SqliteStateStore implements StateStore {
       this.db.prepare(`INSERT INTO jobs (id, name, kind, vm_ref, source_id, settings, state, created_at, updated_at)
         VALUES (?, ?, ?, ?, ?, ?, 'created', ?, ?)`).run(job.id, job.name, job.kind, job.vmRef, job.sourceId, JSON.stringify(job.settings), t, t);
     } catch (e) {
-      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new StateError('JOB_EXISTS', `job ${job.id} already exists`);
+      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new StateError('JOB_EXISTS', `job ${job.id} already exists`, { fix: 'choose another job id, or delete the old job first (`vmlift job delete`)' });
       throw e;
     }
     return this.mustJob(job.id);
@@ -117,7 +120,7 @@ export class SqliteStateStore implements StateStore {
     cols.updated_at = now();
     const names = Object.keys(cols);
     const info = this.db.prepare(`UPDATE jobs SET ${names.map((n) => `${n} = @${n}`).join(', ')} WHERE id = @id`).run({ ...cols, id });
-    if (info.changes === 0) throw new StateError('NO_JOB', `no job ${id}`);
+    if (info.changes === 0) throw new StateError('NO_JOB', `no job ${id}`, { fix: NO_JOB_FIX });
     return this.mustJob(id);
   }
 
@@ -191,7 +194,7 @@ export class SqliteStateStore implements StateStore {
     try {
       this.db.prepare('INSERT INTO workgroups (id, name, created_at) VALUES (?, ?, ?)').run(id, name, now());
     } catch (e) {
-      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new StateError('WORKGROUP_EXISTS', `workgroup ${id} already exists`);
+      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new StateError('WORKGROUP_EXISTS', `workgroup ${id} already exists`, { fix: 'choose another workgroup id' });
       throw e;
     }
     return this.getWorkgroup(id)!;
@@ -211,12 +214,16 @@ export class SqliteStateStore implements StateStore {
   addToWorkgroup(workgroupId: string, jobId: string): void {
     this.db.transaction(() => {
       const wg = this.getWorkgroup(workgroupId);
-      if (!wg) throw new StateError('NO_WORKGROUP', `no workgroup ${workgroupId}`);
+      if (!wg) throw new StateError('NO_WORKGROUP', `no workgroup ${workgroupId}`, { fix: 'list workgroups with `vmlift workgroup ls`' });
       const job = this.mustJob(jobId);
       if (job.workgroupId === workgroupId) return;
-      if (job.workgroupId) throw new StateError('IN_OTHER_WORKGROUP', `job ${jobId} already belongs to workgroup ${job.workgroupId}; remove it there first`);
+      if (job.workgroupId) {
+        throw new StateError('IN_OTHER_WORKGROUP', `job ${jobId} already belongs to workgroup ${job.workgroupId}; remove it there first`,
+          { fix: `vmlift workgroup remove ${job.workgroupId} ${jobId}` });
+      }
       if (wg.members.length >= WORKGROUP_MAX_MEMBERS) {
-        throw new StateError('WORKGROUP_FULL', `workgroup ${workgroupId} already holds ${WORKGROUP_MAX_MEMBERS} sources, the most a workgroup can hold; create another workgroup`);
+        throw new StateError('WORKGROUP_FULL', `workgroup ${workgroupId} already holds ${WORKGROUP_MAX_MEMBERS} sources, the most a workgroup can hold; create another workgroup`,
+          { fix: 'put the other sources in another workgroup (`vmlift workgroup create`)' });
       }
       this.db.prepare('UPDATE jobs SET workgroup_id = ?, updated_at = ? WHERE id = ?').run(workgroupId, now(), jobId);
     })();
@@ -258,7 +265,7 @@ export class SqliteStateStore implements StateStore {
 
   private mustJob(id: string): JobRecord {
     const j = this.getJob(id);
-    if (!j) throw new StateError('NO_JOB', `no job ${id}`);
+    if (!j) throw new StateError('NO_JOB', `no job ${id}`, { fix: NO_JOB_FIX });
     return j;
   }
 

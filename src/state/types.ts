@@ -2,6 +2,7 @@
  * Durable state of the connector (jobs, cycles, disks' change ids, workgroups, templates) behind
  * an interface; SQLite in WAL mode is the embedded default (src/state/sqlite.ts).
  */
+import { CodedError } from '../util/errors.ts';
 
 export const JOB_STATES = ['created', 'syncing', 'waiting', 'paused', 'completing', 'completed', 'error'] as const;
 export type JobState = (typeof JOB_STATES)[number];
@@ -29,7 +30,11 @@ export interface JobSettings {
 
 export interface JobError {
   step: string;
+  /** The error's code (absent in records written before codes were kept). */
+  code?: string;
   message: string;
+  /** What the user can do about it, when known. */
+  fix?: string;
   at: string;
   /** Consecutive failed attempts. */
   attempts: number;
@@ -138,11 +143,5 @@ export interface StateStore {
 /** At most this many sources in one workgroup (docs/design.md). */
 export const WORKGROUP_MAX_MEMBERS = 50;
 
-export class StateError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'StateError';
-    this.code = code;
-  }
-}
+/** A refusal of the state store (NO_JOB, JOB_EXISTS, WORKGROUP_FULL, ...). */
+export class StateError extends CodedError {}

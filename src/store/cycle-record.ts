@@ -15,15 +15,17 @@ export interface CycleRecord {
 }
 
 /** The disks a caller asks a cycle for, checked: numbered 0..n-1 once each, capacities multiples of 512; sorted. */
+const DISKS_FIX = 'number the disks 0..n-1 and give their sizes in bytes';
+
 export function validateDisks(disks: unknown): DiskSpec[] {
-  if (!Array.isArray(disks) || disks.length === 0) throw new StoreError('BAD_DISK', 'a cycle needs at least one disk');
+  if (!Array.isArray(disks) || disks.length === 0) throw new StoreError('BAD_DISK', 'a cycle needs at least one disk', { fix: DISKS_FIX });
   const seen = new Set<number>();
   for (const d of disks as DiskSpec[]) {
     if (!Number.isSafeInteger(d?.disk) || d.disk < 0 || d.disk >= disks.length || seen.has(d.disk)) {
-      throw new StoreError('BAD_DISK', `disk numbers must be 0..${disks.length - 1}, each once (got ${JSON.stringify(d?.disk)})`);
+      throw new StoreError('BAD_DISK', `disk numbers must be 0..${disks.length - 1}, each once (got ${JSON.stringify(d?.disk)})`, { fix: DISKS_FIX });
     }
     if (!Number.isSafeInteger(d.capacity) || d.capacity <= 0 || d.capacity % 512 !== 0) {
-      throw new StoreError('BAD_DISK', `disk ${d.disk}: capacity must be a positive multiple of 512 bytes (got ${JSON.stringify(d.capacity)})`);
+      throw new StoreError('BAD_DISK', `disk ${d.disk}: capacity must be a positive multiple of 512 bytes (got ${JSON.stringify(d.capacity)})`, { fix: DISKS_FIX });
     }
     seen.add(d.disk);
   }

@@ -68,11 +68,15 @@ export class StoreCycleWriter implements CycleWriter {
 
   async writeExtent(disk: number, offset: number, length: number, data: Uint8Array | null, opts?: WriteExtentOptions): Promise<void> {
     // Everything up to the chain registration runs synchronously, so overlapping calls queue in call order.
-    if (this.status !== 'open') throw new StoreError('CYCLE_CLOSED', `cycle ${this.cycleId} of source ${this.sourceId} is ${this.status === 'closing' ? 'being committed or aborted' : 'closed'}`);
+    if (this.status !== 'open') {
+      throw new StoreError('CYCLE_CLOSED', `cycle ${this.cycleId} of source ${this.sourceId} is ${this.status === 'closing' ? 'being committed or aborted' : 'closed'}`,
+        { fix: 'begin (or resume) the cycle again', transient: true });
+    }
     const ds = this.journals.disks.get(disk);
     if (!ds) throw new StoreError('BAD_DISK', `source ${this.sourceId} cycle ${this.cycleId} has no disk ${disk} (disks: ${[...this.journals.disks.keys()].join(', ')})`);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > ds.spec.capacity) {
-      throw new StoreError('OUT_OF_RANGE', `extent offset ${offset} length ${length} is outside disk ${disk} (capacity ${ds.spec.capacity} bytes)`);
+      throw new StoreError('OUT_OF_RANGE', `extent offset ${offset} length ${length} is outside disk ${disk} (capacity ${ds.spec.capacity} bytes)`,
+        { fix: 'begin the cycle with the disk\'s current capacity' });
     }
     if (data !== null && data.length !== length) {
       throw new StoreError('BAD_LENGTH', `extent at offset ${offset} of disk ${disk} says length ${length} but carries ${data.length} bytes`);
@@ -120,7 +124,8 @@ export class StoreCycleWriter implements CycleWriter {
       const gap = firstUncovered(exp.ranges, ds.held);
       if (gap) {
         throw new StoreError('MISSING_EXTENTS', `cycle ${this.cycleId} of source ${this.sourceId}: disk ${exp.disk} is missing bytes `
-          + `${gap.offset}-${gap.offset + gap.length - 1} (${gap.length} bytes at offset ${gap.offset}) that the sender claims to have sent`);
+          + `${gap.offset}-${gap.offset + gap.length - 1} (${gap.length} bytes at offset ${gap.offset}) that the sender claims to have sent`,
+        { fix: 'resume the cycle and send the missing extents, then commit again' });
       }
     }
   }
@@ -152,6 +157,6 @@ export class StoreCycleWriter implements CycleWriter {
   }
 
   private assertOpen(): void {
-    if (this.status !== 'open') throw new StoreError('CYCLE_CLOSED', `cycle ${this.cycleId} of source ${this.sourceId} is no longer open`);
+    if (this.status !== 'open') throw new StoreError('CYCLE_CLOSED', `cycle ${this.cycleId} of source ${this.sourceId} is no longer open`, { fix: 'begin (or resume) the cycle again', transient: true });
   }
 }

@@ -8,12 +8,14 @@ import { StoreError } from './types.ts';
 /** Reads one chunk of an image: its bytes, or null for a hole. */
 export type ChunkSource = (i: number) => Promise<Buffer | null>;
 
+const OUTPUT_FIX = 'give --output a file path in an existing folder';
+
 async function checkOutputDir(output: string): Promise<void> {
   const dir = dirname(output);
   const st = await stat(dir).catch(() => null);
-  if (!st?.isDirectory()) throw new StoreError('BAD_OUTPUT', `cannot export to ${output}: folder ${dir} does not exist`);
+  if (!st?.isDirectory()) throw new StoreError('BAD_OUTPUT', `cannot export to ${output}: folder ${dir} does not exist`, { fix: OUTPUT_FIX });
   const o = await stat(output).catch(() => null);
-  if (o?.isDirectory()) throw new StoreError('BAD_OUTPUT', `cannot export to ${output}: it is a folder`);
+  if (o?.isDirectory()) throw new StoreError('BAD_OUTPUT', `cannot export to ${output}: it is a folder`, { fix: OUTPUT_FIX });
 }
 
 function partialName(output: string, ext = ''): string {
@@ -50,9 +52,11 @@ function runQemuImg(args: string[]): Promise<void> {
     let err = '';
     p.stderr.on('data', (d: Buffer) => { if (err.length < 4000) err += d.toString(); });
     p.on('error', (e) => reject((e as NodeJS.ErrnoException).code === 'ENOENT'
-      ? new StoreError('QEMU_IMG_MISSING', 'qemu-img is not installed (needed for qcow2/vmdk export); install Debian package qemu-utils')
+      ? new StoreError('QEMU_IMG_MISSING', 'qemu-img is not installed (needed for qcow2/vmdk export); install Debian package qemu-utils',
+        { fix: 'install qemu-img (Debian: apt-get install qemu-utils), or export --format raw' })
       : e));
-    p.on('close', (code) => code === 0 ? resolve() : reject(new StoreError('QEMU_IMG_FAILED', `qemu-img ${args[0]} failed (exit ${code}): ${err.trim()}`)));
+    p.on('close', (code) => code === 0 ? resolve() : reject(new StoreError('QEMU_IMG_FAILED', `qemu-img ${args[0]} failed (exit ${code}): ${err.trim()}`,
+      { fix: 'check free space in the output folder and the qemu-img message above' })));
   });
 }
 
@@ -62,7 +66,7 @@ function runQemuImg(args: string[]): Promise<void> {
  */
 export async function exportDisk(output: string, format: 'raw' | 'qcow2' | 'vmdk', capacity: number, chunkSize: number, read: ChunkSource): Promise<void> {
   if (format !== 'raw' && format !== 'qcow2' && format !== 'vmdk') {
-    throw new StoreError('BAD_FORMAT', `unknown export format ${JSON.stringify(format)}: use raw, qcow2 or vmdk`);
+    throw new StoreError('BAD_FORMAT', `unknown export format ${JSON.stringify(format)}: use raw, qcow2 or vmdk`, { fix: 'use --format raw, qcow2 or vmdk' });
   }
   await checkOutputDir(output);
   const slots = Math.ceil(capacity / chunkSize);

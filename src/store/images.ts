@@ -20,7 +20,7 @@ export async function readImageRecord(layout: Layout, src: string, imageId: stri
     return JSON.parse(await readFile(join(layout.imageDir(src, imageId), 'image.json'), 'utf8')) as ImageRecord;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new StoreError('NOT_FOUND', `image ${imageId} of source ${src} does not exist`);
+      throw new StoreError('NOT_FOUND', `image ${imageId} of source ${src} does not exist`, { fix: 'list the images with `vmlift image ls`' });
     }
     throw e;
   }

@@ -20,10 +20,11 @@ export async function reopenCycle(dir: string, src: string, cid: string,
   const same = rec.disks.length === disks.length && rec.disks.every((d, i) => d.disk === disks[i]!.disk && d.capacity === disks[i]!.capacity);
   if (!same) {
     throw new StoreError('CYCLE_MISMATCH', `cycle ${cid} of source ${src} is open with disks ${JSON.stringify(rec.disks.map((d) => [d.disk, d.capacity]))}; `
-      + `resume it with the same disks or abort it`);
+      + `resume it with the same disks or abort it`, { fix: 'resume the cycle with the disks it was begun with, or abort it' });
   }
   if (want.baseImageId !== undefined && want.baseImageId !== rec.baseImageId) {
-    throw new StoreError('CYCLE_MISMATCH', `cycle ${cid} of source ${src} is open on base image ${rec.baseImageId ?? 'none'}, not ${want.baseImageId ?? 'none'}`);
+    throw new StoreError('CYCLE_MISMATCH', `cycle ${cid} of source ${src} is open on base image ${rec.baseImageId ?? 'none'}, not ${want.baseImageId ?? 'none'}`,
+      { fix: 'resume the cycle on the base image it was begun on, or abort it' });
   }
   await claimOwner(dir, src, cid);
   return rec;
@@ -33,7 +34,8 @@ async function claimOwner(dir: string, src: string, cid: string): Promise<void> 
   const ownerPath = join(dir, 'owner');
   const pid = Number((await readFile(ownerPath, 'utf8').catch(() => '')).trim());
   if (pid && pid !== process.pid && pidAlive(pid)) {
-    throw new StoreError('CYCLE_BUSY', `cycle ${cid} of source ${src} is being written by process ${pid}`);
+    throw new StoreError('CYCLE_BUSY', `cycle ${cid} of source ${src} is being written by process ${pid}`,
+      { fix: `wait for process ${pid} to end: one receiver at a time may serve a data folder`, transient: true });
   }
   await writeFile(ownerPath, String(process.pid));
 }

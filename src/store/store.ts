@@ -61,7 +61,10 @@ class Store implements ImageStore {
     const cur = this.active.get(key);
     if (cur?.isOpen) {
       const same = cur.disks.length === opts.disks.length && cur.disks.every((d) => opts.disks.some((o) => o.disk === d.disk && o.capacity === d.capacity));
-      if (!same) throw new StoreError('CYCLE_MISMATCH', `cycle ${opts.cycleId} of source ${opts.sourceId} is open with other disks; resume it with the same disks or abort it`);
+      if (!same) {
+        throw new StoreError('CYCLE_MISMATCH', `cycle ${opts.cycleId} of source ${opts.sourceId} is open with other disks; resume it with the same disks or abort it`,
+          { fix: 'resume the cycle with the disks it was begun with, or abort it' });
+      }
       return cur;
     }
     const p = StoreCycleWriter.begin({ layout: this.layout, chunkSize: this.chunkSize, onClose: (w) => { if (this.active.get(w.key) === w) this.active.delete(w.key); } }, opts);
@@ -97,7 +100,7 @@ class Store implements ImageStore {
     assertId(sourceId, 'source id');
     assertImageId(imageId);
     if (!(await stat(this.layout.sourceDir(sourceId)).catch(() => null))) {
-      throw new StoreError('NOT_FOUND', `source ${sourceId} has no images in this store`);
+      throw new StoreError('NOT_FOUND', `source ${sourceId} has no images in this store`, { fix: 'list the images with `vmlift image ls`' });
     }
     return readImageRecord(this.layout, sourceId, imageId);
   }
@@ -108,7 +111,10 @@ class Store implements ImageStore {
 
   private diskOf(rec: ImageRecord, disk: number) {
     const d = rec.disks.find((x) => x.disk === disk);
-    if (!d) throw new StoreError('NOT_FOUND', `image ${rec.imageId} of source ${rec.sourceId} has no disk ${disk} (disks: ${rec.disks.map((x) => x.disk).join(', ')})`);
+    if (!d) {
+      throw new StoreError('NOT_FOUND', `image ${rec.imageId} of source ${rec.sourceId} has no disk ${disk} (disks: ${rec.disks.map((x) => x.disk).join(', ')})`,
+        { fix: 'see the disks of the image with `vmlift image show`' });
+    }
     return d;
   }
 
@@ -117,7 +123,7 @@ class Store implements ImageStore {
     try {
       fh = await open(join(this.layout.imageDir(rec.sourceId, rec.imageId), indexName(disk)), 'r');
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StoreError('NOT_FOUND', `image ${rec.imageId} of source ${rec.sourceId} was removed`);
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StoreError('NOT_FOUND', `image ${rec.imageId} of source ${rec.sourceId} was removed`, { fix: 'list the images with `vmlift image ls`' });
       throw e;
     }
     try {
@@ -137,7 +143,10 @@ class Store implements ImageStore {
     try {
       b = await readFile(this.layout.chunkPath(hex));
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StoreError('CHUNK_MISSING', `chunk ${hex} is missing from the store`);
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new StoreError('CHUNK_MISSING', `chunk ${hex} is missing from the store`,
+          { fix: 'run `vmlift image verify` on the image; restore the store from a backup or sync a new image' });
+      }
       throw e;
     }
     return fitLength(b, len);
@@ -183,7 +192,8 @@ class Store implements ImageStore {
     const rec = await this.record(sourceId, imageId);
     const d = this.diskOf(rec, disk);
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > d.capacity) {
-      throw new StoreError('OUT_OF_RANGE', `read offset ${offset} length ${length} is outside disk ${disk} (capacity ${d.capacity} bytes)`);
+      throw new StoreError('OUT_OF_RANGE', `read offset ${offset} length ${length} is outside disk ${disk} (capacity ${d.capacity} bytes)`,
+        { fix: 'read within the disk capacity shown by `vmlift image show`' });
     }
     if (length > MAX_READ) throw new StoreError('BAD_LENGTH', `read of ${length} bytes is larger than ${MAX_READ}`);
     const out = Buffer.alloc(length);
@@ -322,7 +332,8 @@ class Store implements ImageStore {
 
   async removeImage(sourceId: string, imageId: string): Promise<void> {
     await this.record(sourceId, imageId);
-    const pinnedMsg = () => new StoreError('PINNED', `image ${imageId} of source ${sourceId} is in use by an export or verify; try again when it ends`);
+    const pinnedMsg = () => new StoreError('PINNED', `image ${imageId} of source ${sourceId} is in use by an export or verify; try again when it ends`,
+      { fix: 'wait for the running export or verify of this image to end, then try again', transient: true });
     if (await livePins(this.layout, sourceId, imageId)) throw pinnedMsg();
     const imagesDir = this.layout.imagesDir(sourceId);
     const dir = this.layout.imageDir(sourceId, imageId);
@@ -330,7 +341,7 @@ class Store implements ImageStore {
     try {
       await rename(dir, trash);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StoreError('NOT_FOUND', `image ${imageId} of source ${sourceId} does not exist`);
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new StoreError('NOT_FOUND', `image ${imageId} of source ${sourceId} does not exist`, { fix: 'list the images with `vmlift image ls`' });
       throw e;
     }
     // A pin taken between the check and the rename wins: put the image back.
@@ -345,7 +356,7 @@ class Store implements ImageStore {
   async applyRetention(sourceId: string, maxImages: number): Promise<string[]> {
     assertId(sourceId, 'source id');
     if (!Number.isInteger(maxImages) || maxImages < 1 || maxImages > 10) {
-      throw new StoreError('BAD_RETENTION', `max kept images must be 1-10 (got ${maxImages})`);
+      throw new StoreError('BAD_RETENTION', `max kept images must be 1-10 (got ${maxImages})`, { fix: 'keep between 1 and 10 images' });
     }
     const ids = await imageIds(this.layout, sourceId);
     const removed: string[] = [];
@@ -433,14 +444,15 @@ export async function openImageStore(root: string, opts: StoreOptions = {}): Pro
   try {
     const meta = JSON.parse(await readFile(layout.storeJson, 'utf8')) as { version: number; chunkSize: number };
     if (meta.version !== STORE_VERSION || !Number.isInteger(meta.chunkSize)) {
-      throw new StoreError('BAD_STORE', `${layout.storeJson} is from another vmlift version (store version ${meta.version})`);
+      throw new StoreError('BAD_STORE', `${layout.storeJson} is from another vmlift version (store version ${meta.version})`,
+        { fix: 'run the vmlift version that made this store, or give this one a new data folder' });
     }
     chunkSize = meta.chunkSize;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
     if (!Number.isInteger(Math.log2(chunkSize)) || chunkSize < 4096 || chunkSize > 64 << 20) {
-      throw new StoreError('BAD_STORE', `chunk size must be a power of two from 4 KiB to 64 MiB (got ${chunkSize})`);
+      throw new StoreError('BAD_STORE', `chunk size must be a power of two from 4 KiB to 64 MiB (got ${chunkSize})`, { fix: 'choose a power of two from 4 KiB to 64 MiB' });
     }
     for (let b = 0; b < 256; b++) await mkdir(join(layout.chunksDir, b.toString(16).padStart(2, '0')), { recursive: true });
     await mkdir(layout.sourcesDir, { recursive: true });

@@ -8,6 +8,7 @@
  * HeldRanges, ...) are shared vocabulary in src/model/images.ts.
  */
 import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
+import { CodedError } from '../util/errors.ts';
 
 export interface BeginCycleOptions {
   sourceId: string;
@@ -100,11 +101,5 @@ export interface ImageStore {
   close(): Promise<void>;
 }
 
-export class StoreError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'StoreError';
-    this.code = code;
-  }
-}
+/** A refusal or failure of the image store (NOT_FOUND, PINNED, MISSING_EXTENTS, ...). */
+export class StoreError extends CodedError {}

@@ -43,7 +43,6 @@ export function redactUrl(url: string): string {
 export class ConnectError extends UserError {
   constructor(message: string, options?: { cause?: unknown }) {
     super('RECEIVER_UNREACHABLE', message, 'check that the receiver runs (`vmlift receiver serve`), the host and ports, and any firewall or proxy in between', { ...options, transient: true });
-    this.name = 'ConnectError';
   }
 }
 

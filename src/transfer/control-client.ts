@@ -6,11 +6,11 @@ import { HDR_SOURCE, type WireError } from './protocol.ts';
 export interface ControlTarget { host: string; port: number; fingerprint: string; proxy?: ProxySpec | undefined }
 export interface ControlAuth { sourceId: string; credential: string }
 
-/** An error the receiver answered with; `code` as sent by the receiver. */
+/** An error the receiver answered with; `code`, `fix` and `transient` as sent by the receiver. */
 export class RemoteError extends UserError {
   readonly status: number;
   constructor(status: number, e: WireError) {
-    super(e.code, `receiver refused: ${e.message}`, e.fix);
+    super(e.code, `receiver refused: ${e.message}`, e.fix, { transient: e.transient === true });
     this.status = status;
   }
 }

@@ -14,6 +14,7 @@
  * (all zero for a ZERO marker, which has no payload). The sender pipelines extents without waiting;
  * the receiver answers with ACK {seq} after its store flushed every extent up to `seq` (durable).
  */
+import { CodedError, type ErrorReport } from '../util/errors.ts';
 
 export const FRAME = { HELLO: 1, READY: 2, EXTENT: 3, SYNC: 4, ACK: 5, ERROR: 6 } as const;
 export const CODEC = { RAW: 0, ZSTD: 1, ZERO: 2 } as const;
@@ -75,14 +76,11 @@ export function decodeExtentHeader(body: Buffer): ExtentHeader {
   };
 }
 
-export class ProtocolError extends Error {
-  readonly code: string;
-  constructor(code: string, message: string) {
-    super(message);
-    this.name = 'ProtocolError';
-    this.code = code;
-  }
-}
+/** The peer broke the wire protocol (a frame too long, an unknown codec, a bad digest, ...). */
+export class ProtocolError extends CodedError {}
+
+/** The fix of a frame only another vmlift version (or a peer that is not vmlift) would send. */
+export const SAME_VERSION_FIX = 'run the same vmlift version on the sender and the receiver';
 
 /** Frame buffers of one size (raw 1 MiB extents are all alike) given back for reuse, process-wide. */
 class FrameBufferPool {
@@ -141,7 +139,7 @@ export class FrameAssembler {
         if (this.headFill < 5) return;
         const len = this.head.readUInt32BE(0);
         if (len < 1 || len > this.maxFrame) {
-          this.error = new ProtocolError('BAD_FRAME_LENGTH', `frame length ${len} is outside 1..${this.maxFrame}`);
+          this.error = new ProtocolError('BAD_FRAME_LENGTH', `frame length ${len} is outside 1..${this.maxFrame}`, { fix: SAME_VERSION_FIX });
           return;
         }
         this.frame = this.pool.take(4 + len);
@@ -169,15 +167,15 @@ export class FrameAssembler {
 }
 
 export function parseJsonBody(body: Buffer): Record<string, unknown> {
-  if (body.length > MAX_JSON_FRAME) throw new ProtocolError('BAD_FRAME_LENGTH', `control frame of ${body.length} bytes is too long`);
+  if (body.length > MAX_JSON_FRAME) throw new ProtocolError('BAD_FRAME_LENGTH', `control frame of ${body.length} bytes is too long`, { fix: SAME_VERSION_FIX });
   let v: unknown;
-  try { v = JSON.parse(body.toString('utf8')); } catch { throw new ProtocolError('BAD_FRAME', 'control frame is not valid JSON'); }
-  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new ProtocolError('BAD_FRAME', 'control frame is not a JSON object');
+  try { v = JSON.parse(body.toString('utf8')); } catch { throw new ProtocolError('BAD_FRAME', 'control frame is not valid JSON', { fix: SAME_VERSION_FIX }); }
+  if (!v || typeof v !== 'object' || Array.isArray(v)) throw new ProtocolError('BAD_FRAME', 'control frame is not a JSON object', { fix: SAME_VERSION_FIX });
   return v as Record<string, unknown>;
 }
 
-/** Error body of the control API and of ERROR frames. */
-export interface WireError { code: string; message: string; fix?: string }
+/** Error body of the control API and of ERROR frames (`transient`: the peer may try again). */
+export type WireError = ErrorReport;
 
 /** Headers of the control API. */
 export const HDR_SOURCE = 'x-vmlift-source';

@@ -429,7 +429,7 @@ export class CycleSession extends EventEmitter {
         if (!lostSince) lostSince = Date.now();
         if (Date.now() - lostSince > this.resumeTimeoutMs) {
           this.fail(new UserError('RECEIVER_UNREACHABLE', `lost the receiver for more than ${Math.round(this.resumeTimeoutMs / 1000)} s during cycle ${this.cycleId}`,
-            'check that the receiver runs and is reachable, then run the cycle again: it resumes where it stopped'));
+            'check that the receiver runs and is reachable, then run the cycle again: it resumes where it stopped', { transient: true }));
           break;
         }
         await sleep(backoff);

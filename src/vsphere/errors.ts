@@ -1,10 +1,24 @@
-import { UserError } from '../util/errors.ts';
+import { CodedError, UserError } from '../util/errors.ts';
+
+/** Faults that clear up by themselves: an expired session, a task or lock in the way, a VM between states. */
+const TRANSIENT_FAULTS = new Set(['NotAuthenticated', 'TaskInProgress', 'ConcurrentAccess', 'InvalidState']);
+
+const BUSY_FIX = 'wait for the VM\'s running task to finish (vSphere Client: Monitor → Tasks) and retry';
+/** What to do about the faults a vmlift user meets; other faults get DEFAULT_FAULT_FIX. */
+const FAULT_FIXES: Record<string, string> = {
+  NoPermission: 'give the vmlift user a role with Virtual machine → Snapshot management, Configuration (Change settings, Toggle disk change tracking), Provisioning (Allow read-only disk access, Allow disk access) and Datastore → Browse datastore',
+  ManagedObjectNotFound: 'refresh the inventory (`vmlift vc ls`) and retry',
+  TaskInProgress: BUSY_FIX,
+  InvalidState: BUSY_FIX,
+  InvalidPowerState: BUSY_FIX,
+  NotAuthenticated: 'check that the vmlift user still exists and its password has not changed',
+};
+const DEFAULT_FAULT_FIX = 'see the vCenter logs or the task list for details; retry if the cause was transient';
 
 /** A SOAP fault from vCenter: `type` is the vim25 fault type (NotAuthenticated, InvalidArgument, …). */
-export class VimFault extends Error {
+export class VimFault extends CodedError {
   constructor(readonly type: string, message: string, readonly method: string, readonly detail: Record<string, string>) {
-    super(message);
-    this.name = 'VimFault';
+    super('VC_FAULT', message, { fix: FAULT_FIXES[type] ?? DEFAULT_FAULT_FIX, transient: TRANSIENT_FAULTS.has(type) });
   }
 }
 
@@ -38,30 +52,31 @@ export function unreachable(server: string, cause: unknown): UserError {
     : code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ETIMEDOUT' ? 'connection timed out'
     : (cause as Error)?.message ?? String(cause);
   return new UserError('VC_UNREACHABLE', `cannot reach vCenter at ${server}: ${why}`,
-    'check --server (https://HOST/sdk), that vCenter is running, and that this machine can reach it on port 443', { cause });
+    'check --server (https://HOST/sdk), that vCenter is running, and that this machine can reach it on port 443', { cause, transient: true });
 }
 
 export function taskFailed(what: string, message: string, faultType?: string): UserError {
+  // a snapshot or reconfigure task fails on locks or a busy host more often than for good
   return new UserError('VC_TASK_FAILED', `${what} failed in vCenter: ${message}${faultType ? ` (${faultType})` : ''}`,
-    'read the task in the vSphere Client (Monitor → Tasks) for details; retry once the cause is cleared');
+    'read the task in the vSphere Client (Monitor → Tasks) for details; retry once the cause is cleared', { transient: true });
 }
 
-/** A user-facing message and fix for the faults a vmlift user meets; others keep vCenter's words. */
+/** A user-facing message for the faults a vmlift user meets (others keep vCenter's words), with the fault's fix. */
 export function faultToUserError(f: VimFault): UserError {
   const d = f.detail;
+  const user = (code: string, message: string) => new UserError(code, message, f.fix, { cause: f });
   switch (f.type) {
     case 'NoPermission':
-      return new UserError('VC_NO_PERMISSION', `the vCenter user lacks privilege ${d.privilegeId ?? '?'} for ${f.method}${d.object ? ` on ${d.object}` : ''}`,
-        'give the vmlift user a role with Virtual machine → Snapshot management, Configuration (Change settings, Toggle disk change tracking), Provisioning (Allow read-only disk access, Allow disk access) and Datastore → Browse datastore', { cause: f });
+      return user('VC_NO_PERMISSION', `the vCenter user lacks privilege ${d.privilegeId ?? '?'} for ${f.method}${d.object ? ` on ${d.object}` : ''}`);
     case 'ManagedObjectNotFound':
-      return new UserError('VC_OBJECT_GONE', `the object ${d.obj ?? ''} no longer exists in vCenter (${f.method})`, 'refresh the inventory (`vmlift vc ls`) and retry', { cause: f });
+      return user('VC_OBJECT_GONE', `the object ${d.obj ?? ''} no longer exists in vCenter (${f.method})`);
     case 'TaskInProgress':
     case 'InvalidState':
     case 'InvalidPowerState':
-      return new UserError('VC_BUSY', `vCenter refused ${f.method}: ${f.message} (${f.type})`, 'wait for the VM\'s running task to finish (vSphere Client: Monitor → Tasks) and retry', { cause: f });
+      return user('VC_BUSY', `vCenter refused ${f.method}: ${f.message} (${f.type})`);
     case 'NotAuthenticated':
-      return new UserError('VC_SESSION', `the vCenter session ended and logging in again failed (${f.method})`, 'check that the vmlift user still exists and its password has not changed', { cause: f });
+      return user('VC_SESSION', `the vCenter session ended and logging in again failed (${f.method})`);
     default:
-      return new UserError('VC_FAULT', `vCenter ${f.method} failed: ${f.type}: ${f.message}`, 'see the vCenter logs or the task list for details; retry if the cause was transient', { cause: f });
+      return user('VC_FAULT', `vCenter ${f.method} failed: ${f.type}: ${f.message}`);
   }
 }

@@ -39,7 +39,7 @@ export async function waitForTask(s: VimSession, task: MoRef, o: TaskWaitOptions
     if (!t) throw taskFailed(what, 'the task disappeared from vCenter');
     if (Date.now() > deadline) {
       throw new UserError('VC_TASK_TIMEOUT', `${what} did not finish within ${Math.round((o.timeoutMs ?? 0) / 1000)} s (task ${task.value} is ${state})`,
-        'look at the task in the vSphere Client; vCenter may be overloaded or the host unresponsive. Retry later');
+        'look at the task in the vSphere Client; vCenter may be overloaded or the host unresponsive. Retry later', { transient: true });
     }
     await new Promise((r) => setTimeout(r, delay));
     delay = Math.min(2000, Math.round(delay * 1.5));

@@ -155,6 +155,11 @@ test('kill -9 of the connector during a read and right after the receiver commit
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /sync interval must be from 1h to 7d/);
   assert.match(bad.stderr, /fix: /);
+  const badJson = await vmlift(['template', 'create', 'hourly', '--interval', '30m', '--home', r.home, '--json']);
+  assert.notEqual(badJson.code, 0);
+  const report = (JSON.parse(badJson.stdout) as { error: { code: string; message: string; fix?: string } }).error;
+  assert.match(report.message, /sync interval must be from 1h to 7d/);
+  assert.ok(report.code && report.fix, `--json prints the error's code and fix: ${badJson.stdout}`);
   const created = await r.api<{ settings: { intervalSeconds: number; compression: number; maxImages: number } }>(
     ['job', 'create', 'other', '--vm', 'shape-snapshot', '--template', 'nightly', '--compression', '5']);
   assert.deepEqual([created.settings.intervalSeconds, created.settings.compression, created.settings.maxImages], [86400, 5, 2]);
@@ -166,6 +171,10 @@ test('kill -9 of the connector during a read and right after the receiver commit
   // The VM with a user snapshot fails preflight: error state with the reason and the fix.
   const other = await waitFor(r, 'other', (x) => x.job.state === 'error', 'preflight refusal');
   assert.match(JSON.stringify(other.job.error), /"step":"preflight".*preflight failed: .*snapshot/);
+  // `job show --json` carries the error's code and fix as the engine recorded them
+  const shown = await r.api<{ job: { error: { step: string; code?: string; fix?: string } | null } }>(['job', 'show', 'other']);
+  assert.equal(shown.job.error?.code, 'PREFLIGHT');
+  assert.match(shown.job.error?.fix ?? '', /Snapshots → Delete All/);
   const paused = await vmlift(['workgroup', 'pause', 'wave-1', '--home', r.home, '--json']);
   assert.equal(paused.code, 0, paused.stderr);
   const synced = await vmlift(['workgroup', 'sync', 'wave-1', '--home', r.home, '--json']);

@@ -129,6 +129,8 @@ test('a persistent failure moves the job to error with the failing step; resume 
   assert.equal(job.state, 'error');
   assert.equal(job.error?.step, 'snapshot');
   assert.match(job.error?.message ?? '', /injected by the lab/);
+  assert.equal(job.error?.code, 'VC_TASK_FAILED');
+  assert.match(job.error?.fix ?? '', /Monitor → Tasks/);
   assert.equal(job.error?.attempts, 2);
   assert.equal(rig.state.listCycles('db')[0]!.state, 'failed');
   assert.equal(rig.state.getDisks('db').length, 0, 'a failed cycle records no changeIds');

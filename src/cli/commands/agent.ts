@@ -5,7 +5,7 @@
 import { Command, Option } from 'commander';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { UserError } from '../../util/errors.ts';
+import { UserError, errorReport } from '../../util/errors.ts';
 import { readSecret } from '../../util/secret.ts';
 import { assertId } from '../../util/ids.ts';
 import { createLogger } from '../../util/log.ts';
@@ -127,8 +127,9 @@ async function sync(f: SyncFlags): Promise<void> {
         progress.finish();
         if (f.once || stop.signal.aborted) throw e;
         const wait = Math.min(intervalMs, 5 * 60_000);
-        logger.error({ err: (e as Error).message, code: (e as { code?: string }).code }, 'cycle failed; retrying later');
-        if (f.json) process.stdout.write(`${JSON.stringify({ type: 'error', code: (e as { code?: string }).code ?? 'ERROR', message: (e as Error).message, retryInSec: wait / 1000 })}\n`);
+        const report = errorReport(e);
+        logger.error({ err: report.message, errCode: report.code }, 'cycle failed; retrying later');
+        if (f.json) process.stdout.write(`${JSON.stringify({ type: 'error', ...report, retryInSec: wait / 1000 })}\n`);
         else process.stderr.write(`vmlift: cycle failed: ${(e as Error).message}; retrying in ${formatDuration(wait / 1000)}\n`);
         await sleep(wait, stop.signal);
         continue;

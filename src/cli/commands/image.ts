@@ -10,24 +10,19 @@ import type { ImageInfo } from '../../model/images.ts';
 interface Common { dataDir: string; json?: boolean }
 interface ImageFlags extends Common { source: string; image: string }
 
+/** Fixes in this command's terms (its flags), where they say more than the store's own. */
 const FIXES: Record<string, string> = {
   NOT_FOUND: 'list what exists with `vmlift image ls --data-dir DIR` (and `vmlift image show` for the disks of an image)',
-  PINNED: 'wait for the running export or verify of this image to end, then try again',
   OUT_OF_RANGE: 'use offsets within the disk capacity shown by `vmlift image show`',
-  BAD_OUTPUT: 'give --output a file path in an existing folder',
-  BAD_FORMAT: 'use --format raw, qcow2 or vmdk',
-  QEMU_IMG_MISSING: 'install qemu-img (Debian: apt-get install qemu-utils), or export --format raw',
-  QEMU_IMG_FAILED: 'check free space in the output folder and the qemu-img message above',
-  CHUNK_MISSING: 'run `vmlift image verify` on the image; restore the store from a backup or sync a new image',
   BAD_STORE: 'point --data-dir at a receiver data folder made by this vmlift version',
 };
 
-/** Store errors as user errors: cause from the store, fix from here. */
+/** Store errors as user errors: cause and (unless this command says it better) fix from the store. */
 async function run<T>(fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (e) {
-    if (e instanceof StoreError) throw new UserError(e.code, e.message, FIXES[e.code], { cause: e });
+    if (e instanceof StoreError) throw new UserError(e.code, e.message, FIXES[e.code] ?? e.fix, { cause: e });
     throw e;
   }
 }

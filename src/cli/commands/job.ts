@@ -90,6 +90,7 @@ export function register(program: Command): void {
         const lines = [
           `job ${x.job.id}  vm ${x.job.vmRef}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step})` : ''}`,
           ...(x.job.error ? [`error in ${x.job.error.step} (attempt ${x.job.error.attempts}): ${x.job.error.message}`] : []),
+          ...(x.job.error?.fix ? [`  fix: ${x.job.error.fix}`] : []),
           '',
           table(['DISK', 'LABEL', 'CAPACITY', 'DONE', 'TOTAL', 'SPEED', 'REMAINING', 'CHANGE ID'], x.disks.map((d) => {
             const l = live.get(d.diskKey);
