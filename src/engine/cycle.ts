@@ -5,7 +5,8 @@ import type { BlockSource } from '../source/types.ts';
 import type { ImageInfo } from '../transfer/sender.ts';
 import { planDiskSync, type SyncPlan } from './change-id.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../util/ranges.ts';
-import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
+import type { DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
+import type { ReceiverCycle } from '../transfer/contract.ts';
 import type { JobSettings } from '../state/types.ts';
 
 export const SNAPSHOT_PREFIX = 'vmlift-';
@@ -110,7 +111,7 @@ export async function runCycle(input: CycleInput): Promise<CycleResult> {
   const snapshot = await step('snapshot', input, () =>
     vcenter.createSnapshot(vmRef, `${SNAPSHOT_PREFIX}${input.cycleId}`, { quiesce: input.settings.quiesce }));
   input.onSnapshot?.(snapshot);
-  let session: CycleSessionPort | undefined;
+  let session: ReceiverCycle | undefined;
   try {
     const result = await transferAndCommit(input, snapshot, (s) => { session = s; });
     return { ...result, snapshot, durationMs: Date.now() - started };
@@ -124,7 +125,7 @@ export async function runCycle(input: CycleInput): Promise<CycleResult> {
   }
 }
 
-async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, onSession: (s: CycleSessionPort) => void):
+async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, onSession: (s: ReceiverCycle) => void):
   Promise<Omit<CycleResult, 'snapshot' | 'durationMs'>> {
   const { vcenter, vmRef, receiver, logger, settings } = input;
   const disks = await step('plan', input, async () =>
@@ -194,7 +195,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
       // Keep this disk's slot (and so the connector's memory bound) until its data is durable:
       // otherwise finished disks would pile up unacknowledged data in their senders' windows.
       const t2 = performance.now();
-      await session.flush?.();
+      await session.flush();
       input.logger.debug({ diskKey: w.disk.key, openMs: Math.round(t1 - t0), readMs: Math.round(t2 - t1), flushMs: Math.round(performance.now() - t2) }, 'disk transferred');
     } finally {
       await source.close().catch(() => undefined);

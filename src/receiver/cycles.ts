@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import type { Logger } from '../util/log.ts';
 import { UserError } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
-import { StoreError, type CycleWriter, type DiskSpec, type HeldRanges, type ImageInfo, type ImageStore } from '../store/types.ts';
+import { StoreError, type CycleWriter, type HeldRanges, type ImageInfo, type ImageStore } from '../store/types.ts';
+import type { AbortCycleRequest, BeginCycleRequest, BeginCycleResponse, CommitCycleRequest } from '../transfer/contract.ts';
 
 /** A refusal sent to the peer: HTTP status, code, message, fix. */
 export class Refusal extends Error {
@@ -31,23 +32,6 @@ export interface SourceDigest { disk: number; sha256?: string; extents?: { offse
 
 const READ_BATCH = 4 * 1024 * 1024;
 
-function checkMaxImages(n: unknown): number | undefined {
-  if (n === undefined || n === null) return undefined;
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 10) throw new Refusal(400, 'BAD_REQUEST', `maxImages ${String(n)} is outside 1..10`, 'keep between 1 and 10 images');
-  return n;
-}
-
-function checkDisks(disks: unknown): DiskSpec[] {
-  if (!Array.isArray(disks) || disks.length === 0 || disks.length > 256) throw new Refusal(400, 'BAD_REQUEST', 'disks must be a list of 1..256 disks', 'describe every disk of the source');
-  return disks.map((d: unknown, i) => {
-    const x = d as Partial<DiskSpec>;
-    if (!x || x.disk !== i || typeof x.capacity !== 'number' || !Number.isSafeInteger(x.capacity) || x.capacity <= 0 || x.capacity % 512 !== 0) {
-      throw new Refusal(400, 'BAD_REQUEST', `disk ${i}: needs disk=${i} and a capacity that is a positive multiple of 512`, 'number disks 0..n-1 and give their sizes in bytes');
-    }
-    return { disk: i, capacity: x.capacity, ...(typeof x.label === 'string' ? { label: x.label.slice(0, 200) } : {}) };
-  });
-}
-
 /** Open cycles of every source, and the cycle operations of the control API. */
 export class Cycles {
   private readonly open = new Map<string, OpenCycle>();
@@ -68,10 +52,9 @@ export class Cycles {
     return oc && oc.cycleId === cycleId ? oc : null;
   }
 
-  async begin(sourceId: string, body: Record<string, unknown>): Promise<{ cycleId: string; baseImageId: string | null; held: HeldRanges[] }> {
-    const cycleId = assertId(body.cycleId, 'cycle id');
-    const disks = checkDisks(body.disks);
-    const maxImages = checkMaxImages(body.maxImages);
+  /** `req` as checked by requests.ts (parseBeginCycle), as for every operation here. */
+  async begin(sourceId: string, req: BeginCycleRequest): Promise<BeginCycleResponse> {
+    const { cycleId, disks, maxImages } = req;
     return this.locked(sourceId, async () => {
       let oc = this.open.get(sourceId);
       if (oc && oc.cycleId !== cycleId) {
@@ -83,10 +66,7 @@ export class Cycles {
           throw new Refusal(409, 'CYCLE_OPEN', `source ${sourceId} has cycle ${others[0]} open`, `resume cycle ${others[0]} or abort it first`);
         }
         const opts: Parameters<ImageStore['beginCycle']>[0] = { sourceId, cycleId, disks };
-        if (body.baseImageId !== undefined) {
-          if (body.baseImageId !== null) assertId(body.baseImageId, 'image id');
-          opts.baseImageId = body.baseImageId as string | null;
-        }
+        if (req.baseImageId !== undefined) opts.baseImageId = req.baseImageId;
         const writer = await this.store.beginCycle(opts);
         oc = new OpenCycle(sourceId, writer, maxImages);
         this.open.set(sourceId, oc);
@@ -106,18 +86,16 @@ export class Cycles {
     return oc.writer.held();
   }
 
-  async commit(sourceId: string, cycleId: string, body: Record<string, unknown>): Promise<ImageInfo> {
+  async commit(sourceId: string, cycleId: string, req: CommitCycleRequest): Promise<ImageInfo> {
     assertId(cycleId, 'cycle id');
-    const maxImages = checkMaxImages(body.maxImages);
     return this.locked(sourceId, async () => {
       const oc = this.get(sourceId, cycleId);
       if (!oc) throw notOpen(sourceId, cycleId);
       oc.committing = true;
       try {
         if (oc.feed) await oc.feed.detach();
-        const meta = body.meta && typeof body.meta === 'object' && !Array.isArray(body.meta) ? body.meta as Record<string, unknown> : {};
-        const commitOpts: Parameters<CycleWriter['commit']>[0] = { meta };
-        if (Array.isArray(body.expected)) commitOpts.expected = body.expected as HeldRanges[];
+        const commitOpts: Parameters<CycleWriter['commit']>[0] = { meta: req.meta ?? {} };
+        if (req.expected) commitOpts.expected = req.expected;
         let img: ImageInfo;
         try {
           img = await oc.writer.commit(commitOpts);
@@ -129,8 +107,8 @@ export class Cycles {
           throw e;
         }
         this.open.delete(sourceId);
-        if (body.verify === true && Array.isArray(body.sourceDigests)) {
-          const bad = await this.verifyDigests(sourceId, img, body.sourceDigests as SourceDigest[]);
+        if (req.verify && req.sourceDigests) {
+          const bad = await this.verifyDigests(sourceId, img, req.sourceDigests);
           if (bad) {
             await this.store.removeImage(sourceId, img.imageId);
             this.log.warn({ sourceId, cycleId, reason: bad }, 'commit refused: checksum mismatch; image removed');
@@ -138,7 +116,7 @@ export class Cycles {
               'run a new full cycle (baseImageId null); if it happens again, check the source disk and the receiver storage');
           }
         }
-        const keep = maxImages ?? oc.maxImages;
+        const keep = req.maxImages ?? oc.maxImages;
         if (keep !== undefined) {
           const removed = await this.store.applyRetention(sourceId, keep);
           if (removed.length) this.log.info({ sourceId, removed, keep }, 'retention removed images');
@@ -151,14 +129,15 @@ export class Cycles {
     });
   }
 
-  async abort(sourceId: string, cycleId: string, body: Record<string, unknown>): Promise<void> {
+  async abort(sourceId: string, cycleId: string, req: AbortCycleRequest): Promise<void> {
     assertId(cycleId, 'cycle id');
     return this.locked(sourceId, async () => {
       let oc = this.get(sourceId, cycleId);
       if (!oc) {
         // after a receiver restart the cycle is only on disk: reopen it to drop it
         if (!(await this.store.openCycles(sourceId)).includes(cycleId)) throw notOpen(sourceId, cycleId);
-        const writer = await this.store.beginCycle({ sourceId, cycleId, disks: checkDisks(body.disks) });
+        if (!req.disks) throw disksRequired();
+        const writer = await this.store.beginCycle({ sourceId, cycleId, disks: req.disks });
         oc = new OpenCycle(sourceId, writer, undefined);
       }
       if (oc.feed) await oc.feed.detach();
@@ -178,18 +157,18 @@ export class Cycles {
       return h.digest('hex');
     };
     for (const d of digests) {
-      const spec = img.disks.find((x) => x.disk === d?.disk);
-      if (!spec) return `disk ${String(d?.disk)} is not in the image`;
-      if (typeof d.sha256 === 'string') {
+      const spec = img.disks.find((x) => x.disk === d.disk);
+      if (!spec) return `disk ${d.disk} is not in the image`;
+      if (d.sha256 !== undefined) {
         const got = await hashRange(d.disk, 0, spec.capacity);
         if (got !== d.sha256.toLowerCase()) return `disk ${d.disk}: SHA-256 ${got}, source says ${d.sha256}`;
       }
-      for (const x of Array.isArray(d.extents) ? d.extents : []) {
-        if (!(Number.isSafeInteger(x.offset) && Number.isSafeInteger(x.length) && x.offset >= 0 && x.length > 0 && x.offset + x.length <= spec.capacity)) {
+      for (const x of d.extents ?? []) {
+        if (x.length === 0 || x.offset + x.length > spec.capacity) {
           return `disk ${d.disk}: extent ${x.offset}+${x.length} is outside the disk`;
         }
         const got = await hashRange(d.disk, x.offset, x.length);
-        if (got !== String(x.sha256).toLowerCase()) return `disk ${d.disk}: extent at ${x.offset} (${x.length} bytes) has SHA-256 ${got}, source says ${x.sha256}`;
+        if (got !== x.sha256.toLowerCase()) return `disk ${d.disk}: extent at ${x.offset} (${x.length} bytes) has SHA-256 ${got}, source says ${x.sha256}`;
       }
     }
     return null;
@@ -203,6 +182,10 @@ export class Cycles {
 
 export function notOpen(sourceId: string, cycleId: string): Refusal {
   return new Refusal(404, 'CYCLE_NOT_OPEN', `cycle ${cycleId} of source ${sourceId} is not open`, 'begin (or resume) the cycle first');
+}
+
+export function disksRequired(): Refusal {
+  return new Refusal(400, 'BAD_REQUEST', 'disks must be a list of 1..256 disks', 'describe every disk of the source');
 }
 
 export function refusalFrom(e: unknown): Refusal | null {

@@ -50,6 +50,9 @@ import { zstdLevelFor } from './levels.ts';
 import { CompressionGovernor, DEFAULT_TIMING, type PackPhase } from './adaptive.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { RangeSet } from './ranges.ts';
+import type {
+  BeginCycleRequest, CommitCycleRequest, CommitRequest, HelloFrame, ReceiverCycle, ReceiverSession, SendOptions, SessionStats,
+} from './contract.ts';
 
 export type { DiskSpec, HeldRanges, ImageInfo };
 
@@ -82,23 +85,6 @@ export interface SenderOptions {
 }
 
 export interface SourceDigest { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }
-export interface CommitRequest { meta?: Record<string, unknown>; sourceDigests?: SourceDigest[] }
-export interface SessionStats {
-  /** Uncompressed bytes covered by extents sent (zero markers included), first transmissions only. */
-  payloadBytes: number;
-  /** Bytes written to the data socket (frames, including re-sends). */
-  wireBytes: number;
-  extents: number;
-  /** Wire bytes sent a second time after a reconnect. */
-  resentBytes: number;
-  /** Bytes `send` skipped because the receiver already held them. */
-  skippedBytes: number;
-  /** Bytes sent as zero markers. */
-  zeroBytes: number;
-  reconnects: number;
-  /** Bytes sent uncompressed although compression was on, because the link was faster than the codec (adaptive.ts). */
-  uncompressedForSpeedBytes: number;
-}
 export interface ProgressEvent { disk: number; bytesSent: number; wireBytes: number }
 
 interface Credential { sourceId: string; credential: string }
@@ -134,7 +120,7 @@ class Signal {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export class Sender {
+export class Sender implements ReceiverSession {
   readonly sourceId: string;
   private compression: number;
   private zstdLevel: number | null;
@@ -176,35 +162,34 @@ export class Sender {
         throw new UserError('NO_CREDENTIAL', `no credential for source "${o.sourceId}" at ${o.credentialFile} and no activation code given`,
           'pass the activation code printed by `vmlift receiver info` (--code-file or VMLIFT_CODE) to register this source');
       }
-      const r = await control.request<{ sourceId: string; credential: string }>('POST', '/v1/register',
-        { sourceId: o.sourceId, code: o.activationCode, label: o.sourceLabel ?? null });
+      const r = await control.register({ sourceId: o.sourceId, code: o.activationCode, label: o.sourceLabel ?? null });
       cred = { sourceId: r.sourceId, credential: r.credential };
       await writeFileAtomic(o.credentialFile, `${JSON.stringify(cred)}\n`);
       log.info({ credentialFile: o.credentialFile }, 'registered with the receiver');
     }
     control.setAuth(cred);
-    const who = await control.request<{ sourceId: string; dataPort: number }>('GET', '/v1/whoami');
+    const who = await control.whoami();
     log.info({ receiver: `${host}:${port}`, proxy: o.proxy ? redactUrl(o.proxy) : undefined }, 'connected to receiver');
     return new Sender(o, control, target, cred, o.dataPort ?? who.dataPort, log);
   }
 
   async listImages(): Promise<ImageInfo[]> {
-    return (await this.control.request<{ images: ImageInfo[] }>('GET', '/v1/images')).images;
+    return (await this.control.images()).images;
   }
 
   /** Delete one of this source's images on the receiver (refused while an export or verify uses it). */
   async deleteImage(imageId: string): Promise<void> {
-    await this.control.request('DELETE', `/v1/images/${encodeURIComponent(assertId(imageId, 'image id'))}`);
+    await this.control.deleteImage(assertId(imageId, 'image id'));
   }
 
   async listDisks(): Promise<{ imageId: string | null; disks: DiskSpec[] }> {
-    return this.control.request('GET', '/v1/disks');
+    return this.control.disks();
   }
 
   /** Digest (first 16 bytes of SHA-256) of every `blockSize` block of a disk of an image, streamed. */
   async *blockDigests(imageId: string, disk: number, blockSize: number): AsyncIterable<Buffer> {
     let rest = Buffer.alloc(0);
-    for await (const chunk of this.control.stream(`/v1/images/${encodeURIComponent(imageId)}/digests?disk=${disk}&blockSize=${blockSize}`)) {
+    for await (const chunk of this.control.digests(imageId, { disk, blockSize })) {
       const buf = rest.length ? Buffer.concat([rest, chunk]) : chunk;
       const whole = buf.length - (buf.length % 16);
       for (let i = 0; i < whole; i += 16) yield buf.subarray(i, i + 16);
@@ -213,7 +198,7 @@ export class Sender {
     if (rest.length) throw new ConnectError('block digest stream ended in the middle of a digest');
   }
 
-  async beginCycle(o: { cycleId: string; disks: DiskSpec[]; baseImageId?: string | null; maxImages?: number }): Promise<CycleSession> {
+  async beginCycle(o: BeginCycleRequest): Promise<CycleSession> {
     if (this.closed) throw new Error('sender is closed');
     assertId(o.cycleId, 'cycle id');
     if (o.maxImages !== undefined && !(Number.isInteger(o.maxImages) && o.maxImages >= 1 && o.maxImages <= 10)) {
@@ -267,7 +252,7 @@ const PIECE = 1024 * 1024;
 /** The receiver acks at least every 300 ms while data flows; two minutes of silence means it is gone. */
 const ACK_TIMEOUT_MS = 120_000;
 
-export class CycleSession extends EventEmitter {
+export class CycleSession extends EventEmitter implements ReceiverCycle {
   readonly cycleId: string;
   baseImageId: string | null = null;
   held: HeldRanges[] = [];
@@ -303,7 +288,7 @@ export class CycleSession extends EventEmitter {
   private waitedForNetwork = 0;
   private packsOutstanding = 0;
 
-  constructor(private readonly sender: Sender, o: { cycleId: string; disks: DiskSpec[]; baseImageId?: string | null; maxImages?: number }) {
+  constructor(private readonly sender: Sender, o: BeginCycleRequest) {
     super();
     this.cycleId = o.cycleId;
     this.disks = o.disks.map((d) => ({ ...d }));
@@ -333,10 +318,10 @@ export class CycleSession extends EventEmitter {
   }
 
   private async begin(): Promise<void> {
-    const body: Record<string, unknown> = { cycleId: this.cycleId, disks: this.disks };
+    const body: BeginCycleRequest = { cycleId: this.cycleId, disks: this.disks };
     if (this.requestedBase !== undefined) body.baseImageId = this.requestedBase;
     if (this.maxImages !== undefined) body.maxImages = this.maxImages;
-    const r = await this.sender.control.request<{ cycleId: string; baseImageId: string | null; held: HeldRanges[] }>('POST', '/v1/cycles', body);
+    const r = await this.sender.control.beginCycle(body);
     this.baseImageId = r.baseImageId;
     this.held = r.held;
     this.heldSets = new Map(r.held.map((h) => [h.disk, RangeSet.from(h.ranges)]));
@@ -375,7 +360,7 @@ export class CycleSession extends EventEmitter {
       s.on('error', (e) => gone(e));
       s.on('close', () => gone());
     });
-    s.write(encodeJsonFrame(FRAME.HELLO, { sourceId: this.sender.sourceId, credential: this.sender.credential.credential, cycleId: this.cycleId, streamId: this.streamId }));
+    s.write(encodeJsonFrame(FRAME.HELLO, { sourceId: this.sender.sourceId, credential: this.sender.credential.credential, cycleId: this.cycleId, streamId: this.streamId } satisfies HelloFrame));
     const r = await ready;
     this.sock = s;
     this.lastHeard = Date.now();
@@ -514,7 +499,7 @@ export class CycleSession extends EventEmitter {
    * to the pack worker without a copy. `digest`: the caller's SHA-256 of `data`, which is not all
    * zeros (used when `data` goes out as one extent: it is not hashed again).
    */
-  async send(disk: number, offset: number, data: Buffer | null, length?: number, opts?: { handOver?: boolean; digest?: Buffer }): Promise<void> {
+  async send(disk: number, offset: number, data: Buffer | null, length?: number, opts?: SendOptions): Promise<void> {
     this.check();
     const len = data ? data.length : length;
     if (data && length !== undefined && length !== data.length) throw new RangeError(`send: length ${length} differs from data length ${data.length}`);
@@ -587,17 +572,16 @@ export class CycleSession extends EventEmitter {
       for (const r of this.sentSets.get(d.disk)?.toRanges() ?? []) set.add(r.offset, r.length);
       return { disk: d.disk, ranges: set.toRanges() };
     });
-    const body: Record<string, unknown> = { meta: o.meta ?? {}, expected, verify: this.sender.opts.checksum && !!o.sourceDigests };
+    const body: CommitCycleRequest = { meta: o.meta ?? {}, expected, verify: this.sender.opts.checksum && !!o.sourceDigests };
     if (o.sourceDigests && this.sender.opts.checksum) body.sourceDigests = o.sourceDigests;
     if (this.maxImages !== undefined) body.maxImages = this.maxImages;
-    const path = `/v1/cycles/${this.cycleId}/commit`;
     const started = Date.now();
     let backoff = 200;
     let reopened = false;
     try {
       for (;;) {
         try {
-          const img = await this.sender.control.request<ImageInfo>('POST', path, body);
+          const img = await this.sender.control.commitCycle(this.cycleId, body);
           this.log.info({ imageId: img.imageId, ...this.stats(), compressionChoices: this.governor.decisions }, 'cycle committed');
           return img;
         } catch (e) {
@@ -625,7 +609,7 @@ export class CycleSession extends EventEmitter {
     this.sock?.destroy();
     await this.pumpDone;
     try {
-      await this.sender.control.request('POST', `/v1/cycles/${this.cycleId}/abort`, { disks: this.disks });
+      await this.sender.control.abortCycle(this.cycleId, { disks: this.disks });
     } finally {
       this.emit('closed');
     }
