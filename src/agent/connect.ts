@@ -1,7 +1,10 @@
 /** Connects the agent to its receiver through the transfer layer's Sender. */
 import type { Logger } from 'pino';
 import { Sender } from '../transfer/sender.ts';
-import type { AgentSender } from './ports.ts';
+import type { ReceiverSession } from '../transfer/contract.ts';
+
+/** The part of a receiver session (transfer/contract.ts) an agent cycle uses. */
+export type AgentSender = Pick<ReceiverSession, 'listImages' | 'blockDigests' | 'beginCycle' | 'close'>;
 
 export interface AgentConnectOptions {
   /** host[:controlPort] */

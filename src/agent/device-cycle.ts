@@ -17,7 +17,8 @@ import { writeFileAtomic } from '../util/fsync.ts';
 import { UserError, errorMessage, isTransient } from '../util/errors.ts';
 import { BLOCK_SIZE, DIGEST_SIZE, ManifestReader, ManifestWriter, blockCount } from './manifest.ts';
 import { scanDisk, type ScanResult } from './scan.ts';
-import type { AgentSender, AgentSession, SessionStats } from './ports.ts';
+import type { ReceiverCycle, SessionStats } from '../transfer/contract.ts';
+import type { AgentSender } from './connect.ts';
 import type { AgentState } from './state.ts';
 
 export interface DiskProgress {
@@ -46,7 +47,7 @@ export interface CycleOptions {
   logger?: Logger;
   onProgress?: (p: DiskProgress) => void;
   /** Called with each attempt's session (for tests and the CLI's bandwidth/compression changes). */
-  onSession?: (s: AgentSession) => void;
+  onSession?: (s: ReceiverCycle) => void;
   signal?: AbortSignal;
 }
 
@@ -97,7 +98,7 @@ export async function runDeviceCycle(o: CycleOptions): Promise<CycleReport> {
   for (;;) {
     attempts++;
     let sender: AgentSender | undefined;
-    let session: AgentSession | undefined;
+    let session: ReceiverCycle | undefined;
     const before = { ...totals };
     try {
       sender = await o.connect();
@@ -117,7 +118,7 @@ export async function runDeviceCycle(o: CycleOptions): Promise<CycleReport> {
   }
 }
 
-function safeStats(s: AgentSession): SessionStats | undefined {
+function safeStats(s: ReceiverCycle): SessionStats | undefined {
   try { return s.stats(); } catch { return undefined; }
 }
 
@@ -133,7 +134,7 @@ function addStats(totals: Totals, before: Totals, s: SessionStats | undefined): 
 
 async function attempt(
   o: CycleOptions, sender: AgentSender, disks: DiskSpec[], log: Logger,
-  setSession: (s: AgentSession) => void,
+  setSession: (s: ReceiverCycle) => void,
   totals: Totals, before: Totals,
 ): Promise<Omit<CycleReport, 'resumedFromState' | 'attempts' | 'durationMs' | keyof Totals>> {
   const images = await sender.listImages();
@@ -217,19 +218,15 @@ async function ensureManifest(o: CycleOptions, sender: AgentSender, image: Image
   for (const d of image.disks) {
     const w = await ManifestWriter.create(`${tmp}/disk-${d.disk}.bin`);
     try {
-      const stream = await sender.blockDigests(image.imageId, d.disk, BLOCK_SIZE);
-      if (stream instanceof Uint8Array) await w.append(stream);
-      else {
-        // The stream may yield one 16-byte digest at a time: batch before writing.
-        const batch = Buffer.allocUnsafe(64 * 1024);
-        let used = 0;
-        for await (const chunk of stream) {
-          if (used + chunk.length > batch.length) { await w.append(batch.subarray(0, used)); used = 0; }
-          if (chunk.length > batch.length) await w.append(chunk);
-          else { batch.set(chunk, used); used += chunk.length; }
-        }
-        if (used) await w.append(batch.subarray(0, used));
+      // The stream may yield one 16-byte digest at a time: batch before writing.
+      const batch = Buffer.allocUnsafe(64 * 1024);
+      let used = 0;
+      for await (const chunk of sender.blockDigests(image.imageId, d.disk, BLOCK_SIZE)) {
+        if (used + chunk.length > batch.length) { await w.append(batch.subarray(0, used)); used = 0; }
+        if (chunk.length > batch.length) await w.append(chunk);
+        else { batch.set(chunk, used); used += chunk.length; }
       }
+      if (used) await w.append(batch.subarray(0, used));
       const size = await w.finish();
       if (size !== blockCount(d.capacity) * DIGEST_SIZE) {
         throw new UserError('DIGESTS_SHORT', `the receiver sent ${size / DIGEST_SIZE} block digests for disk ${d.disk} of image ${image.imageId}, expected ${blockCount(d.capacity)}`,

@@ -3,7 +3,7 @@
  * cli/ wires the real implementations (src/vsphere, src/source, src/transfer) into them.
  */
 import type { BlockSource } from '../source/types.ts';
-import type { DiskSpec, HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
+import type { ReceiverSession } from '../transfer/contract.ts';
 import type { Range } from '../model/ranges.ts';
 
 export interface PreflightCheck { name: string; ok: boolean; message: string; fix?: string }
@@ -46,21 +46,5 @@ export interface DiskOpener {
   open(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk): Promise<BlockSource>;
 }
 
-export interface CycleSessionPort {
-  readonly cycleId: string;
-  readonly baseImageId: string | null;
-  readonly held: HeldRanges[];
-  send(disk: number, offset: number, data: Buffer | null, length?: number): Promise<void>;
-  stats(): { payloadBytes: number; wireBytes: number; extents: number; resentBytes: number };
-  /** Resolves once everything sent so far is durable on the receiver (its window is then empty). */
-  flush?(): Promise<void>;
-  commit(o?: { meta?: Record<string, unknown>; sourceDigests?: SourceDigest[] }): Promise<ImageInfo>;
-  abort(): Promise<void>;
-}
-
-export interface ReceiverPort {
-  listImages(): Promise<ImageInfo[]>;
-  beginCycle(o: { cycleId: string; disks: DiskSpec[]; baseImageId?: string | null; maxImages?: number }): Promise<CycleSessionPort>;
-  setBandwidthMbps(n: number): void;
-  setCompression(level: number): void;
-}
+/** The part of a receiver session (transfer/contract.ts) a job uses. */
+export type ReceiverPort = Pick<ReceiverSession, 'listImages' | 'beginCycle' | 'setBandwidthMbps' | 'setCompression'>;

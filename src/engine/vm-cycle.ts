@@ -6,7 +6,8 @@ import { clampReads } from '../source/clamp.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { planDiskSync, type SyncPlan } from './sync-plan.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
-import type { CycleSessionPort, DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
+import type { DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
+import type { ReceiverCycle } from '../transfer/contract.ts';
 import type { JobSettings } from '../state/types.ts';
 import { CodedError, errorReport, isTransient } from '../util/errors.ts';
 
@@ -112,7 +113,7 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   const snapshot = await step('snapshot', input, () =>
     vcenter.createSnapshot(vmRef, `${SNAPSHOT_PREFIX}${input.cycleId}`, { quiesce: input.settings.quiesce }));
   input.onSnapshot?.(snapshot);
-  let session: CycleSessionPort | undefined;
+  let session: ReceiverCycle | undefined;
   try {
     const result = await transferAndCommit(input, snapshot, (s) => { session = s; });
     return { ...result, snapshot, durationMs: Date.now() - started };
@@ -126,7 +127,7 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   }
 }
 
-async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, onSession: (s: CycleSessionPort) => void):
+async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, onSession: (s: ReceiverCycle) => void):
   Promise<Omit<CycleResult, 'snapshot' | 'durationMs'>> {
   const { vcenter, vmRef, receiver, logger, settings } = input;
   const disks = await step('plan', input, async () =>
@@ -195,7 +196,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
       // Keep this disk's slot (and so the connector's memory bound) until its data is durable:
       // otherwise finished disks would pile up unacknowledged data in their senders' windows.
       const t2 = performance.now();
-      await session.flush?.();
+      await session.flush();
       input.logger.debug({ diskKey: w.disk.key, openMs: Math.round(t1 - t0), readMs: Math.round(t2 - t1), flushMs: Math.round(performance.now() - t2) }, 'disk transferred');
     } finally {
       await source.close().catch(() => undefined);

@@ -11,6 +11,9 @@
  *   GET  /v1/cycles/:id/held                → {held}
  *   POST /v1/cycles/:id/commit              {meta?, expected?, verify?, sourceDigests?, maxImages?} → ImageInfo
  *   POST /v1/cycles/:id/abort               {disks?} → {}
+ *   DELETE /v1/images/:id                   → {deleted}
+ *
+ * The bodies are typed in transfer/contract.ts; requests.ts checks the incoming ones.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createHash } from 'node:crypto';
@@ -21,12 +24,16 @@ import type { ImageStore } from '../store/types.ts';
 import { DIGEST_BLOCK_SIZES, HDR_SOURCE, SAME_VERSION_FIX } from '../transfer/protocol.ts';
 import { authenticate, registerSource } from './identity.ts';
 import { Refusal, refusalFrom, type OpenCycles } from './open-cycles.ts';
+import { parseAbortCycle, parseBeginCycle, parseCommitCycle, parseRegister, type JsonObject } from './requests.ts';
+import type {
+  AbortCycleResponse, DeleteImageResponse, DisksResponse, ErrorResponse, HeldResponse, ImagesResponse, RegisterResponse, WhoamiResponse,
+} from '../transfer/contract.ts';
 
 const MAX_BODY = 64 * 1024 * 1024;
 
 export interface ControlContext { dataDir: string; store: ImageStore; cycles: OpenCycles; log: Logger; dataPort: () => number }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+async function readJson(req: IncomingMessage): Promise<JsonObject> {
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of req) {
@@ -37,7 +44,7 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   if (n === 0) return {};
   try {
     const v = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
-    if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+    if (v && typeof v === 'object' && !Array.isArray(v)) return v as JsonObject;
   } catch { /* below */ }
   throw new Refusal(400, 'BAD_REQUEST', 'request body is not a JSON object', SAME_VERSION_FIX);
 }
@@ -57,11 +64,11 @@ export function controlHandler(ctx: ControlContext): (req: IncomingMessage, res:
       const r = refusalFrom(e);
       if (r) {
         ctx.log.warn({ route, sourceId, status: r.status, errCode: r.code, reason: r.message }, 'control request refused');
-        if (!res.headersSent) send(res, r.status, { error: errorReport(r) });
+        if (!res.headersSent) send(res, r.status, { error: errorReport(r) } satisfies ErrorResponse);
         else res.destroy();
       } else {
         ctx.log.error({ route, sourceId, err: errorMessage(e) }, 'control request failed');
-        if (!res.headersSent) send(res, 500, { error: { code: 'INTERNAL', message: `receiver error: ${errorMessage(e)}` } });
+        if (!res.headersSent) send(res, 500, { error: { code: 'INTERNAL', message: `receiver error: ${errorMessage(e)}` } } satisfies ErrorResponse);
         else res.destroy();
       }
     });
@@ -74,13 +81,13 @@ async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResp
   const m = req.method;
 
   if (m === 'POST' && parts[1] === 'register' && parts.length === 2) {
-    const body = await readJson(req);
-    const sourceId = assertId(body.sourceId, 'source id');
+    const body = parseRegister(await readJson(req));
+    const sourceId = body.sourceId;
     setSource(sourceId);
-    const { credential } = await registerSource(ctx.dataDir, sourceId, body.code as string, typeof body.label === 'string' ? body.label.slice(0, 200) : null)
+    const { credential } = await registerSource(ctx.dataDir, sourceId, body.code, body.label ?? null)
       .catch((e: unknown) => { const r = refusalFrom(e); throw r ? new Refusal(r.code === 'ALREADY_REGISTERED' ? 409 : 403, r.code, r.message, r.fix) : e; });
     ctx.log.info({ sourceId }, 'source registered');
-    return send(res, 200, { sourceId, credential });
+    return send(res, 200, { sourceId, credential } satisfies RegisterResponse);
   }
 
   const hdr = req.headers[HDR_SOURCE];
@@ -95,12 +102,12 @@ async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResp
     throw new Refusal(401, 'AUTH', `wrong credential for source ${sourceId}`, 'use the credential file written when this source registered, or register a new source id with an activation code');
   }
 
-  if (m === 'GET' && parts[1] === 'whoami' && parts.length === 2) return send(res, 200, { sourceId, dataPort: ctx.dataPort() });
-  if (m === 'GET' && parts[1] === 'images' && parts.length === 2) return send(res, 200, { images: await listImages(ctx.store, sourceId) });
+  if (m === 'GET' && parts[1] === 'whoami' && parts.length === 2) return send(res, 200, { sourceId, dataPort: ctx.dataPort() } satisfies WhoamiResponse);
+  if (m === 'GET' && parts[1] === 'images' && parts.length === 2) return send(res, 200, { images: await listImages(ctx.store, sourceId) } satisfies ImagesResponse);
   if (m === 'GET' && parts[1] === 'disks' && parts.length === 2) {
     const imgs = await listImages(ctx.store, sourceId);
     const last = imgs[imgs.length - 1];
-    return send(res, 200, { imageId: last?.imageId ?? null, disks: last?.disks ?? [] });
+    return send(res, 200, { imageId: last?.imageId ?? null, disks: last?.disks ?? [] } satisfies DisksResponse);
   }
   if (m === 'DELETE' && parts[1] === 'images' && parts.length === 3) {
     // A source may delete its own images (job delete --remove-images); refused while an export or verify uses one.
@@ -113,17 +120,20 @@ async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResp
     });
     await ctx.store.gc();
     ctx.log.info({ sourceId, imageId }, 'image deleted by its source');
-    return send(res, 200, { deleted: imageId });
+    return send(res, 200, { deleted: imageId } satisfies DeleteImageResponse);
   }
   if (m === 'GET' && parts[1] === 'images' && parts[3] === 'digests' && parts.length === 4) {
     return digests(ctx, res, sourceId, assertId(parts[2], 'image id'), url.searchParams);
   }
   if (parts[1] === 'cycles') {
-    if (m === 'POST' && parts.length === 2) return send(res, 200, await ctx.cycles.begin(sourceId, await readJson(req)));
+    if (m === 'POST' && parts.length === 2) return send(res, 200, await ctx.cycles.begin(sourceId, parseBeginCycle(await readJson(req))));
     const cycleId = assertId(parts[2], 'cycle id');
-    if (m === 'GET' && parts[3] === 'held' && parts.length === 4) return send(res, 200, { held: await ctx.cycles.held(sourceId, cycleId) });
-    if (m === 'POST' && parts[3] === 'commit' && parts.length === 4) return send(res, 200, await ctx.cycles.commit(sourceId, cycleId, await readJson(req)));
-    if (m === 'POST' && parts[3] === 'abort' && parts.length === 4) { await ctx.cycles.abort(sourceId, cycleId, await readJson(req)); return send(res, 200, {}); }
+    if (m === 'GET' && parts[3] === 'held' && parts.length === 4) return send(res, 200, { held: await ctx.cycles.held(sourceId, cycleId) } satisfies HeldResponse);
+    if (m === 'POST' && parts[3] === 'commit' && parts.length === 4) return send(res, 200, await ctx.cycles.commit(sourceId, cycleId, parseCommitCycle(await readJson(req))));
+    if (m === 'POST' && parts[3] === 'abort' && parts.length === 4) {
+      await ctx.cycles.abort(sourceId, cycleId, parseAbortCycle(await readJson(req)));
+      return send(res, 200, {} satisfies AbortCycleResponse);
+    }
   }
   throw new Refusal(404, 'NOT_FOUND', `no route ${m} ${url.pathname}`, SAME_VERSION_FIX);
 }

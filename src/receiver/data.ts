@@ -1,7 +1,7 @@
 /**
  * One data connection (port 8703): HELLO → READY, then EXTENT and SYNC frames in; ACK frames out.
  *
- * Frames are validated on arrival (disk, range, codec, lengths), verified off the main thread
+ * Frames are validated on arrival (disk, range, codec, lengths: extent-checks.ts), verified off the main thread
  * (decompress + SHA-256 in the codec pool) and written to the cycle in arrival order. The socket is
  * paused while more than PENDING_LIMIT bytes wait, so memory per connection stays bounded. The store
  * is flushed every FLUSH_BYTES or FLUSH_MS; each flush is followed by ACK {seq}: everything up to seq
@@ -14,12 +14,11 @@ import { errorMessage, errorReport } from '../util/errors.ts';
 import { isValidId } from '../util/ids.ts';
 import { readIntoBuffer } from '../util/socket-read-buffer.ts';
 import { StoreError } from '../store/types.ts';
-import {
-  CODEC, EXTENT_HEADER, FRAME, FrameAssembler, MAX_DATA_EXTENT, MAX_ZERO_EXTENT, ProtocolError, SAME_VERSION_FIX, decodeExtentHeader,
-  encodeJsonFrame, parseJsonBody, type WireError,
-} from '../transfer/protocol.ts';
+import { CODEC, FRAME, FrameAssembler, ProtocolError, SAME_VERSION_FIX, encodeJsonFrame, parseJsonBody, type WireError } from '../transfer/protocol.ts';
+import type { AckFrame, ReadyFrame } from '../transfer/contract.ts';
 import type { CodecPool } from '../transfer/codec-pool.ts';
 import { authenticate } from './identity.ts';
+import { checkExtentFrame } from './extent-checks.ts';
 import type { OpenCycles, OpenCycle, CycleFeed } from './open-cycles.ts';
 
 export const PENDING_LIMIT = 16 * 1024 * 1024;
@@ -153,34 +152,20 @@ export class DataConnection implements CycleFeed {
     const durableSeq = oc.streams.has(streamId) ? oc.streams.get(streamId)! : null;
     if (durableSeq === null) oc.streams.set(streamId, 0);
     this.lastIssued = durableSeq ?? 0;
-    this.s.write(encodeJsonFrame(FRAME.READY, { durableSeq }));
+    this.s.write(encodeJsonFrame(FRAME.READY, { durableSeq } satisfies ReadyFrame));
     this.log.debug({ durableSeq }, 'data stream ready');
   }
 
   private onExtent(body: Buffer, owned: boolean): void {
-    if (body.length < EXTENT_HEADER) throw new ProtocolError('BAD_LENGTH', `extent frame of ${body.length} bytes is shorter than its header`, { fix: SAME_VERSION_FIX });
-    const h = decodeExtentHeader(body);
-    const payload = body.subarray(EXTENT_HEADER);
+    const { header: h, payload } = checkExtentFrame(body, this.oc!.writer.disks, this.oc!.cycleId);
     const cost = body.length;
     const digest = Buffer.from(h.digest); // copied: the frame's buffer may move to a worker
-    const disk = this.oc!.writer.disks.find((d) => d.disk === h.disk);
-    if (!disk) throw new ProtocolError('BAD_DISK', `disk ${h.disk} is not part of cycle ${this.oc!.cycleId}`);
-    if (h.length === 0 || h.offset + h.length > disk.capacity) {
-      throw new ProtocolError('OUT_OF_RANGE', `extent ${h.offset}+${h.length} is beyond disk ${h.disk} (capacity ${disk.capacity})`);
-    }
     let data: Promise<Buffer | null>;
     if (h.codec === CODEC.ZERO) {
-      if (payload.length !== 0 || h.length > MAX_ZERO_EXTENT) throw new ProtocolError('BAD_LENGTH', `zero marker with ${payload.length} payload bytes or length ${h.length}`, { fix: SAME_VERSION_FIX });
       data = Promise.resolve(null);
-    } else if (h.codec === CODEC.RAW || h.codec === CODEC.ZSTD) {
-      if (h.length > MAX_DATA_EXTENT) throw new ProtocolError('BAD_LENGTH', `extent length ${h.length} exceeds ${MAX_DATA_EXTENT}`, { fix: SAME_VERSION_FIX });
-      if (h.codec === CODEC.RAW && payload.length !== h.length) {
-        throw new ProtocolError('BAD_LENGTH', `raw extent says ${h.length} bytes but carries ${payload.length}`, { fix: SAME_VERSION_FIX });
-      }
+    } else {
       data = this.ctx.pool.unpack(h.codec, payload, h.length, digest, owned);
       data.catch(() => undefined);
-    } else {
-      throw new ProtocolError('BAD_CODEC', `unknown codec ${h.codec}`, { fix: SAME_VERSION_FIX });
     }
     this.queue.push({ kind: 'extent', seq: h.seq, disk: h.disk, offset: h.offset, length: h.length, data, digest, cost });
     this.pending += cost;
@@ -204,7 +189,7 @@ export class DataConnection implements CycleFeed {
         if (item.kind === 'sync') {
           await this.flush();
           this.queue.shift();
-          if (!this.closed) this.s.write(encodeJsonFrame(FRAME.ACK, { seq: this.lastIssued, token: item.token }));
+          if (!this.closed) this.s.write(encodeJsonFrame(FRAME.ACK, { seq: this.lastIssued, token: item.token } satisfies AckFrame));
           continue;
         }
         const data = await item.data;
@@ -298,7 +283,7 @@ export class DataConnection implements CycleFeed {
       }
       if (this.writeFailed) return;
       oc.streams.set(this.streamId, seq);
-      if (!this.closed && seq) this.s.write(encodeJsonFrame(FRAME.ACK, { seq }));
+      if (!this.closed && seq) this.s.write(encodeJsonFrame(FRAME.ACK, { seq } satisfies AckFrame));
     });
     this.flushChain = run.catch(() => undefined);
     return run;

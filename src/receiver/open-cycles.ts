@@ -3,7 +3,8 @@ import type { Logger } from '../util/log.ts';
 import { UserError, isTransient } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
 import { StoreError, type CycleWriter, type ImageStore } from '../store/types.ts';
-import type { DiskSpec, HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
+import type { HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
+import type { AbortCycleRequest, BeginCycleRequest, BeginCycleResponse, CommitCycleRequest } from '../transfer/contract.ts';
 
 /** A refusal sent to the peer: HTTP status, code, message, fix, and `transient` when the peer may try again. */
 export class Refusal extends UserError {
@@ -29,23 +30,6 @@ export class OpenCycle {
 
 const READ_BATCH = 4 * 1024 * 1024;
 
-function checkMaxImages(n: unknown): number | undefined {
-  if (n === undefined || n === null) return undefined;
-  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 10) throw new Refusal(400, 'BAD_REQUEST', `maxImages ${String(n)} is outside 1..10`, 'keep between 1 and 10 images');
-  return n;
-}
-
-function checkDisks(disks: unknown): DiskSpec[] {
-  if (!Array.isArray(disks) || disks.length === 0 || disks.length > 256) throw new Refusal(400, 'BAD_REQUEST', 'disks must be a list of 1..256 disks', 'describe every disk of the source');
-  return disks.map((d: unknown, i) => {
-    const x = d as Partial<DiskSpec>;
-    if (!x || x.disk !== i || typeof x.capacity !== 'number' || !Number.isSafeInteger(x.capacity) || x.capacity <= 0 || x.capacity % 512 !== 0) {
-      throw new Refusal(400, 'BAD_REQUEST', `disk ${i}: needs disk=${i} and a capacity that is a positive multiple of 512`, 'number disks 0..n-1 and give their sizes in bytes');
-    }
-    return { disk: i, capacity: x.capacity, ...(typeof x.label === 'string' ? { label: x.label.slice(0, 200) } : {}) };
-  });
-}
-
 /** Open cycles of every source, and the cycle operations of the control API. */
 export class OpenCycles {
   private readonly open = new Map<string, OpenCycle>();
@@ -66,10 +50,9 @@ export class OpenCycles {
     return oc && oc.cycleId === cycleId ? oc : null;
   }
 
-  async begin(sourceId: string, body: Record<string, unknown>): Promise<{ cycleId: string; baseImageId: string | null; held: HeldRanges[] }> {
-    const cycleId = assertId(body.cycleId, 'cycle id');
-    const disks = checkDisks(body.disks);
-    const maxImages = checkMaxImages(body.maxImages);
+  /** `req` as checked by requests.ts (parseBeginCycle), as for every operation here. */
+  async begin(sourceId: string, req: BeginCycleRequest): Promise<BeginCycleResponse> {
+    const { cycleId, disks, maxImages } = req;
     return this.locked(sourceId, async () => {
       let oc = this.open.get(sourceId);
       if (oc && oc.cycleId !== cycleId) {
@@ -81,10 +64,7 @@ export class OpenCycles {
           throw new Refusal(409, 'CYCLE_OPEN', `source ${sourceId} has cycle ${others[0]} open`, `resume cycle ${others[0]} or abort it first`);
         }
         const opts: Parameters<ImageStore['beginCycle']>[0] = { sourceId, cycleId, disks };
-        if (body.baseImageId !== undefined) {
-          if (body.baseImageId !== null) assertId(body.baseImageId, 'image id');
-          opts.baseImageId = body.baseImageId as string | null;
-        }
+        if (req.baseImageId !== undefined) opts.baseImageId = req.baseImageId;
         const writer = await this.store.beginCycle(opts);
         oc = new OpenCycle(sourceId, writer, maxImages);
         this.open.set(sourceId, oc);
@@ -104,18 +84,16 @@ export class OpenCycles {
     return oc.writer.held();
   }
 
-  async commit(sourceId: string, cycleId: string, body: Record<string, unknown>): Promise<ImageInfo> {
+  async commit(sourceId: string, cycleId: string, req: CommitCycleRequest): Promise<ImageInfo> {
     assertId(cycleId, 'cycle id');
-    const maxImages = checkMaxImages(body.maxImages);
     return this.locked(sourceId, async () => {
       const oc = this.get(sourceId, cycleId);
       if (!oc) throw notOpen(sourceId, cycleId);
       oc.committing = true;
       try {
         if (oc.feed) await oc.feed.detach();
-        const meta = body.meta && typeof body.meta === 'object' && !Array.isArray(body.meta) ? body.meta as Record<string, unknown> : {};
-        const commitOpts: Parameters<CycleWriter['commit']>[0] = { meta };
-        if (Array.isArray(body.expected)) commitOpts.expected = body.expected as HeldRanges[];
+        const commitOpts: Parameters<CycleWriter['commit']>[0] = { meta: req.meta ?? {} };
+        if (req.expected) commitOpts.expected = req.expected;
         let img: ImageInfo;
         try {
           img = await oc.writer.commit(commitOpts);
@@ -127,8 +105,8 @@ export class OpenCycles {
           throw e;
         }
         this.open.delete(sourceId);
-        if (body.verify === true && Array.isArray(body.sourceDigests)) {
-          const bad = await this.verifyDigests(sourceId, img, body.sourceDigests as SourceDigest[]);
+        if (req.verify && req.sourceDigests) {
+          const bad = await this.verifyDigests(sourceId, img, req.sourceDigests);
           if (bad) {
             await this.store.removeImage(sourceId, img.imageId);
             this.log.warn({ sourceId, cycleId, reason: bad }, 'commit refused: checksum mismatch; image removed');
@@ -136,7 +114,7 @@ export class OpenCycles {
               'run a new full cycle (baseImageId null); if it happens again, check the source disk and the receiver storage');
           }
         }
-        const keep = maxImages ?? oc.maxImages;
+        const keep = req.maxImages ?? oc.maxImages;
         if (keep !== undefined) {
           const removed = await this.store.applyRetention(sourceId, keep);
           if (removed.length) this.log.info({ sourceId, removed, keep }, 'retention removed images');
@@ -149,14 +127,15 @@ export class OpenCycles {
     });
   }
 
-  async abort(sourceId: string, cycleId: string, body: Record<string, unknown>): Promise<void> {
+  async abort(sourceId: string, cycleId: string, req: AbortCycleRequest): Promise<void> {
     assertId(cycleId, 'cycle id');
     return this.locked(sourceId, async () => {
       let oc = this.get(sourceId, cycleId);
       if (!oc) {
         // after a receiver restart the cycle is only on disk: reopen it to drop it
         if (!(await this.store.openCycles(sourceId)).includes(cycleId)) throw notOpen(sourceId, cycleId);
-        const writer = await this.store.beginCycle({ sourceId, cycleId, disks: checkDisks(body.disks) });
+        if (!req.disks) throw disksRequired();
+        const writer = await this.store.beginCycle({ sourceId, cycleId, disks: req.disks });
         oc = new OpenCycle(sourceId, writer, undefined);
       }
       if (oc.feed) await oc.feed.detach();
@@ -176,18 +155,18 @@ export class OpenCycles {
       return h.digest('hex');
     };
     for (const d of digests) {
-      const spec = img.disks.find((x) => x.disk === d?.disk);
-      if (!spec) return `disk ${String(d?.disk)} is not in the image`;
-      if (typeof d.sha256 === 'string') {
+      const spec = img.disks.find((x) => x.disk === d.disk);
+      if (!spec) return `disk ${d.disk} is not in the image`;
+      if (d.sha256 !== undefined) {
         const got = await hashRange(d.disk, 0, spec.capacity);
         if (got !== d.sha256.toLowerCase()) return `disk ${d.disk}: SHA-256 ${got}, source says ${d.sha256}`;
       }
-      for (const x of Array.isArray(d.extents) ? d.extents : []) {
-        if (!(Number.isSafeInteger(x.offset) && Number.isSafeInteger(x.length) && x.offset >= 0 && x.length > 0 && x.offset + x.length <= spec.capacity)) {
+      for (const x of d.extents ?? []) {
+        if (x.length === 0 || x.offset + x.length > spec.capacity) {
           return `disk ${d.disk}: extent ${x.offset}+${x.length} is outside the disk`;
         }
         const got = await hashRange(d.disk, x.offset, x.length);
-        if (got !== String(x.sha256).toLowerCase()) return `disk ${d.disk}: extent at ${x.offset} (${x.length} bytes) has SHA-256 ${got}, source says ${x.sha256}`;
+        if (got !== x.sha256.toLowerCase()) return `disk ${d.disk}: extent at ${x.offset} (${x.length} bytes) has SHA-256 ${got}, source says ${x.sha256}`;
       }
     }
     return null;
@@ -201,6 +180,10 @@ export class OpenCycles {
 
 export function notOpen(sourceId: string, cycleId: string): Refusal {
   return new Refusal(404, 'CYCLE_NOT_OPEN', `cycle ${cycleId} of source ${sourceId} is not open`, 'begin (or resume) the cycle first');
+}
+
+export function disksRequired(): Refusal {
+  return new Refusal(400, 'BAD_REQUEST', 'disks must be a list of 1..256 disks', 'describe every disk of the source');
 }
 
 export function refusalFrom(e: unknown): Refusal | null {

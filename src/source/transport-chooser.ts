@@ -5,6 +5,7 @@
 import type { BlockSource } from './types.ts';
 import { UserError, errorMessage } from '../util/errors.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
+import { flatExtentUrl } from '../util/datastore-url.ts';
 import { HttpDatastoreSource, type HttpDatastoreOptions } from './http-datastore/index.ts';
 import { NbdSource, type NbdSourceOptions } from './nbd/index.ts';
 import { VddkSource, type VddkSourceOptions } from './vddk/index.ts';
@@ -95,10 +96,6 @@ async function openWith(t: VmwareTransport, spec: VmwareDiskSpec, opts: OpenVmwa
 
 /** https://server/folder/<dir>/<disk>-flat.vmdk?dcPath=..&dsName=.. for "[ds] dir/disk.vmdk". */
 export function datastoreFlatUrl(spec: Pick<VmwareDiskSpec, 'server' | 'port' | 'datacenter' | 'diskPath'>): string {
-  const m = /^\[([^\]]+)\]\s*(.+)$/.exec(spec.diskPath.trim());
-  if (!m) throw new UserError('HTTP_DS_PATH', `"${spec.diskPath}" is not a datastore path`, 'use "[datastore] folder/disk.vmdk"');
-  const flat = m[2]!.replace(/(?<!-flat)\.vmdk$/i, '-flat.vmdk');
   const host = spec.server.includes(':') && !spec.server.startsWith('[') ? `[${spec.server}]` : spec.server;
-  return `https://${host}${spec.port && spec.port !== 443 ? `:${spec.port}` : ''}/folder/${flat.split('/').map(encodeURIComponent).join('/')}` +
-    `?dcPath=${encodeURIComponent(spec.datacenter)}&dsName=${encodeURIComponent(m[1]!)}`;
+  return flatExtentUrl(`https://${host}${spec.port ? `:${spec.port}` : ''}`, spec.datacenter, spec.diskPath);
 }

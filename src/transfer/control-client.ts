@@ -2,6 +2,11 @@ import http from 'node:http';
 import { UserError } from '../util/errors.ts';
 import { connectPinned, ConnectError, type ProxySpec } from './connect.ts';
 import { HDR_SOURCE, type WireError } from './protocol.ts';
+import type {
+  AbortCycleRequest, AbortCycleResponse, BeginCycleRequest, BeginCycleResponse, CommitCycleRequest, DeleteImageResponse,
+  DigestsQuery, DisksResponse, ImagesResponse, RegisterRequest, RegisterResponse, WhoamiResponse,
+} from './contract.ts';
+import type { ImageInfo } from '../model/images.ts';
 
 export interface ControlTarget { host: string; port: number; fingerprint: string; proxy?: ProxySpec | undefined }
 export interface ControlAuth { sourceId: string; credential: string }
@@ -18,6 +23,7 @@ export class RemoteError extends UserError {
 /**
  * HTTP+JSON client of the receiver's control API over a pinned TLS connection (optionally through
  * an HTTP CONNECT proxy). One connection per request keeps it simple and robust across receiver restarts.
+ * One typed method per route (bodies in contract.ts); `request` and `stream` are the raw calls under them.
  */
 export class ControlClient {
   constructor(private readonly target: ControlTarget, private auth: ControlAuth | null = null) {}
@@ -81,5 +87,21 @@ export class ControlClient {
     res.on('end', () => { complete = true; });
     for await (const c of res) yield c as Buffer;
     if (!complete || res.trailers['x-vmlift-complete'] === 'no') throw new ConnectError(`stream ${path} ended early`);
+  }
+
+  register(body: RegisterRequest): Promise<RegisterResponse> { return this.request('POST', '/v1/register', body); }
+  whoami(): Promise<WhoamiResponse> { return this.request('GET', '/v1/whoami'); }
+  images(): Promise<ImagesResponse> { return this.request('GET', '/v1/images'); }
+  disks(): Promise<DisksResponse> { return this.request('GET', '/v1/disks'); }
+  deleteImage(imageId: string): Promise<DeleteImageResponse> { return this.request('DELETE', `/v1/images/${encodeURIComponent(imageId)}`); }
+  digests(imageId: string, q: DigestsQuery): AsyncGenerator<Buffer> {
+    return this.stream(`/v1/images/${encodeURIComponent(imageId)}/digests?disk=${q.disk}&blockSize=${q.blockSize}`);
+  }
+  beginCycle(body: BeginCycleRequest): Promise<BeginCycleResponse> { return this.request('POST', '/v1/cycles', body); }
+  commitCycle(cycleId: string, body: CommitCycleRequest): Promise<ImageInfo> {
+    return this.request('POST', `/v1/cycles/${encodeURIComponent(cycleId)}/commit`, body);
+  }
+  abortCycle(cycleId: string, body: AbortCycleRequest): Promise<AbortCycleResponse> {
+    return this.request('POST', `/v1/cycles/${encodeURIComponent(cycleId)}/abort`, body);
   }
 }

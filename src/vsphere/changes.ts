@@ -15,12 +15,6 @@ export function parseChangeId(id: string): ChangeId | null {
   return { uuid: id.slice(0, slash), seq };
 }
 
-/** True when `current` belongs to a different CBT epoch than `previous`: the incremental chain is broken. */
-export function cbtWasReset(previous: string, current: string): boolean {
-  const p = parseChangeId(previous), c = parseChangeId(current);
-  return !p || !c || p.uuid !== c.uuid || c.seq < p.seq;
-}
-
 export interface Area { offset: number; length: number }
 export interface ChangedAreas { areas: Area[]; bytes: number; calls: number }
 

@@ -1,7 +1,7 @@
 /**
  * vmlift's vSphere control plane. Layers, lowest first:
  *   session (SOAP over node-soap + undici, TLS pinning, cookie, re-login) → methods (typed vim25 calls)
- *   → types / inventory / tasks / changes / preflight / datastore → VCenter (object helpers).
+ *   → types / inventory / tasks / changes / preflight → VCenter (object helpers; datastore URLs from util/datastore-url.ts).
  */
 export { VimSession, sdkUrl, type ConnectOptions, type ServiceContent } from './session.ts';
 export { makeDispatcher, normalizeThumbprint, formatThumbprint, fetchThumbprints, type TrustMode } from './tls.ts';
@@ -11,9 +11,7 @@ export * as methods from './methods.ts';
 export { waitForTask, type TaskWaitOptions, type TaskResult } from './tasks.ts';
 export { fetchInventory, fetchVm, fetchVmByRef, fetchSnapshotDisks, parseDisks, parseExtraConfig, type Inventory } from './inventory.ts';
 export { preflight, type PreflightCheck, type PreflightReport } from './preflight.ts';
-export { changedAreas, parseChangeId, cbtWasReset, type ChangeId, type Area, type ChangedAreas } from './changes.ts';
-export { datastoreUrl, flatExtentPath, parseDatastorePath, type DatastorePath } from './datastore.ts';
+export { changedAreas, parseChangeId, type ChangeId, type Area, type ChangedAreas } from './changes.ts';
 export { VCenter, type CbtResult } from './vcenter.ts';
 export type { DiskInfo, VmInfo, HostInfo, SnapshotNode, SnapshotHandle, ControllerType, MoRef } from './types.ts';
 export { resolveConnection, type ConnectionFlags } from './connection.ts';
-export { VCenterControl, type ControlSnapshotDisk } from './control.ts';

@@ -6,7 +6,7 @@ import { preflight, type PreflightReport } from './preflight.ts';
 import { consolidateVMDisksTask, createSnapshotTask, reconfigVM, removeSnapshotTask } from './methods.ts';
 import { waitForTask, type TaskWaitOptions } from './tasks.ts';
 import { changedAreas, type ChangedAreas } from './changes.ts';
-import { datastoreUrl, flatExtentPath, parseDatastorePath } from './datastore.ts';
+import { flatExtentUrl } from '../util/datastore-url.ts';
 import type { DiskInfo, SnapshotHandle, SnapshotNode, VmInfo } from './types.ts';
 
 export interface CbtResult { vm: string; changed: boolean; stunned: boolean; settings: Record<string, string>; changeTrackingEnabled: boolean }
@@ -146,7 +146,7 @@ export class VCenter {
 
   /** URL of a disk's flat file on its datastore, and the cookie to send with Range GETs. */
   diskUrl(disk: Pick<DiskInfo, 'file'>, datacenter: string): { url: string; cookie: string | undefined } {
-    return { url: datastoreUrl(this.session.url, datacenter, parseDatastorePath(flatExtentPath(disk.file))), cookie: this.session.cookie };
+    return { url: flatExtentUrl(this.session.url, datacenter, disk.file), cookie: this.session.cookie };
   }
 
   close(): Promise<void> { return this.session.close(); }

@@ -4,7 +4,9 @@ import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import { labFixture, connect, folderRead } from './helpers.ts';
 import type { Lab } from '../../lab/lab.ts';
-import { cbtWasReset, methods, parseChangeId, VimFault, VCenterControl, type VCenter, type Area } from '../../src/vsphere/index.ts';
+import { methods, parseChangeId, VimFault, type VCenter, type Area } from '../../src/vsphere/index.ts';
+import { planDiskSync } from '../../src/engine/sync-plan.ts';
+import { vcenterPort } from '../../src/cli/wiring.ts';
 
 let fx: Awaited<ReturnType<typeof labFixture>>;
 let lab: Lab;
@@ -83,7 +85,7 @@ test('changed areas between two snapshots cover every written byte; "*" is the a
   const id2 = d2.changeId!;
   assert.equal(parseChangeId(id2)!.uuid, parseChangeId(id1)!.uuid);
   assert.ok(parseChangeId(id2)!.seq > parseChangeId(id1)!.seq);
-  assert.equal(cbtWasReset(id1, id2), false);
+  assert.deepEqual(planDiskSync(id1, id2, true), { mode: 'incremental', sinceChangeId: id1 }, 'same CBT epoch: incremental');
 
   const q = await vc.changedAreas(vm.ref, s2.ref, key, id1, cap);
   for (const w of writes) assert.ok(covered(q.areas, w.offset, w.length), `write ${w.offset}+${w.length} is covered`);
@@ -137,7 +139,7 @@ test('changed areas between two snapshots cover every written byte; "*" is the a
   await lab.resetCbt('vm-0001', key);
   const s4 = await vc.createSnapshot(vm.ref, 'vmlift-c4', { quiesce: false });
   const id4 = (await vc.snapshotDisks(s4.ref)).find((d) => d.key === key)!.changeId!;
-  assert.equal(cbtWasReset(id2, id4), true);
+  assert.match((planDiskSync(id2, id4, true) as { reason: string }).reason, /CBT was reset/);
   await assert.rejects(vc.changedAreas(vm.ref, s4.ref, key, id2, cap), (e: Error & { code?: string }) => e.code === 'VC_CHANGE_ID_INVALID' && /CBT was reset/.test(e.message));
   assert.ok((await vc.changedAreas(vm.ref, s4.ref, key, '*', cap)).areas.length > 0);
 
@@ -183,7 +185,7 @@ test('more than 2,000 changed areas come back in pages and are all collected', a
 });
 
 test('engine port: one docs/design.md cycle over a two-disk VM', async () => {
-  const ctl = new VCenterControl(vc, { taskTimeoutMs: 60_000 });
+  const ctl = vcenterPort(vc);
   const ref = lab.vm('two-disks').moref;
   assert.ok((await ctl.preflight(ref)).every((c) => c.ok));
   assert.match(await ctl.hostOf(ref), /^host-\d+$/);

@@ -1,0 +1,95 @@
+/**
+ * The control API's request bodies, checked: parsed JSON in, the contract's typed bodies
+ * (transfer/contract.ts) out, or a Refusal saying what is wrong. Every typed field is built from a
+ * field that was checked here; nothing is cast.
+ */
+import { assertId } from '../util/ids.ts';
+import type { AbortCycleRequest, BeginCycleRequest, CommitCycleRequest, RegisterRequest } from '../transfer/contract.ts';
+import { Refusal, disksRequired } from './open-cycles.ts';
+import type { Range } from '../model/ranges.ts';
+import type { DiskSpec, HeldRanges, SourceDigest } from '../model/images.ts';
+
+export type JsonObject = Record<string, unknown>;
+
+const isObject = (v: unknown): v is JsonObject => !!v && typeof v === 'object' && !Array.isArray(v);
+const badRequest = (message: string, fix?: string) => new Refusal(400, 'BAD_REQUEST', message, fix);
+
+export function parseRegister(body: JsonObject): RegisterRequest {
+  return {
+    sourceId: assertId(body.sourceId, 'source id'),
+    // an absent code is refused by registerSource (CODE_UNKNOWN), like a wrong one
+    code: typeof body.code === 'string' ? body.code : '',
+    label: typeof body.label === 'string' ? body.label.slice(0, 200) : null,
+  };
+}
+
+export function parseBeginCycle(body: JsonObject): BeginCycleRequest {
+  const out: BeginCycleRequest = { cycleId: assertId(body.cycleId, 'cycle id'), disks: checkDisks(body.disks) };
+  const maxImages = checkMaxImages(body.maxImages);
+  if (maxImages !== undefined) out.maxImages = maxImages;
+  if (body.baseImageId !== undefined) out.baseImageId = body.baseImageId === null ? null : assertId(body.baseImageId, 'image id');
+  return out;
+}
+
+export function parseCommitCycle(body: JsonObject): CommitCycleRequest {
+  const out: CommitCycleRequest = { meta: isObject(body.meta) ? body.meta : {}, verify: body.verify === true };
+  const maxImages = checkMaxImages(body.maxImages);
+  if (maxImages !== undefined) out.maxImages = maxImages;
+  if (Array.isArray(body.expected)) out.expected = body.expected.map(checkHeld);
+  // digests matter only when the sender asks for verification
+  if (out.verify && Array.isArray(body.sourceDigests)) out.sourceDigests = body.sourceDigests.map(checkSourceDigest);
+  return out;
+}
+
+export function parseAbortCycle(body: JsonObject): AbortCycleRequest {
+  return body.disks === undefined ? {} : { disks: checkDisks(body.disks) };
+}
+
+function checkDisks(disks: unknown): DiskSpec[] {
+  if (!Array.isArray(disks) || disks.length === 0 || disks.length > 256) throw disksRequired();
+  return disks.map((d: unknown, i) => {
+    const x = (isObject(d) ? d : {}) as Partial<Record<keyof DiskSpec, unknown>>;
+    const capacity = x.capacity;
+    if (x.disk !== i || typeof capacity !== 'number' || !Number.isSafeInteger(capacity) || capacity <= 0 || capacity % 512 !== 0) {
+      throw badRequest(`disk ${i}: needs disk=${i} and a capacity that is a positive multiple of 512`, 'number disks 0..n-1 and give their sizes in bytes');
+    }
+    return { disk: i, capacity, ...(typeof x.label === 'string' ? { label: x.label.slice(0, 200) } : {}) };
+  });
+}
+
+function checkMaxImages(n: unknown): number | undefined {
+  if (n === undefined || n === null) return undefined;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 1 || n > 10) throw badRequest(`maxImages ${String(n)} is outside 1..10`, 'keep between 1 and 10 images');
+  return n;
+}
+
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+function checkRange(r: unknown, what: string): Range {
+  if (!isObject(r) || !isCount(r.offset) || !isCount(r.length)) throw badRequest(`${what}: a range needs a whole offset and length >= 0`);
+  return { offset: r.offset, length: r.length };
+}
+
+function checkHeld(h: unknown, i: number): HeldRanges {
+  if (!isObject(h) || !isCount(h.disk) || !Array.isArray(h.ranges)) throw badRequest(`expected[${i}] needs a disk number and a list of ranges`);
+  const disk = h.disk;
+  return { disk, ranges: h.ranges.map((r) => checkRange(r, `expected ranges of disk ${disk}`)) };
+}
+
+/** The shape only; whether the disk and extents lie in the image is checked against the image. */
+function checkSourceDigest(d: unknown, i: number): SourceDigest {
+  if (!isObject(d) || !isCount(d.disk)) throw badRequest(`sourceDigests[${i}] needs a disk number`);
+  const out: SourceDigest = { disk: d.disk };
+  if (d.sha256 !== undefined) {
+    if (typeof d.sha256 !== 'string') throw badRequest(`sourceDigests[${i}].sha256 is not a hex string`);
+    out.sha256 = d.sha256;
+  }
+  if (d.extents !== undefined) {
+    if (!Array.isArray(d.extents)) throw badRequest(`sourceDigests[${i}].extents is not a list`);
+    out.extents = d.extents.map((x: unknown) => {
+      if (!isObject(x) || typeof x.sha256 !== 'string') throw badRequest(`sourceDigests[${i}]: an extent needs offset, length and sha256`);
+      return { ...checkRange(x, `sourceDigests[${i}]`), sha256: x.sha256 };
+    });
+  }
+  return out;
+}

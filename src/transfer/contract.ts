@@ -1,0 +1,140 @@
+/**
+ * The contract between a sender (the agentless engine, the agent) and the receiver, written once:
+ *
+ * - what a sender does with a receiver (`ReceiverSession`) and with one open cycle on it
+ *   (`ReceiverCycle`); transfer/sender.ts implements both, the engine and the agent use them;
+ * - the control API's request and response bodies, route by route: sent by control-client.ts,
+ *   checked by receiver/requests.ts and answered by receiver/control.ts;
+ * - the JSON bodies of the data port's frames (see protocol.ts for the framing).
+ */
+import type { WireError } from './protocol.ts';
+import type { DiskSpec, HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
+
+// ---- what the senders use ----
+
+export interface SessionStats {
+  /** Uncompressed bytes covered by extents sent (zero markers included), first transmissions only. */
+  payloadBytes: number;
+  /** Bytes written to the data socket (frames, including re-sends). */
+  wireBytes: number;
+  extents: number;
+  /** Wire bytes sent a second time after a reconnect. */
+  resentBytes: number;
+  /** Bytes `send` skipped because the receiver already held them. */
+  skippedBytes: number;
+  /** Bytes sent as zero markers. */
+  zeroBytes: number;
+  reconnects: number;
+  /** Bytes sent uncompressed although compression was on, because the link was faster than the codec (adaptive.ts). */
+  uncompressedForSpeedBytes: number;
+}
+
+export interface SendOptions {
+  /** The caller will not touch `data` again (the sender may move it to a worker without a copy). */
+  handOver?: boolean;
+  /** The caller's SHA-256 of `data`, which is not all zeros (not hashed again when `data` goes out as one extent). */
+  digest?: Buffer;
+}
+
+/** What a sender commits a cycle with. */
+export interface CommitRequest {
+  /** Attached to the image as `meta`. */
+  meta?: Record<string, unknown>;
+  /** Digests of what was read; the receiver verifies the image against them when the sender checks sums. */
+  sourceDigests?: SourceDigest[];
+}
+
+/** One open cycle on the receiver. */
+export interface ReceiverCycle {
+  readonly cycleId: string;
+  readonly baseImageId: string | null;
+  /** What the receiver already holds of this cycle (from an earlier run): need not be read again. */
+  readonly held: HeldRanges[];
+  /**
+   * Queue `length` bytes at `offset` of `disk` (`data` null = zeros; `length` then required).
+   * Resolves once accepted (backpressure); `data` may be reused afterwards unless handed over.
+   */
+  send(disk: number, offset: number, data: Buffer | null, length?: number, opts?: SendOptions): Promise<void>;
+  /** Resolves once everything sent so far is durable on the receiver. */
+  flush(): Promise<void>;
+  stats(): SessionStats;
+  commit(o?: CommitRequest): Promise<ImageInfo>;
+  abort(): Promise<void>;
+}
+
+/** An authenticated session of one source with the receiver. */
+export interface ReceiverSession {
+  readonly sourceId: string;
+  listImages(): Promise<ImageInfo[]>;
+  /** Delete one of this source's images (refused while an export or verify uses it). */
+  deleteImage(imageId: string): Promise<void>;
+  /** First 16 bytes of SHA-256 of every `blockSize` block of a committed image's disk, in order. */
+  blockDigests(imageId: string, disk: number, blockSize: number): AsyncIterable<Uint8Array>;
+  /** Begin a cycle, or resume the open cycle of that id. */
+  beginCycle(o: BeginCycleRequest): Promise<ReceiverCycle>;
+  setBandwidthMbps(n: number): void;
+  setCompression(level: number): void;
+  close(): Promise<void>;
+}
+
+// ---- control API (port 8080, HTTP+JSON; see receiver/control.ts for the routes) ----
+
+/** POST /v1/register (the only route without a credential). */
+export interface RegisterRequest { sourceId: string; code: string; label?: string | null }
+export interface RegisterResponse { sourceId: string; credential: string }
+
+/** GET /v1/whoami */
+export interface WhoamiResponse { sourceId: string; dataPort: number }
+
+/** GET /v1/images */
+export interface ImagesResponse { images: ImageInfo[] }
+
+/** GET /v1/disks: the disks of the source's newest image. */
+export interface DisksResponse { imageId: string | null; disks: DiskSpec[] }
+
+/** DELETE /v1/images/:id */
+export interface DeleteImageResponse { deleted: string }
+
+/** GET /v1/images/:id/digests?disk=&blockSize= answers an octet stream: 16 bytes per block. */
+export interface DigestsQuery { disk: number; blockSize: number }
+
+/** POST /v1/cycles: begin a cycle, or resume the open one of that id. */
+export interface BeginCycleRequest {
+  cycleId: string;
+  disks: DiskSpec[];
+  /** Build on this image (default: the newest); null builds from empty disks. */
+  baseImageId?: string | null;
+  /** Images to keep after the commit (1..10). */
+  maxImages?: number;
+}
+export interface BeginCycleResponse { cycleId: string; baseImageId: string | null; held: HeldRanges[] }
+
+/** GET /v1/cycles/:id/held */
+export interface HeldResponse { held: HeldRanges[] }
+
+/** POST /v1/cycles/:id/commit, answered with the new image's ImageInfo. */
+export interface CommitCycleRequest {
+  meta?: Record<string, unknown>;
+  /** Ranges the sender sent (or found held): the commit is refused when any is missing. */
+  expected?: HeldRanges[];
+  /** Verify the committed image against `sourceDigests`. */
+  verify?: boolean;
+  sourceDigests?: SourceDigest[];
+  maxImages?: number;
+}
+
+/** POST /v1/cycles/:id/abort; `disks` lets a restarted receiver reopen the cycle to drop it. */
+export interface AbortCycleRequest { disks?: DiskSpec[] }
+export type AbortCycleResponse = Record<string, never>;
+
+/** The body of every refused control request (4xx/5xx). */
+export interface ErrorResponse { error: WireError }
+
+// ---- data port frames (JSON bodies; ERROR frames carry a WireError) ----
+
+export interface HelloFrame { sourceId: string; credential: string; cycleId: string; streamId: string }
+/** `durableSeq`: the last sequence number of this stream that is durable, null for a stream the receiver does not know. */
+export interface ReadyFrame { durableSeq: number | null }
+export interface SyncFrame { token: number }
+/** Everything up to `seq` is durable; `token` answers a SYNC. */
+export interface AckFrame { seq: number; token?: unknown }

@@ -1,0 +1,46 @@
+/**
+ * Turns the pieces of a `send` into packed extents: zero pieces into markers, data pieces hashed
+ * and compressed (at the level the compression governor picks) in the shared codec pool. It counts
+ * the packs in flight, so the pump can tell a codec queue from a slow source.
+ */
+import type { CompressionGovernor, PackPhase } from './compression-governor.ts';
+import { CODEC_WORKERS, sharedCodecPool, type Packed } from './codec-pool.ts';
+import type { SendOptions } from './contract.ts';
+import { CODEC } from './protocol.ts';
+
+export interface PackedPiece {
+  packed: Promise<Packed>;
+  /** The governor's phase the piece was packed in (undefined: a marker, or compression off). */
+  phase: PackPhase | undefined;
+}
+
+export class PiecePacker {
+  private outstanding = 0;
+
+  /** `zstdLevel`: the configured level for new pieces (null: compression off). */
+  constructor(private readonly governor: CompressionGovernor, private readonly zstdLevel: () => number | null) {}
+
+  /** More packs in flight than codec workers: waiting for one now is waiting for the codec. */
+  get codecQueued(): boolean { return this.outstanding > CODEC_WORKERS; }
+
+  /**
+   * Pack `n` bytes at `pos` of `data` (null: zeros, a marker). `handOver`: the caller gave `data`
+   * up; a piece that is all of it, and all of its own ArrayBuffer, moves to the worker without a
+   * copy. `digest`: the caller's SHA-256 of `data`, used when the piece is all of it.
+   */
+  pack(data: Buffer | null, pos: number, n: number, opts?: SendOptions): PackedPiece {
+    let piece: PackedPiece;
+    if (!data) {
+      piece = { packed: Promise.resolve({ codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) }), phase: undefined };
+    } else {
+      const whole = n === data.length;
+      const owned = !!opts?.handOver && whole && data.byteOffset === 0
+        && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
+      const { level, tag } = this.governor.pick(this.zstdLevel(), n);
+      piece = { packed: sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), level, owned, whole ? opts?.digest : undefined), phase: tag };
+    }
+    this.outstanding++;
+    piece.packed.then(() => { this.outstanding--; }, () => { this.outstanding--; });
+    return piece;
+  }
+}

@@ -1,0 +1,55 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { parseAbortCycle, parseBeginCycle, parseCommitCycle, parseRegister } from '../../src/receiver/requests.ts';
+import { Refusal } from '../../src/receiver/open-cycles.ts';
+
+/** BAD_REQUEST comes as a 400 Refusal; BAD_ID as assertId's error (refusalFrom makes it a 400). */
+const refused = (code: string, msg: RegExp) => (e: unknown) => e instanceof Error && (e as { code?: string }).code === code && msg.test(e.message)
+  && (code !== 'BAD_REQUEST' || (e instanceof Refusal && e.status === 400));
+const disks = [{ disk: 0, capacity: 1 << 20, label: 'x'.repeat(300) }, { disk: 1, capacity: 4096 }];
+
+test('register: the source id is checked; code and label are typed from what was sent', () => {
+  assert.deepEqual(parseRegister({ sourceId: 'a-1', code: 'VML-1', label: 'l' }), { sourceId: 'a-1', code: 'VML-1', label: 'l' });
+  assert.deepEqual(parseRegister({ sourceId: 'a-1', code: 7 }), { sourceId: 'a-1', code: '', label: null }, 'a code that is no string is no code');
+  assert.throws(() => parseRegister({ sourceId: '../etc', code: 'c' }), refused('BAD_ID', /invalid source id/));
+});
+
+test('begin: ids, disks, maxImages and the base image are checked in that order; labels are cut to 200', () => {
+  const b = parseBeginCycle({ cycleId: 'c1', disks, baseImageId: null, maxImages: 3, extra: true });
+  assert.deepEqual(b, { cycleId: 'c1', disks: [{ disk: 0, capacity: 1 << 20, label: 'x'.repeat(200) }, { disk: 1, capacity: 4096 }], maxImages: 3, baseImageId: null });
+  assert.deepEqual(parseBeginCycle({ cycleId: 'c1', disks, maxImages: null }), { cycleId: 'c1', disks: b.disks }, 'absent fields stay absent');
+  assert.equal(parseBeginCycle({ cycleId: 'c1', disks, baseImageId: '4' }).baseImageId, '4');
+  assert.throws(() => parseBeginCycle({ cycleId: 'C_1', disks: 'x' }), refused('BAD_ID', /invalid cycle id/));
+  for (const bad of [undefined, [], Array(257).fill({ disk: 0, capacity: 512 })]) {
+    assert.throws(() => parseBeginCycle({ cycleId: 'c1', disks: bad }), refused('BAD_REQUEST', /1\.\.256 disks/));
+  }
+  for (const bad of [[{ disk: 1, capacity: 512 }], [{ disk: 0, capacity: 100 }], [{ disk: 0, capacity: '512' }], [null], [7]]) {
+    assert.throws(() => parseBeginCycle({ cycleId: 'c1', disks: bad }), refused('BAD_REQUEST', /disk 0: needs disk=0/));
+  }
+  for (const bad of [0, 11, 2.5, '3']) {
+    assert.throws(() => parseBeginCycle({ cycleId: 'c1', disks, maxImages: bad }), refused('BAD_REQUEST', /outside 1\.\.10/));
+  }
+  assert.throws(() => parseBeginCycle({ cycleId: 'c1', disks, baseImageId: '../1' }), refused('BAD_ID', /invalid image id/));
+});
+
+test('commit: meta defaults to {}, digests count only with verify, and malformed ranges or digests are refused', () => {
+  assert.deepEqual(parseCommitCycle({}), { meta: {}, verify: false });
+  assert.deepEqual(parseCommitCycle({ meta: [1], sourceDigests: [{ disk: 'x' }] }), { meta: {}, verify: false }, 'no verify: digests are not read');
+  const expected = [{ disk: 0, ranges: [{ offset: 0, length: 4096 }] }];
+  const sourceDigests = [{ disk: 0, sha256: 'ab' }, { disk: 1, extents: [{ offset: 512, length: 512, sha256: 'cd' }] }];
+  assert.deepEqual(parseCommitCycle({ meta: { a: 1 }, expected, verify: true, sourceDigests, maxImages: 2 }),
+    { meta: { a: 1 }, expected, verify: true, sourceDigests, maxImages: 2 });
+  assert.throws(() => parseCommitCycle({ maxImages: 20 }), refused('BAD_REQUEST', /maxImages 20/));
+  for (const bad of [[{ disk: 0 }], [{ disk: 0, ranges: [{ offset: -1, length: 1 }] }], [7]]) {
+    assert.throws(() => parseCommitCycle({ expected: bad }), refused('BAD_REQUEST', /expected|range/));
+  }
+  for (const bad of [[{ sha256: 'ab' }], [{ disk: 0, sha256: 5 }], [{ disk: 0, extents: {} }], [{ disk: 0, extents: [{ offset: 0, length: 1 }] }]]) {
+    assert.throws(() => parseCommitCycle({ verify: true, sourceDigests: bad }), refused('BAD_REQUEST', /sourceDigests\[0\]/));
+  }
+});
+
+test('abort: disks are optional, and checked when given', () => {
+  assert.deepEqual(parseAbortCycle({}), {});
+  assert.deepEqual(parseAbortCycle({ disks: [{ disk: 0, capacity: 512 }] }), { disks: [{ disk: 0, capacity: 512 }] });
+  assert.throws(() => parseAbortCycle({ disks: [] }), refused('BAD_REQUEST', /1\.\.256 disks/));
+});

@@ -1,0 +1,54 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { PiecePacker } from '../../src/transfer/piece-packer.ts';
+import { CompressionGovernor } from '../../src/transfer/compression-governor.ts';
+import { CODEC } from '../../src/transfer/protocol.ts';
+
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest();
+const text = (n: number) => Buffer.from('vmlift packs pieces; '.repeat(Math.ceil(n / 21)).slice(0, n));
+
+test('zeros become a marker without a payload and without asking the governor', async () => {
+  const g = new CompressionGovernor();
+  const p = new PiecePacker(g, () => 1);
+  const { packed, phase } = p.pack(null, 0, 1 << 20);
+  assert.deepEqual(await packed, { codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) });
+  assert.equal(phase, undefined);
+  assert.equal(g.rawBytes, 0);
+});
+
+test('a piece of a larger buffer is packed from its own bytes, at the configured level', async () => {
+  const data = Buffer.concat([randomBytes(4096), text(65536)]);
+  const p = new PiecePacker(new CompressionGovernor(), () => 1);
+  const piece = p.pack(data, 4096, 65536);
+  const got = await piece.packed;
+  assert.equal(got.codec, CODEC.ZSTD);
+  assert.ok(got.payload!.length < 65536);
+  assert.ok(got.digest.equals(sha(data.subarray(4096))));
+  assert.ok(piece.phase, 'compressed pieces carry the governor phase they were packed in');
+  assert.ok(data.buffer.byteLength > 0, 'not handed over: the caller keeps its buffer');
+});
+
+test('compression off: raw pieces, no phase; a caller digest is used only for a whole buffer', async () => {
+  const data = randomBytes(32 * 1024);
+  const fake = Buffer.alloc(32, 7);
+  const p = new PiecePacker(new CompressionGovernor(), () => null);
+  const whole = await p.pack(data, 0, data.length, { digest: fake }).packed;
+  assert.deepEqual([whole.codec, whole.digest.equals(fake)], [CODEC.RAW, true]);
+  const part = await p.pack(data, 0, 16 * 1024, { digest: fake }).packed;
+  assert.ok(part.digest.equals(sha(data.subarray(0, 16 * 1024))), 'a part is hashed');
+  assert.equal(p.pack(data, 0, 4096).phase, undefined);
+});
+
+test('a handed-over buffer that is one whole piece moves to the worker; packs in flight are counted', async () => {
+  const data = Buffer.from(new ArrayBuffer(1 << 20));
+  text(1 << 20).copy(data);
+  const digest = sha(data);
+  const p = new PiecePacker(new CompressionGovernor(), () => 1);
+  const pieces = [p.pack(data, 0, data.length, { handOver: true }), p.pack(null, 0, 512), p.pack(null, 0, 512)];
+  assert.equal(p.codecQueued, true, 'three packs in flight for two codec workers');
+  assert.equal(data.buffer.byteLength, 0, 'transferred, not copied');
+  const [first] = await Promise.all(pieces.map((x) => x.packed));
+  assert.ok(first!.digest.equals(digest));
+  assert.equal(p.codecQueued, false);
+});
