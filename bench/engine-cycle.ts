@@ -22,7 +22,7 @@ import { parseArgs, promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startLab, type Lab } from '../lab/lab.ts';
 import { VCenter } from '../src/vsphere/index.ts';
-import { vcenterPort, httpDiskOpener, senderJobPorts } from '../src/cli/wiring.ts';
+import { vcenterService, httpDiskOpener, senderJobServices } from '../src/cli/wiring.ts';
 import { LimitedDiskOpener } from '../src/engine/limits.ts';
 import { JobEngine } from '../src/engine/jobs.ts';
 import { Scheduler } from '../src/engine/scheduler.ts';
@@ -30,7 +30,7 @@ import { Workgroups } from '../src/engine/workgroups.ts';
 import { resolveSettings } from '../src/engine/settings.ts';
 import { openStateStore } from '../src/state/sqlite.ts';
 import { openSource } from '../src/source/open.ts';
-import type { DiskOpener } from '../src/engine/ports.ts';
+import type { DiskOpener } from '../src/engine/services.ts';
 import { createLogger, silentLogger } from '../src/util/log.ts';
 import { DEFAULT_LIMITS } from '../src/cli/connector-config.ts';
 
@@ -93,13 +93,13 @@ function labNbdOpener(lab: Lab): DiskOpener {
 const engineLogger = process.env.VMLIFT_BENCH_LOG ? createLogger({ level: process.env.VMLIFT_BENCH_LOG }) : silentLogger;
 
 function makeEngine(lab: Lab, vc: VCenter, rx: { port: number; fingerprint: string; code: string }, dir: string, transport: 'http' | 'nbd' = 'http') {
-  const port = vcenterPort(vc);
+  const port = vcenterService(vc);
   const inner = transport === 'nbd' ? labNbdOpener(lab) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
   const disks = new LimitedDiskOpener(inner, port.hostOf, { perHost: DEFAULT_LIMITS.disksPerHost, overall: DEFAULT_LIMITS.disksOverall });
   const state = openStateStore(join(dir, 'state.db'));
   const engine = new JobEngine({
     state, logger: engineLogger,
-    connect: (job) => senderJobPorts(port, disks, {
+    connect: (job) => senderJobServices(port, disks, {
       receiver: `127.0.0.1:${rx.port}`, fingerprint: rx.fingerprint, credentialFile: join(dir, 'cred', `${job.sourceId}.json`), activationCode: rx.code,
       sourceId: job.sourceId, compression: job.settings.compression, bandwidthMbps: 0, checksum: job.settings.checksum,
     }),

@@ -1,5 +1,5 @@
 /**
- * Wires the real parts into the engine's ports: the vSphere client (src/vsphere), the disk
+ * Wires the real parts into the engine's services: the vSphere client (src/vsphere), the disk
  * transports (src/source) and the wire sender (src/transfer). The only place that knows them all.
  */
 import { join } from 'node:path';
@@ -10,21 +10,21 @@ import { Sender, type SenderOptions } from '../transfer/sender.ts';
 import { UserError } from '../util/errors.ts';
 import { readSecret } from '../util/secret.ts';
 import type { JobRecord } from '../state/types.ts';
-import type { DiskOpener, SnapshotDisk, SnapshotHandle, VCenterPort } from '../engine/ports.ts';
-import type { JobPorts } from '../engine/jobs.ts';
+import type { DiskOpener, SnapshotDisk, SnapshotHandle, VCenterService } from '../engine/services.ts';
+import type { JobServices } from '../engine/jobs.ts';
 import { LimitedDiskOpener } from '../engine/limits.ts';
 import type { ConnectorConfig } from './connector-config.ts';
 
 export interface Wiring {
   vc: VCenter;
-  connect(job: JobRecord): Promise<JobPorts>;
+  connect(job: JobRecord): Promise<JobServices>;
   resolveVm(nameOrRef: string): Promise<{ vmRef: string; name: string }>;
   images(sourceId: string): Promise<unknown[]>;
   close(): Promise<void>;
 }
 
-/** The VCenterPort over one logged-in vCenter session (re-login is the session's job). */
-export function vcenterPort(vc: VCenter): VCenterPort & { datacenterOf(vmRef: string): Promise<string> } {
+/** The VCenterService over one logged-in vCenter session (re-login is the session's job). */
+export function vcenterService(vc: VCenter): VCenterService & { datacenterOf(vmRef: string): Promise<string> } {
   const hosts = new Map<string, string>();
   const datacenters = new Map<string, string>();
   const facts = async (vmRef: string) => {
@@ -55,7 +55,7 @@ export function vcenterPort(vc: VCenter): VCenterPort & { datacenterOf(vmRef: st
 }
 
 /** Reads a snapshot's disk through the datastore's /folder URL (Range GETs, session cookie). */
-export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterPort>, trust: TrustMode, maxReadSize: number, logger: Logger): DiskOpener {
+export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterService>, trust: TrustMode, maxReadSize: number, logger: Logger): DiskOpener {
   const dispatcher = makeDispatcher(trust, 120_000);
   return {
     async open(vmRef: string, _s: SnapshotHandle, disk: SnapshotDisk) {
@@ -70,8 +70,8 @@ export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterPort>
   };
 }
 
-/** A job's ports: the given vCenter and disk readers, and a sender to the receiver for the job's source. */
-export async function senderJobPorts(vcenter: VCenterPort, disks: DiskOpener, opts: SenderOptions): Promise<JobPorts> {
+/** A job's services: the given vCenter and disk readers, and a sender to the receiver for the job's source. */
+export async function senderJobServices(vcenter: VCenterService, disks: DiskOpener, opts: SenderOptions): Promise<JobServices> {
   const receiver = await Sender.connect(opts);
   return {
     vcenter, disks, receiver,
@@ -88,7 +88,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
     thumbprint: config.vcenter.thumbprint, insecure: config.vcenter.insecure,
   }, { warn: (m) => logger.warn(m) });
   const vc = await VCenter.connect({ ...conn, logger });
-  const port = vcenterPort(vc);
+  const port = vcenterService(vc);
   const disks = new LimitedDiskOpener(httpDiskOpener(vc, port, conn.trust, config.maxReadSize, logger), port.hostOf,
     { perHost: config.limits.disksPerHost, overall: config.limits.disksOverall });
   const code = await readSecret({ file: config.receiver.codeFile, what: 'activation code' });
@@ -104,7 +104,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
 
   return {
     vc,
-    connect: (job) => senderJobPorts(port, disks, senderOptions(job)),
+    connect: (job) => senderJobServices(port, disks, senderOptions(job)),
     async resolveVm(nameOrRef) {
       if (!nameOrRef) throw new UserError('NO_VM', 'no VM given', 'pass --vm NAME (or its moref, vm-42)');
       const vm = await vc.vm(nameOrRef);

@@ -2,15 +2,15 @@ import type { Logger } from 'pino';
 import { UserError, errorMessage, errorReport, isTransient } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
 import type { JobError, JobRecord, JobSettings, JobState, StateStore } from '../state/types.ts';
-import type { DiskOpener, ReceiverPort, VCenterPort } from './ports.ts';
+import type { DiskOpener, ReceiverService, VCenterService } from './services.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { CycleError, runVmCycle, SNAPSHOT_PREFIX, type CycleResult, type DiskProgress } from './vm-cycle.ts';
 import { crashPoint } from '../util/crash.ts';
 
-export interface JobPorts {
-  vcenter: VCenterPort;
+export interface JobServices {
+  vcenter: VCenterService;
   disks: DiskOpener;
-  receiver: ReceiverPort;
+  receiver: ReceiverService;
   /** Delete the job's images on the receiver (job delete --remove-images). */
   removeImages?(): Promise<void>;
   close(): Promise<void>;
@@ -20,7 +20,7 @@ export interface RetryPolicy { attempts: number; baseDelayMs: number; maxDelayMs
 
 export interface EngineOptions {
   state: StateStore;
-  connect(job: JobRecord): Promise<JobPorts>;
+  connect(job: JobRecord): Promise<JobServices>;
   logger: Logger;
   retry?: RetryPolicy;
   now?: () => Date;
@@ -44,7 +44,7 @@ interface Running {
   controller: AbortController;
   promise: Promise<void>;
   settings: JobSettings;
-  ports?: JobPorts;
+  services?: JobServices;
   status: LiveStatus;
 }
 
@@ -141,8 +141,8 @@ export class JobEngine {
     const run = this.running.get(id);
     if (run) {
       Object.assign(run.settings, patch);
-      if (patch.bandwidthMbps !== undefined) run.ports?.receiver.setBandwidthMbps(patch.bandwidthMbps);
-      if (patch.compression !== undefined) run.ports?.receiver.setCompression(patch.compression);
+      if (patch.bandwidthMbps !== undefined) run.services?.receiver.setBandwidthMbps(patch.bandwidthMbps);
+      if (patch.compression !== undefined) run.services?.receiver.setCompression(patch.compression);
     }
     return updated;
   }
@@ -155,15 +155,15 @@ export class JobEngine {
       await run.promise.catch(() => undefined);
     }
     if (job.vmRef || opts.removeImages) {
-      const ports = await this.o.connect(job);
+      const services = await this.o.connect(job);
       try {
-        if (job.vmRef) await ports.vcenter.sweepSnapshots(job.vmRef, 'vmlift-');
+        if (job.vmRef) await services.vcenter.sweepSnapshots(job.vmRef, 'vmlift-');
         if (opts.removeImages) {
-          if (!ports.removeImages) throw new UserError('CANNOT_REMOVE_IMAGES', 'this connector cannot delete images on the receiver', 'delete them there with `vmlift image rm`');
-          await ports.removeImages();
+          if (!services.removeImages) throw new UserError('CANNOT_REMOVE_IMAGES', 'this connector cannot delete images on the receiver', 'delete them there with `vmlift image rm`');
+          await services.removeImages();
         }
       } finally {
-        await ports.close();
+        await services.close();
       }
     }
     this.o.state.deleteJob(id);
@@ -275,29 +275,29 @@ export class JobEngine {
     resumed: boolean): Promise<CycleResult> {
     if (!job.vmRef) throw new UserError('NOT_A_VM', `job ${job.id} has no VM`, 'agent sources sync with `vmlift agent sync`');
     run.status.step = 'connect';
-    const ports = await this.o.connect(job);
-    run.ports = ports;
+    const services = await this.o.connect(job);
+    run.services = services;
     try {
       if (resumed) {
         // A crash between the receiver's commit and ours: the image is there, with the changeIds in its meta.
-        const image = (await ports.receiver.listImages()).find((i) => i.cycleId === cycleId);
+        const image = (await services.receiver.listImages()).find((i) => i.cycleId === cycleId);
         if (image) {
           log.info({ cycleId, imageId: image.imageId }, 'cycle was committed on the receiver before a restart; recording it');
-          await ports.vcenter.sweepSnapshots(job.vmRef, SNAPSHOT_PREFIX);
+          await services.vcenter.sweepSnapshots(job.vmRef, SNAPSHOT_PREFIX);
           return recoveredResult(image);
         }
       }
-      ports.receiver.setBandwidthMbps(run.settings.bandwidthMbps);
-      ports.receiver.setCompression(run.settings.compression);
+      services.receiver.setBandwidthMbps(run.settings.bandwidthMbps);
+      services.receiver.setCompression(run.settings.compression);
       if (first) {
         run.status.step = 'preflight';
-        const failed = await ports.vcenter.preflight(job.vmRef).then((checks) => checks.filter((c) => !c.ok), (e) => { throw new CycleError('preflight', e); });
+        const failed = await services.vcenter.preflight(job.vmRef).then((checks) => checks.filter((c) => !c.ok), (e) => { throw new CycleError('preflight', e); });
         if (failed.length) {
           throw new CycleError('preflight', new UserError('PREFLIGHT', `preflight failed: ${failed.map((c) => c.message).join('; ')}`,
             failed.map((c) => c.fix).filter(Boolean).join('; ')));
         }
         run.status.step = 'cbt';
-        const { changed } = await ports.vcenter.ensureCbt(job.vmRef).catch((e) => { throw new CycleError('cbt', e); });
+        const { changed } = await services.vcenter.ensureCbt(job.vmRef).catch((e) => { throw new CycleError('cbt', e); });
         if (changed) log.info({ vmRef: job.vmRef }, 'enabled changed block tracking');
       }
       const previousChangeIds = new Map(this.o.state.getDisks(job.id).map((d) => [d.diskKey, d.changeId]));
@@ -305,7 +305,7 @@ export class JobEngine {
       return await runVmCycle({
         jobId: job.id, cycleId, vmRef: job.vmRef, settings: run.settings, previousChangeIds, previousImageId,
         forceFull: first ? 'first cycle' : undefined,
-        vcenter: ports.vcenter, disks: ports.disks, receiver: ports.receiver, logger: log,
+        vcenter: services.vcenter, disks: services.disks, receiver: services.receiver, logger: log,
         signal: run.controller.signal,
         onStep: (s) => { run.status.step = s; },
         onSnapshot: (s) => this.o.state.updateCycle(cycleId, { snapshotName: s.name }),
@@ -318,8 +318,8 @@ export class JobEngine {
         },
       });
     } finally {
-      run.ports = undefined;
-      await ports.close().catch(() => undefined);
+      run.services = undefined;
+      await services.close().catch(() => undefined);
     }
   }
 }

@@ -1,6 +1,6 @@
 import type { BlockSource } from '../source/types.ts';
 import { wrapSource } from '../source/wrap.ts';
-import type { DiskOpener, SnapshotDisk, SnapshotHandle } from './ports.ts';
+import type { DiskOpener, SnapshotDisk, SnapshotHandle } from './services.ts';
 
 /** A counting semaphore: at most `limit` holders at once, waiters served in order. */
 export class Semaphore {

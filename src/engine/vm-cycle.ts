@@ -6,7 +6,7 @@ import { clampReads } from '../source/clamp.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { planDiskSync, type SyncPlan } from './sync-plan.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
-import type { DiskOpener, ReceiverPort, SnapshotDisk, SnapshotHandle, VCenterPort } from './ports.ts';
+import type { DiskOpener, ReceiverService, SnapshotDisk, SnapshotHandle, VCenterService } from './services.ts';
 import type { ReceiverCycle } from '../transfer/contract.ts';
 import type { JobSettings } from '../state/types.ts';
 import { CodedError, errorReport, isTransient } from '../util/errors.ts';
@@ -39,9 +39,9 @@ export interface CycleInput {
   previousImageId: string | null;
   /** Force a full cycle (e.g. first cycle) with this reason. */
   forceFull?: string;
-  vcenter: VCenterPort;
+  vcenter: VCenterService;
   disks: DiskOpener;
-  receiver: ReceiverPort;
+  receiver: ReceiverService;
   logger: Logger;
   signal?: AbortSignal;
   /** Largest single read (VMware NFC: 2 MiB through vCenter). */

@@ -6,13 +6,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { startLab, type Lab } from '../../lab/lab.ts';
 import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
 import { VCenter } from '../../src/vsphere/index.ts';
-import { vcenterPort, httpDiskOpener, senderJobPorts } from '../../src/cli/wiring.ts';
+import { vcenterService, httpDiskOpener, senderJobServices } from '../../src/cli/wiring.ts';
 import { LimitedDiskOpener } from '../../src/engine/limits.ts';
 import { JobEngine } from '../../src/engine/jobs.ts';
 import { openStateStore } from '../../src/state/sqlite.ts';
 import { resolveSettings } from '../../src/engine/settings.ts';
 import type { JobSettings, StateStore } from '../../src/state/types.ts';
-import type { VCenterPort } from '../../src/engine/ports.ts';
+import type { VCenterService } from '../../src/engine/services.ts';
 import { silentLogger } from '../../src/util/log.ts';
 
 export const MiB = 1 << 20;
@@ -23,7 +23,7 @@ export interface EngineRig {
   vc: VCenter;
   state: StateStore;
   engine: JobEngine;
-  port: ReturnType<typeof vcenterPort>;
+  port: ReturnType<typeof vcenterService>;
   /** Hooks a test may set to act between the engine's vCenter calls (e.g. guest writes after the snapshot). */
   hooks: { afterSnapshot?: (vmRef: string) => Promise<void> };
   counters: { snapshotsCreated: number; diskOpens: number };
@@ -35,10 +35,10 @@ export async function startRig(o: { vms?: number; diskMb?: number; retry?: { att
   const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64 });
   const rx = await startTestReceiver();
   const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint }, timeoutMs: 30_000 });
-  const port = vcenterPort(vc);
+  const port = vcenterService(vc);
   const hooks: EngineRig['hooks'] = {};
   const counters = { snapshotsCreated: 0, diskOpens: 0 };
-  const hooked: VCenterPort = {
+  const hooked: VCenterService = {
     ...port,
     async createSnapshot(vmRef, name, opts) {
       const s = await port.createSnapshot(vmRef, name, opts);
@@ -52,7 +52,7 @@ export async function startRig(o: { vms?: number; diskMb?: number; retry?: { att
   const state = openStateStore(join(dir, 'state.db'));
   const engine = new JobEngine({
     state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },
-    connect: (job) => senderJobPorts(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum })),
+    connect: (job) => senderJobServices(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum })),
   });
   return {
     lab, rx, vc, state, engine, port, hooks, counters,

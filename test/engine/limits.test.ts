@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { LimitedDiskOpener } from '../../src/engine/limits.ts';
-import type { DiskOpener, SnapshotDisk } from '../../src/engine/ports.ts';
+import type { DiskOpener, SnapshotDisk } from '../../src/engine/services.ts';
 import { LocalSource } from '../../src/source/local/index.ts';
 import type { BlockSource } from '../../src/source/types.ts';
 import { wrapSource } from '../../src/source/wrap.ts';

@@ -6,7 +6,7 @@ import { labFixture, connect, folderRead } from './helpers.ts';
 import type { Lab } from '../../lab/lab.ts';
 import { methods, parseChangeId, VimFault, type VCenter, type Area } from '../../src/vsphere/index.ts';
 import { planDiskSync } from '../../src/engine/sync-plan.ts';
-import { vcenterPort } from '../../src/cli/wiring.ts';
+import { vcenterService } from '../../src/cli/wiring.ts';
 
 let fx: Awaited<ReturnType<typeof labFixture>>;
 let lab: Lab;
@@ -185,7 +185,7 @@ test('more than 2,000 changed areas come back in pages and are all collected', a
 });
 
 test('engine port: one docs/design.md cycle over a two-disk VM', async () => {
-  const ctl = vcenterPort(vc);
+  const ctl = vcenterService(vc);
   const ref = lab.vm('two-disks').moref;
   assert.ok((await ctl.preflight(ref)).every((c) => c.ok));
   assert.match(await ctl.hostOf(ref), /^host-\d+$/);

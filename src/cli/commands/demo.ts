@@ -20,7 +20,7 @@ import { openStateStore } from '../../state/sqlite.ts';
 import { JobEngine } from '../../engine/jobs.ts';
 import { LimitedDiskOpener } from '../../engine/limits.ts';
 import { resolveSettings } from '../../engine/settings.ts';
-import { vcenterPort, httpDiskOpener, senderJobPorts } from '../wiring.ts';
+import { vcenterService, httpDiskOpener, senderJobServices } from '../wiring.ts';
 import { formatBytes, printResult, table } from '../output.ts';
 
 const run = promisify(execFile);
@@ -118,13 +118,13 @@ export function register(program: Command): void {
 
         const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });
         cleanups.unshift(() => vc.close());
-        const port = vcenterPort(vc);
+        const port = vcenterService(vc);
         const disks = new LimitedDiskOpener(httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, logger), port.hostOf, { perHost: 8, overall: 32 });
         const state = openStateStore(join(dir, 'connector', 'state.db'));
         cleanups.unshift(async () => state.close());
         const engine = new JobEngine({
           state, logger,
-          connect: (job) => senderJobPorts(port, disks, {
+          connect: (job) => senderJobServices(port, disks, {
             receiver: `127.0.0.1:${rx.controlPort}`, fingerprint: rx.fingerprint, credentialFile: join(dir, 'connector', 'credentials', `${job.sourceId}.json`),
             activationCode: rx.createdCode?.code, sourceId: job.sourceId, sourceLabel: job.name,
             compression: job.settings.compression, bandwidthMbps: job.settings.bandwidthMbps, checksum: job.settings.checksum, logger,

@@ -1,5 +1,5 @@
 /**
- * What the engine needs from vCenter, the disk transports and the receiver, as narrow ports.
+ * What the engine needs from vCenter, the disk transports and the receiver, as narrow services.
  * cli/ wires the real implementations (src/vsphere, src/source, src/transfer) into them.
  */
 import type { BlockSource } from '../source/types.ts';
@@ -25,7 +25,7 @@ export interface SnapshotHandle {
   name: string;
 }
 
-export interface VCenterPort {
+export interface VCenterService {
   preflight(vmRef: string): Promise<PreflightCheck[]>;
   /** Enable CBT on the VM and all its disks (idempotent; stun/unstun when powered on). */
   ensureCbt(vmRef: string): Promise<{ changed: boolean }>;
@@ -47,4 +47,4 @@ export interface DiskOpener {
 }
 
 /** The part of a receiver session (transfer/contract.ts) a job uses. */
-export type ReceiverPort = Pick<ReceiverSession, 'listImages' | 'beginCycle' | 'setBandwidthMbps' | 'setCompression'>;
+export type ReceiverService = Pick<ReceiverSession, 'listImages' | 'beginCycle' | 'setBandwidthMbps' | 'setCompression'>;
