@@ -1,27 +1,8 @@
 import type { BlockSource } from '../source/types.ts';
 import { wrapSource } from '../source/wrap.ts';
 import type { DiskOpener, SnapshotDisk, SnapshotHandle } from './services.ts';
+import { Semaphore } from '../util/semaphore.ts';
 
-/** A counting semaphore: at most `limit` holders at once, waiters served in order. */
-export class Semaphore {
-  private active = 0;
-  private readonly waiters: (() => void)[] = [];
-  constructor(private readonly limit: number) {}
-
-  async acquire(): Promise<() => void> {
-    if (this.active >= this.limit) await new Promise<void>((resolve) => this.waiters.push(resolve));
-    else this.active++;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const next = this.waiters.shift();
-      if (next) next(); else this.active--;
-    };
-  }
-
-  get inUse(): number { return this.active; }
-}
 
 /**
  * Bounds the disks open at once per ESXi host (VMware's NFC connection limits) and overall.

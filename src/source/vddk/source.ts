@@ -8,6 +8,7 @@ import {
   VIX_ASYNC, VIX_E_DISK_OUTOFRANGE, VIX_E_NOT_SUPPORTED, VIX_E_FILE_NOT_FOUND, VIX_E_HOST_USER_PERMISSIONS, VIX_E_OBJECT_IS_BUSY, VIX_OK,
   VIXDISKLIB_CRED_SESSIONID, VIXDISKLIB_CRED_UID, VIXDISKLIB_FLAG_OPEN_READ_ONLY, type VixLib,
 } from './abi.ts';
+import { Semaphore } from '../../util/semaphore.ts';
 
 export type VddkCredentials = { user: string; password: string } | { cookie: string; user?: string };
 
@@ -108,21 +109,13 @@ export function shutdownVddk(): void {
 
 // ---- open disks per ESXi host ----
 
-const hostSlots = new Map<string, { active: number; waiters: Array<() => void> }>();
+/** Disks open per ESXi host in this process (VMware's NFC connection limits); the first open for a host sets its limit. */
+const hostSlots = new Map<string, Semaphore>();
 
-async function acquireHost(host: string, limit: number): Promise<() => void> {
+function acquireHost(host: string, limit: number): Promise<() => void> {
   let s = hostSlots.get(host);
-  if (!s) hostSlots.set(host, s = { active: 0, waiters: [] });
-  const slot = s;
-  if (slot.active >= limit) await new Promise<void>((r) => slot.waiters.push(r));
-  slot.active++;
-  let released = false;
-  return () => {
-    if (released) return;
-    released = true;
-    slot.active--;
-    slot.waiters.shift()?.();
-  };
+  if (!s) hostSlots.set(host, s = new Semaphore(limit));
+  return s.acquire();
 }
 
 interface Req { startSector: number; sectors: number; native: unknown; into: Buffer | undefined; resolve: (b: Buffer) => void; reject: (e: Error) => void }
