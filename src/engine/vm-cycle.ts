@@ -1,3 +1,9 @@
+/**
+ * One agentless sync cycle of a VM, the steps of docs/design.md: sweep, snapshot, read each disk's
+ * changeId, plan (sync-plan.ts), QueryChangedDiskAreas, copy the changed areas from the snapshot to
+ * the receiver (bounded reads in flight, clamped read size), commit, remove the snapshot. A failure
+ * is a CycleError naming its step.
+ */
 import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import PQueue from 'p-queue';

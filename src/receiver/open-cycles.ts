@@ -1,3 +1,8 @@
+/**
+ * The receiver's open cycles: one per source, begun, resumed after a restart, fed by a data
+ * connection, committed (with the sender's digests checked and retention applied) or aborted, one
+ * control operation per source at a time; store errors become refusals with an HTTP status.
+ */
 import { createHash } from 'node:crypto';
 import type { Logger } from '../util/log.ts';
 import { UserError, isTransient } from '../util/errors.ts';

@@ -1,3 +1,8 @@
+/**
+ * The connector's durable state in SQLite (WAL, synchronous=FULL): jobs, their disks (changeIds),
+ * cycles, workgroups and templates; the schema and its version; rows to records and back. It
+ * implements StateStore (state/types.ts), the only way the engine reaches it.
+ */
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';

@@ -1,3 +1,9 @@
+/**
+ * One open cycle of the store, from begin (a new cycle, or one reopened after a crash) through
+ * writes and flushes to commit, abort or detach. It composes the pieces: the cycle record
+ * (cycle-record.ts), creation and recovery (new-cycle.ts, recovery.ts), the journals and their
+ * flush order (journals.ts), the data path (extent-writer.ts over chunks.ts) and publishing (publish.ts).
+ */
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assertId } from '../util/ids.ts';

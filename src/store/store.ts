@@ -1,3 +1,10 @@
+/**
+ * The image store as one object (ImageStore, store/types.ts): it owns the open cycle writers of this
+ * process (one per source and cycle id, cycle-writer.ts), reading committed images (index slots with
+ * their sub-chunk overlays, holes as zeros), chunk digests for senders, verify and export under a pin,
+ * image removal, retention, and the garbage sweeps (gc.ts) including the ones a sweep owes. The
+ * on-disk layout is layout.ts; chunk files are chunks.ts.
+ */
 import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';

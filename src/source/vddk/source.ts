@@ -1,3 +1,9 @@
+/**
+ * The VDDK reader: a BlockSource over libvixDiskLib through koffi (abi.ts declares the ABI): process-
+ * wide init, ConnectEx + Open of a disk at a snapshot with the job's transport modes, sector-aligned
+ * reads (ReadAsync with a completion queue, or Read), allocated-block queries, per-host open slots,
+ * and VDDK error codes turned into VddkError with a fix.
+ */
 import type { BlockSource, SourceExtent } from '../types.ts';
 import { CodedError, UserError } from '../../util/errors.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
