@@ -1,9 +1,10 @@
 /**
  * The job engine: job records and their state machine (created → syncing → waiting → … → completing →
  * completed, plus paused and error), the settings a running job takes live, and running one cycle of a
- * job — connect its services, sweep leftover snapshots, preflight, enable CBT, runVmCycle (vm-cycle.ts)
- * with retries of transient errors, record the outcome (changeIds, image, error with step, code and
- * fix) — plus crash recovery of cycles left running. Scheduling is scheduler.ts; the state is state/.
+ * job — connect its services, preflight and enable CBT, runVmCycle (vm-cycle.ts) with retries of
+ * transient errors, record the outcome (changeIds, image, error with step, code and fix) — plus
+ * recovery of a cycle a crash left running (its image adopted or its snapshot swept) and job deletion.
+ * Scheduling is scheduler.ts; the state is state/.
  */
 import type { Logger } from 'pino';
 import { UserError, errorMessage, errorReport, isTransient } from '../util/errors.ts';
