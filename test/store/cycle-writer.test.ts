@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImageStore, StoreError } from '../../src/store/index.ts';
-import { chunkFiles, randomDisk, scatter, sha, tempDir, writeAll } from './helpers.ts';
+import { chunkFiles, randomDisk, scatter, sha, storeWithImage, tempDir, writeAll } from './helpers.ts';
 
 const CS = 64 << 10;
 
@@ -172,14 +172,8 @@ test('refusals: OUT_OF_RANGE, BAD_DISK, BAD_LENGTH, MISSING_EXTENTS, bad ids, un
 });
 
 test('abort leaves nothing visible and the previous image intact; gc removes the aborted chunks', async (t) => {
-  const dir = await tempDir(t);
-  const root = join(dir, 'store');
-  const store = await openImageStore(root, { chunkSize: CS });
   const cap = 2 << 20;
-  const v1 = randomBytes(cap);
-  const w1 = await store.beginCycle({ sourceId: 'vm', cycleId: 'c1', disks: [{ disk: 0, capacity: cap }] });
-  await writeAll(w1, 0, v1, CS);
-  await w1.commit();
+  const { root, store, v1 } = await storeWithImage(t, { chunkSize: CS, capacity: cap });
   const kept = await chunkFiles(root);
   const w2 = await store.beginCycle({ sourceId: 'vm', cycleId: 'c2', disks: [{ disk: 0, capacity: cap }] });
   await writeAll(w2, 0, randomBytes(cap), 100_000);

@@ -2,7 +2,7 @@ import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { CycleWriter } from '../../src/store/index.ts';
+import { openImageStore, type CycleWriter } from '../../src/store/index.ts';
 
 export const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -53,4 +53,16 @@ export async function chunkFiles(root: string): Promise<Set<string>> {
     for (const n of await readdir(join(root, 'chunks', d))) if (/^[0-9a-f]{64}$/.test(n)) out.add(n);
   }
   return out;
+}
+
+/** A new store (chunk size `chunkSize`) whose source "vm" has image 1: one disk of random data. */
+export async function storeWithImage(t: Parameters<typeof tempDir>[0], o: { chunkSize: number; capacity: number; name?: string }) {
+  const dir = await tempDir(t, o.name);
+  const root = join(dir, 'store');
+  const store = await openImageStore(root, { chunkSize: o.chunkSize });
+  const v1 = randomBytes(o.capacity);
+  const w1 = await store.beginCycle({ sourceId: 'vm', cycleId: 'c1', disks: [{ disk: 0, capacity: o.capacity }] });
+  await writeAll(w1, 0, v1, o.chunkSize);
+  await w1.commit();
+  return { dir, root, store, v1 };
 }

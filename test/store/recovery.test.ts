@@ -8,18 +8,13 @@ import { openImageStore, StoreError } from '../../src/store/index.ts';
 import { createCycle } from '../../src/store/new-cycle.ts';
 import { reopenCycle } from '../../src/store/recovery.ts';
 import { bareStore } from './cycle-parts.ts';
-import { sha, tempDir, writeAll } from './helpers.ts';
+import { sha, storeWithImage, tempDir, writeAll } from './helpers.ts';
 
 const CS = 64 << 10;
 
 test('a cycle reopened after a simulated crash holds exactly what was flushed: the writes after the last flush are gone', async (t) => {
-  const root = join(await tempDir(t, 'recovery'), 'store');
-  const store = await openImageStore(root, { chunkSize: CS });
   const cap = 2 << 20;
-  const v1 = randomBytes(cap);
-  const w1 = await store.beginCycle({ sourceId: 'vm', cycleId: 'c1', disks: [{ disk: 0, capacity: cap }] });
-  await writeAll(w1, 0, v1, CS);
-  await w1.commit();
+  const { root, store, v1 } = await storeWithImage(t, { chunkSize: CS, capacity: cap, name: 'recovery' });
 
   const w = await store.beginCycle({ sourceId: 'vm', cycleId: 'c2', disks: [{ disk: 0, capacity: cap }] });
   const expect = Buffer.from(v1);
