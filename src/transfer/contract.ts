@@ -25,7 +25,7 @@ export interface SessionStats {
   /** Bytes sent as zero markers. */
   zeroBytes: number;
   reconnects: number;
-  /** Bytes sent uncompressed although compression was on, because the link was faster than the codec (adaptive.ts). */
+  /** Bytes sent uncompressed although compression was on, because the link was faster than the codec (compression-governor.ts). */
   uncompressedForSpeedBytes: number;
 }
 

@@ -3,7 +3,7 @@
  * the window of unacknowledged extents (send-window.ts), what is held and sent per disk
  * (coverage.ts), packing pieces (piece-packer.ts), the data connection (data-link.ts), the
  * reconnect rules (reconnect.ts), the commit and its retries (commit.ts) and the compression
- * governor (adaptive.ts). What is left here: `send` cutting extents into pieces for the window, and
+ * governor (compression-governor.ts). What is left here: `send` cutting extents into pieces for the window, and
  * the pump writing the window to the connection.
  *
  * - `send` copies `data` before it resolves; the caller may reuse the buffer afterwards (not before).

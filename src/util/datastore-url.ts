@@ -1,6 +1,6 @@
 /**
  * Datastore file URLs as vCenter (and ESXi) serve them under /folder, to read a disk's flat extent
- * with Range GETs and the session cookie. vsphere/ (VCenter.diskUrl) and source/ (vmware.ts) both
+ * with Range GETs and the session cookie. vsphere/ (VCenter.diskUrl) and source/ (transport-chooser.ts) both
  * build them; the rules are pure, so they live here, below both.
  */
 import { UserError } from './errors.ts';
