@@ -372,6 +372,10 @@ func createVM(ctx context.Context, c *govmomi.Client, l *lab, folder *object.Fol
 	ref := info.Result.(types.ManagedObjectReference)
 	vm := object.NewVirtualMachine(c.Client, ref)
 	sim := simVM(ref.Value)
+	// vCenter reports whether a VM can track changes; the simulator leaves it unset. vmx-07 is the first that can.
+	hw := 0
+	fmt.Sscanf(p.version, "vmx-%d", &hw)
+	simulator.Map.WithLock(sim, func() { sim.Capability.ChangeTrackingSupported = types.NewBool(hw >= 7) })
 	lv := &labVM{name: p.name, ref: ref.Value}
 	vi := vmInfo{Name: p.name, Ref: ref.Value}
 	var ctrls = map[int32]int32{}

@@ -8,6 +8,7 @@ import type { ControllerType, DiskInfo, HostInfo, SnapshotNode, VmInfo } from '.
 export const VM_PATHS = [
   'name', 'runtime.powerState', 'runtime.host', 'runtime.consolidationNeeded', 'config.guestId', 'config.guestFullName',
   'config.version', 'config.uuid', 'config.changeTrackingEnabled', 'config.hardware.device', 'config.extraConfig', 'snapshot',
+  'capability.changeTrackingSupported',
 ];
 const HOST_PATHS = ['name', 'config.product'];
 
@@ -83,6 +84,7 @@ export function parseVm(o: ObjectProps, hosts: Map<string, HostInfo>, dcOfDatast
     changeTrackingEnabled: bool(p['config.changeTrackingEnabled']) ?? false,
     ctkEnabled: (extra['ctkEnabled'] ?? '').toUpperCase() === 'TRUE',
     consolidationNeeded: bool(p['runtime.consolidationNeeded']) ?? false,
+    changeTrackingSupported: bool(p['capability.changeTrackingSupported']) ?? null,
     snapshots: parseTree(snap?.rootSnapshotList), currentSnapshot: moref(snap?.currentSnapshot)?.value ?? null,
     disks, ctkConfig,
   };

@@ -26,6 +26,11 @@ export function preflight(vm: VmInfo, o: { snapshotPrefix?: string } = {}): Pref
     : { name: 'snapshots', ok: false, message: `the VM has ${foreign.length} snapshot(s): ${foreign.map((s) => `"${s.name}"`).join(', ')}`,
         fix: `delete them (vSphere Client: Snapshots → Delete All), then run \`vmlift vc preflight ${vm.name}\` again; CBT cannot be enabled reliably under existing snapshots` });
 
+  checks.push(vm.changeTrackingSupported !== false
+    ? { name: 'cbt-supported', ok: true, message: vm.changeTrackingSupported ? 'the VM supports changed block tracking' : 'vCenter does not say whether the VM supports changed block tracking' }
+    : { name: 'cbt-supported', ok: false, message: `vCenter reports that ${vm.name} does not support changed block tracking (capability.changeTrackingSupported is false)`,
+        fix: `check the VM's compatibility (vmx-07 or later), its host's ESXi version and license, and that its disks are not independent or physical RDMs; then run \`vmlift vc preflight ${vm.name}\` again` });
+
   const hw = /^vmx-(\d+)$/.exec(vm.hardwareVersion);
   const hwN = hw ? Number(hw[1]) : NaN;
   checks.push(!hw || hwN >= 7

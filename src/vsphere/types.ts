@@ -54,6 +54,8 @@ export interface VmInfo {
   /** extraConfig ctkEnabled = TRUE */
   ctkEnabled: boolean;
   consolidationNeeded: boolean;
+  /** capability.changeTrackingSupported; null when vCenter did not say. */
+  changeTrackingSupported: boolean | null;
   snapshots: SnapshotNode[];
   currentSnapshot: string | null;
   disks: DiskInfo[];

@@ -53,18 +53,19 @@ test('inventory lists every VM with the right disk facts, in constant round trip
 });
 
 test('preflight fails with a fix for the snapshot, independent-disk and vmx-04 VMs, passes a plain VM', async () => {
-  const cases: [string, string, RegExp][] = [
-    ['shape-snapshot', 'snapshots', /before-upgrade/],
-    ['shape-independent', 'independent-disks', /independent_persistent/],
-    ['shape-vmx04', 'hardware-version', /vmx-04 is below vmx-07/],
+  const cases: [string, string[], RegExp][] = [
+    ['shape-snapshot', ['snapshots'], /before-upgrade/],
+    ['shape-independent', ['independent-disks'], /independent_persistent/],
+    // vCenter also says a vmx-04 VM cannot track changes (capability.changeTrackingSupported false)
+    ['shape-vmx04', ['cbt-supported', 'hardware-version'], /vmx-04 is below vmx-07/],
   ];
-  for (const [name, check, msg] of cases) {
+  for (const [name, checks, msg] of cases) {
     const r = await vc.preflight(name);
     assert.equal(r.ok, false, name);
     const failed = r.checks.filter((c) => !c.ok);
-    assert.deepEqual(failed.map((c) => c.name), [check], name);
-    assert.match(failed[0]!.message, msg);
-    assert.ok(failed[0]!.fix && failed[0]!.fix.length > 20, `${name} has a fix`);
+    assert.deepEqual(failed.map((c) => c.name), checks, name);
+    assert.match(failed[failed.length - 1]!.message, msg);
+    for (const f of failed) assert.ok(f.fix && f.fix.length > 20, `${name}: ${f.name} has a fix`);
   }
   const ok = await vc.preflight('vm-0001');
   assert.equal(ok.ok, true);
@@ -119,7 +120,7 @@ test('preflight refuses physical RDMs and ESXi below 4.0 (facts as vCenter repor
   const base: VmInfo = {
     ref: 'vm-1', name: 'db01', powerState: 'poweredOn', guestId: 'x', guestFullName: 'x', hardwareVersion: 'vmx-08', uuid: 'u',
     host: { ref: 'host-1', name: 'esx35', version: '3.5.0', build: '1' }, datacenter: 'DC', changeTrackingEnabled: false,
-    ctkEnabled: false, consolidationNeeded: false, snapshots: [], currentSnapshot: null, ctkConfig: {},
+    ctkEnabled: false, consolidationNeeded: false, changeTrackingSupported: null, snapshots: [], currentSnapshot: null, ctkConfig: {},
     disks: [{ key: 2001, label: 'Hard disk 2', controllerType: 'lsilogic', controllerBus: 0, unitNumber: 1, busId: 'scsi0:1',
       capacity: 1 << 30, backingType: 'VirtualDiskRawDiskMappingVer1', file: '[ds] db01/db01_1.vmdk', datastore: 'ds',
       diskMode: 'persistent', compatibilityMode: 'physicalMode', changeId: null, ctkEnabled: false }],
@@ -130,6 +131,18 @@ test('preflight refuses physical RDMs and ESXi below 4.0 (facts as vCenter repor
   assert.match(r.checks.find((c) => c.name === 'physical-rdm')!.fix!, /virtual compatibility/);
   const fixed = preflight({ ...base, host: { ...base.host!, version: '7.0.3' }, disks: [{ ...base.disks[0]!, compatibilityMode: 'virtualMode' }] });
   assert.equal(fixed.ok, true);
+  // vCenter's own word on CBT: false refuses with a fix; unknown (older vCenters) does not refuse
+  const unsupported = preflight({ ...base, host: { ...base.host!, version: '7.0.3' }, disks: [], changeTrackingSupported: false });
+  assert.deepEqual(unsupported.checks.filter((c) => !c.ok).map((c) => c.name), ['cbt-supported']);
+  assert.match(unsupported.checks.find((c) => c.name === 'cbt-supported')!.fix!, /vmlift vc preflight db01/);
+});
+
+test('inventory reads capability.changeTrackingSupported from vCenter', async () => {
+  const inv = await vc.inventory();
+  const vm = inv.vms.find((v) => v.name === 'two-disks')!;
+  assert.equal(vm.changeTrackingSupported, true, 'the lab reports the capability as vCenter does');
+  assert.equal(inv.vms.find((v) => v.name === 'shape-vmx04')!.changeTrackingSupported, false);
+  assert.equal(preflight(vm).checks.find((c) => c.name === 'cbt-supported')!.ok, true);
 });
 
 test('CLI: --insecure warns and works; a config file replaces the flags', async () => {
