@@ -20,7 +20,8 @@ import (
 )
 
 var peerVMPaths = []string{"name", "runtime.powerState", "runtime.host", "runtime.consolidationNeeded", "config.guestId", "config.guestFullName",
-	"config.version", "config.uuid", "config.changeTrackingEnabled", "config.hardware.device", "config.extraConfig", "snapshot"}
+	"config.version", "config.uuid", "config.changeTrackingEnabled", "config.hardware.device", "config.extraConfig", "snapshot",
+	"capability.changeTrackingSupported"}
 
 func runPeerInventory(rawURL, user, pwFile string, rounds int) error {
 	ctx := context.Background()
