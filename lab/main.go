@@ -138,6 +138,8 @@ func plans(n int, diskMB int64) []vmPlan {
 		{name: "shape-snapshot", version: "vmx-13", guest: "otherLinux64Guest", disksMB: []int64{diskMB}, snapshot: true, rich: true},
 		{name: "shape-independent", version: "vmx-13", guest: "windows9Server64Guest", disksMB: []int64{diskMB}, indep: true, powerOn: true},
 		{name: "shape-vmx04", version: "vmx-04", guest: "otherGuest", disksMB: []int64{diskMB}},
+		// vCenter 7.0U3 and later list their vSphere Cluster Services agents among the VMs.
+		{name: "vCLS-4c2b7e1d-9a3f-4d6e-8b5c-1f0a2e3d4c5b", version: "vmx-14", guest: "otherLinux64Guest", disksMB: []int64{2}, powerOn: true},
 	}
 	for i := 1; i <= n; i++ {
 		g := "otherLinux64Guest"

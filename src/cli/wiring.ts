@@ -108,6 +108,10 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
     async resolveVm(nameOrRef) {
       if (!nameOrRef) throw new UserError('NO_VM', 'no VM given', 'pass --vm NAME (or its moref, vm-42)');
       const vm = await vc.vm(nameOrRef);
+      if (vm.systemVm) {
+        throw new UserError('SYSTEM_VM', `${vm.name} (${vm.ref}) is ${vm.systemVm}: vSphere runs it for itself, it is no migration candidate`,
+          'pick an application VM; `vmlift vc ls` marks system VMs');
+      }
       return { vmRef: vm.ref, name: vm.name };
     },
     async images(sourceId) {

@@ -4,6 +4,7 @@ import type { VimSession } from './session.ts';
 import { arr, arrayOf, bool, moref, num, str, xsiType, type MoRef } from './convert.ts';
 import { createContainerView, destroyView, objectsSpec, retrieveProperties, viewSpec, type ObjectProps } from './methods.ts';
 import type { ControllerType, DiskInfo, HostInfo, SnapshotNode, VmInfo } from './types.ts';
+import { systemVmKind } from './system-vms.ts';
 
 export const VM_PATHS = [
   'name', 'runtime.powerState', 'runtime.host', 'runtime.consolidationNeeded', 'config.guestId', 'config.guestFullName',
@@ -75,8 +76,9 @@ export function parseVm(o: ObjectProps, hosts: Map<string, HostInfo>, dcOfDatast
   const ctkConfig: Record<string, string> = {};
   for (const [k, v] of Object.entries(extra)) if (/ctkEnabled$/i.test(k)) ctkConfig[k] = v;
   const dsOfFirst = disks.find((d) => d.datastore)?.datastore;
+  const name = str(p['name']) ?? o.obj.value;
   return {
-    ref: o.obj.value, name: str(p['name']) ?? o.obj.value, powerState: str(p['runtime.powerState']) ?? 'unknown',
+    ref: o.obj.value, name, systemVm: systemVmKind(name), powerState: str(p['runtime.powerState']) ?? 'unknown',
     guestId: str(p['config.guestId']) ?? '', guestFullName: str(p['config.guestFullName']) ?? '',
     hardwareVersion: str(p['config.version']) ?? '', uuid: str(p['config.uuid']) ?? '',
     host: hostRef ? hosts.get(hostRef) ?? { ref: hostRef, name: hostRef, version: '', build: '' } : null,

@@ -54,6 +54,8 @@ export interface VmInfo {
   /** extraConfig ctkEnabled = TRUE */
   ctkEnabled: boolean;
   consolidationNeeded: boolean;
+  /** What kind of system VM this is (vCLS agent), or null: system VMs are no migration candidates. */
+  systemVm: string | null;
   /** capability.changeTrackingSupported; null when vCenter did not say. */
   changeTrackingSupported: boolean | null;
   snapshots: SnapshotNode[];

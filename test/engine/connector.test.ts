@@ -160,6 +160,11 @@ test('kill -9 of the connector during a read and right after the receiver commit
   const report = (JSON.parse(badJson.stdout) as { error: { code: string; message: string; fix?: string } }).error;
   assert.match(report.message, /sync interval must be from 1h to 7d/);
   assert.ok(report.code && report.fix, `--json prints the error's code and fix: ${badJson.stdout}`);
+  // A vSphere system VM (vCLS agent) is no migration candidate: refused with the reason and a fix.
+  const vcls = await vmlift(['job', 'create', 'vcls', '--vm', 'vCLS-4c2b7e1d-9a3f-4d6e-8b5c-1f0a2e3d4c5b', '--home', r.home]);
+  assert.notEqual(vcls.code, 0);
+  assert.match(vcls.stderr, /vSphere Cluster Services \(vCLS\) agent VM.*no migration candidate/);
+  assert.match(vcls.stderr, /fix: pick an application VM/);
   const created = await r.api<{ settings: { intervalSeconds: number; compression: number; maxImages: number } }>(
     ['job', 'create', 'other', '--vm', 'shape-snapshot', '--template', 'nightly', '--compression', '5']);
   assert.deepEqual([created.settings.intervalSeconds, created.settings.compression, created.settings.maxImages], [86400, 5, 2]);

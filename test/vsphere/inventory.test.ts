@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { labFixture, connect, vmlift, labEnv } from './helpers.ts';
 import type { Lab } from '../../lab/lab.ts';
-import { methods, preflight, type VCenter, type VmInfo } from '../../src/vsphere/index.ts';
+import { methods, preflight, systemVmKind, type VCenter, type VmInfo } from '../../src/vsphere/index.ts';
 
 let fx: Awaited<ReturnType<typeof labFixture>>;
 let lab: Lab;
@@ -120,7 +120,7 @@ test('preflight refuses physical RDMs and ESXi below 4.0 (facts as vCenter repor
   const base: VmInfo = {
     ref: 'vm-1', name: 'db01', powerState: 'poweredOn', guestId: 'x', guestFullName: 'x', hardwareVersion: 'vmx-08', uuid: 'u',
     host: { ref: 'host-1', name: 'esx35', version: '3.5.0', build: '1' }, datacenter: 'DC', changeTrackingEnabled: false,
-    ctkEnabled: false, consolidationNeeded: false, changeTrackingSupported: null, snapshots: [], currentSnapshot: null, ctkConfig: {},
+    ctkEnabled: false, consolidationNeeded: false, systemVm: null, changeTrackingSupported: null, snapshots: [], currentSnapshot: null, ctkConfig: {},
     disks: [{ key: 2001, label: 'Hard disk 2', controllerType: 'lsilogic', controllerBus: 0, unitNumber: 1, busId: 'scsi0:1',
       capacity: 1 << 30, backingType: 'VirtualDiskRawDiskMappingVer1', file: '[ds] db01/db01_1.vmdk', datastore: 'ds',
       diskMode: 'persistent', compatibilityMode: 'physicalMode', changeId: null, ctkEnabled: false }],
@@ -135,6 +135,19 @@ test('preflight refuses physical RDMs and ESXi below 4.0 (facts as vCenter repor
   const unsupported = preflight({ ...base, host: { ...base.host!, version: '7.0.3' }, disks: [], changeTrackingSupported: false });
   assert.deepEqual(unsupported.checks.filter((c) => !c.ok).map((c) => c.name), ['cbt-supported']);
   assert.match(unsupported.checks.find((c) => c.name === 'cbt-supported')!.fix!, /vmlift vc preflight db01/);
+});
+
+test('vSphere system VMs (vCLS agents) are marked in the inventory and in vc ls; application VMs are not', async () => {
+  const inv = await vc.inventory();
+  const vcls = inv.vms.filter((v) => v.systemVm);
+  assert.deepEqual(vcls.map((v) => v.name), ['vCLS-4c2b7e1d-9a3f-4d6e-8b5c-1f0a2e3d4c5b']);
+  assert.match(vcls[0]!.systemVm!, /vCLS/);
+  assert.equal(systemVmKind('vCLS (2)'), vcls[0]!.systemVm, 'the 7.0U1 naming too');
+  for (const name of ['vCLS', 'vCLS-backup-of-web', 'web-vCLS-1', 'two-disks']) assert.equal(systemVmKind(name), null, name);
+  const ls = await vmlift(['vc', 'ls'], labEnv(lab));
+  assert.equal(ls.code, 0, ls.stderr);
+  assert.match(ls.stdout, /vCLS-4c2b7e1d-9a3f-4d6e-8b5c-1f0a2e3d4c5b \(system VM\)/);
+  assert.doesNotMatch(ls.stdout, /two-disks \(system VM\)/);
 });
 
 test('inventory reads capability.changeTrackingSupported from vCenter', async () => {

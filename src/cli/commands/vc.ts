@@ -71,7 +71,7 @@ export function register(program: Command): void {
     .action(async (o) => withVc(o, async (c) => {
       const inv = await c.inventory();
       printResult(o.json, inv.vms, (vms) => table(['NAME', 'REF', 'POWER', 'HW', 'GUEST', 'HOST', 'ESXI', 'CBT', 'DISKS', 'SIZE', 'SNAPSHOTS'],
-        vms.map((v) => [v.name, v.ref, v.powerState, v.hardwareVersion, v.guestId, v.host?.name ?? '-', v.host?.version ?? '-', cbtState(v),
+        vms.map((v) => [v.systemVm ? `${v.name} (system VM)` : v.name, v.ref, v.powerState, v.hardwareVersion, v.guestId, v.host?.name ?? '-', v.host?.version ?? '-', cbtState(v),
           v.disks.length, formatBytes(v.disks.reduce((n, d) => n + d.capacity, 0)), countSnaps(v.snapshots)])));
     }));
 
