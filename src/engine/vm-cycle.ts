@@ -11,6 +11,7 @@ import type { BlockSource } from '../source/types.ts';
 import { clampReads } from '../source/clamp.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { planDiskSync, type SyncPlan } from './sync-plan.ts';
+import { diskListChange, identityOf, recordedIdentities } from './disk-identity.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
 import type { DiskOpener, ReceiverService, SnapshotDisk, SnapshotHandle, VCenterService } from './services.ts';
 import type { ReceiverCycle } from '../transfer/contract.ts';
@@ -139,10 +140,18 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
   const disks = await step('plan', input, async () =>
     [...await vcenter.snapshotDisks(vmRef, snapshot)].sort((a, b) => a.key - b.key));
   const images = await step('plan', input, () => receiver.listImages());
-  const baseOnReceiver = input.previousImageId !== null && images.some((i) => i.imageId === input.previousImageId);
+  const base = input.previousImageId === null ? undefined : images.find((i) => i.imageId === input.previousImageId);
+  // The store builds each disk on the base's disk at the same position: only right while every
+  // position holds the same disk. Otherwise the cycle starts from empty disks and reads them in full
+  // (no changeId of the previous cycle applies to another disk's base).
+  const identities = disks.map(identityOf);
+  const disksChanged = base ? diskListChange(recordedIdentities(base), identities, base.disks.length) : null;
+  if (disksChanged) logger.warn({ vmRef, baseImageId: base!.imageId, reason: disksChanged }, 'the disks are not those of the previous image: full cycle from empty disks');
+  const baseOnReceiver = base !== undefined && !disksChanged;
   const plans = disks.map((d) => input.forceFull
     ? { mode: 'full', reason: input.forceFull } as SyncPlan
-    : planDiskSync(input.previousChangeIds.get(d.key) ?? null, d.changeId, baseOnReceiver));
+    : disksChanged ? { mode: 'full', reason: disksChanged } as SyncPlan
+      : planDiskSync(input.previousChangeIds.get(d.key) ?? null, d.changeId, baseOnReceiver));
   // One image holds every disk: if any disk needs a full read, the image still builds on the base
   // (unchanged disks keep their content); only a missing base forces building from empty disks.
   const anyFull = plans.some((p) => p.mode === 'full');
@@ -214,6 +223,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
       jobId: input.jobId, vmRef, snapshot: snapshot.name,
       changeIds: Object.fromEntries(disks.map((d) => [d.key, d.changeId])),
       diskKeys: disks.map((d) => d.key),
+      diskIdentities: identities,
     },
     sourceDigests: settings.checksum ? digests : undefined,
   }));
