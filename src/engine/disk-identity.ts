@@ -1,8 +1,9 @@
 /**
  * A disk's identity across cycles: its device key plus its backing UUID. A disk's position in the
- * sorted list is only where it sits in one image; an image built on a base image by position is
- * right only while every position holds the same disk (otherwise one disk's changes would land on
- * another disk's base). Images record the identities in their meta (`diskIdentities`).
+ * sorted list is only where it sits in one image: each disk of a new image is built on the base
+ * image's disk with the same identity (`baseDiskMapping`), never on the one at the same position
+ * (otherwise one disk's changes would land on another disk's base). Images record the identities in
+ * their meta (`diskIdentities`).
  */
 import type { ImageInfo } from '../model/images.ts';
 import type { SnapshotDisk } from './services.ts';
@@ -55,4 +56,25 @@ export function diskListChange(base: ReturnType<typeof recordedIdentities>, curr
     if (!base.some((b) => same(b, c))) parts.push(`disk ${describe(c)} added`);
   }
   return `disks changed: ${parts.join(', ')}`;
+}
+
+/**
+ * Per current disk, the position in the base image of the disk with the same identity, or null for
+ * a disk the base does not have (a new disk). An image that recorded no identities is taken by
+ * position when the counts agree; otherwise no disk is matched.
+ */
+export function baseDiskMapping(base: ReturnType<typeof recordedIdentities>, current: readonly DiskIdentity[], baseDiskCount: number): (number | null)[] {
+  if (!base) return current.map((_, i) => (baseDiskCount === current.length ? i : null));
+  const used = new Set<number>();
+  return current.map((c) => {
+    const j = base.findIndex((b, k) => !used.has(k) && b.key === c.key && (b.uuid === undefined || b.uuid === c.uuid));
+    if (j < 0) return null;
+    used.add(j);
+    return j;
+  });
+}
+
+/** The store's default: disk n from the base's disk n, when the base has one. */
+export function positionalMapping(disks: number, baseDiskCount: number): (number | null)[] {
+  return Array.from({ length: disks }, (_, i) => (i < baseDiskCount ? i : null));
 }
