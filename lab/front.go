@@ -646,6 +646,30 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		writeJSON(w, map[string]interface{}{"expired": len(cookies)})
+	case "disk-add", "disk-remove":
+		v := vmOf()
+		if v == nil {
+			bad(fmt.Sprintf("unknown VM %q", q.Get("vm")))
+			return
+		}
+		key, _ := strconv.Atoi(q.Get("disk"))
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if op == "disk-remove" {
+			if err := l.removeDisk(v, int32(key)); err != nil {
+				bad(err.Error())
+				return
+			}
+			writeJSON(w, map[string]interface{}{"ok": true})
+			return
+		}
+		capacity, _ := strconv.ParseInt(q.Get("capacity"), 10, 64)
+		d, err := l.addDisk(v, int32(key), capacity)
+		if err != nil {
+			bad(err.Error())
+			return
+		}
+		writeJSON(w, l.diskInfoOf(d))
 	case "snapshots":
 		v := vmOf()
 		if v == nil {

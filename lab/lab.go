@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -391,4 +392,116 @@ func (l *lab) stopAllExports() {
 		_ = e.cmd.Process.Kill()
 		delete(l.nbd, id)
 	}
+}
+
+// diskInfoOf is what lab.json and the disk-add answer say of a lab disk.
+func (l *lab) diskInfoOf(d *disk) diskInfo {
+	return diskInfo{Key: d.key, File: d.baseName, FlatPath: d.layers[0].path, DsPath: d.flatRel, Capacity: d.capacity, Bus: d.bus, Unit: d.unit}
+}
+
+// removeDisk detaches disk key from VM v, as a ReconfigVM_Task deviceChange remove without
+// destroying the file: the device leaves the VM's config and the lab stops serving it.
+func (l *lab) removeDisk(v *labVM, key int32) error {
+	if len(v.snaps) > 0 {
+		return fmt.Errorf("VM %s has snapshots; the lab changes disks only without them", v.name)
+	}
+	d := v.disk(key)
+	if d == nil {
+		return fmt.Errorf("VM %s has no disk %d", v.name, key)
+	}
+	vm := simVM(v.ref)
+	if vm == nil {
+		return fmt.Errorf("VM %s is not in the simulator", v.name)
+	}
+	simulator.Map.WithLock(vm, func() {
+		var devs []types.BaseVirtualDevice
+		for _, dev := range vm.Config.Hardware.Device {
+			if vd, ok := dev.(*types.VirtualDisk); ok && vd.Key == key {
+				continue
+			}
+			devs = append(devs, dev)
+		}
+		vm.Config.Hardware.Device = devs
+	})
+	for i, x := range v.disks {
+		if x == d {
+			v.disks = append(v.disks[:i], v.disks[i+1:]...)
+			break
+		}
+	}
+	d.mu.Lock()
+	d.close()
+	d.mu.Unlock()
+	return nil
+}
+
+// addDisk attaches a new disk of capacity bytes with device key to VM v, on the SCSI controller
+// the key names (key = 2000 + 16*bus + unit), with a fresh backing UUID and a new file filled
+// with data, as a ReconfigVM_Task deviceChange add (fileOperation create) does. When change
+// tracking is on for the VM, it is turned on for the new disk too.
+func (l *lab) addDisk(v *labVM, key int32, capacity int64) (*disk, error) {
+	if len(v.snaps) > 0 {
+		return nil, fmt.Errorf("VM %s has snapshots; the lab changes disks only without them", v.name)
+	}
+	if v.disk(key) != nil {
+		return nil, fmt.Errorf("VM %s already has a disk %d", v.name, key)
+	}
+	if key < 2000 || capacity <= 0 || capacity%blockSize != 0 {
+		return nil, fmt.Errorf("a disk needs a key from 2000 up and a capacity that is a positive multiple of %d", blockSize)
+	}
+	bus, unit := (key-2000)/16, (key-2000)%16
+	vm := simVM(v.ref)
+	if vm == nil {
+		return nil, fmt.Errorf("VM %s is not in the simulator", v.name)
+	}
+	var ctrl *types.VirtualDevice
+	var cbtOn bool
+	var dsRef *types.ManagedObjectReference
+	simulator.Map.WithLock(vm, func() {
+		for _, dev := range vm.Config.Hardware.Device {
+			if vd, ok := dev.(*types.VirtualDisk); ok && dsRef == nil {
+				if b, ok := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
+					dsRef = b.Datastore
+				}
+			}
+			if sc, ok := dev.(types.BaseVirtualSCSIController); ok && sc.GetVirtualSCSIController().BusNumber == bus {
+				ctrl = dev.GetVirtualDevice()
+			}
+		}
+		cbtOn = vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
+	})
+	if ctrl == nil {
+		return nil, fmt.Errorf("VM %s has no SCSI controller on bus %d", v.name, bus)
+	}
+	tag := randHex(4)
+	file := fmt.Sprintf("[%s] %s/%s_%s.vmdk", l.dsName, v.name, v.name, tag)
+	flatRel := fmt.Sprintf("%s/%s_%s-flat.vmdk", v.name, v.name, tag)
+	d, err := openDisk(key, capacity, filepath.Join(l.dsDir, flatRel), flatRel, file, filepath.Join(l.dir, "deltas", v.name))
+	if err != nil {
+		return nil, err
+	}
+	d.bus, d.unit = bus, unit
+	if err := fillDisk(d, v.name+"/"+tag, true); err != nil {
+		d.close()
+		return nil, err
+	}
+	u := unit
+	dev := &types.VirtualDisk{
+		VirtualDevice: types.VirtualDevice{Key: key, ControllerKey: ctrl.Key, UnitNumber: &u,
+			DeviceInfo: &types.Description{Label: fmt.Sprintf("Hard disk %d", len(v.disks)+1), Summary: fmt.Sprintf("%d KB", capacity/1024)},
+			Backing: &types.VirtualDiskFlatVer2BackingInfo{
+				VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: file, Datastore: dsRef},
+				DiskMode:                     string(types.VirtualDiskModePersistent), ThinProvisioned: types.NewBool(true), Uuid: newUUID(),
+			}},
+		CapacityInKB: capacity / 1024, CapacityInBytes: capacity,
+	}
+	simulator.Map.WithLock(vm, func() {
+		vm.Config.Hardware.Device = append(vm.Config.Hardware.Device, dev)
+		if cbtOn {
+			vm.Config.ExtraConfig = append(vm.Config.ExtraConfig, &types.OptionValue{Key: fmt.Sprintf("scsi%d:%d.ctkEnabled", bus, unit), Value: "TRUE"})
+		}
+	})
+	v.disks = append(v.disks, d)
+	l.syncTracking(v)
+	return d, nil
 }

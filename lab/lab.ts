@@ -7,6 +7,7 @@
  *   await lab.read('vm-0001', 2000, offset, len, snapRef) // bytes of a snapshot's view (or live)
  *   await lab.nbdExport('vm-0001', snapRef, 2000)         // { uri: 'nbd://127.0.0.1:PORT', ... }
  *   lab.folderUrl('vm-0001/vm-0001-flat.vmdk')            // datastore URL (needs a session cookie)
+ *   await lab.addDisk('vm-0001', 2001, 8 << 20); await lab.removeDisk('vm-0001', 2001);
  *   await lab.injectFault('createSnapshot'); await lab.expireSessions(); await lab.stop();
  */
 import { spawn, execFile } from 'node:child_process';
@@ -127,6 +128,24 @@ export class Lab {
   async expireSessions(): Promise<number> { return JSON.parse((await this.call('expire-sessions', {})).toString()).expired; }
   /** Resets change tracking of a disk (new CBT UUID), as a vMotion or a ctk repair does. */
   async resetCbt(vm: string, disk: number): Promise<void> { await this.call('cbt-reset', { vm, disk }); }
+
+  /**
+   * Attaches a new disk (fresh backing UUID, some data written) with device key `key`
+   * (2000 + 16·bus + unit, on that SCSI bus); `vm(name).disks` follows. The VM must have no snapshot.
+   */
+  async addDisk(vm: string, key: number, capacity: number): Promise<LabDisk> {
+    const d = JSON.parse((await this.call('disk-add', { vm, disk: key, capacity })).toString()) as LabDisk;
+    const v = this.vm(vm);
+    v.disks = [...v.disks, d].sort((a, b) => a.key - b.key);
+    return d;
+  }
+
+  /** Detaches a disk from the VM (its file stays); `vm(name).disks` follows. The VM must have no snapshot. */
+  async removeDisk(vm: string, key: number): Promise<void> {
+    await this.call('disk-remove', { vm, disk: key });
+    const v = this.vm(vm);
+    v.disks = v.disks.filter((d) => d.key !== key);
+  }
 
   async stop(): Promise<void> {
     await this.agent.close().catch(() => {});

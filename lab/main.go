@@ -351,6 +351,7 @@ func createVM(ctx context.Context, c *govmomi.Client, l *lab, folder *object.Fol
 		d.Key = 2000 + 16*int32(i)
 		d.CapacityInKB = mb * 1024
 		d.CapacityInBytes = mb << 20
+		d.Backing.(*types.VirtualDiskFlatVer2BackingInfo).Uuid = newUUID()
 		if p.indep {
 			d.Backing.(*types.VirtualDiskFlatVer2BackingInfo).DiskMode = string(types.VirtualDiskModeIndependent_persistent)
 		}

@@ -39,7 +39,7 @@ export function vcenterService(vc: VCenter): VCenterService & { datacenterOf(vmR
     hostOf: async (vmRef) => hosts.get(vmRef) ?? (await facts(vmRef)).host?.ref ?? 'unknown-host',
     sweepSnapshots: async (vmRef, prefix) => (await vc.sweepSnapshots(vmRef, prefix)).removed.length,
     createSnapshot: (vmRef, name, o) => vc.createSnapshot(vmRef, name, { quiesce: o.quiesce, description: 'vmlift sync cycle; removed when the cycle ends' }),
-    snapshotDisks: async (_vmRef, s) => (await vc.snapshotDisks(s.ref)).map((d) => ({ key: d.key, label: d.label, capacity: d.capacity, changeId: d.changeId, file: d.file })),
+    snapshotDisks: async (_vmRef, s) => (await vc.snapshotDisks(s.ref)).map((d) => ({ key: d.key, label: d.label, capacity: d.capacity, changeId: d.changeId, uuid: d.uuid, file: d.file })),
     changedAreas: async (vmRef, s, d, changeId) => (await vc.changedAreas(vmRef, s.ref, d.key, changeId, d.capacity)).areas,
     removeSnapshot: async (vmRef, s) => { await vc.removeSnapshot(vmRef, s.ref); },
     datacenterOf: async (vmRef) => {

@@ -15,6 +15,8 @@ export interface SnapshotDisk {
   capacity: number;
   /** `backing.changeId` at the snapshot; null when CBT is off for the disk. */
   changeId: string | null;
+  /** `backing.uuid` (the virtual disk's own UUID); with the key, the disk's identity across cycles. Null when vCenter gives none. */
+  uuid: string | null;
   /** The disk's backing file in the snapshot ("[datastore] vm/vm-000001.vmdk"), for datastore transports. */
   file?: string;
 }

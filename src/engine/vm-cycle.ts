@@ -11,6 +11,7 @@ import type { BlockSource } from '../source/types.ts';
 import { clampReads } from '../source/clamp.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { planDiskSync, type SyncPlan } from './sync-plan.ts';
+import { baseDiskMapping, diskListChange, identityOf, positionalMapping, recordedIdentities } from './disk-identity.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
 import type { DiskOpener, ReceiverService, SnapshotDisk, SnapshotHandle, VCenterService } from './services.ts';
 import type { ReceiverCycle } from '../transfer/contract.ts';
@@ -139,10 +140,20 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
   const disks = await step('plan', input, async () =>
     [...await vcenter.snapshotDisks(vmRef, snapshot)].sort((a, b) => a.key - b.key));
   const images = await step('plan', input, () => receiver.listImages());
-  const baseOnReceiver = input.previousImageId !== null && images.some((i) => i.imageId === input.previousImageId);
-  const plans = disks.map((d) => input.forceFull
+  const base = input.previousImageId === null ? undefined : images.find((i) => i.imageId === input.previousImageId);
+  // Each disk builds on the base image's disk with the same identity (key + backing UUID), never on
+  // the one at the same position: a kept disk that moved keeps its own base and changeId; a new disk
+  // (or another disk under a known key) starts empty and is read in full.
+  const identities = disks.map(identityOf);
+  const recorded = base ? recordedIdentities(base) : null;
+  const disksChanged = base ? diskListChange(recorded, identities, base.disks.length) : null;
+  const baseDisks = base ? baseDiskMapping(recorded, identities, base.disks.length) : disks.map(() => null);
+  const baseOnReceiver = base !== undefined && baseDisks.some((b) => b !== null);
+  if (disksChanged) logger.info({ vmRef, baseImageId: base!.imageId, reason: disksChanged, baseDisks }, 'the disks changed since the previous image; each kept disk builds on its own base');
+  const plans = disks.map((d, i) => input.forceFull
     ? { mode: 'full', reason: input.forceFull } as SyncPlan
-    : planDiskSync(input.previousChangeIds.get(d.key) ?? null, d.changeId, baseOnReceiver));
+    : base && baseDisks[i] === null ? { mode: 'full', reason: `new disk, not in image ${base.imageId} (${disksChanged ?? 'no disk matched'})` } as SyncPlan
+      : planDiskSync(input.previousChangeIds.get(d.key) ?? null, d.changeId, baseOnReceiver));
   // One image holds every disk: if any disk needs a full read, the image still builds on the base
   // (unchanged disks keep their content); only a missing base forces building from empty disks.
   const anyFull = plans.some((p) => p.mode === 'full');
@@ -159,9 +170,19 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
     cycleId: input.cycleId,
     disks: disks.map((d, i) => ({ disk: i, capacity: d.capacity, label: d.label })),
     baseImageId: baseOnReceiver ? input.previousImageId : null,
+    ...(baseOnReceiver ? { baseDisks } : {}),
     maxImages: settings.maxImages,
   }));
   onSession(session);
+  if (baseOnReceiver) {
+    // A receiver that predates per-disk bases ignores baseDisks and builds by position.
+    const applied = session.baseDisks ?? positionalMapping(disks.length, base!.disks.length);
+    if (JSON.stringify(applied) !== JSON.stringify(baseDisks)) {
+      await session.abort().catch(() => undefined);
+      throw new CycleError('transfer', new CodedError('RECEIVER_BASE_DISKS', `the receiver builds the disks on base disks ${JSON.stringify(applied)}, not ${JSON.stringify(baseDisks)}`,
+        { fix: 'update the receiver (it must support per-disk bases when a VM\'s disks change), then resume the job' }));
+    }
+  }
   const heldBytes = session.held.reduce((n, h) => n + totalLength(h.ranges), 0);
   if (heldBytes > 0) logger.info({ cycleId: input.cycleId, heldBytes }, 'resuming: the receiver already holds part of this cycle');
 
@@ -173,7 +194,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
     const held = session.held.find((h) => h.disk === i)?.ranges ?? [];
     // A full read of a disk on top of a base image must also clear what the disk no longer holds.
     const ranges = subtract(coalesce(areas[i]!), held);
-    const wantZeros = plans[i]!.mode === 'full' && baseOnReceiver;
+    const wantZeros = plans[i]!.mode === 'full' && baseOnReceiver && baseDisks[i] !== null;
     const zeroRanges = wantZeros ? subtract(subtract([{ offset: 0, length: d.capacity }], areas[i]!), held) : [];
     for (const z of zeroRanges) await session.send(i, z.offset, null, z.length);
     work.push({ disk: d, index: i, ranges });
@@ -214,6 +235,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
       jobId: input.jobId, vmRef, snapshot: snapshot.name,
       changeIds: Object.fromEntries(disks.map((d) => [d.key, d.changeId])),
       diskKeys: disks.map((d) => d.key),
+      diskIdentities: identities,
     },
     sourceDigests: settings.checksum ? digests : undefined,
   }));

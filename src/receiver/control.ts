@@ -7,7 +7,7 @@
  *   GET  /v1/images                         → {images: ImageInfo[]}
  *   GET  /v1/disks                          → {imageId, disks} of the newest image
  *   GET  /v1/images/:id/digests?disk=&blockSize=  → octet stream: 16 bytes (SHA-256 prefix) per block
- *   POST /v1/cycles                         {cycleId, disks, baseImageId?, maxImages?} → {cycleId, baseImageId, held}
+ *   POST /v1/cycles                         {cycleId, disks, baseImageId?, baseDisks?, maxImages?} → {cycleId, baseImageId, baseDisks?, held}
  *   GET  /v1/cycles/:id/held                → {held}
  *   POST /v1/cycles/:id/commit              {meta?, expected?, verify?, sourceDigests?, maxImages?} → ImageInfo
  *   POST /v1/cycles/:id/abort               {disks?} → {}

@@ -70,6 +70,7 @@ export class OpenCycles {
         }
         const opts: Parameters<ImageStore['beginCycle']>[0] = { sourceId, cycleId, disks };
         if (req.baseImageId !== undefined) opts.baseImageId = req.baseImageId;
+        if (req.baseDisks !== undefined) opts.baseDisks = req.baseDisks;
         const writer = await this.store.beginCycle(opts);
         oc = new OpenCycle(sourceId, writer, maxImages);
         this.open.set(sourceId, oc);
@@ -79,7 +80,9 @@ export class OpenCycles {
         if (!same) throw new Refusal(409, 'BAD_REQUEST', `cycle ${cycleId} was begun with other disks`, 'resume with the same disks, or abort the cycle');
         if (maxImages !== undefined) oc.maxImages = maxImages;
       }
-      return { cycleId, baseImageId: oc.writer.baseImageId, held: await oc.writer.held() };
+      const answer: BeginCycleResponse = { cycleId, baseImageId: oc.writer.baseImageId, held: await oc.writer.held() };
+      if (oc.writer.baseDisks) answer.baseDisks = [...oc.writer.baseDisks];
+      return answer;
     });
   }
 

@@ -28,6 +28,7 @@ export function parseBeginCycle(body: JsonObject): BeginCycleRequest {
   const maxImages = checkMaxImages(body.maxImages);
   if (maxImages !== undefined) out.maxImages = maxImages;
   if (body.baseImageId !== undefined) out.baseImageId = body.baseImageId === null ? null : assertId(body.baseImageId, 'image id');
+  if (body.baseDisks !== undefined) out.baseDisks = checkBaseDisks(body.baseDisks, out.disks.length);
   return out;
 }
 
@@ -54,6 +55,16 @@ function checkDisks(disks: unknown): DiskSpec[] {
       throw badRequest(`disk ${i}: needs disk=${i} and a capacity that is a positive multiple of 512`, 'number disks 0..n-1 and give their sizes in bytes');
     }
     return { disk: i, capacity, ...(typeof x.label === 'string' ? { label: x.label.slice(0, 200) } : {}) };
+  });
+}
+
+function checkBaseDisks(v: unknown, disks: number): (number | null)[] {
+  const fix = 'give one entry per disk: the base image\'s disk number it starts from, or null for an empty disk';
+  if (!Array.isArray(v) || v.length !== disks) throw badRequest(`baseDisks needs ${disks} entries, one per disk`, fix);
+  return v.map((b: unknown, i) => {
+    if (b === null) return null;
+    if (typeof b !== 'number' || !Number.isSafeInteger(b) || b < 0 || b > 255) throw badRequest(`baseDisks[${i}] must be a disk number or null`, fix);
+    return b;
   });
 }
 

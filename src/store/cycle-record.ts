@@ -10,6 +10,8 @@ export interface CycleRecord {
   cycleId: string;
   baseImageId: string | null;
   disks: DiskSpec[];
+  /** Per disk, the base image's disk it started from (null: empty); absent in records written before it was kept. */
+  baseDisks?: (number | null)[];
   chunkSize: number;
   createdAt: string;
 }
@@ -31,6 +33,19 @@ export function validateDisks(disks: unknown): DiskSpec[] {
   }
   return [...(disks as DiskSpec[])].sort((a, b) => a.disk - b.disk)
     .map((d) => ({ disk: d.disk, capacity: d.capacity, ...(d.label !== undefined ? { label: String(d.label) } : {}) }));
+}
+
+/** `baseDisks` as a caller gives it, checked against the disks: one entry per disk, each null or a disk number. */
+export function validateBaseDisks(baseDisks: unknown, disks: readonly DiskSpec[]): (number | null)[] | undefined {
+  if (baseDisks === undefined) return undefined;
+  const fix = 'give one entry per disk: the base image\'s disk number it starts from, or null for an empty disk';
+  if (!Array.isArray(baseDisks) || baseDisks.length !== disks.length) {
+    throw new StoreError('BAD_DISK', `baseDisks needs ${disks.length} entries, one per disk`, { fix });
+  }
+  for (const [i, b] of baseDisks.entries()) {
+    if (b !== null && (!Number.isSafeInteger(b) || b < 0)) throw new StoreError('BAD_DISK', `baseDisks[${i}] must be a disk number or null (got ${JSON.stringify(b)})`, { fix });
+  }
+  return baseDisks as (number | null)[];
 }
 
 /** The record of the cycle in folder `dir`, or null when no cycle is open there. */

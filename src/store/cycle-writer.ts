@@ -11,7 +11,7 @@ import { fsyncDir } from '../util/fsync.ts';
 import { StoreError, type CommitOptions, type CycleWriter, type WriteExtentOptions } from './types.ts';
 import type { Layout } from './layout.ts';
 import { ChunkWriter } from './chunks.ts';
-import { validateDisks, type CycleRecord } from './cycle-record.ts';
+import { validateBaseDisks, validateDisks, type CycleRecord } from './cycle-record.ts';
 import { createCycle } from './new-cycle.ts';
 import { reopenCycle } from './recovery.ts';
 import { CycleJournals } from './journals.ts';
@@ -37,6 +37,7 @@ export class StoreCycleWriter implements CycleWriter {
   readonly cycleId: string;
   readonly disks: readonly DiskSpec[];
   readonly baseImageId: string | null;
+  readonly baseDisks: readonly (number | null)[] | null;
   private readonly chunks: ChunkWriter;
   private readonly extents: ExtentWriter;
   private flushChain: Promise<void> = Promise.resolve();
@@ -49,6 +50,7 @@ export class StoreCycleWriter implements CycleWriter {
     this.cycleId = rec.cycleId;
     this.disks = Object.freeze(rec.disks.map((d) => Object.freeze({ ...d })));
     this.baseImageId = rec.baseImageId;
+    this.baseDisks = rec.baseImageId !== null ? rec.baseDisks ?? null : null;
     this.chunks = new ChunkWriter(env.layout, (hex) => journals.refs.note(hex));
     this.extents = new ExtentWriter(rec.chunkSize, this.chunks, journals.disks);
   }
@@ -59,16 +61,17 @@ export class StoreCycleWriter implements CycleWriter {
   get newChunks(): number { return this.chunks.newChunks; }
 
   /** Begin a new cycle, or resume the open one with the same ids. */
-  static async begin(env: CycleEnv, opts: { sourceId: string; cycleId: string; disks: DiskSpec[]; baseImageId?: string | null }): Promise<StoreCycleWriter> {
+  static async begin(env: CycleEnv, opts: { sourceId: string; cycleId: string; disks: DiskSpec[]; baseImageId?: string | null; baseDisks?: (number | null)[] }): Promise<StoreCycleWriter> {
     const { layout } = env;
     const src = assertId(opts.sourceId, 'source id');
     const cid = assertId(opts.cycleId, 'cycle id');
     const disks = validateDisks(opts.disks);
+    const baseDisks = validateBaseDisks(opts.baseDisks, disks);
     const dir = layout.cycleDir(src, cid);
     await mkdir(layout.cyclesDir(src), { recursive: true });
     await mkdir(layout.imagesDir(src), { recursive: true });
-    const rec = await reopenCycle(dir, src, cid, { disks, baseImageId: opts.baseImageId })
-      ?? await createCycle(layout, env.chunkSize, src, cid, disks, opts.baseImageId, dir);
+    const rec = await reopenCycle(dir, src, cid, { disks, baseImageId: opts.baseImageId, baseDisks })
+      ?? await createCycle(layout, env.chunkSize, src, cid, disks, opts.baseImageId, dir, baseDisks);
     return new StoreCycleWriter(env, rec, dir, await CycleJournals.open(dir, rec));
   }
 

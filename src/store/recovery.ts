@@ -7,13 +7,13 @@ import type { DiskSpec } from '../model/images.ts';
 
 /**
  * Reopening a cycle left open on disk (by a crash, a kill, a lost connection or a detach) to resume
- * it. The caller must ask for the same disks (and the same base, when it names one), and no live
+ * it. The caller must ask for the same disks (and the same base and base disks, when it names them), and no live
  * process but this one may be writing it; this process then owns it. What the reopened cycle holds
  * is what its journals made durable (journals.ts): the writes after its last flush are gone.
  * Returns null when no cycle is open in `dir`.
  */
 export async function reopenCycle(dir: string, src: string, cid: string,
-  want: { disks: DiskSpec[]; baseImageId?: string | null }): Promise<CycleRecord | null> {
+  want: { disks: DiskSpec[]; baseImageId?: string | null; baseDisks?: (number | null)[] }): Promise<CycleRecord | null> {
   const rec = await readCycleRecord(dir);
   if (!rec) return null;
   const { disks } = want;
@@ -25,6 +25,11 @@ export async function reopenCycle(dir: string, src: string, cid: string,
   if (want.baseImageId !== undefined && want.baseImageId !== rec.baseImageId) {
     throw new StoreError('CYCLE_MISMATCH', `cycle ${cid} of source ${src} is open on base image ${rec.baseImageId ?? 'none'}, not ${want.baseImageId ?? 'none'}`,
       { fix: 'resume the cycle on the base image it was begun on, or abort it' });
+  }
+  if (want.baseDisks !== undefined && rec.baseImageId !== null && rec.baseDisks !== undefined
+    && JSON.stringify(want.baseDisks) !== JSON.stringify(rec.baseDisks)) {
+    throw new StoreError('CYCLE_MISMATCH', `cycle ${cid} of source ${src} is open with base disks ${JSON.stringify(rec.baseDisks)}, not ${JSON.stringify(want.baseDisks)}`,
+      { fix: 'resume the cycle with the base disks it was begun with, or abort it' });
   }
   await claimOwner(dir, src, cid);
   return rec;

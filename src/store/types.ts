@@ -17,6 +17,12 @@ export interface BeginCycleOptions {
   disks: DiskSpec[];
   /** Build on this image (default: the source's newest). `null` forces a cycle from empty disks. */
   baseImageId?: string | null;
+  /**
+   * Per disk of the cycle (indexed by its number), the base image's disk it starts from, or null for an empty
+   * disk (a disk the base does not have). Default: each disk starts from the base's disk of the same
+   * number, when the base has one. Ignored without a base image.
+   */
+  baseDisks?: (number | null)[];
 }
 
 export interface CommitOptions {
@@ -47,6 +53,8 @@ export interface CycleWriter {
   readonly cycleId: string;
   readonly disks: readonly DiskSpec[];
   readonly baseImageId: string | null;
+  /** Per disk, the base image's disk it started from (null: empty); null without a base image (or for a cycle begun before this was recorded). */
+  readonly baseDisks: readonly (number | null)[] | null;
   /**
    * Apply `length` bytes at `offset` of `disk`. `data` null means all zeros.
    * Throws StoreError 'OUT_OF_RANGE' past the disk's capacity, 'BAD_DISK' for an unknown disk.

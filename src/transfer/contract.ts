@@ -48,6 +48,8 @@ export interface CommitRequest {
 export interface ReceiverCycle {
   readonly cycleId: string;
   readonly baseImageId: string | null;
+  /** Per disk, the base image's disk it starts from, as the receiver answered (null: it did not say: no base, or a receiver that predates per-disk bases). */
+  readonly baseDisks: readonly (number | null)[] | null;
   /** What the receiver already holds of this cycle (from an earlier run): need not be read again. */
   readonly held: HeldRanges[];
   /**
@@ -104,10 +106,18 @@ export interface BeginCycleRequest {
   disks: DiskSpec[];
   /** Build on this image (default: the newest); null builds from empty disks. */
   baseImageId?: string | null;
+  /** Per disk, the base image's disk it starts from, or null for an empty disk (default: the base's disk of the same number). */
+  baseDisks?: (number | null)[];
   /** Images to keep after the commit (1..10). */
   maxImages?: number;
 }
-export interface BeginCycleResponse { cycleId: string; baseImageId: string | null; held: HeldRanges[] }
+export interface BeginCycleResponse {
+  cycleId: string;
+  baseImageId: string | null;
+  /** Per disk, the base image's disk it starts from (null: empty); absent without a base (and from receivers that predate it). */
+  baseDisks?: (number | null)[];
+  held: HeldRanges[];
+}
 
 /** GET /v1/cycles/:id/held */
 export interface HeldResponse { held: HeldRanges[] }

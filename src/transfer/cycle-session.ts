@@ -95,10 +95,12 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export class CycleSession extends EventEmitter implements ReceiverCycle {
   readonly cycleId: string;
   baseImageId: string | null = null;
+  baseDisks: readonly (number | null)[] | null = null;
   held: HeldRanges[] = [];
   readonly disks: DiskSpec[];
   private readonly maxImages: number | undefined;
   private readonly requestedBase: string | null | undefined;
+  private readonly requestedBaseDisks: (number | null)[] | undefined;
   private readonly log: Logger;
   private readonly streamId = randomBytes(8).toString('hex');
 
@@ -127,6 +129,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     this.disks = o.disks.map((d) => ({ ...d }));
     this.maxImages = o.maxImages;
     this.requestedBase = o.baseImageId;
+    this.requestedBaseDisks = o.baseDisks && [...o.baseDisks];
     this.log = host.log.child({ cycleId: o.cycleId });
     this.window = new SendWindow(host.windowBytes);
     this.governor = new CompressionGovernor(undefined, undefined, { ...DEFAULT_TIMING, settleBytes: Math.max(DEFAULT_TIMING.settleBytes, host.windowBytes + (32 << 20)) });
@@ -164,9 +167,11 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
   private async begin(): Promise<void> {
     const body: BeginCycleRequest = { cycleId: this.cycleId, disks: this.disks };
     if (this.requestedBase !== undefined) body.baseImageId = this.requestedBase;
+    if (this.requestedBaseDisks !== undefined) body.baseDisks = this.requestedBaseDisks;
     if (this.maxImages !== undefined) body.maxImages = this.maxImages;
     const r = await this.host.control.beginCycle(body);
     this.baseImageId = r.baseImageId;
+    this.baseDisks = Array.isArray(r.baseDisks) ? r.baseDisks : null;
     this.held = r.held;
     this.coverage.setHeld(r.held);
   }

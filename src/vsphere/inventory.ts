@@ -53,6 +53,7 @@ export function parseDisks(devicesVal: unknown, extra: Record<string, string>): 
       file: str(b.fileName) ?? '', datastore: ds ? ds.value : null,
       diskMode: str(b.diskMode) ?? 'persistent', compatibilityMode: str(b.compatibilityMode) ?? null,
       changeId: str(b.changeId) || null,
+      uuid: str(b.uuid) || null,
       ctkEnabled: (extra[`${busId}.ctkEnabled`] ?? '').toUpperCase() === 'TRUE',
     });
   }

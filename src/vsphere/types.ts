@@ -22,6 +22,8 @@ export interface DiskInfo {
   /** RDM only: physicalMode or virtualMode. */
   compatibilityMode: string | null;
   changeId: string | null;
+  /** `backing.uuid`: the virtual disk's own UUID, null when the backing has none. */
+  uuid: string | null;
   /** extraConfig "<busId>.ctkEnabled" is TRUE */
   ctkEnabled: boolean;
 }

@@ -14,7 +14,7 @@ const dir = mkdtempSync(path.join(tmpdir(), 'vmlift-limits-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 const snapshot = { ref: 'snapshot-1', name: 'vmlift-1' };
-const disk = (key: number): SnapshotDisk => ({ key, label: `disk ${key}`, capacity: 1 << 20, changeId: null });
+const disk = (key: number): SnapshotDisk => ({ key, label: `disk ${key}`, capacity: 1 << 20, changeId: null, uuid: null });
 for (const k of [1, 2, 3]) writeFileSync(path.join(dir, `d${k}.img`), Buffer.alloc(1 << 20, k));
 
 /** Opens the local image of each disk key; `fail` makes the open (or the close) of a key throw. */

@@ -32,6 +32,13 @@ test('begin: ids, disks, maxImages and the base image are checked in that order;
   assert.throws(() => parseBeginCycle({ cycleId: 'c1', disks, baseImageId: '../1' }), refused('BAD_ID', /invalid image id/));
 });
 
+test('begin: baseDisks needs one entry per disk, each a disk number or null', () => {
+  assert.deepEqual(parseBeginCycle({ cycleId: 'c1', disks, baseImageId: '2', baseDisks: [1, null] }).baseDisks, [1, null]);
+  for (const bad of [[0], [0, 1, 2], 'x', [0, -1], [0, 1.5], [0, '1']]) {
+    assert.throws(() => parseBeginCycle({ cycleId: 'c1', disks, baseDisks: bad }), refused('BAD_REQUEST', /baseDisks/));
+  }
+});
+
 test('commit: meta defaults to {}, digests count only with verify, and malformed ranges or digests are refused', () => {
   assert.deepEqual(parseCommitCycle({}), { meta: {}, verify: false });
   assert.deepEqual(parseCommitCycle({ meta: [1], sourceDigests: [{ disk: 'x' }] }), { meta: {}, verify: false }, 'no verify: digests are not read');

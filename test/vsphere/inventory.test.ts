@@ -123,7 +123,7 @@ test('preflight refuses physical RDMs and ESXi below 4.0 (facts as vCenter repor
     ctkEnabled: false, consolidationNeeded: false, systemVm: null, changeTrackingSupported: null, snapshots: [], currentSnapshot: null, ctkConfig: {},
     disks: [{ key: 2001, label: 'Hard disk 2', controllerType: 'lsilogic', controllerBus: 0, unitNumber: 1, busId: 'scsi0:1',
       capacity: 1 << 30, backingType: 'VirtualDiskRawDiskMappingVer1', file: '[ds] db01/db01_1.vmdk', datastore: 'ds',
-      diskMode: 'persistent', compatibilityMode: 'physicalMode', changeId: null, ctkEnabled: false }],
+      diskMode: 'persistent', compatibilityMode: 'physicalMode', changeId: null, uuid: null, ctkEnabled: false }],
   };
   const r = preflight(base);
   assert.equal(r.ok, false);
