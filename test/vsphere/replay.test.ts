@@ -1,8 +1,8 @@
 /** The vSphere client against hand-written fixtures of what real vCenters send (fixtures/vsphere/), without a lab. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { VCenter } from '../../src/vsphere/index.ts';
-import { startReplay, type ReplayOptions } from './replay-server.ts';
+import { VCenter, methods, parseFault } from '../../src/vsphere/index.ts';
+import { fixture, startReplay, type ReplayOptions } from './replay-server.ts';
 
 async function replayed(o: ReplayOptions) {
   const r = await startReplay(o);
@@ -27,4 +27,41 @@ test('NotFound on the snapshot says the snapshot is gone and to run the cycle ag
     await assert.rejects(vc.changedAreas('vm-42', 'snapshot-3', 2000, '*', 64 * MiB), (e: Error & { code?: string; fix?: string }) =>
       e.code === 'VC_SNAPSHOT_GONE' && /snapshot snapshot-3 no longer exists/.test(e.message) && /run the cycle again/.test(e.fix ?? ''));
   } finally { await done(); }
+});
+
+test('faults parse whether their detail element is self-closing, open and closed, prefixed or untyped', () => {
+  const env = (detail: string) => `<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><soapenv:Fault>` +
+    `<faultcode>ServerFaultCode</faultcode><faultstring>The session is not authenticated.</faultstring>${detail}</soapenv:Fault></soapenv:Body></soapenv:Envelope>`;
+  const forms = [
+    '<detail><NotAuthenticatedFault xmlns="urn:vim25" xsi:type="NotAuthenticated"/></detail>',
+    '<detail><NotAuthenticatedFault xmlns="urn:vim25" xsi:type="NotAuthenticated" /></detail>',
+    '<detail><NotAuthenticatedFault xmlns="urn:vim25" xsi:type="NotAuthenticated"></NotAuthenticatedFault></detail>',
+    '<detail><vim25:NotAuthenticatedFault xmlns:vim25="urn:vim25"/></detail>',
+    '<detail><NotAuthenticatedFault xmlns="urn:vim25" xsi:type="vim25:NotAuthenticated"><object type="SessionManager">SessionManager</object></NotAuthenticatedFault></detail>',
+    '',
+  ];
+  for (const f of forms) assert.equal(parseFault(env(f), 'RetrievePropertiesEx')?.type, 'NotAuthenticated', f);
+  const noPerm = parseFault(fixture('fault-no-permission.xml'), 'RetrievePropertiesEx')!;
+  assert.equal(noPerm.type, 'NoPermission');
+  assert.equal(noPerm.detail.privilegeId, 'System.Read');
+});
+
+test('a self-closing NotAuthenticated fault logs in again and the call is retried with the new session', async () => {
+  const { r, vc, done } = await replayed({ answers: { RetrievePropertiesEx: ['fault-not-authenticated-self-closing.xml', 'vm-escaped-snapshots.xml'] } });
+  try {
+    const objs = await methods.retrieveProperties(vc.session, [methods.objectsSpec([{ type: 'VirtualMachine', value: 'vm-42' }], [{ type: 'VirtualMachine', pathSet: ['name'] }])]);
+    assert.equal(objs[0]?.obj.value, 'vm-42');
+    assert.equal(vc.session.relogins, 1);
+    assert.equal(r.count('Login'), 2);
+    const retried = r.requests.filter((q) => q.op === 'RetrievePropertiesEx');
+    assert.deepEqual(retried.map((q) => q.cookie), ['vmware_soap_session="replay-1"', 'vmware_soap_session="replay-2"']);
+  } finally { await done(); }
+});
+
+test('a self-closing InvalidLogin fault is the clear login error', async () => {
+  const r = await startReplay({ answers: { Login: 'fault-invalid-login-self-closing.xml' } });
+  try {
+    await assert.rejects(VCenter.connect({ server: r.url, user: 'vmlift', password: 'wrong', trust: { thumbprint: r.thumbprint } }),
+      (e: Error & { code?: string }) => e.code === 'VC_LOGIN' && /rejected the user name or password/.test(e.message));
+  } finally { await r.close(); }
 });
