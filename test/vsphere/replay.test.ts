@@ -1,7 +1,7 @@
 /** The vSphere client against hand-written fixtures of what real vCenters send (fixtures/vsphere/), without a lab. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { VCenter, methods, parseFault } from '../../src/vsphere/index.ts';
+import { MAX_API_VERSION, VCenter, methods, parseFault, parseServiceVersions } from '../../src/vsphere/index.ts';
 import { fixture, startReplay, type ReplayOptions } from './replay-server.ts';
 
 async function replayed(o: ReplayOptions) {
@@ -64,4 +64,38 @@ test('a self-closing InvalidLogin fault is the clear login error', async () => {
     await assert.rejects(VCenter.connect({ server: r.url, user: 'vmlift', password: 'wrong', trust: { thumbprint: r.thumbprint } }),
       (e: Error & { code?: string }) => e.code === 'VC_LOGIN' && /rejected the user name or password/.test(e.message));
   } finally { await r.close(); }
+});
+
+test('the API version comes from /sdk/vimServiceVersions.xml and goes into every SOAPAction', async () => {
+  for (const [versions, speaks] of [['versions-8.0.3.xml', '8.0.3.0'], ['versions-6.0.xml', '6.0'], ['versions-9.1.xml', MAX_API_VERSION]] as const) {
+    const { r, vc, done } = await replayed({ versions });
+    try {
+      assert.equal(vc.session.apiVersion, speaks, versions);
+      assert.ok(r.requests.length >= 2);
+      for (const q of r.requests) assert.equal(q.soapAction, `"urn:vim25/${speaks}"`, `${versions}: ${q.op}`);
+    } finally { await done(); }
+  }
+});
+
+test('without a version listing the version is about.apiVersion', async () => {
+  const { r, vc, done } = await replayed({ versions: null });
+  try {
+    assert.equal(vc.session.apiVersion, '8.0.3.0');
+    assert.equal(r.requests.find((q) => q.op === 'Login')?.soapAction, '"urn:vim25/8.0.3.0"');
+  } finally { await done(); }
+});
+
+test('a server older than 6.0 is refused with a clear unsupported-version error, not "not a vCenter"', async () => {
+  const r = await startReplay({ versions: 'versions-5.5.xml' });
+  try {
+    await assert.rejects(VCenter.connect({ server: r.url, user: 'vmlift', password: 'secret', trust: { thumbprint: r.thumbprint } }),
+      (e: Error & { code?: string }) => e.code === 'VC_UNSUPPORTED_VERSION' && e.message === 'unsupported vSphere version 5.5; vmlift needs 6.0 or later');
+    assert.equal(r.count('Login'), 0, 'no password sent to a server vmlift refuses');
+  } finally { await r.close(); }
+});
+
+test('parseServiceVersions reads the current urn:vim25 version, not a prior one', () => {
+  assert.equal(parseServiceVersions(fixture('versions-8.0.3.xml')), '8.0.3.0');
+  assert.equal(parseServiceVersions('<namespaces><namespace><name>urn:vim25</name><priorVersions><version>6.0</version></priorVersions><version>6.7.3</version></namespace></namespaces>'), '6.7.3');
+  assert.equal(parseServiceVersions('<html>not here</html>'), null);
 });
