@@ -1,7 +1,7 @@
 /** The vSphere client against hand-written fixtures of what real vCenters send (fixtures/vsphere/), without a lab. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAX_API_VERSION, VCenter, methods, parseFault, parseServiceVersions } from '../../src/vsphere/index.ts';
+import { MAX_API_VERSION, VCenter, VimFault, methods, parseFault, parseServiceVersions } from '../../src/vsphere/index.ts';
 import { fixture, startReplay, type ReplayOptions } from './replay-server.ts';
 
 async function replayed(o: ReplayOptions) {
@@ -98,4 +98,18 @@ test('parseServiceVersions reads the current urn:vim25 version, not a prior one'
   assert.equal(parseServiceVersions(fixture('versions-8.0.3.xml')), '8.0.3.0');
   assert.equal(parseServiceVersions('<namespaces><namespace><name>urn:vim25</name><priorVersions><version>6.0</version></priorVersions><version>6.7.3</version></namespace></namespaces>'), '6.7.3');
   assert.equal(parseServiceVersions('<html>not here</html>'), null);
+});
+
+test('vm(ref) searches by name only when vCenter says the object does not exist', async () => {
+  const gone = await replayed({ answers: { RetrievePropertiesEx: ['fault-object-not-found.xml', 'vm-escaped-snapshots.xml'] } });
+  try {
+    const vm = await gone.vc.vm('vm-42');
+    assert.equal(vm.ref, 'vm-42');
+    assert.equal(gone.r.count('CreateContainerView'), 1, 'the name search ran');
+  } finally { await gone.done(); }
+  const denied = await replayed({ answers: { RetrievePropertiesEx: ['fault-no-permission.xml', 'vm-escaped-snapshots.xml'] } });
+  try {
+    await assert.rejects(denied.vc.vm('vm-42'), (e: Error) => e instanceof VimFault && e.type === 'NoPermission');
+    assert.equal(denied.r.count('CreateContainerView'), 0, 'no name search after a permission fault');
+  } finally { await denied.done(); }
 });
