@@ -4,6 +4,7 @@
  *   → types / inventory / tasks / changes / preflight → VCenter (object helpers; datastore URLs from util/datastore-url.ts).
  */
 export { VimSession, sdkUrl, type ConnectOptions, type ServiceContent } from './session.ts';
+export { unescapeName } from './convert.ts';
 export { makeDispatcher, normalizeThumbprint, formatThumbprint, fetchThumbprints, type TrustMode } from './tls.ts';
 export type { TransportStats } from './http.ts';
 export { MIN_API_VERSION, MAX_API_VERSION, chooseApiVersion, parseServiceVersions } from './api-version.ts';

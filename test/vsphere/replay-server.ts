@@ -13,8 +13,8 @@ import { generate } from 'selfsigned';
 export const FIXTURES = fileURLToPath(new URL('../../fixtures/vsphere/', import.meta.url));
 export const fixture = (name: string): string => readFileSync(FIXTURES + name, 'utf8');
 
-/** One fixture file, or a sequence of them consumed one per call (the last one repeats). */
-export type Answer = string | string[];
+/** One fixture file, a sequence of them consumed one per call (the last one repeats), or a choice by the request body. */
+export type Answer = string | string[] | ((body: string) => string);
 
 export interface ReplayOptions {
   /** Operation name → fixture file(s). RetrieveServiceContent, Login and Logout have defaults. */
@@ -23,7 +23,7 @@ export interface ReplayOptions {
   versions?: string | null;
 }
 
-export interface ReplayedRequest { op: string; soapAction: string | undefined; cookie: string | undefined }
+export interface ReplayedRequest { op: string; soapAction: string | undefined; cookie: string | undefined; body: string }
 
 export interface Replay {
   url: string;
@@ -64,7 +64,7 @@ export async function startReplay(o: ReplayOptions = {}): Promise<Replay> {
         return;
       }
       const op = operationOf(body);
-      requests.push({ op, soapAction: req.headers.soapaction as string | undefined, cookie: req.headers.cookie });
+      requests.push({ op, soapAction: req.headers.soapaction as string | undefined, cookie: req.headers.cookie, body });
       const n = calls.get(op) ?? 0;
       calls.set(op, n + 1);
       const a = answers[op];
@@ -72,7 +72,7 @@ export async function startReplay(o: ReplayOptions = {}): Promise<Replay> {
         res.writeHead(500, { 'content-type': 'text/plain' }).end(`replay: no fixture for ${op}`);
         return;
       }
-      const file = Array.isArray(a) ? a[Math.min(n, a.length - 1)]! : a;
+      const file = typeof a === 'function' ? a(body) : Array.isArray(a) ? a[Math.min(n, a.length - 1)]! : a;
       const text = fixture(file);
       const headers: Record<string, string> = { 'content-type': 'text/xml; charset=utf-8' };
       if (op === 'Login' && !/Fault>/.test(text)) headers['set-cookie'] = `vmware_soap_session="replay-${++logins}"; Path=/; HttpOnly; Secure;`;

@@ -1,7 +1,7 @@
 /** The vSphere client against hand-written fixtures of what real vCenters send (fixtures/vsphere/), without a lab. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAX_API_VERSION, VCenter, VimFault, methods, parseFault, parseServiceVersions } from '../../src/vsphere/index.ts';
+import { MAX_API_VERSION, VCenter, VimFault, methods, parseFault, parseServiceVersions, unescapeName } from '../../src/vsphere/index.ts';
 import { fixture, startReplay, type ReplayOptions } from './replay-server.ts';
 
 async function replayed(o: ReplayOptions) {
@@ -112,4 +112,27 @@ test('vm(ref) searches by name only when vCenter says the object does not exist'
     await assert.rejects(denied.vc.vm('vm-42'), (e: Error) => e instanceof VimFault && e.type === 'NoPermission');
     assert.equal(denied.r.count('CreateContainerView'), 0, 'no name search after a permission fault');
   } finally { await denied.done(); }
+});
+
+test('snapshot names are shown unescaped (%252f is /, %25 is %)', () => {
+  assert.equal(unescapeName('backup%252fnightly'), 'backup/nightly');
+  assert.equal(unescapeName('a%2Fb%5cc 100%25'), 'a/b\\c 100%');
+  assert.equal(unescapeName('50%20off %41'), '50%20off %41', 'only what vCenter escapes is decoded');
+});
+
+const byObject = (body: string) => (/type="Task"/.test(body) ? 'task-success.xml' : 'vm-escaped-snapshots.xml');
+
+test('snapshot names arrive escaped and are listed and swept unescaped', async () => {
+  const { r, vc, done } = await replayed({ answers: { RetrievePropertiesEx: byObject, RemoveSnapshot_Task: 'remove-snapshot-task.xml' } });
+  try {
+    const { snapshots } = await vc.snapshots('vm-42');
+    const names = (ns: typeof snapshots): string[] => ns.flatMap((n) => [n.name, ...names(n.children)]);
+    assert.deepEqual(names(snapshots), ['backup/nightly 100%', 'vmlift-cycle/1', 'vmlift-plain']);
+    const cycle = await vc.sweepSnapshots('vm-42', 'vmlift-cycle/');
+    assert.deepEqual(cycle.removed, ['vmlift-cycle/1']);
+    const all = await vc.sweepSnapshots('vm-42');
+    assert.deepEqual(all.removed, ['vmlift-plain', 'vmlift-cycle/1'], 'deepest first, the foreign snapshot kept');
+    const targets = r.requests.filter((q) => q.op === 'RemoveSnapshot_Task').map((q) => />(snapshot-\d+)</.exec(q.body)?.[1]);
+    assert.deepEqual(targets, ['snapshot-2', 'snapshot-3', 'snapshot-2']);
+  } finally { await done(); }
 });
