@@ -35,7 +35,7 @@ export async function changedAreas(s: VimSession, vm: { type: 'VirtualMachine'; 
     try {
       r = await queryChangedDiskAreas(s, vm, snapshot, deviceKey, start, changeId);
     } catch (e) {
-      if (e instanceof VimFault) throw cbtFault(e, changeId, deviceKey);
+      if (e instanceof VimFault) throw cbtFault(e, changeId, deviceKey, snapshot.value);
       throw e;
     }
     calls++;
@@ -51,12 +51,18 @@ export async function changedAreas(s: VimSession, vm: { type: 'VirtualMachine'; 
   return { areas, bytes: areas.reduce((n, a) => n + a.length, 0), calls };
 }
 
-function cbtFault(e: VimFault, changeId: string, key: number): UserError {
-  if (e.type === 'FileFault') {
+function cbtFault(e: VimFault, changeId: string, key: number, snapshot: string): UserError {
+  // vSphere before 7.0U3 says FileFault; 7.0U3 and later say InvalidArgument on startOffset
+  const about = `${e.detail.invalidProperty ?? ''} ${e.message}`;
+  if (e.type === 'FileFault' || (e.type === 'InvalidArgument' && /startOffset/.test(about))) {
     return new UserError('VC_CBT_OFF', `vCenter cannot report changed areas of disk ${key}: change tracking is not active on it (${e.message})`,
       'enable CBT with `vmlift vc cbt enable VM` and take a new snapshot; the next cycle is a full one', { cause: e });
   }
-  if (e.type === 'InvalidArgument' && /changeId/.test(`${e.detail.invalidProperty ?? ''} ${e.message}`)) {
+  if (e.type === 'NotFound') {
+    return new UserError('VC_SNAPSHOT_GONE', `snapshot ${snapshot} no longer exists: it was removed (by someone or another tool) while vmlift read its changed areas of disk ${key}`,
+      'run the cycle again: it takes a new snapshot', { cause: e });
+  }
+  if (e.type === 'InvalidArgument' && /changeId/.test(about)) {
     return new UserError('VC_CHANGE_ID_INVALID', `vCenter does not know changeId ${changeId} for disk ${key} (CBT was reset or the id is from another disk)`,
       'run a full cycle: query with changeId "*" and record the new snapshot changeId', { cause: e });
   }

@@ -74,3 +74,19 @@ export function arrayOf<T = any>(x: unknown): T[] {
   }
   return arr<T>(x);
 }
+
+const VC_ESCAPES: Record<string, string> = { '%25': '%', '%2f': '/', '%5c': '\\' };
+
+/**
+ * An inventory name as a person wrote it. vCenter escapes '%', '/' and '\' in names (as %25, %2f,
+ * %5c), and a '/' arrives escaped twice (%252f); only those escapes are decoded, until none is left.
+ */
+export function unescapeName(name: string): string {
+  let prev: string;
+  let cur = name;
+  do {
+    prev = cur;
+    cur = prev.replace(/%(25|2f|5c)/gi, (m) => VC_ESCAPES[m.toLowerCase()]!);
+  } while (cur !== prev);
+  return cur;
+}

@@ -24,18 +24,32 @@ export class VimFault extends CodedError {
 
 const unescape = (s: string) => s.replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&amp;/g, '&');
 
-/** Reads a SOAP 1.1 fault envelope as vCenter writes it. */
+/** The first element inside <detail>: its name, attributes and content ('' when self-closing). */
+function detailElement(xml: string): { name: string; attrs: string; content: string } | null {
+  const open = /<(?:[\w-]+:)?detail[^>]*>\s*<([\w:.-]+)([^>]*?)(\/?)>/.exec(xml);
+  if (!open) return null;
+  const [, name, attrs, selfClosing] = open as unknown as [string, string, string, string];
+  if (selfClosing) return { name, attrs, content: '' };
+  const rest = xml.slice(open.index + open[0].length);
+  const close = rest.indexOf(`</${name}>`);
+  return { name, attrs, content: close < 0 ? '' : rest.slice(0, close) };
+}
+
+/** Reads a SOAP 1.1 fault envelope as vCenter writes it, with open and close or self-closing elements. */
 export function parseFault(xml: string, method: string): VimFault | null {
   if (!/<(?:[\w-]+:)?Fault[\s>]/.test(xml)) return null;
   const fs = /<faultstring[^>]*>([\s\S]*?)<\/faultstring>/.exec(xml);
   const message = fs ? unescape(fs[1]!.trim()) : 'unknown fault';
   let type = 'SystemError';
   const detail: Record<string, string> = {};
-  const d = /<detail[^>]*>\s*<([\w:-]+)([^>]*)>([\s\S]*?)<\/\1>/.exec(xml);
+  const d = detailElement(xml);
   if (d) {
-    const attrType = /\b[\w-]*:?type="(?:[\w-]+:)?([\w]+)"/.exec(d[2]!);
-    type = attrType ? attrType[1]! : d[1]!.replace(/^.*:/, '').replace(/Fault$/, '');
-    for (const m of d[3]!.matchAll(/<(?:[\w-]+:)?(\w+)[^>]*>([^<]*)<\//g)) detail[m[1]!] = unescape(m[2]!);
+    const attrType = /(?:^|\s)[\w-]+:type="(?:[\w-]+:)?(\w+)"/.exec(d.attrs);
+    type = attrType ? attrType[1]! : d.name.replace(/^.*:/, '').replace(/Fault$/, '');
+    for (const m of d.content.matchAll(/<(?:[\w-]+:)?(\w+)[^>]*>([^<]*)<\//g)) detail[m[1]!] = unescape(m[2]!);
+  } else if (/session is not authenticated/i.test(message)) {
+    // a fault without detail still says what it is in its faultstring
+    type = 'NotAuthenticated';
   }
   return new VimFault(type, message, method, detail);
 }

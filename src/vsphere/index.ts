@@ -1,11 +1,13 @@
 /**
  * vmlift's vSphere control plane. Layers, lowest first:
- *   session (SOAP over node-soap + undici, TLS pinning, cookie, re-login) → methods (typed vim25 calls)
+ *   session (SOAP over node-soap + undici, TLS pinning, cookie, re-login, the API version from api-version) → methods (typed vim25 calls)
  *   → types / inventory / tasks / changes / preflight → VCenter (object helpers; datastore URLs from util/datastore-url.ts).
  */
 export { VimSession, sdkUrl, type ConnectOptions, type ServiceContent } from './session.ts';
+export { unescapeName } from './convert.ts';
 export { makeDispatcher, normalizeThumbprint, formatThumbprint, fetchThumbprints, type TrustMode } from './tls.ts';
 export type { TransportStats } from './http.ts';
+export { MIN_API_VERSION, MAX_API_VERSION, chooseApiVersion, parseServiceVersions } from './api-version.ts';
 export { VimFault, parseFault, isFault, faultToUserError } from './errors.ts';
 export * as methods from './methods.ts';
 export { waitForTask, type TaskWaitOptions, type TaskResult } from './tasks.ts';

@@ -1,7 +1,7 @@
 /** Inventory through the PropertyCollector: a constant number of round trips whatever the VM count. */
 import { UserError } from '../util/errors.ts';
 import type { VimSession } from './session.ts';
-import { arr, arrayOf, bool, moref, num, str, xsiType, type MoRef } from './convert.ts';
+import { arr, arrayOf, bool, moref, num, str, unescapeName, xsiType, type MoRef } from './convert.ts';
 import { createContainerView, destroyView, objectsSpec, retrieveProperties, viewSpec, type ObjectProps } from './methods.ts';
 import type { ControllerType, DiskInfo, HostInfo, SnapshotNode, VmInfo } from './types.ts';
 import { systemVmKind } from './system-vms.ts';
@@ -62,7 +62,7 @@ export function parseDisks(devicesVal: unknown, extra: Record<string, string>): 
 
 function parseTree(nodes: unknown): SnapshotNode[] {
   return arr(nodes).map((n: any) => ({
-    ref: moref(n.snapshot)?.value ?? '', name: str(n.name) ?? '', description: str(n.description) ?? '',
+    ref: moref(n.snapshot)?.value ?? '', name: unescapeName(str(n.name) ?? ''), description: str(n.description) ?? '',
     createTime: str(n.createTime) ?? '', state: str(n.state) ?? '', quiesced: bool(n.quiesced) ?? false,
     children: parseTree(n.childSnapshotList),
   }));

@@ -1,13 +1,14 @@
 import { join } from 'node:path';
 import { PROJECT_ROOT } from '../util/root.ts';
 import * as soap from 'soap';
-import type { Agent } from 'undici';
+import { request, type Agent } from 'undici';
 import { UserError, errorMessage } from '../util/errors.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { fetchThumbprints, makeDispatcher, type TrustMode } from './tls.ts';
 import { UndiciSoapHttp, type TransportStats } from './http.ts';
 import { parseFault, unreachable, VimFault } from './errors.ts';
 import { mor, moref, str, type MoRef } from './convert.ts';
+import { chooseApiVersion, MIN_API_VERSION, parseServiceVersions, serviceVersionsUrl } from './api-version.ts';
 
 const WSDL = join(PROJECT_ROOT, 'src', 'vsphere', 'wsdl', 'vim25-trimmed.wsdl');
 
@@ -42,8 +43,8 @@ export function sdkUrl(server: string): string {
 
 /**
  * The SOAP layer: node-soap over a project-authored trimmed vim25 WSDL, undici as HTTP client
- * with the pinned-TLS connector, the session cookie, and one transparent re-login when vCenter
- * says NotAuthenticated (expired or terminated session).
+ * with the pinned-TLS connector, the server's API version in every SOAPAction, the session cookie,
+ * and one transparent re-login when vCenter says NotAuthenticated (expired or terminated session).
  */
 export class VimSession {
   readonly url: string;
@@ -52,6 +53,8 @@ export class VimSession {
   readonly dispatcher: Agent;
   readonly log: Logger;
   content!: ServiceContent;
+  /** The vim25 version this session speaks (the server's, capped at what vmlift's WSDL knows). */
+  apiVersion = MIN_API_VERSION;
   relogins = 0;
   private readonly http: UndiciSoapHttp;
   private client!: soap.Client;
@@ -72,8 +75,11 @@ export class VimSession {
     const s = new VimSession(opts);
     // node-soap caches the parsed WSDL per path; each session gets its own client over it.
     s.client = await soap.createClientAsync(WSDL, { httpClient: s.http as unknown as soap.IHttpClient, endpoint: s.url });
+    let listed: string | null;
     let sc;
     try {
+      listed = await s.listedApiVersion();
+      s.speak(listed ? chooseApiVersion(listed, s.url) : MIN_API_VERSION);
       sc = await s.invoke('RetrieveServiceContent', { _this: mor('ServiceInstance', 'ServiceInstance') });
     } catch (e) {
       await s.dispatcher.close().catch(() => {});
@@ -88,8 +94,39 @@ export class VimSession {
       about: { fullName: str(rv.about?.fullName) ?? '', version: str(rv.about?.version) ?? '', build: str(rv.about?.build) ?? '',
         apiType: str(rv.about?.apiType) ?? '', apiVersion: str(rv.about?.apiVersion) ?? '', instanceUuid: str(rv.about?.instanceUuid) },
     };
+    if (!listed) {
+      try {
+        s.speak(chooseApiVersion(s.content.about.apiVersion || MIN_API_VERSION, s.url));
+      } catch (e) {
+        await s.dispatcher.close().catch(() => {});
+        throw e;
+      }
+    }
     await s.login();
     return s;
+  }
+
+  /**
+   * The current urn:vim25 version from /sdk/vimServiceVersions.xml, or null when the server has no
+   * readable listing (the caller then falls back to about.apiVersion). Connection errors are the
+   * same clear errors a SOAP call gives.
+   */
+  private async listedApiVersion(): Promise<string | null> {
+    let res;
+    try {
+      res = await request(serviceVersionsUrl(this.url), { method: 'GET', dispatcher: this.dispatcher });
+    } catch (e) {
+      const te = await this.transportError(e);
+      if (te) throw te;
+      return null;
+    }
+    const text = await res.body.text();
+    return res.statusCode === 200 ? parseServiceVersions(text) : null;
+  }
+
+  private speak(version: string): void {
+    this.apiVersion = version;
+    this.client.setSOAPAction(`urn:vim25/${version}`);
   }
 
   get stats(): TransportStats { return this.http.stats; }
@@ -144,23 +181,30 @@ export class VimSession {
         const f = parseFault(body, method);
         if (f) throw f;
       }
-      if (e instanceof UserError) throw e;
-      const inner = (e as { cause?: unknown }).cause;
-      if (inner instanceof UserError) throw inner;
-      const code = (e as { code?: string }).code ?? ((e as { cause?: { code?: string } }).cause?.code);
-      if (code && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)) {
-        const u = new URL(this.url);
-        const tp = await fetchThumbprints(u.hostname, Number(u.port || 443)).then((t) => t.sha256, () => undefined);
-        throw new UserError('VC_TLS_UNTRUSTED', `the certificate of ${u.host} is not trusted by the system CAs (${code})`,
-          `pin it: --thumbprint ${tp ?? 'SHA256-OF-THE-CERTIFICATE'} (check this value against the vCenter appliance first)`, { cause: e });
-      }
-      if (code && /^(ECONN|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|UND_ERR_CONNECT|UND_ERR_SOCKET|ECONNRESET)/.test(code)) {
-        throw unreachable(this.url, e);
-      }
+      const te = await this.transportError(e);
+      if (te) throw te;
       const status = (e as { response?: { status?: number } }).response?.status;
       const why = status ? `HTTP ${status}` : e instanceof Error ? e.message : 'unreadable answer';
       throw new Error(`vCenter call ${method} failed: ${why}`, { cause: e });
     }
+  }
+
+  /** The clear error for a failed connection (pinning, untrusted certificate, unreachable), or null for other failures. */
+  private async transportError(e: unknown): Promise<UserError | null> {
+    if (e instanceof UserError) return e;
+    const inner = (e as { cause?: unknown }).cause;
+    if (inner instanceof UserError) return inner;
+    const code = (e as { code?: string }).code ?? ((e as { cause?: { code?: string } }).cause?.code);
+    if (code && /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS/.test(code)) {
+      const u = new URL(this.url);
+      const tp = await fetchThumbprints(u.hostname, Number(u.port || 443)).then((t) => t.sha256, () => undefined);
+      return new UserError('VC_TLS_UNTRUSTED', `the certificate of ${u.host} is not trusted by the system CAs (${code})`,
+        `pin it: --thumbprint ${tp ?? 'SHA256-OF-THE-CERTIFICATE'} (check this value against the vCenter appliance first)`, { cause: e });
+    }
+    if (code && /^(ECONN|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|UND_ERR_CONNECT|UND_ERR_SOCKET|ECONNRESET)/.test(code)) {
+      return unreachable(this.url, e);
+    }
+    return null;
   }
 
   async logout(): Promise<void> {

@@ -6,6 +6,7 @@ import { preflight, type PreflightReport } from './preflight.ts';
 import { consolidateVMDisksTask, createSnapshotTask, reconfigVM, removeSnapshotTask } from './methods.ts';
 import { waitForTask, type TaskWaitOptions } from './tasks.ts';
 import { changedAreas, type ChangedAreas } from './changes.ts';
+import { isFault } from './errors.ts';
 import { flatExtentUrl } from '../util/datastore-url.ts';
 import type { DiskInfo, SnapshotHandle, SnapshotNode, VmInfo } from './types.ts';
 
@@ -28,9 +29,19 @@ export class VCenter {
   get roundTrips(): number { return this.session.stats.roundTrips; }
 
   inventory(): Promise<Inventory> { return fetchInventory(this.session); }
-  /** A VM by name or managed object id (vm-42). */
-  vm(nameOrRef: string): Promise<VmInfo> {
-    return /^vm-\d+$/.test(nameOrRef) ? fetchVmByRef(this.session, nameOrRef).catch(() => fetchVm(this.session, nameOrRef)) : fetchVm(this.session, nameOrRef);
+  /**
+   * A VM by name or managed object id (vm-42). Something shaped like an id that is no object of
+   * vCenter's may still be a VM's name; any other failure (permissions, session, network) is the answer.
+   */
+  async vm(nameOrRef: string): Promise<VmInfo> {
+    if (!/^vm-\d+$/.test(nameOrRef)) return fetchVm(this.session, nameOrRef);
+    try {
+      return await fetchVmByRef(this.session, nameOrRef);
+    } catch (e) {
+      const notFound = isFault(e, 'ManagedObjectNotFound') || (e instanceof UserError && e.code === 'VC_VM_NOT_FOUND');
+      if (!notFound) throw e;
+      return fetchVm(this.session, nameOrRef);
+    }
   }
 
   async preflight(nameOrRef: string): Promise<PreflightReport> {

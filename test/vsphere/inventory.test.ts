@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { labFixture, connect, vmlift, labEnv } from './helpers.ts';
 import type { Lab } from '../../lab/lab.ts';
-import { methods, preflight, systemVmKind, type VCenter, type VmInfo } from '../../src/vsphere/index.ts';
+import { methods, parseServiceVersions, preflight, systemVmKind, type VCenter, type VmInfo } from '../../src/vsphere/index.ts';
 
 let fx: Awaited<ReturnType<typeof labFixture>>;
 let lab: Lab;
@@ -179,4 +179,18 @@ test('CLI: lab write plays a guest write that the lab reads back', async () => {
   const bad = await vmlift(['lab', 'write', '--dir', fx.dir, 'vm-0004', '--disk', '2000', '--offset', String(64 << 20), '--length', '1']);
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /outside the disk/);
+});
+
+test('the session speaks the API version the lab lists at /sdk/vimServiceVersions.xml', async () => {
+  const { Agent, request } = await import('undici');
+  const agent = new Agent({ connect: { ca: lab.certPem } });
+  try {
+    const res = await request(`${lab.url}/vimServiceVersions.xml`, { dispatcher: agent });
+    assert.equal(res.statusCode, 200);
+    const listed = parseServiceVersions(await res.body.text());
+    assert.ok(listed && /^\d+(\.\d+)+$/.test(listed), `listed ${listed}`);
+    assert.equal(vc.session.apiVersion, listed);
+  } finally {
+    await agent.close();
+  }
 });
