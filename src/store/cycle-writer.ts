@@ -32,12 +32,7 @@ export interface CycleEnv {
  * writes and flushes to commit (published as an image), abort or detach.
  */
 export class StoreCycleWriter implements CycleWriter {
-  readonly chunkSize: number;
-  readonly sourceId: string;
-  readonly cycleId: string;
   readonly disks: readonly DiskSpec[];
-  readonly baseImageId: string | null;
-  readonly baseDisks: readonly (number | null)[] | null;
   private readonly chunks: ChunkWriter;
   private readonly extents: ExtentWriter;
   private flushChain: Promise<void> = Promise.resolve();
@@ -45,16 +40,16 @@ export class StoreCycleWriter implements CycleWriter {
 
   private constructor(private readonly env: CycleEnv, private readonly rec: CycleRecord, private readonly dir: string,
     private readonly journals: CycleJournals) {
-    this.chunkSize = rec.chunkSize;
-    this.sourceId = rec.sourceId;
-    this.cycleId = rec.cycleId;
     this.disks = Object.freeze(rec.disks.map((d) => Object.freeze({ ...d })));
-    this.baseImageId = rec.baseImageId;
-    this.baseDisks = rec.baseImageId !== null ? rec.baseDisks ?? null : null;
     this.chunks = new ChunkWriter(env.layout, (hex) => journals.refs.note(hex));
     this.extents = new ExtentWriter(rec.chunkSize, this.chunks, journals.disks);
   }
 
+  get chunkSize(): number { return this.rec.chunkSize; }
+  get sourceId(): string { return this.rec.sourceId; }
+  get cycleId(): string { return this.rec.cycleId; }
+  get baseImageId(): string | null { return this.rec.baseImageId; }
+  get baseDisks(): readonly (number | null)[] | null { return this.rec.baseImageId !== null ? this.rec.baseDisks ?? null : null; }
   get key(): string { return `${this.sourceId}/${this.cycleId}`; }
   get isOpen(): boolean { return this.status === 'open'; }
   /** Chunk files this writer created (for tests and stats). */
