@@ -170,7 +170,7 @@ export async function buildLab(): Promise<string> {
 
 export interface StartLabOptions {
   dir: string;
-  /** Plain VMs vm-0001..vm-N besides the four shaped ones (two-disks, shape-snapshot, shape-independent, shape-vmx04). */
+  /** Plain VMs vm-0001..vm-N besides the five shaped ones (two-disks, shape-snapshot, shape-independent, shape-vmx04, a vCLS agent). */
   vms?: number;
   diskMb?: number;
   /** Keep running after this process exits (the CLI's `vmlift lab start`). Default: die with this process. */

@@ -177,7 +177,7 @@ func fillDisk(d *disk, seed string, rich bool) error {
 
 func main() {
 	dir := flag.String("dir", "", "lab directory (state, certificate, datastore)")
-	nvms := flag.Int("vms", 8, "number of plain VMs (besides the four shaped ones)")
+	nvms := flag.Int("vms", 8, "number of plain VMs (besides the five shaped ones)")
 	diskMB := flag.Int64("disk-mb", 64, "capacity of each VM's first disk in MiB")
 	port := flag.Int("port", 0, "TLS port of the front (0: any free port)")
 	user := flag.String("user", "administrator@vsphere.local", "login user")
