@@ -79,7 +79,7 @@ export function parseVm(o: ObjectProps, hosts: Map<string, HostInfo>, dcOfDatast
   const dsOfFirst = disks.find((d) => d.datastore)?.datastore;
   const name = str(p['name']) ?? o.obj.value;
   return {
-    ref: o.obj.value, name, systemVm: systemVmKind(name), powerState: str(p['runtime.powerState']) ?? 'unknown',
+    ref: o.obj.value, name, systemVm: systemVmKind(name), unreadable: o.missing, powerState: str(p['runtime.powerState']) ?? 'unknown',
     guestId: str(p['config.guestId']) ?? '', guestFullName: str(p['config.guestFullName']) ?? '',
     hardwareVersion: str(p['config.version']) ?? '', uuid: str(p['config.uuid']) ?? '',
     host: hostRef ? hosts.get(hostRef) ?? { ref: hostRef, name: hostRef, version: '', build: '' } : null,

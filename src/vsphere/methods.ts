@@ -1,9 +1,19 @@
 /** The vim25 methods vmlift calls, typed, over a VimSession. */
 import type { VimSession } from './session.ts';
-import { arr, bool, mor, morOf, moref, num, str, type MoRef } from './convert.ts';
+import { arr, bool, mor, morOf, moref, num, str, xsiType, type MoRef } from './convert.ts';
 
 export interface PropSpec { type: string; pathSet: string[] }
-export interface ObjectProps { obj: MoRef; props: Record<string, any>; missing: string[] }
+/** A property vCenter did not return (`missingSet`): its path, the fault's type and, for NoPermission, the privilege. */
+export interface MissingProperty { path: string; fault: string; privilege?: string }
+export interface ObjectProps { obj: MoRef; props: Record<string, any>; missing: MissingProperty[] }
+
+function missingProperty(m: any): MissingProperty {
+  const f = m?.fault?.fault;
+  const out: MissingProperty = { path: str(m?.path) ?? '', fault: xsiType(f) ?? 'unknown fault' };
+  const privilege = str(f?.privilegeId);
+  if (privilege) out.privilege = privilege;
+  return out;
+}
 
 /** RetrievePropertiesEx + ContinueRetrievePropertiesEx until the token runs out. */
 export async function retrieveProperties(s: VimSession, specSet: Record<string, unknown>[], maxObjects?: number): Promise<ObjectProps[]> {
@@ -16,7 +26,7 @@ export async function retrieveProperties(s: VimSession, specSet: Record<string, 
     for (const o of arr(rv.objects)) {
       const props: Record<string, any> = {};
       for (const p of arr(o.propSet)) props[str(p.name)!] = p.val;
-      out.push({ obj: moref(o.obj)!, props, missing: arr(o.missingSet).map((m: any) => str(m.path)!) });
+      out.push({ obj: moref(o.obj)!, props, missing: arr(o.missingSet).map(missingProperty) });
     }
     const token = str(rv.token);
     if (!token) break;

@@ -18,6 +18,14 @@ function versionAtLeast(v: string, major: number, minor = 0): boolean {
 export function preflight(vm: VmInfo, o: { snapshotPrefix?: string } = {}): PreflightReport {
   const prefix = o.snapshotPrefix ?? 'vmlift-';
   const checks: PreflightCheck[] = [];
+  const unreadable = vm.unreadable ?? [];
+  checks.push(unreadable.length === 0
+    ? { name: 'readable', ok: true, message: 'vCenter returned every property vmlift reads' }
+    : { name: 'readable', ok: false,
+        message: `vCenter did not return ${unreadable.map((m) => `${m.path} (${m.fault}${m.privilege ? `: privilege ${m.privilege}` : ''})`).join(', ')} for ${vm.name}, so its disks and settings are unknown`,
+        fix: unreadable.some((m) => m.fault === 'NoPermission')
+          ? `grant the vmlift user ${[...new Set(unreadable.map((m) => m.privilege).filter(Boolean))].join(', ') || 'read access'} on ${vm.name} (at least the Read-only role on the VM, its folder, host and datastores), then run \`vmlift vc preflight ${vm.name}\` again`
+          : `check that vCenter can reach ${vm.name}'s files and host (vSphere Client: the VM's Summary), then run \`vmlift vc preflight ${vm.name}\` again` });
   const snaps = flatten(vm.snapshots);
   const foreign = snaps.filter((s) => !s.name.startsWith(prefix));
   const ours = snaps.filter((s) => s.name.startsWith(prefix));

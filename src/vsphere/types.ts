@@ -56,6 +56,8 @@ export interface VmInfo {
   /** extraConfig ctkEnabled = TRUE */
   ctkEnabled: boolean;
   consolidationNeeded: boolean;
+  /** Properties vCenter did not return for this VM (missingSet), e.g. config for lack of a privilege. */
+  unreadable: { path: string; fault: string; privilege?: string }[];
   /** What kind of system VM this is (vCLS agent), or null: system VMs are no migration candidates. */
   systemVm: string | null;
   /** capability.changeTrackingSupported; null when vCenter did not say. */

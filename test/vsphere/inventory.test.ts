@@ -120,7 +120,7 @@ test('preflight refuses physical RDMs and ESXi below 4.0 (facts as vCenter repor
   const base: VmInfo = {
     ref: 'vm-1', name: 'db01', powerState: 'poweredOn', guestId: 'x', guestFullName: 'x', hardwareVersion: 'vmx-08', uuid: 'u',
     host: { ref: 'host-1', name: 'esx35', version: '3.5.0', build: '1' }, datacenter: 'DC', changeTrackingEnabled: false,
-    ctkEnabled: false, consolidationNeeded: false, systemVm: null, changeTrackingSupported: null, snapshots: [], currentSnapshot: null, ctkConfig: {},
+    ctkEnabled: false, consolidationNeeded: false, systemVm: null, unreadable: [], changeTrackingSupported: null, snapshots: [], currentSnapshot: null, ctkConfig: {},
     disks: [{ key: 2001, label: 'Hard disk 2', controllerType: 'lsilogic', controllerBus: 0, unitNumber: 1, busId: 'scsi0:1',
       capacity: 1 << 30, backingType: 'VirtualDiskRawDiskMappingVer1', file: '[ds] db01/db01_1.vmdk', datastore: 'ds',
       diskMode: 'persistent', compatibilityMode: 'physicalMode', changeId: null, uuid: null, ctkEnabled: false }],

@@ -1,7 +1,7 @@
 /** The vSphere client against hand-written fixtures of what real vCenters send (fixtures/vsphere/), without a lab. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAX_API_VERSION, VCenter, VimFault, methods, parseFault, parseServiceVersions, unescapeName } from '../../src/vsphere/index.ts';
+import { MAX_API_VERSION, VCenter, VimFault, methods, parseFault, parseServiceVersions, preflight, unescapeName } from '../../src/vsphere/index.ts';
 import { fixture, startReplay, type ReplayOptions } from './replay-server.ts';
 
 async function replayed(o: ReplayOptions) {
@@ -134,5 +134,22 @@ test('snapshot names arrive escaped and are listed and swept unescaped', async (
     assert.deepEqual(all.removed, ['vmlift-plain', 'vmlift-cycle/1'], 'deepest first, the foreign snapshot kept');
     const targets = r.requests.filter((q) => q.op === 'RemoveSnapshot_Task').map((q) => />(snapshot-\d+)</.exec(q.body)?.[1]);
     assert.deepEqual(targets, ['snapshot-2', 'snapshot-3', 'snapshot-2']);
+  } finally { await done(); }
+});
+
+test('a VM whose config comes back in missingSet (NoPermission) fails preflight naming the privilege; it is not "0 disks, preflight ok"', async () => {
+  const { vc, done } = await replayed({ answers: { RetrievePropertiesEx: 'vm-config-no-permission.xml' } });
+  try {
+    const vm = await vc.vm('vm-42');
+    assert.deepEqual(vm.unreadable, [
+      { path: 'config.hardware.device', fault: 'NoPermission', privilege: 'System.Read' },
+      { path: 'config.extraConfig', fault: 'NoPermission', privilege: 'System.Read' },
+    ]);
+    const r = preflight(vm);
+    assert.equal(r.ok, false);
+    const bad = r.checks.filter((c) => !c.ok);
+    assert.deepEqual(bad.map((c) => c.name), ['readable']);
+    assert.match(bad[0]!.message, /config\.hardware\.device \(NoPermission: privilege System\.Read\)/);
+    assert.match(bad[0]!.fix!, /grant the vmlift user System\.Read on db01/);
   } finally { await done(); }
 });
