@@ -12,7 +12,12 @@ export function clampReads<S extends BlockSource>(inner: S, maxReadSize = inner.
     read: async (offset, length) => {
       if (length <= max) return inner.read(offset, length);
       const out = Buffer.allocUnsafe(length);
-      for (let at = 0; at < length; at += max) (await inner.read(offset + at, Math.min(max, length - at))).copy(out, at);
+      for (let at = 0; at < length; at += max) {
+        const piece = Math.min(max, length - at);
+        // a reader that fills the caller's buffer needs no copy of each piece
+        if (inner.readInto) await inner.readInto(offset + at, out.subarray(at, at + piece));
+        else (await inner.read(offset + at, piece)).copy(out, at);
+      }
       return out;
     },
     readInto: inner.readInto && (async (offset, target) => {
