@@ -39,7 +39,7 @@ export interface LabSnapshot { ref: string; name: string; index: number; changeI
 interface LabState {
   url: string; user: string; passwordFile: string; thumbprintSha1: string; thumbprintSha256: string;
   certFile: string; controlUrl: string; token: string; pid: number; datacenter: string; datastore: string;
-  datastoreDir: string; cbtBlockSize: number; vms: LabVm[];
+  datastoreDir: string; cbtBlockSize: number; vms: LabVm[]; apiType?: string;
 }
 
 export type FaultKind = 'createSnapshot' | 'removeSnapshot' | 'reconfigure' | 'removeAllSnapshots' | string;
@@ -63,6 +63,8 @@ export class Lab {
   readonly cbtBlockSize: number;
   readonly vms: LabVm[];
   readonly pid: number;
+  /** "VirtualCenter", or "HostAgent" for a lab started with `esx: true` (a standalone ESXi host). */
+  readonly apiType: string;
   private readonly controlUrl: string;
   private readonly token: string;
   private readonly agent: Agent;
@@ -72,7 +74,7 @@ export class Lab {
     this.dir = dir; this.url = s.url; this.user = s.user; this.password = password; this.passwordFile = s.passwordFile;
     this.thumbprint = s.thumbprintSha256; this.thumbprintSha1 = s.thumbprintSha1; this.thumbprintSha256 = s.thumbprintSha256;
     this.certFile = s.certFile; this.certPem = certPem; this.datacenter = s.datacenter; this.datastore = s.datastore;
-    this.datastoreDir = s.datastoreDir; this.cbtBlockSize = s.cbtBlockSize; this.vms = s.vms; this.pid = s.pid;
+    this.datastoreDir = s.datastoreDir; this.cbtBlockSize = s.cbtBlockSize; this.vms = s.vms; this.pid = s.pid; this.apiType = s.apiType ?? 'VirtualCenter';
     this.controlUrl = s.controlUrl; this.token = s.token; this.child = child;
     this.agent = new Agent({ connect: { ca: certPem }, keepAliveTimeout: 1000 });
   }
@@ -147,6 +149,9 @@ export class Lab {
     v.disks = v.disks.filter((d) => d.key !== key);
   }
 
+  /** ESXi mode only: "free" makes the host refuse writes (RestrictedVersion) as the free vSphere Hypervisor license does. */
+  async setEsxLicense(edition: 'free' | 'licensed'): Promise<void> { await this.call('esx-license', { edition }); }
+
   async stop(): Promise<void> {
     await this.agent.close().catch(() => {});
     if (!isAlive(this.pid)) return;
@@ -176,6 +181,8 @@ export interface StartLabOptions {
   /** Keep running after this process exits (the CLI's `vmlift lab start`). Default: die with this process. */
   detached?: boolean;
   timeoutMs?: number;
+  /** A standalone ESXi host instead of a vCenter: HostAgent, ha-datacenter, user root, numeric VM ids, no vCLS VM. */
+  esx?: boolean;
 }
 
 export async function startLab(opts: StartLabOptions): Promise<Lab> {
@@ -184,6 +191,7 @@ export async function startLab(opts: StartLabOptions): Promise<Lab> {
   await buildLab();
   const args = ['-dir', dir, '-vms', String(opts.vms ?? 8), '-disk-mb', String(opts.diskMb ?? 64)];
   if (!opts.detached) args.push('-parent-pid', String(process.pid));
+  if (opts.esx) args.push('-esx');
   const log = await open(join(dir, 'lab.log'), 'a');
   const child = spawn(labBinary, args, { stdio: ['ignore', log.fd, log.fd], detached: !!opts.detached });
   await log.close();

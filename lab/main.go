@@ -118,6 +118,7 @@ type labState struct {
 	Datastore        string   `json:"datastore"`
 	DatastoreDir     string   `json:"datastoreDir"`
 	BlockSize        int      `json:"cbtBlockSize"`
+	ApiType          string   `json:"apiType"` // "VirtualCenter", or "HostAgent" with -esx
 	VMs              []vmInfo `json:"vms"`
 }
 
@@ -184,7 +185,11 @@ func main() {
 	parent := flag.Int("parent-pid", 0, "exit when this process is gone")
 	peer := flag.String("peer-inventory", "", "benchmark peer: time govmomi's inventory of this vCenter URL and exit")
 	pwFlag := flag.String("password-file", "", "password file (with -peer-inventory)")
+	esxMode := flag.Bool("esx", false, "be a standalone ESXi host (govmomi's ESX model: HostAgent, ha-datacenter; user root) instead of a vCenter")
 	flag.Parse()
+	if *esxMode && !flagSet("user") {
+		*user = "root"
+	}
 	if *peer != "" {
 		if err := runPeerInventory(*peer, *user, *pwFlag, 3); err != nil {
 			log.Fatalf("peer inventory: %v", err)
@@ -226,6 +231,9 @@ func main() {
 	model.Pool = 0
 	model.App = 0
 	model.Pod = 0
+	if *esxMode {
+		model = esxModel()
+	}
 	if err := model.Create(); err != nil {
 		log.Fatalf("model: %v", err)
 	}
@@ -236,13 +244,22 @@ func main() {
 	l := newLab(*dir)
 	l.certFile = certFile
 	l.dcName = "DC0"
+	if *esxMode {
+		l.dcName = "ha-datacenter"
+	}
 	l.dsName = "LocalDS_0"
 	fr := newFront(l, backend)
+	var handler http.Handler = fr
+	var esxFr *esxFront
+	if *esxMode {
+		esxFr = newESXFront(fr)
+		handler = esxFr
+	}
 	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
 	if err != nil {
 		log.Fatalf("listen: %v", err)
 	}
-	hs := &http.Server{Handler: fr, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+	hs := &http.Server{Handler: handler, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		ErrorLog: log.New(os.Stderr, "lab http: ", 0)}
 	go func() { _ = hs.ServeTLS(ln, "", "") }()
 	base := fmt.Sprintf("https://127.0.0.1:%d", ln.Addr().(*net.TCPAddr).Port)
@@ -276,10 +293,15 @@ func main() {
 	state := labState{URL: base + "/sdk", User: *user, PasswordFile: pwFile,
 		ThumbprintSHA1: thumb(sha1sum(der)), ThumbprintSHA256: thumb(sha256sum(der)), CertFile: certFile,
 		ControlURL: base + "/lab", Token: l.token, PID: os.Getpid(), Datacenter: l.dcName, Datastore: l.dsName,
-		DatastoreDir: l.dsDir, BlockSize: blockSize}
+		DatastoreDir: l.dsDir, BlockSize: blockSize, ApiType: "VirtualCenter"}
+	vmPlans := plans(*nvms, *diskMB)
+	if *esxMode {
+		state.ApiType = "HostAgent"
+		vmPlans = esxPlans(vmPlans)
+	}
 
 	start := time.Now()
-	for _, p := range plans(*nvms, *diskMB) {
+	for _, p := range vmPlans {
 		vi, err := createVM(ctx, c, l, folders.VmFolder, pool, ds.Reference(), p)
 		if err != nil {
 			log.Fatalf("create VM %s: %v", p.name, err)
@@ -287,6 +309,12 @@ func main() {
 		state.VMs = append(state.VMs, vi)
 	}
 	logf("%d VMs ready in %s", len(state.VMs), time.Since(start).Round(time.Millisecond))
+	if esxFr != nil {
+		for i := range state.VMs {
+			state.VMs[i].Ref = esxVMRef(state.VMs[i].Ref)
+		}
+		esxFr.setReady()
+	}
 
 	js, _ := json.MarshalIndent(state, "", "  ")
 	tmp := filepath.Join(*dir, "lab.json.tmp")
@@ -325,6 +353,12 @@ func main() {
 	srv.Close()
 	_ = os.Remove(filepath.Join(*dir, "lab.json"))
 	logf("stopped")
+}
+
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 func sha1sum(b []byte) []byte   { s := sha1.Sum(b); return s[:] }

@@ -12,13 +12,16 @@ const FAULT_FIXES: Record<string, string> = {
   InvalidState: BUSY_FIX,
   InvalidPowerState: BUSY_FIX,
   NotAuthenticated: 'check that the vmlift user still exists and its password has not changed',
+  RestrictedVersion: 'give the ESXi host a license that includes the vSphere API (a paid vSphere edition or the evaluation period): the free vSphere Hypervisor license allows reads only, and no vCenter can manage such a host',
 };
+/** Faults with a code of their own (others are VC_FAULT). */
+const FAULT_CODES: Record<string, string> = { RestrictedVersion: 'VC_HOST_LICENSE' };
 const DEFAULT_FAULT_FIX = 'see the vCenter logs or the task list for details; retry if the cause was transient';
 
 /** A SOAP fault from vCenter: `type` is the vim25 fault type (NotAuthenticated, InvalidArgument, …). */
 export class VimFault extends CodedError {
   constructor(readonly type: string, message: string, readonly method: string, readonly detail: Record<string, string>) {
-    super('VC_FAULT', message, { fix: FAULT_FIXES[type] ?? DEFAULT_FAULT_FIX, transient: TRANSIENT_FAULTS.has(type) });
+    super(FAULT_CODES[type] ?? 'VC_FAULT', message, { fix: FAULT_FIXES[type] ?? DEFAULT_FAULT_FIX, transient: TRANSIENT_FAULTS.has(type) });
   }
 }
 
@@ -88,6 +91,8 @@ export function faultToUserError(f: VimFault): UserError {
     case 'InvalidState':
     case 'InvalidPowerState':
       return user('VC_BUSY', `vCenter refused ${f.method}: ${f.message} (${f.type})`);
+    case 'RestrictedVersion':
+      return user('VC_HOST_LICENSE', `the ESXi host refused ${f.method}: its license makes the vSphere API read-only (RestrictedVersion: ${f.message})`);
     case 'NotAuthenticated':
       return user('VC_SESSION', `the vCenter session ended and logging in again failed (${f.method})`);
     default:

@@ -130,6 +130,10 @@ export class VimSession {
   }
 
   get stats(): TransportStats { return this.http.stats; }
+  /** A standalone ESXi host's hostd (about.apiType "HostAgent") rather than a vCenter ("VirtualCenter"). */
+  get isHostAgent(): boolean { return this.content.about.apiType === 'HostAgent'; }
+  /** What the server is, for messages. */
+  get serverLabel(): string { return this.isHostAgent ? 'ESXi host' : 'vCenter'; }
   /** The session cookie ("vmware_soap_session=…") for datastore HTTP access. Never log it. */
   get cookie(): string | undefined { return this.http.cookie; }
 
@@ -146,12 +150,12 @@ export class VimSession {
       await this.invoke('Login', { _this: mor('SessionManager', this.content.sessionManager.value), userName: this.user, password: this.password });
     } catch (e) {
       if (e instanceof VimFault && e.type === 'InvalidLogin') {
-        throw new UserError('VC_LOGIN', `vCenter ${this.url} rejected the user name or password for ${this.user}`,
+        throw new UserError('VC_LOGIN', `${this.serverLabel} ${this.url} rejected the user name or password for ${this.user}`,
           'check --user and the password (--password-file, VMLIFT_PASSWORD_FILE or VMLIFT_PASSWORD)', { cause: e });
       }
       throw e;
     }
-    this.log.debug({ url: this.url, user: this.user }, 'logged in to vCenter');
+    this.log.debug({ url: this.url, user: this.user, apiType: this.content.about.apiType }, `logged in to the ${this.serverLabel}`);
   }
 
   /** Calls a vim25 method; re-logs in once and retries when the session has expired. */

@@ -30,11 +30,13 @@ export class VCenter {
 
   inventory(): Promise<Inventory> { return fetchInventory(this.session); }
   /**
-   * A VM by name or managed object id (vm-42). Something shaped like an id that is no object of
-   * vCenter's may still be a VM's name; any other failure (permissions, session, network) is the answer.
+   * A VM by name or managed object id (vm-42 on vCenter, 42 on an ESXi host). Something shaped like an
+   * id that is no object of the server's may still be a VM's name; any other failure (permissions,
+   * session, network) is the answer.
    */
   async vm(nameOrRef: string): Promise<VmInfo> {
-    if (!/^vm-\d+$/.test(nameOrRef)) return fetchVm(this.session, nameOrRef);
+    const idShape = this.session.isHostAgent ? /^\d+$/ : /^vm-\d+$/;
+    if (!idShape.test(nameOrRef)) return fetchVm(this.session, nameOrRef);
     try {
       return await fetchVmByRef(this.session, nameOrRef);
     } catch (e) {
