@@ -35,6 +35,13 @@ export class VCenter {
    * session, network) is the answer.
    */
   async vm(nameOrRef: string): Promise<VmInfo> {
+    const vm = await this.findVm(nameOrRef);
+    // hostd has one datacenter, always named ha-datacenter
+    if (this.session.isHostAgent) vm.datacenter ??= 'ha-datacenter';
+    return vm;
+  }
+
+  private async findVm(nameOrRef: string): Promise<VmInfo> {
     const idShape = this.session.isHostAgent ? /^\d+$/ : /^vm-\d+$/;
     if (!idShape.test(nameOrRef)) return fetchVm(this.session, nameOrRef);
     try {
