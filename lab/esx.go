@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25"
 )
 
 // esxModel is govmomi's ESX model with the lab's datastore and without its sample VMs.
@@ -138,4 +139,12 @@ func (e *esxFront) serveLicense(w http.ResponseWriter, r *http.Request) {
 	e.license = map[string]string{"free": "free", "licensed": ""}[ed]
 	e.mu.Unlock()
 	writeJSON(w, map[string]interface{}{"edition": ed})
+}
+
+// sessionManagerID is the SessionManager's id in the running model ("SessionManager" on vCenter, "ha-sessionmgr" on a host).
+func sessionManagerID() string {
+	if si, ok := simulator.Map.Get(vim25.ServiceInstance).(*simulator.ServiceInstance); ok && si.Content.SessionManager != nil {
+		return si.Content.SessionManager.Value
+	}
+	return "SessionManager"
 }

@@ -637,7 +637,7 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 		l.mu.Unlock()
 		for _, c := range cookies {
 			req, _ := http.NewRequest(http.MethodPost, f.backend.String(), strings.NewReader(string(envelope(
-				`<Logout xmlns="urn:vim25"><_this type="SessionManager">SessionManager</_this></Logout>`))))
+				`<Logout xmlns="urn:vim25"><_this type="SessionManager">`+sessionManagerID()+`</_this></Logout>`))))
 			req.Header.Set("Content-Type", "text/xml")
 			req.Header.Set("Cookie", sessionCookie+"="+c)
 			if res, err := f.client.Do(req); err == nil {

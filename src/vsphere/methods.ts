@@ -15,8 +15,20 @@ function missingProperty(m: any): MissingProperty {
   return out;
 }
 
-/** RetrievePropertiesEx + ContinueRetrievePropertiesEx until the token runs out. */
+/**
+ * RetrievePropertiesEx + ContinueRetrievePropertiesEx until the token runs out. An ended session may
+ * answer with NotAuthenticated per property (missingSet) instead of a fault of the call: that logs in
+ * again and retrieves once more, as a NotAuthenticated fault does.
+ */
 export async function retrieveProperties(s: VimSession, specSet: Record<string, unknown>[], maxObjects?: number): Promise<ObjectProps[]> {
+  const out = await retrieveAll(s, specSet, maxObjects);
+  if (!out.some((o) => o.missing.some((m) => m.fault === 'NotAuthenticated'))) return out;
+  s.log.info({ method: 'RetrievePropertiesEx' }, 'session ended (NotAuthenticated in missingSet); logging in again');
+  await s.relogin();
+  return retrieveAll(s, specSet, maxObjects);
+}
+
+async function retrieveAll(s: VimSession, specSet: Record<string, unknown>[], maxObjects?: number): Promise<ObjectProps[]> {
   const pc = morOf(s.content.propertyCollector);
   const out: ObjectProps[] = [];
   let res = await s.call('RetrievePropertiesEx', { _this: pc, specSet, options: maxObjects ? { maxObjects } : {} });

@@ -32,6 +32,17 @@ test('the ESXi lab answers as hostd: HostAgent, ha-datacenter, root, numeric VM 
     (e: Error & { code?: string }) => e.code === 'VC_LOGIN' && /^ESXi host https:\/\/127\.0\.0\.1:\d+\/sdk rejected/.test(e.message));
 });
 
+test('the lab controls work on the host: expired sessions make vmlift log in again, an injected snapshot fault is a clear task failure', async () => {
+  const relogins = vc.session.relogins;
+  assert.ok(await lab.expireSessions() >= 1);
+  assert.equal((await vc.inventory()).vms.length, lab.vms.length);
+  assert.equal(vc.session.relogins, relogins + 1, 'the expired hostd session was replaced');
+  await lab.injectFault('createSnapshot');
+  await assert.rejects(vc.createSnapshot(lab.vm('vm-0003').moref, 'vmlift-fault', { quiesce: false }),
+    (e: Error & { code?: string }) => e.code === 'VC_TASK_FAILED' && /injected by the lab/.test(e.message));
+  assert.equal((await vc.snapshots('vm-0003')).snapshots.length, 0);
+});
+
 test('vc ls lists the host\'s VMs by their numeric ids on ha-host, with no vCLS agent; vc show takes the id', async () => {
   const r = await vmlift(['vc', 'ls', '--json'], labEnv(lab));
   assert.equal(r.code, 0, r.stderr);
