@@ -5,7 +5,7 @@ import { UserError } from '../../util/errors.ts';
 import { VCenter, VimFault, faultToUserError, resolveConnection, type ConnectionFlags, type SnapshotNode, type VmInfo } from '../../vsphere/index.ts';
 
 const VCENTER_OPTIONS: readonly OptionSpec[] = [
-  ['--server <url>', 'vCenter URL (https://VCENTER/sdk); env VMLIFT_SERVER'],
+  ['--server <url>', 'vCenter or ESXi host URL (https://HOST/sdk); env VMLIFT_SERVER'],
   ['--user <user>', 'vCenter user; env VMLIFT_USER'],
   ['--password-file <file>', 'file holding the password; env VMLIFT_PASSWORD_FILE or VMLIFT_PASSWORD; else prompted'],
   ['--thumbprint <hex>', 'pin the vCenter certificate (SHA-1 or SHA-256 thumbprint); env VMLIFT_THUMBPRINT'],
