@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -80,6 +81,13 @@ func (e *esxFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/lab/esx-license" {
 		e.serveLicense(w, r)
 		return
+	}
+	if strings.HasPrefix(r.URL.Path, "/folder/") {
+		// hostd's one datacenter: dcPath may be left out, any other name finds nothing
+		if dc := r.URL.Query().Get("dcPath"); dc != "" && dc != "ha-datacenter" {
+			http.NotFound(w, r)
+			return
+		}
 	}
 	sdk := r.Method == http.MethodPost && (r.URL.Path == "/sdk" || r.URL.Path == "/sdk/vimService")
 	if !sdk || atomic.LoadInt32(&e.ready) == 0 {

@@ -46,7 +46,7 @@ export function register(program: Command): void {
     .action(async (o) => {
       const l = await attach(o.dir);
       await l.stop();
-      printResult(o.json, { stopped: true, pid: l.pid }, () => `lab vCenter stopped (pid ${l.pid})`);
+      printResult(o.json, { stopped: true, pid: l.pid }, () => `lab ${l.apiType === 'HostAgent' ? 'ESXi host' : 'vCenter'} stopped (pid ${l.pid})`);
     });
 
   lab.command('write').description('play a guest write onto a VM disk (goes past snapshots)')
