@@ -150,7 +150,7 @@ export async function fetchVm(s: VimSession, nameOrRef: string): Promise<VmInfo>
   const inv = await fetchInventory(s, { vmPaths: ['name'] });
   const hit = inv.vms.filter((v) => v.name === nameOrRef || v.ref === nameOrRef);
   if (hit.length === 0) {
-    throw new UserError('VC_VM_NOT_FOUND', `vCenter has no virtual machine named "${nameOrRef}"`,
+    throw new UserError('VC_VM_NOT_FOUND', `the ${s.serverLabel} has no virtual machine named "${nameOrRef}"`,
       'check the name with `vmlift vc ls` (names are case-sensitive), or give the managed object id (vm-42)');
   }
   if (hit.length > 1) {
@@ -162,7 +162,7 @@ export async function fetchVm(s: VimSession, nameOrRef: string): Promise<VmInfo>
 
 export async function fetchVmByRef(s: VimSession, ref: string, inv?: Inventory): Promise<VmInfo> {
   const [o] = await retrieveProperties(s, [objectsSpec([{ type: 'VirtualMachine', value: ref }], [{ type: 'VirtualMachine', pathSet: VM_PATHS }])]);
-  if (!o) throw new UserError('VC_VM_NOT_FOUND', `virtual machine ${ref} no longer exists in vCenter`, 'check the VM with `vmlift vc ls`');
+  if (!o) throw new UserError('VC_VM_NOT_FOUND', `virtual machine ${ref} no longer exists in the ${s.serverLabel}`, 'check the VM with `vmlift vc ls`');
   const hostRef = moref(o.props['runtime.host']);
   const hosts = new Map<string, HostInfo>();
   if (hostRef) {

@@ -71,6 +71,7 @@ test('vc ls lists the host\'s VMs by their numeric ids on ha-host, with no vCLS 
   const gone = await vmlift(['vc', 'show', `vm-${id}`, '--json'], labEnv(lab));
   assert.equal(gone.code, 1);
   assert.equal(JSON.parse(gone.stdout).error.code, 'VC_VM_NOT_FOUND');
+  assert.match(JSON.parse(gone.stdout).error.message, /^the ESXi host has no virtual machine named "vm-\d+"/);
 });
 
 test('preflight, CBT enable (with its stun), snapshots, changed areas and /folder with dcPath=ha-datacenter work against the host', async () => {
@@ -110,6 +111,26 @@ test('preflight, CBT enable (with its stun), snapshots, changed areas and /folde
   await vc.removeSnapshot(v.moref, s2.ref);
   await vc.removeSnapshot(v.moref, s1.ref);
   assert.equal((await vc.snapshots(v.moref)).snapshots.length, 0);
+});
+
+test('vc changed-areas, vc snapshots --sweep and vc cbt disable work against the host', async () => {
+  const env = labEnv(lab);
+  const on = await vmlift(['vc', 'cbt', 'enable', 'vm-0003'], env);
+  assert.equal(on.code, 0, on.stderr);
+  const r = await vmlift(['vc', 'changed-areas', 'vm-0003', '--disk', '2000', '--change-id', '*', '--json'], env);
+  assert.equal(r.code, 0, r.stderr);
+  const areas = JSON.parse(r.stdout) as { areas: { offset: number; length: number }[]; bytes: number; snapshotChangeId: string };
+  assert.ok(areas.areas.some((a) => a.offset === 0 && a.length >= 1 << 20), 'the data in the first MiB is allocated');
+  assert.match(areas.snapshotChangeId, /\/\d+$/);
+  const v = lab.vm('vm-0003');
+  await vc.createSnapshot(v.moref, 'vmlift-leftover', { quiesce: false });
+  const sweep = await vmlift(['vc', 'snapshots', 'vm-0003', '--sweep', '--json'], env);
+  assert.equal(sweep.code, 0, sweep.stderr);
+  assert.deepEqual(JSON.parse(sweep.stdout).swept.removed, ['vmlift-leftover']);
+  assert.deepEqual(JSON.parse(sweep.stdout).snapshots, [], 'the temporary query snapshot and the leftover are gone');
+  const off = await vmlift(['vc', 'cbt', 'disable', 'vm-0003', '--json'], env);
+  assert.equal(off.code, 0, off.stderr);
+  assert.equal((await vc.vm(v.moref)).changeTrackingEnabled, false);
 });
 
 test('a host with the free vSphere Hypervisor license: reads work, CBT enable is VC_HOST_LICENSE naming the license and the fix', async (t) => {
