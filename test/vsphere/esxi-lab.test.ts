@@ -104,6 +104,7 @@ test('preflight, CBT enable (with its stun), snapshots, changed areas and /folde
   assert.match(url, /dcPath=ha-datacenter/);
   const head = await folderRead(lab, url, cookie, 0, 4096);
   assert.equal(head.status, 206);
+  assert.equal((await folderRead(lab, url, undefined, 0, 16)).status, 401, 'the host wants the session cookie too');
   assert.ok(head.body.equals(await lab.read(v.name, d.key, 0, 4096, s1.ref)), 'the base file is the first snapshot\'s data');
   assert.equal((await folderRead(lab, vc.diskUrl({ file: d.file }, 'DC0').url, cookie, 0, 16)).status, 404, 'a vCenter datacenter name is no path on the host');
   assert.equal((await folderRead(lab, url.replace('dcPath=ha-datacenter&', ''), cookie, 0, 16)).status, 206, 'hostd takes the URL without dcPath too');
