@@ -21,7 +21,8 @@ export function planDiskSync(previous: string | null, current: string | null, ba
 /**
  * The cycle snapshot's disks must all carry a changeId: one without is a disk whose change tracking
  * is not active (ESXi starts tracking at the first stun after CBT is enabled on a running VM, and
- * that snapshot has none), or CBT was turned off since. Its changed areas cannot be queried.
+ * that snapshot has none), or CBT was turned off since. Its changed areas cannot be queried. The
+ * error is transient: removing this cycle's snapshot is a stun, so a retry normally finds changeIds.
  */
 export function requireChangeIds(vmRef: string, jobId: string, disks: readonly { key: number; label: string; changeId: string | null }[]): void {
   const off = disks.filter((d) => !d.changeId);
@@ -29,5 +30,6 @@ export function requireChangeIds(vmRef: string, jobId: string, disks: readonly {
   throw new UserError('VC_CBT_NOT_ACTIVE',
     `change tracking is not active on ${off.map((d) => `disk ${d.key} (${d.label})`).join(', ')} of VM ${vmRef}: the cycle snapshot carries no changeId. ` +
     'ESXi starts tracking only at a stun (snapshot create and remove, power cycle) after CBT is enabled on a running VM, so CBT was enabled without one, or turned off since',
-    `resume the job (\`vmlift job resume ${jobId}\`): removing this cycle's snapshot was such a stun; if it fails again, check the VM's CBT settings with \`vmlift vc show ${vmRef}\` and run \`vmlift vc cbt enable ${vmRef}\``);
+    `vmlift retries the cycle (removing its snapshot was such a stun); if the job still ends in error, CBT is off: turn it on with \`vmlift vc cbt enable ${vmRef}\` and resume with \`vmlift job resume ${jobId}\``,
+    { transient: true });
 }
