@@ -40,10 +40,11 @@ type layer struct {
 
 // cbtState is the change tracking of one disk, in the shape of VMware's: a UUID that
 // changes on a reset, a sequence number per snapshot, and the blocks changed between
-// consecutive snapshots.
+// consecutive snapshots. Enabled on a running VM, it tracks nothing until a stun (cbt.go).
 type cbtState struct {
 	uuid    string
 	seq     int
+	active  bool
 	pending bitset         // changed since the last snapshot
 	epochs  map[int]bitset // epochs[k]: changed between snapshot seq k-1 and seq k
 }
@@ -151,7 +152,7 @@ func (d *disk) write(p []byte, off int64) error {
 	if _, err := t.f.WriteAt(p, off); err != nil {
 		return err
 	}
-	if d.cbt != nil {
+	if d.cbt != nil && d.cbt.active {
 		for b := first; b <= last; b++ {
 			d.cbt.pending.set(b)
 		}

@@ -304,6 +304,11 @@ func (f *front) afterTask(method, this string, body []byte, taskRef string) {
 				normalizeExtraConfig(this)
 				l.syncTracking(v)
 			}
+		case "PowerOnVM_Task", "PowerOffVM_Task", "ResetVM_Task":
+			if v := l.vmsByRef[this]; v != nil {
+				l.syncTracking(v)
+				l.stun(v)
+			}
 		}
 		delay := l.delays[method]
 		l.mu.Unlock()
@@ -350,100 +355,6 @@ func (f *front) failTask(w http.ResponseWriter, method, this string) {
 	})
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	_, _ = w.Write(envelope(fmt.Sprintf(`<%sResponse xmlns="urn:vim25"><returnval type="Task">%s</returnval></%sResponse>`, method, tref.Value, method)))
-}
-
-const maxAreasPerCall = 2000
-
-func (f *front) queryChangedDiskAreas(w http.ResponseWriter, body []byte) {
-	l := f.l
-	this, _ := field(body, "_this")
-	snapRef, _ := field(body, "snapshot")
-	keyS, _ := field(body, "deviceKey")
-	startS, _ := field(body, "startOffset")
-	changeId, _ := field(body, "changeId")
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	v := l.vmsByRef[this]
-	if v == nil {
-		writeFault(w, "ManagedObjectNotFound", "The object has already been deleted or has not been completely created", fmt.Sprintf(`<obj type="VirtualMachine">%s</obj>`, html.EscapeString(this)))
-		return
-	}
-	idx := v.snapIndex(snapRef)
-	if idx < 0 {
-		writeFault(w, "ManagedObjectNotFound", "The object has already been deleted or has not been completely created", fmt.Sprintf(`<obj type="VirtualMachineSnapshot">%s</obj>`, html.EscapeString(snapRef)))
-		return
-	}
-	key, _ := strconv.Atoi(keyS)
-	d := v.disk(int32(key))
-	if d == nil {
-		writeFault(w, "InvalidArgument", "A specified parameter was not correct: deviceKey", `<invalidProperty>deviceKey</invalidProperty>`)
-		return
-	}
-	start, err := strconv.ParseInt(startS, 10, 64)
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	snapId := v.snaps[idx].changeIds[d.key]
-	if d.cbt == nil || snapId == "" {
-		writeFault(w, "FileFault", fmt.Sprintf("Error caused by file %s", d.baseName), fmt.Sprintf(`<file>%s</file>`, html.EscapeString(d.baseName)))
-		return
-	}
-	if err != nil || start < 0 || start >= d.capacity {
-		writeFault(w, "InvalidArgument", "A specified parameter was not correct: startOffset", `<invalidProperty>startOffset</invalidProperty>`)
-		return
-	}
-	var set bitset
-	if changeId == "*" {
-		set, _ = d.allocated(idx + 1)
-	} else {
-		snapSeq, _ := strconv.Atoi(snapId[strings.LastIndex(snapId, "/")+1:])
-		slash := strings.LastIndex(changeId, "/")
-		seq, perr := strconv.Atoi(changeId[slash+1:])
-		if slash < 0 || perr != nil || changeId[:slash] != d.cbt.uuid || !strings.HasPrefix(snapId, d.cbt.uuid+"/") || seq > snapSeq || seq < 0 {
-			writeFault(w, "InvalidArgument", "A specified parameter was not correct: changeId", `<invalidProperty>changeId</invalidProperty>`)
-			return
-		}
-		set = newBitset(d.blocks)
-		for k := seq + 1; k <= snapSeq; k++ {
-			e, ok := d.cbt.epochs[k]
-			if !ok {
-				writeFault(w, "InvalidArgument", "A specified parameter was not correct: changeId", `<invalidProperty>changeId</invalidProperty>`)
-				return
-			}
-			set.or(e)
-		}
-	}
-	var sb strings.Builder
-	n := 0
-	end := d.capacity
-	b := start / blockSize
-	for b < d.blocks {
-		if !set.has(b) {
-			b++
-			continue
-		}
-		if n == maxAreasPerCall {
-			end = b * blockSize
-			break
-		}
-		e := b
-		for e < d.blocks && set.has(e) {
-			e++
-		}
-		as := b * blockSize
-		if as < start {
-			as = start
-		}
-		ae := e * blockSize
-		if ae > d.capacity {
-			ae = d.capacity
-		}
-		fmt.Fprintf(&sb, `<changedArea><start>%d</start><length>%d</length></changedArea>`, as, ae-as)
-		n++
-		b = e
-	}
-	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
-	_, _ = w.Write(envelope(fmt.Sprintf(`<QueryChangedDiskAreasResponse xmlns="urn:vim25"><returnval><startOffset>%d</startOffset><length>%d</length>%s</returnval></QueryChangedDiskAreasResponse>`,
-		start, end-start, sb.String())))
 }
 
 // serveFolder: a delta descriptor's -flat path (vm-00000j-flat.vmdk) is the view of the
@@ -606,6 +517,8 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 			}
 			writeJSON(w, map[string]interface{}{"uri": e.uri, "port": e.port, "host": "127.0.0.1"})
 		}
+	case "cbt-mode":
+		f.serveCbtMode(w, q)
 	case "fault":
 		n, _ := strconv.Atoi(q.Get("count"))
 		if n <= 0 {

@@ -120,10 +120,11 @@ func (l *lab) syncTracking(v *labVM) {
 	if vm == nil {
 		return
 	}
-	var on bool
+	var on, running bool
 	extra := map[string]string{}
 	simulator.Map.WithLock(vm, func() {
 		on = vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
+		running = vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
 		for _, o := range vm.Config.ExtraConfig {
 			ov := o.GetOptionValue()
 			if s, ok := ov.Value.(string); ok {
@@ -136,7 +137,7 @@ func (l *lab) syncTracking(v *labVM) {
 		diskOn := on && extra[fmt.Sprintf("scsi%d:%d.ctkenabled", d.bus, d.unit)] == "TRUE"
 		d.mu.Lock()
 		if diskOn && d.cbt == nil {
-			d.cbt = &cbtState{uuid: newUUID(), pending: newBitset(d.blocks), epochs: map[int]bitset{}}
+			d.cbt = newTracking(d, !running)
 		} else if !diskOn {
 			d.cbt = nil
 		}
@@ -154,7 +155,7 @@ func (l *lab) resetCBT(v *labVM, key int32) error {
 	if d.cbt == nil {
 		return fmt.Errorf("change tracking is off on VM %s", v.name)
 	}
-	d.cbt = &cbtState{uuid: newUUID(), pending: newBitset(d.blocks), epochs: map[int]bitset{}}
+	d.cbt = newTracking(d, true)
 	return nil
 }
 
@@ -180,11 +181,8 @@ func (l *lab) afterSnapshotCreated(v *labVM, snapRef, name string) error {
 			d.mu.Unlock()
 			return err
 		}
-		if d.cbt != nil {
-			d.cbt.seq++
-			d.cbt.epochs[d.cbt.seq] = d.cbt.pending
-			d.cbt.pending = newBitset(d.blocks)
-			s.changeIds[d.key] = fmt.Sprintf("%s/%d", d.cbt.uuid, d.cbt.seq)
+		if id := d.cutEpoch(); id != "" {
+			s.changeIds[d.key] = id
 		}
 		d.mu.Unlock()
 	}
@@ -235,8 +233,8 @@ func (l *lab) renameLive(v *labVM) {
 			c := cloneDisk(vd)
 			if b, ok := c.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
 				b.FileName = deltaName(d.baseName, len(v.snaps))
-				if d.cbt != nil && d.cbt.seq > 0 {
-					b.ChangeId = fmt.Sprintf("%s/%d", d.cbt.uuid, d.cbt.seq)
+				if d.cbt != nil && d.cbt.active && d.cbt.seq > 0 {
+					b.ChangeId = d.cbt.changeID()
 				} else {
 					b.ChangeId = ""
 				}
@@ -287,6 +285,7 @@ func (l *lab) afterSnapshotRemoved(v *labVM, snapRef string, removeChildren bool
 			}
 		})
 	}
+	l.stun(v)
 	l.renameLive(v)
 	return nil
 }
@@ -503,5 +502,6 @@ func (l *lab) addDisk(v *labVM, key int32, capacity int64) (*disk, error) {
 	})
 	v.disks = append(v.disks, d)
 	l.syncTracking(v)
+	d.stunTracking() // a hot-added disk is opened with its ctk file: tracked from the start
 	return d, nil
 }

@@ -8,6 +8,7 @@
  *   await lab.nbdExport('vm-0001', snapRef, 2000)         // { uri: 'nbd://127.0.0.1:PORT', ... }
  *   lab.folderUrl('vm-0001/vm-0001-flat.vmdk')            // datastore URL (needs a session cookie)
  *   await lab.addDisk('vm-0001', 2001, 8 << 20); await lab.removeDisk('vm-0001', 2001);
+ *   await lab.cbtMode('vm-0001', 'whole-disk');           // QueryChangedDiskAreas answers one area: the disk
  *   await lab.injectFault('createSnapshot'); await lab.expireSessions(); await lab.stop();
  */
 import { spawn, execFile } from 'node:child_process';
@@ -59,7 +60,10 @@ export class Lab {
   readonly datacenter: string;
   readonly datastore: string;
   readonly datastoreDir: string;
-  /** Granularity of the lab's change tracking and of its "*" allocated areas. */
+  /**
+   * Block size the lab tracks changes in (areas are runs of such blocks, or the whole disk under
+   * cbtMode 'whole-disk'): tests bound false positives with it; vCenter promises no granularity.
+   */
   readonly cbtBlockSize: number;
   readonly vms: LabVm[];
   readonly pid: number;
@@ -130,6 +134,8 @@ export class Lab {
   async expireSessions(): Promise<number> { return JSON.parse((await this.call('expire-sessions', {})).toString()).expired; }
   /** Resets change tracking of a disk (new CBT UUID), as a vMotion or a ctk repair does. */
   async resetCbt(vm: string, disk: number): Promise<void> { await this.call('cbt-reset', { vm, disk }); }
+  /** How QueryChangedDiskAreas answers for the VM's disks (or one): coalesced runs (default), or one area covering the whole disk. */
+  async cbtMode(vm: string, mode: 'runs' | 'whole-disk', disk?: number): Promise<void> { await this.call('cbt-mode', { vm, mode, disk }); }
 
   /**
    * Attaches a new disk (fresh backing UUID, some data written) with device key `key`

@@ -10,7 +10,7 @@ import PQueue from 'p-queue';
 import type { BlockSource } from '../source/types.ts';
 import { clampReads } from '../source/clamp.ts';
 import type { ImageInfo } from '../model/images.ts';
-import { planDiskSync, type SyncPlan } from './sync-plan.ts';
+import { planDiskSync, requireChangeIds, type SyncPlan } from './sync-plan.ts';
 import { baseDiskMapping, diskListChange, identityOf, positionalMapping, recordedIdentities } from './disk-identity.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
 import type { DiskOpener, ReceiverService, SnapshotDisk, SnapshotHandle, VCenterService } from './services.ts';
@@ -137,8 +137,11 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
 async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, onSession: (s: ReceiverCycle) => void):
   Promise<Omit<CycleResult, 'snapshot' | 'durationMs'>> {
   const { vcenter, vmRef, receiver, logger, settings } = input;
-  const disks = await step('plan', input, async () =>
-    [...await vcenter.snapshotDisks(vmRef, snapshot)].sort((a, b) => a.key - b.key));
+  const disks = await step('plan', input, async () => {
+    const ds = [...await vcenter.snapshotDisks(vmRef, snapshot)].sort((a, b) => a.key - b.key);
+    requireChangeIds(vmRef, input.jobId, ds);
+    return ds;
+  });
   const images = await step('plan', input, () => receiver.listImages());
   const base = input.previousImageId === null ? undefined : images.find((i) => i.imageId === input.previousImageId);
   // Each disk builds on the base image's disk with the same identity (key + backing UUID), never on

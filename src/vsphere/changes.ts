@@ -4,7 +4,11 @@ import type { VimSession } from './session.ts';
 import { queryChangedDiskAreas } from './methods.ts';
 import { VimFault } from './errors.ts';
 
-/** A CBT changeId is "<uuid>/<sequence>": a new UUID means change tracking was reset. */
+/**
+ * A CBT changeId is "<uuid>/<sequence>", with vCenter's UUID part written as spaced hex bytes
+ * ("52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/81"); a new UUID means change tracking was reset.
+ * Only the last '/' splits; the UUID part is kept as vCenter wrote it.
+ */
 export interface ChangeId { uuid: string; seq: number }
 
 export function parseChangeId(id: string): ChangeId | null {
@@ -25,7 +29,7 @@ export interface ChangedAreas { areas: Area[]; bytes: number; calls: number }
 export async function changedAreas(s: VimSession, vm: { type: 'VirtualMachine'; value: string }, snapshot: { type: 'VirtualMachineSnapshot'; value: string },
   deviceKey: number, capacity: number, changeId: string): Promise<ChangedAreas> {
   if (changeId !== '*' && !parseChangeId(changeId)) {
-    throw new UserError('VC_CHANGE_ID', `"${changeId}" is not a CBT changeId`, 'give a changeId of the form <uuid>/<sequence> as read from a snapshot disk, or "*" for all allocated areas');
+    throw new UserError('VC_CHANGE_ID', `"${changeId}" is not a CBT changeId`, 'give a changeId as a snapshot disk shows it (`vmlift vc show VM`, e.g. "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/81", quoted), or "*" for all allocated areas');
   }
   const areas: Area[] = [];
   let start = 0;
@@ -58,7 +62,8 @@ function cbtFault(e: VimFault, changeId: string, key: number, snapshot: string):
     return new UserError('VC_CBT_OFF', `vCenter cannot report changed areas of disk ${key}: change tracking is not active on it (${e.message})`,
       'enable CBT with `vmlift vc cbt enable VM` and take a new snapshot; the next cycle is a full one', { cause: e });
   }
-  if (e.type === 'NotFound') {
+  // The API reference lists NotFound for a snapshot that does not exist; a moref the server no longer knows is ManagedObjectNotFound.
+  if (e.type === 'NotFound' || (e.type === 'ManagedObjectNotFound' && e.detail.obj === snapshot)) {
     return new UserError('VC_SNAPSHOT_GONE', `snapshot ${snapshot} no longer exists: it was removed (by someone or another tool) while vmlift read its changed areas of disk ${key}`,
       'run the cycle again: it takes a new snapshot', { cause: e });
   }

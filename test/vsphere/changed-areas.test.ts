@@ -12,6 +12,12 @@ let fx: Awaited<ReturnType<typeof labFixture>>;
 let lab: Lab;
 let vc: VCenter;
 const MB = 1 << 20;
+/**
+ * The bound these tests state for false positives: vCenter reports at most each write rounded out to
+ * 64 KiB boundaries (ESXi tracks blocks of at least that size; the lab tracks exactly 64 KiB). Areas
+ * may come in any size and alignment (runs of blocks, or one whole-disk area on some storage).
+ */
+const GRAIN = 64 << 10;
 
 before(async () => { fx = await labFixture({ vms: 3, diskMb: 288 }); lab = fx.lab; vc = await connect(lab); });
 after(async () => { await vc?.close(); await fx?.cleanup(); });
@@ -22,6 +28,7 @@ function rng(seed: number) {
   return () => { x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0; return x / 2 ** 32; };
 }
 
+/** The writes rounded out to `bs` boundaries, merged: the most a change report may hold. */
 function blockAreas(writes: { offset: number; length: number }[], bs: number, cap: number): Area[] {
   const blocks = new Set<number>();
   for (const w of writes) for (let b = Math.floor(w.offset / bs); b * bs < w.offset + w.length; b++) blocks.add(b);
@@ -33,6 +40,16 @@ function blockAreas(writes: { offset: number; length: number }[], bs: number, ca
     else out.push({ offset: b * bs, length: end - b * bs });
   }
   return out;
+}
+
+const bytesOf = (areas: Area[]) => areas.reduce((n, a) => n + a.length, 0);
+
+/** Every reported byte lies inside `bound` (no false positive beyond it); areas are sorted and disjoint. */
+function assertWithin(areas: Area[], bound: Area[], what: string): void {
+  for (const [i, a] of areas.entries()) {
+    if (i > 0) assert.ok(areas[i - 1]!.offset + areas[i - 1]!.length <= a.offset, `${what}: areas sorted and disjoint at ${a.offset}`);
+    assert.ok(covered(bound, a.offset, a.length), `${what}: area ${a.offset}+${a.length} lies within the writes rounded out to ${GRAIN} B`);
+  }
 }
 
 function covered(areas: Area[], off: number, len: number): boolean {
@@ -57,12 +74,12 @@ test('changed areas between two snapshots cover every written byte; "*" is the a
   const vm = await vc.vm('vm-0001');
   const key = 2000;
   const cap = vm.disks[0]!.capacity;
-  const bs = lab.cbtBlockSize;
   await vc.enableCbt(vm.ref);
 
   const s1 = await vc.createSnapshot(vm.ref, 'vmlift-c1', { quiesce: false });
   const id1 = (await vc.snapshotDisks(s1.ref)).find((d) => d.key === key)!.changeId!;
   assert.ok(parseChangeId(id1), `changeId ${id1} is <uuid>/<seq>`);
+  assert.match(id1, /^[0-9a-f]{2}( [0-9a-f]{2}){7}-[0-9a-f]{2}( [0-9a-f]{2}){7}\/\d+$/, 'vCenter\'s changeId form');
 
   // "*" = exactly the regions the lab wrote at creation (first MiB, 256 KiB in the middle, the last 64 KiB): no holes reported
   const all = await vc.changedAreas(vm.ref, s1.ref, key, '*', cap);
@@ -77,8 +94,8 @@ test('changed areas between two snapshots cover every written byte; "*" is the a
     writes.push({ offset, length });
     await lab.write('vm-0001', key, offset, Buffer.alloc(length, i + 1));
   }
-  writes.push({ offset: bs - 1, length: 2 }); // straddles a block boundary
-  await lab.write('vm-0001', key, bs - 1, Buffer.from([7, 7]));
+  writes.push({ offset: GRAIN - 1, length: 2 }); // straddles a block boundary
+  await lab.write('vm-0001', key, GRAIN - 1, Buffer.from([7, 7]));
 
   const s2 = await vc.createSnapshot(vm.ref, 'vmlift-c2', { quiesce: false });
   const d2 = (await vc.snapshotDisks(s2.ref)).find((d) => d.key === key)!;
@@ -89,12 +106,11 @@ test('changed areas between two snapshots cover every written byte; "*" is the a
 
   const q = await vc.changedAreas(vm.ref, s2.ref, key, id1, cap);
   for (const w of writes) assert.ok(covered(q.areas, w.offset, w.length), `write ${w.offset}+${w.length} is covered`);
-  // False positives: only the rest of each touched 64 KiB block (< 64 KiB on each side of a written range).
-  const expected = blockAreas(writes, bs, cap);
-  assert.deepEqual(q.areas, expected);
+  // False positives: at most the rest of each touched 64 KiB block (< 64 KiB on each side of a written range).
+  const bound = blockAreas(writes, GRAIN, cap);
+  assertWithin(q.areas, bound, 'since id1');
   const written = writes.reduce((n, w) => n + w.length, 0);
-  assert.ok(q.bytes <= written + writes.length * 2 * (bs - 1), `reported ${q.bytes} B for ${written} B written`);
-  for (const a of q.areas) assert.equal(a.offset % bs, 0);
+  assert.ok(q.bytes <= bytesOf(bound) && q.bytes <= written + writes.length * 2 * (GRAIN - 1), `reported ${q.bytes} B for ${written} B written`);
 
   // A guest write after the snapshot goes past it: the snapshot (read through /folder) keeps the old bytes.
   const at = 100 * MB + 12345;
@@ -106,7 +122,7 @@ test('changed areas between two snapshots cover every written byte; "*" is the a
   const viaFolder = await folderRead(lab, url2.url, url2.cookie, at, 4096);
   assert.equal(viaFolder.status, 206);
   assert.deepEqual(viaFolder.body, oldBytes, 'the snapshot shows the data as of the snapshot');
-  assert.deepEqual((await vc.changedAreas(vm.ref, s2.ref, key, id1, cap)).areas, expected, 'the snapshot\'s changes do not grow');
+  assert.deepEqual((await vc.changedAreas(vm.ref, s2.ref, key, id1, cap)).areas, q.areas, 'the snapshot\'s changes do not grow');
   const firstWrite = writes[0]!;
   assert.deepEqual((await folderRead(lab, url2.url, url2.cookie, firstWrite.offset, 16)).body, Buffer.alloc(16, 1), 'earlier writes are in the snapshot');
 
@@ -119,7 +135,8 @@ test('changed areas between two snapshots cover every written byte; "*" is the a
   assert.deepEqual((await folderRead(lab, url3.url, url3.cookie, at, 4096)).body, newBytes);
   assert.deepEqual((await folderRead(lab, url2.url, url2.cookie, at, 4096)).body, oldBytes);
   const q3 = await vc.changedAreas(vm.ref, s3.ref, key, id2, cap);
-  assert.deepEqual(q3.areas, blockAreas([{ offset: at, length: 4096 }], bs, cap));
+  assert.ok(covered(q3.areas, at, 4096));
+  assertWithin(q3.areas, blockAreas([{ offset: at, length: 4096 }], GRAIN, cap), 'since id2');
 
   const [nbd2, nbd3] = [await lab.nbdExport('vm-0001', s2.ref, key), await lab.nbdExport('vm-0001', s3.ref, key)];
   const full = async (u: { url: string; cookie: string | undefined }) => {
@@ -165,22 +182,23 @@ test('CBT off: no changeId on the snapshot, and QueryChangedDiskAreas says so', 
 
 test('more than 2,000 changed areas come back in pages and are all collected', async () => {
   const vm = await vc.vm('vm-0003');
-  const bs = lab.cbtBlockSize;
   const cap = vm.disks[0]!.capacity;
   await vc.enableCbt(vm.ref);
   const s1 = await vc.createSnapshot(vm.ref, 'vmlift-p1', { quiesce: false });
   const id1 = (await vc.snapshotDisks(s1.ref))[0]!.changeId!;
   await vc.removeSnapshot(vm.ref, s1.ref);
   const n = 2100;
-  const offsets = Array.from({ length: n }, (_, i) => (2 * i + 1) * bs + 17);
+  const offsets = Array.from({ length: n }, (_, i) => (2 * i + 1) * GRAIN + 17);
   for (let i = 0; i < n; i += 32) {
     await Promise.all(offsets.slice(i, i + 32).map((o) => lab.write('vm-0003', 2000, o, Buffer.from([1]))));
   }
   const s2 = await vc.createSnapshot(vm.ref, 'vmlift-p2', { quiesce: false });
   const q = await vc.changedAreas(vm.ref, s2.ref, 2000, id1, cap);
-  assert.equal(q.areas.length, n);
-  assert.equal(q.calls, 2, 'two pages of at most 2,000 areas');
-  assert.deepEqual(q.areas.map((a) => a.offset), offsets.map((o) => o - 17));
+  // Every write is in an area, none is lost or repeated at a page boundary, and no area goes beyond the bound.
+  for (const o of offsets) assert.ok(covered(q.areas, o, 1), `write at ${o} is covered`);
+  assertWithin(q.areas, blockAreas(offsets.map((o) => ({ offset: o, length: 1 })), GRAIN, cap), 'paged');
+  assert.ok(q.areas.length > 2000, `${q.areas.length} areas`);
+  assert.ok(q.calls > 1, `${q.calls} replies: vCenter pages at about 2,000 areas`);
   await vc.removeSnapshot(vm.ref, s2.ref);
 });
 
@@ -205,7 +223,9 @@ test('engine port: one docs/design.md cycle over a two-disk VM', async () => {
   const s2 = await ctl.createSnapshot(ref, 'vmlift-cycle-2', { quiesce: true });
   const d2 = await ctl.snapshotDisks(ref, s2);
   assert.deepEqual(await ctl.changedAreas(ref, s2, d2[0]!, d1[0]!.changeId!), [], 'untouched disk: nothing to send');
-  assert.deepEqual(await ctl.changedAreas(ref, s2, d2[1]!, d1[1]!.changeId!), [{ offset: 5 * MB, length: lab.cbtBlockSize }]);
+  const areas = await ctl.changedAreas(ref, s2, d2[1]!, d1[1]!.changeId!);
+  assert.ok(covered(areas.map((a) => ({ offset: a.offset, length: a.length })), 5 * MB, 10));
+  assertWithin(areas, blockAreas([{ offset: 5 * MB, length: 10 }], GRAIN, 144 * MB), 'engine port');
   await ctl.removeSnapshot(ref, s2);
   assert.equal((await vc.vm(ref)).snapshots.length, 0);
 });

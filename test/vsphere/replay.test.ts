@@ -29,6 +29,28 @@ test('NotFound on the snapshot says the snapshot is gone and to run the cycle ag
   } finally { await done(); }
 });
 
+test('a snapshot morref the server no longer knows (ManagedObjectNotFound naming it) is VC_SNAPSHOT_GONE too', async () => {
+  const { vc, done } = await replayed({ answers: { QueryChangedDiskAreas: 'fault-snapshot-moref-gone.xml' } });
+  try {
+    await assert.rejects(vc.changedAreas('vm-42', 'snapshot-3', 2000, '*', 64 * MiB), (e: Error & { code?: string }) =>
+      e.code === 'VC_SNAPSHOT_GONE' && /snapshot snapshot-3 no longer exists/.test(e.message));
+  } finally { await done(); }
+});
+
+test('changed areas of any size in replies that end before the capacity; a vCenter changeId goes out unchanged', async () => {
+  const { r, vc, done } = await replayed({ answers: { QueryChangedDiskAreas: ['changed-areas-page-1.xml', 'changed-areas-page-2.xml'] } });
+  const since = '52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/81';
+  try {
+    const q = await vc.changedAreas('vm-42', 'snapshot-3', 2000, since, 64 * MiB);
+    assert.equal(q.calls, 2);
+    assert.deepEqual(q.areas, [{ offset: 64 << 10, length: 128 << 10 }, { offset: 4 * MiB, length: 12 * MiB }, { offset: 20 * MiB, length: MiB },
+      { offset: 64 * MiB - (64 << 10), length: 64 << 10 }]);
+    const sent = r.requests.filter((x) => x.op === 'QueryChangedDiskAreas');
+    assert.deepEqual(sent.map((x) => /<(?:\w+:)?startOffset>(\d+)</.exec(x.body)?.[1]), ['0', String(20 * MiB)], 'the second call starts where the first reply\'s coverage ends');
+    for (const x of sent) assert.equal(/<(?:\w+:)?changeId>([^<]*)</.exec(x.body)?.[1], since, 'the changeId is sent as vCenter wrote it');
+  } finally { await done(); }
+});
+
 test('faults parse whether their detail element is self-closing, open and closed, prefixed or untyped', () => {
   const env = (detail: string) => `<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><soapenv:Fault>` +
     `<faultcode>ServerFaultCode</faultcode><faultstring>The session is not authenticated.</faultstring>${detail}</soapenv:Fault></soapenv:Body></soapenv:Envelope>`;

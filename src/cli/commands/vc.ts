@@ -113,7 +113,7 @@ export function register(program: Command): void {
 
   conn(vc.command('changed-areas').argument('<vm>').description('QueryChangedDiskAreas of one disk since a changeId ("*": allocated areas)'))
     .requiredOption('--disk <key>', 'disk device key (see `vmlift vc show VM`)')
-    .requiredOption('--change-id <id>', 'changeId <uuid>/<seq> of an earlier snapshot, or "*"')
+    .requiredOption('--change-id <id>', 'changeId of an earlier snapshot disk, quoted as vCenter writes it ("52 de … 65 63/81"), or "*"')
     .option('--snapshot <ref>', 'snapshot to query (default: take a temporary vmlift- snapshot and remove it after)')
     .action(async (name: string, o) => withVc(o, async (c) => {
       const key = Number(o.disk);
