@@ -1,0 +1,381 @@
+package main
+
+// Delta disks as vSphere shows them. The lab's redirect-on-write layers (disks.go) are the chain
+// levels of a disk: level 0 is the base disk, level j >= 1 the delta made by the j-th snapshot of
+// the chain (<base>-00000j.vmdk, parent level j-1), the top level the VM's live backing. This file
+// gives each level what a datastore and the vSphere API hold for it: the backing (fileName,
+// parent, deltaDiskFormat, backingObjectId), a text descriptor on the datastore, an extent file
+// (<base>-flat.vmdk for the base, -00000j-sesparse.vmdk or -00000j-delta.vmdk for a delta, none on
+// vSAN), and the VM's layoutEx.
+
+import (
+	"encoding/binary"
+	"flag"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// ESXi picks the delta format from the datastore: SEsparse for every delta on VMFS-6; on VMFS-5,
+// SEsparse for disks of 2 TiB and more and VMFSsparse (redoLogFormat) below (vSphere Storage guide,
+// "Snapshot Formats"). vSAN deltas are vsanSparse: redoLogFormat, variant vsanSparseVariant.
+var vmfsVersion = flag.Int("vmfs-version", 6, "VMFS version LocalDS_0 presents (5 or 6): picks the snapshot delta format as ESXi does")
+
+const seSparseThreshold = int64(2) << 40
+
+// diskMeta is where a lab disk lives and how its deltas look.
+type diskMeta struct {
+	dsName   string // datastore name, "LocalDS_0" or "vsanDatastore"
+	dsDir    string // absolute datastore root
+	vsan     bool
+	objects  []string // vSAN object UUID per chain level
+	format   string   // deltaDiskFormat of its deltas
+	variant  string   // deltaDiskFormatVariant of its deltas
+	uuidBase string   // seed of the descriptors' CIDs
+}
+
+func deltaFormat(vmfs int, capacity int64, vsan bool) (format, variant string) {
+	switch {
+	case vsan:
+		return string(types.VirtualDiskDeltaDiskFormatRedoLogFormat), string(types.VirtualDiskDeltaDiskFormatVariantVsanSparseVariant)
+	case vmfs >= 6 || capacity >= seSparseThreshold:
+		return string(types.VirtualDiskDeltaDiskFormatSeSparseFormat), ""
+	default:
+		return string(types.VirtualDiskDeltaDiskFormatRedoLogFormat), string(types.VirtualDiskDeltaDiskFormatVariantVmfsSparseVariant)
+	}
+}
+
+// metaOf gives a disk its placement facts (once; disks on LocalDS_0 unless told otherwise).
+func (l *lab) metaOf(d *disk) *diskMeta {
+	if d.meta == nil {
+		f, v := deltaFormat(*vmfsVersion, d.capacity, false)
+		d.meta = &diskMeta{dsName: l.dsName, dsDir: l.dsDir, format: f, variant: v, uuidBase: newUUID()}
+	}
+	return d.meta
+}
+
+// relOf is the datastore-relative path of a "[ds] dir/file.vmdk" name.
+func relOf(name string) string { return name[strings.Index(name, "] ")+2:] }
+
+// extentName is the extent file of chain level j of a disk ("" on vSAN: the data is an object).
+func (m *diskMeta) extentName(base string, j int) string {
+	if m.vsan {
+		return ""
+	}
+	stem := strings.TrimSuffix(deltaName(base, j), ".vmdk")
+	switch {
+	case j == 0:
+		return stem + "-flat.vmdk"
+	case m.format == string(types.VirtualDiskDeltaDiskFormatSeSparseFormat):
+		return stem + "-sesparse.vmdk"
+	default:
+		return stem + "-delta.vmdk"
+	}
+}
+
+func (m *diskMeta) objectID(j int) string {
+	if !m.vsan {
+		return ""
+	}
+	for len(m.objects) <= j {
+		m.objects = append(m.objects, newUUID())
+	}
+	return m.objects[j]
+}
+
+func (m *diskMeta) cid(j int) uint32 {
+	return crc32.ChecksumIEEE([]byte(fmt.Sprintf("%s/%d", m.uuidBase, j)))
+}
+
+// setChain makes backing b the backing of chain level j of disk d: its file name, and for a delta
+// its format and its parent chain down to the base disk. The caller keeps changeId on the top.
+func (l *lab) setChain(b *types.VirtualDiskFlatVer2BackingInfo, d *disk, j int) {
+	m := l.metaOf(d)
+	b.FileName = deltaName(d.baseName, j)
+	b.BackingObjectId = m.objectID(j)
+	b.Parent = nil
+	b.DeltaDiskFormat, b.DeltaDiskFormatVariant, b.DeltaGrainSize = "", "", 0
+	if j == 0 {
+		return
+	}
+	b.DeltaDiskFormat, b.DeltaDiskFormatVariant = m.format, m.variant
+	if m.format == string(types.VirtualDiskDeltaDiskFormatSeSparseFormat) {
+		b.DeltaGrainSize = 8 // sectors: SEsparse's 4 KiB grain
+	}
+	p := *b
+	p.ChangeId = ""
+	l.setChain(&p, d, j-1)
+	b.Parent = &p
+}
+
+// descriptor is the text descriptor of chain level j (VMDK descriptor format: header, extent line, ddb).
+func (l *lab) descriptor(d *disk, j int) string {
+	m := l.metaOf(d)
+	sectors := d.capacity / 512
+	parentCID, createType, extent := "ffffffff", "vmfs", ""
+	var sb strings.Builder
+	switch {
+	case m.vsan && j == 0:
+		createType, extent = "vsan", fmt.Sprintf(`RW %d VSAN "vsan://%s"`, sectors, m.objectID(0))
+	case m.vsan:
+		createType, extent = "vsanSparse", fmt.Sprintf(`RW %d VSANSPARSE "vsan://%s"`, sectors, m.objectID(j))
+	case j == 0:
+		extent = fmt.Sprintf(`RW %d VMFS "%s"`, sectors, path.Base(m.extentName(d.baseName, 0)))
+	case m.format == string(types.VirtualDiskDeltaDiskFormatSeSparseFormat):
+		createType, extent = "seSparse", fmt.Sprintf(`RW %d SESPARSE "%s"`, sectors, path.Base(m.extentName(d.baseName, j)))
+	default:
+		createType, extent = "vmfsSparse", fmt.Sprintf(`RW %d VMFSSPARSE "%s"`, sectors, path.Base(m.extentName(d.baseName, j)))
+	}
+	if j > 0 {
+		parentCID = fmt.Sprintf("%08x", m.cid(j-1))
+	}
+	fmt.Fprintf(&sb, "# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=%08x\nparentCID=%s\ncreateType=\"%s\"\n", m.cid(j), parentCID, createType)
+	if j > 0 {
+		fmt.Fprintf(&sb, "parentFileNameHint=\"%s\"\n", path.Base(relOf(deltaName(d.baseName, j-1))))
+	}
+	fmt.Fprintf(&sb, "\n# Extent description\n%s\n\n# The Disk Data Base\n#DDB\n\n", extent)
+	if j == 0 {
+		cyl := sectors / (255 * 63)
+		fmt.Fprintf(&sb, "ddb.adapterType = \"lsilogic\"\nddb.geometry.cylinders = \"%d\"\nddb.geometry.heads = \"255\"\nddb.geometry.sectors = \"63\"\nddb.thinProvisioned = \"1\"\nddb.virtualHWVersion = \"13\"\n", cyl)
+	}
+	if m.format == string(types.VirtualDiskDeltaDiskFormatSeSparseFormat) && j > 0 {
+		sb.WriteString("ddb.grain = \"8\"\n")
+	}
+	return sb.String()
+}
+
+// refreshFiles writes the descriptors of every chain level of v's disks on their datastore, drops
+// those of consolidated levels, and rebuilds the disk part of v's layoutEx.
+func (l *lab) refreshFiles(v *labVM) {
+	for _, d := range v.disks {
+		m := l.metaOf(d)
+		d.mu.Lock()
+		n := len(d.layers)
+		d.mu.Unlock()
+		for j := 0; j < n; j++ {
+			_ = os.WriteFile(filepath.Join(m.dsDir, relOf(deltaName(d.baseName, j))), []byte(l.descriptor(d, j)), 0o644)
+		}
+		for j := n; ; j++ {
+			if os.Remove(filepath.Join(m.dsDir, relOf(deltaName(d.baseName, j)))) != nil {
+				break
+			}
+		}
+	}
+	l.rebuildLayout(v)
+}
+
+func (l *lab) fileSize(m *diskMeta, name string) int64 {
+	if fi, err := os.Stat(filepath.Join(m.dsDir, relOf(name))); err == nil {
+		return fi.Size()
+	}
+	return 0
+}
+
+// rebuildLayout replaces the disk files and disk chains of v's layoutEx (and of its snapshots'
+// layouts) by the lab's chain: per level a descriptor and, off vSAN, its extent, base first.
+func (l *lab) rebuildLayout(v *labVM) {
+	vm := simVM(v.ref)
+	if vm == nil {
+		return
+	}
+	type unit struct {
+		desc, ext types.VirtualMachineFileLayoutExFileInfo
+	}
+	levels := map[int32][]unit{}
+	for _, d := range v.disks {
+		m := l.metaOf(d)
+		d.mu.Lock()
+		n := len(d.layers)
+		var extSizes []int64
+		for j := 0; j < n; j++ {
+			if j == 0 {
+				extSizes = append(extSizes, d.capacity)
+			} else {
+				extSizes = append(extSizes, deltaExtentSize(d, j))
+			}
+		}
+		d.mu.Unlock()
+		for j := 0; j < n; j++ {
+			name := deltaName(d.baseName, j)
+			u := unit{desc: types.VirtualMachineFileLayoutExFileInfo{Name: name, Type: string(types.VirtualMachineFileLayoutExFileTypeDiskDescriptor),
+				Size: l.fileSize(m, name), BackingObjectId: m.objectID(j), Accessible: types.NewBool(true)}}
+			if e := m.extentName(d.baseName, j); e != "" {
+				u.ext = types.VirtualMachineFileLayoutExFileInfo{Name: e, Type: string(types.VirtualMachineFileLayoutExFileTypeDiskExtent),
+					Size: extSizes[j], UniqueSize: extSizes[j], Accessible: types.NewBool(true)}
+			}
+			u.desc.UniqueSize = u.desc.Size
+			levels[d.key] = append(levels[d.key], u)
+		}
+	}
+	simulator.Map.WithLock(vm, func() {
+		if vm.LayoutEx == nil {
+			vm.LayoutEx = &types.VirtualMachineFileLayoutEx{}
+		}
+		var files []types.VirtualMachineFileLayoutExFileInfo
+		var next int32
+		for _, f := range vm.LayoutEx.File {
+			if f.Type == string(types.VirtualMachineFileLayoutExFileTypeDiskDescriptor) || f.Type == string(types.VirtualMachineFileLayoutExFileTypeDiskExtent) {
+				continue
+			}
+			files = append(files, f)
+			if f.Key >= next {
+				next = f.Key + 1
+			}
+		}
+		chains := map[int32][]types.VirtualMachineFileLayoutExDiskUnit{}
+		var keys []int32
+		for _, d := range v.disks {
+			keys = append(keys, d.key)
+			for _, u := range levels[d.key] {
+				var fk []int32
+				for _, f := range []types.VirtualMachineFileLayoutExFileInfo{u.desc, u.ext} {
+					if f.Name == "" {
+						continue
+					}
+					f.Key = next
+					next++
+					files = append(files, f)
+					fk = append(fk, f.Key)
+				}
+				chains[d.key] = append(chains[d.key], types.VirtualMachineFileLayoutExDiskUnit{FileKey: fk})
+			}
+		}
+		upTo := func(level int) []types.VirtualMachineFileLayoutExDiskLayout {
+			var out []types.VirtualMachineFileLayoutExDiskLayout
+			for _, k := range keys {
+				c := chains[k]
+				if level >= 0 && level+1 < len(c) {
+					c = c[:level+1]
+				}
+				out = append(out, types.VirtualMachineFileLayoutExDiskLayout{Key: k, Chain: c})
+			}
+			return out
+		}
+		vm.LayoutEx.File = files
+		vm.LayoutEx.Disk = upTo(-1)
+		for i := range vm.LayoutEx.Snapshot {
+			if idx := v.snapIndex(vm.LayoutEx.Snapshot[i].Key.Value); idx >= 0 {
+				vm.LayoutEx.Snapshot[i].Disk = upTo(idx)
+			}
+		}
+		vm.LayoutEx.Timestamp = time.Now()
+	})
+}
+
+// The extent file of a delta level, as /folder serves it. It is not SEsparse's or VMFSsparse's
+// on-disk layout but the lab's own sparse one, holding only what the level holds (the writes made
+// after its snapshot), so nobody can mistake it for a point-in-time image:
+//
+//	0      512-byte text header: "VMLIFT-LAB-SPARSE 1", format, capacity, grain size, grain count
+//	512    grain table: one little-endian uint64 per grain, the grain's index on the disk (ascending)
+//	data   the grains, 64 KiB each, in table order, starting at the next 512-byte boundary
+const labSparseMagic = "VMLIFT-LAB-SPARSE 1\n"
+
+func deltaGrains(d *disk, j int) []int64 {
+	var g []int64
+	have := d.layers[j].have
+	for b := int64(0); b < d.blocks; b++ {
+		if have.has(b) {
+			g = append(g, b)
+		}
+	}
+	return g
+}
+
+func dataStart(grains int) int64 { return (512 + int64(grains)*8 + 511) / 512 * 512 }
+
+func deltaExtentSize(d *disk, j int) int64 {
+	n := len(deltaGrains(d, j))
+	return dataStart(n) + int64(n)*blockSize
+}
+
+type deltaExtentReader struct {
+	d      *disk
+	layer  *layer
+	header []byte
+	grains []int64
+	start  int64
+	size   int64
+}
+
+func newDeltaExtentReader(d *disk, j int, format string) *deltaExtentReader {
+	g := deltaGrains(d, j)
+	h := make([]byte, dataStart(len(g)))
+	txt := fmt.Sprintf("%sformat=%s\ncapacity=%d\ngrainSize=%d\ngrains=%d\n", labSparseMagic, format, d.capacity, blockSize, len(g))
+	copy(h, txt)
+	for i, b := range g {
+		binary.LittleEndian.PutUint64(h[512+8*i:], uint64(b))
+	}
+	return &deltaExtentReader{d: d, layer: d.layers[j], header: h, grains: g, start: int64(len(h)), size: int64(len(h)) + int64(len(g))*blockSize}
+}
+
+func (r *deltaExtentReader) ReadAt(p []byte, off int64) (int, error) {
+	r.d.mu.Lock()
+	defer r.d.mu.Unlock()
+	n := 0
+	for n < len(p) && off < r.size {
+		var c int
+		if off < r.start {
+			c = copy(p[n:], r.header[off:])
+		} else {
+			gi := (off - r.start) / blockSize
+			in := (off - r.start) % blockSize
+			want := blockSize - in
+			if int64(len(p)-n) < want {
+				want = int64(len(p) - n)
+			}
+			buf := p[n : n+int(want)]
+			if _, err := r.layer.f.ReadAt(buf, r.grains[gi]*blockSize+in); err != nil && err != io.EOF {
+				return n, err
+			}
+			c = int(want)
+		}
+		n += c
+		off += int64(c)
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// serveDeltaExtent answers a /folder GET of a delta extent file of a lab disk on datastore ds
+// (true when rel named one). The flat extent of a delta does not exist, so it is the simulator's
+// 404 like any absent file.
+func (f *front) serveDeltaExtent(w http.ResponseWriter, r *http.Request, ds, rel string) bool {
+	l := f.l
+	l.mu.Lock()
+	for _, v := range l.order {
+		if len(v.snaps) == 0 {
+			continue
+		}
+		for _, d := range v.disks {
+			m := l.metaOf(d)
+			if m.dsName != ds {
+				continue
+			}
+			for j := 1; j <= len(v.snaps); j++ {
+				if e := m.extentName(d.baseName, j); e != "" && relOf(e) == rel {
+					d.mu.Lock()
+					rd := newDeltaExtentReader(d, j, m.format)
+					d.mu.Unlock()
+					l.mu.Unlock()
+					w.Header().Set("Content-Type", "application/octet-stream")
+					http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(rd, 0, rd.size))
+					return true
+				}
+			}
+		}
+	}
+	l.mu.Unlock()
+	return false
+}
