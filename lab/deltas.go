@@ -200,7 +200,7 @@ func (l *lab) rebuildLayout(v *labVM) {
 			if j == 0 {
 				extSizes = append(extSizes, d.capacity)
 			} else {
-				extSizes = append(extSizes, deltaExtentSize(d, j))
+				extSizes = append(extSizes, l.deltaExtentSize(d, j))
 			}
 		}
 		d.mu.Unlock()
@@ -271,14 +271,24 @@ func (l *lab) rebuildLayout(v *labVM) {
 	})
 }
 
-// The extent file of a delta level, as /folder serves it. It is not SEsparse's or VMFSsparse's
-// on-disk layout but the lab's own sparse one, holding only what the level holds (the writes made
-// after its snapshot), so nobody can mistake it for a point-in-time image:
+// The extent file of a delta level, as /folder serves it, holding only what the level holds (the
+// writes made after its snapshot), in 64 KiB grains (the lab's block size):
 //
-//	0      512-byte text header: "VMLIFT-LAB-SPARSE 1", format, capacity, grain size, grain count
-//	512    grain table: one little-endian uint64 per grain, the grain's index on the disk (ascending)
-//	data   the grains, 64 KiB each, in table order, starting at the next 512-byte boundary
+//   - redoLogFormat (VMFSsparse): the ESX Server sparse extent ("COWD") of VMware's Virtual Disk
+//     Format 1.1: a 2048-byte header (magic, version 1, flags 3, numSectors, grainSize, gdOffset,
+//     numGDEntries, freeSector, the parent file name, generation, name, description), the grain
+//     directory at sector 4 (uint32 sector offsets of the grain tables, 0 = none), grain tables of
+//     4096 uint32 grain sector offsets (0 = not in this delta: read the parent), then the grains.
+//     qemu-img reads a chain of these (descriptor, parentFileNameHint, base flat) as vSphere would.
+//   - seSparseFormat: not SEsparse's on-disk layout but the lab's own: a 512-byte text header
+//     ("VMLIFT-LAB-SPARSE 1", format, capacity, grain size, grain count), a grain table of
+//     little-endian uint64 block indexes from byte 512, then the grains at the next 512-byte boundary.
 const labSparseMagic = "VMLIFT-LAB-SPARSE 1\n"
+
+const (
+	cowdGTEntries   = 4096
+	cowdHeaderBytes = 2048
+)
 
 func deltaGrains(d *disk, j int) []int64 {
 	var g []int64
@@ -291,11 +301,74 @@ func deltaGrains(d *disk, j int) []int64 {
 	return g
 }
 
-func dataStart(grains int) int64 { return (512 + int64(grains)*8 + 511) / 512 * 512 }
+// labSparseMeta is the header and grain table of the lab's own sparse layout.
+func labSparseMeta(d *disk, grains []int64, format string) []byte {
+	h := make([]byte, (512+int64(len(grains))*8+511)/512*512)
+	copy(h, fmt.Sprintf("%sformat=%s\ncapacity=%d\ngrainSize=%d\ngrains=%d\n", labSparseMagic, format, d.capacity, blockSize, len(grains)))
+	for i, b := range grains {
+		binary.LittleEndian.PutUint64(h[512+8*i:], uint64(b))
+	}
+	return h
+}
 
-func deltaExtentSize(d *disk, j int) int64 {
-	n := len(deltaGrains(d, j))
-	return dataStart(n) + int64(n)*blockSize
+// cowdMeta is the header, grain directory and grain tables of a COWD sparse extent whose grains
+// follow in the order of `grains`.
+func cowdMeta(d *disk, grains []int64, parent string, name string) []byte {
+	const sector = 512
+	grainSectors := int64(blockSize / sector)
+	numSectors := d.capacity / sector
+	perGT := cowdGTEntries * grainSectors
+	numGD := (numSectors + perGT - 1) / perGT
+	gdBytes := (numGD*4 + sector - 1) / sector * sector
+	var tables []int64 // GD indexes that get a grain table, ascending
+	for _, b := range grains {
+		gd := b * grainSectors / perGT
+		if len(tables) == 0 || tables[len(tables)-1] != gd {
+			tables = append(tables, gd)
+		}
+	}
+	metaBytes := cowdHeaderBytes + gdBytes + int64(len(tables))*cowdGTEntries*4
+	m := make([]byte, metaBytes)
+	le := binary.LittleEndian
+	le.PutUint32(m[0:], 0x44574f43) // "COWD"
+	le.PutUint32(m[4:], 1)
+	le.PutUint32(m[8:], 3)
+	le.PutUint32(m[12:], uint32(numSectors))
+	le.PutUint32(m[16:], uint32(grainSectors))
+	le.PutUint32(m[20:], cowdHeaderBytes/sector)
+	le.PutUint32(m[24:], uint32(numGD))
+	le.PutUint32(m[28:], uint32((metaBytes+int64(len(grains))*blockSize)/sector))
+	copy(m[32:32+1023], parent)  // u.child.parentFileName
+	le.PutUint32(m[32+1024:], 1) // parentGeneration
+	le.PutUint32(m[1060:], 1)    // generation
+	copy(m[1064:1064+59], name)
+	copy(m[1124:1124+511], "vmlift lab delta")
+	gtStart := int64(cowdHeaderBytes) + gdBytes
+	gtAt := map[int64]int64{}
+	for i, gd := range tables {
+		off := gtStart + int64(i)*cowdGTEntries*4
+		gtAt[gd] = off
+		le.PutUint32(m[cowdHeaderBytes+4*gd:], uint32(off/sector))
+	}
+	for i, b := range grains {
+		gd := b * grainSectors / perGT
+		idx := (b * grainSectors % perGT) / grainSectors
+		le.PutUint32(m[gtAt[gd]+4*idx:], uint32((metaBytes+int64(i)*blockSize)/sector))
+	}
+	return m
+}
+
+func (l *lab) extentMeta(d *disk, j int, grains []int64) []byte {
+	m := l.metaOf(d)
+	if m.format == string(types.VirtualDiskDeltaDiskFormatRedoLogFormat) {
+		return cowdMeta(d, grains, path.Base(relOf(deltaName(d.baseName, j-1))), path.Base(m.extentName(d.baseName, j)))
+	}
+	return labSparseMeta(d, grains, m.format)
+}
+
+func (l *lab) deltaExtentSize(d *disk, j int) int64 {
+	g := deltaGrains(d, j)
+	return int64(len(l.extentMeta(d, j, g))) + int64(len(g))*blockSize
 }
 
 type deltaExtentReader struct {
@@ -307,14 +380,9 @@ type deltaExtentReader struct {
 	size   int64
 }
 
-func newDeltaExtentReader(d *disk, j int, format string) *deltaExtentReader {
+func (l *lab) newDeltaExtentReader(d *disk, j int) *deltaExtentReader {
 	g := deltaGrains(d, j)
-	h := make([]byte, dataStart(len(g)))
-	txt := fmt.Sprintf("%sformat=%s\ncapacity=%d\ngrainSize=%d\ngrains=%d\n", labSparseMagic, format, d.capacity, blockSize, len(g))
-	copy(h, txt)
-	for i, b := range g {
-		binary.LittleEndian.PutUint64(h[512+8*i:], uint64(b))
-	}
+	h := l.extentMeta(d, j, g)
 	return &deltaExtentReader{d: d, layer: d.layers[j], header: h, grains: g, start: int64(len(h)), size: int64(len(h)) + int64(len(g))*blockSize}
 }
 
@@ -366,7 +434,7 @@ func (f *front) serveDeltaExtent(w http.ResponseWriter, r *http.Request, ds, rel
 			for j := 1; j <= len(v.snaps); j++ {
 				if e := m.extentName(d.baseName, j); e != "" && relOf(e) == rel {
 					d.mu.Lock()
-					rd := newDeltaExtentReader(d, j, m.format)
+					rd := l.newDeltaExtentReader(d, j)
 					d.mu.Unlock()
 					l.mu.Unlock()
 					w.Header().Set("Content-Type", "application/octet-stream")

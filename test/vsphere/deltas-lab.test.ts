@@ -6,6 +6,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Agent, request } from 'undici';
 import { labFixture, connect, folderRead } from './helpers.ts';
 import type { Lab } from '../../lab/lab.ts';
@@ -227,7 +231,30 @@ test('on VMFS-5 a small disk gets redo-log (VMFSsparse) deltas with -delta.vmdk 
     const desc = await folderRead(fx5.lab, fx5.lab.folderUrl('shape-snapshot/shape-snapshot-000001.vmdk'), cookie, 0, 4096);
     assert.match(desc.body.toString(), /createType="vmfsSparse"/);
     assert.match(desc.body.toString(), /RW 32768 VMFSSPARSE "shape-snapshot-000001-delta\.vmdk"/);
-    assert.equal((await folderRead(fx5.lab, fx5.lab.folderUrl('shape-snapshot/shape-snapshot-000001-delta.vmdk'), cookie, 0, 20)).body.toString(), 'VMLIFT-LAB-SPARSE 1\n');
+    assert.equal((await folderRead(fx5.lab, fx5.lab.folderUrl('shape-snapshot/shape-snapshot-000001-delta.vmdk'), cookie, 0, 4)).body.toString(), 'COWD');
     assert.equal((await folderRead(fx5.lab, fx5.lab.folderUrl('shape-snapshot/shape-snapshot-000001-sesparse.vmdk'), cookie, 0, 20)).status, 404);
+
+    // The datastore's files are a VMFSsparse chain any VMDK reader follows: qemu-img reads the
+    // cycle snapshot's delta (descriptor → parentFileNameHint → base flat) as the snapshot's data.
+    const ld = fx5.lab.vm('shape-snapshot').disks[0]!;
+    await fx5.lab.write(vm.name, ld.key, 5 * MiB + 512, Buffer.alloc(200_000, 0x61));
+    const cycle = await vc5.createSnapshot(vm.ref, 'vmlift-redo', { quiesce: false });
+    try {
+      await fx5.lab.write(vm.name, ld.key, 5 * MiB, Buffer.alloc(MiB, 0x62)); // after the cycle snapshot: in 000002 only
+      const dir = mkdtempSync(join(tmpdir(), 'vmlift-cowd-'));
+      try {
+        for (const f of ['shape-snapshot.vmdk', 'shape-snapshot-flat.vmdk', 'shape-snapshot-000001.vmdk', 'shape-snapshot-000001-delta.vmdk']) {
+          const r = await folderRead(fx5.lab, fx5.lab.folderUrl(`shape-snapshot/${f}`), cookie, 0, 64 * MiB);
+          assert.equal(r.status, 206, f);
+          writeFileSync(join(dir, f), r.body);
+        }
+        const info = JSON.parse(execFileSync('qemu-img', ['info', '--backing-chain', '--output=json', join(dir, 'shape-snapshot-000001.vmdk')]).toString());
+        assert.deepEqual(info.map((i: { format: string }) => i.format), ['vmdk', 'vmdk']);
+        execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', join(dir, 'shape-snapshot-000001.vmdk'), join(dir, 'out.raw')]);
+        const want = await fx5.lab.read(vm.name, ld.key, 0, ld.capacity, cycle.ref);
+        assert.ok(want.subarray(5 * MiB + 512, 5 * MiB + 512 + 200_000).equals(Buffer.alloc(200_000, 0x61)));
+        assert.equal(sha(readFileSync(join(dir, 'out.raw'))), sha(want), 'qemu-img reads the delta chain as the snapshot');
+      } finally { rmSync(dir, { recursive: true, force: true }); }
+    } finally { await vc5.removeSnapshot(vm.ref, cycle.ref); }
   } finally { await vc5.close(); await fx5.cleanup(); }
 });
