@@ -272,18 +272,21 @@ func (l *lab) rebuildLayout(v *labVM) {
 }
 
 // The extent file of a delta level, as /folder serves it, holding only what the level holds (the
-// writes made after its snapshot), in 64 KiB grains (the lab's block size):
+// writes made after its snapshot, in the lab's 64 KiB blocks), in the layout of its format:
 //
 //   - redoLogFormat (VMFSsparse): the ESX Server sparse extent ("COWD") of VMware's Virtual Disk
 //     Format 1.1: a 2048-byte header (magic, version 1, flags 3, numSectors, grainSize, gdOffset,
 //     numGDEntries, freeSector, the parent file name, generation, name, description), the grain
 //     directory at sector 4 (uint32 sector offsets of the grain tables, 0 = none), grain tables of
-//     4096 uint32 grain sector offsets (0 = not in this delta: read the parent), then the grains.
+//     4096 uint32 grain sector offsets (0 = not in this delta: read the parent), then the 64 KiB grains.
 //     qemu-img reads a chain of these (descriptor, parentFileNameHint, base flat) as vSphere would.
-//   - seSparseFormat: not SEsparse's on-disk layout but the lab's own: a 512-byte text header
-//     ("VMLIFT-LAB-SPARSE 1", format, capacity, grain size, grain count), a grain table of
-//     little-endian uint64 block indexes from byte 512, then the grains at the next 512-byte boundary.
-const labSparseMagic = "VMLIFT-LAB-SPARSE 1\n"
+//   - seSparseFormat: the SEsparse layout as the format's public descriptions give it (QEMU reads
+//     it): a 512-byte constant header (magic 0xcafebabe, version 0x200000001, capacity, grain 8
+//     sectors, grain tables of 64 sectors, then the offset and size in sectors of each region), a
+//     volatile header (magic 0xcafecafe), the grain directory (uint64; 0x1 in the top nibble and a
+//     grain table index below), the grain tables (uint64; 0x3 in the top nibble and the grain index
+//     in the rest, 0 = not in this delta), then the 4 KiB grains. Only the grain tables in use are
+//     written (the real format reserves all of them); journal, free bitmap and backmap are empty.
 
 const (
 	cowdGTEntries   = 4096
@@ -299,16 +302,6 @@ func deltaGrains(d *disk, j int) []int64 {
 		}
 	}
 	return g
-}
-
-// labSparseMeta is the header and grain table of the lab's own sparse layout.
-func labSparseMeta(d *disk, grains []int64, format string) []byte {
-	h := make([]byte, (512+int64(len(grains))*8+511)/512*512)
-	copy(h, fmt.Sprintf("%sformat=%s\ncapacity=%d\ngrainSize=%d\ngrains=%d\n", labSparseMagic, format, d.capacity, blockSize, len(grains)))
-	for i, b := range grains {
-		binary.LittleEndian.PutUint64(h[512+8*i:], uint64(b))
-	}
-	return h
 }
 
 // cowdMeta is the header, grain directory and grain tables of a COWD sparse extent whose grains
@@ -358,17 +351,91 @@ func cowdMeta(d *disk, grains []int64, parent string, name string) []byte {
 	return m
 }
 
+// seSparseMeta is the headers, grain directory and grain tables of an SEsparse extent whose
+// 64 KiB blocks (16 grains each) follow in the order of `blocks`.
+func seSparseMeta(d *disk, blocks []int64) []byte {
+	const sector = 512
+	const grainSectors = 8
+	const gtSectors = 64
+	const gtEntries = gtSectors * sector / 8
+	perBlock := int64(blockSize / (grainSectors * sector))
+	capSectors := d.capacity / sector
+	numGD := (capSectors + gtEntries*grainSectors - 1) / (gtEntries * grainSectors)
+	gdSectors := (numGD*8 + sector - 1) / sector
+	var tables []int64 // GD indexes given a grain table, ascending
+	for _, b := range blocks {
+		gd := b * perBlock / gtEntries
+		if len(tables) == 0 || tables[len(tables)-1] != gd {
+			tables = append(tables, gd)
+		}
+	}
+	gdOff := int64(2)
+	gtOff := gdOff + gdSectors
+	grainsOff := gtOff + int64(len(tables))*gtSectors
+	m := make([]byte, grainsOff*sector)
+	le := binary.LittleEndian
+	h := []uint64{0xcafebabe, 0x0000000200000001, uint64(capSectors), grainSectors, gtSectors, 0, 0, 0, 0, 0,
+		1, 1, // volatile header
+		uint64(gtOff), 0, uint64(gtOff), 0, // journal header, journal: empty
+		uint64(gdOff), uint64(gdSectors),
+		uint64(gtOff), uint64(len(tables)) * gtSectors,
+		uint64(grainsOff), 0, uint64(grainsOff), 0, // free bitmap, backmap: empty
+		uint64(grainsOff), uint64(int64(len(blocks)) * perBlock * grainSectors)}
+	for i, v := range h {
+		le.PutUint64(m[8*i:], v)
+	}
+	le.PutUint64(m[sector:], 0xcafecafe) // volatile header: free_gt_number, next_txn_seq_number, replay_journal 0
+	le.PutUint64(m[sector+8:], uint64(len(tables)))
+	le.PutUint64(m[sector+16:], 1)
+	gtAt := map[int64]int64{}
+	for i, gd := range tables {
+		gtAt[gd] = (gtOff + int64(i)*gtSectors) * sector
+		le.PutUint64(m[gdOff*sector+8*gd:], 0x1000000000000000|uint64(i))
+	}
+	for i, b := range blocks {
+		for s := int64(0); s < perBlock; s++ {
+			g := b*perBlock + s                  // grain number on the disk
+			idx := uint64(int64(i)*perBlock + s) // grain index in the grains region
+			e := 0x3000000000000000 | (idx&0xfff)<<48 | (idx>>12)&0x0000ffffffffffff
+			le.PutUint64(m[gtAt[g/gtEntries]+8*(g%gtEntries):], e)
+		}
+	}
+	return m
+}
+
 func (l *lab) extentMeta(d *disk, j int, grains []int64) []byte {
 	m := l.metaOf(d)
 	if m.format == string(types.VirtualDiskDeltaDiskFormatRedoLogFormat) {
 		return cowdMeta(d, grains, path.Base(relOf(deltaName(d.baseName, j-1))), path.Base(m.extentName(d.baseName, j)))
 	}
-	return labSparseMeta(d, grains, m.format)
+	return seSparseMeta(d, grains)
 }
 
+// deltaExtentSize is the size of the extent file of delta level j, without building it (layoutEx).
 func (l *lab) deltaExtentSize(d *disk, j int) int64 {
 	g := deltaGrains(d, j)
-	return int64(len(l.extentMeta(d, j, g))) + int64(len(g))*blockSize
+	tables, last := int64(0), int64(-1)
+	var meta int64
+	if l.metaOf(d).format == string(types.VirtualDiskDeltaDiskFormatRedoLogFormat) {
+		per := int64(cowdGTEntries) // blocks per grain table: one 64 KiB grain each
+		for _, b := range g {
+			if b/per != last {
+				tables, last = tables+1, b/per
+			}
+		}
+		numGD := (d.capacity/512 + per*blockSize/512 - 1) / (per * blockSize / 512)
+		meta = cowdHeaderBytes + (numGD*4+511)/512*512 + tables*cowdGTEntries*4
+	} else {
+		per := int64(4096 / (blockSize / 4096)) // blocks per grain table: 4096 grains of 4 KiB
+		for _, b := range g {
+			if b/per != last {
+				tables, last = tables+1, b/per
+			}
+		}
+		numGD := (d.capacity + per*blockSize - 1) / (per * blockSize)
+		meta = (2 + (numGD*8+511)/512 + tables*64) * 512
+	}
+	return meta + int64(len(g))*blockSize
 }
 
 type deltaExtentReader struct {

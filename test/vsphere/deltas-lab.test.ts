@@ -36,11 +36,12 @@ async function vmProps(ref: string, paths: string[]): Promise<Record<string, any
 }
 
 /** layoutEx as [name, type, backingObjectId] and the disk chains as lists of file names, base first. */
-async function layout(ref: string): Promise<{ files: { name: string; type: string; obj?: string }[]; chains: Map<number, string[][]> }> {
-  const p = await vmProps(ref, ['layoutEx']);
+async function layout(ref: string, session = vc.session): Promise<{ files: { name: string; type: string; obj?: string; size: number }[]; chains: Map<number, string[][]> }> {
+  const [o] = await methods.retrieveProperties(session, [methods.objectsSpec([{ type: 'VirtualMachine', value: ref }], [{ type: 'VirtualMachine', pathSet: ['layoutEx'] }])]);
+  const p = o!.props;
   const lx = p['layoutEx'];
   const arr = (x: unknown): any[] => (x === undefined ? [] : Array.isArray(x) ? x : [x]);
-  const files = arr(lx.file).map((f: any) => ({ key: Number(f.key), name: String(f.name), type: String(f.type), obj: f.backingObjectId ? String(f.backingObjectId) : undefined }));
+  const files = arr(lx.file).map((f: any) => ({ key: Number(f.key), name: String(str(f.name)), type: String(str(f.type)), obj: str(f.backingObjectId) || undefined, size: Number(str(f.size)) }));
   const byKey = new Map(files.map((f) => [f.key, f.name]));
   const chains = new Map<number, string[][]>();
   for (const d of arr(lx.disk)) chains.set(Number(d.key), arr(d.chain).map((u: any) => arr(u.fileKey).map((k: unknown) => byKey.get(Number(k))!)));
@@ -59,6 +60,23 @@ async function viewRange(vm: string, key: number, snapshot: string | undefined, 
     const res = await request(url, { dispatcher: agent, headers: { ...headers, range: `bytes=${offset}-${offset + length - 1}` } });
     return { status: res.statusCode, body: Buffer.from(await res.body.arrayBuffer()) };
   } finally { await agent.close(); }
+}
+
+/** Fetches datastore files through /folder into a folder and reads the last descriptor with qemu-img (following its parents): SHA-256 of the raw result. */
+async function qemuChain(l: Lab, cookie: string | undefined, folder: string, files: string[]): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), 'vmlift-chain-'));
+  try {
+    for (const f of files) {
+      const r = await folderRead(l, l.folderUrl(`${folder}/${f}`), cookie, 0, 64 * MiB);
+      assert.equal(r.status, 206, f);
+      writeFileSync(join(dir, f), r.body);
+    }
+    const top = join(dir, files[files.length - 2]!);
+    const info = JSON.parse(execFileSync('qemu-img', ['info', '--backing-chain', '--output=json', top]).toString());
+    assert.equal(info.length, 2, 'the delta and its parent');
+    execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', top, join(dir, 'out.raw')]);
+    return sha(readFileSync(join(dir, 'out.raw')));
+  } finally { rmSync(dir, { recursive: true, force: true }); }
 }
 
 async function nbdSha(vm: string, snapshot: string, key: number): Promise<string> {
@@ -118,10 +136,13 @@ test('a kept foreign snapshot makes the live disk a delta; a cycle snapshot is s
     assert.equal((await folderText('shape-foreign-snapshot/shape-foreign-snapshot-000001-flat.vmdk')).status, 404);
     assert.equal((await folderText('shape-foreign-snapshot/shape-foreign-snapshot-000002-flat.vmdk')).status, 404);
     assert.equal((await folderRead(lab, lab.folderUrl(d.datastorePath), vc.session.cookie, 0, 16)).status, 206);
-    const ext = await folderRead(lab, lab.folderUrl('shape-foreign-snapshot/shape-foreign-snapshot-000001-sesparse.vmdk'), vc.session.cookie, 0, 4096);
+    const ext = await folderRead(lab, lab.folderUrl('shape-foreign-snapshot/shape-foreign-snapshot-000001-sesparse.vmdk'), vc.session.cookie, 0, 64 * MiB);
     assert.equal(ext.status, 206);
-    assert.match(ext.body.toString('latin1'), /^VMLIFT-LAB-SPARSE 1\nformat=seSparseFormat\ncapacity=16777216\ngrainSize=65536\ngrains=1\n/);
-    assert.equal(ext.body.readBigUInt64LE(512), BigInt(3 * MiB / 65536), 'the grain table names the one block written after the foreign snapshot');
+    assert.equal(ext.body.length, lx.files.find((f) => f.name === `${stem}-000001-sesparse.vmdk`)!.size, 'layoutEx gives the extent\'s size');
+    assert.ok(ext.body.length < d.capacity / 4, 'a delta holds what changed, not the disk');
+    assert.equal(ext.body.readBigUInt64LE(0), 0xcafebaben, 'an SEsparse constant header');
+    assert.equal(ext.body.readBigUInt64LE(8), 0x200000001n);
+    assert.equal(ext.body.readBigUInt64LE(16), 32768n, 'capacity in sectors');
 
     // the HTTP reader refuses the delta before anything is read (no URL is even built)
     const port = vcenterService(vc);
@@ -145,6 +166,9 @@ test('a kept foreign snapshot makes the live disk a delta; a cycle snapshot is s
     assert.notEqual(sha(atForeign), sha(atCycle));
     assert.equal(await nbdSha(vm.name, vm.snapshots[0]!.ref, d.key), sha(atForeign));
     assert.equal(await nbdSha(vm.name, cycle.ref, d.key), sha(atCycle));
+    // The datastore's files are an SEsparse chain a VMDK reader follows (descriptor, parentFileNameHint, base flat).
+    assert.equal(await qemuChain(lab, vc.session.cookie, 'shape-foreign-snapshot', ['shape-foreign-snapshot.vmdk', 'shape-foreign-snapshot-flat.vmdk',
+      'shape-foreign-snapshot-000001.vmdk', 'shape-foreign-snapshot-000001-sesparse.vmdk']), sha(atCycle), 'qemu-img reads the delta chain as the cycle snapshot');
     const part = await viewRange(vm.name, d.key, cycle.ref, 3 * MiB - 10, 100);
     assert.equal(part.status, 206);
     assert.ok(part.body.equals(atCycle.subarray(3 * MiB - 10, 3 * MiB + 90)));
@@ -231,7 +255,10 @@ test('on VMFS-5 a small disk gets redo-log (VMFSsparse) deltas with -delta.vmdk 
     const desc = await folderRead(fx5.lab, fx5.lab.folderUrl('shape-snapshot/shape-snapshot-000001.vmdk'), cookie, 0, 4096);
     assert.match(desc.body.toString(), /createType="vmfsSparse"/);
     assert.match(desc.body.toString(), /RW 32768 VMFSSPARSE "shape-snapshot-000001-delta\.vmdk"/);
-    assert.equal((await folderRead(fx5.lab, fx5.lab.folderUrl('shape-snapshot/shape-snapshot-000001-delta.vmdk'), cookie, 0, 4)).body.toString(), 'COWD');
+    const cowd = await folderRead(fx5.lab, fx5.lab.folderUrl('shape-snapshot/shape-snapshot-000001-delta.vmdk'), cookie, 0, 64 * MiB);
+    assert.equal(cowd.body.subarray(0, 4).toString(), 'COWD');
+    const lx5 = await layout(vm.ref, vc5.session);
+    assert.equal(cowd.body.length, lx5.files.find((f) => f.name === '[LocalDS_0] shape-snapshot/shape-snapshot-000001-delta.vmdk')!.size);
     assert.equal((await folderRead(fx5.lab, fx5.lab.folderUrl('shape-snapshot/shape-snapshot-000001-sesparse.vmdk'), cookie, 0, 20)).status, 404);
 
     // The datastore's files are a VMFSsparse chain any VMDK reader follows: qemu-img reads the
@@ -241,20 +268,10 @@ test('on VMFS-5 a small disk gets redo-log (VMFSsparse) deltas with -delta.vmdk 
     const cycle = await vc5.createSnapshot(vm.ref, 'vmlift-redo', { quiesce: false });
     try {
       await fx5.lab.write(vm.name, ld.key, 5 * MiB, Buffer.alloc(MiB, 0x62)); // after the cycle snapshot: in 000002 only
-      const dir = mkdtempSync(join(tmpdir(), 'vmlift-cowd-'));
-      try {
-        for (const f of ['shape-snapshot.vmdk', 'shape-snapshot-flat.vmdk', 'shape-snapshot-000001.vmdk', 'shape-snapshot-000001-delta.vmdk']) {
-          const r = await folderRead(fx5.lab, fx5.lab.folderUrl(`shape-snapshot/${f}`), cookie, 0, 64 * MiB);
-          assert.equal(r.status, 206, f);
-          writeFileSync(join(dir, f), r.body);
-        }
-        const info = JSON.parse(execFileSync('qemu-img', ['info', '--backing-chain', '--output=json', join(dir, 'shape-snapshot-000001.vmdk')]).toString());
-        assert.deepEqual(info.map((i: { format: string }) => i.format), ['vmdk', 'vmdk']);
-        execFileSync('qemu-img', ['convert', '-f', 'vmdk', '-O', 'raw', join(dir, 'shape-snapshot-000001.vmdk'), join(dir, 'out.raw')]);
-        const want = await fx5.lab.read(vm.name, ld.key, 0, ld.capacity, cycle.ref);
-        assert.ok(want.subarray(5 * MiB + 512, 5 * MiB + 512 + 200_000).equals(Buffer.alloc(200_000, 0x61)));
-        assert.equal(sha(readFileSync(join(dir, 'out.raw'))), sha(want), 'qemu-img reads the delta chain as the snapshot');
-      } finally { rmSync(dir, { recursive: true, force: true }); }
+      const want = await fx5.lab.read(vm.name, ld.key, 0, ld.capacity, cycle.ref);
+      assert.ok(want.subarray(5 * MiB + 512, 5 * MiB + 512 + 200_000).equals(Buffer.alloc(200_000, 0x61)));
+      assert.equal(await qemuChain(fx5.lab, cookie, 'shape-snapshot', ['shape-snapshot.vmdk', 'shape-snapshot-flat.vmdk', 'shape-snapshot-000001.vmdk',
+        'shape-snapshot-000001-delta.vmdk']), sha(want), 'qemu-img reads the delta chain as the snapshot');
     } finally { await vc5.removeSnapshot(vm.ref, cycle.ref); }
   } finally { await vc5.close(); await fx5.cleanup(); }
 });
