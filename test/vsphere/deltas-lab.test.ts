@@ -30,11 +30,6 @@ const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 before(async () => { fx = await labFixture({ vms: 1, diskMb: 16 }); lab = fx.lab; vc = await connect(lab); });
 after(async () => { await vc?.close(); await fx?.cleanup(); });
 
-async function vmProps(ref: string, paths: string[]): Promise<Record<string, any>> {
-  const [o] = await methods.retrieveProperties(vc.session, [methods.objectsSpec([{ type: 'VirtualMachine', value: ref }], [{ type: 'VirtualMachine', pathSet: paths }])]);
-  return o!.props;
-}
-
 /** layoutEx as [name, type, backingObjectId] and the disk chains as lists of file names, base first. */
 async function layout(ref: string, session = vc.session): Promise<{ files: { name: string; type: string; obj?: string; size: number }[]; chains: Map<number, string[][]> }> {
   const [o] = await methods.retrieveProperties(session, [methods.objectsSpec([{ type: 'VirtualMachine', value: ref }], [{ type: 'VirtualMachine', pathSet: ['layoutEx'] }])]);
