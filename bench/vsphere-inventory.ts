@@ -18,7 +18,7 @@ const rows: { vms: number; connectRoundTrips: number; inventoryRoundTrips: numbe
 for (const n of counts) {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-bench-inv-'));
   const t0 = Date.now();
-  const lab = await startLab({ dir, vms: n - 5 > 0 ? n - 5 : n, diskMb: 16, timeoutMs: 600_000 }); // the lab adds 5 shaped VMs
+  const lab = await startLab({ dir, vms: n - 7 > 0 ? n - 7 : n, diskMb: 16, timeoutMs: 600_000 }); // the lab adds 7 shaped VMs
   process.stderr.write(`lab with ${lab.vms.length} VMs ready in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
   try {
     const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });

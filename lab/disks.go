@@ -61,6 +61,7 @@ type disk struct {
 	cbt      *cbtState
 	bus      int32
 	unit     int32
+	meta     *diskMeta // datastore placement and delta format (deltas.go)
 }
 
 func openDisk(key int32, capacity int64, flatAbs, flatRel, baseName, deltaDir string) (*disk, error) {

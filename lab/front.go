@@ -357,39 +357,21 @@ func (f *front) failTask(w http.ResponseWriter, method, this string) {
 	_, _ = w.Write(envelope(fmt.Sprintf(`<%sResponse xmlns="urn:vim25"><returnval type="Task">%s</returnval></%sResponse>`, method, tref.Value, method)))
 }
 
-// serveFolder: a delta descriptor's -flat path (vm-00000j-flat.vmdk) is the view of the
-// snapshot at chain position j (or the live disk for the top one); every other path is the
-// simulator's real file. Datastore access needs a valid session cookie, as on vCenter.
+// serveFolder serves what a datastore holds: descriptors and base flat extents are the
+// simulator's real files, delta extents (-00000j-sesparse.vmdk, -delta.vmdk) come from the lab's
+// layers (deltas.go); a delta has no -flat file, vSAN no extent at all (404). Datastore access
+// needs a valid session cookie, as on vCenter.
 func (f *front) serveFolder(w http.ResponseWriter, r *http.Request) {
 	if !f.sessionOK(r) {
 		http.Error(w, "401 Unauthorized: no valid vmware_soap_session cookie", http.StatusUnauthorized)
 		return
 	}
-	q := r.URL.Query()
-	rel := strings.TrimPrefix(r.URL.Path, "/folder/")
-	if (q.Get("dsName") == "" || q.Get("dsName") == f.l.dsName) && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
-		f.l.mu.Lock()
-		for _, v := range f.l.order {
-			if len(v.snaps) == 0 {
-				continue
-			}
-			for _, d := range v.disks {
-				for j := 1; j <= len(v.snaps); j++ {
-					name := deltaName(d.baseName, j)
-					p := name[strings.Index(name, "] ")+2:]
-					if strings.TrimSuffix(p, ".vmdk")+"-flat.vmdk" == rel {
-						var snapRef string
-						if j < len(v.snaps) {
-							snapRef = v.snaps[j].ref
-						}
-						f.l.mu.Unlock()
-						f.serveView(w, r, v, d, snapRef)
-						return
-					}
-				}
-			}
-		}
-		f.l.mu.Unlock()
+	ds := r.URL.Query().Get("dsName")
+	if ds == "" {
+		ds = f.l.dsName
+	}
+	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && f.serveDeltaExtent(w, r, ds, strings.TrimPrefix(r.URL.Path, "/folder/")) {
+		return
 	}
 	f.proxy.ServeHTTP(w, r)
 }

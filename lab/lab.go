@@ -199,7 +199,7 @@ func (l *lab) afterSnapshotCreated(v *labVM, snapRef, name string) error {
 				c := cloneDisk(vd)
 				if b, ok := c.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
 					if d := v.disk(c.Key); d != nil {
-						b.FileName = deltaName(d.baseName, j)
+						l.setChain(b, d, j)
 					}
 					b.ChangeId = s.changeIds[c.Key]
 				}
@@ -232,7 +232,7 @@ func (l *lab) renameLive(v *labVM) {
 			}
 			c := cloneDisk(vd)
 			if b, ok := c.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
-				b.FileName = deltaName(d.baseName, len(v.snaps))
+				l.setChain(b, d, len(v.snaps))
 				if d.cbt != nil && d.cbt.active && d.cbt.seq > 0 {
 					b.ChangeId = d.cbt.changeID()
 				} else {
@@ -242,6 +242,7 @@ func (l *lab) renameLive(v *labVM) {
 			vm.Config.Hardware.Device[i] = c
 		}
 	})
+	l.refreshFiles(v)
 }
 
 // afterSnapshotRemoved consolidates: the layer above the removed snapshot merges down.
@@ -278,7 +279,7 @@ func (l *lab) afterSnapshotRemoved(v *labVM, snapRef string, removeChildren bool
 				if vd, ok := dev.(*types.VirtualDisk); ok {
 					if b, ok := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
 						if d := v.disk(vd.Key); d != nil {
-							b.FileName = deltaName(d.baseName, i)
+							l.setChain(b, d, i)
 						}
 					}
 				}
@@ -395,7 +396,7 @@ func (l *lab) stopAllExports() {
 
 // diskInfoOf is what lab.json and the disk-add answer say of a lab disk.
 func (l *lab) diskInfoOf(d *disk) diskInfo {
-	return diskInfo{Key: d.key, File: d.baseName, FlatPath: d.layers[0].path, DsPath: d.flatRel, Capacity: d.capacity, Bus: d.bus, Unit: d.unit}
+	return diskInfo{Key: d.key, File: d.baseName, FlatPath: d.layers[0].path, DsPath: d.flatRel, Capacity: d.capacity, Bus: d.bus, Unit: d.unit, Ds: l.metaOf(d).dsName}
 }
 
 // removeDisk detaches disk key from VM v, as a ReconfigVM_Task deviceChange remove without
@@ -431,6 +432,7 @@ func (l *lab) removeDisk(v *labVM, key int32) error {
 	d.mu.Lock()
 	d.close()
 	d.mu.Unlock()
+	l.rebuildLayout(v)
 	return nil
 }
 
@@ -503,5 +505,6 @@ func (l *lab) addDisk(v *labVM, key int32, capacity int64) (*disk, error) {
 	v.disks = append(v.disks, d)
 	l.syncTracking(v)
 	d.stunTracking() // a hot-added disk is opened with its ctk file: tracked from the start
+	l.renameLive(v)
 	return d, nil
 }

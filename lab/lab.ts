@@ -33,6 +33,8 @@ export interface LabDisk {
   capacity: number;
   bus: number;
   unit: number;
+  /** The datastore the disk lives on: "LocalDS_0" (VMFS) or "vsanDatastore" (vSAN: no flat file, flatPath is outside the datastore). */
+  datastore: string;
 }
 export interface LabVm { name: string; moref: string; disks: LabDisk[] }
 export interface LabSnapshot { ref: string; name: string; index: number; changeIds: Record<string, string> }
@@ -90,9 +92,20 @@ export class Lab {
   }
 
   /** https URL of a datastore file, as vCenter serves it (GET with Range; needs the session cookie). */
-  folderUrl(datastorePath: string): string {
+  folderUrl(datastorePath: string, datastore = this.datastore): string {
     const u = new URL(this.url);
-    return `${u.origin}/folder/${datastorePath.split('/').map(encodeURIComponent).join('/')}?dcPath=${encodeURIComponent(this.datacenter)}&dsName=${encodeURIComponent(this.datastore)}`;
+    return `${u.origin}/folder/${datastorePath.split('/').map(encodeURIComponent).join('/')}?dcPath=${encodeURIComponent(this.datacenter)}&dsName=${encodeURIComponent(datastore)}`;
+  }
+
+  /**
+   * The lab's own point-in-time view of a disk at a snapshot (or live), with Range support: what a
+   * VDDK or NBD read of that snapshot returns. Lab-internal (loopback, `headers` carry the token);
+   * /folder serves only what a datastore holds.
+   */
+  viewUrl(vm: string, disk: number, snapshot?: string): { url: string; headers: Record<string, string> } {
+    const q = new URLSearchParams({ vm, disk: String(disk) });
+    if (snapshot) q.set('snapshot', snapshot);
+    return { url: `${this.controlUrl}/view?${q}`, headers: { 'x-lab-token': this.token } };
   }
 
   private async call(op: string, params: Record<string, string | number | undefined>, body?: Buffer, method = 'POST'): Promise<Buffer> {
@@ -181,9 +194,11 @@ export async function buildLab(): Promise<string> {
 
 export interface StartLabOptions {
   dir: string;
-  /** Plain VMs vm-0001..vm-N besides the five shaped ones (two-disks, shape-snapshot, shape-independent, shape-vmx04, a vCLS agent). */
+  /** Plain VMs vm-0001..vm-N besides the seven shaped ones (two-disks, shape-snapshot, shape-independent, shape-vmx04, a vCLS agent, shape-foreign-snapshot, shape-vsan). */
   vms?: number;
   diskMb?: number;
+  /** VMFS version LocalDS_0 presents (default 6): 6 gives seSparse deltas, 5 redoLog (VMFSsparse) deltas for disks under 2 TiB. */
+  vmfsVersion?: 5 | 6;
   /** Keep running after this process exits (the CLI's `vmlift lab start`). Default: die with this process. */
   detached?: boolean;
   timeoutMs?: number;
@@ -196,6 +211,7 @@ export async function startLab(opts: StartLabOptions): Promise<Lab> {
   await mkdir(dir, { recursive: true });
   await buildLab();
   const args = ['-dir', dir, '-vms', String(opts.vms ?? 8), '-disk-mb', String(opts.diskMb ?? 64)];
+  if (opts.vmfsVersion) args.push('-vmfs-version', String(opts.vmfsVersion));
   if (!opts.detached) args.push('-parent-pid', String(process.pid));
   if (opts.esx) args.push('-esx');
   const log = await open(join(dir, 'lab.log'), 'a');

@@ -96,6 +96,7 @@ type diskInfo struct {
 	Capacity int64  `json:"capacity"`
 	Bus      int32  `json:"bus"`
 	Unit     int32  `json:"unit"`
+	Ds       string `json:"datastore"`
 }
 
 type vmInfo struct {
@@ -123,14 +124,16 @@ type labState struct {
 }
 
 type vmPlan struct {
-	name     string
-	version  string
-	guest    string
-	disksMB  []int64
-	indep    bool
-	snapshot bool
-	powerOn  bool
-	rich     bool
+	name      string
+	version   string
+	guest     string
+	disksMB   []int64
+	indep     bool
+	snapshot  bool
+	powerOn   bool
+	rich      bool
+	snapName  string // the kept snapshot's name (default "before-upgrade")
+	datastore string // "" = LocalDS_0; vsanDatastore
 }
 
 func plans(n int, diskMB int64) []vmPlan {
@@ -141,6 +144,10 @@ func plans(n int, diskMB int64) []vmPlan {
 		{name: "shape-vmx04", version: "vmx-04", guest: "otherGuest", disksMB: []int64{diskMB}},
 		// vCenter 7.0U3 and later list their vSphere Cluster Services agents among the VMs.
 		{name: "vCLS-4c2b7e1d-9a3f-4d6e-8b5c-1f0a2e3d4c5b", version: "vmx-14", guest: "otherLinux64Guest", disksMB: []int64{2}, powerOn: true},
+		// A backup product's snapshot left in place: a cycle's snapshot is second in the chain (lab/deltas.go).
+		{name: "shape-foreign-snapshot", version: "vmx-13", guest: "otherLinux64Guest", disksMB: []int64{diskMB}, snapshot: true, powerOn: true, rich: true,
+			snapName: "VEEAM BACKUP TEMPORARY SNAPSHOT"},
+		{name: "shape-vsan", version: "vmx-14", guest: "otherLinux64Guest", disksMB: []int64{diskMB, diskMB / 2}, powerOn: true, rich: true, datastore: vsanDsName},
 	}
 	for i := 1; i <= n; i++ {
 		g := "otherLinux64Guest"
@@ -178,7 +185,7 @@ func fillDisk(d *disk, seed string, rich bool) error {
 
 func main() {
 	dir := flag.String("dir", "", "lab directory (state, certificate, datastore)")
-	nvms := flag.Int("vms", 8, "number of plain VMs (besides the five shaped ones)")
+	nvms := flag.Int("vms", 8, "number of plain VMs (besides the seven shaped ones)")
 	diskMB := flag.Int64("disk-mb", 64, "capacity of each VM's first disk in MiB")
 	port := flag.Int("port", 0, "TLS port of the front (0: any free port)")
 	user := flag.String("user", "administrator@vsphere.local", "login user")
@@ -289,6 +296,9 @@ func main() {
 	}
 	dsObj := simulator.Map.Get(ds.Reference()).(*simulator.Datastore)
 	l.dsDir = dsObj.Info.GetDatastoreInfo().Url
+	if err := l.setupDatastores(ctx, c, dsRoot); err != nil {
+		log.Fatal(err)
+	}
 
 	state := labState{URL: base + "/sdk", User: *user, PasswordFile: pwFile,
 		ThumbprintSHA1: thumb(sha1sum(der)), ThumbprintSHA256: thumb(sha256sum(der)), CertFile: certFile,
@@ -365,6 +375,7 @@ func sha1sum(b []byte) []byte   { s := sha1.Sum(b); return s[:] }
 func sha256sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 
 func createVM(ctx context.Context, c *govmomi.Client, l *lab, folder *object.Folder, pool *object.ResourcePool, ds types.ManagedObjectReference, p vmPlan) (vmInfo, error) {
+	dsName, ds := l.datastoreOf(p, ds)
 	var devices object.VirtualDeviceList
 	// Keys as vSphere numbers them: SCSI controllers 1000+bus, disks 2000 + 16*bus + unit.
 	scsi, _ := devices.CreateSCSIController("pvscsi")
@@ -377,9 +388,9 @@ func createVM(ctx context.Context, c *govmomi.Client, l *lab, folder *object.Fol
 			ctrl.GetVirtualDevice().Key = 1001
 			devices = append(devices, ctrl)
 		}
-		file := fmt.Sprintf("[%s] %s/%s.vmdk", l.dsName, p.name, p.name)
+		file := fmt.Sprintf("[%s] %s/%s.vmdk", dsName, p.name, p.name)
 		if i > 0 {
-			file = fmt.Sprintf("[%s] %s/%s_%d.vmdk", l.dsName, p.name, p.name, i)
+			file = fmt.Sprintf("[%s] %s/%s_%d.vmdk", dsName, p.name, p.name, i)
 		}
 		d := devices.CreateDisk(ctrl.(types.BaseVirtualController), ds, file)
 		d.Key = 2000 + 16*int32(i)
@@ -396,7 +407,7 @@ func createVM(ctx context.Context, c *govmomi.Client, l *lab, folder *object.Fol
 		return vmInfo{}, err
 	}
 	spec := types.VirtualMachineConfigSpec{Name: p.name, GuestId: p.guest, NumCPUs: 2, MemoryMB: 2048,
-		Version: p.version, Files: &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s]", l.dsName)},
+		Version: p.version, Files: &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s]", dsName)},
 		DeviceChange: change}
 	task, err := folder.CreateVM(ctx, spec, pool, nil)
 	if err != nil {
@@ -433,11 +444,12 @@ func createVM(ctx context.Context, c *govmomi.Client, l *lab, folder *object.Fol
 		if capacity == 0 {
 			capacity = vd.CapacityInKB * 1024
 		}
-		d, err := openDisk(vd.Key, capacity, filepath.Join(l.dsDir, flatRel), flatRel, b.FileName,
+		d, err := openDisk(vd.Key, capacity, l.basePath(dsName, flatRel), flatRel, b.FileName,
 			filepath.Join(l.dir, "deltas", p.name))
 		if err != nil {
 			return vmInfo{}, err
 		}
+		l.placeDisk(d, dsName)
 		d.bus = ctrls[vd.ControllerKey]
 		if vd.UnitNumber != nil {
 			d.unit = *vd.UnitNumber
@@ -446,13 +458,14 @@ func createVM(ctx context.Context, c *govmomi.Client, l *lab, folder *object.Fol
 			return vmInfo{}, err
 		}
 		lv.disks = append(lv.disks, d)
-		vi.Disks = append(vi.Disks, diskInfo{Key: vd.Key, File: b.FileName, FlatPath: filepath.Join(l.dsDir, flatRel),
-			DsPath: flatRel, Capacity: capacity, Bus: d.bus, Unit: d.unit})
+		vi.Disks = append(vi.Disks, diskInfo{Key: vd.Key, File: b.FileName, FlatPath: d.layers[0].path,
+			DsPath: flatRel, Capacity: capacity, Bus: d.bus, Unit: d.unit, Ds: dsName})
 	}
 	l.mu.Lock()
 	l.vmsByRef[lv.ref] = lv
 	l.vmsByName[lv.name] = lv
 	l.order = append(l.order, lv)
+	l.renameLive(lv) // backings, descriptors and layoutEx as a datastore holds them
 	l.mu.Unlock()
 	if p.powerOn {
 		t, err := vm.PowerOn(ctx)
@@ -464,7 +477,11 @@ func createVM(ctx context.Context, c *govmomi.Client, l *lab, folder *object.Fol
 		}
 	}
 	if p.snapshot {
-		t, err := vm.CreateSnapshot(ctx, "before-upgrade", "left by an administrator", false, false)
+		name, desc := "before-upgrade", "left by an administrator"
+		if p.snapName != "" {
+			name, desc = p.snapName, "kept by a backup product"
+		}
+		t, err := vm.CreateSnapshot(ctx, name, desc, false, false)
 		if err != nil {
 			return vi, err
 		}

@@ -5,7 +5,7 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { VCenter, resolveConnection, makeDispatcher, type TrustMode } from '../vsphere/index.ts';
-import { HttpDatastoreSource } from '../source/http-datastore/index.ts';
+import { HttpDatastoreSource, assertHttpReadable } from '../source/http-datastore/index.ts';
 import { Sender, type SenderOptions } from '../transfer/sender.ts';
 import { UserError } from '../util/errors.ts';
 import { readSecret } from '../util/secret.ts';
@@ -14,6 +14,7 @@ import type { DiskOpener, SnapshotDisk, SnapshotHandle, VCenterService } from '.
 import type { JobServices } from '../engine/jobs.ts';
 import { LimitedDiskOpener } from '../engine/limits.ts';
 import type { ConnectorConfig } from './connector-config.ts';
+import { toSnapshotDisk } from './snapshot-disk.ts';
 
 export interface Wiring {
   vc: VCenter;
@@ -39,7 +40,7 @@ export function vcenterService(vc: VCenter): VCenterService & { datacenterOf(vmR
     hostOf: async (vmRef) => hosts.get(vmRef) ?? (await facts(vmRef)).host?.ref ?? 'unknown-host',
     sweepSnapshots: async (vmRef, prefix) => (await vc.sweepSnapshots(vmRef, prefix)).removed.length,
     createSnapshot: (vmRef, name, o) => vc.createSnapshot(vmRef, name, { quiesce: o.quiesce, description: 'vmlift sync cycle; removed when the cycle ends' }),
-    snapshotDisks: async (_vmRef, s) => (await vc.snapshotDisks(s.ref)).map((d) => ({ key: d.key, label: d.label, capacity: d.capacity, changeId: d.changeId, uuid: d.uuid, file: d.file })),
+    snapshotDisks: async (_vmRef, s) => (await vc.snapshotDisks(s.ref)).map(toSnapshotDisk),
     changedAreas: async (vmRef, s, d, changeId) => (await vc.changedAreas(vmRef, s.ref, d.key, changeId, d.capacity)).areas,
     removeSnapshot: async (vmRef, s) => { await vc.removeSnapshot(vmRef, s.ref); },
     datacenterOf: async (vmRef) => {
@@ -58,7 +59,8 @@ export function vcenterService(vc: VCenter): VCenterService & { datacenterOf(vmR
 export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterService>, trust: TrustMode, maxReadSize: number, logger: Logger): DiskOpener {
   const dispatcher = makeDispatcher(trust, 120_000);
   return {
-    async open(vmRef: string, _s: SnapshotHandle, disk: SnapshotDisk) {
+    async open(vmRef: string, s: SnapshotHandle, disk: SnapshotDisk) {
+      assertHttpReadable(disk, s);
       if (!disk.file) throw new UserError('NO_DISK_FILE', `disk ${disk.key} of ${vmRef} has no backing file`, 'check the VM in vCenter');
       const { url } = vc.diskUrl({ file: disk.file }, await port.datacenterOf(vmRef));
       return HttpDatastoreSource.open({

@@ -19,6 +19,21 @@ export interface SnapshotDisk {
   uuid: string | null;
   /** The disk's backing file in the snapshot ("[datastore] vm/vm-000001.vmdk"), for datastore transports. */
   file?: string;
+  /**
+   * Backing facts at the snapshot (src/vsphere DiskInfo; optional, absent on a flat base disk or when
+   * vCenter did not send them): what a transport needs to know whether it can read the disk.
+   * `deltaDiskFormat` (seSparseFormat, redoLogFormat, …) and `deltaDiskFormatVariant` of a delta.
+   */
+  deltaDiskFormat?: string;
+  deltaDiskFormatVariant?: string;
+  /** The `backing.parent` chain, nearest first (length = chain depth). */
+  parents?: string[];
+  /** The vSAN or vVols object holding the data. */
+  backingObjectId?: string;
+  /** The datastore: managed object id, name and `summary.type` (VMFS, NFS, vsan, VVOL, …). */
+  datastoreRef?: string;
+  datastore?: string;
+  datastoreType?: string;
 }
 
 export interface SnapshotHandle {

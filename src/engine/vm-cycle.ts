@@ -127,6 +127,8 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   } catch (e) {
     // The receiver keeps an open cycle for resume unless the user paused/deleted; a failed cycle is resumed by its retry.
     if (input.signal?.aborted && session) logger.info({ cycleId: input.cycleId }, 'cycle paused; receiver keeps what it holds');
+    // A failure no retry can clear ends this cycle id (the job fails it): close it on the receiver, or the next cycle is refused as CYCLE_OPEN.
+    else if (session && !isTransient(e)) await (session as ReceiverCycle).abort().catch(() => undefined);
     throw e;
   } finally {
     await step('cleanup', { ...input, signal: undefined }, () => vcenter.removeSnapshot(vmRef, snapshot))

@@ -18,8 +18,8 @@ export function parseDatastorePath(p: string): DatastorePath {
  * The flat extent of a disk: a descriptor vm.vmdk → vm-flat.vmdk; a name that already is the flat
  * extent stays as it is. A snapshot delta (vm-000001.vmdk) has no flat extent on vSphere: its -flat
  * URL then answers 404, and the http-datastore source, which reads the descriptor beside a -flat
- * URL first, refuses the delta by that descriptor (HTTP_DS_SPARSE). The lab vCenter serves the
- * snapshot's view under that name.
+ * URL first, refuses the delta by that descriptor (HTTP_DS_SPARSE). The HTTP opener refuses a delta
+ * earlier, from the snapshot's backing facts (source/http-datastore/eligibility.ts).
  */
 export function flatExtentPath(path: string): string {
   return path.replace(/(?<!-flat)\.vmdk$/i, '-flat.vmdk');

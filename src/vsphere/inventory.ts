@@ -55,9 +55,27 @@ export function parseDisks(devicesVal: unknown, extra: Record<string, string>): 
       changeId: str(b.changeId) || null,
       uuid: str(b.uuid) || null,
       ctkEnabled: (extra[`${busId}.ctkEnabled`] ?? '').toUpperCase() === 'TRUE',
+      ...backingFacts(b),
     });
   }
   return disks.sort((a, b) => a.key - b.key);
+}
+
+/** How a backing stores its data: delta format, parent chain, the object behind it (DiskInfo's optional facts). */
+function backingFacts(b: any): Partial<DiskInfo> {
+  const out: Partial<DiskInfo> = {};
+  const fmt = str(b.deltaDiskFormat);
+  if (fmt) out.deltaDiskFormat = fmt;
+  const variant = str(b.deltaDiskFormatVariant);
+  if (variant) out.deltaDiskFormatVariant = variant;
+  const parents: string[] = [];
+  for (let p = b.parent; p && typeof p === 'object' && parents.length < 256; p = p.parent) parents.push(str(p.fileName) ?? '');
+  if (parents.length) out.parents = parents;
+  const obj = str(b.backingObjectId);
+  if (obj) out.backingObjectId = obj;
+  const ds = moref(b.datastore);
+  if (ds) out.datastoreRef = ds.value;
+  return out;
 }
 
 function parseTree(nodes: unknown): SnapshotNode[] {
@@ -184,5 +202,19 @@ export async function fetchVmByRef(s: VimSession, ref: string, inv?: Inventory):
 export async function fetchSnapshotDisks(s: VimSession, snapshot: MoRef): Promise<DiskInfo[]> {
   const [o] = await retrieveProperties(s, [objectsSpec([snapshot], [{ type: 'VirtualMachineSnapshot', pathSet: ['config.hardware.device', 'config.extraConfig'] }])]);
   if (!o) throw new UserError('VC_SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.value} does not exist`, 'list the snapshots with `vmlift vc snapshots VM`');
-  return parseDisks(o.props['config.hardware.device'], parseExtraConfig(o.props['config.extraConfig']));
+  const disks = parseDisks(o.props['config.hardware.device'], parseExtraConfig(o.props['config.extraConfig']));
+  // The datastores' names and types (VMFS, NFS, vsan, VVOL): one more round trip, whatever the disk count.
+  const refs = [...new Set(disks.map((d) => d.datastoreRef).filter((r): r is string => !!r))];
+  if (refs.length) {
+    const dss = await retrieveProperties(s, [objectsSpec(refs.map((value) => ({ type: 'Datastore', value })), [{ type: 'Datastore', pathSet: ['name', 'summary.type'] }])]);
+    const byRef = new Map(dss.map((x) => [x.obj.value, x.props]));
+    for (const d of disks) {
+      const p = d.datastoreRef ? byRef.get(d.datastoreRef) : undefined;
+      if (!p) continue;
+      d.datastore = str(p['name']) ?? d.datastore;
+      const type = str(p['summary.type']);
+      if (type) d.datastoreType = type;
+    }
+  }
+  return disks;
 }

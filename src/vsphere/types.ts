@@ -26,6 +26,22 @@ export interface DiskInfo {
   uuid: string | null;
   /** extraConfig "<busId>.ctkEnabled" is TRUE */
   ctkEnabled: boolean;
+  /**
+   * Backing facts that say how the data is stored (all optional: absent on a flat base disk, or when
+   * vCenter did not send them). `backing.deltaDiskFormat` of a delta disk: seSparseFormat,
+   * redoLogFormat (VMFSsparse, or vsanSparse with the variant) or nativeFormat.
+   */
+  deltaDiskFormat?: string;
+  /** `backing.deltaDiskFormatVariant`: vmfsSparseVariant, vsanSparseVariant. */
+  deltaDiskFormatVariant?: string;
+  /** `backing.parent` chain, nearest first, down to the base disk: the files a delta sits on. Its length is the chain depth. */
+  parents?: string[];
+  /** `backing.backingObjectId`: the vSAN or vVols object that holds the data (no flat file exists). */
+  backingObjectId?: string;
+  /** `backing.datastore`'s managed object id; `datastore` is then its name. */
+  datastoreRef?: string;
+  /** The datastore's `summary.type` (VMFS, NFS, NFS41, vsan, VVOL, …), where it was read (snapshot disks). */
+  datastoreType?: string;
 }
 
 export interface SnapshotNode {

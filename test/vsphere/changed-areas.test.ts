@@ -2,7 +2,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { labFixture, connect, folderRead } from './helpers.ts';
+import { labFixture, connect, folderRead, viewRead } from './helpers.ts';
 import type { Lab } from '../../lab/lab.ts';
 import { methods, parseChangeId, VimFault, type VCenter, type Area } from '../../src/vsphere/index.ts';
 import { planDiskSync } from '../../src/engine/sync-plan.ts';
@@ -126,26 +126,28 @@ test('changed areas between two snapshots cover every written byte; "*" is the a
   const firstWrite = writes[0]!;
   assert.deepEqual((await folderRead(lab, url2.url, url2.cookie, firstWrite.offset, 16)).body, Buffer.alloc(16, 1), 'earlier writes are in the snapshot');
 
-  // A second snapshot on top is its own delta file with its own view; NBD exports serve each view.
+  // A second snapshot on top is its own delta file: no flat file on the datastore, its own view
+  // in the lab (what VDDK and NBD read); NBD exports serve each view.
   const s3 = await vc.createSnapshot(vm.ref, 'vmlift-c3', { quiesce: false });
   const d3 = (await vc.snapshotDisks(s3.ref)).find((d) => d.key === key)!;
   assert.match(d3.file, /vm-0001-000001\.vmdk$/);
   await lab.write('vm-0001', key, at, Buffer.alloc(4096, 0xcd));
   const url3 = vc.diskUrl(d3, lab.datacenter);
-  assert.deepEqual((await folderRead(lab, url3.url, url3.cookie, at, 4096)).body, newBytes);
+  assert.equal((await folderRead(lab, url3.url, url3.cookie, at, 4096)).status, 404, 'a delta has no -flat.vmdk');
+  assert.deepEqual((await viewRead(lab, 'vm-0001', key, s3.ref, at, 4096)).body, newBytes);
   assert.deepEqual((await folderRead(lab, url2.url, url2.cookie, at, 4096)).body, oldBytes);
   const q3 = await vc.changedAreas(vm.ref, s3.ref, key, id2, cap);
   assert.ok(covered(q3.areas, at, 4096));
   assertWithin(q3.areas, blockAreas([{ offset: at, length: 4096 }], GRAIN, cap), 'since id2');
 
   const [nbd2, nbd3] = [await lab.nbdExport('vm-0001', s2.ref, key), await lab.nbdExport('vm-0001', s3.ref, key)];
-  const full = async (u: { url: string; cookie: string | undefined }) => {
+  const full = async (read: (off: number, len: number) => Promise<{ body: Buffer }>) => {
     const h = createHash('sha256');
-    for (let off = 0; off < cap; off += 32 * MB) h.update((await folderRead(lab, u.url, u.cookie, off, Math.min(32 * MB, cap - off))).body);
+    for (let off = 0; off < cap; off += 32 * MB) h.update((await read(off, Math.min(32 * MB, cap - off))).body);
     return h.digest('hex');
   };
-  assert.equal(await sha256Stream('nbdcopy', [nbd2.uri, '-']), await full(url2), 'NBD export of the first snapshot = its /folder data');
-  assert.equal(await sha256Stream('nbdcopy', [nbd3.uri, '-']), await full(url3), 'NBD export of the second snapshot = its /folder data');
+  assert.equal(await sha256Stream('nbdcopy', [nbd2.uri, '-']), await full((o, n) => folderRead(lab, url2.url, url2.cookie, o, n)), 'NBD export of the first snapshot = its /folder data (the base flat file)');
+  assert.equal(await sha256Stream('nbdcopy', [nbd3.uri, '-']), await full((o, n) => viewRead(lab, 'vm-0001', key, s3.ref, o, n)), 'NBD export of the second snapshot = the lab\'s view of it');
 
   await vc.removeSnapshot(vm.ref, s2.ref);
   await vc.removeSnapshot(vm.ref, s3.ref);

@@ -46,3 +46,15 @@ export async function folderRead(lab: Lab, url: string, cookie: string | undefin
     await agent.close();
   }
 }
+
+/** GET a range of the lab's own view of a disk at a snapshot (what VDDK or NBD reads of it return; lab-internal). */
+export async function viewRead(lab: Lab, vm: string, disk: number, snapshot: string | undefined, offset: number, length: number): Promise<{ status: number; body: Buffer }> {
+  const { url, headers } = lab.viewUrl(vm, disk, snapshot);
+  const agent = new Agent({ connect: { ca: lab.certPem } });
+  try {
+    const res = await request(url, { dispatcher: agent, headers: { ...headers, range: `bytes=${offset}-${offset + length - 1}` } });
+    return { status: res.statusCode, body: Buffer.from(await res.body.arrayBuffer()) };
+  } finally {
+    await agent.close();
+  }
+}

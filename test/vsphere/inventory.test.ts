@@ -33,7 +33,8 @@ test('inventory lists every VM with the right disk facts, in constant round trip
       assert.equal(d.controllerBus, ld.bus);
       assert.equal(d.unitNumber, ld.unit);
       assert.equal(d.busId, `scsi${ld.bus}:${ld.unit}`);
-      assert.equal(d.datastore, lab.datastore);
+      assert.equal(d.datastore, ld.datastore);
+      assert.equal(d.parents?.length ?? 0, vm.snapshots.length, 'a delta names its parent');
       assert.equal(d.backingType, 'VirtualDiskFlatVer2');
       assert.equal(d.compatibilityMode, null);
     }

@@ -27,7 +27,7 @@ export function register(program: Command): void {
 
   lab.command('start').description('start a lab vCenter in the background and print how to connect')
     .requiredOption('--dir <dir>', 'lab directory (state, certificate, password, datastore)')
-    .option('--vms <n>', 'plain VMs besides the four shaped ones', '8')
+    .option('--vms <n>', 'plain VMs besides the seven shaped ones', '8')
     .option('--disk-mb <n>', 'capacity of each first disk in MiB', '64')
     .option('--esx', 'be a standalone ESXi host (HostAgent, ha-datacenter, user root) instead of a vCenter')
     .option('--json', 'print JSON')
