@@ -77,6 +77,9 @@ export class Lab {
     this.agent = new Agent({ connect: { ca: certPem }, keepAliveTimeout: 1000 });
   }
 
+  /** The VDDK view map (moref, snapshot, disk path -> NBD export), when the lab runs with `vddkMap`: the double's `lab_map=`. */
+  get vddkMapFile(): string { return join(this.dir, 'vddk-map.tsv'); }
+
   vm(name: string): LabVm {
     const v = this.vms.find((x) => x.name === name);
     if (!v) throw new Error(`the lab has no VM ${name}`);
@@ -176,6 +179,8 @@ export interface StartLabOptions {
   /** Keep running after this process exits (the CLI's `vmlift lab start`). Default: die with this process. */
   detached?: boolean;
   timeoutMs?: number;
+  /** Export each snapshot's disks over NBD and publish `vddkMapFile` for the VDDK double (lab/vddk_map.go). */
+  vddkMap?: boolean;
 }
 
 export async function startLab(opts: StartLabOptions): Promise<Lab> {
@@ -184,6 +189,7 @@ export async function startLab(opts: StartLabOptions): Promise<Lab> {
   await buildLab();
   const args = ['-dir', dir, '-vms', String(opts.vms ?? 8), '-disk-mb', String(opts.diskMb ?? 64)];
   if (!opts.detached) args.push('-parent-pid', String(process.pid));
+  if (opts.vddkMap) args.push('-vddk-map');
   const log = await open(join(dir, 'lab.log'), 'a');
   const child = spawn(labBinary, args, { stdio: ['ignore', log.fd, log.fd], detached: !!opts.detached });
   await log.close();

@@ -184,6 +184,7 @@ func main() {
 	parent := flag.Int("parent-pid", 0, "exit when this process is gone")
 	peer := flag.String("peer-inventory", "", "benchmark peer: time govmomi's inventory of this vCenter URL and exit")
 	pwFlag := flag.String("password-file", "", "password file (with -peer-inventory)")
+	vddkMapFlag := flag.Bool("vddk-map", false, "export each snapshot's disks over NBD and publish <dir>/vddk-map.tsv for the VDDK double")
 	flag.Parse()
 	if *peer != "" {
 		if err := runPeerInventory(*peer, *user, *pwFlag, 3); err != nil {
@@ -288,6 +289,11 @@ func main() {
 	}
 	logf("%d VMs ready in %s", len(state.VMs), time.Since(start).Round(time.Millisecond))
 
+	if *vddkMapFlag {
+		l.mu.Lock()
+		l.enableVddkMap(*user, pwFile, thumb(sha1sum(der)))
+		l.mu.Unlock()
+	}
 	js, _ := json.MarshalIndent(state, "", "  ")
 	tmp := filepath.Join(*dir, "lab.json.tmp")
 	if err := os.WriteFile(tmp, js, 0o600); err != nil { // holds the control token
