@@ -22,13 +22,14 @@
  *     nfc_alloc_fail=N   the next N reads fail as NFC's "failed to allocate" does: VIX_E_OUT_OF_MEMORY,
  *                        with the NFC error 5 and DiskLib 802 lines through the warn/log callbacks
  *     nfc_max_read=B     every read longer than B bytes fails that way (the host's NFC buffer limit)
+ *     nbd_conns=N        NBD connections (and ReadAsync worker threads) per lab_map handle (default 4)
  *     auth_fail=N        the next N remote ConnectEx fail as a refused login (VIX_E_HOST_USER_PERMISSIONS)
  *     stats_file=FILE    (or env VMLIFT_VDDK_DOUBLE_STATS) rewritten after every Connect, Disconnect,
  *                        Open, Close and Exit: connections=, handles= (open now), connects=, opens=,
  *                        nfc_errors= (totals); Exit also logs the open connections and handles.
  * - With no serverName the connection is local: paths are plain file names, transport "file".
- * - ReadAsync runs on a worker thread per handle and calls the completion callback there,
- *   as the real library does; Wait blocks until that handle's queue is empty.
+ * - ReadAsync runs on worker threads of the handle (one over a file, nbd_conns over NBD) that call
+ *   the completion callback there, as the real library does; Wait blocks until the queue is empty.
  * - Every call logs through the registered log callback with a real va_list.
  */
 #define _GNU_SOURCE
@@ -54,6 +55,7 @@ static int g_no_query_blocks;
 static char g_lab_map[4096], g_stats_file[4096];
 static int g_nfc_alloc_fail, g_auth_fail;
 static long long g_nfc_max_read;
+static int g_nbd_conns = 4;
 /* open now, and totals since InitEx */
 static int g_conns, g_handles, g_connects, g_opens, g_nfc_errors;
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -76,6 +78,7 @@ struct conn {
   char snapshot[128];
 };
 
+#define MAX_WORKERS 16
 struct disk;
 struct job {
   struct job *next;
@@ -92,12 +95,12 @@ struct disk {
   int extents;                /* the export answers base:allocation */
   uint64_t sectors;
   struct conn *conn;
-  pthread_t worker;
   pthread_mutex_t mu;
   pthread_cond_t cv;
   struct job *head, *tail;
-  int busy, stop, started;
-  int inflight;               /* NBD reads submitted by the worker, not yet complete (worker thread only) */
+  int busy, stop, nworkers;
+  pthread_t workers[MAX_WORKERS];
+  char uri[1024];
 };
 
 /* Writes the counters where tests can read them; callers hold g_mu. */
@@ -149,6 +152,7 @@ static void read_config(const char *path) {
     else if (!strcmp(k, "nfc_alloc_fail")) g_nfc_alloc_fail = atoi(v);
     else if (!strcmp(k, "nfc_max_read")) g_nfc_max_read = atoll(v);
     else if (!strcmp(k, "auth_fail")) g_auth_fail = atoi(v);
+    else if (!strcmp(k, "nbd_conns")) g_nbd_conns = atoi(v) < 1 ? 1 : atoi(v) > MAX_WORKERS ? MAX_WORKERS : atoi(v);
     else if (!strcmp(k, "stats_file")) snprintf(g_stats_file, sizeof g_stats_file, "%s", v);
   }
   fclose(f);
@@ -160,7 +164,7 @@ VixError VixDiskLib_InitEx(uint32_t major, uint32_t minor, VixDiskLibGenericLogF
   if (major < 6) return VIX_E_NOT_SUPPORTED;
   g_log = log; g_warn = warn; g_panic = panic;
   g_fail_sector = -1; g_busy_reads = 0; g_no_query_blocks = 0;
-  g_nfc_alloc_fail = g_auth_fail = 0; g_nfc_max_read = 0;
+  g_nfc_alloc_fail = g_auth_fail = 0; g_nfc_max_read = 0; g_nbd_conns = 4;
   g_conns = g_handles = g_connects = g_opens = g_nfc_errors = 0;
   g_datastores[0] = g_user[0] = g_password[0] = g_cookie[0] = g_thumb[0] = 0;
   g_lab_map[0] = g_stats_file[0] = 0;
@@ -432,6 +436,8 @@ static VixError read_faults(uint64_t start, uint64_t n) {
   return VIX_OK;
 }
 
+static VixError read_on(struct disk *d, struct nbd_handle *h, uint64_t start, uint64_t n, uint8_t *buf);
+
 static void finish(struct job *j, VixError e) {
   struct disk *d = j->d;
   j->cb(j->cbData, e);
@@ -442,53 +448,35 @@ static void finish(struct job *j, VixError e) {
   pthread_mutex_unlock(&d->mu);
 }
 
-static int nbd_done(void *ud, int *error) {
-  struct job *j = ud;
-  j->d->inflight--;
-  if (*error) WARN("VixDiskLib: NBD read of %llu sectors at %llu failed: %s\n", (unsigned long long)j->n, (unsigned long long)j->start, strerror(*error));
-  finish(j, *error ? VIX_E_DISK_NOIO : VIX_OK);
-  return 1;
-}
-
 /*
- * One worker per handle runs its ReadAsync queue and calls the completion callbacks, as VDDK's
- * own threads do. Over NBD it keeps the queued reads in flight at once (libnbd's AIO calls, all
- * on this thread); over a file it reads them one after another.
+ * The ReadAsync queue of a handle runs on worker threads that call the completion callbacks, as
+ * VDDK's own threads do. Over NBD each worker has its own connection to the export (libnbd's
+ * handles serialize their callers), so the workers' reads and callbacks overlap.
  */
 static void *worker_main(void *arg) {
   struct disk *d = arg;
+  struct nbd_handle *h = NULL;
+  if (d->nbd) {
+    h = nbd_create();
+    if (h && nbd_connect_uri(h, d->uri) < 0) {
+      WARN("VixDiskLib: extra NBD connection failed, sharing the handle's: %s\n", nbd_get_error());
+      nbd_close(h);
+      h = NULL;
+    }
+  }
   pthread_mutex_lock(&d->mu);
   for (;;) {
-    while (!d->head && !d->inflight && !d->stop) pthread_cond_wait(&d->cv, &d->mu);
-    if (!d->head && !d->inflight && d->stop) break;
-    struct job *list = d->head;
-    d->head = d->tail = NULL;
+    while (!d->head && !d->stop) pthread_cond_wait(&d->cv, &d->mu);
+    if (!d->head && d->stop) break;
+    struct job *j = d->head;
+    d->head = j->next;
+    if (!d->head) d->tail = NULL;
     pthread_mutex_unlock(&d->mu);
-    while (list) {
-      struct job *j = list;
-      list = j->next;
-      if (!d->nbd) { finish(j, VixDiskLib_Read(d, j->start, j->n, j->buf)); continue; }
-      VixError e = read_faults(j->start, j->n);
-      if (e != VIX_OK) { finish(j, e); continue; }
-      d->inflight++;
-      nbd_completion_callback cb = { .callback = nbd_done, .user_data = j };
-      if (nbd_aio_pread(d->nbd, j->buf, (size_t)j->n * VIXDISKLIB_SECTOR_SIZE, j->start * VIXDISKLIB_SECTOR_SIZE, cb, 0) < 0) {
-        /* libnbd calls the completion callback only for a command it queued */
-        d->inflight--;
-        WARN("VixDiskLib: NBD read failed: %s\n", nbd_get_error());
-        finish(j, VIX_E_DISK_NOIO);
-      }
-    }
-    if (d->nbd && d->inflight > 0 && nbd_poll(d->nbd, -1) < 0) {
-      WARN("VixDiskLib: NBD connection failed: %s\n", nbd_get_error());
-      /* The handle is dead: the commands in flight will not complete; fail them through libnbd. */
-      nbd_shutdown(d->nbd, 0);
-      while (d->inflight > 0 && nbd_poll(d->nbd, 100) >= 0) {}
-      if (d->inflight > 0) { pthread_mutex_lock(&d->mu); d->busy -= d->inflight; d->inflight = 0; pthread_cond_broadcast(&d->cv); pthread_mutex_unlock(&d->mu); }
-    }
+    finish(j, read_on(d, h, j->start, j->n, j->buf));
     pthread_mutex_lock(&d->mu);
   }
   pthread_mutex_unlock(&d->mu);
+  if (h) { nbd_shutdown(h, 0); nbd_close(h); }
   return NULL;
 }
 
@@ -512,6 +500,7 @@ static VixError open_lab(struct disk *d, const struct conn *c, const char *path)
   int64_t size = nbd_get_size(h);
   if (size < 0) { nbd_close(h); return VIX_E_FAIL; }
   d->nbd = h;
+  snprintf(d->uri, sizeof d->uri, "%s", uri);
   d->extents = nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == 1;
   d->sectors = (uint64_t)size / VIXDISKLIB_SECTOR_SIZE;
   return VIX_OK;
@@ -553,13 +542,11 @@ VixError VixDiskLib_Open(const VixDiskLibConnection connection, const char *path
 VixError VixDiskLib_Close(VixDiskLibHandle handle) {
   struct disk *d = handle;
   if (!d) return VIX_E_INVALID_ARG;
-  if (d->started) {
-    pthread_mutex_lock(&d->mu);
-    d->stop = 1;
-    pthread_cond_broadcast(&d->cv);
-    pthread_mutex_unlock(&d->mu);
-    pthread_join(d->worker, NULL);
-  }
+  pthread_mutex_lock(&d->mu);
+  d->stop = 1;
+  pthread_cond_broadcast(&d->cv);
+  pthread_mutex_unlock(&d->mu);
+  for (int i = 0; i < d->nworkers; i++) pthread_join(d->workers[i], NULL);
   if (d->fd >= 0) close(d->fd);
   if (d->nbd) { nbd_shutdown(d->nbd, 0); nbd_close(d->nbd); }
   free(d);
@@ -600,13 +587,18 @@ const char *VixDiskLib_GetTransportMode(VixDiskLibHandle handle) {
 VixError VixDiskLib_Read(VixDiskLibHandle handle, VixDiskLibSectorType start, VixDiskLibSectorType n, uint8_t *buf) {
   struct disk *d = handle;
   if (!d || !buf) return VIX_E_INVALID_ARG;
+  return read_on(d, NULL, start, n, buf);
+}
+
+/* One read, over `h` (a worker's own NBD connection) or the handle's file or connection. */
+static VixError read_on(struct disk *d, struct nbd_handle *h, uint64_t start, uint64_t n, uint8_t *buf) {
   if (start > d->sectors || n > d->sectors - start) return VIX_E_DISK_OUTOFRANGE;
   VixError e = read_faults(start, n);
   if (e != VIX_OK) return e;
   size_t len = (size_t)n * VIXDISKLIB_SECTOR_SIZE;
   off_t off = (off_t)start * VIXDISKLIB_SECTOR_SIZE;
   if (d->nbd) {
-    if (nbd_pread(d->nbd, buf, len, (uint64_t)off, 0) < 0) {
+    if (nbd_pread(h ? h : d->nbd, buf, len, (uint64_t)off, 0) < 0) {
       WARN("VixDiskLib: NBD read of %llu sectors at %llu failed: %s\n", (unsigned long long)n, (unsigned long long)start, nbd_get_error());
       return VIX_E_DISK_NOIO;
     }
@@ -631,10 +623,11 @@ VixError VixDiskLib_ReadAsync(VixDiskLibHandle handle, VixDiskLibSectorType star
   if (!j) return VIX_E_OUT_OF_MEMORY;
   j->d = d; j->start = start; j->n = n; j->buf = buf; j->cb = cb; j->cbData = cbData;
   pthread_mutex_lock(&d->mu);
-  if (!d->started) {
-    if (pthread_create(&d->worker, NULL, worker_main, d) != 0) { pthread_mutex_unlock(&d->mu); free(j); return VIX_E_FAIL; }
-    d->started = 1;
+  while (d->nworkers < (d->nbd ? g_nbd_conns : 1)) {
+    if (pthread_create(&d->workers[d->nworkers], NULL, worker_main, d) != 0) break;
+    d->nworkers++;
   }
+  if (!d->nworkers) { pthread_mutex_unlock(&d->mu); free(j); return VIX_E_FAIL; }
   if (d->tail) d->tail->next = j; else d->head = j;
   d->tail = j;
   d->busy++;

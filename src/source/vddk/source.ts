@@ -320,13 +320,16 @@ export class VddkSource extends PositionalReader implements BlockSource {
       const done: Array<Promise<void>> = [];
       this.pending += batch.length;
       for (const r of batch) {
-        r.native = this.takeNative();
+        // A caller's buffer of exactly the read's size is read into directly (Node's buffers do not
+        // move; the request keeps it alive until the completion): no copy on the event loop.
+        const direct = r.into !== undefined && r.into.length === r.sectors * SECTOR;
+        r.native = direct ? r.into : this.takeNative();
         let fin!: () => void;
         done.push(new Promise<void>((f) => { fin = f; }));
         const { id, cb } = completion((result) => {
-          if (result === VIX_OK) r.resolve(this.copyOut(r.native, r.sectors * SECTOR, r.into));
+          if (result === VIX_OK) r.resolve(direct ? r.into! : this.copyOut(r.native, r.sectors * SECTOR, r.into));
           else r.reject(this.readError(result));
-          this.pool.push(r.native);
+          if (!direct) this.pool.push(r.native);
           this.pending--;
           fin();
         });
