@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { closeSync, copyFileSync, ftruncateSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
@@ -206,6 +206,15 @@ describe('VDDK binding driven against the libvixDiskLib double', () => {
       shutdownVddk();
     }
   }));
+
+  it('never holds an exiting process: a throw or exit with ReadAsync calls in flight ends it at once', async () => {
+    for (const how of ['throw', 'exit']) {
+      const t0 = Date.now();
+      const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'vddk-exit-child.ts'), flat, how], { timeout: 20_000, encoding: 'utf8' });
+      assert.equal(r.signal, null, `${how}: the process did not end by itself (${Date.now() - t0} ms)`);
+      assert.equal(r.status, how === 'throw' ? 1 : 3, r.stderr);
+    }
+  });
 
   it('reports a missing or unusable library clearly, so transport selection can move on', () => {
     assert.throws(() => VddkSourceOpenSync(path.join(dir, 'no-vddk')), (e: unknown) => e instanceof VddkUnavailableError && /no libvixDiskLib.so found/.test(e.message) && /--vddk-libdir/.test(e.fix ?? ''));

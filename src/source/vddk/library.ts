@@ -108,11 +108,20 @@ export function registerOpenDisk(d: { closeSync: () => void; idle: () => boolean
 /** The last "[NFC ERROR] ..." line VDDK logged (its text names the host's failure). */
 export function lastNfcError(): string | undefined { return lastNfc; }
 
+// VDDK's completion callbacks come from its own threads, which do not keep Node's event loop alive:
+// while any read is in flight a timer does.
+let inFlight = 0;
+let keepAliveTimer: NodeJS.Timeout | undefined;
+
 /** Registers a completion for one ReadAsync: the id to pass as cbData, and the callback pointer. */
 export function completion(fn: (result: number) => void): { id: number; cb: unknown } {
   const id = nextCbId++;
   if (nextCbId > 0x7fffffff) nextCbId = 1;
-  completions.set(id, fn);
+  if (inFlight++ === 0) keepAliveTimer = setInterval(() => undefined, 1 << 30);
+  completions.set(id, (result) => {
+    if (--inFlight === 0) { clearInterval(keepAliveTimer); keepAliveTimer = undefined; }
+    fn(result);
+  });
   return { id, cb: completionCb };
 }
 

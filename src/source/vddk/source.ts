@@ -112,7 +112,8 @@ export class VddkSource extends PositionalReader implements BlockSource {
   private readonly mode: 'async' | 'sync';
   private readonly log: Logger;
   private queue: Req[] = [];
-  private pump: Promise<void> | undefined;
+  private inFlight = 0;
+  private readonly idleWaiters: Array<() => void> = [];
   private syncChain: Promise<unknown> = Promise.resolve();
   private pending = 0;
   private readonly pool: unknown[] = [];
@@ -259,7 +260,8 @@ export class VddkSource extends PositionalReader implements BlockSource {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.pump?.catch(() => undefined);
+    for (const r of this.queue.splice(0)) r.reject(new Error('source closed'));
+    await this.drained();
     await this.syncChain.catch(() => undefined);
     await callAsync(this.lib.Wait, this.handle).catch(() => undefined);
     this.closeHandles();
@@ -298,7 +300,10 @@ export class VddkSource extends PositionalReader implements BlockSource {
         const err = await callAsync(this.lib.Read, this.handle, startSector, sectors, native);
         if (err !== VIX_OK) throw this.readError(err);
         return this.copyOut(native, sectors * SECTOR, into);
-      } finally { this.pending--; this.pool.push(native); }
+      } finally {
+        this.pool.push(native);
+        if (--this.pending === 0) for (const f of this.idleWaiters.splice(0)) f();
+      }
     };
     const p = this.syncChain.then(run, run);
     this.syncChain = p.catch(() => undefined);
@@ -309,37 +314,43 @@ export class VddkSource extends PositionalReader implements BlockSource {
     if (this.closed) return Promise.reject(new Error('source closed'));
     return new Promise((resolve, reject) => {
       this.queue.push({ startSector, sectors, native: undefined, into, resolve, reject });
-      this.pump ??= this.drain().finally(() => { this.pump = undefined; });
+      this.submit();
     });
   }
 
-  /** Submits queued reads with ReadAsync, at most maxInFlight at once, then VixDiskLib_Wait on a worker thread. */
-  private async drain(): Promise<void> {
-    while (this.queue.length) {
-      const batch = this.queue.splice(0, this.maxInFlight);
-      const done: Array<Promise<void>> = [];
-      this.pending += batch.length;
-      for (const r of batch) {
-        // A caller's buffer of exactly the read's size is read into directly (Node's buffers do not
-        // move; the request keeps it alive until the completion): no copy on the event loop.
-        const direct = r.into !== undefined && r.into.length === r.sectors * SECTOR;
-        r.native = direct ? r.into : this.takeNative();
-        let fin!: () => void;
-        done.push(new Promise<void>((f) => { fin = f; }));
-        const { id, cb } = completion((result) => {
-          if (result === VIX_OK) r.resolve(direct ? r.into! : this.copyOut(r.native, r.sectors * SECTOR, r.into));
-          else r.reject(this.readError(result));
-          if (!direct) this.pool.push(r.native);
-          this.pending--;
-          fin();
-        });
-        const err = Number(this.lib.ReadAsync(this.handle, r.startSector, r.sectors, r.native, cb, id));
-        if (err !== VIX_ASYNC && err !== VIX_OK) dropCompletion(id)?.(err);
-      }
-      const werr = await callAsync(this.lib.Wait, this.handle);
-      if (werr !== VIX_OK) this.log.warn({ err: errorText(this.lib, werr) }, 'VixDiskLib_Wait reported an error');
-      await Promise.all(done);
+  /**
+   * Keeps at most maxInFlight ReadAsync calls submitted: each completion (VDDK calls it from its own
+   * thread; koffi runs it on the event loop) submits the next queued read. No thread waits in
+   * VixDiskLib_Wait while reads are in flight, so an exiting process is never held by one (libuv joins
+   * its worker threads at exit); close() calls Wait once the queue is empty.
+   */
+  private submit(): void {
+    while (this.queue.length && this.inFlight < this.maxInFlight && !this.closed) {
+      const r = this.queue.shift()!;
+      // A caller's buffer of exactly the read's size is read into directly (Node's buffers do not
+      // move; the request keeps it alive until the completion): no copy on the event loop.
+      const direct = r.into !== undefined && r.into.length === r.sectors * SECTOR;
+      r.native = direct ? r.into : this.takeNative();
+      this.inFlight++;
+      this.pending++;
+      const { id, cb } = completion((result) => {
+        if (result === VIX_OK) r.resolve(direct ? r.into! : this.copyOut(r.native, r.sectors * SECTOR, r.into));
+        else r.reject(this.readError(result));
+        if (!direct) this.pool.push(r.native);
+        this.inFlight--;
+        this.pending--;
+        if (this.pending === 0) for (const f of this.idleWaiters.splice(0)) f();
+        queueMicrotask(() => this.submit());
+      });
+      const err = Number(this.lib.ReadAsync(this.handle, r.startSector, r.sectors, r.native, cb, id));
+      if (err !== VIX_ASYNC && err !== VIX_OK) dropCompletion(id)?.(err);
     }
+  }
+
+  /** Resolves once no read is queued or in flight. */
+  private drained(): Promise<void> {
+    if (this.pending === 0 && this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
   private readError(code: number): Error {
