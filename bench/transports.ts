@@ -120,7 +120,7 @@ async function main(): Promise<void> {
   execFileSync(path.join(root, 'native/build.sh'), { stdio: 'inherit' });
   for (const mode of ['async', 'sync'] as const) {
     const v = await VddkSource.open({ libdir: path.join(root, 'native/build/vddk-double'), diskPath: file, mode, maxReadSize: 2 << 20 });
-    results.push({ what: `vmlift VDDK binding, double, ${mode === 'async' ? 'ReadAsync+Wait x8' : 'Read'} 2 MiB`, mbs: mbs(size, await readWhole(v)) });
+    results.push({ what: `vmlift VDDK binding, double, ${mode === 'async' ? 'ReadAsync window of 8,' : 'Read'} 2 MiB`, mbs: mbs(size, await readWhole(v)) });
     await v.close();
   }
 
@@ -133,7 +133,7 @@ async function main(): Promise<void> {
     shutdownVddk();
     const v = await VddkSource.open({ libdir: path.join(root, 'native/build/vddk-double'), configFile: conf, server: 'vc.bench', serverKind: kind,
       credentials: { user: 'bench', password: 'bench' }, vm: 'vm-1', snapshot: 'snapshot-1', diskPath: '[ds] b/b.vmdk' });
-    results.push({ what: `vmlift VDDK binding, double over libnbd (lab_map), ReadAsync+Wait x8 ${max >> 20} MiB (${kind})`, mbs: mbs(size, await readWhole(v)) });
+    results.push({ what: `vmlift VDDK binding, double over libnbd (lab_map), ReadAsync window of 8, ${max >> 20} MiB (${kind})`, mbs: mbs(size, await readWhole(v)) });
     await v.close();
   }
 

@@ -6,6 +6,7 @@
  *   await lab.write('vm-0001', 2000, offset, bytes);      // guest write onto the live disk
  *   await lab.read('vm-0001', 2000, offset, len, snapRef) // bytes of a snapshot's view (or live)
  *   await lab.nbdExport('vm-0001', snapRef, 2000)         // { uri: 'nbd://127.0.0.1:PORT', ... }
+ *   startLab({ dir, vddkMap: true }); lab.vddkMapFile     // snapshot views for the VDDK double (lab_map=)
  *   lab.folderUrl('vm-0001/vm-0001-flat.vmdk')            // datastore URL (needs a session cookie)
  *   await lab.addDisk('vm-0001', 2001, 8 << 20); await lab.removeDisk('vm-0001', 2001);
  *   await lab.injectFault('createSnapshot'); await lab.expireSessions(); await lab.stop();

@@ -236,6 +236,8 @@ describe('VDDK binding driven against the libvixDiskLib double', () => {
     assert.equal(o.vm, 'vm-42');
     assert.equal(o.transports, 'nbdssl:nbd');
     assert.equal(parseVddkUri('vddk:///srv/disk.img').diskPath, '/srv/disk.img');
+    assert.equal(parseVddkUri('vddk://esx1/x?vm=vm-1&kind=esxi').serverKind, 'esxi');
+    assert.throws(() => parseVddkUri('vddk://esx1/x?vm=vm-1&kind=host'), (e: unknown) => e instanceof UserError && e.code === 'VDDK_BAD_URI');
     for (const bad of ['vddk://u:pw@vc/x?vm=vm-1', 'vddk://vc/x', 'vddk://vc/x?vm=42', 'vddk://vc/x?vm=vm-1&snap=1']) {
       assert.throws(() => parseVddkUri(bad), (e: unknown) => e instanceof UserError && e.code === 'VDDK_BAD_URI' && !e.message.includes('pw@'), bad);
     }
