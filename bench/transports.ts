@@ -6,12 +6,13 @@
  * One file of SIZE GiB (non-zero, fully allocated) is served by nbdkit's file plugin; our NBD client
  * and `nbdcopy ... null:` (libnbd, the peer tool) read the whole export in the same run, alternating,
  * best of ROUNDS each, and the ratio is printed (target >= 0.9). Then the HTTP datastore reader
- * (Range GETs from a separate HTTPS process) and the VDDK binding over the C double read the same file.
+ * (Range GETs from a separate HTTPS process) and the VDDK binding over the C double read the same file,
+ * the double both from the local file and through libnbd from the same nbdkit export (lab_map mode).
  * Reads are discarded, as nbdcopy's null: does. Not part of the test suite.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -119,7 +120,20 @@ async function main(): Promise<void> {
   execFileSync(path.join(root, 'native/build.sh'), { stdio: 'inherit' });
   for (const mode of ['async', 'sync'] as const) {
     const v = await VddkSource.open({ libdir: path.join(root, 'native/build/vddk-double'), diskPath: file, mode, maxReadSize: 2 << 20 });
-    results.push({ what: `vmlift VDDK binding, double, ${mode === 'async' ? 'ReadAsync+Wait x8' : 'Read'} 2 MiB`, mbs: mbs(size, await readWhole(v)) });
+    results.push({ what: `vmlift VDDK binding, double, ${mode === 'async' ? 'ReadAsync window of 8,' : 'Read'} 2 MiB`, mbs: mbs(size, await readWhole(v)) });
+    await v.close();
+  }
+
+  // The double in lab_map mode (what the lab tests use): VDDK calls served from the same nbdkit export through libnbd.
+  const map = path.join(dir, 'vddk-map.tsv');
+  writeFileSync(map, `vm\tvm-1\ndisk\tvm-1\tsnapshot-1\t[ds] b/b.vmdk\t${uri}\t${size}\n`);
+  const conf = path.join(dir, 'vddk.conf');
+  writeFileSync(conf, `lab_map=${map}\nuser=bench\npassword=bench\n`);
+  for (const [kind, max] of [['vcenter', 2 << 20], ['esxi', 23 << 20]] as const) {
+    shutdownVddk();
+    const v = await VddkSource.open({ libdir: path.join(root, 'native/build/vddk-double'), configFile: conf, server: 'vc.bench', serverKind: kind,
+      credentials: { user: 'bench', password: 'bench' }, vm: 'vm-1', snapshot: 'snapshot-1', diskPath: '[ds] b/b.vmdk' });
+    results.push({ what: `vmlift VDDK binding, double over libnbd (lab_map), ReadAsync window of 8, ${max >> 20} MiB (${kind})`, mbs: mbs(size, await readWhole(v)) });
     await v.close();
   }
 

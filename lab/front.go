@@ -179,6 +179,7 @@ func (f *front) serveSDK(w http.ResponseWriter, r *http.Request) {
 			if c.Name == sessionCookie {
 				f.l.mu.Lock()
 				f.l.cookies[c.Value] = true
+				f.l.publishVddkSessions()
 				f.l.mu.Unlock()
 			}
 		}
@@ -186,6 +187,7 @@ func (f *front) serveSDK(w http.ResponseWriter, r *http.Request) {
 		if c, err := r.Cookie(sessionCookie); err == nil {
 			f.l.mu.Lock()
 			delete(f.l.cookies, c.Value)
+			f.l.publishVddkSessions()
 			f.l.mu.Unlock()
 		}
 	}
@@ -529,6 +531,7 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 			cookies = append(cookies, c)
 		}
 		l.cookies = map[string]bool{}
+		l.publishVddkSessions()
 		l.mu.Unlock()
 		for _, c := range cookies {
 			req, _ := http.NewRequest(http.MethodPost, f.backend.String(), strings.NewReader(string(envelope(

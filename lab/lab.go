@@ -211,6 +211,7 @@ func (l *lab) afterSnapshotCreated(v *labVM, snapRef, name string) error {
 		snapObj.Config.Hardware.Device = devs
 	})
 	l.renameLive(v)
+	l.publishVddkMap()
 	return nil
 }
 
@@ -288,6 +289,7 @@ func (l *lab) afterSnapshotRemoved(v *labVM, snapRef string, removeChildren bool
 	}
 	l.stun(v)
 	l.renameLive(v)
+	l.publishVddkMap()
 	return nil
 }
 

@@ -6,6 +6,7 @@
  *   await lab.write('vm-0001', 2000, offset, bytes);      // guest write onto the live disk
  *   await lab.read('vm-0001', 2000, offset, len, snapRef) // bytes of a snapshot's view (or live)
  *   await lab.nbdExport('vm-0001', snapRef, 2000)         // { uri: 'nbd://127.0.0.1:PORT', ... }
+ *   startLab({ dir, vddkMap: true }); lab.vddkMapFile     // snapshot views for the VDDK double (lab_map=)
  *   lab.folderUrl('vm-0001/vm-0001-flat.vmdk')            // datastore URL (needs a session cookie)
  *   await lab.addDisk('vm-0001', 2001, 8 << 20); await lab.removeDisk('vm-0001', 2001);
  *   await lab.cbtMode('vm-0001', 'whole-disk');           // QueryChangedDiskAreas answers one area: the disk
@@ -84,6 +85,9 @@ export class Lab {
     this.controlUrl = s.controlUrl; this.token = s.token; this.child = child;
     this.agent = new Agent({ connect: { ca: certPem }, keepAliveTimeout: 1000 });
   }
+
+  /** The VDDK view map (moref, snapshot, disk path -> NBD export), when the lab runs with `vddkMap`: the double's `lab_map=`. */
+  get vddkMapFile(): string { return join(this.dir, 'vddk-map.tsv'); }
 
   vm(name: string): LabVm {
     const v = this.vms.find((x) => x.name === name);
@@ -204,6 +208,8 @@ export interface StartLabOptions {
   timeoutMs?: number;
   /** A standalone ESXi host instead of a vCenter: HostAgent, ha-datacenter, user root, numeric VM ids, no vCLS VM. */
   esx?: boolean;
+  /** Export each snapshot's disks over NBD and publish `vddkMapFile` for the VDDK double (lab/vddk_map.go). */
+  vddkMap?: boolean;
 }
 
 export async function startLab(opts: StartLabOptions): Promise<Lab> {
@@ -214,6 +220,7 @@ export async function startLab(opts: StartLabOptions): Promise<Lab> {
   if (opts.vmfsVersion) args.push('-vmfs-version', String(opts.vmfsVersion));
   if (!opts.detached) args.push('-parent-pid', String(process.pid));
   if (opts.esx) args.push('-esx');
+  if (opts.vddkMap) args.push('-vddk-map');
   const log = await open(join(dir, 'lab.log'), 'a');
   const child = spawn(labBinary, args, { stdio: ['ignore', log.fd, log.fd], detached: !!opts.detached });
   await log.close();

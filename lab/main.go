@@ -193,6 +193,7 @@ func main() {
 	peer := flag.String("peer-inventory", "", "benchmark peer: time govmomi's inventory of this vCenter URL and exit")
 	pwFlag := flag.String("password-file", "", "password file (with -peer-inventory)")
 	esxMode := flag.Bool("esx", false, "be a standalone ESXi host (govmomi's ESX model: HostAgent, ha-datacenter; user root) instead of a vCenter")
+	vddkMapFlag := flag.Bool("vddk-map", false, "export each snapshot's disks over NBD and publish <dir>/vddk-map.tsv for the VDDK double")
 	flag.Parse()
 	if *esxMode && !flagSet("user") {
 		*user = "root"
@@ -326,6 +327,11 @@ func main() {
 		esxFr.setReady()
 	}
 
+	if *vddkMapFlag {
+		l.mu.Lock()
+		l.enableVddkMap(*user, pwFile, thumb(sha1sum(der)))
+		l.mu.Unlock()
+	}
 	js, _ := json.MarshalIndent(state, "", "  ")
 	tmp := filepath.Join(*dir, "lab.json.tmp")
 	if err := os.WriteFile(tmp, js, 0o600); err != nil { // holds the control token

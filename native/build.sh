@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the native parts into native/build/ (idempotent: rebuilds only when a source changed):
 #  - the libvixDiskLib test double into native/build/vddk-double/lib64/ (the layout of a VDDK
-#    distribution, so --vddk-libdir=native/build/vddk-double works);
+#    distribution, so --vddk-libdir=native/build/vddk-double works); it reads the lab's snapshot
+#    views over NBD with libnbd (Debian libnbd-dev);
 #  - libvmlift-digest.so (block digests over OpenSSL's libcrypto, see native/digest/), which the agent
 #    and the receiver use when present (they fall back to Node's crypto without it).
 set -euo pipefail
@@ -20,7 +21,7 @@ lib=$out/libvixDiskLib.so.8
 if ! fresh "$lib" "$src" "$hdr"; then
   mkdir -p "$out"
   ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -Werror -Wno-format-truncation -fPIC -shared -pthread \
-    -Wl,-soname,libvixDiskLib.so.8 -o "$lib.tmp" "$src"
+    -Wl,-soname,libvixDiskLib.so.8 -o "$lib.tmp" "$src" -lnbd
   mv "$lib.tmp" "$lib"
   ln -sf libvixDiskLib.so.8 "$out/libvixDiskLib.so"
   echo "native: built $lib" >&2

@@ -25,6 +25,8 @@ typedef void *VixDiskLibHandle;         /* opaque */
 #define VIX_E_OBJECT_IS_BUSY          5
 #define VIX_E_NOT_SUPPORTED           6
 #define VIX_E_FILE_ERROR              7
+#define VIX_E_FILE_ACCESS_ERROR       13
+#define VIX_E_OBJECT_NOT_FOUND        25
 #define VIX_E_HOST_USER_PERMISSIONS   3014
 #define VIX_E_DISK_NOIO               16002
 #define VIX_E_DISK_OUTOFRANGE         16007

@@ -32,5 +32,11 @@ export interface BlockSource {
   readInto?(offset: number, target: Buffer): Promise<void>;
   /** Allocated / hole map of [offset, offset+length) (default: the whole disk), in order, when the transport knows it. */
   extents?(offset?: number, length?: number): AsyncIterable<SourceExtent>;
+  /**
+   * Optional: the allocated byte ranges of the whole disk as the source's own library knows them
+   * (VDDK's QueryAllocatedBlocks), for a first full copy; undefined when it cannot tell, and the
+   * caller asks vSphere (QueryChangedDiskAreas "*") instead.
+   */
+  allocatedRanges?(): Promise<Array<{ offset: number; length: number }> | undefined>;
   close(): Promise<void>;
 }

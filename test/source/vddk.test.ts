@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { closeSync, copyFileSync, ftruncateSync, mkdirSync, openSync, writeFileSync, writeSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { closeSync, copyFileSync, ftruncateSync, mkdirSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { pino } from 'pino';
 import type { Logger } from '../../src/util/log.ts';
 import { SourceReadError } from '../../src/source/retry.ts';
-import { VddkSource, VddkUnavailableError, parseVddkUri, shutdownVddk, type VddkSourceOptions } from '../../src/source/vddk/index.ts';
+import { VddkSource, VddkUnavailableError, parseVddkUri, shutdownVddk, vddkOpenCounts, type VddkSourceOptions } from '../../src/source/vddk/index.ts';
 import { UserError } from '../../src/util/errors.ts';
 import { makeDiskData, readAll, sha256, tempDir } from './helpers.ts';
 
@@ -172,6 +172,50 @@ describe('VDDK binding driven against the libvixDiskLib double', () => {
     await bs.close();
   }));
 
+  it('sizes reads to what NFC takes: 2 MiB through vCenter, 23 MiB to ESXi directly, split when longer', () => fresh(async () => {
+    const conf = config();
+    const esx = await VddkSource.open(remote(conf, { serverKind: 'esxi' }));
+    try {
+      assert.equal(esx.maxReadSize, 23 * MiB);
+      assert.ok((await esx.read(0, size)).equals(data), 'one read of the whole disk');
+    } finally { await esx.close(); }
+    const vc = await VddkSource.open(remote(conf, { maxReadSize: MiB }));
+    try {
+      assert.equal(vc.maxReadSize, MiB);
+      assert.ok((await vc.read(512, 5 * MiB)).equals(data.subarray(512, 512 + 5 * MiB)), 'a longer read is split at maxReadSize');
+    } finally { await vc.close(); }
+  }));
+
+  it('counts connections and handles in the stats file, and leaves none open after failed opens', () => fresh(async () => {
+    const stats = path.join(dir, 'stats-env');
+    process.env.VMLIFT_VDDK_DOUBLE_STATS = stats;
+    try {
+      const read = () => Object.fromEntries(readFileSync(stats, 'utf8').trim().split('\n').map((l) => l.split('=') as [string, string]));
+      const conf = config();
+      const src = await VddkSource.open(remote(conf));
+      assert.deepEqual([read().connections, read().handles], ['1', '1']);
+      assert.deepEqual(vddkOpenCounts(), { connections: 1, disks: 1 });
+      await src.close();
+      await assert.rejects(VddkSource.open(remote(conf, { diskPath: '[ds1] vm1/nope.vmdk' })));
+      await assert.rejects(VddkSource.open(remote(conf, { credentials: { user: 'administrator@vsphere.local', password: 'nope' } })));
+      const end = read();
+      assert.deepEqual([end.connections, end.handles, end.connects, end.opens], ['0', '0', '2', '1']);
+      assert.deepEqual(vddkOpenCounts(), { connections: 0, disks: 0 });
+    } finally {
+      delete process.env.VMLIFT_VDDK_DOUBLE_STATS;
+      shutdownVddk();
+    }
+  }));
+
+  it('never holds an exiting process: a throw or exit with ReadAsync calls in flight ends it at once', async () => {
+    for (const how of ['throw', 'exit']) {
+      const t0 = Date.now();
+      const r = spawnSync(process.execPath, ['--import', 'tsx', path.join(import.meta.dirname, 'vddk-exit-child.ts'), flat, how], { timeout: 20_000, encoding: 'utf8' });
+      assert.equal(r.signal, null, `${how}: the process did not end by itself (${Date.now() - t0} ms)`);
+      assert.equal(r.status, how === 'throw' ? 1 : 3, r.stderr);
+    }
+  });
+
   it('reports a missing or unusable library clearly, so transport selection can move on', () => {
     assert.throws(() => VddkSourceOpenSync(path.join(dir, 'no-vddk')), (e: unknown) => e instanceof VddkUnavailableError && /no libvixDiskLib.so found/.test(e.message) && /--vddk-libdir/.test(e.fix ?? ''));
     const junk = path.join(dir, 'junk', 'lib64');
@@ -192,6 +236,8 @@ describe('VDDK binding driven against the libvixDiskLib double', () => {
     assert.equal(o.vm, 'vm-42');
     assert.equal(o.transports, 'nbdssl:nbd');
     assert.equal(parseVddkUri('vddk:///srv/disk.img').diskPath, '/srv/disk.img');
+    assert.equal(parseVddkUri('vddk://esx1/x?vm=vm-1&kind=esxi').serverKind, 'esxi');
+    assert.throws(() => parseVddkUri('vddk://esx1/x?vm=vm-1&kind=host'), (e: unknown) => e instanceof UserError && e.code === 'VDDK_BAD_URI');
     for (const bad of ['vddk://u:pw@vc/x?vm=vm-1', 'vddk://vc/x', 'vddk://vc/x?vm=42', 'vddk://vc/x?vm=vm-1&snap=1']) {
       assert.throws(() => parseVddkUri(bad), (e: unknown) => e instanceof UserError && e.code === 'VDDK_BAD_URI' && !e.message.includes('pw@'), bad);
     }

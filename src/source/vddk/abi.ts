@@ -10,7 +10,10 @@ import { UserError } from '../../util/errors.ts';
 
 export const VIX_OK = 0;
 export const VIX_ASYNC = 25000;
+export const VIX_E_OUT_OF_MEMORY = 2;
 export const VIX_E_OBJECT_IS_BUSY = 5;
+export const VIX_E_FILE_ACCESS_ERROR = 13;
+export const VIX_E_OBJECT_NOT_FOUND = 25;
 export const VIX_E_FILE_NOT_FOUND = 4;
 export const VIX_E_NOT_SUPPORTED = 6;
 export const VIX_E_HOST_USER_PERMISSIONS = 3014;

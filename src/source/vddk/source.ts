@@ -1,27 +1,46 @@
 /**
- * The VDDK reader: a BlockSource over libvixDiskLib through koffi (abi.ts declares the ABI): process-
- * wide init, ConnectEx + Open of a disk at a snapshot with the job's transport modes, sector-aligned
- * reads (ReadAsync with a completion queue, or Read), allocated-block queries, per-host open slots,
- * and VDDK error codes turned into VddkError with a fix.
+ * The VDDK reader: a BlockSource over libvixDiskLib through koffi (abi.ts declares the ABI, library.ts
+ * holds the process-wide state): ConnectEx per VM and snapshot with the job's transport modes, Open of
+ * the disk path the snapshot's config names, sector-aligned reads through a bounded ReadAsync queue
+ * (or Read), allocated blocks, per-host open slots, and VDDK error codes as coded errors with a fix.
  */
 import type { BlockSource, SourceExtent } from '../types.ts';
-import { CodedError, UserError } from '../../util/errors.ts';
+import { UserError } from '../../util/errors.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
 import { retryingSource, type RetryPolicy } from '../retry.ts';
+import { clampReads } from '../clamp.ts';
 import { PositionalReader } from '../positional.ts';
 import {
-  ConnectParamsType, decodeBlockList, errorText, koffi, loadVixDiskLib, MAX_CHUNK_NUMBER, MIN_CHUNK_SECTORS, SECTOR,
-  VIX_ASYNC, VIX_E_DISK_OUTOFRANGE, VIX_E_NOT_SUPPORTED, VIX_E_FILE_NOT_FOUND, VIX_E_HOST_USER_PERMISSIONS, VIX_E_OBJECT_IS_BUSY, VIX_OK,
-  VIXDISKLIB_CRED_SESSIONID, VIXDISKLIB_CRED_UID, VIXDISKLIB_FLAG_OPEN_READ_ONLY, type VixLib,
+  decodeBlockList, errorText, koffi, MAX_CHUNK_NUMBER, MIN_CHUNK_SECTORS, SECTOR,
+  VIX_ASYNC, VIX_E_DISK_OUTOFRANGE, VIX_E_NOT_SUPPORTED, VIX_OK, VIXDISKLIB_FLAG_OPEN_READ_ONLY, type VixLib,
 } from './abi.ts';
+import { completion, connect, dropCompletion, initVddk, lastNfcError, registerOpenDisk, type VddkCredentials } from './library.ts';
+import { openError, readError, VddkError } from './errors.ts';
 import { Semaphore } from '../../util/semaphore.ts';
 
-export type VddkCredentials = { user: string; password: string } | { cookie: string; user?: string };
+export type { VddkCredentials } from './library.ts';
+
+/** What a remote server is: vCenter (NFC through it: small reads) or an ESXi host directly. */
+export type VddkServerKind = 'vcenter' | 'esxi';
+
+/** Read sizes NFC takes: about 2 MiB through vCenter, up to about 23 MiB against ESXi directly (CDI's figures). */
+export const VDDK_MAX_READ_VCENTER = 2 << 20;
+export const VDDK_MAX_READ_ESXI = 23 << 20;
+export const VDDK_MAX_READ_LOCAL = 8 << 20;
+
+/** The default maxReadSize for a server of this kind (no server: a local disk). */
+export function vddkMaxReadSize(server: string | undefined, kind: VddkServerKind = 'vcenter'): number {
+  if (!server) return VDDK_MAX_READ_LOCAL;
+  return kind === 'esxi' ? VDDK_MAX_READ_ESXI : VDDK_MAX_READ_VCENTER;
+}
+
+/** Allocated byte ranges of a disk, in order (what QueryAllocatedBlocks answers). */
+export interface AllocatedRange { offset: number; length: number }
 
 export interface VddkSourceOptions {
   /** VDDK folder (the one holding lib64/); default VMLIFT_VDDK_LIBDIR. */
   libdir?: string;
-  /** VDDK configuration file passed to InitEx. */
+  /** VDDK configuration file passed to InitEx (once per process: library.ts initVddk). */
   configFile?: string;
   /** vCenter or ESXi host; omit to open a local disk file. */
   server?: string;
@@ -36,9 +55,11 @@ export interface VddkSourceOptions {
   snapshot?: string;
   /** "[datastore1] vm/vm.vmdk" (remote) or a file path (local). */
   diskPath: string;
-  /** VDDK transport modes in order of preference, e.g. "nbdssl:nbd", "hotadd", "san". */
+  /** VDDK transport modes in order of preference (default "nbdssl:nbd"; "hotadd", "san" on request). */
   transports?: string;
-  /** Largest read handed to VDDK; NFC through vCenter copes badly with more than 2 MiB (default). */
+  /** vCenter (default) or an ESXi host connected directly: sets the default maxReadSize. */
+  serverKind?: VddkServerKind;
+  /** Largest read handed to VDDK (default vddkMaxReadSize: 2 MiB through vCenter, 23 MiB to ESXi, 8 MiB local); longer reads are split. */
   maxReadSize?: number;
   /** Reads submitted together with ReadAsync before a Wait (default 8). */
   maxInFlight?: number;
@@ -50,67 +71,6 @@ export interface VddkSourceOptions {
   maxOpenDisksPerHost?: number;
   retry?: RetryPolicy;
   logger?: Logger;
-}
-
-/** A failed VixDiskLib call on an open disk; transient when the handle was only busy. */
-export class VddkError extends CodedError {
-  readonly vixCode: number;
-  constructor(call: string, code: number, text: string) {
-    super('VDDK_ERROR', `${call} failed: ${text} (VIX error ${code})`, {
-      transient: code === VIX_E_OBJECT_IS_BUSY,
-      fix: 'check the ESXi host of the disk, the network path to it (NFC port 902) and the VDDK lines of the log',
-    });
-    this.vixCode = code;
-  }
-}
-
-// ---- process-wide VDDK state: InitEx once, one log sink, one completion callback ----
-
-let vix: VixLib | undefined;
-let initialized = false;
-let logSink: Logger = silentLogger;
-const completions = new Map<number, (result: number) => void>();
-let nextCbId = 1;
-let completionCb: unknown;
-const fmtBuf = Buffer.alloc(8192);
-const keepAlive: unknown[] = [];
-
-function formatVddk(fmt: string, args: unknown): string {
-  // VDDK passes printf-style (fmt, va_list). Only C can walk a va_list, so libc's vsnprintf does it.
-  if (vix?.vsnprintf && args) {
-    const n = vix.vsnprintf(fmtBuf, fmtBuf.length, fmt, args);
-    if (n >= 0) return fmtBuf.toString('utf8', 0, Math.min(n, fmtBuf.length - 1)).trimEnd();
-  }
-  return fmt.trimEnd();
-}
-
-function ensureInit(libdir: string | undefined, configFile: string | undefined, log: Logger): VixLib {
-  const lib = loadVixDiskLib(libdir ?? process.env.VMLIFT_VDDK_LIBDIR);
-  if (vix && vix !== lib) throw new UserError('VDDK_TWO_LIBS', `VDDK already loaded from ${vix.file}; cannot also use ${lib.file} in one process`, 'use one --vddk-libdir per process');
-  vix = lib;
-  logSink = log;
-  if (initialized) return lib;
-  const sink = (level: 'debug' | 'warn' | 'error') => lib.registerLog((fmt: string, args: unknown) => {
-    try { logSink[level]({ vddk: true }, formatVddk(fmt, args)); } catch { /* never throw into C */ }
-  });
-  const cbs = [sink('debug'), sink('warn'), sink('error')];
-  completionCb = lib.registerCompletion((id: number | bigint, result: number | bigint) => {
-    const f = completions.get(Number(id));
-    completions.delete(Number(id));
-    f?.(Number(result));
-  });
-  keepAlive.push(...cbs, completionCb);
-  // VDDK 7/8 accept API version 7.0 in InitEx; the double checks the major only.
-  const err = Number(lib.InitEx(7, 0, cbs[0], cbs[1], cbs[2], libdir ?? process.env.VMLIFT_VDDK_LIBDIR ?? null, configFile ?? null));
-  if (err !== VIX_OK) throw new UserError('VDDK_INIT', `VixDiskLib_InitEx failed: ${errorText(lib, err)} (VIX error ${err})`, 'check the VDDK installation and its configuration file');
-  initialized = true;
-  return lib;
-}
-
-/** Calls VixDiskLib_Exit; a later open initializes again. */
-export function shutdownVddk(): void {
-  if (vix && initialized) vix.Exit();
-  initialized = false;
 }
 
 // ---- open disks per ESXi host ----
@@ -126,9 +86,13 @@ function acquireHost(host: string, limit: number): Promise<() => void> {
 
 interface Req { startSector: number; sectors: number; native: unknown; into: Buffer | undefined; resolve: (b: Buffer) => void; reject: (e: Error) => void }
 
+/** QueryAllocatedBlocks answered VIX_E_NOT_SUPPORTED (or the library lacks it). */
+const NOT_SUPPORTED = Symbol('not supported');
+
 /**
  * A BlockSource over libvixDiskLib: a disk of a VM (at a snapshot) through vCenter/ESXi, or a local VMDK.
- * `open` returns it under the retry wrapper; its own reads and queries try once and throw VddkError.
+ * `open` returns it with reads clamped to maxReadSize (longer ones split) under the retry wrapper;
+ * its own reads and queries try once and throw VddkError / VddkNfcResourceError.
  */
 export class VddkSource extends PositionalReader implements BlockSource {
   readonly transport = 'vddk';
@@ -138,63 +102,71 @@ export class VddkSource extends PositionalReader implements BlockSource {
   readonly maxInFlight: number;
   /** The transport VDDK picked (nbdssl, nbd, hotadd, san, file). */
   readonly transportMode: string;
+  /** The ESXi host (or server) whose limits this disk counts against. */
+  readonly host: string;
   private readonly lib: VixLib;
-  private conn: unknown;
   private handle: unknown;
-  private readonly release: () => void;
+  private readonly releaseConn: () => void;
+  private readonly releaseSlot: () => void;
+  private readonly unregister: () => void;
   private readonly mode: 'async' | 'sync';
   private readonly log: Logger;
   private queue: Req[] = [];
-  private pump: Promise<void> | undefined;
+  private inFlight = 0;
+  private readonly idleWaiters: Array<() => void> = [];
   private syncChain: Promise<unknown> = Promise.resolve();
+  private pending = 0;
   private readonly pool: unknown[] = [];
   private closed = false;
 
-  private constructor(lib: VixLib, conn: unknown, handle: unknown, capacity: number, release: () => void, uri: string, opts: VddkSourceOptions) {
+  private constructor(lib: VixLib, handle: unknown, capacity: number, releaseConn: () => void, releaseSlot: () => void, uri: string, host: string, opts: VddkSourceOptions) {
     super();
     this.lib = lib;
-    this.conn = conn;
     this.handle = handle;
     this.capacity = capacity;
-    this.release = release;
+    this.releaseConn = releaseConn;
+    this.releaseSlot = releaseSlot;
     this.uri = uri;
+    this.host = host;
     this.transportMode = lib.GetTransportMode(handle);
-    const max = opts.maxReadSize ?? (opts.server ? 2 << 20 : 8 << 20);
+    const max = opts.maxReadSize ?? vddkMaxReadSize(opts.server, opts.serverKind);
     this.maxReadSize = Math.max(SECTOR, Math.floor(max / SECTOR) * SECTOR);
     this.mode = opts.mode ?? 'async';
     this.maxInFlight = this.mode === 'sync' ? 1 : Math.max(1, opts.maxInFlight ?? 8);
     this.log = opts.logger ?? silentLogger;
+    this.unregister = registerOpenDisk({ idle: () => this.pending === 0, closeSync: () => this.closeHandles() });
   }
 
   static async open(opts: VddkSourceOptions): Promise<VddkSource> {
     const log = opts.logger ?? silentLogger;
-    const lib = ensureInit(opts.libdir, opts.configFile, log);
+    const lib = initVddk({ libdir: opts.libdir, configFile: opts.configFile, logger: log });
     const uri = displayUri(opts);
-    const release = await acquireHost(opts.esxiHost ?? opts.server ?? 'localhost', opts.maxOpenDisksPerHost ?? 8);
-    let conn: unknown;
+    if (opts.server && !opts.vm) throw new UserError('VDDK_NO_VM', 'a remote VDDK disk needs the VM managed object id (vm-N)', 'pass the VM moref, e.g. vddk://...?vm=vm-42');
+    const host = opts.esxiHost ?? opts.server ?? 'localhost';
+    const ctx = { server: opts.server, vm: opts.vm, snapshot: opts.snapshot, diskPath: opts.diskPath, host };
+    const releaseSlot = await acquireHost(host, opts.maxOpenDisksPerHost ?? 8);
+    let releaseConn: (() => void) | undefined;
+    let handle: unknown;
     try {
-      const params = connectParams(opts);
-      const out: unknown[] = [null];
-      let err = Number(lib.ConnectEx(params, 1, opts.snapshot ?? null, opts.transports ?? null, out));
-      if (err !== VIX_OK) throw openError(lib, 'VixDiskLib_ConnectEx', err, opts, uri);
-      conn = out[0];
+      const c = connect(lib, { ...opts, transports: opts.server ? (opts.transports ?? 'nbdssl:nbd') : undefined });
+      if ('err' in c) throw openError(lib, 'VixDiskLib_ConnectEx', c.err, ctx, uri, lastNfcError());
+      releaseConn = c.release;
       const h: unknown[] = [null];
-      err = Number(lib.Open(conn, opts.diskPath, VIXDISKLIB_FLAG_OPEN_READ_ONLY, h));
-      if (err !== VIX_OK) throw openError(lib, 'VixDiskLib_Open', err, opts, uri);
+      let err = Number(lib.Open(c.conn, opts.diskPath, VIXDISKLIB_FLAG_OPEN_READ_ONLY, h));
+      if (err !== VIX_OK) throw openError(lib, 'VixDiskLib_Open', err, ctx, uri, lastNfcError());
+      handle = h[0];
       const ip: unknown[] = [null];
-      err = Number(lib.GetInfo(h[0], ip));
-      if (err !== VIX_OK) {
-        lib.Close(h[0]);
-        throw openError(lib, 'VixDiskLib_GetInfo', err, opts, uri);
-      }
+      err = Number(lib.GetInfo(handle, ip));
+      if (err !== VIX_OK) throw openError(lib, 'VixDiskLib_GetInfo', err, ctx, uri);
       const info = lib.decodeInfo(ip[0]);
       lib.FreeInfo(ip[0]);
-      const src = new VddkSource(lib, conn, h[0], Number(info.capacity) * SECTOR, release, uri, opts);
-      log.info({ uri, transport: src.transportMode, capacity: src.capacity, adapterType: info.adapterType }, 'vddk disk opened');
-      return retryingSource(src, opts.retry, log);
+      const src = new VddkSource(lib, handle, Number(info.capacity) * SECTOR, releaseConn, releaseSlot, uri, host, opts);
+      log.info({ uri, transport: src.transportMode, capacity: src.capacity, adapterType: info.adapterType, maxReadSize: src.maxReadSize }, 'vddk disk opened');
+      return clampReads(retryingSource(src, opts.retry, log));
     } catch (e) {
-      if (conn) lib.Disconnect(conn);
-      release();
+      if (handle) lib.Close(handle);
+      releaseConn?.();
+      releaseSlot();
       throw e;
     }
   }
@@ -205,16 +177,48 @@ export class VddkSource extends PositionalReader implements BlockSource {
       this.mode === 'sync' ? this.readSync(start / SECTOR, n / SECTOR, into) : this.readAsync(start / SECTOR, n / SECTOR, into));
   }
 
-  /** Allocated areas from VixDiskLib_QueryAllocatedBlocks (VDDK >= 6.7); all data when the library lacks it. */
+  /**
+   * The allocated byte ranges of the whole disk from VixDiskLib_QueryAllocatedBlocks (VDDK >= 6.7), for
+   * a first cycle; undefined when the library or the disk cannot tell (VIX_E_NOT_SUPPORTED), so the
+   * caller asks QueryChangedDiskAreas "*" instead. A tail shorter than one chunk counts as allocated.
+   */
+  async allocatedRanges(): Promise<AllocatedRange[] | undefined> {
+    const out: AllocatedRange[] = [];
+    try {
+      for await (const e of this.queryAllocated(0, this.capacity)) {
+        if (!e.data) continue;
+        const last = out[out.length - 1];
+        if (last && last.offset + last.length === e.offset) last.length += e.length;
+        else out.push({ offset: e.offset, length: e.length });
+      }
+    } catch (e) {
+      if (e === NOT_SUPPORTED) return undefined;
+      throw e;
+    }
+    return out;
+  }
+
+  /** Allocated areas from VixDiskLib_QueryAllocatedBlocks; all data when the library cannot tell. */
   async *extents(offset = 0, length = this.capacity - offset): AsyncIterable<SourceExtent> {
     const end = offset + length;
     if (offset < 0 || length < 0 || end > this.capacity) throw new RangeError(`extents of [${offset}, ${end}) are outside ${this.uri} (capacity ${this.capacity})`);
-    const q = this.lib.QueryAllocatedBlocks;
-    const free = this.lib.FreeBlockList;
-    if (!q || !free || length <= 0) {
-      if (length > 0) yield { offset, length, data: true };
+    if (length <= 0) return;
+    const it = this.queryAllocated(offset, length)[Symbol.asyncIterator]();
+    let first: IteratorResult<SourceExtent>;
+    try { first = await it.next(); } catch (e) {
+      if (e !== NOT_SUPPORTED) throw e;
+      // Some disk types and older hosts cannot answer: everything counts as data.
+      yield { offset, length, data: true };
       return;
     }
+    for (let r = first; !r.done; r = await it.next()) yield r.value;
+  }
+
+  private async *queryAllocated(offset: number, length: number): AsyncGenerator<SourceExtent> {
+    const end = offset + length;
+    const q = this.lib.QueryAllocatedBlocks;
+    const free = this.lib.FreeBlockList;
+    if (!q || !free) throw NOT_SUPPORTED;
     const chunk = MIN_CHUNK_SECTORS;
     const chunkBytes = chunk * SECTOR;
     const alignedEnd = Math.floor(this.capacity / chunkBytes) * chunkBytes;
@@ -233,11 +237,7 @@ export class VddkSource extends PositionalReader implements BlockSource {
       const wEnd = Math.min(pos + window, alignedEnd, Math.ceil(end / chunkBytes) * chunkBytes);
       const out: unknown[] = [null];
       const err = Number(q(this.handle, pos / SECTOR, (wEnd - pos) / SECTOR, chunk, out));
-      if (err === VIX_E_NOT_SUPPORTED && pos === Math.floor(offset / chunkBytes) * chunkBytes) {
-        // Some disk types and older hosts cannot answer: everything counts as data.
-        yield { offset, length, data: true };
-        return;
-      }
+      if (err === VIX_E_NOT_SUPPORTED) throw NOT_SUPPORTED;
       if (err !== VIX_OK) throw new VddkError('VixDiskLib_QueryAllocatedBlocks', err, errorText(this.lib, err));
       const blocks = decodeBlockList(out[0]);
       free(out[0]);
@@ -256,17 +256,29 @@ export class VddkSource extends PositionalReader implements BlockSource {
     if (run) yield run;
   }
 
+  /** Waits for the reads in flight, then Close, Disconnect (with the connection's last disk) and the host slot. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.pump?.catch(() => undefined);
+    for (const r of this.queue.splice(0)) r.reject(new Error('source closed'));
+    await this.drained();
     await this.syncChain.catch(() => undefined);
     await callAsync(this.lib.Wait, this.handle).catch(() => undefined);
-    this.lib.Close(this.handle);
-    this.lib.Disconnect(this.conn);
-    for (const p of this.pool) koffi.free(p);
-    this.pool.length = 0;
-    this.release();
+    this.closeHandles();
+  }
+
+  /** Close, Disconnect, buffers and slot, synchronously (also at process exit, when no read is in flight). */
+  private closeHandles(): void {
+    this.closed = true;
+    if (this.handle) {
+      this.lib.Close(this.handle);
+      this.handle = undefined;
+      this.releaseConn();
+      for (const p of this.pool) koffi.free(p);
+      this.pool.length = 0;
+      this.releaseSlot();
+      this.unregister();
+    }
   }
 
   private takeNative(): unknown {
@@ -283,11 +295,15 @@ export class VddkSource extends PositionalReader implements BlockSource {
     const run = async (): Promise<Buffer> => {
       if (this.closed) throw new Error('source closed');
       const native = this.takeNative();
+      this.pending++;
       try {
         const err = await callAsync(this.lib.Read, this.handle, startSector, sectors, native);
         if (err !== VIX_OK) throw this.readError(err);
         return this.copyOut(native, sectors * SECTOR, into);
-      } finally { this.pool.push(native); }
+      } finally {
+        this.pool.push(native);
+        if (--this.pending === 0) for (const f of this.idleWaiters.splice(0)) f();
+      }
     };
     const p = this.syncChain.then(run, run);
     this.syncChain = p.catch(() => undefined);
@@ -298,42 +314,47 @@ export class VddkSource extends PositionalReader implements BlockSource {
     if (this.closed) return Promise.reject(new Error('source closed'));
     return new Promise((resolve, reject) => {
       this.queue.push({ startSector, sectors, native: undefined, into, resolve, reject });
-      this.pump ??= this.drain().finally(() => { this.pump = undefined; });
+      this.submit();
     });
   }
 
-  /** Submits queued reads with ReadAsync in batches, then VixDiskLib_Wait on a worker thread. */
-  private async drain(): Promise<void> {
-    while (this.queue.length) {
-      const batch = this.queue.splice(0, this.maxInFlight);
-      const done: Array<Promise<void>> = [];
-      for (const r of batch) {
-        r.native = this.takeNative();
-        const id = nextCbId++;
-        if (nextCbId > 0x7fffffff) nextCbId = 1;
-        done.push(new Promise<void>((fin) => {
-          completions.set(id, (result) => {
-            if (result === VIX_OK) r.resolve(this.copyOut(r.native, r.sectors * SECTOR, r.into));
-            else r.reject(this.readError(result));
-            this.pool.push(r.native);
-            fin();
-          });
-        }));
-        const err = Number(this.lib.ReadAsync(this.handle, r.startSector, r.sectors, r.native, completionCb, id));
-        if (err !== VIX_ASYNC && err !== VIX_OK) {
-          completions.get(id)?.(err);
-          completions.delete(id);
-        }
-      }
-      const werr = await callAsync(this.lib.Wait, this.handle);
-      if (werr !== VIX_OK) this.log.warn({ err: errorText(this.lib, werr) }, 'VixDiskLib_Wait reported an error');
-      await Promise.all(done);
+  /**
+   * Keeps at most maxInFlight ReadAsync calls submitted: each completion (VDDK calls it from its own
+   * thread; koffi runs it on the event loop) submits the next queued read. No thread waits in
+   * VixDiskLib_Wait while reads are in flight, so an exiting process is never held by one (libuv joins
+   * its worker threads at exit); close() calls Wait once the queue is empty.
+   */
+  private submit(): void {
+    while (this.queue.length && this.inFlight < this.maxInFlight && !this.closed) {
+      const r = this.queue.shift()!;
+      // A caller's buffer of exactly the read's size is read into directly (Node's buffers do not
+      // move; the request keeps it alive until the completion): no copy on the event loop.
+      const direct = r.into !== undefined && r.into.length === r.sectors * SECTOR;
+      r.native = direct ? r.into : this.takeNative();
+      this.inFlight++;
+      this.pending++;
+      const { id, cb } = completion((result) => {
+        if (result === VIX_OK) r.resolve(direct ? r.into! : this.copyOut(r.native, r.sectors * SECTOR, r.into));
+        else r.reject(this.readError(result));
+        if (!direct) this.pool.push(r.native);
+        this.inFlight--;
+        this.pending--;
+        if (this.pending === 0) for (const f of this.idleWaiters.splice(0)) f();
+        queueMicrotask(() => this.submit());
+      });
+      const err = Number(this.lib.ReadAsync(this.handle, r.startSector, r.sectors, r.native, cb, id));
+      if (err !== VIX_ASYNC && err !== VIX_OK) dropCompletion(id)?.(err);
     }
   }
 
-  private readError(code: number): VddkError {
-    const text = errorText(this.lib, code) + (code === VIX_E_DISK_OUTOFRANGE ? ' (read past the end of the disk)' : '');
-    return new VddkError('VixDiskLib_Read', code, text);
+  /** Resolves once no read is queued or in flight. */
+  private drained(): Promise<void> {
+    if (this.pending === 0 && this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  private readError(code: number): Error {
+    return readError(this.lib, code, this.host, lastNfcError(), code === VIX_E_DISK_OUTOFRANGE ? ' (read past the end of the disk)' : '');
   }
 }
 
@@ -342,52 +363,6 @@ function callAsync(fn: { async: (...args: unknown[]) => void }, ...args: unknown
   return new Promise((resolve, reject) => {
     fn.async(...args, (err: unknown, r: number | bigint) => (err ? reject(err instanceof Error ? err : new Error(String(err))) : resolve(Number(r))));
   });
-}
-
-function connectParams(o: VddkSourceOptions): unknown {
-  const creds = new koffi.Union('VixDiskLibCreds');
-  let credType = 0;
-  if (o.credentials && 'password' in o.credentials) {
-    credType = VIXDISKLIB_CRED_UID;
-    (creds as Record<string, unknown>).uid = { userName: o.credentials.user, password: o.credentials.password };
-  } else if (o.credentials && 'cookie' in o.credentials) {
-    credType = VIXDISKLIB_CRED_SESSIONID;
-    (creds as Record<string, unknown>).sessionId = { cookie: o.credentials.cookie, userName: o.credentials.user ?? null, key: null };
-  } else {
-    (creds as Record<string, unknown>).ticketId = null;
-  }
-  const spec = new koffi.Union('VixDiskLibSpec');
-  (spec as Record<string, unknown>).vStorageObjSpec = { id: null, datastoreMoRef: null, ssId: null };
-  if (o.server && !o.vm) throw new UserError('VDDK_NO_VM', 'a remote VDDK disk needs the VM managed object id (vm-N)', 'pass the VM moref, e.g. vddk://...?vm=vm-42');
-  const params = {
-    vmxSpec: o.vm ? `moref=${o.vm}` : null,
-    serverName: o.server ?? null,
-    thumbPrint: o.thumbprint ?? null,
-    privateUse: 0,
-    credType,
-    creds,
-    port: o.port ?? 0,
-    nfcHostPort: o.nfcHostPort ?? 0,
-    reserved3: null,
-    reserved4: [0, 0, 0, 0, 0, 0, 0, 0],
-    reserved5: null,
-    spec,
-    specType: 0,
-  };
-  void ConnectParamsType;
-  return params;
-}
-
-function openError(lib: VixLib, call: string, code: number, o: VddkSourceOptions, uri: string): UserError {
-  const text = `${call} for ${uri} failed: ${errorText(lib, code)} (VIX error ${code})`;
-  if (code === VIX_E_HOST_USER_PERMISSIONS) {
-    return new UserError('VDDK_AUTH', `${text}: ${o.server} refused the credentials or the certificate thumbprint`,
-      'check the vCenter user and password (or session cookie) and the pinned thumbprint of the server certificate');
-  }
-  if (code === VIX_E_FILE_NOT_FOUND) {
-    return new UserError('VDDK_DISK_NOT_FOUND', `${text}: no disk at ${o.diskPath}`, 'check the disk path ("[datastore] folder/disk.vmdk") of the VM at this snapshot');
-  }
-  return new UserError('VDDK_OPEN', text, 'check the VDDK transport modes, the VM and snapshot ids and the network path to the ESXi host (NFC port 902)');
 }
 
 function displayUri(o: VddkSourceOptions): string {

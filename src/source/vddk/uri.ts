@@ -6,7 +6,7 @@ export function isVddkUri(spec: string): boolean {
 }
 
 /**
- * vddk://[user@]server[:port]/<disk path, percent-encoded>?vm=vm-N[&snapshot=snapshot-N][&thumbprint=..][&transports=nbdssl:nbd]
+ * vddk://[user@]server[:port]/<disk path, percent-encoded>?vm=vm-N[&snapshot=snapshot-N][&thumbprint=..][&transports=nbdssl:nbd][&kind=vcenter|esxi]
  * vddk:///<local path>. Passwords never travel in the URI: give them through the options (a secret file or env).
  */
 export function parseVddkUri(spec: string): Omit<VddkSourceOptions, 'credentials'> & { user?: string } {
@@ -18,7 +18,7 @@ export function parseVddkUri(spec: string): Omit<VddkSourceOptions, 'credentials
   try { u = new URL(spec); } catch { return bad('not a URI'); }
   if (u.protocol !== 'vddk:') bad('scheme must be vddk://');
   if (u.password) bad('put the password in a secret file or environment variable, not in the URI');
-  for (const k of u.searchParams.keys()) if (!['vm', 'snapshot', 'thumbprint', 'transports'].includes(k)) bad(`unknown parameter "${k}"`);
+  for (const k of u.searchParams.keys()) if (!['vm', 'snapshot', 'thumbprint', 'transports', 'kind'].includes(k)) bad(`unknown parameter "${k}"`);
   let diskPath: string;
   try { diskPath = decodeURIComponent(u.pathname.replace(/^\//, '')); } catch { return bad('bad percent-encoding in the disk path'); }
   if (!diskPath) bad('missing disk path');
@@ -26,6 +26,8 @@ export function parseVddkUri(spec: string): Omit<VddkSourceOptions, 'credentials
   const snapshot = u.searchParams.get('snapshot') ?? undefined;
   if (vm && !/^vm-\d+$/.test(vm)) bad(`vm must be a managed object id like vm-42, got "${vm}"`);
   if (snapshot && !/^snapshot-\d+$/.test(snapshot)) bad(`snapshot must be a managed object id like snapshot-7, got "${snapshot}"`);
+  const kind = u.searchParams.get('kind') ?? undefined;
+  if (kind !== undefined && kind !== 'vcenter' && kind !== 'esxi') bad(`kind must be vcenter or esxi, got "${kind}"`);
   if (!u.hostname) return { diskPath: '/' + diskPath.replace(/^\//, '') };
   if (!vm) bad('a remote disk needs ?vm=vm-N');
   return {
@@ -35,5 +37,6 @@ export function parseVddkUri(spec: string): Omit<VddkSourceOptions, 'credentials
     diskPath, vm, snapshot,
     thumbprint: u.searchParams.get('thumbprint') ?? undefined,
     transports: u.searchParams.get('transports') ?? undefined,
+    ...(kind ? { serverKind: kind as 'vcenter' | 'esxi' } : {}),
   };
 }
