@@ -28,12 +28,12 @@ import (
 )
 
 var vddkMap struct {
-	enabled    bool
-	user       string
-	pwFile     string
-	thumbSHA1  string
-	file       string
-	sessions   string
+	enabled   bool
+	user      string
+	pwFile    string
+	thumbSHA1 string
+	file      string
+	sessions  string
 }
 
 // enableVddkMap turns the map on and writes it for the VMs the lab has (l.mu held).
