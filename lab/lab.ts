@@ -38,7 +38,7 @@ export interface LabSnapshot { ref: string; name: string; index: number; changeI
 
 interface LabState {
   url: string; user: string; passwordFile: string; thumbprintSha1: string; thumbprintSha256: string;
-  certFile: string; controlUrl: string; token: string; pid: number; datacenter: string; datastore: string;
+  certFile: string; controlUrl: string; token: string; pid: number; datacenter: string; datacenterPath?: string; datastore: string;
   datastoreDir: string; cbtBlockSize: number; vms: LabVm[];
 }
 
@@ -57,6 +57,8 @@ export class Lab {
   readonly certFile: string;
   readonly certPem: string;
   readonly datacenter: string;
+  /** The datacenter's inventory path ('DC0', or 'F0/DC0' with dcFolder): the dcPath of /folder URLs. */
+  readonly datacenterPath: string;
   readonly datastore: string;
   readonly datastoreDir: string;
   /** Granularity of the lab's change tracking and of its "*" allocated areas. */
@@ -72,6 +74,7 @@ export class Lab {
     this.dir = dir; this.url = s.url; this.user = s.user; this.password = password; this.passwordFile = s.passwordFile;
     this.thumbprint = s.thumbprintSha256; this.thumbprintSha1 = s.thumbprintSha1; this.thumbprintSha256 = s.thumbprintSha256;
     this.certFile = s.certFile; this.certPem = certPem; this.datacenter = s.datacenter; this.datastore = s.datastore;
+    this.datacenterPath = s.datacenterPath || s.datacenter;
     this.datastoreDir = s.datastoreDir; this.cbtBlockSize = s.cbtBlockSize; this.vms = s.vms; this.pid = s.pid;
     this.controlUrl = s.controlUrl; this.token = s.token; this.child = child;
     this.agent = new Agent({ connect: { ca: certPem }, keepAliveTimeout: 1000 });
@@ -86,7 +89,7 @@ export class Lab {
   /** https URL of a datastore file, as vCenter serves it (GET with Range; needs the session cookie). */
   folderUrl(datastorePath: string): string {
     const u = new URL(this.url);
-    return `${u.origin}/folder/${datastorePath.split('/').map(encodeURIComponent).join('/')}?dcPath=${encodeURIComponent(this.datacenter)}&dsName=${encodeURIComponent(this.datastore)}`;
+    return `${u.origin}/folder/${datastorePath.split('/').map(encodeURIComponent).join('/')}?dcPath=${encodeURIComponent(this.datacenterPath)}&dsName=${encodeURIComponent(this.datastore)}`;
   }
 
   private async call(op: string, params: Record<string, string | number | undefined>, body?: Buffer, method = 'POST'): Promise<Buffer> {
@@ -147,6 +150,24 @@ export class Lab {
     v.disks = v.disks.filter((d) => d.key !== key);
   }
 
+  /** Objects per RetrievePropertiesEx page when a request sets no maxObjects (default 100; 0: no paging). */
+  async pageSize(size: number): Promise<void> { await this.call('page-size', { size }); }
+  /**
+   * The property (and everything under it, e.g. 'config') of a VM (by name) or of any object (by
+   * moref) comes back in missingSet with NoPermission naming `privilege`; a VM's denial covers its snapshots.
+   */
+  async denyProperty(vmOrRef: string, path: string, privilege = 'System.Read'): Promise<void> {
+    await this.call('deny', this.vms.some((v) => v.name === vmOrRef) ? { vm: vmOrRef, path, privilege } : { ref: vmOrRef, path, privilege });
+  }
+  /** Clears every denyProperty. */
+  async allowAll(): Promise<void> { await this.call('allow', {}); }
+  /** Reads the VM's disks back from the lab (after a ReconfigVM_Task deviceChange); `vm(name).disks` follows. */
+  async refreshDisks(vm: string): Promise<LabDisk[]> {
+    const disks = (JSON.parse((await this.call('disks', { vm }, undefined, 'GET')).toString()) as LabDisk[]).sort((a, b) => a.key - b.key);
+    this.vm(vm).disks = disks;
+    return disks;
+  }
+
   async stop(): Promise<void> {
     await this.agent.close().catch(() => {});
     if (!isAlive(this.pid)) return;
@@ -176,6 +197,10 @@ export interface StartLabOptions {
   /** Keep running after this process exits (the CLI's `vmlift lab start`). Default: die with this process. */
   detached?: boolean;
   timeoutMs?: number;
+  /** RetrievePropertiesEx page size without maxObjects (default 100, as vCenter pages; 0: no paging). */
+  pageSize?: number;
+  /** Put the datacenter in a folder: its inventory path becomes F0/DC0. */
+  dcFolder?: boolean;
 }
 
 export async function startLab(opts: StartLabOptions): Promise<Lab> {
@@ -184,6 +209,8 @@ export async function startLab(opts: StartLabOptions): Promise<Lab> {
   await buildLab();
   const args = ['-dir', dir, '-vms', String(opts.vms ?? 8), '-disk-mb', String(opts.diskMb ?? 64)];
   if (!opts.detached) args.push('-parent-pid', String(process.pid));
+  if (opts.pageSize !== undefined) args.push('-page-size', String(opts.pageSize));
+  if (opts.dcFolder) args.push('-dc-folder');
   const log = await open(join(dir, 'lab.log'), 'a');
   const child = spawn(labBinary, args, { stdio: ['ignore', log.fd, log.fd], detached: !!opts.detached });
   await log.close();

@@ -115,6 +115,7 @@ type labState struct {
 	Token            string   `json:"token"`
 	PID              int      `json:"pid"`
 	Datacenter       string   `json:"datacenter"`
+	DatacenterPath   string   `json:"datacenterPath"`
 	Datastore        string   `json:"datastore"`
 	DatastoreDir     string   `json:"datastoreDir"`
 	BlockSize        int      `json:"cbtBlockSize"`
@@ -184,6 +185,8 @@ func main() {
 	parent := flag.Int("parent-pid", 0, "exit when this process is gone")
 	peer := flag.String("peer-inventory", "", "benchmark peer: time govmomi's inventory of this vCenter URL and exit")
 	pwFlag := flag.String("password-file", "", "password file (with -peer-inventory)")
+	pageSize := flag.Int("page-size", defaultPageSize, "objects per RetrievePropertiesEx page when the request sets no maxObjects (0: no paging)")
+	dcFolder := flag.Bool("dc-folder", false, "put the datacenter in a folder (F0/DC0), as many vCenters do")
 	flag.Parse()
 	if *peer != "" {
 		if err := runPeerInventory(*peer, *user, *pwFlag, 3); err != nil {
@@ -226,6 +229,10 @@ func main() {
 	model.Pool = 0
 	model.App = 0
 	model.Pod = 0
+	if *dcFolder {
+		model.Folder = 1
+	}
+	inv.pageSize = *pageSize
 	if err := model.Create(); err != nil {
 		log.Fatalf("model: %v", err)
 	}
@@ -276,6 +283,7 @@ func main() {
 	state := labState{URL: base + "/sdk", User: *user, PasswordFile: pwFile,
 		ThumbprintSHA1: thumb(sha1sum(der)), ThumbprintSHA256: thumb(sha256sum(der)), CertFile: certFile,
 		ControlURL: base + "/lab", Token: l.token, PID: os.Getpid(), Datacenter: l.dcName, Datastore: l.dsName,
+		DatacenterPath: strings.TrimPrefix(dc.InventoryPath, "/"),
 		DatastoreDir: l.dsDir, BlockSize: blockSize}
 
 	start := time.Now()

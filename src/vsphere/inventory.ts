@@ -5,6 +5,7 @@ import { arr, arrayOf, bool, moref, num, str, unescapeName, xsiType, type MoRef 
 import { createContainerView, destroyView, objectsSpec, retrieveProperties, viewSpec, type ObjectProps } from './methods.ts';
 import type { ControllerType, DiskInfo, HostInfo, SnapshotNode, VmInfo } from './types.ts';
 import { systemVmKind } from './system-vms.ts';
+import { unreadableError } from './missing.ts';
 
 export const VM_PATHS = [
   'name', 'runtime.powerState', 'runtime.host', 'runtime.consolidationNeeded', 'config.guestId', 'config.guestFullName',
@@ -106,19 +107,36 @@ function parseHost(o: ObjectProps): HostInfo {
 }
 
 /**
+ * A datacenter's inventory path ("F0/DC0"): its name under the folders above it, up to the root
+ * folder (which a view of the root does not list). It is the dcPath of /folder URLs, as govmomi's
+ * FindInventoryPath gives it; names keep vCenter's escapes (%2f), so '/' only separates.
+ */
+function inventoryPath(name: string, parent: string | undefined, folders: Map<string, { name: string; parent: string | undefined }>): string {
+  const parts = [name];
+  for (let p = parent, hops = 0; p && folders.has(p) && hops < 64; hops++) {
+    const f = folders.get(p)!;
+    parts.unshift(f.name);
+    p = f.parent;
+  }
+  return parts.join('/');
+}
+
+/**
  * The whole inventory in three round trips: CreateContainerView, RetrievePropertiesEx
- * (+ ContinueRetrievePropertiesEx only when vCenter pages the answer), DestroyView.
+ * (+ one ContinueRetrievePropertiesEx per further page when vCenter pages the answer, which it
+ * may do without maxObjects), DestroyView. Datacenters are named by their inventory path.
  * `only` narrows the VMs to these refs (the objects are still found through the view).
  */
 export async function fetchInventory(s: VimSession, o: { vmPaths?: string[] } = {}): Promise<Inventory> {
-  const view = await createContainerView(s, ['VirtualMachine', 'HostSystem', 'Datastore', 'Datacenter']);
+  const view = await createContainerView(s, ['VirtualMachine', 'HostSystem', 'Datastore', 'Datacenter', 'Folder']);
   let objs: ObjectProps[];
   try {
     objs = await retrieveProperties(s, [viewSpec(view, [
       { type: 'VirtualMachine', pathSet: o.vmPaths ?? VM_PATHS },
       { type: 'HostSystem', pathSet: HOST_PATHS },
       { type: 'Datastore', pathSet: ['name'] },
-      { type: 'Datacenter', pathSet: ['name', 'datastore'] },
+      { type: 'Datacenter', pathSet: ['name', 'datastore', 'parent'] },
+      { type: 'Folder', pathSet: ['name', 'parent'] },
     ])]);
   } finally {
     await destroyView(s, view).catch(() => {});
@@ -127,11 +145,15 @@ export async function fetchInventory(s: VimSession, o: { vmPaths?: string[] } = 
   const dsNames = new Map<string, string>();
   const dcOfDs = new Map<string, string>();
   const datacenters: string[] = [];
+  const folders = new Map<string, { name: string; parent: string | undefined }>();
+  for (const x of objs) {
+    if (x.obj.type === 'Folder') folders.set(x.obj.value, { name: str(x.props['name']) ?? x.obj.value, parent: moref(x.props['parent'])?.value });
+  }
   for (const x of objs) {
     if (x.obj.type === 'HostSystem') hosts.set(x.obj.value, parseHost(x));
     if (x.obj.type === 'Datastore') dsNames.set(x.obj.value, str(x.props['name']) ?? x.obj.value);
     if (x.obj.type === 'Datacenter') {
-      const name = str(x.props['name']) ?? x.obj.value;
+      const name = inventoryPath(str(x.props['name']) ?? x.obj.value, moref(x.props['parent'])?.value, folders);
       datacenters.push(name);
       for (const d of arrayOf(x.props['datastore'])) { const r = moref(d); if (r) dcOfDs.set(r.value, name); }
     }
@@ -182,7 +204,15 @@ export async function fetchVmByRef(s: VimSession, ref: string, inv?: Inventory):
 
 /** The disks as the snapshot's own config shows them (with the snapshot's changeIds). */
 export async function fetchSnapshotDisks(s: VimSession, snapshot: MoRef): Promise<DiskInfo[]> {
-  const [o] = await retrieveProperties(s, [objectsSpec([snapshot], [{ type: 'VirtualMachineSnapshot', pathSet: ['config.hardware.device', 'config.extraConfig'] }])]);
+  const [o] = await retrieveProperties(s, [objectsSpec([snapshot], [{ type: 'VirtualMachineSnapshot', pathSet: ['config.hardware.device', 'config.extraConfig', 'vm'] }])]);
   if (!o) throw new UserError('VC_SNAPSHOT_NOT_FOUND', `snapshot ${snapshot.value} does not exist`, 'list the snapshots with `vmlift vc snapshots VM`');
+  // Without its config a snapshot has no disks to read: that is an error, not "0 disks".
+  const missing = o.missing.filter((m) => m.path === 'config' || m.path.startsWith('config.'));
+  if (missing.length) {
+    const vmRef = moref(o.props['vm']);
+    const vm = vmRef ? (await retrieveProperties(s, [objectsSpec([vmRef], [{ type: 'VirtualMachine', pathSet: ['name'] }])]))[0] : undefined;
+    const vmName = str(vm?.props['name']) ?? vmRef?.value ?? 'the VM';
+    throw unreadableError(`snapshot ${snapshot.value} of ${vmName}`, vmName, missing);
+  }
   return parseDisks(o.props['config.hardware.device'], parseExtraConfig(o.props['config.extraConfig']));
 }
