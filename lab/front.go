@@ -450,6 +450,10 @@ func (f *front) serveFolder(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
+	if !dcPathOK(q.Get("dcPath")) {
+		http.NotFound(w, r)
+		return
+	}
 	rel := strings.TrimPrefix(r.URL.Path, "/folder/")
 	if (q.Get("dsName") == "" || q.Get("dsName") == f.l.dsName) && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		f.l.mu.Lock()

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -31,6 +33,7 @@ type inventoryState struct {
 	mu       sync.Mutex
 	pageSize int                 // objects per RetrievePropertiesEx page without maxObjects; 0: no paging
 	denied   map[string][]denial // object ref -> properties answered through missingSet
+	dcPath   string              // the datacenter's inventory path (F0/DC0 with -dc-folder)
 }
 
 var inv = &inventoryState{pageSize: defaultPageSize, denied: map[string][]denial{}}
@@ -39,6 +42,14 @@ var (
 	reObjRef   = regexp.MustCompile(`^<objects>\s*<obj type="([^"]+)">([^<]+)</obj>`)
 	rePropName = regexp.MustCompile(`^<propSet>\s*<name>([^<]*)</name>`)
 )
+
+// dcPathOK: vCenter finds the datacenter of a /folder URL by its inventory path, not by its
+// bare name when it sits in a folder (the simulator would accept either).
+func dcPathOK(p string) bool {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	return p == "" || inv.dcPath == "" || strings.Trim(p, "/") == inv.dcPath
+}
 
 // deniedFor is what the lab denies on an object: its own denials and, for a snapshot, its VM's.
 func (f *front) deniedFor(typ, ref string) []denial {
@@ -374,4 +385,24 @@ func (f *front) moveDisk(v *labVM, dev *types.VirtualDisk) error {
 	d.bus, d.unit = bus, unit
 	f.l.syncTracking(v)
 	return nil
+}
+
+// clusterPool is the first cluster's root resource pool, wherever the model put the cluster.
+func clusterPool(c *govmomi.Client) (*object.ResourcePool, error) {
+	for _, e := range simulator.Map.All("ClusterComputeResource") {
+		if cl, ok := e.(*simulator.ClusterComputeResource); ok && cl.ResourcePool != nil {
+			return object.NewResourcePool(c.Client, *cl.ResourcePool), nil
+		}
+	}
+	return nil, fmt.Errorf("the model has no cluster")
+}
+
+// datastoreNamed finds a datastore by name, wherever the model put it.
+func datastoreNamed(c *govmomi.Client, name string) (*object.Datastore, error) {
+	for _, e := range simulator.Map.All("Datastore") {
+		if ds, ok := e.(*simulator.Datastore); ok && ds.Name == name {
+			return object.NewDatastore(c.Client, ds.Self), nil
+		}
+	}
+	return nil, fmt.Errorf("the model has no datastore %s", name)
 }

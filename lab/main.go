@@ -268,12 +268,19 @@ func main() {
 		log.Fatal(err)
 	}
 	finder.SetDatacenter(dc)
+	inv.dcPath = strings.TrimPrefix(dc.InventoryPath, "/")
 	folders, _ := dc.Folders(ctx)
 	pool, err := finder.DefaultResourcePool(ctx)
+	if err != nil && *dcFolder {
+		pool, err = clusterPool(c) // the model nests the cluster in a folder too
+	}
 	if err != nil {
 		log.Fatal(err)
 	}
 	ds, err := finder.Datastore(ctx, l.dsName)
+	if err != nil && *dcFolder {
+		ds, err = datastoreNamed(c, l.dsName)
+	}
 	if err != nil {
 		log.Fatal(err)
 	}
