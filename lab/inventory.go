@@ -369,7 +369,14 @@ func (f *front) moveDisk(v *labVM, dev *types.VirtualDisk) error {
 	if vm == nil {
 		return fmt.Errorf("VM %s is not in the simulator", v.name)
 	}
+	// The VM's per-slot settings (scsiB:U.*, here ctkEnabled) move with the disk, as its vmx keys do.
+	oldSlot, newSlot := fmt.Sprintf("scsi%d:%d.", d.bus, d.unit), fmt.Sprintf("scsi%d:%d.", bus, unit)
 	simulator.Map.WithLock(vm, func() {
+		for _, o := range vm.Config.ExtraConfig {
+			if ov := o.GetOptionValue(); strings.HasPrefix(strings.ToLower(ov.Key), oldSlot) {
+				ov.Key = newSlot + ov.Key[len(oldSlot):]
+			}
+		}
 		for i, x := range vm.Config.Hardware.Device {
 			if vd, ok := x.(*types.VirtualDisk); ok && vd.Key == d.key {
 				c := cloneDisk(vd)
