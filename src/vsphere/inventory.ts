@@ -106,6 +106,19 @@ function parseHost(o: ObjectProps): HostInfo {
   return { ref: o.obj.value, name: str(o.props['name']) ?? o.obj.value, version: str(prod.version) ?? '', build: str(prod.build) ?? '' };
 }
 
+export const INVENTORY_TYPES = ['VirtualMachine', 'HostSystem', 'Datastore', 'Datacenter', 'Folder'];
+
+/** The one filter spec of the inventory, over a ContainerView of INVENTORY_TYPES. */
+export function inventorySpec(view: MoRef, vmPaths: string[] = VM_PATHS): Record<string, unknown> {
+  return viewSpec(view, [
+    { type: 'VirtualMachine', pathSet: vmPaths },
+    { type: 'HostSystem', pathSet: HOST_PATHS },
+    { type: 'Datastore', pathSet: ['name'] },
+    { type: 'Datacenter', pathSet: ['name', 'datastore', 'parent'] },
+    { type: 'Folder', pathSet: ['name', 'parent'] },
+  ]);
+}
+
 /**
  * A datacenter's inventory path ("F0/DC0"): its name under the folders above it, up to the root
  * folder (which a view of the root does not list). It is the dcPath of /folder URLs, as govmomi's
@@ -128,16 +141,10 @@ function inventoryPath(name: string, parent: string | undefined, folders: Map<st
  * `only` narrows the VMs to these refs (the objects are still found through the view).
  */
 export async function fetchInventory(s: VimSession, o: { vmPaths?: string[] } = {}): Promise<Inventory> {
-  const view = await createContainerView(s, ['VirtualMachine', 'HostSystem', 'Datastore', 'Datacenter', 'Folder']);
+  const view = await createContainerView(s, INVENTORY_TYPES);
   let objs: ObjectProps[];
   try {
-    objs = await retrieveProperties(s, [viewSpec(view, [
-      { type: 'VirtualMachine', pathSet: o.vmPaths ?? VM_PATHS },
-      { type: 'HostSystem', pathSet: HOST_PATHS },
-      { type: 'Datastore', pathSet: ['name'] },
-      { type: 'Datacenter', pathSet: ['name', 'datastore', 'parent'] },
-      { type: 'Folder', pathSet: ['name', 'parent'] },
-    ])]);
+    objs = await retrieveProperties(s, [inventorySpec(view, o.vmPaths)]);
   } finally {
     await destroyView(s, view).catch(() => {});
   }
