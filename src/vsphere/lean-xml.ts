@@ -40,7 +40,23 @@ function close(f: Frame): unknown {
   return f.text;
 }
 
-const ATTR = /([^\s=/]+)\s*=\s*(?:"([^"]*)"|'([^']*)')/g;
+/** The attributes in xml[from, to) of a start tag, without xmlns declarations; null when none. */
+function attributes(xml: string, from: number, to: number): Record<string, string> | null {
+  let attrs: Record<string, string> | null = null;
+  let i = from;
+  while (i < to) {
+    const eq = xml.indexOf('=', i);
+    if (eq < 0 || eq >= to) break;
+    const k = xml.slice(i, eq).trim();
+    let q = eq + 1;
+    while (q < to && xml.charCodeAt(q) !== 34 && xml.charCodeAt(q) !== 39) q++;
+    const close = xml.indexOf(xml[q]!, q + 1);
+    if (q >= to || close < 0 || close > to) throw new Error('XML: malformed attribute');
+    if (k !== 'xmlns' && !k.startsWith('xmlns:')) (attrs ??= {})[k] = decode(xml.slice(q + 1, close));
+    i = close + 1;
+  }
+  return attrs;
+}
 
 /** Parses a whole document; returns the root element's value (see the shapes above), keyed by its name. */
 export function parseXml(xml: string): Record<string, unknown> {
@@ -59,6 +75,7 @@ export function parseXml(xml: string): Record<string, unknown> {
       if (gt < 0) throw new Error('XML: unterminated end tag');
       const f = stack.pop()!;
       if (stack.length === 0) throw new Error('XML: unbalanced end tag');
+      if (localName(xml.slice(lt + 2, gt).trim()) !== f.name) throw new Error(`XML: </${xml.slice(lt + 2, gt)}> closes <${f.name}>`);
       top = stack[stack.length - 1]!;
       add(top, f.name, close(f));
       i = gt + 1;
@@ -84,16 +101,7 @@ export function parseXml(xml: string): Record<string, unknown> {
     let j = lt + 1;
     while (j < end) { const k = xml.charCodeAt(j); if (k === 32 || k === 9 || k === 10 || k === 13) break; j++; }
     const name = localName(xml.slice(lt + 1, j));
-    let attrs: Record<string, string> | null = null;
-    if (j < end) {
-      const a = xml.slice(j, end);
-      ATTR.lastIndex = 0;
-      for (let m = ATTR.exec(a); m; m = ATTR.exec(a)) {
-        const k = m[1]!;
-        if (k === 'xmlns' || k.startsWith('xmlns:')) continue;
-        (attrs ??= {})[k] = decode(m[2] ?? m[3] ?? '');
-      }
-    }
+    const attrs = j < end ? attributes(xml, j, end) : null;
     // An element's first child makes it an object: text seen so far was indentation.
     if (top.obj === null && top !== root) { top.obj = {}; top.text = ''; }
     const f: Frame = { name, attrs, obj: null, text: '' };
