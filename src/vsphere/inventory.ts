@@ -5,6 +5,7 @@ import { arr, arrayOf, bool, moref, num, str, unescapeName, xsiType, type MoRef 
 import { createContainerView, destroyView, objectsSpec, retrieveProperties, viewSpec, type ObjectProps } from './methods.ts';
 import type { ControllerType, DiskInfo, HostInfo, SnapshotNode, VmInfo } from './types.ts';
 import { systemVmKind } from './system-vms.ts';
+import type { Prune } from './lean-xml.ts';
 import { unreadableError } from './missing.ts';
 
 export const VM_PATHS = [
@@ -19,6 +20,15 @@ const CONTROLLERS: Record<string, [ControllerType, string]> = {
   VirtualLsiLogicSASController: ['lsilogic-sas', 'scsi'], VirtualBusLogicController: ['buslogic', 'scsi'],
   VirtualSCSIController: ['scsi', 'scsi'], VirtualIDEController: ['ide', 'ide'], VirtualAHCIController: ['sata', 'sata'],
   VirtualSATAController: ['sata', 'sata'], VirtualNVMEController: ['nvme', 'nvme'],
+};
+
+/** Of a VM's devices, only disks and the controllers they hang on are read; the others are skipped unparsed. */
+export const DISK_DEVICES: Prune = {
+  element: 'VirtualDevice',
+  keep: (attrs) => {
+    const t = attrs ? xsiType({ attributes: attrs }) : undefined;
+    return t === undefined || t === 'VirtualDisk' || t in CONTROLLERS;
+  },
 };
 
 export function parseExtraConfig(val: unknown): Record<string, string> {
@@ -106,6 +116,9 @@ function parseHost(o: ObjectProps): HostInfo {
   return { ref: o.obj.value, name: str(o.props['name']) ?? o.obj.value, version: str(prod.version) ?? '', build: str(prod.build) ?? '' };
 }
 
+/** localeCompare's order, without its per-call cost (a thousand names sort in ten thousand compares). */
+const byName = new Intl.Collator();
+
 export const INVENTORY_TYPES = ['VirtualMachine', 'HostSystem', 'Datastore', 'Datacenter', 'Folder'];
 
 /** The one filter spec of the inventory, over a ContainerView of INVENTORY_TYPES. */
@@ -144,7 +157,7 @@ export async function fetchInventory(s: VimSession, o: { vmPaths?: string[] } = 
   const view = await createContainerView(s, INVENTORY_TYPES);
   let objs: ObjectProps[];
   try {
-    objs = await retrieveProperties(s, [inventorySpec(view, o.vmPaths)]);
+    objs = await retrieveProperties(s, [inventorySpec(view, o.vmPaths)], { prune: DISK_DEVICES });
   } finally {
     await destroyView(s, view).catch(() => {});
   }
@@ -167,7 +180,7 @@ export async function fetchInventory(s: VimSession, o: { vmPaths?: string[] } = 
   }
   const vms = objs.filter((x) => x.obj.type === 'VirtualMachine').map((x) => parseVm(x, hosts, dcOfDs));
   for (const vm of vms) for (const d of vm.disks) if (d.datastore) d.datastore = dsNames.get(d.datastore) ?? d.datastore;
-  vms.sort((a, b) => a.name.localeCompare(b.name));
+  vms.sort((a, b) => byName.compare(a.name, b.name));
   return {
     vms, hosts: [...hosts.values()], datacenters,
     datastores: [...dsNames].map(([ref, name]) => ({ ref, name, datacenter: dcOfDs.get(ref) ?? null })),

@@ -58,8 +58,29 @@ function attributes(xml: string, from: number, to: number): Record<string, strin
   return attrs;
 }
 
+/** Elements named `element` whose attributes `keep` refuses are skipped whole, unparsed (they never appear in the result). */
+export interface Prune { element: string; keep(attrs: Record<string, string> | null): boolean }
+
+/** The index just past the end tag matching the start tag `qname` whose '>' is at `gt`. */
+function skipElement(xml: string, qname: string, gt: number): number {
+  const open = `<${qname}`, close = `</${qname}>`;
+  let depth = 1;
+  let i = gt + 1;
+  while (depth > 0) {
+    const c = xml.indexOf(close, i);
+    if (c < 0) throw new Error(`XML: <${qname}> is not closed`);
+    for (let o = xml.indexOf(open, i); o >= 0 && o < c; o = xml.indexOf(open, o + 1)) {
+      const k = xml.charCodeAt(o + open.length);
+      if ((k === 32 || k === 62 || k === 9 || k === 10 || k === 13) && xml.charCodeAt(xml.indexOf('>', o) - 1) !== 47) depth++;
+    }
+    depth--;
+    i = c + close.length;
+  }
+  return i;
+}
+
 /** Parses a whole document; returns the root element's value (see the shapes above), keyed by its name. */
-export function parseXml(xml: string): Record<string, unknown> {
+export function parseXml(xml: string, prune?: Prune): Record<string, unknown> {
   const root: Frame = { name: '', attrs: null, obj: null, text: '' };
   const stack: Frame[] = [root];
   let top = root;
@@ -100,8 +121,13 @@ export function parseXml(xml: string): Record<string, unknown> {
     if (selfClosing) end = gt - 1;
     let j = lt + 1;
     while (j < end) { const k = xml.charCodeAt(j); if (k === 32 || k === 9 || k === 10 || k === 13) break; j++; }
-    const name = localName(xml.slice(lt + 1, j));
+    const qname = xml.slice(lt + 1, j);
+    const name = localName(qname);
     const attrs = j < end ? attributes(xml, j, end) : null;
+    if (prune && name === prune.element && !prune.keep(attrs)) {
+      i = selfClosing ? gt + 1 : skipElement(xml, qname, gt);
+      continue;
+    }
     // An element's first child makes it an object: text seen so far was indentation.
     if (top.obj === null && top !== root) { top.obj = {}; top.text = ''; }
     const f: Frame = { name, attrs, obj: null, text: '' };
@@ -114,8 +140,8 @@ export function parseXml(xml: string): Record<string, unknown> {
 }
 
 /** The first element inside a SOAP Body (e.g. RetrievePropertiesExResponse), or undefined. */
-export function soapBody(xml: string): Record<string, any> | undefined {
-  const env = parseXml(xml)['Envelope'] as Record<string, any> | undefined;
+export function soapBody(xml: string, prune?: Prune): Record<string, any> | undefined {
+  const env = parseXml(xml, prune)['Envelope'] as Record<string, any> | undefined;
   const body = env?.['Body'];
   if (!body || typeof body !== 'object') return undefined;
   const key = Object.keys(body).find((k) => k !== 'attributes');

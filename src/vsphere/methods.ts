@@ -1,7 +1,7 @@
 /** The vim25 methods vmlift calls, typed, over a VimSession. */
 import type { VimSession } from './session.ts';
 import { arr, bool, mor, morOf, moref, num, str, xsiType, type MoRef } from './convert.ts';
-import { soapBody } from './lean-xml.ts';
+import { soapBody, type Prune } from './lean-xml.ts';
 
 export interface PropSpec { type: string; pathSet: string[] }
 /** A property vCenter did not return (`missingSet`): its path, the fault's type and, for NoPermission, the privilege. */
@@ -23,8 +23,8 @@ function tokenOf(xml: string): string | undefined {
   return m ? m[1] : undefined;
 }
 
-function objectsOf(xml: string, out: ObjectProps[]): string | undefined {
-  const rv = soapBody(xml)?.returnval;
+function objectsOf(xml: string, out: ObjectProps[], prune?: Prune): string | undefined {
+  const rv = soapBody(xml, prune)?.returnval;
   if (!rv || typeof rv !== 'object') return undefined;
   for (const o of arr(rv.objects)) {
     const props: Record<string, any> = {};
@@ -39,7 +39,14 @@ function objectsOf(xml: string, out: ObjectProps[]): string | undefined {
  * even without maxObjects. The answers go through lean-xml.ts, not node-soap (docs/vsphere.md,
  * Measured), and the next page is asked for before the current one is parsed.
  */
-export async function retrieveProperties(s: VimSession, specSet: Record<string, unknown>[], maxObjects?: number): Promise<ObjectProps[]> {
+export interface RetrieveOptions {
+  maxObjects?: number;
+  /** Parts of the answer the caller does not read, skipped unparsed (e.g. devices other than disks and their controllers). */
+  prune?: Prune;
+}
+
+export async function retrieveProperties(s: VimSession, specSet: Record<string, unknown>[], o: number | RetrieveOptions = {}): Promise<ObjectProps[]> {
+  const { maxObjects, prune } = typeof o === 'number' ? { maxObjects: o, prune: undefined } : o;
   const pc = morOf(s.content.propertyCollector);
   const out: ObjectProps[] = [];
   let page: Promise<string> | undefined = s.callText('RetrievePropertiesEx', { _this: pc, specSet, options: maxObjects ? { maxObjects } : {} });
@@ -50,7 +57,7 @@ export async function retrieveProperties(s: VimSession, specSet: Record<string, 
     page = early ? s.callText('ContinueRetrievePropertiesEx', { _this: pc, token: early }) : undefined;
     // A page that fails to parse must not leave the next request unobserved.
     if (page) page.catch(() => {});
-    const token = objectsOf(xml, out);
+    const token = objectsOf(xml, out, prune);
     if (token && !early) page = s.callText('ContinueRetrievePropertiesEx', { _this: pc, token });
     if (token) {
       if (seen.has(token)) throw new Error(`vCenter answered the same PropertyCollector token twice (${token})`);

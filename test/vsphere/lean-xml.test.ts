@@ -49,3 +49,9 @@ test('requests are written in the given element order, escaped, with attributes'
   assert.match(env, /<soapenv:Body><ContinueRetrievePropertiesEx xmlns="urn:vim25"><_this type="PropertyCollector">pc<\/_this><token>&lt;t&gt;<\/token><\/ContinueRetrievePropertiesEx><\/soapenv:Body>/);
   assert.equal(soapBody(env)!.token, '<t>', 'what is written reads back');
 });
+
+test('pruned elements are skipped whole, also when they nest an element of the same name', () => {
+  const xml = '<r><d t="disk"><k>1</k></d><d t="nic"><d t="inner"><k>x</k></d><k>2</k></d><d t="pci"/><d t="disk"><k>3</k></d></r>';
+  const r = parseXml(xml, { element: 'd', keep: (a) => a?.t === 'disk' }) as { r: { d: { k: string }[] } };
+  assert.deepEqual(r.r.d.map((d) => d.k), ['1', '3']);
+});
