@@ -3,6 +3,7 @@
  * as vCenter does (the lab's default: 100 objects per page without maxObjects).
  * In the same run, over the same lab, best and median of R rounds (after a warm-up) of:
  *   vmlift      vc.inventory(): lean XML path, next page in flight while one is parsed, VmInfo conversion
+ *               (and the CPU seconds this process spent on it: on a shared machine the steadiest figure)
  *   node-soap   the same RetrievePropertiesEx chain parsed by node-soap, as vmlift did before (no conversion)
  *   floor       the same chain with no parsing at all (answers fetched as text): the lab's and the wire's share
  *   govmomi     the same request by govmomi's own Go client (lab/peer.go, typed decode), one process per round
@@ -61,7 +62,7 @@ async function chain(vc: VCenter, mode: 'soap' | 'text'): Promise<number> {
   return objects;
 }
 
-interface Row { vms: number; rt: number; bytes: number; disks: number; vmlift: Stat; soap: Stat; floor: Stat; govmomi: Stat }
+interface Row { cpu: Stat; vms: number; rt: number; bytes: number; disks: number; vmlift: Stat; soap: Stat; floor: Stat; govmomi: Stat }
 const rows: Row[] = [];
 
 for (const n of counts) {
@@ -72,6 +73,7 @@ for (const n of counts) {
   try {
     const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });
     await vc.inventory(); await chain(vc, 'soap'); await chain(vc, 'text'); // warm-up (parsers, JIT, the simulator)
+    const cpu: number[] = [];
     const t = { vmlift: [] as number[], soap: [] as number[], floor: [] as number[], govmomi: [] as number[] };
     // Peer: govmomi's Go client, one process per round (it warms up, then times one inventory).
     const peer = async () => {
@@ -84,15 +86,18 @@ for (const n of counts) {
     for (let i = 0; i < ROUNDS; i++) { // interleaved, so a busy moment of the shared machine hits every contender
       const rt0 = vc.roundTrips, b0 = vc.session.stats.bytesReceived;
       let s0 = process.hrtime.bigint();
+      const c0 = process.cpuUsage();
       const inv = await vc.inventory();
       t.vmlift.push(secs(s0));
+      const c = process.cpuUsage(c0);
+      cpu.push((c.user + c.system) / 1e6);
       if (inv.vms.length !== lab.vms.length) throw new Error(`inventory returned ${inv.vms.length} of ${lab.vms.length} VMs`);
       rt = vc.roundTrips - rt0; bytes = vc.session.stats.bytesReceived - b0; disks = inv.vms.reduce((k, v) => k + v.disks.length, 0);
       s0 = process.hrtime.bigint(); await chain(vc, 'soap'); t.soap.push(secs(s0));
       s0 = process.hrtime.bigint(); await chain(vc, 'text'); t.floor.push(secs(s0));
       await peer();
     }
-    rows.push({ vms: lab.vms.length, rt, bytes, disks, vmlift: stat(t.vmlift), soap: stat(t.soap), floor: stat(t.floor), govmomi: stat(t.govmomi) });
+    rows.push({ cpu: stat(cpu), vms: lab.vms.length, rt, bytes, disks, vmlift: stat(t.vmlift), soap: stat(t.soap), floor: stat(t.floor), govmomi: stat(t.govmomi) });
     await vc.close();
   } finally {
     await lab.stop();
@@ -102,8 +107,8 @@ for (const n of counts) {
 
 const f = (s: Stat) => `${s.best.toFixed(2)}/${s.median.toFixed(2)}`.padEnd(12);
 console.log(`${new Date().toISOString()}  page size ${PAGE}, ${ROUNDS} rounds; seconds best/median`);
-console.log('VMs     inv RTs  MiB    vmlift      node-soap   floor       govmomi     vmlift/govmomi (best, median)');
+console.log('VMs     inv RTs  MiB    vmlift      (its CPU)   node-soap   floor       govmomi     vmlift/govmomi (best, median)');
 for (const r of rows) {
-  console.log(`${String(r.vms).padEnd(8)}${String(r.rt).padEnd(9)}${(r.bytes / 2 ** 20).toFixed(1).padEnd(7)}${f(r.vmlift)}${f(r.soap)}${f(r.floor)}${f(r.govmomi)}` +
+  console.log(`${String(r.vms).padEnd(8)}${String(r.rt).padEnd(9)}${(r.bytes / 2 ** 20).toFixed(1).padEnd(7)}${f(r.vmlift)}${f(r.cpu)}${f(r.soap)}${f(r.floor)}${f(r.govmomi)}` +
     `${(r.vmlift.best / r.govmomi.best).toFixed(2)}×, ${(r.vmlift.median / r.govmomi.median).toFixed(2)}×`);
 }
