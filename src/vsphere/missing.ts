@@ -2,8 +2,14 @@
 import { UserError } from '../util/errors.ts';
 import type { MissingProperty } from './methods.ts';
 
+/** "config.hardware.device, config.extraConfig (NoPermission: privilege System.Read)": paths grouped by their reason. */
 export function describeMissing(missing: MissingProperty[]): string {
-  return missing.map((m) => `${m.path} (${m.fault}${m.privilege ? `: privilege ${m.privilege}` : ''})`).join(', ');
+  const groups = new Map<string, string[]>();
+  for (const m of missing) {
+    const why = `${m.fault}${m.privilege ? `: privilege ${m.privilege}` : ''}`;
+    groups.set(why, [...(groups.get(why) ?? []), m.path]);
+  }
+  return [...groups].map(([why, paths]) => `${paths.join(', ')} (${why})`).join('; ');
 }
 
 export function missingFix(missing: MissingProperty[], vmName: string): string {
