@@ -155,6 +155,9 @@ func (f *front) serveSDK(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
+	if method == "ReconfigVM_Task" && f.sessionOK(r) && f.reconfigDisks(w, this, body) {
+		return
+	}
 	if method == "ConsolidateVMDisks_Task" && f.sessionOK(r) {
 		f.consolidate(w, this)
 		return
@@ -191,17 +194,9 @@ func (f *front) serveSDK(w http.ResponseWriter, r *http.Request) {
 			f.l.mu.Unlock()
 		}
 	}
-	if method == "RetrievePropertiesEx" && res.StatusCode == 200 {
-		// The simulator ignores maxObjects; vCenter pages. Page here so clients meet tokens.
-		if ms, ok := field(body, "maxObjects"); ok {
-			if max, err := strconv.Atoi(ms); err == nil && max > 0 {
-				objs := reObjects.FindAll(out, -1)
-				if len(objs) > max {
-					f.writePage(method, w, objs, max)
-					return
-				}
-			}
-		}
+	// The simulator never pages; vCenter pages (also without maxObjects) and answers missingSet.
+	if method == "RetrievePropertiesEx" && res.StatusCode == 200 && f.answerRetrieve(w, body, out) {
+		return
 	}
 	if strings.HasSuffix(method, "_Task") && res.StatusCode == 200 {
 		if tm := reReturnTk.FindSubmatch(out); tm != nil {
@@ -366,6 +361,11 @@ func (f *front) failTask(w http.ResponseWriter, method, this string) {
 func (f *front) serveFolder(w http.ResponseWriter, r *http.Request) {
 	if !f.sessionOK(r) {
 		http.Error(w, "401 Unauthorized: no valid vmware_soap_session cookie", http.StatusUnauthorized)
+		return
+	}
+	q := r.URL.Query()
+	if !dcPathOK(q.Get("dcPath")) {
+		http.NotFound(w, r)
 		return
 	}
 	ds := r.URL.Query().Get("dsName")
@@ -581,6 +581,8 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 		}
 		l.mu.Unlock()
 		writeJSON(w, out)
+	case "page-size", "deny", "allow", "disks":
+		f.serveInventoryControl(w, r, op)
 	case "stop":
 		writeJSON(w, map[string]interface{}{"ok": true})
 		select {

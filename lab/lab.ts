@@ -42,7 +42,7 @@ export interface LabSnapshot { ref: string; name: string; index: number; changeI
 
 interface LabState {
   url: string; user: string; passwordFile: string; thumbprintSha1: string; thumbprintSha256: string;
-  certFile: string; controlUrl: string; token: string; pid: number; datacenter: string; datastore: string;
+  certFile: string; controlUrl: string; token: string; pid: number; datacenter: string; datacenterPath?: string; datastore: string;
   datastoreDir: string; cbtBlockSize: number; vms: LabVm[]; apiType?: string;
 }
 
@@ -61,6 +61,8 @@ export class Lab {
   readonly certFile: string;
   readonly certPem: string;
   readonly datacenter: string;
+  /** The datacenter's inventory path ('DC0', or 'F0/DC0' with dcFolder): the dcPath of /folder URLs. */
+  readonly datacenterPath: string;
   readonly datastore: string;
   readonly datastoreDir: string;
   /**
@@ -81,6 +83,7 @@ export class Lab {
     this.dir = dir; this.url = s.url; this.user = s.user; this.password = password; this.passwordFile = s.passwordFile;
     this.thumbprint = s.thumbprintSha256; this.thumbprintSha1 = s.thumbprintSha1; this.thumbprintSha256 = s.thumbprintSha256;
     this.certFile = s.certFile; this.certPem = certPem; this.datacenter = s.datacenter; this.datastore = s.datastore;
+    this.datacenterPath = s.datacenterPath || s.datacenter;
     this.datastoreDir = s.datastoreDir; this.cbtBlockSize = s.cbtBlockSize; this.vms = s.vms; this.pid = s.pid; this.apiType = s.apiType ?? 'VirtualCenter';
     this.controlUrl = s.controlUrl; this.token = s.token; this.child = child;
     this.agent = new Agent({ connect: { ca: certPem }, keepAliveTimeout: 1000 });
@@ -98,7 +101,7 @@ export class Lab {
   /** https URL of a datastore file, as vCenter serves it (GET with Range; needs the session cookie). */
   folderUrl(datastorePath: string, datastore = this.datastore): string {
     const u = new URL(this.url);
-    return `${u.origin}/folder/${datastorePath.split('/').map(encodeURIComponent).join('/')}?dcPath=${encodeURIComponent(this.datacenter)}&dsName=${encodeURIComponent(datastore)}`;
+    return `${u.origin}/folder/${datastorePath.split('/').map(encodeURIComponent).join('/')}?dcPath=${encodeURIComponent(this.datacenterPath)}&dsName=${encodeURIComponent(datastore)}`;
   }
 
   /**
@@ -174,6 +177,23 @@ export class Lab {
 
   /** ESXi mode only: "free" makes the host refuse writes (RestrictedVersion) as the free vSphere Hypervisor license does. */
   async setEsxLicense(edition: 'free' | 'licensed'): Promise<void> { await this.call('esx-license', { edition }); }
+  /** Objects per RetrievePropertiesEx page when a request sets no maxObjects (default 100; 0: no paging). */
+  async pageSize(size: number): Promise<void> { await this.call('page-size', { size }); }
+  /**
+   * The property (and everything under it, e.g. 'config') of a VM (by name) or of any object (by
+   * moref) comes back in missingSet with NoPermission naming `privilege`; a VM's denial covers its snapshots.
+   */
+  async denyProperty(vmOrRef: string, path: string, privilege = 'System.Read'): Promise<void> {
+    await this.call('deny', this.vms.some((v) => v.name === vmOrRef) ? { vm: vmOrRef, path, privilege } : { ref: vmOrRef, path, privilege });
+  }
+  /** Clears every denyProperty. */
+  async allowAll(): Promise<void> { await this.call('allow', {}); }
+  /** Reads the VM's disks back from the lab (after a ReconfigVM_Task deviceChange); `vm(name).disks` follows. */
+  async refreshDisks(vm: string): Promise<LabDisk[]> {
+    const disks = (JSON.parse((await this.call('disks', { vm }, undefined, 'GET')).toString()) as LabDisk[]).sort((a, b) => a.key - b.key);
+    this.vm(vm).disks = disks;
+    return disks;
+  }
 
   async stop(): Promise<void> {
     await this.agent.close().catch(() => {});
@@ -210,6 +230,10 @@ export interface StartLabOptions {
   esx?: boolean;
   /** Export each snapshot's disks over NBD and publish `vddkMapFile` for the VDDK double (lab/vddk_map.go). */
   vddkMap?: boolean;
+  /** RetrievePropertiesEx page size without maxObjects (default 100, as vCenter pages; 0: no paging). */
+  pageSize?: number;
+  /** Put the datacenter in a folder: its inventory path becomes F0/DC0. */
+  dcFolder?: boolean;
 }
 
 export async function startLab(opts: StartLabOptions): Promise<Lab> {
@@ -221,6 +245,8 @@ export async function startLab(opts: StartLabOptions): Promise<Lab> {
   if (!opts.detached) args.push('-parent-pid', String(process.pid));
   if (opts.esx) args.push('-esx');
   if (opts.vddkMap) args.push('-vddk-map');
+  if (opts.pageSize !== undefined) args.push('-page-size', String(opts.pageSize));
+  if (opts.dcFolder) args.push('-dc-folder');
   const log = await open(join(dir, 'lab.log'), 'a');
   const child = spawn(labBinary, args, { stdio: ['ignore', log.fd, log.fd], detached: !!opts.detached });
   await log.close();

@@ -116,6 +116,7 @@ type labState struct {
 	Token            string   `json:"token"`
 	PID              int      `json:"pid"`
 	Datacenter       string   `json:"datacenter"`
+	DatacenterPath   string   `json:"datacenterPath"`
 	Datastore        string   `json:"datastore"`
 	DatastoreDir     string   `json:"datastoreDir"`
 	BlockSize        int      `json:"cbtBlockSize"`
@@ -194,6 +195,8 @@ func main() {
 	pwFlag := flag.String("password-file", "", "password file (with -peer-inventory)")
 	esxMode := flag.Bool("esx", false, "be a standalone ESXi host (govmomi's ESX model: HostAgent, ha-datacenter; user root) instead of a vCenter")
 	vddkMapFlag := flag.Bool("vddk-map", false, "export each snapshot's disks over NBD and publish <dir>/vddk-map.tsv for the VDDK double")
+	pageSize := flag.Int("page-size", defaultPageSize, "objects per RetrievePropertiesEx page when the request sets no maxObjects (0: no paging)")
+	dcFolder := flag.Bool("dc-folder", false, "put the datacenter in a folder (F0/DC0), as many vCenters do")
 	flag.Parse()
 	if *esxMode && !flagSet("user") {
 		*user = "root"
@@ -242,6 +245,10 @@ func main() {
 	if *esxMode {
 		model = esxModel()
 	}
+	if *dcFolder {
+		model.Folder = 1
+	}
+	inv.pageSize = *pageSize
 	if err := model.Create(); err != nil {
 		log.Fatalf("model: %v", err)
 	}
@@ -286,12 +293,19 @@ func main() {
 		log.Fatal(err)
 	}
 	finder.SetDatacenter(dc)
+	inv.dcPath = strings.TrimPrefix(dc.InventoryPath, "/")
 	folders, _ := dc.Folders(ctx)
 	pool, err := finder.DefaultResourcePool(ctx)
+	if err != nil && *dcFolder {
+		pool, err = clusterPool(c) // the model nests the cluster in a folder too
+	}
 	if err != nil {
 		log.Fatal(err)
 	}
 	ds, err := finder.Datastore(ctx, l.dsName)
+	if err != nil && *dcFolder {
+		ds, err = datastoreNamed(c, l.dsName)
+	}
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -304,7 +318,8 @@ func main() {
 	state := labState{URL: base + "/sdk", User: *user, PasswordFile: pwFile,
 		ThumbprintSHA1: thumb(sha1sum(der)), ThumbprintSHA256: thumb(sha256sum(der)), CertFile: certFile,
 		ControlURL: base + "/lab", Token: l.token, PID: os.Getpid(), Datacenter: l.dcName, Datastore: l.dsName,
-		DatastoreDir: l.dsDir, BlockSize: blockSize, ApiType: "VirtualCenter"}
+		DatacenterPath: strings.TrimPrefix(dc.InventoryPath, "/"),
+		DatastoreDir:   l.dsDir, BlockSize: blockSize, ApiType: "VirtualCenter"}
 	vmPlans := plans(*nvms, *diskMB)
 	if *esxMode {
 		state.ApiType = "HostAgent"

@@ -24,6 +24,9 @@ var peerVMPaths = []string{"name", "runtime.powerState", "runtime.host", "runtim
 	"capability.changeTrackingSupported"}
 
 func runPeerInventory(rawURL, user, pwFile string, rounds int) error {
+	if s := os.Getenv("VMLIFT_PEER_ROUNDS"); s != "" {
+		fmt.Sscanf(s, "%d", &rounds)
+	}
 	ctx := context.Background()
 	pw, err := os.ReadFile(pwFile)
 	if err != nil {
@@ -40,10 +43,11 @@ func runPeerInventory(rawURL, user, pwFile string, rounds int) error {
 	}
 	defer c.Logout(ctx)
 	best := time.Duration(1 << 62)
+	var all []float64
 	objects := 0
 	for i := 0; i < rounds+1; i++ { // the first round warms up
 		start := time.Now()
-		v, err := view.NewManager(c.Client).CreateContainerView(ctx, c.ServiceContent.RootFolder, []string{"VirtualMachine", "HostSystem", "Datastore", "Datacenter"}, true)
+		v, err := view.NewManager(c.Client).CreateContainerView(ctx, c.ServiceContent.RootFolder, []string{"VirtualMachine", "HostSystem", "Datastore", "Datacenter", "Folder"}, true)
 		if err != nil {
 			return err
 		}
@@ -51,7 +55,7 @@ func runPeerInventory(rawURL, user, pwFile string, rounds int) error {
 			ObjectSet: []types.ObjectSpec{{Obj: v.Reference(), Skip: types.NewBool(true), SelectSet: []types.BaseSelectionSpec{
 				&types.TraversalSpec{SelectionSpec: types.SelectionSpec{Name: "view"}, Type: "ContainerView", Path: "view", Skip: types.NewBool(false)}}}},
 			PropSet: []types.PropertySpec{{Type: "VirtualMachine", PathSet: peerVMPaths}, {Type: "HostSystem", PathSet: []string{"name", "config.product"}},
-				{Type: "Datastore", PathSet: []string{"name"}}, {Type: "Datacenter", PathSet: []string{"name", "datastore"}}},
+				{Type: "Datastore", PathSet: []string{"name"}}, {Type: "Datacenter", PathSet: []string{"name", "datastore", "parent"}}, {Type: "Folder", PathSet: []string{"name", "parent"}}},
 		}}}
 		res, err := methods.RetrievePropertiesEx(ctx, c.Client, &req)
 		if err != nil {
@@ -70,12 +74,15 @@ func runPeerInventory(rawURL, user, pwFile string, rounds int) error {
 			r = &cr.Returnval
 		}
 		_ = v.Destroy(ctx)
-		if d := time.Since(start); i > 0 && d < best {
-			best = d
+		if d := time.Since(start); i > 0 {
+			all = append(all, d.Seconds())
+			if d < best {
+				best = d
+			}
 		}
 		objects = n
 	}
-	out, _ := json.Marshal(map[string]interface{}{"seconds": best.Seconds(), "objects": objects})
+	out, _ := json.Marshal(map[string]interface{}{"seconds": best.Seconds(), "rounds": all, "objects": objects})
 	fmt.Println(string(out))
 	return nil
 }

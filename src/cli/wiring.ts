@@ -4,7 +4,7 @@
  */
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { VCenter, resolveConnection, makeDispatcher, type TrustMode } from '../vsphere/index.ts';
+import { VCenter, resolveConnection, makeDispatcher, unreadableError, type TrustMode } from '../vsphere/index.ts';
 import { HttpDatastoreSource, assertHttpReadable } from '../source/http-datastore/index.ts';
 import { Sender, type SenderOptions } from '../transfer/sender.ts';
 import { UserError } from '../util/errors.ts';
@@ -114,6 +114,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
         throw new UserError('SYSTEM_VM', `${vm.name} (${vm.ref}) is ${vm.systemVm}: vSphere runs it for itself, it is no migration candidate`,
           'pick an application VM; `vmlift vc ls` marks system VMs');
       }
+      if (vm.unreadable?.length) throw unreadableError(vm.name, vm.name, vm.unreadable);
       return { vmRef: vm.ref, name: vm.name };
     },
     async images(sourceId) {

@@ -29,14 +29,21 @@ export function bool(x: unknown): boolean | undefined {
   return s === 'true' || s === '1';
 }
 
+function stripPrefix(t: string): string {
+  const i = t.lastIndexOf(':');
+  return i < 0 ? t : t.slice(i + 1);
+}
+
 /** The xsi:type of a value, whatever prefix the server bound the XMLSchema-instance namespace to. */
 export function xsiType(x: unknown): string | undefined {
   if (!x || typeof x !== 'object') return undefined;
   const attrs = (x as Record<string, any>).attributes;
   if (!attrs) return undefined;
+  const common = attrs['xsi:type'];
+  if (common !== undefined) return stripPrefix(String(common));
   for (const [k, v] of Object.entries(attrs)) {
     // xsi:type always carries a prefix; a bare "type" is a managed object reference's own attribute.
-    if (k.endsWith(':type')) return String(v).replace(/^.*:/, '');
+    if (k.endsWith(':type')) return stripPrefix(String(v));
   }
   return undefined;
 }

@@ -13,6 +13,7 @@ export * as methods from './methods.ts';
 export { waitForTask, type TaskWaitOptions, type TaskResult } from './tasks.ts';
 export { fetchInventory, fetchVm, fetchVmByRef, fetchSnapshotDisks, parseDisks, parseExtraConfig, type Inventory } from './inventory.ts';
 export { preflight, type PreflightCheck, type PreflightReport } from './preflight.ts';
+export { unreadableError, describeMissing } from './missing.ts';
 export { systemVmKind } from './system-vms.ts';
 export { changedAreas, parseChangeId, type ChangeId, type Area, type ChangedAreas } from './changes.ts';
 export { VCenter, type CbtResult } from './vcenter.ts';

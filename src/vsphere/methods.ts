@@ -1,6 +1,7 @@
 /** The vim25 methods vmlift calls, typed, over a VimSession. */
 import type { VimSession } from './session.ts';
 import { arr, bool, mor, morOf, moref, num, str, xsiType, type MoRef } from './convert.ts';
+import { soapBody, type Prune } from './lean-xml.ts';
 
 export interface PropSpec { type: string; pathSet: string[] }
 /** A property vCenter did not return (`missingSet`): its path, the fault's type and, for NoPermission, the privilege. */
@@ -15,34 +16,63 @@ function missingProperty(m: any): MissingProperty {
   return out;
 }
 
-/**
- * RetrievePropertiesEx + ContinueRetrievePropertiesEx until the token runs out. An ended session may
- * answer with NotAuthenticated per property (missingSet) instead of a fault of the call: that logs in
- * again and retrieves once more, as a NotAuthenticated fault does.
- */
-export async function retrieveProperties(s: VimSession, specSet: Record<string, unknown>[], maxObjects?: number): Promise<ObjectProps[]> {
-  const out = await retrieveAll(s, specSet, maxObjects);
-  if (!out.some((o) => o.missing.some((m) => m.fault === 'NotAuthenticated'))) return out;
-  s.log.info({ method: 'RetrievePropertiesEx' }, 'session ended (NotAuthenticated in missingSet); logging in again');
-  await s.relogin();
-  return retrieveAll(s, specSet, maxObjects);
+/** The token of a RetrieveResult: it comes before the objects (the schema's order), so it is read before the page is parsed. */
+function tokenOf(xml: string): string | undefined {
+  const head = xml.slice(0, Math.max(0, xml.indexOf('<objects')) || xml.length);
+  const m = /<(?:[\w-]+:)?token>([^<]*)<\/(?:[\w-]+:)?token>/.exec(head);
+  return m ? m[1] : undefined;
 }
 
-async function retrieveAll(s: VimSession, specSet: Record<string, unknown>[], maxObjects?: number): Promise<ObjectProps[]> {
+function objectsOf(xml: string, out: ObjectProps[], prune?: Prune): string | undefined {
+  const rv = soapBody(xml, prune)?.returnval;
+  if (!rv || typeof rv !== 'object') return undefined;
+  for (const o of arr(rv.objects)) {
+    const props: Record<string, any> = {};
+    for (const p of arr(o.propSet)) props[str(p.name)!] = p.val;
+    out.push({ obj: moref(o.obj)!, props, missing: arr(o.missingSet).map(missingProperty) });
+  }
+  return str(rv.token) || undefined;
+}
+
+/**
+ * RetrievePropertiesEx + ContinueRetrievePropertiesEx until the token runs out. vCenter may page
+ * even without maxObjects. The answers go through lean-xml.ts, not node-soap (docs/vsphere.md,
+ * Measured), and the next page is asked for before the current one is parsed.
+ */
+export interface RetrieveOptions {
+  maxObjects?: number;
+  /** Parts of the answer the caller does not read, skipped unparsed (e.g. devices other than disks and their controllers). */
+  prune?: Prune;
+}
+
+export async function retrieveProperties(s: VimSession, specSet: Record<string, unknown>[], o: number | RetrieveOptions = {}): Promise<ObjectProps[]> {
+  const out = await retrieveAll(s, specSet, o);
+  if (!out.some((x) => x.missing.some((m) => m.fault === 'NotAuthenticated'))) return out;
+  // An ended session may answer with NotAuthenticated per property (missingSet) instead of a fault
+  // of the call: that logs in again and retrieves once more, as a NotAuthenticated fault does.
+  s.log.info({ method: 'RetrievePropertiesEx' }, 'session ended (NotAuthenticated in missingSet); logging in again');
+  await s.relogin();
+  return retrieveAll(s, specSet, o);
+}
+
+async function retrieveAll(s: VimSession, specSet: Record<string, unknown>[], o: number | RetrieveOptions): Promise<ObjectProps[]> {
+  const { maxObjects, prune } = typeof o === 'number' ? { maxObjects: o, prune: undefined } : o;
   const pc = morOf(s.content.propertyCollector);
   const out: ObjectProps[] = [];
-  let res = await s.call('RetrievePropertiesEx', { _this: pc, specSet, options: maxObjects ? { maxObjects } : {} });
-  for (;;) {
-    const rv = res.returnval;
-    if (!rv) break;
-    for (const o of arr(rv.objects)) {
-      const props: Record<string, any> = {};
-      for (const p of arr(o.propSet)) props[str(p.name)!] = p.val;
-      out.push({ obj: moref(o.obj)!, props, missing: arr(o.missingSet).map(missingProperty) });
+  let page: Promise<string> | undefined = s.callText('RetrievePropertiesEx', { _this: pc, specSet, options: maxObjects ? { maxObjects } : {} });
+  const seen = new Set<string>();
+  while (page) {
+    const xml = await page;
+    const early = tokenOf(xml);
+    page = early ? s.callText('ContinueRetrievePropertiesEx', { _this: pc, token: early }) : undefined;
+    // A page that fails to parse must not leave the next request unobserved.
+    if (page) page.catch(() => {});
+    const token = objectsOf(xml, out, prune);
+    if (token && !early) page = s.callText('ContinueRetrievePropertiesEx', { _this: pc, token });
+    if (token) {
+      if (seen.has(token)) throw new Error(`vCenter answered the same PropertyCollector token twice (${token})`);
+      seen.add(token);
     }
-    const token = str(rv.token);
-    if (!token) break;
-    res = await s.call('ContinueRetrievePropertiesEx', { _this: pc, token });
   }
   return out;
 }

@@ -1,5 +1,6 @@
 /** Preflight of docs/design.md: can vmlift enable CBT and snapshot this VM? Each check says why and how to fix it. */
 import type { VmInfo, SnapshotNode } from './types.ts';
+import { describeMissing, missingFix } from './missing.ts';
 
 export interface PreflightCheck { name: string; ok: boolean; message: string; fix?: string }
 export interface PreflightReport { vm: string; ref: string; ok: boolean; checks: PreflightCheck[] }
@@ -22,10 +23,8 @@ export function preflight(vm: VmInfo, o: { snapshotPrefix?: string } = {}): Pref
   checks.push(unreadable.length === 0
     ? { name: 'readable', ok: true, message: 'vCenter returned every property vmlift reads' }
     : { name: 'readable', ok: false,
-        message: `vCenter did not return ${unreadable.map((m) => `${m.path} (${m.fault}${m.privilege ? `: privilege ${m.privilege}` : ''})`).join(', ')} for ${vm.name}, so its disks and settings are unknown`,
-        fix: unreadable.some((m) => m.fault === 'NoPermission')
-          ? `grant the vmlift user ${[...new Set(unreadable.map((m) => m.privilege).filter(Boolean))].join(', ') || 'read access'} on ${vm.name} (at least the Read-only role on the VM, its folder, host and datastores), then run \`vmlift vc preflight ${vm.name}\` again`
-          : `check that vCenter can reach ${vm.name}'s files and host (vSphere Client: the VM's Summary), then run \`vmlift vc preflight ${vm.name}\` again` });
+        message: `vCenter did not return ${describeMissing(unreadable)} for ${vm.name}, so its disks and settings are unknown`,
+        fix: missingFix(unreadable, vm.name) });
   const snaps = flatten(vm.snapshots);
   const foreign = snaps.filter((s) => !s.name.startsWith(prefix));
   const ours = snaps.filter((s) => s.name.startsWith(prefix));

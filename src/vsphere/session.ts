@@ -8,6 +8,7 @@ import { fetchThumbprints, makeDispatcher, type TrustMode } from './tls.ts';
 import { UndiciSoapHttp, type TransportStats } from './http.ts';
 import { parseFault, unreachable, VimFault } from './errors.ts';
 import { mor, moref, str, type MoRef } from './convert.ts';
+import { soapRequest } from './lean-xml.ts';
 import { chooseApiVersion, MIN_API_VERSION, parseServiceVersions, serviceVersionsUrl } from './api-version.ts';
 
 const WSDL = join(PROJECT_ROOT, 'src', 'vsphere', 'wsdl', 'vim25-trimmed.wsdl');
@@ -171,6 +172,39 @@ export class VimSession {
       }
       throw e;
     }
+  }
+
+  /**
+   * Calls a vim25 method outside node-soap and returns the answer's XML text, for answers too large
+   * for node-soap's parser (read them with lean-xml.ts). Same faults, errors and re-login as call().
+   */
+  async callText(method: string, args: Record<string, unknown>): Promise<string> {
+    try {
+      return await this.invokeText(method, args);
+    } catch (e) {
+      if (e instanceof VimFault && e.type === 'NotAuthenticated') {
+        this.log.info({ method }, 'vCenter session expired; logging in again');
+        this.relogins++;
+        await this.login();
+        return this.invokeText(method, args);
+      }
+      throw e;
+    }
+  }
+
+  private async invokeText(method: string, args: Record<string, unknown>): Promise<string> {
+    let res;
+    try {
+      res = await this.http.post(this.url, soapRequest(method, args), { SOAPAction: `"urn:vim25/${this.apiVersion}"` });
+    } catch (e) {
+      const te = await this.transportError(e);
+      if (te) throw te;
+      throw new Error(`vCenter call ${method} failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+    }
+    if (res.status === 200) return res.data;
+    const f = parseFault(res.data, method);
+    if (f) throw f;
+    throw new Error(`vCenter call ${method} failed: HTTP ${res.status}`);
   }
 
   private async invoke(method: string, args: Record<string, unknown>): Promise<any> {

@@ -165,6 +165,13 @@ test('kill -9 of the connector during a read and right after the receiver commit
   assert.notEqual(vcls.code, 0);
   assert.match(vcls.stderr, /vSphere Cluster Services \(vCLS\) agent VM.*no migration candidate/);
   assert.match(vcls.stderr, /fix: pick an application VM/);
+  // A VM whose config the vmlift user may not read is refused at creation, naming the privilege (not "0 disks").
+  await r.lab.denyProperty('shape-independent', 'config', 'System.Read');
+  const denied = await vmlift(['job', 'create', 'denied', '--vm', 'shape-independent', '--home', r.home]);
+  await r.lab.allowAll();
+  assert.notEqual(denied.code, 0);
+  assert.match(denied.stderr, /vCenter did not return [^;]*config\.hardware\.device[^;(]* \(NoPermission: privilege System\.Read\) of shape-independent/);
+  assert.match(denied.stderr, /fix: grant the vmlift user System\.Read on shape-independent/);
   const created = await r.api<{ settings: { intervalSeconds: number; compression: number; maxImages: number } }>(
     ['job', 'create', 'other', '--vm', 'shape-snapshot', '--template', 'nightly', '--compression', '5']);
   assert.deepEqual([created.settings.intervalSeconds, created.settings.compression, created.settings.maxImages], [86400, 5, 2]);

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startRig, settings, liveSha, imageSha, guestWrites, MiB, type EngineRig } from './harness.ts';
+import { reconfigDisks } from '../vsphere/device-change.ts';
 
 /** Runs one cycle of the job; every disk of its image must be its snapshot's disk, bit for bit. */
 async function cycleMatchesSnapshot(rig: EngineRig, jobId: string, vmName: string) {
@@ -73,6 +74,19 @@ test('disks are tracked by identity: a removed disk is dropped, a moved disk kee
   assert.match(four.cycle.reason ?? '', /^disk 2001: new disk, .*disk 2001 \(.*\) removed.*disk 2001 \(.*\) added/);
   assert.doesNotMatch(four.cycle.reason ?? '', /disk 20(00|16):/);
   assert.ok(four.cycle.sourceBytesRead <= NEW_DISK_DATA + written, `read ${four.cycle.sourceBytesRead} <= new disk ${NEW_DISK_DATA} + written ${written}`);
+
+  // Reordered through ReconfigVM_Task (deviceChange edit): disk 2001 moves from scsi0:1 to scsi0:2.
+  // Same key and backing UUID, so it keeps its own base and changeId (its ctkEnabled moves with its slot).
+  const uuidBefore = (four.image.meta.diskIdentities as { key: number; uuid: string }[]).find((x) => x.key === 2001)!.uuid;
+  await reconfigDisks(rig.vc, vm.moref, [{ op: 'move', key: 2001, controllerKey: 1000, unitNumber: 2 }]);
+  assert.deepEqual((await lab.refreshDisks(vm.name)).map((d) => [d.key, d.bus, d.unit]), [[2000, 0, 0], [2001, 0, 2], [2016, 1, 0]]);
+  assert.equal((await rig.vc.vm(vm.moref)).disks.find((d) => d.key === 2001)!.busId, 'scsi0:2');
+  written = await writeAll(4);
+  const moved = await cycleMatchesSnapshot(rig, 'three', vm.name);
+  assert.equal(moved.image.baseImageId, four.image.imageId);
+  assert.equal((moved.image.meta.diskIdentities as { key: number; uuid: string }[]).find((x) => x.key === 2001)!.uuid, uuidBefore, 'the moved disk is the same disk');
+  assert.equal(moved.cycle.kind, 'incremental', moved.cycle.reason ?? '');
+  assert.ok(moved.cycle.sourceBytesRead <= written, `read ${moved.cycle.sourceBytesRead} <= written ${written}`);
 
   // And back to steady incrementals.
   written = await writeAll(3);

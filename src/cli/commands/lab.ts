@@ -30,14 +30,17 @@ export function register(program: Command): void {
     .option('--vms <n>', 'plain VMs besides the seven shaped ones', '8')
     .option('--disk-mb <n>', 'capacity of each first disk in MiB', '64')
     .option('--esx', 'be a standalone ESXi host (HostAgent, ha-datacenter, user root) instead of a vCenter')
+    .option('--page-size <n>', 'RetrievePropertiesEx page size without maxObjects (0: no paging)', '100')
+    .option('--dc-folder', 'put the datacenter in a folder (inventory path F0/DC0)')
     .option('--json', 'print JSON')
     .action(async (o) => {
       const { startLab, connectLab } = await labModule();
       const running = await connectLab(o.dir).catch(() => undefined);
       if (running) throw new UserError('LAB_RUNNING', `a lab already runs in ${o.dir} (pid ${running.pid})`, `stop it with \`vmlift lab stop --dir ${o.dir}\``);
-      const l = await startLab({ dir: o.dir, vms: int(o.vms, '--vms'), diskMb: int(o.diskMb, '--disk-mb'), detached: true, esx: !!o.esx });
+      const l = await startLab({ dir: o.dir, vms: int(o.vms, '--vms'), diskMb: int(o.diskMb, '--disk-mb'), detached: true, esx: !!o.esx,
+        pageSize: int(o.pageSize, '--page-size'), dcFolder: !!o.dcFolder });
       const info = { url: l.url, user: l.user, passwordFile: l.passwordFile, thumbprint: l.thumbprintSha256, thumbprintSha1: l.thumbprintSha1,
-        pid: l.pid, datacenter: l.datacenter, datastore: l.datastore, vms: l.vms.length, apiType: l.apiType };
+        pid: l.pid, datacenter: l.datacenter, datacenterPath: l.datacenterPath, datastore: l.datastore, vms: l.vms.length, apiType: l.apiType };
       printResult(o.json, info, (x) => [`lab ${x.apiType === 'HostAgent' ? 'ESXi host' : 'vCenter'} running (pid ${x.pid}, ${x.vms} VMs)`, `  --server ${x.url}`, `  --user ${x.user}`,
         `  --password-file ${x.passwordFile}`, `  --thumbprint ${x.thumbprint}`, `  (SHA-1 ${x.thumbprintSha1})`].join('\n'));
     });

@@ -70,9 +70,9 @@ export function register(program: Command): void {
   conn(vc.command('ls').description('list the virtual machines with their CBT and snapshot state'))
     .action(async (o) => withVc(o, async (c) => {
       const inv = await c.inventory();
-      printResult(o.json, inv.vms, (vms) => table(['NAME', 'REF', 'POWER', 'HW', 'GUEST', 'HOST', 'ESXI', 'CBT', 'DISKS', 'SIZE', 'SNAPSHOTS'],
+      printResult(o.json, inv.vms, (vms) => table(['NAME', 'REF', 'POWER', 'HW', 'GUEST', 'HOST', 'ESXI', 'CBT', 'DISKS', 'SIZE', 'SNAPSHOTS', 'DATACENTER'],
         vms.map((v) => [v.systemVm ? `${v.name} (system VM)` : v.name, v.ref, v.powerState, v.hardwareVersion, v.guestId, v.host?.name ?? '-', v.host?.version ?? '-', cbtState(v),
-          v.disks.length, formatBytes(v.disks.reduce((n, d) => n + d.capacity, 0)), countSnaps(v.snapshots)])));
+          v.disks.length, formatBytes(v.disks.reduce((n, d) => n + d.capacity, 0)), countSnaps(v.snapshots), v.datacenter ?? '-'])));
     }));
 
   conn(vc.command('show').argument('<vm>', 'VM name or managed object id (vm-42)').description('everything vmlift knows about one VM'))
