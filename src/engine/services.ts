@@ -5,6 +5,7 @@
 import type { BlockSource } from '../source/types.ts';
 import type { ReceiverSession } from '../transfer/contract.ts';
 import type { Range } from '../model/ranges.ts';
+import type { Transport } from '../state/types.ts';
 
 export interface PreflightCheck { name: string; ok: boolean; message: string; fix?: string }
 
@@ -19,6 +20,12 @@ export interface SnapshotDisk {
   uuid: string | null;
   /** The disk's backing file in the snapshot ("[datastore] vm/vm-000001.vmdk"), for datastore transports. */
   file?: string;
+  /**
+   * What the snapshot's backing says of where the data lives, for choosing a transport: a delta
+   * (`deltaDiskFormat` seSparseFormat, redoLogFormat) or a vSAN/vVols object (`backingObjectId`,
+   * `datastoreType` vsan, VVOL) has no flat file to read over HTTP.
+   */
+  backing?: { deltaDiskFormat?: string; backingObjectId?: string; datastoreType?: string };
 }
 
 export interface SnapshotHandle {
@@ -43,9 +50,20 @@ export interface VCenterService {
   removeSnapshot(vmRef: string, snapshot: SnapshotHandle): Promise<void>;
 }
 
+/** The transport a disk is read through this cycle, and why (shown per disk by `job show`). */
+export interface DiskTransportChoice { transport: string; reason: string }
+
+export interface DiskOpenContext {
+  jobId: string;
+  /** The job's disk transport setting (`auto` when absent). */
+  transport?: Transport;
+  /** Told which transport was chosen for the disk, and why, before the source is returned. */
+  onChoice?(choice: DiskTransportChoice): void;
+}
+
 export interface DiskOpener {
   /** Open a disk of the VM as of `snapshot` through the job's transport. */
-  open(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk): Promise<BlockSource>;
+  open(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk, ctx?: DiskOpenContext): Promise<BlockSource>;
 }
 
 /** The part of a receiver session (transfer/contract.ts) a job uses. */

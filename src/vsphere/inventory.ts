@@ -55,6 +55,8 @@ export function parseDisks(devicesVal: unknown, extra: Record<string, string>): 
       changeId: str(b.changeId) || null,
       uuid: str(b.uuid) || null,
       ctkEnabled: (extra[`${busId}.ctkEnabled`] ?? '').toUpperCase() === 'TRUE',
+      ...(str(b.deltaDiskFormat) ? { deltaDiskFormat: str(b.deltaDiskFormat) } : {}),
+      ...(str(b.backingObjectId) ? { backingObjectId: str(b.backingObjectId) } : {}),
     });
   }
   return disks.sort((a, b) => a.key - b.key);

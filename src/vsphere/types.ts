@@ -26,6 +26,10 @@ export interface DiskInfo {
   uuid: string | null;
   /** extraConfig "<busId>.ctkEnabled" is TRUE */
   ctkEnabled: boolean;
+  /** `backing.deltaDiskFormat` (seSparseFormat, redoLogFormat): the backing is a delta, with no flat extent. */
+  deltaDiskFormat?: string;
+  /** `backing.backingObjectId`: a vSAN or vVols object, with no flat extent file. */
+  backingObjectId?: string;
 }
 
 export interface SnapshotNode {
