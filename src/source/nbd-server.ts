@@ -8,7 +8,7 @@
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
-import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { BlockSource } from './types.ts';
 import { wrapSource } from './wrap.ts';
@@ -144,8 +144,8 @@ export async function reapLeftoverNbdServers(dir: string, log: Logger = silentLo
     removeFiles(rec, pidFile);
   }
   // Secret files whose pid file never got written (a crash in between) go too.
-  for (const n of names.filter((x) => x.endsWith('.password') || x.endsWith('.sock'))) {
-    if (!names.includes(n.replace(/\.(password|sock)$/, '.pid'))) rmSync(join(dir, n), { force: true });
+  for (const n of names.filter((x) => /\.(password|sock|log)$/.test(x))) {
+    if (!names.includes(n.replace(/\.(password|sock|log)$/, '.pid'))) rmSync(join(dir, n), { force: true });
   }
   if (killed.length) log.warn({ pids: killed, dir }, 'killed NBD servers left running by an earlier connector process');
   return killed;
@@ -213,22 +213,24 @@ export class NbdServers {
       files.push(passwordFile);
     }
     const argv = expandNbdCommand(this.command, { ...req.values, socket, passwordFile });
+    // The server's output goes to a file, not a pipe: a server outliving a kill -9'd connector must not die of SIGPIPE
+    // before the next start reaps it, and the file tells why a server did not start.
+    const logFile = join(this.dir, `${safe}.log`);
+    files.push(logFile);
+    const logFd = openSync(logFile, 'w', 0o600);
     let child: ChildProcess;
     try {
-      child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+      child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', logFd, logFd], detached: true });
     } catch (e) {
       for (const f of files) rmSync(f, { force: true });
       throw new UserError('NBD_SERVER_START', `cannot run the NBD server command ${argv[0]}: ${errorMessage(e)}`, 'check the "nbd.command" of the connector config', { cause: e });
+    } finally {
+      closeSync(logFd);
     }
     const r: Running = { child, exited: false, pidFile, rec: { pid: child.pid ?? -1, start: '', socket, files } };
     let spawnError: Error | undefined;
     child.on('error', (e) => { spawnError = e; r.exited = true; });
     child.on('exit', () => { r.exited = true; });
-    let stderr = '';
-    child.stderr!.setEncoding('utf8').on('data', (s: string) => {
-      stderr = (stderr + s).slice(-4000);
-      for (const line of s.split('\n').filter(Boolean)) this.log.debug({ nbdServer: safe }, line);
-    });
     if (child.pid !== undefined) {
       r.rec.start = startTime(child.pid) ?? '';
       writeFileSync(pidFile, JSON.stringify(r.rec), { mode: 0o600 });
@@ -238,6 +240,8 @@ export class NbdServers {
     try {
       await waitForSocket(socket, () => r.exited, this.o.startTimeoutMs ?? 30_000);
     } catch (e) {
+      let stderr = '';
+      try { stderr = readFileSync(logFile, 'utf8').slice(-4000); } catch { /* none */ }
       await reap();
       const why = spawnError ? errorMessage(spawnError) : (e as Error).message;
       throw new UserError('NBD_SERVER_START', `the NBD server for ${req.name} did not start: ${why}${stderr.trim() ? `; it said: ${stderr.trim().split('\n').slice(-3).join(' | ')}` : ''}`,
