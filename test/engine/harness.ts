@@ -12,7 +12,7 @@ import { JobEngine } from '../../src/engine/jobs.ts';
 import { openStateStore } from '../../src/state/sqlite.ts';
 import { resolveSettings } from '../../src/engine/settings.ts';
 import type { JobSettings, StateStore } from '../../src/state/types.ts';
-import type { VCenterService } from '../../src/engine/services.ts';
+import type { DiskOpener, VCenterService } from '../../src/engine/services.ts';
 import { silentLogger } from '../../src/util/log.ts';
 
 export const MiB = 1 << 20;
@@ -30,7 +30,10 @@ export interface EngineRig {
   close(): Promise<void>;
 }
 
-export async function startRig(o: { vms?: number; diskMb?: number; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number } } = {}): Promise<EngineRig> {
+/** Builds the rig's disk opener instead of the HTTP one (e.g. the per-disk transport opener); its close runs with the rig's. */
+export type RigOpener = (a: { vc: VCenter; port: ReturnType<typeof vcenterService>; lab: Lab; dir: string }) => DiskOpener & { close?(): Promise<void> };
+
+export async function startRig(o: { vms?: number; diskMb?: number; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number }; opener?: RigOpener } = {}): Promise<EngineRig> {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
   const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64 });
   const rx = await startTestReceiver();
@@ -47,7 +50,7 @@ export async function startRig(o: { vms?: number; diskMb?: number; retry?: { att
       return s;
     },
   };
-  const http = httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
+  const http = o.opener ? o.opener({ vc, port, lab, dir }) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
   const disks = new LimitedDiskOpener({ open: (...a) => { counters.diskOpens++; return http.open(...a); } }, port.hostOf, { perHost: 8, overall: 32 });
   const state = openStateStore(join(dir, 'state.db'));
   const engine = new JobEngine({
@@ -58,6 +61,7 @@ export async function startRig(o: { vms?: number; diskMb?: number; retry?: { att
     lab, rx, vc, state, engine, port, hooks, counters,
     async close() {
       await engine.drain(true);
+      await (http as { close?(): Promise<void> }).close?.();
       state.close();
       await vc.close().catch(() => undefined);
       await rx.close();
