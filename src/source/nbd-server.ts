@@ -195,7 +195,10 @@ export class NbdServers {
         'set your own server command in the connector config ("nbd": {"command": [...]}, see docs/transports.md), install an nbdkit that has the vddk plugin, or use --transport vddk');
     }
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    const safe = req.name.replace(/[^A-Za-z0-9._-]/g, '_');
+    // A second server for the same disk in this process (an earlier attempt still closing) gets its own files.
+    const base = req.name.replace(/[^A-Za-z0-9._-]/g, '_');
+    let safe = base;
+    for (let n = 2; [...this.running].some((r) => r.pidFile === join(this.dir, `${safe}.pid`)); n++) safe = `${base}.${n}`;
     const socket = join(this.dir, `${safe}.sock`);
     const pidFile = join(this.dir, `${safe}.pid`);
     if (socket.length > MAX_SOCKET_PATH) {

@@ -134,7 +134,7 @@ export class VmwareDiskOpener {
 
   async open(req: VmwareDiskRequest, wanted: DiskTransport | 'auto' = 'auto'): Promise<OpenedDisk> {
     const { transport, reason } = await this.choose(wanted, req);
-    this.log.info({ vm: req.vm, snapshot: req.snapshot, diskKey: req.diskKey, transport, reason }, 'disk transport chosen');
+    this.log.debug({ vm: req.vm, snapshot: req.snapshot, diskKey: req.diskKey, transport, reason }, 'opening disk');
     return { source: await this.openWith(transport, req), transport, reason };
   }
 

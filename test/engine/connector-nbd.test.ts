@@ -70,6 +70,11 @@ test('nbd through the connector\'s own server: job show names the transport, no 
     '--receiver', '127.0.0.1:1', '--fingerprint', 'x', '--code-file', codeFile, '--nbd-command', '["nbdkit","{sockett}"]']);
   assert.notEqual(badInit.code, 0);
   assert.match(badInit.stderr, /unknown placeholder \{sockett\}/);
+  const vddkInit = await vmlift(['connector', 'init', '--home', join(dir, 'h3'), '--server', lab.url, '--user', lab.user, '--password-file', lab.passwordFile,
+    '--receiver', '127.0.0.1:1', '--fingerprint', 'x', '--code-file', codeFile, '--vddk-libdir', 'vddk-dir', '--vddk-transports', 'hotadd:nbdssl:nbd', '--json']);
+  assert.equal(vddkInit.code, 0, vddkInit.stderr);
+  const c3 = JSON.parse(readFileSync(join(dir, 'h3', 'config.json'), 'utf8'));
+  assert.deepEqual([c3.vddkLibdir, c3.vddkTransports], [join(process.cwd(), 'vddk-dir'), 'hotadd:nbdssl:nbd']);
 
   const serve = async (): Promise<ChildProcess> => {
     rmSync(join(home, 'api.json'), { force: true });

@@ -38,6 +38,10 @@ describe('NbdServers', () => {
     const args = cmdline(pid);
     assert.ok(args.includes(path.join(nbdDir, 'web-2000.sock')) && args.includes(image), 'the placeholders are filled in');
     assert.ok(!args.join(' ').includes('pa55-w0rd-secret'), 'the password is not on the server\'s argv');
+    const again = await servers.open({ name: 'web-2000', values: { file: image } });
+    assert.ok(existsSync(path.join(nbdDir, 'web-2000.2.sock')), 'a second server of the same disk gets its own socket');
+    assert.ok(alive(pid), 'and leaves the first one alone');
+    await again.close();
     await src.close();
     assert.equal(alive(pid), false, 'the server is gone after close');
     assert.deepEqual(readdirSync(nbdDir), [], 'socket, pid and password files are removed');
