@@ -61,15 +61,19 @@ export function normalizeTransport(t: string | undefined): DiskTransport | 'auto
   throw new UserError('BAD_SETTING', `unknown disk transport ${JSON.stringify(t)}`, `use one of auto, ${DISK_TRANSPORTS.join(', ')}`);
 }
 
-/** Why a disk cannot be read over the HTTP datastore (no flat extent file to GET), or null when it can. */
-export function httpUnsafeReason(b: DiskBackingFacts | undefined): string | null {
-  if (!b) return null;
+/**
+ * Why a disk cannot be read over the HTTP datastore (no flat extent file to GET), or null when it can.
+ * Without a deltaDiskFormat from vCenter, a backing named `<disk>-00000N.vmdk` is taken for the delta
+ * vSphere names so (docs/vsphere.md).
+ */
+export function httpUnsafeReason(b: DiskBackingFacts | undefined, file?: string): string | null {
+  if (!b) return file && /-\d{6}\.vmdk$/.test(file) ? `delta disk (the snapshot's backing is ${file.replace(/^.*\//, '')}), no flat extent at this snapshot` : null;
   const ds = b.datastoreType?.toLowerCase();
   if (ds === 'vsan') return 'vSAN object, no flat file';
   if (ds === 'vvol') return 'vVols object, no flat file';
   if (b.backingObjectId) return `vSAN/vVols object ${b.backingObjectId}, no flat file`;
   if (b.deltaDiskFormat) return `delta disk ${b.deltaDiskFormat.replace(/Format$/, '')}, no flat extent at this snapshot`;
-  return null;
+  return httpUnsafeReason(undefined, file);
 }
 
 const VDDK_FIX = 'give the connector the VDDK folder: `vmlift connector init … --vddk-libdir DIR` (or VMLIFT_VDDK_LIBDIR), then restart it';
@@ -101,9 +105,9 @@ export class VmwareDiskOpener {
   }
 
   /** The transport for one disk and the reason; throws (with the cause and the fix) when none can read it. */
-  async choose(wanted: DiskTransport | 'auto', req: Pick<VmwareDiskRequest, 'vm' | 'diskKey' | 'backing'>): Promise<{ transport: DiskTransport; reason: string }> {
+  async choose(wanted: DiskTransport | 'auto', req: Pick<VmwareDiskRequest, 'vm' | 'diskKey' | 'backing'> & { file?: string }): Promise<{ transport: DiskTransport; reason: string }> {
     const disk = `disk ${req.diskKey} of ${req.vm}`;
-    const unsafe = httpUnsafeReason(req.backing);
+    const unsafe = httpUnsafeReason(req.backing, req.file);
     if (wanted === 'vddk') {
       const v = this.vddkAvailable();
       if (!v.ok) throw new UserError('VDDK_UNAVAILABLE', `${disk}: the job's transport is vddk, but ${v.reason}`, `${VDDK_FIX}; or set the job's transport to auto`);

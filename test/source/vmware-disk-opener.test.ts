@@ -58,5 +58,7 @@ describe('VmwareDiskOpener.choose', () => {
     assert.equal(httpUnsafeReason({}), null);
     assert.equal(httpUnsafeReason({ deltaDiskFormat: 'redoLogFormat' }), 'delta disk redoLog, no flat extent at this snapshot');
     assert.equal(httpUnsafeReason({ datastoreType: 'VVOL' }), 'vVols object, no flat file');
+    assert.equal(httpUnsafeReason(undefined, '[ds1] web/web-000002.vmdk'), 'delta disk (the snapshot\'s backing is web-000002.vmdk), no flat extent at this snapshot');
+    assert.equal(httpUnsafeReason({}, '[ds1] web/web.vmdk'), null);
   });
 });
