@@ -14,6 +14,7 @@ import type { DiskOpener } from '../../src/engine/services.ts';
 import type { Transport } from '../../src/state/types.ts';
 import { shutdownVddk } from '../../src/source/vddk/index.ts';
 import { silentLogger } from '../../src/util/log.ts';
+import { wrapSource } from '../../src/source/wrap.ts';
 import { PROJECT_ROOT } from '../../src/util/root.ts';
 
 type Openers = Record<'labNbd' | 'defaultNbd' | 'vddk', ReturnType<typeof transportDiskOpener>>;
@@ -177,4 +178,39 @@ test('auto picks vddk when libvixDiskLib loads, else nbd where the connector can
     assert.match(job.error!.fix ?? '', fix);
     assert.equal((await rig.vc.snapshots(vm.moref)).snapshots.length, 0);
   }
+});
+
+test('NFC resource errors during reads lower the ESXi host\'s disk limit, the connector backs off and the job completes with a correct image', async (t) => {
+  // Stands in for the VDDK double's NFC fault switch: the first reads of each disk fail as VDDK reports NFC's "failed to allocate".
+  let injected = 0;
+  const rig = await startRig({
+    nfc: { backoffMs: 50, maxBackoffMs: 200, recoveryMs: 60_000 },
+    opener: ({ vc, port, lab, dir }) => {
+      const inner = transportDiskOpener(vc, port, { user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } },
+        { nbdDir: path.join(dir, 'nbd') }, 2 * MiB, silentLogger);
+      return {
+        async open(...a) {
+          const s = await inner.open(...a);
+          let fail = 2;
+          const nfc = () => {
+            injected++;
+            return Object.assign(new Error('source read failed'), { code: 'SOURCE_READ', cause: Object.assign(new Error('NFC error 5: Failed to allocate the requested memory'), { code: 'VDDK_NFC_RESOURCE', transient: true }) });
+          };
+          return wrapSource(s, {
+            read: async (o, l) => { if (fail-- > 0) throw nfc(); return s.read(o, l); },
+            readInto: s.readInto ? async (o, b) => { if (fail-- > 0) throw nfc(); return s.readInto!(o, b); } : undefined,
+          });
+        },
+        close: () => inner.close(),
+      };
+    },
+  });
+  t.after(() => rig.close());
+  await fullCycle(rig, 'nfc', 'http');
+  assert.equal(injected, 4, 'two NFC errors per disk were injected');
+  const [c] = rig.state.listCycles('nfc');
+  assert.equal(c!.state, 'committed');
+  assert.equal(rig.engine.getJob('nfc').error, null, 'the job did not fail, nor record an error');
+  const host = await rig.port.hostOf(rig.lab.vm('two-disks').moref);
+  assert.ok(rig.limiter.hostLimits()[host]! < 8, `the host's disk limit was lowered (${JSON.stringify(rig.limiter.hostLimits())})`);
 });
