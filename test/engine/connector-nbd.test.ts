@@ -43,7 +43,7 @@ function descendantsOf(pid: number): { pid: number; argv: string[] }[] {
 }
 const alive = (pid: number) => procs().has(pid);
 
-test('nbd through the connector\'s own server: job show names the transport, no secret on argv, kill -9 leaves no server behind after a restart, the cycle resumes to a correct image', async (t) => {
+test('nbd through the connector\'s own server: job show names the transport, no secret on argv, kill -9 leaves no server behind after a restart, the cycle resumes to a correct image, a shutdown stops the servers', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-connbd-'));
   const lab = await startLab({ dir: join(dir, 'lab'), vms: 0, diskMb: 64 });
   const rx = await startTestReceiver();
@@ -142,6 +142,14 @@ test('nbd through the connector\'s own server: job show names the transport, no 
   for (const [i, d] of vm.disks.entries()) assert.equal(await imageSha(rx, v.job.sourceId, v.cycles[0]!.imageId!, i, d.capacity), expected[i]);
   assert.deepEqual(v.disks.map((d) => d.transport), ['nbd', 'nbd'], '`job show --json` keeps each disk\'s transport');
   assert.equal((await vc.snapshots(vm.moref)).snapshots.length, 0);
+
+  // A shutdown (SIGTERM) in the middle of a read stops the servers too.
+  await api(['job', 'set', 'mig', '--bandwidth', '4']);
+  for (const d of vm.disks) await guestWrites(lab, vm.name, d.key, d.capacity, 60);
+  await api(['job', 'sync', 'mig']);
+  await waitFor((x) => (x.live?.disks ?? []).filter((d) => d.transport === 'nbd').length === 2, 'the incremental reading through nbd');
+  for (let i = 0; i < 100 && descendantsOf(connector.pid!).filter((p) => p.argv[0] === 'nbdkit').length < 2; i++) await sleep(50);
+  assert.equal(descendantsOf(connector.pid!).filter((p) => p.argv[0] === 'nbdkit').length, 2, 'two servers run during the incremental');
   connector.kill('SIGTERM');
   await new Promise((r) => connector.once('exit', r));
   assert.deepEqual(readdirSync(nbdDir), [], 'no socket, pid or password file is left');
