@@ -1,13 +1,15 @@
 /**
  * Agentless engine benchmark (issue 5), against the lab vCenter, with the receiver as a child process.
  *
- *   node --import tsx bench/engine-cycle.ts [--size 8] [--variants nbd:0,nbd:7,http:7] [--wg-vms 50] [--wg-disk-mib 64] [--json]
+ *   node --import tsx bench/engine-cycle.ts [--size 8] [--variants nbd:0,nbd:7,http:7,vddk:0,vddk:7] [--wg-vms 50] [--wg-disk-mib 64] [--json]
  *
  * 1. A lab VM with a SIZE GiB disk full of data: full cycle (MB/s), then 1% scattered 64 KiB guest
  *    writes and an incremental cycle: wall time as a fraction of the full cycle (target <= 5%),
  *    source bytes read / changed bytes (target <= 1.2), wire bytes / changed bytes.
  *    Peer in the same run: nbdcopy of the same snapshot disk from the lab's nbdkit export into a
- *    local file; ratio ours / nbdcopy for the full cycle.
+ *    local file; ratio ours / nbdcopy for the full cycle. Variants TRANSPORT:LEVEL: nbd (the lab's nbdkit
+ *    export), http (datastore Range GETs), vddk (the libvixDiskLib double, native/, on the lab's
+ *    datastore) at compression LEVEL; each reports connector CPU s per GiB and its ratio to nbd.
  * 2. A workgroup of --wg-vms VMs: a full and an incremental cycle of all; total time and peak RSS of
  *    this process, which plays the connector (target <= 512 MiB).
  * Not part of the test suite.
@@ -22,7 +24,10 @@ import { parseArgs, promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startLab, type Lab } from '../lab/lab.ts';
 import { VCenter } from '../src/vsphere/index.ts';
-import { vcenterService, httpDiskOpener, senderJobServices } from '../src/cli/wiring.ts';
+import { vcenterService, httpDiskOpener, senderJobServices, transportDiskOpener } from '../src/cli/wiring.ts';
+import { shutdownVddk } from '../src/source/vddk/index.ts';
+import { PROJECT_ROOT } from '../src/util/root.ts';
+import { mkdir, symlink } from 'node:fs/promises';
 import { LimitedDiskOpener } from '../src/engine/limits.ts';
 import { JobEngine } from '../src/engine/jobs.ts';
 import { Scheduler } from '../src/engine/scheduler.ts';
@@ -39,7 +44,7 @@ const { values } = parseArgs({
   options: {
     size: { type: 'string', default: '8' },
     'wg-vms': { type: 'string', default: '50' },
-    variants: { type: 'string', default: 'nbd:0,nbd:7,http:7' },
+    variants: { type: 'string', default: 'nbd:0,nbd:7,http:7,vddk:0,vddk:7' },
     'wg-disk-mib': { type: 'string', default: '64' },
     json: { type: 'boolean', default: false },
   },
@@ -92,9 +97,25 @@ function labNbdOpener(lab: Lab): DiskOpener {
 // VMLIFT_BENCH_LOG=debug (or info): the engine's log on stderr, to see where a cycle spends its time
 const engineLogger = process.env.VMLIFT_BENCH_LOG ? createLogger({ level: process.env.VMLIFT_BENCH_LOG }) : silentLogger;
 
-function makeEngine(lab: Lab, vc: VCenter, rx: { port: number; fingerprint: string; code: string }, dir: string, transport: 'http' | 'nbd' = 'http') {
+type BenchTransport = 'http' | 'nbd' | 'vddk';
+
+/** VDDK through the libvixDiskLib double (native/build/vddk-double), pointed at the lab's datastore. */
+async function vddkOpener(lab: Lab, vc: VCenter, port: ReturnType<typeof vcenterService>, dir: string): Promise<DiskOpener> {
+  await execFileP(join(PROJECT_ROOT, 'native', 'build.sh'));
+  const ds = join(dir, 'vddk-ds');
+  await mkdir(ds, { recursive: true });
+  await symlink(lab.datastoreDir, join(ds, lab.datastore));
+  const vddkConfigFile = join(dir, 'vddk.conf');
+  await writeFile(vddkConfigFile, `datastores=${ds}\nuser=${lab.user}\npassword=${lab.password}\nthumbprint=${lab.thumbprintSha1}\n`, { mode: 0o600 });
+  return transportDiskOpener(vc, port, { user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } }, {
+    vddkLibdir: join(PROJECT_ROOT, 'native', 'build', 'vddk-double'), vddkConfigFile, nbdDir: join(dir, 'nbd'),
+  }, 2 * MiB, silentLogger);
+}
+
+async function makeEngine(lab: Lab, vc: VCenter, rx: { port: number; fingerprint: string; code: string }, dir: string, transport: BenchTransport = 'http') {
   const port = vcenterService(vc);
-  const inner = transport === 'nbd' ? labNbdOpener(lab) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
+  const inner = transport === 'nbd' ? labNbdOpener(lab) : transport === 'vddk' ? await vddkOpener(lab, vc, port, dir)
+    : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
   const disks = new LimitedDiskOpener(inner, port.hostOf, { perHost: DEFAULT_LIMITS.disksPerHost, overall: DEFAULT_LIMITS.disksOverall });
   const state = openStateStore(join(dir, 'state.db'));
   const engine = new JobEngine({
@@ -107,7 +128,7 @@ function makeEngine(lab: Lab, vc: VCenter, rx: { port: number; fingerprint: stri
   return { engine, state };
 }
 
-async function cycleOne(dir: string, transport: 'http' | 'nbd', compression: number): Promise<void> {
+async function cycleOne(dir: string, transport: BenchTransport, compression: number): Promise<void> {
   dir = join(dir, `${transport}-${compression}`);
   const rx = await startReceiverProcess(dir);
   const labDir = join(dir, 'lab1');
@@ -117,15 +138,20 @@ async function cycleOne(dir: string, transport: 'http' | 'nbd', compression: num
     const vm = lab1.vm('vm-0001');
     const d = vm.disks[0]!;
     await fillFlat(d.flatPath, d.capacity);
-    const { engine, state } = makeEngine(lab1, vc, rx, join(dir, 'c1'), transport);
-    engine.createJob({ id: 'big', vmRef: vm.moref, settings: resolveSettings({ compression, checksum: false }) });
+    const { engine, state } = await makeEngine(lab1, vc, rx, join(dir, 'c1'), transport);
+    engine.createJob({ id: 'big', vmRef: vm.moref, settings: resolveSettings({ compression, checksum: false, transport }) });
     engine.start('big');
+    const cpu0 = process.cpuUsage();
     let t0 = process.hrtime.bigint();
     const mem = setInterval(() => { const m = process.memoryUsage(); if (process.env.VMLIFT_BENCH_MEM) console.error(`rss ${(m.rss / MiB).toFixed(0)} heap ${(m.heapUsed / MiB).toFixed(0)} ext ${(m.external / MiB).toFixed(0)} ab ${(m.arrayBuffers / MiB).toFixed(0)}`); }, 2000);
     await engine.runNow('big');
     clearInterval(mem);
     const fullS = Number(process.hrtime.bigint() - t0) / 1e9;
+    const cpu = process.cpuUsage(cpu0);
+    const cpuSecondsPerGiB = (cpu.user + cpu.system) / 1e6 / (d.capacity / GiB);
     const full = state.listCycles('big', 1)[0]!;
+    const used = state.getDisks('big').map((x) => x.transport);
+    if (transport === 'vddk' && used.some((u) => u !== 'vddk')) throw new Error(`the ${transport} variant read through ${used.join(', ')}`);
     if (full.state !== 'committed') throw new Error(`full cycle failed: ${JSON.stringify(engine.getJob('big').error)}`);
 
     // Peer: nbdcopy of a snapshot of the same disk from the lab's nbdkit export into a local file.
@@ -155,20 +181,34 @@ async function cycleOne(dir: string, transport: 'http' | 'nbd', compression: num
     const inc = state.listCycles('big', 1)[0]!;
     state.close();
     const r = {
-      diskGiB: d.capacity / GiB, fullSeconds: fullS, fullMBps: d.capacity / 1e6 / fullS, nbdcopySeconds: peerS, nbdcopyMBps: d.capacity / 1e6 / peerS,
+      transport, compression, diskGiB: d.capacity / GiB, fullSeconds: fullS, fullMBps: d.capacity / 1e6 / fullS, cpuSecondsPerGiB, nbdcopySeconds: peerS, nbdcopyMBps: d.capacity / 1e6 / peerS,
       ratioVsNbdcopy: peerS / fullS, incSeconds: incS, incFractionOfFull: incS / fullS, changedBytes: changed,
       cbtReportedBytes: inc.changedBytes, sourceReadPerChanged: inc.sourceBytesRead / changed, wirePerChanged: inc.wireBytes / changed,
     };
     results[`cycle-${transport}-c${compression}`] = r;
     out(`engine cycle, ${r.diskGiB.toFixed(2)} GiB disk full of random data, compression ${compression}, ${transport} transport:`);
-    out(`  full cycle          ${fullS.toFixed(1)} s  ${r.fullMBps.toFixed(0)} MB/s`);
+    out(`  full cycle          ${fullS.toFixed(1)} s  ${r.fullMBps.toFixed(0)} MB/s, connector CPU ${cpuSecondsPerGiB.toFixed(2)} s/GiB`);
     out(`  nbdcopy (peer)      ${peerS.toFixed(1)} s  ${r.nbdcopyMBps.toFixed(0)} MB/s   ours/nbdcopy = ${r.ratioVsNbdcopy.toFixed(2)}`);
     out(`  incremental (1%)    ${incS.toFixed(2)} s = ${(100 * r.incFractionOfFull).toFixed(1)}% of the full cycle (target <= 5%)`);
     out(`  source read/changed ${r.sourceReadPerChanged.toFixed(3)} (target <= 1.2); wire/changed ${r.wirePerChanged.toFixed(3)}`);
   } finally {
+    shutdownVddk();
     await vc.close().catch(() => undefined);
     await lab1.stop();
     rx.p.kill('SIGTERM');
+  }
+}
+
+/** Each variant's full-cycle MB/s and CPU per GiB as a ratio to the nbd variant at the same level. */
+function ratiosToNbd(): void {
+  const cycles = Object.values(results).filter((r): r is { transport: string; compression: number; fullMBps: number; cpuSecondsPerGiB: number } =>
+    typeof r === 'object' && r !== null && 'transport' in r);
+  for (const r of cycles) {
+    const nbd = cycles.find((x) => x.transport === 'nbd' && x.compression === r.compression);
+    if (!nbd || r === nbd) continue;
+    const ratio = { mbps: r.fullMBps / nbd.fullMBps, cpu: r.cpuSecondsPerGiB / nbd.cpuSecondsPerGiB };
+    results[`ratio-${r.transport}-c${r.compression}-vs-nbd`] = ratio;
+    out(`${r.transport}:${r.compression} vs nbd:${r.compression}: MB/s x${ratio.mbps.toFixed(2)}${r.transport === 'vddk' ? ' (target >= 0.9)' : ''}, CPU/GiB x${ratio.cpu.toFixed(2)}`);
   }
 }
 
@@ -179,7 +219,7 @@ async function workgroup(dir: string): Promise<void> {
   try {
     const vms = lab.vms.filter((v) => /^vm-\d+$/.test(v.name));
     for (const vm of vms) await fillFlat(vm.disks[0]!.flatPath, Math.min(vm.disks[0]!.capacity, 16 * MiB));
-    const { engine, state } = makeEngine(lab, vc, rx, join(dir, 'c2'));
+    const { engine, state } = await makeEngine(lab, vc, rx, join(dir, 'c2'));
     const wg = new Workgroups(engine);
     wg.create('bench', 'bench');
     for (const vm of vms) engine.createJob({ id: vm.name, vmRef: vm.moref, settings: resolveSettings({ compression: 7 }) });
@@ -219,9 +259,10 @@ const dir = await mkdtemp(join(tmpdir(), 'vmlift-bench-engine-'));
 try {
   for (const v of String(values.variants).split(',').filter(Boolean)) {
     const [transport, level] = v.split(':');
-    if (transport !== 'nbd' && transport !== 'http') throw new Error(`--variants: unknown transport ${transport}`);
+    if (transport !== 'nbd' && transport !== 'http' && transport !== 'vddk') throw new Error(`--variants: unknown transport ${transport}`);
     await cycleOne(dir, transport, Number(level ?? 7));
   }
+  ratiosToNbd();
   if (WG_VMS > 0) await workgroup(dir);
   if (values.json) console.log(JSON.stringify(results));
 } finally {

@@ -2,6 +2,7 @@ import { readFile, copyFile, chmod, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UserError } from '../util/errors.ts';
 import { writeFileAtomic } from '../util/fsync.ts';
+import { checkNbdCommand } from '../source/nbd-server.ts';
 
 /** config.json in the connector's home. Secrets live in files beside it (mode 0600), never in the config. */
 export interface ConnectorConfig {
@@ -26,8 +27,14 @@ export interface ConnectorConfig {
   limits: { disksPerHost: number; disksOverall: number; maxConcurrentJobs: number };
   /** Read size cap for disk transports (VMware NFC through vCenter: 2 MiB). */
   maxReadSize: number;
-  /** Extra transport settings (e.g. VDDK libdir). */
+  /** VDDK's folder (the one holding lib64/libvixDiskLib.so); `auto` reads through VDDK when it loads. */
   vddkLibdir?: string;
+  /** VDDK configuration file for InitEx (NFC AIO buffers and the like). */
+  vddkConfigFile?: string;
+  /** VDDK transport modes in order, e.g. "nbdssl:nbd" (default), "hotadd:nbdssl:nbd". */
+  vddkTransports?: string;
+  /** The NBD server the connector starts per disk and cycle; `command` is a template (docs/transports.md). */
+  nbd?: { command?: string[] };
 }
 
 /**
@@ -47,8 +54,10 @@ export async function readConnectorConfig(home: string): Promise<ConnectorConfig
   }
   try {
     const c = JSON.parse(text) as ConnectorConfig;
+    if (c.nbd?.command !== undefined) checkNbdCommand(c.nbd.command, `"nbd.command" in ${path}`);
     return { ...c, limits: { ...DEFAULT_LIMITS, ...c.limits }, maxReadSize: c.maxReadSize ?? 2 << 20 };
   } catch (e) {
+    if (e instanceof UserError) throw e;
     throw new UserError('BAD_CONNECTOR_CONFIG', `${path} is not valid JSON: ${(e as Error).message}`, 'fix or re-create it with `vmlift connector init`');
   }
 }

@@ -5,12 +5,16 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { VCenter, resolveConnection, makeDispatcher, unreadableError, type TrustMode } from '../vsphere/index.ts';
+import { fetchThumbprints, normalizeThumbprint } from '../vsphere/tls.ts';
 import { HttpDatastoreSource, assertHttpReadable } from '../source/http-datastore/index.ts';
+import { NbdServers, reapLeftoverNbdServers } from '../source/nbd-server.ts';
+import { VmwareDiskOpener, normalizeTransport } from '../source/vmware-disk-opener.ts';
+import { shutdownVddk } from '../source/vddk/index.ts';
 import { Sender, type SenderOptions } from '../transfer/sender.ts';
 import { UserError } from '../util/errors.ts';
 import { readSecret } from '../util/secret.ts';
 import type { JobRecord } from '../state/types.ts';
-import type { DiskOpener, SnapshotDisk, SnapshotHandle, VCenterService } from '../engine/services.ts';
+import type { DiskOpener, DiskOpenContext, SnapshotDisk, SnapshotHandle, VCenterService } from '../engine/services.ts';
 import type { JobServices } from '../engine/jobs.ts';
 import { LimitedDiskOpener } from '../engine/limits.ts';
 import type { ConnectorConfig } from './connector-config.ts';
@@ -72,6 +76,68 @@ export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterServi
   };
 }
 
+/** Where and how the connector reads disks: VDDK's folder, and its NBD server command and folder. */
+export interface TransportSettings {
+  vddkLibdir?: string;
+  vddkConfigFile?: string;
+  /** VDDK transport modes, e.g. "nbdssl:nbd" (default), "hotadd:nbdssl:nbd". */
+  vddkTransports?: string;
+  /** The NBD server command template (nbd-server.ts DEFAULT_NBD_COMMAND when absent). */
+  nbdCommand?: string[];
+  /** The connector's folder for NBD sockets, pid and secret files (`<home>/nbd`). */
+  nbdDir: string;
+}
+
+/** The SHA-1 thumbprint of vCenter's certificate, checked against the pinned one (VDDK and nbdkit vddk want SHA-1). */
+function sha1Thumbprint(serverUrl: string, trust: TrustMode): () => Promise<string> {
+  let p: Promise<string> | undefined;
+  return () => p ??= (async () => {
+    const u = new URL(serverUrl);
+    const t = await fetchThumbprints(u.hostname, Number(u.port || 443));
+    if ('thumbprint' in trust) {
+      const pin = normalizeThumbprint(trust.thumbprint);
+      const got = normalizeThumbprint(pin.length === 40 ? t.sha1 : t.sha256);
+      if (got !== pin) throw new UserError('VC_THUMBPRINT', `the certificate of ${u.hostname} does not match the pinned thumbprint`, 'check the connector\'s vcenter.thumbprint (it changes when the certificate is renewed)');
+    }
+    return t.sha1;
+  })();
+}
+
+/**
+ * The engine's DiskOpener over the per-disk transport choice (source/vmware-disk-opener.ts): the job's
+ * transport from the open context, VDDK or an NBD server the connector starts or the HTTP datastore.
+ */
+export function transportDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterService>, conn: { user: string; password: string; trust: TrustMode },
+  t: TransportSettings, maxReadSize: number, logger: Logger): DiskOpener & { opener: VmwareDiskOpener; nbd: NbdServers; close(): Promise<void> } {
+  const u = new URL(vc.session.url);
+  const nbd = new NbdServers({ dir: t.nbdDir, command: t.nbdCommand, logger, nbd: { maxReadSize } });
+  const opener = new VmwareDiskOpener({
+    server: u.hostname, port: u.port ? Number(u.port) : undefined, user: conn.user, password: conn.password,
+    thumbprintSha1: sha1Thumbprint(vc.session.url, conn.trust),
+    vddk: { libdir: t.vddkLibdir ?? process.env.VMLIFT_VDDK_LIBDIR, configFile: t.vddkConfigFile, transports: t.vddkTransports },
+    nbd,
+    http: {
+      cookie: () => vc.session.cookie, dispatcher: makeDispatcher(conn.trust, 120_000),
+      trust: 'thumbprint' in conn.trust ? { thumbprint: conn.trust.thumbprint } : { insecure: true },
+    },
+    maxReadSize, logger,
+  });
+  return {
+    opener, nbd,
+    async open(vmRef: string, s: SnapshotHandle, disk: SnapshotDisk, ctx?: DiskOpenContext) {
+      if (!disk.file) throw new UserError('NO_DISK_FILE', `disk ${disk.key} of ${vmRef} has no backing file`, 'check the VM in vCenter');
+      const file = disk.file;
+      const r = await opener.open({
+        jobId: ctx?.jobId ?? vmRef, vm: vmRef, snapshot: s.ref, diskKey: disk.key, file, backing: disk,
+        esxiHost: await port.hostOf(vmRef), flatUrl: async () => vc.diskUrl({ file }, await port.datacenterOf(vmRef)).url,
+      }, normalizeTransport(ctx?.transport));
+      ctx?.onChoice?.({ transport: r.transport, reason: r.reason });
+      return r.source;
+    },
+    async close() { await nbd.closeAll(); },
+  };
+}
+
 /** A job's services: the given vCenter and disk readers, and a sender to the receiver for the job's source. */
 export async function senderJobServices(vcenter: VCenterService, disks: DiskOpener, opts: SenderOptions): Promise<JobServices> {
   const receiver = await Sender.connect(opts);
@@ -91,8 +157,14 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
   }, { warn: (m) => logger.warn(m) });
   const vc = await VCenter.connect({ ...conn, logger });
   const port = vcenterService(vc);
-  const disks = new LimitedDiskOpener(httpDiskOpener(vc, port, conn.trust, config.maxReadSize, logger), port.hostOf,
-    { perHost: config.limits.disksPerHost, overall: config.limits.disksOverall });
+  const nbdDir = join(home, 'nbd');
+  await reapLeftoverNbdServers(nbdDir, logger);
+  const transports = transportDiskOpener(vc, port, conn, {
+    vddkLibdir: config.vddkLibdir, vddkConfigFile: config.vddkConfigFile, vddkTransports: config.vddkTransports,
+    nbdCommand: config.nbd?.command, nbdDir,
+  }, config.maxReadSize, logger);
+  const disks = new LimitedDiskOpener(transports, port.hostOf,
+    { perHost: config.limits.disksPerHost, overall: config.limits.disksOverall }, { logger });
   const code = await readSecret({ file: config.receiver.codeFile, what: 'activation code' });
   const proxyPassword = await readSecret({ file: config.receiver.proxyPasswordFile, what: 'proxy password' });
 
@@ -125,6 +197,11 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
       });
       try { return await s.listImages(); } finally { await s.close(); }
     },
-    close: () => vc.close(),
+    async close() {
+      disks.close();
+      await transports.close().catch(() => undefined);
+      shutdownVddk();
+      await vc.close();
+    },
   };
 }

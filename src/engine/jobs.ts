@@ -231,7 +231,9 @@ export class JobEngine {
         const result = await this.attempt(job, run, cycle.id, previous?.imageId ?? null, !previous, log, leftover !== undefined);
         crashPoint('engine:after-receiver-commit');
         const changeIds = result.disks.map((d) => ({ diskKey: d.key, changeId: d.changeId }));
-        this.o.state.setDisks(job.id, result.disks.map((d) => ({ diskKey: d.key, label: d.label, capacity: d.capacity, changeId: null })));
+        this.o.state.setDisks(job.id, result.disks.map((d) => ({
+          diskKey: d.key, label: d.label, capacity: d.capacity, changeId: null, transport: d.transport ?? null, transportReason: d.transportReason ?? null,
+        })));
         this.o.state.updateCycle(cycle.id, {
           sourceBytesRead: result.disks.reduce((n, d) => n + d.sourceBytesRead, 0),
           changedBytes: result.disks.reduce((n, d) => n + d.areaBytes, 0),

@@ -5,6 +5,7 @@
 import type { BlockSource } from '../source/types.ts';
 import type { ReceiverSession } from '../transfer/contract.ts';
 import type { Range } from '../model/ranges.ts';
+import type { Transport } from '../state/types.ts';
 
 export interface PreflightCheck { name: string; ok: boolean; message: string; fix?: string }
 
@@ -58,9 +59,20 @@ export interface VCenterService {
   removeSnapshot(vmRef: string, snapshot: SnapshotHandle): Promise<void>;
 }
 
+/** The transport a disk is read through this cycle, and why (shown per disk by `job show`). */
+export interface DiskTransportChoice { transport: string; reason: string }
+
+export interface DiskOpenContext {
+  jobId: string;
+  /** The job's disk transport setting (`auto` when absent). */
+  transport?: Transport;
+  /** Told which transport was chosen for the disk, and why, before the source is returned. */
+  onChoice?(choice: DiskTransportChoice): void;
+}
+
 export interface DiskOpener {
   /** Open a disk of the VM as of `snapshot` through the job's transport. */
-  open(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk): Promise<BlockSource>;
+  open(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk, ctx?: DiskOpenContext): Promise<BlockSource>;
 }
 
 /** The part of a receiver session (transfer/contract.ts) a job uses. */

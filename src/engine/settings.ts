@@ -70,7 +70,8 @@ export function parseSettings(input: SettingsInput): Partial<JobSettings> {
   if (input.quiesce !== undefined) out.quiesce = bool('quiesce', input.quiesce);
   if (input.autoSync !== undefined) out.autoSync = bool('automatic incremental sync', input.autoSync);
   if (input.transport !== undefined) {
-    if (!(TRANSPORTS as readonly string[]).includes(input.transport)) {
+    if (input.transport === 'http-datastore') input = { ...input, transport: 'http' }; // the older name
+    if (!(TRANSPORTS as readonly string[]).includes(input.transport!)) {
       throw new UserError('BAD_SETTING', `unknown disk transport ${JSON.stringify(input.transport)}`, `use one of ${TRANSPORTS.join(', ')}`);
     }
     out.transport = input.transport as Transport;

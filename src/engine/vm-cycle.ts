@@ -13,7 +13,7 @@ import type { ImageInfo } from '../model/images.ts';
 import { planDiskSync, requireChangeIds, type SyncPlan } from './sync-plan.ts';
 import { baseDiskMapping, diskListChange, identityOf, positionalMapping, recordedIdentities } from './disk-identity.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
-import type { DiskOpener, ReceiverService, SnapshotDisk, SnapshotHandle, VCenterService } from './services.ts';
+import type { DiskOpener, DiskTransportChoice, ReceiverService, SnapshotDisk, SnapshotHandle, VCenterService } from './services.ts';
 import type { ReceiverCycle } from '../transfer/contract.ts';
 import type { JobSettings } from '../state/types.ts';
 import { CodedError, errorReport, isTransient } from '../util/errors.ts';
@@ -33,6 +33,9 @@ export interface DiskProgress {
   /** Bytes of changed areas to move this cycle. */
   total: number;
   done: number;
+  /** The transport the disk is read through this cycle, and why; set once the disk is open. */
+  transport?: string;
+  transportReason?: string;
 }
 
 export interface CycleInput {
@@ -70,6 +73,9 @@ export interface DiskResult {
   /** Bytes of areas CBT reported (after what the receiver already held). */
   areaBytes: number;
   sourceBytesRead: number;
+  /** The transport the disk was read through, and why (absent when nothing was read). */
+  transport?: string;
+  transportReason?: string;
 }
 
 export interface CycleResult {
@@ -210,7 +216,14 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
 
   await step('transfer', input, () => Promise.all(work.map(async (w) => {
     const t0 = performance.now();
-    const source = clampReads(await input.disks.open(vmRef, snapshot, w.disk), input.maxReadSize ?? 2 << 20);
+    const onChoice = (c: DiskTransportChoice) => {
+      results[w.index]!.transport = progress[w.index]!.transport = c.transport;
+      results[w.index]!.transportReason = progress[w.index]!.transportReason = c.reason;
+      logger.info({ vmRef, diskKey: w.disk.key, transport: c.transport, reason: c.reason }, 'disk transport chosen');
+      input.onProgress?.(progress);
+    };
+    const opened = await input.disks.open(vmRef, snapshot, w.disk, { jobId: input.jobId, transport: settings.transport, onChoice });
+    const source = clampReads(opened, input.maxReadSize ?? 2 << 20);
     const t1 = performance.now();
     try {
       await copyRanges(source, w.ranges, {

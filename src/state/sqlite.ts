@@ -12,7 +12,7 @@ import {
   type TemplateRecord, type WorkgroupRecord,
 } from './types.ts';
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 const NO_JOB_FIX = 'list jobs with `vmlift job ls`';
 
@@ -24,7 +24,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE TABLE IF NOT EXISTS disks (
   job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, disk_key INTEGER NOT NULL,
-  label TEXT NOT NULL, capacity INTEGER NOT NULL, change_id TEXT, PRIMARY KEY (job_id, disk_key)
+  label TEXT NOT NULL, capacity INTEGER NOT NULL, change_id TEXT, transport TEXT, transport_reason TEXT,
+  PRIMARY KEY (job_id, disk_key)
 );
 CREATE TABLE IF NOT EXISTS cycles (
   id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, seq INTEGER NOT NULL,
@@ -84,8 +85,13 @@ export class SqliteStateStore implements StateStore {
       throw new StateError('SCHEMA_NEWER', `state database ${path} was written by a newer vmlift (schema ${version} > ${SCHEMA_VERSION}); upgrade vmlift`,
         { fix: 'run the vmlift version that wrote it, or a newer one' });
     }
-    this.db.exec(SCHEMA);
-    this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    this.db.transaction(() => {
+      this.db.exec(SCHEMA);
+      // Schema 1 → 2: the disks' transport and its reason.
+      const cols = new Set((this.db.prepare('PRAGMA table_info(disks)').all() as { name: string }[]).map((c) => c.name));
+      if (!cols.has('transport')) this.db.exec('ALTER TABLE disks ADD COLUMN transport TEXT; ALTER TABLE disks ADD COLUMN transport_reason TEXT;');
+      this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    })();
   }
 
   createJob(job: NewJob): JobRecord {
@@ -134,11 +140,12 @@ export class SqliteStateStore implements StateStore {
   }
 
   setDisks(jobId: string, disks: Omit<DiskRecord, 'jobId'>[]): void {
-    const upsert = this.db.prepare(`INSERT INTO disks (job_id, disk_key, label, capacity, change_id) VALUES (?, ?, ?, ?, ?)
-      ON CONFLICT (job_id, disk_key) DO UPDATE SET label = excluded.label, capacity = excluded.capacity`);
+    const upsert = this.db.prepare(`INSERT INTO disks (job_id, disk_key, label, capacity, change_id, transport, transport_reason) VALUES (?, ?, ?, ?, ?, ?, ?)
+      ON CONFLICT (job_id, disk_key) DO UPDATE SET label = excluded.label, capacity = excluded.capacity,
+        transport = COALESCE(excluded.transport, disks.transport), transport_reason = COALESCE(excluded.transport_reason, disks.transport_reason)`);
     const keys = new Set(disks.map((d) => d.diskKey));
     this.db.transaction(() => {
-      for (const d of disks) upsert.run(jobId, d.diskKey, d.label, d.capacity, d.changeId);
+      for (const d of disks) upsert.run(jobId, d.diskKey, d.label, d.capacity, d.changeId, d.transport ?? null, d.transportReason ?? null);
       for (const old of this.getDisks(jobId)) {
         if (!keys.has(old.diskKey)) this.db.prepare('DELETE FROM disks WHERE job_id = ? AND disk_key = ?').run(jobId, old.diskKey);
       }
@@ -147,8 +154,11 @@ export class SqliteStateStore implements StateStore {
 
   getDisks(jobId: string): DiskRecord[] {
     const rows = this.db.prepare('SELECT * FROM disks WHERE job_id = ? ORDER BY disk_key').all(jobId) as
-      { job_id: string; disk_key: number; label: string; capacity: number; change_id: string | null }[];
-    return rows.map((r) => ({ jobId: r.job_id, diskKey: r.disk_key, label: r.label, capacity: r.capacity, changeId: r.change_id }));
+      { job_id: string; disk_key: number; label: string; capacity: number; change_id: string | null; transport: string | null; transport_reason: string | null }[];
+    return rows.map((r) => ({
+      jobId: r.job_id, diskKey: r.disk_key, label: r.label, capacity: r.capacity, changeId: r.change_id,
+      transport: r.transport, transportReason: r.transport_reason,
+    }));
   }
 
   startCycle(c: Pick<CycleRecord, 'id' | 'jobId' | 'kind' | 'reason' | 'snapshotName'>): CycleRecord {

@@ -69,6 +69,9 @@ export interface DiskRecord {
   capacity: number;
   /** changeId recorded by the last committed cycle; null before the first. */
   changeId: string | null;
+  /** The transport the last committed cycle read the disk through (vddk, nbd, http), and why. */
+  transport?: string | null;
+  transportReason?: string | null;
 }
 
 export type CycleKind = 'full' | 'incremental' | 'final';

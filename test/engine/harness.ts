@@ -7,12 +7,12 @@ import { startLab, type Lab } from '../../lab/lab.ts';
 import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
 import { VCenter } from '../../src/vsphere/index.ts';
 import { vcenterService, httpDiskOpener, senderJobServices } from '../../src/cli/wiring.ts';
-import { LimitedDiskOpener } from '../../src/engine/limits.ts';
+import { LimitedDiskOpener, type NfcBackoffPolicy } from '../../src/engine/limits.ts';
 import { JobEngine } from '../../src/engine/jobs.ts';
 import { openStateStore } from '../../src/state/sqlite.ts';
 import { resolveSettings } from '../../src/engine/settings.ts';
 import type { JobSettings, StateStore } from '../../src/state/types.ts';
-import type { VCenterService } from '../../src/engine/services.ts';
+import type { DiskOpener, VCenterService } from '../../src/engine/services.ts';
 import { silentLogger } from '../../src/util/log.ts';
 
 export const MiB = 1 << 20;
@@ -27,10 +27,17 @@ export interface EngineRig {
   /** Hooks a test may set to act between the engine's vCenter calls (e.g. guest writes after the snapshot). */
   hooks: { afterSnapshot?: (vmRef: string) => Promise<void> };
   counters: { snapshotsCreated: number; diskOpens: number };
+  /** The per-host and overall disk limits the engine opens disks through. */
+  limiter: LimitedDiskOpener;
   close(): Promise<void>;
 }
 
-export async function startRig(o: { vms?: number; diskMb?: number; esx?: boolean; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number } } = {}): Promise<EngineRig> {
+/** Builds the rig's disk opener instead of the HTTP one (e.g. the per-disk transport opener); its close runs with the rig's. */
+export type RigOpener = (a: { vc: VCenter; port: ReturnType<typeof vcenterService>; lab: Lab; dir: string }) => DiskOpener & { close?(): Promise<void> };
+
+export async function startRig(o: {
+  vms?: number; diskMb?: number; esx?: boolean; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number }; opener?: RigOpener; nfc?: Partial<NfcBackoffPolicy>;
+} = {}): Promise<EngineRig> {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
   const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx });
   const rx = await startTestReceiver();
@@ -47,17 +54,19 @@ export async function startRig(o: { vms?: number; diskMb?: number; esx?: boolean
       return s;
     },
   };
-  const http = httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
-  const disks = new LimitedDiskOpener({ open: (...a) => { counters.diskOpens++; return http.open(...a); } }, port.hostOf, { perHost: 8, overall: 32 });
+  const http = o.opener ? o.opener({ vc, port, lab, dir }) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
+  const disks = new LimitedDiskOpener({ open: (...a) => { counters.diskOpens++; return http.open(...a); } }, port.hostOf, { perHost: 8, overall: 32 }, { nfc: o.nfc });
   const state = openStateStore(join(dir, 'state.db'));
   const engine = new JobEngine({
     state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },
     connect: (job) => senderJobServices(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum })),
   });
   return {
-    lab, rx, vc, state, engine, port, hooks, counters,
+    lab, rx, vc, state, engine, port, hooks, counters, limiter: disks,
     async close() {
       await engine.drain(true);
+      disks.close();
+      await (http as { close?(): Promise<void> }).close?.();
       state.close();
       await vc.close().catch(() => undefined);
       await rx.close();

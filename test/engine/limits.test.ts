@@ -78,3 +78,58 @@ describe('LimitedDiskOpener', () => {
     await (await b).close();
   });
 });
+
+describe('LimitedDiskOpener under NFC resource errors', () => {
+  const nfcError = () => Object.assign(new Error('read failed'), { code: 'SOURCE_READ', cause: Object.assign(new Error('NFC error 5: failed to allocate'), { code: 'VDDK_NFC_RESOURCE' }) });
+
+  /** Local disks whose reads fail with an NFC resource error `failures` times in all. */
+  function flaky(failures: { left: number }, failOpen = 0): DiskOpener {
+    let opensToFail = failOpen;
+    return {
+      async open(vm, snap, d) {
+        if (opensToFail > 0) { opensToFail--; throw nfcError(); }
+        const s = await localDisks().open(vm, snap, d);
+        return wrapSource(s, {
+          read: async (o, l) => { if (failures.left > 0) { failures.left--; throw nfcError(); } return s.read(o, l); },
+        });
+      },
+    };
+  }
+
+  it('lowers the host\'s disk limit, backs off and goes on; the limit climbs back after the recovery time', async () => {
+    const failures = { left: 2 };
+    const limited = new LimitedDiskOpener(flaky(failures), async () => 'esx1', { perHost: 3, overall: 8 },
+      { nfc: { backoffMs: 10, maxBackoffMs: 20, recoveryMs: 150, maxRetries: 4 } });
+    const a = await limited.open('vm-a', snapshot, disk(1));
+    const b = await limited.open('vm-a', snapshot, disk(2));
+    assert.deepEqual(limited.hostLimits(), { esx1: 3 });
+    assert.ok((await a.read(0, 16)).equals(Buffer.alloc(16, 1)), 'the read succeeds after the backoff');
+    assert.equal(failures.left, 0);
+    assert.deepEqual(limited.hostLimits(), { esx1: 1 }, 'two errors with two disks open: 2 → 1 → 1');
+    await b.close();
+    const c = limited.open('vm-a', snapshot, disk(3));
+    assert.equal(await settled(c), false, 'with the limit lowered to 1, a new disk waits while one is open');
+    await a.close();
+    await (await c).close();
+    await new Promise((r) => setTimeout(r, 400));
+    assert.deepEqual(limited.hostLimits(), { esx1: 3 }, 'back to the configured limit, one step per quiet recovery period');
+    limited.close();
+  });
+
+  it('retries an open that hits an NFC resource error; other errors and exhausted retries go up unchanged', async () => {
+    const limited = new LimitedDiskOpener(flaky({ left: 0 }, 1), async () => 'esx1', { perHost: 2, overall: 2 }, { nfc: { backoffMs: 5, recoveryMs: 60_000 } });
+    const a = await limited.open('vm-a', snapshot, disk(1));
+    assert.deepEqual(limited.hostLimits(), { esx1: 1 });
+    await a.close();
+    limited.close();
+    const stubborn = new LimitedDiskOpener(flaky({ left: 100 }), async () => 'esx2', { perHost: 2, overall: 2 }, { nfc: { backoffMs: 1, maxRetries: 2, recoveryMs: 60_000 } });
+    const s = await stubborn.open('vm-a', snapshot, disk(1));
+    await assert.rejects(s.read(0, 16), (e: unknown) => (e as { cause?: { code?: string } }).cause?.code === 'VDDK_NFC_RESOURCE');
+    await s.close();
+    assert.deepEqual(stubborn.usage(), { esx2: 0 });
+    stubborn.close();
+    const plain = new LimitedDiskOpener(localDisks({ open: new Set([1]) }), async () => 'esx3', { perHost: 2, overall: 2 });
+    await assert.rejects(plain.open('vm-a', snapshot, disk(1)), /cannot open disk 1/);
+    assert.deepEqual(plain.hostLimits(), { esx3: 2 }, 'an error that is not NFC\'s leaves the limit alone');
+  });
+});

@@ -125,3 +125,25 @@ test('templates are named partial settings', (t) => {
   s.deleteTemplate('nightly');
   assert.equal(s.getTemplate('nightly'), undefined);
 });
+
+test('a schema-1 state file gains the disks\' transport columns on open, keeping its rows; setDisks records and keeps the transport', (t) => {
+  const { path, cleanup } = tempDb();
+  t.after(cleanup);
+  const old = new Database(path);
+  old.exec(`CREATE TABLE jobs (id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, vm_ref TEXT, source_id TEXT NOT NULL,
+    settings TEXT NOT NULL, state TEXT NOT NULL, resume_state TEXT, error TEXT, workgroup_id TEXT, next_sync_at TEXT,
+    sync_requested INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    CREATE TABLE disks (job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, disk_key INTEGER NOT NULL,
+    label TEXT NOT NULL, capacity INTEGER NOT NULL, change_id TEXT, PRIMARY KEY (job_id, disk_key));
+    INSERT INTO jobs VALUES ('j', 'j', 'vm', 'vm-1', 'j', '${JSON.stringify(settings)}', 'waiting', NULL, NULL, NULL, NULL, 0, 't', 't');
+    INSERT INTO disks VALUES ('j', 2000, 'Hard disk 1', 1024, 'abc/1');
+    PRAGMA user_version = 1;`);
+  old.close();
+  const s = openStateStore(path);
+  assert.deepEqual(s.getDisks('j').map((d) => [d.changeId, d.transport, d.transportReason]), [['abc/1', null, null]]);
+  s.setDisks('j', [{ diskKey: 2000, label: 'Hard disk 1', capacity: 1024, changeId: null, transport: 'nbd', transportReason: 'auto: no VDDK' }]);
+  assert.deepEqual(s.getDisks('j').map((d) => [d.changeId, d.transport, d.transportReason]), [['abc/1', 'nbd', 'auto: no VDDK']]);
+  s.setDisks('j', [{ diskKey: 2000, label: 'Hard disk 1', capacity: 1024, changeId: null }]);
+  assert.equal(s.getDisks('j')[0]!.transport, 'nbd', 'a cycle that read nothing keeps the last transport');
+  s.close();
+});

@@ -23,3 +23,20 @@ test('a semaphore holds at most its limit, serves waiters in order, and a releas
   r3(); r4();
   assert.equal(s.inUse, 0);
 });
+
+test('a lowered limit admits nobody new until holders release below it; a raised one wakes waiters at once', async () => {
+  const s = new Semaphore(3);
+  const held = [await s.acquire(), await s.acquire(), await s.acquire()];
+  s.setLimit(1);
+  let got = false;
+  const w = s.acquire().then((r) => { got = true; return r; });
+  held.pop()!(); held.pop()!();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(got, false, 'one holder left, limit 1: the waiter still waits');
+  s.setLimit(2);
+  const r = await w;
+  assert.equal(s.inUse, 2);
+  assert.equal(s.limit, 2);
+  r(); held.pop()!();
+  assert.equal(s.inUse, 0);
+});

@@ -2,7 +2,7 @@
  * `vmlift connector init|serve`: the long-running process beside vCenter that runs the agentless jobs.
  */
 import type { Command } from 'commander';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile, rm } from 'node:fs/promises';
 import { UserError } from '../../util/errors.ts';
@@ -18,17 +18,27 @@ import { connectorHome } from '../home.ts';
 import { DEFAULT_LIMITS, keepSecret, readConnectorConfig, writeConnectorConfig } from '../connector-config.ts';
 import { createWiring } from '../wiring.ts';
 import { printResult } from '../output.ts';
+import { checkNbdCommand } from '../../source/nbd-server.ts';
 
 interface InitFlags {
   home?: string; server: string; user: string; passwordFile: string; thumbprint?: string; insecure?: boolean;
   receiver: string; fingerprint: string; codeFile: string; dataPort?: string; proxy?: string; proxyPasswordFile?: string;
   disksPerHost: string; disksOverall: string; maxReadMib: string; json?: boolean;
+  vddkLibdir?: string; vddkConfig?: string; vddkTransports?: string; nbdCommand?: string;
 }
 
 function positiveInt(v: string, flag: string, max: number): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 1 || n > max) throw new UserError('BAD_FLAG', `${flag} must be a whole number from 1 to ${max}, got ${v}`, `pass ${flag} 1..${max}`);
   return n;
+}
+
+function parseNbdCommand(json: string): string[] {
+  let v: unknown;
+  try { v = JSON.parse(json); } catch (e) {
+    throw new UserError('BAD_NBD_COMMAND', `--nbd-command is not JSON: ${(e as Error).message}`, 'pass a JSON array, e.g. \'["nbdkit","--unix","{socket}","--foreground",…]\'');
+  }
+  return checkNbdCommand(v, '--nbd-command');
 }
 
 async function apiToken(home: string): Promise<string> {
@@ -61,6 +71,10 @@ export function register(program: Command): void {
     .option('--disks-per-host <n>', 'disks read at once per ESXi host', String(DEFAULT_LIMITS.disksPerHost))
     .option('--disks-overall <n>', 'disks read at once in all', String(DEFAULT_LIMITS.disksOverall))
     .option('--max-read-mib <n>', 'largest single disk read in MiB (VMware NFC through vCenter: 2)', '2')
+    .option('--vddk-libdir <dir>', 'VMware VDDK folder (holding lib64/libvixDiskLib.so): jobs with transport auto read through VDDK')
+    .option('--vddk-config <file>', 'VDDK configuration file for InitEx')
+    .option('--vddk-transports <modes>', 'VDDK transport modes in order (default nbdssl:nbd; e.g. hotadd:nbdssl:nbd)')
+    .option('--nbd-command <json>', 'NBD server command template, a JSON array with {socket} {server} {port} {user} {passwordFile} {thumbprint} {vm} {snapshot} {file} {diskKey} {transports} {libdir} (default: nbdkit vddk)')
     .option('--json', 'print JSON')
     .action(async (f: InitFlags) => {
       const home = connectorHome(f.home);
@@ -81,6 +95,10 @@ export function register(program: Command): void {
           maxConcurrentJobs: DEFAULT_LIMITS.maxConcurrentJobs,
         },
         maxReadSize: positiveInt(f.maxReadMib, '--max-read-mib', 64) << 20,
+        ...(f.vddkLibdir ? { vddkLibdir: resolve(f.vddkLibdir) } : {}),
+        ...(f.vddkConfig ? { vddkConfigFile: resolve(f.vddkConfig) } : {}),
+        ...(f.vddkTransports ? { vddkTransports: f.vddkTransports } : {}),
+        ...(f.nbdCommand ? { nbd: { command: parseNbdCommand(f.nbdCommand) } } : {}),
       };
       await writeConnectorConfig(home, config);
       printResult(f.json, { home, config }, () => `wrote ${join(home, 'config.json')}; start the connector with: vmlift connector serve --home ${home}`);

@@ -3,12 +3,14 @@
  * simulator with disks, CBT and snapshot views), a local receiver, the agentless engine in this
  * process: full cycle, guest writes, two incremental cycles, complete (final sync), export of the
  * final images to qcow2, and a SHA-256 check of every image against the VM's disks at its snapshot.
+ * The job's transport is `auto` (VDDK through the libvixDiskLib double); the demo says which each disk used.
  */
 import type { Command } from 'commander';
 import { join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import { createHash, randomBytes } from 'node:crypto';
-import { rm, mkdir, readdir, readFile, stat } from 'node:fs/promises';
+import { rm, mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { UserError } from '../../util/errors.ts';
@@ -20,7 +22,9 @@ import { openStateStore } from '../../state/sqlite.ts';
 import { JobEngine } from '../../engine/jobs.ts';
 import { LimitedDiskOpener } from '../../engine/limits.ts';
 import { resolveSettings } from '../../engine/settings.ts';
-import { vcenterService, httpDiskOpener, senderJobServices } from '../wiring.ts';
+import { vcenterService, transportDiskOpener, senderJobServices, type TransportSettings } from '../wiring.ts';
+import { shutdownVddk } from '../../source/vddk/index.ts';
+import { PROJECT_ROOT } from '../../util/root.ts';
 import { formatBytes, printResult, table } from '../output.ts';
 
 const run = promisify(execFile);
@@ -83,7 +87,35 @@ async function fileSha(path: string): Promise<string> {
   return stdout.split(' ')[0]!;
 }
 
-interface Row { cycle: string; kind: string; changed: number; read: number; wire: number; seconds: number; image: string; verified: boolean }
+interface Row {
+  cycle: string; kind: string; changed: number; read: number; wire: number; seconds: number; image: string; verified: boolean;
+  transports: { disk: number; transport: string | null; reason: string | null }[];
+}
+
+/**
+ * The demo's connector transports, as `auto` sees them: VDDK through the libvixDiskLib double (native/,
+ * pointed at the lab's datastore) when it is built or can be, and the lab's NBD view command
+ * (lab/nbd-view.sh) for the nbd transport.
+ */
+async function demoTransports(lab: Lab, dir: string, say: (m: string) => void): Promise<TransportSettings> {
+  const t: TransportSettings = {
+    nbdDir: join(dir, 'connector', 'nbd'),
+    nbdCommand: ['bash', join(PROJECT_ROOT, 'lab', 'nbd-view.sh'), lab.dir, '{socket}', '{vm}', '{snapshot}', '{diskKey}'],
+  };
+  const libdir = join(PROJECT_ROOT, 'native', 'build', 'vddk-double');
+  if (!existsSync(libdir)) await run(join(PROJECT_ROOT, 'native', 'build.sh')).catch(() => undefined);
+  if (!existsSync(libdir)) {
+    say('   (no libvixDiskLib double built: native/build.sh failed; auto reads through NBD)');
+    return t;
+  }
+  // The double resolves "[ds] dir/x.vmdk" to DATASTORES/ds/dir/x-flat.vmdk and checks the lab's credentials.
+  const ds = join(dir, 'connector', 'vddk-datastores');
+  await mkdir(ds, { recursive: true });
+  await symlink(lab.datastoreDir, join(ds, lab.datastore));
+  const vddkConfigFile = join(dir, 'connector', 'vddk.conf');
+  await writeFile(vddkConfigFile, `datastores=${ds}\nuser=${lab.user}\npassword=${lab.password}\nthumbprint=${lab.thumbprintSha1}\n`, { mode: 0o600 });
+  return { ...t, vddkLibdir: libdir, vddkConfigFile };
+}
 
 export function register(program: Command): void {
   program.command('demo')
@@ -119,7 +151,10 @@ export function register(program: Command): void {
         const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });
         cleanups.unshift(() => vc.close());
         const port = vcenterService(vc);
-        const disks = new LimitedDiskOpener(httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, logger), port.hostOf, { perHost: 8, overall: 32 });
+        const transports = transportDiskOpener(vc, port, { user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } },
+          await demoTransports(lab, dir, say), 2 * MiB, logger);
+        cleanups.unshift(async () => { await transports.close(); shutdownVddk(); });
+        const disks = new LimitedDiskOpener(transports, port.hostOf, { perHost: 8, overall: 32 }, { logger });
         const state = openStateStore(join(dir, 'connector', 'state.db'));
         cleanups.unshift(async () => state.close());
         const engine = new JobEngine({
@@ -147,8 +182,10 @@ export function register(program: Command): void {
             verified &&= got === expected[i];
           }
           const seconds = (Date.parse(c.endedAt!) - Date.parse(c.startedAt)) / 1000;
-          rows.push({ cycle: label, kind: c.kind, changed: c.changedBytes, read: c.sourceBytesRead, wire: c.wireBytes, seconds, image: c.imageId!, verified });
+          const used = state.getDisks(jobId).map((d) => ({ disk: d.diskKey, transport: d.transport ?? null, reason: d.transportReason ?? null }));
+          rows.push({ cycle: label, kind: c.kind, changed: c.changedBytes, read: c.sourceBytesRead, wire: c.wireBytes, seconds, image: c.imageId!, verified, transports: used });
           say(`   ${label}: ${c.kind}, read ${formatBytes(c.sourceBytesRead)}, sent ${formatBytes(c.wireBytes)} in ${formatDuration(seconds)}, image ${c.imageId}: ${verified ? 'SHA-256 matches the snapshot' : 'MISMATCH'}`);
+          for (const u of used) say(`     disk ${u.disk} read through ${u.transport ?? '?'}${u.reason ? ` (${u.reason})` : ''}`);
         };
 
         say('== cycle 1: preflight, enable CBT, full sync of the allocated areas');
@@ -182,8 +219,9 @@ export function register(program: Command): void {
         const summary = { ok, job: { id: jobId, vm: vm.name, state: job.state }, cycles: rows, exports, snapshotsLeft, receiverStore: join(dir, 'receiver', 'store') };
         printResult(o.json, summary, (s) => [
           '',
-          table(['CYCLE', 'KIND', 'CHANGED', 'READ', 'SENT', 'TIME', 'IMAGE', 'SHA-256 vs SNAPSHOT'],
-            s.cycles.map((r) => [r.cycle, r.kind, formatBytes(r.changed), formatBytes(r.read), formatBytes(r.wire), formatDuration(r.seconds), r.image, r.verified ? 'match' : 'MISMATCH'])),
+          table(['CYCLE', 'KIND', 'CHANGED', 'READ', 'SENT', 'TIME', 'TRANSPORT', 'IMAGE', 'SHA-256 vs SNAPSHOT'],
+            s.cycles.map((r) => [r.cycle, r.kind, formatBytes(r.changed), formatBytes(r.read), formatBytes(r.wire), formatDuration(r.seconds),
+              r.transports.map((u) => `${u.disk}:${u.transport ?? '?'}`).join(' '), r.image, r.verified ? 'match' : 'MISMATCH'])),
           '',
           table(['DISK', 'QCOW2', 'SIZE', 'SHA-256 (raw)', 'vs VM DISK'], s.exports.map((e) => [e.disk, e.path, formatBytes(e.size), e.sha256.slice(0, 16), e.matches ? 'match' : 'MISMATCH'])),
           '',

@@ -39,6 +39,18 @@ function printMembers(json: boolean | undefined, results: MemberResult[]): void 
   if (results.some((m) => !m.ok)) process.exitCode = 1;
 }
 
+/** One line per disk: why it is (or was last) read through its transport. */
+function transportReasons(disks: DiskRecord[], live: Map<number, LiveStatus['disks'][number]>): string[] {
+  const keys = [...new Set([...disks.map((d) => d.diskKey), ...live.keys()])];
+  return keys.flatMap((k) => {
+    const l = live.get(k);
+    const d = disks.find((x) => x.diskKey === k);
+    const t = l?.transport ?? d?.transport;
+    const why = l?.transportReason ?? d?.transportReason;
+    return t ? [`  disk ${k}: ${t}${why ? ` (${why})` : ''}`] : [];
+  });
+}
+
 export function register(program: Command): void {
   const job = program.command('job').description('agentless migration jobs (one VM each), run by the connector');
 
@@ -92,11 +104,13 @@ export function register(program: Command): void {
           ...(x.job.error ? [`error in ${x.job.error.step} (attempt ${x.job.error.attempts}): ${x.job.error.message}`] : []),
           ...(x.job.error?.fix ? [`  fix: ${x.job.error.fix}`] : []),
           '',
-          table(['DISK', 'LABEL', 'CAPACITY', 'DONE', 'TOTAL', 'SPEED', 'REMAINING', 'CHANGE ID'], x.disks.map((d) => {
+          table(['DISK', 'LABEL', 'CAPACITY', 'DONE', 'TOTAL', 'SPEED', 'REMAINING', 'TRANSPORT', 'CHANGE ID'], x.disks.map((d) => {
             const l = live.get(d.diskKey);
             return [d.diskKey, d.label, formatBytes(d.capacity), l ? formatBytes(l.done) : '-', l ? formatBytes(l.total) : '-',
-              l ? `${formatBytes(l.speed)}/s` : '-', l?.remainingSeconds != null ? formatDuration(l.remainingSeconds) : '-', d.changeId ?? '-'];
+              l ? `${formatBytes(l.speed)}/s` : '-', l?.remainingSeconds != null ? formatDuration(l.remainingSeconds) : '-',
+              l?.transport ?? d.transport ?? '-', d.changeId ?? '-'];
           })),
+          ...transportReasons(x.disks, live),
           '',
           table(['CYCLE', 'SEQ', 'KIND', 'STATE', 'IMAGE', 'STARTED', 'READ', 'WIRE', 'ERROR'], x.cycles.map((c) => [
             c.id, c.seq, c.kind, c.state, c.imageId ?? '-', c.startedAt, formatBytes(c.sourceBytesRead), formatBytes(c.wireBytes), c.error ?? ''])),
