@@ -102,11 +102,8 @@ type BenchTransport = 'http' | 'nbd' | 'vddk';
 /** VDDK through the libvixDiskLib double (native/build/vddk-double), pointed at the lab's datastore. */
 async function vddkOpener(lab: Lab, vc: VCenter, port: ReturnType<typeof vcenterService>, dir: string): Promise<DiskOpener> {
   await execFileP(join(PROJECT_ROOT, 'native', 'build.sh'));
-  const ds = join(dir, 'vddk-ds');
-  await mkdir(ds, { recursive: true });
-  await symlink(lab.datastoreDir, join(ds, lab.datastore));
   const vddkConfigFile = join(dir, 'vddk.conf');
-  await writeFile(vddkConfigFile, `datastores=${ds}\nuser=${lab.user}\npassword=${lab.password}\nthumbprint=${lab.thumbprintSha1}\n`, { mode: 0o600 });
+  await writeFile(vddkConfigFile, `lab_map=${lab.vddkMapFile}\n`, { mode: 0o600 });
   return transportDiskOpener(vc, port, { user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } }, {
     vddkLibdir: join(PROJECT_ROOT, 'native', 'build', 'vddk-double'), vddkConfigFile, nbdDir: join(dir, 'nbd'),
   }, 2 * MiB, silentLogger);
@@ -132,7 +129,7 @@ async function cycleOne(dir: string, transport: BenchTransport, compression: num
   dir = join(dir, `${transport}-${compression}`);
   const rx = await startReceiverProcess(dir);
   const labDir = join(dir, 'lab1');
-  const lab1 = await startLab({ dir: labDir, vms: 1, diskMb: SIZE_MIB });
+  const lab1 = await startLab({ dir: labDir, vms: 1, diskMb: SIZE_MIB, vddkMap: true });
   const vc = await VCenter.connect({ server: lab1.url, user: lab1.user, password: lab1.password, trust: { thumbprint: lab1.thumbprint } });
   try {
     const vm = lab1.vm('vm-0001');

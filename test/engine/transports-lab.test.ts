@@ -43,14 +43,12 @@ async function rigWithOpeners(): Promise<{ rig: EngineRig; openers: Openers; use
   let current: DiskOpener | undefined;
   let openers: Openers | undefined;
   const rig = await startRig({
+    vddkMap: true,
     opener: ({ vc, port, lab, dir }) => {
       const conn = { user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } };
-      // The VDDK double reads "[ds] dir/x.vmdk" from DATASTORES/ds/dir/x-flat.vmdk: point it at the lab's datastore.
-      const ds = path.join(dir, 'vddk-ds');
-      mkdirSync(ds, { recursive: true });
-      symlinkSync(lab.datastoreDir, path.join(ds, lab.datastore));
+      // The VDDK double serves the lab's point-in-time view of (VM, snapshot, disk path) from the lab's map.
       const vddkConfigFile = path.join(dir, 'vddk.conf');
-      writeFileSync(vddkConfigFile, `datastores=${ds}\nuser=${lab.user}\npassword=${lab.password}\nthumbprint=${lab.thumbprintSha1}\n`, { mode: 0o600 });
+      writeFileSync(vddkConfigFile, `lab_map=${lab.vddkMapFile}\n`, { mode: 0o600 });
       const nbdCommand = ['bash', path.join(PROJECT_ROOT, 'lab/nbd-view.sh'), lab.dir, '{socket}', '{vm}', '{snapshot}', '{diskKey}'];
       openers = {
         labNbd: transportDiskOpener(vc, port, conn, { nbdCommand, nbdDir: path.join(dir, 'nbd') }, 2 * MiB, silentLogger),

@@ -108,12 +108,9 @@ async function demoTransports(lab: Lab, dir: string, say: (m: string) => void): 
     say('   (no libvixDiskLib double built: native/build.sh failed; auto reads through NBD)');
     return t;
   }
-  // The double resolves "[ds] dir/x.vmdk" to DATASTORES/ds/dir/x-flat.vmdk and checks the lab's credentials.
-  const ds = join(dir, 'connector', 'vddk-datastores');
-  await mkdir(ds, { recursive: true });
-  await symlink(lab.datastoreDir, join(ds, lab.datastore));
+  // The double serves the lab's point-in-time view of (VM, snapshot, disk path) from the lab's map, and checks the lab's credentials.
   const vddkConfigFile = join(dir, 'connector', 'vddk.conf');
-  await writeFile(vddkConfigFile, `datastores=${ds}\nuser=${lab.user}\npassword=${lab.password}\nthumbprint=${lab.thumbprintSha1}\n`, { mode: 0o600 });
+  await writeFile(vddkConfigFile, `lab_map=${lab.vddkMapFile}\n`, { mode: 0o600 });
   return { ...t, vddkLibdir: libdir, vddkConfigFile };
 }
 
@@ -135,7 +132,7 @@ export function register(program: Command): void {
 
       say(`== starting the lab vCenter (govmomi simulator + CBT + snapshot views) in ${dir}/lab`);
       const { startLab } = await labModule();
-      const lab = await startLab({ dir: join(dir, 'lab'), vms: 0, diskMb });
+      const lab = await startLab({ dir: join(dir, 'lab'), vms: 0, diskMb, vddkMap: true });
       const cleanups: (() => Promise<unknown>)[] = [() => lab.stop()];
       try {
         say(`   ${lab.url} (thumbprint ${lab.thumbprint.slice(0, 23)}…)`);
