@@ -4,6 +4,7 @@
  * field that was checked here; nothing is cast.
  */
 import { assertId } from '../util/ids.ts';
+import { SAME_VERSION_FIX } from '../transfer/protocol.ts';
 import type { AbortCycleRequest, BeginCycleRequest, CommitCycleRequest, RegisterRequest } from '../transfer/contract.ts';
 import { Refusal, disksRequired } from './open-cycles.ts';
 import type { Range } from '../model/ranges.ts';
@@ -96,11 +97,21 @@ function checkSourceDigest(d: unknown, i: number): SourceDigest {
     out.sha256 = d.sha256;
   }
   if (d.extents !== undefined) {
-    if (!Array.isArray(d.extents)) throw badRequest(`sourceDigests[${i}].extents is not a list`);
-    out.extents = d.extents.map((x: unknown) => {
-      if (!isObject(x) || typeof x.sha256 !== 'string') throw badRequest(`sourceDigests[${i}]: an extent needs offset, length and sha256`);
-      return { ...checkRange(x, `sourceDigests[${i}]`), sha256: x.sha256 };
-    });
+    throw badRequest(`sourceDigests[${i}].extents is the form of an older vmlift (one digest per read); this receiver takes a digest tree`, SAME_VERSION_FIX);
+  }
+  if (d.tree !== undefined) {
+    const tr = d.tree;
+    if (!isObject(tr) || typeof tr.root !== 'string' || !/^[0-9a-f]{64}$/i.test(tr.root) || !Array.isArray(tr.ranges)) {
+      throw badRequest(`sourceDigests[${i}].tree needs ranges and a root (64 hex digits)`, SAME_VERSION_FIX);
+    }
+    const ranges = tr.ranges.map((r) => checkRange(r, `sourceDigests[${i}].tree`));
+    for (let k = 0; k < ranges.length; k++) {
+      const prev = ranges[k - 1];
+      if (ranges[k]!.length === 0 || (prev && ranges[k]!.offset < prev.offset + prev.length)) {
+        throw badRequest(`sourceDigests[${i}].tree.ranges must be sorted, disjoint and not empty (range ${k})`, SAME_VERSION_FIX);
+      }
+    }
+    out.tree = { ranges, root: tr.root.toLowerCase() };
   }
   return out;
 }
