@@ -16,7 +16,8 @@ import { assertImageId, indexName, Layout, SLOT, STORE_VERSION } from './layout.
 import { isZeroSlot, sha256Async } from './chunks.ts';
 import { readDiskBytes, runLimited, slotBytes } from './image-reader.ts';
 import { StoreCycleWriter } from './cycle-writer.ts';
-import { validateDisks } from './cycle-record.ts';
+import { readCycleRecord, validateDisks } from './cycle-record.ts';
+import { alreadyPublished } from './publish.ts';
 import { imageIds, listImageRecords, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
 import { livePins, pinImage } from './pins.ts';
 import { collectGarbage, GRACE_MS, type GcResult } from './gc.ts';
@@ -84,7 +85,16 @@ class Store implements ImageStore {
     const names = await readdir(dir).catch(() => [] as string[]);
     const out: string[] = [];
     for (const n of names) {
-      if (isValidId(n) && (await stat(join(dir, n, 'cycle.json')).catch(() => null))) out.push(n);
+      if (!isValidId(n)) continue;
+      const rec = await readCycleRecord(join(dir, n));
+      if (!rec) continue;
+      if (!this.active.has(`${sourceId}/${n}`) && await alreadyPublished(this.layout, rec)) {
+        // a crash between publishing the cycle and removing its folder: finish that commit
+        await rm(join(dir, n), { recursive: true, force: true });
+        await fsyncDir(dir);
+        continue;
+      }
+      out.push(n);
     }
     return out.sort();
   }

@@ -89,7 +89,7 @@ export interface ImageStore {
   /** Chunk size in bytes (fixed when the store is created; recorded in `<root>/store.json`). */
   readonly chunkSize: number;
   beginCycle(opts: BeginCycleOptions): Promise<CycleWriter>;
-  /** Open cycles of a source (left by a crash or a broken connection). */
+  /** Open cycles of a source (left by a crash or a broken connection). One already published (a crash before its folder went) is finished here, not listed. */
   openCycles(sourceId: string): Promise<string[]>;
   listSources(): Promise<string[]>;
   listImages(sourceId: string): Promise<ImageInfo[]>;
