@@ -51,4 +51,9 @@ export interface HeldRanges {
  * tree over the ranges it read (transfer/digest-tree.ts defines the tree). Both are of fixed size
  * per disk; `tree.ranges` is as long as the list of areas read, not the bytes.
  */
-export interface SourceDigest { disk: number; sha256?: string; tree?: { ranges: Range[]; root: string } }
+export interface SourceDigest {
+  disk: number;
+  sha256?: string;
+  /** `ranges` absent on the wire: the disk's `expected` ranges of the commit (what a sender read is most often all it sent). */
+  tree?: { ranges?: Range[]; root: string };
+}

@@ -39,7 +39,7 @@ export function parseCommitCycle(body: JsonObject): CommitCycleRequest {
   if (maxImages !== undefined) out.maxImages = maxImages;
   if (Array.isArray(body.expected)) out.expected = body.expected.map(checkHeld);
   // digests matter only when the sender asks for verification
-  if (out.verify && Array.isArray(body.sourceDigests)) out.sourceDigests = body.sourceDigests.map(checkSourceDigest);
+  if (out.verify && Array.isArray(body.sourceDigests)) out.sourceDigests = body.sourceDigests.map((d, i) => checkSourceDigest(d, i, out.expected));
   return out;
 }
 
@@ -88,8 +88,11 @@ function checkHeld(h: unknown, i: number): HeldRanges {
   return { disk, ranges: h.ranges.map((r) => checkRange(r, `expected ranges of disk ${disk}`)) };
 }
 
-/** The shape only; whether the disk and extents lie in the image is checked against the image. */
-function checkSourceDigest(d: unknown, i: number): SourceDigest {
+/**
+ * The shape only (a tree without ranges gets the disk's `expected` ranges); whether the disk and
+ * ranges lie in the image is checked against the image.
+ */
+function checkSourceDigest(d: unknown, i: number, expected: HeldRanges[] | undefined): SourceDigest {
   if (!isObject(d) || !isCount(d.disk)) throw badRequest(`sourceDigests[${i}] needs a disk number`);
   const out: SourceDigest = { disk: d.disk };
   if (d.sha256 !== undefined) {
@@ -101,10 +104,16 @@ function checkSourceDigest(d: unknown, i: number): SourceDigest {
   }
   if (d.tree !== undefined) {
     const tr = d.tree;
-    if (!isObject(tr) || typeof tr.root !== 'string' || !/^[0-9a-f]{64}$/i.test(tr.root) || !Array.isArray(tr.ranges)) {
-      throw badRequest(`sourceDigests[${i}].tree needs ranges and a root (64 hex digits)`, SAME_VERSION_FIX);
+    if (!isObject(tr) || typeof tr.root !== 'string' || !/^[0-9a-f]{64}$/i.test(tr.root) || !(tr.ranges === undefined || Array.isArray(tr.ranges))) {
+      throw badRequest(`sourceDigests[${i}].tree needs a root (64 hex digits) and ranges, if any, as a list`, SAME_VERSION_FIX);
     }
-    const ranges = tr.ranges.map((r) => checkRange(r, `sourceDigests[${i}].tree`));
+    let ranges: Range[];
+    if (Array.isArray(tr.ranges)) ranges = tr.ranges.map((r) => checkRange(r, `sourceDigests[${i}].tree`));
+    else {
+      const exp = expected?.find((e) => e.disk === d.disk);
+      if (!exp) throw badRequest(`sourceDigests[${i}].tree has no ranges and the commit expects none of disk ${d.disk}`, SAME_VERSION_FIX);
+      ranges = exp.ranges;
+    }
     for (let k = 0; k < ranges.length; k++) {
       const prev = ranges[k - 1];
       if (ranges[k]!.length === 0 || (prev && ranges[k]!.offset < prev.offset + prev.length)) {

@@ -22,11 +22,12 @@ export async function sourceDigestMismatch(staged: StagedImage, digests: readonl
       if (got !== d.sha256.toLowerCase()) return `disk ${d.disk}: SHA-256 ${got}, source says ${d.sha256}`;
     }
     if (d.tree !== undefined) {
-      const last = d.tree.ranges[d.tree.ranges.length - 1];
+      const ranges = d.tree.ranges ?? [];
+      const last = ranges[ranges.length - 1];
       if (last && last.offset + last.length > spec.capacity) return `disk ${d.disk}: the digest tree covers bytes up to ${last.offset + last.length}, past the disk's ${spec.capacity}`;
-      const got = await treeRootOf(d.tree.ranges, (offset, length) => staged.read(d.disk, offset, length));
+      const got = await treeRootOf(ranges, (offset, length) => staged.read(d.disk, offset, length));
       if (got !== d.tree.root) {
-        return `disk ${d.disk}: the digest tree over the ${d.tree.ranges.length} ranges read has root ${got}, source says ${d.tree.root}`;
+        return `disk ${d.disk}: the digest tree over the ${ranges.length} ranges read has root ${got}, source says ${d.tree.root}`;
       }
     }
   }

@@ -57,6 +57,10 @@ test('commit: meta defaults to {}, digests count only with verify, and malformed
     tree([{ offset: 0, length: 4096 }, { offset: 512, length: 512 }])]) {
     assert.throws(() => parseCommitCycle({ verify: true, sourceDigests: bad }), refused('BAD_REQUEST', /sourceDigests\[0\]/), JSON.stringify(bad));
   }
+  // a tree without ranges covers the disk's expected ranges
+  assert.deepEqual(parseCommitCycle({ expected, verify: true, sourceDigests: [{ disk: 0, tree: { root } }] }).sourceDigests,
+    [{ disk: 0, tree: { ranges: expected[0]!.ranges, root } }]);
+  assert.throws(() => parseCommitCycle({ expected, verify: true, sourceDigests: [{ disk: 1, tree: { root } }] }), refused('BAD_REQUEST', /expects none of disk 1/));
   // the per-read list of older senders (unbounded) is refused by name
   assert.throws(() => parseCommitCycle({ verify: true, sourceDigests: [{ disk: 0, extents: [{ offset: 0, length: 512, sha256: 'cd' }] }] }),
     refused('BAD_REQUEST', /extents is the form of an older vmlift/));
