@@ -110,6 +110,7 @@ for (const point of ['store:commit-flushed', 'store:commit-verified', 'store:com
         assert.equal(sha256(await store.readImage('good', img.imageId, 0, 0, data.length)), sha256(data));
         assert.equal((await store.verify('good', img3.imageId)).ok, true);
         assert.deepEqual(await store.listImages('bad'), []);
+        assert.deepEqual(await store.openCycles('bad'), [], 'the sender aborted the mismatching cycle');
         assert.deepEqual(await store.openCycles('good'), [], 'no cycle left open');
       } finally { await store.close(); }
     } finally { await rm(dir, { recursive: true, force: true }); }
