@@ -1,11 +1,13 @@
 /**
  * Agentless engine benchmark (issue 5), against the lab vCenter, with the receiver as a child process.
  *
- *   node --import tsx bench/engine-cycle.ts [--size 8] [--variants nbd:0,nbd:7,http:7,vddk:0,vddk:7] [--wg-vms 50] [--wg-disk-mib 64] [--json]
+ *   node --import tsx bench/engine-cycle.ts [--size 8] [--variants nbd:0,nbd:7,http:7,vddk:0,vddk:7] [--checksum] [--wg-vms 50] [--wg-disk-mib 64] [--json]
  *
  * 1. A lab VM with a SIZE GiB disk full of data: full cycle (MB/s), then 1% scattered 64 KiB guest
  *    writes and an incremental cycle: wall time as a fraction of the full cycle (target <= 5%),
- *    source bytes read / changed bytes (target <= 1.2), wire bytes / changed bytes.
+ *    source bytes read / changed bytes (target <= 1.2), wire bytes / changed bytes; CPU seconds per
+ *    GiB of the full cycle, of this process (the connector) and of the receiver (`--checksum`: with
+ *    checksum verification on).
  *    Peer in the same run: nbdcopy of the same snapshot disk from the lab's nbdkit export into a
  *    local file; ratio ours / nbdcopy for the full cycle. Variants TRANSPORT:LEVEL: nbd (the lab's nbdkit
  *    export), http (datastore Range GETs), vddk (the libvixDiskLib double, native/, on the lab's
@@ -46,6 +48,7 @@ const { values } = parseArgs({
     'wg-vms': { type: 'string', default: '50' },
     variants: { type: 'string', default: 'nbd:0,nbd:7,http:7,vddk:0,vddk:7' },
     'wg-disk-mib': { type: 'string', default: '64' },
+    checksum: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
   },
   strict: false,
@@ -75,6 +78,13 @@ async function startReceiverProcess(dir: string): Promise<{ p: ChildProcess; por
     });
     p.once('exit', (c) => reject(new Error(`receiver exited ${c}: ${buf}`)));
   });
+}
+
+/** CPU seconds (user + system) a process has used so far (Linux /proc). */
+async function cpuSecondsOf(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
 
 async function fillFlat(path: string, bytes: number): Promise<void> {
@@ -136,16 +146,18 @@ async function cycleOne(dir: string, transport: BenchTransport, compression: num
     const d = vm.disks[0]!;
     await fillFlat(d.flatPath, d.capacity);
     const { engine, state } = await makeEngine(lab1, vc, rx, join(dir, 'c1'), transport);
-    engine.createJob({ id: 'big', vmRef: vm.moref, settings: resolveSettings({ compression, checksum: false, transport }) });
+    engine.createJob({ id: 'big', vmRef: vm.moref, settings: resolveSettings({ compression, checksum: values.checksum === true, transport }) });
     engine.start('big');
     const cpu0 = process.cpuUsage();
+    const rxCpu0 = await cpuSecondsOf(rx.p.pid!);
     let t0 = process.hrtime.bigint();
     const mem = setInterval(() => { const m = process.memoryUsage(); if (process.env.VMLIFT_BENCH_MEM) console.error(`rss ${(m.rss / MiB).toFixed(0)} heap ${(m.heapUsed / MiB).toFixed(0)} ext ${(m.external / MiB).toFixed(0)} ab ${(m.arrayBuffers / MiB).toFixed(0)}`); }, 2000);
     await engine.runNow('big');
     clearInterval(mem);
     const fullS = Number(process.hrtime.bigint() - t0) / 1e9;
     const cpu = process.cpuUsage(cpu0);
-    const cpuSecondsPerGiB = (cpu.user + cpu.system) / 1e6 / (d.capacity / GiB);
+    const connectorCpuPerGiB = (cpu.user + cpu.system) / 1e6 / (d.capacity / GiB);
+    const receiverCpuPerGiB = ((await cpuSecondsOf(rx.p.pid!)) - rxCpu0) / (d.capacity / GiB);
     const full = state.listCycles('big', 1)[0]!;
     const used = state.getDisks('big').map((x) => x.transport);
     if (transport === 'vddk' && used.some((u) => u !== 'vddk')) throw new Error(`the ${transport} variant read through ${used.join(', ')}`);
@@ -178,13 +190,14 @@ async function cycleOne(dir: string, transport: BenchTransport, compression: num
     const inc = state.listCycles('big', 1)[0]!;
     state.close();
     const r = {
-      transport, compression, diskGiB: d.capacity / GiB, fullSeconds: fullS, fullMBps: d.capacity / 1e6 / fullS, cpuSecondsPerGiB, nbdcopySeconds: peerS, nbdcopyMBps: d.capacity / 1e6 / peerS,
+      transport, compression, diskGiB: d.capacity / GiB, fullSeconds: fullS, fullMBps: d.capacity / 1e6 / fullS, cpuSecondsPerGiB: connectorCpuPerGiB, nbdcopySeconds: peerS, nbdcopyMBps: d.capacity / 1e6 / peerS,
       ratioVsNbdcopy: peerS / fullS, incSeconds: incS, incFractionOfFull: incS / fullS, changedBytes: changed,
       cbtReportedBytes: inc.changedBytes, sourceReadPerChanged: inc.sourceBytesRead / changed, wirePerChanged: inc.wireBytes / changed,
+      checksum: values.checksum === true, receiverCpuPerGiB,
     };
     results[`cycle-${transport}-c${compression}`] = r;
     out(`engine cycle, ${r.diskGiB.toFixed(2)} GiB disk full of random data, compression ${compression}, ${transport} transport:`);
-    out(`  full cycle          ${fullS.toFixed(1)} s  ${r.fullMBps.toFixed(0)} MB/s, connector CPU ${cpuSecondsPerGiB.toFixed(2)} s/GiB`);
+    out(`  full cycle          ${fullS.toFixed(1)} s  ${r.fullMBps.toFixed(0)} MB/s; CPU s/GiB: connector ${connectorCpuPerGiB.toFixed(2)}, receiver ${receiverCpuPerGiB.toFixed(2)} (checksum ${r.checksum ? 'on' : 'off'})`);
     out(`  nbdcopy (peer)      ${peerS.toFixed(1)} s  ${r.nbdcopyMBps.toFixed(0)} MB/s   ours/nbdcopy = ${r.ratioVsNbdcopy.toFixed(2)}`);
     out(`  incremental (1%)    ${incS.toFixed(2)} s = ${(100 * r.incFractionOfFull).toFixed(1)}% of the full cycle (target <= 5%)`);
     out(`  source read/changed ${r.sourceReadPerChanged.toFixed(3)} (target <= 1.2); wire/changed ${r.wirePerChanged.toFixed(3)}`);

@@ -4,7 +4,6 @@
  * the receiver (bounded reads in flight, clamped read size), commit, remove the snapshot. A failure
  * is a CycleError naming its step.
  */
-import { createHash } from 'node:crypto';
 import type { Logger } from 'pino';
 import PQueue from 'p-queue';
 import type { BlockSource } from '../source/types.ts';
@@ -15,6 +14,8 @@ import { baseDiskMapping, diskListChange, identityOf, positionalMapping, recorde
 import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
 import type { DiskOpener, DiskTransportChoice, ReceiverService, SnapshotDisk, SnapshotHandle, VCenterService } from './services.ts';
 import type { ReceiverCycle } from '../transfer/contract.ts';
+import { DigestTree, pieceDigests } from '../transfer/digest-tree.ts';
+import { PIECE_SIZE } from '../transfer/protocol.ts';
 import type { JobSettings } from '../state/types.ts';
 import { CodedError, errorReport, isTransient } from '../util/errors.ts';
 
@@ -199,7 +200,6 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
 
   const results: DiskResult[] = [];
   const progress: DiskProgress[] = [];
-  const digests: { disk: number; extents: { offset: number; length: number; sha256: string }[] }[] = [];
   const work: { disk: SnapshotDisk; index: number; ranges: Range[] }[] = [];
   for (const [i, d] of disks.entries()) {
     const held = session.held.find((h) => h.disk === i)?.ranges ?? [];
@@ -211,9 +211,10 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
     work.push({ disk: d, index: i, ranges });
     progress.push({ diskKey: d.key, label: d.label, total: totalLength(ranges), done: 0 });
     results.push({ key: d.key, label: d.label, capacity: d.capacity, plan: plans[i]!, changeId: d.changeId, areaBytes: totalLength(ranges), sourceBytesRead: 0 });
-    digests.push({ disk: i, extents: [] });
   }
 
+  // With checksum on, one digest tree per disk over what it reads: its root goes in the commit, a fixed size whatever the disk's.
+  const trees = work.map((w) => (settings.checksum ? new DigestTree(w.ranges) : undefined));
   await step('transfer', input, () => Promise.all(work.map(async (w) => {
     const t0 = performance.now();
     const onChoice = (c: DiskTransportChoice) => {
@@ -226,15 +227,20 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
     const source = clampReads(opened, input.maxReadSize ?? 2 << 20);
     const t1 = performance.now();
     try {
+      const tree = trees[w.index];
       await copyRanges(source, w.ranges, {
         signal: input.signal,
-        send: (offset, data) => session.send(w.index, offset, data),
-        onRead: (offset, data) => {
+        // reads of whole 1 MiB pieces: each piece's digest is its frame's and a tree leaf (digest-tree.ts)
+        readSize: Math.max(PIECE_SIZE, Math.floor(source.maxReadSize / PIECE_SIZE) * PIECE_SIZE),
+        send: async (offset, data) => {
+          if (!tree) return session.send(w.index, offset, data);
+          const digest = await pieceDigests(offset, data);
+          tree.add(offset, data.length, digest);
+          return session.send(w.index, offset, data, undefined, { digest });
+        },
+        onRead: (_offset, data) => {
           results[w.index]!.sourceBytesRead += data.length;
           progress[w.index]!.done += data.length;
-          if (settings.checksum) {
-            digests[w.index]!.extents.push({ offset, length: data.length, sha256: createHash('sha256').update(data).digest('hex') });
-          }
           input.onProgress?.(progress);
         },
       });
@@ -255,7 +261,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
       diskKeys: disks.map((d) => d.key),
       diskIdentities: identities,
     },
-    sourceDigests: settings.checksum ? digests : undefined,
+    sourceDigests: settings.checksum ? work.map((w) => ({ disk: w.index, tree: { ranges: w.ranges, root: trees[w.index]!.root() } })) : undefined,
   }));
   const st = session.stats();
   return { image, kind: anyFull ? 'full' : 'incremental', disks: results, wireBytes: st.wireBytes, resentBytes: st.resentBytes };
@@ -263,6 +269,8 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
 
 interface CopyOptions {
   signal?: AbortSignal;
+  /** Bytes per read (default: the source's maxReadSize, which should then read longer ones in pieces: `clampReads`). */
+  readSize?: number;
   send: (offset: number, data: Buffer) => Promise<void>;
   onRead: (offset: number, data: Buffer) => void;
 }
@@ -281,7 +289,7 @@ export async function copyRanges(source: BlockSource, ranges: readonly Range[], 
   let bytesInFlight = 0;
   let wake: (() => void) | null = null; // the loop below, waiting for bytes to be released
   let failure: unknown;
-  const maxRead = source.maxReadSize;
+  const maxRead = o.readSize ?? source.maxReadSize;
   for (const piece of split(ranges, maxRead)) {
     if (failure) break;
     o.signal?.throwIfAborted();

@@ -46,7 +46,14 @@ export interface HeldRanges {
 }
 
 /**
- * SHA-256 digests (hex) the sender computed while reading a disk, sent at commit so the receiver
- * can verify the committed image: of the whole disk and/or of single extents.
+ * Digests the sender computed while reading a disk, sent at commit so the receiver can verify the
+ * image before it publishes it: the SHA-256 (hex) of the whole disk, and/or the root of a digest
+ * tree over the ranges it read (transfer/digest-tree.ts defines the tree). Both are of fixed size
+ * per disk; `tree.ranges` is as long as the list of areas read, not the bytes.
  */
-export interface SourceDigest { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }
+export interface SourceDigest {
+  disk: number;
+  sha256?: string;
+  /** `ranges` absent on the wire: the disk's `expected` ranges of the commit (what a sender read is most often all it sent). */
+  tree?: { ranges?: Range[]; root: string };
+}

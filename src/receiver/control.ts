@@ -33,7 +33,8 @@ const MAX_BODY = 64 * 1024 * 1024;
 
 export interface ControlContext { dataDir: string; store: ImageStore; cycles: OpenCycles; log: Logger; dataPort: () => number }
 
-async function readJson(req: IncomingMessage): Promise<JsonObject> {
+/** `size.bytes` is set to the body's length. */
+async function readJson(req: IncomingMessage, size?: { bytes: number }): Promise<JsonObject> {
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of req) {
@@ -41,6 +42,7 @@ async function readJson(req: IncomingMessage): Promise<JsonObject> {
     if (n > MAX_BODY) throw new Refusal(413, 'BAD_REQUEST', `request body exceeds ${MAX_BODY} bytes`, SAME_VERSION_FIX);
     chunks.push(c as Buffer);
   }
+  if (size) size.bytes = n;
   if (n === 0) return {};
   try {
     const v = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
@@ -129,7 +131,12 @@ async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResp
     if (m === 'POST' && parts.length === 2) return send(res, 200, await ctx.cycles.begin(sourceId, parseBeginCycle(await readJson(req))));
     const cycleId = assertId(parts[2], 'cycle id');
     if (m === 'GET' && parts[3] === 'held' && parts.length === 4) return send(res, 200, { held: await ctx.cycles.held(sourceId, cycleId) } satisfies HeldResponse);
-    if (m === 'POST' && parts[3] === 'commit' && parts.length === 4) return send(res, 200, await ctx.cycles.commit(sourceId, cycleId, parseCommitCycle(await readJson(req))));
+    if (m === 'POST' && parts[3] === 'commit' && parts.length === 4) {
+      const size = { bytes: 0 };
+      const body = parseCommitCycle(await readJson(req, size));
+      ctx.log.info({ sourceId, cycleId, bodyBytes: size.bytes }, 'commit requested');
+      return send(res, 200, await ctx.cycles.commit(sourceId, cycleId, body));
+    }
     if (m === 'POST' && parts[3] === 'abort' && parts.length === 4) {
       await ctx.cycles.abort(sourceId, cycleId, parseAbortCycle(await readJson(req)));
       return send(res, 200, {} satisfies AbortCycleResponse);

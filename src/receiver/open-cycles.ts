@@ -1,14 +1,14 @@
 /**
  * The receiver's open cycles: one per source, begun, resumed after a restart, fed by a data
- * connection, committed (with the sender's digests checked and retention applied) or aborted, one
+ * connection, committed (the sender's digests checked before the image is published, then retention) or aborted, one
  * control operation per source at a time; store errors become refusals with an HTTP status.
  */
-import { createHash } from 'node:crypto';
 import type { Logger } from '../util/log.ts';
 import { UserError, isTransient } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
 import { StoreError, type CycleWriter, type ImageStore } from '../store/types.ts';
-import type { HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
+import type { HeldRanges, ImageInfo } from '../model/images.ts';
+import { sourceDigestMismatch } from './verify-digests.ts';
 import type { AbortCycleRequest, BeginCycleRequest, BeginCycleResponse, CommitCycleRequest } from '../transfer/contract.ts';
 
 /** A refusal sent to the peer: HTTP status, code, message, fix, and `transient` when the peer may try again. */
@@ -32,8 +32,6 @@ export class OpenCycle {
   constructor(readonly sourceId: string, readonly writer: CycleWriter, public maxImages: number | undefined) {}
   get cycleId(): string { return this.writer.cycleId; }
 }
-
-const READ_BATCH = 4 * 1024 * 1024;
 
 /** Open cycles of every source, and the cycle operations of the control API. */
 export class OpenCycles {
@@ -102,6 +100,17 @@ export class OpenCycles {
         if (oc.feed) await oc.feed.detach();
         const commitOpts: Parameters<CycleWriter['commit']>[0] = { meta: req.meta ?? {} };
         if (req.expected) commitOpts.expected = req.expected;
+        const digests = req.sourceDigests;
+        // Checked on the staged image, before anything is published: a crash meanwhile leaves the cycle open, never an unchecked image.
+        if (req.verify && digests) {
+          commitOpts.verify = async (staged) => {
+            const bad = await sourceDigestMismatch(staged, digests);
+            if (bad) {
+              throw new Refusal(422, 'CHECKSUM_MISMATCH', `cycle ${cycleId} does not match the source digests: ${bad}; nothing was published`,
+                'abort the cycle and run it again (vmlift senders abort it by themselves); if it happens again, check the source disk and the receiver storage');
+            }
+          };
+        }
         let img: ImageInfo;
         try {
           img = await oc.writer.commit(commitOpts);
@@ -110,18 +119,10 @@ export class OpenCycles {
             this.log.warn({ sourceId, cycleId, reason: e.message }, 'commit refused: missing extents');
             throw new Refusal(409, 'MISSING_EXTENTS', `commit of cycle ${cycleId} refused: ${e.message}`, 'resume the cycle and send the missing extents, then commit again');
           }
+          if (e instanceof Refusal && e.code === 'CHECKSUM_MISMATCH') this.log.warn({ sourceId, cycleId, reason: e.message }, 'commit refused: checksum mismatch; nothing published, the cycle stays open');
           throw e;
         }
         this.open.delete(sourceId);
-        if (req.verify && req.sourceDigests) {
-          const bad = await this.verifyDigests(sourceId, img, req.sourceDigests);
-          if (bad) {
-            await this.store.removeImage(sourceId, img.imageId);
-            this.log.warn({ sourceId, cycleId, reason: bad }, 'commit refused: checksum mismatch; image removed');
-            throw new Refusal(422, 'CHECKSUM_MISMATCH', `image of cycle ${cycleId} does not match the source digests: ${bad}`,
-              'run a new full cycle (baseImageId null); if it happens again, check the source disk and the receiver storage');
-          }
-        }
         const keep = req.maxImages ?? oc.maxImages;
         if (keep !== undefined) {
           const removed = await this.store.applyRetention(sourceId, keep);
@@ -151,33 +152,6 @@ export class OpenCycles {
       if (this.open.get(sourceId) === oc) this.open.delete(sourceId);
       this.log.info({ sourceId, cycleId }, 'cycle aborted');
     });
-  }
-
-  /** Null when every given digest matches the committed image, else what differs. */
-  private async verifyDigests(sourceId: string, img: ImageInfo, digests: SourceDigest[]): Promise<string | null> {
-    const hashRange = async (disk: number, offset: number, length: number): Promise<string> => {
-      const h = createHash('sha256');
-      for (let pos = 0; pos < length; pos += READ_BATCH) {
-        h.update(await this.store.readImage(sourceId, img.imageId, disk, offset + pos, Math.min(READ_BATCH, length - pos)));
-      }
-      return h.digest('hex');
-    };
-    for (const d of digests) {
-      const spec = img.disks.find((x) => x.disk === d.disk);
-      if (!spec) return `disk ${d.disk} is not in the image`;
-      if (d.sha256 !== undefined) {
-        const got = await hashRange(d.disk, 0, spec.capacity);
-        if (got !== d.sha256.toLowerCase()) return `disk ${d.disk}: SHA-256 ${got}, source says ${d.sha256}`;
-      }
-      for (const x of d.extents ?? []) {
-        if (x.length === 0 || x.offset + x.length > spec.capacity) {
-          return `disk ${d.disk}: extent ${x.offset}+${x.length} is outside the disk`;
-        }
-        const got = await hashRange(d.disk, x.offset, x.length);
-        if (got !== x.sha256.toLowerCase()) return `disk ${d.disk}: extent at ${x.offset} (${x.length} bytes) has SHA-256 ${got}, source says ${x.sha256}`;
-      }
-    }
-    return null;
   }
 
   /** Drop every data connection (shutdown). */

@@ -4,6 +4,7 @@
  * field that was checked here; nothing is cast.
  */
 import { assertId } from '../util/ids.ts';
+import { SAME_VERSION_FIX } from '../transfer/protocol.ts';
 import type { AbortCycleRequest, BeginCycleRequest, CommitCycleRequest, RegisterRequest } from '../transfer/contract.ts';
 import { Refusal, disksRequired } from './open-cycles.ts';
 import type { Range } from '../model/ranges.ts';
@@ -38,7 +39,7 @@ export function parseCommitCycle(body: JsonObject): CommitCycleRequest {
   if (maxImages !== undefined) out.maxImages = maxImages;
   if (Array.isArray(body.expected)) out.expected = body.expected.map(checkHeld);
   // digests matter only when the sender asks for verification
-  if (out.verify && Array.isArray(body.sourceDigests)) out.sourceDigests = body.sourceDigests.map(checkSourceDigest);
+  if (out.verify && Array.isArray(body.sourceDigests)) out.sourceDigests = body.sourceDigests.map((d, i) => checkSourceDigest(d, i, out.expected));
   return out;
 }
 
@@ -87,8 +88,11 @@ function checkHeld(h: unknown, i: number): HeldRanges {
   return { disk, ranges: h.ranges.map((r) => checkRange(r, `expected ranges of disk ${disk}`)) };
 }
 
-/** The shape only; whether the disk and extents lie in the image is checked against the image. */
-function checkSourceDigest(d: unknown, i: number): SourceDigest {
+/**
+ * The shape only (a tree without ranges gets the disk's `expected` ranges); whether the disk and
+ * ranges lie in the image is checked against the image.
+ */
+function checkSourceDigest(d: unknown, i: number, expected: HeldRanges[] | undefined): SourceDigest {
   if (!isObject(d) || !isCount(d.disk)) throw badRequest(`sourceDigests[${i}] needs a disk number`);
   const out: SourceDigest = { disk: d.disk };
   if (d.sha256 !== undefined) {
@@ -96,11 +100,27 @@ function checkSourceDigest(d: unknown, i: number): SourceDigest {
     out.sha256 = d.sha256;
   }
   if (d.extents !== undefined) {
-    if (!Array.isArray(d.extents)) throw badRequest(`sourceDigests[${i}].extents is not a list`);
-    out.extents = d.extents.map((x: unknown) => {
-      if (!isObject(x) || typeof x.sha256 !== 'string') throw badRequest(`sourceDigests[${i}]: an extent needs offset, length and sha256`);
-      return { ...checkRange(x, `sourceDigests[${i}]`), sha256: x.sha256 };
-    });
+    throw badRequest(`sourceDigests[${i}].extents is the form of an older vmlift (one digest per read); this receiver takes a digest tree`, SAME_VERSION_FIX);
+  }
+  if (d.tree !== undefined) {
+    const tr = d.tree;
+    if (!isObject(tr) || typeof tr.root !== 'string' || !/^[0-9a-f]{64}$/i.test(tr.root) || !(tr.ranges === undefined || Array.isArray(tr.ranges))) {
+      throw badRequest(`sourceDigests[${i}].tree needs a root (64 hex digits) and ranges, if any, as a list`, SAME_VERSION_FIX);
+    }
+    let ranges: Range[];
+    if (Array.isArray(tr.ranges)) ranges = tr.ranges.map((r) => checkRange(r, `sourceDigests[${i}].tree`));
+    else {
+      const exp = expected?.find((e) => e.disk === d.disk);
+      if (!exp) throw badRequest(`sourceDigests[${i}].tree has no ranges and the commit expects none of disk ${d.disk}`, SAME_VERSION_FIX);
+      ranges = exp.ranges;
+    }
+    for (let k = 0; k < ranges.length; k++) {
+      const prev = ranges[k - 1];
+      if (ranges[k]!.length === 0 || (prev && ranges[k]!.offset < prev.offset + prev.length)) {
+        throw badRequest(`sourceDigests[${i}].tree.ranges must be sorted, disjoint and not empty (range ${k})`, SAME_VERSION_FIX);
+      }
+    }
+    out.tree = { ranges, root: tr.root.toLowerCase() };
   }
   return out;
 }

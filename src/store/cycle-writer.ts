@@ -8,7 +8,9 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assertId } from '../util/ids.ts';
 import { fsyncDir } from '../util/fsync.ts';
-import { StoreError, type CommitOptions, type CycleWriter, type WriteExtentOptions } from './types.ts';
+import { StoreError, type CommitOptions, type CycleWriter, type StagedImage, type WriteExtentOptions } from './types.ts';
+import { readDiskBytes } from './image-reader.ts';
+import { crashPoint } from '../util/crash.ts';
 import type { Layout } from './layout.ts';
 import { ChunkWriter } from './chunks.ts';
 import { validateBaseDisks, validateDisks, type CycleRecord } from './cycle-record.ts';
@@ -19,6 +21,9 @@ import { ExtentWriter } from './extent-writer.ts';
 import { publishImage } from './publish.ts';
 import { firstUncovered } from '../model/ranges.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
+
+/** Largest StagedImage.read (as the store's MAX_READ). */
+const MAX_STAGED_READ = 64 << 20;
 
 export interface CycleEnv {
   layout: Layout;
@@ -108,7 +113,11 @@ export class StoreCycleWriter implements CycleWriter {
     try {
       await this.flush();
       this.checkExpected(opts);
+      crashPoint('store:commit-flushed');
+      if (opts.verify) await opts.verify(this.staged());
+      crashPoint('store:commit-verified');
       const info = await publishImage(this.env.layout, this.rec, this.dir, [...this.journals.disks.values()], opts.meta ?? {});
+      crashPoint('store:commit-published');
       await this.journals.close();
       await rm(this.dir, { recursive: true, force: true });
       await fsyncDir(this.env.layout.cyclesDir(this.sourceId));
@@ -119,6 +128,25 @@ export class StoreCycleWriter implements CycleWriter {
       if (this.status === 'closing') this.status = 'open';
       throw e;
     }
+  }
+
+  /** The flushed cycle as the image it would publish. */
+  private staged(): StagedImage {
+    const { layout } = this.env;
+    const chunkSize = this.rec.chunkSize;
+    return {
+      disks: this.disks,
+      read: async (disk, offset, length) => {
+        const ds = this.journals.disks.get(disk);
+        if (!ds) throw new StoreError('BAD_DISK', `cycle ${this.cycleId} of source ${this.sourceId} has no disk ${disk}`);
+        const cap = ds.spec.capacity;
+        if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > cap || length > MAX_STAGED_READ) {
+          throw new StoreError('OUT_OF_RANGE', `read offset ${offset} length ${length} is outside disk ${disk} (capacity ${cap} bytes) or larger than ${MAX_STAGED_READ}`);
+        }
+        const slots = (first: number, count: number) => ds.index.current(first, count);
+        return readDiskBytes(layout, chunkSize, { capacity: cap, slots, overlay: ds.overlay.overlay }, offset, length);
+      },
+    };
   }
 
   private checkExpected(opts: CommitOptions): void {

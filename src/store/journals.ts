@@ -57,6 +57,17 @@ export class WorkingIndex {
     for (const [i, v] of changes) if (this.changed.get(i) === v) this.changed.delete(i);
   }
 
+  /** `count` slots from slot `first` as they stand now (the file with the unwritten changes over it; holes as zeros). */
+  async current(first: number, count: number): Promise<Buffer> {
+    const out = Buffer.alloc(count * SLOT);
+    await this.fh.read(out, 0, out.length, first * SLOT);
+    for (const [i, d] of this.changed) {
+      if (i < first || i >= first + count) continue;
+      if (d) d.copy(out, (i - first) * SLOT); else out.fill(0, (i - first) * SLOT, (i - first + 1) * SLOT);
+    }
+    return out;
+  }
+
   /** Up to `count` slots from slot `first`, as in the file. */
   async readSlots(first: number, count: number, into: Buffer): Promise<Buffer> {
     const { bytesRead } = await this.fh.read(into, 0, count * SLOT, first * SLOT);

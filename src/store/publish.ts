@@ -63,7 +63,7 @@ export async function publishImage(layout: Layout, rec: CycleRecord, dir: string
 }
 
 /** The image this cycle already became: a crash between publishing it and removing the cycle folder. */
-async function alreadyPublished(layout: Layout, rec: CycleRecord): Promise<ImageRecord | null> {
+export async function alreadyPublished(layout: Layout, rec: CycleRecord): Promise<ImageRecord | null> {
   for (const id of (await imageIds(layout, rec.sourceId)).reverse()) {
     const r = await readImageRecord(layout, rec.sourceId, id).catch(() => null);
     if (r && r.cycleId === rec.cycleId && r.committedAt >= rec.createdAt) return r;

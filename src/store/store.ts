@@ -13,9 +13,11 @@ import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
 import { StoreError, type BeginCycleOptions, type CycleWriter, type ImageStore } from './types.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { assertImageId, indexName, Layout, SLOT, STORE_VERSION } from './layout.ts';
-import { fitLength, isZeroSlot, sha256Async } from './chunks.ts';
+import { isZeroSlot, sha256Async } from './chunks.ts';
+import { readDiskBytes, runLimited, slotBytes } from './image-reader.ts';
 import { StoreCycleWriter } from './cycle-writer.ts';
-import { validateDisks } from './cycle-record.ts';
+import { readCycleRecord, validateDisks } from './cycle-record.ts';
+import { alreadyPublished } from './publish.ts';
 import { imageIds, listImageRecords, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
 import { livePins, pinImage } from './pins.ts';
 import { collectGarbage, GRACE_MS, type GcResult } from './gc.ts';
@@ -34,13 +36,6 @@ export interface StoreOptions {
   gcGraceMs?: number;
   /** Errors of sweeps the store runs by itself (owed garbage); the marker stays and a later pass retries. */
   onBackgroundError?: (e: unknown) => void;
-}
-
-async function runLimited<T>(items: T[], depth: number, fn: (t: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  await Promise.all(Array.from({ length: Math.min(depth, items.length) }, async () => {
-    while (next < items.length) await fn(items[next++]!);
-  }));
 }
 
 class Store implements ImageStore {
@@ -90,7 +85,16 @@ class Store implements ImageStore {
     const names = await readdir(dir).catch(() => [] as string[]);
     const out: string[] = [];
     for (const n of names) {
-      if (isValidId(n) && (await stat(join(dir, n, 'cycle.json')).catch(() => null))) out.push(n);
+      if (!isValidId(n)) continue;
+      const rec = await readCycleRecord(join(dir, n));
+      if (!rec) continue;
+      if (!this.active.has(`${sourceId}/${n}`) && await alreadyPublished(this.layout, rec)) {
+        // a crash between publishing the cycle and removing its folder: finish that commit
+        await rm(join(dir, n), { recursive: true, force: true });
+        await fsyncDir(dir);
+        continue;
+      }
+      out.push(n);
     }
     return out.sort();
   }
@@ -145,20 +149,6 @@ class Store implements ImageStore {
     }
   }
 
-  private async readChunk(hex: string, len: number): Promise<Buffer> {
-    let b: Buffer;
-    try {
-      b = await readFile(this.layout.chunkPath(hex));
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new StoreError('CHUNK_MISSING', `chunk ${hex} is missing from the store`,
-          { fix: 'run `vmlift image verify` on the image; restore the store from a backup or sync a new image' });
-      }
-      throw e;
-    }
-    return fitLength(b, len);
-  }
-
   /**
    * The overlay of a committed image's disk. Committed images never change and image ids are never
    * reused, so the last few are kept: readers call this for every read of an image (checksums,
@@ -176,23 +166,8 @@ class Store implements ImageStore {
     return p;
   }
 
-  /**
-   * The bytes of slot i (`len` bytes): its chunk (`slot`, zeros = hole) with the overlay's sub-chunks
-   * laid over it; null when it is a hole with no overlay.
-   */
-  private async slotBytes(rec: ImageRecord, slot: Buffer, len: number, subs: Map<number, Buffer> | undefined): Promise<Buffer | null> {
-    const base = isZeroSlot(slot) ? null : await this.readChunk(slot.toString('hex'), len);
-    if (!subs) return base;
-    const out = base ?? Buffer.alloc(len);
-    const ss = subSize(rec.chunkSize);
-    for (const [k, d] of subs) {
-      const s = k * ss;
-      if (s >= len) continue;
-      const e = Math.min(s + ss, len);
-      if (isZeroSlot(d)) out.fill(0, s, e);
-      else (await this.readChunk(d.toString('hex'), e - s)).copy(out, s);
-    }
-    return out;
+  private slotBytes(rec: ImageRecord, slot: Buffer, len: number, subs: Map<number, Buffer> | undefined): Promise<Buffer | null> {
+    return slotBytes(this.layout, rec.chunkSize, slot, len, subs);
   }
 
   async readImage(sourceId: string, imageId: string, disk: number, offset: number, length: number): Promise<Buffer> {
@@ -203,26 +178,9 @@ class Store implements ImageStore {
         { fix: 'read within the disk capacity shown by `vmlift image show`' });
     }
     if (length > MAX_READ) throw new StoreError('BAD_LENGTH', `read of ${length} bytes is larger than ${MAX_READ}`);
-    const out = Buffer.alloc(length);
-    if (length === 0) return out;
-    const cs = rec.chunkSize;
-    const first = Math.floor(offset / cs);
-    const last = Math.floor((offset + length - 1) / cs);
-    const ov = await this.overlay(rec, disk);
-    await this.withIndex(rec, disk, async (read) => {
-      const slots = await read(first, last - first + 1);
-      const idx = Array.from({ length: last - first + 1 }, (_, k) => first + k);
-      await runLimited(idx, 4, async (i) => {
-        const slot = slots.subarray((i - first) * SLOT, (i - first + 1) * SLOT);
-        const cStart = i * cs;
-        const data = await this.slotBytes(rec, slot, Math.min(cs, d.capacity - cStart), ov.get(i));
-        if (!data) return;
-        const s = Math.max(offset, cStart);
-        const e = Math.min(offset + length, cStart + cs);
-        data.copy(out, s - offset, s - cStart, e - cStart);
-      });
-    });
-    return out;
+    if (length === 0) return Buffer.alloc(0);
+    const overlay = await this.overlay(rec, disk);
+    return this.withIndex(rec, disk, (slots) => readDiskBytes(this.layout, rec.chunkSize, { capacity: d.capacity, slots, overlay }, offset, length));
   }
 
   async chunkDigests(sourceId: string, imageId: string, disk: number, first: number, count: number): Promise<Buffer> {

@@ -33,6 +33,19 @@ export interface CommitOptions {
    * when any of them is not held.
    */
   expected?: HeldRanges[];
+  /**
+   * Checks the staged image (flushed, not yet published) after the `expected` check. Throwing
+   * refuses the commit with that error: nothing is published and the cycle stays open (commit it
+   * again, or abort it).
+   */
+  verify?: (staged: StagedImage) => Promise<void>;
+}
+
+/** A cycle's image as `commit` would publish it (read by `CommitOptions.verify`). */
+export interface StagedImage {
+  readonly disks: readonly DiskSpec[];
+  /** Bytes of a disk as the image will hold them (holes read as zeros); at most MAX_READ (64 MiB) a call. */
+  read(disk: number, offset: number, length: number): Promise<Buffer>;
 }
 
 /** Optional hints for `writeExtent` (added by the store; callers may ignore them). */
@@ -65,7 +78,7 @@ export interface CycleWriter {
   flush(): Promise<void>;
   /** What this cycle durably holds (after the last flush), also after a crash and reopen. */
   held(): Promise<HeldRanges[]>;
-  /** Atomically publish the cycle as the source's next image. */
+  /** Atomically publish the cycle as the source's next image (after `opts.verify` accepted it). */
   commit(opts?: CommitOptions): Promise<ImageInfo>;
   /** Drop the cycle; the previous image stays as it was. */
   abort(): Promise<void>;
@@ -76,7 +89,7 @@ export interface ImageStore {
   /** Chunk size in bytes (fixed when the store is created; recorded in `<root>/store.json`). */
   readonly chunkSize: number;
   beginCycle(opts: BeginCycleOptions): Promise<CycleWriter>;
-  /** Open cycles of a source (left by a crash or a broken connection). */
+  /** Open cycles of a source (left by a crash or a broken connection). One already published (a crash before its folder went) is finished here, not listed. */
   openCycles(sourceId: string): Promise<string[]>;
   listSources(): Promise<string[]>;
   listImages(sourceId: string): Promise<ImageInfo[]>;

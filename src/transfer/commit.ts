@@ -8,14 +8,22 @@ import { ConnectError } from './connect.ts';
 import { RemoteError } from './control-client.ts';
 import type { CommitCycleRequest, CommitRequest } from './contract.ts';
 import { Backoff } from './reconnect.ts';
-import type { HeldRanges, ImageInfo } from '../model/images.ts';
+import type { HeldRanges, ImageInfo, SourceDigest } from '../model/images.ts';
 
 /** The commit body: digests go along (and are verified) only when the sender checks sums. */
 export function commitBody(o: CommitRequest, expected: HeldRanges[], checksum: boolean, maxImages: number | undefined): CommitCycleRequest {
   const body: CommitCycleRequest = { meta: o.meta ?? {}, expected, verify: checksum && !!o.sourceDigests };
-  if (o.sourceDigests && checksum) body.sourceDigests = o.sourceDigests;
+  if (o.sourceDigests && checksum) body.sourceDigests = o.sourceDigests.map((d) => withoutExpectedRanges(d, expected));
   if (maxImages !== undefined) body.maxImages = maxImages;
   return body;
+}
+
+/** A tree over exactly the disk's expected ranges goes without them: the receiver takes them from `expected`. */
+function withoutExpectedRanges(d: SourceDigest, expected: HeldRanges[]): SourceDigest {
+  const ranges = d.tree?.ranges;
+  const exp = expected.find((e) => e.disk === d.disk)?.ranges;
+  if (!ranges || !exp || ranges.length !== exp.length || ranges.some((r, i) => r.offset !== exp[i]!.offset || r.length !== exp[i]!.length)) return d;
+  return { ...d, tree: { root: d.tree!.root } };
 }
 
 export interface CommitAttempts {

@@ -32,7 +32,11 @@ export interface SessionStats {
 export interface SendOptions {
   /** The caller will not touch `data` again (the sender may move it to a worker without a copy). */
   handOver?: boolean;
-  /** The caller's SHA-256 of `data`, which is not all zeros (not hashed again when `data` goes out as one extent). */
+  /**
+   * The caller's digests of the pieces of `data` (cut at absolute multiples of PIECE_SIZE, 1 MiB):
+   * 32 bytes each, concatenated — the SHA-256 of a piece, or 32 zero bytes for an all-zero piece
+   * (`pieceDigests` in digest-tree.ts). The pieces are not hashed again. Ignored unless there is one per piece.
+   */
   digest?: Buffer;
 }
 
@@ -40,7 +44,7 @@ export interface SendOptions {
 export interface CommitRequest {
   /** Attached to the image as `meta`. */
   meta?: Record<string, unknown>;
-  /** Digests of what was read; the receiver verifies the image against them when the sender checks sums. */
+  /** Digests of what was read (a whole-disk SHA-256 or a digest tree per disk, digest-tree.ts); the receiver verifies the staged image against them before publishing it, when the sender checks sums. */
   sourceDigests?: SourceDigest[];
 }
 
@@ -127,7 +131,7 @@ export interface CommitCycleRequest {
   meta?: Record<string, unknown>;
   /** Ranges the sender sent (or found held): the commit is refused when any is missing. */
   expected?: HeldRanges[];
-  /** Verify the committed image against `sourceDigests`. */
+  /** Verify the staged image against `sourceDigests` before it is published (CHECKSUM_MISMATCH, 422: nothing published, the cycle stays open). */
   verify?: boolean;
   sourceDigests?: SourceDigest[];
   maxImages?: number;

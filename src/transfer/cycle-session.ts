@@ -26,8 +26,8 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../util/log.ts';
 import { UserError, errorMessage } from '../util/errors.ts';
-import type { ControlClient, ControlTarget } from './control-client.ts';
-import { CODEC, FATAL_CODES, MAX_ZERO_EXTENT, encodeExtentHeader } from './protocol.ts';
+import { RemoteError, type ControlClient, type ControlTarget } from './control-client.ts';
+import { CODEC, FATAL_CODES, MAX_ZERO_EXTENT, PIECE_SIZE, encodeExtentHeader } from './protocol.ts';
 import type { Packed } from './codec-pool.ts';
 import { CompressionGovernor, DEFAULT_TIMING, type PackPhase } from './compression-governor.ts';
 import type { BeginCycleRequest, CommitRequest, ReceiverCycle, SendOptions, SessionStats } from './contract.ts';
@@ -63,8 +63,6 @@ export interface SessionHost {
 
 export interface ProgressEvent { disk: number; bytesSent: number; wireBytes: number }
 
-/** Data pieces: 1 MiB, the image store's default chunk size (DEFAULT_CHUNK_SIZE). */
-const PIECE = 1024 * 1024;
 /** What a zero marker (no payload) holds against the window. */
 const MARKER_COST = 64;
 /** The receiver acks at least every 300 ms while data flows; two minutes of silence means it is gone. */
@@ -292,8 +290,8 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
    * Queue `length` bytes at `offset` of `disk` (`data` null = zeros). Resolves when accepted into the
    * window; rejects when the session failed. `handOver`: the caller gives `data` up (it may be
    * detached afterwards); a buffer that is the whole of its own ArrayBuffer and one piece then moves
-   * to the pack worker without a copy. `digest`: the caller's SHA-256 of `data`, which is not all
-   * zeros (used when `data` goes out as one extent: it is not hashed again).
+   * to the pack worker without a copy. `digest`: the caller's digests of the pieces of `data`
+   * (transfer/digest-tree.ts `pieceDigests`): they are not hashed again, and all-zero pieces go as markers.
    */
   async send(disk: number, offset: number, data: Buffer | null, length?: number, opts?: SendOptions): Promise<void> {
     this.check();
@@ -310,16 +308,21 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
       this.st.skippedBytes += len;
       return;
     }
-    // pieces end on absolute multiples of PIECE (the store's chunk size): whole chunks take its fast path
-    for (const { offset: off, length: n } of split([{ offset, length: len }], data ? PIECE : MAX_ZERO_EXTENT)) {
-      const cost = data ? n : MARKER_COST;
+    // pieces end on absolute multiples of PIECE_SIZE (the store's chunk size): whole chunks take its fast path
+    const pieces = [...split([{ offset, length: len }], data ? PIECE_SIZE : MAX_ZERO_EXTENT)];
+    // the caller's digests: one per piece (an older caller's single digest of a longer extent is not used)
+    const digests = data && opts?.digest?.length === pieces.length * 32 ? opts.digest : undefined;
+    for (const [k, { offset: off, length: n }] of pieces.entries()) {
+      const digest = digests?.subarray(k * 32, (k + 1) * 32);
+      const zero = digest !== undefined && digest.every((b) => b === 0);
+      const cost = data && !zero ? n : MARKER_COST;
       while (!this.window.fits(cost)) {
         await this.changed.wait();
         this.check();
       }
       this.check();
       const overwrite = this.coverage.recordSent(disk, off, n);
-      const { packed, phase } = this.packer.pack(data, off - offset, n, opts);
+      const { packed, phase } = zero ? this.packer.pack(null, 0, n) : this.packer.pack(data, off - offset, n, digest ? { ...opts, digest } : { ...opts, digest: undefined });
       this.window.push({ disk, offset: off, length: n, overwrite, packed, cost, phase });
       this.changed.notify();
     }
@@ -361,6 +364,13 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
         reopen: () => this.begin(),
         timeoutMs: this.host.resumeTimeoutMs,
       });
+    } catch (e) {
+      // The receiver published nothing and keeps the cycle open: drop it, so that running the cycle again sends it anew.
+      if (e instanceof RemoteError && e.code === 'CHECKSUM_MISMATCH') {
+        await this.host.control.abortCycle(this.cycleId, { disks: this.disks })
+          .catch((err: unknown) => this.log.warn({ err: errorMessage(err) }, 'could not abort the mismatching cycle; the next run of it aborts it again'));
+      }
+      throw e;
     } finally {
       this.emit('closed');
     }

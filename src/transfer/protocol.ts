@@ -23,6 +23,11 @@ export type Codec = (typeof CODEC)[keyof typeof CODEC];
 export const EXTENT_HEADER = 56;
 /** Largest data extent (uncompressed) in one frame. */
 export const MAX_DATA_EXTENT = 4 * 1024 * 1024;
+/**
+ * A sender cuts data into pieces ending on absolute multiples of this (1 MiB, the image store's
+ * default chunk size): one frame each, and the leaves of a source digest tree (digest-tree.ts).
+ */
+export const PIECE_SIZE = 1024 * 1024;
 /** Largest ZERO marker. */
 export const MAX_ZERO_EXTENT = 1024 * 1024 * 1024;
 /** Largest frame either side accepts (a data extent plus header); anything longer is refused. */

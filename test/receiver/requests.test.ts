@@ -43,16 +43,27 @@ test('commit: meta defaults to {}, digests count only with verify, and malformed
   assert.deepEqual(parseCommitCycle({}), { meta: {}, verify: false });
   assert.deepEqual(parseCommitCycle({ meta: [1], sourceDigests: [{ disk: 'x' }] }), { meta: {}, verify: false }, 'no verify: digests are not read');
   const expected = [{ disk: 0, ranges: [{ offset: 0, length: 4096 }] }];
-  const sourceDigests = [{ disk: 0, sha256: 'ab' }, { disk: 1, extents: [{ offset: 512, length: 512, sha256: 'cd' }] }];
+  const root = 'ab'.repeat(32);
+  const sourceDigests = [{ disk: 0, sha256: 'ab' }, { disk: 1, tree: { ranges: [{ offset: 512, length: 512 }, { offset: 4096, length: 8192 }], root } }];
   assert.deepEqual(parseCommitCycle({ meta: { a: 1 }, expected, verify: true, sourceDigests, maxImages: 2 }),
     { meta: { a: 1 }, expected, verify: true, sourceDigests, maxImages: 2 });
   assert.throws(() => parseCommitCycle({ maxImages: 20 }), refused('BAD_REQUEST', /maxImages 20/));
   for (const bad of [[{ disk: 0 }], [{ disk: 0, ranges: [{ offset: -1, length: 1 }] }], [7]]) {
     assert.throws(() => parseCommitCycle({ expected: bad }), refused('BAD_REQUEST', /expected|range/));
   }
-  for (const bad of [[{ sha256: 'ab' }], [{ disk: 0, sha256: 5 }], [{ disk: 0, extents: {} }], [{ disk: 0, extents: [{ offset: 0, length: 1 }] }]]) {
-    assert.throws(() => parseCommitCycle({ verify: true, sourceDigests: bad }), refused('BAD_REQUEST', /sourceDigests\[0\]/));
+  const tree = (ranges: unknown, r: unknown = root) => [{ disk: 0, tree: { ranges, root: r } }];
+  for (const bad of [[{ sha256: 'ab' }], [{ disk: 0, sha256: 5 }], [{ disk: 0, tree: {} }], tree([], 'ab'), tree({}),
+    tree([{ offset: 0, length: -1 }]), tree([{ offset: 0, length: 0 }]), tree([{ offset: 4096, length: 512 }, { offset: 0, length: 512 }]),
+    tree([{ offset: 0, length: 4096 }, { offset: 512, length: 512 }])]) {
+    assert.throws(() => parseCommitCycle({ verify: true, sourceDigests: bad }), refused('BAD_REQUEST', /sourceDigests\[0\]/), JSON.stringify(bad));
   }
+  // a tree without ranges covers the disk's expected ranges
+  assert.deepEqual(parseCommitCycle({ expected, verify: true, sourceDigests: [{ disk: 0, tree: { root } }] }).sourceDigests,
+    [{ disk: 0, tree: { ranges: expected[0]!.ranges, root } }]);
+  assert.throws(() => parseCommitCycle({ expected, verify: true, sourceDigests: [{ disk: 1, tree: { root } }] }), refused('BAD_REQUEST', /expects none of disk 1/));
+  // the per-read list of older senders (unbounded) is refused by name
+  assert.throws(() => parseCommitCycle({ verify: true, sourceDigests: [{ disk: 0, extents: [{ offset: 0, length: 512, sha256: 'cd' }] }] }),
+    refused('BAD_REQUEST', /extents is the form of an older vmlift/));
 });
 
 test('abort: disks are optional, and checked when given', () => {

@@ -5,6 +5,7 @@ import { readFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { startTestReceiver, makeDisk, sendDisk, sha256, readDisk, type TestRx } from '../transfer/helpers.ts';
 import { RemoteError } from '../../src/transfer/control-client.ts';
+import { treeRootOf } from '../../src/transfer/digest-tree.ts';
 
 let t: TestRx;
 before(async () => { t = await startTestReceiver(); });
@@ -79,25 +80,37 @@ test('where Node offers no reused read buffer (data events), a cycle arrives jus
   }
 });
 
-test('checksum: the commit verifies source digests; a mismatch fails the commit and publishes nothing', async () => {
+/** The digest tree of `ranges` of `disk` as a sender computes it (digest-tree.ts). */
+async function treeOf(disk: Buffer, ranges: { offset: number; length: number }[]) {
+  return { ranges, root: await treeRootOf(ranges, async (o, l) => disk.subarray(o, o + l)) };
+}
+
+test('checksum: the commit verifies source digests before publishing; a mismatch publishes nothing and the sender drops the cycle', async () => {
   const d = makeDisk(6 * MiB, 3);
   const s = await t.sender('ck-a', { checksum: true });
   const c = await s.beginCycle({ cycleId: 'ok', disks: [{ disk: 0, capacity: d.length }] });
   await sendDisk(c, 0, d);
-  const img = await c.commit({ sourceDigests: [{ disk: 0, sha256: sha256(d), extents: [{ offset: MiB, length: 4096, sha256: sha256(d.subarray(MiB, MiB + 4096)) }] }] });
+  const img = await c.commit({ sourceDigests: [{ disk: 0, sha256: sha256(d), tree: await treeOf(d, [{ offset: 4096, length: MiB + 8192 }, { offset: 3 * MiB, length: 3 * MiB }]) }] });
   assert.equal(img.imageId, '1');
 
   const c2 = await s.beginCycle({ cycleId: 'bad', disks: [{ disk: 0, capacity: d.length }] });
-  const wrong = Buffer.from(d); wrong[100] = (wrong[100]! + 1) & 0xff;
-  await c2.send(0, 0, d.subarray(0, MiB));
-  await assert.rejects(c2.commit({ sourceDigests: [{ disk: 0, sha256: sha256(wrong) }] }), (e: unknown) => {
+  const wrong = Buffer.from(d); wrong[MiB + 100] = (wrong[MiB + 100]! + 1) & 0xff;
+  await c2.send(0, 0, d.subarray(0, 2 * MiB));
+  await assert.rejects(c2.commit({ sourceDigests: [{ disk: 0, tree: await treeOf(wrong, [{ offset: 0, length: 2 * MiB }]) }] }), (e: unknown) => {
     assert.ok(e instanceof RemoteError);
     assert.equal(e.code, 'CHECKSUM_MISMATCH');
-    assert.match(e.message, /does not match the source digests: disk 0: SHA-256 [0-9a-f]{64}, source says/);
+    assert.match(e.message, /does not match the source digests: disk 0: the digest tree over the 1 ranges read has root [0-9a-f]{64}, source says [0-9a-f]{64}; nothing was published/);
+    assert.ok(e.fix);
     return true;
   });
-  assert.deepEqual((await s.listImages()).map((i) => i.imageId), ['1'], 'the mismatching image is not kept');
-  assert.ok(t.log.lines.some((l) => l.errCode === 'CHECKSUM_MISMATCH' || String(l.msg).includes('checksum mismatch')));
+  assert.deepEqual((await s.listImages()).map((i) => i.imageId), ['1'], 'the mismatching image is not published');
+  assert.deepEqual(await t.rx.store.openCycles('ck-a'), [], 'the sender aborted the mismatching cycle');
+  assert.ok(t.log.lines.some((l) => String(l.msg).includes('checksum mismatch; nothing published')));
+  // the whole-disk form too
+  const c3 = await s.beginCycle({ cycleId: 'bad2', disks: [{ disk: 0, capacity: d.length }] });
+  await sendDisk(c3, 0, d);
+  await assert.rejects(c3.commit({ sourceDigests: [{ disk: 0, sha256: sha256(wrong) }] }), /disk 0: SHA-256 [0-9a-f]{64}, source says/);
+  assert.deepEqual((await s.listImages()).map((i) => i.imageId), ['1']);
   await s.close();
 });
 

@@ -263,11 +263,16 @@ test('a crash after publishing the image but before removing the cycle folder do
   const img = await w.commit();
   await cp(join(dir, 'cycle-backup'), cdir, { recursive: true }); // as if the cleanup never ran
   const again = await openImageStore(root);
-  assert.deepEqual(await again.openCycles('s'), ['c']);
   const w2 = await again.beginCycle({ sourceId: 's', cycleId: 'c', disks: [{ disk: 0, capacity: cap }] });
   assert.deepEqual((await w2.held())[0]!.ranges, [{ offset: 0, length: cap }]);
   const img2 = await w2.commit();
   assert.equal(img2.imageId, img.imageId);
   assert.deepEqual((await again.listImages('s')).map((i) => i.imageId), ['1']);
   assert.deepEqual(await again.openCycles('s'), []);
+  // a sender that found the image by its cycle id never commits again: listing the open cycles finishes it
+  await cp(join(dir, 'cycle-backup'), cdir, { recursive: true });
+  const third = await openImageStore(root);
+  assert.deepEqual(await third.openCycles('s'), [], 'a published cycle is not an open one');
+  assert.equal((await stat(cdir).catch(() => null)), null, 'its folder is gone');
+  assert.deepEqual((await third.listImages('s')).map((i) => i.imageId), ['1']);
 });

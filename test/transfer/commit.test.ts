@@ -16,6 +16,16 @@ test('the body sends digests (and asks for verification) only when the sender ch
   assert.deepEqual(commitBody({}, expected, true, undefined), { meta: {}, expected, verify: false });
 });
 
+test('a digest tree over exactly the expected ranges goes without them; other ranges go along', () => {
+  const root = 'cd'.repeat(32);
+  const exp = [{ disk: 0, ranges: [{ offset: 0, length: 512 }, { offset: 4096, length: 1024 }] }, { disk: 1, ranges: [{ offset: 0, length: 4096 }] }];
+  const body = commitBody({ sourceDigests: [
+    { disk: 0, tree: { ranges: [{ offset: 0, length: 512 }, { offset: 4096, length: 1024 }], root } },
+    { disk: 1, tree: { ranges: [{ offset: 0, length: 512 }], root } },
+  ] }, exp, true, undefined);
+  assert.deepEqual(body.sourceDigests, [{ disk: 0, tree: { root } }, { disk: 1, tree: { ranges: [{ offset: 0, length: 512 }], root } }]);
+});
+
 /** A scripted receiver: each send() takes the next outcome. */
 function attempts(outcomes: (ImageInfo | Error)[], over: Partial<CommitAttempts> = {}) {
   const log: string[] = [];
