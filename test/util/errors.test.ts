@@ -27,12 +27,17 @@ const sysError = (code: string): Error => Object.assign(new Error(`${code} (raw)
 const overTheWire = (r: Refusal): RemoteError => new RemoteError(r.status, JSON.parse(JSON.stringify(errorReport(r))));
 
 /** A session whose task poll answers `state` (and an error for state 'error'). */
+/** A session whose PropertyCollector answers one Task in `state` (the XML a vCenter sends). */
 function taskSession(state: string): VimSession {
-  const propSet = [{ name: 'info.state', val: state }];
-  if (state === 'error') propSet.push({ name: 'info.error', val: { localizedMessage: 'the file is locked' } as never });
+  const error = state === 'error'
+    ? '<propSet><name>info.error</name><val xsi:type="LocalizedMethodFault"><localizedMessage>the file is locked</localizedMessage></val></propSet>' : '';
+  const xml = '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+    + '<soapenv:Body><RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="Task">task-1</obj>'
+    + `<propSet><name>info.state</name><val xsi:type="TaskInfoState">${state}</val></propSet>${error}`
+    + '</objects></returnval></RetrievePropertiesExResponse></soapenv:Body></soapenv:Envelope>';
   return {
     content: { propertyCollector: { type: 'PropertyCollector', value: 'pc' } },
-    call: async () => ({ returnval: { objects: [{ obj: { attributes: { type: 'Task' }, $value: 'task-1' }, propSet }] } }),
+    callText: async () => xml,
   } as unknown as VimSession;
 }
 
