@@ -109,6 +109,7 @@ async function demoTransports(lab: Lab, dir: string, say: (m: string) => void): 
     return t;
   }
   // The double serves the lab's point-in-time view of (VM, snapshot, disk path) from the lab's map, and checks the lab's credentials.
+  await mkdir(join(dir, 'connector'), { recursive: true });
   const vddkConfigFile = join(dir, 'connector', 'vddk.conf');
   await writeFile(vddkConfigFile, `lab_map=${lab.vddkMapFile}\n`, { mode: 0o600 });
   return { ...t, vddkLibdir: libdir, vddkConfigFile };
