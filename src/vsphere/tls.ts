@@ -1,5 +1,5 @@
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { Agent, buildConnector } from 'undici';
 import { UserError } from '../util/errors.ts';
 
@@ -60,7 +60,7 @@ export function makeDispatcher(trust: TrustMode, timeoutMs: number): Agent {
 /** Reads the server's certificate thumbprints (for `vmlift vc` error hints and lab checks). */
 export function fetchThumbprints(host: string, port: number, timeoutMs = 5000): Promise<{ sha1: string; sha256: string }> {
   return new Promise((resolve, reject) => {
-    const s = tlsConnect({ host, port, rejectUnauthorized: false, servername: host }, () => {
+    const s = tlsConnect({ host, port, rejectUnauthorized: false, ...(isIP(host) ? {} : { servername: host }) }, () => {
       const c = s.getPeerCertificate();
       s.destroy();
       resolve({ sha1: c.fingerprint, sha256: c.fingerprint256 });
