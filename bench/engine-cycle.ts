@@ -29,7 +29,6 @@ import { VCenter } from '../src/vsphere/index.ts';
 import { vcenterService, httpDiskOpener, senderJobServices, transportDiskOpener } from '../src/cli/wiring.ts';
 import { shutdownVddk } from '../src/source/vddk/index.ts';
 import { PROJECT_ROOT } from '../src/util/root.ts';
-import { mkdir, symlink } from 'node:fs/promises';
 import { LimitedDiskOpener } from '../src/engine/limits.ts';
 import { JobEngine } from '../src/engine/jobs.ts';
 import { Scheduler } from '../src/engine/scheduler.ts';

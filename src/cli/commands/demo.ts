@@ -9,7 +9,7 @@ import type { Command } from 'commander';
 import { join, resolve } from 'node:path';
 import { tmpdir } from 'node:os';
 import { createHash, randomBytes } from 'node:crypto';
-import { rm, mkdir, readdir, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { rm, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
