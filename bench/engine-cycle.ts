@@ -17,7 +17,7 @@
  * Not part of the test suite.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, open, writeFile, readFile } from 'node:fs/promises';
+import { mkdtemp, mkdir, rm, open, writeFile, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -111,6 +111,7 @@ type BenchTransport = 'http' | 'nbd' | 'vddk';
 /** VDDK through the libvixDiskLib double (native/build/vddk-double), pointed at the lab's datastore. */
 async function vddkOpener(lab: Lab, vc: VCenter, port: ReturnType<typeof vcenterService>, dir: string): Promise<DiskOpener> {
   await execFileP(join(PROJECT_ROOT, 'native', 'build.sh'));
+  await mkdir(dir, { recursive: true });
   const vddkConfigFile = join(dir, 'vddk.conf');
   await writeFile(vddkConfigFile, `lab_map=${lab.vddkMapFile}\n`, { mode: 0o600 });
   return transportDiskOpener(vc, port, { user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } }, {
