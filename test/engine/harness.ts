@@ -30,9 +30,9 @@ export interface EngineRig {
   close(): Promise<void>;
 }
 
-export async function startRig(o: { vms?: number; diskMb?: number; esx?: boolean; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number } } = {}): Promise<EngineRig> {
+export async function startRig(o: { vms?: number; diskMb?: number; esx?: boolean; guest?: boolean; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number } } = {}): Promise<EngineRig> {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
-  const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx });
+  const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx, guest: o.guest });
   const rx = await startTestReceiver();
   const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint }, timeoutMs: 30_000 });
   const port = vcenterService(vc);
