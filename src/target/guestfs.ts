@@ -2,9 +2,10 @@
  * A read-only libguestfs session over disk files, driven one command at a time through
  * guestfish's remote mode, so each command's output and failure stay apart.
  */
-import { execFile, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { CodedError } from '../util/errors.ts';
+import { onAbort } from './abort.ts';
 
 const run = promisify(execFile);
 
@@ -16,7 +17,14 @@ export function guestfsEnv(): NodeJS.ProcessEnv {
 
 export class Guestfs {
   private closed = false;
-  private constructor(readonly pid: number) {}
+  private readonly unregister: () => void;
+  private constructor(readonly pid: number) {
+    // The --listen daemon outlives this process unless killed; its recovery process then ends the appliance.
+    this.unregister = onAbort(() => {
+      try { execFileSync('guestfish', [`--remote=${pid}`, '--', 'exit'], { env: guestfsEnv(), timeout: 5000, stdio: 'ignore' }); } catch { /* kill below */ }
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    });
+  }
 
   /** Starts the appliance over `disks` (raw files), read-only. */
   static async open(disks: string[]): Promise<Guestfs> {
@@ -76,6 +84,7 @@ export class Guestfs {
     await this.cmd('exit').catch(() => {});
     for (let i = 0; i < 50 && alive(this.pid); i++) await new Promise((r) => setTimeout(r, 100));
     if (alive(this.pid)) { try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ } }
+    this.unregister();
   }
 }
 

@@ -7,11 +7,13 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ImageStore } from '../store/index.ts';
 import { Guestfs } from './guestfs.ts';
+import { onAbort } from './abort.ts';
 
 const run = promisify(execFile);
 
@@ -66,6 +68,7 @@ const trim = (s: string | null): string => (s ?? '').trim();
 export async function inspectImage(store: ImageStore, sourceId: string, imageId: string): Promise<InspectReport> {
   const info = await store.getImage(sourceId, imageId);
   const tmp = await mkdtemp(join(tmpdir(), 'vmlift-inspect-'));
+  const unregister = onAbort(() => rmSync(tmp, { recursive: true, force: true }));
   try {
     const files: string[] = [];
     for (const d of info.disks) {
@@ -75,6 +78,7 @@ export async function inspectImage(store: ImageStore, sourceId: string, imageId:
     }
     return await inspectDisks(files, tmp);
   } finally {
+    unregister();
     await rm(tmp, { recursive: true, force: true });
   }
 }

@@ -127,3 +127,36 @@ test('inspect a zeroed disk: verdict "blocked: no operating system found", exit 
   assert.equal(r.code, 1);
   assert.equal((JSON.parse(r.out) as { error: { code: string } }).error.code, 'NOT_FOUND');
 });
+
+/** Pids whose command line mentions `needle` (guestfish, its appliance's qemu). */
+async function processesWith(needle: string): Promise<number[]> {
+  const out: number[] = [];
+  for (const p of await readdir('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    const cmd = await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.includes(needle)) out.push(Number(p));
+  }
+  return out;
+}
+
+test('Ctrl-C during inspect leaves no guestfish, no appliance and no temporary export behind', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'vmlift-inspect-int-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dataDir = join(dir, 'data'), scratch = join(dir, 'tmp');
+  await import('node:fs/promises').then((f) => f.mkdir(scratch));
+  const store = await openImageStore(join(dataDir, 'store'), { chunkSize: 1 << 20 });
+  const w = await store.beginCycle({ sourceId: 'blank', cycleId: 'c1', disks: [{ disk: 0, capacity: 16 * MiB }] });
+  await w.writeExtent(0, 0, 16 * MiB, null);
+  await w.commit();
+  const p = spawn(bin, ['image', 'inspect', '--data-dir', dataDir, '--source', 'blank', '--image', '1'], { stdio: 'ignore', env: { ...process.env, TMPDIR: scratch } });
+  const exited = new Promise<number | null>((r) => p.on('close', (code, sig) => r(code ?? (sig ? -1 : null))));
+  const deadline = Date.now() + 60_000;
+  while ((await processesWith(scratch)).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  assert.ok((await processesWith(scratch)).length >= 2, 'guestfish and its appliance run');
+  p.kill('SIGINT');
+  await exited;
+  for (let i = 0; i < 50 && (await processesWith(scratch)).length; i++) await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(await processesWith(scratch), [], 'no process left');
+  // libguestfs' appliance cache (.guestfs-UID) and tsx's cache may stay; the handle's own folder and our export may not.
+  assert.deepEqual((await readdir(scratch)).filter((n) => !/^(\.guestfs-\d+|tsx-\d+)$/.test(n)), [], 'no temporary export left');
+});
