@@ -95,6 +95,7 @@ test('inspect the lab guest synced by a job: Debian 12, no virtio in the initram
   const [c2] = rig.state.listCycles('guest');
   assert.equal(c2!.kind, 'incremental');
   assert.ok(c2!.changedBytes < 64 * MiB, `the file write changed ${c2!.changedBytes} B`);
+  t.diagnostic(`guest-write of one file changed ${c2!.changedBytes} B of the disk`);
   const tmp = await mkdtemp(join(tmpdir(), 'vmlift-inspect-test-'));
   t.after(() => rm(tmp, { recursive: true, force: true }));
   const exp = await vmlift('image', 'export', '--data-dir', dataDir, '--source', job.sourceId, '--image', c2!.imageId!, '--output', join(tmp, 'c2.raw'));
@@ -103,7 +104,7 @@ test('inspect the lab guest synced by a job: Debian 12, no virtio in the initram
   assert.equal(stdout, 'marker of cycle 2\n');
 });
 
-test('inspect a zeroed disk: verdict "blocked: no operating system found", exit 4; a missing image: NOT_FOUND, exit 1', async (t) => {
+test('inspect a zeroed disk and an unknown filesystem: verdict "blocked: no operating system found", exit 4; a missing image: NOT_FOUND, exit 1', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'vmlift-inspect-zero-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const dataDir = join(dir, 'data');
@@ -118,6 +119,27 @@ test('inspect a zeroed disk: verdict "blocked: no operating system found", exit 
   assert.match(r.out, /os: none found/);
   assert.match(r.out, /kvm: blocked: no operating system found/);
   assert.match(r.out, /fix: sync the VM's boot disk/);
+
+  // A partition table whose one partition holds no filesystem libguestfs knows.
+  const junk = join(dir, 'junk.raw');
+  await run('truncate', ['-s', '64M', junk]);
+  await new Promise<void>((res, rej) => {
+    const p = spawn('sfdisk', ['-q', junk], { stdio: ['pipe', 'ignore', 'inherit'] });
+    p.on('close', (c) => (c === 0 ? res() : rej(new Error(`sfdisk exited ${c}`))));
+    p.stdin.end('label: dos\nstart=2048, type=83\n');
+  });
+  const jw = await store.beginCycle({ sourceId: 'junk', cycleId: 'c1', disks: [{ disk: 0, capacity: cap }] });
+  const head = await readFile(junk);
+  const noise = Buffer.alloc(4 * MiB, 0x5a);
+  for (let o = 0; o < cap; o += 4 * MiB) await jw.writeExtent(0, o, 4 * MiB, o === 0 ? Buffer.concat([head.subarray(0, MiB), noise.subarray(MiB)]) : o < 16 * MiB ? noise : null);
+  await jw.commit();
+  r = await vmlift('image', 'inspect', '--data-dir', dataDir, '--source', 'junk', '--image', '1', '--json');
+  assert.equal(r.code, 4, r.err);
+  const jr = JSON.parse(r.out) as InspectReport;
+  assert.equal(jr.os, null);
+  assert.equal(jr.partitions.length, 1);
+  assert.equal(jr.targets.kvm.verdict, 'blocked');
+  assert.match(jr.targets.kvm.reasons[0]!.message, /no operating system found on \/dev\/sda1 \(unknown\); unknown filesystem on \/dev\/sda1/);
 
   r = await vmlift('image', 'inspect', '--data-dir', dataDir, '--source', 'blank', '--image', '7');
   assert.equal(r.code, 1);
