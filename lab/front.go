@@ -503,6 +503,8 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 		}
 	case "cbt-mode":
 		f.serveCbtMode(w, q)
+	case "nbd-live":
+		f.serveLiveNBD(w, r)
 	case "fault":
 		n, _ := strconv.Atoi(q.Get("count"))
 		if n <= 0 {

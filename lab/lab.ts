@@ -11,6 +11,7 @@
  *   await lab.addDisk('vm-0001', 2001, 8 << 20); await lab.removeDisk('vm-0001', 2001);
  *   await lab.cbtMode('vm-0001', 'whole-disk');           // QueryChangedDiskAreas answers one area: the disk
  *   await lab.injectFault('createSnapshot'); await lab.expireSessions(); await lab.stop();
+ *   startLab({ dir, guest: true }); await lab.guestWrite('guest-debian', '/var/lib/app/data', 'x') // real Debian guest (lab/guest.ts)
  */
 import { spawn, execFile } from 'node:child_process';
 import { readFile, mkdir, open } from 'node:fs/promises';
@@ -19,6 +20,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { Agent, request } from 'undici';
 import { PROJECT_ROOT } from '../src/util/root.ts';
+import { buildGuest, writeGuestFile } from './guest.ts';
 
 const here = join(PROJECT_ROOT, 'lab'); // also when compiled to dist/
 export const labBinary = join(here, 'build', 'vmlift-lab');
@@ -175,6 +177,19 @@ export class Lab {
     v.disks = v.disks.filter((d) => d.key !== key);
   }
 
+  /**
+   * Writes a file into the filesystem of the guest on a VM's disk (default: its first), as the running
+   * guest would: libguestfs over the lab's writable NBD export of the live disk, so CBT tracks the blocks.
+   */
+  async guestWrite(vm: string, path: string, content: string | Buffer, disk = this.vm(vm).disks[0]!.key): Promise<void> {
+    const { uri } = JSON.parse((await this.call('nbd-live', { vm, disk })).toString()) as { uri: string };
+    try {
+      await writeGuestFile(uri, path, content);
+    } finally {
+      await this.call('nbd-live', { vm, disk, stop: 1 }).catch(() => {});
+    }
+  }
+
   /** ESXi mode only: "free" makes the host refuse writes (RestrictedVersion) as the free vSphere Hypervisor license does. */
   async setEsxLicense(edition: 'free' | 'licensed'): Promise<void> { await this.call('esx-license', { edition }); }
   /** Objects per RetrievePropertiesEx page when a request sets no maxObjects (default 100; 0: no paging). */
@@ -234,6 +249,8 @@ export interface StartLabOptions {
   pageSize?: number;
   /** Put the datacenter in a folder: its inventory path becomes F0/DC0. */
   dcFolder?: boolean;
+  /** Add VM guest-debian (powered on, one pvscsi disk) holding the real Debian guest; true builds or reuses the cached image (lab/guest/build.sh), a string names a raw image. */
+  guest?: boolean | string;
 }
 
 export async function startLab(opts: StartLabOptions): Promise<Lab> {
@@ -247,6 +264,7 @@ export async function startLab(opts: StartLabOptions): Promise<Lab> {
   if (opts.vddkMap) args.push('-vddk-map');
   if (opts.pageSize !== undefined) args.push('-page-size', String(opts.pageSize));
   if (opts.dcFolder) args.push('-dc-folder');
+  if (opts.guest) args.push('-guest', typeof opts.guest === 'string' ? resolve(opts.guest) : await buildGuest());
   const log = await open(join(dir, 'lab.log'), 'a');
   const child = spawn(labBinary, args, { stdio: ['ignore', log.fd, log.fd], detached: !!opts.detached });
   await log.close();

@@ -135,6 +135,7 @@ type vmPlan struct {
 	rich      bool
 	snapName  string // the kept snapshot's name (default "before-upgrade")
 	datastore string // "" = LocalDS_0; vsanDatastore
+	image     string // a raw disk image to write onto the first disk instead of fillDisk's data (lab/guest.go)
 }
 
 func plans(n int, diskMB int64) []vmPlan {
@@ -197,6 +198,7 @@ func main() {
 	vddkMapFlag := flag.Bool("vddk-map", false, "export each snapshot's disks over NBD and publish <dir>/vddk-map.tsv for the VDDK double")
 	pageSize := flag.Int("page-size", defaultPageSize, "objects per RetrievePropertiesEx page when the request sets no maxObjects (0: no paging)")
 	dcFolder := flag.Bool("dc-folder", false, "put the datacenter in a folder (F0/DC0), as many vCenters do")
+	guestImage := flag.String("guest", "", "add VM guest-debian whose disk is this raw image (lab/guest/build.sh)")
 	flag.Parse()
 	if *esxMode && !flagSet("user") {
 		*user = "root"
@@ -321,6 +323,13 @@ func main() {
 		DatacenterPath: strings.TrimPrefix(dc.InventoryPath, "/"),
 		DatastoreDir:   l.dsDir, BlockSize: blockSize, ApiType: "VirtualCenter"}
 	vmPlans := plans(*nvms, *diskMB)
+	if *guestImage != "" {
+		gp, err := guestPlan(*guestImage)
+		if err != nil {
+			log.Fatal(err)
+		}
+		vmPlans = append(vmPlans, gp)
+	}
 	if *esxMode {
 		state.ApiType = "HostAgent"
 		vmPlans = esxPlans(vmPlans)
@@ -475,7 +484,11 @@ func createVM(ctx context.Context, c *govmomi.Client, l *lab, folder *object.Fol
 		if vd.UnitNumber != nil {
 			d.unit = *vd.UnitNumber
 		}
-		if err := fillDisk(d, p.name, p.rich); err != nil {
+		fill := func() error { return fillDisk(d, p.name, p.rich) }
+		if p.image != "" {
+			fill = func() error { return fillFromImage(d, p.image) }
+		}
+		if err := fill(); err != nil {
 			return vmInfo{}, err
 		}
 		lv.disks = append(lv.disks, d)

@@ -36,10 +36,10 @@ export interface EngineRig {
 export type RigOpener = (a: { vc: VCenter; port: ReturnType<typeof vcenterService>; lab: Lab; dir: string }) => DiskOpener & { close?(): Promise<void> };
 
 export async function startRig(o: {
-  vms?: number; diskMb?: number; esx?: boolean; vddkMap?: boolean; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number }; opener?: RigOpener; nfc?: Partial<NfcBackoffPolicy>;
+  vms?: number; diskMb?: number; esx?: boolean; vddkMap?: boolean; guest?: boolean; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number }; opener?: RigOpener; nfc?: Partial<NfcBackoffPolicy>;
 } = {}): Promise<EngineRig> {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
-  const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx, vddkMap: o.vddkMap });
+  const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx, vddkMap: o.vddkMap, guest: o.guest });
   const rx = await startTestReceiver();
   const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint }, timeoutMs: 30_000 });
   const port = vcenterService(vc);

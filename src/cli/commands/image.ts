@@ -6,6 +6,7 @@ import { assertId } from '../../util/ids.ts';
 import { printResult, table, formatBytes } from '../output.ts';
 import { openImageStore, StoreError, type ImageStore } from '../../store/index.ts';
 import type { ImageInfo } from '../../model/images.ts';
+import type { InspectReport } from '../../target/inspect.ts';
 
 interface Common { dataDir: string; json?: boolean }
 interface ImageFlags extends Common { source: string; image: string }
@@ -136,6 +137,14 @@ export function register(program: Command): void {
     .option('--format <fmt>', 'raw, qcow2 or vmdk', 'raw')
     .requiredOption('--output <file>', 'output file (written as FILE.partial-* first, renamed when complete)'));
 
+  onImage('inspect', "check an image's guest with libguestfs (OS, kernels, bootloader, filesystems, fstab, virtio in the initramfs, VMware Tools, cloud-init) and give a verdict per target; exits 4 when a target is blocked", 'image id', async (store, o) => {
+    const { inspectImage } = await import('../../target/inspect.ts');
+    const t0 = Date.now();
+    const r = await inspectImage(store, o.source, o.image);
+    printResult(o.json, { sourceId: o.source, imageId: o.image, ...r, seconds: (Date.now() - t0) / 1000 }, (v) => inspectText(v));
+    if (Object.values(r.targets).some((t) => t.verdict === 'blocked')) process.exitCode = 4;
+  });
+
   onImage('rm', 'delete an image (refused while an export or verify uses it), then collect unreferenced chunks', 'image id', async (store, o) => {
     await store.removeImage(o.source, o.image);
     const gc = await store.gc();
@@ -143,4 +152,28 @@ export function register(program: Command): void {
       (v) => `removed image ${v.imageId} of ${v.sourceId}; freed ${v.removedChunks} chunks (${formatBytes(v.removedBytes)})` +
         (v.deferredChunks ? `; ${v.deferredChunks} chunks written in the last seconds are left to the next sweep` : ''));
   });
+}
+
+function inspectText(v: InspectReport & { sourceId: string; imageId: string; seconds: number }): string {
+  const yes = (b: boolean | null) => (b === null ? 'unknown' : b ? 'yes' : 'no');
+  const out = [`image ${v.imageId} of ${v.sourceId} (inspected in ${v.seconds.toFixed(1)} s)`];
+  out.push(v.os ? `os: ${v.os.distro || v.os.type} ${v.os.version} (${v.os.product}), ${v.os.arch}, hostname ${v.os.hostname || '-'}, root ${v.os.root}` : 'os: none found');
+  for (const k of v.kernels) {
+    out.push(`kernel ${k.version}: initramfs ${k.initramfs ?? 'none'}; in the initramfs: ` +
+      Object.entries(k.virtioInInitramfs).map(([m, b]) => `${m} ${yes(b)}`).join(', '));
+  }
+  if (v.bootloader) out.push(`bootloader: ${v.bootloader.type}${v.bootloader.config ? ` (${v.bootloader.config}${v.bootloader.rootParams.length ? `, root=${v.bootloader.rootParams.join(' ')}` : ''})` : ''}`);
+  out.push(v.partitions.length ? table(['PARTITION', 'DISK', 'START', 'SIZE'], v.partitions.map((p) => [p.device, p.disk, p.start, formatBytes(p.size)]))
+    : `partitions: none (${v.disks.map((d) => `${d.device}: ${d.partitionTable ?? 'no partition table'}`).join(', ')})`);
+  if (v.filesystems.length) {
+    out.push(table(['FILESYSTEM', 'TYPE', 'LABEL', 'MOUNT', 'SIZE', 'USED'], v.filesystems.map((f) => [f.device, f.type, f.label || '-', f.mountpoint ?? '-',
+      f.sizeBytes === null ? '-' : formatBytes(f.sizeBytes), f.usedBytes === null ? '-' : formatBytes(f.usedBytes)])));
+  }
+  if (v.fstab.length) out.push(table(['FSTAB', 'MOUNT', 'TYPE', 'ON KVM'], v.fstab.map((e) => [e.spec, e.mountpoint, e.type, e.resolves.kvm ? 'resolves' : `does not resolve: ${e.note ?? ''}`])));
+  if (v.os) out.push(`VMware Tools: ${yes(v.vmwareTools)}; cloud-init: ${yes(v.cloudInit)}`);
+  for (const [target, t] of Object.entries(v.targets)) {
+    out.push(`${target}: ${t.verdict}${t.verdict === 'blocked' ? `: ${t.reasons.filter((x) => x.severity === 'blocker').map((x) => x.message).join('; ')}` : ''}`);
+    for (const x of t.reasons) out.push(`  - [${x.severity}] ${x.message}\n    fix: ${x.fix}`);
+  }
+  return out.join('\n');
 }

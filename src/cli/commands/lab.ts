@@ -32,13 +32,14 @@ export function register(program: Command): void {
     .option('--esx', 'be a standalone ESXi host (HostAgent, ha-datacenter, user root) instead of a vCenter')
     .option('--page-size <n>', 'RetrievePropertiesEx page size without maxObjects (0: no paging)', '100')
     .option('--dc-folder', 'put the datacenter in a folder (inventory path F0/DC0)')
+    .option('--guest', 'add VM guest-debian holding a real bootable Debian guest (built once and cached: lab/guest/build.sh)')
     .option('--json', 'print JSON')
     .action(async (o) => {
       const { startLab, connectLab } = await labModule();
       const running = await connectLab(o.dir).catch(() => undefined);
       if (running) throw new UserError('LAB_RUNNING', `a lab already runs in ${o.dir} (pid ${running.pid})`, `stop it with \`vmlift lab stop --dir ${o.dir}\``);
       const l = await startLab({ dir: o.dir, vms: int(o.vms, '--vms'), diskMb: int(o.diskMb, '--disk-mb'), detached: true, esx: !!o.esx,
-        pageSize: int(o.pageSize, '--page-size'), dcFolder: !!o.dcFolder });
+        pageSize: int(o.pageSize, '--page-size'), dcFolder: !!o.dcFolder, guest: !!o.guest });
       const info = { url: l.url, user: l.user, passwordFile: l.passwordFile, thumbprint: l.thumbprintSha256, thumbprintSha1: l.thumbprintSha1,
         pid: l.pid, datacenter: l.datacenter, datacenterPath: l.datacenterPath, datastore: l.datastore, vms: l.vms.length, apiType: l.apiType };
       printResult(o.json, info, (x) => [`lab ${x.apiType === 'HostAgent' ? 'ESXi host' : 'vCenter'} running (pid ${x.pid}, ${x.vms} VMs)`, `  --server ${x.url}`, `  --user ${x.user}`,
@@ -75,6 +76,23 @@ export function register(program: Command): void {
         throw new UserError('LAB_WRITE', (e as Error).message.replace(/^lab write: 400 /, ''), 'check the VM name, the disk key (vmlift vc show VM) and that offset+length fits the disk');
       }
       printResult(o.json, { vm, disk: Number(o.disk), offset, length }, (x) => `wrote ${x.length} bytes at ${x.offset} of ${x.vm} disk ${x.disk}`);
+    });
+
+  lab.command('guest-write').description("write a file into a VM guest's filesystem, as the running guest would (CBT sees the blocks)")
+    .requiredOption('--dir <dir>').argument('<vm>')
+    .requiredOption('--path <path>', 'absolute path in the guest').option('--content <text>', 'the file content')
+    .option('--content-file <file>', 'take the content from this file').option('--disk <key>', 'disk device key (default: the first disk)')
+    .option('--json')
+    .action(async (vm: string, o) => {
+      const l = await attach(o.dir);
+      if ((o.content === undefined) === (o.contentFile === undefined)) throw new UserError('LAB_ARG', 'give exactly one of --content and --content-file', 'add --content TEXT or --content-file FILE');
+      const content = o.contentFile ? await readFile(o.contentFile) : Buffer.from(o.content as string);
+      try {
+        await l.guestWrite(vm, o.path, content, o.disk === undefined ? undefined : int(o.disk, '--disk'));
+      } catch (e) {
+        throw new UserError('LAB_GUEST_WRITE', (e as Error).message, 'check the VM name (a VM with a guest OS: guest-debian under `lab start --guest`), that --path is absolute, and that libguestfs-tools is installed');
+      }
+      printResult(o.json, { vm, path: o.path, bytes: content.length }, (x) => `wrote ${x.bytes} bytes to ${x.path} in ${x.vm}`);
     });
 
   lab.command('fault').description('make the next task(s) of a kind fail (createSnapshot, removeSnapshot, reconfigure), or needConsolidation')

@@ -1,0 +1,93 @@
+/**
+ * A read-only libguestfs session over disk files, driven one command at a time through
+ * guestfish's remote mode, so each command's output and failure stay apart.
+ */
+import { execFile, execFileSync, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import { CodedError } from '../util/errors.ts';
+import { onAbort } from './abort.ts';
+
+const run = promisify(execFile);
+
+/** libguestfs without libvirt, and on TCG unless told otherwise: nested KVM hangs the appliance on these machines. */
+export function guestfsEnv(): NodeJS.ProcessEnv {
+  return { ...process.env, LIBGUESTFS_BACKEND: process.env.LIBGUESTFS_BACKEND ?? 'direct',
+    LIBGUESTFS_BACKEND_SETTINGS: process.env.LIBGUESTFS_BACKEND_SETTINGS ?? 'force_tcg' };
+}
+
+export class Guestfs {
+  private closed = false;
+  private readonly unregister: () => void;
+  private constructor(readonly pid: number) {
+    // The --listen daemon outlives this process unless killed; its recovery process then ends the appliance.
+    this.unregister = onAbort(() => {
+      try { execFileSync('guestfish', [`--remote=${pid}`, '--', 'exit'], { env: guestfsEnv(), timeout: 5000, stdio: 'ignore' }); } catch { /* kill below */ }
+      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    });
+  }
+
+  /** Starts the appliance over `disks` (raw files), read-only. */
+  static async open(disks: string[]): Promise<Guestfs> {
+    const args = ['--listen', '--ro'];
+    for (const d of disks) args.push('--format=raw', '-a', d);
+    let out: string;
+    try {
+      out = await new Promise<string>((resolve, reject) => {
+        const p = spawn('guestfish', args, { env: guestfsEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+        let o = '', e = '';
+        p.stdout.on('data', (b) => { o += b; });
+        p.stderr.on('data', (b) => { e += b; });
+        p.on('error', reject);
+        p.on('exit', (code) => (code === 0 ? resolve(o) : reject(new Error(e.trim() || `guestfish exited ${code}`))));
+      });
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw new CodedError('GUESTFS_MISSING', err.code === 'ENOENT' ? 'guestfish (libguestfs) is not installed' : `guestfish did not start: ${err.message}`,
+        { fix: 'install libguestfs-tools and linux-image-amd64 (scripts/setup.sh), then check `LIBGUESTFS_BACKEND_SETTINGS=force_tcg libguestfs-test-tool`' });
+    }
+    const m = /GUESTFISH_PID=(\d+)/.exec(out);
+    if (!m) throw new CodedError('GUESTFS_FAILED', `guestfish --listen printed no pid: ${out.slice(0, 200)}`);
+    const g = new Guestfs(Number(m[1]));
+    try {
+      await g.cmd('run');
+    } catch (e) {
+      await g.close();
+      throw new CodedError('GUESTFS_FAILED', `the libguestfs appliance did not start: ${(e as Error).message}`,
+        { fix: 'run `LIBGUESTFS_BACKEND_SETTINGS=force_tcg libguestfs-test-tool` to see why', cause: e });
+    }
+    return g;
+  }
+
+  /** Runs one guestfish command; rejects with its error message. */
+  async cmd(...args: string[]): Promise<string> {
+    try {
+      const { stdout } = await run('guestfish', [`--remote=${this.pid}`, '--', ...args], { env: guestfsEnv(), maxBuffer: 64 << 20 });
+      return stdout;
+    } catch (e) {
+      const err = e as { stderr?: string; message: string };
+      throw new Error((err.stderr ?? '').trim().replace(/^libguestfs: error: /, '') || err.message);
+    }
+  }
+
+  /** The command's output, or null when it fails. */
+  async tryCmd(...args: string[]): Promise<string | null> {
+    return this.cmd(...args).catch(() => null);
+  }
+
+  async lines(...args: string[]): Promise<string[]> {
+    return ((await this.tryCmd(...args)) ?? '').split('\n').filter((l) => l.length > 0);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.cmd('exit').catch(() => {});
+    for (let i = 0; i < 50 && alive(this.pid); i++) await new Promise((r) => setTimeout(r, 100));
+    if (alive(this.pid)) { try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ } }
+    this.unregister();
+  }
+}
+
+function alive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch { return false; }
+}
