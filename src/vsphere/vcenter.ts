@@ -71,17 +71,18 @@ export class VCenter {
    */
   async setCbt(nameOrRef: string, on: boolean, o: TaskWaitOptions = {}): Promise<CbtResult> {
     let vm = await this.vm(nameOrRef);
+    const want = this.cbtSettings(vm, on);
+    const missing = Object.entries(want).filter(([k, v]) => (vm.ctkConfig[k] ?? '').toUpperCase() !== v);
+    // Already as wanted: nothing to do, even under a backup product's snapshot (preflight would refuse to enable CBT there).
+    if (vm.changeTrackingEnabled === on && missing.length === 0) {
+      return { vm: vm.name, changed: false, stunned: false, settings: want, changeTrackingEnabled: on };
+    }
     if (on) {
       const report = preflight(vm);
       if (!report.ok) {
         const bad = report.checks.filter((c) => !c.ok);
         throw new UserError('VC_PREFLIGHT', `cannot enable CBT on ${vm.name}: ${bad.map((c) => c.message).join('; ')}`, bad.map((c) => c.fix).join('; '));
       }
-    }
-    const want = this.cbtSettings(vm, on);
-    const missing = Object.entries(want).filter(([k, v]) => (vm.ctkConfig[k] ?? '').toUpperCase() !== v);
-    if (vm.changeTrackingEnabled === on && missing.length === 0) {
-      return { vm: vm.name, changed: false, stunned: false, settings: want, changeTrackingEnabled: on };
     }
     const task = await reconfigVM(this.session, vmRef(vm.ref), { changeTrackingEnabled: on, extraConfig: missing.map(([key, value]) => ({ key, value })) });
     await waitForTask(this.session, task, { ...o, what: `${on ? 'enabling' : 'disabling'} CBT on ${vm.name}` });

@@ -15,7 +15,7 @@ import {
   VIX_ASYNC, VIX_E_DISK_OUTOFRANGE, VIX_E_NOT_SUPPORTED, VIX_OK, VIXDISKLIB_FLAG_OPEN_READ_ONLY, type VixLib,
 } from './abi.ts';
 import { completion, connect, dropCompletion, initVddk, lastNfcError, registerOpenDisk, type VddkCredentials } from './library.ts';
-import { isVddkNfcResourceError, openError, readError, VddkError } from './errors.ts';
+import { openError, readError, VddkError } from './errors.ts';
 import { Semaphore } from '../../util/semaphore.ts';
 
 export type { VddkCredentials } from './library.ts';
@@ -162,9 +162,7 @@ export class VddkSource extends PositionalReader implements BlockSource {
       lib.FreeInfo(ip[0]);
       const src = new VddkSource(lib, handle, Number(info.capacity) * SECTOR, releaseConn, releaseSlot, uri, host, opts);
       log.info({ uri, transport: src.transportMode, capacity: src.capacity, adapterType: info.adapterType, maxReadSize: src.maxReadSize }, 'vddk disk opened');
-      // NFC resource errors go up at once to the per-host limiter (engine/limits.ts), which lowers the
-      // host's disk limit and backs off; retrying them here would hide them from it.
-      return clampReads(retryingSource(src, { ...opts.retry, passUp: isVddkNfcResourceError }, log));
+      return clampReads(retryingSource(src, opts.retry, log));
     } catch (e) {
       if (handle) lib.Close(handle);
       releaseConn?.();
