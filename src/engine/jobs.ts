@@ -322,7 +322,7 @@ export class JobEngine {
       const started = Date.now();
       return await runVmCycle({
         jobId: job.id, cycleId, vmRef: job.vmRef, settings: run.settings, previousChangeIds, previousImageId,
-        forceFull: first ? 'first cycle' : run.cbtReenabled,
+        forceFull: first ? 'first cycle' : run.cbtReenabled, resumed,
         vcenter: services.vcenter, disks: services.disks, receiver: services.receiver, logger: log,
         signal: run.controller.signal,
         onStep: (s) => { run.status.step = s; },

@@ -129,16 +129,21 @@ export class VCenter {
     return { consolidated: true };
   }
 
+  /** The snapshot of the VM named `name` (the first in tree order), or null. */
+  async findSnapshot(nameOrRef: string, name: string): Promise<SnapshotNode | null> {
+    return flatten((await this.vm(nameOrRef)).snapshots).find((s) => s.name === name) ?? null;
+  }
+
   async snapshots(nameOrRef: string): Promise<{ vm: VmInfo; snapshots: SnapshotNode[] }> {
     const vm = await this.vm(nameOrRef);
     return { vm, snapshots: vm.snapshots };
   }
 
   /** Removes leftover snapshots whose names start with `prefix` (deepest first), then consolidates if needed. */
-  async sweepSnapshots(nameOrRef: string, prefix = 'vmlift-', w: TaskWaitOptions = {}): Promise<{ removed: string[]; consolidated: boolean }> {
+  async sweepSnapshots(nameOrRef: string, prefix = 'vmlift-', w: TaskWaitOptions & { keep?: string } = {}): Promise<{ removed: string[]; consolidated: boolean }> {
     if (!prefix) throw new UserError('VC_SWEEP_PREFIX', 'refusing to sweep snapshots with an empty name prefix', 'give a prefix such as vmlift-');
     const vm = await this.vm(nameOrRef);
-    const ours = flatten(vm.snapshots).filter((s) => s.name.startsWith(prefix)).reverse();
+    const ours = flatten(vm.snapshots).filter((s) => s.name.startsWith(prefix) && s.name !== w.keep).reverse();
     const removed: string[] = [];
     for (const s of ours) {
       const task = await removeSnapshotTask(this.session, snapRef(s.ref), { removeChildren: false, consolidate: true });
