@@ -222,14 +222,34 @@ func (l *lab) rebuildLayout(v *labVM) {
 		}
 		var files []types.VirtualMachineFileLayoutExFileInfo
 		var next int32
-		for _, f := range vm.LayoutEx.File {
-			if f.Type == string(types.VirtualMachineFileLayoutExFileTypeDiskDescriptor) || f.Type == string(types.VirtualMachineFileLayoutExFileTypeDiskExtent) {
-				continue
+		// File keys stay stable and are never reused: the simulator's RemoveSnapshot deletes the
+		// files whose keys a snapshot's DataKey/MemoryKey name, so a disk file given a key a snapshot
+		// once held would be deleted with that snapshot.
+		snapKeys := map[int32]bool{}
+		for _, s := range vm.LayoutEx.Snapshot {
+			snapKeys[s.DataKey], snapKeys[s.MemoryKey] = true, true
+			if s.DataKey >= next {
+				next = s.DataKey + 1
 			}
-			files = append(files, f)
+			if s.MemoryKey >= next {
+				next = s.MemoryKey + 1
+			}
+		}
+		diskKeys := map[string]int32{}
+		for _, f := range vm.LayoutEx.File {
 			if f.Key >= next {
 				next = f.Key + 1
 			}
+			if f.Type == string(types.VirtualMachineFileLayoutExFileTypeDiskDescriptor) || f.Type == string(types.VirtualMachineFileLayoutExFileTypeDiskExtent) {
+				if !snapKeys[f.Key] {
+					diskKeys[f.Name] = f.Key
+				}
+				continue
+			}
+			files = append(files, f)
+		}
+		if next <= layoutKeyFloor[v.ref] {
+			next = layoutKeyFloor[v.ref] + 1
 		}
 		chains := map[int32][]types.VirtualMachineFileLayoutExDiskUnit{}
 		var keys []int32
@@ -241,8 +261,12 @@ func (l *lab) rebuildLayout(v *labVM) {
 					if f.Name == "" {
 						continue
 					}
-					f.Key = next
-					next++
+					if k, ok := diskKeys[f.Name]; ok {
+						f.Key = k
+					} else {
+						f.Key = next
+						next++
+					}
 					files = append(files, f)
 					fk = append(fk, f.Key)
 				}
@@ -261,6 +285,7 @@ func (l *lab) rebuildLayout(v *labVM) {
 			return out
 		}
 		vm.LayoutEx.File = files
+		layoutKeyFloor[v.ref] = next - 1
 		vm.LayoutEx.Disk = upTo(-1)
 		for i := range vm.LayoutEx.Snapshot {
 			if idx := v.snapIndex(vm.LayoutEx.Snapshot[i].Key.Value); idx >= 0 {
@@ -514,3 +539,7 @@ func (f *front) serveDeltaExtent(w http.ResponseWriter, r *http.Request, ds, rel
 	l.mu.Unlock()
 	return false
 }
+
+// layoutKeyFloor is the highest layoutEx file key rebuildLayout has given per VM (l.mu held), so a
+// key freed by a removed file is not handed out again.
+var layoutKeyFloor = map[string]int32{}

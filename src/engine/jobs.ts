@@ -54,6 +54,8 @@ interface Running {
   settings: JobSettings;
   services?: JobServices;
   status: LiveStatus;
+  /** Why this cycle reads every disk in full after vmlift re-enabled CBT (kept across its retries). */
+  cbtReenabled?: string;
 }
 
 const DEFAULT_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 5_000, maxDelayMs: 120_000 };
@@ -306,15 +308,21 @@ export class JobEngine {
           throw new CycleError('preflight', new UserError('PREFLIGHT', `preflight failed: ${failed.map((c) => c.message).join('; ')}`,
             failed.map((c) => c.fix).filter(Boolean).join('; ')));
         }
-        run.status.step = 'cbt';
-        const { changed } = await services.vcenter.ensureCbt(job.vmRef).catch((e) => { throw new CycleError('cbt', e); });
-        if (changed) log.info({ vmRef: job.vmRef }, 'enabled changed block tracking');
+      }
+      // Every cycle: an administrator (or another tool) may have turned CBT off since the last one.
+      run.status.step = 'cbt';
+      const { changed } = await services.vcenter.ensureCbt(job.vmRef).catch((e) => { throw new CycleError('cbt', e); });
+      if (changed && first) log.info({ vmRef: job.vmRef }, 'enabled changed block tracking');
+      else if (changed) {
+        // Tracking restarted: a changeId recorded before is of another epoch, so what changed since it is unknown.
+        run.cbtReenabled = 'CBT was turned off since the last cycle; vmlift re-enabled it, and changeIds from before are of no use';
+        log.warn({ vmRef: job.vmRef }, 'change tracking was off: re-enabled it (with a stun); this cycle reads every disk in full');
       }
       const previousChangeIds = new Map(this.o.state.getDisks(job.id).map((d) => [d.diskKey, d.changeId]));
       const started = Date.now();
       return await runVmCycle({
         jobId: job.id, cycleId, vmRef: job.vmRef, settings: run.settings, previousChangeIds, previousImageId,
-        forceFull: first ? 'first cycle' : undefined,
+        forceFull: first ? 'first cycle' : run.cbtReenabled, resumed,
         vcenter: services.vcenter, disks: services.disks, receiver: services.receiver, logger: log,
         signal: run.controller.signal,
         onStep: (s) => { run.status.step = s; },

@@ -49,8 +49,10 @@ export interface VCenterService {
   ensureCbt(vmRef: string): Promise<{ changed: boolean }>;
   /** ESXi host the VM runs on: the key for per-host concurrency. */
   hostOf(vmRef: string): Promise<string>;
-  /** Remove leftover snapshots whose names start with `prefix`; returns how many. */
-  sweepSnapshots(vmRef: string, prefix: string): Promise<number>;
+  /** Remove leftover snapshots whose names start with `prefix`, except the one named `keep`; returns how many. */
+  sweepSnapshots(vmRef: string, prefix: string, keep?: string): Promise<number>;
+  /** The VM's snapshot named `name`, or null (a resumed cycle reads the snapshot it started on, when it is still there). */
+  findSnapshot?(vmRef: string, name: string): Promise<SnapshotHandle | null>;
   createSnapshot(vmRef: string, name: string, opts: { quiesce: boolean }): Promise<SnapshotHandle>;
   /** The disks as seen in the snapshot's config, with their changeIds. */
   snapshotDisks(vmRef: string, snapshot: SnapshotHandle): Promise<SnapshotDisk[]>;

@@ -48,6 +48,8 @@ export interface CycleInput {
   previousChangeIds: Map<number, string | null>;
   /** Receiver image the previous cycle committed (null before the first). */
   previousImageId: string | null;
+  /** The cycle started before a restart: its snapshot may still be there (see runVmCycle). */
+  resumed?: boolean;
   /** Force a full cycle (e.g. first cycle) with this reason. */
   forceFull?: string;
   vcenter: VCenterService;
@@ -120,12 +122,17 @@ async function step<T>(name: CycleStep, input: CycleInput, fn: () => Promise<T>)
 export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   const started = Date.now();
   const { vcenter, vmRef, logger } = input;
+  const name = `${SNAPSHOT_PREFIX}${input.cycleId}`;
+  // A cycle resumed after a crash reads the snapshot it started on when it is still there: what the
+  // receiver already holds of the cycle came from it, and a new snapshot would mix two points in time.
+  const kept = input.resumed && vcenter.findSnapshot ? await step('sweep', input, () => vcenter.findSnapshot!(vmRef, name)) : null;
   await step('sweep', input, async () => {
-    const n = await vcenter.sweepSnapshots(vmRef, SNAPSHOT_PREFIX);
+    const n = await vcenter.sweepSnapshots(vmRef, SNAPSHOT_PREFIX, kept ? name : undefined);
     if (n > 0) logger.warn({ vmRef, removed: n }, 'removed leftover vmlift snapshots');
   });
-  const snapshot = await step('snapshot', input, () =>
-    vcenter.createSnapshot(vmRef, `${SNAPSHOT_PREFIX}${input.cycleId}`, { quiesce: input.settings.quiesce }));
+  if (kept) logger.info({ vmRef, snapshot: name }, 'resuming the cycle on its own snapshot');
+  const snapshot = kept ?? await step('snapshot', input, () =>
+    vcenter.createSnapshot(vmRef, name, { quiesce: input.settings.quiesce }));
   input.onSnapshot?.(snapshot);
   let session: ReceiverCycle | undefined;
   try {

@@ -11,6 +11,8 @@ export interface RetryPolicy {
   /** First wait, doubled after each failure up to maxDelayMs (defaults 200 and 5000 ms). */
   baseDelayMs?: number;
   maxDelayMs?: number;
+  /** Errors the caller a level up handles itself (e.g. NFC resource errors: back off per host); never retried here. */
+  passUp?: ((e: unknown) => boolean) | undefined;
 }
 
 /**
@@ -28,7 +30,7 @@ class Attempts {
   }
 
   async failed(e: unknown): Promise<void> {
-    if (this.current >= this.limit || !isTransient(e)) throw e;
+    if (this.current >= this.limit || !isTransient(e) || this.policy.passUp?.(e)) throw e;
     this.log?.warn({ attempt: this.current, err: errorMessage(e) }, `${this.what} failed, retrying in ${this.delay} ms`);
     await sleep(this.delay * (0.75 + Math.random() * 0.5));
     this.delay = Math.min(this.policy.maxDelayMs ?? 5000, this.delay * 2);

@@ -8,7 +8,7 @@ import type { BlockSource } from './types.ts';
 import { UserError, errorMessage } from '../util/errors.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { HttpDatastoreSource, type HttpDatastoreOptions } from './http-datastore/index.ts';
-import { VddkSource, loadVixDiskLib } from './vddk/index.ts';
+import { VddkSource, isVddkNfcResourceError, loadVixDiskLib } from './vddk/index.ts';
 import type { Availability, NbdServers } from './nbd-server.ts';
 import { HTTP_REFUSAL_FIX, httpRefusal, type DiskBackingFacts } from './http-datastore/eligibility.ts';
 
@@ -149,6 +149,9 @@ export class VmwareDiskOpener {
         libdir: o.vddk?.libdir, configFile: o.vddk?.configFile, transports: o.vddk?.transports ?? 'nbdssl:nbd',
         server: o.server, port: o.port, thumbprint: await o.thumbprintSha1(), credentials: { user: o.user, password: o.password },
         vm: req.vm, snapshot: req.snapshot, diskPath: req.file, esxiHost: req.esxiHost, maxReadSize: o.maxReadSize, logger: this.log,
+        // Jobs open disks through the per-host limiter (engine/limits.ts): NFC resource errors go up to it at
+        // once, so it lowers the host's disk limit and backs off; retrying them in the source would hide them.
+        retry: { passUp: isVddkNfcResourceError },
       });
     }
     if (t === 'nbd') {

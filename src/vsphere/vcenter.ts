@@ -71,17 +71,18 @@ export class VCenter {
    */
   async setCbt(nameOrRef: string, on: boolean, o: TaskWaitOptions = {}): Promise<CbtResult> {
     let vm = await this.vm(nameOrRef);
+    const want = this.cbtSettings(vm, on);
+    const missing = Object.entries(want).filter(([k, v]) => (vm.ctkConfig[k] ?? '').toUpperCase() !== v);
+    // Already as wanted: nothing to do, even under a backup product's snapshot (preflight would refuse to enable CBT there).
+    if (vm.changeTrackingEnabled === on && missing.length === 0) {
+      return { vm: vm.name, changed: false, stunned: false, settings: want, changeTrackingEnabled: on };
+    }
     if (on) {
       const report = preflight(vm);
       if (!report.ok) {
         const bad = report.checks.filter((c) => !c.ok);
         throw new UserError('VC_PREFLIGHT', `cannot enable CBT on ${vm.name}: ${bad.map((c) => c.message).join('; ')}`, bad.map((c) => c.fix).join('; '));
       }
-    }
-    const want = this.cbtSettings(vm, on);
-    const missing = Object.entries(want).filter(([k, v]) => (vm.ctkConfig[k] ?? '').toUpperCase() !== v);
-    if (vm.changeTrackingEnabled === on && missing.length === 0) {
-      return { vm: vm.name, changed: false, stunned: false, settings: want, changeTrackingEnabled: on };
     }
     const task = await reconfigVM(this.session, vmRef(vm.ref), { changeTrackingEnabled: on, extraConfig: missing.map(([key, value]) => ({ key, value })) });
     await waitForTask(this.session, task, { ...o, what: `${on ? 'enabling' : 'disabling'} CBT on ${vm.name}` });
@@ -128,16 +129,21 @@ export class VCenter {
     return { consolidated: true };
   }
 
+  /** The snapshot of the VM named `name` (the first in tree order), or null. */
+  async findSnapshot(nameOrRef: string, name: string): Promise<SnapshotNode | null> {
+    return flatten((await this.vm(nameOrRef)).snapshots).find((s) => s.name === name) ?? null;
+  }
+
   async snapshots(nameOrRef: string): Promise<{ vm: VmInfo; snapshots: SnapshotNode[] }> {
     const vm = await this.vm(nameOrRef);
     return { vm, snapshots: vm.snapshots };
   }
 
   /** Removes leftover snapshots whose names start with `prefix` (deepest first), then consolidates if needed. */
-  async sweepSnapshots(nameOrRef: string, prefix = 'vmlift-', w: TaskWaitOptions = {}): Promise<{ removed: string[]; consolidated: boolean }> {
+  async sweepSnapshots(nameOrRef: string, prefix = 'vmlift-', w: TaskWaitOptions & { keep?: string } = {}): Promise<{ removed: string[]; consolidated: boolean }> {
     if (!prefix) throw new UserError('VC_SWEEP_PREFIX', 'refusing to sweep snapshots with an empty name prefix', 'give a prefix such as vmlift-');
     const vm = await this.vm(nameOrRef);
-    const ours = flatten(vm.snapshots).filter((s) => s.name.startsWith(prefix)).reverse();
+    const ours = flatten(vm.snapshots).filter((s) => s.name.startsWith(prefix) && s.name !== w.keep).reverse();
     const removed: string[] = [];
     for (const s of ours) {
       const task = await removeSnapshotTask(this.session, snapRef(s.ref), { removeChildren: false, consolidate: true });
