@@ -136,7 +136,7 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   input.onSnapshot?.(snapshot);
   let session: ReceiverCycle | undefined;
   try {
-    const result = await transferAndCommit(input, snapshot, (s) => { session = s; });
+    const result = await transferAndCommit(input, snapshot, kept !== null, (s) => { session = s; });
     return { ...result, snapshot, durationMs: Date.now() - started };
   } catch (e) {
     // The receiver keeps an open cycle for resume unless the user paused/deleted; a failed cycle is resumed by its retry.
@@ -150,7 +150,7 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   }
 }
 
-async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, onSession: (s: ReceiverCycle) => void):
+async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ownSnapshot: boolean, onSession: (s: ReceiverCycle) => void):
   Promise<Omit<CycleResult, 'snapshot' | 'durationMs'>> {
   const { vcenter, vmRef, receiver, logger, settings } = input;
   const disks = await step('plan', input, async () => {
@@ -203,7 +203,12 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
     }
   }
   const heldBytes = session.held.reduce((n, h) => n + totalLength(h.ranges), 0);
-  if (heldBytes > 0) logger.info({ cycleId: input.cycleId, heldBytes }, 'resuming: the receiver already holds part of this cycle');
+  // What the receiver holds came from the snapshot the cycle began on. On that snapshot it is kept; on a
+  // new one (the first was removed: a pause, an in-process retry) it is of another point in time, so
+  // it is read again from this snapshot with the rest.
+  const heldIsCurrent = ownSnapshot;
+  if (heldBytes > 0 && ownSnapshot) logger.info({ cycleId: input.cycleId, heldBytes }, 'resuming on the cycle\'s own snapshot: the receiver already holds part of it');
+  else if (heldBytes > 0) logger.warn({ cycleId: input.cycleId, heldBytes }, 'resuming on a new snapshot: what the receiver holds of this cycle is of an earlier point in time and is read again');
 
   const results: DiskResult[] = [];
   const progress: DiskProgress[] = [];
@@ -211,7 +216,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, on
   for (const [i, d] of disks.entries()) {
     const held = session.held.find((h) => h.disk === i)?.ranges ?? [];
     // A full read of a disk on top of a base image must also clear what the disk no longer holds.
-    const ranges = subtract(coalesce(areas[i]!), held);
+    const ranges = heldIsCurrent ? subtract(coalesce(areas[i]!), held) : coalesce([...areas[i]!, ...held]);
     const wantZeros = plans[i]!.mode === 'full' && baseOnReceiver && baseDisks[i] !== null;
     const zeroRanges = wantZeros ? subtract(subtract([{ offset: 0, length: d.capacity }], areas[i]!), held) : [];
     for (const z of zeroRanges) await session.send(i, z.offset, null, z.length);

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { startRig, settings, liveSha, imageSha, guestWrites, MiB } from './harness.ts';
@@ -160,6 +161,14 @@ test('bandwidth changed while a cycle runs takes effect at once; pause keeps the
   assert.equal(paused!.state, 'running', 'a paused cycle stays open for resume');
   assert.equal((await rig.vc.snapshots(vm.moref)).snapshots.length, 0, 'pause removed the snapshot');
 
+  // The guest rewrites every byte while the job is paused: what the receiver holds of the cycle is now
+  // of an earlier point in time, and the resumed cycle (on a new snapshot) must not keep any of it.
+  for (const d of vm.disks) {
+    for (let off = 0; off < d.capacity; off += 4 * 1024 * 1024) await lab.write(vm.name, d.key, off, randomBytes(Math.min(4 * 1024 * 1024, d.capacity - off)));
+  }
+  const expectedAfterPause = await Promise.all(vm.disks.map((d) => liveSha(lab, vm.name, d.key, d.capacity)));
+  assert.notDeepEqual(expectedAfterPause, expected);
+
   assert.equal(engine.resume('slow').state, 'syncing');
   run = engine.runNow('slow');
   await waitUntil(() => (engine.live('slow')?.disks ?? []).some((d) => d.done > 0), 60_000);
@@ -174,7 +183,7 @@ test('bandwidth changed while a cycle runs takes effect at once; pause keeps the
   const cycles = rig.state.listCycles('slow');
   assert.equal(cycles.length, 1, 'the paused cycle was continued, not restarted');
   assert.equal(cycles[0]!.id, paused!.id);
-  for (const [i, d] of vm.disks.entries()) assert.equal(await imageSha(rx, job.sourceId, cycles[0]!.imageId!, i, d.capacity), expected[i]);
+  for (const [i, d] of vm.disks.entries()) assert.equal(await imageSha(rx, job.sourceId, cycles[0]!.imageId!, i, d.capacity), expectedAfterPause[i]);
   assert.ok(Date.now() - started < 120_000);
 });
 
