@@ -296,7 +296,7 @@ export class DataConnection implements CycleFeed {
   /** What a failed store write or flush tells the peer: NO_SPACE with its figures for a full filesystem, else the store's error or INTERNAL. */
   private failure(e: unknown, what: string): WireError {
     const oc = this.oc;
-    const full = oc ? asNoSpace(e, this.ctx.cycles.store.root, oc.neededBytes(MAX_WRITE_NEED), `cycle ${oc.cycleId} of source ${oc.sourceId} stopped (${what})`) : e;
+    const full = oc ? asNoSpace(e, this.ctx.cycles.store.root, oc.neededBytes(MAX_WRITE_NEED), `cycle ${oc.cycleId} of source ${oc.sourceId} stopped (${what})`, oc.estimatedBytes === undefined) : e;
     if (full instanceof NoSpaceError) {
       this.log.warn({ freeBytes: full.freeBytes, neededBytes: full.neededBytes }, 'store is full; the cycle stays open and resumes once space is freed');
       return errorReport(full);

@@ -88,6 +88,8 @@ export class OpenCycles {
         const same = oc.writer.disks.length === disks.length && oc.writer.disks.every((d, i) => d.capacity === disks[i]!.capacity);
         if (!same) throw new Refusal(409, 'BAD_REQUEST', `cycle ${cycleId} was begun with other disks`, 'resume with the same disks, or abort the cycle');
         if (maxImages !== undefined) oc.maxImages = maxImages;
+        // What a stopped connection wrote but could not flush (a full disk, since freed) becomes held now, not sent again.
+        if (!oc.feed) await oc.writer.flush().catch((e: unknown) => { throw asNoSpace(e, this.store.root, oc!.neededBytes(1 << 20), `cycle ${cycleId} of source ${sourceId} cannot resume`); });
       }
       const held = await oc.writer.held();
       if (req.estimatedBytes !== undefined) {

@@ -23,8 +23,8 @@ const mib = (n: number): string => `${(n / (1 << 20)).toFixed(1)} MiB`;
 
 /** A full data folder. HTTP 507 on the control port, an ERROR frame on the data port; not transient: space must be freed first. */
 export class NoSpaceError extends UserError {
-  constructor(readonly dir: string, readonly freeBytes: number, readonly neededBytes: number, what: string, cause?: unknown) {
-    super('NO_SPACE', `${what}: the receiver's data folder ${dir} has ${freeBytes} bytes (${mib(freeBytes)}) free, needs ${neededBytes} bytes (${mib(neededBytes)})`,
+  constructor(readonly dir: string, readonly freeBytes: number, readonly neededBytes: number, what: string, cause?: unknown, atLeast = false) {
+    super('NO_SPACE', `${what}: the receiver's data folder ${dir} has ${freeBytes} bytes (${mib(freeBytes)}) free, needs ${atLeast ? 'at least ' : ''}${neededBytes} bytes (${mib(neededBytes)})`,
       `free space in ${dir}, lower retention with --max-images, or move the receiver to a bigger data folder; then run the cycle again: it resumes where it stopped`,
       cause === undefined ? undefined : { cause });
   }
@@ -41,11 +41,11 @@ export function isNoSpace(e: unknown): boolean {
 }
 
 /** `e` as a NoSpaceError when the filesystem is full (with `needed` bytes and the free bytes now), else `e`. Synchronous: callers stop at once. */
-export function asNoSpace(e: unknown, dir: string, needed: number, what: string): unknown {
+export function asNoSpace(e: unknown, dir: string, needed: number, what: string, atLeast = false): unknown {
   if (e instanceof NoSpaceError || !isNoSpace(e)) return e;
   let free = 0;
   try { const s = statfsSync(dir); free = s.bavail * s.bsize; } catch { /* report 0 */ }
-  return new NoSpaceError(dir, free, needed, what, e);
+  return new NoSpaceError(dir, free, needed, what, e, atLeast);
 }
 
 /** Refuse (NoSpaceError) when `needed` bytes plus the reserve do not fit in the free space of `dir`. */

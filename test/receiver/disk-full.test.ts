@@ -57,47 +57,60 @@ async function exported(source: string, image: string): Promise<string> {
   return h;
 }
 
-test('a cycle that fills the data folder stops with NO_SPACE; the committed image stays intact; freed space lets the same cycle finish', { skip, timeout: 240_000 }, async () => {
+/** Free bytes left before cycle 2 (24 MiB of new chunks): it runs out early, midway and near its end; `restart`: the receiver restarts before the resume. */
+const FILL_POINTS = [
+  { leave: 2 * MiB, restart: false },
+  { leave: 10 * MiB, restart: true },
+  { leave: 21 * MiB, restart: false },
+];
+
+test('a cycle that fills the data folder stops with NO_SPACE; the committed image stays intact; freed space lets the same cycle finish', { skip, timeout: 400_000 }, async () => {
   const disk = join(dir, 'disk.img');
-  const v1 = randomBytes(24 * MiB);
-  await writeFile(disk, v1);
-  const args = { devices: [disk], receiver: recv, stateDir: join(dir, 'state'), codeFile, sourceId: 'full' };
+  let prev = randomBytes(24 * MiB);
+  await writeFile(disk, prev);
+  const args = { devices: [disk], receiver: recv, stateDir: join(dir, 'state'), codeFile, sourceId: 'full', extra: ['--max-images', '2'] };
   const r1 = await runAgent(args);
   assert.equal(r1.exit, 0, r1.stderr);
-  assert.equal(r1.report!.imageId, '1');
+  let prevImage = r1.report!.imageId;
 
-  // every byte changes: cycle 2 sends 24 MiB of new chunks into about 8 MiB
-  const v2 = randomBytes(24 * MiB);
-  await writeFile(disk, v2);
-  fs.fill(8 * MiB);
-  const freeBefore = fs.freeBytes();
-  const t0 = performance.now();
-  const r2 = await runAgent(args);
-  const stopMs = performance.now() - t0;
-  assert.notEqual(r2.exit, 0, 'the cycle stops');
-  const e = errorOf(r2);
-  assert.equal(e.code, 'NO_SPACE', JSON.stringify(e));
-  const m = /has (\d+) bytes .* free, needs (\d+) bytes/.exec(e.message);
-  assert.ok(m, `free and needed bytes named: ${e.message}`);
-  assert.ok(Number(m[1]) <= freeBefore, 'the free figure is what the filesystem had left');
-  assert.ok(Number(m[2]) > 0);
-  assert.match(e.fix ?? '', /free space in .*rx.*--max-images/);
-  assert.doesNotMatch(r2.stderr, /unexpected error/);
+  for (const { leave, restart } of FILL_POINTS) {
+    // every byte changes: the cycle sends 24 MiB of new chunks
+    const next = randomBytes(24 * MiB);
+    await writeFile(disk, next);
+    fs.fill(leave);
+    const freeBefore = fs.freeBytes();
+    const t0 = performance.now();
+    const r2 = await runAgent(args);
+    const stopMs = performance.now() - t0;
+    assert.notEqual(r2.exit, 0, `the cycle stops (${freeBefore} bytes free)`);
+    const e = errorOf(r2);
+    assert.equal(e.code, 'NO_SPACE', JSON.stringify(e));
+    const m = /has (\d+) bytes .* free, needs (?:at least )?(\d+) bytes/.exec(e.message);
+    assert.ok(m, `free and needed bytes named: ${e.message}`);
+    assert.ok(Number(m[1]) <= freeBefore, 'the free figure is what the filesystem had left');
+    assert.ok(Number(m[2]) > 0);
+    assert.match(e.fix ?? '', /free space in .*rx.*--max-images/);
+    assert.doesNotMatch(r2.stderr, /unexpected error/);
 
-  // the committed image is untouched, and nothing was published
-  assert.equal(await exported('full', '1'), sha(v1));
-  const ls = await vmlift(['image', 'ls', '--data-dir', recv.dataDir, '--source', 'full', '--json']);
-  assert.equal(ls.code, 0, ls.stderr);
-  assert.doesNotMatch(ls.stdout, /"imageId":"2"/);
+    // the committed image is untouched, and nothing was published
+    assert.equal(await exported('full', prevImage), sha(prev));
+    const ls = await vmlift(['image', 'ls', '--data-dir', recv.dataDir, '--source', 'full', '--json']);
+    assert.equal(ls.code, 0, ls.stderr);
+    assert.doesNotMatch(ls.stdout, new RegExp(`"imageId":"${Number(prevImage) + 1}"`));
 
-  fs.unfill();
-  const r3 = await runAgent(args);
-  assert.equal(r3.exit, 0, r3.stderr);
-  assert.equal(r3.report!.imageId, '2');
-  assert.equal(r3.report!.resumedFromState, true, 'the same cycle resumed');
-  assert.equal(await exported('full', '2'), sha(v2));
-  assert.equal(await exported('full', '1'), sha(v1));
-  console.log(`figures: stopped after ${Math.round(stopMs)} ms with ${freeBefore} bytes free; first run sent ${r2.lines.length} lines; resume sent ${r3.report!.payloadBytes} payload bytes of ${v2.length}`);
+    fs.unfill();
+    if (restart) { await recv.stop(); await recv.spawn(); }
+    const r3 = await runAgent(args);
+    assert.equal(r3.exit, 0, r3.stderr);
+    assert.equal(r3.report!.imageId, String(Number(prevImage) + 1));
+    assert.equal(r3.report!.resumedFromState, true, 'the same cycle resumed');
+    assert.equal(await exported('full', r3.report!.imageId), sha(next));
+    assert.equal(await exported('full', prevImage), sha(prev));
+    console.log(`figures: ${freeBefore} bytes free: NO_SPACE after ${Math.round(stopMs)} ms (${e.message.replace(/^.*?: the receiver/, 'the receiver')}); `
+      + `${restart ? 'receiver restarted, ' : ''}resume sent ${r3.report!.payloadBytes} of ${next.length} bytes`);
+    prev = next;
+    prevImage = r3.report!.imageId;
+  }
 });
 
 test('a cycle whose estimate cannot fit is refused at begin, before anything is read', { skip, timeout: 120_000 }, async () => {
