@@ -79,7 +79,7 @@ export class OpenCycles {
         if (req.baseDisks !== undefined) opts.baseDisks = req.baseDisks;
         const resuming = (await this.store.openCycles(sourceId)).includes(cycleId);
         // a new cycle is refused before anything is created; a resumed one once its held bytes are known
-        if (!resuming && req.estimatedBytes !== undefined) await this.checkRoom(sourceId, cycleId, req.estimatedBytes);
+        if (!resuming && req.estimatedBytes !== undefined) await this.checkRoom(sourceId, cycleId, req.estimatedBytes, 'refused before it began');
         const writer = await this.store.beginCycle(opts).catch((e: unknown) => { throw asNoSpace(e, this.store.root, 1 << 20, `cycle ${cycleId} of source ${sourceId} cannot begin`); });
         oc = new OpenCycle(sourceId, writer, maxImages);
         this.open.set(sourceId, oc);
@@ -96,7 +96,7 @@ export class OpenCycles {
         const heldBytes = held.reduce((n, h) => n + h.ranges.reduce((m, r) => m + r.length, 0), 0);
         oc.estimatedBytes = req.estimatedBytes;
         oc.writtenBytes = heldBytes;
-        await this.checkRoom(sourceId, cycleId, oc.neededBytes(0));
+        await this.checkRoom(sourceId, cycleId, oc.neededBytes(0), heldBytes > 0 ? `refused to resume (${heldBytes} bytes held)` : 'refused before it began');
       }
       const answer: BeginCycleResponse = { cycleId, baseImageId: oc.writer.baseImageId, held };
       if (oc.writer.baseDisks) answer.baseDisks = [...oc.writer.baseDisks];
@@ -104,9 +104,9 @@ export class OpenCycles {
     });
   }
 
-  private async checkRoom(sourceId: string, cycleId: string, needed: number): Promise<void> {
+  private async checkRoom(sourceId: string, cycleId: string, needed: number, refused: string): Promise<void> {
     try {
-      await checkRoom(this.store.root, needed, `cycle ${cycleId} of source ${sourceId} refused before it began`);
+      await checkRoom(this.store.root, needed, `cycle ${cycleId} of source ${sourceId} ${refused}`);
     } catch (e) {
       if (e instanceof NoSpaceError) this.log.warn({ sourceId, cycleId, freeBytes: e.freeBytes, neededBytes: e.neededBytes }, 'cycle refused: no space for its estimate');
       throw e;
