@@ -83,7 +83,7 @@ export class OpenCycles {
         const writer = await this.store.beginCycle(opts).catch((e: unknown) => { throw asNoSpace(e, this.store.root, 1 << 20, `cycle ${cycleId} of source ${sourceId} cannot begin`); });
         oc = new OpenCycle(sourceId, writer, maxImages);
         this.open.set(sourceId, oc);
-        this.log.info({ sourceId, cycleId, baseImageId: writer.baseImageId }, 'cycle begun');
+        this.log.info({ sourceId, cycleId, baseImageId: writer.baseImageId, estimatedBytes: req.estimatedBytes }, 'cycle begun');
       } else {
         const same = oc.writer.disks.length === disks.length && oc.writer.disks.every((d, i) => d.capacity === disks[i]!.capacity);
         if (!same) throw new Refusal(409, 'BAD_REQUEST', `cycle ${cycleId} was begun with other disks`, 'resume with the same disks, or abort the cycle');

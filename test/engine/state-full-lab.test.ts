@@ -24,6 +24,11 @@ test('a full state folder: the job goes to error with STATE_NO_SPACE; after free
   engine.start('db');
   await engine.runNow('db');
   assert.equal(engine.getJob('db').state, 'waiting', JSON.stringify(engine.getJob('db').error));
+  // the engine tells the receiver what the cycle sends (its changed areas) before reading: the room check's estimate
+  const begun = rx.log.lines.find((l) => l.msg === 'cycle begun' && l.sourceId === 'db');
+  const [first] = rig.state.listCycles('db');
+  assert.equal(begun?.estimatedBytes, first!.changedBytes, 'estimatedBytes = the changed areas of the first cycle');
+  assert.ok(first!.changedBytes > 0);
 
   // the receiver's store, so that the filesystem can fill the moment the receiver has committed
   const store = rx.rx.store;
