@@ -6,7 +6,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile, readFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile, readFile, truncate } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -114,15 +114,17 @@ test('a cycle that fills the data folder stops with NO_SPACE; the committed imag
 });
 
 test('a cycle whose estimate cannot fit is refused at begin, before anything is read', { skip, timeout: 120_000 }, async () => {
+  // 20 MiB of data and a 12 MiB hole: the agent's estimate is the allocated 20 MiB
   const disk = join(dir, 'big.img');
   await writeFile(disk, randomBytes(20 * MiB));
+  await truncate(disk, 32 * MiB);
   fs.fill(24 * MiB);
   try {
     const r = await runAgent({ devices: [disk], receiver: recv, stateDir: join(dir, 'state-big'), codeFile, sourceId: 'big' });
     assert.notEqual(r.exit, 0);
     const e = errorOf(r);
     assert.equal(e.code, 'NO_SPACE', JSON.stringify(e));
-    assert.match(e.message, /refused before it began/);
+    assert.match(e.message, /refused before it began \(estimate 20971520 bytes plus a reserve of 16777216\)/);
     assert.match(e.message, /has \d+ bytes .* free, needs \d+ bytes/);
     assert.match(e.fix ?? '', /free space in .*--max-images.*bigger data folder/);
     // nothing read: no progress of any disk was reported, no cycle left open
