@@ -17,6 +17,7 @@ import { writeFileAtomic } from '../util/fsync.ts';
 import { UserError, errorMessage, isTransient } from '../util/errors.ts';
 import { BLOCK_SIZE, DIGEST_SIZE, ManifestReader, ManifestWriter, blockCount } from './manifest.ts';
 import { scanDisk, type ScanResult } from './scan.ts';
+import { fullCycleEstimate } from './estimate.ts';
 import type { ReceiverCycle, SessionStats } from '../transfer/contract.ts';
 import type { AgentSender } from './connect.ts';
 import type { AgentState } from './state.ts';
@@ -157,7 +158,8 @@ async function attempt(
   const cycleId = open?.cycleId ?? newCycleId();
   if (!open) await o.state.setOpenCycle({ cycleId, baseImageId, startedAt: new Date().toISOString() });
 
-  const session = await sender.beginCycle({ cycleId, disks, baseImageId, maxImages: o.maxImages });
+  const estimatedBytes = base ? undefined : await fullCycleEstimate(o.sources);
+  const session = await sender.beginCycle({ cycleId, disks, baseImageId, maxImages: o.maxImages, ...(estimatedBytes === undefined ? {} : { estimatedBytes }) });
   setSession(session);
   const heldBytes = session.held.reduce((n, h) => n + h.ranges.reduce((m, r) => m + r.length, 0), 0);
   log.info({ cycleId, baseImageId, resumed: !!open, heldBytes }, 'cycle started');

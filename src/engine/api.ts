@@ -37,7 +37,7 @@ export class ConnectorApi {
   constructor(private readonly o: ApiOptions) {
     const { engine, workgroups } = o;
     const st = engine.state;
-    this.route('GET', /^\/v1\/jobs$/, () => st.listJobs().map((j) => ({ ...j, running: engine.isRunning(j.id) })));
+    this.route('GET', /^\/v1\/jobs$/, () => st.listJobs().map((j) => ({ ...engine.getJob(j.id), running: engine.isRunning(j.id) })));
     this.route('POST', /^\/v1\/jobs$/, async (_r, _p, b) => {
       const vm = await o.resolveVm(String(b.vm ?? ''));
       const template = b.template ? this.template(String(b.template)) : undefined;

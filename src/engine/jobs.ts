@@ -66,6 +66,8 @@ const DEFAULT_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 5_000, maxDelayMs
  */
 export class JobEngine {
   private readonly running = new Map<string, Running>();
+  /** Jobs whose failure the state store could not record (its folder is full). */
+  private readonly unrecorded = new Map<string, JobError>();
   private readonly retry: RetryPolicy;
   private readonly now: () => Date;
 
@@ -86,13 +88,14 @@ export class JobEngine {
   getJob(id: string): JobRecord {
     const job = this.o.state.getJob(id);
     if (!job) throw new UserError('NO_JOB', `no job named ${id}`, 'list jobs with `vmlift job ls`');
-    return job;
+    const unrecorded = this.unrecorded.get(id);
+    return unrecorded ? { ...job, state: 'error', error: unrecorded } : job;
   }
 
   /** created | error → syncing (the first cycle starts at the next scheduler tick). */
   start(id: string): JobRecord {
     const job = this.getJob(id);
-    if (job.state === 'created' || job.state === 'error') return this.o.state.updateJob(id, { state: 'syncing', error: null });
+    if (job.state === 'created' || job.state === 'error') return this.recorded(id, this.o.state.updateJob(id, { state: 'syncing', error: null }));
     if (job.state === 'completed') throw new UserError('JOB_COMPLETED', `job ${id} is completed; it runs no more cycles`, 'create a new job to migrate the VM again');
     return job;
   }
@@ -121,7 +124,7 @@ export class JobEngine {
   resume(id: string): JobRecord {
     const job = this.getJob(id);
     if (job.state === 'paused') return this.o.state.updateJob(id, { state: job.resumeState ?? 'waiting', resumeState: null });
-    if (job.state === 'error') return this.o.state.updateJob(id, { state: 'syncing', error: null });
+    if (job.state === 'error') return this.recorded(id, this.o.state.updateJob(id, { state: 'syncing', error: null }));
     return job;
   }
 
@@ -187,7 +190,7 @@ export class JobEngine {
   dueJobs(): JobRecord[] {
     const t = this.now().getTime();
     return this.o.state.listJobs().filter((j) => {
-      if (this.running.has(j.id)) return false;
+      if (this.running.has(j.id) || this.unrecorded.has(j.id)) return false;
       if (j.state === 'syncing' || j.state === 'completing') return true;
       return j.state === 'waiting' && j.settings.autoSync && j.nextSyncAt !== null && Date.parse(j.nextSyncAt) <= t;
     });
@@ -264,7 +267,7 @@ export class JobEngine {
           log.info({ cycleId: cycle.id, reason: errorMessage(run.controller.signal.reason) }, 'cycle interrupted; it resumes later');
           return;
         }
-        const step = e instanceof CycleError ? e.step : 'connect';
+        const step = e instanceof CycleError ? e.step : (e as { code?: unknown }).code === 'STATE_NO_SPACE' ? 'state' : 'connect';
         const transient = isTransient(e);
         const error = jobError(step, e, this.now(), attempt);
         log.warn({ cycleId: cycle.id, step, attempt, transient, errCode: error.code, err: error.message }, 'cycle attempt failed');
@@ -276,11 +279,32 @@ export class JobEngine {
           if (run.controller.signal.aborted) return;
           continue;
         }
-        this.o.state.failCycle(cycle.id, error.message);
-        this.o.state.updateJob(job.id, { state: 'error', resumeState: null, error });
+        this.recordFailure(job.id, cycle.id, error, log);
         return;
       }
     }
+  }
+
+  /**
+   * The job goes to `error`. A cycle stopped by a full state folder stays running, so that its resume
+   * finds the receiver's image by cycle id; when even the error cannot be written, it is kept here.
+   */
+  private recordFailure(jobId: string, cycleId: string, error: JobError, log: Logger): void {
+    try {
+      if (error.code !== 'STATE_NO_SPACE') this.o.state.failCycle(cycleId, error.message);
+      this.o.state.updateJob(jobId, { state: 'error', resumeState: null, error });
+      this.unrecorded.delete(jobId);
+    } catch (e) {
+      if ((e as { code?: unknown }).code !== 'STATE_NO_SPACE') throw e;
+      log.error({ errCode: error.code, err: error.message, fix: error.fix }, 'the job failed and its state folder is full: the error is kept in memory until `job resume`');
+      this.unrecorded.set(jobId, error);
+    }
+  }
+
+  /** A state write for a job succeeded: an error kept in memory is replaced by it. */
+  private recorded(jobId: string, job: JobRecord): JobRecord {
+    this.unrecorded.delete(jobId);
+    return job;
   }
 
   private async attempt(job: JobRecord, run: Running, cycleId: string, previousImageId: string | null, first: boolean, log: Logger,

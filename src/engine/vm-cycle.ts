@@ -191,6 +191,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ow
     baseImageId: baseOnReceiver ? input.previousImageId : null,
     ...(baseOnReceiver ? { baseDisks } : {}),
     maxImages: settings.maxImages,
+    estimatedBytes: areas.reduce((n, a) => n + totalLength(a), 0),
   }));
   onSession(session);
   if (baseOnReceiver) {

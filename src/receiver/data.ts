@@ -19,6 +19,7 @@ import type { AckFrame, ReadyFrame } from '../transfer/contract.ts';
 import type { CodecPool } from '../transfer/codec-pool.ts';
 import { authenticate } from './identity.ts';
 import { checkExtentFrame } from './extent-checks.ts';
+import { NoSpaceError, asNoSpace } from './space.ts';
 import type { OpenCycles, OpenCycle, CycleFeed } from './open-cycles.ts';
 
 export const PENDING_LIMIT = 16 * 1024 * 1024;
@@ -34,6 +35,8 @@ const WRITES_IN_FLIGHT = 64;
 const READ_BUFFER = 64 * 1024;
 const WRITE_BYTES_IN_FLIGHT = 8 * 1024 * 1024;
 const HELLO_TIMEOUT_MS = 15000;
+/** Bytes a failed write is said to need at least, when the sender gave no estimate: the writes in flight. */
+const MAX_WRITE_NEED = WRITE_BYTES_IN_FLIGHT;
 
 type Item =
   | { kind: 'extent'; seq: number; disk: number; offset: number; length: number; data: Promise<Buffer | null>; digest: Buffer; cost: number }
@@ -207,6 +210,7 @@ export class DataConnection implements CycleFeed {
           await this.inflight.shift();
         }
         this.lastIssued = item.seq;
+        this.oc!.writtenBytes += item.length;
         this.unflushed += item.length;
         this.queue.shift();
         this.pending -= item.cost;
@@ -217,13 +221,13 @@ export class DataConnection implements CycleFeed {
           // written; only the ACK waits for it. At most one flush interval runs ahead of durability.
           await this.lastFlush;
           this.lastFlush = this.flush();
-          this.lastFlush.catch((e) => this.refuse(e instanceof StoreError ? { ...errorReport(e), message: `flush failed: ${e.message}` } : internal(`flush failed: ${errorMessage(e)}`)));
+          this.lastFlush.catch((e) => this.refuse(this.failure(e, 'flush failed')));
         } else this.armFlushTimer();
       }
     } catch (e) {
       if (!(e instanceof ProtocolError)) this.writeFailed = true;
-      if (e instanceof ProtocolError || e instanceof StoreError) this.refuse(errorReport(e));
-      else this.refuse(internal(errorMessage(e)));
+      if (e instanceof ProtocolError) this.refuse(errorReport(e));
+      else this.refuse(this.failure(e, 'write failed'));
     } finally {
       this.running = false;
     }
@@ -247,7 +251,7 @@ export class DataConnection implements CycleFeed {
       this.flushTimer = null;
       if (this.running || this.unflushed === 0) { if (this.unflushed) this.armFlushTimer(); return; }
       this.running = true;
-      this.flush().catch((e) => { this.writeFailed = true; this.refuse(internal(`flush failed: ${errorMessage(e)}`)); }).finally(() => {
+      this.flush().catch((e) => { this.writeFailed = true; this.refuse(this.failure(e, 'flush failed')); }).finally(() => {
         this.running = false;
         if (this.queue.length && !this.refused) this.kick();
         else if (this.closed || this.refused) void this.finish();
@@ -287,6 +291,18 @@ export class DataConnection implements CycleFeed {
     });
     this.flushChain = run.catch(() => undefined);
     return run;
+  }
+
+  /** What a failed store write or flush tells the peer: NO_SPACE with its figures for a full filesystem, else the store's error or INTERNAL. */
+  private failure(e: unknown, what: string): WireError {
+    const oc = this.oc;
+    const full = oc ? asNoSpace(e, this.ctx.cycles.store.root, oc.neededBytes(MAX_WRITE_NEED), `cycle ${oc.cycleId} of source ${oc.sourceId} stopped (${what})`, oc.estimatedBytes === undefined) : e;
+    if (full instanceof NoSpaceError) {
+      this.log.warn({ freeBytes: full.freeBytes, neededBytes: full.neededBytes }, 'store is full; the cycle stays open and resumes once space is freed');
+      return errorReport(full);
+    }
+    if (e instanceof StoreError) return what === 'write failed' ? errorReport(e) : { ...errorReport(e), message: `${what}: ${e.message}` };
+    return internal(`${what}: ${errorMessage(e)}`);
   }
 
   /** Refuse: tell the peer why (code, message, fix), log it, close. The cycle stays open and resumable. */

@@ -9,6 +9,7 @@ import { assertId } from '../util/ids.ts';
 import { StoreError, type CycleWriter, type ImageStore } from '../store/types.ts';
 import type { HeldRanges, ImageInfo } from '../model/images.ts';
 import { sourceDigestMismatch } from './verify-digests.ts';
+import { NoSpaceError, asNoSpace, checkRoom } from './space.ts';
 import type { AbortCycleRequest, BeginCycleRequest, BeginCycleResponse, CommitCycleRequest } from '../transfer/contract.ts';
 
 /** A refusal sent to the peer: HTTP status, code, message, fix, and `transient` when the peer may try again. */
@@ -29,8 +30,15 @@ export class OpenCycle {
   readonly streams = new Map<string, number>();
   feed: CycleFeed | null = null;
   committing = false;
+  /** The sender's estimate of the bytes it sends (BeginCycleRequest.estimatedBytes), and the bytes written since: for NO_SPACE's figures. */
+  estimatedBytes: number | undefined;
+  writtenBytes = 0;
   constructor(readonly sourceId: string, readonly writer: CycleWriter, public maxImages: number | undefined) {}
   get cycleId(): string { return this.writer.cycleId; }
+  /** Bytes this cycle still needs: what is left of the estimate, at least `now`. */
+  neededBytes(now: number): number {
+    return Math.max(now, (this.estimatedBytes ?? 0) - this.writtenBytes);
+  }
 }
 
 /** Open cycles of every source, and the cycle operations of the control API. */
@@ -69,19 +77,40 @@ export class OpenCycles {
         const opts: Parameters<ImageStore['beginCycle']>[0] = { sourceId, cycleId, disks };
         if (req.baseImageId !== undefined) opts.baseImageId = req.baseImageId;
         if (req.baseDisks !== undefined) opts.baseDisks = req.baseDisks;
-        const writer = await this.store.beginCycle(opts);
+        const resuming = (await this.store.openCycles(sourceId)).includes(cycleId);
+        // a new cycle is refused before anything is created; a resumed one once its held bytes are known
+        if (!resuming && req.estimatedBytes !== undefined) await this.checkRoom(sourceId, cycleId, req.estimatedBytes, 'refused before it began');
+        const writer = await this.store.beginCycle(opts).catch((e: unknown) => { throw asNoSpace(e, this.store.root, 1 << 20, `cycle ${cycleId} of source ${sourceId} cannot begin`); });
         oc = new OpenCycle(sourceId, writer, maxImages);
         this.open.set(sourceId, oc);
-        this.log.info({ sourceId, cycleId, baseImageId: writer.baseImageId }, 'cycle begun');
+        this.log.info({ sourceId, cycleId, baseImageId: writer.baseImageId, estimatedBytes: req.estimatedBytes }, 'cycle begun');
       } else {
         const same = oc.writer.disks.length === disks.length && oc.writer.disks.every((d, i) => d.capacity === disks[i]!.capacity);
         if (!same) throw new Refusal(409, 'BAD_REQUEST', `cycle ${cycleId} was begun with other disks`, 'resume with the same disks, or abort the cycle');
         if (maxImages !== undefined) oc.maxImages = maxImages;
+        // What a stopped connection wrote but could not flush (a full disk, since freed) becomes held now, not sent again.
+        if (!oc.feed) await oc.writer.flush().catch((e: unknown) => { throw asNoSpace(e, this.store.root, oc!.neededBytes(1 << 20), `cycle ${cycleId} of source ${sourceId} cannot resume`); });
       }
-      const answer: BeginCycleResponse = { cycleId, baseImageId: oc.writer.baseImageId, held: await oc.writer.held() };
+      const held = await oc.writer.held();
+      if (req.estimatedBytes !== undefined) {
+        const heldBytes = held.reduce((n, h) => n + h.ranges.reduce((m, r) => m + r.length, 0), 0);
+        oc.estimatedBytes = req.estimatedBytes;
+        oc.writtenBytes = heldBytes;
+        await this.checkRoom(sourceId, cycleId, oc.neededBytes(0), heldBytes > 0 ? `refused to resume (${heldBytes} bytes held)` : 'refused before it began');
+      }
+      const answer: BeginCycleResponse = { cycleId, baseImageId: oc.writer.baseImageId, held };
       if (oc.writer.baseDisks) answer.baseDisks = [...oc.writer.baseDisks];
       return answer;
     });
+  }
+
+  private async checkRoom(sourceId: string, cycleId: string, needed: number, refused: string): Promise<void> {
+    try {
+      await checkRoom(this.store.root, needed, `cycle ${cycleId} of source ${sourceId} ${refused}`);
+    } catch (e) {
+      if (e instanceof NoSpaceError) this.log.warn({ sourceId, cycleId, freeBytes: e.freeBytes, neededBytes: e.neededBytes }, 'cycle refused: no space for its estimate');
+      throw e;
+    }
   }
 
   async held(sourceId: string, cycleId: string): Promise<HeldRanges[]> {
@@ -120,7 +149,9 @@ export class OpenCycles {
             throw new Refusal(409, 'MISSING_EXTENTS', `commit of cycle ${cycleId} refused: ${e.message}`, 'resume the cycle and send the missing extents, then commit again');
           }
           if (e instanceof Refusal && e.code === 'CHECKSUM_MISMATCH') this.log.warn({ sourceId, cycleId, reason: e.message }, 'commit refused: checksum mismatch; nothing published, the cycle stays open');
-          throw e;
+          const full = asNoSpace(e, this.store.root, oc.neededBytes(1 << 20), `commit of cycle ${cycleId} of source ${sourceId} stopped; nothing was published, the cycle stays open`);
+          if (full instanceof NoSpaceError) this.log.warn({ sourceId, cycleId, freeBytes: full.freeBytes, neededBytes: full.neededBytes }, 'commit stopped: no space');
+          throw full;
         }
         this.open.delete(sourceId);
         const keep = req.maxImages ?? oc.maxImages;
@@ -170,6 +201,7 @@ export function disksRequired(): Refusal {
 
 export function refusalFrom(e: unknown): Refusal | null {
   if (e instanceof Refusal) return e;
+  if (e instanceof NoSpaceError) return new Refusal(507, e.code, e.message, e.fix, { cause: e });
   if (e instanceof UserError) return new Refusal(400, e.code, e.message, e.fix, { cause: e, transient: isTransient(e) });
   if (e instanceof StoreError) {
     const status = e.code === 'NOT_FOUND' ? 404 : e.code === 'CYCLE_BUSY' || e.code === 'CYCLE_MISMATCH' || e.code === 'CYCLE_CLOSED' ? 409 : 400;

@@ -30,6 +30,10 @@ export function parseBeginCycle(body: JsonObject): BeginCycleRequest {
   if (maxImages !== undefined) out.maxImages = maxImages;
   if (body.baseImageId !== undefined) out.baseImageId = body.baseImageId === null ? null : assertId(body.baseImageId, 'image id');
   if (body.baseDisks !== undefined) out.baseDisks = checkBaseDisks(body.baseDisks, out.disks.length);
+  if (body.estimatedBytes !== undefined && body.estimatedBytes !== null) {
+    if (!isCount(body.estimatedBytes)) throw badRequest('estimatedBytes must be a whole number of bytes >= 0', SAME_VERSION_FIX);
+    out.estimatedBytes = body.estimatedBytes;
+  }
   return out;
 }
 

@@ -11,6 +11,7 @@ import {
   type CycleRecord, type DiskRecord, type JobRecord, type JobSettings, type NewJob, type StateStore,
   type TemplateRecord, type WorkgroupRecord,
 } from './types.ts';
+import { StateNoSpaceError, isStateFull, withNoSpaceErrors } from './no-space.ts';
 
 const SCHEMA_VERSION = 2;
 
@@ -76,6 +77,16 @@ export class SqliteStateStore implements StateStore {
   constructor(readonly path: string) {
     mkdirSync(dirname(path), { recursive: true });
     this.db = new Database(path);
+    try {
+      this.prepareSchema();
+    } catch (e) {
+      this.db.close();
+      throw e;
+    }
+  }
+
+  private prepareSchema(): void {
+    const path = this.path;
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.pragma('foreign_keys = ON');
@@ -85,7 +96,8 @@ export class SqliteStateStore implements StateStore {
       throw new StateError('SCHEMA_NEWER', `state database ${path} was written by a newer vmlift (schema ${version} > ${SCHEMA_VERSION}); upgrade vmlift`,
         { fix: 'run the vmlift version that wrote it, or a newer one' });
     }
-    this.db.transaction(() => {
+    // an up-to-date database is opened without a write, so that a full state folder stays readable
+    if (version < SCHEMA_VERSION) this.db.transaction(() => {
       this.db.exec(SCHEMA);
       // Schema 1 → 2: the disks' transport and its reason.
       const cols = new Set((this.db.prepare('PRAGMA table_info(disks)').all() as { name: string }[]).map((c) => c.name));
@@ -292,5 +304,11 @@ export class SqliteStateStore implements StateStore {
 }
 
 export function openStateStore(path: string): StateStore {
-  return new SqliteStateStore(path);
+  const dir = dirname(path);
+  try {
+    return withNoSpaceErrors(new SqliteStateStore(path), dir);
+  } catch (e) {
+    if (isStateFull(e)) throw new StateNoSpaceError(dir, 0, e);
+    throw e;
+  }
 }

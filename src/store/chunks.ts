@@ -5,6 +5,7 @@ import { fsyncDir } from '../util/fsync.ts';
 import type { Layout } from './layout.ts';
 import { dropFromCache, hasSyncfs, syncfs } from './native.ts';
 import { INLINE_HASH_MAX, nativeDigest } from '../util/native-digest.ts';
+import { writeFully } from '../util/write-fully.ts';
 
 export function sha256(data: Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
@@ -104,7 +105,7 @@ export class ChunkWriter {
     let fh: FileHandle | undefined;
     try {
       fh = await open(tmp, 'wx', 0o600);
-      await fh.write(data, 0, data.length, 0);
+      await writeFully(fh, data, 0);
     } catch (e) {
       await fh?.close().catch(() => {});
       await unlink(tmp).catch(() => {});

@@ -4,6 +4,7 @@ import { dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fsyncDir } from '../util/fsync.ts';
 import { StoreError } from './types.ts';
+import { writeFully } from '../util/write-fully.ts';
 
 /** Reads one chunk of an image: its bytes, or null for a hole. */
 export type ChunkSource = (i: number) => Promise<Buffer | null>;
@@ -36,7 +37,7 @@ async function writeRaw(path: string, capacity: number, chunkSize: number, slots
         const data = await read(i);
         if (!data) continue;
         const len = Math.min(chunkSize, capacity - i * chunkSize);
-        await fh.write(data, 0, Math.min(len, data.length), i * chunkSize);
+        await writeFully(fh, data, i * chunkSize, Math.min(len, data.length));
       }
     };
     await Promise.all(Array.from({ length: depth }, worker));

@@ -17,6 +17,7 @@ import { RefsJournal } from './refs.ts';
 import { encodeRecords, overlayName, readOverlay, RECORD, RESET, type Overlay } from './overlay.ts';
 import { coalesce, type Range } from '../model/ranges.ts';
 import type { DiskSpec, HeldRanges } from '../model/images.ts';
+import { writeFully } from '../util/write-fully.ts';
 
 /** One disk's working index file (32 bytes a slot), and the slots changed since it was last written. */
 export class WorkingIndex {
@@ -46,7 +47,7 @@ export class WorkingIndex {
       let j = k + 1;
       while (j < idxs.length && idxs[j] === idxs[j - 1]! + 1 && j - k < 8192) j++;
       const buf = Buffer.concat(idxs.slice(k, j).map((i) => changes.get(i) ?? zero));
-      await this.fh.write(buf, 0, buf.length, idxs[k]! * SLOT);
+      await writeFully(this.fh, buf, idxs[k]! * SLOT);
       k = j;
     }
     await this.fh.sync();
@@ -128,7 +129,7 @@ export class WorkingOverlay {
   async append(records: OverlayRecord[]): Promise<void> {
     if (records.length === 0) return;
     const buf = encodeRecords(records);
-    await this.fh.write(buf, 0, buf.length, this.size);
+    await writeFully(this.fh, buf, this.size);
     await this.fh.sync();
     this.size += buf.length;
   }
@@ -229,7 +230,7 @@ export class CycleJournals {
       const lines: string[] = [];
       disks.forEach((d, k) => { for (const r of coalesce(ranges[k]!)) lines.push(JSON.stringify({ d: d.spec.disk, o: r.offset, l: r.length })); });
       if (lines.length > 0) {
-        await this.heldFh.write(`${lines.join('\n')}\n`);
+        await writeFully(this.heldFh, `${lines.join('\n')}\n`, null);
         await this.heldFh.sync();
       }
     } catch (e) {

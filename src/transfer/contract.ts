@@ -114,6 +114,11 @@ export interface BeginCycleRequest {
   baseDisks?: (number | null)[];
   /** Images to keep after the commit (1..10). */
   maxImages?: number;
+  /**
+   * Bytes the sender expects to send (changed or allocated areas, known before reading): the receiver
+   * refuses to begin (NO_SPACE) when they do not fit in its free space minus a reserve. Absent: no check.
+   */
+  estimatedBytes?: number;
 }
 export interface BeginCycleResponse {
   cycleId: string;

@@ -99,6 +99,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
   private readonly maxImages: number | undefined;
   private readonly requestedBase: string | null | undefined;
   private readonly requestedBaseDisks: (number | null)[] | undefined;
+  private readonly estimatedBytes: number | undefined;
   private readonly log: Logger;
   private readonly streamId = randomBytes(8).toString('hex');
 
@@ -128,6 +129,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     this.maxImages = o.maxImages;
     this.requestedBase = o.baseImageId;
     this.requestedBaseDisks = o.baseDisks && [...o.baseDisks];
+    this.estimatedBytes = o.estimatedBytes;
     this.log = host.log.child({ cycleId: o.cycleId });
     this.window = new SendWindow(host.windowBytes);
     this.governor = new CompressionGovernor(undefined, undefined, { ...DEFAULT_TIMING, settleBytes: Math.max(DEFAULT_TIMING.settleBytes, host.windowBytes + (32 << 20)) });
@@ -167,6 +169,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     if (this.requestedBase !== undefined) body.baseImageId = this.requestedBase;
     if (this.requestedBaseDisks !== undefined) body.baseDisks = this.requestedBaseDisks;
     if (this.maxImages !== undefined) body.maxImages = this.maxImages;
+    if (this.estimatedBytes !== undefined) body.estimatedBytes = this.estimatedBytes;
     const r = await this.host.control.beginCycle(body);
     this.baseImageId = r.baseImageId;
     this.baseDisks = Array.isArray(r.baseDisks) ? r.baseDisks : null;

@@ -19,6 +19,10 @@ test('begin: ids, disks, maxImages and the base image are checked in that order;
   assert.deepEqual(b, { cycleId: 'c1', disks: [{ disk: 0, capacity: 1 << 20, label: 'x'.repeat(200) }, { disk: 1, capacity: 4096 }], maxImages: 3, baseImageId: null });
   assert.deepEqual(parseBeginCycle({ cycleId: 'c1', disks, maxImages: null }), { cycleId: 'c1', disks: b.disks }, 'absent fields stay absent');
   assert.equal(parseBeginCycle({ cycleId: 'c1', disks, baseImageId: '4' }).baseImageId, '4');
+  assert.equal(parseBeginCycle({ cycleId: 'c1', disks, estimatedBytes: 5 << 20 }).estimatedBytes, 5 << 20);
+  for (const bad of [-1, 1.5, '5', 2 ** 60]) {
+    assert.throws(() => parseBeginCycle({ cycleId: 'c1', disks, estimatedBytes: bad }), refused('BAD_REQUEST', /estimatedBytes/));
+  }
   assert.throws(() => parseBeginCycle({ cycleId: 'C_1', disks: 'x' }), refused('BAD_ID', /invalid cycle id/));
   for (const bad of [undefined, [], Array(257).fill({ disk: 0, capacity: 512 })]) {
     assert.throws(() => parseBeginCycle({ cycleId: 'c1', disks: bad }), refused('BAD_REQUEST', /1\.\.256 disks/));
