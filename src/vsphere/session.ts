@@ -228,8 +228,8 @@ export class VimSession {
       const te = await this.transportError(e);
       if (te) throw te;
       const status = (e as { response?: { status?: number } }).response?.status;
-      if (status === 200 || (!status && e instanceof Error && !(e as { code?: string }).code)) {
-        // node-soap's parser refused the answer (malformed XML, an undefined entity)
+      if (status === 200) {
+        // node-soap's parser refused a 200 answer (malformed XML, an undefined entity)
         throw badResponse(new URL(this.url).host, `${method}: the answer is not well-formed SOAP (${errorMessage(e).slice(0, 200)})`, e);
       }
       const why = status ? `HTTP ${status}` : e instanceof Error ? e.message : 'unreadable answer';

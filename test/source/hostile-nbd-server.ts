@@ -71,6 +71,12 @@ const behaviours: Record<string, Behaviour> = {
     const hole = chunk(0, 2, r.handle, Buffer.concat([u64(r.off), u32(r.len)]));
     const t = setInterval(() => { if (s.destroyed) clearInterval(t); else s.write(Buffer.concat(Array(256).fill(hole))); }, 1);
   },
+  // the right reply, one byte every 20 ms: never silent, never done
+  trickle: (s, r) => {
+    const c = dataChunk(DONE, r.handle, r.off, r.len);
+    let i = 0;
+    const t = setInterval(() => { if (s.destroyed || i >= c.length) clearInterval(t); else s.write(c.subarray(i, ++i)); }, 20);
+  },
   'endless-errors': (s, r) => {
     const e = errorChunk(0, r.handle, 5, 'again');
     const t = setInterval(() => { if (s.destroyed) clearInterval(t); else s.write(e); }, 1);

@@ -73,6 +73,16 @@ const cases: Case[] = [
 ];
 
 describe('NBD client against a hostile server', () => {
+  it('trickle (a byte every 20 ms, never silent): the whole-request deadline ends it', async () => {
+    const s = await NbdSource.open(`nbd://127.0.0.1:${port}/trickle`, { retry: { attempts: 1 }, requestTimeoutMs: 200 });
+    const t0 = Date.now();
+    try {
+      await assert.rejects(s.read(8192, 4096), /at offset 8192 .*no complete reply from the server within 2000 ms/);
+      const took = Date.now() - t0;
+      assert.ok(took >= 1900 && took < 3500, `ended after ${took} ms`);
+    } finally { await s.close().catch(() => undefined); }
+  });
+
   for (const c of cases) {
     it(`${c.name}: a clear error, bounded time, no buffer beyond the request`, async () => {
       const t0 = Date.now();

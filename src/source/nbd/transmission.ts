@@ -22,6 +22,8 @@ interface Pending {
   filled: number[];
   filledBytes: number;
   descriptors: BlockStatusDescriptor[] | undefined;
+  /** When it was sent (ms): a reply trickled byte by byte still ends at the whole-request deadline. */
+  sent: number;
   /** Chunks other than data and holes (errors, block status) seen in this reply. */
   otherChunks: number;
   error: NbdError | undefined;
@@ -35,6 +37,8 @@ const EMPTY = Buffer.alloc(0);
 export const MAX_STATUS_CHUNK = 16 << 20;
 /** Largest error chunk: code, a 16-bit message length, the message, an offset. */
 export const MAX_ERROR_CHUNK = 6 + 0xffff + 8;
+/** A request's whole reply must arrive within this many request timeouts, however steadily it trickles. */
+const REQUEST_DEADLINE_FACTOR = 10;
 /** Error chunks one reply may carry: a server sending them without end never finishes the request. */
 const MAX_OTHER_CHUNKS = 16;
 
@@ -144,7 +148,7 @@ export class NbdConnection {
       const p: Pending = {
         handle, cmd, offset, length,
         buf: cmd === P.CMD_READ ? (into ? into.subarray(0, length) : Buffer.allocUnsafe(length)) : undefined,
-        filled: [], filledBytes: 0, descriptors: cmd === P.CMD_BLOCK_STATUS ? [] : undefined, otherChunks: 0,
+        filled: [], filledBytes: 0, descriptors: cmd === P.CMD_BLOCK_STATUS ? [] : undefined, otherChunks: 0, sent: Date.now(),
         error: undefined, resolve, reject,
       };
       if (this.pending.size === 0) this.lastActivity = Date.now();
@@ -185,9 +189,15 @@ export class NbdConnection {
     const every = Math.max(50, Math.min(1000, this.requestTimeoutMs / 4));
     this.timer = setInterval(() => {
       if (this.pending.size === 0) { this.stopTimer(); return; }
-      if (Date.now() - this.lastActivity > this.requestTimeoutMs) {
+      const now = Date.now();
+      if (now - this.lastActivity > this.requestTimeoutMs) {
         this.fatal(`no reply from the server for ${this.requestTimeoutMs} ms`, true);
+        return;
       }
+      // the oldest request first (a Map keeps insertion order)
+      const oldest = this.pending.values().next().value as Pending;
+      const deadline = REQUEST_DEADLINE_FACTOR * this.requestTimeoutMs;
+      if (now - oldest.sent > deadline) this.fatal(`no complete reply from the server within ${deadline} ms (it keeps the connection busy without finishing)`, true);
     }, every);
     this.timer.unref();
   }
