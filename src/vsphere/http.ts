@@ -3,12 +3,12 @@ import { request } from 'undici';
 import type { IHttpClient } from 'soap';
 import { UserError } from '../util/errors.ts';
 import { badResponse } from './errors.ts';
-import { depthOver } from './lean-xml.ts';
+import { depthOver, MAX_XML_DEPTH } from './lean-xml.ts';
 
 /** Counters of the SOAP transport: round trips are what the inventory benchmark reports. */
 export interface TransportStats { roundTrips: number; bytesSent: number; bytesReceived: number }
 
-/** What one SOAP answer may be: vCenter's largest (an unpaged inventory of 10,000 VMs) is about 60 MiB. */
+/** What one SOAP answer may be; the size default is well above vCenter's largest answers (docs/vsphere.md, Measured). */
 export interface SoapLimits {
   /** Bytes of one answer body; larger answers are refused while they stream in. */
   maxResponseBytes: number;
@@ -19,7 +19,6 @@ export interface SoapLimits {
 }
 
 export const DEFAULT_MAX_RESPONSE_BYTES = 256 << 20;
-export const DEFAULT_MAX_DEPTH = 256;
 
 /** The limits for a session whose per-packet timeout is `timeoutMs`; VMLIFT_VC_MAX_RESPONSE_MIB overrides the size cap. */
 export function soapLimits(timeoutMs: number, o: Partial<SoapLimits> = {}): SoapLimits {
@@ -28,7 +27,7 @@ export function soapLimits(timeoutMs: number, o: Partial<SoapLimits> = {}): Soap
   return {
     maxResponseBytes: o.maxResponseBytes ?? fromEnv ?? DEFAULT_MAX_RESPONSE_BYTES,
     deadlineMs: o.deadlineMs ?? Math.max(10 * timeoutMs, 60_000),
-    maxDepth: o.maxDepth ?? DEFAULT_MAX_DEPTH,
+    maxDepth: o.maxDepth ?? MAX_XML_DEPTH,
   };
 }
 
