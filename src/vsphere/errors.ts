@@ -99,3 +99,13 @@ export function faultToUserError(f: VimFault): UserError {
       return user('VC_FAULT', `vCenter ${f.method} failed: ${f.type}: ${f.message}`);
   }
 }
+
+/**
+ * vCenter's answer is not one vmlift reads: too large, not XML, with a DTD, nested too deep, or
+ * unparsable. Never transient: the same server gives the same answer.
+ */
+export function badResponse(server: string, why: string, cause?: unknown): UserError {
+  return new UserError('VC_BAD_RESPONSE', `the answer from ${server} was refused: ${why}`,
+    'check that --server is the vCenter (or ESXi) SDK URL and that no proxy or portal answers in its place; ' +
+    'for a very large inventory, raise VMLIFT_VC_MAX_RESPONSE_MIB', { cause });
+}

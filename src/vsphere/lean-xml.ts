@@ -3,8 +3,12 @@
  * PropertyCollector's). It gives the same shapes node-soap gives and convert.ts reads: element
  * names without their prefix; an element with children is an object (a repeated child an array,
  * attributes under `attributes`); a text-only element is its text, or `{ attributes, $value }`
- * when it has attributes. xmlns declarations are dropped. No DTDs (SOAP forbids them).
+ * when it has attributes. xmlns declarations are dropped. No DTDs (SOAP forbids them), so no
+ * entities but the five predefined ones and character references; nesting is capped.
  */
+
+/** Deeper nesting than vim25 ever has (a snapshot tree of 32 levels is about 70 elements deep). */
+export const MAX_XML_DEPTH = 256;
 
 const ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
 
@@ -80,7 +84,7 @@ function skipElement(xml: string, qname: string, gt: number): number {
 }
 
 /** Parses a whole document; returns the root element's value (see the shapes above), keyed by its name. */
-export function parseXml(xml: string, prune?: Prune): Record<string, unknown> {
+export function parseXml(xml: string, prune?: Prune, maxDepth = MAX_XML_DEPTH): Record<string, unknown> {
   const root: Frame = { name: '', attrs: null, obj: null, text: '' };
   const stack: Frame[] = [root];
   let top = root;
@@ -132,11 +136,39 @@ export function parseXml(xml: string, prune?: Prune): Record<string, unknown> {
     if (top.obj === null && top !== root) { top.obj = {}; top.text = ''; }
     const f: Frame = { name, attrs, obj: null, text: '' };
     if (selfClosing) add(top, name, close(f));
-    else { stack.push(f); top = f; }
+    else {
+      if (stack.length > maxDepth) throw new Error(`XML: elements nest deeper than ${maxDepth} levels (at offset ${lt})`);
+      stack.push(f);
+      top = f;
+    }
     i = gt + 1;
   }
   if (stack.length !== 1) throw new Error('XML: unexpected end of document');
   return root.obj ?? {};
+}
+
+/**
+ * The offset of the first start tag nested deeper than `limit`, or undefined: a scan without
+ * parsing, for answers another parser (node-soap) reads.
+ */
+export function depthOver(xml: string, limit: number): number | undefined {
+  let depth = 0;
+  for (let lt = xml.indexOf('<'); lt >= 0; lt = xml.indexOf('<', lt + 1)) {
+    const c = xml.charCodeAt(lt + 1);
+    if (c === 47 /* / */) { depth--; continue; }
+    if (c === 63 /* ? */) continue;
+    if (c === 33 /* ! */) {
+      const end = xml.startsWith('<!--', lt) ? xml.indexOf('-->', lt) : xml.startsWith('<![CDATA[', lt) ? xml.indexOf(']]>', lt) : lt;
+      if (end < 0) return undefined;
+      lt = end;
+      continue;
+    }
+    const gt = xml.indexOf('>', lt);
+    if (gt < 0) return undefined;
+    if (xml.charCodeAt(gt - 1) !== 47 && ++depth > limit) return lt;
+    lt = gt;
+  }
+  return undefined;
 }
 
 /** The first element inside a SOAP Body (e.g. RetrievePropertiesExResponse), or undefined. */

@@ -2,6 +2,7 @@
 import type { VimSession } from './session.ts';
 import { arr, bool, mor, morOf, moref, num, str, xsiType, type MoRef } from './convert.ts';
 import { soapBody, type Prune } from './lean-xml.ts';
+import { badResponse } from './errors.ts';
 
 export interface PropSpec { type: string; pathSet: string[] }
 /** A property vCenter did not return (`missingSet`): its path, the fault's type and, for NoPermission, the privilege. */
@@ -23,8 +24,14 @@ function tokenOf(xml: string): string | undefined {
   return m ? m[1] : undefined;
 }
 
-function objectsOf(xml: string, out: ObjectProps[], prune?: Prune): string | undefined {
-  const rv = soapBody(xml, prune)?.returnval;
+function objectsOf(s: VimSession, xml: string, out: ObjectProps[], prune?: Prune): string | undefined {
+  let body;
+  try {
+    body = soapBody(xml, prune);
+  } catch (e) {
+    throw badResponse(new URL(s.url).host, `RetrievePropertiesEx: ${(e as Error).message}`, e);
+  }
+  const rv = body?.returnval;
   if (!rv || typeof rv !== 'object') return undefined;
   for (const o of arr(rv.objects)) {
     const props: Record<string, any> = {};
@@ -67,7 +74,7 @@ async function retrieveAll(s: VimSession, specSet: Record<string, unknown>[], o:
     page = early ? s.callText('ContinueRetrievePropertiesEx', { _this: pc, token: early }) : undefined;
     // A page that fails to parse must not leave the next request unobserved.
     if (page) page.catch(() => {});
-    const token = objectsOf(xml, out, prune);
+    const token = objectsOf(s, xml, out, prune);
     if (token && !early) page = s.callText('ContinueRetrievePropertiesEx', { _this: pc, token });
     if (token) {
       if (seen.has(token)) throw new Error(`vCenter answered the same PropertyCollector token twice (${token})`);

@@ -5,8 +5,8 @@ import { request, type Agent } from 'undici';
 import { UserError, errorMessage } from '../util/errors.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { fetchThumbprints, makeDispatcher, type TrustMode } from './tls.ts';
-import { UndiciSoapHttp, type TransportStats } from './http.ts';
-import { parseFault, unreachable, VimFault } from './errors.ts';
+import { deadlineError, readBody, soapLimits, UndiciSoapHttp, type SoapLimits, type TransportStats } from './http.ts';
+import { badResponse, parseFault, unreachable, VimFault } from './errors.ts';
 import { mor, moref, str, type MoRef } from './convert.ts';
 import { soapRequest } from './lean-xml.ts';
 import { chooseApiVersion, MIN_API_VERSION, parseServiceVersions, serviceVersionsUrl } from './api-version.ts';
@@ -20,6 +20,8 @@ export interface ConnectOptions {
   password: string;
   trust: TrustMode;
   timeoutMs?: number;
+  /** Caps on one answer (size, whole-call deadline, nesting); defaults in http.ts. */
+  limits?: Partial<SoapLimits>;
   logger?: Logger;
 }
 
@@ -57,6 +59,7 @@ export class VimSession {
   /** The vim25 version this session speaks (the server's, capped at what vmlift's WSDL knows). */
   apiVersion = MIN_API_VERSION;
   relogins = 0;
+  private readonly timeoutMs: number;
   private readonly http: UndiciSoapHttp;
   private client!: soap.Client;
   private readonly password: string;
@@ -68,8 +71,9 @@ export class VimSession {
     this.trust = opts.trust;
     this.log = opts.logger ?? silentLogger;
     const timeout = opts.timeoutMs ?? 60_000;
+    this.timeoutMs = timeout;
     this.dispatcher = makeDispatcher(opts.trust, timeout);
-    this.http = new UndiciSoapHttp(this.dispatcher, timeout);
+    this.http = new UndiciSoapHttp(this.dispatcher, timeout, soapLimits(timeout, opts.limits));
   }
 
   static async connect(opts: ConnectOptions): Promise<VimSession> {
@@ -113,15 +117,17 @@ export class VimSession {
    * same clear errors a SOAP call gives.
    */
   private async listedApiVersion(): Promise<string | null> {
-    let res;
+    const limits = this.http.limits;
+    const host = new URL(this.url).host;
+    let res, text;
     try {
-      res = await request(serviceVersionsUrl(this.url), { method: 'GET', dispatcher: this.dispatcher });
+      res = await request(serviceVersionsUrl(this.url), { method: 'GET', dispatcher: this.dispatcher, signal: AbortSignal.timeout(limits.deadlineMs) });
+      text = await readBody(res, host, limits);
     } catch (e) {
-      const te = await this.transportError(e);
+      const te = await this.transportError(deadlineError(e, host, limits));
       if (te) throw te;
       return null;
     }
-    const text = await res.body.text();
     return res.statusCode === 200 ? parseServiceVersions(text) : null;
   }
 
@@ -222,6 +228,10 @@ export class VimSession {
       const te = await this.transportError(e);
       if (te) throw te;
       const status = (e as { response?: { status?: number } }).response?.status;
+      if (status === 200) {
+        // node-soap's parser refused a 200 answer (malformed XML, an undefined entity)
+        throw badResponse(new URL(this.url).host, `${method}: the answer is not well-formed SOAP (${errorMessage(e).slice(0, 200)})`, e);
+      }
       const why = status ? `HTTP ${status}` : e instanceof Error ? e.message : 'unreadable answer';
       throw new Error(`vCenter call ${method} failed: ${why}`, { cause: e });
     }
@@ -238,6 +248,10 @@ export class VimSession {
       const tp = await fetchThumbprints(u.hostname, Number(u.port || 443)).then((t) => t.sha256, () => undefined);
       return new UserError('VC_TLS_UNTRUSTED', `the certificate of ${u.host} is not trusted by the system CAs (${code})`,
         `pin it: --thumbprint ${tp ?? 'SHA256-OF-THE-CERTIFICATE'} (check this value against the vCenter appliance first)`, { cause: e });
+    }
+    if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
+      return new UserError('VC_TIMEOUT', `${new URL(this.url).host} went silent for ${this.timeoutMs} ms in the middle of a call (${code})`,
+        'check the vCenter load and the network path; retry', { cause: e, transient: true });
     }
     if (code && /^(ECONN|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH|UND_ERR_CONNECT|UND_ERR_SOCKET|ECONNRESET)/.test(code)) {
       return unreachable(this.url, e);

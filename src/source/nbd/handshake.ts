@@ -188,6 +188,11 @@ async function negotiate(raw: net.Socket, reader: HandshakeReader, target: NbdTa
     fail(`the server refused export "${target.exportName}": ${errText(r)}`);
   }
   if (size === undefined) fail('the server did not send the export size');
+  // Reads are sized and aligned by these: a hostile minimum would make every read gigabytes.
+  const pow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
+  if (!pow2(minBlock) || minBlock > 1 << 16) fail(`minimum block size ${minBlock} is not a power of two up to 64 KiB`);
+  if (!pow2(preferredBlock) || preferredBlock < minBlock) fail(`preferred block size ${preferredBlock} is not a power of two at least the minimum ${minBlock}`);
+  if (maxBlock < minBlock || (maxBlock % minBlock !== 0 && maxBlock !== 0xffffffff)) fail(`maximum block size ${maxBlock} is not a multiple of the minimum ${minBlock}`);
   if (!Number.isSafeInteger(size)) fail(`export size ${size} is too large`);
   return {
     size: size!, transmissionFlags: tflags, minBlock, preferredBlock, maxBlock,

@@ -93,6 +93,7 @@ export class NbdSource extends PositionalReader implements BlockSource {
       const alignedAt = Math.floor(pos / a) * a;
       const reqLen = Math.min(maxReq, Math.ceil(end / a) * a - alignedAt, this.capacity - alignedAt);
       const descs = await (await this.pick()).blockStatus(alignedAt, reqLen);
+      const from = pos;
       let p = alignedAt;
       for (const d of descs) {
         if (d.length === 0) throw new NbdError(`block status at offset ${p}: the server sent a zero-length extent`, { transient: false, offset: p });
@@ -110,6 +111,8 @@ export class NbdSource extends PositionalReader implements BlockSource {
         pos = e;
         if (pos >= end) break;
       }
+      // extents that end inside the block before `pos` would have the same request asked forever
+      if (pos === from) throw new NbdError(`block status at offset ${alignedAt}: the server's extents end at ${p}, before offset ${pos}, so the scan cannot advance`, { transient: false, offset: pos });
     }
     if (run) yield run;
   }

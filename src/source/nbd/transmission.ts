@@ -22,6 +22,10 @@ interface Pending {
   filled: number[];
   filledBytes: number;
   descriptors: BlockStatusDescriptor[] | undefined;
+  /** When it was sent (ms): a reply trickled byte by byte still ends at the whole-request deadline. */
+  sent: number;
+  /** Chunks other than data and holes (errors, block status) seen in this reply. */
+  otherChunks: number;
   error: NbdError | undefined;
   resolve: (v: Pending) => void;
   reject: (e: NbdError) => void;
@@ -29,7 +33,19 @@ interface Pending {
 
 const EMPTY = Buffer.alloc(0);
 
-const MAX_SMALL_PAYLOAD = 16 << 20; // block status of a huge range, or an error message; never data
+/** Largest block status chunk: 2 Mi extents (a 4 GiB range of 2 KiB extents); the bound for one request is lower, see statusCap. */
+export const MAX_STATUS_CHUNK = 16 << 20;
+/** Largest error chunk: code, a 16-bit message length, the message, an offset. */
+export const MAX_ERROR_CHUNK = 6 + 0xffff + 8;
+/** A request's whole reply must arrive within this many request timeouts, however steadily it trickles. */
+const REQUEST_DEADLINE_FACTOR = 10;
+/** Error chunks one reply may carry: a server sending them without end never finishes the request. */
+const MAX_OTHER_CHUNKS = 16;
+
+/** A block status chunk for `length` bytes holds at most one extent per byte, plus one that runs past the end. */
+function statusCap(length: number): number {
+  return Math.min(MAX_STATUS_CHUNK, 4 + 8 * (length + 1));
+}
 
 /**
  * One NBD connection in the transmission phase: many requests in flight, matched by handle.
@@ -132,7 +148,7 @@ export class NbdConnection {
       const p: Pending = {
         handle, cmd, offset, length,
         buf: cmd === P.CMD_READ ? (into ? into.subarray(0, length) : Buffer.allocUnsafe(length)) : undefined,
-        filled: [], filledBytes: 0, descriptors: cmd === P.CMD_BLOCK_STATUS ? [] : undefined,
+        filled: [], filledBytes: 0, descriptors: cmd === P.CMD_BLOCK_STATUS ? [] : undefined, otherChunks: 0, sent: Date.now(),
         error: undefined, resolve, reject,
       };
       if (this.pending.size === 0) this.lastActivity = Date.now();
@@ -173,9 +189,15 @@ export class NbdConnection {
     const every = Math.max(50, Math.min(1000, this.requestTimeoutMs / 4));
     this.timer = setInterval(() => {
       if (this.pending.size === 0) { this.stopTimer(); return; }
-      if (Date.now() - this.lastActivity > this.requestTimeoutMs) {
+      const now = Date.now();
+      if (now - this.lastActivity > this.requestTimeoutMs) {
         this.fatal(`no reply from the server for ${this.requestTimeoutMs} ms`, true);
+        return;
       }
+      // the oldest request first (a Map keeps insertion order)
+      const oldest = this.pending.values().next().value as Pending;
+      const deadline = REQUEST_DEADLINE_FACTOR * this.requestTimeoutMs;
+      if (now - oldest.sent > deadline) this.fatal(`no complete reply from the server within ${deadline} ms (it keeps the connection busy without finishing)`, true);
     }, every);
     this.timer.unref();
   }
@@ -318,14 +340,18 @@ export class NbdConnection {
     } else if (type === P.REPLY_TYPE_BLOCK_STATUS) {
       if (p.cmd !== P.CMD_BLOCK_STATUS) return this.protocolError(`block status chunk ${where}`);
       if (len < 12 || (len - 4) % 8 !== 0) return this.protocolError(`block status chunk of ${len} bytes ${where}`);
+      if (len > statusCap(p.length)) return this.protocolError(`block status chunk of ${len} bytes ${where} of ${p.length} bytes (limit ${statusCap(p.length)})`);
     } else if (type === P.REPLY_TYPE_NONE) {
       if (len !== 0 || !(flags & P.REPLY_FLAG_DONE)) return this.protocolError(`bad NONE chunk ${where}`);
     } else if (type & P.REPLY_TYPE_ERROR_BIT) {
       if (len < 6) return this.protocolError(`error chunk of ${len} bytes ${where}`);
+      if (len > MAX_ERROR_CHUNK) return this.protocolError(`error chunk of ${len} bytes ${where} (limit ${MAX_ERROR_CHUNK})`);
     } else {
       return this.protocolError(`unknown chunk type ${type} ${where}`);
     }
-    if (len > MAX_SMALL_PAYLOAD) return this.protocolError(`chunk of ${len} bytes ${where}`);
+    if (type !== P.REPLY_TYPE_OFFSET_HOLE && type !== P.REPLY_TYPE_NONE && ++p.otherChunks > MAX_OTHER_CHUNKS) {
+      return this.protocolError(`more than ${MAX_OTHER_CHUNKS} error or block status chunks ${where}`);
+    }
     this.small = Buffer.allocUnsafe(len);
     this.expect(this.small, 0, len, () => this.onSmallChunk(p));
   }
@@ -337,6 +363,7 @@ export class NbdConnection {
     if (rel < 0 || rel + dlen > p.length) {
       return this.protocolError(`data chunk for offset ${off} length ${dlen} outside the read at offset ${p.offset} length ${p.length}`);
     }
+    if (p.filledBytes + dlen > p.length) return this.protocolError(`overlapping data chunks for the read at offset ${p.offset} length ${p.length}`);
     this.expect(p.buf!, rel, dlen, () => {
       p.filled.push(rel, rel + dlen);
       p.filledBytes += dlen;
@@ -354,13 +381,22 @@ export class NbdConnection {
       if (rel < 0 || rel + size > p.length || size === 0) {
         return this.protocolError(`hole chunk for offset ${off} length ${size} outside the read at offset ${p.offset} length ${p.length}`);
       }
+      if (p.filledBytes + size > p.length) return this.protocolError(`overlapping data chunks for the read at offset ${p.offset} length ${p.length}`);
       p.buf!.fill(0, rel, rel + size);
       p.filled.push(rel, rel + size);
       p.filledBytes += size;
     } else if (type === P.REPLY_TYPE_BLOCK_STATUS) {
       const ctx = b.readUInt32BE(0);
-      if (ctx === this.info.allocationContextId) {
-        for (let i = 4; i < b.length; i += 8) p.descriptors!.push({ length: b.readUInt32BE(i), flags: b.readUInt32BE(i + 4) });
+      const where = `block status at offset ${p.offset} length ${p.length}`;
+      if (ctx !== this.info.allocationContextId) return this.protocolError(`${where}: extents for context ${ctx}, which was never negotiated`);
+      if (p.descriptors!.length) return this.protocolError(`${where}: a second block status chunk for base:allocation`);
+      let at = p.offset;
+      for (let i = 4; i < b.length; i += 8) {
+        const length = b.readUInt32BE(i);
+        if (length === 0) return this.protocolError(`${where}: a zero-length extent at offset ${at}`);
+        at += length;
+        if (at > this.info.size) return this.protocolError(`${where}: extents run to offset ${at}, past the end of the export (${this.info.size} bytes)`);
+        p.descriptors!.push({ length, flags: b.readUInt32BE(i + 4) });
       }
     } else if (type & P.REPLY_TYPE_ERROR_BIT) {
       const code = b.readUInt32BE(0);
