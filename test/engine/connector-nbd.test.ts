@@ -7,11 +7,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startLab } from '../../lab/lab.ts';
 import { startTestReceiver } from '../transfer/helpers.ts';
@@ -19,8 +17,8 @@ import { VCenter } from '../../src/vsphere/index.ts';
 import { PROJECT_ROOT } from '../../src/util/root.ts';
 import { liveSha, imageSha, guestWrites, MiB } from './harness.ts';
 import { vmlift } from '../vsphere/helpers.ts';
+import { connectorProcess } from './connector-process.ts';
 
-const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 
 function procs(): Map<number, { ppid: number; argv: string[] }> {
   const out = new Map<number, { ppid: number; argv: string[] }>();
@@ -48,15 +46,15 @@ test('nbd through the connector\'s own server: job show names the transport, no 
   const lab = await startLab({ dir: join(dir, 'lab'), vms: 0, diskMb: 64 });
   const rx = await startTestReceiver();
   const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });
-  const children: ChildProcess[] = [];
+  const home = join(dir, 'home');
+  const proc = connectorProcess(home, { VMLIFT_VDDK_LIBDIR: '' });
   t.after(async () => {
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    proc.kill();
     await vc.close().catch(() => undefined);
     await rx.close();
     await lab.stop();
     rmSync(dir, { recursive: true, force: true });
   });
-  const home = join(dir, 'home');
   const codeFile = join(dir, 'code');
   writeFileSync(codeFile, `${rx.code}\n`);
   // An administrator's wrapper: the server runs under a shell that does not die with the connector.
@@ -76,24 +74,7 @@ test('nbd through the connector\'s own server: job show names the transport, no 
   const c3 = JSON.parse(readFileSync(join(dir, 'h3', 'config.json'), 'utf8'));
   assert.deepEqual([c3.vddkLibdir, c3.vddkTransports], [join(process.cwd(), 'vddk-dir'), 'hotadd:nbdssl:nbd']);
 
-  const serve = async (): Promise<ChildProcess> => {
-    rmSync(join(home, 'api.json'), { force: true });
-    const p = spawn(bin, ['connector', 'serve', '--home', home, '--api-port', '0', '--tick-ms', '200'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VMLIFT_VDDK_LIBDIR: '' } });
-    children.push(p);
-    let err = '';
-    p.stderr!.on('data', (b) => { err += b; });
-    for (let i = 0; i < 200 && !existsSync(join(home, 'api.json')); i++) {
-      if (p.exitCode !== null) throw new Error(`connector exited: ${err}`);
-      await sleep(100);
-    }
-    assert.ok(existsSync(join(home, 'api.json')), `connector did not start: ${err}`);
-    return p;
-  };
-  const api = async <T>(args: string[]): Promise<T> => {
-    const r = await vmlift([...args, '--home', home, '--json']);
-    assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
-    return JSON.parse(r.stdout) as T;
-  };
+  const { serve, api } = proc;
   interface Shown { job: { state: string; sourceId: string; error: unknown }; disks: { diskKey: number; transport: string | null; transportReason: string | null }[];
     cycles: { state: string; imageId: string | null }[]; live: { disks: { done: number; transport?: string; transportReason?: string }[] } | null }
   const waitFor = async (pred: (v: Shown) => boolean, what: string): Promise<Shown> => {

@@ -7,11 +7,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startLab } from '../../lab/lab.ts';
 import { startTestReceiver } from '../transfer/helpers.ts';
@@ -19,8 +18,8 @@ import { VCenter } from '../../src/vsphere/index.ts';
 import { PROJECT_ROOT } from '../../src/util/root.ts';
 import { liveSha, imageSha, guestWrites, MiB } from './harness.ts';
 import { vmlift } from '../vsphere/helpers.ts';
+import { connectorProcess } from './connector-process.ts';
 
-const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 
 function children(pid: number): { pid: number; argv: string[] }[] {
   const parent = new Map<number, number>();
@@ -46,15 +45,15 @@ test('vddk through connector serve: kill -9 during a VDDK read, a restart resume
   const lab = await startLab({ dir: join(dir, 'lab'), vms: 0, diskMb: 64, vddkMap: true });
   const rx = await startTestReceiver();
   const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });
-  const procs: ChildProcess[] = [];
+  const home = join(dir, 'home');
+  const proc = connectorProcess(home, { VMLIFT_VDDK_LIBDIR: '', VMLIFT_VDDK_DOUBLE_STATS: '' });
   t.after(async () => {
-    for (const c of procs) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    proc.kill();
     await vc.close().catch(() => undefined);
     await rx.close();
     await lab.stop();
     rmSync(dir, { recursive: true, force: true });
   });
-  const home = join(dir, 'home');
   const codeFile = join(dir, 'code');
   writeFileSync(codeFile, `${rx.code}\n`);
   const statsFile = join(dir, 'vddk-stats');
@@ -66,24 +65,7 @@ test('vddk through connector serve: kill -9 during a VDDK read, a restart resume
     '--vddk-libdir', join(PROJECT_ROOT, 'native/build/vddk-double'), '--vddk-config', vddkConfig]);
   assert.equal(init.code, 0, init.stderr);
 
-  const serve = async (): Promise<ChildProcess> => {
-    rmSync(join(home, 'api.json'), { force: true });
-    const p = spawn(bin, ['connector', 'serve', '--home', home, '--api-port', '0', '--tick-ms', '200'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VMLIFT_VDDK_LIBDIR: '', VMLIFT_VDDK_DOUBLE_STATS: '' } });
-    procs.push(p);
-    let err = '';
-    p.stderr!.on('data', (b) => { err += b; });
-    for (let i = 0; i < 200 && !existsSync(join(home, 'api.json')); i++) {
-      if (p.exitCode !== null) throw new Error(`connector exited: ${err}`);
-      await sleep(100);
-    }
-    assert.ok(existsSync(join(home, 'api.json')), `connector did not start: ${err}`);
-    return p;
-  };
-  const api = async <T>(args: string[]): Promise<T> => {
-    const r = await vmlift([...args, '--home', home, '--json']);
-    assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
-    return JSON.parse(r.stdout) as T;
-  };
+  const { serve, api } = proc;
   interface Shown { job: { state: string; sourceId: string; error: { code: string; message: string; fix?: string } | null }; disks: { transport: string | null }[];
     cycles: { state: string; imageId: string | null }[]; live: { disks: { done: number; transport?: string }[] } | null }
   const waitFor = async (id: string, pred: (v: Shown) => boolean, what: string): Promise<Shown> => {

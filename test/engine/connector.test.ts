@@ -1,18 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startLab, type Lab } from '../../lab/lab.ts';
 import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
 import { VCenter } from '../../src/vsphere/index.ts';
 import { liveSha, imageSha, guestWrites, MiB } from './harness.ts';
 import { vmlift } from '../vsphere/helpers.ts';
+import { connectorProcess } from './connector-process.ts';
 
-const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 
 interface Rig { lab: Lab; rx: TestRx; home: string; vc: VCenter; serve(env?: NodeJS.ProcessEnv): Promise<ChildProcess>; api<T>(args: string[]): Promise<T>; close(): Promise<void> }
 
@@ -28,29 +27,13 @@ async function rig(): Promise<Rig> {
   assert.equal(init.code, 0, init.stderr);
   assert.ok(!readFileSync(join(home, 'config.json'), 'utf8').includes(rx.code), 'the config holds no secret');
   const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });
-  const children: ChildProcess[] = [];
+  const proc = connectorProcess(home);
   return {
     lab, rx, home, vc,
-    async serve(env = {}) {
-      rmSync(join(home, 'api.json'), { force: true });
-      const p = spawn(bin, ['connector', 'serve', '--home', home, '--api-port', '0', '--tick-ms', '200'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
-      children.push(p);
-      let err = '';
-      p.stderr!.on('data', (b) => { err += b; });
-      for (let i = 0; i < 200 && !existsSync(join(home, 'api.json')); i++) {
-        if (p.exitCode !== null) throw new Error(`connector exited: ${err}`);
-        await sleep(100);
-      }
-      assert.ok(existsSync(join(home, 'api.json')), `connector did not start: ${err}`);
-      return p;
-    },
-    async api<T>(args: string[]) {
-      const r = await vmlift([...args, '--home', home, '--json']);
-      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
-      return JSON.parse(r.stdout) as T;
-    },
+    serve: proc.serve,
+    api: proc.api,
     async close() {
-      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+      proc.kill();
       await vc.close().catch(() => undefined);
       await rx.close();
       await lab.stop();

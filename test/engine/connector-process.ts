@@ -1,0 +1,47 @@
+/** `vmlift connector serve` as a child process of a test, and the CLI's `--json` API against its home. */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { vmlift } from '../vsphere/helpers.ts';
+
+const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
+
+export interface ConnectorProcess {
+  /** Starts `connector serve` and waits until its API answers (api.json written); killed by `kill`. */
+  serve(env?: NodeJS.ProcessEnv): Promise<ChildProcess>;
+  /** Runs `vmlift ARGS --home HOME --json`, asserts exit 0, returns the parsed output. */
+  api<T>(args: string[]): Promise<T>;
+  /** SIGKILLs every connector this helper started that still runs. */
+  kill(): void;
+}
+
+export function connectorProcess(home: string, baseEnv: NodeJS.ProcessEnv = {}): ConnectorProcess {
+  const children: ChildProcess[] = [];
+  return {
+    async serve(env = {}) {
+      rmSync(join(home, 'api.json'), { force: true });
+      const p = spawn(bin, ['connector', 'serve', '--home', home, '--api-port', '0', '--tick-ms', '200'],
+        { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...baseEnv, ...env } });
+      children.push(p);
+      let err = '';
+      p.stderr!.on('data', (b) => { err += b; });
+      for (let i = 0; i < 200 && !existsSync(join(home, 'api.json')); i++) {
+        if (p.exitCode !== null) throw new Error(`connector exited: ${err}`);
+        await sleep(100);
+      }
+      assert.ok(existsSync(join(home, 'api.json')), `connector did not start: ${err}`);
+      return p;
+    },
+    async api<T>(args: string[]) {
+      const r = await vmlift([...args, '--home', home, '--json']);
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+      return JSON.parse(r.stdout) as T;
+    },
+    kill() {
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    },
+  };
+}
