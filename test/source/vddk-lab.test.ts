@@ -15,7 +15,7 @@ import {
 import type { BlockSource } from '../../src/source/types.ts';
 import { CodedError, UserError } from '../../src/util/errors.ts';
 import type { VCenter } from '../../src/vsphere/index.ts';
-import { connect } from '../vsphere/helpers.ts';
+import { connect, vmlift } from '../vsphere/helpers.ts';
 import { makeDiskData, readAll, sha256, tempDir } from './helpers.ts';
 
 const root = path.resolve(import.meta.dirname, '../..');
@@ -165,6 +165,23 @@ describe('VDDK against the lab: the double serves the snapshot, as ESXi does', (
     await assert.rejects(VddkSource.open(opts(config(), s1, p1, { credentials: { user: lab.user, password: 'wrong' } })), isAuth);
     await assert.rejects(VddkSource.open(opts(config('auth_fail=1\n'), s1, p1)), isAuth, 'auth_fail refuses even the right password');
     await assert.rejects(VddkSource.open(opts(config(), s1, p1, { credentials: { cookie: 'vmware_soap_session="forged"' } })), isAuth);
+    assertNoLeaks();
+  });
+
+  it('through the CLI, refused credentials end the command with one clear message and a non-zero exit, leaking nothing', async () => {
+    const p1 = await snapshotPath(s1);
+    const u = new URL(lab.url);
+    const q = new URLSearchParams({ vm: moref, snapshot: s1, thumbprint: lab.thumbprintSha1 });
+    const uri = `vddk://${encodeURIComponent(lab.user)}@${u.hostname}:${u.port}/${encodeURIComponent(p1)}?${q}`;
+    const conf = config('auth_fail=1\n');
+    shutdownVddk();
+    const r = await vmlift(['source', 'checksum', uri, '--vddk-libdir', libdir, '--vddk-config', conf, '--password-file', lab.passwordFile]);
+    assert.notEqual(r.code, 0);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, /VIX error 3014/);
+    assert.match(r.stderr, /fix: .*password/);
+    assert.equal(r.stderr.match(/VIX error 3014/g)!.length, 1, `one message, not one per retry: ${r.stderr}`);
+    assert.ok(!r.stderr.includes(lab.password), 'the password is not in the message');
     assertNoLeaks();
   });
 
