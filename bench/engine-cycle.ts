@@ -312,9 +312,10 @@ async function hostDisks(dir: string, transport: 'vddk' | 'nbd'): Promise<void> 
     const s = Number(process.hrtime.bigint() - t0) / 1e9;
     const peakRssMiB = rss.stop();
     const bad = vms.filter((vm) => state.listCycles(vm.name, 1)[0]?.state !== 'committed'
-      || state.getDisks(vm.name).some((d) => d.transport !== transport));
+      || (transport === 'vddk' && state.getDisks(vm.name).some((d) => d.transport !== 'vddk')));
+    const why = bad.map((vm) => `${vm.name}: ${state.listCycles(vm.name, 1)[0]?.state} via ${state.getDisks(vm.name).map((d) => d.transport)} ${JSON.stringify(engine.getJob(vm.name).error)}`);
     state.close();
-    if (bad.length) throw new Error(`host disks, ${transport}: ${bad.map((vm) => `${vm.name}: ${JSON.stringify(engine.getJob(vm.name).error)}`).join('; ')}`);
+    if (bad.length) throw new Error(`host disks, ${transport}: ${why.join('; ')}`);
     const r = { transport, host, disks: vms.length, diskMiB: HOST_MIB, perHost: DEFAULT_LIMITS.disksPerHost, seconds: s, aggregateMBps: bytes / 1e6 / s, connectorPeakRssMiB: peakRssMiB };
     results[`host-disks-${transport}`] = r;
     out(`${vms.length} disks of host ${host} in parallel (${HOST_MIB} MiB random each, per-host limit ${r.perHost}), ${transport}: full ${s.toFixed(1)} s, aggregate ${r.aggregateMBps.toFixed(0)} MB/s, connector peak RSS ${peakRssMiB.toFixed(0)} MiB`);
