@@ -274,10 +274,11 @@ async function workgroup(dir: string): Promise<void> {
 }
 
 /** Peak RSS of this process (the connector), sampled every 100 ms until stop(). */
-function rssSampler(): { stop(): number } {
+function rssSampler(): { startMiB: number; stop(): number } {
   let peak = process.memoryUsage().rss;
+  const startMiB = peak / MiB;
   const t = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss); }, 100);
-  return { stop() { clearInterval(t); return Math.max(peak, process.memoryUsage().rss) / MiB; } };
+  return { startMiB, stop() { clearInterval(t); return Math.max(peak, process.memoryUsage().rss) / MiB; } };
 }
 
 /** HOST_DISKS disks on VMs of one lab host, full cycle of all at once through one engine, per transport. */
@@ -316,9 +317,9 @@ async function hostDisks(dir: string, transport: 'vddk' | 'nbd'): Promise<void> 
     const why = bad.map((vm) => `${vm.name}: ${state.listCycles(vm.name, 1)[0]?.state} via ${state.getDisks(vm.name).map((d) => d.transport)} ${JSON.stringify(engine.getJob(vm.name).error)}`);
     state.close();
     if (bad.length) throw new Error(`host disks, ${transport}: ${why.join('; ')}`);
-    const r = { transport, host, disks: vms.length, diskMiB: HOST_MIB, perHost: DEFAULT_LIMITS.disksPerHost, seconds: s, aggregateMBps: bytes / 1e6 / s, connectorPeakRssMiB: peakRssMiB };
+    const r = { transport, host, disks: vms.length, diskMiB: HOST_MIB, perHost: DEFAULT_LIMITS.disksPerHost, seconds: s, aggregateMBps: bytes / 1e6 / s, connectorPeakRssMiB: peakRssMiB, connectorStartRssMiB: rss.startMiB };
     results[`host-disks-${transport}`] = r;
-    out(`${vms.length} disks of host ${host} in parallel (${HOST_MIB} MiB random each, per-host limit ${r.perHost}), ${transport}: full ${s.toFixed(1)} s, aggregate ${r.aggregateMBps.toFixed(0)} MB/s, connector peak RSS ${peakRssMiB.toFixed(0)} MiB`);
+    out(`${vms.length} disks of host ${host} in parallel (${HOST_MIB} MiB random each, per-host limit ${r.perHost}), ${transport}: full ${s.toFixed(1)} s, aggregate ${r.aggregateMBps.toFixed(0)} MB/s, connector peak RSS ${peakRssMiB.toFixed(0)} MiB (${rss.startMiB.toFixed(0)} MiB at start)`);
   } finally {
     if (transport === 'vddk') shutdownVddk();
     await vc.close().catch(() => undefined);
