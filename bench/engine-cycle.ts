@@ -1,7 +1,8 @@
 /**
  * Agentless engine benchmark (issue 5), against the lab vCenter, with the receiver as a child process.
  *
- *   node --import tsx bench/engine-cycle.ts [--size 8] [--variants nbd:0,nbd:7,http:7,vddk:0,vddk:7] [--checksum] [--wg-vms 50] [--wg-disk-mib 64] [--json]
+ *   node --import tsx bench/engine-cycle.ts [--size 8] [--variants nbd:0,nbd:7,http:7,vddk:0,vddk:7] [--checksum] [--wg-vms 50] [--wg-disk-mib 64]
+ *     [--host-disks 8] [--host-disk-mib 256] [--json]
  *
  * 1. A lab VM with a SIZE GiB disk full of data: full cycle (MB/s), then 1% scattered 64 KiB guest
  *    writes and an incremental cycle: wall time as a fraction of the full cycle (target <= 5%),
@@ -14,6 +15,9 @@
  *    datastore) at compression LEVEL; each reports connector CPU s per GiB and its ratio to nbd.
  * 2. A workgroup of --wg-vms VMs: a full and an incremental cycle of all; total time and peak RSS of
  *    this process, which plays the connector (target <= 512 MiB).
+ * 3. --host-disks N (default 8, 0 skips) disks of --host-disk-mib MiB on VMs of ONE lab host, full cycle
+ *    of all at once through one engine (per-host disk limit as the connector's default), vddk then nbd:
+ *    aggregate MB/s and peak RSS of this process (sampled every 100 ms).
  * Not part of the test suite.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
@@ -47,6 +51,8 @@ const { values } = parseArgs({
     'wg-vms': { type: 'string', default: '50' },
     variants: { type: 'string', default: 'nbd:0,nbd:7,http:7,vddk:0,vddk:7' },
     'wg-disk-mib': { type: 'string', default: '64' },
+    'host-disks': { type: 'string', default: '8' },
+    'host-disk-mib': { type: 'string', default: '256' },
     checksum: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
   },
@@ -57,6 +63,8 @@ const GiB = 2 ** 30;
 const SIZE_MIB = Math.max(64, Math.round(Number(values.size) * 1024));
 const WG_VMS = Number(values['wg-vms']);
 const WG_MIB = Number(values['wg-disk-mib']);
+const HOST_DISKS = Number(values['host-disks']);
+const HOST_MIB = Number(values['host-disk-mib']);
 const VMLIFT = fileURLToPath(new URL('../bin/vmlift', import.meta.url));
 
 const results: Record<string, unknown> = {};
@@ -265,6 +273,61 @@ async function workgroup(dir: string): Promise<void> {
   }
 }
 
+/** Peak RSS of this process (the connector), sampled every 100 ms until stop(). */
+function rssSampler(): { startMiB: number; stop(): number } {
+  let peak = process.memoryUsage().rss;
+  const startMiB = peak / MiB;
+  const t = setInterval(() => { peak = Math.max(peak, process.memoryUsage().rss); }, 100);
+  return { startMiB, stop() { clearInterval(t); return Math.max(peak, process.memoryUsage().rss) / MiB; } };
+}
+
+/** HOST_DISKS disks on VMs of one lab host, full cycle of all at once through one engine, per transport. */
+async function hostDisks(dir: string, transport: 'vddk' | 'nbd'): Promise<void> {
+  dir = join(dir, `host-${transport}`);
+  const rx = await startReceiverProcess(dir);
+  // the lab spreads its VMs over 3 hosts: 3x as many VMs as needed leaves enough on one host
+  const lab = await startLab({ dir: join(dir, 'lab3'), vms: 3 * HOST_DISKS, diskMb: HOST_MIB, vddkMap: true });
+  const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });
+  try {
+    const byHost = new Map<string, string[]>();
+    for (const v of (await vc.inventory()).vms) {
+      if (!v.host || !lab.vms.some((l) => l.moref === v.ref && /^vm-\d+$/.test(l.name))) continue;
+      byHost.set(v.host.name, [...(byHost.get(v.host.name) ?? []), v.ref]);
+    }
+    const [host, refs] = [...byHost].sort((a, b) => b[1].length - a[1].length)[0] ?? ['', []];
+    if (refs.length < HOST_DISKS) throw new Error(`no lab host has ${HOST_DISKS} VMs (${[...byHost].map(([h, r]) => `${h}: ${r.length}`).join(', ')})`);
+    const vms = refs.slice(0, HOST_DISKS).map((r) => lab.vms.find((l) => l.moref === r)!);
+    for (const vm of vms) await fillFlat(vm.disks[0]!.flatPath, vm.disks[0]!.capacity);
+    const bytes = vms.reduce((n, vm) => n + vm.disks[0]!.capacity, 0);
+    const { engine, state } = await makeEngine(lab, vc, rx, join(dir, 'c3'), transport);
+    for (const vm of vms) {
+      engine.createJob({ id: vm.name, vmRef: vm.moref, settings: resolveSettings({ compression: 0, transport }) });
+      engine.start(vm.name);
+    }
+    const rss = rssSampler();
+    const t0 = process.hrtime.bigint();
+    const runs: Promise<void>[] = [];
+    // 2 ms apart: the engine names a cycle c<Date.now()>, and two cycles started in the same ms collide
+    for (const vm of vms) { runs.push(engine.runNow(vm.name)); await sleep(2); }
+    await Promise.all(runs);
+    const s = Number(process.hrtime.bigint() - t0) / 1e9;
+    const peakRssMiB = rss.stop();
+    const bad = vms.filter((vm) => state.listCycles(vm.name, 1)[0]?.state !== 'committed'
+      || (transport === 'vddk' && state.getDisks(vm.name).some((d) => d.transport !== 'vddk')));
+    const why = bad.map((vm) => `${vm.name}: ${state.listCycles(vm.name, 1)[0]?.state} via ${state.getDisks(vm.name).map((d) => d.transport)} ${JSON.stringify(engine.getJob(vm.name).error)}`);
+    state.close();
+    if (bad.length) throw new Error(`host disks, ${transport}: ${why.join('; ')}`);
+    const r = { transport, host, disks: vms.length, diskMiB: HOST_MIB, perHost: DEFAULT_LIMITS.disksPerHost, seconds: s, aggregateMBps: bytes / 1e6 / s, connectorPeakRssMiB: peakRssMiB, connectorStartRssMiB: rss.startMiB };
+    results[`host-disks-${transport}`] = r;
+    out(`${vms.length} disks of host ${host} in parallel (${HOST_MIB} MiB random each, per-host limit ${r.perHost}), ${transport}: full ${s.toFixed(1)} s, aggregate ${r.aggregateMBps.toFixed(0)} MB/s, connector peak RSS ${peakRssMiB.toFixed(0)} MiB (${rss.startMiB.toFixed(0)} MiB at start)`);
+  } finally {
+    if (transport === 'vddk') shutdownVddk();
+    await vc.close().catch(() => undefined);
+    await lab.stop();
+    rx.p.kill('SIGTERM');
+  }
+}
+
 const dir = await mkdtemp(join(tmpdir(), 'vmlift-bench-engine-'));
 try {
   for (const v of String(values.variants).split(',').filter(Boolean)) {
@@ -274,6 +337,7 @@ try {
   }
   ratiosToNbd();
   if (WG_VMS > 0) await workgroup(dir);
+  if (HOST_DISKS > 0) for (const t of ['vddk', 'nbd'] as const) await hostDisks(dir, t);
   if (values.json) console.log(JSON.stringify(results));
 } finally {
   await rm(dir, { recursive: true, force: true });
