@@ -6,6 +6,7 @@
  * recovery of a cycle a crash left running (its image adopted or its snapshot swept) and job deletion.
  * Scheduling is scheduler.ts; the state is state/.
  */
+import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { UserError, errorMessage, errorReport, isTransient } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
@@ -59,6 +60,11 @@ interface Running {
 }
 
 const DEFAULT_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 5_000, maxDelayMs: 120_000 };
+
+/** A cycle id: time first (ids sort by start), then random, as jobs may start cycles in the same millisecond. */
+export function newCycleId(): string {
+  return `c${Date.now().toString(36)}-${randomBytes(4).toString('hex')}`;
+}
 
 /**
  * Jobs and their state machine (docs/design.md): created → syncing → waiting → (syncing → waiting)*
@@ -227,7 +233,7 @@ export class JobEngine {
     const committed = this.o.state.listCycles(job.id, 1000).filter((c) => c.state === 'committed');
     const previous = committed[0] ?? null;
     const cycle = leftover ?? this.o.state.startCycle({
-      id: `c${Date.now().toString(36)}`, jobId: job.id, kind: final ? 'final' : previous ? 'incremental' : 'full',
+      id: newCycleId(), jobId: job.id, kind: final ? 'final' : previous ? 'incremental' : 'full',
       reason: final ? 'complete requested' : previous ? null : 'first cycle', snapshotName: null,
     });
     run.status.cycleId = cycle.id;
