@@ -203,9 +203,8 @@ func (f *front) serveCbtMode(w http.ResponseWriter, q url.Values) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	v := l.vmsByName[q.Get("vm")]
+	v := l.requestVM(w, q)
 	if v == nil {
-		http.Error(w, fmt.Sprintf("unknown VM %q", q.Get("vm")), http.StatusBadRequest)
 		return
 	}
 	disks := v.disks
@@ -226,4 +225,14 @@ func (f *front) serveCbtMode(w http.ResponseWriter, q url.Values) {
 		}
 	}
 	writeJSON(w, map[string]interface{}{"vm": v.name, "mode": mode, "disks": len(disks)})
+}
+
+// requestVM is the VM a lab control request names (?vm=NAME), or nil after answering 400.
+// The caller holds l.mu.
+func (l *lab) requestVM(w http.ResponseWriter, q url.Values) *labVM {
+	v := l.vmsByName[q.Get("vm")]
+	if v == nil {
+		http.Error(w, fmt.Sprintf("unknown VM %q", q.Get("vm")), http.StatusBadRequest)
+	}
+	return v
 }

@@ -197,9 +197,8 @@ func (f *front) serveInventoryControl(w http.ResponseWriter, r *http.Request, op
 	case "disks":
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		v := l.vmsByName[q.Get("vm")]
+		v := l.requestVM(w, q)
 		if v == nil {
-			http.Error(w, fmt.Sprintf("unknown VM %q", q.Get("vm")), http.StatusBadRequest)
 			return
 		}
 		out := []diskInfo{}

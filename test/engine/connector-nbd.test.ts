@@ -77,14 +77,7 @@ test('nbd through the connector\'s own server: job show names the transport, no 
   const { serve, api } = proc;
   interface Shown { job: { state: string; sourceId: string; error: unknown }; disks: { diskKey: number; transport: string | null; transportReason: string | null }[];
     cycles: { state: string; imageId: string | null }[]; live: { disks: { done: number; transport?: string; transportReason?: string }[] } | null }
-  const waitFor = async (pred: (v: Shown) => boolean, what: string): Promise<Shown> => {
-    for (let i = 0; i < 800; i++) {
-      const v = await api<Shown>(['job', 'show', 'mig']);
-      if (pred(v)) return v;
-      await sleep(150);
-    }
-    throw new Error(`timed out waiting for ${what}`);
-  };
+  const waitFor = (pred: (v: Shown) => boolean, what: string) => proc.waitForJob<Shown>('mig', pred, what);
 
   const vm = lab.vm('two-disks');
   for (const d of vm.disks) await guestWrites(lab, vm.name, d.key, d.capacity, 200);

@@ -14,13 +14,21 @@ export interface ConnectorProcess {
   serve(env?: NodeJS.ProcessEnv): Promise<ChildProcess>;
   /** Runs `vmlift ARGS --home HOME --json`, asserts exit 0, returns the parsed output. */
   api<T>(args: string[]): Promise<T>;
+  /** Polls `job show ID --json` (every 150 ms, up to 2 min) until `pred` holds, and returns that view. */
+  waitForJob<V>(id: string, pred: (v: V) => boolean, what: string): Promise<V>;
   /** SIGKILLs every connector this helper started that still runs. */
   kill(): void;
 }
 
 export function connectorProcess(home: string, baseEnv: NodeJS.ProcessEnv = {}): ConnectorProcess {
   const children: ChildProcess[] = [];
+  const api = async <T>(args: string[]): Promise<T> => {
+    const r = await vmlift([...args, '--home', home, '--json']);
+    assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+    return JSON.parse(r.stdout) as T;
+  };
   return {
+    api,
     async serve(env = {}) {
       rmSync(join(home, 'api.json'), { force: true });
       const p = spawn(bin, ['connector', 'serve', '--home', home, '--api-port', '0', '--tick-ms', '200'],
@@ -35,10 +43,13 @@ export function connectorProcess(home: string, baseEnv: NodeJS.ProcessEnv = {}):
       assert.ok(existsSync(join(home, 'api.json')), `connector did not start: ${err}`);
       return p;
     },
-    async api<T>(args: string[]) {
-      const r = await vmlift([...args, '--home', home, '--json']);
-      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
-      return JSON.parse(r.stdout) as T;
+    async waitForJob<V>(id: string, pred: (v: V) => boolean, what: string) {
+      for (let i = 0; i < 800; i++) {
+        const v = await api<V>(['job', 'show', id]);
+        if (pred(v)) return v;
+        await sleep(150);
+      }
+      throw new Error(`timed out waiting for ${what}`);
     },
     kill() {
       for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');

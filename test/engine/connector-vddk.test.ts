@@ -68,14 +68,7 @@ test('vddk through connector serve: kill -9 during a VDDK read, a restart resume
   const { serve, api } = proc;
   interface Shown { job: { state: string; sourceId: string; error: { code: string; message: string; fix?: string } | null }; disks: { transport: string | null }[];
     cycles: { state: string; imageId: string | null }[]; live: { disks: { done: number; transport?: string }[] } | null }
-  const waitFor = async (id: string, pred: (v: Shown) => boolean, what: string): Promise<Shown> => {
-    for (let i = 0; i < 800; i++) {
-      const v = await api<Shown>(['job', 'show', id]);
-      if (pred(v)) return v;
-      await sleep(150);
-    }
-    throw new Error(`timed out waiting for ${what}`);
-  };
+  const waitFor = (id: string, pred: (v: Shown) => boolean, what: string) => proc.waitForJob<Shown>(id, pred, what);
 
   const vm = lab.vm('two-disks');
   for (const d of vm.disks) await guestWrites(lab, vm.name, d.key, d.capacity, 200);
