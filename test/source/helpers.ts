@@ -52,7 +52,13 @@ export async function startServer(cmd: string, args: string[], ready: () => Prom
   return { proc, stop, stderr: () => err };
 }
 
-export const socketReady = (p: string) => async (): Promise<boolean> => existsSync(p);
+/** The socket file appears at bind(), before listen(): only a connection that is accepted proves it is ready. */
+export const socketReady = (p: string) => (): Promise<boolean> => new Promise((resolve) => {
+  if (!existsSync(p)) { resolve(false); return; }
+  const s = net.connect(p);
+  s.once('connect', () => { s.destroy(); resolve(true); });
+  s.once('error', () => resolve(false));
+});
 export const portReady = (port: number) => (): Promise<boolean> => new Promise((resolve) => {
   const s = net.connect(port, '127.0.0.1');
   s.once('connect', () => { s.destroy(); resolve(true); });
