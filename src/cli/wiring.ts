@@ -16,6 +16,7 @@ import { readSecret } from '../util/secret.ts';
 import type { JobRecord } from '../state/types.ts';
 import type { DiskOpener, DiskOpenContext, SnapshotDisk, SnapshotHandle, VCenterService } from '../engine/services.ts';
 import type { JobServices } from '../engine/jobs.ts';
+import type { DrillService } from '../engine/drills.ts';
 import { LimitedDiskOpener } from '../engine/limits.ts';
 import type { ConnectorConfig } from './connector-config.ts';
 import { toSnapshotDisk } from './snapshot-disk.ts';
@@ -25,6 +26,8 @@ export interface Wiring {
   connect(job: JobRecord): Promise<JobServices>;
   resolveVm(nameOrRef: string): Promise<{ vmRef: string; name: string }>;
   images(sourceId: string): Promise<unknown[]>;
+  /** Drills on the receiver, over each source's own credential. */
+  drills: DrillService;
   close(): Promise<void>;
 }
 
@@ -177,9 +180,30 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
     logger: logger.child({ sourceId: job.sourceId }),
   });
 
+  // One control session per source for drills, opened on first use (the credential is the source's own).
+  const drillSessions = new Map<string, Promise<Sender>>();
+  const drillSession = (sourceId: string): Promise<Sender> => {
+    let s = drillSessions.get(sourceId);
+    if (!s) {
+      s = Sender.connect({
+        receiver: config.receiver.address, fingerprint: config.receiver.fingerprint, proxy: config.receiver.proxy, proxyPassword,
+        credentialFile: join(home, 'credentials', `${sourceId}.json`), activationCode: code, sourceId,
+        compression: 0, bandwidthMbps: 0, checksum: false, logger,
+      });
+      s.catch(() => drillSessions.delete(sourceId));
+      drillSessions.set(sourceId, s);
+    }
+    return s;
+  };
+
   return {
     vc,
     connect: (job) => senderJobServices(port, disks, senderOptions(job)),
+    drills: {
+      start: async (sourceId, imageId) => (await drillSession(sourceId)).control.startDrill(imageId === undefined ? {} : { imageId }),
+      get: async (sourceId, drillId) => (await drillSession(sourceId)).control.drill(drillId),
+      screenshot: async (sourceId, drillId) => (await drillSession(sourceId)).control.drillScreenshot(drillId),
+    },
     async resolveVm(nameOrRef) {
       if (!nameOrRef) throw new UserError('NO_VM', 'no VM given', 'pass --vm NAME (or its moref, vm-42)');
       const vm = await vc.vm(nameOrRef);
@@ -199,6 +223,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
       try { return await s.listImages(); } finally { await s.close(); }
     },
     async close() {
+      for (const s of drillSessions.values()) await s.then((x) => x.close(), () => undefined);
       disks.close();
       await transports.close().catch(() => undefined);
       shutdownVddk();

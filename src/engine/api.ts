@@ -8,6 +8,7 @@ import { parseSettings, resolveSettings, type SettingsInput } from './settings.t
 import type { JobEngine } from './jobs.ts';
 import type { Workgroups, BatchAction } from './workgroups.ts';
 import type { EngineMetrics } from './metrics.ts';
+import type { JobDrills } from './drills.ts';
 
 export interface ApiOptions {
   engine: JobEngine;
@@ -20,6 +21,8 @@ export interface ApiOptions {
   resolveVm(nameOrRef: string): Promise<{ vmRef: string; name: string }>;
   /** The receiver's images of a source (for `job show`), when reachable. */
   images?(sourceId: string): Promise<unknown[]>;
+  /** Drills on the receiver (job drill, workgroup drill); absent: refused. */
+  drills?: JobDrills;
 }
 
 type Handler = (req: IncomingMessage, params: string[], body: Record<string, unknown>) => Promise<unknown> | unknown;
@@ -47,7 +50,7 @@ export class ConnectorApi {
     this.route('GET', /^\/v1\/jobs\/([^/]+)$/, async (_r, [id]) => {
       const job = engine.getJob(id!);
       return {
-        job, disks: st.getDisks(id!), cycles: st.listCycles(id!, 10), live: engine.live(id!) ?? null,
+        job, disks: st.getDisks(id!), cycles: st.listCycles(id!, 10), live: engine.live(id!) ?? null, drills: st.listDrills(id!, 5),
         images: o.images ? await o.images(job.sourceId).catch((e) => ({ error: errorMessage(e) })) : [],
       };
     });
@@ -59,6 +62,10 @@ export class ConnectorApi {
         case 'resume': return engine.resume(id!);
         default: return engine.complete(id!);
       }
+    });
+    this.route('POST', /^\/v1\/jobs\/([^/]+)\/drill$/, (_r, [id], b) => {
+      engine.getJob(id!);
+      return this.drills().start(id!, b.imageId === undefined ? undefined : String(b.imageId));
     });
     this.route('PATCH', /^\/v1\/jobs\/([^/]+)\/settings$/, (_r, [id], b) => engine.updateSettings(id!, parseSettings(b as SettingsInput)));
     this.route('DELETE', /^\/v1\/jobs\/([^/]+)$/, async (r, [id]) => {
@@ -73,6 +80,7 @@ export class ConnectorApi {
       const jobs = (b.jobs as string[] | undefined) ?? [];
       return op === 'add' ? workgroups.add(id!, jobs) : workgroups.remove(id!, jobs);
     });
+    this.route('POST', /^\/v1\/workgroups\/([^/]+)\/drill$/, (_r, [id]) => workgroups.drill(id!, this.drills()));
     this.route('POST', /^\/v1\/workgroups\/([^/]+)\/([a-z]+)$/, (_r, [id, action]) => {
       if (!BATCH_ACTIONS.has(action!)) throw new UserError('BAD_ACTION', `unknown workgroup action ${action}`, `use one of ${[...BATCH_ACTIONS].join(', ')}`);
       return workgroups.batch(id!, action as BatchAction);
@@ -92,6 +100,11 @@ export class ConnectorApi {
 
   async close(): Promise<void> {
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+
+  private drills(): JobDrills {
+    if (!this.o.drills) throw new UserError('DRILLS_UNAVAILABLE', 'this connector runs no drills', 'start it with `vmlift connector serve`, which wires them to the receiver');
+    return this.o.drills;
   }
 
   private template(name: string, full = false): Partial<JobSettings> & object {

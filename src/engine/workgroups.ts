@@ -2,8 +2,12 @@ import { UserError, errorMessage } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
 import { StateError, WORKGROUP_MAX_MEMBERS, type JobRecord, type WorkgroupRecord } from '../state/types.ts';
 import type { JobEngine } from './jobs.ts';
+import type { JobDrills } from './drills.ts';
 
 export interface MemberResult { jobId: string; ok: boolean; state?: string; reason?: string }
+
+/** The last drill of a member, for `workgroup show`. */
+export interface MemberDrill { id: string; imageId: string; state: string; verdict: string | null; at: string }
 
 export type BatchAction = 'start' | 'sync' | 'pause' | 'resume' | 'complete';
 
@@ -58,13 +62,30 @@ export class Workgroups {
     });
   }
 
-  status(id: string): { workgroup: WorkgroupRecord; members: { jobId: string; state: string; error: string | null; live?: unknown }[] } {
+  /** Drill every member's newest image; the receiver runs them one at a time. A member that cannot be drilled is reported. */
+  async drill(id: string, drills: JobDrills): Promise<MemberResult[]> {
+    const wg = this.get(id);
+    const out: MemberResult[] = [];
+    for (const jobId of wg.members) {
+      try {
+        const d = await drills.start(jobId);
+        out.push({ jobId, ok: true, state: `drill ${d.state} (${d.id}, image ${d.imageId})` });
+      } catch (e) {
+        out.push({ jobId, ok: false, state: this.engine.state.getJob(jobId)?.state, reason: errorMessage(e) });
+      }
+    }
+    return out;
+  }
+
+  status(id: string): { workgroup: WorkgroupRecord; members: { jobId: string; state: string; error: string | null; live?: unknown; drill: MemberDrill | null }[] } {
     const wg = this.get(id);
     return {
       workgroup: wg,
       members: wg.members.map((jobId) => {
         const j = this.engine.getJob(jobId);
-        return { jobId, state: j.state, error: j.error ? `${j.error.step}: ${j.error.message}` : null, live: this.engine.live(jobId) };
+        const d = this.engine.state.listDrills(jobId, 1)[0];
+        const drill = d ? { id: d.id, imageId: d.imageId, state: d.state, verdict: d.verdict, at: d.endedAt ?? d.requestedAt } : null;
+        return { jobId, state: j.state, error: j.error ? `${j.error.step}: ${j.error.message}` : null, live: this.engine.live(jobId), drill };
       }),
     };
   }

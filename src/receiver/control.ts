@@ -12,11 +12,16 @@
  *   POST /v1/cycles/:id/commit              {meta?, expected?, verify?, sourceDigests?, maxImages?} → ImageInfo
  *   POST /v1/cycles/:id/abort               {disks?} → {}
  *   DELETE /v1/images/:id                   → {deleted}
+ *   POST /v1/drills                         {imageId?} → DrillReport (queued; inspect, convert and boot-test run in the background)
+ *   GET  /v1/drills                         → {drills}
+ *   GET  /v1/drills/:id                     → DrillReport
+ *   GET  /v1/drills/:id/screenshot          → image/png of the VGA console at the end of the boot
  *
  * The bodies are typed in transfer/contract.ts; requests.ts checks the incoming ones.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import type { Logger } from '../util/log.ts';
 import { errorMessage, errorReport } from '../util/errors.ts';
 import { assertId, isValidId } from '../util/ids.ts';
@@ -24,14 +29,15 @@ import type { ImageStore } from '../store/types.ts';
 import { DIGEST_BLOCK_SIZES, HDR_SOURCE, SAME_VERSION_FIX } from '../transfer/protocol.ts';
 import { authenticate, registerSource } from './identity.ts';
 import { Refusal, refusalFrom, type OpenCycles } from './open-cycles.ts';
-import { parseAbortCycle, parseBeginCycle, parseCommitCycle, parseRegister, type JsonObject } from './requests.ts';
+import { drillsUnavailable, type DrillRunner } from './drills.ts';
+import { parseAbortCycle, parseBeginCycle, parseCommitCycle, parseRegister, parseStartDrill, type JsonObject } from './requests.ts';
 import type {
-  AbortCycleResponse, DeleteImageResponse, DisksResponse, ErrorResponse, HeldResponse, ImagesResponse, RegisterResponse, WhoamiResponse,
+  AbortCycleResponse, DeleteImageResponse, DisksResponse, DrillsResponse, ErrorResponse, HeldResponse, ImagesResponse, RegisterResponse, WhoamiResponse,
 } from '../transfer/contract.ts';
 
 const MAX_BODY = 64 * 1024 * 1024;
 
-export interface ControlContext { dataDir: string; store: ImageStore; cycles: OpenCycles; log: Logger; dataPort: () => number }
+export interface ControlContext { dataDir: string; store: ImageStore; cycles: OpenCycles; log: Logger; dataPort: () => number; drills?: DrillRunner }
 
 /** `size.bytes` is set to the body's length. */
 async function readJson(req: IncomingMessage, size?: { bytes: number }): Promise<JsonObject> {
@@ -142,7 +148,30 @@ async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResp
       return send(res, 200, {} satisfies AbortCycleResponse);
     }
   }
+  if (parts[1] === 'drills') return drills(ctx, req, res, sourceId, parts.slice(2));
   throw new Refusal(404, 'NOT_FOUND', `no route ${m} ${url.pathname}`, SAME_VERSION_FIX);
+}
+
+async function drills(ctx: ControlContext, req: IncomingMessage, res: ServerResponse, sourceId: string, rest: string[]): Promise<void> {
+  const m = req.method;
+  const runner = ctx.drills;
+  if (!runner) throw new Refusal(501, drillsUnavailable().code, drillsUnavailable().message, drillsUnavailable().fix);
+  if (m === 'POST' && rest.length === 0) {
+    const body = parseStartDrill(await readJson(req));
+    return send(res, 200, await runner.start(sourceId, body.imageId));
+  }
+  if (m === 'GET' && rest.length === 0) return send(res, 200, { drills: await runner.list(sourceId) } satisfies DrillsResponse);
+  const drillId = assertId(rest[0], 'drill id');
+  if (m === 'GET' && rest.length === 1) return send(res, 200, await runner.get(sourceId, drillId));
+  if (m === 'GET' && rest.length === 2 && rest[1] === 'screenshot') {
+    const report = await runner.get(sourceId, drillId);
+    if (!report.screenshot) throw new Refusal(404, 'NOT_FOUND', `drill ${drillId} has no console screenshot (state ${report.state})`, 'a screenshot is taken when the boot test ran');
+    const png = await readFile(runner.screenshotPath(sourceId, drillId));
+    res.writeHead(200, { 'content-type': 'image/png', 'content-length': png.length });
+    res.end(png);
+    return;
+  }
+  throw new Refusal(404, 'NOT_FOUND', `no route ${m} /v1/drills/${rest.join('/')}`, SAME_VERSION_FIX);
 }
 
 async function listImages(store: ImageStore, sourceId: string) {

@@ -5,7 +5,7 @@
  */
 import { assertId } from '../util/ids.ts';
 import { SAME_VERSION_FIX } from '../transfer/protocol.ts';
-import type { AbortCycleRequest, BeginCycleRequest, CommitCycleRequest, RegisterRequest } from '../transfer/contract.ts';
+import type { AbortCycleRequest, BeginCycleRequest, CommitCycleRequest, RegisterRequest, StartDrillRequest } from '../transfer/contract.ts';
 import { Refusal, disksRequired } from './open-cycles.ts';
 import type { Range } from '../model/ranges.ts';
 import type { DiskSpec, HeldRanges, SourceDigest } from '../model/images.ts';
@@ -45,6 +45,10 @@ export function parseCommitCycle(body: JsonObject): CommitCycleRequest {
   // digests matter only when the sender asks for verification
   if (out.verify && Array.isArray(body.sourceDigests)) out.sourceDigests = body.sourceDigests.map((d, i) => checkSourceDigest(d, i, out.expected));
   return out;
+}
+
+export function parseStartDrill(body: JsonObject): StartDrillRequest {
+  return body.imageId === undefined || body.imageId === null ? {} : { imageId: assertId(body.imageId, 'image id') };
 }
 
 export function parseAbortCycle(body: JsonObject): AbortCycleRequest {

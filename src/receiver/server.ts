@@ -14,6 +14,7 @@ import { createCode, listCodes, loadOrCreateTls, type ActivationCode } from './i
 import { OpenCycles } from './open-cycles.ts';
 import { controlHandler } from './control.ts';
 import { DataConnection, PendingBudget } from './data.ts';
+import { DrillRunner, type DrillRunnerOptions, type DrillSteps } from './drills.ts';
 
 export interface ReceiverOptions {
   dataDir: string;
@@ -22,6 +23,8 @@ export interface ReceiverOptions {
   controlPort?: number;
   dataPort?: number;
   logger?: Logger;
+  /** Inspect, convert and boot-test steps for drills (cli/ wires target/); without them drill requests are refused. */
+  drills?: { steps: DrillSteps } & DrillRunnerOptions;
 }
 
 export interface RunningReceiver {
@@ -68,10 +71,13 @@ export async function startReceiver(o: ReceiverOptions): Promise<RunningReceiver
     onBackgroundError: (e) => log.warn({ err: errorMessage(e) }, 'sweep of owed garbage failed; the next commit retries it'),
   });
   const cycles = new OpenCycles(store, log);
+  const drills = o.drills ? new DrillRunner(store, join(o.dataDir, 'drills'), o.drills.steps, log.child({ component: 'drills' }), o.drills) : undefined;
+  const interrupted = await drills?.recover();
+  if (interrupted) log.warn({ drills: interrupted }, 'drills interrupted by the last stop are marked abnormal');
   const pool = sharedCodecPool();
   let dataPort = 0;
   const control = https.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2' },
-    controlHandler({ dataDir: o.dataDir, store, cycles, log, dataPort: () => dataPort }));
+    controlHandler({ dataDir: o.dataDir, store, cycles, log, dataPort: () => dataPort, drills }));
   control.keepAliveTimeout = 5000;
   const conns = new Set<DataConnection>();
   const budget = new PendingBudget();
@@ -93,6 +99,7 @@ export async function startReceiver(o: ReceiverOptions): Promise<RunningReceiver
       data.close();
       control.closeAllConnections();
       await Promise.all([...conns].map((c) => c.detach()));
+      await drills?.close();
       await store.close();
     },
   };

@@ -9,11 +9,11 @@ import { dirname } from 'node:path';
 import {
   StateError, WORKGROUP_MAX_MEMBERS,
   type CycleRecord, type DiskRecord, type JobRecord, type JobSettings, type NewJob, type StateStore,
-  type TemplateRecord, type WorkgroupRecord,
+  type TemplateRecord, type WorkgroupRecord, type DrillRecord,
 } from './types.ts';
 import { StateNoSpaceError, isStateFull, withNoSpaceErrors } from './no-space.ts';
 
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
 
 const NO_JOB_FIX = 'list jobs with `vmlift job ls`';
 
@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS cycles (
 );
 CREATE TABLE IF NOT EXISTS workgroups (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS templates (name TEXT PRIMARY KEY, settings TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS drills (
+  id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, image_id TEXT NOT NULL,
+  state TEXT NOT NULL, verdict TEXT, requested_at TEXT NOT NULL, ended_at TEXT, report TEXT NOT NULL, report_dir TEXT
+);
 `;
 
 interface JobRow {
@@ -48,6 +52,18 @@ interface CycleRow {
   id: string; job_id: string; seq: number; kind: string; state: string; reason: string | null;
   snapshot_name: string | null; image_id: string | null; started_at: string; ended_at: string | null;
   source_bytes_read: number; wire_bytes: number; changed_bytes: number; error: string | null;
+}
+
+interface DrillRow {
+  id: string; job_id: string; image_id: string; state: string; verdict: string | null; requested_at: string;
+  ended_at: string | null; report: string; report_dir: string | null;
+}
+
+function drillFromRow(r: DrillRow): DrillRecord {
+  return {
+    id: r.id, jobId: r.job_id, imageId: r.image_id, state: r.state, verdict: r.verdict, requestedAt: r.requested_at,
+    endedAt: r.ended_at, report: JSON.parse(r.report) as Record<string, unknown>, reportDir: r.report_dir,
+  };
 }
 
 const now = (): string => new Date().toISOString();
@@ -99,7 +115,7 @@ export class SqliteStateStore implements StateStore {
     // an up-to-date database is opened without a write, so that a full state folder stays readable
     if (version < SCHEMA_VERSION) this.db.transaction(() => {
       this.db.exec(SCHEMA);
-      // Schema 1 → 2: the disks' transport and its reason.
+      // Schema 2 → 3: the drills table (made by SCHEMA above). Schema 1 → 2: the disks' transport and its reason.
       const cols = new Set((this.db.prepare('PRAGMA table_info(disks)').all() as { name: string }[]).map((c) => c.name));
       if (!cols.has('transport')) this.db.exec('ALTER TABLE disks ADD COLUMN transport TEXT; ALTER TABLE disks ADD COLUMN transport_reason TEXT;');
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
@@ -211,6 +227,38 @@ export class SqliteStateStore implements StateStore {
 
   listCycles(jobId: string, limit = 20): CycleRecord[] {
     return (this.db.prepare('SELECT * FROM cycles WHERE job_id = ? ORDER BY seq DESC LIMIT ?').all(jobId, limit) as CycleRow[]).map(cycleFromRow);
+  }
+
+  addDrill(d: Omit<DrillRecord, 'endedAt' | 'verdict' | 'reportDir'>): DrillRecord {
+    this.db.prepare(`INSERT INTO drills (id, job_id, image_id, state, requested_at, report) VALUES (?, ?, ?, ?, ?, ?)`)
+      .run(d.id, d.jobId, d.imageId, d.state, d.requestedAt, JSON.stringify(d.report));
+    return this.mustDrill(d.id);
+  }
+
+  updateDrill(id: string, patch: Partial<Pick<DrillRecord, 'state' | 'verdict' | 'endedAt' | 'report' | 'reportDir'>>): DrillRecord {
+    const cols: Record<string, unknown> = {};
+    if (patch.state !== undefined) cols.state = patch.state;
+    if (patch.verdict !== undefined) cols.verdict = patch.verdict;
+    if (patch.endedAt !== undefined) cols.ended_at = patch.endedAt;
+    if (patch.report !== undefined) cols.report = JSON.stringify(patch.report);
+    if (patch.reportDir !== undefined) cols.report_dir = patch.reportDir;
+    const keys = Object.keys(cols);
+    if (keys.length) this.db.prepare(`UPDATE drills SET ${keys.map((k) => `${k} = @${k}`).join(', ')} WHERE id = @id`).run({ ...cols, id });
+    return this.mustDrill(id);
+  }
+
+  listDrills(jobId: string, limit = 10): DrillRecord[] {
+    return (this.db.prepare('SELECT * FROM drills WHERE job_id = ? ORDER BY requested_at DESC, id DESC LIMIT ?').all(jobId, limit) as DrillRow[]).map(drillFromRow);
+  }
+
+  activeDrills(): DrillRecord[] {
+    return (this.db.prepare(`SELECT * FROM drills WHERE state IN ('queued', 'running') ORDER BY requested_at`).all() as DrillRow[]).map(drillFromRow);
+  }
+
+  private mustDrill(id: string): DrillRecord {
+    const r = this.db.prepare('SELECT * FROM drills WHERE id = ?').get(id) as DrillRow | undefined;
+    if (!r) throw new StateError('NO_DRILL', `no drill ${id}`, { fix: 'list the drills with `vmlift job show`' });
+    return drillFromRow(r);
   }
 
   runningCycles(): CycleRecord[] {

@@ -107,6 +107,23 @@ export interface TemplateRecord {
   createdAt: string;
 }
 
+/**
+ * A drill of a job's image, run on the receiver (inspect, convert, boot-test). `report` is the
+ * receiver's report as it last read it; `reportDir` the connector-side folder with report.json and console.png.
+ */
+export interface DrillRecord {
+  id: string;
+  jobId: string;
+  imageId: string;
+  /** queued, running, passed or abnormal (the receiver's drill states). */
+  state: string;
+  verdict: string | null;
+  requestedAt: string;
+  endedAt: string | null;
+  report: Record<string, unknown>;
+  reportDir: string | null;
+}
+
 export type NewJob = Pick<JobRecord, 'id' | 'name' | 'kind' | 'vmRef' | 'sourceId' | 'settings'>;
 
 export interface StateStore {
@@ -139,6 +156,13 @@ export interface StateStore {
   getTemplate(name: string): TemplateRecord | undefined;
   listTemplates(): TemplateRecord[];
   deleteTemplate(name: string): void;
+
+  addDrill(d: Omit<DrillRecord, 'endedAt' | 'verdict' | 'reportDir'>): DrillRecord;
+  updateDrill(id: string, patch: Partial<Pick<DrillRecord, 'state' | 'verdict' | 'endedAt' | 'report' | 'reportDir'>>): DrillRecord;
+  /** Newest first. */
+  listDrills(jobId: string, limit?: number): DrillRecord[];
+  /** Drills not ended yet (queued or running), of every job. */
+  activeDrills(): DrillRecord[];
 
   close(): void;
 }

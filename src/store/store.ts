@@ -220,9 +220,16 @@ class Store implements ImageStore {
     });
   }
 
-  private async pinned<T>(sourceId: string, imageId: string, fn: (rec: ImageRecord) => Promise<T>): Promise<T> {
+  async pin(sourceId: string, imageId: string): Promise<() => Promise<void>> {
     await this.record(sourceId, imageId);
     const unpin = await pinImage(this.layout, sourceId, imageId);
+    // Removed between the check and the pin: the pin would guard nothing.
+    try { await this.record(sourceId, imageId); } catch (e) { await unpin(); throw e; }
+    return unpin;
+  }
+
+  private async pinned<T>(sourceId: string, imageId: string, fn: (rec: ImageRecord) => Promise<T>): Promise<T> {
+    const unpin = await this.pin(sourceId, imageId);
     try {
       return await fn(await this.record(sourceId, imageId));
     } finally {

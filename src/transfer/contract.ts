@@ -146,6 +146,48 @@ export interface CommitCycleRequest {
 export interface AbortCycleRequest { disks?: DiskSpec[] }
 export type AbortCycleResponse = Record<string, never>;
 
+// ---- drills (issue 13: inspect, convert and boot-test an image on the receiver while the job keeps syncing) ----
+
+export const DRILL_STATES = ['queued', 'running', 'passed', 'abnormal'] as const;
+export type DrillState = (typeof DRILL_STATES)[number];
+export type DrillStepName = 'inspect' | 'convert' | 'boot';
+
+export interface DrillStepReport {
+  step: DrillStepName;
+  ok: boolean;
+  seconds: number;
+  /** One line for `job show`: the verdict of inspect, what convert wrote, what the boot reached. */
+  message: string;
+  code?: string;
+  fix?: string;
+}
+
+/** GET /v1/drills/:id — also what POST /v1/drills answers (state `queued`). */
+export interface DrillReport {
+  drillId: string;
+  sourceId: string;
+  imageId: string;
+  state: DrillState;
+  requestedAt: string;
+  startedAt: string | null;
+  endedAt: string | null;
+  steps: DrillStepReport[];
+  /** Set when the drill ended: "drill passed" or "drill abnormal" (the migration services' words). */
+  verdict: 'drill passed' | 'drill abnormal' | null;
+  /** The step that failed, its code, message and fix. */
+  failure: { step: DrillStepName | 'drill'; code: string; message: string; fix?: string } | null;
+  accel: string | null;
+  secondsToLogin: number | null;
+  consoleTail: string[];
+  /** A PNG of the VGA console is at GET /v1/drills/:id/screenshot. */
+  screenshot: boolean;
+}
+
+/** POST /v1/drills: drill an image of the caller's source (default: its newest). */
+export interface StartDrillRequest { imageId?: string }
+/** GET /v1/drills: the caller's drills, oldest first. */
+export interface DrillsResponse { drills: DrillReport[] }
+
 /** The body of every refused control request (4xx/5xx). */
 export interface ErrorResponse { error: WireError }
 

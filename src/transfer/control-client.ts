@@ -4,7 +4,7 @@ import { connectPinned, ConnectError, type ProxySpec } from './connect.ts';
 import { HDR_SOURCE, type WireError } from './protocol.ts';
 import type {
   AbortCycleRequest, AbortCycleResponse, BeginCycleRequest, BeginCycleResponse, CommitCycleRequest, DeleteImageResponse,
-  DigestsQuery, DisksResponse, ImagesResponse, RegisterRequest, RegisterResponse, WhoamiResponse,
+  DigestsQuery, DisksResponse, DrillReport, DrillsResponse, ImagesResponse, RegisterRequest, RegisterResponse, StartDrillRequest, WhoamiResponse,
 } from './contract.ts';
 import type { ImageInfo } from '../model/images.ts';
 
@@ -100,6 +100,14 @@ export class ControlClient {
   beginCycle(body: BeginCycleRequest): Promise<BeginCycleResponse> { return this.request('POST', '/v1/cycles', body); }
   commitCycle(cycleId: string, body: CommitCycleRequest): Promise<ImageInfo> {
     return this.request('POST', `/v1/cycles/${encodeURIComponent(cycleId)}/commit`, body);
+  }
+  startDrill(body: StartDrillRequest): Promise<DrillReport> { return this.request('POST', '/v1/drills', body); }
+  drills(): Promise<DrillsResponse> { return this.request('GET', '/v1/drills'); }
+  drill(drillId: string): Promise<DrillReport> { return this.request('GET', `/v1/drills/${encodeURIComponent(drillId)}`); }
+  async drillScreenshot(drillId: string): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    for await (const c of this.stream(`/v1/drills/${encodeURIComponent(drillId)}/screenshot`)) parts.push(c);
+    return Buffer.concat(parts);
   }
   abortCycle(cycleId: string, body: AbortCycleRequest): Promise<AbortCycleResponse> {
     return this.request('POST', `/v1/cycles/${encodeURIComponent(cycleId)}/abort`, body);

@@ -12,6 +12,7 @@ import { openStateStore } from '../../state/sqlite.ts';
 import { JobEngine } from '../../engine/jobs.ts';
 import { Scheduler } from '../../engine/scheduler.ts';
 import { Workgroups } from '../../engine/workgroups.ts';
+import { JobDrills } from '../../engine/drills.ts';
 import { EngineMetrics } from '../../engine/metrics.ts';
 import { ConnectorApi } from '../../engine/api.ts';
 import { connectorHome } from '../home.ts';
@@ -118,7 +119,9 @@ export function register(program: Command): void {
       const metrics = new EngineMetrics(state);
       const engine = new JobEngine({ state, connect: wiring.connect, logger, events: metrics.events });
       const workgroups = new Workgroups(engine);
-      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, images: wiring.images });
+      const drills = new JobDrills({ state, service: wiring.drills, reportRoot: join(home, 'drills'), logger: logger.child({ component: 'drills' }) });
+      drills.resume();
+      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, images: wiring.images, drills });
       const addr = await api.listen(Number(f.apiPort));
       await writeFileAtomic(join(home, 'api.json'), JSON.stringify({ port: addr.port, pid: process.pid }));
       const scheduler = new Scheduler(engine, { logger, tickMs: Number(f.tickMs), maxConcurrentJobs: config.limits.maxConcurrentJobs });
@@ -135,6 +138,7 @@ export function register(program: Command): void {
       logger.info('connector stopping');
       await scheduler.stop({ abort: true });
       await api.close();
+      await drills.close();
       await rm(join(home, 'api.json'), { force: true });
       await wiring.close().catch(() => undefined);
       state.close();

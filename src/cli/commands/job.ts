@@ -2,9 +2,10 @@ import type { Command } from 'commander';
 import { callApi, connectorHome } from '../home.ts';
 import { printResult, table, formatBytes } from '../output.ts';
 import { formatDuration } from '../../util/duration.ts';
-import type { CycleRecord, DiskRecord, JobRecord, TemplateRecord, WorkgroupRecord } from '../../state/types.ts';
+import type { CycleRecord, DiskRecord, DrillRecord, JobRecord, TemplateRecord, WorkgroupRecord } from '../../state/types.ts';
+import type { DrillReport } from '../../transfer/contract.ts';
 import type { LiveStatus } from '../../engine/jobs.ts';
-import type { MemberResult } from '../../engine/workgroups.ts';
+import type { MemberDrill, MemberResult } from '../../engine/workgroups.ts';
 
 interface Common { home?: string; json?: boolean }
 
@@ -51,6 +52,23 @@ function transportReasons(disks: DiskRecord[], live: Map<number, LiveStatus['dis
   });
 }
 
+/** The last drill of a job, for `job show`: its verdict, time, how far the boot got, the failure and the report. */
+export function drillLines(d: DrillRecord | undefined): string[] {
+  if (!d) return [];
+  const r = d.report as unknown as DrillReport;
+  const head = d.verdict
+    ? `last drill: ${d.verdict} (image ${d.imageId}, ${d.endedAt})${r.secondsToLogin != null ? `: login reached in ${r.secondsToLogin.toFixed(0)} s (${r.accel})` : ''}`
+    : `last drill: ${d.state} (image ${d.imageId}, requested ${d.requestedAt})`;
+  const steps = (r.steps ?? []).map((s) => `  ${s.step}: ${s.ok ? 'ok' : 'failed'} in ${s.seconds.toFixed(0)} s: ${s.message}`);
+  const failure = r.failure ? [`  ${r.failure.step}: ${r.failure.code}: ${r.failure.message}`, ...(r.failure.fix ? [`  fix: ${r.failure.fix}`] : [])] : [];
+  const tail = d.verdict && r.failure && r.consoleTail?.length ? ['  console:', ...r.consoleTail.slice(-5).map((l) => `    ${l}`)] : [];
+  return [head, ...steps, ...failure, ...tail, ...(d.reportDir ? [`  report: ${d.reportDir}`] : [])];
+}
+
+const drillCell = (d: MemberDrill | null | undefined): string => !d ? '-' : `${d.verdict ?? d.state} (image ${d.imageId}, ${d.at})`;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 export function register(program: Command): void {
   const job = program.command('job').description('agentless migration jobs (one VM each), run by the connector');
 
@@ -88,6 +106,22 @@ export function register(program: Command): void {
       printResult(o.json, r, () => `deleted job ${id}`);
     });
 
+  homeOpt(job.command('drill').description('inspect, convert and boot-test the job\'s newest image on the receiver while the job keeps syncing')
+    .argument('<id>').option('--image <id>', 'drill this image instead of the newest').option('--wait', 'wait for the result; exit 1 when the drill is abnormal'))
+    .action(async (id: string, o: Common & { image?: string; wait?: boolean }) => {
+      const home = connectorHome(o.home);
+      let d = await callApi<DrillRecord>(home, 'POST', `/v1/jobs/${encodeURIComponent(id)}/drill`, o.image ? { imageId: o.image } : {});
+      if (o.wait) {
+        while (!d.verdict) {
+          await sleep(2000);
+          const r = await callApi<{ drills: DrillRecord[] }>(home, 'GET', `/v1/jobs/${encodeURIComponent(id)}`);
+          d = r.drills.find((x) => x.id === d.id) ?? d;
+        }
+        if (d.verdict !== 'drill passed') process.exitCode = 1;
+      }
+      printResult(o.json, d, (x) => x.verdict ? drillLines(x).join('\n') : `drill ${x.id} of image ${x.imageId} ${x.state}; \`vmlift job show ${id}\` shows its result`);
+    });
+
   homeOpt(job.command('ls').description('list jobs')).action(async (o: Common) => {
     const jobs = await callApi<JobRecord[]>(connectorHome(o.home), 'GET', '/v1/jobs');
     printResult(o.json, jobs, (js) => table(['JOB', 'VM', 'STATE', 'ERROR', 'NEXT SYNC', 'WORKGROUP'], js.map(jobLine)));
@@ -95,7 +129,7 @@ export function register(program: Command): void {
 
   homeOpt(job.command('show').description('a job\'s disks with progress, speed and remaining time, recent cycles and images').argument('<id>'))
     .action(async (id: string, o: Common) => {
-      const r = await callApi<{ job: JobRecord; disks: DiskRecord[]; cycles: CycleRecord[]; live: LiveStatus | null; images: unknown }>(
+      const r = await callApi<{ job: JobRecord; disks: DiskRecord[]; cycles: CycleRecord[]; live: LiveStatus | null; images: unknown; drills?: DrillRecord[] }>(
         connectorHome(o.home), 'GET', `/v1/jobs/${encodeURIComponent(id)}`);
       printResult(o.json, r, (x) => {
         const live = new Map((x.live?.disks ?? []).map((d) => [d.diskKey, d]));
@@ -118,6 +152,8 @@ export function register(program: Command): void {
         if (Array.isArray(x.images)) {
           lines.push('', table(['IMAGE', 'COMMITTED'], (x.images as { imageId: string; committedAt: string }[]).map((i) => [i.imageId, i.committedAt])));
         }
+        const drill = drillLines(x.drills?.[0]);
+        if (drill.length) lines.push('', ...drill);
         return lines.join('\n');
       });
     });
@@ -138,14 +174,18 @@ export function register(program: Command): void {
       printMembers(o.json, await callApi<MemberResult[]>(connectorHome(o.home), 'POST', `/v1/workgroups/${encodeURIComponent(id)}/${action}`));
     });
   }
+  homeOpt(wg.command('drill').description('drill every source\'s newest image (one boot at a time on the receiver); the jobs keep syncing').argument('<id>'))
+    .action(async (id: string, o: Common) => {
+      printMembers(o.json, await callApi<MemberResult[]>(connectorHome(o.home), 'POST', `/v1/workgroups/${encodeURIComponent(id)}/drill`));
+    });
   homeOpt(wg.command('ls')).action(async (o: Common) => {
     const ws = await callApi<WorkgroupRecord[]>(connectorHome(o.home), 'GET', '/v1/workgroups');
     printResult(o.json, ws, (x) => table(['WORKGROUP', 'NAME', 'SOURCES'], x.map((w) => [w.id, w.name, w.members.length])));
   });
   homeOpt(wg.command('show').argument('<id>')).action(async (id: string, o: Common) => {
-    const s = await callApi<{ workgroup: WorkgroupRecord; members: { jobId: string; state: string; error: string | null }[] }>(
+    const s = await callApi<{ workgroup: WorkgroupRecord; members: { jobId: string; state: string; error: string | null; drill?: MemberDrill | null }[] }>(
       connectorHome(o.home), 'GET', `/v1/workgroups/${encodeURIComponent(id)}`);
-    printResult(o.json, s, (x) => `workgroup ${x.workgroup.id} (${x.members.length}/50)\n${table(['SOURCE', 'STATE', 'ERROR'], x.members.map((m) => [m.jobId, m.state, m.error ?? '']))}`);
+    printResult(o.json, s, (x) => `workgroup ${x.workgroup.id} (${x.members.length}/50)\n${table(['SOURCE', 'STATE', 'LAST DRILL', 'ERROR'], x.members.map((m) => [m.jobId, m.state, drillCell(m.drill), m.error ?? '']))}`);
   });
 
   const tpl = program.command('template').description('named job settings');
