@@ -147,3 +147,32 @@ test('a schema-1 state file gains the disks\' transport columns on open, keeping
   assert.equal(s.getDisks('j')[0]!.transport, 'nbd', 'a cycle that read nothing keeps the last transport');
   s.close();
 });
+
+test('drills: recorded per job newest first, updated to their end, listed while active, gone with the job; a schema-2 file gains the table', (t) => {
+  const { path, cleanup } = tempDb();
+  t.after(cleanup);
+  const s = openStateStore(path);
+  s.createJob({ id: 'web', name: 'web', kind: 'vm', vmRef: 'vm-1', sourceId: 'web', settings });
+  s.addDrill({ id: 'd1', jobId: 'web', imageId: 'i1', state: 'queued', requestedAt: '2026-12-01T10:00:00.000Z', report: { drillId: 'd1' } });
+  s.addDrill({ id: 'd2', jobId: 'web', imageId: 'i2', state: 'queued', requestedAt: '2026-12-01T11:00:00.000Z', report: { drillId: 'd2' } });
+  assert.deepEqual(s.listDrills('web').map((d) => d.id), ['d2', 'd1']);
+  assert.deepEqual(s.activeDrills().map((d) => d.id), ['d1', 'd2']);
+  const done = s.updateDrill('d1', { state: 'abnormal', verdict: 'drill abnormal', endedAt: '2026-12-01T10:05:00.000Z', report: { drillId: 'd1', x: 1 }, reportDir: '/h/drills/web/d1' });
+  assert.deepEqual([done.state, done.verdict, done.endedAt, done.report, done.reportDir], ['abnormal', 'drill abnormal', '2026-12-01T10:05:00.000Z', { drillId: 'd1', x: 1 }, '/h/drills/web/d1']);
+  assert.deepEqual(s.activeDrills().map((d) => d.id), ['d2']);
+  assert.throws(() => s.updateDrill('nope', { state: 'passed' }), /no drill nope/);
+  s.deleteJob('web');
+  assert.deepEqual(s.listDrills('web'), []);
+  s.close();
+
+  const old = new Database(path);
+  old.exec('DROP TABLE drills; PRAGMA user_version = 2;');
+  old.close();
+  const again = openStateStore(path);
+  again.createJob({ id: 'db', name: 'db', kind: 'vm', vmRef: 'vm-2', sourceId: 'db', settings });
+  assert.equal(again.addDrill({ id: 'd3', jobId: 'db', imageId: 'i1', state: 'queued', requestedAt: 't', report: {} }).state, 'queued');
+  again.close();
+  const v = new Database(path);
+  assert.equal(v.pragma('user_version', { simple: true }), 3);
+  v.close();
+});
