@@ -1,0 +1,119 @@
+/**
+ * Issue 12 §5, certificate rotation end to end: `vmlift receiver rotate-cert` makes a new key, the
+ * restarted receiver serves it, an agent pinned to the old fingerprint stops with FINGERPRINT_MISMATCH
+ * naming the new fingerprint and the flag that accepts it — and sends nothing —, the connector's sender
+ * names `vmlift connector set --fingerprint`, which changes the pin; with the new pin the same source
+ * (same credential) syncs on.
+ */
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Receiver, runAgent, writeCodeFile, vmlift, killChildren } from '../agent/harness.ts';
+import { Sender } from '../../src/transfer/sender.ts';
+import { acceptPinCommand } from '../../src/cli/wiring.ts';
+import { UserError } from '../../src/util/errors.ts';
+
+const dirs: string[] = [];
+after(async () => { await killChildren(); for (const d of dirs) await rm(d, { recursive: true, force: true }); });
+
+const MiB = 1 << 20;
+
+async function images(dataDir: string): Promise<string[]> {
+  const r = await vmlift(['image', 'ls', '--data-dir', dataDir, '--source', 'rot-a', '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const v = JSON.parse(r.stdout) as { images: { imageId: string }[]; openCycles: unknown[] };
+  assert.deepEqual(v.openCycles, [], 'no cycle left open');
+  return v.images.map((i) => i.imageId);
+}
+
+test('rotate-cert: old pins fail loudly with the new fingerprint and the command to accept it; accepted, the source syncs on', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vmlift-rotate-'));
+  dirs.push(dir);
+  const dataDir = join(dir, 'rx');
+  const rx = await Receiver.start(dataDir);
+  const oldFp = rx.fingerprint;
+  const device = join(dir, 'disk.img');
+  const data = Buffer.alloc(4 * MiB);
+  for (let i = 0; i < data.length; i += 4096) data.write(`block ${i} `.repeat(8), i);
+  await writeFile(device, data);
+  const codeFile = await writeCodeFile(join(dir, 'code'), rx.code);
+  const stateDir = join(dir, 'agent');
+  const agent = (fingerprint: string) => runAgent({ devices: [device], receiver: rx, stateDir, codeFile, sourceId: 'rot-a', fingerprint });
+  const first = await agent(oldFp);
+  assert.equal(first.exit, 0, first.stderr);
+  const keyBefore = await readFile(join(dataDir, 'tls', 'key.pem'), 'utf8');
+
+  const rot = await vmlift(['receiver', 'rotate-cert', '--data-dir', dataDir, '--json']);
+  assert.equal(rot.code, 0, rot.stderr);
+  const r = JSON.parse(rot.stdout) as { previousFingerprint: string; fingerprint: string; retiredCert: string };
+  assert.equal(r.previousFingerprint, oldFp);
+  assert.match(r.fingerprint, /^([0-9A-F]{2}:){31}[0-9A-F]{2}$/);
+  assert.notEqual(r.fingerprint, oldFp);
+  const keyAfter = await readFile(join(dataDir, 'tls', 'key.pem'), 'utf8');
+  assert.notEqual(keyAfter, keyBefore, 'a new key');
+  assert.equal((await stat(join(dataDir, 'tls', 'key.pem'))).mode & 0o077, 0, 'the new key is private');
+  assert.deepEqual(await readdir(join(dataDir, 'tls', 'retired')), [r.retiredCert.split('/').pop()], 'the old certificate is kept, its key is not');
+  assert.ok(!(await readFile(r.retiredCert, 'utf8')).includes('PRIVATE KEY'));
+  const text = await vmlift(['receiver', 'rotate-cert', '--data-dir', join(dir, 'nothing')]);
+  assert.notEqual(text.code, 0);
+  assert.match(text.stderr, /holds no receiver/);
+  const info = JSON.parse((await vmlift(['receiver', 'info', '--data-dir', dataDir, '--json'])).stdout) as { fingerprint: string };
+  assert.equal(info.fingerprint, r.fingerprint);
+
+  // the receiver uses the new certificate once restarted
+  await rx.stop();
+  await rx.spawn();
+  const before = await images(dataDir);
+  assert.equal(before.length, 1);
+  data.write('changed after the rotation', 0);
+  await writeFile(device, data);
+  const refused = await agent(oldFp);
+  assert.notEqual(refused.exit, 0, 'an old pin never proceeds');
+  const err = refused.lines.find((l) => l.error) as { error: { code: string; message: string; fix: string } } | undefined;
+  assert.ok(err, `a JSON error line: ${JSON.stringify(refused.lines)} ${refused.stderr}`);
+  assert.equal(err.error.code, 'FINGERPRINT_MISMATCH');
+  assert.ok(err.error.message.includes(`presented certificate fingerprint ${r.fingerprint}`), err.error.message);
+  assert.ok(err.error.message.includes(`but ${oldFp} is pinned`), err.error.message);
+  assert.ok(err.error.fix.includes(`--fingerprint ${r.fingerprint}`), err.error.fix);
+  assert.match(err.error.fix, /rotate-cert[\s\S]*do not accept it/);
+  assert.deepEqual(await images(dataDir), before, 'no image from the refused run');
+  assert.ok(!/cycle begun|source registered/.test(rx.stderr.slice(rx.stderr.lastIndexOf('listening'))), 'nothing reached the receiver');
+
+  // the connector's sender names the connector's command
+  const home = join(dir, 'home');
+  await assert.rejects(Sender.connect({
+    receiver: rx.address, fingerprint: oldFp, credentialFile: join(home, 'credentials', 'rot-b.json'), activationCode: rx.code, sourceId: 'rot-b',
+    compression: 0, bandwidthMbps: 0, checksum: false, acceptPin: acceptPinCommand(home),
+  }), (e: unknown) => e instanceof UserError && e.code === 'FINGERPRINT_MISMATCH'
+    && (e.fix ?? '').includes(`\`vmlift connector set --home ${home} --fingerprint ${r.fingerprint}\`, then restart the connector`));
+  await assert.rejects(readFile(join(home, 'credentials', 'rot-b.json')), 'nothing registered through an old pin');
+  // ... and that command changes the pin in the connector's config
+  const pw = join(dir, 'pw');
+  await writeFile(pw, 'x\n');
+  const init = await vmlift(['connector', 'init', '--home', home, '--server', 'https://127.0.0.1:1/sdk', '--user', 'u', '--password-file', pw, '--insecure',
+    '--receiver', rx.address, '--fingerprint', oldFp, '--code-file', codeFile, '--json']);
+  assert.equal(init.code, 0, init.stderr);
+  const set = await vmlift(['connector', 'set', '--home', home, '--fingerprint', r.fingerprint.replace(/:/g, '').toLowerCase(), '--json']);
+  assert.equal(set.code, 0, set.stderr);
+  assert.deepEqual(JSON.parse(set.stdout), { home, previousFingerprint: oldFp, fingerprint: r.fingerprint });
+  assert.equal(JSON.parse(await readFile(join(home, 'config.json'), 'utf8')).receiver.fingerprint, r.fingerprint);
+  const bad = await vmlift(['connector', 'set', '--home', home, '--fingerprint', 'AB:CD']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /not a SHA-256 certificate fingerprint/);
+
+  // accepted: the same source and credential sync on
+  const after = await agent(r.fingerprint);
+  assert.equal(after.exit, 0, after.stderr);
+  assert.equal(after.report?.baseImageId, before[0], 'an incremental on the image made before the rotation');
+  assert.equal(after.report?.disks[0]?.changedBytes !== undefined, true);
+  const now = await images(dataDir);
+  assert.equal(now.length, 2);
+  const exp = join(dir, 'out.raw');
+  const ex = await vmlift(['image', 'export', '--data-dir', dataDir, '--source', 'rot-a', '--image', now[1]!, '--output', exp]);
+  assert.equal(ex.code, 0, ex.stderr);
+  assert.equal(createHash('sha256').update(await readFile(exp)).digest('hex'), createHash('sha256').update(data).digest('hex'));
+  await rx.stop();
+});
