@@ -240,6 +240,10 @@ test('no secret in any argv, environment, log, stdout/stderr, --json output or e
   const device = join(dir, 'agent-disk.img');
   writeFileSync(device, Buffer.concat([randomBytes(2 << 20), Buffer.alloc(2 << 20)]));
   const agentArgs = { devices: [device], receiver: rx, codeFile: agentCodeFile };
+  // an activation code on the command line is not accepted at all (it would show in /proc/<pid>/cmdline)
+  const argvCode = `VML-ARGV-${randomBytes(6).toString('hex').toUpperCase()}`;
+  const onArgv = cli('agent sync --code', ['agent', 'sync', '--device', device, '--receiver', rx.address, '--fingerprint', rx.fingerprint, '--code', argvCode,
+    '--state-dir', join(dir, 'agent-argv'), '--source-id', 'scan-argv', '--once', '--json']);
   const [agent, badCode, badProxy, badVc] = await Promise.all([
     runAgent({ ...agentArgs, stateDir: join(dir, 'agent'), sourceId: 'scan-agent',
       extra: ['--proxy', `http://scanuser@127.0.0.1:${proxy.port}`, '--proxy-password-file', proxyPwFile, '--log-level', 'debug', '--checksum'] }),
@@ -254,6 +258,11 @@ test('no secret in any argv, environment, log, stdout/stderr, --json output or e
   assert.equal(agent.exit, 0, agent.stderr);
   assert.ok(badCode.exit !== 0 && JSON.stringify(badCode.lines).includes('CODE_UNKNOWN'), JSON.stringify(badCode.lines) + badCode.stderr);
   assert.ok(badProxy.exit !== 0 && JSON.stringify(badProxy.lines).includes('PROXY_AUTH'), JSON.stringify(badProxy.lines) + badProxy.stderr);
+  const argvRun = await onArgv;
+  assert.notEqual(argvRun.code, 0);
+  assert.match(argvRun.stderr, /unknown option '--code'/);
+  assert.ok(!`${argvRun.stdout}${argvRun.stderr}`.includes(argvCode));
+  assert.ok(!existsSync(join(dir, 'agent-argv', 'credential.json')), 'nothing registered with a code from argv');
   assert.notEqual(badVc.code, 0);
   assert.match(badVc.stdout, /"error":\{"code":"VC_/);
   const wrongToken = await fetch(`http://127.0.0.1:${port}/v1/jobs`, { headers: { authorization: `Bearer ${token.replace(/.$/, token.endsWith('A') ? 'B' : 'A')}` } });
