@@ -244,6 +244,9 @@ test('no secret in any argv, environment, log, stdout/stderr, --json output or e
   const argvCode = `VML-ARGV-${randomBytes(6).toString('hex').toUpperCase()}`;
   const onArgv = cli('agent sync --code', ['agent', 'sync', '--device', device, '--receiver', rx.address, '--fingerprint', rx.fingerprint, '--code', argvCode,
     '--state-dir', join(dir, 'agent-argv'), '--source-id', 'scan-argv', '--once', '--json']);
+  // and `vmlift demo` itself (its own lab, receiver, in-process connector, qcow2 exports)
+  const demoDir = join(dir, 'demo');
+  const demo = cli('demo', ['demo', '--dir', demoDir, '--disk-mib', '16', '--json', '--verbose']);
   const [agent, badCode, badProxy, badVc] = await Promise.all([
     runAgent({ ...agentArgs, stateDir: join(dir, 'agent'), sourceId: 'scan-agent',
       extra: ['--proxy', `http://scanuser@127.0.0.1:${proxy.port}`, '--proxy-password-file', proxyPwFile, '--log-level', 'debug', '--checksum'] }),
@@ -258,6 +261,9 @@ test('no secret in any argv, environment, log, stdout/stderr, --json output or e
   assert.equal(agent.exit, 0, agent.stderr);
   assert.ok(badCode.exit !== 0 && JSON.stringify(badCode.lines).includes('CODE_UNKNOWN'), JSON.stringify(badCode.lines) + badCode.stderr);
   assert.ok(badProxy.exit !== 0 && JSON.stringify(badProxy.lines).includes('PROXY_AUTH'), JSON.stringify(badProxy.lines) + badProxy.stderr);
+  const demoRun = await demo;
+  assert.equal(demoRun.code, 0, demoRun.stderr);
+  assert.ok((JSON.parse(demoRun.stdout) as { exports: { matches: boolean }[] }).exports.every((e) => e.matches));
   const argvRun = await onArgv;
   assert.notEqual(argvRun.code, 0);
   assert.match(argvRun.stderr, /unknown option '--code'/);
@@ -317,9 +323,13 @@ test('no secret in any argv, environment, log, stdout/stderr, --json output or e
   const credentials: Record<string, string> = {};
   for (const f of readdirSync(join(home, 'credentials'))) credentials[`connector credential ${f}`] = (JSON.parse(readFileSync(join(home, 'credentials', f), 'utf8')) as { credential: string }).credential;
   credentials['agent credential'] = (JSON.parse(readFileSync(join(dir, 'agent', 'credential.json'), 'utf8')) as { credential: string }).credential;
-  assert.equal(Object.keys(credentials).length, 3, 'two connector sources and the agent registered');
+  for (const f of readdirSync(join(demoDir, 'connector', 'credentials'))) credentials[`demo credential ${f}`] = (JSON.parse(readFileSync(join(demoDir, 'connector', 'credentials', f), 'utf8')) as { credential: string }).credential;
+  assert.equal(Object.keys(credentials).length, 4, 'two connector sources, the agent and the demo\'s source registered');
+  const demoCodes = readdirSync(join(demoDir, 'receiver', 'codes')).map((f) => (JSON.parse(readFileSync(join(demoDir, 'receiver', 'codes', f), 'utf8')) as { code: string }).code);
+  assert.equal(demoCodes.length, 1);
   const secrets: Record<string, string> = {
     'vCenter password': lab.password, 'wrong vCenter password': wrongVcPassword, 'proxy password': proxyPassword, 'wrong proxy password': wrongProxyPassword,
+    'demo vCenter password': readFileSync(join(demoDir, 'lab', 'password'), 'utf8').trim(), 'demo activation code': demoCodes[0]!,
     'connector activation code': rx.code, 'agent activation code': agentCode, 'unknown activation code': bogusCode, 'connector API token': token, ...credentials,
   };
   const codes = new Set([rx.code, agentCode]);
@@ -327,7 +337,7 @@ test('no secret in any argv, environment, log, stdout/stderr, --json output or e
 
   const qemuCapture = [`${capture}.argv`, `${capture}.env`].map((f) => ({ what: `qemu-img ${f.endsWith('env') ? 'environ' : 'argv'} (shim)`, text: readFileSync(f, 'latin1').replace(/\0/g, ' ') }));
   const procSources = [...procs.map((p) => ({ what: `${p.comm}[${p.pid}] ${p.where}`, text: p.text })), ...qemuCapture];
-  const logs = [...logFiles(home), ...logFiles(rx.dataDir), ...logFiles(join(dir, 'agent'))];
+  const logs = logFiles(dir); // the connector's, the labs' (lab.log, each VM's vmware.log), any server's
   const logSources = logs.map((f) => ({ what: f, text: readFileSync(f, 'utf8') }));
   const streamSources = [...outputs, { what: 'receiver stderr', text: rx.stderr },
     { what: 'connector stdout', text: connectorOut.stdout }, { what: 'connector stderr', text: connectorOut.stderr }];
@@ -349,7 +359,7 @@ test('no secret in any argv, environment, log, stdout/stderr, --json output or e
   const comms = new Set(procs.map((p) => p.comm));
   const argvs = procs.filter((p) => p.where === 'cmdline').map((p) => p.text);
   assert.ok(comms.has('nbdkit'), `nbdkit was scanned (${[...comms].join(', ')})`);
-  for (const role of ['receiver serve', 'connector serve', 'agent sync', 'image export', 'job show', 'vc ls']) {
+  for (const role of ['receiver serve', 'connector serve', 'agent sync', 'image export', 'job show', 'vc ls', 'demo']) {
     assert.ok(argvs.some((a) => a.includes(role)), `a vmlift ${role} process was scanned`);
   }
   assert.ok(logs.some((f) => f.startsWith(join(home, 'logs'))), 'the connector\'s log file was scanned');
