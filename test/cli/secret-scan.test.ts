@@ -314,6 +314,24 @@ test('no secret in any argv, environment, log, stdout/stderr, --json output or e
   const rotated = await cli('receiver rotate-cert', ['receiver', 'rotate-cert', '--data-dir', rx.dataDir, '--json']);
   assert.equal(rotated.code, 0, rotated.stderr);
 
+  // the rotation seen by the connector: once the receiver serves the new certificate, a cycle stops
+  // with FINGERPRINT_MISMATCH naming it and the command that accepts it; no image is made
+  const newFp = (JSON.parse(rotated.stdout) as { fingerprint: string }).fingerprint;
+  await rx.stop();
+  await rx.spawn();
+  const sync = await fetch(`http://127.0.0.1:${port}/v1/jobs/scan-vddk/sync`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+  assert.equal(sync.status, 200, await sync.text());
+  let failed: JobView | undefined;
+  for (let i = 0; i < 800 && failed?.job.state !== 'error'; i++) { failed = await show('scan-vddk'); if (failed.job.state !== 'error') await sleep(150); }
+  const jobErr = failed!.job.error as { code: string; message: string; fix: string };
+  assert.equal(jobErr.code, 'FINGERPRINT_MISMATCH', JSON.stringify(jobErr));
+  assert.ok(jobErr.message.includes(`presented certificate fingerprint ${newFp}`), jobErr.message);
+  assert.ok(jobErr.fix.includes(`\`vmlift connector set --home ${home} --fingerprint ${newFp}\`, then restart the connector`), jobErr.fix);
+  assert.equal(failed!.cycles.filter((c) => c.imageId).length, 1, 'no image through the old pin');
+  const shownErr = await cli('job show after the rotation', ['job', 'show', 'scan-vddk', '--home', home, '--json']);
+  assert.equal(shownErr.code, 0, shownErr.stderr);
+  assert.ok(shownErr.stdout.includes('FINGERPRINT_MISMATCH'));
+
   connector.kill('SIGTERM');
   await new Promise((r) => connector!.once('exit', r));
   await rx.stop();
