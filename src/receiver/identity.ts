@@ -5,7 +5,7 @@
  *   codes/<hash16>.json            activation codes (plain code kept so `receiver info` can show it; 0600)
  *   sources/<sourceId>.json        registered sources: only the SHA-256 of their credential
  */
-import { createHash, randomBytes, timingSafeEqual, X509Certificate } from 'node:crypto';
+import { createHash, createPrivateKey, randomBytes, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { mkdir, readFile, readdir, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
@@ -37,7 +37,7 @@ async function writeNewTls(dir: string): Promise<void> {
     keyType: 'ec', curve: 'P-256', algorithm: 'sha256', notAfterDate: notAfter,
   });
   // key first: a crash in between leaves a key that does not match the certificate, so the receiver
-  // refuses to start (TLS key mismatch) until rotate-cert runs again; it never serves a half identity
+  // refuses to start (TLS_KEY_MISMATCH) until rotate-cert runs again; it never serves a half identity
   await writeFileAtomic(join(dir, 'key.pem'), pems.private);
   await chmod(join(dir, 'key.pem'), 0o600);
   await writeFileAtomic(join(dir, 'cert.pem'), pems.cert);
@@ -53,6 +53,10 @@ export async function loadOrCreateTls(dataDir: string): Promise<{ tls: TlsIdenti
   }
   const key = await readFile(join(dir, 'key.pem'), 'utf8');
   const cert = await readFile(join(dir, 'cert.pem'), 'utf8');
+  if (!new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) {
+    throw new UserError('TLS_KEY_MISMATCH', `${join(dir, 'key.pem')} does not belong to ${join(dir, 'cert.pem')} (a certificate rotation was cut short)`,
+      `run \`vmlift receiver rotate-cert --data-dir ${dataDir}\` again, then give every sender the new fingerprint`);
+  }
   return { tls: { key, cert, fingerprint: certFingerprint(cert) }, created };
 }
 
@@ -63,7 +67,11 @@ export async function loadOrCreateTls(dataDir: string): Promise<{ tls: TlsIdenti
  */
 export async function rotateTls(dataDir: string): Promise<{ oldFingerprint: string; fingerprint: string; retiredCert: string }> {
   const dir = join(dataDir, 'tls');
-  const oldCert = await readFile(join(dir, 'cert.pem'), 'utf8');
+  let oldCert: string;
+  try { oldCert = await readFile(join(dir, 'cert.pem'), 'utf8'); } catch {
+    throw new UserError('NO_RECEIVER', `${dataDir} holds no receiver (no tls/cert.pem)`,
+      'check --data-dir, or start the receiver once with `vmlift receiver serve --data-dir DIR`');
+  }
   const retiredDir = join(dir, 'retired');
   await mkdir(retiredDir, { recursive: true, mode: 0o700 });
   const retiredCert = join(retiredDir, `${new Date().toISOString().replace(/[:.]/g, '-')}-cert.pem`);

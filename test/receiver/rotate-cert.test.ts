@@ -15,6 +15,7 @@ import { Receiver, runAgent, writeCodeFile, vmlift, killChildren } from '../agen
 import { Sender } from '../../src/transfer/sender.ts';
 import { acceptPinCommand } from '../../src/cli/wiring.ts';
 import { UserError } from '../../src/util/errors.ts';
+import { loadOrCreateTls } from '../../src/receiver/identity.ts';
 
 const dirs: string[] = [];
 after(async () => { await killChildren(); for (const d of dirs) await rm(d, { recursive: true, force: true }); });
@@ -116,4 +117,26 @@ test('rotate-cert: old pins fail loudly with the new fingerprint and the command
   assert.equal(after.report?.imageId, now[1]);
   assert.equal(after.report?.disks[0]?.sha256, createHash('sha256').update(data).digest('hex'));
   await rx.stop();
+});
+
+test('a rotation cut short between key and certificate: the receiver refuses to start, a new rotate-cert repairs it', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vmlift-rotate-'));
+  dirs.push(dir);
+  const a = (await loadOrCreateTls(join(dir, 'a'))).tls;
+  await loadOrCreateTls(join(dir, 'b'));
+  // the state a crash after the key write leaves: another key beside the old certificate
+  await writeFile(join(dir, 'a', 'tls', 'key.pem'), await readFile(join(dir, 'b', 'tls', 'key.pem')));
+  await assert.rejects(loadOrCreateTls(join(dir, 'a')), (e: unknown) => e instanceof UserError && e.code === 'TLS_KEY_MISMATCH'
+    && /rotation was cut short/.test(e.message) && (e.fix ?? '').includes(`vmlift receiver rotate-cert --data-dir ${join(dir, 'a')}`));
+  const info = await vmlift(['receiver', 'info', '--data-dir', join(dir, 'a')]);
+  assert.notEqual(info.code, 0);
+  assert.match(info.stderr, /TLS_KEY_MISMATCH|rotation was cut short/);
+  const rot = await vmlift(['receiver', 'rotate-cert', '--data-dir', join(dir, 'a'), '--json']);
+  assert.equal(rot.code, 0, rot.stderr);
+  const r = JSON.parse(rot.stdout) as { previousFingerprint: string; fingerprint: string };
+  assert.equal(r.previousFingerprint.replace(/:/g, '').toLowerCase(), a.fingerprint);
+  assert.ok(r.fingerprint);
+  const now = (await loadOrCreateTls(join(dir, 'a'))).tls;
+  assert.equal(now.fingerprint, r.fingerprint.replace(/:/g, '').toLowerCase());
+  assert.notEqual(now.fingerprint, a.fingerprint);
 });

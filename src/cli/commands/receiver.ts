@@ -91,7 +91,7 @@ export function register(program: Command): void {
     .requiredOption('--data-dir <dir>', 'the receiver data directory')
     .option('--json', 'JSON output')
     .action(async (o: { dataDir: string; json?: boolean }) => {
-      await initDataDir(resolve(o.dataDir), true);
+      // not initDataDir: it refuses a key that does not match its certificate, which a rotation repairs
       const r = await rotateTls(resolve(o.dataDir));
       const v = { previousFingerprint: formatFingerprint(r.oldFingerprint), fingerprint: formatFingerprint(r.fingerprint), retiredCert: r.retiredCert };
       printResult(o.json, v, () => `new certificate fingerprint (SHA-256): ${v.fingerprint}\n(was ${v.previousFingerprint}; the old certificate is kept as ${v.retiredCert}, its key is gone)\n`
