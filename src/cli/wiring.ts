@@ -154,6 +154,11 @@ export async function senderJobServices(vcenter: VCenterService, disks: DiskOpen
   };
 }
 
+/** FINGERPRINT_MISMATCH's fix in the connector: the command that pins the receiver's new certificate. */
+export function acceptPinCommand(home: string): (presented: string) => string {
+  return (fp) => `\`vmlift connector set --home ${home} --fingerprint ${fp}\`, then restart the connector`;
+}
+
 export async function createWiring(home: string, config: ConnectorConfig, logger: Logger): Promise<Wiring> {
   const conn = await resolveConnection({
     server: config.vcenter.server, user: config.vcenter.user, passwordFile: config.vcenter.passwordFile,
@@ -177,7 +182,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
     credentialFile: join(home, 'credentials', `${job.sourceId}.json`), activationCode: code,
     sourceId: job.sourceId, sourceLabel: job.name, proxy: config.receiver.proxy, proxyPassword,
     compression: job.settings.compression, bandwidthMbps: job.settings.bandwidthMbps, checksum: job.settings.checksum,
-    logger: logger.child({ sourceId: job.sourceId }),
+    logger: logger.child({ sourceId: job.sourceId }), acceptPin: acceptPinCommand(home),
   });
 
   // One control session per source for drills, opened on first use (the credential is the source's own).
@@ -218,7 +223,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
       const s = await Sender.connect({
         receiver: config.receiver.address, fingerprint: config.receiver.fingerprint,
         credentialFile: join(home, 'credentials', `${sourceId}.json`), activationCode: code, sourceId,
-        compression: 0, bandwidthMbps: 0, checksum: false, logger,
+        compression: 0, bandwidthMbps: 0, checksum: false, logger, acceptPin: acceptPinCommand(home),
       });
       try { return await s.listImages(); } finally { await s.close(); }
     },

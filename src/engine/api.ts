@@ -1,5 +1,4 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { CodedError, UserError, isUserError, errorMessage, errorReport } from '../util/errors.ts';
@@ -9,6 +8,7 @@ import type { JobEngine } from './jobs.ts';
 import type { Workgroups, BatchAction } from './workgroups.ts';
 import type { EngineMetrics } from './metrics.ts';
 import type { JobDrills } from './drills.ts';
+import { apiListenHost, tokenMatches } from './api-access.ts';
 
 export interface ApiOptions {
   engine: JobEngine;
@@ -92,7 +92,9 @@ export class ConnectorApi {
     this.route('DELETE', /^\/v1\/templates\/([^/]+)$/, (_r, [name]) => { this.template(name!); st.deleteTemplate(name!); return { deleted: name }; });
   }
 
-  async listen(port: number, host = '127.0.0.1'): Promise<AddressInfo> {
+  /** Loopback only (`apiListenHost`): another address is refused with API_NOT_LOOPBACK. */
+  async listen(port: number, listenHost?: string): Promise<AddressInfo> {
+    const host = apiListenHost(listenHost);
     this.server = createServer((req, res) => { void this.handle(req, res); });
     await new Promise<void>((resolve, reject) => { this.server!.once('error', reject); this.server!.listen(port, host, resolve); });
     return this.server.address() as AddressInfo;
@@ -150,10 +152,7 @@ export class ConnectorApi {
   }
 
   private authorized(req: IncomingMessage): boolean {
-    const h = req.headers.authorization ?? '';
-    const given = Buffer.from(h.startsWith('Bearer ') ? h.slice(7) : '');
-    const want = Buffer.from(this.o.token);
-    return given.length === want.length && timingSafeEqual(given, want);
+    return tokenMatches(req.headers.authorization, this.o.token);
   }
 }
 

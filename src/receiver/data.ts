@@ -11,7 +11,7 @@
 import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../util/log.ts';
 import { errorMessage, errorReport } from '../util/errors.ts';
-import { isValidId } from '../util/ids.ts';
+import { assertId } from '../util/ids.ts';
 import { readIntoBuffer } from '../util/socket-read-buffer.ts';
 import { StoreError } from '../store/types.ts';
 import { CODEC, FRAME, FrameAssembler, ProtocolError, SAME_VERSION_FIX, encodeJsonFrame, parseJsonBody, type WireError } from '../transfer/protocol.ts';
@@ -134,10 +134,9 @@ export class DataConnection implements CycleFeed {
   }
 
   private async hello(msg: Record<string, unknown>): Promise<void> {
-    const { sourceId, cycleId, streamId } = msg;
-    if (!isValidId(sourceId) || !isValidId(cycleId)) {
-      return this.refuse({ code: 'BAD_ID', message: `invalid source or cycle id ${JSON.stringify(String(sourceId)).slice(0, 80)}/${JSON.stringify(String(cycleId)).slice(0, 80)}: only a-z, 0-9 and '-' are allowed` });
-    }
+    const { streamId } = msg;
+    let sourceId: string; let cycleId: string;
+    try { sourceId = assertId(msg.sourceId, 'source id'); cycleId = assertId(msg.cycleId, 'cycle id'); } catch (e) { return this.refuse(errorReport(e)); }
     this.sourceId = sourceId;
     this.log = this.log.child({ sourceId, cycleId });
     if (!(await authenticate(this.ctx.dataDir, sourceId, msg.credential))) {

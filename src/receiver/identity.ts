@@ -1,10 +1,11 @@
 /**
  * The receiver's identity and admission state, all under DATA_DIR:
- *   tls/key.pem, tls/cert.pem      self-signed certificate made on first start (key 0600)
+ *   tls/key.pem, tls/cert.pem      self-signed certificate made on first start (key 0600); `rotateTls` replaces them
+ *   tls/retired/<time>-cert.pem    certificates replaced by a rotation
  *   codes/<hash16>.json            activation codes (plain code kept so `receiver info` can show it; 0600)
  *   sources/<sourceId>.json        registered sources: only the SHA-256 of their credential
  */
-import { createHash, randomBytes, timingSafeEqual, X509Certificate } from 'node:crypto';
+import { createHash, createPrivateKey, randomBytes, timingSafeEqual, X509Certificate } from 'node:crypto';
 import { mkdir, readFile, readdir, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
@@ -29,26 +30,55 @@ export function certFingerprint(certPem: string): string {
   return new X509Certificate(certPem).fingerprint256.replace(/:/g, '').toLowerCase();
 }
 
+async function writeNewTls(dir: string): Promise<void> {
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const notAfter = new Date(Date.now() + 10 * 365 * 86400_000);
+  const pems = await generate([{ name: 'commonName', value: 'vmlift-receiver' }], {
+    keyType: 'ec', curve: 'P-256', algorithm: 'sha256', notAfterDate: notAfter,
+  });
+  // key first: a crash in between leaves a key that does not match the certificate, so the receiver
+  // refuses to start (TLS_KEY_MISMATCH) until rotate-cert runs again; it never serves a half identity
+  await writeFileAtomic(join(dir, 'key.pem'), pems.private);
+  await chmod(join(dir, 'key.pem'), 0o600);
+  await writeFileAtomic(join(dir, 'cert.pem'), pems.cert);
+}
+
 /** Load the TLS identity, creating it on first start. */
 export async function loadOrCreateTls(dataDir: string): Promise<{ tls: TlsIdentity; created: boolean }> {
   const dir = join(dataDir, 'tls');
-  const keyPath = join(dir, 'key.pem');
-  const certPath = join(dir, 'cert.pem');
   let created = false;
-  if (!(await exists(certPath)) || !(await exists(keyPath))) {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    const notAfter = new Date(Date.now() + 10 * 365 * 86400_000);
-    const pems = await generate([{ name: 'commonName', value: 'vmlift-receiver' }], {
-      keyType: 'ec', curve: 'P-256', algorithm: 'sha256', notAfterDate: notAfter,
-    });
-    await writeFileAtomic(keyPath, pems.private);
-    await chmod(keyPath, 0o600);
-    await writeFileAtomic(certPath, pems.cert);
+  if (!(await exists(join(dir, 'cert.pem'))) || !(await exists(join(dir, 'key.pem')))) {
+    await writeNewTls(dir);
     created = true;
   }
-  const key = await readFile(keyPath, 'utf8');
-  const cert = await readFile(certPath, 'utf8');
+  const key = await readFile(join(dir, 'key.pem'), 'utf8');
+  const cert = await readFile(join(dir, 'cert.pem'), 'utf8');
+  if (!new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) {
+    throw new UserError('TLS_KEY_MISMATCH', `${join(dir, 'key.pem')} does not belong to ${join(dir, 'cert.pem')} (a certificate rotation was cut short)`,
+      `run \`vmlift receiver rotate-cert --data-dir ${dataDir}\` again, then give every sender the new fingerprint`);
+  }
   return { tls: { key, cert, fingerprint: certFingerprint(cert) }, created };
+}
+
+/**
+ * `receiver rotate-cert`: a new key and certificate replace the old ones (the old certificate is kept
+ * as tls/retired/<time>-cert.pem for the record, the old key is deleted). A running receiver keeps
+ * serving the old certificate until it is restarted.
+ */
+export async function rotateTls(dataDir: string): Promise<{ oldFingerprint: string; fingerprint: string; retiredCert: string }> {
+  const dir = join(dataDir, 'tls');
+  let oldCert: string;
+  try { oldCert = await readFile(join(dir, 'cert.pem'), 'utf8'); } catch {
+    throw new UserError('NO_RECEIVER', `${dataDir} holds no receiver (no tls/cert.pem)`,
+      'check --data-dir, or start the receiver once with `vmlift receiver serve --data-dir DIR`');
+  }
+  const retiredDir = join(dir, 'retired');
+  await mkdir(retiredDir, { recursive: true, mode: 0o700 });
+  const retiredCert = join(retiredDir, `${new Date().toISOString().replace(/[:.]/g, '-')}-cert.pem`);
+  await writeFileAtomic(retiredCert, oldCert);
+  await writeNewTls(dir);
+  const cert = await readFile(join(dir, 'cert.pem'), 'utf8');
+  return { oldFingerprint: certFingerprint(oldCert), fingerprint: certFingerprint(cert), retiredCert };
 }
 
 export function checkCodeLimits(quota: number, days: number): void {

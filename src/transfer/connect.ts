@@ -98,6 +98,15 @@ export interface PinnedConnectOptions {
   fingerprint: string;
   proxy?: ProxySpec | undefined;
   timeoutMs?: number;
+  /** The command that accepts `presented` (formatted) as the new pin, named in FINGERPRINT_MISMATCH's fix. */
+  acceptPin?: ((presented: string) => string) | undefined;
+}
+
+/** The sender's fix for a certificate that is not the pinned one: accept a rotation on purpose, never silently. */
+export function fingerprintMismatchFix(presented: string, acceptPin?: (presented: string) => string): string {
+  const accept = acceptPin ? acceptPin(presented) : `run the same command again with --fingerprint ${presented}`;
+  return `if the receiver's certificate was replaced on purpose (\`vmlift receiver rotate-cert\`; compare with \`vmlift receiver info --data-dir DIR\` on the receiver), accept the new one: ${accept}; `
+    + 'if it was not, something between you and the receiver is intercepting the connection: do not accept it';
 }
 
 /**
@@ -123,8 +132,8 @@ export async function connectPinned(o: PinnedConnectOptions): Promise<tls.TLSSoc
       if (got !== o.fingerprint) {
         s.destroy();
         reject(new UserError('FINGERPRINT_MISMATCH',
-          `receiver ${o.host}:${o.port} presented certificate fingerprint ${got ? formatFingerprint(got) : '(none)'}, but ${formatFingerprint(o.fingerprint)} is pinned`,
-          'run `vmlift receiver info --data-dir DIR` on the receiver and pass its fingerprint with --fingerprint; if it did not change, something between you and the receiver is intercepting the connection'));
+          `receiver ${o.host}:${o.port} presented certificate fingerprint ${got ? formatFingerprint(got) : '(none)'}, but ${formatFingerprint(o.fingerprint)} is pinned; nothing was sent`,
+          got ? fingerprintMismatchFix(formatFingerprint(got), o.acceptPin) : 'check that HOST:PORT is the vmlift receiver'));
         return;
       }
       s.removeAllListeners('error');

@@ -8,7 +8,7 @@ import type {
 } from './contract.ts';
 import type { ImageInfo } from '../model/images.ts';
 
-export interface ControlTarget { host: string; port: number; fingerprint: string; proxy?: ProxySpec | undefined }
+export interface ControlTarget { host: string; port: number; fingerprint: string; proxy?: ProxySpec | undefined; acceptPin?: ((presented: string) => string) | undefined }
 export interface ControlAuth { sourceId: string; credential: string }
 
 /** An error the receiver answered with; `code`, `fix` and `transient` as sent by the receiver. */

@@ -30,7 +30,7 @@ export class DataLink {
 
   /** Connect and say HELLO; resolves once the receiver is READY, rejects on an ERROR frame or a lost connection. */
   static async open(target: ControlTarget & { dataPort: number }, hello: HelloFrame, on: DataLinkEvents): Promise<DataLink> {
-    const s = await connectPinned({ host: target.host, port: target.dataPort, fingerprint: target.fingerprint, proxy: target.proxy });
+    const s = await connectPinned({ host: target.host, port: target.dataPort, fingerprint: target.fingerprint, proxy: target.proxy, acceptPin: target.acceptPin });
     s.setNoDelay(true);
     const link = new DataLink(s, null);
     const reader = new FrameAssembler(MAX_JSON_FRAME + 5);

@@ -59,6 +59,8 @@ export interface SenderOptions {
   windowBytes?: number;
   /** Give up reconnecting after this long without progress (default 10 min). */
   resumeTimeoutMs?: number;
+  /** The command that accepts a new receiver fingerprint (FINGERPRINT_MISMATCH's fix); default: --fingerprint NEW. */
+  acceptPin?: (presented: string) => string;
 }
 
 export interface SourceDigest { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }
@@ -97,7 +99,7 @@ export class Sender implements ReceiverSession {
     const fingerprint = normalizeFingerprint(o.fingerprint);
     const { host, port } = parseHostPort(o.receiver, 8080);
     const proxy = o.proxy ? parseProxy(o.proxy, o.proxyPassword) : undefined;
-    const target: ControlTarget = { host, port, fingerprint, proxy };
+    const target: ControlTarget = { host, port, fingerprint, proxy, acceptPin: o.acceptPin };
     const control = new ControlClient(target);
     const cred = await obtainCredential(control, o, log);
     control.setAuth(cred);

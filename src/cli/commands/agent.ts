@@ -23,7 +23,6 @@ interface SyncFlags {
   device: string[];
   receiver: string;
   fingerprint: string;
-  code?: string;
   codeFile?: string;
   once?: boolean;
   interval?: string;
@@ -56,7 +55,6 @@ export function register(program: Command): void {
     .requiredOption('--receiver <host[:port]>', 'receiver control address (port default 8080)')
     .requiredOption('--fingerprint <sha256>', 'receiver certificate SHA-256 fingerprint (from `vmlift receiver info`)')
     .option('--code-file <file>', 'file holding the activation code (or set VMLIFT_ACTIVATION_CODE); needed until the source is registered')
-    .addOption(new Option('--code <code>', 'activation code on the command line (visible to other users: prefer --code-file)').hideHelp())
     .option('--once', 'run one cycle and exit')
     .option('--interval <duration>', 'run a cycle every DURATION, 1h to 7d (e.g. 1h, 12h, 1d)')
     .addOption(new Option('--test-interval-seconds <n>', 'sub-hour interval, for tests only').hideHelp())
@@ -88,7 +86,7 @@ async function sync(f: SyncFlags): Promise<void> {
   const retryForMs = parseDuration(f.retryFor, '--retry-for') * 1000;
   const sourceId = assertId(f.sourceId ?? defaultSourceId(), 'source id');
   if (f.device.length === 0) throw new UserError('BAD_ARGS', 'no --device given', 'pass --device PATH once per disk');
-  const code = f.code ?? await readSecret({ file: f.codeFile, env: 'VMLIFT_ACTIVATION_CODE', what: 'activation code' })
+  const code = await readSecret({ file: f.codeFile, env: 'VMLIFT_ACTIVATION_CODE', what: 'activation code' })
     ?? await readSecret({ env: 'VMLIFT_CODE', what: 'activation code' });
   const proxyPassword = f.proxy ? await readSecret({ file: f.proxyPasswordFile, env: 'VMLIFT_PROXY_PASSWORD', what: 'proxy password' }) : undefined;
   const logger = createLogger({ level: f.logLevel }, { component: 'agent', sourceId });

@@ -20,6 +20,8 @@ import { DEFAULT_LIMITS, keepSecret, readConnectorConfig, writeConnectorConfig }
 import { createWiring } from '../wiring.ts';
 import { printResult } from '../output.ts';
 import { checkNbdCommand } from '../../source/nbd-server.ts';
+import { apiListenHost } from '../../engine/api-access.ts';
+import { formatFingerprint, normalizeFingerprint } from '../../transfer/connect.ts';
 
 interface InitFlags {
   home?: string; server: string; user: string; passwordFile: string; thumbprint?: string; insecure?: boolean;
@@ -105,12 +107,28 @@ export function register(program: Command): void {
       printResult(f.json, { home, config }, () => `wrote ${join(home, 'config.json')}; start the connector with: vmlift connector serve --home ${home}`);
     });
 
+  c.command('set').description('change the receiver\'s pinned fingerprint (after `vmlift receiver rotate-cert`); restart the connector to use it')
+    .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
+    .requiredOption('--fingerprint <sha256>', 'the receiver certificate\'s new SHA-256 fingerprint (`vmlift receiver info` on the receiver)')
+    .option('--json', 'print JSON')
+    .action(async (f: { home?: string; fingerprint: string; json?: boolean }) => {
+      const home = connectorHome(f.home);
+      const config = await readConnectorConfig(home);
+      const before = formatFingerprint(normalizeFingerprint(config.receiver.fingerprint));
+      const fingerprint = formatFingerprint(normalizeFingerprint(f.fingerprint));
+      await writeConnectorConfig(home, { ...config, receiver: { ...config.receiver, fingerprint } });
+      printResult(f.json, { home, previousFingerprint: before, fingerprint }, (v) =>
+        `the receiver's fingerprint is now ${v.fingerprint} (was ${v.previousFingerprint}); restart the connector (vmlift connector serve --home ${home}) to use it`);
+    });
+
   c.command('serve').description('run the scheduler, the local API (for the CLI) and /metrics; resumes unfinished cycles after a restart')
     .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
     .option('--api-port <port>', 'local API port on 127.0.0.1 (0 = any free port)', '8090')
+    .option('--api-listen <host>', 'local API address: loopback only (127.0.0.1, ::1); the API is plain HTTP with a token', '127.0.0.1')
     .option('--tick-ms <ms>', 'how often the scheduler looks for due jobs', '1000')
     .option('--log-stderr', 'log to stderr instead of the rotated file')
-    .action(async (f: { home?: string; apiPort: string; tickMs: string; logStderr?: boolean }) => {
+    .action(async (f: { home?: string; apiPort: string; apiListen: string; tickMs: string; logStderr?: boolean }) => {
+      const apiHost = apiListenHost(f.apiListen);
       const home = connectorHome(f.home);
       const config = await readConnectorConfig(home);
       const logger = createLogger(f.logStderr ? {} : { rotate: { base: join(home, 'logs', 'connector') } }, { component: 'connector' });
@@ -122,14 +140,14 @@ export function register(program: Command): void {
       const drills = new JobDrills({ state, service: wiring.drills, reportRoot: join(home, 'drills'), logger: logger.child({ component: 'drills' }) });
       drills.resume();
       const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, images: wiring.images, drills });
-      const addr = await api.listen(Number(f.apiPort));
+      const addr = await api.listen(Number(f.apiPort), apiHost);
       await writeFileAtomic(join(home, 'api.json'), JSON.stringify({ port: addr.port, pid: process.pid }));
       const scheduler = new Scheduler(engine, { logger, tickMs: Number(f.tickMs), maxConcurrentJobs: config.limits.maxConcurrentJobs });
       const interrupted = state.runningCycles();
       if (interrupted.length) logger.info({ cycles: interrupted.map((x) => `${x.jobId}/${x.id}`) }, 'resuming cycles cut short by a restart');
       scheduler.start();
       logger.info({ port: addr.port, home }, 'connector started');
-      process.stderr.write(`vmlift connector: API on http://127.0.0.1:${addr.port}, metrics at /metrics, logs in ${join(home, 'logs')}\n`);
+      process.stderr.write(`vmlift connector: API on http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${addr.port}, metrics at /metrics, logs in ${join(home, 'logs')}\n`);
       await new Promise<void>((resolve) => {
         const stop = () => resolve();
         process.once('SIGTERM', stop);

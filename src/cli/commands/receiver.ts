@@ -5,7 +5,7 @@ import { UserError } from '../../util/errors.ts';
 import { printResult, table } from '../output.ts';
 import { formatFingerprint } from '../../transfer/connect.ts';
 import { startReceiver, initDataDir } from '../../receiver/server.ts';
-import { createCode, listCodes, CODE_LIMITS, type ActivationCode } from '../../receiver/identity.ts';
+import { createCode, listCodes, rotateTls, CODE_LIMITS, type ActivationCode } from '../../receiver/identity.ts';
 
 function intOption(v: string, what: string): number {
   const n = Number(v);
@@ -84,5 +84,19 @@ export function register(program: Command): void {
       await initDataDir(resolve(o.dataDir), true);
       const c = await createCode(resolve(o.dataDir), quota, days);
       printResult(o.json, codeView(c), (v) => `activation code: ${v.code} (${v.quota} sources, valid until ${v.expiresAt})`);
+    });
+
+  r.command('rotate-cert')
+    .description('make a new TLS key and certificate; the running receiver uses them once restarted, and every sender must accept the new fingerprint')
+    .requiredOption('--data-dir <dir>', 'the receiver data directory')
+    .option('--json', 'JSON output')
+    .action(async (o: { dataDir: string; json?: boolean }) => {
+      // not initDataDir: it refuses a key that does not match its certificate, which a rotation repairs
+      const r = await rotateTls(resolve(o.dataDir));
+      const v = { previousFingerprint: formatFingerprint(r.oldFingerprint), fingerprint: formatFingerprint(r.fingerprint), retiredCert: r.retiredCert };
+      printResult(o.json, v, () => `new certificate fingerprint (SHA-256): ${v.fingerprint}\n(was ${v.previousFingerprint}; the old certificate is kept as ${v.retiredCert}, its key is gone)\n`
+        + 'restart `vmlift receiver serve` to use it; then accept it on every sender:\n'
+        + `  connector: vmlift connector set --home HOME --fingerprint ${v.fingerprint}  (then restart the connector)\n`
+        + `  agent:     vmlift agent sync ... --fingerprint ${v.fingerprint}`);
     });
 }
