@@ -40,7 +40,7 @@ export function probeBootSector(): Buffer {
 let cached: Promise<AccelChoice> | null = null;
 
 /** KVM when the probe shows it runs a guest, TCG otherwise (cached for the process). */
-export function chooseAccel(timeoutMs = 15_000): Promise<AccelChoice> {
+export function chooseAccel(timeoutMs = 10_000): Promise<AccelChoice> {
   cached ??= probe(timeoutMs);
   return cached;
 }

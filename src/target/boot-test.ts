@@ -241,6 +241,9 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
       if (con.loginAt !== null) break;
       if (con.failure) { failure = { code: con.failure.code, message: `${con.failure.message}: "${con.failure.line}"` }; break; }
       if (con.multiUserAt !== null && now - con.multiUserAt > grace) break;
+      if (exited && BIOS_HANDOFF.test(con.lastLine)) {
+        failure = { code: 'NO_OS', message: `the machine reset right after "${con.lastLine}" with nothing printed: the boot sector holds no boot loader (its code crashed)` }; break;
+      }
       if (exited) { failure = { code: 'QEMU_EXITED', message: `QEMU exited (${exited}) before a login prompt${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break; }
       if (qmp.events.some((e) => e.event === 'STOP')) {
         const st = await qmp.status().catch(() => 'unknown');

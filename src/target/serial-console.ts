@@ -31,7 +31,7 @@ export const FAILURE_MARKERS: readonly FailureMarker[] = [
 ];
 
 const LOGIN = /(^|\s)\S*login:\s*$/;
-const MULTI_USER = /Reached target .*Multi-User System|multi-user\.target/;
+const MULTI_USER = /Reached target .*(Multi-User System|multi-user\.target)/;
 /** Initramfs-tools' wait for the root device: normal for a moment, a failure when it lasts (ROOTDELAY, 180 s by default). */
 export const ROOT_WAIT = /Begin: Waiting for root file system/;
 /** What follows a found root device in initramfs-tools, or the root filesystem mounted. */
