@@ -45,6 +45,11 @@ export function chooseAccel(timeoutMs = 10_000): Promise<AccelChoice> {
   return cached;
 }
 
+/** A boot under KVM failed the way broken KVM fails: later choices in this process take TCG. */
+export function markKvmBroken(reason: string): void {
+  cached = Promise.resolve({ accel: 'tcg', reason });
+}
+
 async function probe(timeoutMs: number): Promise<AccelChoice> {
   try {
     closeSync(openSync('/dev/kvm', constants.O_RDWR));
@@ -78,7 +83,8 @@ async function probe(timeoutMs: number): Promise<AccelChoice> {
     if (pid) killGroup(pid, 'SIGKILL');
     await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
     if (seen.includes(MARKER)) return { accel: 'kvm', reason: 'the KVM probe guest printed its marker on the serial console' };
-    const why = /KVM internal error[^\n]*/.exec(err)?.[0] ?? (gone ? `qemu exited: ${err.trim().split('\n').pop() ?? ''}` : `no marker within ${timeoutMs / 1000} s`);
+    const msg = err.split('\n').filter((l) => l.trim() && !/host doesn't support requested feature/.test(l)).join('; ');
+    const why = /KVM internal error[^\n]*/.exec(err)?.[0] ?? (gone ? `qemu exited${msg ? `: ${msg.slice(0, 300)}` : ''}` : `no marker within ${timeoutMs / 1000} s`);
     return { accel: 'tcg', reason: `KVM does not run guests here (${why}): TCG` };
   } finally {
     unregister();

@@ -15,7 +15,7 @@ import { isAbsolute, join, resolve } from 'node:path';
 import type { ImageStore } from '../store/index.ts';
 import { CodedError } from '../util/errors.ts';
 import { onAbort } from './abort.ts';
-import { chooseAccel, type Accel } from './accel-probe.ts';
+import { chooseAccel, markKvmBroken, type Accel } from './accel-probe.ts';
 import { killGroup, stopGroup } from './process-group.ts';
 import { QmpClient } from './qmp.ts';
 import { qemuArgs, SERCON_COM1, OVMF_VARS, type DiskBus, type QemuDisk } from './qemu-args.ts';
@@ -164,7 +164,7 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
 
   const unpin = await store.pin(o.sourceId, o.imageId);
   const tmp = await mkdtemp(join(tmpdir(), 'vmlift-boot-'));
-  let child: ChildProcess | null = null;
+  let child = null as ChildProcess | null;
   const servers: Server[] = [];
   const unregister = onAbort(() => {
     if (child?.pid) killGroup(child.pid, 'SIGKILL');
@@ -172,20 +172,18 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
   });
   try {
     // Overlays: QEMU writes only these; their backing files are opened read-only.
-    const disks: (QemuDisk & { disk: number; backing: string })[] = [];
+    const disks: (QemuDisk & { disk: number; backing: string; backingFile: string; backingFormat: 'raw' | 'qcow2' })[] = [];
     if (manifest && convertedDir) {
       for (const d of [...manifest.disks].sort((a, b) => a.disk - b.disk)) {
         const backing = join(convertedDir, d.file), ov = join(tmp, `disk-${d.disk}.qcow2`);
-        await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', backing, ov]);
-        disks.push({ disk: d.disk, file: ov, format: 'qcow2', bus: d.bus, backing });
+        disks.push({ disk: d.disk, file: ov, format: 'qcow2', bus: d.bus, backing, backingFile: backing, backingFormat: 'qcow2' });
       }
     } else {
       for (const d of info.disks) {
         const raw = join(tmp, `disk-${d.disk}.raw`), ov = join(tmp, `disk-${d.disk}.qcow2`);
         log(`exporting disk ${d.disk} (sparse raw) to ${raw}`);
         await store.export(o.sourceId, o.imageId, d.disk, 'raw', raw);
-        await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', raw, ov]);
-        disks.push({ disk: d.disk, file: ov, format: 'qcow2', bus: 'virtio', backing: `store image ${o.imageId} disk ${d.disk}` });
+        disks.push({ disk: d.disk, file: ov, format: 'qcow2', bus: 'virtio', backing: `store image ${o.imageId} disk ${d.disk}`, backingFile: raw, backingFormat: 'raw' });
       }
     }
     const cpus = manifest?.cpus ?? 2;
@@ -193,7 +191,7 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
     const firmware = manifest?.firmware ?? 'bios';
     const nic = manifest?.nic === 'e1000' ? 'e1000' : 'virtio-net-pci';
 
-    const choice = o.accel === 'kvm' || o.accel === 'tcg'
+    let choice = o.accel === 'kvm' || o.accel === 'tcg'
       ? { accel: o.accel, reason: `--accel ${o.accel}` } : await chooseAccel();
     log(`accelerator: ${choice.accel} (${choice.reason})`);
 
@@ -206,70 +204,93 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
       uefiVars = join(tmp, 'OVMF_VARS.fd');
       await writeFile(uefiVars, readFileSync(vars));
     }
-    const serialPath = join(tmp, 'serial.sock'), qmpPath = join(tmp, 'qmp.sock');
-    const serial = listenOnce(serialPath), qmpL = listenOnce(qmpPath);
-    servers.push(serial.server, qmpL.server);
-    const args = qemuArgs({ accel: choice.accel, cpus, memoryMiB, disks, nic, firmware, serialSocket: serialPath, qmpSocket: qmpPath,
-      serconFile: sercon, uefiVars, name: `vmlift-boot-test-${o.sourceId}-${o.imageId}` });
-
-    const con = new SerialConsole(40);
-    const t0 = Date.now();
-    const p = spawn('qemu-system-x86_64', args, { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
-    child = p;
-    let stderr = '';
-    p.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-8000); });
-    let exited: string | null = null;
-    const spawnError = new Promise<never>((_, rej) => p.on('error', (e) => rej((e as NodeJS.ErrnoException).code === 'ENOENT'
-      ? new CodedError('QEMU_MISSING', 'qemu-system-x86_64 is not installed', { fix: 'apt-get install qemu-system-x86' }) : e)));
-    const exitedP = new Promise<void>((r) => p.on('exit', (c, s) => { exited = s ? `signal ${s}` : `exit ${c}`; r(); }));
-    const qemuMessage = () => stderr.split('\n').map((l) => l.trim())
-      .filter((l) => l && !/externally provided fw_cfg item names|host doesn't support requested feature/.test(l)).slice(-6).join('; ');
-
-    const connected = Promise.all([serial.conn, qmpL.conn]);
-    const [sSock, qSock] = await Promise.race([connected, spawnError,
-      exitedP.then(() => { throw new CodedError('QEMU_FAILED', `qemu-system-x86_64 did not start (${exited}): ${qemuMessage()}`, { fix: 'read the QEMU message' }); })]);
-    sSock.on('data', (d: Buffer) => con.feed(d));
-    sSock.on('error', () => undefined);
-    const qmp = await QmpClient.start(qSock);
-    log(`qemu ${p.pid} started (${choice.accel}, ${cpus} CPUs, ${memoryMiB} MiB, ${disks.map((d) => d.bus).join('+')}); waiting for a login prompt (timeout ${o.timeoutSec} s)`);
-
     const rootWait = (o.rootWaitSec ?? 45) * 1000, silent = (o.silentBootSec ?? 20) * 1000;
-    const noOutput = (o.noOutputSec ?? 60) * 1000, grace = (o.loginGraceSec ?? 20) * 1000;
-    let failure: { code: string; message: string } | null = null;
-    for (;;) {
-      const now = Date.now();
-      if (con.loginAt !== null) break;
-      if (con.failure) { failure = { code: con.failure.code, message: `${con.failure.message}: "${con.failure.line}"` }; break; }
-      if (con.multiUserAt !== null && now - con.multiUserAt > grace) break;
-      if (exited && BIOS_HANDOFF.test(con.lastLine)) {
-        failure = { code: 'NO_OS', message: `the machine reset right after "${con.lastLine}" with nothing printed: the boot sector holds no boot loader (its code crashed)` }; break;
+    const grace = (o.loginGraceSec ?? 20) * 1000;
+    let attempt = 0;
+
+    /** One QEMU run on fresh overlays, to a login prompt, a failure or the timeout; QEMU is gone when it returns. */
+    const boot = async (accel: Accel) => {
+      attempt++;
+      for (const d of disks) {
+        await rm(d.file, { force: true });
+        await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', d.backingFormat, '-b', d.backingFile, d.file]);
       }
-      if (exited) { failure = { code: 'QEMU_EXITED', message: `QEMU exited (${exited}) before a login prompt${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break; }
-      if (qmp.events.some((e) => e.event === 'STOP')) {
-        const st = await qmp.status().catch(() => 'unknown');
-        failure = { code: 'GUEST_STOPPED', message: `QEMU stopped the guest (status ${st})${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break;
+      // KVM that cannot run this guest shows it at once (a stop, or not even the BIOS on the console).
+      const noOutput = (o.noOutputSec ?? (accel === 'kvm' ? 15 : 60)) * 1000;
+      const serialPath = join(tmp, `serial-${attempt}.sock`), qmpPath = join(tmp, `qmp-${attempt}.sock`);
+      const serial = listenOnce(serialPath), qmpL = listenOnce(qmpPath);
+      servers.push(serial.server, qmpL.server);
+      const args = qemuArgs({ accel, cpus, memoryMiB, disks, nic, firmware, serialSocket: serialPath, qmpSocket: qmpPath,
+        serconFile: sercon, uefiVars, name: `vmlift-boot-test-${o.sourceId}-${o.imageId}` });
+
+      const con = new SerialConsole(40);
+      const t0 = Date.now();
+      const p = spawn('qemu-system-x86_64', args, { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+      child = p;
+      let stderr = '';
+      p.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-8000); });
+      let exited: string | null = null;
+      const spawnError = new Promise<never>((_, rej) => p.on('error', (e) => rej((e as NodeJS.ErrnoException).code === 'ENOENT'
+        ? new CodedError('QEMU_MISSING', 'qemu-system-x86_64 is not installed', { fix: 'apt-get install qemu-system-x86' }) : e)));
+      const exitedP = new Promise<void>((r) => p.on('exit', (c, sig) => { exited = sig ? `signal ${sig}` : `exit ${c}`; r(); }));
+      const qemuMessage = () => stderr.split('\n').map((l) => l.trim())
+        .filter((l) => l && !/externally provided fw_cfg item names|host doesn't support requested feature/.test(l)).slice(0, 3).join('; ');
+
+      const [sSock, qSock] = await Promise.race([Promise.all([serial.conn, qmpL.conn]), spawnError,
+        exitedP.then(() => { throw new CodedError('QEMU_FAILED', `qemu-system-x86_64 did not start (${exited}): ${qemuMessage()}`, { fix: 'read the QEMU message' }); })]);
+      sSock.on('data', (d: Buffer) => con.feed(d));
+      sSock.on('error', () => undefined);
+      const qmp = await QmpClient.start(qSock);
+      log(`qemu ${p.pid} started (${accel}, ${cpus} CPUs, ${memoryMiB} MiB, ${disks.map((d) => d.bus).join('+')}); waiting for a login prompt (timeout ${o.timeoutSec} s)`);
+
+      let failure: { code: string; message: string } | null = null;
+      for (;;) {
+        const now = Date.now();
+        if (con.loginAt !== null) break;
+        if (con.failure) { failure = { code: con.failure.code, message: `${con.failure.message}: "${con.failure.line}"` }; break; }
+        if (con.multiUserAt !== null && now - con.multiUserAt > grace) break;
+        if (exited && BIOS_HANDOFF.test(con.lastLine)) {
+          failure = { code: 'NO_OS', message: `the machine reset right after "${con.lastLine}" with nothing printed: the boot sector holds no boot loader (its code crashed)` }; break;
+        }
+        if (exited) { failure = { code: 'QEMU_EXITED', message: `QEMU exited (${exited}) before a login prompt${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break; }
+        if (qmp.events.some((e) => e.event === 'STOP')) {
+          const st = await qmp.status().catch(() => 'unknown');
+          failure = { code: 'GUEST_STOPPED', message: `QEMU stopped the guest (status ${st})${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break;
+        }
+        const since = con.waitingForRootSince;
+        if (since !== null && now - since > rootWait) {
+          failure = { code: 'ROOT_NOT_FOUND', message: `the guest's initramfs has been waiting ${Math.round((now - since) / 1000)} s for its root device ("Begin: Waiting for root file system")` }; break;
+        }
+        if (con.lastOutput !== null && now - con.lastOutput > silent && BIOS_HANDOFF.test(con.lastLine)) {
+          failure = { code: 'NO_OS', message: `nothing ran after "${con.lastLine}" for ${Math.round((now - con.lastOutput) / 1000)} s: the boot sector holds no boot loader` }; break;
+        }
+        if (!con.sawOutput && now - t0 > noOutput) { failure = { code: 'NO_CONSOLE_OUTPUT', message: `no output on the serial console in ${noOutput / 1000} s` }; break; }
+        if (now - t0 > o.timeoutSec * 1000) { failure = { code: 'BOOT_TIMEOUT', message: `no login prompt within ${o.timeoutSec} s (last console line: "${con.lastLine}")` }; break; }
+        await new Promise((r) => setTimeout(r, 200));
       }
-      const since = con.waitingForRootSince;
-      if (since !== null && now - since > rootWait) {
-        failure = { code: 'ROOT_NOT_FOUND', message: `the guest's initramfs has been waiting ${Math.round((now - since) / 1000)} s for its root device ("Begin: Waiting for root file system")` }; break;
-      }
-      if (con.lastOutput !== null && now - con.lastOutput > silent && BIOS_HANDOFF.test(con.lastLine)) {
-        failure = { code: 'NO_OS', message: `nothing ran after "${con.lastLine}" for ${Math.round((now - con.lastOutput) / 1000)} s: the boot sector holds no boot loader` }; break;
-      }
-      if (!con.sawOutput && now - t0 > noOutput) { failure = { code: 'NO_CONSOLE_OUTPUT', message: `no output on the serial console in ${noOutput / 1000} s` }; break; }
-      if (now - t0 > o.timeoutSec * 1000) { failure = { code: 'BOOT_TIMEOUT', message: `no login prompt within ${o.timeoutSec} s (last console line: "${con.lastLine}")` }; break; }
-      await new Promise((r) => setTimeout(r, 200));
+      const seconds = (Date.now() - t0) / 1000;
+      const rss = peakRssMiB(p.pid!);
+      let screenshot: string | null = join(reportDir, 'console.png');
+      if (exited) screenshot = null;
+      else await qmp.screendump(screenshot).catch((e) => { log(`screendump failed: ${(e as Error).message}`); screenshot = null; });
+      await qmp.quit();
+      qmp.close();
+      await Promise.race([exitedP, new Promise((r) => setTimeout(r, 3000))]);
+      await stopGroup(p.pid!);
+      child = null;
+      sSock.destroy();
+      return { con, t0, seconds, rss, screenshot, failure };
+    };
+
+    let b = await boot(choice.accel);
+    if (choice.accel === 'kvm' && o.accel !== 'kvm' && b.failure && ['GUEST_STOPPED', 'NO_CONSOLE_OUTPUT'].includes(b.failure.code)) {
+      // The probe passed but this guest does not run under KVM here (nested KVM emulation failures): TCG, and say so.
+      choice = { accel: 'tcg', reason: `KVM passed the probe but ${b.failure.code === 'GUEST_STOPPED' ? 'stopped this guest (KVM internal error)' : 'showed no console output'} after ${Math.round(b.seconds)} s: TCG` };
+      markKvmBroken(choice.reason);
+      log(`accelerator: tcg (${choice.reason})`);
+      b = await boot('tcg');
     }
-    const seconds = (Date.now() - t0) / 1000;
-    const rss = peakRssMiB(p.pid!);
-    let screenshot: string | null = join(reportDir, 'console.png');
-    if (exited) screenshot = null;
-    else await qmp.screendump(screenshot).catch((e) => { log(`screendump failed: ${(e as Error).message}`); screenshot = null; });
-    await qmp.quit();
-    qmp.close();
-    await Promise.race([exitedP, new Promise((r) => setTimeout(r, 3000))]);
-    await stopGroup(p.pid!);
-    sSock.destroy();
+    const { con, t0, seconds, rss, screenshot, failure } = b;
 
     const rel = (t: number | null) => (t === null ? null : Math.round((t - t0) / 100) / 10);
     const report: BootTestReport = {
