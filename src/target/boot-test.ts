@@ -82,7 +82,7 @@ function fixFor(code: string, converted: boolean, timeoutSec: number): string {
     case 'ROOT_NOT_FOUND': case 'INITRAMFS_SHELL':
       return converted
         ? "the converted guest still does not find its root disk on virtio: check the initramfs (virtio_blk) and root= in `vmlift image inspect`, and the convert log"
-        : `initramfs lacks virtio_blk (a VMware guest's initramfs carries the VMware controllers only): ${CONVERT}`;
+        : `initramfs lacks virtio_blk: ${CONVERT} (a VMware guest's initramfs carries only the disk controllers VMware emulates)`;
     case 'NO_BOOTABLE_DEVICE':
       return "disk 0 has no boot signature (a zeroed or overwritten boot sector): make sure the VM's boot disk is its first disk and was synced whole; `vmlift image inspect` shows what the disk holds";
     case 'NO_OS':
