@@ -13,7 +13,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { ImageStore } from '../store/index.ts';
-import { CodedError } from '../util/errors.ts';
+import { CodedError, UserError } from '../util/errors.ts';
 import { onAbort } from './abort.ts';
 import { chooseAccel, markKvmBroken, type Accel } from './accel-probe.ts';
 import { killGroup, stopGroup } from './process-group.ts';
@@ -110,20 +110,20 @@ async function readManifest(dir: string, o: BootTestOptions): Promise<ConvertMan
   try {
     m = JSON.parse(await readFile(file, 'utf8')) as ConvertManifest;
   } catch (e) {
-    throw new CodedError('BAD_CONVERTED', `${file} cannot be read: ${(e as Error).message}`,
-      { fix: 'give --converted the --output folder of `vmlift image convert`' });
+    throw new UserError('BAD_CONVERTED', `${file} cannot be read: ${(e as Error).message}`,
+      'give --converted the --output folder of `vmlift image convert`');
   }
   if (m.format !== 1 || !Array.isArray(m.disks) || m.disks.length === 0) {
-    throw new CodedError('BAD_CONVERTED', `${file} is not a convert manifest of format 1 with disks`, { fix: 'convert again with this vmlift version' });
+    throw new UserError('BAD_CONVERTED', `${file} is not a convert manifest of format 1 with disks`, 'convert again with this vmlift version');
   }
   if (m.sourceId !== o.sourceId || m.imageId !== o.imageId) {
-    throw new CodedError('CONVERTED_MISMATCH', `${dir} holds image ${m.imageId} of source ${m.sourceId}, not image ${o.imageId} of ${o.sourceId}`,
-      { fix: `boot-test with --source ${m.sourceId} --image ${m.imageId}, or convert image ${o.imageId} first` });
+    throw new UserError('CONVERTED_MISMATCH', `${dir} holds image ${m.imageId} of source ${m.sourceId}, not image ${o.imageId} of ${o.sourceId}`,
+      `boot-test with --source ${m.sourceId} --image ${m.imageId}, or convert image ${o.imageId} first`);
   }
   for (const d of m.disks) {
-    if (isAbsolute(d.file) || d.file.includes('..')) throw new CodedError('BAD_CONVERTED', `convert.json names disk file ${d.file} outside ${dir}`, { fix: 'convert again' });
+    if (isAbsolute(d.file) || d.file.includes('..')) throw new UserError('BAD_CONVERTED', `convert.json names disk file ${d.file} outside ${dir}`, 'convert again');
     const st = await stat(join(dir, d.file)).catch(() => null);
-    if (!st?.isFile()) throw new CodedError('BAD_CONVERTED', `${join(dir, d.file)} (disk ${d.disk} of convert.json) is missing`, { fix: 'convert again' });
+    if (!st?.isFile()) throw new UserError('BAD_CONVERTED', `${join(dir, d.file)} (disk ${d.disk} of convert.json) is missing`, 'convert again');
   }
   return m;
 }
@@ -134,7 +134,7 @@ function run(cmd: string, args: string[]): Promise<void> {
     let err = '';
     p.stderr.on('data', (d: Buffer) => { err += d; });
     p.on('error', (e) => rej((e as NodeJS.ErrnoException).code === 'ENOENT'
-      ? new CodedError('QEMU_MISSING', `${cmd} is not installed`, { fix: 'install qemu-utils and qemu-system-x86 (scripts/setup.sh)' }) : e));
+      ? new UserError('QEMU_MISSING', `${cmd} is not installed`, 'install qemu-utils and qemu-system-x86 (scripts/setup.sh)') : e));
     p.on('close', (c) => (c === 0 ? res() : rej(new CodedError('QEMU_IMG_FAILED', `${cmd} ${args[0]} failed: ${err.trim()}`, { fix: 'check free space in the temporary folder (TMPDIR)' }))));
   });
 }
@@ -200,7 +200,7 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
     let uefiVars: string | undefined;
     if (firmware === 'uefi') {
       const vars = OVMF_VARS.find((f) => { try { return readFileSync(f).length > 0; } catch { return false; } });
-      if (!vars) throw new CodedError('UEFI_MISSING', 'the image boots with UEFI and no OVMF firmware is installed', { fix: 'apt-get install ovmf' });
+      if (!vars) throw new UserError('UEFI_MISSING', 'the image boots with UEFI and no OVMF firmware is installed', 'apt-get install ovmf');
       uefiVars = join(tmp, 'OVMF_VARS.fd');
       await writeFile(uefiVars, readFileSync(vars));
     }
@@ -231,7 +231,7 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
       p.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-8000); });
       let exited: string | null = null;
       const spawnError = new Promise<never>((_, rej) => p.on('error', (e) => rej((e as NodeJS.ErrnoException).code === 'ENOENT'
-        ? new CodedError('QEMU_MISSING', 'qemu-system-x86_64 is not installed', { fix: 'apt-get install qemu-system-x86' }) : e)));
+        ? new UserError('QEMU_MISSING', 'qemu-system-x86_64 is not installed', 'apt-get install qemu-system-x86') : e)));
       const exitedP = new Promise<void>((r) => p.on('exit', (c, sig) => { exited = sig ? `signal ${sig}` : `exit ${c}`; r(); }));
       const qemuMessage = () => stderr.split('\n').map((l) => l.trim())
         .filter((l) => l && !/externally provided fw_cfg item names|host doesn't support requested feature/.test(l)).slice(0, 3).join('; ');

@@ -8,8 +8,8 @@
  * virt-v2v would for this guest: virtio drivers into the initramfs (the lab's no-virtio hook
  * removed, virtio_pci/virtio_blk/virtio_scsi/virtio_net listed, update-initramfs in the guest) and
  * the root device renamed /dev/sda1 -> /dev/vda1 in fstab and extlinux.conf. That takes minutes
- * under TCG, so the converted disk is cached per image content under $VMLIFT_CACHE (like the lab
- * guest itself); DIR/disk-0.qcow2 is a symlink to the cached file, which boot-test only reads.
+ * under TCG, so the converted disk is cached per image content (or the caller's key) under $VMLIFT_CACHE
+ * (like the lab guest itself); DIR/disk-0.qcow2 is a symlink to the cached file, which boot-test only reads.
  */
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -51,9 +51,11 @@ function guestfishScript(disk: string, script: string): Promise<void> {
  * Makes `dir` a converted folder for image `imageId` of `sourceId`, whose disk 0 the caller exported
  * to `raw` (sparse). Returns how long the conversion took (0 when it came from the cache).
  */
-export async function makeConvertedDir(raw: string, sourceId: string, imageId: string, dir: string): Promise<{ seconds: number; cached: boolean; disk: string }> {
+export async function makeConvertedDir(raw: string, sourceId: string, imageId: string, dir: string,
+  opts: { cacheKey?: string } = {}): Promise<{ seconds: number; cached: boolean; disk: string }> {
   const t0 = Date.now();
-  const key = (await sha256File(raw)).slice(0, 16);
+  // The caller may name the content (e.g. the lab guest's build folder): hashing 2 GiB costs half a minute here.
+  const key = opts.cacheKey ?? (await sha256File(raw)).slice(0, 16);
   const cacheDir = join(process.env.VMLIFT_CACHE ?? join(homedir(), '.cache', 'vmlift'), `converted-${key}-v1`);
   const cached = join(cacheDir, 'disk-0.qcow2');
   const hit = (await stat(cached).catch(() => null))?.isFile() ?? false;
