@@ -162,8 +162,8 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
   const reportDir = resolve(o.reportDir);
   await mkdir(reportDir, { recursive: true });
 
-  const unpin = await store.pin(o.sourceId, o.imageId);
   const tmp = await mkdtemp(join(tmpdir(), 'vmlift-boot-'));
+  let unpin: (() => Promise<void>) | null = null;
   let child = null as ChildProcess | null;
   const servers: Server[] = [];
   const unregister = onAbort(() => {
@@ -171,6 +171,7 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
     rmSync(tmp, { recursive: true, force: true });
   });
   try {
+    unpin = await store.pin(o.sourceId, o.imageId);
     // Overlays: QEMU writes only these; their backing files are opened read-only.
     const disks: (QemuDisk & { disk: number; backing: string; backingFile: string; backingFormat: 'raw' | 'qcow2' })[] = [];
     if (manifest && convertedDir) {
@@ -308,6 +309,6 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
     for (const s of servers) s.close();
     unregister();
     await rm(tmp, { recursive: true, force: true });
-    await unpin();
+    await unpin?.();
   }
 }

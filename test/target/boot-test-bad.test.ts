@@ -81,22 +81,25 @@ test('boot-test: zeroed boot sector -> NO_BOOTABLE_DEVICE (SeaBIOS on the serial
   assert.equal(await storeDigest(join(dataDir, 'store')), before, 'the store did not change');
 });
 
-test('boot-test: Ctrl-C during a boot ends QEMU, removes the overlays and releases the pin; a missing image is NOT_FOUND before any QEMU starts', async (t) => {
+test('boot-test: Ctrl-C (SIGINT) or SIGTERM during a boot ends QEMU, removes the overlays and releases the pin; a missing image is NOT_FOUND before any QEMU starts', async (t) => {
   const { dataDir, scratch, reports, store } = await setup(t);
   const hang = Buffer.alloc(16 * MiB);
   hangingBootSector('vmlift test guest: waiting for Ctrl-C').copy(hang);
   await commitDisk(store, 'hang', hang);
 
-  const { child, done } = vmlift(['image', 'boot-test', '--data-dir', dataDir, '--source', 'hang', '--image', '1', '--timeout', '300',
-    '--accel', 'tcg', '--report-dir', join(reports, 'int')], { TMPDIR: scratch });
-  const deadline = Date.now() + 60_000;
-  while (!(await processesWith(scratch)).some((p) => p.cmd.startsWith('qemu-system')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
-  assert.ok((await processesWith(scratch)).some((p) => p.cmd.startsWith('qemu-system')), 'QEMU runs on an overlay in the temporary folder');
-  assert.equal((await readdir(join(dataDir, 'store', 'sources', 'hang', 'pins'))).length, 1, 'the image is pinned while it boots');
-  child.kill('SIGINT');
-  const r = await done;
-  assert.notEqual(r.code, 0);
-  await noLeftovers(scratch, dataDir, 'hang', true);
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    const { child, done } = vmlift(['image', 'boot-test', '--data-dir', dataDir, '--source', 'hang', '--image', '1', '--timeout', '300',
+      '--accel', 'tcg', '--report-dir', join(reports, sig)], { TMPDIR: scratch });
+    const deadline = Date.now() + 60_000;
+    while (!(await processesWith(scratch)).some((p) => p.cmd.startsWith('qemu-system')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    assert.ok((await processesWith(scratch)).some((p) => p.cmd.startsWith('qemu-system')), 'QEMU runs on an overlay in the temporary folder');
+    const pins = await readdir(join(dataDir, 'store', 'sources', 'hang', 'pins'));
+    assert.equal(pins.filter((n) => pidAlive(Number(n.split('.')[1]))).length, 1, 'the image is pinned while it boots');
+    child.kill(sig);
+    const r = await done;
+    assert.notEqual(r.code, 0, sig);
+    await noLeftovers(scratch, dataDir, 'hang', true);
+  }
 
   const m = await vmlift(['image', 'boot-test', '--data-dir', dataDir, '--source', 'hang', '--image', '7', '--accel', 'tcg',
     '--report-dir', join(reports, 'missing')], { TMPDIR: scratch }).done;
