@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { resolve, join } from 'node:path';
+import { tmpdir } from 'node:os';
 import { stat } from 'node:fs/promises';
 import { UserError } from '../../util/errors.ts';
 import { assertId } from '../../util/ids.ts';
@@ -144,6 +145,32 @@ export function register(program: Command): void {
     printResult(o.json, { sourceId: o.source, imageId: o.image, ...r, seconds: (Date.now() - t0) / 1000 }, (v) => inspectText(v));
     if (Object.values(r.targets).some((t) => t.verdict === 'blocked')) process.exitCode = 4;
   });
+
+  onImage<{ converted?: string; timeout: string; reportDir?: string; accel: string }>('boot-test',
+    'boot an image (or its --converted disks) in QEMU as the KVM target runs it, on throwaway overlays, and check it reaches a login prompt; exits 5 when it does not',
+    'image id', async (store, o) => {
+      const { bootTest } = await import('../../target/boot-test.ts');
+      if (!['auto', 'kvm', 'tcg'].includes(o.accel)) throw new UserError('BAD_OPTION', `--accel "${o.accel}" is not auto, kvm or tcg`, 'give --accel auto, kvm or tcg');
+      const timeoutSec = intArg(o.timeout, '--timeout');
+      const reportDir = resolve(o.reportDir ?? join(tmpdir(), `vmlift-boot-test-${o.source}-${o.image}-${new Date().toISOString().replace(/[:.]/g, '-')}`));
+      process.stderr.write(`boot-test: report folder ${reportDir}\n`);
+      const r = await bootTest(store, { sourceId: o.source, imageId: o.image, converted: o.converted, timeoutSec, reportDir,
+        accel: o.accel as 'auto' | 'kvm' | 'tcg', log: o.json ? undefined : (l) => process.stderr.write(`boot-test: ${l}\n`) });
+      printResult(o.json, r, (v) => [
+        v.passed ? `image ${v.imageId} of ${v.sourceId} boots: ${v.reached === 'login' ? `login prompt after ${v.secondsToLogin} s` : `multi-user target after ${v.secondsToMultiUser} s`} (${v.accel})`
+          : `image ${v.imageId} of ${v.sourceId} did not boot (${v.accel}, ${v.seconds} s): ${v.failure!.message}`,
+        'console (last lines):', ...v.consoleTail.map((l) => `  | ${l}`),
+        `screenshot: ${v.screenshot ?? 'none'}; report: ${v.reportFile}; QEMU peak RSS ${v.qemuPeakRssMiB ?? '?'} MiB`,
+      ].join('\n'));
+      if (!r.passed) {
+        process.stderr.write(`vmlift: error: ${r.failure!.code}: ${r.failure!.message}\n  fix: ${r.failure!.fix}\n`);
+        process.exitCode = 5;
+      }
+    }, (c) => c
+      .option('--converted <dir>', 'boot the disks of `vmlift image convert --output DIR` (never written) instead of the stored image')
+      .option('--timeout <seconds>', 'give up when no login prompt appears within this time', '600')
+      .option('--report-dir <dir>', 'folder for console.png and report.json (default: a new folder under TMPDIR, printed)')
+      .option('--accel <accel>', 'auto (KVM when a probe shows it works, else TCG), kvm or tcg', 'auto'));
 
   onImage('rm', 'delete an image (refused while an export or verify uses it), then collect unreferenced chunks', 'image id', async (store, o) => {
     await store.removeImage(o.source, o.image);
