@@ -52,7 +52,7 @@ async function waitUntil(cond: () => boolean | Promise<boolean>, ms: number, wha
 }
 
 test('vCenter faults in a cycle: a failed snapshot removal is swept next cycle; slow tasks are waited for; sessions ended mid-cycle are logged in again; consolidation needed is consolidated', async (t) => {
-  const rig = await startRig({ vms: 1 });
+  const rig = await startRig({ vms: 1, diskMb: 16 });
   t.after(() => rig.close());
   const { lab, vc } = rig;
   const vm = lab.vm('vm-0001');
@@ -61,7 +61,7 @@ test('vCenter faults in a cycle: a failed snapshot removal is swept next cycle; 
   await cycleChecked(rig, 'j');
   // RemoveSnapshot_Task fails once: the cycle still commits, its snapshot stays until the next sweep.
   await lab.injectFault('removeSnapshot');
-  await cycleChecked(rig, 'j');
+  t.diagnostic(`removal failed: cycle ${(await cycleChecked(rig, 'j')).ms} ms`);
   const left = await vmlift(rig);
   assert.equal(left.length, 1, 'the snapshot whose removal failed is still on the VM');
   assert.equal(rig.engine.getJob('j').error, null, 'a failed cleanup does not fail the committed cycle');
@@ -86,24 +86,27 @@ test('vCenter faults in a cycle: a failed snapshot removal is swept next cycle; 
   const relogins = vc.session.relogins;
   let expired = 0;
   rig.hooks.afterSnapshot = async () => { expired += await lab.expireSessions(); };
-  await cycleChecked(rig, 'j', async () => {
+  const snaps = rig.counters.snapshotsCreated;
+  const exp = await cycleChecked(rig, 'j', async () => {
     await waitUntil(() => (rig.engine.live('j')?.disks ?? []).some((x) => x.done > 0) || !rig.engine.live('j'), 60_000, 'the transfer');
     expired += await lab.expireSessions();
   });
   rig.hooks.afterSnapshot = undefined;
+  t.diagnostic(`sessions ended twice in a cycle: cycle ${exp.ms} ms, ${rig.counters.snapshotsCreated - snaps} snapshot(s)`);
   assert.ok(expired >= 2, `sessions were ended (${expired})`);
   assert.ok(vc.session.relogins > relogins, `the connector logged in again (${vc.session.relogins - relogins} times)`);
   assert.deepEqual(await vmlift(rig), []);
 
   // The snapshot removal leaves runtime.consolidationNeeded set: the cycle consolidates the disks.
   await lab.injectFault('needConsolidation');
-  await cycleChecked(rig, 'j');
+  const cons = await cycleChecked(rig, 'j');
+  t.diagnostic(`consolidation needed: cycle ${cons.ms} ms`);
   assert.equal((await fetchVmByRef(vc.session, vm.moref)).consolidationNeeded, false, 'ConsolidateVMDisks_Task cleared the flag');
   assert.deepEqual(await vmlift(rig), []);
 });
 
 test('vCenter restarting in the middle of a cycle (sessions gone, 503 for 3 s): the cycle retries and finishes bit-identical, no snapshot left', async (t) => {
-  const rig = await startRig({ vms: 1, retry: { attempts: 4, baseDelayMs: 1000, maxDelayMs: 4000 } });
+  const rig = await startRig({ vms: 1, diskMb: 16, retry: { attempts: 4, baseDelayMs: 1000, maxDelayMs: 4000 } });
   t.after(() => rig.close());
   const { lab } = rig;
   await cycleChecked(rig, 'r');
