@@ -138,3 +138,45 @@ test('NBD: an EIO that never clears, then an EPERM, put the job in error naming 
     await assertImage(rig, id, vm.name, expected);
   }
 });
+
+test('VDDK: a host whose NFC server refuses reads over 512 KiB (the double\'s nfc_max_read): the disk\'s read size is halved, logged, and the job finishes bit-identical', async (t) => {
+  execFileSync(path.join(PROJECT_ROOT, 'native/build.sh'));
+  const { logger, lines } = capturingLogger();
+  let statsFile = '';
+  const rig = await startRig({
+    vddkMap: true, retry: { attempts: 2, baseDelayMs: 50, maxDelayMs: 100 }, nfc: { backoffMs: 50, maxBackoffMs: 200, recoveryMs: 600_000 }, limiterLogger: logger,
+    opener: ({ vc, port, lab, dir }) => {
+      statsFile = path.join(dir, 'vddk-stats');
+      const vddkConfigFile = path.join(dir, 'vddk.conf');
+      writeFileSync(vddkConfigFile, `lab_map=${lab.vddkMapFile}\nstats_file=${statsFile}\nnfc_max_read=524288\n`, { mode: 0o600 });
+      const o = transportDiskOpener(vc, port, { user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } }, {
+        vddkLibdir: path.join(PROJECT_ROOT, 'native/build/vddk-double'), vddkConfigFile, nbdDir: path.join(dir, 'nbd'),
+      }, 2 * MiB, logger);
+      return { open: (...a) => o.open(...a), close: async () => { await o.close(); shutdownVddk(); } };
+    },
+  });
+  t.after(() => rig.close());
+  const stats = () => Object.fromEntries(readFileSync(statsFile, 'utf8').split(/\s+/).filter((l) => l.includes('='))
+    .map((l) => { const [k, v] = l.split('='); return [k!, Number(v)]; }));
+  const vm = rig.lab.vm('two-disks');
+  const expected = await expectedShas(rig, vm.name);
+  rig.engine.createJob({ id: 'nfc', vmRef: vm.moref, settings: settings({ transport: 'vddk' }) });
+  rig.engine.start('nfc');
+  const t0 = Date.now();
+  await rig.engine.runNow('nfc');
+  const ms = Date.now() - t0;
+  if (process.env.DEBUG_NFC) for (const l of lines) if (/NFC|nfc|retry/i.test(JSON.stringify(l))) console.log(JSON.stringify(l).slice(0, 400));
+  await assertImage(rig, 'nfc', vm.name, expected);
+  assert.equal(rig.counters.snapshotsCreated, 1, 'one cycle attempt');
+  const halved = lines.filter((l) => /halved this disk's read size/.test(String(l.msg)));
+  for (const d of vm.disks) {
+    const sizes = halved.filter((l) => l.diskKey === d.key).map((l) => Number(l.readSize));
+    assert.equal(sizes.at(-1), 524288, `disk ${d.key} reads 512 KiB at the end (${JSON.stringify(sizes)})`);
+    assert.ok(sizes.every((x, i) => i === 0 || x < sizes[i - 1]!), `each halving lowers the size, none repeats (${JSON.stringify(sizes)})`);
+  }
+  const s = stats();
+  assert.ok(s.nfc_errors! >= 2 && s.nfc_errors! <= 40, `a bounded number of refused reads (${s.nfc_errors})`);
+  assert.equal(s.connections, 0);
+  assert.equal(s.handles, 0);
+  t.diagnostic(`nfc_max_read=512 KiB: cycle ${ms} ms, ${s.nfc_errors} refused reads, ${halved.length} halvings`);
+});
