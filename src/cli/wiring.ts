@@ -63,13 +63,19 @@ export function vcenterService(vc: VCenter): VCenterService & { datacenterOf(vmR
 /** Reads a snapshot's disk through the datastore's /folder URL (Range GETs, session cookie). */
 export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterService>, trust: TrustMode, maxReadSize: number, logger: Logger): DiskOpener {
   const dispatcher = makeDispatcher(trust, 120_000);
+  // One re-login for all the reads the ended session's cookie failed; a read that sent an older cookie than the live one just retries.
+  let relogin: Promise<void> | undefined;
+  const refreshCookie = async (stale: string | undefined) => {
+    if (stale !== vc.session.cookie) return;
+    await (relogin ??= vc.session.relogin().then(() => undefined).finally(() => { relogin = undefined; }));
+  };
   return {
     async open(vmRef: string, s: SnapshotHandle, disk: SnapshotDisk) {
       assertHttpReadable(disk, s);
       if (!disk.file) throw new UserError('NO_DISK_FILE', `disk ${disk.key} of ${vmRef} has no backing file`, 'check the VM in vCenter');
       const { url } = vc.diskUrl({ file: disk.file }, await port.datacenterOf(vmRef));
       return HttpDatastoreSource.open({
-        url, cookie: () => vc.session.cookie, dispatcher,
+        url, cookie: () => vc.session.cookie, refreshCookie, dispatcher,
         trust: 'thumbprint' in trust ? { thumbprint: trust.thumbprint } : { insecure: true },
         maxReadSize, logger,
       });

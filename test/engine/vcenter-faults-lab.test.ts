@@ -94,6 +94,7 @@ test('vCenter faults in a cycle: a failed snapshot removal is swept next cycle; 
   rig.hooks.afterSnapshot = undefined;
   t.diagnostic(`sessions ended twice in a cycle: cycle ${exp.ms} ms, ${rig.counters.snapshotsCreated - snaps} snapshot(s)`);
   assert.ok(expired >= 2, `sessions were ended (${expired})`);
+  assert.equal(rig.counters.snapshotsCreated - snaps, 1, 'the datastore reads logged in again themselves: no second cycle attempt');
   assert.ok(vc.session.relogins > relogins, `the connector logged in again (${vc.session.relogins - relogins} times)`);
   assert.deepEqual(await vmlift(rig), []);
 
