@@ -106,7 +106,7 @@ test('vCenter faults in a cycle: a failed snapshot removal is swept next cycle; 
   assert.deepEqual(await vmlift(rig), []);
 });
 
-test('vCenter restarting in the middle of a cycle (sessions gone, 503 for 3 s): the cycle retries and finishes bit-identical, no snapshot left', async (t) => {
+test('vCenter restarting in the middle of a cycle (sessions gone, 503 for 3 s): the cycle retries and finishes bit-identical, no snapshot left; an outage longer than the retries ends in VC_UNAVAILABLE and job resume finishes', async (t) => {
   const rig = await startRig({ vms: 1, diskMb: 16, retry: { attempts: 4, baseDelayMs: 1000, maxDelayMs: 4000 } });
   t.after(() => rig.close());
   const { lab } = rig;
@@ -126,4 +126,39 @@ test('vCenter restarting in the middle of a cycle (sessions gone, 503 for 3 s): 
   assert.ok(rig.counters.snapshotsCreated - created >= 2, `the cycle was retried on a new snapshot (${rig.counters.snapshotsCreated - created} snapshots)`);
   t.diagnostic(`restart of 3 s: cycle ${ms} ms, ${rig.counters.snapshotsCreated - created} attempts, ${rig.vc.session.relogins} re-logins`);
   assert.deepEqual(await vmlift(rig), [], 'no snapshot left');
+
+  // An outage longer than the job's retries (1 + 2 + 4 s here): the job ends in error with VC_UNAVAILABLE
+  // and its fix; once vCenter is back, `job resume` finishes the cycle.
+  const { lab: l, engine } = rig;
+  await guestWrites(l, 'vm-0001', d0(rig).key, d0(rig).capacity, 10);
+  const expected = await liveSha(l, 'vm-0001', d0(rig).key, d0(rig).capacity);
+  restartedAt = 0;
+  rig.hooks.afterSnapshot = async () => {
+    if (restartedAt) return;
+    restartedAt = Date.now();
+    await l.restartVcenter(120_000);
+  };
+  engine.requestSync('r');
+  const t0 = Date.now();
+  await engine.runNow('r');
+  rig.hooks.afterSnapshot = undefined;
+  const failedAfter = Date.now() - t0;
+  const job = engine.getJob('r');
+  assert.equal(job.state, 'error');
+  assert.equal(job.error?.code, 'VC_UNAVAILABLE');
+  assert.equal(job.error?.attempts, 4);
+  assert.match(job.error!.message, /answered \w+ with HTTP 503: it is restarting or overloaded/);
+  assert.match(job.error!.fix ?? '', /vmlift job resume/);
+  await l.restartVcenter(0);
+  // The snapshot of the attempt the outage met could not be removed while vCenter was away: resume sweeps it.
+  assert.equal(engine.resume('r').state, 'syncing');
+  await engine.runNow('r');
+  const after = engine.getJob('r');
+  assert.equal(after.state, 'waiting', JSON.stringify(after.error));
+  const [c] = rig.state.listCycles('r');
+  assert.equal(await imageSha(rig.rx, 'r', c!.imageId!, 0, d0(rig).capacity), expected);
+  assert.deepEqual(await vmlift(rig), [], 'no snapshot left after the resume');
+  t.diagnostic(`outage longer than the retries: job in error after ${failedAfter} ms (4 attempts)`);
 });
+
+const d0 = (rig: EngineRig) => rig.lab.vm('vm-0001').disks[0]!;
