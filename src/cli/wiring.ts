@@ -60,15 +60,22 @@ export function vcenterService(vc: VCenter): VCenterService & { datacenterOf(vmR
   };
 }
 
-/** Reads a snapshot's disk through the datastore's /folder URL (Range GETs, session cookie). */
-export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterService>, trust: TrustMode, maxReadSize: number, logger: Logger): DiskOpener {
-  const dispatcher = makeDispatcher(trust, 120_000);
-  // One re-login for all the reads the ended session's cookie failed; a read that sent an older cookie than the live one just retries.
+/**
+ * For datastore readers whose cookie got a 401/403 (the session ended): one re-login for all the reads
+ * that met it; a read that sent an older cookie than the live one just retries.
+ */
+function cookieRefresher(vc: VCenter): (stale: string | undefined) => Promise<void> {
   let relogin: Promise<void> | undefined;
-  const refreshCookie = async (stale: string | undefined) => {
+  return async (stale) => {
     if (stale !== vc.session.cookie) return;
     await (relogin ??= vc.session.relogin().then(() => undefined).finally(() => { relogin = undefined; }));
   };
+}
+
+/** Reads a snapshot's disk through the datastore's /folder URL (Range GETs, session cookie). */
+export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterService>, trust: TrustMode, maxReadSize: number, logger: Logger): DiskOpener {
+  const dispatcher = makeDispatcher(trust, 120_000);
+  const refreshCookie = cookieRefresher(vc);
   return {
     async open(vmRef: string, s: SnapshotHandle, disk: SnapshotDisk) {
       assertHttpReadable(disk, s);
@@ -124,7 +131,7 @@ export function transportDiskOpener(vc: VCenter, port: ReturnType<typeof vcenter
     vddk: { libdir: t.vddkLibdir ?? process.env.VMLIFT_VDDK_LIBDIR, configFile: t.vddkConfigFile, transports: t.vddkTransports },
     nbd,
     http: {
-      cookie: () => vc.session.cookie, dispatcher: makeDispatcher(conn.trust, 120_000),
+      cookie: () => vc.session.cookie, refreshCookie: cookieRefresher(vc), dispatcher: makeDispatcher(conn.trust, 120_000),
       trust: 'thumbprint' in conn.trust ? { thumbprint: conn.trust.thumbprint } : { insecure: true },
     },
     maxReadSize, logger,
