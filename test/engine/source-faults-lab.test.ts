@@ -139,25 +139,31 @@ test('NBD: an EIO that never clears, then an EPERM, put the job in error naming 
   }
 });
 
-test('VDDK: a host whose NFC server refuses reads over 512 KiB (the double\'s nfc_max_read): the disk\'s read size is halved, logged, and the job finishes bit-identical', async (t) => {
+/** A rig reading through the VDDK double (lab_map mode) with `extra` lines in its config; `stats()` reads its counters. */
+async function vddkRig(extra: string, logger: pino.Logger): Promise<{ rig: EngineRig; stats: () => Record<string, number> }> {
   execFileSync(path.join(PROJECT_ROOT, 'native/build.sh'));
-  const { logger, lines } = capturingLogger();
   let statsFile = '';
   const rig = await startRig({
     vddkMap: true, retry: { attempts: 2, baseDelayMs: 50, maxDelayMs: 100 }, nfc: { backoffMs: 50, maxBackoffMs: 200, recoveryMs: 600_000 }, limiterLogger: logger,
     opener: ({ vc, port, lab, dir }) => {
       statsFile = path.join(dir, 'vddk-stats');
       const vddkConfigFile = path.join(dir, 'vddk.conf');
-      writeFileSync(vddkConfigFile, `lab_map=${lab.vddkMapFile}\nstats_file=${statsFile}\nnfc_max_read=524288\n`, { mode: 0o600 });
+      writeFileSync(vddkConfigFile, `lab_map=${lab.vddkMapFile}\nstats_file=${statsFile}\n${extra}`, { mode: 0o600 });
       const o = transportDiskOpener(vc, port, { user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } }, {
         vddkLibdir: path.join(PROJECT_ROOT, 'native/build/vddk-double'), vddkConfigFile, nbdDir: path.join(dir, 'nbd'),
       }, 2 * MiB, logger);
       return { open: (...a) => o.open(...a), close: async () => { await o.close(); shutdownVddk(); } };
     },
   });
-  t.after(() => rig.close());
   const stats = () => Object.fromEntries(readFileSync(statsFile, 'utf8').split(/\s+/).filter((l) => l.includes('='))
     .map((l) => { const [k, v] = l.split('='); return [k!, Number(v)]; }));
+  return { rig, stats };
+}
+
+test('VDDK: a host whose NFC server refuses reads over 512 KiB (the double\'s nfc_max_read): the disk\'s read size is halved, logged, and the job finishes bit-identical', async (t) => {
+  const { logger, lines } = capturingLogger();
+  const { rig, stats } = await vddkRig('nfc_max_read=524288\n', logger);
+  t.after(() => rig.close());
   const vm = rig.lab.vm('two-disks');
   const expected = await expectedShas(rig, vm.name);
   rig.engine.createJob({ id: 'nfc', vmRef: vm.moref, settings: settings({ transport: 'vddk' }) });
@@ -165,7 +171,6 @@ test('VDDK: a host whose NFC server refuses reads over 512 KiB (the double\'s nf
   const t0 = Date.now();
   await rig.engine.runNow('nfc');
   const ms = Date.now() - t0;
-  if (process.env.DEBUG_NFC) for (const l of lines) if (/NFC|nfc|retry/i.test(JSON.stringify(l))) console.log(JSON.stringify(l).slice(0, 400));
   await assertImage(rig, 'nfc', vm.name, expected);
   assert.equal(rig.counters.snapshotsCreated, 1, 'one cycle attempt');
   const halved = lines.filter((l) => /halved this disk's read size/.test(String(l.msg)));
@@ -179,4 +184,28 @@ test('VDDK: a host whose NFC server refuses reads over 512 KiB (the double\'s nf
   assert.equal(s.connections, 0);
   assert.equal(s.handles, 0);
   t.diagnostic(`nfc_max_read=512 KiB: cycle ${ms} ms, ${s.nfc_errors} refused reads, ${halved.length} halvings`);
+});
+
+test('VDDK: busy reads are retried; a sector that cannot be read (VIX_E_DISK_NOIO) puts the job in error naming the disk and the offset, no snapshot, no image, nothing left open', async (t) => {
+  const { logger, lines } = capturingLogger();
+  // sector 100 is in the first MiB of every disk of the lab, which always holds data
+  const { rig, stats } = await vddkRig('busy_reads=3\nfail_sector=100\n', logger);
+  t.after(() => rig.close());
+  const vm = rig.lab.vm('two-disks');
+  rig.engine.createJob({ id: 'noio', vmRef: vm.moref, settings: settings({ transport: 'vddk' }) });
+  rig.engine.start('noio');
+  await rig.engine.runNow('noio');
+  const job = rig.engine.getJob('noio');
+  assert.equal(job.state, 'error', JSON.stringify(job));
+  assert.equal(job.error?.step, 'transfer');
+  assert.equal(job.error?.attempts, 1, 'an I/O error of the disk is not retried by a new cycle');
+  assert.match(job.error!.message, new RegExp(`^transfer: disk (${vm.disks.map((d) => d.key).join('|')}) \\([^)]+\\) of ${vm.moref}: reading \\d+ bytes at offset 0 of vddk://`), job.error!.message);
+  assert.match(job.error!.fix ?? '', /then `vmlift job resume noio`/);
+  assert.ok(lines.some((l) => /vddk read at \d+ failed, retrying/.test(String(l.msg)) && /VIX error 5\b/.test(String(l.err))), 'the busy reads were retried');
+  assert.deepEqual((await rig.vc.snapshots(vm.moref)).snapshots, [], 'no snapshot left');
+  assert.deepEqual(await rig.rx.rx.store.listImages(job.sourceId).catch(() => []), [], 'no image published');
+  const s = stats();
+  assert.equal(s.connections, 0);
+  assert.equal(s.handles, 0);
+  t.diagnostic(`VIX_E_DISK_NOIO: ${job.error!.message}`);
 });
