@@ -44,10 +44,10 @@ export function vcenterService(vc: VCenter): VCenterService & { datacenterOf(vmR
     hostOf: async (vmRef) => hosts.get(vmRef) ?? (await facts(vmRef)).host?.ref ?? 'unknown-host',
     sweepSnapshots: async (vmRef, prefix, keep) => (await vc.sweepSnapshots(vmRef, prefix, { keep })).removed.length,
     findSnapshot: async (vmRef, name) => { const s = await vc.findSnapshot(vmRef, name); return s ? { ref: s.ref, name: s.name } : null; },
-    createSnapshot: (vmRef, name, o) => vc.createSnapshot(vmRef, name, { quiesce: o.quiesce, description: 'vmlift sync cycle; removed when the cycle ends' }),
+    createSnapshot: (vmRef, name, o) => vc.createSnapshot(vmRef, name, { quiesce: o.quiesce, description: 'vmlift sync cycle; removed when the cycle ends' }, { onProgress: o.onProgress }),
     snapshotDisks: async (_vmRef, s) => (await vc.snapshotDisks(s.ref)).map(toSnapshotDisk),
     changedAreas: async (vmRef, s, d, changeId) => (await vc.changedAreas(vmRef, s.ref, d.key, changeId, d.capacity)).areas,
-    removeSnapshot: async (vmRef, s) => { await vc.removeSnapshot(vmRef, s.ref); },
+    removeSnapshot: async (vmRef, s, o) => { await vc.removeSnapshot(vmRef, s.ref, { onProgress: o?.onProgress }); },
     datacenterOf: async (vmRef) => {
       if (!datacenters.has(vmRef)) {
         // One inventory pass (constant round trips) learns the datacenter of every VM at once.

@@ -46,6 +46,8 @@ export interface LiveStatus {
   cycleId: string;
   step: string;
   startedAt: number;
+  /** Percent done of the vCenter task the step waits for (snapshot, cleanup); absent between tasks. */
+  taskProgress?: number;
   disks: (DiskProgress & { speed: number; remainingSeconds: number | null })[];
 }
 
@@ -355,7 +357,8 @@ export class JobEngine {
         forceFull: first ? 'first cycle' : run.cbtReenabled, resumed, lastAttempt,
         vcenter: services.vcenter, disks: services.disks, receiver: services.receiver, logger: log,
         signal: run.controller.signal,
-        onStep: (s) => { run.status.step = s; },
+        onStep: (s) => { run.status.step = s; delete run.status.taskProgress; },
+        onTaskProgress: (p) => { run.status.taskProgress = p; },
         onSnapshot: (s) => this.o.state.updateCycle(cycleId, { snapshotName: s.name }),
         onProgress: (p) => {
           const secs = Math.max(0.001, (Date.now() - started) / 1000);

@@ -63,6 +63,8 @@ export interface CycleInput {
   /** Largest single read (VMware NFC: 2 MiB through vCenter). */
   maxReadSize?: number;
   onStep?: (step: CycleStep) => void;
+  /** Percent done of the vCenter task the step waits for (snapshot create, removal). */
+  onTaskProgress?: (percent: number) => void;
   onProgress?: (p: DiskProgress[]) => void;
   /** Called once the snapshot exists, so a caller can record it before anything can crash. */
   onSnapshot?: (s: SnapshotHandle) => void;
@@ -135,7 +137,7 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   });
   if (kept) logger.info({ vmRef, snapshot: name }, 'resuming the cycle on its own snapshot');
   const snapshot = kept ?? await step('snapshot', input, () =>
-    vcenter.createSnapshot(vmRef, name, { quiesce: input.settings.quiesce }));
+    vcenter.createSnapshot(vmRef, name, { quiesce: input.settings.quiesce, onProgress: input.onTaskProgress }));
   input.onSnapshot?.(snapshot);
   let session: ReceiverCycle | undefined;
   try {
@@ -149,7 +151,7 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
     else if (session && (!isTransient(e) || input.lastAttempt)) await (session as ReceiverCycle).abort().catch(() => undefined);
     throw e;
   } finally {
-    await step('cleanup', { ...input, signal: undefined }, () => vcenter.removeSnapshot(vmRef, snapshot))
+    await step('cleanup', { ...input, signal: undefined }, () => vcenter.removeSnapshot(vmRef, snapshot, { onProgress: input.onTaskProgress }))
       .catch((e) => logger.error({ vmRef, snapshot: snapshot.name, err: (e as Error).message }, 'could not remove the cycle snapshot; the next cycle sweeps it'));
   }
 }

@@ -51,7 +51,7 @@ async function waitUntil(cond: () => boolean | Promise<boolean>, ms: number, wha
   }
 }
 
-test('vCenter faults in a cycle: a failed snapshot removal is swept next cycle; slow tasks are waited for; sessions ended mid-cycle are logged in again; consolidation needed is consolidated', async (t) => {
+test('vCenter faults in a cycle: a failed snapshot removal is swept next cycle; slow tasks are waited for, their progress shown; sessions ended mid-cycle are logged in again; consolidation needed is consolidated', async (t) => {
   const rig = await startRig({ vms: 1, diskMb: 16 });
   t.after(() => rig.close());
   const { lab, vc } = rig;
@@ -72,14 +72,24 @@ test('vCenter faults in a cycle: a failed snapshot removal is swept next cycle; 
   await lab.delayTasks('createSnapshot', 1500);
   await lab.delayTasks('removeSnapshot', 1500);
   const steps = new Set<string>();
+  const progress: string[] = [];
   const slow = await cycleChecked(rig, 'j', async () => {
-    while (rig.engine.live('j')) { steps.add(rig.engine.live('j')!.step); await sleep(50); }
+    for (let l = rig.engine.live('j'); l; l = rig.engine.live('j')) {
+      steps.add(l.step);
+      if (l.taskProgress !== undefined && progress.at(-1) !== `${l.step} ${l.taskProgress}`) progress.push(`${l.step} ${l.taskProgress}`);
+      await sleep(50);
+    }
   });
   await lab.delayTasks('createSnapshot', 0);
   await lab.delayTasks('removeSnapshot', 0);
   t.diagnostic(`slow tasks (2 x 1.5 s): cycle ${slow.ms} ms`);
   assert.ok(slow.ms >= 3000, `the cycle waited for both slow tasks (${slow.ms} ms)`);
   assert.ok(steps.has('snapshot'), `the job showed the snapshot step while its task ran (${[...steps].join(', ')})`);
+  // vCenter's task progress reaches the job's live status (`job show --json`) while the cycle waits
+  for (const st of ['snapshot', 'cleanup']) {
+    assert.ok(progress.some((x) => new RegExp(`^${st} ([1-9]|[1-9]\\d)$`).test(x)), `${st}: progress between 0 and 100 seen (${progress.join(', ')})`);
+  }
+  t.diagnostic(`task progress seen: ${progress.join(', ')}`);
   assert.deepEqual(await vmlift(rig), []);
 
   // Sessions end right after the snapshot and again in the middle of the transfer.
