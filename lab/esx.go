@@ -78,6 +78,9 @@ func newESXFront(inner *front) *esxFront { return &esxFront{inner: inner} }
 func (e *esxFront) setReady() { atomic.StoreInt32(&e.ready, 1) }
 
 func (e *esxFront) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if e.inner.restarting(w, r) {
+		return
+	}
 	if r.URL.Path == "/lab/esx-license" {
 		e.serveLicense(w, r)
 		return

@@ -46,6 +46,8 @@ type front struct {
 	client  *http.Client
 	proxy   *httputil.ReverseProxy
 	stop    chan struct{}
+	// restartUntil (unix ns, atomic): until then /sdk and /folder answer 503, as a restarting vCenter does (restart.go)
+	restartUntil int64
 }
 
 func newFront(l *lab, backend *url.URL) *front {
@@ -56,6 +58,9 @@ func newFront(l *lab, backend *url.URL) *front {
 }
 
 func (f *front) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if f.restarting(w, r) {
+		return
+	}
 	switch {
 	case r.URL.Path == "/sdk" || r.URL.Path == "/sdk/vimService":
 		if r.Method == http.MethodPost {
@@ -527,25 +532,10 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 		l.mu.Unlock()
 		writeJSON(w, map[string]interface{}{"ok": true})
 	case "expire-sessions":
-		l.mu.Lock()
-		var cookies []string
-		for c := range l.cookies {
-			cookies = append(cookies, c)
-		}
-		l.cookies = map[string]bool{}
-		l.publishVddkSessions()
-		l.mu.Unlock()
-		for _, c := range cookies {
-			req, _ := http.NewRequest(http.MethodPost, f.backend.String(), strings.NewReader(string(envelope(
-				`<Logout xmlns="urn:vim25"><_this type="SessionManager">`+sessionManagerID()+`</_this></Logout>`))))
-			req.Header.Set("Content-Type", "text/xml")
-			req.Header.Set("Cookie", sessionCookie+"="+c)
-			if res, err := f.client.Do(req); err == nil {
-				_, _ = io.Copy(io.Discard, res.Body)
-				res.Body.Close()
-			}
-		}
-		writeJSON(w, map[string]interface{}{"expired": len(cookies)})
+		writeJSON(w, map[string]interface{}{"expired": f.expireSessions()})
+	case "restart":
+		ms, _ := strconv.Atoi(q.Get("ms"))
+		writeJSON(w, map[string]interface{}{"expired": f.restart(time.Duration(ms) * time.Millisecond)})
 	case "disk-add", "disk-remove":
 		v := vmOf()
 		if v == nil {

@@ -154,6 +154,8 @@ export class Lab {
   async clearFaults(): Promise<void> { await this.call('clear-faults', {}); }
   /** Ends every session, as vCenter's idle timeout does. */
   async expireSessions(): Promise<number> { return JSON.parse((await this.call('expire-sessions', {})).toString()).expired; }
+  /** A vCenter restart: every session ends and /sdk and /folder answer 503 for `ms` (tasks and inventory stay). */
+  async restartVcenter(ms: number): Promise<number> { return JSON.parse((await this.call('restart', { ms })).toString()).expired; }
   /** Resets change tracking of a disk (new CBT UUID), as a vMotion or a ctk repair does. */
   async resetCbt(vm: string, disk: number): Promise<void> { await this.call('cbt-reset', { vm, disk }); }
   /** How QueryChangedDiskAreas answers for the VM's disks (or one): coalesced runs (default), or one area covering the whole disk. */

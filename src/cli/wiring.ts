@@ -47,10 +47,10 @@ export function vcenterService(vc: VCenter): VCenterService & { datacenterOf(vmR
     hostOf: async (vmRef) => hosts.get(vmRef) ?? (await facts(vmRef)).host?.ref ?? 'unknown-host',
     sweepSnapshots: async (vmRef, prefix, keep) => (await vc.sweepSnapshots(vmRef, prefix, { keep })).removed.length,
     findSnapshot: async (vmRef, name) => { const s = await vc.findSnapshot(vmRef, name); return s ? { ref: s.ref, name: s.name } : null; },
-    createSnapshot: (vmRef, name, o) => vc.createSnapshot(vmRef, name, { quiesce: o.quiesce, description: 'vmlift sync cycle; removed when the cycle ends' }),
+    createSnapshot: (vmRef, name, o) => vc.createSnapshot(vmRef, name, { quiesce: o.quiesce, description: 'vmlift sync cycle; removed when the cycle ends' }, { onProgress: o.onProgress }),
     snapshotDisks: async (_vmRef, s) => (await vc.snapshotDisks(s.ref)).map(toSnapshotDisk),
     changedAreas: async (vmRef, s, d, changeId) => (await vc.changedAreas(vmRef, s.ref, d.key, changeId, d.capacity)).areas,
-    removeSnapshot: async (vmRef, s) => { await vc.removeSnapshot(vmRef, s.ref); },
+    removeSnapshot: async (vmRef, s, o) => { await vc.removeSnapshot(vmRef, s.ref, { onProgress: o?.onProgress }); },
     datacenterOf: async (vmRef) => {
       if (!datacenters.has(vmRef)) {
         // One inventory pass (constant round trips) learns the datacenter of every VM at once.
@@ -63,16 +63,29 @@ export function vcenterService(vc: VCenter): VCenterService & { datacenterOf(vmR
   };
 }
 
+/**
+ * For datastore readers whose cookie got a 401/403 (the session ended): one re-login for all the reads
+ * that met it; a read that sent an older cookie than the live one just retries.
+ */
+function cookieRefresher(vc: VCenter): (stale: string | undefined) => Promise<void> {
+  let relogin: Promise<void> | undefined;
+  return async (stale) => {
+    if (stale !== vc.session.cookie) return;
+    await (relogin ??= vc.session.relogin().then(() => undefined).finally(() => { relogin = undefined; }));
+  };
+}
+
 /** Reads a snapshot's disk through the datastore's /folder URL (Range GETs, session cookie). */
 export function httpDiskOpener(vc: VCenter, port: ReturnType<typeof vcenterService>, trust: TrustMode, maxReadSize: number, logger: Logger): DiskOpener {
   const dispatcher = makeDispatcher(trust, 120_000);
+  const refreshCookie = cookieRefresher(vc);
   return {
     async open(vmRef: string, s: SnapshotHandle, disk: SnapshotDisk) {
       assertHttpReadable(disk, s);
       if (!disk.file) throw new UserError('NO_DISK_FILE', `disk ${disk.key} of ${vmRef} has no backing file`, 'check the VM in vCenter');
       const { url } = vc.diskUrl({ file: disk.file }, await port.datacenterOf(vmRef));
       return HttpDatastoreSource.open({
-        url, cookie: () => vc.session.cookie, dispatcher,
+        url, cookie: () => vc.session.cookie, refreshCookie, dispatcher,
         trust: 'thumbprint' in trust ? { thumbprint: trust.thumbprint } : { insecure: true },
         maxReadSize, logger,
       });
@@ -121,7 +134,7 @@ export function transportDiskOpener(vc: VCenter, port: ReturnType<typeof vcenter
     vddk: { libdir: t.vddkLibdir ?? process.env.VMLIFT_VDDK_LIBDIR, configFile: t.vddkConfigFile, transports: t.vddkTransports },
     nbd,
     http: {
-      cookie: () => vc.session.cookie, dispatcher: makeDispatcher(conn.trust, 120_000),
+      cookie: () => vc.session.cookie, refreshCookie: cookieRefresher(vc), dispatcher: makeDispatcher(conn.trust, 120_000),
       trust: 'thumbprint' in conn.trust ? { thumbprint: conn.trust.thumbprint } : { insecure: true },
     },
     maxReadSize, logger,

@@ -46,6 +46,8 @@ export interface LiveStatus {
   cycleId: string;
   step: string;
   startedAt: number;
+  /** Percent done of the vCenter task the step waits for (snapshot, cleanup); absent between tasks. */
+  taskProgress?: number;
   disks: (DiskProgress & { speed: number; remainingSeconds: number | null })[];
 }
 
@@ -239,7 +241,7 @@ export class JobEngine {
     run.status.cycleId = cycle.id;
     for (let attempt = 1; ; attempt++) {
       try {
-        const result = await this.attempt(job, run, cycle.id, previous?.imageId ?? null, !previous, log, leftover !== undefined);
+        const result = await this.attempt(job, run, cycle.id, previous?.imageId ?? null, !previous, log, leftover !== undefined, attempt >= this.retry.attempts);
         crashPoint('engine:after-receiver-commit');
         const changeIds = result.disks.map((d) => ({ diskKey: d.key, changeId: d.changeId }));
         this.o.state.setDisks(job.id, result.disks.map((d) => ({
@@ -314,7 +316,7 @@ export class JobEngine {
   }
 
   private async attempt(job: JobRecord, run: Running, cycleId: string, previousImageId: string | null, first: boolean, log: Logger,
-    resumed: boolean): Promise<CycleResult> {
+    resumed: boolean, lastAttempt: boolean): Promise<CycleResult> {
     if (!job.vmRef) throw new UserError('NOT_A_VM', `job ${job.id} has no VM`, 'agent sources sync with `vmlift agent sync`');
     run.status.step = 'connect';
     const services = await this.o.connect(job);
@@ -352,10 +354,11 @@ export class JobEngine {
       const started = Date.now();
       return await runVmCycle({
         jobId: job.id, cycleId, vmRef: job.vmRef, settings: run.settings, previousChangeIds, previousImageId,
-        forceFull: first ? 'first cycle' : run.cbtReenabled, resumed,
+        forceFull: first ? 'first cycle' : run.cbtReenabled, resumed, lastAttempt,
         vcenter: services.vcenter, disks: services.disks, receiver: services.receiver, logger: log,
         signal: run.controller.signal,
-        onStep: (s) => { run.status.step = s; },
+        onStep: (s) => { run.status.step = s; delete run.status.taskProgress; },
+        onTaskProgress: (p) => { run.status.taskProgress = p; },
         onSnapshot: (s) => this.o.state.updateCycle(cycleId, { snapshotName: s.name }),
         onProgress: (p) => {
           const secs = Math.max(0.001, (Date.now() - started) / 1000);

@@ -4,6 +4,7 @@ import { wrapSource } from '../source/wrap.ts';
 import type { DiskOpenContext, DiskOpener, SnapshotDisk, SnapshotHandle } from './services.ts';
 import { Semaphore } from '../util/semaphore.ts';
 import { silentLogger } from '../util/log.ts';
+import { shrinkingOnNfc } from './nfc-read-size.ts';
 
 /** The code the VDDK reader gives NFC's resource errors ("NFC error … failed to allocate", connection limits). */
 export const NFC_RESOURCE_CODE = 'VDDK_NFC_RESOURCE';
@@ -35,6 +36,8 @@ interface HostSlots { sem: Semaphore; lastNfcError: number; timer?: NodeJS.Timeo
  * Wraps a DiskOpener: a slot is held from open() until the source is closed. An NFC resource error
  * (ESXi's NFC memory budget is per host) lowers that host's limit to one below the disks it has open,
  * waits and tries the read (or open) again; the limit climbs back one step per `recoveryMs` of quiet.
+ * Such an error of a read also halves that disk's read size (`shrinkingOnNfc`): ESXi refuses a read
+ * longer than its NFC buffers with the same error.
  */
 export class LimitedDiskOpener implements DiskOpener {
   private readonly perHost = new Map<string, HostSlots>();
@@ -69,7 +72,8 @@ export class LimitedDiskOpener implements DiskOpener {
         await this.backOff(host, e, attempt, { vmRef, diskKey: disk.key, during: 'open' });
         continue;
       }
-      return this.nfcRetrying(releasedOnClose(source, release), host, { vmRef, diskKey: disk.key });
+      const where = { vmRef, diskKey: disk.key };
+      return this.nfcRetrying(releasedOnClose(shrinkingOnNfc(source, isNfcResourceError, this.log, { host, ...where }), release), host, where);
     }
   }
 

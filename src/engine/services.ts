@@ -53,12 +53,13 @@ export interface VCenterService {
   sweepSnapshots(vmRef: string, prefix: string, keep?: string): Promise<number>;
   /** The VM's snapshot named `name`, or null (a resumed cycle reads the snapshot it started on, when it is still there). */
   findSnapshot?(vmRef: string, name: string): Promise<SnapshotHandle | null>;
-  createSnapshot(vmRef: string, name: string, opts: { quiesce: boolean }): Promise<SnapshotHandle>;
+  /** `onProgress`: the task's percent done, as vCenter reports it while the cycle waits. */
+  createSnapshot(vmRef: string, name: string, opts: { quiesce: boolean; onProgress?: (percent: number) => void }): Promise<SnapshotHandle>;
   /** The disks as seen in the snapshot's config, with their changeIds. */
   snapshotDisks(vmRef: string, snapshot: SnapshotHandle): Promise<SnapshotDisk[]>;
   /** docs/design.md step 4: the whole QueryChangedDiskAreas paging loop for one disk. `changeId` "*" = allocated areas. */
   changedAreas(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk, changeId: string): Promise<Range[]>;
-  removeSnapshot(vmRef: string, snapshot: SnapshotHandle): Promise<void>;
+  removeSnapshot(vmRef: string, snapshot: SnapshotHandle, opts?: { onProgress?: (percent: number) => void }): Promise<void>;
 }
 
 /** The transport a disk is read through this cycle, and why (shown per disk by `job show`). */

@@ -11,6 +11,7 @@ import { clampReads } from '../source/clamp.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { planDiskSync, requireChangeIds, type SyncPlan } from './sync-plan.ts';
 import { baseDiskMapping, diskListChange, identityOf, positionalMapping, recordedIdentities } from './disk-identity.ts';
+import { namingDisk } from './disk-read-error.ts';
 import { coalesce, split, subtract, totalLength, type Range } from '../model/ranges.ts';
 import type { DiskOpener, DiskTransportChoice, ReceiverService, SnapshotDisk, SnapshotHandle, VCenterService } from './services.ts';
 import type { ReceiverCycle } from '../transfer/contract.ts';
@@ -50,6 +51,8 @@ export interface CycleInput {
   previousImageId: string | null;
   /** The cycle started before a restart: its snapshot may still be there (see runVmCycle). */
   resumed?: boolean;
+  /** No retry follows a failure of this attempt (the job then fails the cycle id), transient or not. */
+  lastAttempt?: boolean;
   /** Force a full cycle (e.g. first cycle) with this reason. */
   forceFull?: string;
   vcenter: VCenterService;
@@ -60,6 +63,8 @@ export interface CycleInput {
   /** Largest single read (VMware NFC: 2 MiB through vCenter). */
   maxReadSize?: number;
   onStep?: (step: CycleStep) => void;
+  /** Percent done of the vCenter task the step waits for (snapshot create, removal). */
+  onTaskProgress?: (percent: number) => void;
   onProgress?: (p: DiskProgress[]) => void;
   /** Called once the snapshot exists, so a caller can record it before anything can crash. */
   onSnapshot?: (s: SnapshotHandle) => void;
@@ -132,7 +137,7 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   });
   if (kept) logger.info({ vmRef, snapshot: name }, 'resuming the cycle on its own snapshot');
   const snapshot = kept ?? await step('snapshot', input, () =>
-    vcenter.createSnapshot(vmRef, name, { quiesce: input.settings.quiesce }));
+    vcenter.createSnapshot(vmRef, name, { quiesce: input.settings.quiesce, onProgress: input.onTaskProgress }));
   input.onSnapshot?.(snapshot);
   let session: ReceiverCycle | undefined;
   try {
@@ -141,11 +146,12 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   } catch (e) {
     // The receiver keeps an open cycle for resume unless the user paused/deleted; a failed cycle is resumed by its retry.
     if (input.signal?.aborted && session) logger.info({ cycleId: input.cycleId }, 'cycle paused; receiver keeps what it holds');
-    // A failure no retry can clear ends this cycle id (the job fails it): close it on the receiver, or the next cycle is refused as CYCLE_OPEN.
-    else if (session && !isTransient(e)) await (session as ReceiverCycle).abort().catch(() => undefined);
+    // A failure no retry can clear, or the last attempt's, ends this cycle id (the job fails it): close it on the
+    // receiver, or the next cycle (`job resume`) is refused as CYCLE_OPEN.
+    else if (session && (!isTransient(e) || input.lastAttempt)) await (session as ReceiverCycle).abort().catch(() => undefined);
     throw e;
   } finally {
-    await step('cleanup', { ...input, signal: undefined }, () => vcenter.removeSnapshot(vmRef, snapshot))
+    await step('cleanup', { ...input, signal: undefined }, () => vcenter.removeSnapshot(vmRef, snapshot, { onProgress: input.onTaskProgress }))
       .catch((e) => logger.error({ vmRef, snapshot: snapshot.name, err: (e as Error).message }, 'could not remove the cycle snapshot; the next cycle sweeps it'));
   }
 }
@@ -237,7 +243,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ow
       input.onProgress?.(progress);
     };
     const opened = await input.disks.open(vmRef, snapshot, w.disk, { jobId: input.jobId, transport: settings.transport, onChoice });
-    const source = clampReads(opened, input.maxReadSize ?? 2 << 20);
+    const source = namingDisk(clampReads(opened, input.maxReadSize ?? 2 << 20), w.disk, vmRef, input.jobId);
     const t1 = performance.now();
     try {
       const tree = trees[w.index];

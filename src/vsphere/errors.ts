@@ -72,6 +72,17 @@ export function unreachable(server: string, cause: unknown): UserError {
     'check --server (https://HOST/sdk), that vCenter is running, and that this machine can reach it on port 443', { cause, transient: true });
 }
 
+/** 502, 503, 504: what vCenter's reverse proxy answers while vpxd restarts or is overloaded. */
+export function isUnavailableStatus(status: number): boolean {
+  return status === 502 || status === 503 || status === 504;
+}
+
+/** vCenter answered without a SOAP fault that it cannot serve now (restarting, overloaded): transient. */
+export function unavailable(server: string, method: string, status: number, cause?: unknown): UserError {
+  return new UserError('VC_UNAVAILABLE', `vCenter at ${server} answered ${method} with HTTP ${status}: it is restarting or overloaded`,
+    'wait until vCenter answers again (the vSphere Client loads); the job retries by itself, and `vmlift job resume JOB` after a longer outage', { cause, transient: true });
+}
+
 export function taskFailed(what: string, message: string, faultType?: string): UserError {
   // a snapshot or reconfigure task fails on locks or a busy host more often than for good
   return new UserError('VC_TASK_FAILED', `${what} failed in vCenter: ${message}${faultType ? ` (${faultType})` : ''}`,

@@ -6,7 +6,7 @@ import { UserError, errorMessage } from '../util/errors.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { fetchThumbprints, makeDispatcher, type TrustMode } from './tls.ts';
 import { deadlineError, readBody, soapLimits, UndiciSoapHttp, type SoapLimits, type TransportStats } from './http.ts';
-import { badResponse, parseFault, unreachable, VimFault } from './errors.ts';
+import { badResponse, isUnavailableStatus, parseFault, unavailable, unreachable, VimFault } from './errors.ts';
 import { mor, moref, str, type MoRef } from './convert.ts';
 import { soapRequest } from './lean-xml.ts';
 import { chooseApiVersion, MIN_API_VERSION, parseServiceVersions, serviceVersionsUrl } from './api-version.ts';
@@ -210,6 +210,7 @@ export class VimSession {
     if (res.status === 200) return res.data;
     const f = parseFault(res.data, method);
     if (f) throw f;
+    if (isUnavailableStatus(res.status)) throw unavailable(new URL(this.url).host, method, res.status);
     throw new Error(`vCenter call ${method} failed: HTTP ${res.status}`);
   }
 
@@ -228,6 +229,7 @@ export class VimSession {
       const te = await this.transportError(e);
       if (te) throw te;
       const status = (e as { response?: { status?: number } }).response?.status;
+      if (status && isUnavailableStatus(status)) throw unavailable(new URL(this.url).host, method, status, e);
       if (status === 200) {
         // node-soap's parser refused a 200 answer (malformed XML, an undefined entity)
         throw badResponse(new URL(this.url).host, `${method}: the answer is not well-formed SOAP (${errorMessage(e).slice(0, 200)})`, e);

@@ -39,6 +39,8 @@ export async function startRig(o: {
   vms?: number; diskMb?: number; esx?: boolean; vddkMap?: boolean; guest?: boolean; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number }; opener?: RigOpener; nfc?: Partial<NfcBackoffPolicy>;
   /** The folder of the state database (default: the rig's temp folder), e.g. a small filesystem. */
   stateDir?: string;
+  /** The logger of the per-host disk limiter (NFC backoff and read-size lines; default silent). */
+  limiterLogger?: import('pino').Logger;
 } = {}): Promise<EngineRig> {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
   const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx, vddkMap: o.vddkMap, guest: o.guest });
@@ -57,7 +59,7 @@ export async function startRig(o: {
     },
   };
   const http = o.opener ? o.opener({ vc, port, lab, dir }) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
-  const disks = new LimitedDiskOpener({ open: (...a) => { counters.diskOpens++; return http.open(...a); } }, port.hostOf, { perHost: 8, overall: 32 }, { nfc: o.nfc });
+  const disks = new LimitedDiskOpener({ open: (...a) => { counters.diskOpens++; return http.open(...a); } }, port.hostOf, { perHost: 8, overall: 32 }, { nfc: o.nfc, logger: o.limiterLogger });
   const state = openStateStore(join(o.stateDir ?? dir, 'state.db'));
   const engine = new JobEngine({
     state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },

@@ -134,7 +134,7 @@ export function register(program: Command): void {
       printResult(o.json, r, (x) => {
         const live = new Map((x.live?.disks ?? []).map((d) => [d.diskKey, d]));
         const lines = [
-          `job ${x.job.id}  vm ${x.job.vmRef}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step})` : ''}`,
+          `job ${x.job.id}  vm ${x.job.vmRef}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step}${x.live.taskProgress !== undefined ? `, vCenter task ${x.live.taskProgress} %` : ''})` : ''}`,
           ...(x.job.error ? [`error in ${x.job.error.step} (attempt ${x.job.error.attempts}): ${x.job.error.message}`] : []),
           ...(x.job.error?.fix ? [`  fix: ${x.job.error.fix}`] : []),
           '',

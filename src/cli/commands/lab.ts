@@ -102,4 +102,11 @@ export function register(program: Command): void {
   lab.command('expire-sessions').description('end every vCenter session (clients must log in again)')
     .requiredOption('--dir <dir>')
     .action(async (o) => { const l = await attach(o.dir); process.stdout.write(`expired ${await l.expireSessions()} session(s)\n`); });
+
+  lab.command('restart-vcenter').description('act as a restarting vCenter: end every session, answer /sdk and /folder with 503 for a while')
+    .requiredOption('--dir <dir>').option('--seconds <n>', 'how long it answers 503 (0: end it now)', '30')
+    .action(async (o) => {
+      const l = await attach(o.dir);
+      process.stdout.write(`expired ${await l.restartVcenter(int(o.seconds, '--seconds') * 1000)} session(s); 503 for ${o.seconds} s\n`);
+    });
 }

@@ -14,6 +14,11 @@ export interface HttpDatastoreOptions {
   url: string;
   /** The vSphere session cookie ("vmware_soap_session=..."), or a getter so a re-login elsewhere is picked up. */
   cookie?: string | (() => string | undefined);
+  /**
+   * Called when the server refused `stale` (HTTP 401/403: the session ended, e.g. expired or vCenter
+   * restarted), before the read's retry: logs in again so the getter gives a live cookie.
+   */
+  refreshCookie?: (stale: string | undefined) => Promise<void>;
   /** Pinned SHA-256 thumbprint of the server certificate, a CA, or (lab only) no check. */
   trust: HttpTrust;
   /** A dispatcher to use instead of our own pool (e.g. the vSphere session's pinned agent). */
@@ -54,6 +59,7 @@ export class HttpDatastoreSource extends PositionalReader implements BlockSource
   private readonly dispatcher: Dispatcher;
   private readonly ownDispatcher: boolean;
   private readonly cookie: () => string | undefined;
+  private readonly refreshCookie: ((stale: string | undefined) => Promise<void>) | undefined;
   private readonly retry: RetryPolicy;
   private readonly log: Logger;
   private readonly timeoutMs: number;
@@ -66,6 +72,7 @@ export class HttpDatastoreSource extends PositionalReader implements BlockSource
     this.dispatcher = d;
     this.ownDispatcher = own;
     this.cookie = typeof o.cookie === 'function' ? o.cookie : () => o.cookie as string | undefined;
+    this.refreshCookie = o.refreshCookie;
     this.maxReadSize = o.maxReadSize ?? 4 << 20;
     this.maxInFlight = o.maxInFlight ?? 8;
     this.retry = o.retry ?? {};
@@ -127,6 +134,7 @@ export class HttpDatastoreSource extends PositionalReader implements BlockSource
 
   /** Exactly [offset, offset+length) into a buffer sized up front; a 200 (Range ignored) is refused, not downloaded. */
   private async range(url: URL, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+    const sent = this.cookie();
     const res = await this.dispatcher.request({
       origin: url.origin, path: url.pathname + url.search, method: 'GET',
       headers: this.headers({ range: `bytes=${offset}-${offset + length - 1}` }),
@@ -134,7 +142,12 @@ export class HttpDatastoreSource extends PositionalReader implements BlockSource
     }).catch((e: unknown) => { throw new HttpReadError(`request failed: ${e instanceof Error ? e.message : String(e)}`, true, undefined, e); });
     if (res.statusCode !== 206) {
       await res.body.dump().catch(() => undefined);
-      throw statusError(res.statusCode, `Range GET of bytes ${offset}-${offset + length - 1}`);
+      const e = statusError(res.statusCode, `Range GET of bytes ${offset}-${offset + length - 1}`);
+      if ((res.statusCode === 401 || res.statusCode === 403) && this.refreshCookie) {
+        this.log.info({ uri: this.uri, status: res.statusCode }, 'the datastore refused the session cookie; logging in again');
+        await this.refreshCookie(sent).catch((err: unknown) => { throw new HttpReadError(`${e.message}; logging in again failed: ${err instanceof Error ? err.message : String(err)}`, true, res.statusCode, err); });
+      }
+      throw e;
     }
     const cr = String(res.headers['content-range'] ?? '');
     const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr);
