@@ -27,6 +27,7 @@ import { zstdLevelFor } from './levels.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { obtainCredential } from './credential.ts';
 import { CycleSession, type SessionHost } from './cycle-session.ts';
+import { linkTimeouts, type LinkTimeouts } from './link-timeouts.ts';
 import type { BeginCycleRequest, ReceiverSession } from './contract.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
 
@@ -59,6 +60,8 @@ export interface SenderOptions {
   windowBytes?: number;
   /** Give up reconnecting after this long without progress (default 10 min). */
   resumeTimeoutMs?: number;
+  /** How long a silent link is waited for before reconnecting (defaults in link-timeouts.ts). */
+  timeouts?: Partial<LinkTimeouts>;
 }
 
 export interface SourceDigest { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }
@@ -97,7 +100,7 @@ export class Sender implements ReceiverSession {
     const fingerprint = normalizeFingerprint(o.fingerprint);
     const { host, port } = parseHostPort(o.receiver, 8080);
     const proxy = o.proxy ? parseProxy(o.proxy, o.proxyPassword) : undefined;
-    const target: ControlTarget = { host, port, fingerprint, proxy };
+    const target: ControlTarget = { host, port, fingerprint, proxy, timeouts: linkTimeouts(o.timeouts) };
     const control = new ControlClient(target);
     const cred = await obtainCredential(control, o, log);
     control.setAuth(cred);

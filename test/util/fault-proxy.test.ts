@@ -210,3 +210,24 @@ test('cutNext cuts a TLS handshake right after the ClientHello, and a byte count
     assert.equal(t.got[0]!.length, 1000);
   } finally { rmSync(dir, { recursive: true, force: true }); }
 });
+
+test('faultNext stalls or resets a new connection at a byte count', async () => {
+  const { t, p } = await setup(false);
+  p.faultNext({ fault: 'stall', dir: 'up', after: 1000 });
+  p.faultNext({ fault: 'reset', dir: 'up', after: 10 });
+  const c1 = await connect(p.port);
+  c1.write(randomBytes(5000));
+  await until(() => p.connections[0]?.up === 5000);
+  await sleep(200);
+  assert.equal(t.got[0]!.length, 1000);
+  assert.ok(!c1.destroyed && !t.closed.includes(0), 'stalled, not closed');
+  assert.equal(p.connections[0]!.fault, 'stall');
+  const c2 = await connect(p.port);
+  const gone = closeOf(c2);
+  c2.write(randomBytes(100));
+  assert.equal((await gone).error, 'ECONNRESET');
+  await until(() => t.got.length === 2 && t.closed.includes(1));
+  assert.equal(t.got[1]!.length, 10);
+  assert.equal(p.armedCount, 0);
+  c1.destroy();
+});

@@ -12,9 +12,11 @@
  * - `halfOpen()`  the target's side is closed, the client's side stays open and is neither read nor
  *                 written: the client sees a live connection that has gone silent (a peer that vanished);
  * - `throttle(n)` at most n bytes/s each way on every connection, current and new (null: no limit);
- * - `cutNext({dir, after, count})` the next `count` new connections are closed (both sides) once
- *                 `after` bytes went in direction `dir` (`'tls-record'`: the first TLS record, e.g. the
- *                 ClientHello when dir is 'up'); the bytes up to the cut are forwarded.
+ * - `faultNext({fault, dir, after, count})` the next `count` new connections meet `fault` ('cut': both
+ *                 sides closed, or 'reset', 'stall', 'half-open' as above) once `after` bytes went in
+ *                 direction `dir` (`'tls-record'`: the first TLS record, e.g. the ClientHello when dir
+ *                 is 'up'; `plus` n: n bytes more, e.g. into the first request after the handshake);
+ *                 the bytes up to that point are forwarded. `cutNext` is the 'cut' case.
  * Counters: bytes read from the client (`up`) and from the target (`down`), per connection and in total.
  */
 import net from 'node:net';
@@ -30,7 +32,8 @@ export interface ConnectionStats {
   closed: boolean;
 }
 
-interface CutSpec { dir: Direction; after: number | 'tls-record' }
+export type ArmedFault = 'cut' | 'reset' | 'stall' | 'half-open';
+interface CutSpec { fault: ArmedFault; dir: Direction; after: number | 'tls-record'; plus: number }
 
 /** Bytes one way of one connection: counted when read, forwarded unless held, metered when throttled. */
 class Lane {
@@ -60,7 +63,7 @@ class Lane {
       else {
         // a TLS record: 1 byte type, 2 bytes version, 2 bytes length, then the body
         this.head = Buffer.concat([this.head, chunk.subarray(0, 5 - this.head.length)]);
-        if (this.head.length === 5) this.cutAt = 5 + this.head.readUInt16BE(3);
+        if (this.head.length === 5) this.cutAt = 5 + this.head.readUInt16BE(3) + this.cut.plus;
       }
     }
     if (this.discard) return;
@@ -138,7 +141,12 @@ class Carried {
   constructor(id: number, readonly client: net.Socket, readonly server: net.Socket, proxy: FaultProxy, cut: CutSpec | null) {
     this.stats = { id, up: 0, down: 0, fault: null, closed: false };
     const rate = () => proxy.rate;
-    const onCut = () => { this.stats.fault = 'cut'; this.client.destroy(); this.server.destroy(); };
+    const onCut = () => {
+      if (cut?.fault === 'reset') this.reset();
+      else if (cut?.fault === 'stall') this.stall();
+      else if (cut?.fault === 'half-open') this.halfOpen();
+      else { this.mark('cut'); this.client.destroy(); this.server.destroy(); }
+    };
     client.pause();
     this.up = new Lane(client, server, rate, (n) => { this.stats.up += n; proxy.counted('up', n); }, cut?.dir === 'up' ? cut : null, onCut);
     this.down = new Lane(server, client, rate, (n) => { this.stats.down += n; proxy.counted('down', n); }, cut?.dir === 'down' ? cut : null, onCut);
@@ -229,10 +237,14 @@ export class FaultProxy {
     this.rate = bytesPerSecond;
     for (const c of this.carried) if (c.open) c.pumpAll();
   }
-  /** Arm the next `count` (default 1) new connections to be cut once `after` bytes went `dir`. */
-  cutNext(o: { dir: Direction; after: number | 'tls-record'; count?: number }): void {
-    for (let i = 0; i < (o.count ?? 1); i++) this.armed.push({ dir: o.dir, after: o.after });
+  /** Arm the next `count` (default 1) new connections to meet `fault` once `after` bytes went `dir`. */
+  faultNext(o: { fault: ArmedFault; dir: Direction; after: number | 'tls-record'; plus?: number; count?: number }): void {
+    for (let i = 0; i < (o.count ?? 1); i++) this.armed.push({ fault: o.fault, dir: o.dir, after: o.after, plus: o.plus ?? 0 });
   }
+  /** Arm the next `count` new connections to be closed once `after` bytes went `dir`. */
+  cutNext(o: { dir: Direction; after: number | 'tls-record'; count?: number }): void { this.faultNext({ ...o, fault: 'cut' }); }
+  /** Connections armed and not yet opened. */
+  get armedCount(): number { return this.armed.length; }
 
   async close(): Promise<void> {
     for (const c of this.carried) { c.client.destroy(); c.server.destroy(); }
