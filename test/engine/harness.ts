@@ -14,6 +14,7 @@ import { resolveSettings } from '../../src/engine/settings.ts';
 import type { JobSettings, StateStore } from '../../src/state/types.ts';
 import type { DiskOpener, VCenterService } from '../../src/engine/services.ts';
 import { silentLogger } from '../../src/util/log.ts';
+import type { SenderOptions } from '../../src/transfer/sender.ts';
 
 export const MiB = 1 << 20;
 
@@ -39,11 +40,18 @@ export async function startRig(o: {
   vms?: number; diskMb?: number; esx?: boolean; vddkMap?: boolean; guest?: boolean; retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number }; opener?: RigOpener; nfc?: Partial<NfcBackoffPolicy>;
   /** The folder of the state database (default: the rig's temp folder), e.g. a small filesystem. */
   stateDir?: string;
+  /** Reach the lab through another address (e.g. a fault proxy): gets the lab's URL, gives the one to use. */
+  labUrl?: (url: string) => Promise<string>;
+  /** The vCenter session's timeout (default 30 s). */
+  vcTimeoutMs?: number;
+  /** Sender options of the jobs over the rig's (e.g. a proxy's address and data port, timeouts). */
+  sender?: (rx: TestRx) => Promise<Partial<SenderOptions>>;
 } = {}): Promise<EngineRig> {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
   const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx, vddkMap: o.vddkMap, guest: o.guest });
   const rx = await startTestReceiver();
-  const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint }, timeoutMs: 30_000 });
+  const vc = await VCenter.connect({ server: o.labUrl ? await o.labUrl(lab.url) : lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint }, timeoutMs: o.vcTimeoutMs ?? 30_000 });
+  const senderExtra = o.sender ? await o.sender(rx) : {};
   const port = vcenterService(vc);
   const hooks: EngineRig['hooks'] = {};
   const counters = { snapshotsCreated: 0, diskOpens: 0 };
@@ -61,7 +69,7 @@ export async function startRig(o: {
   const state = openStateStore(join(o.stateDir ?? dir, 'state.db'));
   const engine = new JobEngine({
     state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },
-    connect: (job) => senderJobServices(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum })),
+    connect: (job) => senderJobServices(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum, ...senderExtra })),
   });
   return {
     lab, rx, vc, state, engine, port, hooks, counters, limiter: disks,
