@@ -13,7 +13,7 @@
  *   the rest is hashed (SHA-256) and compressed (zstd, level map in levels.ts) in a 2-worker pool.
  * - Pipelining: frames go out without waiting; the receiver ACKs after its store flushed. Unacked
  *   extents stay in a bounded window (`windowBytes`, default 64 MiB of payload) and `send` waits when it is full.
- * - Resume: when the data connection breaks or the receiver restarts, the session re-begins the cycle
+ * - Resume: when the data connection breaks, goes silent (link-timeouts.ts) or the receiver restarts, the session re-begins the cycle
  *   and reconnects with backoff (for up to `resumeTimeoutMs`). If the receiver process survived, it
  *   reports the last durable sequence number and only frames after it are re-sent; after a receiver
  *   restart, unacked extents the store reports as held are skipped. Bytes sent twice per reconnect are
