@@ -187,3 +187,11 @@ test('commit request stalled: the commit timeout detects it, the retried commit 
   assert.ok(r.ms >= TIMEOUTS.commitMs, `the commit waited for its ${TIMEOUTS.commitMs} ms timeout (cycle ${r.ms} ms)`);
   resent('commit stall', r, 0, ' (no data re-sent; the commit and its retry)');
 });
+
+test('half-open the other way (sender side gone, receiver side silent): the sender reconnects and commits', async () => {
+  const r = await run('lf-half-rx', () => { assert.equal(dat.halfOpen('server'), 1); });
+  assert.ok(r.reconnects >= 1);
+  resent('half-open, receiver side kept', r, 1);
+  // the reconnection takes the cycle over on the receiver, which closes the connection that fed it before
+  assert.equal(dat.keptServers, 0, 'the receiver closed the silent connection');
+});

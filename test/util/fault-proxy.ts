@@ -11,6 +11,7 @@
  *                 and discarded, so a peer closing its side closes the other (a black-holing middlebox);
  * - `halfOpen()`  the target's side is closed, the client's side stays open and is neither read nor
  *                 written: the client sees a live connection that has gone silent (a peer that vanished);
+ *                 `halfOpen('server')` the other way round: the target keeps the silent side;
  * - `throttle(n)` at most n bytes/s each way on every connection, current and new (null: no limit);
  * - `faultNext({fault, dir, after, count})` the next `count` new connections meet `fault` ('cut': both
  *                 sides closed, or 'reset', 'stall', 'half-open' as above) once `after` bytes went in
@@ -135,8 +136,8 @@ class Carried {
   readonly stats: ConnectionStats;
   private readonly up: Lane;
   private readonly down: Lane;
-  /** Closing one side no longer closes the other (half-open). */
-  private keepClient = false;
+  /** Half-open: this side stays open when the other closes. */
+  private kept: 'client' | 'server' | null = null;
 
   constructor(id: number, readonly client: net.Socket, readonly server: net.Socket, proxy: FaultProxy, cut: CutSpec | null) {
     this.stats = { id, up: 0, down: 0, fault: null, closed: false };
@@ -152,7 +153,7 @@ class Carried {
     this.down = new Lane(server, client, rate, (n) => { this.stats.down += n; proxy.counted('down', n); }, cut?.dir === 'down' ? cut : null, onCut);
     server.once('connect', () => { this.up.pump(); });
     const closed = () => {
-      if (!this.client.destroyed && this.keepClient) return;
+      if (this.kept && !this[this.kept].destroyed) return;
       this.stats.closed = true;
       this.up.stop(); this.down.stop();
       this.client.destroy(); this.server.destroy();
@@ -160,7 +161,7 @@ class Carried {
     for (const s of [client, server]) {
       s.on('error', () => undefined);
       s.on('close', closed);
-      s.on('end', () => { if (s === server && this.keepClient) return; (s === client ? server : client).end(); });
+      s.on('end', () => { if (this.kept) return; (s === client ? server : client).end(); });
     }
   }
 
@@ -172,12 +173,13 @@ class Carried {
     }
   }
   stall(): void { this.mark('stall'); this.up.blackhole(); this.down.blackhole(); }
-  halfOpen(): void {
-    this.mark('half-open');
-    this.keepClient = true;
+  halfOpen(keep: 'client' | 'server' = 'client'): void {
+    this.mark(keep === 'client' ? 'half-open' : 'half-open-server');
+    this.kept = keep;
     this.up.hold(); this.down.hold();
-    this.server.destroy();
+    (keep === 'client' ? this.server : this.client).destroy();
   }
+  get keptServer(): boolean { return this.kept === 'server' && !this.server.destroyed; }
   pumpAll(): void { this.up.pump(); this.down.pump(); }
   private mark(f: string): void { if (!this.stats.closed && this.stats.fault === null) this.stats.fault = f; }
   get open(): boolean { return !this.client.destroyed; }
@@ -232,7 +234,9 @@ export class FaultProxy {
   drop(): number { const l = this.live(); for (const c of l) c.drop(); return l.length; }
   reset(): number { const l = this.live(); for (const c of l) c.reset(); return l.length; }
   stall(): number { const l = this.live(); for (const c of l) c.stall(); return l.length; }
-  halfOpen(): number { const l = this.live(); for (const c of l) c.halfOpen(); return l.length; }
+  halfOpen(keep: 'client' | 'server' = 'client'): number { const l = this.live(); for (const c of l) c.halfOpen(keep); return l.length; }
+  /** Target-side sockets kept open by `halfOpen('server')` that the target has not closed yet. */
+  get keptServers(): number { return this.carried.filter((c) => c.keptServer).length; }
   throttle(bytesPerSecond: number | null): void {
     this.rate = bytesPerSecond;
     for (const c of this.carried) if (c.open) c.pumpAll();
