@@ -26,7 +26,7 @@ export interface EngineRig {
   engine: JobEngine;
   port: ReturnType<typeof vcenterService>;
   /** Hooks a test may set to act between the engine's vCenter calls (e.g. guest writes after the snapshot). */
-  hooks: { afterSnapshot?: (vmRef: string) => Promise<void> };
+  hooks: { afterSnapshot?: (vmRef: string) => Promise<void>; beforeRemoveSnapshot?: (vmRef: string) => Promise<void> };
   counters: { snapshotsCreated: number; diskOpens: number };
   /** The per-host and overall disk limits the engine opens disks through. */
   limiter: LimitedDiskOpener;
@@ -62,6 +62,10 @@ export async function startRig(o: {
       counters.snapshotsCreated++;
       await hooks.afterSnapshot?.(vmRef);
       return s;
+    },
+    async removeSnapshot(vmRef, snapshot) {
+      await hooks.beforeRemoveSnapshot?.(vmRef);
+      return port.removeSnapshot(vmRef, snapshot);
     },
   };
   const http = o.opener ? o.opener({ vc, port, lab, dir }) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);

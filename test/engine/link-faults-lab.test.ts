@@ -126,6 +126,21 @@ test('TLS handshakes to the lab cut after the ClientHello', async () => {
   figures.push(`  lab: 3 handshakes cut after the ClientHello: ${ms} ms`);
 });
 
+test('the snapshot removal stalled mid-call: retried after the SOAP timeout, no snapshot left (before: left for the next cycle)', async () => {
+  let removals = 0;
+  rig.hooks.beforeRemoveSnapshot = async () => {
+    if (removals++) return;
+    labProxy.drop();
+    labProxy.faultNext({ fault: 'stall', dir: 'up', after: 'tls-record', plus: 300 });
+  };
+  try {
+    const ms = await cycle('lf-lab-remove');
+    assert.equal(labProxy.armedCount, 0);
+    assert.ok(removals >= 1);
+    figures.push(`  lab: snapshot removal stalled: ${ms} ms`);
+  } finally { rig.hooks.beforeRemoveSnapshot = undefined; }
+});
+
 test('disk reads stalled and reset in the middle of the disk', async () => {
   const stall = await cycle('lf-read-stall', { during: { proxy: () => labProxy, dir: 'down', bytes: 12 * MiB, fault: () => { labProxy.stall(); } } });
   const reset = await cycle('lf-read-reset', { during: { proxy: () => labProxy, dir: 'down', bytes: 12 * MiB, fault: () => { labProxy.reset(); } } });
