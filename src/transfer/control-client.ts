@@ -38,7 +38,8 @@ export class ControlClient {
 
   setAuth(auth: ControlAuth): void { this.auth = auth; }
 
-  private async open(method: string, path: string, body?: unknown, idleMs = this.timeouts.requestMs): Promise<http.IncomingMessage> {
+  private async open(method: string, path: string, body?: unknown, limit: 'requestMs' | 'commitMs' = 'requestMs'): Promise<http.IncomingMessage> {
+    const idleMs = this.timeouts[limit];
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const headers: Record<string, string> = { accept: 'application/json', connection: 'close' };
     if (payload) { headers['content-type'] = 'application/json'; headers['content-length'] = String(payload.length); }
@@ -46,7 +47,7 @@ export class ControlClient {
     // the fingerprint is checked before a single byte (credential included) is written
     const sock = await connectPinned({ ...this.target, timeoutMs: this.timeouts.connectMs });
     // idle limit, not a deadline: a slow answer that keeps coming never trips it (a commit verifying a large disk has its own)
-    sock.setTimeout(idleMs, () => sock.destroy(new Error(`the receiver sent nothing for ${idleMs} ms (timeout ${idleMs === this.timeouts.commitMs ? 'commitMs' : 'requestMs'})`)));
+    sock.setTimeout(idleMs, () => sock.destroy(new Error(`the receiver sent nothing for ${idleMs} ms (timeout ${limit})`)));
     return new Promise((resolve, reject) => {
       const req = http.request({
         method, path, headers, host: this.target.host, port: this.target.port,
@@ -60,8 +61,8 @@ export class ControlClient {
   }
 
   /** JSON request; non-2xx answers become RemoteError. */
-  async request<T>(method: string, path: string, body?: unknown, idleMs?: number): Promise<T> {
-    const res = await this.open(method, path, body, idleMs);
+  async request<T>(method: string, path: string, body?: unknown, limit?: 'requestMs' | 'commitMs'): Promise<T> {
+    const res = await this.open(method, path, body, limit);
     const chunks: Buffer[] = [];
     try {
       for await (const c of res) chunks.push(c as Buffer);
@@ -107,7 +108,7 @@ export class ControlClient {
   }
   beginCycle(body: BeginCycleRequest): Promise<BeginCycleResponse> { return this.request('POST', '/v1/cycles', body); }
   commitCycle(cycleId: string, body: CommitCycleRequest): Promise<ImageInfo> {
-    return this.request('POST', `/v1/cycles/${encodeURIComponent(cycleId)}/commit`, body, this.timeouts.commitMs);
+    return this.request('POST', `/v1/cycles/${encodeURIComponent(cycleId)}/commit`, body, 'commitMs');
   }
   abortCycle(cycleId: string, body: AbortCycleRequest): Promise<AbortCycleResponse> {
     return this.request('POST', `/v1/cycles/${encodeURIComponent(cycleId)}/abort`, body);

@@ -152,3 +152,15 @@ test('connector to receiver: data connection reset and half-open mid-cycle, cont
   const half = await cycle('lf-rx-half', { during: { proxy: () => rxDat, dir: 'up', bytes: 8 * MiB, fault: () => { rxDat.halfOpen(); } } });
   figures.push(`  receiver: data reset + begin reset: ${reset} ms; data half-open: ${half} ms (ackMs ${TIMEOUTS.ackMs})`);
 });
+
+test('both links throttled (lab 12 MB/s, receiver 12 MB/s each way): one attempt, no retry', async () => {
+  labProxy.throttle(12e6);
+  rxDat.throttle(12e6);
+  try {
+    const reconnectsBefore = rxDat.connections.length;
+    const ms = await cycle('lf-throttle');
+    assert.ok(ms >= 1000 * (16 * MiB) / 12e6, `${ms} ms: the reads were held to the rate`);
+    assert.equal(rxDat.connections.length - reconnectsBefore, 1, 'one data connection: nothing timed out');
+    figures.push(`  both links throttled to 12 MB/s: ${ms} ms`);
+  } finally { labProxy.throttle(null); rxDat.throttle(null); }
+});
