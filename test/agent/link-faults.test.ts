@@ -16,7 +16,7 @@ import { openImageStore, type ImageStore } from '../../src/store/index.ts';
 import { FaultProxy } from '../util/fault-proxy.ts';
 
 const MiB = 1024 * 1024;
-const SIZE = 48 * MiB;
+const SIZE = 32 * MiB;
 const WINDOW_MIB = 8;
 /** Per fault: the window, TLS records and frame headers on it, a reconnect's handshakes and begin (as in test/transfer/link-faults.test.ts). */
 const BOUND_PER_FAULT = WINDOW_MIB * MiB * 1.02 + 256 * 1024;
@@ -79,7 +79,7 @@ test('agent sync through proxies: handshakes cut, data reset and dropped mid-cyc
   dat.cutNext({ dir: 'up', after: 'tls-record' });
   const up1 = up();
   const d0 = dat.totals.up;
-  const faults = [dat.reached('up', d0 + 16 * MiB).then(() => dat.reset()), dat.reached('up', d0 + 32 * MiB).then(() => dat.drop())];
+  const faults = [dat.reached('up', d0 + 10 * MiB).then(() => dat.reset()), dat.reached('up', d0 + 20 * MiB).then(() => dat.drop())];
   const t0 = Date.now();
   const r = await agent('lfa-faults');
   const ms = Date.now() - t0;

@@ -26,8 +26,8 @@ const VM = 'vm-0001';
 
 before(async () => {
   rig = await startRig({
-    vms: 1, diskMb: 48, vcTimeoutMs: VC_TIMEOUT_MS,
-    retry: { attempts: 6, baseDelayMs: 100, maxDelayMs: 500 },
+    vms: 1, diskMb: 32, vcTimeoutMs: VC_TIMEOUT_MS,
+    retry: { attempts: 6, baseDelayMs: 50, maxDelayMs: 400 },
     labUrl: async (url) => {
       const u = new URL(url);
       labProxy = await FaultProxy.start({ host: u.hostname, port: Number(u.port) });
@@ -48,7 +48,7 @@ before(async () => {
     }),
   });
   const vm = rig.lab.vm(VM);
-  await guestWrites(rig.lab, VM, vm.disks[0]!.key, vm.disks[0]!.capacity, 200, 128 * 1024);
+  await guestWrites(rig.lab, VM, vm.disks[0]!.key, vm.disks[0]!.capacity, 120, 128 * 1024);
 });
 after(async () => {
   if (figures.length) console.log(`connector link-fault figures:\n${figures.join('\n')}`);
@@ -142,14 +142,14 @@ test('the snapshot removal stalled mid-call: retried after the SOAP timeout, no 
 });
 
 test('disk reads stalled and reset in the middle of the disk', async () => {
-  const stall = await cycle('lf-read-stall', { during: { proxy: () => labProxy, dir: 'down', bytes: 12 * MiB, fault: () => { labProxy.stall(); } } });
-  const reset = await cycle('lf-read-reset', { during: { proxy: () => labProxy, dir: 'down', bytes: 12 * MiB, fault: () => { labProxy.reset(); } } });
-  figures.push(`  lab: every connection stalled 12 MiB into the reads: ${stall} ms; reset there: ${reset} ms`);
+  const stall = await cycle('lf-read-stall', { during: { proxy: () => labProxy, dir: 'down', bytes: 6 * MiB, fault: () => { labProxy.stall(); } } });
+  const reset = await cycle('lf-read-reset', { during: { proxy: () => labProxy, dir: 'down', bytes: 6 * MiB, fault: () => { labProxy.reset(); } } });
+  figures.push(`  lab: every connection stalled 6 MiB into the reads: ${stall} ms; reset there: ${reset} ms`);
 });
 
 test('connector to receiver: data connection reset and half-open mid-cycle, control begin reset', async () => {
-  const reset = await cycle('lf-rx-reset', { during: { proxy: () => rxDat, dir: 'up', bytes: 8 * MiB, fault: () => { rxDat.reset(); rxCtl.faultNext({ fault: 'reset', dir: 'up', after: 'tls-record', plus: 100 }); } } });
-  const half = await cycle('lf-rx-half', { during: { proxy: () => rxDat, dir: 'up', bytes: 8 * MiB, fault: () => { rxDat.halfOpen(); } } });
+  const reset = await cycle('lf-rx-reset', { during: { proxy: () => rxDat, dir: 'up', bytes: 5 * MiB, fault: () => { rxDat.reset(); rxCtl.faultNext({ fault: 'reset', dir: 'up', after: 'tls-record', plus: 100 }); } } });
+  const half = await cycle('lf-rx-half', { during: { proxy: () => rxDat, dir: 'up', bytes: 5 * MiB, fault: () => { rxDat.halfOpen(); } } });
   figures.push(`  receiver: data reset + begin reset: ${reset} ms; data half-open: ${half} ms (ackMs ${TIMEOUTS.ackMs})`);
 });
 
@@ -159,7 +159,7 @@ test('both links throttled (lab 12 MB/s, receiver 12 MB/s each way): one attempt
   try {
     const reconnectsBefore = rxDat.connections.length;
     const ms = await cycle('lf-throttle');
-    assert.ok(ms >= 1000 * (16 * MiB) / 12e6, `${ms} ms: the reads were held to the rate`);
+    assert.ok(ms >= 1000 * (8 * MiB) / 12e6, `${ms} ms: the reads were held to the rate`);
     assert.equal(rxDat.connections.length - reconnectsBefore, 1, 'one data connection: nothing timed out');
     figures.push(`  both links throttled to 12 MB/s: ${ms} ms`);
   } finally { labProxy.throttle(null); rxDat.throttle(null); }

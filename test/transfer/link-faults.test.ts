@@ -1,6 +1,6 @@
 /**
  * Link faults between a Sender and a real receiver over TLS: every control and data connection goes
- * through a fault proxy (test/util/fault-proxy.ts). Each case sends the same 40 MiB disk as a fresh
+ * through a fault proxy (test/util/fault-proxy.ts). Each case sends the same 28 MiB disk as a fresh
  * source, breaks the link mid-cycle, and checks that the cycle finishes with the source's SHA-256 and
  * that the bytes the sender put on the wire beyond a fault-free run stay within the link-fault bound
  * (docs/reliability.md, "Link faults": the send window per fault, plus framing).
@@ -13,7 +13,7 @@ import { Sender } from '../../src/transfer/sender.ts';
 import { FaultProxy } from '../util/fault-proxy.ts';
 
 const MiB = 1 << 20;
-const SIZE = 40 * MiB;
+const SIZE = 28 * MiB;
 const WINDOW = 8 * MiB;
 /** Short silence limits so that a stall is detected in seconds (production: link-timeouts.ts). */
 const TIMEOUTS = { connectMs: 1500, ackMs: 2000, requestMs: 2000, commitMs: 3000 };
@@ -22,7 +22,7 @@ const BOUND_PER_FAULT = WINDOW * 1.02 + 256 * 1024;
 /** Control requests differ a little in size between runs (ids, numbers in JSON). */
 const SLACK = 64 * 1024;
 /** The fault comes once this much went up the data port in the cycle. */
-const FAULT_AT = 12 * MiB;
+const FAULT_AT = 10 * MiB;
 
 /** Deterministic, incompressible-ish content (compression is off anyway: wire bytes = payload bytes). */
 function content(size: number): Buffer {
