@@ -15,7 +15,7 @@ import { silentLogger } from '../../src/util/log.ts';
 /** Short silence limits, so that stalls are found in seconds (production: 60 s SOAP, 60 s disk reads, link-timeouts.ts). */
 const VC_TIMEOUT_MS = 2000;
 const READ_TIMEOUT_MS = 2000;
-const TIMEOUTS = { connectMs: 1500, ackMs: 2000, requestMs: 2000, commitMs: 5000 };
+const TIMEOUTS = { connectMs: 2500, ackMs: 3000, requestMs: 3000, commitMs: 5000 };
 
 let rig: EngineRig;
 let labProxy: FaultProxy;
