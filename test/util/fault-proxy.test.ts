@@ -153,7 +153,7 @@ test('throttle limits each direction to the given rate, and lifting it restores 
   const t1 = Date.now();
   c.write(randomBytes(4 << 20));
   await until(() => back === data.length + (4 << 20), 10_000);
-  assert.ok(Date.now() - t1 < 3000, 'unthrottled again');
+  assert.ok(Date.now() - t1 < 8000, 'unthrottled again (at the old rate 4 MiB would take 16 s)');
   c.destroy();
 });
 
