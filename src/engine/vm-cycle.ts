@@ -151,8 +151,31 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
     else if (session && (!isTransient(e) || input.lastAttempt)) await (session as ReceiverCycle).abort().catch(() => undefined);
     throw e;
   } finally {
-    await step('cleanup', { ...input, signal: undefined }, () => vcenter.removeSnapshot(vmRef, snapshot, { onProgress: input.onTaskProgress }))
+    await step('cleanup', { ...input, signal: undefined }, () => removeCycleSnapshot(input, snapshot))
       .catch((e) => logger.error({ vmRef, snapshot: snapshot.name, err: (e as Error).message }, 'could not remove the cycle snapshot; the next cycle sweeps it'));
+  }
+}
+
+/**
+ * Waits before each further attempt at removing the cycle's snapshot after a transient failure (a
+ * dropped, reset or stalled vCenter connection): a snapshot left until the next cycle, up to an
+ * interval later, keeps growing its delta on the datastore.
+ */
+const CLEANUP_RETRY_DELAYS_MS = [1000, 2000, 4000, 8000];
+
+async function removeCycleSnapshot(input: CycleInput, snapshot: SnapshotHandle): Promise<void> {
+  const { vcenter, vmRef, logger } = input;
+  for (let i = 0; ; i++) {
+    try {
+      await vcenter.removeSnapshot(vmRef, snapshot, { onProgress: input.onTaskProgress });
+      return;
+    } catch (e) {
+      if (!isTransient(e) || i >= CLEANUP_RETRY_DELAYS_MS.length) throw e;
+      logger.warn({ vmRef, snapshot: snapshot.name, attempt: i + 1, err: (e as Error).message }, 'removing the cycle snapshot failed; retrying');
+      await new Promise((r) => setTimeout(r, CLEANUP_RETRY_DELAYS_MS[i]));
+      // the failed call may have removed it after all (only its answer was lost)
+      if (vcenter.findSnapshot && (await vcenter.findSnapshot(vmRef, snapshot.name).catch(() => snapshot)) === null) return;
+    }
   }
 }
 

@@ -123,7 +123,7 @@ export async function connectPinned(o: PinnedConnectOptions): Promise<tls.TLSSoc
       rejectUnauthorized: false, // self-signed: trust comes from the pinned fingerprint below
       minVersion: 'TLSv1.2',
     });
-    const timer = setTimeout(() => { s.destroy(); reject(new ConnectError(`receiver ${o.host}:${o.port} did not complete TLS within ${timeoutMs} ms`)); }, timeoutMs);
+    const timer = setTimeout(() => { s.destroy(); reject(new ConnectError(`receiver ${o.host}:${o.port} did not complete TLS within ${timeoutMs} ms (timeout connectMs)`)); }, timeoutMs);
     s.once('error', (e) => { clearTimeout(timer); reject(new ConnectError(`cannot connect to receiver ${o.host}:${o.port}: ${e.message}`, { cause: e })); });
     s.once('secureConnect', () => {
       clearTimeout(timer);

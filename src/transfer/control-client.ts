@@ -2,13 +2,19 @@ import http from 'node:http';
 import { UserError } from '../util/errors.ts';
 import { connectPinned, ConnectError, type ProxySpec } from './connect.ts';
 import { HDR_SOURCE, type WireError } from './protocol.ts';
+import { linkTimeouts, type LinkTimeouts } from './link-timeouts.ts';
 import type {
   AbortCycleRequest, AbortCycleResponse, BeginCycleRequest, BeginCycleResponse, CommitCycleRequest, DeleteImageResponse,
   DigestsQuery, DisksResponse, DrillReport, DrillsResponse, ImagesResponse, RegisterRequest, RegisterResponse, StartDrillRequest, WhoamiResponse,
 } from './contract.ts';
 import type { ImageInfo } from '../model/images.ts';
 
-export interface ControlTarget { host: string; port: number; fingerprint: string; proxy?: ProxySpec | undefined; acceptPin?: ((presented: string) => string) | undefined }
+export interface ControlTarget {
+  host: string; port: number; fingerprint: string; proxy?: ProxySpec | undefined;
+  acceptPin?: ((presented: string) => string) | undefined;
+  /** Silence limits (link-timeouts.ts); defaults when absent. */
+  timeouts?: Partial<LinkTimeouts> | undefined;
+}
 export interface ControlAuth { sourceId: string; credential: string }
 
 /** An error the receiver answered with; `code`, `fix` and `transient` as sent by the receiver. */
@@ -26,19 +32,23 @@ export class RemoteError extends UserError {
  * One typed method per route (bodies in contract.ts); `request` and `stream` are the raw calls under them.
  */
 export class ControlClient {
-  constructor(private readonly target: ControlTarget, private auth: ControlAuth | null = null) {}
+  private readonly timeouts: LinkTimeouts;
+  constructor(private readonly target: ControlTarget, private auth: ControlAuth | null = null) {
+    this.timeouts = linkTimeouts(target.timeouts);
+  }
 
   setAuth(auth: ControlAuth): void { this.auth = auth; }
 
-  private async open(method: string, path: string, body?: unknown): Promise<http.IncomingMessage> {
+  private async open(method: string, path: string, body?: unknown, limit: 'requestMs' | 'commitMs' = 'requestMs'): Promise<http.IncomingMessage> {
+    const idleMs = this.timeouts[limit];
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const headers: Record<string, string> = { accept: 'application/json', connection: 'close' };
     if (payload) { headers['content-type'] = 'application/json'; headers['content-length'] = String(payload.length); }
     if (this.auth) { headers[HDR_SOURCE] = this.auth.sourceId; headers.authorization = `Bearer ${this.auth.credential}`; }
     // the fingerprint is checked before a single byte (credential included) is written
-    const sock = await connectPinned(this.target);
-    // idle limit, not a deadline: a commit that verifies a large disk answers only at the end
-    sock.setTimeout(30 * 60_000, () => sock.destroy(new Error('the receiver sent nothing for 30 minutes')));
+    const sock = await connectPinned({ ...this.target, timeoutMs: this.timeouts.connectMs });
+    // idle limit, not a deadline: a slow answer that keeps coming never trips it (a commit verifying a large disk has its own)
+    sock.setTimeout(idleMs, () => sock.destroy(new Error(`the receiver sent nothing for ${idleMs} ms (timeout ${limit})`)));
     return new Promise((resolve, reject) => {
       const req = http.request({
         method, path, headers, host: this.target.host, port: this.target.port,
@@ -52,8 +62,8 @@ export class ControlClient {
   }
 
   /** JSON request; non-2xx answers become RemoteError. */
-  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const res = await this.open(method, path, body);
+  async request<T>(method: string, path: string, body?: unknown, limit?: 'requestMs' | 'commitMs'): Promise<T> {
+    const res = await this.open(method, path, body, limit);
     const chunks: Buffer[] = [];
     try {
       for await (const c of res) chunks.push(c as Buffer);
@@ -99,7 +109,7 @@ export class ControlClient {
   }
   beginCycle(body: BeginCycleRequest): Promise<BeginCycleResponse> { return this.request('POST', '/v1/cycles', body); }
   commitCycle(cycleId: string, body: CommitCycleRequest): Promise<ImageInfo> {
-    return this.request('POST', `/v1/cycles/${encodeURIComponent(cycleId)}/commit`, body);
+    return this.request('POST', `/v1/cycles/${encodeURIComponent(cycleId)}/commit`, body, 'commitMs');
   }
   startDrill(body: StartDrillRequest): Promise<DrillReport> { return this.request('POST', '/v1/drills', body); }
   drills(): Promise<DrillsResponse> { return this.request('GET', '/v1/drills'); }

@@ -13,7 +13,7 @@
  *   the rest is hashed (SHA-256) and compressed (zstd, level map in levels.ts) in a 2-worker pool.
  * - Pipelining: frames go out without waiting; the receiver ACKs after its store flushed. Unacked
  *   extents stay in a bounded window (`windowBytes`, default 64 MiB of payload) and `send` waits when it is full.
- * - Resume: when the data connection breaks or the receiver restarts, the session re-begins the cycle
+ * - Resume: when the data connection breaks, goes silent (link-timeouts.ts) or the receiver restarts, the session re-begins the cycle
  *   and reconnects with backoff (for up to `resumeTimeoutMs`). If the receiver process survived, it
  *   reports the last durable sequence number and only frames after it are re-sent; after a receiver
  *   restart, unacked extents the store reports as held are skipped. Bytes sent twice per reconnect are
@@ -37,6 +37,7 @@ import { DataLink, type DataLinkEvents } from './data-link.ts';
 import { Backoff, Outage, reconnectVerdict } from './reconnect.ts';
 import { commitBody, commitWithRetries } from './commit.ts';
 import { PiecePacker } from './piece-packer.ts';
+import { linkTimeouts } from './link-timeouts.ts';
 import { split } from '../model/ranges.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
 
@@ -65,8 +66,6 @@ export interface ProgressEvent { disk: number; bytesSent: number; wireBytes: num
 
 /** What a zero marker (no payload) holds against the window. */
 const MARKER_COST = 64;
-/** The receiver acks at least every 300 ms while data flows; two minutes of silence means it is gone. */
-const ACK_TIMEOUT_MS = 120_000;
 /** Bytes the pump may leave queued in the data socket before it waits for a drain. */
 const SOCKET_BUFFER = 2 * 1024 * 1024;
 
@@ -151,14 +150,15 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     await this.begin();
     await this.connectData();
     this.pumpDone = this.pump();
-    // a receiver that stops acknowledging (frozen, or a half-open connection) is treated as a lost connection
+    // a receiver that stops acknowledging (frozen, a stalled or half-open connection) is treated as a lost connection
+    const ackMs = linkTimeouts(this.host.data.timeouts).ackMs;
     this.watchdog = setInterval(() => {
       const link = this.link;
-      if (link && this.window.awaitingAck && link.silentMs() > ACK_TIMEOUT_MS) {
-        this.log.warn({ silentMs: link.silentMs() }, 'receiver stopped acknowledging; reconnecting');
+      if (link && this.window.awaitingAck && link.silentMs() > ackMs) {
+        this.log.warn({ silentMs: link.silentMs(), timeout: 'ackMs', timeoutMs: ackMs }, 'receiver stopped acknowledging; reconnecting');
         link.destroy();
       }
-    }, 5000);
+    }, Math.min(5000, Math.max(50, ackMs / 10)));
     this.watchdog.unref();
     this.once('closed', () => { if (this.watchdog) clearInterval(this.watchdog); });
   }

@@ -8,6 +8,7 @@ import { ConnectError, connectPinned } from './connect.ts';
 import { RemoteError, type ControlTarget } from './control-client.ts';
 import type { HelloFrame, SyncFrame } from './contract.ts';
 import { FRAME, FrameAssembler, MAX_JSON_FRAME, encodeJsonFrame, parseJsonBody, type WireError } from './protocol.ts';
+import { linkTimeouts } from './link-timeouts.ts';
 
 export interface DataLinkEvents {
   /** ACK: everything up to `seq` is durable (an ACK without a number is only a sign of life). */
@@ -30,7 +31,8 @@ export class DataLink {
 
   /** Connect and say HELLO; resolves once the receiver is READY, rejects on an ERROR frame or a lost connection. */
   static async open(target: ControlTarget & { dataPort: number }, hello: HelloFrame, on: DataLinkEvents): Promise<DataLink> {
-    const s = await connectPinned({ host: target.host, port: target.dataPort, fingerprint: target.fingerprint, proxy: target.proxy, acceptPin: target.acceptPin });
+    const timeouts = linkTimeouts(target.timeouts);
+    const s = await connectPinned({ host: target.host, port: target.dataPort, fingerprint: target.fingerprint, proxy: target.proxy, acceptPin: target.acceptPin, timeoutMs: timeouts.connectMs });
     s.setNoDelay(true);
     const link = new DataLink(s, null);
     const reader = new FrameAssembler(MAX_JSON_FRAME + 5);
@@ -63,7 +65,9 @@ export class DataLink {
       s.on('close', () => gone());
     });
     s.write(encodeJsonFrame(FRAME.HELLO, hello));
-    await ready;
+    // a connection that goes silent after the handshake (stalled, half-open) would otherwise wait here for ever
+    const noReady = setTimeout(() => s.destroy(new ConnectError(`receiver ${target.host}:${target.dataPort} did not answer HELLO within ${timeouts.ackMs} ms (timeout ackMs)`)), timeouts.ackMs);
+    try { await ready; } finally { clearTimeout(noReady); }
     link.opened = true;
     link.lastHeard = Date.now();
     return link;

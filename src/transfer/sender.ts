@@ -27,6 +27,7 @@ import { zstdLevelFor } from './levels.ts';
 import { TokenBucket } from './token-bucket.ts';
 import { obtainCredential } from './credential.ts';
 import { CycleSession, type SessionHost } from './cycle-session.ts';
+import { linkTimeouts, type LinkTimeouts } from './link-timeouts.ts';
 import type { BeginCycleRequest, ReceiverSession } from './contract.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
 
@@ -61,6 +62,8 @@ export interface SenderOptions {
   resumeTimeoutMs?: number;
   /** The command that accepts a new receiver fingerprint (FINGERPRINT_MISMATCH's fix); default: --fingerprint NEW. */
   acceptPin?: (presented: string) => string;
+  /** How long a silent link is waited for before reconnecting (defaults in link-timeouts.ts). */
+  timeouts?: Partial<LinkTimeouts>;
 }
 
 export interface SourceDigest { disk: number; sha256?: string; extents?: { offset: number; length: number; sha256: string }[] }
@@ -99,7 +102,7 @@ export class Sender implements ReceiverSession {
     const fingerprint = normalizeFingerprint(o.fingerprint);
     const { host, port } = parseHostPort(o.receiver, 8080);
     const proxy = o.proxy ? parseProxy(o.proxy, o.proxyPassword) : undefined;
-    const target: ControlTarget = { host, port, fingerprint, proxy, acceptPin: o.acceptPin };
+    const target: ControlTarget = { host, port, fingerprint, proxy, acceptPin: o.acceptPin, timeouts: linkTimeouts(o.timeouts) };
     const control = new ControlClient(target);
     const cred = await obtainCredential(control, o, log);
     control.setAuth(cred);

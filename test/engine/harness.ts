@@ -14,6 +14,7 @@ import { resolveSettings } from '../../src/engine/settings.ts';
 import type { JobSettings, StateStore } from '../../src/state/types.ts';
 import type { DiskOpener, VCenterService } from '../../src/engine/services.ts';
 import { silentLogger } from '../../src/util/log.ts';
+import type { SenderOptions } from '../../src/transfer/sender.ts';
 
 export const MiB = 1 << 20;
 
@@ -25,7 +26,7 @@ export interface EngineRig {
   engine: JobEngine;
   port: ReturnType<typeof vcenterService>;
   /** Hooks a test may set to act between the engine's vCenter calls (e.g. guest writes after the snapshot). */
-  hooks: { afterSnapshot?: (vmRef: string) => Promise<void> };
+  hooks: { afterSnapshot?: (vmRef: string) => Promise<void>; beforeRemoveSnapshot?: (vmRef: string) => Promise<void> };
   counters: { snapshotsCreated: number; diskOpens: number };
   /** The per-host and overall disk limits the engine opens disks through. */
   limiter: LimitedDiskOpener;
@@ -41,11 +42,18 @@ export async function startRig(o: {
   stateDir?: string;
   /** The logger of the per-host disk limiter (NFC backoff and read-size lines; default silent). */
   limiterLogger?: import('pino').Logger;
+  /** Reach the lab through another address (e.g. a fault proxy): gets the lab's URL, gives the one to use. */
+  labUrl?: (url: string) => Promise<string>;
+  /** The vCenter session's timeout (default 30 s). */
+  vcTimeoutMs?: number;
+  /** Sender options of the jobs over the rig's (e.g. a proxy's address and data port, timeouts). */
+  sender?: (rx: TestRx) => Promise<Partial<SenderOptions>>;
 } = {}): Promise<EngineRig> {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
   const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx, vddkMap: o.vddkMap, guest: o.guest });
   const rx = await startTestReceiver();
-  const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint }, timeoutMs: 30_000 });
+  const vc = await VCenter.connect({ server: o.labUrl ? await o.labUrl(lab.url) : lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint }, timeoutMs: o.vcTimeoutMs ?? 30_000 });
+  const senderExtra = o.sender ? await o.sender(rx) : {};
   const port = vcenterService(vc);
   const hooks: EngineRig['hooks'] = {};
   const counters = { snapshotsCreated: 0, diskOpens: 0 };
@@ -57,13 +65,17 @@ export async function startRig(o: {
       await hooks.afterSnapshot?.(vmRef);
       return s;
     },
+    async removeSnapshot(vmRef, snapshot) {
+      await hooks.beforeRemoveSnapshot?.(vmRef);
+      return port.removeSnapshot(vmRef, snapshot);
+    },
   };
   const http = o.opener ? o.opener({ vc, port, lab, dir }) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
   const disks = new LimitedDiskOpener({ open: (...a) => { counters.diskOpens++; return http.open(...a); } }, port.hostOf, { perHost: 8, overall: 32 }, { nfc: o.nfc, logger: o.limiterLogger });
   const state = openStateStore(join(o.stateDir ?? dir, 'state.db'));
   const engine = new JobEngine({
     state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },
-    connect: (job) => senderJobServices(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum })),
+    connect: (job) => senderJobServices(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum, ...senderExtra })),
   });
   return {
     lab, rx, vc, state, engine, port, hooks, counters, limiter: disks,

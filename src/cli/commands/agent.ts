@@ -28,6 +28,7 @@ interface SyncFlags {
   interval?: string;
   testIntervalSeconds?: string;
   windowMib?: string;
+  dataPort?: string;
   compression: string;
   bandwidth: string;
   checksum?: boolean;
@@ -39,6 +40,12 @@ interface SyncFlags {
   retryFor: string;
   json?: boolean;
   logLevel?: string;
+}
+
+function dataPortOption(v: string): number {
+  const n = Number(v);
+  if (!(Number.isInteger(n) && n > 0 && n < 65536)) throw new UserError('BAD_ARGS', `--data-port ${v} is not a port 1..65535`, 'pass the receiver\'s data port, e.g. --data-port 8703');
+  return n;
 }
 
 function defaultStateDir(): string {
@@ -53,6 +60,7 @@ export function register(program: Command): void {
     .description('Sync block devices or disk image files to a receiver: one image per cycle, all devices in it (disk n = nth --device)')
     .requiredOption('--device <path>', 'block device or disk image file; repeat for each disk', collect, [])
     .requiredOption('--receiver <host[:port]>', 'receiver control address (port default 8080)')
+    .option('--data-port <port>', 'receiver data port, when it differs from the one the receiver advertises (a port forward)')
     .requiredOption('--fingerprint <sha256>', 'receiver certificate SHA-256 fingerprint (from `vmlift receiver info`)')
     .option('--code-file <file>', 'file holding the activation code (or set VMLIFT_ACTIVATION_CODE); needed until the source is registered')
     .option('--once', 'run one cycle and exit')
@@ -99,6 +107,7 @@ async function sync(f: SyncFlags): Promise<void> {
     compression: settings.compression ?? 7, bandwidthMbps: settings.bandwidthMbps ?? 0,
     checksum: !!f.checksum, logger, resumeTimeoutMs: retryForMs,
     ...(f.windowMib ? { windowBytes: Math.max(1, Number(f.windowMib)) * 1024 * 1024 } : {}),
+    ...(f.dataPort ? { dataPort: dataPortOption(f.dataPort) } : {}),
   };
   const progressMs = Number(process.env.VMLIFT_PROGRESS_INTERVAL_MS) || undefined;
   const progress = new Progress({ json: f.json, ...(progressMs ? { intervalMs: progressMs } : {}) });
