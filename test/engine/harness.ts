@@ -65,9 +65,9 @@ export async function startRig(o: {
       await hooks.afterSnapshot?.(vmRef);
       return s;
     },
-    async removeSnapshot(vmRef, snapshot) {
+    async removeSnapshot(vmRef, snapshot, opts) {
       await hooks.beforeRemoveSnapshot?.(vmRef);
-      return port.removeSnapshot(vmRef, snapshot);
+      return port.removeSnapshot(vmRef, snapshot, opts);
     },
   };
   const http = o.opener ? o.opener({ vc, port, lab, dir }) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);

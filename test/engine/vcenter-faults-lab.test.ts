@@ -51,7 +51,7 @@ async function waitUntil(cond: () => boolean | Promise<boolean>, ms: number, wha
   }
 }
 
-test('vCenter faults in a cycle: a failed snapshot removal is swept next cycle; slow tasks are waited for, their progress shown; sessions ended mid-cycle are logged in again; consolidation needed is consolidated', async (t) => {
+test('vCenter faults in a cycle: a failed snapshot removal is retried, one that keeps failing is swept next cycle; slow tasks are waited for, their progress shown; sessions ended mid-cycle are logged in again; consolidation needed is consolidated', async (t) => {
   const rig = await startRig({ vms: 1, diskMb: 16 });
   t.after(() => rig.close());
   const { lab, vc } = rig;
@@ -59,9 +59,13 @@ test('vCenter faults in a cycle: a failed snapshot removal is swept next cycle; 
 
   // (The first cycle turns CBT on, with a stun: a snapshot create and remove of its own.)
   await cycleChecked(rig, 'j');
-  // RemoveSnapshot_Task fails once: the cycle still commits, its snapshot stays until the next sweep.
+  // RemoveSnapshot_Task fails once: the cleanup tries it again (after 1 s) and nothing is left.
   await lab.injectFault('removeSnapshot');
-  t.diagnostic(`removal failed: cycle ${(await cycleChecked(rig, 'j')).ms} ms`);
+  t.diagnostic(`removal failed once: cycle ${(await cycleChecked(rig, 'j')).ms} ms`);
+  assert.deepEqual(await vmlift(rig), [], 'a removal that failed once was retried');
+  // It fails on every try (1 + 4 retries): the cycle still commits, its snapshot stays until the next sweep.
+  await lab.injectFault('removeSnapshot', 5);
+  t.diagnostic(`removal failed for good: cycle ${(await cycleChecked(rig, 'j')).ms} ms`);
   const left = await vmlift(rig);
   assert.equal(left.length, 1, 'the snapshot whose removal failed is still on the VM');
   assert.equal(rig.engine.getJob('j').error, null, 'a failed cleanup does not fail the committed cycle');
