@@ -126,7 +126,8 @@ export class FrameAssembler {
   private fill = 0;
   private readonly ready: { type: number; body: Buffer; owned: boolean }[] = [];
   private error: ProtocolError | null = null;
-  constructor(private readonly maxFrame = MAX_FRAME, private readonly pool = sharedFrameBuffers) {}
+  /** `maxFrame` may be raised later (the receiver allows only a HELLO's length until the peer is let in). */
+  constructor(public maxFrame = MAX_FRAME, private readonly pool = sharedFrameBuffers) {}
 
   recycle(ab: ArrayBufferLike): void {
     this.pool.give(ab);

@@ -116,7 +116,7 @@ export function controlInput(r: Prng, src: ControlSource, others: ControlSource[
   else if (auth === 7) headers.push(`x-vmlift-source: ${hostileId(r).slice(0, 20_000)}`, `authorization: Bearer ${who.credential}`);
   else if (auth === 8) headers.push(`x-vmlift-source: ${who.sourceId}`, `x-vmlift-source: other`, `authorization: Basic ${who.credential}`);
   if (r.chance(0.8)) headers.push(`content-type: ${r.chance(0.8) ? 'application/json' : r.pick(['text/html', 'multipart/form-data; boundary=x', 'application/json; charset=utf-16', '\x7f'])}`);
-  const lenKind = r.int(20);
+  const lenKind = r.int(100);
   if (lenKind === 0) headers.push(`content-length: ${body.length + r.range(1, 10)}`); // claims more: the server waits, we time out the request
   else if (lenKind === 1) headers.push('transfer-encoding: chunked');
   else if (lenKind === 2) headers.push(`content-length: ${body.length}`, `content-length: ${body.length + 1}`);

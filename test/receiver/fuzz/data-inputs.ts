@@ -36,7 +36,7 @@ function someData(r: Prng, n: number): Buffer {
 }
 
 function extentLength(r: Prng, room: number): number {
-  const n = r.pick([512, 4096, 4096, 65536, r.range(1, 16384), r.range(1, 2048) * 512, 1 << 20]);
+  const n = r.chance(0.02) ? r.pick([65536, 1 << 20, r.range(1, 2048) * 512]) : r.pick([512, 4096, 4096, r.range(1, 16384), r.range(1, 32) * 512]);
   return Math.max(1, Math.min(n, room));
 }
 
@@ -45,9 +45,9 @@ export interface FrameKind { frame: Buffer; kind: string }
 /** A frame the receiver accepts: an extent inside `disks` with the right digest, or a SYNC. */
 export function validFrame(r: Prng, disks: readonly DiskSpec[], seq: number): FrameKind {
   const k = r.int(10);
-  if (k === 0) return { frame: encodeJsonFrame(FRAME.SYNC, { token: r.chance(0.5) ? seq : randomJson(r, 2) }), kind: 'sync' };
+  if (k === 0) return { frame: encodeJsonFrame(FRAME.SYNC, r.chance(0.9) ? { token: r.chance(0.5) ? seq : r.float() * 1e9 } : {}), kind: 'sync' };
   const d = r.pick(disks);
-  const length = k <= 3 ? Math.min(d.capacity, r.pick([4096, 65536, 1 << 20, r.range(1, 8192) * 512])) : extentLength(r, Math.min(d.capacity, 1 << 20));
+  const length = k <= 3 ? Math.min(d.capacity, r.pick([4096, 65536, 1 << 20, r.range(1, 8192) * 512, r.range(1, 100_000)])) : extentLength(r, Math.min(d.capacity, 1 << 20));
   const offset = r.chance(0.5) ? Math.floor(r.int(d.capacity - length + 1) / 512) * 512 : r.int(d.capacity - length + 1);
   if (k <= 3) return { frame: extentFrame({ codec: CODEC.ZERO, seq, disk: d.disk, offset, length, digest: Buffer.alloc(32) }, Buffer.alloc(0)), kind: 'zero' };
   const data = someData(r, length);
@@ -96,6 +96,8 @@ export function mutatedFrame(r: Prng, disks: readonly DiskSpec[], seq: number): 
         () => Buffer.from('null'),
         () => Buffer.from(deepJson(30_000, 'array')),
         () => Buffer.from(deepJson(10_000, 'object')),
+        () => Buffer.from(`{"token":${deepJson(30_000, 'array')}}`),
+        () => Buffer.from(`{"token":${JSON.stringify(randomJson(r, 3))}}`),
         () => Buffer.from(JSON.stringify({ token: 'x'.repeat(MAX_JSON_FRAME) })),
         () => r.bytes(r.int(300)),
         () => Buffer.from('\xef\xbb\xbf{}', 'latin1'),

@@ -142,8 +142,9 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
     const disks: DiskSpec[] = [{ disk: 0, capacity: 8 * MiB }, { disk: 1, capacity: MiB + 512 }];
     const dataSources = await Promise.all([0, 1, 2, 3].map((i) => reg(`datafz-${i}`)));
     const ctlSources = await Promise.all([0, 1, 2].map((i) => reg(`ctlfz-${i}`)));
+    const bombSource = await reg('bombfz');
     const begin = (s: ControlSource) => new ControlClient(target, s).beginCycle({ cycleId: 'c1', disks });
-    await Promise.all(dataSources.map(begin));
+    await Promise.all([...dataSources, bombSource].map(begin));
 
     // budgets: most inputs are data frames and control requests; unauthenticated connections cost a TLS handshake each
     const budget = { data: Math.round(o.inputs * 0.6), control: Math.round(o.inputs * 0.36), unauth: Math.max(200, Math.round(o.inputs * 0.04)) };
@@ -153,14 +154,14 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
     };
 
     const legitRun = legitCycles(o, root, rx, rng.fork(), legit, tally, log);
-    const specials = specialCases(o, rx, dataSources[0]!, ctlSources[0]!, code, rng.fork(), tally, slowloris, (ms) => { floodAnswerMs = ms; }, log);
+    const specials = specialCases(o, rx, bombSource, ctlSources[0]!, code, rng.fork(), tally, slowloris, (ms) => { floodAnswerMs = ms; }, log);
     const workers: Promise<void>[] = [];
     for (let i = 0; i < dataSources.length; i++) workers.push(dataWorker(rng.fork(), dataPort, dataSources[i]!, dataSources[(i + 1) % dataSources.length]!, disks, budget, tally, () => begin(dataSources[i]!)));
     for (let i = 0; i < 2; i++) workers.push(unauthWorker(rng.fork(), dataPort, dataSources[0]!, ctlSources[1]!, budget, tally));
-    for (let i = 0; i < 4; i++) workers.push(controlWorker(rng.fork(), controlPort, ctlSources[i % ctlSources.length]!, ctlSources, code, budget, tally));
+    for (let i = 0; i < 8; i++) workers.push(controlWorker(rng.fork(), controlPort, ctlSources[i % ctlSources.length]!, ctlSources, code, budget, tally));
     const progress = setInterval(() => {
       const m = rx.memory();
-      log(`${tally.inputs} inputs, RSS ${(m.rssKiB / 1024).toFixed(0)} MiB (peak ${(rx.peakRssKiB / 1024).toFixed(0)}), ${Math.round((Date.now() - t0) / 1000)} s`);
+      log(`${tally.inputs} inputs (${JSON.stringify(Object.fromEntries(tally.byArea))}), RSS ${(m.rssKiB / 1024).toFixed(0)} MiB (peak ${(rx.peakRssKiB / 1024).toFixed(0)}), ${Math.round((Date.now() - t0) / 1000)} s`);
       if (!rx.alive) log(`receiver exited: ${JSON.stringify(rx.exit)}`);
     }, 10_000);
     try {
@@ -227,7 +228,7 @@ async function dataWorker(r: Prng, port: number, src: ControlSource, other: Cont
     }
     // batches on this connection until one is refused
     for (let batch = 0; batch < 50 && budget.data > 0 && !peer.closed; batch++) {
-      const n = Math.min(budget.data, r.range(5, 200));
+      const n = Math.min(budget.data, r.range(5, 1500));
       const mutate = r.chance(0.35);
       let endAfter = false;
       let kinds = 'valid';
@@ -245,8 +246,8 @@ async function dataWorker(r: Prng, port: number, src: ControlSource, other: Cont
       budget.data -= sent;
       tally.count('data-frames', sent);
       if (endAfter) { peer.s.end(); }
-      else await peer.write(encodeJsonFrame(FRAME.SYNC, { token: `end-${seq}` }));
-      const token = `end-${seq}`;
+      else await peer.write(encodeJsonFrame(FRAME.SYNC, { token: -seq }));
+      const token = -seq;
       const f = await peer.until((x) => x.type === FRAME.ACK && x.msg.token === token, 60_000);
       const oc = outcomeOf(f, 'accepted');
       tally.outcome(`data ${kinds}: ${oc}`);
@@ -296,7 +297,7 @@ async function controlWorker(r: Prng, port: number, src: ControlSource, all: Con
     const inp = controlInput(r, src, all.filter((s) => s !== src), code);
     tally.count('control');
     let a: Awaited<ReturnType<RawHttp['request']>>;
-    try { a = await http.request(inp.head, inp.body, inp.kind.endsWith('+short-body') ? 1500 : 30_000); } catch (e) {
+    try { a = await http.request(inp.head, inp.body, inp.kind.endsWith('+short-body') ? 1000 : 30_000); } catch (e) {
       http.close();
       const timedOut = (e as Error).message === 'timeout';
       tally.outcome(`control ${inp.kind}: ${timedOut ? 'timed out' : 'connection failed'}`);

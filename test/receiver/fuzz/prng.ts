@@ -1,3 +1,5 @@
+import { createCipheriv } from 'node:crypto';
+
 /** A small seeded PRNG (sfc32) so that a fuzz run is repeated exactly from its printed seed. */
 export class Prng {
   private a: number; private b: number; private c: number; private d: number;
@@ -20,12 +22,11 @@ export class Prng {
   float(): number { return (this.u32() * 0x200000 + (this.u32() >>> 11)) / 2 ** 53; }
   chance(p: number): boolean { return this.float() < p; }
   pick<T>(xs: readonly T[]): T { return xs[this.int(xs.length)]!; }
+  /** `n` bytes: an AES-CTR key stream keyed from this generator (fast, and as repeatable as the rest). */
   bytes(n: number): Buffer {
-    const b = Buffer.allocUnsafe(n);
-    let i = 0;
-    for (; i + 4 <= n; i += 4) b.writeUInt32LE(this.u32(), i);
-    for (; i < n; i++) b[i] = this.u32() & 0xff;
-    return b;
+    const key = Buffer.allocUnsafe(32);
+    for (let i = 0; i < 32; i += 4) key.writeUInt32LE(this.u32(), i);
+    return createCipheriv('aes-128-ctr', key.subarray(0, 16), key.subarray(16)).update(Buffer.alloc(n));
   }
   /** A child generator (one per worker), so workers do not depend on each other's timing. */
   fork(): Prng { return new Prng(this.u32()); }
