@@ -140,7 +140,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
     const target = { host: '127.0.0.1', port: controlPort, fingerprint: rx.fingerprint };
     const reg = async (sourceId: string): Promise<ControlSource> => ({ sourceId, credential: (await new ControlClient(target).register({ sourceId, code })).credential });
     const disks: DiskSpec[] = [{ disk: 0, capacity: 8 * MiB }, { disk: 1, capacity: MiB + 512 }];
-    const dataSources = await Promise.all([0, 1, 2, 3].map((i) => reg(`datafz-${i}`)));
+    const dataSources = await Promise.all([0, 1, 2, 3, 4, 5, 6, 7].map((i) => reg(`datafz-${i}`)));
     const ctlSources = await Promise.all([0, 1, 2].map((i) => reg(`ctlfz-${i}`)));
     const bombSource = await reg('bombfz');
     const begin = (s: ControlSource) => new ControlClient(target, s).beginCycle({ cycleId: 'c1', disks });
@@ -228,8 +228,12 @@ async function dataWorker(r: Prng, port: number, src: ControlSource, other: Cont
     }
     // batches on this connection until one is refused
     for (let batch = 0; batch < 50 && budget.data > 0 && !peer.closed; batch++) {
-      const n = Math.min(budget.data, r.range(5, 1500));
-      const mutate = r.chance(0.35);
+      // Mostly one mutated frame right after READY: a refusal ends the connection, and with nothing written
+      // before it there is no store flush to wait for. Otherwise valid frames (a few, or a long run), then
+      // perhaps a mutated one.
+      const alone = r.chance(0.6);
+      const n = alone ? 1 : Math.min(budget.data, r.chance(0.2) ? r.range(100, 1500) : r.range(2, 30));
+      const mutate = alone || r.chance(0.5);
       let endAfter = false;
       let kinds = 'valid';
       let sent = 0;
@@ -372,9 +376,12 @@ async function specialCases(o: FuzzOptions, rx: FuzzedReceiver, dataSrc: Control
     try {
       const s = await h.socket();
       void s;
-      const chunk = Buffer.alloc(MiB, 0x20);
+      const spaces = Buffer.alloc(MiB, 0x20);
+      const chunk = /chunked/.test(head) ? Buffer.concat([Buffer.from(`${MiB.toString(16)}\r\n`), spaces, Buffer.from('\r\n')]) : spaces;
       const p = h.request(head, undefined, 60_000);
-      for (let n = 0; n < send; n += MiB) {
+      // an answer from the headers alone (the declared length) comes before the body is sent
+      const early = await Promise.race([p.then(() => true, () => true), new Promise<boolean>((res) => setTimeout(() => res(false), 1000))]);
+      for (let n = 0; n < send && !early; n += MiB) {
         if (s.destroyed) break;
         if (!s.write(chunk)) await new Promise<void>((res) => { s.once('drain', res); s.once('close', res); });
       }
@@ -390,6 +397,8 @@ async function specialCases(o: FuzzOptions, rx: FuzzedReceiver, dataSrc: Control
     ...Array.from({ length: 4 }, () => big('100 MiB register body sent', `POST /v1/register HTTP/1.1\r\nHost: x\r\n${claim}\r\n`, 100 * MiB)),
     ...Array.from({ length: 4 }, () => big('100 MiB commit body sent', `POST /v1/cycles/c1/commit HTTP/1.1\r\nHost: x\r\n${auth}${claim}\r\n`, 100 * MiB)),
     big('100 MiB body claimed, 1 MiB sent', `POST /v1/register HTTP/1.1\r\nHost: x\r\n${claim}\r\n`, MiB),
+    // no length declared: chunked, so the limit applies while reading
+    ...Array.from({ length: 4 }, () => big('100 MiB chunked commit body sent', `POST /v1/cycles/c1/commit HTTP/1.1\r\nHost: x\r\n${auth}transfer-encoding: chunked\r\n\r\n`, 100 * MiB)),
   ]);
   log(`100 MiB bodies done; peak RSS ${(rx.peakRssKiB / 1024).toFixed(0)} MiB`);
 

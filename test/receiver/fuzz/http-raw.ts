@@ -10,6 +10,7 @@ export interface RawAnswer { status: number; headers: Record<string, string>; bo
 export function tlsConnect(port: number, timeoutMs = 20_000): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const s = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false, minVersion: 'TLSv1.2' });
+    s.setNoDelay(true);
     const t = setTimeout(() => { s.destroy(); reject(new Error('TLS connect timed out')); }, timeoutMs);
     s.once('secureConnect', () => { clearTimeout(t); s.removeAllListeners('error'); s.on('error', () => undefined); resolve(s); });
     s.once('error', (e) => { clearTimeout(t); reject(e); });
@@ -48,8 +49,8 @@ export class RawHttp {
   async request(head: string | Buffer, body?: Buffer, timeoutMs = 20_000): Promise<RawAnswer | 'closed'> {
     const s = await this.socket();
     const deadline = Date.now() + timeoutMs;
-    s.write(typeof head === 'string' ? Buffer.from(head, 'latin1') : head);
-    if (body?.length) s.write(body);
+    const h = typeof head === 'string' ? Buffer.from(head, 'latin1') : head;
+    s.write(body?.length ? Buffer.concat([h, body]) : h);
     let end: number;
     while ((end = this.buf.indexOf('\r\n\r\n')) < 0) {
       if (!(await this.more(deadline))) { this.close(); return 'closed'; }
@@ -60,7 +61,9 @@ export class RawHttp {
     for (const l of lines.slice(1)) { const i = l.indexOf(':'); if (i > 0) headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim(); }
     this.buf = this.buf.subarray(end + 4);
     let out: Buffer;
-    if (headers['content-length'] !== undefined) {
+    if (/^HEAD /.test(h.toString('latin1', 0, 5))) {
+      out = Buffer.alloc(0);
+    } else if (headers['content-length'] !== undefined) {
       const n = Number(headers['content-length']);
       while (this.buf.length < n) if (!(await this.more(deadline))) break;
       out = this.buf.subarray(0, n); this.buf = this.buf.subarray(n);
