@@ -53,6 +53,8 @@ export interface FuzzReport {
   slowloris: Record<string, number>;
   legit: { cycles: number; identical: number };
   floodAnswerMs: number | null;
+  /** The longest wait for an answer, by kind (ms). */
+  slowestMs: Record<string, number>;
   seconds: number;
 }
 
@@ -67,6 +69,8 @@ class Tally {
   count(area: string, n = 1): void { this.inputs += n; this.byArea.set(area, (this.byArea.get(area) ?? 0) + n); }
   outcome(o: string): void { this.outcomes.set(o, (this.outcomes.get(o) ?? 0) + 1); }
   finding(f: string): void { if (this.findings.length < 50) this.findings.push(f); }
+  readonly slowestMs = new Map<string, number>();
+  slowest(what: string, ms: number): void { this.slowestMs.set(what, Math.max(ms, this.slowestMs.get(what) ?? 0)); }
 }
 
 /** Frames the receiver sent on a data connection, and how it ended. */
@@ -192,7 +196,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
   return {
     seed: o.seed, inputs: tally.inputs, byArea: Object.fromEntries(tally.byArea), outcomes: Object.fromEntries([...tally.outcomes].sort((a, b) => b[1] - a[1])),
     findings: tally.findings, baselineRssMiB: Math.round(baselineRssMiB), peakRssMiB: Math.round(rx.peakRssKiB / 1024), rssBoundMiB: o.rssBoundMiB,
-    slowloris, legit, floodAnswerMs, seconds: Math.round((Date.now() - t0) / 1000),
+    slowloris, legit, floodAnswerMs, slowestMs: Object.fromEntries(tally.slowestMs), seconds: Math.round((Date.now() - t0) / 1000),
   };
 }
 
@@ -216,7 +220,10 @@ async function dataWorker(r: Prng, port: number, src: ControlSource, other: Cont
     const streamId = r.bytes(4).toString('hex');
     await peer.write(encodeJsonFrame(FRAME.HELLO, { sourceId: src.sourceId, credential: src.credential, cycleId: 'c1', streamId }));
     tally.count('data-hello');
-    const ready = await peer.until((f) => f.type === FRAME.READY, 30_000);
+    const helloAt = Date.now();
+    // READY waits for the previous connection of the cycle to be flushed (syncfs): slow on a loaded machine
+    const ready = await peer.until((f) => f.type === FRAME.READY, 120_000);
+    tally.slowest('READY after HELLO', Date.now() - helloAt);
     const ro = outcomeOf(ready, 'ready');
     if (ro !== 'ready') {
       tally.outcome(`data hello: ${ro}`);
@@ -252,12 +259,14 @@ async function dataWorker(r: Prng, port: number, src: ControlSource, other: Cont
       if (endAfter) { peer.s.end(); }
       else await peer.write(encodeJsonFrame(FRAME.SYNC, { token: -seq }));
       const token = -seq;
-      const f = await peer.until((x) => x.type === FRAME.ACK && x.msg.token === token, 60_000);
+      const sentAt = Date.now();
+      const f = await peer.until((x) => x.type === FRAME.ACK && x.msg.token === token, 120_000);
+      tally.slowest(endAfter ? 'answer to a truncated frame' : 'ACK or ERROR after a batch', Date.now() - sentAt);
       const oc = outcomeOf(f, 'accepted');
       tally.outcome(`data ${kinds}: ${oc}`);
       if (oc === 'refused INTERNAL') tally.finding(`data frame (${kinds}) answered INTERNAL: ${JSON.stringify((f as { msg: unknown }).msg).slice(0, 300)}`);
       if (kinds === 'valid' && oc !== 'accepted') tally.finding(`a batch of valid frames was answered ${oc} ${JSON.stringify(typeof f === 'object' ? f.msg : f).slice(0, 200)}`);
-      if (oc === 'timeout') { tally.finding(`data session (${kinds}) got no answer within 60 s`); break; }
+      if (oc === 'timeout') { tally.finding(`data session (${kinds}) got no answer within 120 s`); break; }
       if (oc !== 'accepted' || endAfter) break;
     }
     peer.s.destroy();

@@ -6,8 +6,8 @@ import { parseArgs } from 'node:util';
 import { runFuzz } from './fuzzer.ts';
 
 const { values } = parseArgs({ options: {
-  seed: { type: 'string' }, inputs: { type: 'string', default: '300000' }, connections: { type: 'string', default: '3000' },
-  'legit-cycles': { type: 'string', default: '3' }, 'drip-ms': { type: 'string', default: '1000' }, 'rss-bound-mib': { type: 'string', default: '640' }, json: { type: 'boolean' },
+  seed: { type: 'string' }, inputs: { type: 'string', default: '100000' }, connections: { type: 'string', default: '3000' },
+  'legit-cycles': { type: 'string', default: '3' }, 'drip-ms': { type: 'string', default: '1000' }, 'rss-bound-mib': { type: 'string', default: '512' }, json: { type: 'boolean' },
 } });
 const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
 process.stderr.write(`fuzz seed ${seed} (repeat with --seed ${seed})\n`);
