@@ -185,6 +185,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
     if ((await readFile(join(outside, 'sentinel'), 'utf8')) !== 'untouched') tally.finding('a file outside the data folder changed');
     for (const n of await readdir(join(dataDir, 'sources'))) if (!/^[a-z0-9][a-z0-9-]{0,63}\.json$/.test(n)) tally.finding(`a source record with a bad name: ${n}`);
     rx.sample();
+    if (rx.slowestFlushMs) tally.slowest('store flush (receiver log)', rx.slowestFlushMs);
     if (rx.peakRssKiB / 1024 > o.rssBoundMiB) tally.finding(`peak RSS ${(rx.peakRssKiB / 1024).toFixed(0)} MiB is above the bound of ${o.rssBoundMiB} MiB`);
     if (legit.identical !== o.legitCycles) tally.finding(`the legitimate source: ${legit.identical} of ${o.legitCycles} cycles exported bit-identical`);
   } catch (e) {
@@ -264,6 +265,7 @@ async function dataWorker(r: Prng, port: number, src: ControlSource, other: Cont
       tally.slowest(endAfter ? 'answer to a truncated frame' : 'ACK or ERROR after a batch', Date.now() - sentAt);
       const oc = outcomeOf(f, 'accepted');
       tally.outcome(`data ${kinds}: ${oc}`);
+      if (Date.now() - sentAt > 10_000) tally.outcome(`data ${kinds}: ${oc} after ${Math.round((Date.now() - sentAt) / 1000)} s (${n} frames)`);
       if (oc === 'refused INTERNAL') tally.finding(`data frame (${kinds}) answered INTERNAL: ${JSON.stringify((f as { msg: unknown }).msg).slice(0, 300)}`);
       if (kinds === 'valid' && oc !== 'accepted') tally.finding(`a batch of valid frames was answered ${oc} ${JSON.stringify(typeof f === 'object' ? f.msg : f).slice(0, 200)}`);
       if (oc === 'timeout') { tally.finding(`data session (${kinds}) got no answer within 120 s`); break; }
@@ -321,7 +323,8 @@ async function controlWorker(r: Prng, port: number, src: ControlSource, all: Con
     let errCode = '';
     try { errCode = String((JSON.parse(a.body.toString('utf8')) as { error?: { code?: string } }).error?.code ?? ''); } catch { errCode = a.status === 200 ? '' : 'non-JSON'; }
     tally.outcome(`control ${inp.kind}: ${a.status}${errCode ? ` ${errCode}` : ''}`);
-    if (a.status === 0 || (a.status >= 500 && a.status !== 507)) {
+    // 507 NO_SPACE and 503 BUSY (bodies of other requests fill the receiver's budget) are coded, transient refusals
+    if (a.status === 0 || (a.status >= 500 && a.status !== 507 && !(a.status === 503 && errCode === 'BUSY'))) {
       tally.finding(`control ${inp.kind} answered ${a.status} ${a.body.toString('utf8').slice(0, 300)} to ${inp.head.toString('latin1').slice(0, 300)} (${inp.body.length} body bytes)`);
     }
   }

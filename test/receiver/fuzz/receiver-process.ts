@@ -13,6 +13,8 @@ export class FuzzedReceiver {
   readonly errorLines: string[] = [];
   exit: { code: number | null; signal: string | null } | null = null;
   peakRssKiB = 0;
+  /** The longest store flush a data connection logged (with VMLIFT_FUZZ_LOG_LEVEL=debug). */
+  slowestFlushMs = 0;
   private sampler: NodeJS.Timeout | null = null;
   stderrTail = '';
   private constructor(readonly proc: ChildProcess, readonly facts: ReceiverFacts, readonly fingerprint: string) {}
@@ -21,7 +23,7 @@ export class FuzzedReceiver {
   static async start(dataDir: string, cwd: string): Promise<FuzzedReceiver> {
     const [controlPort, dataPort] = [await freePort(), await freePort()];
     const proc = spawn(VMLIFT, ['receiver', 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1', '--control-port', String(controlPort),
-      '--data-port', String(dataPort), '--json'], { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_LOG_LEVEL: 'error' } });
+      '--data-port', String(dataPort), '--json'], { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_LOG_LEVEL: process.env.VMLIFT_FUZZ_LOG_LEVEL ?? 'error' } });
     let err = '';
     const onErr = (d: Buffer): void => { err += String(d); if (err.length > 1 << 16) err = err.slice(-(1 << 15)); };
     proc.stderr!.on('data', onErr);
@@ -36,7 +38,10 @@ export class FuzzedReceiver {
     // error-level lines are the receiver's own failures (INTERNAL), never a refusal of what a peer sent
     createInterface({ input: proc.stderr! }).on('line', (l) => {
       rx.stderrTail = (rx.stderrTail + l + '\n').slice(-(1 << 15));
-      if (rx.errorLines.length < 200) rx.errorLines.push(l.slice(0, 2000));
+      let j: { level?: number; msg?: string; ms?: number } = {};
+      try { j = JSON.parse(l) as typeof j; } catch { /* not a log line: kept as an error */ }
+      if (j.msg === 'store flushed' && typeof j.ms === 'number') rx.slowestFlushMs = Math.max(rx.slowestFlushMs, j.ms);
+      if ((j.level ?? 60) >= 50 && rx.errorLines.length < 200) rx.errorLines.push(l.slice(0, 2000));
     });
     proc.once('exit', (code, signal) => { rx.exit = { code, signal }; });
     rx.sampler = setInterval(() => rx.sample(), 100);
