@@ -78,7 +78,8 @@ export function mutatedFrame(r: Prng, disks: readonly DiskSpec[], seq: number): 
     case 0: {
       const f = base();
       for (let i = r.range(1, 8); i > 0; i--) { const at = r.chance(0.7) ? r.int(Math.min(f.length, 61)) : r.int(f.length); f[at]! ^= 1 << r.int(8); }
-      return { frame: f, kind: 'bitflip' };
+      // a flipped length bit may announce more bytes than follow: the receiver rightly waits for them, so end our side
+      return { frame: f, kind: 'bitflip', endAfter: true };
     }
     case 1: { const f = base(); return { frame: f.subarray(0, r.int(f.length)), kind: 'truncated', endAfter: true }; }
     case 2: { const f = base(); f.writeUInt32BE(r.pick(HUGE_LENGTHS), 0); return { frame: f, kind: 'frame-length', endAfter: true }; }

@@ -240,7 +240,7 @@ async function dataWorker(r: Prng, port: number, src: ControlSource, other: Cont
       // before it there is no store flush to wait for. Otherwise valid frames (a few, or a long run), then
       // perhaps a mutated one.
       const alone = r.chance(0.6);
-      const n = alone ? 1 : Math.min(budget.data, r.chance(0.2) ? r.range(100, 1500) : r.range(2, 30));
+      const n = alone ? 1 : Math.min(budget.data, r.chance(0.2) ? r.range(100, 400) : r.range(2, 30));
       const mutate = alone || r.chance(0.5);
       let endAfter = false;
       let kinds = 'valid';
@@ -261,14 +261,14 @@ async function dataWorker(r: Prng, port: number, src: ControlSource, other: Cont
       else await peer.write(encodeJsonFrame(FRAME.SYNC, { token: -seq }));
       const token = -seq;
       const sentAt = Date.now();
-      const f = await peer.until((x) => x.type === FRAME.ACK && x.msg.token === token, 120_000);
+      const f = await peer.until((x) => x.type === FRAME.ACK && x.msg.token === token, 300_000);
       tally.slowest(endAfter ? 'answer to a truncated frame' : 'ACK or ERROR after a batch', Date.now() - sentAt);
       const oc = outcomeOf(f, 'accepted');
       tally.outcome(`data ${kinds}: ${oc}`);
       if (Date.now() - sentAt > 10_000) tally.outcome(`data ${kinds}: ${oc} after ${Math.round((Date.now() - sentAt) / 1000)} s (${n} frames)`);
       if (oc === 'refused INTERNAL') tally.finding(`data frame (${kinds}) answered INTERNAL: ${JSON.stringify((f as { msg: unknown }).msg).slice(0, 300)}`);
       if (kinds === 'valid' && oc !== 'accepted') tally.finding(`a batch of valid frames was answered ${oc} ${JSON.stringify(typeof f === 'object' ? f.msg : f).slice(0, 200)}`);
-      if (oc === 'timeout') { tally.finding(`data session (${kinds}) got no answer within 120 s`); break; }
+      if (oc === 'timeout') { tally.finding(`data session (${kinds}, ${n} frames) got no answer within 300 s`); break; }
       if (oc !== 'accepted' || endAfter) break;
     }
     peer.s.destroy();
@@ -312,13 +312,15 @@ async function controlWorker(r: Prng, port: number, src: ControlSource, all: Con
     const inp = controlInput(r, src, all.filter((s) => s !== src), code);
     tally.count('control');
     let a: Awaited<ReturnType<RawHttp['request']>>;
-    try { a = await http.request(inp.head, inp.body, inp.kind.endsWith('+short-body') ? 1000 : 30_000); } catch (e) {
+    const sentAt = Date.now();
+    try { a = await http.request(inp.head, inp.body, inp.kind.endsWith('+short-body') ? 1000 : 60_000); } catch (e) {
       http.close();
       const timedOut = (e as Error).message === 'timeout';
       tally.outcome(`control ${inp.kind}: ${timedOut ? 'timed out' : 'connection failed'}`);
-      if (timedOut && !inp.kind.endsWith('+short-body')) tally.finding(`control ${inp.kind} got no answer within 30 s: ${inp.head.toString('latin1').slice(0, 200)}`);
+      if (timedOut && !inp.kind.endsWith('+short-body')) tally.finding(`control ${inp.kind} got no answer within 60 s: ${inp.head.toString('latin1').slice(0, 200)}`);
       continue;
     }
+    tally.slowest(`control ${inp.kind.split('+')[0]}`, Date.now() - sentAt);
     if (a === 'closed') { tally.outcome(`control ${inp.kind}: closed`); continue; }
     let errCode = '';
     try { errCode = String((JSON.parse(a.body.toString('utf8')) as { error?: { code?: string } }).error?.code ?? ''); } catch { errCode = a.status === 200 ? '' : 'non-JSON'; }
