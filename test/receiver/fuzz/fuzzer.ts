@@ -8,8 +8,8 @@
  * no answer was a 5xx other than 507 nor an INTERNAL error frame, and the agent's images export
  * bit-identical. Outcomes are counted by kind ("refused BAD_DIGEST", "closed", "timed out", …).
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createReadStream } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -157,20 +157,24 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       try { await new ControlClient(target, ctlSources[0]).whoami(); return true; } catch { return false; }
     };
 
+    let checks = 0;
     const legitRun = legitCycles(o, root, rx, rng.fork(), legit, tally, log);
-    const specials = specialCases(o, rx, bombSource, ctlSources[0]!, code, rng.fork(), tally, slowloris, (ms) => { floodAnswerMs = ms; }, log);
+    const specials = specialCases(o, rx, bombSource, ctlSources[0]!, rng.fork(), tally, slowloris, (ms) => { floodAnswerMs = ms; }, log);
     const workers: Promise<void>[] = [];
-    for (let i = 0; i < dataSources.length; i++) workers.push(dataWorker(rng.fork(), dataPort, dataSources[i]!, dataSources[(i + 1) % dataSources.length]!, disks, budget, tally, () => begin(dataSources[i]!)));
+    for (let i = 0; i < dataSources.length; i++) workers.push(dataWorker(rng.fork(), dataPort, dataSources[i]!, disks, budget, tally, () => begin(dataSources[i]!)));
     for (let i = 0; i < 2; i++) workers.push(unauthWorker(rng.fork(), dataPort, dataSources[0]!, ctlSources[1]!, budget, tally));
     for (let i = 0; i < 8; i++) workers.push(controlWorker(rng.fork(), controlPort, ctlSources[i % ctlSources.length]!, ctlSources, code, budget, tally));
     const progress = setInterval(() => {
       const m = rx.memory();
       log(`${tally.inputs} inputs (${JSON.stringify(Object.fromEntries(tally.byArea))}), RSS ${(m.rssKiB / 1024).toFixed(0)} MiB (peak ${(rx.peakRssKiB / 1024).toFixed(0)}), ${Math.round((Date.now() - t0) / 1000)} s`);
       if (!rx.alive) log(`receiver exited: ${JSON.stringify(rx.exit)}`);
+      // alive and answering a real call, every 10 s while the inputs run
+      void alive().then((ok) => { checks++; if (!ok) tally.finding(`the receiver did not answer whoami at ${Math.round((Date.now() - t0) / 1000)} s (exit ${JSON.stringify(rx.exit)})`); });
     }, 10_000);
     try {
       await Promise.all([...workers, specials, legitRun]);
     } finally { clearInterval(progress); }
+    log(`the receiver answered ${checks} liveness checks during the run`);
 
     // the checks
     if (!(await alive())) tally.finding(`the receiver does not answer after the run (exit ${JSON.stringify(rx.exit)}): ${rx.stderrTail.slice(-2000)}`);
@@ -212,7 +216,7 @@ async function filesUnder(dir: string): Promise<string[]> {
 }
 
 /** Authenticated data sessions: valid frames with mutated ones among them; a connection is kept until refused. */
-async function dataWorker(r: Prng, port: number, src: ControlSource, other: ControlSource, disks: DiskSpec[], budget: { data: number },
+async function dataWorker(r: Prng, port: number, src: ControlSource, disks: DiskSpec[], budget: { data: number },
   tally: Tally, reopen: () => Promise<unknown>): Promise<void> {
   let seq = 0;
   while (budget.data > 0) {
@@ -272,7 +276,6 @@ async function dataWorker(r: Prng, port: number, src: ControlSource, other: Cont
       if (oc !== 'accepted' || endAfter) break;
     }
     peer.s.destroy();
-    void other;
   }
 }
 
@@ -368,7 +371,7 @@ function fileSha(p: string): Promise<string> {
 }
 
 /** Fixed hostile cases, one after the other (each counts as inputs too). */
-async function specialCases(o: FuzzOptions, rx: FuzzedReceiver, dataSrc: ControlSource, ctl: ControlSource, code: string, r: Prng, tally: Tally,
+async function specialCases(o: FuzzOptions, rx: FuzzedReceiver, dataSrc: ControlSource, ctl: ControlSource, r: Prng, tally: Tally,
   slow: Record<string, number>, setFloodMs: (ms: number) => void, log: (l: string) => void): Promise<void> {
   const { controlPort, dataPort } = rx.facts;
   const target = { host: '127.0.0.1', port: controlPort, fingerprint: rx.fingerprint };
@@ -389,7 +392,6 @@ async function specialCases(o: FuzzOptions, rx: FuzzedReceiver, dataSrc: Control
     tally.count('control-big');
     try {
       const s = await h.socket();
-      void s;
       const spaces = Buffer.alloc(MiB, 0x20);
       const chunk = /chunked/.test(head) ? Buffer.concat([Buffer.from(`${MiB.toString(16)}\r\n`), spaces, Buffer.from('\r\n')]) : spaces;
       const p = h.request(head, undefined, 60_000);
@@ -487,7 +489,6 @@ async function specialCases(o: FuzzOptions, rx: FuzzedReceiver, dataSrc: Control
   await new Promise((res) => setTimeout(res, 2000));
   for (const s of socks) s.destroy();
   await drips;
-  void randomBytes; void stat; void code;
 }
 
 /**
