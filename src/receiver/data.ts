@@ -64,10 +64,11 @@ export interface DataContext { dataDir: string; cycles: OpenCycles; pool: CodecP
 
 export class DataConnection implements CycleFeed {
   /**
-   * Until the HELLO is accepted only a HELLO's length is allowed: a frame's buffer is allocated when
-   * its length arrives, so a peer that is not let in must not make the receiver hold 4 MiB per connection.
+   * The first frame (the HELLO) may be only a HELLO's length: a frame's buffer is allocated when its
+   * length arrives, and a peer not yet let in must not make the receiver hold 4 MiB per connection.
+   * The socket is paused during the HELLO, so what may follow it before READY is one read at most.
    */
-  private readonly reader = new FrameAssembler(1 + MAX_JSON_FRAME);
+  private readonly reader = new FrameAssembler(MAX_FRAME, undefined, 1 + MAX_JSON_FRAME);
   private oc: OpenCycle | null = null;
   private streamId = '';
   private sourceId: string | null = null;
@@ -159,7 +160,6 @@ export class DataConnection implements CycleFeed {
     const durableSeq = oc.streams.has(streamId) ? oc.streams.get(streamId)! : null;
     if (durableSeq === null) oc.streams.set(streamId, 0);
     this.lastIssued = durableSeq ?? 0;
-    this.reader.maxFrame = MAX_FRAME;
     this.s.write(encodeJsonFrame(FRAME.READY, { durableSeq } satisfies ReadyFrame));
     this.log.debug({ durableSeq }, 'data stream ready');
   }

@@ -12,7 +12,8 @@ import net from 'node:net';
 import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
 import { connectPinned } from '../../src/transfer/connect.ts';
 import { ControlClient } from '../../src/transfer/control-client.ts';
-import { FRAME, FrameAssembler, MAX_FRAME, encodeJsonFrame, parseJsonBody } from '../../src/transfer/protocol.ts';
+import { createHash } from 'node:crypto';
+import { CODEC, FRAME, FrameAssembler, MAX_FRAME, encodeExtentHeader, encodeJsonFrame, parseJsonBody } from '../../src/transfer/protocol.ts';
 import { HANDSHAKE_TIMEOUT_MS } from '../../src/receiver/server.ts';
 import { BODY_LIMITS } from '../../src/receiver/control.ts';
 import { RawHttp } from './fuzz/http-raw.ts';
@@ -81,6 +82,21 @@ test('before its HELLO is accepted a peer may announce only a HELLO-sized frame'
   const err = p.frames.find((x) => x.type === FRAME.ERROR);
   assert.equal(err?.msg.code, 'BAD_FRAME_LENGTH');
   assert.match(String(err?.msg.message), /frame length 4194361 is outside 1\.\.65537/);
+});
+
+test('a HELLO-sized first frame, then full-sized frames pipelined behind it in the same write, are taken', async () => {
+  await authed().beginCycle({ cycleId: 'pipe', disks: [{ disk: 0, capacity: 1 << 20 }] });
+  const p = await dataPeer();
+  const data = Buffer.alloc(1 << 20, 9);
+  const ext = Buffer.concat([encodeExtentHeader({ codec: CODEC.RAW, seq: 1, disk: 0, offset: 0, length: data.length, digest: createHash('sha256').update(data).digest() }, data.length), data]);
+  p.s.write(Buffer.concat([encodeJsonFrame(FRAME.HELLO, { sourceId: 'hx', credential: cred, cycleId: 'pipe', streamId: 'cd' }), ext, encodeJsonFrame(FRAME.SYNC, { token: 7 })]));
+  const until = Date.now() + 30_000;
+  while (!p.frames.some((f) => f.type === FRAME.ACK && f.msg.token === 7)) {
+    assert.ok(Date.now() < until && !p.frames.some((f) => f.type === FRAME.ERROR), JSON.stringify(p.frames));
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  p.s.destroy();
+  assert.deepEqual((await authed().commitCycle('pipe', { expected: [{ disk: 0, ranges: [{ offset: 0, length: 1 << 20 }] }] })).disks[0]?.capacity, 1 << 20);
 });
 
 test('request bodies: register is limited before any credential, a declared length is refused before the body, a broken-off body is the client\'s fault', async () => {
