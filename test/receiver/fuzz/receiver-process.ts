@@ -43,7 +43,9 @@ export class FuzzedReceiver {
       if (j.msg === 'store flushed' && typeof j.ms === 'number') rx.slowestFlushMs = Math.max(rx.slowestFlushMs, j.ms);
       if ((j.level ?? 60) >= 50 && rx.errorLines.length < 200) rx.errorLines.push(l.slice(0, 2000));
     });
-    proc.once('exit', (code, signal) => { rx.exit = { code, signal }; });
+    const killOnExit = (): void => { proc.kill('SIGKILL'); };
+    process.once('exit', killOnExit); // a fuzzer that dies leaves no receiver behind
+    proc.once('exit', (code, signal) => { rx.exit = { code, signal }; process.off('exit', killOnExit); });
     rx.sampler = setInterval(() => rx.sample(), 100);
     rx.sampler.unref();
     return rx;
