@@ -35,18 +35,42 @@ import type {
   AbortCycleResponse, DeleteImageResponse, DisksResponse, DrillsResponse, ErrorResponse, HeldResponse, ImagesResponse, RegisterResponse, WhoamiResponse,
 } from '../transfer/contract.ts';
 
-const MAX_BODY = 64 * 1024 * 1024;
+/**
+ * Request bodies: at most this many bytes per route (register is read before any credential is
+ * checked: it stays small; a commit lists every range sent, its digest tree ranges and the meta), and
+ * all bodies being read at once together at most BODIES_IN_FLIGHT, so that memory does not grow with
+ * the number of clients (docs/reliability.md, "Fuzzing the receiver").
+ */
+export const BODY_LIMITS = { register: 64 * 1024, cycle: 1024 * 1024, commit: 64 * 1024 * 1024, drill: 64 * 1024 };
+export const BODIES_IN_FLIGHT = 128 * 1024 * 1024;
 
 export interface ControlContext { dataDir: string; store: ImageStore; cycles: OpenCycles; log: Logger; dataPort: () => number; drills?: DrillRunner }
 
+/** Bytes of request bodies held by requests being read (one per receiver). */
+class BodyBudget { used = 0; }
+
 /** `size.bytes` is set to the body's length. */
-async function readJson(req: IncomingMessage, size?: { bytes: number }): Promise<JsonObject> {
+async function readJson(req: IncomingMessage, limit: number, budget: BodyBudget, size?: { bytes: number }): Promise<JsonObject> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > limit) throw tooLarge(limit);
   const chunks: Buffer[] = [];
   let n = 0;
-  for await (const c of req) {
-    n += (c as Buffer).length;
-    if (n > MAX_BODY) throw new Refusal(413, 'BAD_REQUEST', `request body exceeds ${MAX_BODY} bytes`, SAME_VERSION_FIX);
-    chunks.push(c as Buffer);
+  try {
+    for await (const c of req) {
+      const len = (c as Buffer).length;
+      n += len;
+      if (n > limit) throw tooLarge(limit);
+      if (budget.used + len > BODIES_IN_FLIGHT) {
+        throw new Refusal(503, 'BUSY', `the receiver is reading ${BODIES_IN_FLIGHT} bytes of other request bodies`, 'retry in a few seconds', { transient: true });
+      }
+      budget.used += len;
+      chunks.push(c as Buffer);
+    }
+  } catch (e) {
+    if (e instanceof Refusal) throw e;
+    throw new Refusal(400, 'BAD_REQUEST', `the request body broke off after ${n} bytes (${errorMessage(e)})`, 'send the request again');
+  } finally {
+    budget.used -= chunks.reduce((k, c) => k + c.length, 0);
   }
   if (size) size.bytes = n;
   if (n === 0) return {};
@@ -57,6 +81,8 @@ async function readJson(req: IncomingMessage, size?: { bytes: number }): Promise
   throw new Refusal(400, 'BAD_REQUEST', 'request body is not a JSON object', SAME_VERSION_FIX);
 }
 
+const tooLarge = (limit: number) => new Refusal(413, 'BAD_REQUEST', `request body exceeds ${limit} bytes`, SAME_VERSION_FIX);
+
 function send(res: ServerResponse, status: number, body: unknown): void {
   const b = Buffer.from(JSON.stringify(body));
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': b.length });
@@ -64,11 +90,12 @@ function send(res: ServerResponse, status: number, body: unknown): void {
 }
 
 export function controlHandler(ctx: ControlContext): (req: IncomingMessage, res: ServerResponse) => void {
+  const bodies = new BodyBudget();
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'https://receiver');
     const route = `${req.method} ${url.pathname}`;
     let sourceId: string | undefined;
-    handle(ctx, req, res, url, (s) => { sourceId = s; }).catch((e: unknown) => {
+    handle(ctx, bodies, req, res, url, (s) => { sourceId = s; }).catch((e: unknown) => {
       const r = refusalFrom(e);
       if (r) {
         ctx.log.warn({ route, sourceId, status: r.status, errCode: r.code, reason: r.message }, 'control request refused');
@@ -83,13 +110,13 @@ export function controlHandler(ctx: ControlContext): (req: IncomingMessage, res:
   };
 }
 
-async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResponse, url: URL, setSource: (s: string) => void): Promise<void> {
+async function handle(ctx: ControlContext, bodies: BodyBudget, req: IncomingMessage, res: ServerResponse, url: URL, setSource: (s: string) => void): Promise<void> {
   const parts = url.pathname.split('/').filter(Boolean);
   if (parts[0] !== 'v1') throw new Refusal(404, 'NOT_FOUND', `no route ${url.pathname}`, SAME_VERSION_FIX);
   const m = req.method;
 
   if (m === 'POST' && parts[1] === 'register' && parts.length === 2) {
-    const body = parseRegister(await readJson(req));
+    const body = parseRegister(await readJson(req, BODY_LIMITS.register, bodies));
     const sourceId = body.sourceId;
     setSource(sourceId);
     const { credential } = await registerSource(ctx.dataDir, sourceId, body.code, body.label ?? null)
@@ -134,30 +161,30 @@ async function handle(ctx: ControlContext, req: IncomingMessage, res: ServerResp
     return digests(ctx, res, sourceId, assertId(parts[2], 'image id'), url.searchParams);
   }
   if (parts[1] === 'cycles') {
-    if (m === 'POST' && parts.length === 2) return send(res, 200, await ctx.cycles.begin(sourceId, parseBeginCycle(await readJson(req))));
+    if (m === 'POST' && parts.length === 2) return send(res, 200, await ctx.cycles.begin(sourceId, parseBeginCycle(await readJson(req, BODY_LIMITS.cycle, bodies))));
     const cycleId = assertId(parts[2], 'cycle id');
     if (m === 'GET' && parts[3] === 'held' && parts.length === 4) return send(res, 200, { held: await ctx.cycles.held(sourceId, cycleId) } satisfies HeldResponse);
     if (m === 'POST' && parts[3] === 'commit' && parts.length === 4) {
       const size = { bytes: 0 };
-      const body = parseCommitCycle(await readJson(req, size));
+      const body = parseCommitCycle(await readJson(req, BODY_LIMITS.commit, bodies, size));
       ctx.log.info({ sourceId, cycleId, bodyBytes: size.bytes }, 'commit requested');
       return send(res, 200, await ctx.cycles.commit(sourceId, cycleId, body));
     }
     if (m === 'POST' && parts[3] === 'abort' && parts.length === 4) {
-      await ctx.cycles.abort(sourceId, cycleId, parseAbortCycle(await readJson(req)));
+      await ctx.cycles.abort(sourceId, cycleId, parseAbortCycle(await readJson(req, BODY_LIMITS.cycle, bodies)));
       return send(res, 200, {} satisfies AbortCycleResponse);
     }
   }
-  if (parts[1] === 'drills') return drills(ctx, req, res, sourceId, parts.slice(2));
+  if (parts[1] === 'drills') return drills(ctx, bodies, req, res, sourceId, parts.slice(2));
   throw new Refusal(404, 'NOT_FOUND', `no route ${m} ${url.pathname}`, SAME_VERSION_FIX);
 }
 
-async function drills(ctx: ControlContext, req: IncomingMessage, res: ServerResponse, sourceId: string, rest: string[]): Promise<void> {
+async function drills(ctx: ControlContext, bodies: BodyBudget, req: IncomingMessage, res: ServerResponse, sourceId: string, rest: string[]): Promise<void> {
   const m = req.method;
   const runner = ctx.drills;
   if (!runner) throw new Refusal(501, drillsUnavailable().code, drillsUnavailable().message, drillsUnavailable().fix);
   if (m === 'POST' && rest.length === 0) {
-    const body = parseStartDrill(await readJson(req));
+    const body = parseStartDrill(await readJson(req, BODY_LIMITS.drill, bodies));
     return send(res, 200, await runner.start(sourceId, body.imageId));
   }
   if (m === 'GET' && rest.length === 0) return send(res, 200, { drills: await runner.list(sourceId) } satisfies DrillsResponse);

@@ -14,7 +14,7 @@ import { errorMessage, errorReport } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
 import { readIntoBuffer } from '../util/socket-read-buffer.ts';
 import { StoreError } from '../store/types.ts';
-import { CODEC, FRAME, FrameAssembler, ProtocolError, SAME_VERSION_FIX, encodeJsonFrame, parseJsonBody, type WireError } from '../transfer/protocol.ts';
+import { CODEC, FRAME, FrameAssembler, MAX_FRAME, MAX_JSON_FRAME, ProtocolError, SAME_VERSION_FIX, encodeJsonFrame, parseJsonBody, type WireError } from '../transfer/protocol.ts';
 import type { AckFrame, ReadyFrame } from '../transfer/contract.ts';
 import type { CodecPool } from '../transfer/codec-pool.ts';
 import { authenticate } from './identity.ts';
@@ -63,7 +63,12 @@ export class PendingBudget {
 export interface DataContext { dataDir: string; cycles: OpenCycles; pool: CodecPool; log: Logger; budget: PendingBudget }
 
 export class DataConnection implements CycleFeed {
-  private readonly reader = new FrameAssembler();
+  /**
+   * The first frame (the HELLO) may be only a HELLO's length: a frame's buffer is allocated when its
+   * length arrives, and a peer not yet let in must not make the receiver hold 4 MiB per connection.
+   * The socket is paused during the HELLO, so what may follow it before READY is one read at most.
+   */
+  private readonly reader = new FrameAssembler(MAX_FRAME, undefined, 1 + MAX_JSON_FRAME);
   private oc: OpenCycle | null = null;
   private streamId = '';
   private sourceId: string | null = null;
@@ -129,7 +134,7 @@ export class DataConnection implements CycleFeed {
     }
     if (!this.oc) throw new ProtocolError('BAD_FRAME', 'frame before READY', { fix: SAME_VERSION_FIX });
     if (type === FRAME.EXTENT) this.onExtent(body, owned);
-    else if (type === FRAME.SYNC) { this.queue.push({ kind: 'sync', token: parseJsonBody(body).token }); this.kick(); }
+    else if (type === FRAME.SYNC) { this.queue.push({ kind: 'sync', token: syncToken(parseJsonBody(body)) }); this.kick(); }
     else throw new ProtocolError('BAD_FRAME', `unexpected frame type ${type}`, { fix: SAME_VERSION_FIX });
   }
 
@@ -354,6 +359,13 @@ export class DataConnection implements CycleFeed {
     this.onClose();
     return this.drained;
   }
+}
+
+/** A SYNC's token is echoed in its ACK: a number (SyncFrame), never a structure to serialise (a JSON nested 30,000 deep overflowed the stack). */
+function syncToken(msg: Record<string, unknown>): number | undefined {
+  const t = msg.token;
+  if (t === undefined || (typeof t === 'number' && Number.isFinite(t))) return t;
+  throw new ProtocolError('BAD_FRAME', 'SYNC token must be a number', { fix: SAME_VERSION_FIX });
 }
 
 /** A failure of the receiver itself, not of what the peer sent. */

@@ -38,13 +38,27 @@ export function parseBeginCycle(body: JsonObject): BeginCycleRequest {
 }
 
 export function parseCommitCycle(body: JsonObject): CommitCycleRequest {
-  const out: CommitCycleRequest = { meta: isObject(body.meta) ? body.meta : {}, verify: body.verify === true };
+  const out: CommitCycleRequest = { meta: isObject(body.meta) ? checkMeta(body.meta) : {}, verify: body.verify === true };
   const maxImages = checkMaxImages(body.maxImages);
   if (maxImages !== undefined) out.maxImages = maxImages;
   if (Array.isArray(body.expected)) out.expected = body.expected.map(checkHeld);
   // digests matter only when the sender asks for verification
   if (out.verify && Array.isArray(body.sourceDigests)) out.sourceDigests = body.sourceDigests.map((d, i) => checkSourceDigest(d, i, out.expected));
   return out;
+}
+
+/** Deepest nesting a commit's meta may have: it is kept in image.json, and serialising it recurses. */
+export const META_MAX_DEPTH = 64;
+
+/** The meta as sent, unless it nests deeper than META_MAX_DEPTH (walked without recursion). */
+function checkMeta(meta: JsonObject): JsonObject {
+  const stack: [unknown, number][] = [[meta, 1]];
+  while (stack.length) {
+    const [v, depth] = stack.pop()!;
+    if (depth > META_MAX_DEPTH) throw badRequest(`meta nests deeper than ${META_MAX_DEPTH} levels`, SAME_VERSION_FIX);
+    if (v && typeof v === 'object') for (const x of Object.values(v)) if (x && typeof x === 'object') stack.push([x, depth + 1]);
+  }
+  return meta;
 }
 
 export function parseStartDrill(body: JsonObject): StartDrillRequest {

@@ -16,6 +16,15 @@ import { controlHandler } from './control.ts';
 import { DataConnection, PendingBudget } from './data.ts';
 import { DrillRunner, type DrillRunnerOptions, type DrillSteps } from './drills.ts';
 
+/**
+ * How long a peer may take: to finish the TLS handshake (both ports; Node's default is 120 s), to send
+ * a control request's headers (a client dripping them a byte at a time is cut off; Node's default is
+ * 60 s, checked every 30 s) and a whole request (Node's default, 300 s: a commit body may be large).
+ * docs/reliability.md, "Fuzzing the receiver".
+ */
+export const HANDSHAKE_TIMEOUT_MS = 15_000;
+const CONTROL_TIMEOUTS = { handshakeTimeout: HANDSHAKE_TIMEOUT_MS, headersTimeout: 20_000, requestTimeout: 300_000, connectionsCheckingInterval: 5_000 };
+
 export interface ReceiverOptions {
   dataDir: string;
   listen?: string;
@@ -76,19 +85,20 @@ export async function startReceiver(o: ReceiverOptions): Promise<RunningReceiver
   if (interrupted) log.warn({ drills: interrupted }, 'drills interrupted by the last stop are marked abnormal');
   const pool = sharedCodecPool();
   let dataPort = 0;
-  const control = https.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2' },
+  const control = https.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2', ...CONTROL_TIMEOUTS },
     controlHandler({ dataDir: o.dataDir, store, cycles, log, dataPort: () => dataPort, drills }));
   control.keepAliveTimeout = 5000;
   const conns = new Set<DataConnection>();
   const budget = new PendingBudget();
-  const data = tls.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2' }, (s) => {
+  const data = tls.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2', handshakeTimeout: HANDSHAKE_TIMEOUT_MS }, (s) => {
     s.setNoDelay(true);
     const c = new DataConnection(s, { dataDir: o.dataDir, cycles, pool, log, budget });
     conns.add(c);
     s.on('close', () => conns.delete(c));
   });
-  data.on('tlsClientError', (e) => log.debug({ err: e.message }, 'TLS handshake failed on the data port'));
-  control.on('tlsClientError', (e) => log.debug({ err: e.message }, 'TLS handshake failed on the control port'));
+  // With a listener Node leaves the failed socket open: each handshake that never came held its socket for good.
+  data.on('tlsClientError', (e, s) => { log.debug({ err: e.message }, 'TLS handshake failed on the data port'); s.destroy(); });
+  control.on('tlsClientError', (e, s) => { log.debug({ err: e.message }, 'TLS handshake failed on the control port'); s.destroy(); });
   const controlPort = await listenOn(control, o.controlPort ?? 8080, o.listen, 'control API');
   dataPort = await listenOn(data, o.dataPort ?? 8703, o.listen, 'data port');
   log.info({ controlPort, dataPort, fingerprint: formatFingerprint(init.fingerprint) }, 'receiver listening');

@@ -348,10 +348,15 @@ class Store implements ImageStore {
   }
 
   gc(): Promise<GcResult> {
-    const run = this.sweeps.then(() => this.sweep());
+    // A sweep that has not started yet covers every call made before it starts: join it. Queueing one
+    // per call made a burst of image deletions wait for as many full sweeps (found by the receiver fuzzer).
+    if (this.queuedSweep) return this.queuedSweep;
+    const run = this.sweeps.then(() => { this.queuedSweep = null; return this.sweep(); });
+    this.queuedSweep = run;
     this.sweeps = run.catch(() => {});
     return run;
   }
+  private queuedSweep: Promise<GcResult> | null = null;
 
   private async sweep(): Promise<GcResult> {
     this.cancelOwedSweep();

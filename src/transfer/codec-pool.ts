@@ -1,7 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { codecWorkerMain, makeCodec, type CodecWorkerData, type PackRequest, type UnpackRequest, type WorkerReply } from './codec-worker.ts';
+import { codecWorkerMain, makeCodec, type CodecDeps, type CodecWorkerData, type PackRequest, type UnpackRequest, type WorkerReply } from './codec-worker.ts';
 import { CODEC, ProtocolError } from './protocol.ts';
 import { INLINE_HASH_MAX, nativeDigest, type NativeDigest } from '../util/native-digest.ts';
 import { WorkerPool } from '../util/worker-pool.ts';
@@ -48,7 +48,8 @@ export class CodecPool {
   private inline(): ReturnType<typeof makeCodec> {
     this.inlineCodec ??= makeCodec({
       zstd: requireHere('zstd-napi') as typeof import('zstd-napi'),
-      getFrameContentSize: (requireHere('zstd-napi/binding') as { getFrameContentSize(frame: Uint8Array): number | null }).getFrameContentSize,
+      getFrameContentSize: (requireHere('zstd-napi/binding') as Pick<CodecDeps, 'getFrameContentSize'>).getFrameContentSize,
+      DCtx: (requireHere('zstd-napi/binding') as Pick<CodecDeps, 'DCtx'>).DCtx,
       createHash,
       codec: { ...CODEC },
     });

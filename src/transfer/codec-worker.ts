@@ -8,7 +8,7 @@
  * (`codecWorkerMain` may use `makeCodec`, which the worker's script defines first), only `require`
  * of absolute paths from `workerData`, and plain values.
  */
-import type { Compressor, Decompressor } from 'zstd-napi';
+import type { Compressor } from 'zstd-napi';
 
 export interface CodecWorkerData {
   zstdPath: string;
@@ -27,6 +27,8 @@ export type WorkerReply =
 export interface CodecDeps {
   zstd: typeof import('zstd-napi');
   getFrameContentSize(frame: Uint8Array): number | null;
+  /** zstd-napi's binding: a decompression context that decodes into a buffer of the caller's size. */
+  DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
   createHash: typeof import('node:crypto').createHash;
   codec: { RAW: number; ZSTD: number; ZERO: number };
 }
@@ -36,11 +38,11 @@ export interface CodecDeps {
  * Self-contained: it runs in codec workers from its source text, and on the main thread for small extents.
  */
 export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply; unpack(r: UnpackRequest): WorkerReply } {
-  const { zstd, getFrameContentSize, createHash, codec: CODEC } = deps;
+  const { zstd, getFrameContentSize, DCtx, createHash, codec: CODEC } = deps;
 
   const zeros = Buffer.alloc(1024 * 1024);
   const compressors = new Map<number, Compressor>();
-  const decompressor: Decompressor = new zstd.Decompressor();
+  const dctx = new DCtx();
 
   const isZero = (b: Buffer): boolean => {
     for (let i = 0; i < b.length; i += zeros.length) {
@@ -82,9 +84,14 @@ export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply;
       if (size !== r.length) {
         return { id: r.id, ok: false, code: 'BAD_LENGTH', message: `compressed extent declares ${size ?? 'no'} bytes, frame header says ${r.length}` };
       }
-      try { data = decompressor.decompress(payload); } catch (e) {
-        return { id: r.id, ok: false, code: 'BAD_FRAME', message: `compressed extent does not decompress: ${(e as Error).message}` };
+      // Into exactly the declared bytes: further frames, or a frame holding more than it claims, fail
+      // here instead of being inflated (a 32 KiB payload of RLE blocks holds 1 GiB; docs/reliability.md).
+      data = Buffer.allocUnsafe(r.length);
+      let n: number;
+      try { n = dctx.decompress(data, payload); } catch (e) {
+        return { id: r.id, ok: false, code: 'BAD_FRAME', message: `compressed extent does not decompress into its declared ${r.length} bytes: ${(e as Error).message}` };
       }
+      data = data.subarray(0, n);
       if (data.length !== r.length) return { id: r.id, ok: false, code: 'BAD_LENGTH', message: `extent decompressed to ${data.length} bytes, expected ${r.length}` };
     } else {
       data = payload;
@@ -106,6 +113,7 @@ export function codecWorkerMain(): void {
   const { pack, unpack } = makeCodec({
     zstd: require(wd.zstdPath) as typeof import('zstd-napi'),
     getFrameContentSize: (require(wd.bindingPath) as Pick<CodecDeps, 'getFrameContentSize'>).getFrameContentSize,
+    DCtx: (require(wd.bindingPath) as Pick<CodecDeps, 'DCtx'>).DCtx,
     createHash: (require('node:crypto') as typeof import('node:crypto')).createHash,
     codec: wd.codec,
   });

@@ -126,7 +126,12 @@ export class FrameAssembler {
   private fill = 0;
   private readonly ready: { type: number; body: Buffer; owned: boolean }[] = [];
   private error: ProtocolError | null = null;
-  constructor(private readonly maxFrame = MAX_FRAME, private readonly pool = sharedFrameBuffers) {}
+  private framesStarted = 0;
+  /**
+   * `firstFrameMax`: a lower limit for the first frame only (the receiver's HELLO, from a peer not yet let in:
+   * a frame's buffer is made when its length arrives). Later frames may be pipelined behind it.
+   */
+  constructor(private readonly maxFrame = MAX_FRAME, private readonly pool = sharedFrameBuffers, private readonly firstFrameMax = maxFrame) {}
 
   recycle(ab: ArrayBufferLike): void {
     this.pool.give(ab);
@@ -143,8 +148,9 @@ export class FrameAssembler {
         pos += k;
         if (this.headFill < 5) return;
         const len = this.head.readUInt32BE(0);
-        if (len < 1 || len > this.maxFrame) {
-          this.error = new ProtocolError('BAD_FRAME_LENGTH', `frame length ${len} is outside 1..${this.maxFrame}`, { fix: SAME_VERSION_FIX });
+        const max = this.framesStarted++ === 0 ? this.firstFrameMax : this.maxFrame;
+        if (len < 1 || len > max) {
+          this.error = new ProtocolError('BAD_FRAME_LENGTH', `frame length ${len} is outside 1..${max}`, { fix: SAME_VERSION_FIX });
           return;
         }
         this.frame = this.pool.take(4 + len);
