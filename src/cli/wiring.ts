@@ -175,6 +175,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
     sourceId: job.sourceId, sourceLabel: job.name, proxy: config.receiver.proxy, proxyPassword,
     compression: job.settings.compression, bandwidthMbps: job.settings.bandwidthMbps, checksum: job.settings.checksum,
     logger: logger.child({ sourceId: job.sourceId }),
+    ...(config.receiver.windowMib ? { windowBytes: Math.max(1, config.receiver.windowMib) * 1024 * 1024 } : {}),
   });
 
   return {
