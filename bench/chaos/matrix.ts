@@ -73,6 +73,8 @@ export interface MatrixOptions {
   /** The senders' window in MiB, default 4 (smaller than a cycle, so that the bound says something). */
   windowMib?: number;
   bandwidthMbps?: number;
+  /** Only these points (crash point names, or `delay`) per process, taken in turn. */
+  pick?: Partial<Record<ChaosProcess, string[]>>;
   /** Verify and export with the CLI (default) or the store API (fewer processes, for the short test). */
   cliChecks?: boolean;
   log?: (line: string) => void;
@@ -110,8 +112,11 @@ interface Ctx {
   exportDir: string;
 }
 
-function choosePoint(seed: number, proc: ChaosProcess, index: number): { spec: PointSpec; point: string; n: number; delay: number; rng: Rng } {
-  const list = POINTS[proc];
+function choosePoint(ctx: Ctx, proc: ChaosProcess, index: number): { spec: PointSpec; point: string; n: number; delay: number; rng: Rng } {
+  const seed = ctx.o.seed;
+  const only = ctx.o.pick[proc];
+  const list = only?.length ? POINTS[proc].filter((p) => only.includes(p.crash ?? 'delay')) : POINTS[proc];
+  if (!list.length) throw new Error(`no point of ${proc} is named ${only!.join(', ')}`);
   // round robin from a seeded offset, so that 10 trials cover every point of a process
   const offset = new Rng(trialSeed(seed, proc, -1)).int(0, list.length - 1);
   const spec = list[(offset + index) % list.length]!;
@@ -156,7 +161,7 @@ function cycleLine(run: AgentRun): { imageId: string } | undefined {
 
 async function agentTrial(ctx: Ctx, proc: 'agent' | 'receiver', index: number): Promise<TrialResult> {
   const t0 = Date.now();
-  const { spec, point, delay, rng } = choosePoint(ctx.o.seed, proc, index);
+  const { spec, point, delay, rng } = choosePoint(ctx, proc, index);
   const seed = trialSeed(ctx.o.seed, proc, index);
   const notes: string[] = [];
   const sourceId = `${proc}-${index}`;
@@ -319,7 +324,7 @@ async function waitJob(conn: ConnectorProc, id: string, pred: (v: JobView) => bo
 
 async function connectorTrial(ctx: Ctx, rig: ConnectorRig, index: number): Promise<TrialResult> {
   const t0 = Date.now();
-  const { spec, point, delay, rng } = choosePoint(ctx.o.seed, 'connector', index);
+  const { spec, point, delay, rng } = choosePoint(ctx, 'connector', index);
   const seed = trialSeed(ctx.o.seed, 'connector', index);
   const notes: string[] = [];
   const vm = rig.vms[index % rig.vms.length]!;
@@ -336,13 +341,22 @@ async function connectorTrial(ctx: Ctx, rig: ConnectorRig, index: number): Promi
   ctx.proxy.reset();
   await conn.api('POST', `/v1/jobs/${id}/start`);
   const done1 = (v: JobView) => v.job.state === 'waiting' && v.cycles.length >= 1 && v.cycles[0]!.state === 'committed';
-  const b = await waitJob(conn, id, done1, 'the reference cycle');
+  const b = await waitJob(conn, id, done1, 'the first cycle');
   expected.set(b.cycles[0]!.imageId!, baseWant);
+  // the reference: an incremental of the same size, nothing killed (a first cycle reads more: its
+  // allocated areas, in the lab's block size); its wire bytes are what this much change costs
+  await writeBlocks(rng, ctx.o.changeMib, diskMib, write);
+  const refWant = await liveSha(lab, vm);
+  ctx.proxy.reset();
+  await conn.api('POST', `/v1/jobs/${id}/sync`);
+  const doneN = (n: number) => (v: JobView) => v.job.state === 'waiting' && v.cycles.length >= n && v.cycles[0]!.state === 'committed' && !v.live;
+  const r = await waitJob(conn, id, doneN(2), 'the reference cycle');
+  expected.set(r.cycles[0]!.imageId!, refWant);
   const refWire = ctx.proxy.dataBytes;
 
   await writeBlocks(rng, ctx.o.changeMib, diskMib, write);
   const want = await liveSha(lab, vm);
-  const done2 = (v: JobView) => v.job.state === 'waiting' && v.cycles.length >= 2 && v.cycles[0]!.state === 'committed' && !v.live;
+  const done2 = doneN(3);
   let hit = false;
   let kills = 0;
   if (spec.crash) {
@@ -375,7 +389,7 @@ async function connectorTrial(ctx: Ctx, rig: ConnectorRig, index: number): Promi
     }
   }
   const fin = await waitJob(conn, id, done2, 'the cycle to finish after the restart');
-  if (fin.cycles.length !== 2) notes.push(`${fin.cycles.length} cycles recorded (the interrupted one should be resumed, not repeated)`);
+  if (fin.cycles.length !== 3) notes.push(`${fin.cycles.length} cycles recorded (the interrupted one should be resumed, not repeated)`);
   expected.set(fin.cycles[0]!.imageId!, want);
   const chaosWire = ctx.proxy.dataBytes;
   const resent = Math.max(0, chaosWire - refWire);
@@ -429,7 +443,7 @@ export function table(rows: MatrixRow[]): string {
 }
 
 export async function runMatrix(opts: MatrixOptions): Promise<{ results: TrialResult[]; rows: MatrixRow[] }> {
-  const o = { changeMib: 16, diskMib: 32, windowMib: 4, bandwidthMbps: 64, cliChecks: true, log: (s: string) => { process.stdout.write(`${s}\n`); }, ...opts } as Ctx['o'] & { only?: number[] };
+  const o = { changeMib: 16, diskMib: 32, windowMib: 4, bandwidthMbps: 64, cliChecks: true, pick: {}, log: (s: string) => { process.stdout.write(`${s}\n`); }, ...opts } as Ctx['o'] & { only?: number[] };
   const dir = await mkdtemp(join(tmpdir(), 'vmlift-chaos-'));
   const results: TrialResult[] = [];
   let rig: ConnectorRig | undefined;
