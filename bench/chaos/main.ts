@@ -19,4 +19,6 @@ const { rows } = await runMatrix({
   ...(values['change-mib'] ? { changeMib: Number(values['change-mib']) } : {}), ...(values['window-mib'] ? { windowMib: Number(values['window-mib']) } : {}),
 });
 process.stdout.write(`\n${table(rows)}\n\nseed ${seed}, ${((Date.now() - t0) / 1000).toFixed(0)} s; replay: npm run chaos -- --seed ${seed} --trials ${values.trials}${values.process ? ` --process ${values.process}` : ''}\n`);
-process.exit(rows.some((r) => r.corrupt || r.leftovers || r.overBound) ? 1 : 0);
+const failures = rows.reduce((n, r) => n + r.failures, 0);
+if (failures) process.stdout.write(`${failures} other failures (see the FAIL lines above)\n`);
+process.exit(rows.some((r) => r.corrupt || r.leftovers || r.overBound || r.failures) ? 1 : 0);

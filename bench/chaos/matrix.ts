@@ -92,6 +92,8 @@ export interface TrialResult {
   imagesChecked: number;
   corrupt: string[];
   leftovers: string[];
+  /** Anything else that went against the design (e.g. an agent that had to be run again after a receiver kill). */
+  failures: string[];
   resentBytes: number;
   boundBytes: number;
   /** Data-port bytes of the reference cycle and of the interrupted one (all attempts). */
@@ -101,7 +103,7 @@ export interface TrialResult {
   notes: string[];
 }
 
-export interface MatrixRow { process: ChaosProcess; trials: number; hit: number; phases: string[]; images: number; corrupt: number; leftovers: number; maxResent: number; bound: number; overBound: number }
+export interface MatrixRow { process: ChaosProcess; failures: number; trials: number; hit: number; phases: string[]; images: number; corrupt: number; leftovers: number; maxResent: number; bound: number; overBound: number }
 
 interface Ctx {
   o: Required<Omit<MatrixOptions, 'only' | 'log'>> & { log: (s: string) => void };
@@ -164,6 +166,7 @@ async function agentTrial(ctx: Ctx, proc: 'agent' | 'receiver', index: number): 
   const { spec, point, delay, rng } = choosePoint(ctx, proc, index);
   const seed = trialSeed(ctx.o.seed, proc, index);
   const notes: string[] = [];
+  const failures: string[] = [];
   const sourceId = `${proc}-${index}`;
   const device = join(ctx.dir, `${sourceId}.img`);
   const stateDir = join(ctx.dir, `${sourceId}-state`);
@@ -197,7 +200,9 @@ async function agentTrial(ctx: Ctx, proc: 'agent' | 'receiver', index: number): 
       const x = await run.done;
       if (x.code === 0 && cycleLine(run)) return run;
       if (attempt >= 3) throw new Error(`${sourceId}: the agent did not finish the cycle (${x.code ?? x.signal}): ${run.stderr.slice(-1500)}`);
-      notes.push(`agent run ${attempt} ended ${x.code ?? x.signal}${x.signal ? '' : `: ${run.stderr.trim().split('\n').pop()}`}`);
+      const why = `agent run ${attempt} ended ${x.code ?? x.signal}${x.signal ? '' : `: ${run.stderr.trim().split('\n').pop()}`}`;
+      // the agent reconnects by itself to a receiver that comes back: having to run it again is a failure
+      if (proc === 'receiver') failures.push(why); else notes.push(why);
       run = startAgent(args);
     }
   };
@@ -263,6 +268,7 @@ async function agentTrial(ctx: Ctx, proc: 'agent' | 'receiver', index: number): 
   const chaosWire = ctx.proxy.dataBytes;
   const resent = Math.max(0, chaosWire - refWire);
 
+  const check0: string[] = [];
   if (spec.crash === 'store:export') {
     // kill `vmlift image export` half-way, then export again: bit-identical, nothing left behind
     const out = join(ctx.exportDir, `${sourceId}-export.raw`);
@@ -271,8 +277,8 @@ async function agentTrial(ctx: Ctx, proc: 'agent' | 'receiver', index: number): 
     hit = k.signal === 'SIGKILL';
     if (hit) kills++;
     const again = await cli(ex);
-    if (again.code !== 0) notes.push(`export after the kill failed: ${again.stderr.trim()}`);
-    else if (await fileSha(out) !== want[0]) notes.push('export after the kill is not bit-identical');
+    if (again.code !== 0) failures.push(`export after the kill failed: ${again.stderr.trim()}`);
+    else if (await fileSha(out) !== want[0]) check0.push('the export after the kill is not bit-identical');
     await rm(out, { force: true });
   }
 
@@ -280,10 +286,10 @@ async function agentTrial(ctx: Ctx, proc: 'agent' | 'receiver', index: number): 
   const st = JSON.parse(await readFile(join(stateDir, 'state.json'), 'utf8').catch(() => '{}')) as { openCycle?: unknown };
   if (st.openCycle) check.leftovers.push(`agent state still names an open cycle: ${JSON.stringify(st.openCycle)}`);
   await rm(device, { force: true });
-  const corrupt = [...check.corrupt, ...notes.filter((n) => n.startsWith('export after'))];
+  const corrupt = [...check.corrupt, ...check0];
   return {
     process: proc, index, seed, point, phase: spec.phase, hit, kills, imagesChecked: check.images, corrupt, leftovers: check.leftovers,
-    resentBytes: spec.crash === 'store:export' ? 0 : resent, boundBytes: bound(ctx, Math.max(kills, 0)), refWire, chaosWire, seconds: (Date.now() - t0) / 1000, notes,
+    resentBytes: spec.crash === 'store:export' ? 0 : resent, boundBytes: bound(ctx, Math.max(kills, 0)), refWire, chaosWire, seconds: (Date.now() - t0) / 1000, notes, failures,
   };
 }
 
@@ -327,6 +333,7 @@ async function connectorTrial(ctx: Ctx, rig: ConnectorRig, index: number): Promi
   const { spec, point, delay, rng } = choosePoint(ctx, 'connector', index);
   const seed = trialSeed(ctx.o.seed, 'connector', index);
   const notes: string[] = [];
+  const failures: string[] = [];
   const vm = rig.vms[index % rig.vms.length]!;
   const id = `c${index}`;
   const { conn, lab } = rig;
@@ -389,7 +396,7 @@ async function connectorTrial(ctx: Ctx, rig: ConnectorRig, index: number): Promi
     }
   }
   const fin = await waitJob(conn, id, done2, 'the cycle to finish after the restart');
-  if (fin.cycles.length !== 3) notes.push(`${fin.cycles.length} cycles recorded (the interrupted one should be resumed, not repeated)`);
+  if (fin.cycles.length !== 3) failures.push(`${fin.cycles.length} cycles recorded (the interrupted one should be resumed, not repeated)`);
   expected.set(fin.cycles[0]!.imageId!, want);
   const chaosWire = ctx.proxy.dataBytes;
   const resent = Math.max(0, chaosWire - refWire);
@@ -401,7 +408,7 @@ async function connectorTrial(ctx: Ctx, rig: ConnectorRig, index: number): Promi
   await conn.api('POST', `/v1/jobs/${id}/pause`).catch(() => undefined);
   return {
     process: 'connector', index, seed, point, phase: spec.phase, hit, kills, imagesChecked: check.images, corrupt: check.corrupt,
-    leftovers: check.leftovers, resentBytes: resent, boundBytes: bound(ctx, kills), refWire, chaosWire, seconds: (Date.now() - t0) / 1000, notes,
+    leftovers: check.leftovers, resentBytes: resent, boundBytes: bound(ctx, kills), refWire, chaosWire, seconds: (Date.now() - t0) / 1000, notes, failures,
   };
 }
 
@@ -409,10 +416,10 @@ async function connectorTrial(ctx: Ctx, rig: ConnectorRig, index: number): Promi
 
 export function trialLine(r: TrialResult): string {
   const mib = (b: number) => (b / MiB).toFixed(1);
-  const bad = r.corrupt.length || r.leftovers.length || r.resentBytes > r.boundBytes;
+  const bad = r.corrupt.length || r.leftovers.length || r.failures.length || r.resentBytes > r.boundBytes;
   return `${r.process} #${r.index} seed=${r.seed} point=${r.point} (${r.phase}) ${r.hit ? 'killed' : 'not reached'}` +
     ` images=${r.imagesChecked} corrupt=${r.corrupt.length} leftovers=${r.leftovers.length} re-sent=${mib(r.resentBytes)}/${mib(r.boundBytes)} MiB (wire ${mib(r.chaosWire)} vs ${mib(r.refWire)})` +
-    ` ${r.seconds.toFixed(1)} s${bad ? ` FAIL ${[...r.corrupt, ...r.leftovers].join('; ')}` : ''}${r.notes.length ? ` (${r.notes.join('; ')})` : ''}`;
+    ` ${r.seconds.toFixed(1)} s${bad ? ` FAIL ${[...r.corrupt, ...r.leftovers, ...r.failures].join('; ')}` : ''}${r.notes.length ? ` (${r.notes.join('; ')})` : ''}`;
 }
 
 export function summarize(results: TrialResult[]): MatrixRow[] {
@@ -421,7 +428,7 @@ export function summarize(results: TrialResult[]): MatrixRow[] {
     const rs = results.filter((r) => r.process === p);
     if (!rs.length) continue;
     rows.push({
-      process: p, trials: rs.length, hit: rs.filter((r) => r.hit).length,
+      process: p, failures: rs.reduce((n, r) => n + r.failures.length, 0), trials: rs.length, hit: rs.filter((r) => r.hit).length,
       phases: [...new Set(rs.filter((r) => r.hit).map((r) => r.phase))],
       images: rs.reduce((n, r) => n + r.imagesChecked, 0),
       corrupt: rs.reduce((n, r) => n + r.corrupt.length, 0),
@@ -436,9 +443,9 @@ export function summarize(results: TrialResult[]): MatrixRow[] {
 
 export function table(rows: MatrixRow[]): string {
   const mib = (b: number) => `${(b / MiB).toFixed(1)} MiB`;
-  const head = ['process', 'trials', 'points hit', 'images checked', 'corrupt', 'leftovers', 'max re-sent / bound'];
+  const head = ['process', 'trials', 'points hit', 'images checked', 'corrupt', 'leftovers', 'max re-sent / bound', 'other failures'];
   const body = rows.map((r) => [r.process, String(r.trials), `${r.hit} (${r.phases.join(', ')})`, String(r.images), String(r.corrupt), String(r.leftovers),
-    `${mib(r.maxResent)} / ${mib(r.bound)}${r.overBound ? ` (${r.overBound} over)` : ''}`]);
+    `${mib(r.maxResent)} / ${mib(r.bound)}${r.overBound ? ` (${r.overBound} over)` : ''}`, String(r.failures)]);
   return [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...body.map((b) => `| ${b.join(' | ')} |`)].join('\n');
 }
 

@@ -29,6 +29,7 @@ test(`kill -9 matrix, short form (seed ${seed}): no corrupt image, nothing left 
     assert.ok(r.imagesChecked >= 1, line);
     assert.deepEqual(r.corrupt, [], line);
     assert.deepEqual(r.leftovers, [], line);
+    assert.deepEqual(r.failures, [], line);
     assert.ok(r.resentBytes <= r.boundBytes, `re-sent within the bound: ${line}`);
     assert.ok(r.refWire >= 16 << 20, `the reference cycle's wire bytes were counted: ${line}`);
   }
