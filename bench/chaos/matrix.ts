@@ -123,7 +123,8 @@ function choosePoint(ctx: Ctx, proc: ChaosProcess, index: number): { spec: Point
   const offset = new Rng(trialSeed(seed, proc, -1)).int(0, list.length - 1);
   const spec = list[(offset + index) % list.length]!;
   const rng = new Rng(trialSeed(seed, proc, index));
-  const n = spec.n ? rng.int(spec.n[0], spec.n[1]) : 1;
+  // pass counts are written for 16 MiB of change per cycle; a smaller cycle passes fewer times
+  const n = spec.n ? rng.int(spec.n[0], Math.max(spec.n[0], Math.round(spec.n[1] * Math.min(1, ctx.o.changeMib / 16)))) : 1;
   const delay = spec.delayMs ? rng.int(spec.delayMs[0], spec.delayMs[1]) : 0;
   const point = spec.crash ? (n > 1 ? `${spec.crash}:${n}` : spec.crash) : `delay ${delay} ms after the transfer began`;
   return { spec, point, n, delay, rng };

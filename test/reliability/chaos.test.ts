@@ -13,7 +13,8 @@ const seed = Number(process.env.VMLIFT_CHAOS_SEED ?? 20261201);
 test(`kill -9 matrix, short form (seed ${seed}): no corrupt image, nothing left behind, re-sent bytes within the bound`, { timeout: 300_000 }, async (t) => {
   const lines: string[] = [];
   const { results, rows } = await runMatrix({
-    seed, trials: 2, processes: ['connector', 'receiver', 'agent'], cliChecks: false, log: (l) => { lines.push(l); t.diagnostic(l); },
+    // 8 MiB of change per cycle on 16 MiB disks: still two sender windows (4 MiB), quicker than the full matrix's 16 MiB
+    seed, trials: 2, processes: ['connector', 'receiver', 'agent'], cliChecks: false, changeMib: 8, diskMib: 16, log: (l) => { lines.push(l); t.diagnostic(l); },
     pick: {
       connector: ['vc:snapshot-created', 'delay'],
       receiver: ['store:flush', 'store:gc'],
@@ -31,6 +32,6 @@ test(`kill -9 matrix, short form (seed ${seed}): no corrupt image, nothing left 
     assert.deepEqual(r.leftovers, [], line);
     assert.deepEqual(r.failures, [], line);
     assert.ok(r.resentBytes <= r.boundBytes, `re-sent within the bound: ${line}`);
-    assert.ok(r.refWire >= 16 << 20, `the reference cycle's wire bytes were counted: ${line}`);
+    assert.ok(r.refWire >= 8 << 20, `the reference cycle's wire bytes were counted: ${line}`);
   }
 });
