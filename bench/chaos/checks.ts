@@ -31,7 +31,7 @@ async function inFlux(dir: string, out: string[], rel = ''): Promise<void> {
  * `expected`: imageId → the SHA-256 of each disk. `useCli`: verify and export with `vmlift image
  * verify|export` (the full matrix), else through the store API (the short test: fewer processes).
  */
-export async function checkStore(o: { dataDir: string; sourceId: string; expected: Map<string, string[]>; exportDir: string; useCli: boolean }): Promise<StoreCheck> {
+export async function checkStore(o: { dataDir: string; sourceId: string; expected: Map<string, string[]>; exportDir: string; useCli: boolean; maxImages: number }): Promise<StoreCheck> {
   const store = await openImageStore(join(o.dataDir, 'store'));
   const corrupt: string[] = [];
   const leftovers: string[] = [];
@@ -62,6 +62,7 @@ export async function checkStore(o: { dataDir: string; sourceId: string; expecte
         if (got !== want[d.disk]) corrupt.push(`image ${img.imageId} disk ${d.disk}: SHA-256 ${got.slice(0, 12)}… is not the source's ${want[d.disk]?.slice(0, 12)}…`);
       }
     }
+    if (images > o.maxImages) leftovers.push(`${images} images kept, more than the source's max-images ${o.maxImages}`);
     await store.gc();
     for (const c of await store.openCycles(o.sourceId)) leftovers.push(`open cycle ${c}`);
     const flux: string[] = [];

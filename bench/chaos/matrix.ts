@@ -283,7 +283,7 @@ async function agentTrial(ctx: Ctx, proc: 'agent' | 'receiver', index: number): 
     await rm(out, { force: true });
   }
 
-  const check = await checkStore({ dataDir: ctx.rx.dataDir, sourceId, expected, exportDir: ctx.exportDir, useCli: ctx.o.cliChecks });
+  const check = await checkStore({ dataDir: ctx.rx.dataDir, sourceId, expected, exportDir: ctx.exportDir, useCli: ctx.o.cliChecks, maxImages: 1 });
   const st = JSON.parse(await readFile(join(stateDir, 'state.json'), 'utf8').catch(() => '{}')) as { openCycle?: unknown };
   if (st.openCycle) check.leftovers.push(`agent state still names an open cycle: ${JSON.stringify(st.openCycle)}`);
   await rm(device, { force: true });
@@ -402,7 +402,7 @@ async function connectorTrial(ctx: Ctx, rig: ConnectorRig, index: number): Promi
   const chaosWire = ctx.proxy.dataBytes;
   const resent = Math.max(0, chaosWire - refWire);
 
-  const check = await checkStore({ dataDir: ctx.rx.dataDir, sourceId: job.sourceId, expected, exportDir: ctx.exportDir, useCli: ctx.o.cliChecks });
+  const check = await checkStore({ dataDir: ctx.rx.dataDir, sourceId: job.sourceId, expected, exportDir: ctx.exportDir, useCli: ctx.o.cliChecks, maxImages: 1 });
   for (const s of await lab.snapshots(vm.name)) if (s.name.startsWith('vmlift-')) check.leftovers.push(`snapshot ${s.name} on ${vm.name}`);
   for (const c of fin.cycles) if (c.state === 'running') check.leftovers.push(`cycle ${c.id} still running in the connector's state`);
   // the next trial's VM is another one; this job stops here

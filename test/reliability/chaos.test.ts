@@ -17,7 +17,7 @@ test(`kill -9 matrix, short form (seed ${seed}): no corrupt image, nothing left 
     seed, trials: 2, processes: ['connector', 'receiver', 'agent'], cliChecks: false, changeMib: 8, diskMib: 16, log: (l) => { lines.push(l); t.diagnostic(l); },
     pick: {
       connector: ['vc:snapshot-created', 'delay'],
-      receiver: ['store:flush', 'store:gc'],
+      receiver: ['store:flush', 'store:commit-published'],
       agent: ['transfer:send', 'agent:after-commit'],
     },
   });
