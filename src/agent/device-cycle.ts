@@ -21,6 +21,7 @@ import { fullCycleEstimate } from './estimate.ts';
 import type { ReceiverCycle, SessionStats } from '../transfer/contract.ts';
 import type { AgentSender } from './connect.ts';
 import type { AgentState } from './state.ts';
+import { crashPoint } from '../util/crash.ts';
 
 export interface DiskProgress {
   disk: number;
@@ -197,6 +198,7 @@ async function attempt(
     sourceDigests: o.checksum ? results.map((r) => ({ disk: r.disk, sha256: r.sha256! })) : undefined,
   });
   addStats(totals, before, safeStats(session));
+  crashPoint('agent:after-commit');
   await o.state.promoteManifest(newDir, {
     imageId: image.imageId, cycleId: image.cycleId, committedAt: image.committedAt,
     blockSize: BLOCK_SIZE, capacities: disks.map((d) => d.capacity),

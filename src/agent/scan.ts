@@ -10,6 +10,7 @@ import { clampReads } from '../source/clamp.ts';
 import type { Range } from '../model/ranges.ts';
 import { BLOCK_SIZE, DIGEST_SIZE, zeroDigest, type ManifestReader, type ManifestWriter } from './manifest.ts';
 import { sharedDigestPool, type DigestPool, type WindowDigests } from './digest-pool.ts';
+import { crashPoint } from '../util/crash.ts';
 
 export const WINDOW = 1024 * 1024;
 
@@ -139,7 +140,7 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     next += length;
     const [readStart, readEnd] = await holes.dataSpan(offset, offset + length);
     const w: Window = { offset, length, readStart, readEnd };
-    const data = readEnd > readStart ? source.read(readStart, readEnd - readStart) : Promise.resolve(null);
+    const data = readEnd > readStart ? source.read(readStart, readEnd - readStart).then((b) => { crashPoint('agent:read'); return b; }) : Promise.resolve(null);
     // Hash as soon as the read lands, while earlier windows are still being sent.
     // The read buffer moves to the worker and back (no copy): use the one the digests come with.
     const whole = wholeRate >= 0.5;

@@ -23,6 +23,8 @@ export interface ConnectorConfig {
     dataPort?: number;
     proxy?: string;
     proxyPasswordFile?: string;
+    /** Unacknowledged payload a cycle keeps for resend, MiB (default 64; the kill -9 matrix uses a small one). */
+    windowMib?: number;
   };
   limits: { disksPerHost: number; disksOverall: number; maxConcurrentJobs: number };
   /** Read size cap for disk transports (VMware NFC through vCenter: 2 MiB). */

@@ -196,6 +196,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
     sourceId: job.sourceId, sourceLabel: job.name, proxy: config.receiver.proxy, proxyPassword,
     compression: job.settings.compression, bandwidthMbps: job.settings.bandwidthMbps, checksum: job.settings.checksum,
     logger: logger.child({ sourceId: job.sourceId }), acceptPin: acceptPinCommand(home),
+    ...(config.receiver.windowMib ? { windowBytes: Math.max(1, config.receiver.windowMib) * 1024 * 1024 } : {}),
   });
 
   // One control session per source for drills, opened on first use (the credential is the source's own).

@@ -19,6 +19,7 @@ import { DigestTree, pieceDigests } from '../transfer/digest-tree.ts';
 import { PIECE_SIZE } from '../transfer/protocol.ts';
 import type { JobSettings } from '../state/types.ts';
 import { CodedError, errorReport, isTransient } from '../util/errors.ts';
+import { crashPoint } from '../util/crash.ts';
 
 export const SNAPSHOT_PREFIX = 'vmlift-';
 /**
@@ -138,6 +139,7 @@ export async function runVmCycle(input: CycleInput): Promise<CycleResult> {
   if (kept) logger.info({ vmRef, snapshot: name }, 'resuming the cycle on its own snapshot');
   const snapshot = kept ?? await step('snapshot', input, () =>
     vcenter.createSnapshot(vmRef, name, { quiesce: input.settings.quiesce, onProgress: input.onTaskProgress }));
+  crashPoint('vc:snapshot-created');
   input.onSnapshot?.(snapshot);
   let session: ReceiverCycle | undefined;
   try {
@@ -211,7 +213,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ow
 
   const areas = await step('plan', input, () => Promise.all(disks.map((d, i) => {
     const p = plans[i]!;
-    return vcenter.changedAreas(vmRef, snapshot, d, p.mode === 'full' ? '*' : p.sinceChangeId);
+    return vcenter.changedAreas(vmRef, snapshot, d, p.mode === 'full' ? '*' : p.sinceChangeId).then((a) => { crashPoint('engine:changed-areas'); return a; });
   })));
 
   const session = await step('transfer', input, () => receiver.beginCycle({
@@ -350,6 +352,7 @@ export async function copyRanges(source: BlockSource, ranges: readonly Range[], 
       } else {
         data = await source.read(piece.offset, piece.length);
       }
+      crashPoint('engine:read');
       o.onRead(piece.offset, data);
       await o.send(piece.offset, data);
       if (whole && pooled) pool.push(whole);

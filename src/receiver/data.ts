@@ -21,6 +21,7 @@ import { authenticate } from './identity.ts';
 import { checkExtentFrame } from './extent-checks.ts';
 import { NoSpaceError, asNoSpace } from './space.ts';
 import type { OpenCycles, OpenCycle, CycleFeed } from './open-cycles.ts';
+import { crashPoint } from '../util/crash.ts';
 
 export const PENDING_LIMIT = 16 * 1024 * 1024;
 export const FLUSH_BYTES = 32 * 1024 * 1024;
@@ -202,6 +203,7 @@ export class DataConnection implements CycleFeed {
         const data = await item.data;
         if (this.refused) break;
         // the digest was just checked against the bytes: the store may name the chunk by it
+        crashPoint('receiver:extent');
         const w = this.oc!.writer.writeExtent(item.disk, item.offset, item.length, data, data ? { sha256: item.digest } : undefined);
         // the store keeps no reference once the write is done (whole chunks are written, partial ones copied)
         if (data) w.then(() => this.reader.recycle(data.buffer), () => undefined);

@@ -123,7 +123,19 @@ export class OpenCycles {
     assertId(cycleId, 'cycle id');
     return this.locked(sourceId, async () => {
       const oc = this.get(sourceId, cycleId);
-      if (!oc) throw notOpen(sourceId, cycleId);
+      if (!oc) {
+        // A commit retried after the receiver died between publishing the image and answering (or
+        // applying retention): the image stands; answer with it and keep the source's retention.
+        const done = (await this.store.listSources()).includes(sourceId)
+          ? (await this.store.listImages(sourceId)).find((i) => i.cycleId === cycleId) : undefined;
+        if (!done || (await this.store.openCycles(sourceId)).includes(cycleId)) throw notOpen(sourceId, cycleId);
+        if (req.maxImages !== undefined) {
+          const removed = await this.store.applyRetention(sourceId, req.maxImages);
+          if (removed.length) this.log.info({ sourceId, removed, keep: req.maxImages }, 'retention removed images');
+        }
+        this.log.info({ sourceId, cycleId, imageId: done.imageId }, 'commit of a cycle already committed answered with its image');
+        return done;
+      }
       oc.committing = true;
       try {
         if (oc.feed) await oc.feed.detach();

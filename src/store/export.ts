@@ -1,10 +1,12 @@
-import { open, rename, rm, stat } from 'node:fs/promises';
+import { open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
-import { dirname } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { fsyncDir } from '../util/fsync.ts';
 import { StoreError } from './types.ts';
 import { writeFully } from '../util/write-fully.ts';
+import { crashPoint } from '../util/crash.ts';
+import { pidAlive } from './pins.ts';
 
 /** Reads one chunk of an image: its bytes, or null for a hole. */
 export type ChunkSource = (i: number) => Promise<Buffer | null>;
@@ -23,6 +25,20 @@ function partialName(output: string, ext = ''): string {
   return `${output}.partial-${process.pid}-${randomBytes(4).toString('hex')}${ext}`;
 }
 
+/**
+ * Removes the partial files of earlier exports to the same output whose process is gone (killed
+ * half-way: nothing else would ever remove them). Those of a live export are left alone.
+ */
+async function removeDeadPartials(output: string): Promise<void> {
+  const dir = dirname(output);
+  const prefix = `${basename(output)}.partial-`;
+  for (const n of await readdir(dir).catch(() => [] as string[])) {
+    if (!n.startsWith(prefix)) continue;
+    const m = /^([0-9]+)-[0-9a-f]{8}(\.raw)?$/.exec(n.slice(prefix.length));
+    if (m && !pidAlive(Number(m[1]))) await rm(join(dir, n), { force: true });
+  }
+}
+
 /** Write a sparse raw file: holes are never written (the file is sized with ftruncate first). */
 async function writeRaw(path: string, capacity: number, chunkSize: number, slots: number, read: ChunkSource): Promise<void> {
   const fh = await open(path, 'wx', 0o600);
@@ -38,6 +54,7 @@ async function writeRaw(path: string, capacity: number, chunkSize: number, slots
         if (!data) continue;
         const len = Math.min(chunkSize, capacity - i * chunkSize);
         await writeFully(fh, data, i * chunkSize, Math.min(len, data.length));
+        crashPoint('store:export');
       }
     };
     await Promise.all(Array.from({ length: depth }, worker));
@@ -70,6 +87,7 @@ export async function exportDisk(output: string, format: 'raw' | 'qcow2' | 'vmdk
     throw new StoreError('BAD_FORMAT', `unknown export format ${JSON.stringify(format)}: use raw, qcow2 or vmdk`, { fix: 'use --format raw, qcow2 or vmdk' });
   }
   await checkOutputDir(output);
+  await removeDeadPartials(output);
   const slots = Math.ceil(capacity / chunkSize);
   const raw = partialName(output, format === 'raw' ? '' : '.raw');
   const conv = format === 'raw' ? null : partialName(output);

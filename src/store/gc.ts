@@ -7,6 +7,7 @@ import { SLOT, type Layout } from './layout.ts';
 import { overlayDigests, readOverlay } from './overlay.ts';
 import { isZeroSlot } from './chunks.ts';
 import { pidAlive } from './pins.ts';
+import { crashPoint } from '../util/crash.ts';
 
 /**
  * Mark and sweep. The rule that makes it safe against cycles running in other processes:
@@ -130,6 +131,7 @@ export async function collectGarbage(layout: Layout, graceMs = GRACE_MS): Promis
       if (st1.mtimeMs >= cutoff) { deferredChunks++; continue; }
       const aside = join(dir, `.gc-${process.pid}-${n}`);
       try { await rename(path, aside); } catch { continue; }
+      crashPoint('store:gc');
       const st2 = await stat(aside);
       if (st2.mtimeMs >= cutoff) {
         await rename(aside, path);

@@ -18,6 +18,7 @@ import { encodeRecords, overlayName, readOverlay, RECORD, RESET, type Overlay } 
 import { coalesce, type Range } from '../model/ranges.ts';
 import type { DiskSpec, HeldRanges } from '../model/images.ts';
 import { writeFully } from '../util/write-fully.ts';
+import { crashPoint } from '../util/crash.ts';
 
 /** One disk's working index file (32 bytes a slot), and the slots changed since it was last written. */
 export class WorkingIndex {
@@ -221,6 +222,7 @@ export class CycleJournals {
       const records = disks.map((d) => d.overlay.take());
       try {
         await chunks.sync();
+        crashPoint('store:flush');
         await Promise.all(disks.map((d, k) => d.overlay.append(records[k]!)));
       } catch (e) {
         disks.forEach((d, k) => d.overlay.giveBack(records[k]!));

@@ -23,6 +23,7 @@ import { livePins, pinImage } from './pins.ts';
 import { collectGarbage, GRACE_MS, type GcResult } from './gc.ts';
 import { exportDisk } from './export.ts';
 import { overlayName, readOverlay, subSize, type Overlay } from './overlay.ts';
+import { crashPoint } from '../util/crash.ts';
 
 /** Chosen by measurement (bench/store-chunk-size.ts, docs/store.md). */
 export const DEFAULT_CHUNK_SIZE = 1 << 20;
@@ -322,6 +323,7 @@ class Store implements ImageStore {
       throw pinnedMsg();
     }
     await fsyncDir(imagesDir);
+    crashPoint('store:retention');
     await rm(trash, { recursive: true, force: true });
   }
 

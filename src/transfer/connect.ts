@@ -53,6 +53,10 @@ function tunnel(proxy: ProxySpec, host: string, port: number, timeoutMs: number)
     s.setTimeout(timeoutMs, () => fail(new ConnectError(`proxy ${proxy.host}:${proxy.port} did not answer within ${timeoutMs} ms`)));
     s.once('error', (e) => fail(new ConnectError(`cannot reach proxy ${proxy.host}:${proxy.port}: ${e.message}`, { cause: e })));
     const target = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+    // A proxy whose upstream is down may just close: without this the promise never settled (no
+    // timer is left on a closed socket), and a process waiting on it exited 13.
+    const onClose = (): void => fail(new ConnectError(`proxy ${proxy.host}:${proxy.port} closed the connection without answering CONNECT to ${target}`));
+    s.once('close', onClose);
     s.once('connect', () => {
       let req = `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n`;
       if (proxy.user !== undefined) {
@@ -72,11 +76,16 @@ function tunnel(proxy: ProxySpec, host: string, port: number, timeoutMs: number)
       s.setTimeout(0);
       const status = /^HTTP\/1\.[01] (\d{3})/.exec(buf.subarray(0, end).toString('latin1'));
       const code = status ? Number(status[1]) : 0;
+      s.off('close', onClose);
       if (code === 200) {
         const rest = buf.subarray(end + 4);
         if (rest.length) s.unshift(rest);
         s.removeAllListeners('error');
         resolve(s);
+      } else if (code === 502 || code === 503 || code === 504) {
+        // the proxy could not reach the receiver (down, restarting): as transient as a refused connection
+        s.destroy();
+        reject(new ConnectError(`proxy ${proxy.host}:${proxy.port} could not reach ${target} (status ${code})`));
       } else if (code === 407) {
         s.destroy();
         reject(new UserError('PROXY_AUTH', `proxy ${proxy.host}:${proxy.port} refused the credentials (407)`,

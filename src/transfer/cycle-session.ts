@@ -40,6 +40,7 @@ import { PiecePacker } from './piece-packer.ts';
 import { linkTimeouts } from './link-timeouts.ts';
 import { split } from '../model/ranges.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
+import { crashPoint } from '../util/crash.ts';
 
 /** What a cycle session uses of its Sender. */
 export interface SessionHost {
@@ -328,6 +329,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
       const { packed, phase } = zero ? this.packer.pack(null, 0, n) : this.packer.pack(data, off - offset, n, digest ? { ...opts, digest } : { ...opts, digest: undefined });
       this.window.push({ disk, offset: off, length: n, overwrite, packed, cost, phase });
       this.changed.notify();
+      crashPoint('transfer:send');
     }
   }
 
@@ -335,6 +337,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
 
   /** Resolves when every extent sent so far is durable on the receiver (acknowledged after its store flushed). */
   async flush(): Promise<void> {
+    crashPoint('transfer:flush');
     while (!this.window.empty) {
       this.check();
       if (this.link && this.window.allWritten && this.syncSentOn !== this.link) {
@@ -354,6 +357,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     this.link?.end();
     await this.pumpDone;
     const body = commitBody(o, this.coverage.expected(this.disks), this.host.checksum, this.maxImages);
+    crashPoint('transfer:commit');
     try {
       return await commitWithRetries({
         send: async () => {
