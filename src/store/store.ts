@@ -230,6 +230,11 @@ class Store implements ImageStore {
     }
   }
 
+  async pin(sourceId: string, imageId: string) {
+    await this.record(sourceId, imageId);
+    return pinImage(this.layout, sourceId, imageId);
+  }
+
   async verify(sourceId: string, imageId: string) {
     return this.pinned(sourceId, imageId, async (rec) => {
       const bad: { disk: number; offset: number; reason: string }[] = [];

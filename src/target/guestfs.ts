@@ -15,25 +15,35 @@ export function guestfsEnv(): NodeJS.ProcessEnv {
     LIBGUESTFS_BACKEND_SETTINGS: process.env.LIBGUESTFS_BACKEND_SETTINGS ?? 'force_tcg' };
 }
 
+export interface GuestfsOptions {
+  /** Disk image format (default raw). */
+  format?: 'raw' | 'qcow2';
+  /** Open the disks for writing (default read-only). */
+  write?: boolean;
+  /** Environment of guestfish and its appliance (default guestfsEnv()). */
+  env?: NodeJS.ProcessEnv;
+}
+
 export class Guestfs {
   private closed = false;
   private readonly unregister: () => void;
-  private constructor(readonly pid: number) {
+  private constructor(readonly pid: number, private readonly env: NodeJS.ProcessEnv) {
     // The --listen daemon outlives this process unless killed; its recovery process then ends the appliance.
     this.unregister = onAbort(() => {
-      try { execFileSync('guestfish', [`--remote=${pid}`, '--', 'exit'], { env: guestfsEnv(), timeout: 5000, stdio: 'ignore' }); } catch { /* kill below */ }
+      try { execFileSync('guestfish', [`--remote=${pid}`, '--', 'exit'], { env, timeout: 5000, stdio: 'ignore' }); } catch { /* kill below */ }
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
     });
   }
 
-  /** Starts the appliance over `disks` (raw files), read-only. */
-  static async open(disks: string[]): Promise<Guestfs> {
-    const args = ['--listen', '--ro'];
-    for (const d of disks) args.push('--format=raw', '-a', d);
+  /** Starts the appliance over `disks` (raw files unless told), read-only unless told. */
+  static async open(disks: string[], o: GuestfsOptions = {}): Promise<Guestfs> {
+    const env = o.env ?? guestfsEnv();
+    const args = ['--listen', o.write ? '--rw' : '--ro'];
+    for (const d of disks) args.push(`--format=${o.format ?? 'raw'}`, '-a', d);
     let out: string;
     try {
       out = await new Promise<string>((resolve, reject) => {
-        const p = spawn('guestfish', args, { env: guestfsEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+        const p = spawn('guestfish', args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
         let o = '', e = '';
         p.stdout.on('data', (b) => { o += b; });
         p.stderr.on('data', (b) => { e += b; });
@@ -47,7 +57,7 @@ export class Guestfs {
     }
     const m = /GUESTFISH_PID=(\d+)/.exec(out);
     if (!m) throw new CodedError('GUESTFS_FAILED', `guestfish --listen printed no pid: ${out.slice(0, 200)}`);
-    const g = new Guestfs(Number(m[1]));
+    const g = new Guestfs(Number(m[1]), env);
     try {
       await g.cmd('run');
     } catch (e) {
@@ -61,7 +71,7 @@ export class Guestfs {
   /** Runs one guestfish command; rejects with its error message. */
   async cmd(...args: string[]): Promise<string> {
     try {
-      const { stdout } = await run('guestfish', [`--remote=${this.pid}`, '--', ...args], { env: guestfsEnv(), maxBuffer: 64 << 20 });
+      const { stdout } = await run('guestfish', [`--remote=${this.pid}`, '--', ...args], { env: this.env, maxBuffer: 64 << 20 });
       return stdout;
     } catch (e) {
       const err = e as { stderr?: string; message: string };

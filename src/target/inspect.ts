@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ImageStore } from '../store/index.ts';
-import { Guestfs } from './guestfs.ts';
+import { Guestfs, type GuestfsOptions } from './guestfs.ts';
 import { onAbort } from './abort.ts';
 
 const run = promisify(execFile);
@@ -83,9 +83,9 @@ export async function inspectImage(store: ImageStore, sourceId: string, imageId:
   }
 }
 
-/** Inspects raw disk files (in order: disk 0, 1, ...), read-only. `scratch` is a folder for the initramfs copies. */
-export async function inspectDisks(files: string[], scratch: string): Promise<InspectReport> {
-  const g = await Guestfs.open(files);
+/** Inspects disk files (in order: disk 0, 1, ...; raw unless told), read-only. `scratch` is a folder for the initramfs copies. */
+export async function inspectDisks(files: string[], scratch: string, o: Omit<GuestfsOptions, 'write'> = {}): Promise<InspectReport> {
+  const g = await Guestfs.open(files, o);
   try {
     return await collect(g, scratch);
   } finally {
@@ -93,7 +93,8 @@ export async function inspectDisks(files: string[], scratch: string): Promise<In
   }
 }
 
-async function collect(g: Guestfs, scratch: string): Promise<InspectReport> {
+/** The report over an open session (its filesystems are left mounted read-only where inspection mounted them). */
+export async function collect(g: Guestfs, scratch: string): Promise<InspectReport> {
   const devices = await g.lines('list-devices');
   const disks = [];
   for (const [i, device] of devices.entries()) {
