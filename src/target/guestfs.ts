@@ -68,7 +68,10 @@ export class Guestfs {
     return g;
   }
 
-  /** Runs one guestfish command; rejects with its error message. */
+  /**
+   * Runs one guestfish command; rejects with its error message. A failing command ends the --listen
+   * server (guestfish exits on the first error): use it for what must succeed.
+   */
   async cmd(...args: string[]): Promise<string> {
     try {
       const { stdout } = await run('guestfish', [`--remote=${this.pid}`, '--', ...args], { env: this.env, maxBuffer: 64 << 20 });
@@ -79,9 +82,15 @@ export class Guestfs {
     }
   }
 
-  /** The command's output, or null when it fails. */
+  /**
+   * The command's output, or null when it printed nothing (it failed, or had nothing to say). It goes
+   * with guestfish's "-" prefix, which keeps the server running when the command fails (the error
+   * then shows on the server's stderr only, so failure and empty output look alike here).
+   */
   async tryCmd(...args: string[]): Promise<string | null> {
-    return this.cmd(...args).catch(() => null);
+    const [name, ...rest] = args;
+    const out = await this.cmd(`-${name}`, ...rest).catch(() => null);
+    return out ? out : null;
   }
 
   async lines(...args: string[]): Promise<string[]> {

@@ -7,7 +7,7 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -129,9 +129,10 @@ export async function collect(g: Guestfs, scratch: string): Promise<InspectRepor
     const mounts = (await g.lines('inspect-get-mountpoints', root)).map((l) => l.split(': ') as [string, string])
       .sort((a, b) => a[0].length - b[0].length);
     for (const [mp, dev] of mounts) {
-      if (await g.tryCmd('mount-ro', dev, mp) === null) continue;
+      await g.tryCmd('mount-ro', dev, mp);
+      const mounted = (await g.lines('mountpoints')).some((l) => l === `${dev}: ${mp}`);
       const fs = filesystems.find((f) => f.device === dev);
-      if (!fs) continue;
+      if (!fs || !mounted) continue;
       fs.mountpoint = mp;
       const st = await g.tryCmd('statvfs', mp);
       if (st) {
@@ -191,7 +192,8 @@ async function linuxFacts(g: Guestfs, r: InspectReport, scratch: string): Promis
 /** File list of an initramfs: copied out of the guest and listed with the host's lsinitramfs (any compression, early microcode). */
 async function initramfsFiles(g: Guestfs, path: string, scratch: string): Promise<string | null> {
   const local = join(scratch, `initrd-${path.split('/').pop()}`);
-  if (await g.tryCmd('download', path, local) === null) return null;
+  await g.tryCmd('download', path, local);
+  if (!existsSync(local)) return null;
   try {
     return (await run('lsinitramfs', [local], { maxBuffer: 256 << 20 })).stdout;
   } catch {
