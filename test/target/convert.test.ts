@@ -121,7 +121,7 @@ test('convert the lab guest synced by a job: standalone virtio qcow2, domain XML
   for (const mod of ['virtio_blk', 'virtio_scsi', 'virtio_net', 'virtio_pci']) assert.match(listed, new RegExp(`/${mod}\\.ko`), `${mod} in the initramfs`);
 
   assert.equal(await storeDigest(join(dataDir, 'store')), before, 'convert changed nothing of the store');
-  assert.deepEqual(await readdir(join(dataDir, 'store', 'pins', job.sourceId)).catch(() => []), [], 'the pin is released');
+  assert.deepEqual(await readdir(join(dataDir, 'store', 'sources', job.sourceId, 'pins')), [], 'the pin is released');
   assert.deepEqual(processesWith(scratch), [], 'no process left');
 });
 
@@ -193,7 +193,7 @@ test('bad input: a missing image, an ext4 disk with no OS, PATH without virt-v2v
   assert.match(r.err, /vmlift: error: cannot convert: no operating system found on \/dev\/sda \(ext4\)/);
   assert.match(r.err, /fix: sync the VM's boot disk/);
   await nothingLeft(parent, scratch);
-  assert.deepEqual(await readdir(join(dataDir, 'store', 'pins', 'plain')).catch(() => []), [], 'the pin is released');
+  assert.deepEqual(await readdir(join(dataDir, 'store', 'sources', 'plain', 'pins')), [], 'the pin is released');
   assert.equal(await storeDigest(join(dataDir, 'store')), before, 'the store is unchanged');
 });
 
@@ -212,8 +212,12 @@ test('Ctrl-C during convert ends every process it started and leaves no folder, 
   // guestfish and its appliance run over the overlay in DIR.tmp-*
   while (processesWith(parent).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
   assert.ok(processesWith(parent).length >= 2, 'guestfish and its appliance run');
+  assert.equal((await readdir(join(dataDir, 'store', 'sources', 'plain', 'pins'))).length, 1, 'the image is pinned while it converts');
+  const store = await openImageStore(join(dataDir, 'store'));
+  await assert.rejects(store.removeImage('plain', '1'), (e: Error & { code?: string }) => e.code === 'PINNED');
+  await store.close();
   p.kill('SIGINT');
   await exited;
   await nothingLeft(parent, scratch);
-  assert.deepEqual(await readdir(join(dataDir, 'store', 'pins', 'plain')).catch(() => []), [], 'the pin is released');
+  assert.deepEqual(await readdir(join(dataDir, 'store', 'sources', 'plain', 'pins')), [], 'the pin is released');
 });
