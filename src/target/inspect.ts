@@ -185,7 +185,8 @@ async function linuxFacts(g: Guestfs, r: InspectReport, scratch: string): Promis
     break;
   }
   r.bootloader ??= { type: 'none', config: null, rootParams: [] };
-  for (const p of ['/usr/bin/vmtoolsd', '/usr/sbin/vmtoolsd', '/etc/vmware-tools/tools.conf', '/etc/vmware-tools']) if (await exists(p)) { r.vmwareTools = true; break; }
+  // The daemon, not /etc/vmware-tools: removing the package (as virt-v2v does) leaves its configuration files.
+  for (const p of ['/usr/bin/vmtoolsd', '/usr/sbin/vmtoolsd', '/usr/lib/vmware-tools/sbin64/vmtoolsd']) if (await exists(p)) { r.vmwareTools = true; break; }
   for (const p of ['/usr/bin/cloud-init', '/etc/cloud/cloud.cfg']) if (await exists(p)) { r.cloudInit = true; break; }
 }
 
