@@ -208,10 +208,11 @@ test('Ctrl-C during convert ends every process it started and leaves no folder, 
   const p = spawn(join(import.meta.dirname, '../../bin/vmlift'), ['image', 'convert', '--data-dir', dataDir, '--source', 'plain', '--image', '1', '--output', join(parent, 'out')],
     { stdio: 'ignore', env: { ...process.env, TMPDIR: scratch } });
   const exited = new Promise<number | null>((r) => p.on('close', (code, sig) => r(code ?? (sig ? -1 : null))));
-  const deadline = Date.now() + 90_000;
+  const deadline = Date.now() + 180_000;
   // guestfish and its appliance run over the overlay in DIR.tmp-*
-  while (processesWith(parent).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
-  assert.ok(processesWith(parent).length >= 2, 'guestfish and its appliance run');
+  const building = join(parent, 'out.tmp-');
+  while (processesWith(building).length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  assert.ok(processesWith(building).length >= 2, 'guestfish and its appliance run over the overlay');
   assert.equal((await readdir(join(dataDir, 'store', 'sources', 'plain', 'pins'))).length, 1, 'the image is pinned while it converts');
   const store = await openImageStore(join(dataDir, 'store'));
   await assert.rejects(store.removeImage('plain', '1'), (e: Error & { code?: string }) => e.code === 'PINNED');
