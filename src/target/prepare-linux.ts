@@ -6,8 +6,8 @@
  *   UUID (a name that holds on any bus) and writes a GRUB-legacy menu.lst with the same entries,
  *   which virt-v2v reads through Augeas; the shim is removed after the conversion.
  * - initramfs-tools hooks that delete virtio modules from every initramfs built (as images made for
- *   VMware may carry): virt-v2v's rebuilt initramfs would lack virtio again. Such a hook is renamed
- *   `<hook>.disabled-by-vmlift` (initramfs-tools skips names with a dot), and stays so: the next
+ *   VMware may carry): virt-v2v's rebuilt initramfs would lack virtio again. Such a hook is moved to
+ *   `/etc/initramfs-tools/<hook>.disabled-by-vmlift`, not executable, and stays so: the next
  *   initramfs the guest builds must keep virtio too.
  */
 import type { Guestfs } from './guestfs.ts';
@@ -80,8 +80,11 @@ export async function prepareLinux(g: Guestfs, r: InspectReport): Promise<Prepar
     if (hook.includes('.')) continue;
     const text = (await g.tryCmd('cat', hook)) ?? '';
     if (/virtio/.test(text) && /(-delete\b|\brm\s)/.test(text)) {
-      await g.cmd('mv', hook, `${hook}.disabled-by-vmlift`);
-      changes.push(`disabled the initramfs hook ${hook}, which deletes virtio modules (renamed ${hook}.disabled-by-vmlift)`);
+      // Out of the hooks folder and not executable: initramfs-tools runs any executable there whose name has only [A-Za-z0-9._-].
+      const aside = `/etc/initramfs-tools/${hook.split('/').pop()}.disabled-by-vmlift`;
+      await g.cmd('mv', hook, aside);
+      await g.cmd('chmod', '0644', aside);
+      changes.push(`disabled the initramfs hook ${hook}, which deletes virtio modules (moved to ${aside}, not executable)`);
     }
   }
 

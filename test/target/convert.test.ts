@@ -108,7 +108,7 @@ test('convert the lab guest synced by a job: standalone virtio qcow2, domain XML
   g.stdout.on('data', (d: Buffer) => { gout += d; });
   g.stderr.on('data', (d: Buffer) => { gerr += d; });
   g.stdin.end(`cat /etc/fstab\necho ----\ncat /boot/extlinux/extlinux.conf\necho ----\nvfs-uuid /dev/sda1\nexists /boot/grub/menu.lst\nexists /usr/bin/vmtoolsd\n` +
-    `glob download /boot/initrd.img-* ${initrd}\n`);
+    `glob download /boot/initrd.img-*-amd64 ${initrd}\n`);
   const gcode = await new Promise<number>((res) => g.on('close', (c) => res(c ?? -1)));
   assert.equal(gcode, 0, gerr);
   const [fstab, extlinux, facts] = gout.split('----\n') as [string, string, string];
