@@ -7,7 +7,7 @@
  * every process the convert started and releases the image's pin.
  */
 import { spawn, execFile } from 'node:child_process';
-import { accessSync, constants, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { accessSync, constants, rmSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
@@ -18,7 +18,7 @@ import type { VmHardware } from '../model/images.ts';
 import { CodedError } from '../util/errors.ts';
 import { fsyncDir } from '../util/fsync.ts';
 import { onAbort } from './abort.ts';
-import { Guestfs, guestfsEnv } from './guestfs.ts';
+import { Guestfs, guestfsEnv, pidsMentioning } from './guestfs.ts';
 import { collect, type InspectReport } from './inspect.ts';
 import { prepareLinux, removeShim } from './prepare-linux.ts';
 import { domainXml, v2vSourceXml } from './domain-xml.ts';
@@ -111,18 +111,6 @@ export function guessFirmware(r: InspectReport): 'bios' | 'uefi' {
 export function macFor(sourceId: string): string {
   const h = createHash('sha256').update(`vmlift-nic:${sourceId}`).digest();
   return ['52', '54', '00', ...[...h.subarray(0, 3)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
-}
-
-/** Pids whose command line mentions one of `needles` (everything a convert starts names its folders). */
-function pidsMentioning(needles: string[]): number[] {
-  const out: number[] = [];
-  for (const p of readdirSync('/proc')) {
-    if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
-    let cmd = '';
-    try { cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8'); } catch { continue; }
-    if (needles.some((n) => cmd.includes(n))) out.push(Number(p));
-  }
-  return out;
 }
 
 function killAll(needles: string[], signal: NodeJS.Signals = 'SIGKILL'): void {
