@@ -109,12 +109,14 @@ export async function prepareLinux(g: Guestfs, r: InspectReport): Promise<Prepar
   return { changes, shim };
 }
 
-/** After the conversion: the shim goes; returns whether it was there (written by vmlift). */
+/**
+ * After the conversion: the shim goes (only called when vmlift wrote it: the guest had no menu.lst;
+ * virt-v2v rewrites it through Augeas, so its content is not ours any more). Returns whether it was there.
+ */
 export async function removeShim(g: Guestfs, root: string): Promise<boolean> {
   await mountRw(g, root);
-  const text = await g.tryCmd('cat', MENU_LST_SHIM);
-  const ours = text !== null && text.startsWith(SHIM_MARK);
-  if (ours) await g.cmd('rm', MENU_LST_SHIM);
+  const there = (await g.tryCmd('is-file', MENU_LST_SHIM))?.trim() === 'true';
+  if (there) await g.cmd('rm', MENU_LST_SHIM);
   await g.cmd('umount-all');
-  return ours;
+  return there;
 }
