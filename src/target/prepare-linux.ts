@@ -114,6 +114,7 @@ export async function prepareLinux(g: Guestfs, r: InspectReport): Promise<Prepar
  * virt-v2v rewrites it through Augeas, so its content is not ours any more). Returns whether it was there.
  */
 export async function removeShim(g: Guestfs, root: string): Promise<boolean> {
+  await g.cmd('inspect-os'); // a fresh session knows no mountpoints before it inspects
   await mountRw(g, root);
   const there = (await g.tryCmd('is-file', MENU_LST_SHIM))?.trim() === 'true';
   if (there) await g.cmd('rm', MENU_LST_SHIM);
