@@ -51,6 +51,11 @@ export function vcenterService(vc: VCenter): VCenterService & { datacenterOf(vmR
     snapshotDisks: async (_vmRef, s) => (await vc.snapshotDisks(s.ref)).map(toSnapshotDisk),
     changedAreas: async (vmRef, s, d, changeId) => (await vc.changedAreas(vmRef, s.ref, d.key, changeId, d.capacity)).areas,
     removeSnapshot: async (vmRef, s, o) => { await vc.removeSnapshot(vmRef, s.ref, { onProgress: o?.onProgress }); },
+    vmHardware: async (vmRef) => {
+      const vm = await facts(vmRef);
+      if (!vm.numCpu || !vm.memoryMB) return null;
+      return { cpus: vm.numCpu, memoryMiB: vm.memoryMB, firmware: vm.firmware === 'efi' ? 'uefi' : 'bios', guestId: vm.guestId };
+    },
     datacenterOf: async (vmRef) => {
       if (!datacenters.has(vmRef)) {
         // One inventory pass (constant round trips) learns the datacenter of every VM at once.

@@ -5,6 +5,7 @@
 import type { BlockSource } from '../source/types.ts';
 import type { ReceiverSession } from '../transfer/contract.ts';
 import type { Range } from '../model/ranges.ts';
+import type { VmHardware } from '../model/images.ts';
 import type { Transport } from '../state/types.ts';
 
 export interface PreflightCheck { name: string; ok: boolean; message: string; fix?: string }
@@ -60,6 +61,8 @@ export interface VCenterService {
   /** docs/design.md step 4: the whole QueryChangedDiskAreas paging loop for one disk. `changeId` "*" = allocated areas. */
   changedAreas(vmRef: string, snapshot: SnapshotHandle, disk: SnapshotDisk, changeId: string): Promise<Range[]>;
   removeSnapshot(vmRef: string, snapshot: SnapshotHandle, opts?: { onProgress?: (percent: number) => void }): Promise<void>;
+  /** CPUs, memory, firmware and guest id as vCenter reports them (recorded in the image meta as `vm`); null when unknown. */
+  vmHardware?(vmRef: string): Promise<VmHardware | null>;
 }
 
 /** The transport a disk is read through this cycle, and why (shown per disk by `job show`). */

@@ -298,12 +298,18 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ow
     }
   })));
 
+  // What a later conversion gives the VM; a vCenter that cannot say does not fail the cycle.
+  const hardware = await vcenter.vmHardware?.(vmRef).catch((e: unknown) => {
+    logger.warn({ vmRef, err: (e as Error).message }, 'could not read the VM hardware; the image records none');
+    return null;
+  }) ?? null;
   const image = await step('commit', input, () => session.commit({
     meta: {
       jobId: input.jobId, vmRef, snapshot: snapshot.name,
       changeIds: Object.fromEntries(disks.map((d) => [d.key, d.changeId])),
       diskKeys: disks.map((d) => d.key),
       diskIdentities: identities,
+      ...(hardware ? { vm: hardware } : {}),
     },
     sourceDigests: settings.checksum ? work.map((w) => ({ disk: w.index, tree: { ranges: w.ranges, root: trees[w.index]!.root() } })) : undefined,
   }));

@@ -39,6 +39,19 @@ export interface ImageInfo {
   meta: Record<string, unknown>;
 }
 
+/**
+ * The VM's hardware as its hypervisor reported it at the cycle (image meta `vm`): what a conversion
+ * gives the converted VM. Absent from images of agents and of older versions.
+ */
+export interface VmHardware {
+  cpus: number;
+  memoryMiB: number;
+  /** "bios" or "uefi" (vCenter's config.firmware "efi"). */
+  firmware: 'bios' | 'uefi';
+  /** vCenter's config.guestId, e.g. "debian12_64Guest", "windows2019srv_64Guest". */
+  guestId: string;
+}
+
 export interface HeldRanges {
   disk: number;
   /** Ranges durably applied in this open cycle, sorted and coalesced. */

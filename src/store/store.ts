@@ -19,7 +19,7 @@ import { StoreCycleWriter } from './cycle-writer.ts';
 import { readCycleRecord, validateDisks } from './cycle-record.ts';
 import { alreadyPublished } from './publish.ts';
 import { imageIds, listImageRecords, publicInfo, readImageRecord, type ImageRecord } from './images.ts';
-import { livePins, pinImage } from './pins.ts';
+import { livePins, pinImage, type Unpin } from './pins.ts';
 import { collectGarbage, GRACE_MS, type GcResult } from './gc.ts';
 import { exportDisk } from './export.ts';
 import { overlayName, readOverlay, subSize, type Overlay } from './overlay.ts';
@@ -221,7 +221,7 @@ class Store implements ImageStore {
     });
   }
 
-  async pin(sourceId: string, imageId: string): Promise<() => Promise<void>> {
+  async pin(sourceId: string, imageId: string): Promise<Unpin> {
     await this.record(sourceId, imageId);
     const unpin = await pinImage(this.layout, sourceId, imageId);
     // Removed between the check and the pin: the pin would guard nothing.

@@ -107,8 +107,8 @@ export interface ImageStore {
   verify(sourceId: string, imageId: string): Promise<{ ok: boolean; chunks: number; bad: { disk: number; offset: number; reason: string }[] }>;
   /** Export one disk of an image. Pins the image while it runs. Never leaves a partial file at `output`. */
   export(sourceId: string, imageId: string, disk: number, format: 'raw' | 'qcow2' | 'vmdk', output: string): Promise<void>;
-  /** Mark an image in use (a drill, a conversion) until the returned release is called: removal and retention skip it. NOT_FOUND when it does not exist. */
-  pin(sourceId: string, imageId: string): Promise<() => Promise<void>>;
+  /** Pin an image (retention and `image rm` skip it) until the returned function is called; `.sync()` releases it on a signal. */
+  pin(sourceId: string, imageId: string): Promise<(() => Promise<void>) & { sync(): void }>;
   /** Delete an image (refused while pinned by an export or verify). */
   removeImage(sourceId: string, imageId: string): Promise<void>;
   /** Keep at most `maxImages` (1–10) images of the source, then (when it removed any) collect garbage. Returns the removed image ids. */

@@ -3,6 +3,10 @@
  * guestfish's remote mode, so each command's output and failure stay apart.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CodedError } from '../util/errors.ts';
 import { onAbort } from './abort.ts';
@@ -15,25 +19,63 @@ export function guestfsEnv(): NodeJS.ProcessEnv {
     LIBGUESTFS_BACKEND_SETTINGS: process.env.LIBGUESTFS_BACKEND_SETTINGS ?? 'force_tcg' };
 }
 
+export interface GuestfsOptions {
+  /** Disk image format (default raw). */
+  format?: 'raw' | 'qcow2';
+  /** Open the disks for writing (default read-only). */
+  write?: boolean;
+  /** Environment of guestfish and its appliance (default guestfsEnv()). */
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Pids whose command line mentions one of `needles`. */
+export function pidsMentioning(needles: string[]): number[] {
+  const out: number[] = [];
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
+    let cmd = '';
+    try { cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8'); } catch { continue; }
+    if (needles.some((n) => cmd.includes(n))) out.push(Number(p));
+  }
+  return out;
+}
+
 export class Guestfs {
   private closed = false;
   private readonly unregister: () => void;
-  private constructor(readonly pid: number) {
+  /** `tmp`: the session's own TMPDIR (libguestfs' handle folder and overlays), removed with the session. */
+  private constructor(readonly pid: number, private readonly env: NodeJS.ProcessEnv, private readonly tmp: string) {
     // The --listen daemon outlives this process unless killed; its recovery process then ends the appliance.
     this.unregister = onAbort(() => {
-      try { execFileSync('guestfish', [`--remote=${pid}`, '--', 'exit'], { env: guestfsEnv(), timeout: 5000, stdio: 'ignore' }); } catch { /* kill below */ }
+      try { execFileSync('guestfish', [`--remote=${pid}`, '--', 'exit'], { env, timeout: 5000, stdio: 'ignore' }); } catch { /* kill below */ }
       try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+      for (const p of pidsMentioning([tmp])) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+      rmSync(tmp, { recursive: true, force: true });
     });
   }
 
-  /** Starts the appliance over `disks` (raw files), read-only. */
-  static async open(disks: string[]): Promise<Guestfs> {
-    const args = ['--listen', '--ro'];
-    for (const d of disks) args.push('--format=raw', '-a', d);
+  /** Starts the appliance over `disks` (raw files unless told), read-only unless told. */
+  static async open(disks: string[], o: GuestfsOptions = {}): Promise<Guestfs> {
+    const base = o.env ?? guestfsEnv();
+    const parent = base.TMPDIR ?? tmpdir();
+    const own = mkdtempSync(join(parent, 'guestfs-'));
+    // The appliance cache stays where it was (shared, built once); the handle's files go in `own`.
+    const env = { ...base, TMPDIR: own, LIBGUESTFS_CACHEDIR: base.LIBGUESTFS_CACHEDIR ?? parent };
+    try {
+      return await Guestfs.start(disks, o, env, own);
+    } catch (e) {
+      rmSync(own, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  private static async start(disks: string[], o: GuestfsOptions, env: NodeJS.ProcessEnv, own: string): Promise<Guestfs> {
+    const args = ['--listen', o.write ? '--rw' : '--ro'];
+    for (const d of disks) args.push(`--format=${o.format ?? 'raw'}`, '-a', d);
     let out: string;
     try {
       out = await new Promise<string>((resolve, reject) => {
-        const p = spawn('guestfish', args, { env: guestfsEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+        const p = spawn('guestfish', args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
         let o = '', e = '';
         p.stdout.on('data', (b) => { o += b; });
         p.stderr.on('data', (b) => { e += b; });
@@ -47,7 +89,7 @@ export class Guestfs {
     }
     const m = /GUESTFISH_PID=(\d+)/.exec(out);
     if (!m) throw new CodedError('GUESTFS_FAILED', `guestfish --listen printed no pid: ${out.slice(0, 200)}`);
-    const g = new Guestfs(Number(m[1]));
+    const g = new Guestfs(Number(m[1]), env, own);
     try {
       await g.cmd('run');
     } catch (e) {
@@ -58,10 +100,13 @@ export class Guestfs {
     return g;
   }
 
-  /** Runs one guestfish command; rejects with its error message. */
+  /**
+   * Runs one guestfish command; rejects with its error message. A failing command ends the --listen
+   * server (guestfish exits on the first error): use it for what must succeed.
+   */
   async cmd(...args: string[]): Promise<string> {
     try {
-      const { stdout } = await run('guestfish', [`--remote=${this.pid}`, '--', ...args], { env: guestfsEnv(), maxBuffer: 64 << 20 });
+      const { stdout } = await run('guestfish', [`--remote=${this.pid}`, '--', ...args], { env: this.env, maxBuffer: 64 << 20 });
       return stdout;
     } catch (e) {
       const err = e as { stderr?: string; message: string };
@@ -69,9 +114,15 @@ export class Guestfs {
     }
   }
 
-  /** The command's output, or null when it fails. */
+  /**
+   * The command's output, or null when it printed nothing (it failed, or had nothing to say). It goes
+   * with guestfish's "-" prefix, which keeps the server running when the command fails (the error
+   * then shows on the server's stderr only, so failure and empty output look alike here).
+   */
   async tryCmd(...args: string[]): Promise<string | null> {
-    return this.cmd(...args).catch(() => null);
+    const [name, ...rest] = args;
+    const out = await this.cmd(`-${name}`, ...rest).catch(() => null);
+    return out ? out : null;
   }
 
   async lines(...args: string[]): Promise<string[]> {
@@ -84,6 +135,8 @@ export class Guestfs {
     await this.cmd('exit').catch(() => {});
     for (let i = 0; i < 50 && alive(this.pid); i++) await new Promise((r) => setTimeout(r, 100));
     if (alive(this.pid)) { try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ } }
+    for (let i = 0; i < 50 && pidsMentioning([this.tmp]).length; i++) await new Promise((r) => setTimeout(r, 100));
+    await rm(this.tmp, { recursive: true, force: true });
     this.unregister();
   }
 }

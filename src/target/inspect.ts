@@ -7,12 +7,12 @@
  */
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ImageStore } from '../store/index.ts';
-import { Guestfs } from './guestfs.ts';
+import { Guestfs, type GuestfsOptions } from './guestfs.ts';
 import { onAbort } from './abort.ts';
 
 const run = promisify(execFile);
@@ -83,9 +83,9 @@ export async function inspectImage(store: ImageStore, sourceId: string, imageId:
   }
 }
 
-/** Inspects raw disk files (in order: disk 0, 1, ...), read-only. `scratch` is a folder for the initramfs copies. */
-export async function inspectDisks(files: string[], scratch: string): Promise<InspectReport> {
-  const g = await Guestfs.open(files);
+/** Inspects disk files (in order: disk 0, 1, ...; raw unless told), read-only. `scratch` is a folder for the initramfs copies. */
+export async function inspectDisks(files: string[], scratch: string, o: Omit<GuestfsOptions, 'write'> = {}): Promise<InspectReport> {
+  const g = await Guestfs.open(files, o);
   try {
     return await collect(g, scratch);
   } finally {
@@ -93,7 +93,8 @@ export async function inspectDisks(files: string[], scratch: string): Promise<In
   }
 }
 
-async function collect(g: Guestfs, scratch: string): Promise<InspectReport> {
+/** The report over an open session (its filesystems are left mounted read-only where inspection mounted them). */
+export async function collect(g: Guestfs, scratch: string): Promise<InspectReport> {
   const devices = await g.lines('list-devices');
   const disks = [];
   for (const [i, device] of devices.entries()) {
@@ -128,9 +129,10 @@ async function collect(g: Guestfs, scratch: string): Promise<InspectReport> {
     const mounts = (await g.lines('inspect-get-mountpoints', root)).map((l) => l.split(': ') as [string, string])
       .sort((a, b) => a[0].length - b[0].length);
     for (const [mp, dev] of mounts) {
-      if (await g.tryCmd('mount-ro', dev, mp) === null) continue;
+      await g.tryCmd('mount-ro', dev, mp);
+      const mounted = (await g.lines('mountpoints')).some((l) => l === `${dev}: ${mp}`);
       const fs = filesystems.find((f) => f.device === dev);
-      if (!fs) continue;
+      if (!fs || !mounted) continue;
       fs.mountpoint = mp;
       const st = await g.tryCmd('statvfs', mp);
       if (st) {
@@ -183,14 +185,16 @@ async function linuxFacts(g: Guestfs, r: InspectReport, scratch: string): Promis
     break;
   }
   r.bootloader ??= { type: 'none', config: null, rootParams: [] };
-  for (const p of ['/usr/bin/vmtoolsd', '/usr/sbin/vmtoolsd', '/etc/vmware-tools/tools.conf', '/etc/vmware-tools']) if (await exists(p)) { r.vmwareTools = true; break; }
+  // The daemon, not /etc/vmware-tools: removing the package (as virt-v2v does) leaves its configuration files.
+  for (const p of ['/usr/bin/vmtoolsd', '/usr/sbin/vmtoolsd', '/usr/lib/vmware-tools/sbin64/vmtoolsd']) if (await exists(p)) { r.vmwareTools = true; break; }
   for (const p of ['/usr/bin/cloud-init', '/etc/cloud/cloud.cfg']) if (await exists(p)) { r.cloudInit = true; break; }
 }
 
 /** File list of an initramfs: copied out of the guest and listed with the host's lsinitramfs (any compression, early microcode). */
 async function initramfsFiles(g: Guestfs, path: string, scratch: string): Promise<string | null> {
   const local = join(scratch, `initrd-${path.split('/').pop()}`);
-  if (await g.tryCmd('download', path, local) === null) return null;
+  await g.tryCmd('download', path, local);
+  if (!existsSync(local)) return null;
   try {
     return (await run('lsinitramfs', [local], { maxBuffer: 256 << 20 })).stdout;
   } catch {

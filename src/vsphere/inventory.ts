@@ -11,7 +11,7 @@ import { unreadableError } from './missing.ts';
 export const VM_PATHS = [
   'name', 'runtime.powerState', 'runtime.host', 'runtime.consolidationNeeded', 'config.guestId', 'config.guestFullName',
   'config.version', 'config.uuid', 'config.changeTrackingEnabled', 'config.hardware.device', 'config.extraConfig', 'snapshot',
-  'capability.changeTrackingSupported',
+  'capability.changeTrackingSupported', 'config.hardware.numCPU', 'config.hardware.memoryMB', 'config.firmware',
 ];
 const HOST_PATHS = ['name', 'config.product'];
 
@@ -119,6 +119,8 @@ export function parseVm(o: ObjectProps, hosts: Map<string, HostInfo>, dcOfDatast
     changeTrackingSupported: bool(p['capability.changeTrackingSupported']) ?? null,
     snapshots: parseTree(snap?.rootSnapshotList), currentSnapshot: moref(snap?.currentSnapshot)?.value ?? null,
     disks, ctkConfig,
+    numCpu: num(p['config.hardware.numCPU']) ?? null, memoryMB: num(p['config.hardware.memoryMB']) ?? null,
+    firmware: str(p['config.firmware']) ?? null,
   };
 }
 

@@ -83,6 +83,10 @@ export interface VmInfo {
   disks: DiskInfo[];
   /** Raw extraConfig keys that matter for CBT (ctkEnabled, scsiX:Y.ctkEnabled). */
   ctkConfig: Record<string, string>;
+  /** config.hardware.numCPU, config.hardware.memoryMB, config.firmware ("bios" | "efi"); null when vCenter did not say. */
+  numCpu?: number | null;
+  memoryMB?: number | null;
+  firmware?: string | null;
 }
 
 export interface SnapshotHandle { ref: string; name: string }

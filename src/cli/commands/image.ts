@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { resolve, join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { stat } from 'node:fs/promises';
-import { UserError } from '../../util/errors.ts';
+import { CodedError, UserError } from '../../util/errors.ts';
 import { assertId } from '../../util/ids.ts';
 import { printResult, table, formatBytes } from '../output.ts';
 import { openImageStore, StoreError, type ImageStore } from '../../store/index.ts';
@@ -145,6 +145,24 @@ export function register(program: Command): void {
     printResult(o.json, { sourceId: o.source, imageId: o.image, ...r, seconds: (Date.now() - t0) / 1000 }, (v) => inspectText(v));
     if (Object.values(r.targets).some((t) => t.verdict === 'blocked')) process.exitCode = 4;
   });
+
+  onImage<{ to: string; output: string }>('convert', 'convert an image for KVM with virt-v2v-in-place into a new folder: disk-N.qcow2, domain.xml, qemu.sh, convert.json; the stored image is not changed; exits 4 when the guest cannot be converted (no OS, Windows without virtio-win)', 'image id', async (store, o) => {
+    const { convertImage } = await import('../../target/convert.ts');
+    const m = await convertImage(store, o.source, o.image, { to: o.to, output: o.output, onProgress: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) })
+      .catch((e: unknown) => {
+        if (e instanceof CodedError && !(e instanceof StoreError) && !(e instanceof UserError)) throw new UserError(e.code, e.message, e.fix, { cause: e, exitCode: e.exitCode });
+        throw e;
+      });
+    printResult(o.json, { ...m, output: resolve(o.output) }, (v) => [
+      `converted image ${v.imageId} of ${v.sourceId} for KVM into ${v.output} in ${v.seconds.toFixed(1)} s (virt-v2v-in-place ${v.v2v.version}: ${v.v2v.seconds.toFixed(1)} s)`,
+      `os: ${v.os.distro || v.os.type} ${v.os.version} ${v.os.arch}, hostname ${v.os.hostname || '-'}; ${v.cpus} CPUs, ${v.memoryMiB} MiB (${v.from === 'vcenter' ? 'from vCenter' : 'defaults: the image records no VM hardware'}), ${v.firmware}`,
+      ...v.disks.map((d) => `  ${d.file}: virtio, ${formatBytes(d.sizeBytes)}`),
+      `check: ${v.check.verdict}${v.check.reasons.length ? ` (${v.check.reasons.join(', ')})` : ''}`,
+      `run it: ${join(v.output, 'qemu.sh')}, or virsh define ${join(v.output, 'domain.xml')}`,
+    ].join('\n'));
+  }, (c) => c
+    .option('--to <target>', 'conversion target (kvm)', 'kvm')
+    .requiredOption('--output <dir>', 'folder to create (built as DIR.tmp-* next to it, renamed when complete)'));
 
   onImage<{ converted?: string; timeout: string; reportDir?: string; accel: string }>('boot-test',
     'boot an image (or its --converted disks) in QEMU as the KVM target runs it, on throwaway overlays, and check it reaches a login prompt; exits 5 when it does not',
