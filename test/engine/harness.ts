@@ -5,6 +5,9 @@ import { join } from 'node:path';
 import { createHash, randomBytes } from 'node:crypto';
 import { startLab, type Lab } from '../../lab/lab.ts';
 import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
+import { targetDrillSteps } from '../../src/cli/drill-steps.ts';
+import type { DrillService } from '../../src/engine/drills.ts';
+import type { Sender } from '../../src/transfer/sender.ts';
 import { VCenter } from '../../src/vsphere/index.ts';
 import { vcenterService, httpDiskOpener, senderJobServices } from '../../src/cli/wiring.ts';
 import { LimitedDiskOpener, type NfcBackoffPolicy } from '../../src/engine/limits.ts';
@@ -19,6 +22,8 @@ import type { SenderOptions } from '../../src/transfer/sender.ts';
 export const MiB = 1 << 20;
 
 export interface EngineRig {
+  /** The connector-side drill service over the rig's receiver (drills need `startRig({ drills: true })`). */
+  drillService: DrillService;
   lab: Lab;
   rx: TestRx;
   vc: VCenter;
@@ -48,10 +53,13 @@ export async function startRig(o: {
   vcTimeoutMs?: number;
   /** Sender options of the jobs over the rig's (e.g. a proxy's address and data port, timeouts). */
   sender?: (rx: TestRx) => Promise<Partial<SenderOptions>>;
+  /** The receiver runs drills (inspect, convert, boot-test). */
+  drills?: boolean;
 } = {}): Promise<EngineRig> {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
   const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx, vddkMap: o.vddkMap, guest: o.guest });
-  const rx = await startTestReceiver();
+  // Drills with the real steps (libguestfs, virt-v2v, QEMU), as `receiver serve` wires them.
+  const rx = await startTestReceiver(o.drills ? { drills: { steps: targetDrillSteps(), bootTimeoutSeconds: 900 } } : {});
   const vc = await VCenter.connect({ server: o.labUrl ? await o.labUrl(lab.url) : lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint }, timeoutMs: o.vcTimeoutMs ?? 30_000 });
   const senderExtra = o.sender ? await o.sender(rx) : {};
   const port = vcenterService(vc);
@@ -77,10 +85,22 @@ export async function startRig(o: {
     state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },
     connect: (job) => senderJobServices(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum, ...senderExtra })),
   });
+  // The connector's side of drills: each source's own control session, as cli/wiring.ts does it.
+  const drillSessions = new Map<string, Promise<Sender>>();
+  const session = (sourceId: string): Promise<Sender> => {
+    if (!drillSessions.has(sourceId)) drillSessions.set(sourceId, rx.sender(sourceId));
+    return drillSessions.get(sourceId)!;
+  };
+  const drillService: DrillService = {
+    start: async (sourceId, imageId) => (await session(sourceId)).control.startDrill(imageId === undefined ? {} : { imageId }),
+    get: async (sourceId, drillId) => (await session(sourceId)).control.drill(drillId),
+    screenshot: async (sourceId, drillId) => (await session(sourceId)).control.drillScreenshot(drillId),
+  };
   return {
-    lab, rx, vc, state, engine, port, hooks, counters, limiter: disks,
+    lab, rx, vc, state, engine, port, hooks, counters, limiter: disks, drillService,
     async close() {
       await engine.drain(true);
+      for (const x of drillSessions.values()) await x.then((c) => c.close(), () => undefined);
       disks.close();
       await (http as { close?(): Promise<void> }).close?.();
       state.close();

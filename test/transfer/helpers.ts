@@ -7,7 +7,7 @@ import { Writable } from 'node:stream';
 import net from 'node:net';
 import { pino } from 'pino';
 import { REDACT_PATHS, type Logger } from '../../src/util/log.ts';
-import { startReceiver, type RunningReceiver } from '../../src/receiver/server.ts';
+import { startReceiver, type ReceiverOptions, type RunningReceiver } from '../../src/receiver/server.ts';
 import { Sender, type SenderOptions } from '../../src/transfer/sender.ts';
 import { ControlClient } from '../../src/transfer/control-client.ts';
 
@@ -34,10 +34,10 @@ export interface TestRx {
   close(): Promise<void>;
 }
 
-export async function startTestReceiver(): Promise<TestRx> {
+export async function startTestReceiver(o: { drills?: ReceiverOptions['drills'] } = {}): Promise<TestRx> {
   const dir = await mkdtemp(join(tmpdir(), 'vmlift-rx-'));
   const log = captureLogger();
-  const rx = await startReceiver({ dataDir: join(dir, 'rx'), controlPort: 0, dataPort: 0, listen: '127.0.0.1', logger: log.logger });
+  const rx = await startReceiver({ dataDir: join(dir, 'rx'), controlPort: 0, dataPort: 0, listen: '127.0.0.1', logger: log.logger, ...(o.drills ? { drills: o.drills } : {}) });
   const code = rx.createdCode!.code;
   const t: TestRx = {
     dir, rx, code, log,

@@ -5,6 +5,7 @@ import { UserError } from '../../util/errors.ts';
 import { printResult, table } from '../output.ts';
 import { formatFingerprint } from '../../transfer/connect.ts';
 import { startReceiver, initDataDir } from '../../receiver/server.ts';
+import { targetDrillSteps } from '../drill-steps.ts';
 import { createCode, listCodes, rotateTls, CODE_LIMITS, type ActivationCode } from '../../receiver/identity.ts';
 
 function intOption(v: string, what: string): number {
@@ -32,12 +33,19 @@ export function register(program: Command): void {
     .option('--listen <host>', 'address to listen on (default: all)')
     .option('--control-port <port>', 'control API port (0 = any free port)', '8080')
     .option('--data-port <port>', 'data port (0 = any free port)', '8703')
+    .option('--drill-concurrency <n>', 'drills (inspect, convert, boot-test) run at once; each boot holds its guest\'s memory', '1')
+    .option('--drill-timeout <seconds>', 'boot-test timeout of a drill', '600')
     .option('--json', 'print the start-up facts as one JSON line')
-    .action(async (o: { dataDir: string; listen?: string; controlPort: string; dataPort: string; json?: boolean }) => {
+    .action(async (o: { dataDir: string; listen?: string; controlPort: string; dataPort: string; drillConcurrency: string; drillTimeout: string; json?: boolean }) => {
       const log = createLogger({}, { cmd: 'receiver serve' });
+      const concurrency = Number(o.drillConcurrency);
+      const bootTimeoutSeconds = Number(o.drillTimeout);
+      if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 16) throw new UserError('BAD_OPTION', `--drill-concurrency must be 1-16, got ${o.drillConcurrency}`, 'pass e.g. --drill-concurrency 1');
+      if (!Number.isInteger(bootTimeoutSeconds) || bootTimeoutSeconds < 30 || bootTimeoutSeconds > 7200) throw new UserError('BAD_OPTION', `--drill-timeout must be 30-7200 seconds, got ${o.drillTimeout}`, 'pass e.g. --drill-timeout 600');
       const rx = await startReceiver({
         dataDir: resolve(o.dataDir), controlPort: portOption(o.controlPort, '--control-port'), dataPort: portOption(o.dataPort, '--data-port'),
         ...(o.listen ? { listen: o.listen } : {}), logger: log,
+        drills: { steps: targetDrillSteps(), concurrency, bootTimeoutSeconds },
       });
       const facts = {
         controlPort: rx.controlPort, dataPort: rx.dataPort, fingerprint: formatFingerprint(rx.fingerprint),
