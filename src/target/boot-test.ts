@@ -38,6 +38,8 @@ export interface BootTestOptions {
   noOutputSec?: number;
   /** After the multi-user target, how long to wait for the login prompt. */
   loginGraceSec?: number;
+  /** Text that must also appear on the serial console (e.g. what a first-boot command prints); passing waits for it after the login prompt. */
+  expect?: string | undefined;
   /** Progress lines (stderr in the CLI). */
   log?: (line: string) => void;
 }
@@ -65,6 +67,8 @@ export interface BootTestReport {
   screenshot: string | null;
   reportFile: string;
   failure?: BootFailure;
+  /** With --expect: the console line that held the text, and when (null: it did not come). */
+  expected?: { text: string; line: string | null; seconds: number | null };
 }
 
 /** The part of convert.json (format 1) a boot test reads. */
@@ -95,6 +99,8 @@ function fixFor(code: string, converted: boolean, timeoutSec: number): string {
       return 'QEMU ran but nothing reached the serial console, not even the BIOS: check the screenshot, and try --accel tcg';
     case 'BOOT_TIMEOUT':
       return `the guest neither reached a login prompt nor failed visibly in ${timeoutSec} s: look at the screenshot and the console tail; under TCG on a loaded machine raise --timeout; a guest without a serial console (console=ttyS0, serial-getty) shows its login prompt on the VGA screen only`;
+    case 'EXPECT_MISSING':
+      return 'the guest booted, but what was expected on its console did not come: check the command that prints it (a first-boot command runs once, after the network target) and raise --timeout under TCG';
     case 'GUEST_STOPPED':
       return 'QEMU stopped the guest (with KVM: an emulation failure, "KVM internal error"): run again with --accel tcg';
     case 'QEMU_EXITED':
@@ -225,6 +231,7 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
         serconFile: sercon, uefiVars, name: `vmlift-boot-test-${o.sourceId}-${o.imageId}` });
 
       const con = new SerialConsole(40);
+      con.expect = o.expect ?? null;
       const t0 = Date.now();
       const p = spawn('qemu-system-x86_64', args, { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
       child = p;
@@ -247,9 +254,10 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
       let failure: { code: string; message: string } | null = null;
       for (;;) {
         const now = Date.now();
-        if (con.loginAt !== null) break;
+        const expected = o.expect === undefined || con.expectedAt !== null;
+        if (con.loginAt !== null && expected) break;
         if (con.failure) { failure = { code: con.failure.code, message: `${con.failure.message}: "${con.failure.line}"` }; break; }
-        if (con.multiUserAt !== null && now - con.multiUserAt > grace) break;
+        if (con.multiUserAt !== null && now - con.multiUserAt > grace && expected) break;
         if (exited && BIOS_HANDOFF.test(con.lastLine)) {
           failure = { code: 'NO_OS', message: `the machine reset right after "${con.lastLine}" with nothing printed: the boot sector holds no boot loader (its code crashed)` }; break;
         }
@@ -266,6 +274,9 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
           failure = { code: 'NO_OS', message: `nothing ran after "${con.lastLine}" for ${Math.round((now - con.lastOutput) / 1000)} s: the boot sector holds no boot loader` }; break;
         }
         if (!con.sawOutput && now - t0 > noOutput) { failure = { code: 'NO_CONSOLE_OUTPUT', message: `no output on the serial console in ${noOutput / 1000} s` }; break; }
+        if (now - t0 > o.timeoutSec * 1000 && o.expect !== undefined && (con.loginAt !== null || con.multiUserAt !== null)) {
+          failure = { code: 'EXPECT_MISSING', message: `the guest booted (${con.reached}) but "${o.expect}" did not appear on its console within ${o.timeoutSec} s` }; break;
+        }
         if (now - t0 > o.timeoutSec * 1000) { failure = { code: 'BOOT_TIMEOUT', message: `no login prompt within ${o.timeoutSec} s (last console line: "${con.lastLine}")` }; break; }
         await new Promise((r) => setTimeout(r, 200));
       }
@@ -301,6 +312,7 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
       cpus, memoryMiB, disks: disks.map((d) => ({ disk: d.disk, bus: d.bus, backing: d.backing })),
       qemuPeakRssMiB: rss, consoleTail: con.tail(25), screenshot, reportFile: join(reportDir, 'report.json'),
       ...(failure ? { failure: { ...failure, fix: fixFor(failure.code, convertedDir !== null, o.timeoutSec) } } : {}),
+      ...(o.expect !== undefined ? { expected: { text: o.expect, line: con.expectedLine, seconds: rel(con.expectedAt) } } : {}),
     };
     await writeFile(report.reportFile, `${JSON.stringify(report, null, 2)}\n`);
     return report;

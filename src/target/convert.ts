@@ -36,6 +36,8 @@ export interface ConvertOptions {
   output: string;
   /** Progress lines (steps, virt-v2v's own). */
   onProgress?: (line: string) => void;
+  /** Commands the converted guest runs once at its first boot (virt-v2v's --firstboot-command), in order. */
+  firstbootCommands?: string[];
 }
 
 /** A program on PATH, or null. */
@@ -236,7 +238,8 @@ export async function convertImage(store: ImageStore, sourceId: string, imageId:
     const version = await v2vVersion();
     say(`running ${V2V} ${version}`);
     const tv = Date.now();
-    await runV2v(['-i', 'libvirtxml', xml], virtioWin ? { ...env, VIRTIO_WIN: virtioWin } : env, join(scratch, 'v2v.log'), (l) => say(`v2v: ${l}`), (pid) => { v2vPgid = pid; });
+    const firstboot = (o.firstbootCommands ?? []).flatMap((c) => ['--firstboot-command', c]);
+    await runV2v(['-i', 'libvirtxml', ...firstboot, xml], virtioWin ? { ...env, VIRTIO_WIN: virtioWin } : env, join(scratch, 'v2v.log'), (l) => say(`v2v: ${l}`), (pid) => { v2vPgid = pid; });
     v2vPgid = 0;
     const v2vSeconds = (Date.now() - tv) / 1000;
 

@@ -52,6 +52,10 @@ export class SerialConsole {
   loginAt: number | null = null;
   multiUserAt: number | null = null;
   failure: ConsoleFailure | null = null;
+  /** Text a caller waits for (boot-test --expect), also after the login prompt; when and in which line it came. */
+  expect: string | null = null;
+  expectedAt: number | null = null;
+  expectedLine: string | null = null;
 
   constructor(private readonly keep = 40, private readonly now: () => number = Date.now) {}
 
@@ -93,6 +97,7 @@ export class SerialConsole {
   private line(l: string): void {
     this.lines.push(l);
     if (this.lines.length > this.keep * 4) this.lines.splice(0, this.lines.length - this.keep);
+    if (this.expect !== null && this.expectedAt === null && l.includes(this.expect)) { this.expectedAt = this.now(); this.expectedLine = l.trim(); }
     if (this.done) return;
     if (ROOT_WAIT.test(l)) this.rootWaitSince ??= this.now();
     if (ROOT_FOUND.test(l)) this.rootWaitSince = null;

@@ -61,3 +61,20 @@ test('the wait for the root device is timed from "Waiting for root file system" 
   assert.equal(con.waitingForRootSince, null);
   assert.equal(con.failure, null);
 });
+
+test('an expected text is found in any line, also after the login prompt, with its time and line', () => {
+  let now = 1000;
+  const con = new SerialConsole(40, () => now);
+  con.expect = 'vmlift-marker: final 42';
+  con.feed('guest-debian login: ');
+  assert.ok(con.loginAt !== null);
+  assert.equal(con.expectedAt, null);
+  now = 5000;
+  con.feed('\r\n[   31.2] guestfs-firstboot: vmlift-marker: final 42\r\n');
+  assert.equal(con.expectedAt, 5000);
+  assert.equal(con.expectedLine, '[   31.2] guestfs-firstboot: vmlift-marker: final 42');
+  const other = new SerialConsole(40, () => now);
+  other.expect = 'vmlift-marker: final 42';
+  other.feed('vmlift-marker: final 41\n');
+  assert.equal(other.expectedAt, null, 'another text is not the expected one');
+});

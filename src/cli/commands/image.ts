@@ -146,9 +146,9 @@ export function register(program: Command): void {
     if (Object.values(r.targets).some((t) => t.verdict === 'blocked')) process.exitCode = 4;
   });
 
-  onImage<{ to: string; output: string }>('convert', 'convert an image for KVM with virt-v2v-in-place into a new folder: disk-N.qcow2, domain.xml, qemu.sh, convert.json; the stored image is not changed; exits 4 when the guest cannot be converted (no OS, Windows without virtio-win)', 'image id', async (store, o) => {
+  onImage<{ to: string; output: string; firstbootCommand?: string[] }>('convert', 'convert an image for KVM with virt-v2v-in-place into a new folder: disk-N.qcow2, domain.xml, qemu.sh, convert.json; the stored image is not changed; exits 4 when the guest cannot be converted (no OS, Windows without virtio-win)', 'image id', async (store, o) => {
     const { convertImage } = await import('../../target/convert.ts');
-    const m = await convertImage(store, o.source, o.image, { to: o.to, output: o.output, onProgress: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) })
+    const m = await convertImage(store, o.source, o.image, { to: o.to, output: o.output, firstbootCommands: o.firstbootCommand, onProgress: o.json ? undefined : (l) => process.stderr.write(`${l}\n`) })
       .catch((e: unknown) => {
         if (e instanceof CodedError && !(e instanceof StoreError) && !(e instanceof UserError)) throw new UserError(e.code, e.message, e.fix, { cause: e, exitCode: e.exitCode });
         throw e;
@@ -162,9 +162,10 @@ export function register(program: Command): void {
     ].join('\n'));
   }, (c) => c
     .option('--to <target>', 'conversion target (kvm)', 'kvm')
-    .requiredOption('--output <dir>', 'folder to create (built as DIR.tmp-* next to it, renamed when complete)'));
+    .requiredOption('--output <dir>', 'folder to create (built as DIR.tmp-* next to it, renamed when complete)')
+    .option('--firstboot-command <cmd>', 'a command the converted guest runs once at its first boot (repeatable; virt-v2v --firstboot-command)', (v: string, prev: string[] = []) => [...prev, v]));
 
-  onImage<{ converted?: string; timeout: string; reportDir?: string; accel: string }>('boot-test',
+  onImage<{ converted?: string; timeout: string; reportDir?: string; accel: string; expect?: string }>('boot-test',
     'boot an image (or its --converted disks) in QEMU as the KVM target runs it, on throwaway overlays, and check it reaches a login prompt; exits 5 when it does not',
     'image id', async (store, o) => {
       const { bootTest } = await import('../../target/boot-test.ts');
@@ -173,7 +174,7 @@ export function register(program: Command): void {
       const reportDir = resolve(o.reportDir ?? join(tmpdir(), `vmlift-boot-test-${o.source}-${o.image}-${new Date().toISOString().replace(/[:.]/g, '-')}`));
       process.stderr.write(`boot-test: report folder ${reportDir}\n`);
       const r = await bootTest(store, { sourceId: o.source, imageId: o.image, converted: o.converted, timeoutSec, reportDir,
-        accel: o.accel as 'auto' | 'kvm' | 'tcg', log: o.json ? undefined : (l) => process.stderr.write(`boot-test: ${l}\n`) });
+        accel: o.accel as 'auto' | 'kvm' | 'tcg', expect: o.expect, log: o.json ? undefined : (l) => process.stderr.write(`boot-test: ${l}\n`) });
       printResult(o.json, r, (v) => [
         v.passed ? `image ${v.imageId} of ${v.sourceId} boots: ${v.reached === 'login' ? `login prompt after ${v.secondsToLogin} s` : `multi-user target after ${v.secondsToMultiUser} s`} (${v.accel})`
           : `image ${v.imageId} of ${v.sourceId} did not boot (${v.accel}, ${v.seconds} s): ${v.failure!.message}`,
@@ -188,7 +189,8 @@ export function register(program: Command): void {
       .option('--converted <dir>', 'boot the disks of `vmlift image convert --output DIR` (never written) instead of the stored image')
       .option('--timeout <seconds>', 'give up when no login prompt appears within this time', '600')
       .option('--report-dir <dir>', 'folder for console.png and report.json (default: a new folder under TMPDIR, printed)')
-      .option('--accel <accel>', 'auto (KVM when a probe shows it works, else TCG), kvm or tcg', 'auto'));
+      .option('--accel <accel>', 'auto (KVM when a probe shows it works, else TCG), kvm or tcg', 'auto')
+      .option('--expect <text>', 'pass only when this text also appears on the serial console (e.g. printed by a convert --firstboot-command)'));
 
   onImage('rm', 'delete an image (refused while an export or verify uses it), then collect unreferenced chunks', 'image id', async (store, o) => {
     await store.removeImage(o.source, o.image);
