@@ -246,7 +246,7 @@ test('no secret in any argv, environment, log, stdout/stderr, --json output or e
     '--state-dir', join(dir, 'agent-argv'), '--source-id', 'scan-argv', '--once', '--json']);
   // and `vmlift demo` itself (its own lab, receiver, in-process connector, qcow2 exports)
   const demoDir = join(dir, 'demo');
-  const demo = cli('demo', ['demo', '--dir', demoDir, '--disk-mib', '16', '--json', '--verbose']);
+  const demo = cli('demo', ['demo', '--dir', demoDir, '--disk-mib', '16', '--no-guest', '--json', '--verbose']);
   const [agent, badCode, badProxy, badVc] = await Promise.all([
     runAgent({ ...agentArgs, stateDir: join(dir, 'agent'), sourceId: 'scan-agent',
       extra: ['--proxy', `http://scanuser@127.0.0.1:${proxy.port}`, '--proxy-password-file', proxyPwFile, '--log-level', 'debug', '--checksum'] }),

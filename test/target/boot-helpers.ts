@@ -1,4 +1,6 @@
 /** Shared by the boot-test tests: the CLI as a child, leftovers (processes, folders), store images from raw bytes. */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
@@ -89,5 +91,11 @@ export async function storeDigest(root: string): Promise<string> {
     }
   };
   await walk(root);
+  return h.digest('hex');
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const b of createReadStream(path, { highWaterMark: 8 << 20 })) h.update(b as Buffer);
   return h.digest('hex');
 }

@@ -1,20 +1,19 @@
 /**
  * `vmlift image boot-test` on the lab's Debian guest synced by a job: as stored (a VMware guest:
  * its initramfs lacks virtio_blk, so on the KVM target's virtio disk it waits for its root device
- * and the test fails early with that console tail), and converted (a convert --output folder made by
- * test/target/converted-fixture.ts): it reaches the serial login prompt. Neither the store nor the
+ * and the test fails early with that console tail), and converted (by `vmlift image convert`): it
+ * reaches the serial login prompt. Neither the store nor the
  * converted folder changes; no QEMU and no overlay is left.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join } from 'node:path';
-import { buildGuest } from '../../lab/guest.ts';
+import { join } from 'node:path';
 import { startRig, settings } from '../engine/harness.ts';
 import type { BootTestReport } from '../../src/target/boot-test.ts';
 import { isPng, leftoverFiles, leftoverProcesses, storeDigest, vmlift } from './boot-helpers.ts';
-import { makeConvertedDir, sha256File } from './converted-fixture.ts';
+import { sha256File } from './boot-helpers.ts';
 
 test('boot-test the lab guest: unconverted fails early (initramfs waits for its root device on virtio: ROOT_NOT_FOUND, fix: convert); converted reaches the login prompt; store and converted folder untouched, nothing left', async (t) => {
   const rig = await startRig({ guest: true });
@@ -54,14 +53,12 @@ test('boot-test the lab guest: unconverted fails early (initramfs waits for its 
   assert.deepEqual(await leftoverProcesses(scratch), []);
   assert.deepEqual(await leftoverFiles(scratch), []);
 
-  // Converted (the convert --output contract), outside the scratch folder.
-  const exp = await vmlift(['image', 'export', '--data-dir', dataDir, '--source', job.sourceId, '--image', imageId, '--output', join(dir, 'disk0.raw')]).done;
-  assert.equal(exp.code, 0, exp.err);
+  // Converted by `vmlift image convert` (virt-v2v-in-place), outside the scratch folder.
   const conv = join(dir, 'converted');
-  // The image is the lab guest's disk copied whole: its build folder (guest-<recipe hash>) names the content.
-  const made = await makeConvertedDir(join(dir, 'disk0.raw'), job.sourceId, imageId, conv, { cacheKey: basename(dirname(await buildGuest())) });
-  await rm(join(dir, 'disk0.raw'));
-  t.diagnostic(`converted folder: ${made.seconds} s (${made.cached ? 'cached' : 'converted now'})`);
+  const tc = Date.now();
+  const made = await vmlift(['image', 'convert', '--data-dir', dataDir, '--source', job.sourceId, '--image', imageId, '--to', 'kvm', '--output', conv, '--json']).done;
+  assert.equal(made.code, 0, made.err);
+  t.diagnostic(`converted folder: ${(Date.now() - tc) / 1000} s`);
   const convBefore = [await sha256File(join(conv, 'disk-0.qcow2')), await readFile(join(conv, 'convert.json'), 'utf8')];
 
   // A folder of another image is refused before anything boots.

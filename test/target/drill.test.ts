@@ -53,7 +53,8 @@ test('a drill of the lab guest runs while an incremental cycle is in flight: bot
   assert.equal(await imageSha(rx, job.sourceId, image2, 0, disk.capacity), expected2, 'the cycle that ran beside the drill is bit-identical');
   const during = (await rx.rx.store.listImages(job.sourceId)).map((i) => i.imageId);
   // The drill converts under TCG for minutes; the cycle takes well under one.
-  assert.ok(!state.listDrills('guest', 1)[0]!.endedAt, 'the drill was still running when the cycle ended');
+  const now = state.listDrills('guest', 1)[0]!;
+  assert.ok(!now.endedAt, `the drill was still running when the cycle ended (${JSON.stringify(now.report)})`);
   assert.ok(during.includes(image1), `retention (max 1 image) kept the pinned image ${image1} while the drill ran (${during.join(', ')})`);
 
   const done = await drills.wait(started.id);

@@ -4,6 +4,8 @@
  * process: full cycle, guest writes, two incremental cycles, complete (final sync), export of the
  * final images to qcow2, and a SHA-256 check of every image against the VM's disks at its snapshot.
  * The job's transport is `auto` (VDDK through the libvixDiskLib double); the demo says which each disk used.
+ * Then the same for the lab's real Debian guest, with file writes in its filesystem between cycles, and
+ * its final image converted for KVM and booted in QEMU, reading the last cycle's marker on its console.
  */
 import type { Command } from 'commander';
 import { join, resolve } from 'node:path';
@@ -26,6 +28,7 @@ import { vcenterService, transportDiskOpener, senderJobServices, type TransportS
 import { shutdownVddk } from '../../source/vddk/index.ts';
 import { PROJECT_ROOT } from '../../util/root.ts';
 import { formatBytes, printResult, table } from '../output.ts';
+import type { ImageStore } from '../../store/types.ts';
 
 const run = promisify(execFile);
 const MiB = 1 << 20;
@@ -88,7 +91,7 @@ async function fileSha(path: string): Promise<string> {
 }
 
 interface Row {
-  cycle: string; kind: string; changed: number; read: number; wire: number; seconds: number; image: string; verified: boolean;
+  vm: string; cycle: string; kind: string; changed: number; read: number; wire: number; seconds: number; image: string; verified: boolean;
   transports: { disk: number; transport: string | null; reason: string | null }[];
 }
 
@@ -115,14 +118,55 @@ async function demoTransports(lab: Lab, dir: string, say: (m: string) => void): 
   return { ...t, vddkLibdir: libdir, vddkConfigFile };
 }
 
+type CycleFn = (label: string, action: () => void, onVm: ReturnType<Lab['vm']>, onJob: string) => Promise<void>;
+
+/**
+ * The real guest: the lab's Debian VM synced by a job (full, two incrementals after file writes in the
+ * guest, complete with a last write), its final image converted for KVM with a first-boot command that
+ * prints the last cycle's marker file to the serial console, then booted in QEMU: the boot passes only
+ * when the login prompt and that marker both reach the console.
+ */
+async function guestPart(lab: Lab, engine: JobEngine, store: ImageStore, dir: string, say: (m: string) => void, cycle: CycleFn) {
+  const gvm = lab.vm('guest-debian');
+  const jobId = 'demo-guest';
+  const markerPath = '/var/lib/vmlift-demo/marker';
+  const token = randomBytes(4).toString('hex');
+  engine.createJob({ id: jobId, name: gvm.name, vmRef: gvm.moref, settings: resolveSettings({ maxImages: 5, checksum: true }) });
+  say(`== ${gvm.name} (a real Debian guest, ${formatBytes(gvm.disks[0]!.capacity)} disk): cycle 1, full sync`);
+  await cycle('cycle 1', () => engine.start(jobId), gvm, jobId);
+  const labels = ['cycle 2', 'cycle 3', 'final'];
+  for (const label of labels) {
+    say(`== writing ${markerPath} ("${label} ${token}") in the guest's filesystem, then ${label === 'final' ? 'complete: the final sync' : `${label}: incremental`}`);
+    await lab.guestWrite(gvm.name, markerPath, `${label} ${token}\n`);
+    await cycle(label, () => (label === 'final' ? engine.complete(jobId) : engine.requestSync(jobId)), gvm, jobId);
+  }
+  const state = engine.getJob(jobId).state;
+  const imageId = engine.state.listCycles(jobId, 1)[0]!.imageId!;
+  const converted = join(dir, 'converted', gvm.name);
+  await mkdir(join(dir, 'converted'), { recursive: true });
+  say(`== converting the final image ${imageId} for KVM (virt-v2v-in-place on an overlay; the stored image is not changed)`);
+  const { convertImage } = await import('../../target/convert.ts');
+  const t0 = Date.now();
+  await convertImage(store, jobId, imageId, {
+    to: 'kvm', output: converted,
+    firstbootCommands: [`echo "vmlift-marker: $(cat ${markerPath})" > /dev/ttyS0`],
+  });
+  const convertSeconds = (Date.now() - t0) / 1000;
+  say('== boot-testing the converted VM in QEMU (virtio disk and NIC; serial console): login prompt and the marker of the last cycle');
+  const { bootTest } = await import('../../target/boot-test.ts');
+  const boot = await bootTest(store, { sourceId: jobId, imageId, converted, timeoutSec: 900, reportDir: join(dir, 'boot', gvm.name), expect: `vmlift-marker: final ${token}` });
+  return { vm: gvm.name, jobId, state, imageId, converted, convertSeconds, lastCycle: labels[labels.length - 1]!, boot };
+}
+
 export function register(program: Command): void {
   program.command('demo')
     .description('run vmlift\'s main job end to end on the lab vCenter and a local receiver, and verify every image')
     .option('--dir <dir>', 'work folder (emptied first)', join(tmpdir(), 'vmlift-demo'))
     .option('--disk-mib <n>', 'size of the first disk in MiB (the second is half)', '256')
+    .option('--no-guest', 'skip the real guest part (sync, convert and boot of the lab\'s Debian guest; needs root, loop devices and a Debian mirror once)')
     .option('--json', 'print the summary as JSON')
     .option('--verbose', 'log the engine to stderr')
-    .action(async (o: { dir: string; diskMib: string; json?: boolean; verbose?: boolean }) => {
+    .action(async (o: { dir: string; diskMib: string; guest: boolean; json?: boolean; verbose?: boolean }) => {
       const dir = resolve(o.dir);
       const diskMb = Number(o.diskMib);
       if (!Number.isInteger(diskMb) || diskMb < 16 || diskMb > 65536) throw new UserError('BAD_FLAG', `--disk-mib must be 16..65536, got ${o.diskMib}`, 'pass e.g. --disk-mib 256');
@@ -133,7 +177,8 @@ export function register(program: Command): void {
 
       say(`== starting the lab vCenter (govmomi simulator + CBT + snapshot views) in ${dir}/lab`);
       const { startLab } = await labModule();
-      const lab = await startLab({ dir: join(dir, 'lab'), vms: 0, diskMb, vddkMap: true });
+      if (o.guest) say('== building (once, then cached) the lab\'s real Debian guest');
+      const lab = await startLab({ dir: join(dir, 'lab'), vms: 0, diskMb, vddkMap: true, guest: o.guest });
       const cleanups: (() => Promise<unknown>)[] = [() => lab.stop()];
       try {
         say(`   ${lab.url} (thumbprint ${lab.thumbprint.slice(0, 23)}…)`);
@@ -167,21 +212,21 @@ export function register(program: Command): void {
         engine.createJob({ id: jobId, name: vm.name, vmRef: vm.moref, settings: resolveSettings({ maxImages: 5, checksum: true }) });
 
         const rows: Row[] = [];
-        const cycle = async (label: string, action: () => void) => {
-          const expected = await Promise.all(vm.disks.map((d) => sha256Of((off, len) => lab.read(vm.name, d.key, off, len), d.capacity)));
+        const cycle = async (label: string, action: () => void, onVm = vm, onJob = jobId) => {
+          const expected = await Promise.all(onVm.disks.map((d) => sha256Of((off, len) => lab.read(onVm.name, d.key, off, len), d.capacity)));
           action();
-          await engine.runNow(jobId);
-          const job = engine.getJob(jobId);
+          await engine.runNow(onJob);
+          const job = engine.getJob(onJob);
           if (job.state === 'error') throw new UserError('DEMO_FAILED', `the ${label} failed in step ${job.error?.step}: ${job.error?.message}`, 'run again with --verbose');
-          const c = state.listCycles(jobId, 1)[0]!;
+          const c = state.listCycles(onJob, 1)[0]!;
           let verified = true;
-          for (const [i, d] of vm.disks.entries()) {
-            const got = await sha256Of((off, len) => rx.store.readImage(jobId, c.imageId!, i, off, len), d.capacity);
+          for (const [i, d] of onVm.disks.entries()) {
+            const got = await sha256Of((off, len) => rx.store.readImage(onJob, c.imageId!, i, off, len), d.capacity);
             verified &&= got === expected[i];
           }
           const seconds = (Date.parse(c.endedAt!) - Date.parse(c.startedAt)) / 1000;
-          const used = state.getDisks(jobId).map((d) => ({ disk: d.diskKey, transport: d.transport ?? null, reason: d.transportReason ?? null }));
-          rows.push({ cycle: label, kind: c.kind, changed: c.changedBytes, read: c.sourceBytesRead, wire: c.wireBytes, seconds, image: c.imageId!, verified, transports: used });
+          const used = state.getDisks(onJob).map((d) => ({ disk: d.diskKey, transport: d.transport ?? null, reason: d.transportReason ?? null }));
+          rows.push({ vm: onVm.name, cycle: label, kind: c.kind, changed: c.changedBytes, read: c.sourceBytesRead, wire: c.wireBytes, seconds, image: c.imageId!, verified, transports: used });
           say(`   ${label}: ${c.kind}, read ${formatBytes(c.sourceBytesRead)}, sent ${formatBytes(c.wireBytes)} in ${formatDuration(seconds)}, image ${c.imageId}: ${verified ? 'SHA-256 matches the snapshot' : 'MISMATCH'}`);
           for (const u of used) say(`     disk ${u.disk} read through ${u.transport ?? '?'}${u.reason ? ` (${u.reason})` : ''}`);
         };
@@ -212,18 +257,28 @@ export function register(program: Command): void {
           const live = await sha256Of((off, len) => lab.read(vm.name, d.key, off, len), d.capacity);
           exports.push({ disk: i, path, sha256: sha, matches: sha === live, size: (await stat(path)).size });
         }
-        const snapshotsLeft = (await vc.snapshots(vm.moref)).snapshots.length;
-        const ok = rows.every((r) => r.verified) && exports.every((e) => e.matches) && job.state === 'completed' && snapshotsLeft === 0;
-        const summary = { ok, job: { id: jobId, vm: vm.name, state: job.state }, cycles: rows, exports, snapshotsLeft, receiverStore: join(dir, 'receiver', 'store') };
+        const guest = o.guest ? await guestPart(lab, engine, rx.store, dir, say, (label, action, onVm, onJob) => cycle(label, action, onVm, onJob)) : null;
+        const snapshotsLeft = (await vc.snapshots(vm.moref)).snapshots.length + (guest ? (await vc.snapshots(lab.vm('guest-debian').moref)).snapshots.length : 0);
+        const ok = rows.every((r) => r.verified) && exports.every((e) => e.matches) && job.state === 'completed' && snapshotsLeft === 0
+          && (!guest || (guest.state === 'completed' && guest.boot.passed && guest.boot.expected?.line != null));
+        const summary = { ok, job: { id: jobId, vm: vm.name, state: job.state }, cycles: rows, exports, guest, snapshotsLeft, receiverStore: join(dir, 'receiver', 'store') };
         printResult(o.json, summary, (s) => [
           '',
-          table(['CYCLE', 'KIND', 'CHANGED', 'READ', 'SENT', 'TIME', 'TRANSPORT', 'IMAGE', 'SHA-256 vs SNAPSHOT'],
-            s.cycles.map((r) => [r.cycle, r.kind, formatBytes(r.changed), formatBytes(r.read), formatBytes(r.wire), formatDuration(r.seconds),
+          table(['VM', 'CYCLE', 'KIND', 'CHANGED', 'READ', 'SENT', 'TIME', 'TRANSPORT', 'IMAGE', 'SHA-256 vs SNAPSHOT'],
+            s.cycles.map((r) => [r.vm, r.cycle, r.kind, formatBytes(r.changed), formatBytes(r.read), formatBytes(r.wire), formatDuration(r.seconds),
               r.transports.map((u) => `${u.disk}:${u.transport ?? '?'}`).join(' '), r.image, r.verified ? 'match' : 'MISMATCH'])),
           '',
           table(['DISK', 'QCOW2', 'SIZE', 'SHA-256 (raw)', 'vs VM DISK'], s.exports.map((e) => [e.disk, e.path, formatBytes(e.size), e.sha256.slice(0, 16), e.matches ? 'match' : 'MISMATCH'])),
           '',
-          `job ${s.job.id}: ${s.job.state}; snapshots left on the VM: ${s.snapshotsLeft}; images in ${s.receiverStore}`,
+          ...(s.guest ? [
+            '',
+            `guest ${s.guest.vm} (job ${s.guest.jobId}: ${s.guest.state}): final image ${s.guest.imageId} converted for KVM in ${formatDuration(s.guest.convertSeconds)} (${s.guest.converted})`,
+            s.guest.boot.passed
+              ? `booted: login reached in ${s.guest.boot.secondsToLogin} s (${s.guest.boot.accel}); marker of cycle ${s.guest.lastCycle} present: "${s.guest.boot.expected?.line}"`
+              : `boot FAILED: ${s.guest.boot.failure?.code}: ${s.guest.boot.failure?.message}`,
+            `console screenshot: ${s.guest.boot.screenshot ?? 'none'}`,
+          ] : []),
+          `job ${s.job.id}: ${s.job.state}; snapshots left on the VMs: ${s.snapshotsLeft}; images in ${s.receiverStore}`,
           s.ok ? 'demo: OK' : 'demo: FAILED',
         ].join('\n'));
         if (!ok) process.exitCode = 1;
