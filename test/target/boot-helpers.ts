@@ -77,22 +77,8 @@ export function isPng(b: Buffer): boolean {
   return b.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]));
 }
 
-/** SHA-256 over the store's chunk names and image files (as test/target/inspect.test.ts): what a boot test must not change. */
-export async function storeDigest(root: string): Promise<string> {
-  const { createHash } = await import('node:crypto');
-  const { join } = await import('node:path');
-  const h = createHash('sha256');
-  const walk = async (d: string): Promise<void> => {
-    for (const e of (await readdir(d, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) { if (!['tmp', 'pins', 'locks'].includes(e.name)) await walk(p); } else if (e.isFile() && !/\.(lock|pin)$/.test(e.name)) {
-        h.update(p); if (!p.includes('/chunks/')) h.update(await readFile(p));
-      }
-    }
-  };
-  await walk(root);
-  return h.digest('hex');
-}
+/** What a boot test must not change (the store's chunk names and image files). */
+export { storeDigest } from './helpers.ts';
 
 export async function sha256File(path: string): Promise<string> {
   const h = createHash('sha256');

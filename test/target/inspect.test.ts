@@ -5,7 +5,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { readdir, readFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +14,7 @@ import { startRig, settings, MiB } from '../engine/harness.ts';
 import { openImageStore } from '../../src/store/index.ts';
 import { guestfsEnv } from '../../lab/guest.ts';
 import type { InspectReport } from '../../src/target/inspect.ts';
+import { storeDigest } from './helpers.ts';
 
 const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 const run = promisify(execFile);
@@ -30,20 +30,6 @@ function vmlift(...args: string[]): Promise<{ code: number; out: string; err: st
   });
 }
 
-/** SHA-256 over the store's chunk names and image files: what must not change when an image is inspected. */
-async function storeDigest(root: string): Promise<string> {
-  const h = createHash('sha256');
-  const walk = async (d: string): Promise<void> => {
-    for (const e of (await readdir(d, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) { if (!['tmp', 'pins', 'locks'].includes(e.name)) await walk(p); } else if (e.isFile() && !/\.(lock|pin)$/.test(e.name)) {
-        h.update(p); if (!p.includes('/chunks/')) h.update(await readFile(p));
-      }
-    }
-  };
-  await walk(root);
-  return h.digest('hex');
-}
 
 test('inspect the lab guest synced by a job: Debian 12, no virtio in the initramfs, fstab /dev/sda1, verdict "needs conversion"; the image is untouched', async (t) => {
   const rig = await startRig({ guest: true });
