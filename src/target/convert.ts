@@ -36,7 +36,7 @@ export interface ConvertOptions {
   output: string;
   /** Progress lines (steps, virt-v2v's own). */
   onProgress?: (line: string) => void;
-  /** Commands the converted guest runs once at its first boot (virt-v2v's --firstboot-command), in order. */
+  /** Commands the converted guest runs once at its first boot, in order (virt-customize --firstboot-command on the converted disks: Debian's virt-v2v-in-place 2.2 has no such option). */
   firstbootCommands?: string[];
 }
 
@@ -238,8 +238,7 @@ export async function convertImage(store: ImageStore, sourceId: string, imageId:
     const version = await v2vVersion();
     say(`running ${V2V} ${version}`);
     const tv = Date.now();
-    const firstboot = (o.firstbootCommands ?? []).flatMap((c) => ['--firstboot-command', c]);
-    await runV2v(['-i', 'libvirtxml', ...firstboot, xml], virtioWin ? { ...env, VIRTIO_WIN: virtioWin } : env, join(scratch, 'v2v.log'), (l) => say(`v2v: ${l}`), (pid) => { v2vPgid = pid; });
+    await runV2v(['-i', 'libvirtxml', xml], virtioWin ? { ...env, VIRTIO_WIN: virtioWin } : env, join(scratch, 'v2v.log'), (l) => say(`v2v: ${l}`), (pid) => { v2vPgid = pid; });
     v2vPgid = 0;
     const v2vSeconds = (Date.now() - tv) / 1000;
 
@@ -251,6 +250,16 @@ export async function convertImage(store: ImageStore, sourceId: string, imageId:
       await rm(overlays[i]!, { force: true });
       await rm(join(build, `source-${d.disk}.raw`), { force: true });
       files.push(f);
+    }
+
+    if (o.firstbootCommands?.length) {
+      say(`adding ${o.firstbootCommands.length} first-boot command(s) (virt-customize)`);
+      const args = ['--format', 'qcow2', ...files.flatMap((f) => ['-a', f]), ...o.firstbootCommands.flatMap((c) => ['--firstboot-command', c])];
+      await run('virt-customize', args, { env, maxBuffer: 16 << 20 }).catch((e: { stderr?: string; message: string }) => {
+        throw new CodedError('CONVERT_FIRSTBOOT', `virt-customize could not add the first-boot commands: ${(e.stderr ?? e.message).trim().slice(-500)}`,
+          { fix: 'check that Debian\'s guestfs-tools is installed; run the same virt-customize by hand with -v -x to see why' });
+      });
+      prepared.changes.push(`first-boot commands: ${o.firstbootCommands.length} (virt-customize --firstboot-command)`);
     }
 
     say('checking the converted disks (libguestfs)');
