@@ -248,11 +248,15 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
         exitedP.then(() => { throw new CodedError('QEMU_FAILED', `qemu-system-x86_64 did not start (${exited}): ${qemuMessage()}`, { fix: 'read the QEMU message' }); })]);
       sSock.on('data', (d: Buffer) => con.feed(d));
       sSock.on('error', () => undefined);
+      const serialClosed = new Promise<void>((r) => sSock.once('close', () => r()));
+      let drained = false;
       const qmp = await QmpClient.start(qSock);
       log(`qemu ${p.pid} started (${accel}, ${cpus} CPUs, ${memoryMiB} MiB, ${disks.map((d) => d.bus).join('+')}); waiting for a login prompt (timeout ${o.timeoutSec} s)`);
 
       let failure: { code: string; message: string } | null = null;
       for (;;) {
+        // QEMU's exit can be seen before the console's last bytes are read: read them first, then judge.
+        if (exited && !drained) { await Promise.race([serialClosed, new Promise((r) => setTimeout(r, 1000))]); drained = true; }
         const now = Date.now();
         const expected = o.expect === undefined || con.expectedAt !== null;
         if (con.loginAt !== null && expected) break;
