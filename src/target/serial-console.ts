@@ -36,8 +36,8 @@ const MULTI_USER = /Reached target .*(Multi-User System|multi-user\.target)/;
 export const ROOT_WAIT = /Begin: Waiting for root file system/;
 /** What follows a found root device in initramfs-tools, or the root filesystem mounted. */
 const ROOT_FOUND = /Will now check root file system|EXT4-fs \([^)]+\): mounted filesystem|XFS \([^)]+\): Mounting|Run \/init as init|systemd\[1\]|Welcome to/;
-/** SeaBIOS's last line before it runs the disk's boot sector. */
-export const BIOS_HANDOFF = /^Booting from (Hard Disk|Floppy|DVD\/CD|ROM)/;
+/** SeaBIOS's last line before it runs the disk's boot sector ("Booting from Hard Disk..."; its serial mirror may double a character, "HHard"). */
+export const BIOS_HANDOFF = /^Booting from /;
 
 // CSI and OSC sequences, single-character escapes (ESC c, ESC 7), then other control characters but tab.
 // eslint-disable-next-line no-control-regex

@@ -1,7 +1,7 @@
 /** The console reader on console text as the lab guest, SeaBIOS and initramfs-tools print it (escapes, CR/LF, open prompt lines). */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { SerialConsole } from '../../src/target/serial-console.ts';
+import { BIOS_HANDOFF, SerialConsole } from '../../src/target/serial-console.ts';
 
 function clock() {
   let t = 1000;
@@ -77,4 +77,10 @@ test('an expected text is found in any line, also after the login prompt, with i
   other.expect = 'vmlift-marker: final 42';
   other.feed('vmlift-marker: final 41\n');
   assert.equal(other.expectedAt, null, 'another text is not the expected one');
+});
+
+test('the BIOS hand-over line is known also when the serial mirror doubles a character', () => {
+  assert.ok(BIOS_HANDOFF.test('Booting from Hard Disk...'));
+  assert.ok(BIOS_HANDOFF.test('Booting from HHard Disk...'));
+  assert.ok(!BIOS_HANDOFF.test('Booted from a kernel'));
 });
