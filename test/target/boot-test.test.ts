@@ -81,7 +81,9 @@ test('boot-test the lab guest: unconverted fails early (initramfs waits for its 
   assert.ok(rep.secondsToLogin! > 0 && rep.secondsToLogin! <= rep.seconds);
   assert.match(rep.consoleTail.join('\n'), /guest-debian login:/);
   assert.equal(rep.failure, undefined);
-  assert.deepEqual([rep.cpus, rep.memoryMiB], [2, 1024], "the manifest's CPUs and memory");
+  const manifest = JSON.parse(await readFile(join(conv, 'convert.json'), 'utf8')) as { cpus: number; memoryMiB: number };
+  assert.deepEqual([rep.cpus, rep.memoryMiB], [manifest.cpus, manifest.memoryMiB], "the manifest's CPUs and memory");
+  assert.deepEqual([manifest.cpus, manifest.memoryMiB], [2, 2048], 'the lab guest VM\'s CPUs and memory, from vCenter');
   assert.ok(isPng(await readFile(rep.screenshot!)));
   assert.deepEqual([await sha256File(join(conv, 'disk-0.qcow2')), await readFile(join(conv, 'convert.json'), 'utf8')], convBefore, 'the converted folder is only read');
   assert.deepEqual(await leftoverProcesses(scratch), []);
