@@ -25,6 +25,8 @@ export interface Wiring {
   vc: VCenter;
   connect(job: JobRecord): Promise<JobServices>;
   resolveVm(nameOrRef: string): Promise<{ vmRef: string; name: string }>;
+  /** vCenter's preflight of a VM (`workgroup start --dry-run`). */
+  preflight(vmRef: string): ReturnType<VCenterService['preflight']>;
   images(sourceId: string): Promise<unknown[]>;
   /** Drills on the receiver, over each source's own credential. */
   drills: DrillService;
@@ -228,6 +230,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
       get: async (sourceId, drillId) => (await drillSession(sourceId)).control.drill(drillId),
       screenshot: async (sourceId, drillId) => (await drillSession(sourceId)).control.drillScreenshot(drillId),
     },
+    preflight: (vmRef) => port.preflight(vmRef),
     async resolveVm(nameOrRef) {
       if (!nameOrRef) throw new UserError('NO_VM', 'no VM given', 'pass --vm NAME (or its moref, vm-42)');
       const vm = await vc.vm(nameOrRef);

@@ -5,7 +5,9 @@ import { CodedError, UserError, isUserError, errorMessage, errorReport } from '.
 import { StateError, type JobSettings } from '../state/types.ts';
 import { parseSettings, resolveSettings, type SettingsInput } from './settings.ts';
 import type { JobEngine } from './jobs.ts';
-import type { Workgroups, BatchAction } from './workgroups.ts';
+import type { Workgroups, BatchAction, Preflight } from './workgroups.ts';
+import { diskSelection } from './names.ts';
+import { createWorkgroup } from './workgroup-create.ts';
 import type { EngineMetrics } from './metrics.ts';
 import type { JobDrills } from './drills.ts';
 import { apiListenHost, tokenMatches } from './api-access.ts';
@@ -23,6 +25,8 @@ export interface ApiOptions {
   images?(sourceId: string): Promise<unknown[]>;
   /** Drills on the receiver (job drill, workgroup drill); absent: refused. */
   drills?: JobDrills;
+  /** vCenter's preflight of a VM (`workgroup start --dry-run`); absent: the dry run checks states only. */
+  preflight?: Preflight;
 }
 
 type Handler = (req: IncomingMessage, params: string[], body: Record<string, unknown>) => Promise<unknown> | unknown;
@@ -42,10 +46,14 @@ export class ConnectorApi {
     const st = engine.state;
     this.route('GET', /^\/v1\/jobs$/, () => st.listJobs().map((j) => ({ ...engine.getJob(j.id), running: engine.isRunning(j.id) })));
     this.route('POST', /^\/v1\/jobs$/, async (_r, _p, b) => {
-      const vm = await o.resolveVm(String(b.vm ?? ''));
       const template = b.template ? this.template(String(b.template)) : undefined;
       const settings = resolveSettings(template, parseSettings((b.settings ?? {}) as SettingsInput));
-      return engine.createJob({ id: String(b.id ?? ''), name: vm.name, vmRef: vm.vmRef, settings });
+      const disks = diskSelection((b.disks ?? {}) as { include?: number[]; exclude?: number[] });
+      const vm = await o.resolveVm(String(b.vm ?? ''));
+      return engine.createJob({
+        id: String(b.id ?? ''), name: b.name === undefined ? vm.name : String(b.name), description: b.description === undefined ? '' : String(b.description),
+        disks, vmRef: vm.vmRef, settings, start: b.start !== false,
+      });
     });
     this.route('GET', /^\/v1\/jobs\/([^/]+)$/, async (_r, [id]) => {
       const job = engine.getJob(id!);
@@ -54,15 +62,18 @@ export class ConnectorApi {
         images: o.images ? await o.images(job.sourceId).catch((e) => ({ error: errorMessage(e) })) : [],
       };
     });
-    this.route('POST', /^\/v1\/jobs\/([^/]+)\/(start|sync|pause|resume|complete)$/, (_r, [id, action]) => {
+    this.route('POST', /^\/v1\/jobs\/([^/]+)\/(start|sync|pause|resume|complete)$/, (_r, [id, action], b) => {
       switch (action) {
         case 'start': return engine.start(id!);
         case 'sync': return engine.requestSync(id!);
         case 'pause': return engine.pause(id!);
         case 'resume': return engine.resume(id!);
-        default: return engine.complete(id!);
+        default: return engine.complete(id!, { finalSync: b.finalSync !== false });
       }
     });
+    this.route('PATCH', /^\/v1\/jobs\/([^/]+)$/, (_r, [id], b) => engine.edit(id!, {
+      ...(b.name !== undefined ? { name: String(b.name) } : {}), ...(b.description !== undefined ? { description: String(b.description) } : {}),
+    }));
     this.route('POST', /^\/v1\/jobs\/([^/]+)\/drill$/, (_r, [id], b) => {
       engine.getJob(id!);
       return this.drills().start(id!, b.imageId === undefined ? undefined : String(b.imageId));
@@ -73,9 +84,16 @@ export class ConnectorApi {
       return { deleted: id };
     });
 
-    this.route('GET', /^\/v1\/workgroups$/, () => workgroups.list());
-    this.route('POST', /^\/v1\/workgroups$/, (_r, _p, b) => workgroups.create(String(b.id ?? ''), b.name ? String(b.name) : undefined));
+    this.route('GET', /^\/v1\/workgroups$/, () => workgroups.summaries());
+    this.route('POST', /^\/v1\/workgroups$/, (_r, _p, b) => createWorkgroup(this.o, (n) => this.template(n), b));
     this.route('GET', /^\/v1\/workgroups\/([^/]+)$/, (_r, [id]) => workgroups.status(id!));
+    this.route('PATCH', /^\/v1\/workgroups\/([^/]+)$/, (_r, [id], b) => workgroups.edit(id!, {
+      ...(b.name !== undefined ? { name: String(b.name) } : {}), ...(b.description !== undefined ? { description: String(b.description) } : {}),
+    }));
+    this.route('DELETE', /^\/v1\/workgroups\/([^/]+)$/, (r, [id]) =>
+      workgroups.delete(id!, { detach: new URL(r.url ?? '/', 'http://x').searchParams.get('detach') === '1' }));
+    this.route('PATCH', /^\/v1\/workgroups\/([^/]+)\/settings$/, (_r, [id], b) => workgroups.set(id!, parseSettings(b as SettingsInput)));
+    this.route('POST', /^\/v1\/workgroups\/([^/]+)\/start-dry-run$/, (_r, [id]) => workgroups.startDryRun(id!, o.preflight));
     this.route('POST', /^\/v1\/workgroups\/([^/]+)\/(add|remove)$/, (_r, [id, op], b) => {
       const jobs = (b.jobs as string[] | undefined) ?? [];
       return op === 'add' ? workgroups.add(id!, jobs) : workgroups.remove(id!, jobs);

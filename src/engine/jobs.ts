@@ -10,7 +10,8 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { UserError, errorMessage, errorReport, isTransient } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
-import type { JobError, JobRecord, JobSettings, JobState, StateStore } from '../state/types.ts';
+import type { DiskSelection, JobError, JobRecord, JobSettings, JobState, StateStore } from '../state/types.ts';
+import { description, jobName } from './names.ts';
 import type { DiskOpener, ReceiverService, VCenterService } from './services.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { CycleError, runVmCycle, SNAPSHOT_PREFIX, type CycleResult, type DiskProgress } from './vm-cycle.ts';
@@ -86,10 +87,28 @@ export class JobEngine {
 
   get state(): StateStore { return this.o.state; }
 
-  createJob(job: { id: string; name?: string; vmRef: string | null; kind?: 'vm' | 'agent'; sourceId?: string; settings: JobSettings }): JobRecord {
+  /**
+   * A new job in `created`; with `start` it goes on to `syncing` at once (the API's and CLI's
+   * default: "the migration job starts immediately after creation"; `--no-start` keeps it created).
+   */
+  createJob(job: {
+    id: string; name?: string; description?: string; disks?: DiskSelection | null; vmRef: string | null; kind?: 'vm' | 'agent'; sourceId?: string;
+    settings: JobSettings; start?: boolean;
+  }): JobRecord {
     const id = assertId(job.id, 'job id');
-    return this.o.state.createJob({
-      id, name: job.name ?? id, kind: job.kind ?? 'vm', vmRef: job.vmRef, sourceId: assertId(job.sourceId ?? id, 'source id'), settings: job.settings,
+    const created = this.o.state.createJob({
+      id, name: jobName(job.name ?? id), description: description(job.description ?? ''), disks: job.disks ?? null,
+      kind: job.kind ?? 'vm', vmRef: job.vmRef, sourceId: assertId(job.sourceId ?? id, 'source id'), settings: job.settings,
+    });
+    return job.start ? this.start(id) : created;
+  }
+
+  /** Rename or describe a job (`job set --name/--description`); any state. */
+  edit(id: string, patch: { name?: string; description?: string }): JobRecord {
+    this.getJob(id);
+    return this.o.state.updateJob(id, {
+      ...(patch.name !== undefined ? { name: jobName(patch.name) } : {}),
+      ...(patch.description !== undefined ? { description: description(patch.description) } : {}),
     });
   }
 
@@ -113,6 +132,9 @@ export class JobEngine {
     const job = this.getJob(id);
     if (job.state === 'waiting') return this.o.state.updateJob(id, { state: 'syncing' });
     if (job.state === 'syncing' || job.state === 'completing') return job;
+    if (job.state === 'completed') {
+      throw new UserError('JOB_COMPLETED', `job ${id} is completed; it runs no more cycles`, 'its final image is on the receiver (`vmlift job show`); create a new job to migrate the VM again');
+    }
     throw new UserError('CANNOT_SYNC', `job ${id} is ${job.state}; a sync can start only when it is waiting`,
       job.state === 'created' ? 'start it with `vmlift job start`' : job.state === 'paused' ? 'resume it with `vmlift job resume`' : 'see `vmlift job show`');
   }
@@ -136,9 +158,14 @@ export class JobEngine {
     return job;
   }
 
-  /** One final sync (the user has stopped the services), then completed. */
-  complete(id: string): JobRecord {
+  /**
+   * One final sync (the user has stopped the services), then completed. With `finalSync: false`
+   * (SMC's "Complete incremental sync" without "run one last sync") the job is completed at once on
+   * its last committed image: refused before the first image, and while a cycle runs or is unfinished.
+   */
+  complete(id: string, opts: { finalSync?: boolean } = {}): JobRecord {
     const job = this.getJob(id);
+    if (opts.finalSync === false && job.state !== 'completed' && job.state !== 'completing' && job.state !== 'created') return this.completeWithoutSync(job);
     switch (job.state) {
       case 'completed':
         throw new UserError('ALREADY_COMPLETED', `job ${id} is already completed`, 'its final images are on the receiver: `vmlift image ls`');
@@ -152,6 +179,22 @@ export class JobEngine {
         // A cycle running now started before the request: the scheduler runs one more, final, cycle after it.
         return this.o.state.updateJob(id, { state: 'completing', error: null });
     }
+  }
+
+  private completeWithoutSync(job: JobRecord): JobRecord {
+    const id = job.id;
+    const fix = `let it finish (\`vmlift job show ${id}\`), then run \`vmlift job complete ${id} --no-final-sync\` again; or complete with a final sync: \`vmlift job complete ${id}\``;
+    if (this.running.has(id)) throw new UserError('CYCLE_RUNNING', `job ${id} is running a cycle; completing without a final sync would drop it`, fix);
+    if (this.o.state.runningCycles().some((c) => c.jobId === id)) {
+      throw new UserError('CYCLE_RUNNING', `job ${id} has an unfinished cycle (interrupted or paused); completing without a final sync would drop it`,
+        `resume it (\`vmlift job resume ${id}\`) and ${fix}`);
+    }
+    if (job.state === 'syncing') throw new UserError('CYCLE_RUNNING', `job ${id} is about to run a cycle; completing without a final sync would drop it`, fix);
+    if (!this.o.state.listCycles(id, 1000).some((c) => c.state === 'committed')) {
+      throw new UserError('NO_IMAGE', `job ${id} has no committed image yet; without a final sync it would complete with nothing on the receiver`,
+        `wait for its first cycle (\`vmlift job show ${id}\`), or complete it with a final sync: \`vmlift job complete ${id}\``);
+    }
+    return this.recorded(id, this.o.state.updateJob(id, { state: 'completed', resumeState: null, error: null, nextSyncAt: null, syncRequested: false }));
   }
 
   /** Change settings; bandwidth and compression reach a running cycle at once, checksum from its next read. */
@@ -353,7 +396,7 @@ export class JobEngine {
       const previousChangeIds = new Map(this.o.state.getDisks(job.id).map((d) => [d.diskKey, d.changeId]));
       const started = Date.now();
       return await runVmCycle({
-        jobId: job.id, cycleId, vmRef: job.vmRef, settings: run.settings, previousChangeIds, previousImageId,
+        jobId: job.id, cycleId, vmRef: job.vmRef, settings: run.settings, previousChangeIds, previousImageId, diskSelection: job.disks,
         forceFull: first ? 'first cycle' : run.cbtReenabled, resumed, lastAttempt,
         vcenter: services.vcenter, disks: services.disks, receiver: services.receiver, logger: log,
         signal: run.controller.signal,

@@ -17,7 +17,8 @@ import type { DiskOpener, DiskTransportChoice, ReceiverService, SnapshotDisk, Sn
 import type { ReceiverCycle } from '../transfer/contract.ts';
 import { DigestTree, pieceDigests } from '../transfer/digest-tree.ts';
 import { PIECE_SIZE } from '../transfer/protocol.ts';
-import type { JobSettings } from '../state/types.ts';
+import type { DiskSelection, JobSettings } from '../state/types.ts';
+import { selectDisks } from './names.ts';
 import { CodedError, errorReport, isTransient } from '../util/errors.ts';
 import { crashPoint } from '../util/crash.ts';
 
@@ -56,6 +57,8 @@ export interface CycleInput {
   lastAttempt?: boolean;
   /** Force a full cycle (e.g. first cycle) with this reason. */
   forceFull?: string;
+  /** The job's disk selection: the other disks are never opened or read, and the image holds only these. */
+  diskSelection?: DiskSelection | null;
   vcenter: VCenterService;
   disks: DiskOpener;
   receiver: ReceiverService;
@@ -184,11 +187,13 @@ async function removeCycleSnapshot(input: CycleInput, snapshot: SnapshotHandle):
 async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ownSnapshot: boolean, onSession: (s: ReceiverCycle) => void):
   Promise<Omit<CycleResult, 'snapshot' | 'durationMs'>> {
   const { vcenter, vmRef, receiver, logger, settings } = input;
-  const disks = await step('plan', input, async () => {
-    const ds = [...await vcenter.snapshotDisks(vmRef, snapshot)].sort((a, b) => a.key - b.key);
+  const { disks, excluded } = await step('plan', input, async () => {
+    const all = [...await vcenter.snapshotDisks(vmRef, snapshot)].sort((a, b) => a.key - b.key);
+    const ds = selectDisks(all, input.diskSelection ?? null, vmRef);
     requireChangeIds(vmRef, input.jobId, ds);
-    return ds;
+    return { disks: ds, excluded: all.filter((d) => !ds.includes(d)).map((d) => d.key) };
   });
+  if (excluded.length) logger.info({ vmRef, excluded }, 'disks left out by the job\'s disk selection: not read');
   const images = await step('plan', input, () => receiver.listImages());
   const base = input.previousImageId === null ? undefined : images.find((i) => i.imageId === input.previousImageId);
   // Each disk builds on the base image's disk with the same identity (key + backing UUID), never on
@@ -308,6 +313,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ow
       jobId: input.jobId, vmRef, snapshot: snapshot.name,
       changeIds: Object.fromEntries(disks.map((d) => [d.key, d.changeId])),
       diskKeys: disks.map((d) => d.key),
+      ...(excluded.length ? { excludedDiskKeys: excluded } : {}),
       diskIdentities: identities,
       ...(hardware ? { vm: hardware } : {}),
     },

@@ -7,13 +7,13 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import {
-  StateError, WORKGROUP_MAX_MEMBERS,
+  StateError, WORKGROUP_MAX_MEMBERS, WORKGROUPS_MAX,
   type CycleRecord, type DiskRecord, type JobRecord, type JobSettings, type NewJob, type StateStore,
   type TemplateRecord, type WorkgroupRecord, type DrillRecord,
 } from './types.ts';
 import { StateNoSpaceError, isStateFull, withNoSpaceErrors } from './no-space.ts';
 
-const SCHEMA_VERSION = 3;
+const SCHEMA_VERSION = 4;
 
 const NO_JOB_FIX = 'list jobs with `vmlift job ls`';
 
@@ -21,7 +21,8 @@ const SCHEMA = `
 CREATE TABLE IF NOT EXISTS jobs (
   id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, vm_ref TEXT, source_id TEXT NOT NULL,
   settings TEXT NOT NULL, state TEXT NOT NULL, resume_state TEXT, error TEXT, workgroup_id TEXT,
-  next_sync_at TEXT, sync_requested INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL
+  next_sync_at TEXT, sync_requested INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+  description TEXT NOT NULL DEFAULT '', disk_selection TEXT
 );
 CREATE TABLE IF NOT EXISTS disks (
   job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, disk_key INTEGER NOT NULL,
@@ -35,7 +36,7 @@ CREATE TABLE IF NOT EXISTS cycles (
   wire_bytes INTEGER NOT NULL DEFAULT 0, changed_bytes INTEGER NOT NULL DEFAULT 0, error TEXT,
   UNIQUE (job_id, seq)
 );
-CREATE TABLE IF NOT EXISTS workgroups (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workgroups (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL, description TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS templates (name TEXT PRIMARY KEY, settings TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS drills (
   id TEXT PRIMARY KEY, job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, image_id TEXT NOT NULL,
@@ -47,6 +48,7 @@ interface JobRow {
   id: string; name: string; kind: string; vm_ref: string | null; source_id: string; settings: string;
   state: string; resume_state: string | null; error: string | null; workgroup_id: string | null;
   next_sync_at: string | null; sync_requested: number; created_at: string; updated_at: string;
+  description: string; disk_selection: string | null;
 }
 interface CycleRow {
   id: string; job_id: string; seq: number; kind: string; state: string; reason: string | null;
@@ -70,7 +72,8 @@ const now = (): string => new Date().toISOString();
 
 function jobFromRow(r: JobRow): JobRecord {
   return {
-    id: r.id, name: r.name, kind: r.kind as JobRecord['kind'], vmRef: r.vm_ref, sourceId: r.source_id,
+    id: r.id, name: r.name, description: r.description ?? '', disks: r.disk_selection ? JSON.parse(r.disk_selection) : null,
+    kind: r.kind as JobRecord['kind'], vmRef: r.vm_ref, sourceId: r.source_id,
     settings: JSON.parse(r.settings) as JobSettings, state: r.state as JobRecord['state'],
     resumeState: r.resume_state as JobRecord['resumeState'], error: r.error ? JSON.parse(r.error) : null,
     workgroupId: r.workgroup_id, nextSyncAt: r.next_sync_at, syncRequested: r.sync_requested === 1,
@@ -118,6 +121,9 @@ export class SqliteStateStore implements StateStore {
       // Schema 2 → 3: the drills table (made by SCHEMA above). Schema 1 → 2: the disks' transport and its reason.
       const cols = new Set((this.db.prepare('PRAGMA table_info(disks)').all() as { name: string }[]).map((c) => c.name));
       if (!cols.has('transport')) this.db.exec('ALTER TABLE disks ADD COLUMN transport TEXT; ALTER TABLE disks ADD COLUMN transport_reason TEXT;');
+      // Schema 3 → 4: job and workgroup descriptions, the job's disk selection.
+      addColumns(this.db, 'jobs', { description: "TEXT NOT NULL DEFAULT ''", disk_selection: 'TEXT' });
+      addColumns(this.db, 'workgroups', { description: "TEXT NOT NULL DEFAULT ''" });
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     })();
   }
@@ -125,8 +131,9 @@ export class SqliteStateStore implements StateStore {
   createJob(job: NewJob): JobRecord {
     const t = now();
     try {
-      this.db.prepare(`INSERT INTO jobs (id, name, kind, vm_ref, source_id, settings, state, created_at, updated_at)
-        VALUES (?, ?, ?, ?, ?, ?, 'created', ?, ?)`).run(job.id, job.name, job.kind, job.vmRef, job.sourceId, JSON.stringify(job.settings), t, t);
+      this.db.prepare(`INSERT INTO jobs (id, name, kind, vm_ref, source_id, settings, state, created_at, updated_at, description, disk_selection)
+        VALUES (?, ?, ?, ?, ?, ?, 'created', ?, ?, ?, ?)`).run(job.id, job.name, job.kind, job.vmRef, job.sourceId, JSON.stringify(job.settings), t, t,
+        job.description ?? '', job.disks ? JSON.stringify(job.disks) : null);
     } catch (e) {
       if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new StateError('JOB_EXISTS', `job ${job.id} already exists`, { fix: 'choose another job id, or delete the old job first (`vmlift job delete`)' });
       throw e;
@@ -146,6 +153,8 @@ export class SqliteStateStore implements StateStore {
   updateJob(id: string, patch: Partial<Omit<JobRecord, 'id' | 'createdAt'>>): JobRecord {
     const cols: Record<string, unknown> = {};
     if (patch.name !== undefined) cols.name = patch.name;
+    if (patch.description !== undefined) cols.description = patch.description;
+    if (patch.disks !== undefined) cols.disk_selection = patch.disks === null ? null : JSON.stringify(patch.disks);
     if (patch.kind !== undefined) cols.kind = patch.kind;
     if (patch.vmRef !== undefined) cols.vm_ref = patch.vmRef;
     if (patch.sourceId !== undefined) cols.source_id = patch.sourceId;
@@ -265,9 +274,16 @@ export class SqliteStateStore implements StateStore {
     return (this.db.prepare(`SELECT * FROM cycles WHERE state = 'running' ORDER BY started_at`).all() as CycleRow[]).map(cycleFromRow);
   }
 
-  createWorkgroup(id: string, name: string): WorkgroupRecord {
+  createWorkgroup(id: string, name: string, description = ''): WorkgroupRecord {
     try {
-      this.db.prepare('INSERT INTO workgroups (id, name, created_at) VALUES (?, ?, ?)').run(id, name, now());
+      this.db.transaction(() => {
+        const { n } = this.db.prepare('SELECT COUNT(*) AS n FROM workgroups').get() as { n: number };
+        if (n >= WORKGROUPS_MAX && !this.getWorkgroup(id)) {
+          throw new StateError('WORKGROUPS_FULL', `the connector already has ${WORKGROUPS_MAX} workgroups, the most it can hold`,
+            { fix: 'delete a workgroup you no longer need (`vmlift workgroup delete`), or add the sources to an existing one' });
+        }
+        this.db.prepare('INSERT INTO workgroups (id, name, created_at, description) VALUES (?, ?, ?, ?)').run(id, name, now(), description);
+      })();
     } catch (e) {
       if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') throw new StateError('WORKGROUP_EXISTS', `workgroup ${id} already exists`, { fix: 'choose another workgroup id' });
       throw e;
@@ -276,10 +292,18 @@ export class SqliteStateStore implements StateStore {
   }
 
   getWorkgroup(id: string): WorkgroupRecord | undefined {
-    const r = this.db.prepare('SELECT * FROM workgroups WHERE id = ?').get(id) as { id: string; name: string; created_at: string } | undefined;
+    const r = this.db.prepare('SELECT * FROM workgroups WHERE id = ?').get(id) as { id: string; name: string; created_at: string; description: string | null } | undefined;
     if (!r) return undefined;
     const members = (this.db.prepare('SELECT id FROM jobs WHERE workgroup_id = ? ORDER BY id').all(id) as { id: string }[]).map((m) => m.id);
-    return { id: r.id, name: r.name, createdAt: r.created_at, members };
+    return { id: r.id, name: r.name, description: r.description ?? '', createdAt: r.created_at, members };
+  }
+
+  updateWorkgroup(id: string, patch: Partial<Pick<WorkgroupRecord, 'name' | 'description'>>): WorkgroupRecord {
+    if (patch.name !== undefined) this.db.prepare('UPDATE workgroups SET name = ? WHERE id = ?').run(patch.name, id);
+    if (patch.description !== undefined) this.db.prepare('UPDATE workgroups SET description = ? WHERE id = ?').run(patch.description, id);
+    const wg = this.getWorkgroup(id);
+    if (!wg) throw new StateError('NO_WORKGROUP', `no workgroup ${id}`, { fix: 'list workgroups with `vmlift workgroup ls`' });
+    return wg;
   }
 
   listWorkgroups(): WorkgroupRecord[] {
@@ -349,6 +373,12 @@ export class SqliteStateStore implements StateStore {
     if (!r) throw new StateError('NO_CYCLE', `no cycle ${id}`);
     return cycleFromRow(r);
   }
+}
+
+/** Adds the columns a table lacks (schema upgrades that only add columns). */
+function addColumns(db: Database.Database, table: string, columns: Record<string, string>): void {
+  const have = new Set((db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[]).map((c) => c.name));
+  for (const [name, type] of Object.entries(columns)) if (!have.has(name)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${name} ${type}`);
 }
 
 export function openStateStore(path: string): StateStore {

@@ -19,7 +19,7 @@ export interface JobSettings {
   compression: number;
   /** Wire bandwidth limit in Mbps; 0 = unlimited. */
   bandwidthMbps: number;
-  /** Verify the committed image against digests computed at the source. */
+  /** Verify the committed image against digests computed at the source (off by default; the wire's per-extent SHA-256 is always checked). */
   checksum: boolean;
   /** Quiesce the guest file systems when snapshotting (VMware Tools). */
   quiesce: boolean;
@@ -40,9 +40,22 @@ export interface JobError {
   attempts: number;
 }
 
+/**
+ * Which of the VM's disks a job reads: `include` by position (0 = the disk with the lowest device
+ * key), `exclude` by device key. An excluded disk is never opened or read; images hold the others.
+ */
+export interface DiskSelection {
+  include?: number[];
+  exclude?: number[];
+}
+
 export interface JobRecord {
   id: string;
   name: string;
+  /** Free text the user gives the job (`job create|set --description`); '' when none. */
+  description: string;
+  /** The disks the job reads; null: every disk. */
+  disks: DiskSelection | null;
   kind: 'vm' | 'agent';
   /** vCenter managed object id of the VM (`vm-42`) for kind 'vm'. */
   vmRef: string | null;
@@ -97,6 +110,7 @@ export interface CycleRecord {
 export interface WorkgroupRecord {
   id: string;
   name: string;
+  description: string;
   createdAt: string;
   members: string[];
 }
@@ -124,7 +138,7 @@ export interface DrillRecord {
   reportDir: string | null;
 }
 
-export type NewJob = Pick<JobRecord, 'id' | 'name' | 'kind' | 'vmRef' | 'sourceId' | 'settings'>;
+export type NewJob = Pick<JobRecord, 'id' | 'name' | 'kind' | 'vmRef' | 'sourceId' | 'settings'> & Partial<Pick<JobRecord, 'description' | 'disks'>>;
 
 export interface StateStore {
   createJob(job: NewJob): JobRecord;
@@ -145,7 +159,8 @@ export interface StateStore {
   /** Cycles left `running` by a crash. */
   runningCycles(): CycleRecord[];
 
-  createWorkgroup(id: string, name: string): WorkgroupRecord;
+  createWorkgroup(id: string, name: string, description?: string): WorkgroupRecord;
+  updateWorkgroup(id: string, patch: Partial<Pick<WorkgroupRecord, 'name' | 'description'>>): WorkgroupRecord;
   getWorkgroup(id: string): WorkgroupRecord | undefined;
   listWorkgroups(): WorkgroupRecord[];
   addToWorkgroup(workgroupId: string, jobId: string): void;
@@ -169,6 +184,9 @@ export interface StateStore {
 
 /** At most this many sources in one workgroup (docs/design.md). */
 export const WORKGROUP_MAX_MEMBERS = 50;
+
+/** At most this many workgroups per connector (docs/design.md). */
+export const WORKGROUPS_MAX = 50;
 
 /** A refusal of the state store (NO_JOB, JOB_EXISTS, WORKGROUP_FULL, ...). */
 export class StateError extends CodedError {}

@@ -139,7 +139,7 @@ export function register(program: Command): void {
       const workgroups = new Workgroups(engine);
       const drills = new JobDrills({ state, service: wiring.drills, reportRoot: join(home, 'drills'), logger: logger.child({ component: 'drills' }) });
       drills.resume();
-      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, images: wiring.images, drills });
+      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, preflight: wiring.preflight, images: wiring.images, drills });
       const addr = await api.listen(Number(f.apiPort), apiHost);
       await writeFileAtomic(join(home, 'api.json'), JSON.stringify({ port: addr.port, pid: process.pid }));
       const scheduler = new Scheduler(engine, { logger, tickMs: Number(f.tickMs), maxConcurrentJobs: config.limits.maxConcurrentJobs });

@@ -1,3 +1,4 @@
+import { imageDisks } from '../image-disks.ts';
 import type { Command } from 'commander';
 import { resolve, join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -55,7 +56,7 @@ function intArg(v: string, what: string): number {
 function imageLine(i: ImageInfo): (string | number)[] {
   const cap = i.disks.reduce((a, d) => a + d.capacity, 0);
   const alloc = i.disks.reduce((a, d) => a + d.allocatedBytes, 0);
-  return [i.sourceId, i.imageId, i.committedAt, i.disks.length, formatBytes(cap), formatBytes(alloc), i.baseImageId ?? '-'];
+  return [i.sourceId, i.imageId, i.committedAt, imageDisks(i), formatBytes(cap), formatBytes(alloc), i.baseImageId ?? '-'];
 }
 
 export function register(program: Command): void {
@@ -106,7 +107,8 @@ export function register(program: Command): void {
     const i = await store.getImage(o.source, o.image);
     printResult(o.json, i, (v) => [
       `source ${v.sourceId} image ${v.imageId} (cycle ${v.cycleId}, base ${v.baseImageId ?? 'none'}), committed ${v.committedAt}`,
-      table(['DISK', 'LABEL', 'CAPACITY', 'ALLOCATED', 'CHUNKS'], v.disks.map((d) => [d.disk, d.label ?? '', `${formatBytes(d.capacity)} (${d.capacity})`, formatBytes(d.allocatedBytes), d.chunkCount])),
+      table(['DISK', 'KEY', 'LABEL', 'CAPACITY', 'ALLOCATED', 'CHUNKS'], v.disks.map((d) => [d.disk, (v.meta.diskKeys as number[] | undefined)?.[d.disk] ?? '-', d.label ?? '', `${formatBytes(d.capacity)} (${d.capacity})`, formatBytes(d.allocatedBytes), d.chunkCount])),
+      ...((v.meta.excludedDiskKeys as number[] | undefined)?.length ? [`disks left out by the job's selection: ${(v.meta.excludedDiskKeys as number[]).join(', ')}`] : []),
       ...(Object.keys(v.meta).length ? [`meta: ${JSON.stringify(v.meta)}`] : []),
     ].join('\n'));
   });

@@ -5,7 +5,10 @@ import { formatDuration } from '../../util/duration.ts';
 import type { CycleRecord, DiskRecord, DrillRecord, JobRecord, TemplateRecord, WorkgroupRecord } from '../../state/types.ts';
 import type { DrillReport } from '../../transfer/contract.ts';
 import type { LiveStatus } from '../../engine/jobs.ts';
-import type { MemberDrill, MemberResult } from '../../engine/workgroups.ts';
+import type { MemberDrill, MemberResult, StateCounts, WorkgroupSummary } from '../../engine/workgroups.ts';
+import type { ImageInfo } from '../../model/images.ts';
+import { UserError } from '../../util/errors.ts';
+import { imageDisks } from '../image-disks.ts';
 
 interface Common { home?: string; json?: boolean }
 
@@ -32,11 +35,15 @@ const homeOpt = (c: Command): Command => c
   .option('--json', 'print JSON');
 
 function jobLine(j: JobRecord): (string | number)[] {
-  return [j.id, j.vmRef ?? '-', j.state, j.error ? `${j.error.step}: ${j.error.message}` : '', j.nextSyncAt ?? '-', j.workgroupId ?? '-'];
+  return [j.id, j.name, j.vmRef ?? '-', j.state, j.error ? `${j.error.step}: ${j.error.code ? `${j.error.code}: ` : ''}${j.error.message}` : '', j.nextSyncAt ?? '-', j.workgroupId ?? '-'];
+}
+
+function memberTable(r: MemberResult[]): string {
+  return table(['SOURCE', 'OK', 'STATE', 'REASON', 'FIX'], r.map((m) => [m.jobId, m.ok ? 'yes' : 'no', m.state ?? '', m.reason ? `${m.code ? `${m.code}: ` : ''}${m.reason}` : '', m.fix ?? '']));
 }
 
 function printMembers(json: boolean | undefined, results: MemberResult[]): void {
-  printResult(json, results, (r) => table(['SOURCE', 'OK', 'STATE', 'REASON'], r.map((m) => [m.jobId, m.ok ? 'yes' : 'no', m.state ?? '', m.reason ?? ''])));
+  printResult(json, results, memberTable);
   if (results.some((m) => !m.ok)) process.exitCode = 1;
 }
 
@@ -65,6 +72,18 @@ export function drillLines(d: DrillRecord | undefined): string[] {
   return [head, ...steps, ...failure, ...tail, ...(d.reportDir ? [`  report: ${d.reportDir}`] : [])];
 }
 
+/** A job's failing step, code, message, fix and attempts, and the command that retries it. */
+export function errorLines(e: JobRecord['error']): string[] {
+  if (!e) return [];
+  return [
+    `error in step ${e.step}${e.code ? ` (${e.code})` : ''}, attempt ${e.attempts}, at ${e.at}: ${e.message}`,
+    ...(e.fix ? [`  fix: ${e.fix}`] : []),
+    ...(e.code ? [`  see docs/errors.md#${e.code.toLowerCase().replace(/_/g, '-')}`] : []),
+  ];
+}
+
+const countsCell = (c: StateCounts | undefined): string => Object.entries(c ?? {}).map(([s, n]) => `${n} ${s}`).join(', ') || '-';
+
 const drillCell = (d: MemberDrill | null | undefined): string => !d ? '-' : `${d.verdict ?? d.state} (image ${d.imageId}, ${d.at})`;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -72,31 +91,54 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export function register(program: Command): void {
   const job = program.command('job').description('agentless migration jobs (one VM each), run by the connector');
 
-  settingFlags(homeOpt(job.command('create').description('create a job for a VM')
+  settingFlags(homeOpt(job.command('create').description('create a job for a VM; it starts at once (preflight, CBT, full sync) unless --no-start')
     .argument('<id>', 'job id ([a-z0-9-])')
     .requiredOption('--vm <name|moref>', 'the VM to migrate')
-    .option('--template <name>', 'start from a template\'s settings')))
-    .action(async (id: string, o: Common & { vm: string; template?: string }) => {
-      const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', '/v1/jobs', { id, vm: o.vm, template: o.template, settings: settingsFrom(o as unknown as Record<string, unknown>) });
-      printResult(o.json, j, (x) => `created job ${x.id} for ${x.name} (${x.vmRef}); start it with: vmlift job start ${x.id}`);
+    .option('--template <name>', 'start from a template\'s settings')
+    .option('--name <name>', 'display name (default: the VM\'s name)')
+    .option('--description <text>', 'free text, up to 256 characters')
+    .option('--disks <positions>', 'read only these disks, by position in device-key order (e.g. 0,2)')
+    .option('--exclude-disk <key>', 'leave out the disk with this device key (repeatable); it is never read', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--no-start', 'keep the job in created; start it later with `vmlift job start`')))
+    .action(async (id: string, o: Common & { vm: string; template?: string; name?: string; description?: string; disks?: string; excludeDisk?: string[]; start: boolean }) => {
+      const disks = { ...(o.disks !== undefined ? { include: o.disks } : {}), ...(o.excludeDisk ? { exclude: o.excludeDisk.join(',') } : {}) };
+      const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', '/v1/jobs', {
+        id, vm: o.vm, template: o.template, name: o.name, description: o.description, disks, start: o.start, settings: settingsFrom(o as unknown as Record<string, unknown>),
+      });
+      printResult(o.json, j, (x) => x.state === 'created'
+        ? `created job ${x.id} for ${x.name} (${x.vmRef}); start it with: vmlift job start ${x.id}`
+        : `created job ${x.id} for ${x.name} (${x.vmRef}): ${x.state}; follow it with: vmlift job show ${x.id}`);
     });
 
   for (const action of ['start', 'sync', 'pause', 'resume', 'complete'] as const) {
     const help = {
-      start: 'start the job: preflight, enable CBT, full sync, then incrementals on the interval',
+      start: 'start a job created with --no-start: preflight, enable CBT, full sync, then incrementals on the interval',
       sync: 'run an incremental sync now', pause: 'stop reading and keep state', resume: 'resume a paused or failed job',
-      complete: 'one final sync (stop the VM\'s services first), then no more cycles',
+      complete: 'one final sync (stop the VM\'s services first), then no more cycles; --no-final-sync completes on the last image',
     }[action];
-    homeOpt(job.command(action).description(help).argument('<id>')).action(async (id: string, o: Common) => {
-      const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', `/v1/jobs/${encodeURIComponent(id)}/${action}`);
+    const cmd = homeOpt(job.command(action).description(help).argument('<id>'));
+    if (action === 'complete') cmd.option('--no-final-sync', 'complete at once on the last committed image, without a final sync');
+    cmd.action(async (id: string, o: Common & { finalSync?: boolean }) => {
+      const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', `/v1/jobs/${encodeURIComponent(id)}/${action}`,
+        action === 'complete' && o.finalSync === false ? { finalSync: false } : undefined);
       printResult(o.json, j, (x) => `job ${x.id}: ${x.state}`);
     });
   }
 
-  settingFlags(homeOpt(job.command('set').description('change settings; bandwidth and compression reach a running cycle within seconds').argument('<id>')))
-    .action(async (id: string, o: Common) => {
-      const j = await callApi<JobRecord>(connectorHome(o.home), 'PATCH', `/v1/jobs/${encodeURIComponent(id)}/settings`, settingsFrom(o as unknown as Record<string, unknown>));
-      printResult(o.json, j, (x) => `job ${x.id}: ${JSON.stringify(x.settings)}`);
+  settingFlags(homeOpt(job.command('set').description('change settings, the name or the description; bandwidth and compression reach a running cycle within seconds').argument('<id>')
+    .option('--name <name>', 'new display name').option('--description <text>', 'new description (\'\' clears it)')))
+    .action(async (id: string, o: Common & { name?: string; description?: string }) => {
+      const home = connectorHome(o.home);
+      const settings = settingsFrom(o as unknown as Record<string, unknown>);
+      if (o.name === undefined && o.description === undefined && !Object.keys(settings).length) {
+        throw new UserError('BAD_SETTING', 'job set was given nothing to change', 'pass a setting (e.g. --bandwidth 100), --name or --description');
+      }
+      let j: JobRecord | undefined;
+      if (o.name !== undefined || o.description !== undefined) {
+        j = await callApi<JobRecord>(home, 'PATCH', `/v1/jobs/${encodeURIComponent(id)}`, { name: o.name, description: o.description });
+      }
+      if (Object.keys(settings).length) j = await callApi<JobRecord>(home, 'PATCH', `/v1/jobs/${encodeURIComponent(id)}/settings`, settings);
+      printResult(o.json, j!, (x) => `job ${x.id} (${x.name}${x.description ? `: ${x.description}` : ''}): ${JSON.stringify(x.settings)}`);
     });
 
   homeOpt(job.command('delete').description('delete the job and its snapshots').argument('<id>')
@@ -124,7 +166,7 @@ export function register(program: Command): void {
 
   homeOpt(job.command('ls').description('list jobs')).action(async (o: Common) => {
     const jobs = await callApi<JobRecord[]>(connectorHome(o.home), 'GET', '/v1/jobs');
-    printResult(o.json, jobs, (js) => table(['JOB', 'VM', 'STATE', 'ERROR', 'NEXT SYNC', 'WORKGROUP'], js.map(jobLine)));
+    printResult(o.json, jobs, (js) => table(['JOB', 'NAME', 'VM', 'STATE', 'ERROR', 'NEXT SYNC', 'WORKGROUP'], js.map(jobLine)));
   });
 
   homeOpt(job.command('show').description('a job\'s disks with progress, speed and remaining time, recent cycles and images').argument('<id>'))
@@ -134,9 +176,10 @@ export function register(program: Command): void {
       printResult(o.json, r, (x) => {
         const live = new Map((x.live?.disks ?? []).map((d) => [d.diskKey, d]));
         const lines = [
-          `job ${x.job.id}  vm ${x.job.vmRef}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step}${x.live.taskProgress !== undefined ? `, vCenter task ${x.live.taskProgress} %` : ''})` : ''}`,
-          ...(x.job.error ? [`error in ${x.job.error.step} (attempt ${x.job.error.attempts}): ${x.job.error.message}`] : []),
-          ...(x.job.error?.fix ? [`  fix: ${x.job.error.fix}`] : []),
+          `job ${x.job.id} (${x.job.name})  vm ${x.job.vmRef}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step}${x.live.taskProgress !== undefined ? `, vCenter task ${x.live.taskProgress} %` : ''})` : ''}`,
+          ...(x.job.description ? [`  ${x.job.description}`] : []),
+          ...(x.job.disks ? [`  disks: ${x.job.disks.include ? `positions ${x.job.disks.include.join(', ')} only` : `all but device key(s) ${x.job.disks.exclude!.join(', ')}`}`] : []),
+          ...errorLines(x.job.error),
           '',
           table(['DISK', 'LABEL', 'CAPACITY', 'DONE', 'TOTAL', 'SPEED', 'REMAINING', 'TRANSPORT', 'CHANGE ID'], x.disks.map((d) => {
             const l = live.get(d.diskKey);
@@ -150,7 +193,7 @@ export function register(program: Command): void {
             c.id, c.seq, c.kind, c.state, c.imageId ?? '-', c.startedAt, formatBytes(c.sourceBytesRead), formatBytes(c.wireBytes), c.error ?? ''])),
         ];
         if (Array.isArray(x.images)) {
-          lines.push('', table(['IMAGE', 'COMMITTED'], (x.images as { imageId: string; committedAt: string }[]).map((i) => [i.imageId, i.committedAt])));
+          lines.push('', table(['IMAGE', 'COMMITTED', 'DISKS'], (x.images as ImageInfo[]).map((i) => [i.imageId, i.committedAt, imageDisks(i)])));
         }
         const drill = drillLines(x.drills?.[0]);
         if (drill.length) lines.push('', ...drill);
@@ -158,11 +201,46 @@ export function register(program: Command): void {
       });
     });
 
-  const wg = program.command('workgroup').description('groups of up to 50 sources with batch actions');
-  homeOpt(wg.command('create').argument('<id>').option('--name <name>')).action(async (id: string, o: Common & { name?: string }) => {
-    const w = await callApi<WorkgroupRecord>(connectorHome(o.home), 'POST', '/v1/workgroups', { id, name: o.name });
-    printResult(o.json, w, (x) => `created workgroup ${x.id}`);
-  });
+  const wg = program.command('workgroup').description('groups of up to 50 sources with batch actions (at most 50 workgroups)');
+  settingFlags(homeOpt(wg.command('create').description('create a workgroup; with --vms also a job per VM (started unless --no-start)').argument('<id>', 'workgroup id ([a-z0-9-])')
+    .option('--name <name>', 'display name: 2-64 characters, a letter or CJK character first, then letters, digits and : . _ -')
+    .option('--description <text>', 'free text, up to 256 characters')
+    .option('--vms <a,b,c>', 'create a job for each of these VMs in the workgroup')
+    .option('--template <name>', 'the jobs\' settings from this template')
+    .option('--no-start', 'keep the jobs --vms creates in created')))
+    .action(async (id: string, o: Common & { name?: string; description?: string; vms?: string; template?: string; start: boolean }) => {
+      const r = await callApi<{ workgroup: WorkgroupRecord; jobs: MemberResult[] }>(connectorHome(o.home), 'POST', '/v1/workgroups', {
+        id, name: o.name, description: o.description, template: o.template, start: o.start,
+        ...(o.vms !== undefined ? { vms: o.vms.split(',') } : {}), settings: settingsFrom(o as unknown as Record<string, unknown>),
+      });
+      printResult(o.json, r, (x) => [`created workgroup ${x.workgroup.id} (${x.workgroup.name})`,
+        ...(x.jobs.length ? [memberTable(x.jobs)] : [])].join('\n'));
+      if (r.jobs.some((m) => !m.ok)) process.exitCode = 1;
+    });
+  homeOpt(wg.command('set').description('change the name or description, or bandwidth, compression and checksum of every member').argument('<id>')
+    .option('--name <name>', 'new display name').option('--description <text>', 'new description')
+    .option('--bandwidth <mbps>', 'bandwidth limit of each member in Mbps, 0 = unlimited')
+    .option('--compression <level>', 'compression level 0-10 of each member')
+    .option('--checksum <on|off>', 'verify committed images against source digests, for each member'))
+    .action(async (id: string, o: Common & { name?: string; description?: string; bandwidth?: string; compression?: string; checksum?: string }) => {
+      const home = connectorHome(o.home);
+      const settings = settingsFrom(o as unknown as Record<string, unknown>);
+      if (o.name === undefined && o.description === undefined && !Object.keys(settings).length) {
+        throw new UserError('BAD_SETTING', 'workgroup set was given nothing to change', 'pass --name, --description, --bandwidth, --compression or --checksum');
+      }
+      const out: { workgroup?: WorkgroupRecord; members?: MemberResult[] } = {};
+      if (o.name !== undefined || o.description !== undefined) out.workgroup = await callApi<WorkgroupRecord>(home, 'PATCH', `/v1/workgroups/${encodeURIComponent(id)}`, { name: o.name, description: o.description });
+      if (Object.keys(settings).length) out.members = await callApi<MemberResult[]>(home, 'PATCH', `/v1/workgroups/${encodeURIComponent(id)}/settings`, settings);
+      printResult(o.json, out, (x) => [...(x.workgroup ? [`workgroup ${x.workgroup.id}: ${x.workgroup.name}${x.workgroup.description ? ` (${x.workgroup.description})` : ''}`] : []),
+        ...(x.members ? [memberTable(x.members)] : [])].join('\n'));
+      if (out.members?.some((m) => !m.ok)) process.exitCode = 1;
+    });
+  homeOpt(wg.command('delete').description('delete a workgroup (its jobs stay); refused while members sync unless --detach').argument('<id>')
+    .option('--detach', 'remove the members first, even while they sync (they go on as jobs of no workgroup)'))
+    .action(async (id: string, o: Common & { detach?: boolean }) => {
+      const r = await callApi<{ deleted: string; detached: string[] }>(connectorHome(o.home), 'DELETE', `/v1/workgroups/${encodeURIComponent(id)}${o.detach ? '?detach=1' : ''}`);
+      printResult(o.json, r, (x) => `deleted workgroup ${x.deleted}${x.detached.length ? `; its jobs ${x.detached.join(', ')} belong to no workgroup now` : ''}`);
+    });
   for (const op of ['add', 'remove'] as const) {
     homeOpt(wg.command(op).description(`${op} jobs ${op === 'add' ? 'to' : 'from'} a workgroup`).argument('<id>').argument('<jobs...>'))
       .action(async (id: string, jobs: string[], o: Common) => {
@@ -170,22 +248,26 @@ export function register(program: Command): void {
       });
   }
   for (const action of ['start', 'sync', 'pause', 'resume', 'complete'] as const) {
-    homeOpt(wg.command(action).description(`${action} every source of the workgroup`).argument('<id>')).action(async (id: string, o: Common) => {
-      printMembers(o.json, await callApi<MemberResult[]>(connectorHome(o.home), 'POST', `/v1/workgroups/${encodeURIComponent(id)}/${action}`));
+    const cmd = homeOpt(wg.command(action).description(`${action} every source of the workgroup`).argument('<id>'));
+    if (action === 'start') cmd.option('--dry-run', 'start nothing: list each member that cannot start and why (states, and vCenter preflight of first cycles)');
+    cmd.action(async (id: string, o: Common & { dryRun?: boolean }) => {
+      printMembers(o.json, await callApi<MemberResult[]>(connectorHome(o.home), 'POST', `/v1/workgroups/${encodeURIComponent(id)}/${o.dryRun ? 'start-dry-run' : action}`));
     });
   }
   homeOpt(wg.command('drill').description('drill every source\'s newest image (one boot at a time on the receiver); the jobs keep syncing').argument('<id>'))
     .action(async (id: string, o: Common) => {
       printMembers(o.json, await callApi<MemberResult[]>(connectorHome(o.home), 'POST', `/v1/workgroups/${encodeURIComponent(id)}/drill`));
     });
-  homeOpt(wg.command('ls')).action(async (o: Common) => {
-    const ws = await callApi<WorkgroupRecord[]>(connectorHome(o.home), 'GET', '/v1/workgroups');
-    printResult(o.json, ws, (x) => table(['WORKGROUP', 'NAME', 'SOURCES'], x.map((w) => [w.id, w.name, w.members.length])));
+  homeOpt(wg.command('ls').description('workgroups with their members counted by state')).action(async (o: Common) => {
+    const ws = await callApi<WorkgroupSummary[]>(connectorHome(o.home), 'GET', '/v1/workgroups');
+    printResult(o.json, ws, (x) => table(['WORKGROUP', 'NAME', 'SOURCES', 'STATES', 'DESCRIPTION'], x.map((w) => [w.id, w.name, w.members.length, countsCell(w.counts), w.description])));
   });
-  homeOpt(wg.command('show').argument('<id>')).action(async (id: string, o: Common) => {
-    const s = await callApi<{ workgroup: WorkgroupRecord; members: { jobId: string; state: string; error: string | null; drill?: MemberDrill | null }[] }>(
+  homeOpt(wg.command('show').description('a workgroup: its members counted by state, each member\'s state, last drill and error').argument('<id>')).action(async (id: string, o: Common) => {
+    const s = await callApi<{ workgroup: WorkgroupRecord; counts: StateCounts; members: { jobId: string; state: string; error: string | null; drill?: MemberDrill | null }[] }>(
       connectorHome(o.home), 'GET', `/v1/workgroups/${encodeURIComponent(id)}`);
-    printResult(o.json, s, (x) => `workgroup ${x.workgroup.id} (${x.members.length}/50)\n${table(['SOURCE', 'STATE', 'LAST DRILL', 'ERROR'], x.members.map((m) => [m.jobId, m.state, drillCell(m.drill), m.error ?? '']))}`);
+    printResult(o.json, s, (x) => [`workgroup ${x.workgroup.id} (${x.workgroup.name}, ${x.members.length}/50): ${countsCell(x.counts)}`,
+      ...(x.workgroup.description ? [`  ${x.workgroup.description}`] : []),
+      table(['SOURCE', 'STATE', 'LAST DRILL', 'ERROR'], x.members.map((m) => [m.jobId, m.state, drillCell(m.drill), m.error ?? '']))].join('\n'));
   });
 
   const tpl = program.command('template').description('named job settings');
