@@ -377,6 +377,7 @@ func (f *front) serveFolder(w http.ResponseWriter, r *http.Request) {
 	if ds == "" {
 		ds = f.l.dsName
 	}
+	w = f.countFolder(w, ds, strings.TrimPrefix(r.URL.Path, "/folder/"))
 	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && f.serveDeltaExtent(w, r, ds, strings.TrimPrefix(r.URL.Path, "/folder/")) {
 		return
 	}
@@ -486,7 +487,8 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 				http.Error(w, "token required", http.StatusUnauthorized)
 				return
 			}
-			f.serveView(w, r, v, d, q.Get("snapshot"))
+			key := trafficKey(v, d)
+			f.serveView(countingWriter{w, func(n int64) { countTraffic(key, func(t *diskTraffic) { t.ViewBytes += n }) }}, r, v, d, q.Get("snapshot"))
 		case "cbt-reset":
 			l.mu.Lock()
 			err := l.resetCBT(v, int32(key))
@@ -497,6 +499,7 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 			}
 			writeJSON(w, map[string]interface{}{"ok": true})
 		case "nbd":
+			countTraffic(trafficKey(v, d), func(t *diskTraffic) { t.NbdExports++ })
 			l.mu.Lock()
 			e, err := l.startExport(v, q.Get("snapshot"), int32(key))
 			l.mu.Unlock()
@@ -506,6 +509,8 @@ func (f *front) serveControl(w http.ResponseWriter, r *http.Request) {
 			}
 			writeJSON(w, map[string]interface{}{"uri": e.uri, "port": e.port, "host": "127.0.0.1"})
 		}
+	case "traffic":
+		serveTraffic(w, r)
 	case "cbt-mode":
 		f.serveCbtMode(w, q)
 	case "nbd-live":

@@ -152,6 +152,13 @@ export class Lab {
   /** Tasks of this kind stay running for `ms` (with progress) before they finish. 0 clears. */
   async delayTasks(kind: FaultKind, ms: number): Promise<void> { await this.call('delay', { kind, ms }); }
   async clearFaults(): Promise<void> { await this.call('clear-faults', {}); }
+  /**
+   * What the lab served of each disk's data, keyed "VM/key": requests and bytes of its extents over
+   * /folder, bytes of its view over /lab/view, NBD exports asked for it. `reset` clears them first.
+   */
+  async traffic(reset = false): Promise<Record<string, { folderRequests: number; folderBytes: number; viewBytes: number; nbdExports: number }>> {
+    return JSON.parse((await this.call('traffic', reset ? { reset: 1 } : {}, undefined, reset ? 'POST' : 'GET')).toString());
+  }
   /** Ends every session, as vCenter's idle timeout does. */
   async expireSessions(): Promise<number> { return JSON.parse((await this.call('expire-sessions', {})).toString()).expired; }
   /** A vCenter restart: every session ends and /sdk and /folder answer 503 for `ms` (tasks and inventory stay). */

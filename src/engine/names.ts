@@ -66,7 +66,7 @@ export function diskSelection(input: { include?: string | number[]; exclude?: st
  */
 export function selectDisks<D extends { key: number }>(disks: D[], sel: DiskSelection | null, vm: string): D[] {
   if (!sel) return disks;
-  const fix = `see the VM's disks with \`vmlift vc disks ${vm}\`, then create the job again with the right --disks or --exclude-disk`;
+  const fix = `see the VM's disks with \`vmlift vc show ${vm}\`, then create the job again with the right --disks or --exclude-disk`;
   if (sel.include) {
     const missing = sel.include.filter((i) => i >= disks.length);
     if (missing.length) throw new UserError('NO_SUCH_DISK', `${vm} has ${disks.length} disk(s) (positions 0–${disks.length - 1}); --disks names ${missing.join(', ')}`, fix);
