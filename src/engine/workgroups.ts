@@ -221,7 +221,7 @@ export class Workgroups {
     try {
       return fn();
     } catch (e) {
-      if (e instanceof StateError) throw new UserError(e.code, e.message, 'see `vmlift workgroup ls`');
+      if (e instanceof StateError) throw new UserError(e.code, e.message, e.fix ?? 'see `vmlift workgroup ls`');
       throw e;
     }
   }
