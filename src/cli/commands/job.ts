@@ -78,7 +78,7 @@ export function errorLines(e: JobRecord['error']): string[] {
   return [
     `error in step ${e.step}${e.code ? ` (${e.code})` : ''}, attempt ${e.attempts}, at ${e.at}: ${e.message}`,
     ...(e.fix ? [`  fix: ${e.fix}`] : []),
-    ...(e.code ? [`  see docs/errors.md#${e.code.toLowerCase().replace(/_/g, '-')}`] : []),
+    ...(e.code ? [`  see docs/errors.md#${e.code.toLowerCase()}`] : []),
   ];
 }
 
