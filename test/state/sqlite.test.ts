@@ -173,6 +173,6 @@ test('drills: recorded per job newest first, updated to their end, listed while 
   assert.equal(again.addDrill({ id: 'd3', jobId: 'db', imageId: 'i1', state: 'queued', requestedAt: 't', report: {} }).state, 'queued');
   again.close();
   const v = new Database(path);
-  assert.equal(v.pragma('user_version', { simple: true }), 3);
+  assert.equal(v.pragma('user_version', { simple: true }), 4, 'upgraded to the current schema');
   v.close();
 });
