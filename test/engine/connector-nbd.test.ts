@@ -85,7 +85,6 @@ test('nbd through the connector\'s own server: job show names the transport, no 
   let connector = await serve();
   // 32 Mbps keeps the first cycle's ~24 MiB on the wire for several seconds.
   await api(['job', 'create', 'mig', '--vm', 'two-disks', '--transport', 'nbd', '--compression', '0', '--bandwidth', '32']);
-  await api(['job', 'start', 'mig']);
   const during = await waitFor((v) => (v.live?.disks ?? []).filter((d) => d.transport === 'nbd').length === 2 && v.live!.disks.some((d) => d.done > 2 * MiB), 'reading through nbd');
   assert.ok(during.live!.disks.every((d) => /^the job's transport is nbd \(the configured NBD server command \(bash\)\)$/.test(d.transportReason ?? '')), JSON.stringify(during.live));
   const text = await vmlift(['job', 'show', 'mig', '--home', home]);

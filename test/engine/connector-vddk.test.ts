@@ -75,8 +75,7 @@ test('vddk through connector serve: kill -9 during a VDDK read, a restart resume
   const expected = await Promise.all(vm.disks.map((d) => liveSha(lab, vm.name, d.key, d.capacity)));
   let connector = await serve();
   // 32 Mbps keeps the first cycle's ~24 MiB on the wire for several seconds.
-  await api(['job', 'create', 'mig', '--vm', 'two-disks', '--transport', 'auto', '--compression', '0', '--bandwidth', '32']);
-  await api(['job', 'start', 'mig']);
+  await api(['job', 'create', 'mig', '--vm', 'two-disks', '--transport', 'auto', '--compression', '0', '--bandwidth', '32']); // starts at once
   await waitFor('mig', (v) => (v.live?.disks ?? []).filter((d) => d.transport === 'vddk').length === 2 && v.live!.disks.some((d) => d.done > 2 * MiB), 'reading through vddk');
   assert.ok(stats().handles! > 0 && stats().connections! > 0, `VDDK handles are open during the read (${JSON.stringify(stats())})`);
   assert.deepEqual(children(connector.pid!).filter((p) => p.argv[0] === 'nbdkit'), [], 'vddk runs no NBD server');
@@ -107,7 +106,6 @@ test('vddk through connector serve: kill -9 during a VDDK read, a restart resume
   connector = await serve();
   const vs = lab.vm('shape-vsan');
   await api(['job', 'create', 'bad', '--vm', vs.name, '--transport', 'vddk']);
-  await api(['job', 'start', 'bad']);
   const bad = await waitFor('bad', (x) => x.job.state === 'error', 'the refused login');
   assert.equal(bad.job.error?.code, 'VDDK_AUTH');
   assert.match(bad.job.error!.message, /refused the credentials or the certificate thumbprint/);

@@ -71,8 +71,9 @@ test('kill -9 of the connector during a read and right after the receiver commit
 
   let serve = await r.serve();
   // 32 Mbps (4 MB/s) keeps the first cycle's ~24 MiB on the wire for about 6 s.
-  await r.api(['job', 'create', 'mig', '--vm', 'two-disks', '--compression', '0', '--bandwidth', '32', '--max-images', '5']);
-  await r.api(['job', 'start', 'mig']);
+  // a job starts when it is created (no `job start`)
+  const created1 = await r.api<{ state: string }>(['job', 'create', 'mig', '--vm', 'two-disks', '--compression', '0', '--bandwidth', '32', '--max-images', '5']);
+  assert.equal(created1.state, 'syncing');
   const during = await waitFor(r, 'mig', (v) => !!v.live?.disks.length && v.live.disks.reduce((n, d) => n + d.done, 0) > 4 * MiB, 'reading');
   const total = during.live!.disks.reduce((n, d) => n + d.total, 0);
   // Reads run ahead of the wire by the sender's window: give the wire a moment, then kill.
@@ -156,7 +157,7 @@ test('kill -9 of the connector during a read and right after the receiver commit
   assert.match(denied.stderr, /vCenter did not return [^;]*config\.hardware\.device[^;(]* \(NoPermission: privilege System\.Read\) of shape-independent/);
   assert.match(denied.stderr, /fix: grant the vmlift user System\.Read on shape-independent/);
   const created = await r.api<{ settings: { intervalSeconds: number; compression: number; maxImages: number } }>(
-    ['job', 'create', 'other', '--vm', 'shape-snapshot', '--template', 'nightly', '--compression', '5']);
+    ['job', 'create', 'other', '--vm', 'shape-snapshot', '--template', 'nightly', '--compression', '5', '--no-start']);
   assert.deepEqual([created.settings.intervalSeconds, created.settings.compression, created.settings.maxImages], [86400, 5, 2]);
   await r.api(['workgroup', 'create', 'wave-1']);
   const added = await r.api<{ ok: boolean }[]>(['workgroup', 'add', 'wave-1', 'mig', 'other']);
