@@ -67,17 +67,30 @@ export async function waitFor(r: WorkflowRig, id: string, pred: (v: View) => boo
   throw new Error(`timed out waiting for ${what}: ${JSON.stringify(v)}`);
 }
 
-/** Runs a command that must be refused: exit 1, `--json` error with code, message and fix, and the text form on stderr. */
-export async function refused(r: WorkflowRig, args: string[], code: string, message: RegExp, fix: RegExp): Promise<Refusal> {
-  const [j, t] = await Promise.all([vmlift([...args, '--home', r.home, '--json']), vmlift([...args, '--home', r.home])]);
+/**
+ * Runs a command that must be refused: exit 1 and the `--json` error with its code, message and fix;
+ * with `text`, also the text form (`vmlift: error: MESSAGE` and `  fix: FIX` on stderr, exit 1).
+ */
+export async function refused(r: WorkflowRig, args: string[], code: string, message: RegExp, fix: RegExp, opts: { text?: boolean } = {}): Promise<Refusal> {
+  const [j, t] = await Promise.all([vmlift([...args, '--home', r.home, '--json']), opts.text ? vmlift([...args, '--home', r.home]) : undefined]);
   assert.equal(j.code, 1, `${args.join(' ')}: exit code (${j.stdout}${j.stderr})`);
-  assert.equal(t.code, 1);
   const error = (JSON.parse(j.stdout) as { error: Refusal['error'] }).error;
   assert.equal(error.code, code, `${args.join(' ')}: ${j.stdout}`);
   assert.match(error.message, message);
   assert.match(error.fix ?? '', fix);
-  assert.match(t.stderr, /^vmlift: error: /);
-  assert.ok(t.stderr.includes(error.message) && t.stderr.includes(`  fix: ${error.fix}`), `the text form prints the message and the fix: ${t.stderr}`);
-  return { code: j.code, error, stderr: t.stderr };
+  if (t) {
+    assert.equal(t.code, 1);
+    assert.match(t.stderr, /^vmlift: error: /);
+    assert.ok(t.stderr.includes(error.message) && t.stderr.includes(`  fix: ${error.fix}`), `the text form prints the message and the fix: ${t.stderr}`);
+  }
+  return { code: j.code, error, stderr: t?.stderr ?? j.stderr };
 }
 
+/** The same refusal through the connector API directly (no CLI process): HTTP 4xx with the error's code, message and fix. */
+export async function refusedByApi(r: WorkflowRig, method: string, path: string, body: unknown, code: string, message: RegExp, fix: RegExp): Promise<void> {
+  const res = await get<{ error?: Refusal['error'] }>(r, path, method, body);
+  assert.ok(res.error, `${method} ${path} ${JSON.stringify(body)} was not refused: ${JSON.stringify(res)}`);
+  assert.equal(res.error.code, code, JSON.stringify(res.error));
+  assert.match(res.error.message, message);
+  assert.match(res.error.fix ?? '', fix);
+}

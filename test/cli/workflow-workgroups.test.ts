@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { vmlift } from '../vsphere/helpers.ts';
-import { api, get, refused, waitFor, workflowRig, type Member, type View } from './workflow-rig.ts';
+import { api, get, refused, refusedByApi, waitFor, workflowRig, type Member, type View } from './workflow-rig.ts';
 
 const r = workflowRig(1);
 
@@ -16,13 +16,16 @@ test('workgroups: display-name rules, description, create --vms --template, set 
   await r.lab.write('two-disks', r.lab.vm('two-disks').disks[0]!.key, 0, randomBytes(2 << 20));
   await api(r, ['job', 'create', 'a3', '--vm', 'two-disks', '--no-start']);
   const fix = /2 to 64 characters that start with a letter or a CJK character/;
-  await refused(r, ['workgroup', 'create', 'w1', '--name', 'x'], 'BAD_NAME', /has 1 characters; a name has 2 to 64/, fix);
-  await refused(r, ['workgroup', 'create', 'w1', '--name', 'y'.repeat(65)], 'BAD_NAME', /has 65 characters/, fix);
-  await refused(r, ['workgroup', 'create', 'w1', '--name', '1st-wave'], 'BAD_NAME', /does not start with a letter or a CJK character/, fix);
-  await refused(r, ['workgroup', 'create', 'w1', '--name', 'https://wave'], 'BAD_NAME', /starts with https:\/\/; names may not start with http:\/\/ or https:\/\//, fix);
-  await refused(r, ['workgroup', 'create', 'w1', '--name', 'wave one'], 'BAD_NAME', /holds " "/, fix);
-  await refused(r, ['workgroup', 'create', 'Wave1'], 'BAD_ID', /invalid workgroup id "Wave1"/, /use the workgroup id "wave1"/);
-  await refused(r, ['workgroup', 'create', 'w1', '--description', 'd'.repeat(257)], 'BAD_DESCRIPTION', /at most 256/, /shorten --description/);
+  await refused(r, ['workgroup', 'create', 'w1', '--name', 'https://wave'], 'BAD_NAME', /starts with https:\/\/; names may not start with http:\/\/ or https:\/\//, fix, { text: true });
+  const create = (body: object, code: string, message: RegExp, why: RegExp) => refusedByApi(r, 'POST', '/v1/workgroups', { id: 'w1', ...body }, code, message, why);
+  await create({ name: 'x' }, 'BAD_NAME', /has 1 characters; a name has 2 to 64/, fix);
+  await create({ name: 'y'.repeat(65) }, 'BAD_NAME', /has 65 characters/, fix);
+  await create({ name: '1st-wave' }, 'BAD_NAME', /does not start with a letter or a CJK character/, fix);
+  await create({ name: 'wave one' }, 'BAD_NAME', /holds " "/, fix);
+  await create({ id: 'Wave1' }, 'BAD_ID', /invalid workgroup id "Wave1"/, /use the workgroup id "wave1"/);
+  await create({ description: 'd'.repeat(257) }, 'BAD_DESCRIPTION', /at most 256/, /shorten --description/);
+  await create({ template: 'light' }, 'BAD_VMS', /--template applies to the jobs --vms creates/, /pass --vms/);
+  assert.equal((await get<unknown[]>(r, '/v1/workgroups')).length, 0, 'nothing was created by a refused create');
   const cjk = await api<{ workgroup: { name: string } }>(r, ['workgroup', 'create', 'cjk', '--name', '迁移:第一批.wave_1-a']);
   assert.equal(cjk.workgroup.name, '迁移:第一批.wave_1-a');
 
@@ -37,7 +40,6 @@ test('workgroups: display-name rules, description, create --vms --template, set 
   assert.ok(res.jobs[2]!.code && res.jobs[2]!.fix, JSON.stringify(res.jobs[2]));
   const member = await get<View>(r, '/v1/jobs/shape-vmx04');
   assert.deepEqual([member.job.state, member.job.settings.compression, member.job.workgroupId], ['created', 2, 'wave']);
-  await refused(r, ['workgroup', 'create', 'w2', '--template', 'light'], 'BAD_VMS', /--template applies to the jobs --vms creates/, /pass --vms/);
   const added = await api<Member[]>(r, ['workgroup', 'add', 'wave', 'p1', 'a3']);
   assert.ok(added.every((m) => m.ok));
 
@@ -49,7 +51,7 @@ test('workgroups: display-name rules, description, create --vms --template, set 
     assert.deepEqual([s.bandwidthMbps, s.compression, s.checksum], [1, 0, true], id);
   }
   await refused(r, ['workgroup', 'set', 'wave'], 'BAD_SETTING', /workgroup set was given nothing to change/, /--bandwidth, --compression or --checksum/);
-  await refused(r, ['workgroup', 'set', 'wave', '--name', 'ab cd'], 'BAD_NAME', /holds " "/, fix);
+  await refusedByApi(r, 'PATCH', '/v1/workgroups/wave', { name: 'ab cd' }, 'BAD_NAME', /holds " "/, fix);
 
   // counts by state in ls and show
   const ls = await api<{ id: string; counts: Record<string, number> }[]>(r, ['workgroup', 'ls']);
@@ -81,7 +83,7 @@ test('workgroups: display-name rules, description, create --vms --template, set 
   const start = await vmlift(['workgroup', 'start', 'wave', '--home', r.home, '--json']);
   assert.equal(start.code, 1, 'the paused member cannot start');
   await waitFor(r, 'a3', (x) => x.job.state === 'syncing', 'a3 syncing');
-  await refused(r, ['workgroup', 'delete', 'wave'], 'WORKGROUP_BUSY', /workgroup wave has [1-3] member\(s\) syncing \([^)]*a3/, /--detach to remove the members from the workgroup first/);
+  await refused(r, ['workgroup', 'delete', 'wave'], 'WORKGROUP_BUSY', /workgroup wave has [1-3] member\(s\) syncing \([^)]*a3/, /--detach to remove the members from the workgroup first/, { text: true });
   const del = await api<{ deleted: string; detached: string[] }>(r, ['workgroup', 'delete', 'wave', '--detach']);
   assert.deepEqual(del.detached.sort(), ['a3', 'p1', 'shape-independent', 'shape-vmx04']);
   assert.equal((await get<View>(r, '/v1/jobs/a3')).job.state, 'syncing', 'a detached member goes on syncing');
