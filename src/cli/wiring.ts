@@ -24,7 +24,7 @@ import { toSnapshotDisk } from './snapshot-disk.ts';
 export interface Wiring {
   vc: VCenter;
   connect(job: JobRecord): Promise<JobServices>;
-  resolveVm(nameOrRef: string): Promise<{ vmRef: string; name: string }>;
+  resolveVm(nameOrRef: string): Promise<{ vmRef: string; name: string; diskKeys?: number[] }>;
   /** vCenter's preflight of a VM (`workgroup start --dry-run`). */
   preflight(vmRef: string): ReturnType<VCenterService['preflight']>;
   images(sourceId: string): Promise<unknown[]>;
@@ -239,7 +239,7 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
           'pick an application VM; `vmlift vc ls` marks system VMs');
       }
       if (vm.unreadable?.length) throw unreadableError(vm.name, vm.name, vm.unreadable);
-      return { vmRef: vm.ref, name: vm.name };
+      return { vmRef: vm.ref, name: vm.name, diskKeys: vm.disks.map((d) => d.key) };
     },
     async images(sourceId) {
       const s = await Sender.connect({

@@ -6,7 +6,7 @@ import { StateError, type JobSettings } from '../state/types.ts';
 import { parseSettings, resolveSettings, type SettingsInput } from './settings.ts';
 import type { JobEngine } from './jobs.ts';
 import type { Workgroups, BatchAction, Preflight } from './workgroups.ts';
-import { diskSelection } from './names.ts';
+import { diskSelection, selectDisks } from './names.ts';
 import { createWorkgroup } from './workgroup-create.ts';
 import type { EngineMetrics } from './metrics.ts';
 import type { JobDrills } from './drills.ts';
@@ -20,7 +20,7 @@ export interface ApiOptions {
   /** Bearer token the CLI presents (read from the connector's home, mode 0600). */
   token: string;
   /** Resolve a VM name or moref to its moref (through vCenter). */
-  resolveVm(nameOrRef: string): Promise<{ vmRef: string; name: string }>;
+  resolveVm(nameOrRef: string): Promise<{ vmRef: string; name: string; diskKeys?: number[] }>;
   /** The receiver's images of a source (for `job show`), when reachable. */
   images?(sourceId: string): Promise<unknown[]>;
   /** Drills on the receiver (job drill, workgroup drill); absent: refused. */
@@ -50,6 +50,8 @@ export class ConnectorApi {
       const settings = resolveSettings(template, parseSettings((b.settings ?? {}) as SettingsInput));
       const disks = diskSelection((b.disks ?? {}) as { include?: number[]; exclude?: number[] });
       const vm = await o.resolveVm(String(b.vm ?? ''));
+      // A selection the VM's disks cannot meet is refused now, not at the first cycle (which checks again: disks change).
+      if (disks && vm.diskKeys) selectDisks([...vm.diskKeys].sort((x, y) => x - y).map((key) => ({ key })), disks, vm.name);
       return engine.createJob({
         id: String(b.id ?? ''), name: b.name === undefined ? vm.name : String(b.name), description: b.description === undefined ? '' : String(b.description),
         disks, vmRef: vm.vmRef, settings, start: b.start !== false,

@@ -82,6 +82,8 @@ test('--disks and --exclude-disk: refused when malformed; the excluded disk is n
   await refused(r, ['job', 'create', 'dd', '--vm', 'two-disks', '--disks', '0', '--exclude-disk', '2001'], 'BAD_DISKS', /--disks and --exclude-disk exclude each other/, /by position \(--disks 0,2\)/);
   await refusedByApi(r, 'POST', '/v1/jobs', { id: 'dd', vm: 'two-disks', disks: { include: '0,x' } }, 'BAD_DISKS', /--disks wants whole numbers, got "x"/, /comma-separated list/);
   const [d0, d1] = r.lab.vm('two-disks').disks;
+  await refused(r, ['job', 'create', 'dd', '--vm', 'two-disks', '--exclude-disk', '2999'], 'NO_SUCH_DISK', /two-disks has no disk with device key 2999 \(its keys: \d+, \d+\)/, /vmlift vc show two-disks/);
+  await refusedByApi(r, 'POST', '/v1/jobs', { id: 'dd', vm: 'two-disks', disks: { include: '2' } }, 'NO_SUCH_DISK', /two-disks has 2 disk\(s\) \(positions 0–1\); --disks names 2/, /--disks/);
   await r.lab.traffic(true);
   const j = await api<Job & { disks: unknown }>(r, ['job', 'create', 'dd', '--vm', 'two-disks', '--exclude-disk', String(d1!.key)]);
   assert.deepEqual(j.disks, { exclude: [d1!.key] });
