@@ -7,6 +7,7 @@
  */
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { access, readdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { UserError, errorMessage, errorReport, isTransient } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
@@ -62,13 +63,14 @@ const sleep = (ms: number, signal?: AbortSignal): Promise<void> => new Promise((
 export async function serveAgent(o: ServeOptions): Promise<void> {
   const log = o.logger;
   let queue: Promise<void> = Promise.resolve();
-  const seen = new Set<string>();
+  const pending = new Map<string, symbol>();
   let active: Active | undefined;
   let connected = false;
   let backoff = 1000;
 
   const handle = (c: AgentCommand): void => {
     if (c.type === 'abort') {
+      pending.delete(c.cycleId);
       if (active?.cycleId === c.cycleId) active.controller.abort(new UserError('PAUSED', `cycle ${c.cycleId} stopped by the connector: ${c.reason}`));
       return;
     }
@@ -82,9 +84,11 @@ export async function serveAgent(o: ServeOptions): Promise<void> {
       log.info({ cycleId: c.cycleId, settings: c.settings }, 'settings changed by the connector');
       return;
     }
-    // A cycle id the connector repeats (a poll answered twice around a reconnect) runs once at a time.
-    if (seen.has(c.cycleId)) return;
-    seen.add(c.cycleId);
+    // A cycle id the connector repeats (a poll answered twice around a reconnect) is queued once; after
+    // an abort (a pause) the same id may be asked again, and runs after the aborted run has unwound.
+    if (pending.has(c.cycleId)) return;
+    const mine = Symbol(c.cycleId);
+    pending.set(c.cycleId, mine);
     queue = queue.then(async () => {
       const a: Active = { cycleId: c.cycleId, controller: new AbortController(), settings: { ...c.settings } };
       active = a;
@@ -96,7 +100,7 @@ export async function serveAgent(o: ServeOptions): Promise<void> {
         o.onCycle?.(r);
       } finally {
         o.signal.removeEventListener('abort', stop);
-        seen.delete(c.cycleId);
+        if (pending.get(c.cycleId) === mine) pending.delete(c.cycleId);
         active = undefined;
       }
     });
@@ -105,7 +109,10 @@ export async function serveAgent(o: ServeOptions): Promise<void> {
   while (!o.signal.aborted) {
     try {
       if (!connected) {
-        await o.link.hello({ agentId: o.agentId, hostname: hostname(), version: '0.1.0', devices: await listDevices(o.devices), defaultDevices: o.devices });
+        await o.link.hello({
+          agentId: o.agentId, hostname: hostname(), version: '0.1.0', devices: await listDevices(o.devices), defaultDevices: o.devices,
+          credentials: await registeredSources(o.stateDir),
+        });
         connected = true;
         backoff = 1000;
         log.info({ agentId: o.agentId }, 'connected to the connector');
@@ -221,6 +228,14 @@ async function runCommandedCycle(o: ServeOptions, c: AgentCycleCommand, a: Activ
   } finally {
     clearInterval(timer);
   }
+}
+
+/** Source ids with a credential under `<state>/sources/`. */
+async function registeredSources(stateDir: string): Promise<string[]> {
+  const names = await readdir(join(stateDir, 'sources')).catch(() => [] as string[]);
+  const out: string[] = [];
+  for (const n of names) if (await access(join(stateDir, 'sources', n, 'credential.json')).then(() => true, () => false)) out.push(n);
+  return out;
 }
 
 async function openAll(paths: string[]): Promise<BlockSource[]> {

@@ -42,6 +42,8 @@ export interface AgentHello {
   devices: AgentDevice[];
   /** The devices the agent reads when a job names none. */
   defaultDevices: string[];
+  /** Sources the agent holds a receiver credential for (the others need the activation code once). */
+  credentials: string[];
 }
 
 export interface HelloAnswer { agentId: string; pollSeconds: number }
