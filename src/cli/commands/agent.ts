@@ -17,6 +17,7 @@ import { AgentState } from '../../agent/state.ts';
 import { runDeviceCycle, defaultSourceId, type CycleReport } from '../../agent/device-cycle.ts';
 import { connectAgentSender, type AgentConnectOptions } from '../../agent/connect.ts';
 import { Progress } from '../progress.ts';
+import { registerAgentServe } from './agent-serve.ts';
 import { formatBytes, table } from '../output.ts';
 
 interface SyncFlags {
@@ -79,6 +80,7 @@ export function register(program: Command): void {
     .option('--log-level <level>', 'log level (logs are JSON on stderr)', 'warn')
     .option('--json', 'progress and results as JSON lines on stdout')
     .action(async (flags: SyncFlags) => { await sync(flags); });
+  registerAgentServe(agent, defaultStateDir);
 }
 
 async function sync(f: SyncFlags): Promise<void> {

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { UserError } from '../../util/errors.ts';
 import { callApi, connectorHome } from '../home.ts';
 import { printResult, table, formatBytes } from '../output.ts';
 import { formatDuration } from '../../util/duration.ts';
@@ -32,7 +33,7 @@ const homeOpt = (c: Command): Command => c
   .option('--json', 'print JSON');
 
 function jobLine(j: JobRecord): (string | number)[] {
-  return [j.id, j.vmRef ?? '-', j.state, j.error ? `${j.error.step}: ${j.error.message}` : '', j.nextSyncAt ?? '-', j.workgroupId ?? '-'];
+  return [j.id, j.kind === 'agent' ? `agent ${j.name}` : j.vmRef ?? '-', j.state, j.error ? `${j.error.step}: ${j.error.message}` : '', j.nextSyncAt ?? '-', j.workgroupId ?? '-'];
 }
 
 function printMembers(json: boolean | undefined, results: MemberResult[]): void {
@@ -72,13 +73,19 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export function register(program: Command): void {
   const job = program.command('job').description('agentless migration jobs (one VM each), run by the connector');
 
-  settingFlags(homeOpt(job.command('create').description('create a job for a VM')
+  settingFlags(homeOpt(job.command('create').description('create a job for a VM (--vm) or an agent source (--agent)')
     .argument('<id>', 'job id ([a-z0-9-])')
-    .requiredOption('--vm <name|moref>', 'the VM to migrate')
+    .option('--vm <name|moref>', 'the VM to migrate')
+    .option('--agent <id>', 'the agent (`vmlift agent serve` on the source server) whose devices to migrate')
+    .option('--devices <paths>', 'with --agent: the devices to read, comma-separated (default: the agent\'s own list)')
     .option('--template <name>', 'start from a template\'s settings')))
-    .action(async (id: string, o: Common & { vm: string; template?: string }) => {
-      const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', '/v1/jobs', { id, vm: o.vm, template: o.template, settings: settingsFrom(o as unknown as Record<string, unknown>) });
-      printResult(o.json, j, (x) => `created job ${x.id} for ${x.name} (${x.vmRef}); start it with: vmlift job start ${x.id}`);
+    .action(async (id: string, o: Common & { vm?: string; agent?: string; devices?: string; template?: string }) => {
+      const settings = settingsFrom(o as unknown as Record<string, unknown>);
+      if (!!o.vm === !!o.agent) throw new UserError('BAD_ARGS', o.vm ? '--vm and --agent exclude each other' : 'neither --vm nor --agent given', 'pass --vm NAME for a VM, or --agent ID [--devices /dev/sda,/dev/sdb] for an agent source');
+      if (o.devices && !o.agent) throw new UserError('BAD_ARGS', '--devices goes with --agent', 'pass --agent ID --devices …, or pick a VM\'s disks with the VM\'s job');
+      const body = o.agent ? { id, agent: o.agent, devices: o.devices, template: o.template, settings } : { id, vm: o.vm, template: o.template, settings };
+      const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', '/v1/jobs', body);
+      printResult(o.json, j, (x) => `created job ${x.id} for ${x.kind === 'agent' ? `agent ${x.name}` : `${x.name} (${x.vmRef})`}; start it with: vmlift job start ${x.id}`);
     });
 
   for (const action of ['start', 'sync', 'pause', 'resume', 'complete'] as const) {
@@ -134,7 +141,7 @@ export function register(program: Command): void {
       printResult(o.json, r, (x) => {
         const live = new Map((x.live?.disks ?? []).map((d) => [d.diskKey, d]));
         const lines = [
-          `job ${x.job.id}  vm ${x.job.vmRef}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step}${x.live.taskProgress !== undefined ? `, vCenter task ${x.live.taskProgress} %` : ''})` : ''}`,
+          `job ${x.job.id}  ${x.job.kind === 'agent' ? `agent ${x.job.name}` : `vm ${x.job.vmRef}`}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step}${x.live.taskProgress !== undefined ? `, vCenter task ${x.live.taskProgress} %` : ''})` : ''}`,
           ...(x.job.error ? [`error in ${x.job.error.step} (attempt ${x.job.error.attempts}): ${x.job.error.message}`] : []),
           ...(x.job.error?.fix ? [`  fix: ${x.job.error.fix}`] : []),
           '',
