@@ -96,6 +96,7 @@ export async function serveAgent(o: ServeOptions): Promise<void> {
       o.signal.addEventListener('abort', stop, { once: true });
       try {
         const r = await runCommandedCycle(o, c, a);
+        log.info({ cycleId: c.cycleId, ok: r.ok, aborted: a.controller.signal.aborted }, 'cycle run ended');
         if (!a.controller.signal.aborted || r.ok) await deliver(o, r);
         o.onCycle?.(r);
       } finally {
