@@ -71,7 +71,12 @@ export async function serveAgent(o: ServeOptions): Promise<void> {
   const handle = (c: AgentCommand): void => {
     if (c.type === 'abort') {
       pending.delete(c.cycleId);
-      if (active?.cycleId === c.cycleId) active.controller.abort(new UserError('PAUSED', `cycle ${c.cycleId} stopped by the connector: ${c.reason}`));
+      if (active?.cycleId === c.cycleId) {
+        active.controller.abort(new UserError('PAUSED', `cycle ${c.cycleId} stopped by the connector: ${c.reason}`));
+        // A flush or commit waiting on the wire does not watch the signal: closing the session ends it.
+        // What the receiver acknowledged stays with the open cycle, which the next request resumes.
+        active.sender?.close().catch(() => undefined);
+      }
       return;
     }
     if (c.type === 'settings') {

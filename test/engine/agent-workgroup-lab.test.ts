@@ -87,7 +87,9 @@ before(async () => {
     },
   });
   const metrics = new EngineMetrics(rig.state);
-  api = new ConnectorApi({ engine: rig.engine, workgroups: new Workgroups(rig.engine), metrics, logger: silentLogger, token: 'test-token', resolveVm: async (n) => ({ vmRef: rig.lab.vm(n).moref, name: n }), agents: { hub, registry, sources } });
+  api = new ConnectorApi({ engine: rig.engine, workgroups: new Workgroups(rig.engine), metrics, logger: silentLogger, token: 'test-token', resolveVm: async (n) => ({ vmRef: rig.lab.vm(n).moref, name: n }),
+    images: async (sourceId) => { const x = await rig.rx.sender(sourceId); try { return await x.listImages(); } finally { await x.close(); } },
+    agents: { hub, registry, sources } });
   const home = join(dir, 'home');
   const { port } = await api.listen(0);
   rmSync(home, { recursive: true, force: true });
@@ -182,14 +184,17 @@ test('a workgroup of two VMs and two agent sources: full, incremental, pause and
     const l = engine.live('web01');
     return !!l && l.step === 'transfer' && l.disks.some((d) => d.done > 0);
   });
-  await sleep(1500);
+  await sleep(1000);
+  const before = engine.live('web01')!;
+  assert.equal(before.disks[0]!.total, FILE_SIZE, 'progress streams from the agent: the device\'s size');
+  assert.equal(before.disks[0]!.transport, 'agent');
   const pausedCycle = engine.live('web01')!.cycleId;
   const paused = wg.batch('wave', 'pause');
   assert.ok(paused.every((m) => m.ok && m.state === 'paused'), JSON.stringify(paused));
   await until('the agent cycles to stop', () => !engine.isRunning('web01') && !engine.isRunning('web02'));
   await until('the agent to unwind', () => agents.get('web01')!.stderr.split('\n').some((l) => l.includes('cycle run ended') && l.includes(pausedCycle)), 20_000);
   const open = JSON.parse(readFileSync(join(agents.get('web01')!.stateDir, 'sources', 'web01', 'state.json'), 'utf8')) as { openCycle: { cycleId: string } | null };
-  assert.equal(open.openCycle?.cycleId, pausedCycle, 'the agent keeps the open cycle to resume');
+  assert.equal(open.openCycle?.cycleId, pausedCycle, `the agent keeps the open cycle to resume: ${agents.get('web01')!.stderr.slice(-4000)}`);
   await sleep(500);
   assert.equal(stateOf('web01'), 'paused');
   assert.ok(wg.batch('wave', 'resume').every((m) => m.ok));
@@ -231,7 +236,7 @@ test('a workgroup of two VMs and two agent sources: full, incremental, pause and
   assert.equal(b.v.job.kind, 'agent');
   assert.equal(b.v.disks[0]!.capacity, FILE_SIZE);
   assert.equal(b.v.disks[0]!.transport, 'agent');
-  assert.ok(b.v.images.length >= 1 && a.v.images.length >= 1);
+  assert.ok(b.v.images.length >= 1 && a.v.images.length >= 1, `images: ${JSON.stringify([a.v.images, b.v.images]).slice(0, 500)}`);
   const headers = (t: string) => t.split('\n').filter((l) => /^(DISK|CYCLE|IMAGE)\s/.test(l)).map((l) => l.split(/\s+/).join(' '));
   assert.deepEqual(headers(b.text), headers(a.text));
   assert.match(b.text, /^job web01 {2}agent web01 {2}state completed/m);
