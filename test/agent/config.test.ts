@@ -58,3 +58,29 @@ test('a file that is not JSON, and a named file that is missing, are refused; a 
     } finally { if (saved !== undefined) process.env.VMLIFT_AGENT_CONFIG = saved; }
   } finally { rmSync(dir, { recursive: true, force: true }); }
 });
+
+test('agent sync takes its receiver, fingerprint, code, devices and state from agent.json; a flag overrides a field', async () => {
+  const { Receiver, vmlift, killChildren } = await import('./harness.ts');
+  const dir = mkdtempSync(join(tmpdir(), 'vmlift-agent-config-sync-'));
+  try {
+    const r = await Receiver.start(join(dir, 'rx'));
+    const device = join(dir, 'disk.img');
+    writeFileSync(device, Buffer.alloc(4 << 20, 7));
+    writeFileSync(join(dir, 'code'), `${r.code}\n`);
+    const config = join(dir, 'agent.json');
+    writeFileSync(config, JSON.stringify({ receiver: r.address, fingerprint: r.fingerprint, codeFile: join(dir, 'code'), devices: [join(dir, 'nope.img')], stateDir: join(dir, 'state'), sourceId: 'cfg01' }));
+    // The file names a device that is not there: the flag's device replaces it.
+    const out = await vmlift(['agent', 'sync', '--config', config, '--device', device, '--once', '--json']);
+    assert.equal(out.code, 0, out.stderr);
+    const cycle = out.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { type: string; imageId?: string; disks?: { label: string }[] }).find((l) => l.type === 'cycle')!;
+    assert.ok(cycle.imageId);
+    assert.equal(cycle.disks![0]!.label, device);
+    const missing = await vmlift(['agent', 'sync', '--config', config, '--once']);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /nope\.img/);
+    await r.stop();
+  } finally {
+    await killChildren();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
