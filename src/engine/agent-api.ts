@@ -20,8 +20,9 @@ export interface AgentApi {
   sources: AgentSources;
 }
 
-export function registerAgentRoutes(route: Route, a: AgentApi): void {
-  route('GET', /^\/v1\/agents$/, () => a.hub.list());
+export function registerAgentRoutes(route: Route, engine: JobEngine, a: AgentApi): void {
+  // jobs.json may still name a deleted job: only jobs that exist are listed
+  route('GET', /^\/v1\/agents$/, () => a.hub.list().map((x) => ({ ...x, jobs: x.jobs.filter((j) => engine.state.getJob(j)) })));
 }
 
 /** `job create ID --agent AGENT [--devices …]`; refused when the connector takes no agents. */

@@ -90,7 +90,7 @@ export class ConnectorApi {
       return workgroups.batch(id!, action as BatchAction);
     });
 
-    if (o.agents) registerAgentRoutes((m, re, h) => this.route(m, re, h as Handler), o.agents);
+    if (o.agents) registerAgentRoutes((m, re, h) => this.route(m, re, h as Handler), engine, o.agents);
 
     this.route('GET', /^\/v1\/templates$/, () => st.listTemplates());
     this.route('PUT', /^\/v1\/templates\/([^/]+)$/, (_r, [name], b) => st.putTemplate(name!, parseSettings(b as SettingsInput)));

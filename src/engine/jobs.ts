@@ -174,6 +174,10 @@ export class JobEngine {
 
   async delete(id: string, opts: { removeImages?: boolean } = {}): Promise<void> {
     const job = this.getJob(id);
+    if (opts.removeImages && job.kind === 'agent') {
+      throw new UserError('CANNOT_REMOVE_IMAGES', `job ${id} is an agent source: its images are registered to its agent, not to this connector`,
+        `delete the job without --remove-images, then its images on the receiver: \`vmlift image rm --data-dir DIR --source ${job.sourceId} --image ID\``);
+    }
     const run = this.running.get(id);
     if (run) {
       run.controller.abort(new UserError('DELETED', `job ${id} was deleted`));

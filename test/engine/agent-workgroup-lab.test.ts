@@ -123,10 +123,13 @@ test('a workgroup of two VMs and two agent sources: full, incremental, pause and
   engine.createJob({ id: 'vm-a', vmRef: vms[0]!.moref, settings: settings() });
   engine.createJob({ id: 'vm-b', vmRef: vms[1]!.moref, settings: settings() });
   // Agent jobs through the connector API, as `vmlift job create web01 --agent web01 --devices FILE` makes them.
+  state.putTemplate('agents', { compression: 3, checksum: true, maxImages: 5 });
   for (const [i, id] of ['web01', 'web02'].entries()) {
-    const r = await vmlift(['job', 'create', id, '--agent', id, '--devices', files[i]!, '--compression', '3', '--checksum', 'on', '--home', home, '--json']);
+    const r = await vmlift(['job', 'create', id, '--agent', id, '--devices', files[i]!, '--template', 'agents', '--home', home, '--json']);
     assert.equal(r.code, 0, r.stderr);
-    assert.equal(JSON.parse(r.stdout).kind, 'agent');
+    const j = JSON.parse(r.stdout) as { kind: string; settings: { compression: number; maxImages: number } };
+    assert.equal(j.kind, 'agent');
+    assert.equal(j.settings.maxImages, 5, 'the template applies to agent jobs');
   }
   const wg = new Workgroups(engine);
   wg.create('wave', 'Wave 1');
@@ -269,6 +272,16 @@ test('agent failures keep their fix: an agent not connected, a failed preflight,
   const sneaky = engine.getJob('sneaky').error!;
   assert.equal(sneaky.code, 'DEVICE_NOT_ALLOWED');
   assert.match(sneaky.fix!, /"devices"/);
+  // Images of an agent source are its agent's: delete refuses --remove-images with the fix, deletes without.
+  const del = await vmlift(['job', 'delete', 'offline', '--remove-images', '--home', join(dir, 'home')]);
+  assert.equal(del.code, 1);
+  assert.match(del.stderr, /is an agent source/);
+  assert.match(del.stderr, /fix: delete the job without --remove-images/);
+  assert.equal((await vmlift(['job', 'delete', 'offline', '--home', join(dir, 'home')])).code, 0);
+  const listed = await vmlift(['connector', 'agents', '--home', join(dir, 'home'), '--json']);
+  assert.equal(listed.code, 0, listed.stderr);
+  const ghost = (JSON.parse(listed.stdout) as { id: string; online: boolean; jobs: string[] }[]).find((x) => x.id === 'ghost')!;
+  assert.deepEqual([ghost.online, ghost.jobs], [false, []]);
   // Unknown agent at job creation.
   const r = await vmlift(['job', 'create', 'nobody', '--agent', 'nobody', '--home', join(dir, 'home')]);
   assert.equal(r.code, 1);
