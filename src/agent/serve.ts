@@ -130,7 +130,7 @@ export async function serveAgent(o: ServeOptions): Promise<void> {
       if (connected) log.warn({ err: errorMessage(e) }, 'lost the connector; reconnecting');
       connected = false;
       await sleep(backoff, o.signal);
-      backoff = Math.min(backoff * 2, 30_000);
+      backoff = Math.min(backoff * 2, 10_000);
     }
   }
   active?.controller.abort(o.signal.reason);

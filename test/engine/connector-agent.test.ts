@@ -2,7 +2,8 @@
  * `vmlift connector serve --agent-port` with a real `vmlift agent serve` configured by its agent.json:
  * the agent dials out through an authenticating HTTP CONNECT proxy to the connector and to the
  * receiver, a job created with `job create --agent` syncs its device bit for bit, `connector agents`
- * lists it with its device, and `agent check` passes through the proxy and fails, with its fix, on a
+ * lists it with its device, a kill -9 of the connector during an incremental is resumed under the same
+ * cycle id after the restart, and `agent check` passes through the proxy and fails, with its fix, on a
  * closed port. An invalid agent.json is refused naming the field and the fix. The token never shows
  * in the agent's output or the connector's logs.
  */
@@ -53,9 +54,10 @@ test('connector serve --agent-port with agent serve from agent.json through a pr
   const token = readFileSync(tokenFile, 'utf8').trim();
   assert.ok(token.length >= 40);
 
-  await proc.serve({}, ['--agent-port', '0', '--agent-listen', '127.0.0.1']);
-  const { agentPort } = JSON.parse(readFileSync(join(home, 'api.json'), 'utf8')) as { agentPort: number };
-  assert.ok(agentPort > 0);
+  const agentPort = await freePort();
+  const serveArgs = ['--agent-port', String(agentPort), '--agent-listen', '127.0.0.1'];
+  await proc.serve({}, serveArgs);
+  assert.equal((JSON.parse(readFileSync(join(home, 'api.json'), 'utf8')) as { agentPort: number }).agentPort, agentPort);
 
   const device = join(dir, 'db01.img');
   writeFileSync(device, Buffer.concat([randomBytes(6 * MiB), Buffer.alloc(4 * MiB), randomBytes(6 * MiB)]));
@@ -104,6 +106,26 @@ test('connector serve --agent-port with agent serve from agent.json through a pr
   assert.ok(db.devices.some((d) => d.path === device && d.size === 16 * MiB));
   const show = await vmlift(['job', 'show', 'db01', '--home', home]);
   assert.match(show.stdout, /^job db01 {2}agent db01 {2}state waiting/m);
+
+  // kill -9 of the connector while the agent sends an incremental: the agent finishes or resumes its
+  // cycle, the restarted connector resumes the same cycle id and records its image.
+  await proc.api(['job', 'set', 'db01', '--bandwidth', '8']);
+  const fd = await import('node:fs/promises').then((fs) => fs.open(device, 'r+'));
+  await fd.write(randomBytes(6 * MiB), 0, 6 * MiB, 2 * MiB);
+  await fd.close();
+  await proc.api(['job', 'sync', 'db01']);
+  type Live = View & { live: { cycleId: string; step: string } | null };
+  const sending = await proc.waitForJob<Live>('db01', (x) => x.live?.step === 'transfer', 'the incremental sending');
+  await new Promise((r) => setTimeout(r, 1500));
+  proc.kill();
+  await new Promise((r) => setTimeout(r, 500));
+  await proc.serve({}, serveArgs);
+  await proc.api(['job', 'set', 'db01', '--bandwidth', '0']);
+  const after = await proc.waitForJob<View>('db01', (x) => x.cycles.filter((c) => c.state === 'committed').length === 2 && x.job.state === 'waiting', 'the incremental after a connector restart');
+  const inc = after.cycles[0]!;
+  assert.equal((inc as unknown as { id: string }).id, sending.live!.cycleId, 'the cycle cut by the restart is the one committed');
+  assert.equal(inc.kind, 'incremental');
+  assert.equal(await imageSha(rx, 'db01', inc.imageId!, 0, 16 * MiB), createHash('sha256').update(readFileSync(device)).digest('hex'), 'bit for bit after the restart');
 
   // agent check: through the proxy, to the receiver the flags name; then a closed data port.
   const rxFlags = ['--receiver', `127.0.0.1:${rx.rx.controlPort}`, '--fingerprint', rx.rx.fingerprint];
