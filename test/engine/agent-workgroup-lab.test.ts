@@ -28,6 +28,7 @@ import { EngineMetrics } from '../../src/engine/metrics.ts';
 import { ConnectorLink } from '../../src/agent/connector-link.ts';
 import { silentLogger } from '../../src/util/log.ts';
 import type { JobState } from '../../src/state/types.ts';
+import { canMount, smallFs } from '../util/small-fs.ts';
 
 const MiB = 1 << 20;
 const FILE_SIZE = 24 * MiB;
@@ -48,13 +49,13 @@ function scribble(path: string, count: number, size = 64 * 1024): void {
   } finally { closeSync(fd); }
 }
 
-async function startAgent(id: string, devices: string[]): Promise<void> {
+async function startAgent(id: string, devices: string[], extra: string[] = []): Promise<void> {
   const tokenFile = join(dir, `${id}.token`);
   await registry.addAgent(id, tokenFile);
   const stateDir = join(dir, `state-${id}`);
   const proc = spawn(VMLIFT, ['agent', 'serve', '--connector', `https://127.0.0.1:${hubPort}`, '--connector-fingerprint', hub.fingerprint,
     '--agent-id', id, '--token-file', tokenFile, '--state-dir', stateDir, '--progress-ms', '200', '--log-level', 'info',
-    ...devices.flatMap((d) => ['--device', d])], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VMLIFT_FROM_SOURCE: '1', VMLIFT_AGENT_CONFIG: join(dir, 'no-agent.json') } });
+    ...devices.flatMap((d) => ['--device', d]), ...extra], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, VMLIFT_FROM_SOURCE: '1', VMLIFT_AGENT_CONFIG: join(dir, 'no-agent.json') } });
   const a = { proc, stderr: '', file: devices[0]!, stateDir };
   proc.stderr!.setEncoding('utf8').on('data', (d: string) => { a.stderr += d; });
   agents.set(id, a);
@@ -293,4 +294,36 @@ test('agent failures keep their fix: an agent not connected, a failed preflight,
   // A wrong connector fingerprint: nothing is sent.
   const wrong = new ConnectorLink({ url: `https://127.0.0.1:${hubPort}`, fingerprint: 'ab'.repeat(32), agentId: 'web01', token: 'x' });
   await assert.rejects(wrong.commands(0), (e: Error & { code?: string }) => e.code === 'FINGERPRINT_MISMATCH');
+});
+
+test('a failed preflight blocks the first cycle with its fix; agent serve --ignore-check forces past it', async (t) => {
+  if (!canMount()) { t.skip('needs root for a small tmpfs'); return; }
+  const { engine, rx } = rig;
+  // 8 MiB for the agent's state: the check wants the digests' room plus 64 MiB; the cycle itself needs far less.
+  const fs = smallFs(t, 8);
+  const device = join(dir, 'tight.img');
+  writeFileSync(device, randomBytes(4 * MiB));
+  await startAgent('tight', [device], ['--state-dir', fs.dir]);
+  await until('tight connected', () => hub.online('tight'));
+  const r = await vmlift(['job', 'create', 'tight', '--agent', 'tight', '--home', join(dir, 'home'), '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  engine.start('tight');
+  await until('the preflight to fail', () => stateOf('tight') === 'error');
+  const e = engine.getJob('tight').error!;
+  assert.equal(e.code, 'AGENT_CHECK');
+  assert.equal(e.step, 'preflight');
+  assert.match(e.message, /state space: .* MiB free; the block digests of 4 MiB of devices need 65 MiB/);
+  assert.match(e.fix!, /--state-dir/);
+  assert.equal(rig.state.listCycles('tight').filter((c) => c.state === 'committed').length, 0);
+
+  const old = agents.get('tight')!;
+  old.proc.kill('SIGTERM');
+  await new Promise((res) => old.proc.once('exit', res));
+  await startAgent('tight', [device], ['--state-dir', fs.dir, '--ignore-check']);
+  await until('tight reconnected', () => agents.get('tight')!.stderr.includes('connected to the connector'));
+  engine.resume('tight');
+  await until('the forced first cycle', () => stateOf('tight') === 'waiting' || (stateOf('tight') === 'error' && !engine.isRunning('tight') && engine.getJob('tight').error?.at !== e.at));
+  assert.equal(stateOf('tight'), 'waiting', JSON.stringify(engine.getJob('tight').error));
+  const c = rig.state.listCycles('tight')[0]!;
+  assert.equal(await imageSha(rx, 'tight', c.imageId!, 0, 4 * MiB), fileSha(device));
 });
