@@ -104,6 +104,12 @@ test('connector serve --agent-port with agent serve from agent.json through a pr
   assert.equal(db.online, true);
   assert.deepEqual(db.jobs, ['db01']);
   assert.ok(db.devices.some((d) => d.path === device && d.size === 16 * MiB));
+  // The agent job counts in the connector's metrics like a VM's.
+  const { port: apiPort } = JSON.parse(readFileSync(join(home, 'api.json'), 'utf8')) as { port: number };
+  const metrics = await (await fetch(`http://127.0.0.1:${apiPort}/metrics`)).text();
+  assert.match(metrics, /vmlift_cycles_total\{job="db01",kind="full",result="committed"\} 1/);
+  assert.match(metrics, /vmlift_wire_bytes_total\{job="db01"\} [1-9]/);
+  assert.match(metrics, /vmlift_source_bytes_read_total\{job="db01"\} [1-9]/);
   const show = await vmlift(['job', 'show', 'db01', '--home', home]);
   assert.match(show.stdout, /^job db01 {2}agent db01 {2}state waiting/m);
 
