@@ -64,7 +64,7 @@ export class AgentSources implements AgentCycles {
     const cmd: AgentCycleCommand = {
       type: 'cycle', jobId: c.job.id, cycleId: c.cycleId, sourceId: c.job.sourceId, devices: b.devices,
       settings: agentSettings(c.settings), first: c.first, final: c.final, receiver: this.o.receiver,
-      ...(this.o.activationCode && !hello?.credentials?.includes(c.job.sourceId) ? { activationCode: this.o.activationCode } : {}),
+      ...(this.o.activationCode && !hello?.credentials.includes(c.job.sourceId) ? { activationCode: this.o.activationCode } : {}),
     };
     const started = Date.now();
     const r = await this.o.hub.runCycle(b.agentId, cmd, {
@@ -80,6 +80,8 @@ export class AgentSources implements AgentCycles {
     });
     if (r.images) this.o.registry.setImages(c.job.id, r.images);
     if (!r.ok || !r.image) throw agentError(r);
+    // The agent holds a credential for the source now: the activation code is not sent to it again.
+    if (hello && !hello.credentials.includes(c.job.sourceId)) hello.credentials.push(c.job.sourceId);
     c.logger.info({ agentId: b.agentId, imageId: r.image.imageId }, 'agent cycle committed');
     return cycleResult(r, r.image, b.agentId);
   }
