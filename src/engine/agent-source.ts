@@ -79,6 +79,8 @@ export class AgentSources implements AgentCycles {
       },
     });
     if (r.images) this.o.registry.setImages(c.job.id, r.images);
+    const hints = r.checks?.filter((x) => x.status === 'warn') ?? [];
+    if (hints.length) c.logger.warn({ agentId: b.agentId, hints: hints.map((h) => `${h.name}: ${h.message} (fix: ${h.fix ?? '-'})`) }, 'agent preflight: target readiness hints');
     if (!r.ok || !r.image) throw agentError(r);
     // The agent holds a credential for the source now: the activation code is not sent to it again.
     if (hello && !hello.credentials.includes(c.job.sourceId)) hello.credentials.push(c.job.sourceId);
