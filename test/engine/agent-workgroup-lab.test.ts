@@ -31,7 +31,7 @@ import type { JobState } from '../../src/state/types.ts';
 import { canMount, smallFs } from '../util/small-fs.ts';
 
 const MiB = 1 << 20;
-const FILE_SIZE = 24 * MiB;
+const FILE_SIZE = 16 * MiB;
 const dir = mkdtempSync(join(tmpdir(), 'vmlift-agent-wg-'));
 let rig: EngineRig;
 let hub: AgentHub;
@@ -179,9 +179,9 @@ test('a workgroup of two VMs and two agent sources: full, incremental, pause and
   }
 
   // Pause in the middle of an agent's cycle, then resume: the same cycle resumes and commits.
-  for (const f of files) scribble(f, 160); // 10 MiB each
+  for (const f of files) scribble(f, 96); // 6 MiB each
   for (const v of vms) await guestWrites(lab, v.name, v.disks[0]!.key, v.disks[0]!.capacity, 2);
-  for (const id of ['web01', 'web02']) engine.updateSettings(id, { bandwidthMbps: 8 }); // ~1 MB/s: the cycle takes ~10 s
+  for (const id of ['web01', 'web02']) engine.updateSettings(id, { bandwidthMbps: 8 }); // ~1 MB/s: the cycle takes ~6 s
   want = await expectations();
   assert.ok(wg.batch('wave', 'sync').every((m) => m.ok));
   await until('web01 sending', () => {
