@@ -71,7 +71,7 @@ const drillCell = (d: MemberDrill | null | undefined): string => !d ? '-' : `${d
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export function register(program: Command): void {
-  const job = program.command('job').description('agentless migration jobs (one VM each), run by the connector');
+  const job = program.command('job').description('migration jobs, run by the connector: one VM each (--vm), or an agent source\'s devices (--agent)');
 
   settingFlags(homeOpt(job.command('create').description('create a job for a VM (--vm) or an agent source (--agent)')
     .argument('<id>', 'job id ([a-z0-9-])')
