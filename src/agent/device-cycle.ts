@@ -51,6 +51,8 @@ export interface CycleOptions {
   /** Called with each attempt's session (for tests and the CLI's bandwidth/compression changes). */
   onSession?: (s: ReceiverCycle) => void;
   signal?: AbortSignal;
+  /** The id of a new cycle (the connector's, under `agent serve`); an open cycle in the state keeps its own. */
+  cycleId?: string;
 }
 
 export interface CycleReport {
@@ -156,7 +158,7 @@ async function attempt(
   const baseImageId = open ? open.baseImageId : newest?.imageId ?? null;
   const base = baseImageId === null ? null : images.find((i) => i.imageId === baseImageId)!;
   if (base) await ensureManifest(o, sender, base, log);
-  const cycleId = open?.cycleId ?? newCycleId();
+  const cycleId = open?.cycleId ?? o.cycleId ?? newCycleId();
   if (!open) await o.state.setOpenCycle({ cycleId, baseImageId, startedAt: new Date().toISOString() });
 
   const estimatedBytes = base ? undefined : await fullCycleEstimate(o.sources);

@@ -11,6 +11,7 @@ import { createWorkgroup } from './workgroup-create.ts';
 import type { EngineMetrics } from './metrics.ts';
 import type { JobDrills } from './drills.ts';
 import { apiListenHost, tokenMatches } from './api-access.ts';
+import { createAgentJob, registerAgentRoutes, type AgentApi } from './agent-api.ts';
 
 export interface ApiOptions {
   engine: JobEngine;
@@ -27,6 +28,8 @@ export interface ApiOptions {
   drills?: JobDrills;
   /** vCenter's preflight of a VM (`workgroup start --dry-run`); absent: the dry run checks states only. */
   preflight?: Preflight;
+  /** Agent sources (agent-api.ts); absent: agent jobs are refused. */
+  agents?: AgentApi;
 }
 
 type Handler = (req: IncomingMessage, params: string[], body: Record<string, unknown>) => Promise<unknown> | unknown;
@@ -46,6 +49,7 @@ export class ConnectorApi {
     const st = engine.state;
     this.route('GET', /^\/v1\/jobs$/, () => st.listJobs().map((j) => ({ ...engine.getJob(j.id), running: engine.isRunning(j.id) })));
     this.route('POST', /^\/v1\/jobs$/, async (_r, _p, b) => {
+      if (b.agent !== undefined) return createAgentJob(engine, o.agents, b, (n) => this.template(n));
       const template = b.template ? this.template(String(b.template)) : undefined;
       const settings = resolveSettings(template, parseSettings((b.settings ?? {}) as SettingsInput));
       const disks = diskSelection((b.disks ?? {}) as { include?: number[]; exclude?: number[] });
@@ -61,7 +65,7 @@ export class ConnectorApi {
       const job = engine.getJob(id!);
       return {
         job, disks: st.getDisks(id!), cycles: st.listCycles(id!, 10), live: engine.live(id!) ?? null, drills: st.listDrills(id!, 5),
-        images: o.images ? await o.images(job.sourceId).catch((e) => ({ error: errorMessage(e) })) : [],
+        images: job.kind === 'agent' ? o.agents?.sources.images(id!) ?? [] : o.images ? await o.images(job.sourceId).catch((e) => ({ error: errorMessage(e) })) : [],
       };
     });
     this.route('POST', /^\/v1\/jobs\/([^/]+)\/(start|sync|pause|resume|complete)$/, (_r, [id, action], b) => {
@@ -105,6 +109,8 @@ export class ConnectorApi {
       if (!BATCH_ACTIONS.has(action!)) throw new UserError('BAD_ACTION', `unknown workgroup action ${action}`, `use one of ${[...BATCH_ACTIONS].join(', ')}`);
       return workgroups.batch(id!, action as BatchAction);
     });
+
+    if (o.agents) registerAgentRoutes((m, re, h) => this.route(m, re, h as Handler), engine, o.agents);
 
     this.route('GET', /^\/v1\/templates$/, () => st.listTemplates());
     this.route('PUT', /^\/v1\/templates\/([^/]+)$/, (_r, [name], b) => st.putTemplate(name!, parseSettings(b as SettingsInput)));

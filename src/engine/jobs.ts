@@ -16,6 +16,7 @@ import type { DiskOpener, ReceiverService, VCenterService } from './services.ts'
 import type { ImageInfo } from '../model/images.ts';
 import { CycleError, runVmCycle, SNAPSHOT_PREFIX, type CycleResult, type DiskProgress } from './vm-cycle.ts';
 import { crashPoint } from '../util/crash.ts';
+import type { AgentCycles } from './agent-source.ts';
 
 export interface JobServices {
   vcenter: VCenterService;
@@ -35,6 +36,8 @@ export interface EngineOptions {
   retry?: RetryPolicy;
   now?: () => Date;
   events?: EngineEvents;
+  /** Runs the cycles of agent jobs (kind `agent`) through their agents (agent-source.ts). */
+  agents?: AgentCycles;
 }
 
 export interface EngineEvents {
@@ -207,12 +210,17 @@ export class JobEngine {
       Object.assign(run.settings, patch);
       if (patch.bandwidthMbps !== undefined) run.services?.receiver.setBandwidthMbps(patch.bandwidthMbps);
       if (patch.compression !== undefined) run.services?.receiver.setCompression(patch.compression);
+      if (job.kind === 'agent') this.o.agents?.setLive(id, run.status.cycleId, patch);
     }
     return updated;
   }
 
   async delete(id: string, opts: { removeImages?: boolean } = {}): Promise<void> {
     const job = this.getJob(id);
+    if (opts.removeImages && job.kind === 'agent') {
+      throw new UserError('CANNOT_REMOVE_IMAGES', `job ${id} is an agent source: its images are registered to its agent, not to this connector`,
+        `delete the job without --remove-images, then its images on the receiver: \`vmlift image rm --data-dir DIR --source ${job.sourceId} --image ID\``);
+    }
     const run = this.running.get(id);
     if (run) {
       run.controller.abort(new UserError('DELETED', `job ${id} was deleted`));
@@ -360,6 +368,13 @@ export class JobEngine {
 
   private async attempt(job: JobRecord, run: Running, cycleId: string, previousImageId: string | null, first: boolean, log: Logger,
     resumed: boolean, lastAttempt: boolean): Promise<CycleResult> {
+    if (job.kind === 'agent') {
+      if (!this.o.agents) throw new UserError('NO_AGENT_HUB', `job ${job.id} is an agent source and this connector takes no agents`, 'start the connector with `vmlift connector serve --agent-port 8091`');
+      return await this.o.agents.run({
+        job, cycleId, first, final: job.state === 'completing', settings: run.settings, signal: run.controller.signal, logger: log,
+        onStep: (s) => { run.status.step = s; }, onProgress: (d) => { run.status.disks = d; },
+      });
+    }
     if (!job.vmRef) throw new UserError('NOT_A_VM', `job ${job.id} has no VM`, 'agent sources sync with `vmlift agent sync`');
     run.status.step = 'connect';
     const services = await this.o.connect(job);

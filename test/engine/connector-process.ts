@@ -11,7 +11,7 @@ const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 
 export interface ConnectorProcess {
   /** Starts `connector serve` and waits until its API answers (api.json written); killed by `kill`. */
-  serve(env?: NodeJS.ProcessEnv): Promise<ChildProcess>;
+  serve(env?: NodeJS.ProcessEnv, args?: string[]): Promise<ChildProcess>;
   /** Runs `vmlift ARGS --home HOME --json`, asserts exit 0, returns the parsed output. */
   api<T>(args: string[]): Promise<T>;
   /** Polls `job show ID --json` (every 150 ms, up to 2 min) until `pred` holds, and returns that view. */
@@ -29,9 +29,9 @@ export function connectorProcess(home: string, baseEnv: NodeJS.ProcessEnv = {}):
   };
   return {
     api,
-    async serve(env = {}) {
+    async serve(env = {}, args: string[] = []) {
       rmSync(join(home, 'api.json'), { force: true });
-      const p = spawn(bin, ['connector', 'serve', '--home', home, '--api-port', '0', '--tick-ms', '200'],
+      const p = spawn(bin, ['connector', 'serve', '--home', home, '--api-port', '0', '--tick-ms', '200', ...args],
         { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...baseEnv, ...env } });
       children.push(p);
       let err = '';

@@ -18,6 +18,7 @@ import type { JobSettings, StateStore } from '../../src/state/types.ts';
 import type { DiskOpener, VCenterService } from '../../src/engine/services.ts';
 import { silentLogger } from '../../src/util/log.ts';
 import type { SenderOptions } from '../../src/transfer/sender.ts';
+import type { AgentCycles } from '../../src/engine/agent-source.ts';
 
 export const MiB = 1 << 20;
 
@@ -55,6 +56,8 @@ export async function startRig(o: {
   sender?: (rx: TestRx) => Promise<Partial<SenderOptions>>;
   /** The receiver runs drills (inspect, convert, boot-test). */
   drills?: boolean;
+  /** Agent sources of the engine (EngineOptions.agents), made once the receiver runs. */
+  agents?: (rx: TestRx) => Promise<AgentCycles>;
 } = {}): Promise<EngineRig> {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
   const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx, vddkMap: o.vddkMap, guest: o.guest });
@@ -81,7 +84,9 @@ export async function startRig(o: {
   const http = o.opener ? o.opener({ vc, port, lab, dir }) : httpDiskOpener(vc, port, { thumbprint: lab.thumbprint }, 2 * MiB, silentLogger);
   const disks = new LimitedDiskOpener({ open: (...a) => { counters.diskOpens++; return http.open(...a); } }, port.hostOf, { perHost: 8, overall: 32 }, { nfc: o.nfc, logger: o.limiterLogger });
   const state = openStateStore(join(o.stateDir ?? dir, 'state.db'));
+  const agents = o.agents ? await o.agents(rx) : undefined;
   const engine = new JobEngine({
+    ...(agents ? { agents } : {}),
     state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },
     connect: (job) => senderJobServices(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum, ...senderExtra })),
   });

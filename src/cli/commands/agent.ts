@@ -17,12 +17,15 @@ import { AgentState } from '../../agent/state.ts';
 import { runDeviceCycle, defaultSourceId, type CycleReport } from '../../agent/device-cycle.ts';
 import { connectAgentSender, type AgentConnectOptions } from '../../agent/connect.ts';
 import { Progress } from '../progress.ts';
+import { registerAgentServe } from './agent-serve.ts';
+import { loadAgentConfig, proxyUrl } from '../../agent/config.ts';
 import { formatBytes, table } from '../output.ts';
 
 interface SyncFlags {
+  config?: string;
   device: string[];
-  receiver: string;
-  fingerprint: string;
+  receiver?: string;
+  fingerprint?: string;
   codeFile?: string;
   once?: boolean;
   interval?: string;
@@ -58,10 +61,11 @@ export function register(program: Command): void {
   const agent = program.command('agent').description('Agent-based source: ship this machine\'s block devices to a vmlift receiver');
   agent.command('sync')
     .description('Sync block devices or disk image files to a receiver: one image per cycle, all devices in it (disk n = nth --device)')
-    .requiredOption('--device <path>', 'block device or disk image file; repeat for each disk', collect, [])
-    .requiredOption('--receiver <host[:port]>', 'receiver control address (port default 8080)')
+    .option('--config <file>', 'agent config file (default /etc/vmlift/agent.json, or VMLIFT_AGENT_CONFIG); flags override its fields')
+    .option('--device <path>', 'block device or disk image file; repeat for each disk (default: "devices" of the config)', collect, [])
+    .option('--receiver <host[:port]>', 'receiver control address (port default 8080)')
     .option('--data-port <port>', 'receiver data port, when it differs from the one the receiver advertises (a port forward)')
-    .requiredOption('--fingerprint <sha256>', 'receiver certificate SHA-256 fingerprint (from `vmlift receiver info`)')
+    .option('--fingerprint <sha256>', 'receiver certificate SHA-256 fingerprint (from `vmlift receiver info`)')
     .option('--code-file <file>', 'file holding the activation code (or set VMLIFT_ACTIVATION_CODE); needed until the source is registered')
     .option('--once', 'run one cycle and exit')
     .option('--interval <duration>', 'run a cycle every DURATION, 1h to 7d (e.g. 1h, 12h, 1d)')
@@ -73,15 +77,17 @@ export function register(program: Command): void {
     .option('--max-images <1-10>', 'images the receiver keeps for this source (oldest removed first)')
     .option('--proxy <url>', 'reach the receiver through an HTTP CONNECT proxy: http://[user@]host:port')
     .option('--proxy-password-file <file>', 'file holding the proxy password (or set VMLIFT_PROXY_PASSWORD)')
-    .option('--state-dir <dir>', 'agent state: credential, open cycle, block digests of the last image', defaultStateDir())
+    .option('--state-dir <dir>', `agent state: credential, open cycle, block digests of the last image (default ${defaultStateDir()})`)
     .option('--source-id <id>', 'name of this source on the receiver ([a-z0-9-]; default: the host name)')
     .option('--retry-for <duration>', 'keep reconnecting to resume a cycle for this long', '10m')
     .option('--log-level <level>', 'log level (logs are JSON on stderr)', 'warn')
     .option('--json', 'progress and results as JSON lines on stdout')
     .action(async (flags: SyncFlags) => { await sync(flags); });
+  registerAgentServe(agent, defaultStateDir);
 }
 
-async function sync(f: SyncFlags): Promise<void> {
+async function sync(flags: SyncFlags): Promise<void> {
+  const f = await withConfig(flags);
   if (f.once && (f.interval || f.testIntervalSeconds)) {
     throw new UserError('BAD_ARGS', '--once and --interval exclude each other', 'pass --once for one cycle, or --interval for a cycle every interval');
   }
@@ -93,7 +99,7 @@ async function sync(f: SyncFlags): Promise<void> {
   if (f.testIntervalSeconds) intervalMs = Number(f.testIntervalSeconds) * 1000;
   const retryForMs = parseDuration(f.retryFor, '--retry-for') * 1000;
   const sourceId = assertId(f.sourceId ?? defaultSourceId(), 'source id');
-  if (f.device.length === 0) throw new UserError('BAD_ARGS', 'no --device given', 'pass --device PATH once per disk');
+  if (f.device.length === 0) throw new UserError('BAD_ARGS', 'no --device given', 'pass --device PATH once per disk, or set "devices" in /etc/vmlift/agent.json');
   const code = await readSecret({ file: f.codeFile, env: 'VMLIFT_ACTIVATION_CODE', what: 'activation code' })
     ?? await readSecret({ env: 'VMLIFT_CODE', what: 'activation code' });
   const proxyPassword = f.proxy ? await readSecret({ file: f.proxyPasswordFile, env: 'VMLIFT_PROXY_PASSWORD', what: 'proxy password' }) : undefined;
@@ -152,6 +158,22 @@ async function sync(f: SyncFlags): Promise<void> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+/** The config file's fields under the flags (a flag wins); then what a cycle cannot do without. */
+async function withConfig(f: SyncFlags): Promise<SyncFlags & { receiver: string; fingerprint: string }> {
+  const { config: c, path } = await loadAgentConfig(f.config);
+  const m: SyncFlags = {
+    ...f,
+    device: f.device.length ? f.device : c.devices ?? [],
+    receiver: f.receiver ?? c.receiver, fingerprint: f.fingerprint ?? c.fingerprint,
+    codeFile: f.codeFile ?? c.codeFile, stateDir: f.stateDir ?? c.stateDir, sourceId: f.sourceId ?? c.sourceId,
+    dataPort: f.dataPort ?? (c.dataPort !== undefined ? String(c.dataPort) : undefined),
+    proxy: f.proxy ?? (c.proxy ? proxyUrl(c.proxy) : undefined), proxyPasswordFile: f.proxyPasswordFile ?? c.proxy?.passwordFile,
+  };
+  if (!m.receiver) throw new UserError('BAD_ARGS', 'no receiver given', `pass --receiver HOST[:PORT], or set "receiver" in ${path}`);
+  if (!m.fingerprint) throw new UserError('BAD_ARGS', 'no receiver fingerprint given', `pass --fingerprint FP (from \`vmlift receiver info\`), or set "fingerprint" in ${path}`);
+  return m as SyncFlags & { receiver: string; fingerprint: string };
 }
 
 async function openAll(paths: string[]): Promise<BlockSource[]> {

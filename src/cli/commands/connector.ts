@@ -22,6 +22,8 @@ import { printResult } from '../output.ts';
 import { checkNbdCommand } from '../../source/nbd-server.ts';
 import { apiListenHost } from '../../engine/api-access.ts';
 import { formatFingerprint, normalizeFingerprint } from '../../transfer/connect.ts';
+import { createAgentWiring } from '../agent-wiring.ts';
+import { registerConnectorAgents } from './connector-agents.ts';
 
 interface InitFlags {
   home?: string; server: string; user: string; passwordFile: string; thumbprint?: string; insecure?: boolean;
@@ -121,13 +123,17 @@ export function register(program: Command): void {
         `the receiver's fingerprint is now ${v.fingerprint} (was ${v.previousFingerprint}); restart the connector (vmlift connector serve --home ${home}) to use it`);
     });
 
+  registerConnectorAgents(c);
+
   c.command('serve').description('run the scheduler, the local API (for the CLI) and /metrics; resumes unfinished cycles after a restart')
     .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
     .option('--api-port <port>', 'local API port on 127.0.0.1 (0 = any free port)', '8090')
     .option('--api-listen <host>', 'local API address: loopback only (127.0.0.1, ::1); the API is plain HTTP with a token', '127.0.0.1')
     .option('--tick-ms <ms>', 'how often the scheduler looks for due jobs', '1000')
     .option('--log-stderr', 'log to stderr instead of the rotated file')
-    .action(async (f: { home?: string; apiPort: string; apiListen: string; tickMs: string; logStderr?: boolean }) => {
+    .option('--agent-port <port>', 'take agent sources: the TLS port `vmlift agent serve` dials out to (e.g. 8091; 0 = any free port)')
+    .option('--agent-listen <host>', 'address of the agent port', '0.0.0.0')
+    .action(async (f: { home?: string; apiPort: string; apiListen: string; tickMs: string; logStderr?: boolean; agentPort?: string; agentListen: string }) => {
       const apiHost = apiListenHost(f.apiListen);
       const home = connectorHome(f.home);
       const config = await readConnectorConfig(home);
@@ -135,18 +141,21 @@ export function register(program: Command): void {
       const state = openStateStore(join(home, 'state.db'));
       const wiring = await createWiring(home, config, logger);
       const metrics = new EngineMetrics(state);
-      const engine = new JobEngine({ state, connect: wiring.connect, logger, events: metrics.events });
+      const agents = f.agentPort !== undefined ? await createAgentWiring(home, config, logger) : undefined;
+      const engine = new JobEngine({ state, connect: wiring.connect, logger, events: metrics.events, ...(agents ? { agents: agents.sources } : {}) });
       const workgroups = new Workgroups(engine);
       const drills = new JobDrills({ state, service: wiring.drills, reportRoot: join(home, 'drills'), logger: logger.child({ component: 'drills' }) });
       drills.resume();
-      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, preflight: wiring.preflight, images: wiring.images, drills });
+      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, preflight: wiring.preflight, images: wiring.images, drills, ...(agents ? { agents } : {}) });
       const addr = await api.listen(Number(f.apiPort), apiHost);
-      await writeFileAtomic(join(home, 'api.json'), JSON.stringify({ port: addr.port, pid: process.pid }));
+      const agentAddr = agents ? await agents.hub.listen(Number(f.agentPort), f.agentListen) : undefined;
+      await writeFileAtomic(join(home, 'api.json'), JSON.stringify({ port: addr.port, pid: process.pid, ...(agentAddr ? { agentPort: agentAddr.port } : {}) }));
       const scheduler = new Scheduler(engine, { logger, tickMs: Number(f.tickMs), maxConcurrentJobs: config.limits.maxConcurrentJobs });
       const interrupted = state.runningCycles();
       if (interrupted.length) logger.info({ cycles: interrupted.map((x) => `${x.jobId}/${x.id}`) }, 'resuming cycles cut short by a restart');
       scheduler.start();
       logger.info({ port: addr.port, home }, 'connector started');
+      if (agents && agentAddr) process.stderr.write(`vmlift connector: agents connect to https://${f.agentListen}:${agentAddr.port} (TLS, fingerprint ${formatFingerprint(agents.hub.fingerprint)})\n`);
       process.stderr.write(`vmlift connector: API on http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${addr.port}, metrics at /metrics, logs in ${join(home, 'logs')}\n`);
       await new Promise<void>((resolve) => {
         const stop = () => resolve();
@@ -156,6 +165,7 @@ export function register(program: Command): void {
       logger.info('connector stopping');
       await scheduler.stop({ abort: true });
       await api.close();
+      await agents?.hub.close();
       await drills.close();
       await rm(join(home, 'api.json'), { force: true });
       await wiring.close().catch(() => undefined);

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { UserError } from '../../util/errors.ts';
 import { callApi, connectorHome } from '../home.ts';
 import { printResult, table, formatBytes } from '../output.ts';
 import { formatDuration } from '../../util/duration.ts';
@@ -7,7 +8,6 @@ import type { DrillReport } from '../../transfer/contract.ts';
 import type { LiveStatus } from '../../engine/jobs.ts';
 import type { MemberDrill, MemberResult, StateCounts, WorkgroupSummary } from '../../engine/workgroups.ts';
 import type { ImageInfo } from '../../model/images.ts';
-import { UserError } from '../../util/errors.ts';
 import { imageDisks } from '../image-disks.ts';
 
 interface Common { home?: string; json?: boolean }
@@ -35,7 +35,7 @@ const homeOpt = (c: Command): Command => c
   .option('--json', 'print JSON');
 
 function jobLine(j: JobRecord): (string | number)[] {
-  return [j.id, j.name, j.vmRef ?? '-', j.state, j.error ? `${j.error.step}: ${j.error.code ? `${j.error.code}: ` : ''}${j.error.message}` : '', j.nextSyncAt ?? '-', j.workgroupId ?? '-'];
+  return [j.id, j.name, j.kind === 'agent' ? `agent ${j.name}` : j.vmRef ?? '-', j.state, j.error ? `${j.error.step}: ${j.error.code ? `${j.error.code}: ` : ''}${j.error.message}` : '', j.nextSyncAt ?? '-', j.workgroupId ?? '-'];
 }
 
 function memberTable(r: MemberResult[]): string {
@@ -89,25 +89,32 @@ const drillCell = (d: MemberDrill | null | undefined): string => !d ? '-' : `${d
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export function register(program: Command): void {
-  const job = program.command('job').description('agentless migration jobs (one VM each), run by the connector');
+  const job = program.command('job').description('migration jobs, run by the connector: one VM each (--vm), or an agent source\'s devices (--agent)');
 
-  settingFlags(homeOpt(job.command('create').description('create a job for a VM; it starts at once (preflight, CBT, full sync) unless --no-start')
+  settingFlags(homeOpt(job.command('create').description('create a job for a VM (--vm) or an agent source (--agent); it starts at once (preflight, full sync) unless --no-start')
     .argument('<id>', 'job id ([a-z0-9-])')
-    .requiredOption('--vm <name|moref>', 'the VM to migrate')
+    .option('--vm <name|moref>', 'the VM to migrate')
+    .option('--agent <id>', 'the agent (`vmlift agent serve` on the source server) whose devices to migrate')
+    .option('--devices <paths>', 'with --agent: the devices to read, comma-separated (default: the agent\'s own list)')
     .option('--template <name>', 'start from a template\'s settings')
-    .option('--name <name>', 'display name (default: the VM\'s name)')
+    .option('--name <name>', 'display name (default: the VM\'s name, or the agent\'s id)')
     .option('--description <text>', 'free text, up to 256 characters')
-    .option('--disks <positions>', 'read only these disks, by position in device-key order (e.g. 0,2)')
-    .option('--exclude-disk <key>', 'leave out the disk with this device key (repeatable); it is never read', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--disks <positions>', 'with --vm: read only these disks, by position in device-key order (e.g. 0,2)')
+    .option('--exclude-disk <key>', 'with --vm: leave out the disk with this device key (repeatable); it is never read', (v: string, acc: string[] = []) => [...acc, v])
     .option('--no-start', 'keep the job in created; start it later with `vmlift job start`')))
-    .action(async (id: string, o: Common & { vm: string; template?: string; name?: string; description?: string; disks?: string; excludeDisk?: string[]; start: boolean }) => {
+    .action(async (id: string, o: Common & { vm?: string; agent?: string; devices?: string; template?: string; name?: string; description?: string; disks?: string; excludeDisk?: string[]; start: boolean }) => {
+      const settings = settingsFrom(o as unknown as Record<string, unknown>);
+      if (!!o.vm === !!o.agent) throw new UserError('BAD_ARGS', o.vm ? '--vm and --agent exclude each other' : 'neither --vm nor --agent given', 'pass --vm NAME for a VM, or --agent ID [--devices /dev/sda,/dev/sdb] for an agent source');
+      if (o.devices && !o.agent) throw new UserError('BAD_ARGS', '--devices goes with --agent', 'pass --agent ID --devices …, or pick a VM\'s disks with --disks or --exclude-disk');
+      if (o.agent && (o.disks !== undefined || o.excludeDisk)) throw new UserError('BAD_ARGS', '--disks and --exclude-disk go with --vm', 'pick an agent\'s devices with --devices /dev/sda,/dev/sdb');
       const disks = { ...(o.disks !== undefined ? { include: o.disks } : {}), ...(o.excludeDisk ? { exclude: o.excludeDisk.join(',') } : {}) };
-      const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', '/v1/jobs', {
-        id, vm: o.vm, template: o.template, name: o.name, description: o.description, disks, start: o.start, settings: settingsFrom(o as unknown as Record<string, unknown>),
-      });
+      const common = { id, template: o.template, name: o.name, description: o.description, start: o.start, settings };
+      const body = o.agent ? { ...common, agent: o.agent, devices: o.devices } : { ...common, vm: o.vm, disks };
+      const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', '/v1/jobs', body);
+      const what = (x: JobRecord): string => x.kind === 'agent' ? `agent ${x.name}` : `${x.name} (${x.vmRef})`;
       printResult(o.json, j, (x) => x.state === 'created'
-        ? `created job ${x.id} for ${x.name} (${x.vmRef}); start it with: vmlift job start ${x.id}`
-        : `created job ${x.id} for ${x.name} (${x.vmRef}): ${x.state}; follow it with: vmlift job show ${x.id}`);
+        ? `created job ${x.id} for ${what(x)}; start it with: vmlift job start ${x.id}`
+        : `created job ${x.id} for ${what(x)}: ${x.state}; follow it with: vmlift job show ${x.id}`);
     });
 
   for (const action of ['start', 'sync', 'pause', 'resume', 'complete'] as const) {
@@ -176,7 +183,7 @@ export function register(program: Command): void {
       printResult(o.json, r, (x) => {
         const live = new Map((x.live?.disks ?? []).map((d) => [d.diskKey, d]));
         const lines = [
-          `job ${x.job.id} (${x.job.name})  vm ${x.job.vmRef}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step}${x.live.taskProgress !== undefined ? `, vCenter task ${x.live.taskProgress} %` : ''})` : ''}`,
+          `job ${x.job.id} (${x.job.name})  ${x.job.kind === 'agent' ? 'agent' : `vm ${x.job.vmRef}`}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step}${x.live.taskProgress !== undefined ? `, vCenter task ${x.live.taskProgress} %` : ''})` : ''}`,
           ...(x.job.description ? [`  ${x.job.description}`] : []),
           ...(x.job.disks ? [`  disks: ${x.job.disks.include ? `positions ${x.job.disks.include.join(', ')} only` : `all but device key(s) ${x.job.disks.exclude!.join(', ')}`}`] : []),
           ...errorLines(x.job.error),
