@@ -15,7 +15,8 @@ import { Workgroups } from '../../engine/workgroups.ts';
 import { JobDrills } from '../../engine/drills.ts';
 import { EngineMetrics } from '../../engine/metrics.ts';
 import { ConnectorApi } from '../../engine/api.ts';
-import { connectorHome } from '../home.ts';
+import { connectorHome, callApi } from '../home.ts';
+import { inventoryView } from '../../console/inventory-view.ts';
 import { DEFAULT_LIMITS, keepSecret, readConnectorConfig, writeConnectorConfig } from '../connector-config.ts';
 import { createWiring } from '../wiring.ts';
 import { printResult } from '../output.ts';
@@ -121,6 +122,14 @@ export function register(program: Command): void {
         `the receiver's fingerprint is now ${v.fingerprint} (was ${v.previousFingerprint}); restart the connector (vmlift connector serve --home ${home}) to use it`);
     });
 
+  c.command('console-url').description('print a one-time login link to the web console (valid 10 minutes, once)')
+    .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
+    .option('--json', 'print JSON')
+    .action(async (f: { home?: string; json?: boolean }) => {
+      const link = await callApi<{ url: string; expiresAt: string }>(connectorHome(f.home), 'POST', '/v1/session/links');
+      printResult(f.json, link, (v) => `${v.url}\n(one use, valid until ${v.expiresAt})`);
+    });
+
   c.command('serve').description('run the scheduler, the local API (for the CLI) and /metrics; resumes unfinished cycles after a restart')
     .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
     .option('--api-port <port>', 'local API port on 127.0.0.1 (0 = any free port)', '8090')
@@ -139,7 +148,8 @@ export function register(program: Command): void {
       const workgroups = new Workgroups(engine);
       const drills = new JobDrills({ state, service: wiring.drills, reportRoot: join(home, 'drills'), logger: logger.child({ component: 'drills' }) });
       drills.resume();
-      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, images: wiring.images, drills });
+      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, images: wiring.images, drills,
+        inventory: async () => inventoryView(await wiring.vc.inventory()) });
       const addr = await api.listen(Number(f.apiPort), apiHost);
       await writeFileAtomic(join(home, 'api.json'), JSON.stringify({ port: addr.port, pid: process.pid }));
       const scheduler = new Scheduler(engine, { logger, tickMs: Number(f.tickMs), maxConcurrentJobs: config.limits.maxConcurrentJobs });
@@ -147,7 +157,7 @@ export function register(program: Command): void {
       if (interrupted.length) logger.info({ cycles: interrupted.map((x) => `${x.jobId}/${x.id}`) }, 'resuming cycles cut short by a restart');
       scheduler.start();
       logger.info({ port: addr.port, home }, 'connector started');
-      process.stderr.write(`vmlift connector: API on http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${addr.port}, metrics at /metrics, logs in ${join(home, 'logs')}\n`);
+      process.stderr.write(`vmlift connector: API on http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${addr.port}, console at /console/ (login link: vmlift connector console-url), metrics at /metrics, logs in ${join(home, 'logs')}\n`);
       await new Promise<void>((resolve) => {
         const stop = () => resolve();
         process.once('SIGTERM', stop);
