@@ -43,7 +43,7 @@ export async function logout(): Promise<void> {
 // Shapes of the API's answers the pages read.
 export interface JobError { step: string; code?: string; message: string; fix?: string; at: string; attempts: number }
 export interface Settings { intervalSeconds: number; maxImages: number; compression: number; bandwidthMbps: number; checksum: boolean; quiesce: boolean; transport: string; autoSync: boolean }
-export interface LiveDisk { key: number; done: number; total: number; speed: number; remainingSeconds: number | null }
+export interface LiveDisk { diskKey: number; label: string; transport?: string; done: number; total: number; speed: number; remainingSeconds: number | null }
 export interface Live { cycleId: string; step: string; startedAt: number; taskProgress?: number; disks: LiveDisk[] }
 export interface JobRow {
   id: string; name: string; state: string; workgroupId: string | null; nextSyncAt: string | null; error: JobError | null;

@@ -54,7 +54,7 @@ export function Jobs() {
               <tr data-job={j.id}>
                 <th scope="row"><a href={`#/jobs/${encodeURIComponent(j.id)}`}>{j.name}</a>{j.name !== j.id && <small> ({j.id})</small>}</th>
                 <td><StateBadge state={j.state} />{j.live && <small> · {j.live.step}</small>}</td>
-                <td>{j.live?.disks.length ? j.live.disks.map((d) => <Progress done={d.done} total={d.total} label={`${j.name} disk ${d.key}`} />) : '–'}</td>
+                <td>{j.live?.disks.length ? j.live.disks.map((d) => <Progress done={d.done} total={d.total} label={`${j.name} ${d.label || d.diskKey}`} />) : '–'}</td>
                 <td data-testid="speed">{j.live ? rate(x.speed) : '–'}</td>
                 <td>{j.live ? duration(x.remaining) : '–'}</td>
                 <td>{when(j.nextSyncAt)}</td>
@@ -120,7 +120,7 @@ export function JobPage({ id }: { id: string }) {
       {liveNow && (
         <div class="live-now">
           <p>{liveNow.step}{liveNow.taskProgress !== undefined ? ` ${liveNow.taskProgress} %` : ''} · {t('jobs.speed')}: <span data-testid="job-speed">{rate(row?.throughput ?? 0)}</span></p>
-          {liveNow.disks.map((x) => <div class="disk-progress"><span>disk {x.key}</span><Progress done={x.done} total={x.total} label={`disk ${x.key}`} /></div>)}
+          {liveNow.disks.map((x) => <div class="disk-progress"><span>{x.label || x.diskKey}{x.transport ? ` (${x.transport})` : ''}</span><Progress done={x.done} total={x.total} label={x.label || String(x.diskKey)} /></div>)}
         </div>
       )}
       <Settings id={id} settings={job.settings} onSaved={(m) => { setNote(m); void load(); }} />

@@ -144,7 +144,7 @@ export function register(program: Command): void {
       const state = openStateStore(join(home, 'state.db'));
       const wiring = await createWiring(home, config, logger);
       const metrics = new EngineMetrics(state);
-      const engine = new JobEngine({ state, connect: wiring.connect, logger, events: metrics.events });
+      const engine = new JobEngine({ state, connect: wiring.connect, logger, events: metrics.events, ...(config.retry ? { retry: config.retry } : {}) });
       const workgroups = new Workgroups(engine);
       const drills = new JobDrills({ state, service: wiring.drills, reportRoot: join(home, 'drills'), logger: logger.child({ component: 'drills' }) });
       drills.resume();
