@@ -259,7 +259,7 @@ test('the web console in chromium: login, inventory → job, live speed, image, 
     await page.locator('h1 [data-state="waiting"]').waitFor({ timeout: 60_000 });
     await page.getByRole('button', { name: 'Complete' }).click();
     await page.locator('h1 [data-state="completed"]').waitFor({ timeout: 90_000 });
-    assert.match(await page.locator('table.cycles').textContent() ?? '', /final\s*committed/);
+    await page.locator('table.cycles tr[data-cycle="committed"]', { hasText: 'final' }).waitFor();
     await page.getByRole('link', { name: 'Jobs', exact: true }).click();
     assert.equal(await state('two-disks'), 'completed');
     assert.match(await page.locator('tr[data-job="two-disks"]').textContent() ?? '', /✓ completed/, 'state as symbol and word, not colour alone');
