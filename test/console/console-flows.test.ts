@@ -108,13 +108,20 @@ test('the web console in chromium: login, inventory → job, live speed, image, 
     assert.equal(put.status, 401);
   });
 
-  await t.test('log in with the token; a one-time link from `connector console-url` logs in once', async () => {
+  await t.test('log in with the token; a one-time link from `connector console-url` logs in once', async (st) => {
     await page.goto(`${base}/console/`);
+    await page.getByLabel('API token').waitFor();
+    const nav = JSON.parse(await page.evaluate('JSON.stringify(performance.getEntriesByType("navigation")[0])') as string) as { duration: number };
+    const res = JSON.parse(await page.evaluate('JSON.stringify(performance.getEntriesByType("resource"))') as string) as { transferSize: number }[];
+    st.diagnostic(`page load ${nav.duration.toFixed(0)} ms, ${res.length + 1} files, ${((res.reduce((n, r) => n + r.transferSize, 0)) / 1024).toFixed(1)} KiB of assets transferred`);
     await page.getByLabel('API token').fill('not-the-token');
     await page.getByRole('button', { name: 'Log in' }).click();
     await page.getByRole('alert').filter({ hasText: 'wrong API token' }).waitFor();
-    await page.getByLabel('API token').fill(token);
-    await page.getByRole('button', { name: 'Log in' }).click();
+    // By keyboard: the field has focus after a click on its label, Enter submits.
+    await page.getByText('API token', { exact: true }).click();
+    await page.keyboard.press('Control+A');
+    await page.keyboard.type(token);
+    await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Overview' }).waitFor();
     await page.locator('[data-conn="live"]').waitFor();
     const cookies = await context.cookies();

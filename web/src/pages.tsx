@@ -133,7 +133,7 @@ export function JobPage({ id }: { id: string }) {
       )}
 
       <h2>{t('job.cycles')}</h2>
-      {committed.length > 0 && <Chart label={t('job.chart')} xs={committed.map((c) => Date.parse(c.endedAt!) / 1000)} ys={committed.map((c) => +(c.wireBytes / secs(c) / 1e6).toFixed(2))} />}
+      {committed.length > 0 && <Chart label={t('job.chart')} xs={committed.map((c) => c.seq)} ys={committed.map((c) => +(c.wireBytes / secs(c) / 1e6).toFixed(2))} />}
       <table class="cycles"><thead><tr><th scope="col">#</th><th scope="col">{t('job.kind')}</th><th scope="col">{t('jobs.state')}</th><th scope="col">{t('job.changed')}</th><th scope="col">{t('job.read')}</th><th scope="col">{t('job.sent')}</th><th scope="col">{t('job.duration')}</th></tr></thead>
         <tbody>{d.cycles.map((c) => <tr data-cycle={c.state}><td>{c.seq}</td><td>{c.kind}</td><td>{c.state}</td><td>{bytes(c.changedBytes)}</td><td>{bytes(c.sourceBytesRead)}</td><td>{bytes(c.wireBytes)}</td><td>{c.endedAt ? duration(secs(c)) : '…'}</td></tr>)}</tbody></table>
 

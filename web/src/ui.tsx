@@ -61,15 +61,16 @@ export function ErrorBox({ error }: { error: { code?: string; message: string; f
   );
 }
 
-/** A uPlot line chart of values over x (seconds since the epoch). */
+/** A uPlot chart of values per cycle (x: the cycle's number). */
 export function Chart({ xs, ys, label }: { xs: number[]; ys: number[]; label: string }) {
   const ref = useRef<HTMLDivElement>(null);
   useEffect(() => {
     if (!ref.current || xs.length === 0) return;
     const plot = new uPlot({
       width: Math.min(720, ref.current.clientWidth || 600), height: 200,
-      series: [{}, { label, stroke: '#2a6fdb', width: 2, points: { show: true, size: 6 } }],
-      axes: [{}, { label: 'MB/s' }],
+      scales: { x: { time: false, range: (_u, lo, hi) => [lo - 0.5, hi + 0.5] }, y: { range: (_u, _lo, hi) => [0, Math.max(1, hi * 1.2)] } },
+      series: [{ label: '#' }, { label, stroke: '#2a6fdb', width: 2, fill: 'rgba(42,111,219,.15)', points: { show: true, size: 7 } }],
+      axes: [{ label: '#', incrs: [1, 2, 5, 10, 20, 50] }, { label: 'MB/s' }],
     }, [xs, ys], ref.current);
     return () => plot.destroy();
   }, [xs.join(','), ys.join(','), label]);
