@@ -267,6 +267,7 @@ test('the web console in chromium: login, inventory → job, live speed, image, 
     await page.getByRole('button', { name: 'Complete' }).click();
     await page.locator('h1 [data-state="completed"]').waitFor({ timeout: 90_000 });
     await page.locator('table.cycles tr[data-cycle="committed"]', { hasText: 'final' }).waitFor();
+    await shot('job-completed');
     await page.getByRole('link', { name: 'Jobs', exact: true }).click();
     assert.equal(await state('two-disks'), 'completed');
     assert.match(await page.locator('tr[data-job="two-disks"]').textContent() ?? '', /✓ completed/, 'state as symbol and word, not colour alone');

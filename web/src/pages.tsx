@@ -123,7 +123,7 @@ export function JobPage({ id }: { id: string }) {
           {liveNow.disks.map((x) => <div class="disk-progress"><span>{x.label || x.diskKey}{x.transport ? ` (${x.transport})` : ''}</span><Progress done={x.done} total={x.total} label={x.label || String(x.diskKey)} /></div>)}
         </div>
       )}
-      <Settings id={id} settings={job.settings} onSaved={(m) => { setNote(m); void load(); }} />
+      {job.state !== 'completed' && <Settings id={id} settings={job.settings} onSaved={(m) => { setNote(m); void load(); }} />}
       {note && <p role="status">✓ {note}</p>}
 
       <h2>{t('job.disks')}</h2>

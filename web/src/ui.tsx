@@ -33,7 +33,7 @@ export function duration(s: number | null | undefined): string {
 export const when = (iso: string | null | undefined): string => (iso ? new Date(iso).toLocaleString() : '–');
 
 // State shown with a symbol and a word, not colour alone.
-const SYMBOL: Record<string, string> = { created: '○', syncing: '⟳', waiting: '◷', paused: '⏸', completing: '⇥', completed: '✓', error: '⚠' };
+const SYMBOL: Record<string, string> = { created: '○', syncing: '⟳', waiting: '◷', paused: '‖', completing: '⇥', completed: '✓', error: '⚠' };
 
 export function StateBadge({ state }: { state: string }) {
   const t = useT();
