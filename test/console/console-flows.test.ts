@@ -237,6 +237,13 @@ test('the web console in chromium: login, inventory → job, live speed, image, 
     await page.getByRole('button', { name: 'Create jobs' }).click();
     await page.getByRole('status').filter({ hasText: 'Created: vm-0002' }).waitFor();
 
+    // A selection can also become a new workgroup straight from the inventory.
+    await page.getByLabel('Select vm-0003').check();
+    await page.getByLabel('or a new workgroup').fill('wave-2');
+    await page.getByRole('button', { name: 'Create jobs' }).click();
+    await page.getByRole('status').filter({ hasText: 'Created: vm-0003' }).waitFor();
+    assert.deepEqual((await cli<{ workgroup: { members: string[] } }>(['workgroup', 'show', 'wave-2'])).workgroup.members, ['vm-0003']);
+
     await page.getByRole('link', { name: 'Workgroups', exact: true }).click();
     await page.getByLabel('Workgroup id').fill('wave-1');
     await page.getByRole('button', { name: 'Create', exact: true }).click();

@@ -1,13 +1,21 @@
 import { render } from 'preact';
 import { useEffect, useState } from 'preact/hooks';
 import { login, logout, resume, ApiFailure, type JobsEvent } from './api.ts';
-import { LANGS, initialLang, translate, type Lang } from './i18n.ts';
+import { LANGS, translate, type Lang } from './i18n.ts';
 import { LangContext, LiveContext, useT } from './ui.tsx';
 import { Overview, Jobs, JobPage } from './pages.tsx';
 import { Workgroups, Templates, Inventory } from './more.tsx';
 import './style.css';
 
 type Conn = 'connecting' | 'live' | 'lost' | 'reconnected';
+
+/** The language chosen before, else the browser's. */
+function initialLang(): Lang {
+  const saved = localStorage.getItem('vmlift.lang');
+  if (saved && saved in LANGS) return saved as Lang;
+  const nav = navigator.language.toLowerCase();
+  return nav.startsWith('ja') ? 'ja' : nav.startsWith('zh') ? 'zh' : 'en';
+}
 
 function useHash(): string {
   const [h, setH] = useState(location.hash);

@@ -123,6 +123,7 @@ export function Inventory() {
   const [sel, setSel] = useState<string[]>([]);
   const [tpl, setTpl] = useState('');
   const [wg, setWg] = useState('');
+  const [newWg, setNewWg] = useState('');
   const [startNow, setStartNow] = useState(true);
   const [msg, setMsg] = useState('');
   const [failures, setFailures] = useState<{ vm: string; error: ApiError }[]>([]);
@@ -149,7 +150,12 @@ export function Inventory() {
         made.push(id);
       } catch (x) { failed.push({ vm: vm.name, error: asError(x) }); }
     }
-    if (wg && made.length) await call('POST', `/v1/workgroups/${encodeURIComponent(wg)}/add`, { jobs: made }).catch((x) => failed.push({ vm: wg, error: asError(x) }));
+    let group = wg;
+    if (newWg.trim() && made.length) {
+      try { group = (await call<Workgroup>('POST', '/v1/workgroups', { id: newWg.trim() })).id; setNewWg(''); } catch (x) { failed.push({ vm: newWg, error: asError(x) }); group = ''; }
+    }
+    if (group && made.length) await call('POST', `/v1/workgroups/${encodeURIComponent(group)}/add`, { jobs: made }).catch((x) => failed.push({ vm: group, error: asError(x) }));
+    call<Workgroup[]>('GET', '/v1/workgroups').then(setGroups, () => undefined);
     setFailures(failed);
     setMsg(made.length ? t('inv.created', { ids: made.join(', ') }) : '');
     setSel([]);
@@ -187,6 +193,7 @@ export function Inventory() {
             <option value="">{t('inv.noTemplate')}</option>{templates.map((x) => <option value={x.name}>{x.name}</option>)}</select>
           <label for="inv-wg">{t('inv.workgroup')}</label> <select id="inv-wg" value={wg} onChange={(e) => setWg((e.target as HTMLSelectElement).value)}>
             <option value="">–</option>{groups.map((x) => <option value={x.id}>{x.name}</option>)}</select>
+          <label for="inv-newwg">{t('inv.newWorkgroup')}</label> <input id="inv-newwg" value={newWg} onInput={(e) => setNewWg((e.target as HTMLInputElement).value)} />
           <label><input type="checkbox" checked={startNow} onChange={(e) => setStartNow((e.target as HTMLInputElement).checked)} /> {t('inv.startNow')}</label>
           <button type="submit" disabled={!sel.length}>{t('inv.create')}</button>
         </fieldset>
