@@ -5,12 +5,12 @@
  *   DELETE /v1/session        log out
  *   POST   /v1/session/links  a one-time login link (`vmlift connector console-url`)
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import { ConsoleAuth, type AuthResult } from './session-auth.ts';
 
 type Send = (status: number, body: unknown, headers?: Record<string, string>) => void;
 
-/** POST /v1/session before any authorization; true when answered. */
+/** POST /v1/session, answered before any authorization (its body holds the token or link). */
 export function handleLogin(auth: ConsoleAuth, req: IncomingMessage, body: Record<string, unknown>, send: Send): void {
   const origin = req.headers.origin;
   if (origin !== undefined && origin !== `http://${req.headers.host ?? ''}`) {
@@ -45,4 +45,3 @@ export function handleSession(auth: ConsoleAuth, who: AuthResult & { ok: true },
   return false;
 }
 
-export type { ServerResponse };
