@@ -6,7 +6,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConnectorApi } from '../../src/engine/api.ts';
@@ -147,4 +148,29 @@ test('GET /v1/events: a jobs event at once, another when a job changes', async (
   state.updateJob('a', { state: 'paused', resumeState: 'created' });
   const [, second] = await events(2);
   assert.equal(second!.jobs[0]!.state, 'paused');
+});
+
+test('GET /v1/jobs/ID/drills/DRILL/screenshot: the PNG the connector kept with the drill; 404 with a fix otherwise', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'vmlift-console-shot-'));
+  const state = openStateStore(join(dir, 'state.db'));
+  const { api, base } = await startApi(state);
+  t.after(async () => { await api.close(); state.close(); rmSync(dir, { recursive: true, force: true }); });
+  state.createJob({ id: 'web', name: 'web', kind: 'vm', vmRef: 'vm-1', sourceId: 'web', settings: resolveSettings(undefined, {}) });
+  const png = Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), randomBytes(64)]);
+  mkdirSync(join(dir, 'd1'));
+  writeFileSync(join(dir, 'd1', 'console.png'), png);
+  state.addDrill({ id: 'd1', jobId: 'web', imageId: '1', state: 'passed', requestedAt: new Date().toISOString(), report: {} });
+  state.updateDrill('d1', { reportDir: join(dir, 'd1'), verdict: 'passed', endedAt: new Date().toISOString() });
+  state.addDrill({ id: 'd2', jobId: 'web', imageId: '1', state: 'running', requestedAt: new Date().toISOString(), report: {} });
+  const h = { authorization: `Bearer ${TOKEN}` };
+  assert.equal((await fetch(`${base}/v1/jobs/web/drills/d1/screenshot`)).status, 401, 'no session, no screenshot');
+  const r = await fetch(`${base}/v1/jobs/web/drills/d1/screenshot`, { headers: h });
+  assert.equal(r.headers.get('content-type'), 'image/png');
+  assert.deepEqual(Buffer.from(await r.arrayBuffer()), png);
+  for (const [path, code] of [['/v1/jobs/web/drills/d2/screenshot', 'NO_SCREENSHOT'], ['/v1/jobs/web/drills/nope/screenshot', 'NO_DRILL']] as const) {
+    const x = await fetch(`${base}${path}`, { headers: h });
+    const body = await x.json() as { error: { code: string; fix?: string } };
+    assert.equal(body.error.code, code);
+    assert.ok(body.error.fix);
+  }
 });
