@@ -37,6 +37,8 @@ export interface ConnectorConfig {
   vddkTransports?: string;
   /** The NBD server the connector starts per disk and cycle; `command` is a template (docs/transports.md). */
   nbd?: { command?: string[] };
+  /** Retries of a cycle's transient errors (default 4 attempts, 5 s doubling to at most 120 s; tests use short ones). */
+  retry?: { attempts: number; baseDelayMs: number; maxDelayMs: number };
 }
 
 /**

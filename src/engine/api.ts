@@ -1,5 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { CodedError, UserError, isUserError, errorMessage, errorReport } from '../util/errors.ts';
 import { StateError, type JobSettings } from '../state/types.ts';
@@ -10,8 +12,13 @@ import { diskSelection, selectDisks } from './names.ts';
 import { createWorkgroup } from './workgroup-create.ts';
 import type { EngineMetrics } from './metrics.ts';
 import type { JobDrills } from './drills.ts';
-import { apiListenHost, tokenMatches } from './api-access.ts';
+import { apiListenHost } from './api-access.ts';
 import { createAgentJob, registerAgentRoutes, type AgentApi } from './agent-api.ts';
+import { previewBatch, type PreviewAction } from './batch-preview.ts';
+import { ConsoleAuth } from '../console/session-auth.ts';
+import { handleLogin, handleSession } from '../console/session-routes.ts';
+import { StaticAssets } from '../console/static-assets.ts';
+import { LiveEvents } from '../console/live-events.ts';
 
 export interface ApiOptions {
   engine: JobEngine;
@@ -30,6 +37,8 @@ export interface ApiOptions {
   preflight?: Preflight;
   /** Agent sources (agent-api.ts); absent: agent jobs are refused. */
   agents?: AgentApi;
+  /** vCenter's VMs with their preflight (GET /v1/inventory); absent: refused. */
+  inventory?(): Promise<unknown[]>;
 }
 
 type Handler = (req: IncomingMessage, params: string[], body: Record<string, unknown>) => Promise<unknown> | unknown;
@@ -43,9 +52,15 @@ const BATCH_ACTIONS = new Set(['start', 'sync', 'pause', 'resume', 'complete']);
 export class ConnectorApi {
   private server: Server | undefined;
   private readonly routes: [string, RegExp, Handler][] = [];
+  /** The web console (src/console): sessions beside the bearer token, its page, live events. */
+  private readonly auth: ConsoleAuth;
+  private readonly assets = new StaticAssets();
+  private readonly events: LiveEvents;
 
   constructor(private readonly o: ApiOptions) {
     const { engine, workgroups } = o;
+    this.auth = new ConsoleAuth(o.token);
+    this.events = new LiveEvents(engine);
     const st = engine.state;
     this.route('GET', /^\/v1\/jobs$/, () => st.listJobs().map((j) => ({ ...engine.getJob(j.id), running: engine.isRunning(j.id) })));
     this.route('POST', /^\/v1\/jobs$/, async (_r, _p, b) => {
@@ -104,6 +119,17 @@ export class ConnectorApi {
       const jobs = (b.jobs as string[] | undefined) ?? [];
       return op === 'add' ? workgroups.add(id!, jobs) : workgroups.remove(id!, jobs);
     });
+    this.route('POST', /^\/v1\/workgroups\/([^/]+)\/preview$/, (_r, [id], b) => {
+      // A start is previewed by its dry run, which also asks vCenter's preflight of first cycles.
+      if (b.action === 'start') return workgroups.startDryRun(id!, o.preflight);
+      const members = workgroups.get(id!).members.map((j) => engine.getJob(j));
+      const hasImage = (j: string) => st.listCycles(j, 1000).some((c) => c.state === 'committed');
+      return previewBatch(members, String(b.action ?? '') as PreviewAction, hasImage);
+    });
+    this.route('GET', /^\/v1\/inventory$/, () => {
+      if (!this.o.inventory) throw new UserError('INVENTORY_UNAVAILABLE', 'this connector has no vCenter inventory', 'start it with `vmlift connector serve`');
+      return this.o.inventory();
+    });
     this.route('POST', /^\/v1\/workgroups\/([^/]+)\/drill$/, (_r, [id]) => workgroups.drill(id!, this.drills()));
     this.route('POST', /^\/v1\/workgroups\/([^/]+)\/([a-z]+)$/, (_r, [id, action]) => {
       if (!BATCH_ACTIONS.has(action!)) throw new UserError('BAD_ACTION', `unknown workgroup action ${action}`, `use one of ${[...BATCH_ACTIONS].join(', ')}`);
@@ -127,6 +153,7 @@ export class ConnectorApi {
   }
 
   async close(): Promise<void> {
+    this.events.close();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
   }
 
@@ -145,20 +172,30 @@ export class ConnectorApi {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = new URL(req.url ?? '/', 'http://x').pathname;
-    const send = (status: number, body: unknown, type = 'application/json') => {
-      res.writeHead(status, { 'content-type': type });
-      res.end(type === 'application/json' ? JSON.stringify(body) : String(body));
+    const send = (status: number, body: unknown, type = 'application/json', headers: Record<string, string> = {}) => {
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store', ...headers });
+      res.end(type === 'application/json' ? JSON.stringify(body) : Buffer.isBuffer(body) ? body : String(body));
     };
     try {
       if (req.method === 'GET' && path === '/metrics') {
         send(200, await this.o.metrics.registry.metrics(), this.o.metrics.registry.contentType);
         return;
       }
-      if (!this.authorized(req)) {
-        this.o.logger.warn({ path, remote: req.socket.remoteAddress }, 'connector API: refused request without a valid token');
-        send(401, { error: { code: 'UNAUTHORIZED', message: 'missing or wrong connector API token', fix: 'run the CLI with the same --home as the connector' } });
+      if (await this.assets.serve(req, res, path)) return;
+      if (req.method === 'POST' && path === '/v1/session') {
+        handleLogin(this.auth, req, await readJson(req), (st, b, h) => send(st, b, undefined, h));
         return;
       }
+      const who = this.auth.authorize(req);
+      if (!who.ok) {
+        this.o.logger.warn({ path, remote: req.socket.remoteAddress, errCode: who.code }, 'connector API: refused request without a valid token or session');
+        send(who.status, { error: { code: who.code, message: who.message, fix: who.fix } });
+        return;
+      }
+      if (handleSession(this.auth, who, req, path, (st, b, h) => send(st, b, undefined, h), `http://${req.headers.host ?? '127.0.0.1'}`)) return;
+      if (req.method === 'GET' && path === '/v1/events') { this.events.open(req, res); return; }
+      const shot = req.method === 'GET' ? /^\/v1\/jobs\/([^/]+)\/drills\/([^/]+)\/screenshot$/.exec(path) : null;
+      if (shot) { send(200, await drillScreenshot(this.o.engine, decodeURIComponent(shot[1]!), decodeURIComponent(shot[2]!)), 'image/png'); return; }
       for (const [method, re, h] of this.routes) {
         const m = re.exec(path);
         if (!m || method !== req.method) continue;
@@ -177,8 +214,16 @@ export class ConnectorApi {
     }
   }
 
-  private authorized(req: IncomingMessage): boolean {
-    return tokenMatches(req.headers.authorization, this.o.token);
+}
+
+/** A drill's console screenshot, as the connector kept it with the drill's report. */
+async function drillScreenshot(engine: JobEngine, jobId: string, drillId: string): Promise<Buffer> {
+  const d = engine.state.listDrills(jobId, 1000).find((x) => x.id === drillId);
+  if (!d) throw new UserError('NO_DRILL', `job ${jobId} has no drill ${drillId}`, 'see the job\'s drills with `vmlift job show`');
+  try {
+    return await readFile(join(d.reportDir ?? '', 'console.png'));
+  } catch {
+    throw new UserError('NO_SCREENSHOT', `drill ${drillId} kept no console screenshot`, 'a screenshot exists once the drill\'s boot test ran');
   }
 }
 

@@ -15,7 +15,8 @@ import { Workgroups } from '../../engine/workgroups.ts';
 import { JobDrills } from '../../engine/drills.ts';
 import { EngineMetrics } from '../../engine/metrics.ts';
 import { ConnectorApi } from '../../engine/api.ts';
-import { connectorHome } from '../home.ts';
+import { connectorHome, callApi } from '../home.ts';
+import { inventoryView } from '../../console/inventory-view.ts';
 import { DEFAULT_LIMITS, keepSecret, readConnectorConfig, writeConnectorConfig } from '../connector-config.ts';
 import { createWiring } from '../wiring.ts';
 import { printResult } from '../output.ts';
@@ -124,6 +125,13 @@ export function register(program: Command): void {
     });
 
   registerConnectorAgents(c);
+  c.command('console-url').description('print a one-time login link to the web console (valid 10 minutes, once)')
+    .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
+    .option('--json', 'print JSON')
+    .action(async (f: { home?: string; json?: boolean }) => {
+      const link = await callApi<{ url: string; expiresAt: string }>(connectorHome(f.home), 'POST', '/v1/session/links');
+      printResult(f.json, link, (v) => `${v.url}\n(one use, valid until ${v.expiresAt})`);
+    });
 
   c.command('serve').description('run the scheduler, the local API (for the CLI) and /metrics; resumes unfinished cycles after a restart')
     .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
@@ -142,11 +150,13 @@ export function register(program: Command): void {
       const wiring = await createWiring(home, config, logger);
       const metrics = new EngineMetrics(state);
       const agents = f.agentPort !== undefined ? await createAgentWiring(home, config, logger) : undefined;
-      const engine = new JobEngine({ state, connect: wiring.connect, logger, events: metrics.events, ...(agents ? { agents: agents.sources } : {}) });
+      const engine = new JobEngine({ state, connect: wiring.connect, logger, events: metrics.events,
+        ...(agents ? { agents: agents.sources } : {}), ...(config.retry ? { retry: config.retry } : {}) });
       const workgroups = new Workgroups(engine);
       const drills = new JobDrills({ state, service: wiring.drills, reportRoot: join(home, 'drills'), logger: logger.child({ component: 'drills' }) });
       drills.resume();
-      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, preflight: wiring.preflight, images: wiring.images, drills, ...(agents ? { agents } : {}) });
+      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, preflight: wiring.preflight, images: wiring.images, drills,
+        inventory: async () => inventoryView(await wiring.vc.inventory()), ...(agents ? { agents } : {}) });
       const addr = await api.listen(Number(f.apiPort), apiHost);
       const agentAddr = agents ? await agents.hub.listen(Number(f.agentPort), f.agentListen) : undefined;
       await writeFileAtomic(join(home, 'api.json'), JSON.stringify({ port: addr.port, pid: process.pid, ...(agentAddr ? { agentPort: agentAddr.port } : {}) }));
@@ -156,7 +166,7 @@ export function register(program: Command): void {
       scheduler.start();
       logger.info({ port: addr.port, home }, 'connector started');
       if (agents && agentAddr) process.stderr.write(`vmlift connector: agents connect to https://${f.agentListen}:${agentAddr.port} (TLS, fingerprint ${formatFingerprint(agents.hub.fingerprint)})\n`);
-      process.stderr.write(`vmlift connector: API on http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${addr.port}, metrics at /metrics, logs in ${join(home, 'logs')}\n`);
+      process.stderr.write(`vmlift connector: API on http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${addr.port}, console at /console/ (login link: vmlift connector console-url), metrics at /metrics, logs in ${join(home, 'logs')}\n`);
       await new Promise<void>((resolve) => {
         const stop = () => resolve();
         process.once('SIGTERM', stop);

@@ -1,0 +1,101 @@
+/**
+ * GET /v1/events: server-sent events of the connector's jobs (any API client may follow it, e.g.
+ * `curl -N -H "authorization: Bearer …"`). Each second while someone listens, one `jobs` event when
+ * anything changed: every job with its live status, the throughput it reads now (bytes of the last
+ * seconds, not the cycle's average) and its last cycle, plus a summary (jobs by state, throughput now,
+ * bytes sent today, errors needing attention). Nothing is computed while no one listens.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { JobEngine } from '../engine/jobs.ts';
+import { JOB_STATES } from '../state/types.ts';
+
+interface Sample { t: number; done: number; cycleId: string }
+
+export interface JobsEvent {
+  jobs: {
+    id: string; name: string; state: string; workgroupId: string | null; nextSyncAt: string | null;
+    error: unknown; settings: unknown; running: boolean; live: unknown; throughput: number;
+    lastCycle: { kind: string; state: string; endedAt: string | null; wireBytes: number; imageId: string | null } | null;
+  }[];
+  summary: { byState: Record<string, number>; throughput: number; bytesToday: number; errors: number };
+}
+
+export class LiveEvents {
+  private readonly clients = new Set<ServerResponse>();
+  private timer: NodeJS.Timeout | undefined;
+  private last = '';
+  private readonly samples = new Map<string, Sample[]>();
+  private beats = 0;
+
+  constructor(private readonly engine: JobEngine, private readonly tickMs = 1000) {}
+
+  open(req: IncomingMessage, res: ServerResponse): void {
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+    // Browsers reconnect after this many ms when the connector goes away (a restart).
+    res.write('retry: 1500\n\n');
+    res.write(`event: jobs\ndata: ${this.build()}\n\n`);
+    this.clients.add(res);
+    req.on('close', () => { this.clients.delete(res); if (!this.clients.size) this.stop(); });
+    this.timer ??= setInterval(() => this.tick(), this.tickMs);
+    this.timer.unref();
+  }
+
+  close(): void {
+    this.stop();
+    for (const c of this.clients) c.end();
+    this.clients.clear();
+  }
+
+  private stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private tick(): void {
+    const data = this.build();
+    if (data !== this.last) {
+      this.last = data;
+      for (const c of this.clients) c.write(`event: jobs\ndata: ${data}\n\n`);
+    } else if (++this.beats % 15 === 0) {
+      for (const c of this.clients) c.write(': keep-alive\n\n');
+    }
+  }
+
+  /** Bytes per second read over the last ~3 s of the job's running cycle. */
+  private throughput(id: string, live: { cycleId: string; disks: { done: number }[] } | undefined, t: number): number {
+    if (!live) { this.samples.delete(id); return 0; }
+    const done = live.disks.reduce((n, d) => n + d.done, 0);
+    const list = (this.samples.get(id) ?? []).filter((s) => s.cycleId === live.cycleId && t - s.t <= 3000);
+    list.push({ t, done, cycleId: live.cycleId });
+    this.samples.set(id, list);
+    const first = list[0]!;
+    return t > first.t ? Math.max(0, ((done - first.done) * 1000) / (t - first.t)) : 0;
+  }
+
+  private build(): string {
+    const st = this.engine.state;
+    const t = Date.now();
+    const today = new Date(t).toISOString().slice(0, 10);
+    const byState: Record<string, number> = Object.fromEntries(JOB_STATES.map((s) => [s, 0]));
+    let throughput = 0, bytesToday = 0, errors = 0;
+    const jobs: JobsEvent['jobs'] = [];
+    for (const rec of st.listJobs()) {
+      const j = this.engine.getJob(rec.id);
+      const live = this.engine.live(j.id);
+      const rate = this.throughput(j.id, live, t);
+      const cycles = st.listCycles(j.id, 30);
+      for (const c of cycles) if (c.endedAt?.startsWith(today)) bytesToday += c.wireBytes;
+      const c = cycles.find((x) => x.state !== 'running') ?? null;
+      byState[j.state] = (byState[j.state] ?? 0) + 1;
+      if (j.state === 'error') errors++;
+      throughput += rate;
+      jobs.push({
+        id: j.id, name: j.name, state: j.state, workgroupId: j.workgroupId, nextSyncAt: j.nextSyncAt, error: j.error, settings: j.settings,
+        running: this.engine.isRunning(j.id), live: live ?? null, throughput: Math.round(rate),
+        lastCycle: c ? { kind: c.kind, state: c.state, endedAt: c.endedAt, wireBytes: c.wireBytes, imageId: c.imageId } : null,
+      });
+    }
+    const ev: JobsEvent = { jobs, summary: { byState, throughput: Math.round(throughput), bytesToday, errors } };
+    return JSON.stringify(ev);
+  }
+}
