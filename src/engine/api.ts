@@ -9,6 +9,8 @@ import type { Workgroups, BatchAction } from './workgroups.ts';
 import type { EngineMetrics } from './metrics.ts';
 import type { JobDrills } from './drills.ts';
 import { apiListenHost, tokenMatches } from './api-access.ts';
+import { FinalSyncConvergence } from './converge.ts';
+import { forecastFinalSync } from './final-sync-forecast.ts';
 
 export interface ApiOptions {
   engine: JobEngine;
@@ -23,6 +25,8 @@ export interface ApiOptions {
   images?(sourceId: string): Promise<unknown[]>;
   /** Drills on the receiver (job drill, workgroup drill); absent: refused. */
   drills?: JobDrills;
+  /** `--max-final-sync` convergence (default: one over `engine`). */
+  converge?: FinalSyncConvergence;
 }
 
 type Handler = (req: IncomingMessage, params: string[], body: Record<string, unknown>) => Promise<unknown> | unknown;
@@ -40,6 +44,7 @@ export class ConnectorApi {
   constructor(private readonly o: ApiOptions) {
     const { engine, workgroups } = o;
     const st = engine.state;
+    const converge = o.converge ?? new FinalSyncConvergence(engine, { logger: o.logger });
     this.route('GET', /^\/v1\/jobs$/, () => st.listJobs().map((j) => ({ ...engine.getJob(j.id), running: engine.isRunning(j.id) })));
     this.route('POST', /^\/v1\/jobs$/, async (_r, _p, b) => {
       const vm = await o.resolveVm(String(b.vm ?? ''));
@@ -51,6 +56,7 @@ export class ConnectorApi {
       const job = engine.getJob(id!);
       return {
         job, disks: st.getDisks(id!), cycles: st.listCycles(id!, 10), live: engine.live(id!) ?? null, drills: st.listDrills(id!, 5),
+        finalSync: forecastFinalSync(st.listCycles(id!, 20), job.settings), converge: converge.status(id!) ?? null,
         images: o.images ? await o.images(job.sourceId).catch((e) => ({ error: errorMessage(e) })) : [],
       };
     });
@@ -62,6 +68,13 @@ export class ConnectorApi {
         case 'resume': return engine.resume(id!);
         default: return engine.complete(id!);
       }
+    });
+    this.route('POST', /^\/v1\/jobs\/([^/]+)\/converge$/, (_r, [id], b) => converge.start(id!, { maxFinalSyncSeconds: Number(b.maxFinalSyncSeconds) }));
+    this.route('GET', /^\/v1\/jobs\/([^/]+)\/converge$/, (_r, [id]) => {
+      engine.getJob(id!);
+      const s = converge.status(id!);
+      if (!s) throw new UserError('NO_CONVERGE', `job ${id} is not converging`, `start it with \`vmlift job complete ${id} --max-final-sync 5m\``);
+      return s;
     });
     this.route('POST', /^\/v1\/jobs\/([^/]+)\/drill$/, (_r, [id], b) => {
       engine.getJob(id!);
@@ -80,6 +93,8 @@ export class ConnectorApi {
       const jobs = (b.jobs as string[] | undefined) ?? [];
       return op === 'add' ? workgroups.add(id!, jobs) : workgroups.remove(id!, jobs);
     });
+    this.route('POST', /^\/v1\/workgroups\/([^/]+)\/converge$/, (_r, [id], b) => converge.startMany(workgroups.get(id!).members, { maxFinalSyncSeconds: Number(b.maxFinalSyncSeconds) }));
+    this.route('GET', /^\/v1\/workgroups\/([^/]+)\/converge$/, (_r, [id]) => workgroups.get(id!).members.map((m) => converge.status(m) ?? null));
     this.route('POST', /^\/v1\/workgroups\/([^/]+)\/drill$/, (_r, [id]) => workgroups.drill(id!, this.drills()));
     this.route('POST', /^\/v1\/workgroups\/([^/]+)\/([a-z]+)$/, (_r, [id, action]) => {
       if (!BATCH_ACTIONS.has(action!)) throw new UserError('BAD_ACTION', `unknown workgroup action ${action}`, `use one of ${[...BATCH_ACTIONS].join(', ')}`);
