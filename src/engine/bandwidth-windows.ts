@@ -111,6 +111,9 @@ function formatDays(days: readonly number[]): string {
     const last = runs[runs.length - 1];
     if (last && (last[last.length - 1]! + 1) % 7 === d) last.push(d); else runs.push([d]);
   }
+  // a run through Sunday into Monday (Fri-Mon) is one run
+  const head = runs[0]!; const tail = runs[runs.length - 1]!;
+  if (runs.length > 1 && head[0] === 1 && tail[tail.length - 1] === 0) { runs.pop(); runs[0] = [...tail, ...head]; }
   return runs.map((r) => (r.length > 2 ? `${DAY_LABELS[r[0]!]}-${DAY_LABELS[r[r.length - 1]!]}` : r.map((d) => DAY_LABELS[d]).join(','))).join(',');
 }
 
