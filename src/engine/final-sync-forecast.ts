@@ -124,6 +124,7 @@ export const formatSize = (n: number): string => units(n, ['B', 'KiB', 'MiB', 'G
 export const formatRate = (bytesPerSec: number): string => `${units(bytesPerSec, ['B', 'kB', 'MB', 'GB'], 1000)}/s`;
 
 export function formatSeconds(s: number): string {
+  if (s < 10) return `${s.toFixed(1)} s`;
   if (s < 90) return `${Math.round(s)} s`;
   if (s < 5400) return `${Math.round(s / 60)} min`;
   return `${(s / 3600).toFixed(1)} h`;
