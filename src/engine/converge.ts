@@ -146,15 +146,16 @@ export class FinalSyncConvergence {
       f = this.record(status, cycleId);
       if (!f) continue; // not measurable yet (e.g. the first incremental after the full moved nothing)
       if (f.seconds <= bound) return this.end(status, 'converged', `the final sync fits: ~${formatSeconds(f.seconds)} ≤ ${formatSeconds(bound)} after ${status.cycles} cycle${status.cycles === 1 ? '' : 's'}`);
+      const shrinking = f.seconds <= SHRINK * best;
+      best = Math.min(best, f.seconds);
+      stalls = shrinking ? 0 : stalls + 1;
+      if (stalls >= STALLS) {
+        return this.end(status, 'unreachable', `unreachable: the final sync stopped shrinking (forecasts ${status.steps.filter((s) => s.cycleId).map((s) => s.forecastSeconds === null ? '?' : formatSeconds(s.forecastSeconds)).join(', ')} ` +
+          `against the ${formatSeconds(bound)} bound): the change rate is not falling below what the cycles can carry; ${measured(f)}`);
+      }
       if (f.fixedSeconds >= bound) {
         return this.end(status, 'unreachable', `unreachable: the fixed part of a cycle alone (connect, snapshot, plan, commit, snapshot removal) takes ${formatSeconds(f.fixedSeconds)}, ` +
           `more than the ${formatSeconds(bound)} bound; ${measured(f)}`);
-      }
-      if (f.seconds <= SHRINK * best) { best = f.seconds; stalls = 0; continue; }
-      best = Math.min(best, f.seconds);
-      if (++stalls >= STALLS) {
-        return this.end(status, 'unreachable', `unreachable: the final sync stopped shrinking (forecasts ${status.steps.filter((s) => s.cycleId).map((s) => s.forecastSeconds === null ? '?' : formatSeconds(s.forecastSeconds)).join(', ')} ` +
-          `against the ${formatSeconds(bound)} bound): the change rate is not falling below what the cycles can carry; ${measured(f)}`);
       }
     }
     return this.end(status, 'unreachable', `unreachable: the final sync did not fit in ${formatSeconds(bound)} after ${maxCycles} cycles; ${f ? measured(f) : 'no forecast'}`);

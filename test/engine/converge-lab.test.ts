@@ -2,8 +2,8 @@
  * `job complete --max-final-sync` on the lab, through the CLI against the connector API over a rig:
  * with a change rate that halves every cycle the incrementals converge and the job completes (--yes);
  * with one that doubles every cycle the bound is refused with the measured rates and the job keeps
- * syncing. The bound is the lab's measured fixed part of a cycle plus 1.5 s (1 s for the growing
- * rate), so that the test means the same on a loaded machine as on a quiet one.
+ * syncing. The bound is the lab's measured fixed part of a cycle plus 1.5 s, so that the test means
+ * the same on a loaded machine as on a quiet one.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -86,7 +86,7 @@ test('--max-final-sync converges on a shrinking change rate and refuses a growin
   assert.ok(finalSeconds <= bound * 1.3, `the final sync (${finalSeconds.toFixed(2)} s) kept to the bound (${bound} s, +30 %)`);
 
   // Growing: the rate doubles at every snapshot (up to 8 MB/s), from a rate whose first cycle alone is over the bound.
-  const gbound = await warmUp('grow', 'vm-0002', 3e6, 1);
+  const gbound = await warmUp('grow', 'vm-0002', 3e6, 1.5);
   factor.set(lab.vm('vm-0002').moref, 2);
   const refused = await vmlift(['job', 'complete', 'grow', '--max-final-sync', `${gbound}s`, '--yes', '--home', api.home, '--json'], ENV);
   await writers.get(lab.vm('vm-0002').moref)!.stop();
@@ -94,7 +94,8 @@ test('--max-final-sync converges on a shrinking change rate and refuses a growin
   console.log(`converge figures (growing): bound ${gbound} s: ${err.message}`);
   assert.equal(refused.code, 1, refused.stderr);
   assert.equal(err.code, 'FINAL_SYNC_UNREACHABLE');
-  assert.match(err.message, /grow: unreachable: the final sync stopped shrinking \(forecasts /);
+  // Either reason is the growing rate's: the forecasts stop shrinking, or the steps that grow with it (snapshot removal, commit) fill the bound.
+  assert.match(err.message, /grow: unreachable: (the final sync stopped shrinking \(forecasts |the fixed part of a cycle alone)/);
   assert.match(err.message, /change rate per cycle [\d.]+ [KMG]iB\/h, [\d.]+ [KMG]iB\/h/, 'the measured rates');
   assert.match(err.message, /throughput [\d.]+ MB\/s/);
   assert.match(err.fix, /larger --max-final-sync/);
