@@ -48,8 +48,12 @@ async function confirm(question: string): Promise<void> {
 
 function unreachable(statuses: ConvergeStatus[]): UserError {
   const bad = statuses.filter((s) => s.state !== 'converged');
-  return new UserError('FINAL_SYNC_UNREACHABLE', bad.map((s) => `${s.jobId}: ${s.message}`).join('\n'),
-    'lower the write load on the source, raise the bandwidth (`--bandwidth`, windows), or choose a larger --max-final-sync; the job keeps syncing on its interval');
+  const message = bad.map((s) => `${s.jobId}: ${s.message}`).join('\n');
+  if (bad.some((s) => s.state === 'unreachable')) {
+    return new UserError('FINAL_SYNC_UNREACHABLE', message,
+      'lower the write load on the source, raise the bandwidth (`--bandwidth`, windows), or choose a larger --max-final-sync; the job keeps syncing on its interval');
+  }
+  return new UserError('CONVERGE_FAILED', message, 'fix what each line names (`vmlift job show`), then run the command again; nothing was completed');
 }
 
 export async function jobCompleteWithin(home: string, id: string, o: FinalSyncFlags): Promise<void> {

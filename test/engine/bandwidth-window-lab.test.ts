@@ -10,6 +10,8 @@ import assert from 'node:assert/strict';
 import { startRig, settings, liveSha, imageSha, MiB } from './harness.ts';
 import { FaultProxy } from '../util/fault-proxy.ts';
 import { parseBandwidthWindows } from '../../src/engine/bandwidth-windows.ts';
+import { rigApi } from './final-sync-helpers.ts';
+import { vmlift } from '../vsphere/helpers.ts';
 
 const JOB_MBPS = 16;     // 2.0 MB/s outside the window
 const WINDOW_MBPS = 48;  // 6.0 MB/s in it
@@ -80,4 +82,23 @@ test('a bandwidth window switches a running cycle\'s wire limit at its edge (rat
   assert.equal(job.state, 'waiting', JSON.stringify(job.error));
   const [c] = rig.state.listCycles('bw');
   assert.equal(await imageSha(rx, job.sourceId, c!.imageId!, 0, disk.capacity), expected, 'the image is the disk');
+
+  // The CLI: job show names the limit in force and the windows; templates and job set take windows; bad ones are refused.
+  const api = await rigApi(rig);
+  t.after(() => api.close());
+  const shown = await vmlift(['job', 'show', 'bw', '--home', api.home]);
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, /bandwidth now: (16 Mbps \(the job's limit, outside its windows\), 48 Mbps from \S+T12:00:00.000Z|48 Mbps \(window daily 12:00-13:00 UTC=48\), 16 Mbps from \S+T13:00:00.000Z)/);
+  assert.match(shown.stdout, /windows: daily 12:00-13:00 UTC=48; outside them 16 Mbps/);
+  const tpl = await vmlift(['template', 'create', 'office', '--bandwidth-window', 'Mon-Fri 08:00-18:00 Europe/Paris=50', '--bandwidth-window', 'Sat,Sun 00:00-24:00 UTC=0', '--home', api.home, '--json']);
+  assert.equal(tpl.code, 0, tpl.stderr);
+  assert.deepEqual((JSON.parse(tpl.stdout) as { settings: { bandwidthWindows: unknown[] } }).settings.bandwidthWindows, [
+    { days: [1, 2, 3, 4, 5], start: '08:00', end: '18:00', timeZone: 'Europe/Paris', mbps: 50 }, { days: [0, 6], start: '00:00', end: '24:00', timeZone: 'UTC', mbps: 0 }]);
+  const bad = await vmlift(['job', 'set', 'bw', '--bandwidth-window', 'Mon-Fri 08:00-18:00 Mars/Olympus=50', '--home', api.home]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /bandwidth window "Mon-Fri 08:00-18:00 Mars\/Olympus=50": unknown time zone "Mars\/Olympus"/);
+  assert.match(bad.stderr, /fix: write it like "Mon-Fri 08:00-18:00 Europe\/Paris=50"/);
+  const cleared = await vmlift(['job', 'set', 'bw', '--bandwidth-window', 'none', '--home', api.home, '--json']);
+  assert.equal(cleared.code, 0, cleared.stderr);
+  assert.deepEqual(engine.getJob('bw').settings.bandwidthWindows, [], '"none" removes the windows');
 });
