@@ -1,6 +1,6 @@
 /**
  * A bandwidth window reaches a cycle in flight at its edge: a full cycle of a lab VM runs at the job's
- * limit, the engine's bandwidth clock is moved so that a window opens 5 s later, and the wire rate
+ * limit, the engine's bandwidth clock is moved so that a window opens 8 s later, and the wire rate
  * measured at a TCP proxy in front of the receiver's data port (real bytes over a real socket) switches
  * from the job's limit to the window's, each within ±10 %, at the edge.
  */
@@ -15,7 +15,7 @@ import { vmlift } from '../vsphere/helpers.ts';
 
 const JOB_MBPS = 16;     // 2.0 MB/s outside the window
 const WINDOW_MBPS = 48;  // 6.0 MB/s in it
-const LEAD_S = 5;        // the window opens this long after the cycle is under way
+const LEAD_S = 8;        // the window opens this long after the cycle is under way (a long span: the bucket lets 1 MiB pieces through, a staircase)
 
 /** Bytes per second over [from, to] (ms, performance.now) by a least-squares line through the samples. */
 function slope(samples: { t: number; bytes: number }[], from: number, to: number): { rate: number; at0: number } {
@@ -44,7 +44,7 @@ test('a bandwidth window switches a running cycle\'s wire limit at its edge (rat
   const { lab, engine, rx } = rig;
   const vm = lab.vm('vm-0001');
   const disk = vm.disks[0]!;
-  for (let off = 0; off < 64 * MiB; off += MiB) await lab.write(vm.name, disk.key, off, randomBytes(MiB));
+  for (let off = 0; off < 80 * MiB; off += MiB) await lab.write(vm.name, disk.key, off, randomBytes(MiB));
   const expected = await liveSha(lab, vm.name, disk.key, disk.capacity);
 
   engine.createJob({ id: 'bw', vmRef: vm.moref, settings: settings({
@@ -67,7 +67,7 @@ test('a bandwidth window switches a running cycle\'s wire limit at its edge (rat
   assert.ok(engine.isRunning('bw'), 'the cycle is still moving data after the edge (the measure needs it)');
   clearInterval(sampler);
 
-  const before = slope(samples, edge - 4500, edge - 300);
+  const before = slope(samples, edge - (LEAD_S - 0.5) * 1000, edge - 300);
   const after = slope(samples, edge + 1500, edge + 5500);
   const switchAt = (before.at0 - after.at0) / ((after.rate - before.rate) / 1000);
   const expBefore = (JOB_MBPS * 1e6) / 8; const expAfter = (WINDOW_MBPS * 1e6) / 8;
