@@ -131,10 +131,11 @@ export function formatSeconds(s: number): string {
 }
 
 /** `final sync now: ~40 s (1.2 GiB changed since the last cycle, 150 MB/s)`, and what it rests on. */
-export function forecastLines(r: ForecastResult): string[] {
+export function forecastLines(r: ForecastResult, cycleRunning = false): string[] {
   if (!r.available) return [`final sync now: no forecast yet (${r.reason})`];
   const f = r.forecast;
   return [
+    ...(cycleRunning ? ['a cycle is running: a final sync requested now runs after it; the forecast is from the last committed cycle'] : []),
     `final sync now: ~${formatSeconds(f.seconds)} (${formatSize(f.changedBytes)} changed since the last cycle, ${formatRate(f.throughput)}${f.limitedToMbps !== undefined ? `, the ${f.limitedToMbps} Mbps limit` : ''})`,
     `  change rate ${formatSize(f.changeRatePerHour)}/h over the last ${f.rates.length} cycle${f.rates.length === 1 ? '' : 's'} (${f.rates.map((x) => `${formatSize(x.bytesPerHour)}/h`).join(', ')}), ` +
       `${formatSeconds(f.sinceLastSnapshotSeconds)} since the last snapshot; fixed part of a cycle ${formatSeconds(f.fixedSeconds)}`,

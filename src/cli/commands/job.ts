@@ -149,7 +149,7 @@ export function register(program: Command): void {
           `job ${x.job.id}  vm ${x.job.vmRef}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step}${x.live.taskProgress !== undefined ? `, vCenter task ${x.live.taskProgress} %` : ''})` : ''}`,
           ...(x.job.error ? [`error in ${x.job.error.step} (attempt ${x.job.error.attempts}): ${x.job.error.message}`] : []),
           ...(x.job.error?.fix ? [`  fix: ${x.job.error.fix}`] : []),
-          ...(x.finalSync && x.job.state !== 'completed' ? forecastLines(x.finalSync) : []),
+          ...(x.finalSync && x.job.state !== 'completed' ? forecastLines(x.finalSync, x.live !== null) : []),
           ...bandwidthLines(x.job.settings, x.live?.bandwidthMbps),
           '',
           table(['DISK', 'LABEL', 'CAPACITY', 'DONE', 'TOTAL', 'SPEED', 'REMAINING', 'TRANSPORT', 'CHANGE ID'], x.disks.map((d) => {
