@@ -21,18 +21,18 @@ test('job show predicts the final sync from the measured change rate and through
   const { lab, engine, rx } = rig;
   const vm = lab.vm('vm-0001');
   const disk = vm.disks[0]!;
-  const writer = new ChangeWriter(lab, vm.name, disk.key, { rate: 1.5e6, from: 16 * MiB, to: disk.capacity });
+  const writer = new ChangeWriter(lab, vm.name, disk.key, { rate: 1.5e6, from: 16 * MiB, to: disk.capacity, block: MiB });
   t.after(() => writer.stop());
 
   engine.createJob({ id: 'fs', vmRef: vm.moref, settings: settings({ bandwidthMbps: 40, compression: 0 }) });
   engine.start('fs');
+  writer.start(); // from before the full cycle's snapshot: every interval the rate is measured over has the same writes
   await engine.runNow('fs');
   assert.equal(engine.getJob('fs').state, 'waiting', JSON.stringify(engine.getJob('fs').error));
   const none = await vmlift(['job', 'show', 'fs', '--home', api.home]);
   assert.equal(none.code, 0, none.stderr);
   assert.match(none.stdout, /final sync now: no forecast yet \(the change rate needs one incremental cycle after the full one\)/);
 
-  writer.start();
   for (const gap of [5000, 7000, 6000]) {
     await sleep(gap);
     engine.requestSync('fs');
@@ -66,6 +66,9 @@ test('job show predicts the final sync from the measured change rate and through
   assert.equal(await imageSha(rx, job.sourceId, final!.imageId!, 0, disk.capacity), expected, 'the final image is the disk');
 
   const ratio = f.seconds / measured;
+  const timings = rig.state.listCycles('fs', 10).reverse().map((c) => `${c.kind} ${(c.changedBytes / MiB).toFixed(1)} MiB: ` +
+    `${((Date.parse(c.endedAt!) - Date.parse(c.startedAt)) / 1000).toFixed(2)} s, data ${((c.dataMs ?? 0) / 1000).toFixed(2)} s`);
+  console.log(`final-sync forecast cycles: ${timings.join('; ')}`);
   console.log(`final-sync forecast figures: predicted ${f.seconds.toFixed(2)} s (${(f.changedBytes / MiB).toFixed(1)} MiB at ${(f.throughput / 1e6).toFixed(2)} MB/s ` +
     `+ ${f.fixedSeconds.toFixed(2)} s fixed; rate ${(f.changeRatePerHour / 3600 / 1e6).toFixed(2)} MB/s written 1.50 MB/s), ` +
     `measured ${measured.toFixed(2)} s (${(final!.changedBytes / MiB).toFixed(1)} MiB changed, data ${((final!.dataMs ?? 0) / 1000).toFixed(2)} s); predicted/measured ${ratio.toFixed(3)}`);
