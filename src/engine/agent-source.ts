@@ -121,5 +121,7 @@ function cycleResult(r: AgentCycleResult, image: ImageInfo, agentId: string): Cy
   return {
     image, kind: base ? 'incremental' : 'full', disks, wireBytes: r.wireBytes ?? 0, resentBytes: r.resentBytes ?? 0,
     snapshot: { ref: '', name: '' }, durationMs: r.durationMs ?? 0,
+    // An agent reads the live device, no snapshot: its whole cycle moves data (the final-sync forecast's fixed part is 0).
+    dataMs: r.durationMs ?? 0,
   };
 }

@@ -19,6 +19,8 @@ import { ConsoleAuth } from '../console/session-auth.ts';
 import { handleLogin, handleSession } from '../console/session-routes.ts';
 import { StaticAssets } from '../console/static-assets.ts';
 import { LiveEvents } from '../console/live-events.ts';
+import { FinalSyncConvergence } from './converge.ts';
+import { forecastFinalSync } from './final-sync-forecast.ts';
 
 export interface ApiOptions {
   engine: JobEngine;
@@ -39,6 +41,8 @@ export interface ApiOptions {
   agents?: AgentApi;
   /** vCenter's VMs with their preflight (GET /v1/inventory); absent: refused. */
   inventory?(): Promise<unknown[]>;
+  /** `--max-final-sync` convergence (default: one over `engine`). */
+  converge?: FinalSyncConvergence;
 }
 
 type Handler = (req: IncomingMessage, params: string[], body: Record<string, unknown>) => Promise<unknown> | unknown;
@@ -62,6 +66,7 @@ export class ConnectorApi {
     this.auth = new ConsoleAuth(o.token);
     this.events = new LiveEvents(engine);
     const st = engine.state;
+    const converge = o.converge ?? new FinalSyncConvergence(engine, { logger: o.logger });
     this.route('GET', /^\/v1\/jobs$/, () => st.listJobs().map((j) => ({ ...engine.getJob(j.id), running: engine.isRunning(j.id) })));
     this.route('POST', /^\/v1\/jobs$/, async (_r, _p, b) => {
       if (b.agent !== undefined) return createAgentJob(engine, o.agents, b, (n) => this.template(n));
@@ -80,6 +85,7 @@ export class ConnectorApi {
       const job = engine.getJob(id!);
       return {
         job, disks: st.getDisks(id!), cycles: st.listCycles(id!, 10), live: engine.live(id!) ?? null, drills: st.listDrills(id!, 5),
+        finalSync: forecastFinalSync(st.listCycles(id!, 20), job.settings), converge: converge.status(id!) ?? null,
         images: job.kind === 'agent' ? o.agents?.sources.images(id!) ?? [] : o.images ? await o.images(job.sourceId).catch((e) => ({ error: errorMessage(e) })) : [],
       };
     });
@@ -95,6 +101,13 @@ export class ConnectorApi {
     this.route('PATCH', /^\/v1\/jobs\/([^/]+)$/, (_r, [id], b) => engine.edit(id!, {
       ...(b.name !== undefined ? { name: String(b.name) } : {}), ...(b.description !== undefined ? { description: String(b.description) } : {}),
     }));
+    this.route('POST', /^\/v1\/jobs\/([^/]+)\/converge$/, (_r, [id], b) => converge.start(id!, { maxFinalSyncSeconds: Number(b.maxFinalSyncSeconds) }));
+    this.route('GET', /^\/v1\/jobs\/([^/]+)\/converge$/, (_r, [id]) => {
+      engine.getJob(id!);
+      const s = converge.status(id!);
+      if (!s) throw new UserError('NO_CONVERGE', `job ${id} is not converging`, `start it with \`vmlift job complete ${id} --max-final-sync 5m\``);
+      return s;
+    });
     this.route('POST', /^\/v1\/jobs\/([^/]+)\/drill$/, (_r, [id], b) => {
       engine.getJob(id!);
       return this.drills().start(id!, b.imageId === undefined ? undefined : String(b.imageId));
@@ -130,6 +143,8 @@ export class ConnectorApi {
       if (!this.o.inventory) throw new UserError('INVENTORY_UNAVAILABLE', 'this connector has no vCenter inventory', 'start it with `vmlift connector serve`');
       return this.o.inventory();
     });
+    this.route('POST', /^\/v1\/workgroups\/([^/]+)\/converge$/, (_r, [id], b) => converge.startMany(workgroups.get(id!).members, { maxFinalSyncSeconds: Number(b.maxFinalSyncSeconds) }));
+    this.route('GET', /^\/v1\/workgroups\/([^/]+)\/converge$/, (_r, [id]) => workgroups.get(id!).members.map((m) => converge.status(m) ?? null));
     this.route('POST', /^\/v1\/workgroups\/([^/]+)\/drill$/, (_r, [id]) => workgroups.drill(id!, this.drills()));
     this.route('POST', /^\/v1\/workgroups\/([^/]+)\/([a-z]+)$/, (_r, [id, action]) => {
       if (!BATCH_ACTIONS.has(action!)) throw new UserError('BAD_ACTION', `unknown workgroup action ${action}`, `use one of ${[...BATCH_ACTIONS].join(', ')}`);

@@ -17,6 +17,7 @@ import type { ImageInfo } from '../model/images.ts';
 import { CycleError, runVmCycle, SNAPSHOT_PREFIX, type CycleResult, type DiskProgress } from './vm-cycle.ts';
 import { crashPoint } from '../util/crash.ts';
 import type { AgentCycles } from './agent-source.ts';
+import { followBandwidth, formatBandwidthWindow, type BandwidthFollower } from './bandwidth-windows.ts';
 
 export interface JobServices {
   vcenter: VCenterService;
@@ -38,6 +39,10 @@ export interface EngineOptions {
   events?: EngineEvents;
   /** Runs the cycles of agent jobs (kind `agent`) through their agents (agent-source.ts). */
   agents?: AgentCycles;
+  /** The clock bandwidth windows are read on (default: the system's; tests move it to a window's edge). */
+  bandwidthClock?: () => Date;
+  /** How often a running cycle reads the clock for a window's edge (default 1000 ms). */
+  bandwidthPollMs?: number;
 }
 
 export interface EngineEvents {
@@ -52,6 +57,8 @@ export interface LiveStatus {
   startedAt: number;
   /** Percent done of the vCenter task the step waits for (snapshot, cleanup); absent between tasks. */
   taskProgress?: number;
+  /** The wire limit in force for the cycle, Mbps (0 = unlimited), as its bandwidth windows set it. */
+  bandwidthMbps?: number;
   disks: (DiskProgress & { speed: number; remainingSeconds: number | null })[];
 }
 
@@ -63,6 +70,8 @@ interface Running {
   status: LiveStatus;
   /** Why this cycle reads every disk in full after vmlift re-enabled CBT (kept across its retries). */
   cbtReenabled?: string;
+  /** Moves the wire limit at the edges of the job's bandwidth windows while the cycle is connected. */
+  bandwidth?: BandwidthFollower;
 }
 
 const DEFAULT_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 5_000, maxDelayMs: 120_000 };
@@ -208,7 +217,7 @@ export class JobEngine {
     const run = this.running.get(id);
     if (run) {
       Object.assign(run.settings, patch);
-      if (patch.bandwidthMbps !== undefined) run.services?.receiver.setBandwidthMbps(patch.bandwidthMbps);
+      if (patch.bandwidthMbps !== undefined || patch.bandwidthWindows !== undefined) run.bandwidth?.refresh();
       if (patch.compression !== undefined) run.services?.receiver.setCompression(patch.compression);
       if (job.kind === 'agent') this.o.agents?.setLive(id, run.status.cycleId, patch);
     }
@@ -299,6 +308,7 @@ export class JobEngine {
           diskKey: d.key, label: d.label, capacity: d.capacity, changeId: null, transport: d.transport ?? null, transportReason: d.transportReason ?? null,
         })));
         this.o.state.updateCycle(cycle.id, {
+          dataMs: result.dataMs,
           sourceBytesRead: result.disks.reduce((n, d) => n + d.sourceBytesRead, 0),
           changedBytes: result.disks.reduce((n, d) => n + d.areaBytes, 0),
           wireBytes: result.wireBytes, snapshotName: result.snapshot.name,
@@ -389,7 +399,13 @@ export class JobEngine {
           return recoveredResult(image);
         }
       }
-      services.receiver.setBandwidthMbps(run.settings.bandwidthMbps);
+      run.bandwidth?.stop();
+      run.bandwidth = followBandwidth({
+        settings: () => run.settings, clock: this.o.bandwidthClock, intervalMs: this.o.bandwidthPollMs,
+        apply: (mbps) => { services.receiver.setBandwidthMbps(mbps); run.status.bandwidthMbps = mbps; },
+        onChange: (c) => log.info({ cycleId, fromMbps: c.from, toMbps: c.to, window: c.window ? formatBandwidthWindow(c.window) : null },
+          c.window ? 'bandwidth window: the limit changes' : 'bandwidth window ended: back to the job\'s limit'),
+      });
       services.receiver.setCompression(run.settings.compression);
       if (first) {
         run.status.step = 'preflight';
@@ -417,7 +433,7 @@ export class JobEngine {
         signal: run.controller.signal,
         onStep: (s) => { run.status.step = s; delete run.status.taskProgress; },
         onTaskProgress: (p) => { run.status.taskProgress = p; },
-        onSnapshot: (s) => this.o.state.updateCycle(cycleId, { snapshotName: s.name }),
+        onSnapshot: (s) => this.o.state.updateCycle(cycleId, { snapshotName: s.name, snapshotAt: new Date().toISOString() }),
         onProgress: (p) => {
           const secs = Math.max(0.001, (Date.now() - started) / 1000);
           run.status.disks = p.map((d) => {
@@ -427,6 +443,8 @@ export class JobEngine {
         },
       });
     } finally {
+      run.bandwidth?.stop();
+      run.bandwidth = undefined;
       run.services = undefined;
       await services.close().catch(() => undefined);
     }
@@ -443,7 +461,7 @@ function recoveredResult(image: ImageInfo): CycleResult {
   const keys = (image.meta.diskKeys as number[] | undefined) ?? image.disks.map((d) => d.disk);
   const changeIds = (image.meta.changeIds as Record<string, string | null> | undefined) ?? {};
   return {
-    image, kind: image.baseImageId ? 'incremental' : 'full', wireBytes: 0, resentBytes: 0, durationMs: 0,
+    image, kind: image.baseImageId ? 'incremental' : 'full', wireBytes: 0, resentBytes: 0, durationMs: 0, dataMs: 0,
     snapshot: { ref: '', name: String(image.meta.snapshot ?? '') },
     disks: image.disks.map((d, i) => ({
       key: keys[i]!, label: d.label ?? '', capacity: d.capacity, plan: { mode: 'full', reason: 'recovered' },

@@ -1,6 +1,7 @@
 import { UserError } from '../util/errors.ts';
 import { parseDuration } from '../util/duration.ts';
 import { TRANSPORTS, type JobSettings, type Transport } from '../state/types.ts';
+import { parseBandwidthWindows } from './bandwidth-windows.ts';
 
 /** The job setting ranges of docs/design.md. */
 export const SETTING_LIMITS = {
@@ -32,6 +33,8 @@ export interface SettingsInput {
   quiesce?: boolean | string;
   transport?: string;
   autoSync?: boolean | string;
+  /** `--bandwidth-window` specs (repeatable; "none" clears them): engine/bandwidth-windows.ts. */
+  bandwidthWindow?: string | string[];
 }
 
 function intInRange(name: string, flag: string, value: string | number, min: number, max: number): number {
@@ -70,6 +73,7 @@ export function parseSettings(input: SettingsInput): Partial<JobSettings> {
   if (input.checksum !== undefined) out.checksum = bool('checksum', input.checksum);
   if (input.quiesce !== undefined) out.quiesce = bool('quiesce', input.quiesce);
   if (input.autoSync !== undefined) out.autoSync = bool('automatic incremental sync', input.autoSync);
+  if (input.bandwidthWindow !== undefined) out.bandwidthWindows = parseBandwidthWindows(input.bandwidthWindow);
   if (input.transport !== undefined) {
     if (input.transport === 'http-datastore') input = { ...input, transport: 'http' }; // the older name
     if (!(TRANSPORTS as readonly string[]).includes(input.transport!)) {

@@ -98,6 +98,8 @@ export interface CycleResult {
   resentBytes: number;
   snapshot: SnapshotHandle;
   durationMs: number;
+  /** Wall time from the first disk's first read to the last disk's flush (moving data, not the cycle's fixed steps). */
+  dataMs: number;
 }
 
 /** An error in a named step of the cycle: the job shows it as its failing step, with its cause's code and fix. */
@@ -186,6 +188,7 @@ async function removeCycleSnapshot(input: CycleInput, snapshot: SnapshotHandle):
 
 async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ownSnapshot: boolean, onSession: (s: ReceiverCycle) => void):
   Promise<Omit<CycleResult, 'snapshot' | 'durationMs'>> {
+  let dataStart = Infinity; let dataEnd = -Infinity;
   const { vcenter, vmRef, receiver, logger, settings } = input;
   const { disks, excluded } = await step('plan', input, async () => {
     const all = [...await vcenter.snapshotDisks(vmRef, snapshot)].sort((a, b) => a.key - b.key);
@@ -275,6 +278,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ow
     const opened = await input.disks.open(vmRef, snapshot, w.disk, { jobId: input.jobId, transport: settings.transport, onChoice });
     const source = namingDisk(clampReads(opened, input.maxReadSize ?? 2 << 20), w.disk, vmRef, input.jobId);
     const t1 = performance.now();
+    dataStart = Math.min(dataStart, t1);
     try {
       const tree = trees[w.index];
       await copyRanges(source, w.ranges, {
@@ -297,6 +301,7 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ow
       // otherwise finished disks would pile up unacknowledged data in their senders' windows.
       const t2 = performance.now();
       await session.flush();
+      dataEnd = Math.max(dataEnd, performance.now());
       input.logger.debug({ diskKey: w.disk.key, openMs: Math.round(t1 - t0), readMs: Math.round(t2 - t1), flushMs: Math.round(performance.now() - t2) }, 'disk transferred');
     } finally {
       await source.close().catch(() => undefined);
@@ -320,7 +325,8 @@ async function transferAndCommit(input: CycleInput, snapshot: SnapshotHandle, ow
     sourceDigests: settings.checksum ? work.map((w) => ({ disk: w.index, tree: { ranges: w.ranges, root: trees[w.index]!.root() } })) : undefined,
   }));
   const st = session.stats();
-  return { image, kind: anyFull ? 'full' : 'incremental', disks: results, wireBytes: st.wireBytes, resentBytes: st.resentBytes };
+  return { image, kind: anyFull ? 'full' : 'incremental', disks: results, wireBytes: st.wireBytes, resentBytes: st.resentBytes,
+    dataMs: dataEnd > dataStart ? Math.round(dataEnd - dataStart) : 0 };
 }
 
 interface CopyOptions {

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS cycles (
   kind TEXT NOT NULL, state TEXT NOT NULL, reason TEXT, snapshot_name TEXT, image_id TEXT,
   started_at TEXT NOT NULL, ended_at TEXT, source_bytes_read INTEGER NOT NULL DEFAULT 0,
   wire_bytes INTEGER NOT NULL DEFAULT 0, changed_bytes INTEGER NOT NULL DEFAULT 0, error TEXT,
+  snapshot_at TEXT, data_ms INTEGER,
   UNIQUE (job_id, seq)
 );
 CREATE TABLE IF NOT EXISTS workgroups (id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL, description TEXT NOT NULL DEFAULT '');
@@ -54,6 +55,7 @@ interface CycleRow {
   id: string; job_id: string; seq: number; kind: string; state: string; reason: string | null;
   snapshot_name: string | null; image_id: string | null; started_at: string; ended_at: string | null;
   source_bytes_read: number; wire_bytes: number; changed_bytes: number; error: string | null;
+  snapshot_at: string | null; data_ms: number | null;
 }
 
 interface DrillRow {
@@ -86,6 +88,7 @@ function cycleFromRow(r: CycleRow): CycleRecord {
     id: r.id, jobId: r.job_id, seq: r.seq, kind: r.kind as CycleRecord['kind'], state: r.state as CycleRecord['state'],
     reason: r.reason, snapshotName: r.snapshot_name, imageId: r.image_id, startedAt: r.started_at, endedAt: r.ended_at,
     sourceBytesRead: r.source_bytes_read, wireBytes: r.wire_bytes, changedBytes: r.changed_bytes, error: r.error,
+    snapshotAt: r.snapshot_at, dataMs: r.data_ms,
   };
 }
 
@@ -121,9 +124,11 @@ export class SqliteStateStore implements StateStore {
       // Schema 2 → 3: the drills table (made by SCHEMA above). Schema 1 → 2: the disks' transport and its reason.
       const cols = new Set((this.db.prepare('PRAGMA table_info(disks)').all() as { name: string }[]).map((c) => c.name));
       if (!cols.has('transport')) this.db.exec('ALTER TABLE disks ADD COLUMN transport TEXT; ALTER TABLE disks ADD COLUMN transport_reason TEXT;');
-      // Schema 3 → 4: job and workgroup descriptions, the job's disk selection.
+      // Schema 3 → 4: job and workgroup descriptions, the job's disk selection; when each cycle's snapshot
+      // was taken and how long it moved data (the final-sync forecast).
       addColumns(this.db, 'jobs', { description: "TEXT NOT NULL DEFAULT ''", disk_selection: 'TEXT' });
       addColumns(this.db, 'workgroups', { description: "TEXT NOT NULL DEFAULT ''" });
+      addColumns(this.db, 'cycles', { snapshot_at: 'TEXT', data_ms: 'INTEGER' });
       this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
     })();
   }
@@ -207,11 +212,11 @@ export class SqliteStateStore implements StateStore {
     return this.mustCycle(c.id);
   }
 
-  updateCycle(id: string, patch: Partial<Pick<CycleRecord, 'sourceBytesRead' | 'wireBytes' | 'changedBytes' | 'snapshotName' | 'kind' | 'reason'>>): void {
+  updateCycle(id: string, patch: Partial<Pick<CycleRecord, 'sourceBytesRead' | 'wireBytes' | 'changedBytes' | 'snapshotName' | 'kind' | 'reason' | 'snapshotAt' | 'dataMs'>>): void {
     const c = this.mustCycle(id);
-    this.db.prepare(`UPDATE cycles SET source_bytes_read = ?, wire_bytes = ?, changed_bytes = ?, snapshot_name = ?, kind = ?, reason = ? WHERE id = ?`)
+    this.db.prepare(`UPDATE cycles SET source_bytes_read = ?, wire_bytes = ?, changed_bytes = ?, snapshot_name = ?, kind = ?, reason = ?, snapshot_at = ?, data_ms = ? WHERE id = ?`)
       .run(patch.sourceBytesRead ?? c.sourceBytesRead, patch.wireBytes ?? c.wireBytes, patch.changedBytes ?? c.changedBytes,
-        patch.snapshotName ?? c.snapshotName, patch.kind ?? c.kind, patch.reason ?? c.reason, id);
+        patch.snapshotName ?? c.snapshotName, patch.kind ?? c.kind, patch.reason ?? c.reason, patch.snapshotAt ?? c.snapshotAt ?? null, patch.dataMs ?? c.dataMs ?? null, id);
   }
 
   commitCycle(id: string, imageId: string, changeIds: { diskKey: number; changeId: string | null }[]): CycleRecord {

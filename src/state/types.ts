@@ -26,6 +26,19 @@ export interface JobSettings {
   transport: Transport;
   /** Run incremental cycles on the interval automatically. */
   autoSync: boolean;
+  /** Other limits by day and time of day; the first window covering an instant wins (engine/bandwidth-windows.ts). */
+  bandwidthWindows?: BandwidthWindow[];
+}
+
+/** A bandwidth window: on `days` (0 = Sunday) from `start` to `end` (HH:MM, local to `timeZone`; end before start runs past midnight). */
+export interface BandwidthWindow {
+  days: number[];
+  start: string;
+  end: string;
+  /** IANA time zone name, always stored (a window written without one gets the connector's). */
+  timeZone: string;
+  /** Mbps in the window; 0 = unlimited. */
+  mbps: number;
 }
 
 export interface JobError {
@@ -105,6 +118,10 @@ export interface CycleRecord {
   wireBytes: number;
   changedBytes: number;
   error: string | null;
+  /** When the cycle's snapshot was taken (the point in time its image holds); null in older records. */
+  snapshotAt?: string | null;
+  /** Milliseconds the cycle spent moving data (first read to last flush), for the final-sync forecast. */
+  dataMs?: number | null;
 }
 
 export interface WorkgroupRecord {
@@ -151,7 +168,7 @@ export interface StateStore {
   getDisks(jobId: string): DiskRecord[];
 
   startCycle(c: Pick<CycleRecord, 'id' | 'jobId' | 'kind' | 'reason' | 'snapshotName'>): CycleRecord;
-  updateCycle(id: string, patch: Partial<Pick<CycleRecord, 'sourceBytesRead' | 'wireBytes' | 'changedBytes' | 'snapshotName' | 'kind' | 'reason'>>): void;
+  updateCycle(id: string, patch: Partial<Pick<CycleRecord, 'sourceBytesRead' | 'wireBytes' | 'changedBytes' | 'snapshotName' | 'kind' | 'reason' | 'snapshotAt' | 'dataMs'>>): void;
   /** One transaction: the cycle becomes committed with its image and every disk's new changeId is recorded. */
   commitCycle(id: string, imageId: string, changeIds: { diskKey: number; changeId: string | null }[]): CycleRecord;
   failCycle(id: string, error: string): CycleRecord;

@@ -11,7 +11,7 @@ import type { Sender } from '../../src/transfer/sender.ts';
 import { VCenter } from '../../src/vsphere/index.ts';
 import { vcenterService, httpDiskOpener, senderJobServices } from '../../src/cli/wiring.ts';
 import { LimitedDiskOpener, type NfcBackoffPolicy } from '../../src/engine/limits.ts';
-import { JobEngine } from '../../src/engine/jobs.ts';
+import { JobEngine, type EngineOptions } from '../../src/engine/jobs.ts';
 import { openStateStore } from '../../src/state/sqlite.ts';
 import { resolveSettings } from '../../src/engine/settings.ts';
 import type { JobSettings, StateStore } from '../../src/state/types.ts';
@@ -58,6 +58,8 @@ export async function startRig(o: {
   drills?: boolean;
   /** Agent sources of the engine (EngineOptions.agents), made once the receiver runs. */
   agents?: (rx: TestRx) => Promise<AgentCycles>;
+  /** More engine options (e.g. the clock bandwidth windows are read on). */
+  engine?: Pick<EngineOptions, 'bandwidthClock' | 'bandwidthPollMs'>;
 } = {}): Promise<EngineRig> {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-engine-'));
   const lab = await startLab({ dir: join(dir, 'lab'), vms: o.vms ?? 0, diskMb: o.diskMb ?? 64, esx: o.esx, vddkMap: o.vddkMap, guest: o.guest });
@@ -86,8 +88,8 @@ export async function startRig(o: {
   const state = openStateStore(join(o.stateDir ?? dir, 'state.db'));
   const agents = o.agents ? await o.agents(rx) : undefined;
   const engine = new JobEngine({
+    state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 }, ...o.engine,
     ...(agents ? { agents } : {}),
-    state, logger: silentLogger, retry: o.retry ?? { attempts: 3, baseDelayMs: 50, maxDelayMs: 200 },
     connect: (job) => senderJobServices(hooked, disks, rx.senderOpts(job.sourceId, { compression: job.settings.compression, checksum: job.settings.checksum, ...senderExtra })),
   });
   // The connector's side of drills: each source's own control session, as cli/wiring.ts does it.

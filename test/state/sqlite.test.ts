@@ -176,3 +176,29 @@ test('drills: recorded per job newest first, updated to their end, listed while 
   assert.equal(v.pragma('user_version', { simple: true }), 4, 'upgraded to the current schema');
   v.close();
 });
+
+test('cycles keep when their snapshot was taken and how long they moved data; a schema-3 file gains the columns', (t) => {
+  const { path, cleanup } = tempDb();
+  t.after(cleanup);
+  const s = openStateStore(path);
+  s.createJob({ id: 'web', name: 'web', kind: 'vm', vmRef: 'vm-1', sourceId: 'web', settings });
+  s.startCycle({ id: 'c1', jobId: 'web', kind: 'full', reason: null, snapshotName: null });
+  s.updateCycle('c1', { snapshotName: 'vmlift-c1', snapshotAt: '2026-12-01T10:00:01.000Z' });
+  s.updateCycle('c1', { changedBytes: 5, dataMs: 1234 });
+  const c = s.listCycles('web')[0]!;
+  assert.deepEqual([c.snapshotName, c.snapshotAt, c.dataMs, c.changedBytes], ['vmlift-c1', '2026-12-01T10:00:01.000Z', 1234, 5]);
+  s.close();
+
+  const old = new Database(path);
+  old.exec(`ALTER TABLE cycles DROP COLUMN snapshot_at; ALTER TABLE cycles DROP COLUMN data_ms; PRAGMA user_version = 3;`);
+  old.close();
+  const again = openStateStore(path);
+  const before = again.listCycles('web')[0]!;
+  assert.deepEqual([before.snapshotAt, before.dataMs], [null, null], 'older cycles have no timings');
+  again.updateCycle('c1', { dataMs: 7 });
+  assert.equal(again.listCycles('web')[0]!.dataMs, 7);
+  again.close();
+  const v = new Database(path);
+  assert.equal(v.pragma('user_version', { simple: true }), 4);
+  v.close();
+});

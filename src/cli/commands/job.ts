@@ -9,6 +9,9 @@ import type { LiveStatus } from '../../engine/jobs.ts';
 import type { MemberDrill, MemberResult, StateCounts, WorkgroupSummary } from '../../engine/workgroups.ts';
 import type { ImageInfo } from '../../model/images.ts';
 import { imageDisks } from '../image-disks.ts';
+import { jobCompleteWithin, workgroupCompleteWithin } from '../final-sync.ts';
+import { bandwidthLines } from '../bandwidth-lines.ts';
+import { forecastLines, type ForecastResult } from '../../engine/final-sync-forecast.ts';
 
 interface Common { home?: string; json?: boolean }
 
@@ -20,15 +23,21 @@ const settingFlags = (c: Command): Command => c
   .option('--checksum <on|off>', 'verify committed images against source digests')
   .option('--quiesce <on|off>', 'quiesce the guest when snapshotting')
   .option('--transport <name>', 'disk transport: auto, vddk, nbd, http')
-  .option('--auto-sync <on|off>', 'run incremental cycles on the interval');
+  .option('--auto-sync <on|off>', 'run incremental cycles on the interval')
+  .option('--bandwidth-window <spec>', 'another limit by day and time, e.g. "Mon-Fri 08:00-18:00 Europe/Paris=50" (Mbps; repeat for several; "none" removes them)',
+    (v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
 
 function settingsFrom(o: Record<string, unknown>): Record<string, unknown> {
   const map: Record<string, string> = {
     interval: 'interval', maxImages: 'maxImages', compression: 'compression', bandwidth: 'bandwidth',
-    checksum: 'checksum', quiesce: 'quiesce', transport: 'transport', autoSync: 'autoSync',
+    checksum: 'checksum', quiesce: 'quiesce', transport: 'transport', autoSync: 'autoSync', bandwidthWindow: 'bandwidthWindow',
   };
   return Object.fromEntries(Object.entries(map).filter(([k]) => o[k] !== undefined).map(([k, v]) => [v, o[k]]));
 }
+
+const finalSyncFlags = (c: Command): Command => c
+  .option('--max-final-sync <duration>', 'first run incremental cycles back to back until the forecast final sync fits (e.g. 5m), then ask to stop the services')
+  .option('--yes', 'with --max-final-sync: do not ask, complete as soon as the final sync fits');
 
 const homeOpt = (c: Command): Command => c
   .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
@@ -124,8 +133,13 @@ export function register(program: Command): void {
       complete: 'one final sync (stop the VM\'s services first), then no more cycles; --no-final-sync completes on the last image',
     }[action];
     const cmd = homeOpt(job.command(action).description(help).argument('<id>'));
-    if (action === 'complete') cmd.option('--no-final-sync', 'complete at once on the last committed image, without a final sync');
-    cmd.action(async (id: string, o: Common & { finalSync?: boolean }) => {
+    if (action === 'complete') {
+      cmd.option('--no-final-sync', 'complete at once on the last committed image, without a final sync');
+      finalSyncFlags(cmd);
+    }
+    cmd.action(async (id: string, o: Common & { finalSync?: boolean; maxFinalSync?: string; yes?: boolean }) => {
+      if (o.maxFinalSync !== undefined && o.finalSync === false) throw new UserError('BAD_ARGS', '--max-final-sync and --no-final-sync exclude each other', 'converge with --max-final-sync, or complete on the last image with --no-final-sync');
+      if (o.maxFinalSync !== undefined) return jobCompleteWithin(connectorHome(o.home), id, { maxFinalSync: o.maxFinalSync, yes: o.yes, json: o.json });
       const j = await callApi<JobRecord>(connectorHome(o.home), 'POST', `/v1/jobs/${encodeURIComponent(id)}/${action}`,
         action === 'complete' && o.finalSync === false ? { finalSync: false } : undefined);
       printResult(o.json, j, (x) => `job ${x.id}: ${x.state}`);
@@ -178,7 +192,7 @@ export function register(program: Command): void {
 
   homeOpt(job.command('show').description('a job\'s disks with progress, speed and remaining time, recent cycles and images').argument('<id>'))
     .action(async (id: string, o: Common) => {
-      const r = await callApi<{ job: JobRecord; disks: DiskRecord[]; cycles: CycleRecord[]; live: LiveStatus | null; images: unknown; drills?: DrillRecord[] }>(
+      const r = await callApi<{ job: JobRecord; disks: DiskRecord[]; cycles: CycleRecord[]; live: LiveStatus | null; images: unknown; drills?: DrillRecord[]; finalSync?: ForecastResult }>(
         connectorHome(o.home), 'GET', `/v1/jobs/${encodeURIComponent(id)}`);
       printResult(o.json, r, (x) => {
         const live = new Map((x.live?.disks ?? []).map((d) => [d.diskKey, d]));
@@ -187,6 +201,8 @@ export function register(program: Command): void {
           ...(x.job.description ? [`  ${x.job.description}`] : []),
           ...(x.job.disks ? [`  disks: ${x.job.disks.include ? `positions ${x.job.disks.include.join(', ')} only` : `all but device key(s) ${x.job.disks.exclude!.join(', ')}`}`] : []),
           ...errorLines(x.job.error),
+          ...(x.finalSync && x.job.state !== 'completed' ? forecastLines(x.finalSync, x.live !== null) : []),
+          ...bandwidthLines(x.job.settings, x.live?.bandwidthMbps),
           '',
           table(['DISK', 'LABEL', 'CAPACITY', 'DONE', 'TOTAL', 'SPEED', 'REMAINING', 'TRANSPORT', 'CHANGE ID'], x.disks.map((d) => {
             const l = live.get(d.diskKey);
@@ -257,7 +273,9 @@ export function register(program: Command): void {
   for (const action of ['start', 'sync', 'pause', 'resume', 'complete'] as const) {
     const cmd = homeOpt(wg.command(action).description(`${action} every source of the workgroup`).argument('<id>'));
     if (action === 'start') cmd.option('--dry-run', 'start nothing: list each member that cannot start and why (states, and vCenter preflight of first cycles)');
-    cmd.action(async (id: string, o: Common & { dryRun?: boolean }) => {
+    if (action === 'complete') finalSyncFlags(cmd);
+    cmd.action(async (id: string, o: Common & { dryRun?: boolean; maxFinalSync?: string; yes?: boolean }) => {
+      if (o.maxFinalSync !== undefined) return workgroupCompleteWithin(connectorHome(o.home), id, { maxFinalSync: o.maxFinalSync, yes: o.yes, json: o.json });
       printMembers(o.json, await callApi<MemberResult[]>(connectorHome(o.home), 'POST', `/v1/workgroups/${encodeURIComponent(id)}/${o.dryRun ? 'start-dry-run' : action}`));
     });
   }
