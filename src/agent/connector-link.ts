@@ -87,8 +87,8 @@ export class ConnectorLink {
           reject(new UserError(e?.code ?? 'CONNECTOR_ERROR', `connector: ${e?.message ?? `HTTP ${res.statusCode}`}`, e?.fix, { transient: (res.statusCode ?? 500) >= 500 }));
         });
       });
-      req.once('timeout', () => req.destroy(new UserError('CONNECTOR_UNREACHABLE', `the connector did not answer ${method} ${path} within ${timeoutMs} ms`, 'check the connector and the network', { transient: true })));
-      req.once('error', (e) => { socket.destroy(); reject(e instanceof UserError ? e : new UserError('CONNECTOR_UNREACHABLE', `connector link: ${e.message}`, 'check the connector and the network', { cause: e, transient: true })); });
+      req.once('timeout', () => req.destroy(new UserError('CONNECTOR_UNREACHABLE', `the connector did not answer ${method} ${path} within ${timeoutMs} ms`, 'check that `vmlift connector serve --agent-port` runs, and the network or proxy in between; the agent retries by itself', { transient: true })));
+      req.once('error', (e) => { socket.destroy(); reject(e instanceof UserError ? e : new UserError('CONNECTOR_UNREACHABLE', `connector link: ${e.message}`, 'check that `vmlift connector serve --agent-port` runs, and the network or proxy in between; the agent retries by itself', { cause: e, transient: true })); });
       req.end(data);
     });
   }

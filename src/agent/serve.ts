@@ -218,7 +218,7 @@ async function runCommandedCycle(o: ServeOptions, c: AgentCycleCommand, a: Activ
       step = 'commit';
       const after = await images().catch(() => undefined);
       const image = after?.find((i) => i.imageId === report.imageId);
-      if (!image) throw new UserError('AGENT_IMAGE_MISSING', `image ${report.imageId} committed but not listed by the receiver`, 'run `vmlift job sync` again', { transient: true });
+      if (!image) throw new UserError('AGENT_IMAGE_MISSING', `image ${report.imageId} committed but not listed by the receiver`, 'none at first: the engine retries the cycle; if the job goes to error, check the receiver (`vmlift image ls`), then `vmlift job resume JOB`', { transient: true });
       log.info({ imageId: image.imageId, wireBytes: report.wireBytes }, 'cycle committed');
       return {
         cycleId: c.cycleId, ok: true, image, baseImageId: report.baseImageId, wireBytes: report.wireBytes, resentBytes: report.resentBytes, durationMs: Date.now() - started,

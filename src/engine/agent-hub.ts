@@ -144,7 +144,7 @@ export class AgentHub {
             `check that \`vmlift agent serve\` still runs on the source server and reaches the connector; the cycle resumes where it was (\`vmlift job resume ${cmd.jobId}\`)`, { transient: true }));
         }
       }, Math.min(5000, lostAfter / 3));
-      this.expected.get(cmd.cycleId)?.reject(new UserError('SUPERSEDED', `cycle ${cmd.cycleId} was asked again`));
+      this.expected.get(cmd.cycleId)?.reject(new UserError('SUPERSEDED', `cycle ${cmd.cycleId} was asked again`, 'none: the newer request for the same cycle waits for its result'));
       this.expected.set(cmd.cycleId, e);
       if (o.signal.aborted) { onAbort(); return; }
       o.signal.addEventListener('abort', onAbort, { once: true });
@@ -192,7 +192,7 @@ export class AgentHub {
         return;
       }
       if (req.method === 'GET' && url.pathname === '/v1/agent/commands') {
-        if (!a.hello) throw new UserError('NO_HELLO', 'the agent polled before its hello', 'restart `vmlift agent serve`', { transient: true });
+        if (!a.hello) throw new UserError('NO_HELLO', 'the agent polled before its hello', 'none: the agent says hello again by itself (the connector restarted); if it repeats, restart `vmlift agent serve`', { transient: true });
         const wait = Math.min(Math.max(Number(url.searchParams.get('wait') ?? AGENT_POLL_SECONDS) || 0, 0), 60);
         if (!a.queue.length && wait > 0) {
           a.polls++;

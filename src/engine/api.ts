@@ -238,7 +238,7 @@ async function drillScreenshot(engine: JobEngine, jobId: string, drillId: string
   try {
     return await readFile(join(d.reportDir ?? '', 'console.png'));
   } catch {
-    throw new UserError('NO_SCREENSHOT', `drill ${drillId} kept no console screenshot`, 'a screenshot exists once the drill\'s boot test ran');
+    throw new UserError('NO_SCREENSHOT', `drill ${drillId} kept no console screenshot`, 'wait for the drill\'s boot test (`vmlift job show`); a boot test whose QEMU exited, or whose screendump failed, keeps none: read its report instead');
   }
 }
 
