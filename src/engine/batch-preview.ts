@@ -15,6 +15,7 @@ export function refusal(action: PreviewAction, job: JobRecord, hasImage: boolean
     case 'start':
       return startRefusal(job)?.message ?? null;
     case 'sync':
+      if (s === 'completed') return `job ${job.id} is completed; it runs no more cycles`;
       return s === 'waiting' || s === 'syncing' || s === 'completing' ? null : `job ${job.id} is ${s}; a sync can start only when it is waiting`;
     case 'pause':
       return s === 'completed' ? `job ${job.id} is completed` : null;

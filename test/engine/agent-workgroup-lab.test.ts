@@ -133,7 +133,7 @@ test('a workgroup of two VMs and two agent sources: full, incremental, pause and
     assert.equal(j.settings.maxImages, 5, 'the template applies to agent jobs');
   }
   const wg = new Workgroups(engine);
-  wg.create('wave', 'Wave 1');
+  wg.create('wave', 'Wave-1');
   assert.ok(wg.add('wave', MEMBERS).every((m) => m.ok));
   await until('agents connected', () => hub.online('web01') && hub.online('web02'));
   const reported = hub.list().find((a) => a.id === 'web01')!;

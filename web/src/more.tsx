@@ -145,8 +145,7 @@ export function Inventory() {
       const vm = all.find((v) => v.ref === ref)!;
       try {
         const id = jobId(vm.name);
-        await call('POST', '/v1/jobs', { id, vm: vm.ref, ...(tpl ? { template: tpl } : {}) });
-        if (startNow) await call('POST', `/v1/jobs/${encodeURIComponent(id)}/start`);
+        await call('POST', '/v1/jobs', { id, vm: vm.ref, start: startNow, ...(tpl ? { template: tpl } : {}) });
         made.push(id);
       } catch (x) { failed.push({ vm: vm.name, error: asError(x) }); }
     }
