@@ -102,7 +102,7 @@ async function markDir(dir: string, marks: Set<string>, withRefs: boolean): Prom
   if (withRefs) await markRefs(join(dir, 'refs.log'), marks);
 }
 
-export async function collectGarbage(layout: Layout, graceMs = GRACE_MS): Promise<GcResult> {
+export async function collectGarbage(layout: Layout, graceMs = GRACE_MS, repackBelow = REPACK_BELOW): Promise<GcResult> {
   const t0 = Date.now();
   const marks = new Set<string>();
   const sources = (await names(layout.sourcesDir)).filter((s) => isValidId(s));
@@ -122,7 +122,7 @@ export async function collectGarbage(layout: Layout, graceMs = GRACE_MS): Promis
     }
   }
   const cutoff = t0 - graceMs;
-  return sweepPacks(layout, marks, cutoff);
+  return sweepPacks(layout, marks, cutoff, repackBelow);
 }
 
 /** Remove what dead processes left in the packs folder: unsealed packs, index temp files; put back packs a dead gc set aside. */
@@ -160,7 +160,7 @@ export async function removePackLeftovers(layout: Layout): Promise<void> {
  * deleted. Leftovers of dead processes (unsealed packs, index temp files, packs set aside) are
  * cleaned up first.
  */
-async function sweepPacks(layout: Layout, marks: Set<string>, cutoff: number): Promise<GcResult> {
+async function sweepPacks(layout: Layout, marks: Set<string>, cutoff: number, repackBelow: number): Promise<GcResult> {
   const dir = layout.packsDir;
   const index = layout.packIndex;
   await removePackLeftovers(layout);
@@ -172,7 +172,7 @@ async function sweepPacks(layout: Layout, marks: Set<string>, cutoff: number): P
   for (const [id, entries] of index.allPacks()) {
     let total = 0; let liveBytes = 0; let dead = 0;
     for (const e of entries) { total += e.length; if (live(e.hex)) liveBytes += e.length; else dead++; }
-    if (dead === 0 || (total > 0 && liveBytes / total >= REPACK_BELOW)) continue;
+    if (dead === 0 || (total > 0 && liveBytes / total >= repackBelow)) continue;
     const st = await stat(layout.packPath(id)).catch(() => null);
     if (!st) continue;
     if (st.mtimeMs >= cutoff) { deferredChunks += dead; continue; }

@@ -35,6 +35,8 @@ export interface StoreOptions {
   chunkSize?: number;
   /** How recent an unreferenced chunk may be and still be spared by a sweep (default 2 s; tests shorten it). */
   gcGraceMs?: number;
+  /** gc rewrites or deletes a pack when less than this share of its bytes is live (default REPACK_BELOW, 0.5; 1 = any dead chunk). */
+  repackBelow?: number;
   /** Errors of sweeps the store runs by itself (owed garbage); the marker stays and a later pass retries. */
   onBackgroundError?: (e: unknown) => void;
 }
@@ -363,7 +365,7 @@ class Store implements ImageStore {
 
   private async sweep(): Promise<GcResult> {
     this.cancelOwedSweep();
-    const r = await collectGarbage(this.layout, this.graceMs);
+    const r = await collectGarbage(this.layout, this.graceMs, this.opts.repackBelow);
     if (r.deferredChunks > 0) {
       await writeFileAtomic(this.layout.gcPending, JSON.stringify({ deferredChunks: r.deferredChunks, at: new Date().toISOString() }));
       this.scheduleOwedSweep();
