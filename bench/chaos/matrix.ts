@@ -42,6 +42,8 @@ export const POINTS: Record<ChaosProcess, PointSpec[]> = {
   receiver: [
     { phase: 'send', crash: 'receiver:extent', n: [1, 16] },
     { phase: 'flush', crash: 'store:flush', n: [1, 3] },
+    { phase: 'flush', crash: 'store:pack-synced', n: [1, 3] },
+    { phase: 'flush', crash: 'store:pack-sealed', n: [1, 3] },
     { phase: 'commit', crash: 'store:commit-flushed' },
     { phase: 'commit', crash: 'store:commit-verified' },
     { phase: 'commit', crash: 'store:commit-published' },
