@@ -66,8 +66,8 @@ export class ChunkWriter {
   private current: PackWriter | null = null;
   private opening: Promise<PackWriter> | null = null;
   private readonly sealing = new Set<Promise<void>>();
-  /** A seal failed: its chunks are not durable, so no later sync may claim them. */
-  private broken: unknown = null;
+  /** Packs whose seal failed (a full filesystem): the next sync seals them first. Their chunks are read from them meanwhile. */
+  private readonly unsealed = new Set<PackWriter>();
   private unsealedBytes = 0;
   /** A pack was sealed or reused since the last sync: the packs folder needs an fsync. */
   private dirDirty = false;
@@ -123,7 +123,7 @@ export class ChunkWriter {
     this.unsealedBytes += data.length;
     if (pack === this.current && pack.bytes >= this.packBytes) {
       this.current = null;
-      this.seal(pack);
+      this.seal(pack).catch(() => {}); // a failure is kept in `unsealed`: the next sync retries and reports it
     }
     // Bound what is written but not durable (and the time a flush has to wait for it).
     if (this.unsealedBytes >= 2 * this.packBytes) await Promise.all([...this.sealing]);
@@ -139,7 +139,8 @@ export class ChunkWriter {
     return this.opening;
   }
 
-  private seal(pack: PackWriter): void {
+  private seal(pack: PackWriter): Promise<void> {
+    this.unsealed.delete(pack);
     const p = pack.seal(this.layout.packIndex).then(() => {
       for (const e of pack.entries) {
         this.confirmed.add(e.hex);
@@ -147,9 +148,10 @@ export class ChunkWriter {
         if (l?.pack === pack) { this.local.delete(e.hex); this.unsealedBytes -= e.length; }
       }
       this.dirDirty = true;
-    }, (e: unknown) => { this.broken ??= e; });
-    const tracked = p.finally(() => this.sealing.delete(tracked));
+    }, (e: unknown) => { this.unsealed.add(pack); throw e; });
+    const tracked = p.catch(() => {}).finally(() => this.sealing.delete(tracked));
     this.sealing.add(tracked);
+    return p;
   }
 
   /** Bytes of chunk `hex`, also while its pack is not sealed. */
@@ -173,15 +175,11 @@ export class ChunkWriter {
 
   /** Everything put so far is in sealed packs, and their folder entries are durable. */
   async sync(): Promise<void> {
-    if (this.current?.reserved) {
-      const pack = this.current;
-      this.current = null;
-      this.seal(pack);
-    }
+    // the packs sealing now, the open one, and any whose seal failed before: all must be sealed
     await Promise.all([...this.sealing]);
-    if (this.broken) {
-      throw this.broken;
-    }
+    const todo = [...this.unsealed];
+    if (this.current?.reserved) { todo.push(this.current); this.current = null; }
+    await Promise.all(todo.map((pack) => this.seal(pack)));
     if (this.dirDirty) {
       this.dirDirty = false;
       try { await fsyncDir(this.layout.packsDir); } catch (e) { this.dirDirty = true; throw e; }
@@ -193,10 +191,11 @@ export class ChunkWriter {
     await Promise.all([...this.putting.values()].map((p) => p.catch(() => {})));
     await this.opening?.catch(() => {});
     await Promise.all([...this.sealing]);
-    const pack = this.current;
+    const packs = [...this.unsealed, ...(this.current ? [this.current] : [])];
     this.current = null;
+    this.unsealed.clear();
     this.local.clear();
     this.unsealedBytes = 0;
-    await pack?.discard();
+    for (const pack of packs) await pack.discard();
   }
 }

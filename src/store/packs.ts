@@ -229,7 +229,7 @@ export class PackWriter {
   readonly entries: PackEntry[] = [];
   private size = PACK_MAGIC.length;
   private readonly writes = new Set<Promise<void>>();
-  private failed: unknown = null;
+  private state: 'open' | 'synced' | 'sealed' = 'open';
 
   private constructor(private readonly layout: Layout, readonly id: string, private readonly fh: FileHandle) {}
 
@@ -264,7 +264,8 @@ export class PackWriter {
       await writeFully(this.fh, data, offset);
       this.entries.push({ hex, offset, length: data.length });
     })();
-    const tracked = written.catch((e: unknown) => { this.failed ??= e; });
+    // a failed append is never indexed (its put fails): its bytes are only dead space in the pack
+    const tracked = written.catch(() => {});
     this.writes.add(tracked);
     void tracked.then(() => this.writes.delete(tracked));
     return { offset, written };
@@ -272,18 +273,19 @@ export class PackWriter {
 
   /**
    * Wait for the appends, fsync the pack, then write its index under a temp name, fsync and rename
-   * it, and add it to `index`. The caller fsyncs the packs folder before anything durable names its chunks.
+   * it, and add it to `index`. The caller fsyncs the packs folder before anything durable names its
+   * chunks. A seal that failed (a full filesystem) may be retried: it goes on where it stopped.
    */
   async seal(index: PackIndex): Promise<void> {
-    try {
+    if (this.state === 'sealed') return;
+    if (this.state === 'open') {
       await Promise.all([...this.writes]);
-      if (this.failed) throw this.failed;
       await this.fh.sync();
       await dropFromCache(this.fh.fd);
-    } finally {
       await this.fh.close().catch(() => {});
+      this.state = 'synced';
+      crashPoint('store:pack-synced');
     }
-    crashPoint('store:pack-synced');
     const idx = this.layout.packIndexPath(this.id);
     const tmp = `${idx}.tmp`;
     const fh = await open(tmp, 'w', 0o600);
@@ -294,6 +296,7 @@ export class PackWriter {
       await fh.close();
     }
     await rename(tmp, idx);
+    this.state = 'sealed';
     index.add(this.id, this.entries);
     crashPoint('store:pack-sealed');
   }
@@ -302,6 +305,9 @@ export class PackWriter {
   async discard(): Promise<void> {
     await Promise.all([...this.writes]);
     await this.fh.close().catch(() => {});
-    await unlink(this.path).catch(() => {});
+    if (this.state !== 'sealed') {
+      await unlink(this.path).catch(() => {});
+      await unlink(`${this.layout.packIndexPath(this.id)}.tmp`).catch(() => {});
+    }
   }
 }
