@@ -128,6 +128,8 @@ export class PackIndex {
 
   private async scan(): Promise<void> {
     const started = Date.now();
+    // only packs known before the listing can be judged gone: one sealed meanwhile may be missing from it
+    const known = new Set(this.packs.keys());
     let names: string[];
     try {
       names = await readdir(this.layout.packsDir);
@@ -152,7 +154,7 @@ export class PackIndex {
       this.add(id, entries);
     }
     let gone = false;
-    for (const id of [...this.packs.keys()]) if (!seen.has(id)) { this.packs.delete(id); gone = true; }
+    for (const id of known) if (!seen.has(id) && this.packs.delete(id)) gone = true;
     for (const id of [...this.damaged]) if (!seen.has(id)) this.damaged.delete(id);
     if (gone) this.rebuild();
     this.lastScan = Math.max(started, 1);
