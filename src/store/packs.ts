@@ -206,20 +206,34 @@ export class PackIndex {
    * A pack that vanished under the reader (gc repacked it) is forgotten and the chunk found again.
    */
   async readRange(hex: string, offset: number, length: number): Promise<Buffer> {
-    for (let attempt = 0; attempt < 4; attempt++) {
-      const loc = await this.locate(hex);
-      if (!loc) throw missing(hex);
-      const len = length < 0 ? loc.length : length;
-      const have = Math.max(0, Math.min(len, loc.length - offset));
-      try {
-        const b = await readAt(this.layout.packPath(loc.pack), loc.offset + offset, have);
-        return have === len ? b : Buffer.concat([b, Buffer.alloc(len - have)]);
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-        this.forget(loc.pack);
+    const vanished = new Set<string>();
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const first = await this.locate(hex);
+      if (!first) break;
+      // the usual copy first; when its pack is gone (gc set it aside or repacked it), any other copy
+      for (const loc of [first, ...this.copies(hex)]) {
+        if (vanished.has(loc.pack)) continue;
+        const len = length < 0 ? loc.length : length;
+        const have = Math.max(0, Math.min(len, loc.length - offset));
+        try {
+          const b = await readAt(this.layout.packPath(loc.pack), loc.offset + offset, have);
+          if (loc !== first) this.map.set(hex, loc);
+          return have === len ? b : Buffer.concat([b, Buffer.alloc(len - have)]);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+          vanished.add(loc.pack);
+        }
       }
+      await this.refresh();
     }
     throw missing(hex);
+  }
+
+  /** Every known copy of chunk `hex` (a scan of all entries: only when a pack vanished under a reader). */
+  private copies(hex: string): ChunkLocation[] {
+    const out: ChunkLocation[] = [];
+    for (const [id, entries] of this.packs) for (const e of entries) if (e.hex === hex) out.push({ pack: id, offset: e.offset, length: e.length });
+    return out;
   }
 }
 
