@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { appendFile, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { appendFile, readFile, readdir, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sha256 } from '../../src/store/chunks.ts';
 import { CycleJournals, parseHeld } from '../../src/store/journals.ts';

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFile, stat, utimes, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImageStore } from '../../src/store/index.ts';
 import { agePacks, chunkFiles, chunkLocation, corruptChunk, sha, tempDir, writeAll } from './helpers.ts';
