@@ -48,7 +48,7 @@ export const POINTS: Record<ChaosProcess, PointSpec[]> = {
     { phase: 'commit', crash: 'store:commit-verified' },
     { phase: 'commit', crash: 'store:commit-published' },
     { phase: 'retention', crash: 'store:retention' },
-    { phase: 'gc', crash: 'store:gc', n: [1, 3] },
+    { phase: 'gc', crash: 'store:gc' }, // one pass per pack deleted (a cycle's garbage is one or two packs)
     { phase: 'export', crash: 'store:export', n: [1, 12] },
     { phase: 'transfer', delayMs: [0, 3000] },
   ],
