@@ -80,12 +80,12 @@ export class ChunkWriter {
 
   /** Make sure a chunk named `hex` with content `data` exists (durably after the next `sync`). */
   put(hex: string, data: Uint8Array): Promise<void> {
+    // a put in flight first: its append is in `local` before its bytes are written, and may still fail
+    const inFlight = this.putting.get(hex);
+    if (inFlight) return inFlight;
     if (this.local.has(hex) || this.confirmed.has(hex)) return Promise.resolve();
-    let p = this.putting.get(hex);
-    if (!p) {
-      p = this.doPut(hex, data).finally(() => this.putting.delete(hex));
-      this.putting.set(hex, p);
-    }
+    const p = this.doPut(hex, data).finally(() => this.putting.delete(hex));
+    this.putting.set(hex, p);
     return p;
   }
 
