@@ -57,7 +57,8 @@ test('a full cycle stores its chunks in a few packs; an incremental cycle of sca
   }
   await w2.commit();
   const packs2 = await packIndexes(root);
-  const subChunks = new Set(offs.map((o) => Math.floor(o / (64 << 10)))).size;
+  // a sub-chunk is stored once per flush that saw it change (its bytes at that flush)
+  const subChunks = new Set(offs.map((o, k) => `${Math.floor(k / 100)}:${Math.floor(o / (64 << 10))}`)).size;
   assert.equal(packs2.size - packs1.size, 4, 'one pack per flush');
   assert.equal((await chunkFiles(root)).size, cap / MiB + subChunks, 'one stored 64 KiB sub-chunk per touched sub-chunk');
   assert.equal(sha(await store.readImage('vm', '2', 0, 0, cap)), sha(v2));
