@@ -15,7 +15,7 @@
  *    cycle): it must not grow with the disk size (target <= 256 MiB each side).
  * Not part of the test suite.
  */
-import { mkdtemp, rm, open } from 'node:fs/promises';
+import { mkdtemp, rm, open, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -31,6 +31,12 @@ const { values } = parseArgs({
   },
 });
 const GiB = 2 ** 30;
+/** Files under `dir` (the receiver's store: chunk or pack files, indexes, journals). */
+async function countFiles(dir: string): Promise<number> {
+  let n = 0;
+  for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) n += e.isDirectory() ? await countFiles(join(dir, e.name)) : 1;
+  return n;
+}
 const MiB = 2 ** 20;
 const SIZE = Math.round(Number(values.size) * GiB / MiB) * MiB;
 const SPARSE = values['sparse-sizes']!.split(',').filter(Boolean).map((s) => Math.round(Number(s) * GiB / MiB) * MiB);
@@ -60,8 +66,8 @@ try {
       maxRssMiB: Math.max(...nbdRuns.map((r) => r.maxRssMiB)), runsMbps: nbdRuns.map((r) => Math.round(SIZE / 1e6 / r.wall)),
     };
   };
-  const full: Record<string, CycleResult> = {};
-  let incremental: (CycleResult & { wirePerChanged: number; wallFraction: number }) | undefined;
+  const full: Record<string, CycleResult & { filesCreated: number }> = {};
+  let incremental: (CycleResult & { wirePerChanged: number; wallFraction: number; filesCreated: number }) | undefined;
   for (const level of [0, 7]) {
     await runNbdcopy();
     const r = new Receiver(join(work, `recv-${level}`));
@@ -69,15 +75,19 @@ try {
     try {
       await warm(src);
       log(`full cycle at compression ${level}...`);
-      const c = await agentCycle(r, src, join(work, `state-${level}`), level, SIZE);
+      const filesBefore = await countFiles(join(work, `recv-${level}`, 'store'));
+      const c = { ...await agentCycle(r, src, join(work, `state-${level}`), level, SIZE), filesCreated: 0 };
+      c.filesCreated = await countFiles(join(work, `recv-${level}`, 'store')) - filesBefore;
       full[level] = c;
       log(`  ${c.mbps.toFixed(0)} MB/s, ratio ${(c.mbps / nbdcopyMean().mbps).toFixed(2)} (nbdcopy so far), wire ${(c.wireBytes / 1e6).toFixed(0)} MB`);
       if (level === 7) {
         const ch = await changeBlocks(src, 0.01, 43);
         await warm(src);
         log('incremental cycle after a 1% scattered change...');
+        const filesBefore = await countFiles(join(work, `recv-${level}`, 'store'));
         const i = await agentCycle(r, src, join(work, `state-${level}`), level, SIZE);
-        incremental = { ...i, changedBytes: ch.bytes, wirePerChanged: i.wireBytes / ch.bytes, wallFraction: i.wall / c.wall };
+        const filesCreated = await countFiles(join(work, `recv-${level}`, 'store')) - filesBefore;
+        incremental = { ...i, filesCreated, changedBytes: ch.bytes, wirePerChanged: i.wireBytes / ch.bytes, wallFraction: i.wall / c.wall };
         log(`  wire/changed ${incremental.wirePerChanged.toFixed(3)}, wall ${(incremental.wallFraction * 100).toFixed(0)}% of the full cycle`);
       }
     } finally {
@@ -127,11 +137,11 @@ try {
 if (values.json) {
   process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
 } else {
-  const f = results.full as Record<string, CycleResult & { ratioVsNbdcopy: number }>;
+  const f = results.full as Record<string, CycleResult & { ratioVsNbdcopy: number; filesCreated: number }>;
   const n = results.nbdcopy as { mbps: number; cpu: number; maxRssMiB: number; wall: number; runsMbps: number[] };
   const row = (name: string, c: CycleResult & { ratioVsNbdcopy: number }): string =>
     `| ${name} | ${c.wall.toFixed(1)} | ${c.mbps.toFixed(0)} | ${c.ratioVsNbdcopy.toFixed(2)} | ${c.agentCpu.toFixed(1)} | ${c.receiverCpu.toFixed(1)} | ${c.agentRssMiB.toFixed(0)} | ${c.receiverRssMiB.toFixed(0)} | ${(c.wireBytes / 1e6).toFixed(0)} |`;
-  const inc = results.incremental as CycleResult & { wirePerChanged: number; wallFraction: number };
+  const inc = results.incremental as CycleResult & { wirePerChanged: number; wallFraction: number; filesCreated: number };
   process.stdout.write([
     `agent cycle benchmark: ${SIZE / GiB} GiB fully allocated source (half text, half random), loopback TLS, ${results.cpus} CPUs, node ${process.version}`,
     '',
@@ -143,7 +153,7 @@ if (values.json) {
     '',
     `incremental after a 1% scattered change (compression 7): changed ${(inc.changedBytes / 1e6).toFixed(1)} MB, wire ${(inc.wireBytes / 1e6).toFixed(1)} MB`
       + ` → wire/changed ${inc.wirePerChanged.toFixed(3)}; wall ${inc.wall.toFixed(1)} s = ${(inc.wallFraction * 100).toFixed(0)}% of the full cycle;`
-      + ` agent CPU ${inc.agentCpu.toFixed(1)} s, receiver CPU ${inc.receiverCpu.toFixed(1)} s`,
+      + ` agent CPU ${inc.agentCpu.toFixed(1)} s, receiver CPU ${inc.receiverCpu.toFixed(1)} s; store files created: full (compression 7) ${f.compression7!.filesCreated}, incremental ${inc.filesCreated}`,
     '',
     '| sparse source GiB | full cycle s | incremental s | agent peak RSS MiB | receiver peak RSS MiB |',
     '|---|---|---|---|---|',

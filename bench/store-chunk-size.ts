@@ -140,7 +140,7 @@ for (const kib of sizesKiB) {
     await w.commit();
     const fullS = (performance.now() - t0) / 1000;
     const cpu = process.cpuUsage(cpu0);
-    const files = await countFiles(join(root, 'chunks'));
+    const files = await countFiles(join(root, 'packs'));
     const indexBytes = Math.ceil(capacity / cs) * 32;
 
     // Incremental: 1 % of the 4 KiB blocks, at random offsets.
@@ -153,7 +153,7 @@ for (const kib of sizesKiB) {
       await q2.drain();
       await w.commit();
       incS = (performance.now() - t0) / 1000;
-      const after = await countFiles(join(root, 'chunks'));
+      const after = await countFiles(join(root, 'packs'));
       incFiles = after.files - files.files;
       incBytes = after.bytes - files.bytes;
     }

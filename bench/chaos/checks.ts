@@ -18,11 +18,17 @@ export async function fileSha(path: string): Promise<string> {
   return h.digest('hex');
 }
 
-/** Names under `dir` (recursively) that are in flux: temp files, images being removed, chunks set aside by a gc. */
+/**
+ * Names under `dir` (recursively) that are in flux: temp files, images being removed, packs set aside
+ * by a gc, pack indexes being written, packs never sealed (no .idx beside them).
+ */
 async function inFlux(dir: string, out: string[], rel = ''): Promise<void> {
-  for (const e of await readdir(dir, { withFileTypes: true }).catch(() => [])) {
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  const names = new Set(entries.map((e) => e.name));
+  for (const e of entries) {
     const p = rel ? `${rel}/${e.name}` : e.name;
-    if (/^\.(tmp|trash|gc)-/.test(e.name) || e.name.includes('.partial-')) out.push(p);
+    const unsealed = e.name.endsWith('.pack') && !e.name.startsWith('.') && !names.has(e.name.replace(/\.pack$/, '.idx'));
+    if (/^\.(tmp|trash|gc)-/.test(e.name) || e.name.includes('.partial-') || e.name.endsWith('.idx.tmp') || unsealed) out.push(p);
     if (e.isDirectory()) await inFlux(join(dir, e.name), out, p);
   }
 }

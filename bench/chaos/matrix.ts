@@ -42,11 +42,13 @@ export const POINTS: Record<ChaosProcess, PointSpec[]> = {
   receiver: [
     { phase: 'send', crash: 'receiver:extent', n: [1, 16] },
     { phase: 'flush', crash: 'store:flush', n: [1, 3] },
+    { phase: 'flush', crash: 'store:pack-synced', n: [1, 3] },
+    { phase: 'flush', crash: 'store:pack-sealed', n: [1, 3] },
     { phase: 'commit', crash: 'store:commit-flushed' },
     { phase: 'commit', crash: 'store:commit-verified' },
     { phase: 'commit', crash: 'store:commit-published' },
     { phase: 'retention', crash: 'store:retention' },
-    { phase: 'gc', crash: 'store:gc', n: [1, 3] },
+    { phase: 'gc', crash: 'store:gc' }, // one pass per pack deleted (a cycle's garbage is one or two packs)
     { phase: 'export', crash: 'store:export', n: [1, 12] },
     { phase: 'transfer', delayMs: [0, 3000] },
   ],

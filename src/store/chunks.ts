@@ -1,11 +1,9 @@
-import { open, readFile, rename, unlink, utimes, type FileHandle } from 'node:fs/promises';
+import { utimes } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import type { Layout } from './layout.ts';
-import { dropFromCache, hasSyncfs, syncfs } from './native.ts';
+import { PackWriter, readAt } from './packs.ts';
 import { INLINE_HASH_MAX, nativeDigest } from '../util/native-digest.ts';
-import { writeFully } from '../util/write-fully.ts';
 
 export function sha256(data: Uint8Array): Buffer {
   return createHash('sha256').update(data).digest();
@@ -47,178 +45,157 @@ export function isZeroSlot(slot: Uint8Array): boolean {
   return true;
 }
 
-let tmpCounter = 0;
+/** Bytes of a pack before the writer seals it and starts the next (a flush seals the open one early). */
+export const PACK_BYTES = 32 << 20;
+/** How stale a writer's view of other processes' packs may be for dedup (a missed dedup only costs a copy gc later drops). */
+const DEDUP_RESCAN_MS = 2000;
 
 /**
- * Chunk files for one cycle writer. A new chunk is written to a temp name in its directory and
- * only gets its final (content) name after an fsync ("promotion", batched), so a final name is
- * always complete and durable: other writers may dedup against any final name.
+ * The chunks of one cycle writer, in pack files (packs.ts). A new chunk is appended to the writer's
+ * open pack; a pack is sealed (one fsync, then its index) when it reaches PACK_BYTES and at every
+ * `sync`, so a chunk is visible to other writers only once it is durable. Chunk names are given by
+ * the caller (extent-writer.ts names them with `sha256Async`, the one naming function).
  */
 export class ChunkWriter {
-  /** hex -> temp file (still open) of chunks written but not yet promoted. */
-  private readonly pending = new Map<string, { tmp: string; fh: FileHandle; size: number }>();
-  /** hex -> the put writing it now (a second put of the same chunk waits for the first). */
+  /** Chunks this writer appended to packs it has not sealed yet. */
+  private readonly local = new Map<string, { pack: PackWriter; offset: number; length: number; written: Promise<void> }>();
+  /** hex -> the put storing it now (a second put of the same chunk waits for the first). */
   private readonly putting = new Map<string, Promise<void>>();
-  private readonly promoting = new Set<Promise<void>>();
-  private readonly inPromotion = new Set<string>();
-  private readonly dirtyDirs = new Set<string>();
-  /** Chunks this writer knows exist and protected by its refs journal. */
+  /** Chunks this writer knows are in sealed packs and protected by its refs journal. */
   private readonly confirmed = new Set<string>();
+  private current: PackWriter | null = null;
+  private opening: Promise<PackWriter> | null = null;
+  private readonly sealing = new Set<Promise<void>>();
+  /** Packs whose seal failed (a full filesystem): the next sync seals them first. Their chunks are read from them meanwhile. */
+  private readonly unsealed = new Set<PackWriter>();
+  private unsealedBytes = 0;
+  /** A pack was sealed or reused since the last sync: the packs folder needs an fsync. */
+  private dirDirty = false;
   newChunks = 0;
   newBytes = 0;
+  newPacks = 0;
 
   constructor(private readonly layout: Layout, private readonly noteRef: (hex: string) => Promise<void>,
-    private readonly promoteFiles = 128, private readonly promoteBytes = 32 << 20) {}
+    private readonly packBytes = PACK_BYTES) {}
 
-  private pendingBytes = 0;
-
-  /** A batch is due: enough files (each holds an open descriptor) or enough bytes (one syncfs each). */
-  private batchDue(factor: number): boolean {
-    return this.pending.size >= this.promoteFiles * factor || this.pendingBytes >= this.promoteBytes * factor;
-  }
-
-  /** Make sure a chunk named `hex` with content `data` exists (or will on the next `sync`). */
+  /** Make sure a chunk named `hex` with content `data` exists (durably after the next `sync`). */
   put(hex: string, data: Uint8Array): Promise<void> {
-    if (this.pending.has(hex) || this.confirmed.has(hex)) return Promise.resolve();
-    let p = this.putting.get(hex);
-    if (!p) {
-      p = this.doPut(hex, data).finally(() => this.putting.delete(hex));
-      this.putting.set(hex, p);
-    }
+    // a put in flight first: its append is in `local` before its bytes are written, and may still fail
+    const inFlight = this.putting.get(hex);
+    if (inFlight) return inFlight;
+    if (this.local.has(hex) || this.confirmed.has(hex)) return Promise.resolve();
+    const p = this.doPut(hex, data).finally(() => this.putting.delete(hex));
+    this.putting.set(hex, p);
     return p;
   }
 
   private async doPut(hex: string, data: Uint8Array): Promise<void> {
-    // Journal the reference before touching the chunk: gc either sees the journal entry, or runs its
-    // mark before it and then sees an mtime newer than its start (see gc.ts).
+    // Journal the reference before reusing a pack: gc either sees the journal entry, or runs its
+    // mark before it and then sees the pack's mtime newer than its start (see gc.ts).
     await this.noteRef(hex);
+    const index = this.layout.packIndex;
+    await index.ensureLoaded();
+    await index.refreshIfOlder(DEDUP_RESCAN_MS);
     const now = new Date();
-    try {
-      await utimes(this.layout.chunkPath(hex), now, now);
-      this.confirmed.add(hex);
-      this.dirtyDirs.add(this.layout.chunkDir(hex));
-      return;
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    for (let loc = index.lookup(hex); loc; loc = index.lookup(hex)) {
+      try {
+        await utimes(this.layout.packPath(loc.pack), now, now);
+        this.confirmed.add(hex);
+        this.dirDirty = true;
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        index.forget(loc.pack); // gc took that pack: another copy, or a new one
+      }
     }
-    const tmp = join(this.layout.chunkDir(hex), `.tmp-${process.pid}-${(tmpCounter++).toString(36)}`);
-    let fh: FileHandle | undefined;
+    const pack = await this.openPack();
+    const { offset, written } = pack.append(hex, data);
+    const entry = { pack, offset, length: data.length, written };
+    this.local.set(hex, entry);
     try {
-      fh = await open(tmp, 'wx', 0o600);
-      await writeFully(fh, data, 0);
+      await written;
     } catch (e) {
-      await fh?.close().catch(() => {});
-      await unlink(tmp).catch(() => {});
+      this.local.delete(hex);
       throw e;
     }
-    // Only complete temp files are pending (and so can be promoted or read). The file stays open
-    // until promotion (at most 2 x promoteFiles per writer).
-    this.pending.set(hex, { tmp, fh, size: data.length });
-    this.pendingBytes += data.length;
     this.newChunks++;
     this.newBytes += data.length;
-    if (this.batchDue(2)) {
-      const p = this.promote();
-      this.track(p);
-      await p;
-    } else if (this.batchDue(1) && this.promoting.size === 0) {
-      this.track(this.promote());
+    this.unsealedBytes += data.length;
+    if (pack === this.current && pack.bytes >= this.packBytes) {
+      this.current = null;
+      this.seal(pack).catch(() => {}); // a failure is kept in `unsealed`: the next sync retries and reports it
     }
+    // Bound what is written but not durable (and the time a flush has to wait for it).
+    if (this.unsealedBytes >= 2 * this.packBytes) await Promise.all([...this.sealing]);
   }
 
-  /** Bytes of chunk `hex`, also when it is still under its temp name. */
+  private openPack(): Promise<PackWriter> {
+    if (this.current) return Promise.resolve(this.current);
+    this.opening ??= PackWriter.create(this.layout).then((p) => {
+      this.current = p;
+      this.newPacks++;
+      return p;
+    }).finally(() => { this.opening = null; });
+    return this.opening;
+  }
+
+  private seal(pack: PackWriter): Promise<void> {
+    this.unsealed.delete(pack);
+    const p = pack.seal(this.layout.packIndex).then(() => {
+      for (const e of pack.entries) {
+        this.confirmed.add(e.hex);
+        const l = this.local.get(e.hex);
+        if (l?.pack === pack) { this.local.delete(e.hex); this.unsealedBytes -= e.length; }
+      }
+      this.dirDirty = true;
+    }, (e: unknown) => { this.unsealed.add(pack); throw e; });
+    const tracked = p.catch(() => {}).finally(() => this.sealing.delete(tracked));
+    this.sealing.add(tracked);
+    return p;
+  }
+
+  /** Bytes of chunk `hex`, also while its pack is not sealed. */
   async read(hex: string): Promise<Buffer> {
     await this.putting.get(hex)?.catch(() => {});
-    const tmp = this.pending.get(hex)?.tmp;
-    if (tmp) {
-      try { return await readFile(tmp); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
-    }
-    return readFile(this.layout.chunkPath(hex));
+    const l = this.local.get(hex);
+    if (l) { await l.written; return readAt(l.pack.path, l.offset, l.length); }
+    return this.layout.packIndex.read(hex);
   }
 
-  /** Bytes [offset, offset + length) of chunk `hex` (zeros past its end), also under its temp name. */
+  /** Bytes [offset, offset + length) of chunk `hex` (zeros past its end), also while its pack is not sealed. */
   async readRange(hex: string, offset: number, length: number): Promise<Buffer> {
     await this.putting.get(hex)?.catch(() => {});
-    const out = Buffer.alloc(length);
-    const tmp = this.pending.get(hex)?.tmp;
-    for (const path of tmp ? [tmp, this.layout.chunkPath(hex)] : [this.layout.chunkPath(hex)]) {
-      let fh: FileHandle;
-      try { fh = await open(path, 'r'); } catch (e) {
-        if ((e as NodeJS.ErrnoException).code === 'ENOENT' && path === tmp) continue; // promoted meanwhile
-        throw e;
-      }
-      try {
-        for (let done = 0; done < length;) {
-          const { bytesRead } = await fh.read(out, done, length - done, offset + done);
-          if (bytesRead === 0) break;
-          done += bytesRead;
-        }
-      } finally { await fh.close(); }
-      return out;
-    }
-    throw new Error(`chunk ${hex} disappeared while being read`);
+    const l = this.local.get(hex);
+    if (!l) return this.layout.packIndex.readRange(hex, offset, length);
+    await l.written;
+    const have = Math.max(0, Math.min(length, l.length - offset));
+    const b = await readAt(l.pack.path, l.offset + offset, have);
+    return have === length ? b : Buffer.concat([b, Buffer.alloc(length - have)]);
   }
 
-  private track(p: Promise<void>): void {
-    const q = p.catch(() => {}).finally(() => this.promoting.delete(q));
-    this.promoting.add(q);
-  }
-
-  /** Make the pending chunks present now durable, then give them their final names. */
-  private async promote(): Promise<void> {
-    const batch = [...this.pending].filter(([hex]) => !this.inPromotion.has(hex));
-    if (batch.length === 0) return;
-    for (const [hex] of batch) this.inPromotion.add(hex);
-    try {
-      if (hasSyncfs()) await syncfs(batch[0]![1].fh.fd);
-      await Promise.all(batch.map(async ([hex, { tmp, fh, size }]) => {
-        try {
-          if (!hasSyncfs()) await fh.sync();
-          await dropFromCache(fh.fd);
-        } finally { await fh.close().catch(() => {}); }
-        await rename(tmp, this.layout.chunkPath(hex));
-        this.confirmed.add(hex);
-        this.dirtyDirs.add(this.layout.chunkDir(hex));
-        this.pending.delete(hex);
-        this.pendingBytes -= size;
-      }));
-    } finally {
-      for (const [hex] of batch) this.inPromotion.delete(hex);
-    }
-  }
-
-  /** Everything put so far is durable under its final name. */
+  /** Everything put so far is in sealed packs, and their folder entries are durable. */
   async sync(): Promise<void> {
-    const want = [...this.pending.keys()];
-    while (want.some((h) => this.pending.has(h))) {
-      await Promise.all([...this.promoting]);
-      const p = this.promote();
-      this.track(p);
-      await p;
-    }
-    const dirs = [...this.dirtyDirs];
-    this.dirtyDirs.clear();
-    try {
-      if (dirs.length > 2 && hasSyncfs()) {
-        // one syncfs makes all the renames durable (instead of one journal commit per folder)
-        const fh = await open(dirs[0]!, 'r');
-        try { await syncfs(fh.fd); } finally { await fh.close(); }
-      } else {
-        await Promise.all(dirs.map((d) => fsyncDir(d)));
-      }
-    } catch (e) {
-      for (const d of dirs) this.dirtyDirs.add(d);
-      throw e;
+    // the packs sealing now, the open one, and any whose seal failed before: all must be sealed
+    await Promise.all([...this.sealing]);
+    const todo = [...this.unsealed];
+    if (this.current?.reserved) { todo.push(this.current); this.current = null; }
+    await Promise.all(todo.map((pack) => this.seal(pack)));
+    if (this.dirDirty) {
+      this.dirDirty = false;
+      try { await fsyncDir(this.layout.packsDir); } catch (e) { this.dirDirty = true; throw e; }
     }
   }
 
-  /** Drop temp files (abort). */
+  /** Drop the unsealed pack (abort). Sealed ones become garbage for gc. */
   async discard(): Promise<void> {
     await Promise.all([...this.putting.values()].map((p) => p.catch(() => {})));
-    await Promise.all([...this.promoting]);
-    const tmps = [...this.pending.values()];
-    this.pending.clear();
-    this.pendingBytes = 0;
-    await Promise.all(tmps.map(async ({ tmp, fh }) => { await fh.close().catch(() => {}); await unlink(tmp).catch(() => {}); }));
+    await this.opening?.catch(() => {});
+    await Promise.all([...this.sealing]);
+    const packs = [...this.unsealed, ...(this.current ? [this.current] : [])];
+    this.current = null;
+    this.unsealed.clear();
+    this.local.clear();
+    this.unsealedBytes = 0;
+    for (const pack of packs) await pack.discard();
   }
 }

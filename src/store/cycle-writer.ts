@@ -182,6 +182,7 @@ export class StoreCycleWriter implements CycleWriter {
     this.status = 'closing';
     await this.extents.settled();
     await this.flush().catch(() => {});
+    await this.chunks.discard(); // an unflushed pack: nothing durable names its chunks
     await this.journals.close();
     await rm(join(this.dir, 'owner'), { force: true });
     this.status = 'closed';

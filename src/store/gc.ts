@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import { isValidId } from '../util/ids.ts';
 import { SLOT, type Layout } from './layout.ts';
+import { PACK_ID, packWriterPid, PackWriter, readAt, type PackEntry } from './packs.ts';
+import { PACK_BYTES } from './chunks.ts';
 import { overlayDigests, readOverlay } from './overlay.ts';
 import { isZeroSlot } from './chunks.ts';
 import { pidAlive } from './pins.ts';
@@ -25,9 +27,21 @@ import { crashPoint } from '../util/crash.ts';
  */
 export const GRACE_MS = 2000;
 
+/**
+ * A pack is rewritten (its live chunks copied to a new pack) or deleted when less than this share
+ * of its chunk bytes is still referenced. 0.5: a repack copies at most as many bytes as it frees,
+ * and the space packs hold for dead chunks stays at most the live data's size (docs/store.md, "Packs").
+ */
+export const REPACK_BELOW = 0.5;
+
 export interface GcResult {
   removedChunks: number;
   removedBytes: number;
+  /** Packs deleted (after their live chunks were copied). */
+  removedPacks?: number;
+  /** Live chunks copied out of packs that went. */
+  repackedChunks?: number;
+  repackedBytes?: number;
   /** Unreferenced chunks left because they were touched within the grace: a later sweep removes them. */
   deferredChunks: number;
 }
@@ -88,7 +102,7 @@ async function markDir(dir: string, marks: Set<string>, withRefs: boolean): Prom
   if (withRefs) await markRefs(join(dir, 'refs.log'), marks);
 }
 
-export async function collectGarbage(layout: Layout, graceMs = GRACE_MS): Promise<GcResult> {
+export async function collectGarbage(layout: Layout, graceMs = GRACE_MS, repackBelow = REPACK_BELOW): Promise<GcResult> {
   const t0 = Date.now();
   const marks = new Set<string>();
   const sources = (await names(layout.sourcesDir)).filter((s) => isValidId(s));
@@ -108,43 +122,107 @@ export async function collectGarbage(layout: Layout, graceMs = GRACE_MS): Promis
     }
   }
   const cutoff = t0 - graceMs;
-  let removedChunks = 0; let removedBytes = 0; let deferredChunks = 0;
-  for (let b = 0; b < 256; b++) {
-    const dir = join(layout.chunksDir, b.toString(16).padStart(2, '0'));
-    let changed = false;
-    for (const n of await names(dir)) {
-      const path = join(dir, n);
-      if (n.startsWith('.tmp-')) {
-        // Temp files of dead writers are garbage (their cycle never named them durably).
-        if (!pidAlive(Number(n.split('-')[1]))) { await unlink(path).catch(() => {}); changed = true; }
-        continue;
-      }
-      if (n.startsWith('.gc-')) {
-        // Set aside by a gc that died: put it back, the next sweep judges it again.
-        const parts = n.split('-');
-        if (!pidAlive(Number(parts[1])) && /^[0-9a-f]{64}$/.test(parts[2] ?? '')) { await rename(path, join(dir, parts[2]!)).catch(() => {}); changed = true; }
-        continue;
-      }
-      if (!/^[0-9a-f]{64}$/.test(n) || marks.has(n.slice(0, 16))) continue;
-      const st1 = await stat(path).catch(() => null);
-      if (!st1) continue;
-      if (st1.mtimeMs >= cutoff) { deferredChunks++; continue; }
-      const aside = join(dir, `.gc-${process.pid}-${n}`);
-      try { await rename(path, aside); } catch { continue; }
-      crashPoint('store:gc');
-      const st2 = await stat(aside);
-      if (st2.mtimeMs >= cutoff) {
-        await rename(aside, path);
-        await fsyncDir(dir);
-        deferredChunks++;
-        continue;
-      }
-      await unlink(aside);
-      removedChunks++;
-      removedBytes += st2.size;
+  return sweepPacks(layout, marks, cutoff, repackBelow);
+}
+
+/** Remove what dead processes left in the packs folder: unsealed packs, index temp files; put back packs a dead gc set aside. */
+export async function removePackLeftovers(layout: Layout): Promise<void> {
+  const dir = layout.packsDir;
+  let changed = false;
+  const present = new Set(await names(dir));
+  for (const n of present) {
+    const aside = /^\.gc-([0-9]+)-(.+)\.pack$/.exec(n);
+    if (aside) {
+      if (pidAlive(Number(aside[1]))) continue;
+      // Set aside by a gc that died: put it back while its index is there (the next sweep judges it again).
+      if (present.has(`${aside[2]}.idx`)) await rename(join(dir, n), layout.packPath(aside[2]!)).catch(() => {});
+      else await unlink(join(dir, n)).catch(() => {});
+      changed = true;
+      continue;
+    }
+    const tmp = /^(.+)\.idx\.tmp$/.exec(n);
+    if (tmp && !pidAlive(packWriterPid(tmp[1]!))) { await unlink(join(dir, n)).catch(() => {}); changed = true; continue; }
+    const pack = /^(.+)\.pack$/.exec(n);
+    // Never sealed, and its writer is gone: nothing durable names its chunks.
+    if (pack && PACK_ID.test(pack[1]!) && !present.has(`${pack[1]}.idx`) && !pidAlive(packWriterPid(pack[1]!))) {
+      await unlink(join(dir, n)).catch(() => {});
       changed = true;
     }
-    if (changed) await fsyncDir(dir).catch(() => {});
   }
-  return { removedChunks, removedBytes, deferredChunks };
+  if (changed) await fsyncDir(dir).catch(() => {});
+}
+
+/**
+ * Sweep the packs against the marks. A pack whose live share (bytes of marked chunks / bytes of
+ * chunks) is below REPACK_BELOW goes: its live chunks that no kept pack holds are first copied into
+ * a new pack (sealed, folder fsynced), then it is renamed aside, its mtime checked again (a writer
+ * that reused one of its chunks meanwhile touched it: it is put back), and its index and file are
+ * deleted. Leftovers of dead processes (unsealed packs, index temp files, packs set aside) are
+ * cleaned up first.
+ */
+async function sweepPacks(layout: Layout, marks: Set<string>, cutoff: number, repackBelow: number): Promise<GcResult> {
+  const dir = layout.packsDir;
+  const index = layout.packIndex;
+  await removePackLeftovers(layout);
+  await index.refresh();
+
+  const live = (hex: string) => marks.has(hex.slice(0, 16));
+  const doomed = new Map<string, readonly PackEntry[]>();
+  let deferredChunks = 0;
+  for (const [id, entries] of index.allPacks()) {
+    let total = 0; let liveBytes = 0; let dead = 0;
+    for (const e of entries) { total += e.length; if (live(e.hex)) liveBytes += e.length; else dead++; }
+    if (dead === 0 || (total > 0 && liveBytes / total >= repackBelow)) continue;
+    const st = await stat(layout.packPath(id)).catch(() => null);
+    if (!st) continue;
+    if (st.mtimeMs >= cutoff) { deferredChunks += dead; continue; }
+    doomed.set(id, entries);
+  }
+  // Live chunks held only by doomed packs are copied into new packs first.
+  const kept = new Set<string>();
+  for (const [id, entries] of index.allPacks()) if (!doomed.has(id)) for (const e of entries) kept.add(e.hex);
+  let repackedChunks = 0; let repackedBytes = 0;
+  let writer: PackWriter | null = null;
+  const sealed: Promise<void>[] = [];
+  for (const [id, entries] of doomed) {
+    for (const e of entries) {
+      if (!live(e.hex) || kept.has(e.hex)) continue;
+      kept.add(e.hex);
+      const data = await readAt(layout.packPath(id), e.offset, e.length);
+      writer ??= await PackWriter.create(layout);
+      await writer.append(e.hex, data).written;
+      repackedChunks++;
+      repackedBytes += e.length;
+      if (writer.bytes >= PACK_BYTES) { sealed.push(writer.seal(index)); writer = null; }
+    }
+  }
+  if (writer) sealed.push(writer.seal(index));
+  if (sealed.length > 0) {
+    await Promise.all(sealed);
+    await fsyncDir(dir);
+    crashPoint('store:gc-repacked');
+  }
+  let removedChunks = 0; let removedBytes = 0; let removedPacks = 0;
+  for (const [id, entries] of doomed) {
+    const path = layout.packPath(id);
+    const aside = join(dir, `.gc-${process.pid}-${id}.pack`);
+    try { await rename(path, aside); } catch { continue; }
+    crashPoint('store:gc');
+    const st = await stat(aside);
+    const dead = entries.filter((e) => !live(e.hex));
+    if (st.mtimeMs >= cutoff) {
+      await rename(aside, path);
+      await fsyncDir(dir);
+      deferredChunks += dead.length;
+      continue;
+    }
+    await unlink(layout.packIndexPath(id));
+    await unlink(aside);
+    index.forget(id);
+    removedPacks++;
+    removedChunks += dead.length;
+    for (const e of dead) removedBytes += e.length;
+  }
+  if (doomed.size > 0) await fsyncDir(dir).catch(() => {});
+  return { removedChunks, removedBytes, deferredChunks, removedPacks, repackedChunks, repackedBytes };
 }

@@ -3,11 +3,9 @@
  * cycle's working index and overlay, before it is published): the index slots name chunk files
  * (zeros = hole), the overlay's sub-chunks lie over them.
  */
-import { readFile } from 'node:fs/promises';
 import { SLOT, type Layout } from './layout.ts';
 import { fitLength, isZeroSlot } from './chunks.ts';
 import { subSize, type Overlay } from './overlay.ts';
-import { StoreError } from './types.ts';
 
 /** One disk as a reader sees it. */
 export interface DiskSlots {
@@ -24,18 +22,9 @@ export async function runLimited<T>(items: T[], depth: number, fn: (t: T) => Pro
   }));
 }
 
+/** A chunk's bytes through the pack index (StoreError CHUNK_MISSING when no pack holds it). */
 async function readChunk(layout: Layout, hex: string, len: number): Promise<Buffer> {
-  let b: Buffer;
-  try {
-    b = await readFile(layout.chunkPath(hex));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new StoreError('CHUNK_MISSING', `chunk ${hex} is missing from the store`,
-        { fix: 'run `vmlift image verify` on the image; restore the store from a backup or sync a new image' });
-    }
-    throw e;
-  }
-  return fitLength(b, len);
+  return fitLength(await layout.packIndex.read(hex), len);
 }
 
 /**

@@ -6,7 +6,7 @@
  * on-disk layout is layout.ts; chunk files are chunks.ts.
  */
 import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { assertId, isValidId } from '../util/ids.ts';
 import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
@@ -35,6 +35,8 @@ export interface StoreOptions {
   chunkSize?: number;
   /** How recent an unreferenced chunk may be and still be spared by a sweep (default 2 s; tests shorten it). */
   gcGraceMs?: number;
+  /** gc rewrites or deletes a pack when less than this share of its bytes is live (default REPACK_BELOW, 0.5; 1 = any dead chunk). */
+  repackBelow?: number;
   /** Errors of sweeps the store runs by itself (owed garbage); the marker stays and a later pass retries. */
   onBackgroundError?: (e: unknown) => void;
 }
@@ -240,6 +242,7 @@ class Store implements ImageStore {
 
   async verify(sourceId: string, imageId: string) {
     return this.pinned(sourceId, imageId, async (rec) => {
+      await this.layout.packIndex.refresh();
       const bad: { disk: number; offset: number; reason: string }[] = [];
       let chunks = 0;
       /** Re-hash one chunk file; a bad one is listed by the disk offset it holds. */
@@ -247,9 +250,9 @@ class Store implements ImageStore {
         chunks++;
         let data: Buffer;
         try {
-          data = await readFile(this.layout.chunkPath(hex));
+          data = await this.layout.packIndex.read(hex);
         } catch (e) {
-          if (bad.length < 1000) bad.push({ disk, offset, reason: `${kind} ${hex} ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'is missing' : `cannot be read: ${(e as Error).message}`}` });
+          if (bad.length < 1000) bad.push({ disk, offset, reason: `${kind} ${hex} ${e instanceof StoreError && e.code === 'CHUNK_MISSING' ? 'is missing' : `cannot be read: ${(e as Error).message}`}` });
           return;
         }
         if ((await sha256Async(data)).toString('hex') !== hex && bad.length < 1000) {
@@ -362,7 +365,7 @@ class Store implements ImageStore {
 
   private async sweep(): Promise<GcResult> {
     this.cancelOwedSweep();
-    const r = await collectGarbage(this.layout, this.graceMs);
+    const r = await collectGarbage(this.layout, this.graceMs, this.opts.repackBelow);
     if (r.deferredChunks > 0) {
       await writeFileAtomic(this.layout.gcPending, JSON.stringify({ deferredChunks: r.deferredChunks, at: new Date().toISOString() }));
       this.scheduleOwedSweep();
@@ -396,15 +399,8 @@ class Store implements ImageStore {
     for (const src of await this.listSources()) {
       for (const img of await this.listImages(src)) for (const d of img.disks) logicalBytes += d.allocatedBytes;
     }
-    let storedBytes = 0; let chunks = 0;
-    for (let b = 0; b < 256; b++) {
-      const dir = join(this.layout.chunksDir, b.toString(16).padStart(2, '0'));
-      const names = (await readdir(dir).catch(() => [] as string[])).filter((n) => n.length === 64);
-      await runLimited(names, 8, async (n) => {
-        const st = await stat(join(dir, n)).catch(() => null);
-        if (st) { chunks++; storedBytes += st.size; }
-      });
-    }
+    await this.layout.packIndex.refresh();
+    const { chunks, bytes: storedBytes } = this.layout.packIndex.totals();
     return { logicalBytes, storedBytes, chunks, dedupRatio: storedBytes > 0 ? logicalBytes / storedBytes : 1 };
   }
 
@@ -422,10 +418,8 @@ export async function openImageStore(root: string, opts: StoreOptions = {}): Pro
   let chunkSize: number;
   try {
     const meta = JSON.parse(await readFile(layout.storeJson, 'utf8')) as { version: number; chunkSize: number };
-    if (meta.version !== STORE_VERSION || !Number.isInteger(meta.chunkSize)) {
-      throw new StoreError('BAD_STORE', `${layout.storeJson} is from another vmlift version (store version ${meta.version})`,
-        { fix: 'run the vmlift version that made this store, or give this one a new data folder' });
-    }
+    checkStoreVersion(root, meta.version);
+    if (!Number.isInteger(meta.chunkSize)) throw new StoreError('BAD_STORE', `${layout.storeJson} has no valid chunk size`, { fix: 'restore store.json from a backup, or give vmlift a new data folder' });
     chunkSize = meta.chunkSize;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
@@ -433,11 +427,23 @@ export async function openImageStore(root: string, opts: StoreOptions = {}): Pro
     if (!Number.isInteger(Math.log2(chunkSize)) || chunkSize < 4096 || chunkSize > 64 << 20) {
       throw new StoreError('BAD_STORE', `chunk size must be a power of two from 4 KiB to 64 MiB (got ${chunkSize})`, { fix: 'choose a power of two from 4 KiB to 64 MiB' });
     }
-    for (let b = 0; b < 256; b++) await mkdir(join(layout.chunksDir, b.toString(16).padStart(2, '0')), { recursive: true });
+    await mkdir(layout.packsDir, { recursive: true });
     await mkdir(layout.sourcesDir, { recursive: true });
     await writeFileAtomic(layout.storeJson, JSON.stringify({ version: STORE_VERSION, chunkSize }));
   }
   const store = new Store(root, chunkSize, opts);
   if (await stat(layout.gcPending).catch(() => null)) store.scheduleOwedSweep();
   return store;
+}
+
+/** Refuse a store of another format version, naming both versions and the fix. */
+export function checkStoreVersion(root: string, version: unknown): void {
+  if (version === STORE_VERSION) return;
+  const dataDir = dirname(root);
+  if (version === 1) {
+    throw new StoreError('STORE_VERSION', `the image store ${root} is store format 1 (one file per chunk); this vmlift reads store format ${STORE_VERSION} (pack files)`,
+      { fix: `stop the receiver that uses it, then convert it in place with \`vmlift image migrate --data-dir ${dataDir}\` (crash-safe; run it again if it is interrupted), or start over with a new data folder` });
+  }
+  throw new StoreError('STORE_VERSION', `the image store ${root} is store format ${JSON.stringify(version)}; this vmlift reads store format ${STORE_VERSION}`,
+    { fix: typeof version === 'number' && version > STORE_VERSION ? 'run the newer vmlift that wrote this store' : 'restore store.json from a backup, or give vmlift a new data folder' });
 }

@@ -114,11 +114,12 @@ export interface ImageStore {
   /** Keep at most `maxImages` (1–10) images of the source, then (when it removed any) collect garbage. Returns the removed image ids. */
   applyRetention(sourceId: string, maxImages: number): Promise<string[]>;
   /**
-   * Mark and sweep chunks no index or open cycle references. Safe while cycles run. Chunks spared
+   * Mark and sweep chunks no index or open cycle references: a pack (packs.ts) with less than
+   * REPACK_BELOW of its bytes live is deleted, its live chunks copied to a new pack first. Safe while cycles run. Chunks spared
    * by the sweep's grace (`deferredChunks`) are owed to a later sweep: the store runs one by itself
    * once the grace has passed, at the next `applyRetention`, and when it is next opened.
    */
-  gc(): Promise<{ removedChunks: number; removedBytes: number; deferredChunks: number }>;
+  gc(): Promise<{ removedChunks: number; removedBytes: number; deferredChunks: number; removedPacks?: number; repackedChunks?: number; repackedBytes?: number }>;
   /** Chunk totals for `image ls`: logical bytes referenced vs stored bytes (dedup ratio). */
   stats(): Promise<{ logicalBytes: number; storedBytes: number; chunks: number; dedupRatio: number }>;
   close(): Promise<void>;

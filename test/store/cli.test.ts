@@ -2,11 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { open, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openImageStore } from '../../src/store/index.ts';
-import { sha, tempDir, writeAll } from './helpers.ts';
+import { corruptChunk, sha, tempDir, writeAll } from './helpers.ts';
 
 const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 
@@ -75,9 +75,7 @@ test('vmlift image ls|show|verify|export|rm: output, --json and exit codes', asy
   // a corrupt chunk: verify exits 3 and names the offset
   const d = await store.chunkDigests('web-1', '2', 0, 4, 1);
   const hex = d.toString('hex');
-  const fh = await open(join(dataDir, 'store', 'chunks', hex.slice(0, 2), hex), 'r+');
-  await fh.write(Buffer.from('garbage'), 0, 7, 10);
-  await fh.close();
+  await corruptChunk(join(dataDir, 'store'), hex, 10);
   r = await vmlift('image', 'verify', ...D, '--source', 'web-1', '--image', '2', '--json');
   assert.equal(r.code, 3);
   const ver = JSON.parse(r.out) as { ok: boolean; bad: { offset: number }[] };

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImageStore, StoreError } from '../../src/store/index.ts';
-import { chunkFiles, randomDisk, scatter, sha, storeWithImage, tempDir, writeAll } from './helpers.ts';
+import { agePacks, chunkFiles, randomDisk, scatter, sha, storeWithImage, tempDir, writeAll } from './helpers.ts';
 
 const CS = 64 << 10;
 
@@ -184,9 +184,7 @@ test('abort leaves nothing visible and the previous image intact; gc removes the
   assert.deepEqual((await store.listImages('vm')).map((i) => i.imageId), ['1']);
   assert.equal(sha(await store.readImage('vm', '1', 0, 0, cap)), sha(v1));
   // chunks younger than gc's grace period are kept; age them to see them go
-  const { utimes } = await import('node:fs/promises');
-  const old = new Date(Date.now() - 60_000);
-  for (const c of await chunkFiles(root)) await utimes(join(root, 'chunks', c.slice(0, 2), c), old, old);
+  await agePacks(root, new Date(Date.now() - 60_000));
   const r = await store.gc();
   assert.ok(r.removedChunks > 0);
   assert.deepEqual(await chunkFiles(root), kept);

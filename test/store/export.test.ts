@@ -5,6 +5,7 @@ import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImageStore, StoreError } from '../../src/store/index.ts';
 import { randomDisk, sha, tempDir, writeAll } from './helpers.ts';
+import { chunkLocation } from './helpers.ts';
 
 test('export raw is sparse and exact; qcow2 and vmdk pass qemu-img compare; no partial file is ever left', async (t) => {
   const dir = await tempDir(t, 'export');
@@ -48,7 +49,7 @@ test('export raw is sparse and exact; qcow2 and vmdk pass qemu-img compare; no p
   let k = 0; while (d.subarray(k * 32, k * 32 + 32).every((x) => x === 0)) k++;
   const hex = d.toString('hex', k * 32, k * 32 + 32);
   const { rename } = await import('node:fs/promises');
-  const chunk = join(dir, 'store', 'chunks', hex.slice(0, 2), hex);
+  const chunk = (await chunkLocation(join(dir, 'store'), hex)).path; // its pack
   await rename(chunk, `${chunk}.away`);
   await assert.rejects(store.export('vm', '1', 1, 'qcow2', join(dir, 'broken.qcow2')), (e: unknown) => e instanceof StoreError && e.code === 'CHUNK_MISSING');
   await rename(`${chunk}.away`, chunk);

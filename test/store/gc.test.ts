@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { openImageStore } from '../../src/store/index.ts';
-import { chunkFiles, sha, tempDir, writeAll } from './helpers.ts';
+import { chunkFiles, chunkLocation, sha, tempDir, writeAll } from './helpers.ts';
 
 test('gc running over and over in one process never deletes chunks a cycle in another process is reusing', async (t) => {
   const dir = await tempDir(t, 'gc');
@@ -68,9 +68,10 @@ function chunkFilesOf(buf: Buffer, cs: number): string[] {
 
 const exists = async (p: string): Promise<boolean> => (await stat(p).catch(() => null)) !== null;
 
+/** Age the packs holding `names` (gc's grace is judged per pack). */
 async function ageChunks(root: string, names: Iterable<string>, byMs: number): Promise<void> {
   const t = new Date(Date.now() - byMs);
-  for (const n of names) await utimes(join(root, 'chunks', n.slice(0, 2), n), t, t);
+  for (const n of names) await utimes((await chunkLocation(root, n)).path, t, t);
 }
 
 test('garbage spared by the grace is owed: the next retention pass collects it even when it removes no image', async (t) => {

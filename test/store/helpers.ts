@@ -1,8 +1,10 @@
 import { createHash, randomBytes, randomInt } from 'node:crypto';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import assert from 'node:assert/strict';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { openImageStore, type CycleWriter } from '../../src/store/index.ts';
+import { decodeIndex, encodeIndex, type PackEntry } from '../../src/store/packs.ts';
 
 export const sha = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
@@ -47,12 +49,62 @@ export function scatter(buf: Buffer, count: number): number[] {
   return list;
 }
 
+/** The chunks the store holds: every name in a sealed pack's index (src/store/packs.ts). */
 export async function chunkFiles(root: string): Promise<Set<string>> {
   const out = new Set<string>();
-  for (const d of await readdir(join(root, 'chunks'))) {
-    for (const n of await readdir(join(root, 'chunks', d))) if (/^[0-9a-f]{64}$/.test(n)) out.add(n);
+  for (const [, entries] of await packIndexes(root)) for (const e of entries) out.add(e.hex);
+  return out;
+}
+
+/** Every sealed pack of the store: id -> its index entries. */
+export async function packIndexes(root: string): Promise<Map<string, PackEntry[]>> {
+  const out = new Map<string, PackEntry[]>();
+  for (const n of await readdir(join(root, 'packs'))) {
+    if (!n.endsWith('.idx')) continue;
+    const entries = decodeIndex(await readFile(join(root, 'packs', n)));
+    assert.ok(entries, `pack index ${n} is damaged`);
+    out.set(n.slice(0, -4), entries);
   }
   return out;
+}
+
+/** Where chunk `hex` is stored: its pack file, the offset of its bytes and their length. */
+export async function chunkLocation(root: string, hex: string): Promise<{ path: string; offset: number; length: number }> {
+  for (const [id, entries] of await packIndexes(root)) {
+    const e = entries.find((x) => x.hex === hex);
+    if (e) return { path: join(root, 'packs', `${id}.pack`), offset: e.offset, length: e.length };
+  }
+  throw new Error(`chunk ${hex} is in no pack`);
+}
+
+/** Set the mtime of every pack (gc spares packs touched within its grace). */
+export async function agePacks(root: string, when: Date): Promise<void> {
+  for (const n of await readdir(join(root, 'packs'))) if (n.endsWith('.pack')) await utimes(join(root, 'packs', n), when, when);
+}
+
+/** Flip the bits of byte `at` of chunk `hex` where it is stored. */
+export async function corruptChunk(root: string, hex: string, at = 0): Promise<void> {
+  const loc = await chunkLocation(root, hex);
+  const fh = await open(loc.path, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, loc.offset + at);
+    b[0] = b[0]! ^ 0xff;
+    await fh.write(b, 0, 1, loc.offset + at);
+  } finally { await fh.close(); }
+}
+
+/** Remove chunk `hex` from the index of the pack holding it, as if it had never been stored (a store opened after sees it missing). */
+export async function loseChunk(root: string, hex: string): Promise<void> {
+  for (const [id, entries] of await packIndexes(root)) {
+    if (!entries.some((e) => e.hex === hex)) continue;
+    await writeFile(join(root, 'packs', `${id}.idx`), encodeIndex(entries.filter((e) => e.hex !== hex)));
+  }
+}
+
+/** Files in the packs folder (packs, indexes, temp files). */
+export async function packFiles(root: string): Promise<string[]> {
+  return (await readdir(join(root, 'packs'))).sort();
 }
 
 /** A new store (chunk size `chunkSize`) whose source "vm" has image 1: one disk of random data. */

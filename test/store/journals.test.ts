@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { appendFile, readFile, readdir, stat, unlink } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { appendFile, readFile, readdir, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { sha256 } from '../../src/store/chunks.ts';
 import { CycleJournals, parseHeld } from '../../src/store/journals.ts';
@@ -29,13 +30,12 @@ test('the chunks come first: when a chunk cannot be made durable, the flush writ
   const refsBefore = before['refs.log'];
   await c.write(0, 2 * CS, randomBytes(CS));
   await c.write(0, 3 * CS, randomBytes(SUB));
-  // the new chunks are still under temp names: remove them, as if they never reached the disk
-  let removed = 0;
-  for (const d of await readdir(join(root, 'chunks'))) {
-    for (const n of await readdir(join(root, 'chunks', d))) if (n.startsWith('.tmp-')) { await unlink(join(root, 'chunks', d, n)); removed++; }
-  }
-  assert.equal(removed, 2);
-  await assert.rejects(c.flush(), /ENOENT/);
+  // the new chunks are in a pack not sealed yet: make sealing it fail (its index cannot be written)
+  const unsealed = (await readdir(join(root, 'packs'))).filter((n) => n.endsWith('.pack') && !existsSync(join(root, 'packs', n.replace(/\.pack$/, '.idx'))));
+  assert.equal(unsealed.length, 1);
+  await rename(join(root, 'packs'), join(root, 'packs.away'));
+  await writeFile(join(root, 'packs'), '');
+  await assert.rejects(c.flush(), /ENOTDIR/);
   const after = await folder(c.dir);
   assert.notEqual(after['refs.log'], refsBefore, 'refs.log names chunks before they exist');
   delete before['refs.log']; delete after['refs.log'];

@@ -5,10 +5,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFile, stat, utimes, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImageStore } from '../../src/store/index.ts';
-import { chunkFiles, sha, tempDir, writeAll } from './helpers.ts';
+import { agePacks, chunkFiles, chunkLocation, corruptChunk, sha, tempDir, writeAll } from './helpers.ts';
 
 const MiB = 1 << 20;
 const SUB = 64 << 10;
@@ -17,7 +17,7 @@ const SUB = 64 << 10;
 async function storeWithImage(t: Parameters<typeof tempDir>[0], name: string, cap: number) {
   const dir = await tempDir(t, name);
   const root = join(dir, 'store');
-  const store = await openImageStore(root);
+  const store = await openImageStore(root, { repackBelow: 1 }); // gc rewrites any pack with a dead chunk
   const v1 = randomBytes(cap);
   const w1 = await store.beginCycle({ sourceId: 'vm', cycleId: 'c1', disks: [{ disk: 0, capacity: cap }] });
   await writeAll(w1, 0, v1, MiB);
@@ -26,8 +26,7 @@ async function storeWithImage(t: Parameters<typeof tempDir>[0], name: string, ca
 }
 
 async function age(root: string): Promise<void> {
-  const old = new Date(Date.now() - 60_000);
-  for (const c of await chunkFiles(root)) await utimes(join(root, 'chunks', c.slice(0, 2), c), old, old);
+  await agePacks(root, new Date(Date.now() - 60_000));
 }
 
 test('mixed whole, sub-aligned, unaligned, zero and overlapping writes over 5 cycles: every image reads, exports and verifies as written', async (t) => {
@@ -100,7 +99,7 @@ test('a 64 KiB change in a 1 MiB chunk stores 64 KiB, not a new 1 MiB chunk; a s
   const added = [...await chunkFiles(root)].filter((c) => !before.has(c));
   assert.equal(added.length, 1, 'one new chunk file');
   assert.equal(added[0], sha(change), 'named by the 64 KiB it holds');
-  assert.equal((await stat(join(root, 'chunks', added[0]!.slice(0, 2), added[0]!))).size, SUB);
+  assert.equal((await chunkLocation(root, added[0]!)).length, SUB);
   const v2 = Buffer.from(v1); change.copy(v2, 2 * MiB + 3 * SUB);
   assert.equal(sha(await store.readImage('vm', '2', 0, 0, cap)), sha(v2));
 
@@ -135,10 +134,7 @@ test('verify names a corrupted sub-chunk by disk and offset; gc keeps sub-chunks
   await store.gc();
   const name = sha(change);
   assert.ok((await chunkFiles(root)).has(name), 'gc kept the sub-chunk image 2 uses');
-  const path = join(root, 'chunks', name.slice(0, 2), name);
-  const bytes = await readFile(path);
-  bytes[100] ^= 0xff;
-  await writeFile(path, bytes);
+  await corruptChunk(root, name, 100);
   const v = await store.verify('vm', '2');
   assert.equal(v.ok, false);
   assert.deepEqual(v.bad.map((b) => [b.disk, b.offset]), [[0, MiB + 5 * SUB]]);

@@ -2,19 +2,17 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { open, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openImageStore, StoreError, type ImageStore } from '../../src/store/index.ts';
-import { chunkFiles, scatter, sha, tempDir, writeAll } from './helpers.ts';
+import { agePacks, chunkFiles, corruptChunk, loseChunk, scatter, sha, tempDir, writeAll } from './helpers.ts';
 
 const CS = 64 << 10;
 const CAP = 4 << 20;
 
 /** gc keeps chunks younger than its start minus 2 s (see gc.ts); tests age them instead of sleeping. */
 async function ageChunks(root: string): Promise<void> {
-  const old = new Date(Date.now() - 60_000);
-  for (const c of await chunkFiles(root)) await utimes(join(root, 'chunks', c.slice(0, 2), c), old, old);
+  await agePacks(root, new Date(Date.now() - 60_000));
 }
 
 async function referenced(store: ImageStore, src: string, ids: string[]): Promise<Set<string>> {
@@ -57,7 +55,7 @@ function holdPin(t: { after: (fn: () => void) => void }, root: string, image: st
 test('retention max 2 over 4 cycles keeps exactly the 2 newest; unreferenced chunks are gone; kept images verify', async (t) => {
   const dir = await tempDir(t, 'retention');
   const root = join(dir, 'store');
-  const store = await openImageStore(root, { chunkSize: CS });
+  const store = await openImageStore(root, { chunkSize: CS, repackBelow: 1 });
   const v = await cycles(store, 4);
   await assert.rejects(store.applyRetention('vm', 0), (e: unknown) => e instanceof StoreError && e.code === 'BAD_RETENTION');
   await assert.rejects(store.applyRetention('vm', 11), /1-10/);
@@ -79,7 +77,7 @@ test('retention max 2 over 4 cycles keeps exactly the 2 newest; unreferenced chu
 test('an image pinned by another process is skipped by retention and refused by rm; a dead pin is ignored', async (t) => {
   const dir = await tempDir(t, 'retention');
   const root = join(dir, 'store');
-  const store = await openImageStore(root, { chunkSize: CS });
+  const store = await openImageStore(root, { chunkSize: CS, repackBelow: 1 });
   const v = await cycles(store, 3);
   const pin = holdPin(t, root, '1');
   await pin.ready;
@@ -97,7 +95,7 @@ test('an image pinned by another process is skipped by retention and refused by 
 test('gc while a cycle is open keeps every chunk the cycle uses, flushed or not, even when its base image is removed', async (t) => {
   const dir = await tempDir(t, 'retention');
   const root = join(dir, 'store');
-  const store = await openImageStore(root, { chunkSize: CS });
+  const store = await openImageStore(root, { chunkSize: CS, repackBelow: 1 });
   const v = await cycles(store, 2);
   const next = Buffer.from(v[1]!);
   const w = await store.beginCycle({ sourceId: 'vm', cycleId: 'c3', disks: [{ disk: 0, capacity: CAP }] });
@@ -124,17 +122,14 @@ test('gc while a cycle is open keeps every chunk the cycle uses, flushed or not,
 test('verify reports a corrupted and a missing chunk with disk and offset', async (t) => {
   const dir = await tempDir(t, 'retention');
   const root = join(dir, 'store');
-  const store = await openImageStore(root, { chunkSize: CS });
+  const store = await openImageStore(root, { chunkSize: CS, repackBelow: 1 });
   await cycles(store, 1);
   const d = await store.chunkDigests('vm', '1', 0, 0, 64);
   const c3 = d.toString('hex', 3 * 32, 4 * 32);
   const c5 = d.toString('hex', 5 * 32, 6 * 32);
-  const fh = await open(join(root, 'chunks', c3.slice(0, 2), c3), 'r+');
-  await fh.write(Buffer.from([0xff ^ (await fh.read(Buffer.alloc(1), 0, 1, 100)).buffer[0]!]), 0, 1, 100);
-  await fh.close();
-  const { unlink } = await import('node:fs/promises');
-  await unlink(join(root, 'chunks', c5.slice(0, 2), c5));
-  const r = await store.verify('vm', '1');
+  await corruptChunk(root, c3, 100);
+  await loseChunk(root, c5);
+  const r = await (await openImageStore(root)).verify('vm', '1'); // a store opened after the loss
   assert.equal(r.ok, false);
   assert.equal(r.chunks, CAP / CS - 10);
   assert.deepEqual(r.bad.map((b) => [b.disk, b.offset]).sort((a, b) => a[1]! - b[1]!), [[0, 3 * CS], [0, 5 * CS]]);

@@ -22,14 +22,14 @@ export function vmlift(args: string[], env: NodeJS.ProcessEnv = process.env, onS
   });
 }
 
-/** SHA-256 over the store's chunk names and image files: what must not change when an image is read. */
+/** SHA-256 over the store's file names, pack indexes and image files: what must not change when an image is read. */
 export async function storeDigest(root: string): Promise<string> {
   const h = createHash('sha256');
   const walk = async (d: string): Promise<void> => {
     for (const e of (await readdir(d, { withFileTypes: true })).sort((a, b) => a.name.localeCompare(b.name))) {
       const p = join(d, e.name);
       if (e.isDirectory()) { if (!['tmp', 'pins', 'locks'].includes(e.name)) await walk(p); } else if (e.isFile() && !/\.(lock|pin)$/.test(e.name)) {
-        h.update(p); if (!p.includes('/chunks/')) h.update(await readFile(p));
+        h.update(p); if (!p.includes('/chunks/') && !p.endsWith('.pack')) h.update(await readFile(p)); // a pack's index names its chunks
       }
     }
   };

@@ -6,7 +6,7 @@ import { stat } from 'node:fs/promises';
 import { CodedError, UserError } from '../../util/errors.ts';
 import { assertId } from '../../util/ids.ts';
 import { printResult, table, formatBytes } from '../output.ts';
-import { openImageStore, StoreError, type ImageStore } from '../../store/index.ts';
+import { migrateStore, openImageStore, StoreError, type ImageStore } from '../../store/index.ts';
 import type { ImageInfo } from '../../model/images.ts';
 import type { InspectReport } from '../../target/inspect.ts';
 
@@ -86,6 +86,22 @@ export function register(program: Command): void {
           ...(v.openCycles.length ? [`open cycles: ${v.openCycles.map((c) => `${c.sourceId}/${c.cycleId}`).join(', ')}`] : []),
           `store: ${formatBytes(v.store.logicalBytes)} of images in ${formatBytes(v.store.storedBytes)} of chunks (${v.store.chunks} chunks), dedup ratio ${v.store.dedupRatio.toFixed(2)}`,
         ].join('\n'));
+    }));
+
+  img.command('migrate')
+    .description('convert a store of an older format in place (stop the receiver first; crash-safe: run it again if it is interrupted)')
+    .requiredOption(dataDir, dataDirHelp)
+    .option('--json', 'print JSON')
+    .action((o: Common) => run(async () => {
+      const dir = resolve(o.dataDir);
+      if (!(await stat(dir).catch(() => null))?.isDirectory()) {
+        throw new UserError('NO_DATA_DIR', `data folder ${dir} does not exist`, 'give --data-dir the folder the receiver runs with (vmlift receiver serve --data-dir DIR)');
+      }
+      const r = await migrateStore(join(dir, 'store'));
+      printResult(o.json, r, (v) => v.from === v.to
+        ? `store ${v.root} is already store format ${v.to}`
+        : `store ${v.root}: format ${v.from} -> ${v.to}; ${v.chunks} chunks (${formatBytes(v.bytes)}) copied into ${v.packs} packs`
+          + (v.alreadyPacked ? `, ${v.alreadyPacked} already packed by an earlier run` : ''));
     }));
 
   /** A command on one image of one source: --data-dir, --source, --image and --json, the store opened and the source checked. */
