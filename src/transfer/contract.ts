@@ -90,7 +90,8 @@ export interface RegisterRequest { sourceId: string; code: string; label?: strin
 export interface RegisterResponse { sourceId: string; credential: string }
 
 /** GET /v1/whoami */
-export interface WhoamiResponse { sourceId: string; dataPort: number }
+/** `wireVersion`: the receiver's (transfer/wire-version.ts); absent from receivers of wire version 1. */
+export interface WhoamiResponse { sourceId: string; dataPort: number; wireVersion?: number }
 
 /** GET /v1/images */
 export interface ImagesResponse { images: ImageInfo[] }
@@ -193,7 +194,8 @@ export interface ErrorResponse { error: WireError }
 
 // ---- data port frames (JSON bodies; ERROR frames carry a WireError) ----
 
-export interface HelloFrame { sourceId: string; credential: string; cycleId: string; streamId: string }
+/** `wireVersion`: the sender's (transfer/wire-version.ts); absent from senders of wire version 1. */
+export interface HelloFrame { sourceId: string; credential: string; cycleId: string; streamId: string; wireVersion?: number }
 /** `durableSeq`: the last sequence number of this stream that is durable, null for a stream the receiver does not know. */
 export interface ReadyFrame { durableSeq: number | null }
 export interface SyncFrame { token: number }

@@ -38,6 +38,7 @@ import { Backoff, Outage, reconnectVerdict } from './reconnect.ts';
 import { commitBody, commitWithRetries } from './commit.ts';
 import { PiecePacker } from './piece-packer.ts';
 import { linkTimeouts } from './link-timeouts.ts';
+import { WIRE_VERSION } from './wire-version.ts';
 import { split } from '../model/ranges.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
 import { crashPoint } from '../util/crash.ts';
@@ -181,7 +182,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
   /** Open a data connection, then write the window again from what the receiver lacks. */
   private async connectData(): Promise<void> {
     const link = await DataLink.open(this.host.data,
-      { sourceId: this.host.sourceId, credential: this.host.credential, cycleId: this.cycleId, streamId: this.streamId }, this.linkEvents);
+      { sourceId: this.host.sourceId, credential: this.host.credential, cycleId: this.cycleId, streamId: this.streamId, wireVersion: WIRE_VERSION }, this.linkEvents);
     this.link = link;
     this.window.resume(link.durableSeq, (e) => this.coverage.heldCovers(e.disk, e.offset, e.length));
     this.syncSentOn = null;
