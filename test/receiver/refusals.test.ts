@@ -15,6 +15,8 @@ import { CODEC, FRAME, FrameAssembler, encodeExtentHeader, encodeJsonFrame, pars
 import { createCode } from '../../src/receiver/identity.ts';
 import { compress } from 'zstd-napi';
 import type { CycleSession, Sender } from '../../src/transfer/sender.ts';
+import { WIRE_VERSION } from '../../src/transfer/wire-version.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 
 const MiB = 1 << 20;
 let t: TestRx;
@@ -85,7 +87,7 @@ async function rawData(sourceId: string, credential: string, cycleId: string): P
   const reader = new FrameAssembler();
   s.on('data', (c: Buffer) => { reader.push(c); for (let f = reader.next(); f; f = reader.next()) frames.push({ type: f.type, msg: parseJsonBody(f.body) }); });
   const closed = new Promise<void>((r) => { s.on('close', () => r()); s.on('error', () => undefined); });
-  s.write(encodeJsonFrame(FRAME.HELLO, { sourceId, credential, cycleId, streamId: 'abc123' }));
+  s.write(encodeJsonFrame(FRAME.HELLO, { sourceId, credential, cycleId, streamId: 'abc123' , wireVersion: WIRE_VERSION }));
   return { s, frames, closed };
 }
 function errorOf(frames: { type: number; msg?: Record<string, unknown> }[]): Record<string, unknown> {
@@ -94,7 +96,7 @@ function errorOf(frames: { type: number; msg?: Record<string, unknown> }[]): Rec
   return e.msg!;
 }
 function extent(seq: number, disk: number, offset: number, data: Buffer, opts: { codec?: number; digest?: Buffer; length?: number } = {}): Buffer {
-  const digest = opts.digest ?? createHash('sha256').update(data).digest();
+  const digest = opts.digest ?? treeDigest(data);
   return Buffer.concat([encodeExtentHeader({ codec: opts.codec ?? CODEC.RAW, seq, disk, offset, length: opts.length ?? data.length, digest }, data.length), data]);
 }
 async function openCycle(sourceId: string, cycleId = 'c1', capacity = 4 * MiB): Promise<string> {
@@ -168,7 +170,7 @@ test('frames with a wrong length', async () => {
   // a compressed extent that inflates to another length than its header says
   r = await rawData('len-a', cred, 'c1');
   const plain = Buffer.alloc(8192, 5);
-  r.s.write(extent(1, 0, 0, compress(plain), { codec: CODEC.ZSTD, length: 4096, digest: createHash('sha256').update(plain).digest() }));
+  r.s.write(extent(1, 0, 0, compress(plain), { codec: CODEC.ZSTD, length: 4096, digest: treeDigest(plain) }));
   await r.closed;
   assert.equal(errorOf(r.frames).code, 'BAD_LENGTH');
   assert.match(String(errorOf(r.frames).message), /compressed extent declares 8192 bytes, frame header says 4096/);
