@@ -38,6 +38,13 @@ export interface SendOptions {
    * (`pieceDigests` in digest-tree.ts). The pieces are not hashed again. Ignored unless there is one per piece.
    */
   digest?: Buffer;
+  /**
+   * With `handOver` and `data` of one piece: called once the sender holds `data` no longer (the
+   * receiver acknowledged it as durable, or it was skipped), so the caller may fill the buffer
+   * again. Not called when the session ends first; a buffer the sender moved to a worker is
+   * detached by then (length 0): check before reuse.
+   */
+  release?: () => void;
 }
 
 /** What a sender commits a cycle with. */

@@ -76,6 +76,8 @@ interface Entry extends WindowEntry {
   /** The governor's phase this piece was packed in (undefined: compression off). */
   phase?: PackPhase | undefined;
   done?: Packed;
+  /** SendOptions.release of the caller's buffer (a buffer of one piece). */
+  release?: (() => void) | undefined;
 }
 
 class Signal {
@@ -132,7 +134,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     this.requestedBaseDisks = o.baseDisks && [...o.baseDisks];
     this.estimatedBytes = o.estimatedBytes;
     this.log = host.log.child({ cycleId: o.cycleId });
-    this.window = new SendWindow(host.windowBytes);
+    this.window = new SendWindow<Entry>(host.windowBytes, (e) => e.release?.());
     this.governor = new CompressionGovernor(undefined, undefined, { ...DEFAULT_TIMING, settleBytes: Math.max(DEFAULT_TIMING.settleBytes, host.windowBytes + (32 << 20)) });
     this.packer = new PiecePacker(this.governor, () => host.zstdLevel());
     this.linkEvents = {
@@ -311,6 +313,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     if (len === 0) return;
     if (this.coverage.alreadyHeld(disk, offset, len)) {
       this.st.skippedBytes += len;
+      opts?.release?.();
       return;
     }
     // pieces end on absolute multiples of PIECE_SIZE (the store's chunk size): whole chunks take its fast path
@@ -328,7 +331,9 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
       this.check();
       const overwrite = this.coverage.recordSent(disk, off, n);
       const { packed, phase } = zero ? this.packer.pack(null, 0, n) : this.packer.pack(data, off - offset, n, digest ? { ...opts, digest } : { ...opts, digest: undefined });
-      this.window.push({ disk, offset: off, length: n, overwrite, packed, cost, phase });
+      // one piece only: pieces of one buffer may leave the window apart (after a receiver restart)
+      const release = opts?.handOver && pieces.length === 1 ? opts.release : undefined;
+      this.window.push({ disk, offset: off, length: n, overwrite, packed, cost, phase, release });
       this.changed.notify();
       crashPoint('transfer:send');
     }
