@@ -70,6 +70,13 @@ export interface ProgressEvent { disk: number; bytesSent: number; wireBytes: num
 const MARKER_COST = 64;
 /** Bytes the pump may leave queued in the data socket before it waits for a drain. */
 const SOCKET_BUFFER = 2 * 1024 * 1024;
+/**
+ * A frame with at least this much payload is written only into a drained socket. Frames queued
+ * behind a write in progress go out as one writev, and Node's TLS socket copies a writev's buffers
+ * into one before encrypting: a copy of every payload byte (docs/transfer.md, Measurements).
+ * Written alone, header and payload are encrypted in place.
+ */
+const ALONE_PAYLOAD = 256 * 1024;
 
 interface Entry extends WindowEntry {
   packed: Promise<Packed>;
@@ -263,7 +270,13 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     await this.host.takeTokens(wire);
     this.governor.observe(waitedForPack, this.waitedForNetwork + performance.now() - tokenWaitStart);
     this.waitedForNetwork = 0;
-    const link = this.link;
+    let link = this.link;
+    if (link && payloadLen >= ALONE_PAYLOAD && link.needsDrain) {
+      const drainStart = performance.now();
+      await link.drained();
+      this.waitedForNetwork += performance.now() - drainStart;
+      if (this.link !== link) link = null;
+    }
     if (!link || !this.window.isNext(e)) return true; // connection changed or window resynced meanwhile
     link.write(head);
     const ok = p.payload ? link.write(p.payload) : true;
