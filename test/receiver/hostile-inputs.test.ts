@@ -30,7 +30,7 @@ before(async () => {
 after(async () => { await t.close(); });
 
 const authed = () => new ControlClient({ host: '127.0.0.1', port: t.rx.controlPort, fingerprint: t.rx.fingerprint }, { sourceId: 'hx', credential: cred });
-const authHead = () => `x-vmlift-source: hx\r\nauthorization: Bearer ${cred}\r\n`;
+const authHead = () => `x-vmlift-source: hx\r\nauthorization: Bearer ${cred}\r\nx-vmlift-wire: ${WIRE_VERSION}\r\n`;
 const errorCode = (body: Buffer): string => (JSON.parse(body.toString('utf8')) as { error: { code: string } }).error.code;
 const noErrorLogged = () => assert.deepEqual(t.log.lines.filter((l) => l.level === 50).map((l) => l.msg), [], 'nothing logged as a receiver failure');
 

@@ -377,7 +377,7 @@ async function specialCases(o: FuzzOptions, rx: FuzzedReceiver, dataSrc: Control
   const { controlPort, dataPort } = rx.facts;
   const target = { host: '127.0.0.1', port: controlPort, fingerprint: rx.fingerprint };
   const whoami = async (): Promise<number> => { const t = Date.now(); await new ControlClient(target, ctl).whoami(); return Date.now() - t; };
-  const auth = `x-vmlift-source: ${ctl.sourceId}\r\nauthorization: Bearer ${ctl.credential}\r\n`;
+  const auth = `x-vmlift-source: ${ctl.sourceId}\r\nauthorization: Bearer ${ctl.credential}\r\nx-vmlift-wire: ${WIRE_VERSION}\r\n`;
 
   // slow-drip clients start first: they run while the rest goes on
   const drips = Promise.all([
