@@ -137,7 +137,7 @@ test('verify names a corrupted sub-chunk by disk and offset; gc keeps sub-chunks
   await store.removeImage('vm', '1');
   await age(root);
   await store.gc();
-  const name = sha(change);
+  const name = chunkName(change);
   assert.ok((await chunkFiles(root)).has(name), 'gc kept the sub-chunk image 2 uses');
   const path = join(root, 'chunks', name.slice(0, 2), name);
   const bytes = await readFile(path);
