@@ -34,7 +34,7 @@ export interface SendOptions {
   handOver?: boolean;
   /**
    * The caller's digests of the pieces of `data` (cut at absolute multiples of PIECE_SIZE, 1 MiB):
-   * 32 bytes each, concatenated — the SHA-256 of a piece, or 32 zero bytes for an all-zero piece
+   * 32 bytes each, concatenated — the tree digest of a piece (util/tree-digest.ts), or 32 zero bytes for an all-zero piece
    * (`pieceDigests` in digest-tree.ts). The pieces are not hashed again. Ignored unless there is one per piece.
    */
   digest?: Buffer;
