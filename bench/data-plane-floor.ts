@@ -7,8 +7,11 @@
  *   node --import tsx bench/data-plane-floor.ts [--size 4] [--rounds 2] [--dir DIR] [--json]
  *
  * Floor variants (receiver store mode / agent hash passes):
- *   page-cache/2  what vmlift does: 4 KiB block digests + window SHA-256 on the agent; chunk files
- *                 written through the page cache, syncfs + FADV_DONTNEED per batch on the receiver
+ *   page-cache/tree  what vmlift does since wire version 2: 4 KiB block digests on the agent and the
+ *                 window's tree digest from them (each byte hashed once); the receiver checks it by
+ *                 hashing each 4 KiB block; chunk files written through the page cache, syncfs +
+ *                 FADV_DONTNEED per batch on the receiver
+ *   page-cache/2  what vmlift did before: 4 KiB block digests + window SHA-256 on the agent
  *   direct/2      the same with O_DIRECT chunk writes
  *   page-cache/1  the agent hashing once (no block digests for the manifest)
  *   none/1        the receiver stores nothing: the cost of TLS + hashing alone
@@ -55,12 +58,12 @@ async function buildFloor(): Promise<void> {
 
 interface Run { wall: number; mbps: number; cpu: Record<string, number> }
 
-async function floorRun(work: string, src: string, mode: string, passes: number): Promise<Run> {
+async function floorRun(work: string, src: string, mode: string, passes: number | 'tree'): Promise<Run> {
   const store = join(work, 'floor-store');
   await rm(store, { recursive: true, force: true });
   await Promise.all(Array.from({ length: 256 }, (_, i) => mkdir(join(store, i.toString(16).padStart(2, '0')), { recursive: true })));
   const port = await freePort();
-  const recv = spawn(FLOOR_BIN, ['receive', String(port), store, mode, join(work, 'cert.pem'), join(work, 'key.pem')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const recv = spawn(FLOOR_BIN, ['receive', String(port), store, mode, join(work, 'cert.pem'), join(work, 'key.pem'), ...(passes === 'tree' ? ['tree'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   recv.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
   const exited = new Promise<number>((r) => recv.once('exit', (c) => r(c ?? 1)));
@@ -101,7 +104,8 @@ async function vmliftRun(work: string, src: string, round: number): Promise<Run>
 const VARIANTS: [string, (work: string, src: string, round: number) => Promise<Run>][] = [
   ['nbdcopy (nbdkit file → file)', (w, s) => nbdcopyRun(w, s)],
   ['vmlift agent → receiver, compression 0', vmliftRun],
-  ['floor page-cache/2 (vmlift\'s work)', (w, s) => floorRun(w, s, 'page-cache', 2)],
+  ['floor page-cache/2 (vmlift\'s work before wire version 2)', (w, s) => floorRun(w, s, 'page-cache', 2)],
+  ['floor page-cache/tree (vmlift\'s work now)', (w, s) => floorRun(w, s, 'page-cache', 'tree')],
   ['floor direct/2', (w, s) => floorRun(w, s, 'direct', 2)],
   ['floor page-cache/1', (w, s) => floorRun(w, s, 'page-cache', 1)],
   ['floor none/1 (no store)', (w, s) => floorRun(w, s, 'none', 1)],
@@ -131,11 +135,12 @@ try {
 const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
 const nbdcopyMbps = mean(runs.get(VARIANTS[0]![0])!.map((r) => r.mbps));
 const floorMbps = mean(runs.get(VARIANTS[2]![0])!.map((r) => r.mbps));
+const treeFloorMbps = mean(runs.get(VARIANTS[3]![0])!.map((r) => r.mbps));
 const rows = VARIANTS.map(([name]) => {
   const rs = runs.get(name)!;
   const mbps = mean(rs.map((r) => r.mbps));
   const cpuPerGiB = Object.fromEntries(Object.keys(rs[0]!.cpu).map((k) => [k, mean(rs.map((r) => r.cpu[k]!)) / (SIZE / GiB)]));
-  return { name, mbps, runs: rs.map((r) => Math.round(r.mbps)), vsNbdcopy: mbps / nbdcopyMbps, vsFloor: mbps / floorMbps, cpuPerGiB };
+  return { name, mbps, runs: rs.map((r) => Math.round(r.mbps)), vsNbdcopy: mbps / nbdcopyMbps, vsFloor: mbps / floorMbps, vsTreeFloor: mbps / treeFloorMbps, cpuPerGiB };
 });
 if (values.json) {
   process.stdout.write(`${JSON.stringify({ sizeBytes: SIZE, rounds: ROUNDS, node: process.version, rows }, null, 2)}\n`);
@@ -143,9 +148,9 @@ if (values.json) {
   process.stdout.write([
     `data-plane floor: ${SIZE / GiB} GiB fully allocated source, loopback TLS, ${ROUNDS} rounds (mean; each run in brackets)`,
     '',
-    '| run | MB/s | / nbdcopy | / floor page-cache/2 | CPU s per GiB |',
-    '|---|---|---|---|---|',
-    ...rows.map((r) => `| ${r.name} | ${r.mbps.toFixed(0)} [${r.runs.join(', ')}] | ${r.vsNbdcopy.toFixed(2)} | ${r.vsFloor.toFixed(2)} | ${Object.entries(r.cpuPerGiB).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')} |`),
+    '| run | MB/s | / nbdcopy | / floor page-cache/2 | / floor page-cache/tree | CPU s per GiB |',
+    '|---|---|---|---|---|---|',
+    ...rows.map((r) => `| ${r.name} | ${r.mbps.toFixed(0)} [${r.runs.join(', ')}] | ${r.vsNbdcopy.toFixed(2)} | ${r.vsFloor.toFixed(2)} | ${r.vsTreeFloor.toFixed(2)} | ${Object.entries(r.cpuPerGiB).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')} |`),
     '',
   ].join('\n'));
 }

@@ -32,7 +32,7 @@ dlib=build/libvmlift-digest.so
 if ! fresh "$dlib" "$dsrc"; then
   mkdir -p build
   # libcrypto.so.3 by its soname: Debian's libssl3 (a dependency of openssl), no -dev package needed
-  ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -o "$dlib.tmp" "$dsrc" -l:libcrypto.so.3
+  ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -pthread -o "$dlib.tmp" "$dsrc" -l:libcrypto.so.3
   mv "$dlib.tmp" "$dlib"
   echo "native: built $dlib" >&2
 fi

@@ -5,9 +5,13 @@
  *
  *   send HOST PORT SOURCE PASSES    read SOURCE in 1 MiB windows (pread), hash each (PASSES=2: the
  *                                   4 KiB block digests of the agent's manifest and the window's
- *                                   SHA-256 as vmlift's agent does; 1: the window's SHA-256 only),
- *                                   send a 40-byte header (length, SHA-256) + the window over TLS
- *   receive PORT DIR MODE CERT KEY  accept one TLS connection, check each window's SHA-256, store it
+ *                                   SHA-256 as vmlift's agent did before wire version 2; 1: the
+ *                                   window's SHA-256 only; tree: the 4 KiB block digests and the
+ *                                   window's tree digest from them, as vmlift's agent does now),
+ *                                   send a 40-byte header (length, digest) + the window over TLS
+ *   receive PORT DIR MODE CERT KEY [tree]  accept one TLS connection, check each window's digest
+ *                                   (SHA-256, or with `tree` its tree digest: each 4 KiB block hashed,
+ *                                   as vmlift's receiver does now), store it
  *                                   as a chunk file: MODE none (discard), page-cache (as vmlift's
  *                                   store: temp file, syncfs + POSIX_FADV_DONTNEED + rename per
  *                                   batch of 32) or direct (the same with O_DIRECT writes)
@@ -20,6 +24,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
 #include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <signal.h>
@@ -36,6 +41,33 @@
 #define BLOCK 4096
 #define BATCH 32
 #define HEADER 40
+
+/* SHA-256 through EVP with the algorithm fetched once (OpenSSL 3's SHA256() fetches it per call). */
+static EVP_MD *md256;
+static EVP_MD_CTX *mdctx;
+static void sha256(const unsigned char *d, size_t n, unsigned char *out) {
+  unsigned int l;
+  if (!md256) { md256 = EVP_MD_fetch(NULL, "SHA256", NULL); mdctx = EVP_MD_CTX_new(); }
+  EVP_DigestInit_ex2(mdctx, md256, NULL);
+  EVP_DigestUpdate(mdctx, d, n);
+  EVP_DigestFinal_ex(mdctx, out, &l);
+}
+
+/* vmlift's tree digest (src/util/tree-digest.ts) of buf[0, n), given the SHA-256 of its 4 KiB blocks. */
+static void tree_digest(size_t n, const unsigned char *blocks, unsigned char *out) {
+  unsigned char head[20];
+  unsigned int l;
+  memcpy(head, "vmlift-tree1", 12);
+  for (int i = 0; i < 8; i++) head[12 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
+  EVP_DigestInit_ex2(mdctx, md256, NULL);
+  EVP_DigestUpdate(mdctx, head, sizeof head);
+  EVP_DigestUpdate(mdctx, blocks, (n + 4095) / 4096 * 32);
+  EVP_DigestFinal_ex(mdctx, out, &l);
+}
+
+static void block_digests(const unsigned char *buf, size_t n, unsigned char *blocks) {
+  for (size_t b = 0; b < n; b += 4096) sha256(buf + b, n - b < 4096 ? n - b : 4096, blocks + 32 * (b / 4096));
+}
 
 static double now(void) {
   struct timespec t;
@@ -84,7 +116,9 @@ static void finish_batch(struct pending *p, int *np, int drop_cache) {
 }
 
 static int receive(int argc, char **argv) {
-  if (argc != 7) die("usage: receive PORT DIR MODE CERT KEY");
+  if (argc != 7 && argc != 8) die("usage: receive PORT DIR MODE CERT KEY [tree]");
+  int tree = argc == 8 && !strcmp(argv[7], "tree");
+  static unsigned char blocks[32 * (WINDOW / 4096)];
   int port = atoi(argv[2]);
   const char *dir = argv[3], *mode = argv[4];
   int direct = !strcmp(mode, "direct"), store = direct || !strcmp(mode, "page-cache");
@@ -115,7 +149,7 @@ static int receive(int argc, char **argv) {
     uint64_t len;
     memcpy(&len, hdr, 8);
     if (len == 0 || len > WINDOW || read_full(s, buf, len) != 1) die("bad frame");
-    SHA256(buf, len, md);
+    if (tree) { block_digests(buf, len, blocks); tree_digest(len, blocks, md); } else sha256(buf, len, md);
     if (memcmp(md, hdr + 8, 32)) die("digest mismatch");
     if (store) {
       struct pending *p = &batch[np];
@@ -135,7 +169,7 @@ static int receive(int argc, char **argv) {
 
 static int send_source(int argc, char **argv) {
   if (argc != 6) die("usage: send HOST PORT SOURCE PASSES");
-  int passes = atoi(argv[5]);
+  int tree = !strcmp(argv[5], "tree"), passes = tree ? 1 : atoi(argv[5]);
   struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM }, *ai;
   if (getaddrinfo(argv[2], argv[3], &hints, &ai)) die("address");
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -151,11 +185,10 @@ static int send_source(int argc, char **argv) {
   double t0 = now();
   ssize_t n;
   while ((n = pread(in, buf, WINDOW, off)) > 0) {
-    if (passes >= 2)
-      for (ssize_t b = 0; b < n; b += BLOCK) SHA256(buf + b, (size_t)(n - b < BLOCK ? n - b : BLOCK), blocks + SHA256_DIGEST_LENGTH * (b / BLOCK));
+    if (passes >= 2 || tree) block_digests(buf, (size_t)n, blocks);
     uint64_t len = (uint64_t)n;
     memcpy(hdr, &len, 8);
-    SHA256(buf, (size_t)n, hdr + 8);
+    if (tree) tree_digest((size_t)n, blocks, hdr + 8); else sha256(buf, (size_t)n, hdr + 8);
     if (SSL_write(s, hdr, HEADER) != HEADER || SSL_write(s, buf, (int)n) != (int)n) die("send");
     off += n;
   }

@@ -1,17 +1,53 @@
 /*
- * Block digests for vmlift in one pass over a buffer, called through koffi on its worker pool:
- * no JavaScript per block, no copies, no worker-thread messages.
+ * Block digests and tree digests for vmlift, called through koffi on its worker pool: no
+ * JavaScript per block, no copies, no worker-thread messages.
  *
- * SHA-256 comes from the system's OpenSSL libcrypto (SHA-NI where the CPU has it). Only its
- * one-shot function is used; the prototype is declared here so no OpenSSL headers are needed.
+ * SHA-256 comes from the system's OpenSSL libcrypto (SHA-NI where the CPU has it) through EVP with
+ * the algorithm fetched once: OpenSSL 3's one-shot SHA256() looks the algorithm up on every call,
+ * which costs ~25 % at 4 KiB blocks (docs/transfer.md, Measurements). The prototypes are declared
+ * here so no OpenSSL headers are needed.
+ *
+ * Tree digest (the wire digest of a data extent and the name of a store chunk, docs/design.md,
+ * contracts): the SHA-256 of
+ *     "vmlift-tree1" (12 bytes) | u64 BE length | SHA-256 of each 4 KiB block, in order
+ * where the last block may be short. So the sender, which needs the 4 KiB block digests anyway,
+ * derives it from them, and nobody hashes a byte twice.
  */
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
-unsigned char *SHA256(const unsigned char *d, size_t n, unsigned char *md);
+typedef struct evp_md_st EVP_MD;
+typedef struct evp_md_ctx_st EVP_MD_CTX;
+EVP_MD *EVP_MD_fetch(void *libctx, const char *algorithm, const char *properties);
+EVP_MD_CTX *EVP_MD_CTX_new(void);
+void EVP_MD_CTX_free(EVP_MD_CTX *ctx);
+int EVP_DigestInit_ex2(EVP_MD_CTX *ctx, const EVP_MD *type, const void *params);
+int EVP_DigestUpdate(EVP_MD_CTX *ctx, const void *d, size_t cnt);
+int EVP_DigestFinal_ex(EVP_MD_CTX *ctx, unsigned char *md, unsigned int *s);
 
 #define DIGEST_LEN 32
+#define TREE_BLOCK 4096
+static const char TREE_TAG[12] = { 'v', 'm', 'l', 'i', 'f', 't', '-', 't', 'r', 'e', 'e', '1' };
+
+static EVP_MD *sha256_md;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+static void fetch_sha256(void) { sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL); }
+
+/* A digest context of the calling thread (koffi runs async calls on several threads). */
+static EVP_MD_CTX *thread_ctx(void) {
+  static _Thread_local EVP_MD_CTX *ctx;
+  pthread_once(&sha256_once, fetch_sha256);
+  if (!ctx) ctx = EVP_MD_CTX_new();
+  return ctx;
+}
+
+static int sha256(EVP_MD_CTX *c, const uint8_t *d, size_t n, uint8_t *md) {
+  unsigned int len;
+  return EVP_DigestInit_ex2(c, sha256_md, NULL) == 1 && EVP_DigestUpdate(c, d, n) == 1 && EVP_DigestFinal_ex(c, md, &len) == 1 ? 0 : -1;
+}
 
 static int all_zero(const uint8_t *p, size_t n) {
   if (n == 0) return 1;
@@ -20,46 +56,83 @@ static int all_zero(const uint8_t *p, size_t n) {
   return memcmp(p, p + 1, n - 1) == 0;
 }
 
+/* The tree digest of `len` bytes from the full digests of their 4 KiB blocks. */
+static int tree_from_blocks(EVP_MD_CTX *c, size_t len, const uint8_t *block_digests, uint8_t *md) {
+  uint8_t head[20];
+  memcpy(head, TREE_TAG, 12);
+  for (int i = 0; i < 8; i++) head[12 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+  size_t n = (len + TREE_BLOCK - 1) / TREE_BLOCK;
+  unsigned int l;
+  return EVP_DigestInit_ex2(c, sha256_md, NULL) == 1 && EVP_DigestUpdate(c, head, sizeof head) == 1
+      && EVP_DigestUpdate(c, block_digests, n * DIGEST_LEN) == 1 && EVP_DigestFinal_ex(c, md, &l) == 1 ? 0 : -1;
+}
+
 /*
  * For each `block`-sized block of data[0, len) (the last one may be shorter): the first
  * `keep` bytes (1..32) of its SHA-256 into digests[i * keep], and zero[i] = 1 when it is all zeros
  * (its digest is still the SHA-256 of those zeros).
- * When piece_digests is not NULL, also the full SHA-256 of each `piece`-sized piece of the buffer
- * into piece_digests[j * 32].
- * Returns the number of blocks, or -1 on bad arguments.
+ * When piece_digests is not NULL (block must then be 4096 and piece a multiple of it): also the
+ * tree digest of each `piece`-sized piece of the buffer into piece_digests[j * 32], derived from
+ * the block digests (no second pass over the bytes).
+ * Returns the number of blocks, or -1 on bad arguments or a libcrypto failure.
  */
 int64_t vmlift_digest_blocks(const uint8_t *data, size_t len, size_t block, size_t keep,
                              uint8_t *digests, uint8_t *zero, size_t piece, uint8_t *piece_digests) {
   if (block == 0 || keep == 0 || keep > DIGEST_LEN) return -1;
-  if (piece_digests && piece == 0) return -1;
+  if (piece_digests && (piece == 0 || block != TREE_BLOCK || piece % TREE_BLOCK != 0)) return -1;
+  EVP_MD_CTX *c = thread_ctx();
+  if (!c || !sha256_md) return -1;
+  /* full digests of the current piece's blocks, for its tree digest */
+  uint8_t *full = NULL;
+  if (piece_digests && !(full = malloc(piece / TREE_BLOCK * DIGEST_LEN))) return -1;
   uint8_t md[DIGEST_LEN];
   uint8_t zero_md[DIGEST_LEN];
   size_t zero_md_len = 0;
   size_t n = 0;
+  int64_t r = 0;
   for (size_t off = 0; off < len; off += block, n++) {
     size_t b = len - off < block ? len - off : block;
     const uint8_t *p = data + off;
     int z = all_zero(p, b);
     zero[n] = (uint8_t)z;
     if (z) {
-      if (zero_md_len != b) { SHA256(p, b, zero_md); zero_md_len = b; }
-      memcpy(digests + n * keep, zero_md, keep);
-    } else {
-      SHA256(p, b, md);
-      memcpy(digests + n * keep, md, keep);
+      if (zero_md_len != b) { if (sha256(c, p, b, zero_md)) { r = -1; break; } zero_md_len = b; }
+      memcpy(md, zero_md, DIGEST_LEN);
+    } else if (sha256(c, p, b, md)) { r = -1; break; }
+    memcpy(digests + n * keep, md, keep);
+    if (full) {
+      size_t in_piece = (off % piece) / TREE_BLOCK;
+      memcpy(full + in_piece * DIGEST_LEN, md, DIGEST_LEN);
+      size_t piece_start = off - off % piece;
+      size_t piece_end = piece_start + piece < len ? piece_start + piece : len;
+      if (off + b == piece_end && tree_from_blocks(c, piece_end - piece_start, full, piece_digests + (off / piece) * DIGEST_LEN)) { r = -1; break; }
     }
   }
-  if (piece_digests) {
-    size_t j = 0;
-    for (size_t off = 0; off < len; off += piece, j++) {
-      size_t b = len - off < piece ? len - off : piece;
-      SHA256(data + off, b, piece_digests + j * DIGEST_LEN);
-    }
-  }
-  return (int64_t)n;
+  free(full);
+  return r < 0 ? r : (int64_t)n;
 }
 
-/* SHA-256 of data[0, len) into md (32 bytes): the receiver's extent check, off the event loop. */
-void vmlift_sha256(const uint8_t *data, size_t len, uint8_t *md) {
-  SHA256(data, len, md);
+/* Tree digest of data[0, len) into md (32 bytes): the receiver's extent check and the store's chunk name. */
+int vmlift_tree_digest(const uint8_t *data, size_t len, uint8_t *md) {
+  EVP_MD_CTX *c = thread_ctx();
+  if (!c || !sha256_md) return -1;
+  size_t n = (len + TREE_BLOCK - 1) / TREE_BLOCK;
+  uint8_t stack[256 * DIGEST_LEN];
+  uint8_t *full = n <= 256 ? stack : malloc(n * DIGEST_LEN);
+  if (!full) return -1;
+  int r = 0;
+  for (size_t i = 0; i < n && !r; i++) {
+    size_t off = i * TREE_BLOCK;
+    r = sha256(c, data + off, len - off < TREE_BLOCK ? len - off : TREE_BLOCK, full + i * DIGEST_LEN);
+  }
+  if (!r) r = tree_from_blocks(c, len, full, md);
+  if (full != stack) free(full);
+  return r;
+}
+
+/* SHA-256 of data[0, len) into md (32 bytes). */
+int vmlift_sha256(const uint8_t *data, size_t len, uint8_t *md) {
+  EVP_MD_CTX *c = thread_ctx();
+  if (!c || !sha256_md) return -1;
+  return sha256(c, data, len, md);
 }

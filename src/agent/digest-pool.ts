@@ -1,19 +1,25 @@
 /**
- * Block digests (first 16 bytes of SHA-256 per block) and all-zero flags, computed off the main
- * thread so hashing a window overlaps reading and sending the previous ones (an incremental
- * cycle hashes every allocated block of every device). Native code (util/native-digest.ts) when
- * it is built, else worker threads with Node's crypto; both give the same digests.
+ * Block digests (the SHA-256 of each block, all 32 bytes: the manifest keeps 16, the tree digest
+ * takes all) and all-zero flags, computed off the main thread so hashing a window overlaps reading
+ * and sending the previous ones (an incremental cycle hashes every allocated block of every
+ * device). The wire digest of the window (its tree digest, util/tree-digest.ts) is derived from the
+ * block digests: each byte is hashed once. Native code (util/native-digest.ts) when it is built,
+ * else worker threads with Node's crypto; both give the same digests.
  */
 import { Worker } from 'node:worker_threads';
 import { nativeDigest, type NativeDigest } from '../util/native-digest.ts';
 import { WorkerPool } from '../util/worker-pool.ts';
+import { TREE_BLOCK, treeDigestFromBlocks, wholeTreeBlocks } from '../util/tree-digest.ts';
+
+/** Bytes of each block digest: the full SHA-256. */
+export const BLOCK_DIGEST = 32;
 
 export interface WindowDigests {
-  /** 16 bytes per block. */
+  /** BLOCK_DIGEST (32) bytes per block. */
   digests: Buffer;
   /** 1 where the block is all zeros. */
   zero: Uint8Array;
-  /** SHA-256 of the whole buffer (native only): the wire digest when it goes out as one extent. */
+  /** Tree digest of the whole buffer (4 KiB blocks): the wire digest when it goes out as one extent. */
   whole?: Buffer;
 }
 
@@ -31,14 +37,14 @@ parentPort.on('message', (m) => {
   try {
     const data = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
     const n = Math.ceil(data.length / m.blockSize);
-    const digests = new Uint8Array(n * 16);
+    const digests = new Uint8Array(n * 32);
     const zero = new Uint8Array(n);
     for (let i = 0; i < n; i++) {
       const b = data.subarray(i * m.blockSize, Math.min(data.length, (i + 1) * m.blockSize));
       let z = zeroBlocks.get(b.length);
       if (!z) { z = Buffer.alloc(b.length); zeroBlocks.set(b.length, z); }
       if (b.equals(z)) zero[i] = 1;
-      digests.set(sha256(b).subarray(0, 16), i * 16);
+      digests.set(sha256(b), i * 32);
     }
     if (m.back) parentPort.postMessage({ id: m.id, digests, zero, data: m.data }, [digests.buffer, zero.buffer, m.data.buffer]);
     else parentPort.postMessage({ id: m.id, digests, zero }, [digests.buffer, zero.buffer]);
@@ -66,32 +72,34 @@ export class DigestPool {
   }
 
   /** Digests of the `blockSize` blocks of a copy of `data` (the caller keeps `data`). */
-  digest(data: Uint8Array, blockSize: number): Promise<WindowDigests> {
+  async digest(data: Uint8Array, blockSize: number): Promise<WindowDigests> {
     if (this.native) return this.nativeDigests(data, blockSize);
     const copy = new Uint8Array(data);
-    return this.run(copy, blockSize, false);
+    return withWhole(await this.run(copy, blockSize, false), data.byteLength, blockSize, true);
   }
 
   /**
    * Digests of the blocks of `data`, which the caller hands over: when it is the whole of its own
    * ArrayBuffer it moves to the worker and back without a copy (a 1 MiB copy into fresh memory costs
    * more CPU than the transfer, and each copy is garbage for the main thread's major GC). Use the
-   * returned `data`; the argument may be detached (length 0) afterwards. `whole`: also the SHA-256
-   * of all of `data` where that is cheap (native: same call, no thread hop; it is still a second pass).
+   * returned `data`; the argument may be detached (length 0) afterwards. `whole` (4 KiB blocks only):
+   * also the tree digest of all of `data`, derived from the block digests (no second pass).
    */
   async digestOwned(data: Buffer, blockSize: number, whole = true): Promise<WindowDigests & { data: Buffer }> {
+    const length = data.byteLength;
     if (this.native) return { ...(await this.nativeDigests(data, blockSize, whole)), data };
-    if (!ownsItsBuffer(data)) return { ...(await this.digest(data, blockSize)), data };
-    const r = await this.run(new Uint8Array(data.buffer, 0, data.byteLength), blockSize, true);
-    return { digests: r.digests, zero: r.zero, data: r.data! };
+    if (!ownsItsBuffer(data)) return { ...withWhole(await this.digest(data, blockSize), length, blockSize, whole), data };
+    const r = await this.run(new Uint8Array(data.buffer, 0, length), blockSize, true);
+    return { ...withWhole({ digests: r.digests, zero: r.zero }, length, blockSize, whole), data: r.data! };
   }
 
   /**
    * Native: works on `data` in place (no copy); the caller keeps it untouched until this resolves.
-   * `whole`: also the SHA-256 of all of `data` (a second pass over it, in the same call).
+   * `whole`: also the tree digest of all of `data`, from the same pass.
    */
   private async nativeDigests(data: Uint8Array, blockSize: number, whole = true): Promise<WindowDigests> {
-    const r = await this.native!.blocks(data, blockSize, 16, whole ? data.byteLength : undefined);
+    const tree = whole && blockSize === TREE_BLOCK && data.byteLength > 0;
+    const r = await this.native!.blocks(data, blockSize, BLOCK_DIGEST, tree ? wholeTreeBlocks(data.byteLength) : undefined);
     return { digests: r.digests, zero: r.zero, whole: r.pieceDigests };
   }
 
@@ -107,6 +115,12 @@ export class DigestPool {
   close(): Promise<void> {
     return this.pool.close();
   }
+}
+
+/** The worker path's window digest: the tree digest from the block digests it returned. */
+function withWhole(d: WindowDigests, length: number, blockSize: number, whole: boolean): WindowDigests {
+  if (!whole || blockSize !== TREE_BLOCK || length === 0 || d.whole) return d;
+  return { ...d, whole: treeDigestFromBlocks(length, d.digests) };
 }
 
 let shared: DigestPool | undefined;

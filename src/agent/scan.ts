@@ -9,14 +9,15 @@ import type { BlockSource, SourceExtent } from '../source/types.ts';
 import { clampReads } from '../source/clamp.ts';
 import type { Range } from '../model/ranges.ts';
 import { BLOCK_SIZE, DIGEST_SIZE, zeroDigest, type ManifestReader, type ManifestWriter } from './manifest.ts';
-import { sharedDigestPool, type DigestPool, type WindowDigests } from './digest-pool.ts';
+import { BLOCK_DIGEST, sharedDigestPool, type DigestPool, type WindowDigests } from './digest-pool.ts';
+import { treeDigestFromBlocks } from '../util/tree-digest.ts';
 import { crashPoint } from '../util/crash.ts';
 
 export const WINDOW = 1024 * 1024;
 
 export interface ExtentSink {
   /** Ship `length` bytes at `offset`; `data` null = all zeros. Resolves when the sink can take more. */
-  send(disk: number, offset: number, data: Buffer | null, length: number, opts?: { handOver?: boolean; digest?: Buffer }): Promise<void>;
+  send(disk: number, offset: number, data: Buffer | null, length: number, opts?: { handOver?: boolean; digest?: Buffer; release?: () => void }): Promise<void>;
 }
 
 export interface ScanProgress {
@@ -111,6 +112,21 @@ class HeldCursor {
   }
 }
 
+/**
+ * Window buffers to read into again: a window sent whole comes back when the receiver acknowledged
+ * it (SendOptions.release), one only compared comes back at once. A fresh 1 MiB buffer per window
+ * made V8 run a major GC every few dozen MiB (docs/transfer.md, Measurements).
+ */
+class WindowBuffers {
+  private readonly free: Buffer[] = [];
+  constructor(private readonly max = 128) {}
+  take(): Buffer { return this.free.pop() ?? Buffer.allocUnsafeSlow(WINDOW); }
+  /** `b` is not used any more (a buffer moved to another thread is detached: dropped). */
+  give(b: Buffer): void {
+    if (b.byteLength === WINDOW && b.buffer.byteLength === WINDOW && this.free.length < this.max) this.free.push(b);
+  }
+}
+
 let zeroWindow: Buffer | undefined;
 function zeros(n: number): Buffer {
   if (!zeroWindow) zeroWindow = Buffer.alloc(WINDOW);
@@ -128,10 +144,12 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
   const res: ScanResult = { disk, capacity, readBytes: 0, changedBytes: 0, sentBytes: 0, extents: 0 };
 
   const pool = o.digestPool === undefined ? sharedDigestPool() : o.digestPool;
-  // The wire digest of a whole window costs a second SHA-256 pass over it. It pays when windows go
-  // out whole (a first cycle: every one), not on an incremental cycle, where most windows are only
-  // compared and the few runs sent are hashed by the sender. Follow what recent windows did.
-  let wholeRate = o.oldManifest.isEmpty ? 1 : 0;
+  const buffers = source.readInto ? new WindowBuffers() : null;
+  const read = (start: number, length: number): Promise<Buffer> => {
+    if (!buffers || length !== WINDOW) return source.read(start, length);
+    const b = buffers.take();
+    return source.readInto!(start, b).then(() => b, (e: unknown) => { buffers.give(b); throw e; });
+  };
   const queue: { w: Window; data: Promise<Buffer | null>; digests: Promise<(WindowDigests & { data: Buffer }) | null> }[] = [];
   let next = 0;
   const plan = async (): Promise<void> => {
@@ -140,11 +158,11 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     next += length;
     const [readStart, readEnd] = await holes.dataSpan(offset, offset + length);
     const w: Window = { offset, length, readStart, readEnd };
-    const data = readEnd > readStart ? source.read(readStart, readEnd - readStart).then((b) => { crashPoint('agent:read'); return b; }) : Promise.resolve(null);
-    // Hash as soon as the read lands, while earlier windows are still being sent.
+    const data = readEnd > readStart ? read(readStart, readEnd - readStart).then((b) => { crashPoint('agent:read'); return b; }) : Promise.resolve(null);
+    // Hash as soon as the read lands, while earlier windows are still being sent. The window's
+    // wire digest comes from its block digests in the same pass (a tree digest): no byte is hashed twice.
     // The read buffer moves to the worker and back (no copy): use the one the digests come with.
-    const whole = wholeRate >= 0.5;
-    const digests = pool ? data.then((b) => (b ? pool.digestOwned(b, BLOCK_SIZE, whole) : null)) : Promise.resolve(null);
+    const digests = pool ? data.then((b) => (b ? pool.digestOwned(b, BLOCK_SIZE, true) : null)) : Promise.resolve(null);
     data.catch(() => {}); // awaited in order below; avoid an unhandled rejection meanwhile
     digests.catch(() => {});
     queue.push({ w, data, digests });
@@ -164,23 +182,23 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
       if (buf) whole.update(buf);
       if (w.offset + w.length > w.readEnd) whole.update(zeros(w.offset + w.length - Math.max(w.readEnd, w.offset)));
     }
-    const sentWhole = await processWindow(o, w, buf, dig, held, res);
-    if (buf) wholeRate = wholeRate * 0.9 + (sentWhole ? 0.1 : 0);
+    const handedOver = await processWindow(o, w, buf, dig, held, res, buffers);
+    if (buf && !handedOver) buffers?.give(buf);
     o.onProgress?.({ disk, done: w.offset + w.length, total: capacity, changed: res.changedBytes });
   }
   if (whole) res.sha256 = whole.digest('hex');
   return res;
 }
 
-/** Returns whether the read buffer went out whole, as one extent. */
-async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig: WindowDigests | null, held: HeldCursor, res: ScanResult): Promise<boolean> {
+/** Returns whether `buf` was handed over to the sink (it comes back through `release`). */
+async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig: WindowDigests | null, held: HeldCursor, res: ScanResult, buffers: WindowBuffers | null): Promise<boolean> {
   const nBlocks = Math.ceil(w.length / BLOCK_SIZE);
   const first = w.offset / BLOCK_SIZE;
   const old = await o.oldManifest.get(first, nBlocks);
   const fresh = Buffer.allocUnsafe(nBlocks * DIGEST_SIZE);
   const zero = zeroDigest();
   // Runs of changed blocks to send: [startBlock, endBlock, isZero]
-  let runStart = -1; let runZero = false; let sentWhole = false;
+  let runStart = -1; let runZero = false; let handedOver = false;
   const flush = async (endBlock: number): Promise<void> => {
     if (runStart < 0) return;
     const off = w.offset + runStart * BLOCK_SIZE;
@@ -189,8 +207,15 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig:
     runStart = -1;
     // A run covering the whole read buffer is its last use: the sender may take it without a copy.
     const handOver = data !== null && data.byteLength === buf!.byteLength;
-    sentWhole ||= handOver;
-    await o.sink.send(o.disk, off, data, len, handOver ? { handOver, digest: dig?.whole } : undefined);
+    // Its wire digest (one piece: windows are pieces) from the block digests: not hashed again.
+    let digest: Buffer | undefined;
+    if (data && dig) {
+      const k = (off - w.readStart) / BLOCK_SIZE;
+      digest = handOver && dig.whole ? dig.whole : treeDigestFromBlocks(len, dig.digests.subarray(k * BLOCK_DIGEST, (k + Math.ceil(len / BLOCK_SIZE)) * BLOCK_DIGEST));
+    }
+    handedOver ||= handOver;
+    const release = handOver && buffers ? () => buffers.give(buf!) : undefined;
+    await o.sink.send(o.disk, off, data, len, handOver || digest ? { handOver, digest, release } : undefined);
     res.sentBytes += len;
     res.extents++;
   };
@@ -206,7 +231,7 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig:
       const k = (off - w.readStart) / BLOCK_SIZE; // reads start on a block boundary of the window
       if (dig) {
         isZero = dig.zero[k] === 1;
-        d = dig.digests.subarray(k * DIGEST_SIZE, (k + 1) * DIGEST_SIZE);
+        d = dig.digests.subarray(k * BLOCK_DIGEST, k * BLOCK_DIGEST + DIGEST_SIZE);
       } else {
         const block = buf.subarray(off - w.readStart, off - w.readStart + len);
         isZero = len === BLOCK_SIZE ? block.equals(zeros(BLOCK_SIZE)) : block.every((x) => x === 0);
@@ -222,5 +247,5 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig:
   }
   await flush(nBlocks);
   await o.newManifest.append(fresh);
-  return sentWhole;
+  return handedOver;
 }

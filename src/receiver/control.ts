@@ -27,6 +27,7 @@ import { errorMessage, errorReport } from '../util/errors.ts';
 import { assertId, isValidId } from '../util/ids.ts';
 import type { ImageStore } from '../store/types.ts';
 import { DIGEST_BLOCK_SIZES, HDR_SOURCE, SAME_VERSION_FIX } from '../transfer/protocol.ts';
+import { HDR_WIRE, WIRE_VERSION, declaredWireVersion, wireVersionRefusal } from '../transfer/wire-version.ts';
 import { authenticate, registerSource } from './identity.ts';
 import { Refusal, refusalFrom, type OpenCycles } from './open-cycles.ts';
 import { drillsUnavailable, type DrillRunner } from './drills.ts';
@@ -137,7 +138,7 @@ async function handle(ctx: ControlContext, bodies: BodyBudget, req: IncomingMess
     throw new Refusal(401, 'AUTH', `wrong credential for source ${sourceId}`, 'use the credential file written when this source registered, or register a new source id with an activation code');
   }
 
-  if (m === 'GET' && parts[1] === 'whoami' && parts.length === 2) return send(res, 200, { sourceId, dataPort: ctx.dataPort() } satisfies WhoamiResponse);
+  if (m === 'GET' && parts[1] === 'whoami' && parts.length === 2) return send(res, 200, { sourceId, dataPort: ctx.dataPort(), wireVersion: WIRE_VERSION } satisfies WhoamiResponse);
   if (m === 'GET' && parts[1] === 'images' && parts.length === 2) return send(res, 200, { images: await listImages(ctx.store, sourceId) } satisfies ImagesResponse);
   if (m === 'GET' && parts[1] === 'disks' && parts.length === 2) {
     const imgs = await listImages(ctx.store, sourceId);
@@ -161,6 +162,11 @@ async function handle(ctx: ControlContext, bodies: BodyBudget, req: IncomingMess
     return digests(ctx, res, sourceId, assertId(parts[2], 'image id'), url.searchParams);
   }
   if (parts[1] === 'cycles') {
+    if (m === 'POST' && parts.length === 2) {
+      // a sender of another wire version stops here, before it reads or sends anything
+      const wire = declaredWireVersion(req.headers[HDR_WIRE]);
+      if (wire !== WIRE_VERSION) { const r = wireVersionRefusal(wire); throw new Refusal(409, r.code, r.message, r.fix); }
+    }
     if (m === 'POST' && parts.length === 2) return send(res, 200, await ctx.cycles.begin(sourceId, parseBeginCycle(await readJson(req, BODY_LIMITS.cycle, bodies))));
     const cycleId = assertId(parts[2], 'cycle id');
     if (m === 'GET' && parts[3] === 'held' && parts.length === 4) return send(res, 200, { held: await ctx.cycles.held(sourceId, cycleId) } satisfies HeldResponse);
@@ -218,25 +224,7 @@ async function digests(ctx: ControlContext, res: ServerResponse, sourceId: strin
   const zeroDigest = createHash('sha256').update(Buffer.alloc(blockSize)).digest().subarray(0, 16);
   const zero = Buffer.alloc(blockSize);
   res.writeHead(200, { 'content-type': 'application/octet-stream', 'x-vmlift-blocks': String(Math.ceil(spec.capacity / blockSize)) });
-  if (blockSize === ctx.store.chunkSize) {
-    // the index already names every chunk by its SHA-256: no image data to read
-    const total = Math.ceil(spec.capacity / blockSize);
-    const tailLen = spec.capacity - (total - 1) * blockSize;
-    const tailZero = createHash('sha256').update(Buffer.alloc(tailLen)).digest().subarray(0, 16);
-    for (let first = 0; first < total; first += 4096) {
-      const slots = await ctx.store.chunkDigests(sourceId, imageId, disk, first, Math.min(4096, total - first));
-      const out = Buffer.allocUnsafe((slots.length / 32) * 16);
-      for (let i = 0; i < slots.length / 32; i++) {
-        const slot = slots.subarray(i * 32, i * 32 + 32);
-        const hole = slot.every((b) => b === 0);
-        (hole ? (first + i === total - 1 ? tailZero : zeroDigest) : slot).copy(out, i * 16, 0, 16);
-      }
-      if (!res.write(out)) await new Promise<void>((r) => { res.once('drain', r); res.once('close', r); });
-      if (res.destroyed) return;
-    }
-    res.end();
-    return;
-  }
+  // (chunk names are tree digests, not the SHA-256 this route gives: every block size reads the image)
   for (let off = 0; off < spec.capacity; off += batch) {
     const len = Math.min(batch, spec.capacity - off);
     const buf = await ctx.store.readImage(sourceId, imageId, disk, off, len);

@@ -17,6 +17,7 @@ import { StoreError } from '../store/types.ts';
 import { CODEC, FRAME, FrameAssembler, MAX_FRAME, MAX_JSON_FRAME, ProtocolError, SAME_VERSION_FIX, encodeJsonFrame, parseJsonBody, type WireError } from '../transfer/protocol.ts';
 import type { AckFrame, ReadyFrame } from '../transfer/contract.ts';
 import type { CodecPool } from '../transfer/codec-pool.ts';
+import { WIRE_VERSION, declaredWireVersion, wireVersionRefusal } from '../transfer/wire-version.ts';
 import { authenticate } from './identity.ts';
 import { checkExtentFrame } from './extent-checks.ts';
 import { NoSpaceError, asNoSpace } from './space.ts';
@@ -148,6 +149,8 @@ export class DataConnection implements CycleFeed {
     if (!(await authenticate(this.ctx.dataDir, sourceId, msg.credential))) {
       return this.refuse({ code: 'AUTH', message: `missing or wrong credential for source ${sourceId}`, fix: 'pass the credential file written when this source registered' });
     }
+    const wire = declaredWireVersion(msg.wireVersion);
+    if (wire !== WIRE_VERSION) return this.refuse(wireVersionRefusal(wire));
     if (typeof streamId !== 'string' || !/^[0-9a-f]{1,64}$/.test(streamId)) return this.refuse({ code: 'BAD_FRAME', message: 'HELLO lacks a valid streamId', fix: SAME_VERSION_FIX });
     const oc = this.ctx.cycles.get(sourceId, cycleId);
     if (!oc) return this.refuse({ code: 'CYCLE_NOT_OPEN', message: `cycle ${cycleId} of source ${sourceId} is not open; begin it on the control port first`, fix: 'begin (or resume) the cycle first' });

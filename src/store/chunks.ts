@@ -1,24 +1,18 @@
 import { utimes } from 'node:fs/promises';
-import { createHash } from 'node:crypto';
 import { fsyncDir } from '../util/fsync.ts';
 import type { Layout } from './layout.ts';
 import { PackWriter, readAt } from './packs.ts';
-import { INLINE_HASH_MAX, nativeDigest } from '../util/native-digest.ts';
-
-export function sha256(data: Uint8Array): Buffer {
-  return createHash('sha256').update(data).digest();
-}
+import { treeDigestAsync, zeroTreeDigest } from '../util/tree-digest.ts';
 
 /**
- * SHA-256 off the main thread: large chunks hashed this way leave the event loop to the network and
- * spread over both cores. Native (in place) when built, else WebCrypto (libuv's pool, on a copy).
- * Inputs up to INLINE_HASH_MAX (a sub-chunk) hash inline: cheaper than a thread hop.
+ * The one function that names chunks and sub-chunks: the tree digest of their bytes
+ * (util/tree-digest.ts: SHA-256 over the SHA-256 of each 4 KiB block), which is also the wire
+ * digest of an extent of those bytes. So the receiver names a chunk by the digest it just checked
+ * and hashes each byte once. Off the main thread for large inputs (native when built, in place);
+ * inputs up to INLINE_HASH_MAX (a sub-chunk) hash inline: cheaper than a thread hop.
  */
-export async function sha256Async(data: Uint8Array): Promise<Buffer> {
-  if (data.length <= INLINE_HASH_MAX) return sha256(data);
-  const native = nativeDigest();
-  if (native) return native.sha256(data);
-  return Buffer.from(await crypto.subtle.digest('SHA-256', data));
+export function chunkDigest(data: Uint8Array): Promise<Buffer> {
+  return treeDigestAsync(data);
 }
 
 /** `b` cut or zero-padded to `len` bytes (a chunk file read as the slot length it fills). */
@@ -29,16 +23,8 @@ export function fitLength(b: Buffer, len: number): Buffer {
   return out;
 }
 
-const zeroDigests = new Map<number, Buffer>();
-/** SHA-256 of `len` zero bytes (cached): a chunk with this digest is a hole. */
-export function zeroDigest(len: number): Buffer {
-  let d = zeroDigests.get(len);
-  if (!d) {
-    d = sha256(Buffer.alloc(len));
-    if (zeroDigests.size < 64) zeroDigests.set(len, d);
-  }
-  return d;
-}
+/** The name of `len` zero bytes (cached): a chunk with this digest is a hole. */
+export const zeroDigest: (len: number) => Buffer = zeroTreeDigest;
 
 export function isZeroSlot(slot: Uint8Array): boolean {
   for (let i = 0; i < slot.length; i++) if (slot[i] !== 0) return false;
@@ -54,7 +40,7 @@ const DEDUP_RESCAN_MS = 2000;
  * The chunks of one cycle writer, in pack files (packs.ts). A new chunk is appended to the writer's
  * open pack; a pack is sealed (one fsync, then its index) when it reaches PACK_BYTES and at every
  * `sync`, so a chunk is visible to other writers only once it is durable. Chunk names are given by
- * the caller (extent-writer.ts names them with `sha256Async`, the one naming function).
+ * the caller (extent-writer.ts names them with `chunkDigest`, the one naming function).
  */
 export class ChunkWriter {
   /** Chunks this writer appended to packs it has not sealed yet. */

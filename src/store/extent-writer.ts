@@ -1,4 +1,4 @@
-import { fitLength, isZeroSlot, sha256Async, zeroDigest, type ChunkWriter } from './chunks.ts';
+import { fitLength, isZeroSlot, chunkDigest, zeroDigest, type ChunkWriter } from './chunks.ts';
 import { SUBS, subSize } from './overlay.ts';
 import type { DiskJournals } from './journals.ts';
 import { WriteChain } from './write-chain.ts';
@@ -65,7 +65,7 @@ export class ExtentWriter {
       for (let k = 0; k < SUBS; k++) this.cache.drop(disk, i, k);
       let digest: Buffer | null = null;
       if (piece) {
-        digest = given ?? await sha256Async(piece);
+        digest = given ?? await chunkDigest(piece);
         if (digest.equals(zeroDigest(cLen))) digest = null;
         else await this.chunks.put(digest.toString('hex'), piece);
       }
@@ -101,7 +101,7 @@ export class ExtentWriter {
   /** Store sub-chunk k of slot i (`data` null = zeros) and note it in the overlay. */
   private async storeSub(ds: DiskJournals, i: number, k: number, data: Uint8Array | null, len: number, given: Buffer | null = null): Promise<void> {
     let digest = zeroDigest(len);
-    if (data) digest = given ?? await sha256Async(data);
+    if (data) digest = given ?? await chunkDigest(data);
     const hole = digest.equals(zeroDigest(len));
     if (!hole) await this.chunks.put(digest.toString('hex'), data!);
     const subs = ds.overlay.setSub(i, k, hole ? Buffer.alloc(32) : digest);

@@ -13,7 +13,7 @@ import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
 import { StoreError, type BeginCycleOptions, type CycleWriter, type ImageStore } from './types.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { assertImageId, indexName, Layout, SLOT, STORE_VERSION } from './layout.ts';
-import { isZeroSlot, sha256Async } from './chunks.ts';
+import { isZeroSlot, chunkDigest } from './chunks.ts';
 import { readDiskBytes, runLimited, slotBytes } from './image-reader.ts';
 import { StoreCycleWriter } from './cycle-writer.ts';
 import { readCycleRecord, validateDisks } from './cycle-record.ts';
@@ -201,7 +201,7 @@ class Store implements ImageStore {
       if (i < first || i >= first + n) continue;
       const len = Math.min(rec.chunkSize, d.capacity - i * rec.chunkSize);
       const data = await this.slotBytes(rec, out.subarray((i - first) * SLOT, (i - first + 1) * SLOT), len, ov.get(i));
-      const digest = data && !isZeroSlot(data) ? await sha256Async(data) : Buffer.alloc(SLOT);
+      const digest = data && !isZeroSlot(data) ? await chunkDigest(data) : Buffer.alloc(SLOT);
       digest.copy(out, (i - first) * SLOT);
     }
     return out;
@@ -255,8 +255,8 @@ class Store implements ImageStore {
           if (bad.length < 1000) bad.push({ disk, offset, reason: `${kind} ${hex} ${e instanceof StoreError && e.code === 'CHUNK_MISSING' ? 'is missing' : `cannot be read: ${(e as Error).message}`}` });
           return;
         }
-        if ((await sha256Async(data)).toString('hex') !== hex && bad.length < 1000) {
-          bad.push({ disk, offset, reason: `${kind} ${hex} is corrupt (its content has another SHA-256)` });
+        if ((await chunkDigest(data)).toString('hex') !== hex && bad.length < 1000) {
+          bad.push({ disk, offset, reason: `${kind} ${hex} is corrupt (its content has another digest)` });
         }
       };
       for (const d of rec.disks) {

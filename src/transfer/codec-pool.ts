@@ -1,9 +1,9 @@
 import { Worker } from 'node:worker_threads';
-import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { codecWorkerMain, makeCodec, type CodecDeps, type CodecWorkerData, type PackRequest, type UnpackRequest, type WorkerReply } from './codec-worker.ts';
 import { CODEC, ProtocolError } from './protocol.ts';
-import { INLINE_HASH_MAX, nativeDigest, type NativeDigest } from '../util/native-digest.ts';
+import { INLINE_HASH_MAX, nativeDigest, nativeDigestLibrary, type NativeDigest } from '../util/native-digest.ts';
+import { TREE_BLOCK, makeTreeDigest, treeDigest, wholeTreeBlocks } from '../util/tree-digest.ts';
 import { WorkerPool } from '../util/worker-pool.ts';
 
 export interface Packed { codec: number; payload: Buffer | null; digest: Buffer }
@@ -22,9 +22,11 @@ function startCodecWorker(): Worker {
     zstdPath: requireHere.resolve('zstd-napi'),
     bindingPath: requireHere.resolve('zstd-napi/binding'),
     codec: { ...CODEC },
+    nativeLib: nativeDigestLibrary() ?? undefined,
+    koffiPath: nativeDigestLibrary() ? requireHere.resolve('koffi') : undefined,
   };
   // `__name`: the helper tsx's transform adds to keep function names; a no-op here
-  return new Worker(`var __name = (f) => f;\nvar makeCodec = ${String(makeCodec)};\n(${String(codecWorkerMain)})()`, { eval: true, workerData });
+  return new Worker(`var __name = (f) => f;\nvar makeTreeDigest = ${String(makeTreeDigest)};\nvar makeCodec = ${String(makeCodec)};\n(${String(codecWorkerMain)})()`, { eval: true, workerData });
 }
 
 /**
@@ -50,7 +52,7 @@ export class CodecPool {
       zstd: requireHere('zstd-napi') as typeof import('zstd-napi'),
       getFrameContentSize: (requireHere('zstd-napi/binding') as Pick<CodecDeps, 'getFrameContentSize'>).getFrameContentSize,
       DCtx: (requireHere('zstd-napi/binding') as Pick<CodecDeps, 'DCtx'>).DCtx,
-      createHash,
+      digest: treeDigest,
       codec: { ...CODEC },
     });
     return this.inlineCodec;
@@ -61,9 +63,9 @@ export class CodecPool {
   }
 
   /**
-   * Zero check, SHA-256 and (zstdLevel !== null) compression of a copy of `data`; `owned`: `data` is
+   * Zero check, tree digest (util/tree-digest.ts) and (zstdLevel !== null) compression of a copy of `data`; `owned`: `data` is
    * the whole of its own ArrayBuffer and the caller gives it up: it is transferred, not copied.
-   * `digest`: the caller's SHA-256 of `data` (it is then taken as not all zeros and not hashed again).
+   * `digest`: the caller's tree digest of `data` (it is then taken as not all zeros and not hashed again).
    */
   async pack(data: Uint8Array, zstdLevel: number | null, owned = false, digest?: Buffer): Promise<Packed> {
     // own ArrayBuffer: transferred, and the caller may reuse `data`
@@ -73,11 +75,12 @@ export class CodecPool {
       if (digest) return { codec: CODEC.RAW, payload, digest };
       if (payload.length <= INLINE_HASH_MAX) {
         if (isAllZero(payload)) return { codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) };
-        return { codec: CODEC.RAW, payload, digest: createHash('sha256').update(payload).digest() };
+        return { codec: CODEC.RAW, payload, digest: treeDigest(payload) };
       }
-      const r = await this.native!.blocks(payload, payload.length, 32);
-      if (r.zero[0] === 1) return { codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) };
-      return { codec: CODEC.RAW, payload, digest: r.digests };
+      // zero flags and the tree digest in one pass
+      const r = await this.native!.blocks(payload, TREE_BLOCK, 1, wholeTreeBlocks(payload.length));
+      if (r.zero.every((z) => z === 1)) return { codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) };
+      return { codec: CODEC.RAW, payload, digest: r.pieceDigests! };
     }
     const req = { op: 'pack' as const, data: copy, zstdLevel, digest: digest ? new Uint8Array(digest) : undefined };
     // a small extent costs less to compress here than its round trip to a worker
@@ -91,11 +94,11 @@ export class CodecPool {
     };
   }
 
-  /** Decompress / check length and SHA-256. Throws ProtocolError on a bad extent. */
+  /** Decompress / check length and tree digest. Throws ProtocolError on a bad extent. */
   async unpack(codec: number, payload: Buffer, length: number, digest: Buffer, owned = false): Promise<Buffer> {
     if (codec === CODEC.RAW && (this.native || payload.length <= INLINE_HASH_MAX)) {
       // in place: nothing else writes to a received frame's bytes
-      const d = payload.length <= INLINE_HASH_MAX ? createHash('sha256').update(payload).digest() : await this.native!.sha256(payload);
+      const d = payload.length <= INLINE_HASH_MAX ? treeDigest(payload) : await this.native!.tree(payload);
       if (!d.equals(digest)) throw new ProtocolError('BAD_DIGEST', digestMismatch(digest, d));
       return payload;
     }

@@ -1,19 +1,26 @@
 /**
- * Worker thread: packs (zero check, SHA-256, zstd) and unpacks (length check, zstd, SHA-256)
+ * Worker thread: packs (zero check, tree digest, zstd) and unpacks (length check, zstd, tree digest)
  * extents so both cores work while the main thread drives the sockets.
  *
- * `makeCodec` and `codecWorkerMain` run in the worker from their own source text, so the worker needs
+ * `makeCodec`, `codecWorkerMain` and util/tree-digest.ts's `makeTreeDigest` run in the worker from their own source text, so the worker needs
  * no TypeScript loader (a loader in every worker costs memory on each side; docs/transfer.md,
  * Measurements). They must stay self-contained: no references to this module's imports
  * (`codecWorkerMain` may use `makeCodec`, which the worker's script defines first), only `require`
  * of absolute paths from `workerData`, and plain values.
  */
 import type { Compressor } from 'zstd-napi';
+import type { makeTreeDigest as MakeTreeDigest } from '../util/tree-digest.ts';
+
+/** Defined by the worker's script before this module's functions (codec-pool.ts). */
+declare const makeTreeDigest: typeof MakeTreeDigest;
 
 export interface CodecWorkerData {
   zstdPath: string;
   bindingPath: string;
   codec: { RAW: number; ZSTD: number; ZERO: number };
+  /** The native digester's library and koffi (absent: the tree digest in JavaScript). */
+  nativeLib?: string;
+  koffiPath?: string;
 }
 
 export type PackRequest = { id: number; op: 'pack'; data: Uint8Array; zstdLevel: number | null; digest?: Uint8Array };
@@ -29,16 +36,17 @@ export interface CodecDeps {
   getFrameContentSize(frame: Uint8Array): number | null;
   /** zstd-napi's binding: a decompression context that decodes into a buffer of the caller's size. */
   DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
-  createHash: typeof import('node:crypto').createHash;
+  /** The tree digest (util/tree-digest.ts) of an extent's bytes. */
+  digest(data: Uint8Array): Buffer;
   codec: { RAW: number; ZSTD: number; ZERO: number };
 }
 
 /**
- * Packing (zero check, SHA-256, zstd) and unpacking (length check, zstd, SHA-256) of extents.
+ * Packing (zero check, tree digest, zstd) and unpacking (length check, zstd, tree digest) of extents.
  * Self-contained: it runs in codec workers from its source text, and on the main thread for small extents.
  */
 export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply; unpack(r: UnpackRequest): WorkerReply } {
-  const { zstd, getFrameContentSize, DCtx, createHash, codec: CODEC } = deps;
+  const { zstd, getFrameContentSize, DCtx, digest: treeDigest, codec: CODEC } = deps;
 
   const zeros = Buffer.alloc(1024 * 1024);
   const compressors = new Map<number, Compressor>();
@@ -66,7 +74,7 @@ export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply;
     const data = Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
     // a digest from the caller: data it found not all zeros and already hashed
     if (!r.digest && isZero(data)) return { id: r.id, ok: true, codec: CODEC.ZERO, payload: null, digest: new Uint8Array(32) };
-    const digest = r.digest ?? createHash('sha256').update(data).digest();
+    const digest = r.digest ?? treeDigest(data);
     if (r.zstdLevel !== null) {
       const c = compressor(r.zstdLevel).compress(data);
       // Not worth a decompress on the other side unless it saves at least 3 %.
@@ -96,7 +104,7 @@ export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply;
     } else {
       data = payload;
     }
-    const d = createHash('sha256').update(data).digest();
+    const d = treeDigest(data);
     if (!d.equals(Buffer.from(r.digest))) {
       return { id: r.id, ok: false, code: 'BAD_DIGEST', message: `extent digest mismatch: received ${Buffer.from(r.digest).toString('hex').slice(0, 16)}…, computed ${d.toString('hex').slice(0, 16)}…` };
     }
@@ -110,11 +118,25 @@ export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply;
 export function codecWorkerMain(): void {
   const { parentPort, workerData } = require('node:worker_threads') as typeof import('node:worker_threads');
   const wd = workerData as CodecWorkerData;
+  // the native tree digest, called synchronously on this worker's thread; else JavaScript
+  let digest: ((data: Uint8Array) => Buffer) | null = null;
+  if (wd.nativeLib && wd.koffiPath) {
+    try {
+      const koffi = require(wd.koffiPath) as { load(p: string): { func(d: string): (...a: unknown[]) => number } };
+      const tree = koffi.load(wd.nativeLib).func('int vmlift_tree_digest(const uint8_t *data, size_t len, uint8_t *md)');
+      digest = (data) => {
+        const md = Buffer.allocUnsafe(32);
+        if (tree(data, data.byteLength, md) !== 0) throw new Error('native tree digest failed (libcrypto)');
+        return md;
+      };
+    } catch { digest = null; }
+  }
+  digest ??= makeTreeDigest(require('node:crypto') as typeof import('node:crypto')).of;
   const { pack, unpack } = makeCodec({
     zstd: require(wd.zstdPath) as typeof import('zstd-napi'),
     getFrameContentSize: (require(wd.bindingPath) as Pick<CodecDeps, 'getFrameContentSize'>).getFrameContentSize,
     DCtx: (require(wd.bindingPath) as Pick<CodecDeps, 'DCtx'>).DCtx,
-    createHash: (require('node:crypto') as typeof import('node:crypto')).createHash,
+    digest,
     codec: wd.codec,
   });
   parentPort!.on('message', (r: PackRequest | UnpackRequest) => {

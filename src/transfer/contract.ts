@@ -34,10 +34,17 @@ export interface SendOptions {
   handOver?: boolean;
   /**
    * The caller's digests of the pieces of `data` (cut at absolute multiples of PIECE_SIZE, 1 MiB):
-   * 32 bytes each, concatenated — the SHA-256 of a piece, or 32 zero bytes for an all-zero piece
+   * 32 bytes each, concatenated — the tree digest of a piece (util/tree-digest.ts), or 32 zero bytes for an all-zero piece
    * (`pieceDigests` in digest-tree.ts). The pieces are not hashed again. Ignored unless there is one per piece.
    */
   digest?: Buffer;
+  /**
+   * With `handOver` and `data` of one piece: called once the sender holds `data` no longer (the
+   * receiver acknowledged it as durable, or it was skipped), so the caller may fill the buffer
+   * again. Not called when the session ends first; a buffer the sender moved to a worker is
+   * detached by then (length 0): check before reuse.
+   */
+  release?: () => void;
 }
 
 /** What a sender commits a cycle with. */
@@ -90,7 +97,8 @@ export interface RegisterRequest { sourceId: string; code: string; label?: strin
 export interface RegisterResponse { sourceId: string; credential: string }
 
 /** GET /v1/whoami */
-export interface WhoamiResponse { sourceId: string; dataPort: number }
+/** `wireVersion`: the receiver's (transfer/wire-version.ts); absent from receivers of wire version 1. */
+export interface WhoamiResponse { sourceId: string; dataPort: number; wireVersion?: number }
 
 /** GET /v1/images */
 export interface ImagesResponse { images: ImageInfo[] }
@@ -193,7 +201,8 @@ export interface ErrorResponse { error: WireError }
 
 // ---- data port frames (JSON bodies; ERROR frames carry a WireError) ----
 
-export interface HelloFrame { sourceId: string; credential: string; cycleId: string; streamId: string }
+/** `wireVersion`: the sender's (transfer/wire-version.ts); absent from senders of wire version 1. */
+export interface HelloFrame { sourceId: string; credential: string; cycleId: string; streamId: string; wireVersion?: number }
 /** `durableSeq`: the last sequence number of this stream that is durable, null for a stream the receiver does not know. */
 export interface ReadyFrame { durableSeq: number | null }
 export interface SyncFrame { token: number }

@@ -2,6 +2,7 @@ import http from 'node:http';
 import { UserError } from '../util/errors.ts';
 import { connectPinned, ConnectError, type ProxySpec } from './connect.ts';
 import { HDR_SOURCE, type WireError } from './protocol.ts';
+import { HDR_WIRE, WIRE_VERSION } from './wire-version.ts';
 import { linkTimeouts, type LinkTimeouts } from './link-timeouts.ts';
 import type {
   AbortCycleRequest, AbortCycleResponse, BeginCycleRequest, BeginCycleResponse, CommitCycleRequest, DeleteImageResponse,
@@ -42,7 +43,7 @@ export class ControlClient {
   private async open(method: string, path: string, body?: unknown, limit: 'requestMs' | 'commitMs' = 'requestMs'): Promise<http.IncomingMessage> {
     const idleMs = this.timeouts[limit];
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-    const headers: Record<string, string> = { accept: 'application/json', connection: 'close' };
+    const headers: Record<string, string> = { accept: 'application/json', connection: 'close', [HDR_WIRE]: String(WIRE_VERSION) };
     if (payload) { headers['content-type'] = 'application/json'; headers['content-length'] = String(payload.length); }
     if (this.auth) { headers[HDR_SOURCE] = this.auth.sourceId; headers.authorization = `Bearer ${this.auth.credential}`; }
     // the fingerprint is checked before a single byte (credential included) is written

@@ -38,6 +38,7 @@ import { Backoff, Outage, reconnectVerdict } from './reconnect.ts';
 import { commitBody, commitWithRetries } from './commit.ts';
 import { PiecePacker } from './piece-packer.ts';
 import { linkTimeouts } from './link-timeouts.ts';
+import { WIRE_VERSION } from './wire-version.ts';
 import { split } from '../model/ranges.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
 import { crashPoint } from '../util/crash.ts';
@@ -69,12 +70,21 @@ export interface ProgressEvent { disk: number; bytesSent: number; wireBytes: num
 const MARKER_COST = 64;
 /** Bytes the pump may leave queued in the data socket before it waits for a drain. */
 const SOCKET_BUFFER = 2 * 1024 * 1024;
+/**
+ * A frame with at least this much payload is written only into a drained socket. Frames queued
+ * behind a write in progress go out as one writev, and Node's TLS socket copies a writev's buffers
+ * into one before encrypting: a copy of every payload byte (docs/transfer.md, Measurements).
+ * Written alone, header and payload are encrypted in place.
+ */
+const ALONE_PAYLOAD = 256 * 1024;
 
 interface Entry extends WindowEntry {
   packed: Promise<Packed>;
   /** The governor's phase this piece was packed in (undefined: compression off). */
   phase?: PackPhase | undefined;
   done?: Packed;
+  /** SendOptions.release of the caller's buffer (a buffer of one piece). */
+  release?: (() => void) | undefined;
 }
 
 class Signal {
@@ -131,7 +141,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     this.requestedBaseDisks = o.baseDisks && [...o.baseDisks];
     this.estimatedBytes = o.estimatedBytes;
     this.log = host.log.child({ cycleId: o.cycleId });
-    this.window = new SendWindow(host.windowBytes);
+    this.window = new SendWindow<Entry>(host.windowBytes, (e) => e.release?.());
     this.governor = new CompressionGovernor(undefined, undefined, { ...DEFAULT_TIMING, settleBytes: Math.max(DEFAULT_TIMING.settleBytes, host.windowBytes + (32 << 20)) });
     this.packer = new PiecePacker(this.governor, () => host.zstdLevel());
     this.linkEvents = {
@@ -181,7 +191,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
   /** Open a data connection, then write the window again from what the receiver lacks. */
   private async connectData(): Promise<void> {
     const link = await DataLink.open(this.host.data,
-      { sourceId: this.host.sourceId, credential: this.host.credential, cycleId: this.cycleId, streamId: this.streamId }, this.linkEvents);
+      { sourceId: this.host.sourceId, credential: this.host.credential, cycleId: this.cycleId, streamId: this.streamId, wireVersion: WIRE_VERSION }, this.linkEvents);
     this.link = link;
     this.window.resume(link.durableSeq, (e) => this.coverage.heldCovers(e.disk, e.offset, e.length));
     this.syncSentOn = null;
@@ -260,7 +270,13 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     await this.host.takeTokens(wire);
     this.governor.observe(waitedForPack, this.waitedForNetwork + performance.now() - tokenWaitStart);
     this.waitedForNetwork = 0;
-    const link = this.link;
+    let link = this.link;
+    if (link && payloadLen >= ALONE_PAYLOAD && link.needsDrain) {
+      const drainStart = performance.now();
+      await link.drained();
+      this.waitedForNetwork += performance.now() - drainStart;
+      if (this.link !== link) link = null;
+    }
     if (!link || !this.window.isNext(e)) return true; // connection changed or window resynced meanwhile
     link.write(head);
     const ok = p.payload ? link.write(p.payload) : true;
@@ -310,6 +326,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     if (len === 0) return;
     if (this.coverage.alreadyHeld(disk, offset, len)) {
       this.st.skippedBytes += len;
+      opts?.release?.();
       return;
     }
     // pieces end on absolute multiples of PIECE_SIZE (the store's chunk size): whole chunks take its fast path
@@ -327,7 +344,9 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
       this.check();
       const overwrite = this.coverage.recordSent(disk, off, n);
       const { packed, phase } = zero ? this.packer.pack(null, 0, n) : this.packer.pack(data, off - offset, n, digest ? { ...opts, digest } : { ...opts, digest: undefined });
-      this.window.push({ disk, offset: off, length: n, overwrite, packed, cost, phase });
+      // one piece only: pieces of one buffer may leave the window apart (after a receiver restart)
+      const release = opts?.handOver && pieces.length === 1 ? opts.release : undefined;
+      this.window.push({ disk, offset: off, length: n, overwrite, packed, cost, phase, release });
       this.changed.notify();
       crashPoint('transfer:send');
     }

@@ -76,6 +76,8 @@ export class DataLink {
   /** False when the socket buffers it (see `writableLength`, `drained`). */
   write(b: Buffer): boolean { return this.s.write(b); }
   get writableLength(): number { return this.s.writableLength; }
+  /** A write returned false and 'drain' has not come yet. */
+  get needsDrain(): boolean { return this.s.writableNeedDrain; }
   /** Resolves once the socket drained, or closed. */
   drained(): Promise<void> {
     const s = this.s;

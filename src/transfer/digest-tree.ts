@@ -5,8 +5,9 @@
  *
  *   leaves: the pieces of `ranges` (sorted, disjoint) cut at absolute multiples of PIECE_SIZE —
  *           the pieces the data frames carry — in offset order;
- *   leaf:   offset (u64 BE) ‖ length (u64 BE) ‖ digest, where digest is the SHA-256 of the piece's
- *           bytes, or 32 zero bytes when they are all zeros (as a zero marker's);
+ *   leaf:   offset (u64 BE) ‖ length (u64 BE) ‖ digest, where digest is the tree digest of the piece's
+ *           bytes (util/tree-digest.ts: over its 4 KiB blocks' SHA-256), or 32 zero bytes when they
+ *           are all zeros (as a zero marker's);
  *   root:   SHA-256 of the concatenated leaves, in hex.
  *
  * A piece's digest is its frame's digest: a sender computes it once (`pieceDigests`), folds it
@@ -15,6 +16,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { PIECE_SIZE } from './protocol.ts';
 import { INLINE_HASH_MAX, nativeDigest } from '../util/native-digest.ts';
+import { TREE_BLOCK, treeDigest, wholeTreeBlocks } from '../util/tree-digest.ts';
 import { split, type Range } from '../model/ranges.ts';
 
 const LEAF = 8 + 8 + 32;
@@ -37,14 +39,14 @@ function leafRecord(offset: number, length: number, digest: Uint8Array): Buffer 
   return b;
 }
 
-/** Digest of one piece: SHA-256 of its bytes, or 32 zero bytes when all are zero. */
+/** Digest of one piece: the tree digest of its bytes, or 32 zero bytes when all are zero. */
 async function pieceDigest(data: Uint8Array): Promise<Buffer> {
   const native = data.length > INLINE_HASH_MAX ? nativeDigest() : null;
   if (native) {
-    const r = await native.blocks(data, data.length, 32);
-    return r.zero[0] === 1 ? Buffer.from(ZERO_DIGEST) : r.digests;
+    const r = await native.blocks(data, TREE_BLOCK, 1, wholeTreeBlocks(data.length));
+    return r.zero.every((z) => z === 1) ? Buffer.from(ZERO_DIGEST) : r.pieceDigests!;
   }
-  return isAllZero(data) ? Buffer.from(ZERO_DIGEST) : createHash('sha256').update(data).digest();
+  return isAllZero(data) ? Buffer.from(ZERO_DIGEST) : treeDigest(data);
 }
 
 /**

@@ -26,7 +26,7 @@ export class PiecePacker {
   /**
    * Pack `n` bytes at `pos` of `data` (null: zeros, a marker). `handOver`: the caller gave `data`
    * up; a piece that is all of it, and all of its own ArrayBuffer, moves to the worker without a
-   * copy. `digest`: the caller's SHA-256 of this piece (not all zeros): it is not hashed again.
+   * copy. `digest`: the caller's tree digest of this piece (not all zeros): it is not hashed again.
    */
   pack(data: Buffer | null, pos: number, n: number, opts?: SendOptions): PackedPiece {
     let piece: PackedPiece;

@@ -10,8 +10,8 @@
  * JSON frames (HELLO, READY, SYNC, ACK, ERROR) carry UTF-8 JSON. EXTENT frames carry a fixed
  * 56-byte header then the payload:
  *   u8 codec | u8 0 | u48 seq | u32 disk | u48 offset | u16 0 | u32 length | 32 bytes SHA-256 | payload
- * `length` is the uncompressed length; the digest is the SHA-256 of the uncompressed bytes
- * (all zero for a ZERO marker, which has no payload). The sender pipelines extents without waiting;
+ * `length` is the uncompressed length; the digest is the tree digest of the uncompressed bytes
+ * (util/tree-digest.ts; wire version 2, wire-version.ts), all zero for a ZERO marker, which has no payload. The sender pipelines extents without waiting;
  * the receiver answers with ACK {seq} after its store flushed every extent up to `seq` (durable).
  */
 import { CodedError, type ErrorReport } from '../util/errors.ts';
@@ -195,5 +195,5 @@ export const HDR_SOURCE = 'x-vmlift-source';
 export const FATAL_CODES = new Set([
   'AUTH', 'BAD_ID', 'BAD_DIGEST', 'BAD_FRAME', 'BAD_FRAME_LENGTH', 'BAD_LENGTH', 'OUT_OF_RANGE', 'BAD_DISK',
   'BAD_CODEC', 'BAD_REQUEST', 'CODE_EXPIRED', 'CODE_USED_UP', 'CODE_UNKNOWN', 'ALREADY_REGISTERED',
-  'MISSING_EXTENTS', 'CHECKSUM_MISMATCH', 'CYCLE_OPEN', 'FINGERPRINT_MISMATCH', 'NO_SPACE',
+  'MISSING_EXTENTS', 'CHECKSUM_MISMATCH', 'CYCLE_OPEN', 'FINGERPRINT_MISMATCH', 'NO_SPACE', 'WIRE_VERSION',
 ]);

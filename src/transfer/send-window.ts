@@ -29,7 +29,8 @@ export class SendWindow<E extends WindowEntry> {
   private nextSeq = 1;
   private total = 0;
 
-  constructor(readonly limit: number) {}
+  /** `dropped`: told of each entry that leaves the window (acknowledged, or held after a restart). */
+  constructor(readonly limit: number, private readonly dropped?: (e: E) => void) {}
 
   /** Bytes held (the entries' costs). */
   get cost(): number { return this.total; }
@@ -78,7 +79,11 @@ export class SendWindow<E extends WindowEntry> {
   ack(seq: number): void {
     let k = 0;
     while (k < this.entries.length && this.entries[k]!.seq <= seq) { this.total -= this.entries[k]!.cost; k++; }
-    if (k) { this.entries.splice(0, k); this.cursor = Math.max(0, this.cursor - k); }
+    if (k) {
+      const gone = this.entries.splice(0, k);
+      this.cursor = Math.max(0, this.cursor - k);
+      if (this.dropped) for (const e of gone) this.dropped(e);
+    }
   }
 
   /**
@@ -92,8 +97,7 @@ export class SendWindow<E extends WindowEntry> {
     } else {
       const keep: E[] = [];
       for (const e of this.entries) {
-        if (!e.overwrite && held(e)) this.total -= e.cost;
-        else keep.push(e);
+        if (!e.overwrite && held(e)) { this.total -= e.cost; this.dropped?.(e); } else keep.push(e);
       }
       this.entries = keep;
     }

@@ -28,6 +28,7 @@ import { TokenBucket } from './token-bucket.ts';
 import { obtainCredential } from './credential.ts';
 import { CycleSession, type SessionHost } from './cycle-session.ts';
 import { linkTimeouts, type LinkTimeouts } from './link-timeouts.ts';
+import { checkReceiverWireVersion } from './wire-version.ts';
 import type { BeginCycleRequest, ReceiverSession } from './contract.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
 
@@ -107,6 +108,7 @@ export class Sender implements ReceiverSession {
     const cred = await obtainCredential(control, o, log);
     control.setAuth(cred);
     const who = await control.whoami();
+    checkReceiverWireVersion(who.wireVersion, `${host}:${port}`);
     log.info({ receiver: `${host}:${port}`, proxy: o.proxy ? redactUrl(o.proxy) : undefined }, 'connected to receiver');
     return new Sender(o, control, target, cred.sourceId, cred.credential, o.dataPort ?? who.dataPort, log);
   }

@@ -1,5 +1,5 @@
 /**
- * SHA-256 work in native code (native/digest/, over OpenSSL's libcrypto), run by koffi off the
+ * SHA-256 and tree-digest work (util/tree-digest.ts) in native code (native/digest/, over OpenSSL's libcrypto), run by koffi off the
  * event loop: no JavaScript per 4 KiB block, no copies, no messages to worker threads, so block
  * digests cost a fraction of `crypto.hash` in a worker (docs/transfer.md, Measurements). Absent
  * (not built, another OS, or VMLIFT_NO_NATIVE_DIGEST=1), callers use Node's crypto instead and get
@@ -24,13 +24,18 @@ export interface BlockDigests {
   digests: Buffer;
   /** 1 where the block is all zeros. */
   zero: Uint8Array;
-  /** With `piece`: the SHA-256 of each piece (32 bytes each). */
+  /** With `piece`: the tree digest of each piece (32 bytes each), derived from the block digests. */
   pieceDigests?: Buffer;
 }
 
 export interface NativeDigest {
-  /** Digests of the `block`-sized blocks of `data` (and of its `piece`-sized pieces when asked). */
+  /**
+   * Digests of the `block`-sized blocks of `data`, and with `piece` (then `block` must be 4096 and
+   * `piece` a multiple of it) the tree digests of its `piece`-sized pieces, from the same pass.
+   */
   blocks(data: Uint8Array, block: number, keep: number, piece?: number): Promise<BlockDigests>;
+  /** Tree digest (util/tree-digest.ts) of `data`. */
+  tree(data: Uint8Array): Promise<Buffer>;
   /** SHA-256 of `data`. */
   sha256(data: Uint8Array): Promise<Buffer>;
 }
@@ -44,11 +49,12 @@ function load(): NativeDigest | null {
   const path = process.env.VMLIFT_NATIVE_DIGEST_LIB ?? DEFAULT_LIB;
   const koffi = loadKoffi();
   if (!koffi || !existsSync(path)) return null;
-  let digestBlocks: KoffiFn; let sha256: KoffiFn;
+  let digestBlocks: KoffiFn; let sha256: KoffiFn; let tree: KoffiFn;
   try {
     const lib = koffi.load(path);
     digestBlocks = lib.func('int64_t vmlift_digest_blocks(const uint8_t *data, size_t len, size_t block, size_t keep, uint8_t *digests, uint8_t *zero, size_t piece, uint8_t *piece_digests)');
-    sha256 = lib.func('void vmlift_sha256(const uint8_t *data, size_t len, uint8_t *md)');
+    sha256 = lib.func('int vmlift_sha256(const uint8_t *data, size_t len, uint8_t *md)');
+    tree = lib.func('int vmlift_tree_digest(const uint8_t *data, size_t len, uint8_t *md)');
   } catch {
     return null;
   }
@@ -64,10 +70,20 @@ function load(): NativeDigest | null {
     },
     async sha256(data) {
       const md = Buffer.allocUnsafe(SHA256_LEN);
-      await callAsync(sha256, data, data.byteLength, md);
+      if (await callAsync(sha256, data, data.byteLength, md) !== 0) throw new Error('native SHA-256 failed (libcrypto)');
+      return md;
+    },
+    async tree(data) {
+      const md = Buffer.allocUnsafe(SHA256_LEN);
+      if (await callAsync(tree, data, data.byteLength, md) !== 0) throw new Error('native tree digest failed (libcrypto)');
       return md;
     },
   };
+}
+
+/** The library file of the native digester, when this process uses one (codec workers load it too). */
+export function nativeDigestLibrary(): string | null {
+  return nativeDigest() ? process.env.VMLIFT_NATIVE_DIGEST_LIB ?? DEFAULT_LIB : null;
 }
 
 /** The native digester of this process, or null when it is not available. */

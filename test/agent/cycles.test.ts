@@ -19,6 +19,7 @@ import { overlayDigests, readOverlay } from '../../src/store/overlay.ts';
 import { decodeIndex } from '../../src/store/packs.ts';
 import { REPACK_BELOW } from '../../src/store/gc.ts';
 import { Receiver, runAgent, startAgent, writeCodeFile, killChildren } from './harness.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 
 const execFileP = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -149,14 +150,14 @@ async function referencedBy(storeRoot: string, sourceId: string, imageId: string
   return out;
 }
 
-/** SHA-256 names of the non-zero chunks of an exported raw file. */
+/** Names (tree digests) of the non-zero chunks of an exported raw file. */
 async function chunksOf(file: string, chunkSize: number): Promise<Set<string>> {
   const data = await readFile(file);
   const out = new Set<string>();
   for (let o = 0; o < data.length; o += chunkSize) {
     const c = data.subarray(o, Math.min(data.length, o + chunkSize));
     if (c.every((x) => x === 0)) continue;
-    out.add(createHash('sha256').update(c).digest('hex'));
+    out.add(treeDigest(c).toString('hex'));
   }
   return out;
 }

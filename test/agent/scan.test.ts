@@ -1,7 +1,6 @@
 /**
- * The agent's scan on a real file: what it sends, and that the wire digest of a whole window is
- * computed with the block digests only when windows go out whole (a second SHA-256 pass an
- * incremental cycle would mostly waste).
+ * The agent's scan on a real file: what it sends, and that every extent it sends carries its wire
+ * digest (the tree digest), derived from the block digests: no byte is hashed twice.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,6 +12,7 @@ import { DigestPool } from '../../src/agent/digest-pool.ts';
 import { ManifestReader, ManifestWriter } from '../../src/agent/manifest.ts';
 import { WINDOW, scanDisk, type ExtentSink } from '../../src/agent/scan.ts';
 import { openLocalSource } from '../../src/source/local/index.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 
 const dir = await mkdtemp(join(tmpdir(), 'vmlift-scan-'));
 after(() => rm(dir, { recursive: true, force: true }));
@@ -51,38 +51,34 @@ async function scan(cycle: number): Promise<{ sent: Sent[]; pool: CountingPool }
   const pool = new CountingPool(1);
   const sent: Sent[] = [];
   await runScan(path, cycle === 1 ? null : join(dir, `m${cycle - 1}`), join(dir, `m${cycle}`), pool, async (_disk, offset, data, length, opts) => {
-    sent.push({ offset, length, digest: opts?.digest, sha: createHash('sha256').update(data ?? Buffer.alloc(length)).digest('hex') });
+    sent.push({ offset, length, digest: opts?.digest, sha: treeDigest(data ?? Buffer.alloc(length)).toString('hex') });
   });
   return { sent, pool };
 }
 
-test('first cycle: every window goes out whole with its digest computed in the same pass; incremental: only when windows go out whole', async () => {
+test('every extent sent carries its tree digest, derived from the block digests (first and incremental cycles)', async () => {
   const fh = await open(path, 'w');
   await fh.write(randomBytes(WINDOWS * WINDOW), 0, WINDOWS * WINDOW, 0);
   await fh.close();
 
   const c1 = await scan(1);
   assert.equal(c1.sent.length, WINDOWS);
-  assert.ok(c1.sent.every((s) => s.length === WINDOW && s.digest?.toString('hex') === s.sha), 'every window carries its correct SHA-256');
+  assert.ok(c1.sent.every((s) => s.length === WINDOW && s.digest?.toString('hex') === s.sha), 'every window carries its correct tree digest');
   assert.deepEqual([c1.pool.withWhole, c1.pool.without], [WINDOWS, 0]);
 
-  // nothing changed: blocks compared, nothing sent, no window digest computed
+  // nothing changed: blocks compared, nothing sent
   const c2 = await scan(2);
   assert.equal(c2.sent.length, 0);
-  assert.deepEqual([c2.pool.withWhole, c2.pool.without], [0, WINDOWS]);
 
-  // a 4 KiB change in window 3, then windows 10..39 rewritten: the scan starts without window digests
-  // and takes them up once most windows go out whole
+  // a 4 KiB change in window 3 and an 8 KiB one in window 5, then windows 10..39 rewritten
   const fh2 = await open(path, 'r+');
   await fh2.write(randomBytes(4096), 0, 4096, 3 * WINDOW + 8192);
+  await fh2.write(randomBytes(8192), 0, 8192, 5 * WINDOW + 65536);
   await fh2.write(randomBytes(30 * WINDOW), 0, 30 * WINDOW, 10 * WINDOW);
   await fh2.close();
   const c3 = await scan(3);
-  assert.deepEqual(c3.sent.map((s) => s.offset), [3 * WINDOW + 8192, ...Array.from({ length: 30 }, (_, i) => (10 + i) * WINDOW)]);
-  for (const s of c3.sent) if (s.digest) assert.equal(s.digest.toString('hex'), s.sha, `digest of ${s.offset}`);
-  const withDigest = c3.sent.filter((s) => s.digest).length;
-  assert.ok(c3.pool.without >= 10 && c3.pool.withWhole >= 10, `adapts: ${c3.pool.without} windows without, ${c3.pool.withWhole} with the window digest`);
-  assert.equal(withDigest, c3.pool.withWhole, 'every window digest computed went out with its window');
+  assert.deepEqual(c3.sent.map((s) => s.offset), [3 * WINDOW + 8192, 5 * WINDOW + 65536, ...Array.from({ length: 30 }, (_, i) => (10 + i) * WINDOW)]);
+  for (const s of c3.sent) assert.equal(s.digest?.toString('hex'), s.sha, `tree digest of the ${s.length} bytes at ${s.offset}`);
 });
 
 test('the manifest holds every block digest (holes, a short last block, with and without a digest pool); sends cover exactly the non-zero blocks', async () => {
@@ -99,7 +95,7 @@ test('the manifest holds every block digest (holes, a short last block, with and
   const nonZero: number[] = [];
   for (let b = 0; b * 4096 < capacity; b++) {
     const block = image.subarray(b * 4096, Math.min(capacity, (b + 1) * 4096));
-    createHash('sha256').update(block).digest().copy(want, b * 16, 0, 16);
+    createHash('sha256').update(block).digest().copy(want, b * 16, 0, 16); // the manifest keeps SHA-256 block digests
     if (block.some((x) => x !== 0)) nonZero.push(b);
   }
   for (const pool of [new DigestPool(1), null]) {

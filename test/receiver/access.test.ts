@@ -15,6 +15,8 @@ import { ControlClient, RemoteError } from '../../src/transfer/control-client.ts
 import { connectPinned } from '../../src/transfer/connect.ts';
 import { CODEC, FRAME, FrameAssembler, encodeExtentHeader, encodeJsonFrame, parseJsonBody } from '../../src/transfer/protocol.ts';
 import { createCode, listCodes } from '../../src/receiver/identity.ts';
+import { WIRE_VERSION } from '../../src/transfer/wire-version.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 
 const MiB = 1 << 20;
 let t: TestRx;
@@ -77,10 +79,10 @@ function errorOf(frames: Frame[]): Record<string, unknown> {
   return e.msg!;
 }
 function hello(sourceId: string, credential: string, cycleId: string, streamId: string): Buffer {
-  return encodeJsonFrame(FRAME.HELLO, { sourceId, credential, cycleId, streamId });
+  return encodeJsonFrame(FRAME.HELLO, { sourceId, credential, cycleId, streamId , wireVersion: WIRE_VERSION });
 }
 function extent(seq: number, offset: number, data: Buffer): Buffer {
-  const digest = createHash('sha256').update(data).digest();
+  const digest = treeDigest(data);
   return Buffer.concat([encodeExtentHeader({ codec: CODEC.RAW, seq, disk: 0, offset, length: data.length, digest }, data.length), data]);
 }
 

@@ -4,9 +4,10 @@ import { createHash } from 'node:crypto';
 import { checkExtentFrame } from '../../src/receiver/extent-checks.ts';
 import { CODEC, MAX_DATA_EXTENT, MAX_ZERO_EXTENT, ProtocolError, encodeExtentHeader, type ExtentHeader } from '../../src/transfer/protocol.ts';
 import { CodecPool } from '../../src/transfer/codec-pool.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 
 const disks = [{ disk: 0, capacity: 1 << 20 }, { disk: 1, capacity: 8192 }];
-const sha = (b: Uint8Array) => createHash('sha256').update(b).digest();
+const sha = (b: Uint8Array) => treeDigest(b);
 
 /** An EXTENT frame's body (what FrameAssembler hands over: the bytes after the type). */
 function frame(h: Partial<ExtentHeader>, payload = Buffer.alloc(0)): Buffer {

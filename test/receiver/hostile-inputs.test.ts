@@ -18,6 +18,8 @@ import { HANDSHAKE_TIMEOUT_MS } from '../../src/receiver/server.ts';
 import { BODY_LIMITS } from '../../src/receiver/control.ts';
 import { RawHttp } from './fuzz/http-raw.ts';
 import { deepJson } from './fuzz/hostile-values.ts';
+import { WIRE_VERSION } from '../../src/transfer/wire-version.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 
 let t: TestRx;
 let cred: string;
@@ -28,7 +30,7 @@ before(async () => {
 after(async () => { await t.close(); });
 
 const authed = () => new ControlClient({ host: '127.0.0.1', port: t.rx.controlPort, fingerprint: t.rx.fingerprint }, { sourceId: 'hx', credential: cred });
-const authHead = () => `x-vmlift-source: hx\r\nauthorization: Bearer ${cred}\r\n`;
+const authHead = () => `x-vmlift-source: hx\r\nauthorization: Bearer ${cred}\r\nx-vmlift-wire: ${WIRE_VERSION}\r\n`;
 const errorCode = (body: Buffer): string => (JSON.parse(body.toString('utf8')) as { error: { code: string } }).error.code;
 const noErrorLogged = () => assert.deepEqual(t.log.lines.filter((l) => l.level === 50).map((l) => l.msg), [], 'nothing logged as a receiver failure');
 
@@ -60,7 +62,7 @@ test('a commit whose meta nests 10^5 deep is refused as a bad request; the cycle
 test('a SYNC whose token is not a number is refused (a 30,000-deep one overflowed the stack)', async () => {
   await authed().beginCycle({ cycleId: 'sync', disks: [{ disk: 0, capacity: 4096 }] });
   const p = await dataPeer();
-  p.s.write(encodeJsonFrame(FRAME.HELLO, { sourceId: 'hx', credential: cred, cycleId: 'sync', streamId: 'ab' }));
+  p.s.write(encodeJsonFrame(FRAME.HELLO, { sourceId: 'hx', credential: cred, cycleId: 'sync', streamId: 'ab' , wireVersion: WIRE_VERSION }));
   while (!p.frames.length) await new Promise((r) => setTimeout(r, 20));
   assert.equal(p.frames[0]!.type, FRAME.READY);
   const deep = Buffer.from(`{"token":${deepJson(30_000, 'array')}}`);
@@ -88,8 +90,8 @@ test('a HELLO-sized first frame, then full-sized frames pipelined behind it in t
   await authed().beginCycle({ cycleId: 'pipe', disks: [{ disk: 0, capacity: 1 << 20 }] });
   const p = await dataPeer();
   const data = Buffer.alloc(1 << 20, 9);
-  const ext = Buffer.concat([encodeExtentHeader({ codec: CODEC.RAW, seq: 1, disk: 0, offset: 0, length: data.length, digest: createHash('sha256').update(data).digest() }, data.length), data]);
-  p.s.write(Buffer.concat([encodeJsonFrame(FRAME.HELLO, { sourceId: 'hx', credential: cred, cycleId: 'pipe', streamId: 'cd' }), ext, encodeJsonFrame(FRAME.SYNC, { token: 7 })]));
+  const ext = Buffer.concat([encodeExtentHeader({ codec: CODEC.RAW, seq: 1, disk: 0, offset: 0, length: data.length, digest: treeDigest(data) }, data.length), data]);
+  p.s.write(Buffer.concat([encodeJsonFrame(FRAME.HELLO, { sourceId: 'hx', credential: cred, cycleId: 'pipe', streamId: 'cd' , wireVersion: WIRE_VERSION }), ext, encodeJsonFrame(FRAME.SYNC, { token: 7 })]));
   const until = Date.now() + 30_000;
   while (!p.frames.some((f) => f.type === FRAME.ACK && f.msg.token === 7)) {
     assert.ok(Date.now() < until && !p.frames.some((f) => f.type === FRAME.ERROR), JSON.stringify(p.frames));

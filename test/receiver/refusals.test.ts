@@ -15,6 +15,8 @@ import { CODEC, FRAME, FrameAssembler, encodeExtentHeader, encodeJsonFrame, pars
 import { createCode } from '../../src/receiver/identity.ts';
 import { compress } from 'zstd-napi';
 import type { CycleSession, Sender } from '../../src/transfer/sender.ts';
+import { WIRE_VERSION } from '../../src/transfer/wire-version.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 
 const MiB = 1 << 20;
 let t: TestRx;
@@ -79,13 +81,13 @@ async function expectRemote(p: Promise<unknown>, code: string, msg: RegExp): Pro
 }
 
 /** A hand-made data connection: HELLO, then whatever frames the test writes; resolves the receiver's ERROR. */
-async function rawData(sourceId: string, credential: string, cycleId: string): Promise<{ s: TLSSocket; frames: { type: number; msg?: Record<string, unknown> }[]; closed: Promise<void> }> {
+async function rawData(sourceId: string, credential: string, cycleId: string, wireVersion: number | null = WIRE_VERSION): Promise<{ s: TLSSocket; frames: { type: number; msg?: Record<string, unknown> }[]; closed: Promise<void> }> {
   const s = await connectPinned({ host: '127.0.0.1', port: t.rx.dataPort, fingerprint: t.rx.fingerprint });
   const frames: { type: number; msg?: Record<string, unknown> }[] = [];
   const reader = new FrameAssembler();
   s.on('data', (c: Buffer) => { reader.push(c); for (let f = reader.next(); f; f = reader.next()) frames.push({ type: f.type, msg: parseJsonBody(f.body) }); });
   const closed = new Promise<void>((r) => { s.on('close', () => r()); s.on('error', () => undefined); });
-  s.write(encodeJsonFrame(FRAME.HELLO, { sourceId, credential, cycleId, streamId: 'abc123' }));
+  s.write(encodeJsonFrame(FRAME.HELLO, { sourceId, credential, cycleId, streamId: 'abc123', wireVersion }));
   return { s, frames, closed };
 }
 function errorOf(frames: { type: number; msg?: Record<string, unknown> }[]): Record<string, unknown> {
@@ -94,7 +96,7 @@ function errorOf(frames: { type: number; msg?: Record<string, unknown> }[]): Rec
   return e.msg!;
 }
 function extent(seq: number, disk: number, offset: number, data: Buffer, opts: { codec?: number; digest?: Buffer; length?: number } = {}): Buffer {
-  const digest = opts.digest ?? createHash('sha256').update(data).digest();
+  const digest = opts.digest ?? treeDigest(data);
   return Buffer.concat([encodeExtentHeader({ codec: opts.codec ?? CODEC.RAW, seq, disk, offset, length: opts.length ?? data.length, digest }, data.length), data]);
 }
 async function openCycle(sourceId: string, cycleId = 'c1', capacity = 4 * MiB): Promise<string> {
@@ -168,7 +170,7 @@ test('frames with a wrong length', async () => {
   // a compressed extent that inflates to another length than its header says
   r = await rawData('len-a', cred, 'c1');
   const plain = Buffer.alloc(8192, 5);
-  r.s.write(extent(1, 0, 0, compress(plain), { codec: CODEC.ZSTD, length: 4096, digest: createHash('sha256').update(plain).digest() }));
+  r.s.write(extent(1, 0, 0, compress(plain), { codec: CODEC.ZSTD, length: 4096, digest: treeDigest(plain) }));
   await r.closed;
   assert.equal(errorOf(r.frames).code, 'BAD_LENGTH');
   assert.match(String(errorOf(r.frames).message), /compressed extent declares 8192 bytes, frame header says 4096/);
@@ -198,6 +200,41 @@ test('frames with a wrong digest', async () => {
   const held = (await authed('dig-a', cred).request<{ held: { ranges: { offset: number; length: number }[] }[] }>('GET', '/v1/cycles/c1/held')).held;
   assert.ok(!held.some((h) => h.ranges.some((x) => x.offset + x.length > 65536)), 'the bad extent was not applied');
   await noImages('dig-a');
+});
+
+test('a sender of wire version 1 (plain SHA-256 extent digests) is refused on the data port and when it begins a cycle', async () => {
+  const cred = await openCycle('wire-a');
+  // its HELLO declares no version (null: as absent)
+  const r = await rawData('wire-a', cred, 'c1', null);
+  const data = Buffer.alloc(65536, 9);
+  r.s.write(Buffer.concat([encodeExtentHeader({ codec: CODEC.RAW, seq: 1, disk: 0, offset: 0, length: data.length, digest: createHash('sha256').update(data).digest() }, data.length), data]));
+  await r.closed;
+  const e = errorOf(r.frames);
+  assert.equal(e.code, 'WIRE_VERSION');
+  assert.match(String(e.message), /receiver speaks wire version 2, the sender wire version 1/);
+  assert.match(String(e.fix), /upgrade the agent or connector/);
+  loggedRefusal('WIRE_VERSION');
+  assert.deepEqual((await authed('wire-a', cred).request<{ held: { ranges: unknown[] }[] }>('GET', '/v1/cycles/c1/held')).held.flatMap((h) => h.ranges), [], 'nothing of it was written');
+  // a version from the future names the other fix
+  const r2 = await rawData('wire-a', cred, 'c1', 3);
+  await r2.closed;
+  assert.match(String(errorOf(r2.frames).fix), /upgrade the receiver/);
+
+  // its begin-cycle request carries no version header: refused before anything is read
+  const s = await connectPinned({ host: '127.0.0.1', port: t.rx.controlPort, fingerprint: t.rx.fingerprint });
+  const body = JSON.stringify({ cycleId: 'c2', disks: [{ disk: 0, capacity: MiB }] });
+  let answer = '';
+  s.setEncoding('utf8').on('data', (d: string) => { answer += d; });
+  const ended = new Promise<void>((res) => s.on('close', () => res()));
+  s.end(`POST /v1/cycles HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nx-vmlift-source: wire-a\r\nauthorization: Bearer ${cred}\r\n\r\n${body}`);
+  await ended;
+  assert.match(answer, /^HTTP\/1\.1 409/);
+  const err = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { error: { code: string; message: string; fix: string } };
+  assert.equal(err.error.code, 'WIRE_VERSION');
+  assert.match(err.error.message, /wire version 2, the sender wire version 1/);
+  await noImages('wire-a');
+  // and whoami tells a sender which version the receiver speaks
+  assert.equal((await authed('wire-a', cred).whoami()).wireVersion, WIRE_VERSION);
 });
 
 test('offsets beyond the disk', async () => {

@@ -5,6 +5,7 @@ import { readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImageStore, StoreError } from '../../src/store/index.ts';
 import { agePacks, chunkFiles, randomDisk, scatter, sha, storeWithImage, tempDir, writeAll } from './helpers.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 
 const CS = 64 << 10;
 
@@ -62,13 +63,13 @@ test('full then incremental cycle: exports match, old image keeps old content, o
   for (const [o, l] of [[0, 10], [CS - 100, 300], [offs[0]!, 4096], [cap - 777, 777], [12345, 3 * CS]] as const) {
     assert.ok((await store.readImage('vm-1', '2', 0, o, l)).equals(v2.subarray(o, o + l)), `read ${o}+${l}`);
   }
-  // chunk digests equal the SHA-256 of each chunk (zeros for holes)
+  // chunk digests are each chunk's name, its tree digest (zeros for holes)
   const dg = await store.chunkDigests('vm-1', '2', 0, 0, 1000);
   assert.equal(dg.length, (cap / CS) * 32);
   for (let i = 0; i < cap / CS; i++) {
     const c = v2.subarray(i * CS, (i + 1) * CS);
     const slot = dg.subarray(i * 32, i * 32 + 32);
-    assert.equal(slot.toString('hex'), c.every((x) => x === 0) ? '0'.repeat(64) : sha(c));
+    assert.equal(slot.toString('hex'), c.every((x) => x === 0) ? '0'.repeat(64) : treeDigest(c).toString('hex'));
   }
   await store.close();
 });
@@ -102,7 +103,7 @@ test('sha256 hint names whole chunks without hashing; zero chunks become holes; 
   const w = await store.beginCycle({ sourceId: 's', cycleId: 'c', disks: [{ disk: 0, capacity: cap }] });
   for (let o = 0; o < cap; o += CS) {
     const part = v.subarray(o, Math.min(cap, o + CS));
-    await w.writeExtent(0, o, part.length, part, { sha256: sha(part) });
+    await w.writeExtent(0, o, part.length, part, { sha256: treeDigest(part) });
   }
   const img = await w.commit();
   assert.equal(img.disks[0]!.chunkCount, 3);

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { openImageStore } from '../../src/store/index.ts';
-import { sha256 } from '../../src/store/chunks.ts';
+import { treeDigest as chunkName } from '../../src/util/tree-digest.ts';
 import { publishImage } from '../../src/store/publish.ts';
 import { bareCycle, bareStore } from './cycle-parts.ts';
 import { sha } from './helpers.ts';
@@ -38,7 +38,7 @@ test('a whole chunk is named in the index; a partial write stores the sub-chunks
   const c = await bareCycle(t, { layout, chunkSize: MiB, disks: [{ disk: 0, capacity: 2 * MiB }] });
   const whole = randomBytes(MiB);
   await c.write(0, 0, whole);
-  assert.deepEqual(await c.disk().index.get(0), sha256(whole));
+  assert.deepEqual(await c.disk().index.get(0), chunkName(whole));
   assert.equal(c.chunks.newChunks, 1);
   const sub = Buffer.alloc(SUB);
   for (let k = 0; k < 15; k++) { // 60 KiB of sub-chunk 0 of slot 1, 4 KiB at a time
@@ -50,13 +50,13 @@ test('a whole chunk is named in the index; a partial write stores the sub-chunks
   assert.equal(c.disk().overlay.overlay.size, 0);
   await c.flush();
   assert.equal(c.chunks.newChunks, 2, 'stored once, at the flush');
-  assert.deepEqual([...c.disk().overlay.overlay.get(1)!], [[0, sha256(sub)]]);
+  assert.deepEqual([...c.disk().overlay.overlay.get(1)!], [[0, chunkName(sub)]]);
   assert.equal(await c.disk().index.get(1), null, 'slot 1 still has no whole chunk');
   assert.deepEqual(c.journals.held()[0]!.ranges, [{ offset: 0, length: MiB + 15 * 4096 }]);
   // a whole chunk over slot 1 makes its sub-chunks moot
   await c.write(0, MiB, whole);
   assert.equal(c.disk().overlay.overlay.has(1), false);
-  assert.deepEqual(await c.disk().index.get(1), sha256(whole));
+  assert.deepEqual(await c.disk().index.get(1), chunkName(whole));
 });
 
 test('the cache keeps to its bound: the least recently used partial sub-chunks are stored when evicted, the rest at the flush', async (t) => {

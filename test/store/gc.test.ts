@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { openImageStore } from '../../src/store/index.ts';
 import { chunkFiles, chunkLocation, sha, tempDir, writeAll } from './helpers.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 
 test('gc running over and over in one process never deletes chunks a cycle in another process is reusing', async (t) => {
   const dir = await tempDir(t, 'gc');
@@ -62,7 +63,7 @@ async function twoVersions(root: string, cs: number, cap: number, opts: { gcGrac
 /** Chunk names of a buffer of random (never all-zero) data. */
 function chunkFilesOf(buf: Buffer, cs: number): string[] {
   const out: string[] = [];
-  for (let o = 0; o < buf.length; o += cs) out.push(sha(buf.subarray(o, o + cs)));
+  for (let o = 0; o < buf.length; o += cs) out.push(treeDigest(buf.subarray(o, o + cs)).toString('hex'));
   return out;
 }
 

@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { appendFile, readFile, readdir, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { sha256 } from '../../src/store/chunks.ts';
+import { treeDigest as chunkName } from '../../src/util/tree-digest.ts';
 import { CycleJournals, parseHeld } from '../../src/store/journals.ts';
 import { bareCycle, bareStore } from './cycle-parts.ts';
 
@@ -46,7 +46,7 @@ test('the chunks come first: when a chunk cannot be made durable, the flush writ
 test('a flush claims the ranges noted before it began: what settle adds to the index is written, a range noted during it waits for the next flush', async (t) => {
   const { layout } = await bareStore(t, CS);
   const c = await bareCycle(t, { layout, chunkSize: CS, disks });
-  const digest = sha256(Buffer.from('slot five'));
+  const digest = chunkName(Buffer.from('slot five'));
   c.disk().noteWritten({ offset: 0, length: 4096 });
   await c.journals.flush(c.chunks, async () => {
     c.disk().index.set(5, digest);
@@ -77,7 +77,7 @@ test('reopened after a crash mid-append, the journals read back what was flushed
   t.after(() => j2.close());
   assert.deepEqual(j2.held(), [{ disk: 0, ranges: [{ offset: 0, length: CS }, { offset: CS + 100, length: 5000 }] }]);
   assert.deepEqual(j2.disks.get(0)!.overlay.overlay, overlay);
-  assert.deepEqual(await j2.disks.get(0)!.index.get(0), sha256(a));
+  assert.deepEqual(await j2.disks.get(0)!.index.get(0), chunkName(a));
   assert.equal(await j2.disks.get(0)!.index.get(2), null);
   const refs = (await readFile(join(c.dir, 'refs.log'), 'utf8')).split('\n');
   assert.ok(refs.includes('abc123'), 'the torn refs line was ended');
@@ -85,16 +85,16 @@ test('reopened after a crash mid-append, the journals read back what was flushed
   assert.equal((await stat(join(c.dir, 'disk-0.sub'))).size % 38, 0, 'the torn overlay record was cut off');
 
   const b = randomBytes(CS);
-  j2.disks.get(0)!.index.set(2, sha256(b));
+  j2.disks.get(0)!.index.set(2, chunkName(b));
   j2.disks.get(0)!.noteWritten({ offset: 2 * CS, length: CS });
   // a record appended after the torn one must read back as written, not shifted by the torn bytes
-  const sub = sha256(randomBytes(CS / 16));
+  const sub = chunkName(randomBytes(CS / 16));
   j2.disks.get(0)!.overlay.setSub(3, 7, sub);
   await j2.flush(c.chunks, async () => {});
   const j3 = await CycleJournals.open(c.dir, c.rec);
   t.after(() => j3.close());
   assert.deepEqual(j3.held()[0]!.ranges, [{ offset: 0, length: CS }, { offset: CS + 100, length: 5000 }, { offset: 2 * CS, length: CS }]);
-  assert.deepEqual(await j3.disks.get(0)!.index.get(2), sha256(b));
+  assert.deepEqual(await j3.disks.get(0)!.index.get(2), chunkName(b));
   assert.deepEqual(j3.disks.get(0)!.overlay.overlay.get(3), new Map([[7, sub]]));
   assert.deepEqual(j3.disks.get(0)!.overlay.overlay.get(1), overlay.get(1));
 });

@@ -6,6 +6,7 @@ import { DataLink, type DataLinkEvents } from '../../src/transfer/data-link.ts';
 import { ControlClient, RemoteError } from '../../src/transfer/control-client.ts';
 import { CODEC, encodeExtentHeader } from '../../src/transfer/protocol.ts';
 import type { HelloFrame } from '../../src/transfer/contract.ts';
+import { WIRE_VERSION } from '../../src/transfer/wire-version.ts';
 
 let t: TestRx;
 let target: { host: string; port: number; fingerprint: string; dataPort: number };
@@ -31,7 +32,7 @@ function recorder() {
   return { seen, events, until };
 }
 
-const hello = (over: Partial<HelloFrame> = {}): HelloFrame => ({ sourceId: 'dl', credential, cycleId: 'c1', streamId: 'abc123', ...over });
+const hello = (over: Partial<HelloFrame> = {}): HelloFrame => ({ sourceId: 'dl', credential, cycleId: 'c1', streamId: 'abc123', wireVersion: WIRE_VERSION, ...over });
 const marker = (seq: number, offset: number) => encodeExtentHeader({ codec: CODEC.ZERO, seq, disk: 0, offset, length: 4096, digest: Buffer.alloc(32) }, 0);
 
 test('a new stream is READY with nothing durable; a SYNC brings the ACK of what was written; the end is reported', async () => {

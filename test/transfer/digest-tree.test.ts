@@ -6,6 +6,15 @@ import { PIECE_SIZE } from '../../src/transfer/protocol.ts';
 
 const MiB = 1 << 20;
 
+/** A piece's digest written out longhand (docs/design.md): SHA-256 of "vmlift-tree1" | u64 length | SHA-256 of each 4 KiB block. */
+function pieceByHand(bytes: Buffer): Buffer {
+  const h = createHash('sha256').update('vmlift-tree1');
+  const len = Buffer.alloc(8); len.writeBigUInt64BE(BigInt(bytes.length));
+  h.update(len);
+  for (let o = 0; o < bytes.length; o += 4096) h.update(createHash('sha256').update(bytes.subarray(o, Math.min(bytes.length, o + 4096))).digest());
+  return h.digest();
+}
+
 /** The tree of docs/design.md written out longhand: leaves = 1 MiB-aligned pieces of the ranges, offset|length|digest. */
 function byHand(disk: Buffer, ranges: { offset: number; length: number }[]): string {
   const root = createHash('sha256');
@@ -16,7 +25,7 @@ function byHand(disk: Buffer, ranges: { offset: number; length: number }[]): str
       const leaf = Buffer.alloc(48);
       leaf.writeBigUInt64BE(BigInt(o), 0);
       leaf.writeBigUInt64BE(BigInt(end - o), 8);
-      if (bytes.some((b) => b !== 0)) createHash('sha256').update(bytes).digest().copy(leaf, 16);
+      if (bytes.some((b) => b !== 0)) pieceByHand(bytes).copy(leaf, 16);
       root.update(leaf);
       o = end;
     }
@@ -47,9 +56,9 @@ test('piece digests: one per 1 MiB-aligned piece, zeros for an all-zero piece', 
   data.fill(0, MiB - 4096, 2 * MiB - 4096);
   const d = await pieceDigests(4096, data);
   assert.equal(d.length, 4 * 32);
-  assert.deepEqual(d.subarray(0, 32), createHash('sha256').update(data.subarray(0, MiB - 4096)).digest());
+  assert.deepEqual(d.subarray(0, 32), pieceByHand(data.subarray(0, MiB - 4096)));
   assert.deepEqual(d.subarray(32, 64), Buffer.alloc(32));
-  assert.deepEqual(d.subarray(96, 128), createHash('sha256').update(data.subarray(3 * MiB - 4096)).digest());
+  assert.deepEqual(d.subarray(96, 128), pieceByHand(data.subarray(3 * MiB - 4096)));
 });
 
 test('a piece missing or outside the ranges is an error, not a root over less', async () => {

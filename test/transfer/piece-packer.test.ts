@@ -4,8 +4,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { PiecePacker } from '../../src/transfer/piece-packer.ts';
 import { CompressionGovernor } from '../../src/transfer/compression-governor.ts';
 import { CODEC } from '../../src/transfer/protocol.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 
-const sha = (b: Uint8Array) => createHash('sha256').update(b).digest();
+const sha = (b: Uint8Array) => treeDigest(b);
 const text = (n: number) => Buffer.from('vmlift packs pieces; '.repeat(Math.ceil(n / 21)).slice(0, n));
 
 test('zeros become a marker without a payload and without asking the governor', async () => {

@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { nativeDigest } from '../../src/util/native-digest.ts';
+import { treeDigest } from '../../src/util/tree-digest.ts';
 import { DigestPool } from '../../src/agent/digest-pool.ts';
 import { CodecPool } from '../../src/transfer/codec-pool.ts';
 import { CODEC, ProtocolError } from '../../src/transfer/protocol.ts';
@@ -31,15 +32,17 @@ test('native block digests and zero flags equal the worker threads\' (Node crypt
   try {
     const a = await native.digest(data, 4096);
     const b = await workers.digest(data, 4096);
-    assert.equal(a.digests.length, Math.ceil(data.length / 4096) * 16);
+    assert.equal(a.digests.length, Math.ceil(data.length / 4096) * 32);
     assert.ok(a.digests.equals(b.digests));
     assert.deepEqual([...a.zero], [...b.zero]);
     assert.equal(a.zero[2], 1);
     assert.equal(a.zero[4], 0);
-    assert.ok(a.digests.subarray(16, 32).equals(sha(data.subarray(4096, 8192)).subarray(0, 16)));
+    assert.ok(a.digests.subarray(32, 64).equals(sha(data.subarray(4096, 8192))));
     const tail = Math.floor(data.length / 4096);
-    assert.ok(a.digests.subarray(tail * 16).equals(sha(data.subarray(tail * 4096)).subarray(0, 16)));
-    assert.ok(a.whole?.equals(sha(data)), 'the whole-buffer SHA-256 (the wire digest)');
+    assert.ok(a.digests.subarray(tail * 32).equals(sha(data.subarray(tail * 4096))));
+    assert.ok(a.whole?.equals(treeDigest(data)), 'the whole buffer\'s tree digest (the wire digest), from the block digests');
+    assert.ok(b.whole?.equals(treeDigest(data)), 'the same from the worker threads');
+    assert.ok((await nativeDigest()!.tree(data)).equals(treeDigest(data)), 'the native tree digest of a buffer');
   } finally {
     await native.close();
     await workers.close();
@@ -56,15 +59,17 @@ test('codec pool: native level-0 pack and RAW unpack agree with the workers and 
     assert.equal(a.codec, CODEC.RAW);
     assert.equal(b.codec, CODEC.RAW);
     assert.ok(a.digest.equals(b.digest));
-    assert.ok(a.digest.equals(sha(data)));
+    assert.ok(a.digest.equals(treeDigest(data)));
     assert.ok(a.payload!.equals(data));
     assert.equal((await native.pack(Buffer.alloc(65536), null)).codec, CODEC.ZERO);
 
-    const out = await native.unpack(CODEC.RAW, Buffer.from(data), data.length, sha(data));
+    const out = await native.unpack(CODEC.RAW, Buffer.from(data), data.length, treeDigest(data));
     assert.ok(out.equals(data));
     const bad = Buffer.from(data); bad[12345] ^= 1;
-    await assert.rejects(native.unpack(CODEC.RAW, bad, bad.length, sha(data)), (e: unknown) => e instanceof ProtocolError && e.code === 'BAD_DIGEST');
-    await assert.rejects(workers.unpack(CODEC.RAW, Buffer.from(bad), bad.length, sha(data)), (e: unknown) => e instanceof ProtocolError && e.code === 'BAD_DIGEST');
+    await assert.rejects(native.unpack(CODEC.RAW, bad, bad.length, treeDigest(data)), (e: unknown) => e instanceof ProtocolError && e.code === 'BAD_DIGEST');
+    await assert.rejects(workers.unpack(CODEC.RAW, Buffer.from(bad), bad.length, treeDigest(data)), (e: unknown) => e instanceof ProtocolError && e.code === 'BAD_DIGEST');
+    // the plain SHA-256 (wire version 1's digest) is refused too
+    await assert.rejects(native.unpack(CODEC.RAW, Buffer.from(data), data.length, sha(data)), (e: unknown) => e instanceof ProtocolError && e.code === 'BAD_DIGEST');
   } finally {
     await native.close();
     await workers.close();

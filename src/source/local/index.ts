@@ -79,10 +79,17 @@ export class LocalSource implements BlockSource {
   }
 
   async read(offset: number, length: number): Promise<Buffer> {
-    if (offset < 0 || length < 0 || offset + length > this.capacity) {
+    const buf = Buffer.allocUnsafe(Math.max(0, length));
+    await this.readInto(offset, buf);
+    return buf;
+  }
+
+  /** Into the caller's buffer: the agent reuses its window buffers (no 1 MiB allocation, and no major GC, per window). */
+  async readInto(offset: number, buf: Buffer): Promise<void> {
+    const length = buf.length;
+    if (offset < 0 || offset + length > this.capacity) {
       throw new RangeError(`read of ${length} bytes at ${offset} is outside ${this.uri} (capacity ${this.capacity})`);
     }
-    const buf = Buffer.allocUnsafe(length);
     let done = 0;
     while (done < length) {
       let n: number;
@@ -90,7 +97,6 @@ export class LocalSource implements BlockSource {
       if (n === 0) throw new Error(`${this.uri} ended at offset ${offset + done}, before its capacity ${this.capacity} (was it truncated?)`);
       done += n;
     }
-    return buf;
   }
 
   async *extents(offset = 0, length = this.capacity - offset): AsyncIterable<SourceExtent> {

@@ -5,6 +5,7 @@
  */
 import type { Prng } from './prng.ts';
 import { deepJson, hostileId, oddNumber, oddString, randomJson } from './hostile-values.ts';
+import { WIRE_VERSION } from '../../../src/transfer/wire-version.ts';
 
 export interface ControlSource { sourceId: string; credential: string }
 export interface ControlInput { head: Buffer; body: Buffer; kind: string }
@@ -111,7 +112,8 @@ export function controlInput(r: Prng, src: ControlSource, others: ControlSource[
   const headers: string[] = [`Host: receiver`];
   const auth = r.int(10);
   const who = r.chance(0.9) ? src : r.pick(others.length ? others : [src]);
-  if (auth <= 5) headers.push(`x-vmlift-source: ${who.sourceId}`, `authorization: Bearer ${who.credential}`);
+  // a wire version (transfer/wire-version.ts) on all but the hostile headers: begin requests then reach their parser
+  if (auth <= 5) headers.push(`x-vmlift-source: ${who.sourceId}`, `authorization: Bearer ${who.credential}`, `x-vmlift-wire: ${WIRE_VERSION}`);
   else if (auth === 6) headers.push(`x-vmlift-source: ${who.sourceId}`, `authorization: Bearer ${r.pick(['forged', '', 'x'.repeat(10_000)])}`);
   else if (auth === 7) headers.push(`x-vmlift-source: ${hostileId(r).slice(0, 20_000)}`, `authorization: Bearer ${who.credential}`);
   else if (auth === 8) headers.push(`x-vmlift-source: ${who.sourceId}`, `x-vmlift-source: other`, `authorization: Basic ${who.credential}`);

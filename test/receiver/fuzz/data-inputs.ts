@@ -11,8 +11,10 @@ import type { DiskSpec } from '../../../src/model/images.ts';
 import type { Prng } from './prng.ts';
 import { deepJson, hostileId, randomJson } from './hostile-values.ts';
 import { patchedSizeFrame, rleFrame } from './zstd-bombs.ts';
+import { WIRE_VERSION } from '../../../src/transfer/wire-version.ts';
+import { treeDigest } from '../../../src/util/tree-digest.ts';
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest();
+const sha = (b: Buffer) => treeDigest(b);
 
 export function rawFrame(type: number, body: Buffer): Buffer {
   const b = Buffer.allocUnsafe(5 + body.length);
@@ -160,7 +162,7 @@ export interface HelloInput { frame: Buffer; kind: string; endAfter?: boolean }
 /** The first frame of an unauthenticated or wrongly authenticated connection. */
 export function hostileHello(r: Prng, known: { sourceId: string; credential: string; cycleId: string }, other: { sourceId: string }): HelloInput {
   const hello = (v: unknown): Buffer => encodeJsonFrame(FRAME.HELLO, v);
-  const ok = { sourceId: known.sourceId, credential: known.credential, cycleId: known.cycleId, streamId: 'f00d' };
+  const ok = { sourceId: known.sourceId, credential: known.credential, cycleId: known.cycleId, streamId: 'f00d' , wireVersion: WIRE_VERSION };
   switch (r.int(12)) {
     case 0: return { frame: hello({ ...ok, sourceId: hostileId(r) }), kind: 'hello-source-id' };
     case 1: return { frame: hello({ ...ok, cycleId: hostileId(r) }), kind: 'hello-cycle-id' };

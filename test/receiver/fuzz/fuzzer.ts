@@ -25,6 +25,7 @@ import { hostileHello, mutatedFrame, validFrame, bombFrame } from './data-inputs
 import { controlInput, type ControlSource } from './control-inputs.ts';
 import { RawHttp, tlsConnect } from './http-raw.ts';
 import { FuzzedReceiver } from './receiver-process.ts';
+import { WIRE_VERSION } from '../../../src/transfer/wire-version.ts';
 
 export interface FuzzOptions {
   seed: number;
@@ -223,7 +224,7 @@ async function dataWorker(r: Prng, port: number, src: ControlSource, disks: Disk
     let peer: DataPeer;
     try { peer = new DataPeer(await tlsConnect(port)); } catch (e) { tally.finding(`data connect failed: ${(e as Error).message}`); return; }
     const streamId = r.bytes(4).toString('hex');
-    await peer.write(encodeJsonFrame(FRAME.HELLO, { sourceId: src.sourceId, credential: src.credential, cycleId: 'c1', streamId }));
+    await peer.write(encodeJsonFrame(FRAME.HELLO, { sourceId: src.sourceId, credential: src.credential, cycleId: 'c1', streamId , wireVersion: WIRE_VERSION }));
     tally.count('data-hello');
     const helloAt = Date.now();
     // READY waits for the previous connection of the cycle to be flushed (syncfs): slow on a loaded machine
@@ -376,12 +377,12 @@ async function specialCases(o: FuzzOptions, rx: FuzzedReceiver, dataSrc: Control
   const { controlPort, dataPort } = rx.facts;
   const target = { host: '127.0.0.1', port: controlPort, fingerprint: rx.fingerprint };
   const whoami = async (): Promise<number> => { const t = Date.now(); await new ControlClient(target, ctl).whoami(); return Date.now() - t; };
-  const auth = `x-vmlift-source: ${ctl.sourceId}\r\nauthorization: Bearer ${ctl.credential}\r\n`;
+  const auth = `x-vmlift-source: ${ctl.sourceId}\r\nauthorization: Bearer ${ctl.credential}\r\nx-vmlift-wire: ${WIRE_VERSION}\r\n`;
 
   // slow-drip clients start first: they run while the rest goes on
   const drips = Promise.all([
     drip('control headers', controlPort, true, Buffer.from(`GET /v1/whoami HTTP/1.1\r\nHost: x\r\n${'x-a: b\r\n'.repeat(200)}`), o.dripMs, slow, tally),
-    drip('data HELLO', dataPort, true, encodeJsonFrame(FRAME.HELLO, { sourceId: dataSrc.sourceId, credential: dataSrc.credential, cycleId: 'c1', streamId: 'abc' }), o.dripMs, slow, tally),
+    drip('data HELLO', dataPort, true, encodeJsonFrame(FRAME.HELLO, { sourceId: dataSrc.sourceId, credential: dataSrc.credential, cycleId: 'c1', streamId: 'abc' , wireVersion: WIRE_VERSION }), o.dripMs, slow, tally),
     drip('TLS handshake never started', dataPort, false, Buffer.alloc(0), o.dripMs, slow, tally),
     drip('control TLS handshake never started', controlPort, false, Buffer.alloc(0), o.dripMs, slow, tally),
   ]);
@@ -447,7 +448,7 @@ async function specialCases(o: FuzzOptions, rx: FuzzedReceiver, dataSrc: Control
   // zstd bombs over an authenticated connection, one per connection
   for (let i = 0; i < 6; i++) {
     const peer = new DataPeer(await tlsConnect(dataPort));
-    await peer.write(encodeJsonFrame(FRAME.HELLO, { sourceId: dataSrc.sourceId, credential: dataSrc.credential, cycleId: 'c1', streamId: `b0${i}` }));
+    await peer.write(encodeJsonFrame(FRAME.HELLO, { sourceId: dataSrc.sourceId, credential: dataSrc.credential, cycleId: 'c1', streamId: `b0${i}` , wireVersion: WIRE_VERSION }));
     const ready = await peer.until((f) => f.type === FRAME.READY, 30_000);
     if (outcomeOf(ready, 'ready') !== 'ready') { peer.s.destroy(); continue; }
     const t = Date.now();
