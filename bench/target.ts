@@ -50,17 +50,22 @@ const rows: Record<string, unknown>[] = [];
 
 interface CliRun { code: number; out: string; err: string; wall: number; tree: TreeFigures }
 
-/** The CLI as a child with the tree meter on it; `needles` name the folders its detached processes use. */
-function vmlift(args: string[], needles: string[], env: NodeJS.ProcessEnv): Promise<CliRun> {
+/**
+ * The CLI as a child with the tree meter on it; `needles` name the folders its detached processes use.
+ * Past `timeoutSec` it gets SIGTERM (it then ends its appliance or QEMU and cleans up).
+ */
+function vmlift(args: string[], needles: string[], env: NodeJS.ProcessEnv, timeoutSec: number): Promise<CliRun> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const p = spawn(VMLIFT, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_FROM_SOURCE: '1', ...env } });
     const meter = new TreeMeter({ roots: () => (p.pid ? [p.pid] : []), needles });
+    const timer = setTimeout(() => { say(`   timed out after ${timeoutSec} s: SIGTERM`); p.kill('SIGTERM'); }, timeoutSec * 1000);
     let out = '', err = '';
     p.stdout.on('data', (d: Buffer) => { out += d; });
     p.stderr.on('data', (d: Buffer) => { err += d; });
     p.on('error', reject);
     p.on('close', (code) => {
+      clearTimeout(timer);
       // The detached appliance may outlive the CLI for a moment: one more sample after it ended.
       setTimeout(() => resolve({ code: code ?? -1, out, err, wall: (Date.now() - t0) / 1000, tree: meter.stop() }), 1000);
     });
@@ -99,9 +104,9 @@ async function main(): Promise<void> {
     const common = ['--data-dir', dataDir, '--source', job.sourceId, '--image', c1.imageId!];
     const env = { TMPDIR: scratch };
 
-    const cli = async (name: string, accelName: string, args: string[], extraEnv: NodeJS.ProcessEnv = {}, needles: string[] = []) => {
+    const cli = async (name: string, accelName: string, args: string[], timeoutSec: number, extraEnv: NodeJS.ProcessEnv = {}, needles: string[] = []) => {
       say(`== ${name} (${accelName}), load average ${load()}`);
-      const r = await vmlift(args, [scratch, ...needles], { ...env, ...extraEnv });
+      const r = await vmlift(args, [scratch, ...needles], { ...env, ...extraEnv }, timeoutSec);
       say(`   exit ${r.code}, ${r.wall.toFixed(1)} s, CPU ${r.tree.cpuSeconds.toFixed(1)} s, peak RSS ${r.tree.peakRssMiB} MiB; qemu -m: ${r.tree.qemuMemory.map((q) => `${q.what} ${q.memoryMiB}`).join(', ') || '—'}`);
       if (r.code !== 0) say(`   ${r.err.trim().split('\n').slice(-4).join('\n   ')}`);
       return r;
@@ -113,7 +118,8 @@ async function main(): Promise<void> {
     else say(`KVM: not measured, the probe says it does not run a guest here (${accel.reason})`);
     let converted: string | null = null;
     for (const a of runs) {
-      const ins = await cli('image inspect', a.accel, ['image', 'inspect', ...common, '--json'], { LIBGUESTFS_BACKEND_SETTINGS: a.guestfsSettings });
+      const ins = await cli('image inspect', a.accel, ['image', 'inspect', ...common, '--json'],
+        a.accel === 'kvm' ? 300 : 1200, { LIBGUESTFS_BACKEND_SETTINGS: a.guestfsSettings });
       let verdict = '';
       try { verdict = (JSON.parse(ins.out) as { targets: { kvm: { verdict: string } } }).targets.kvm.verdict; } catch { /* printed below */ }
       rows.push({ step: 'inspect', accel: a.accel, exit: ins.code, seconds: ins.wall, cpuSeconds: ins.tree.cpuSeconds, peakRssMiB: ins.tree.peakRssMiB,
@@ -122,7 +128,7 @@ async function main(): Promise<void> {
         rows.push({ step: 'convert', accel: 'kvm', exit: null, seconds: null, cpuSeconds: null, peakRssMiB: null, note: 'not run under KVM (virt-v2v\'s appliance hangs under nested KVM here)' });
       } else {
         const out = join(work, 'converted');
-        const cv = await cli('image convert --to kvm', a.accel, ['image', 'convert', ...common, '--to', 'kvm', '--output', out, '--json'], {}, [out]);
+        const cv = await cli('image convert --to kvm', a.accel, ['image', 'convert', ...common, '--to', 'kvm', '--output', out, '--json'], 2400, {}, [out]);
         let m: ConvertManifest | null = null;
         try { m = JSON.parse(cv.out) as ConvertManifest; converted = out; } catch { /* failed */ }
         rows.push({ step: 'convert', accel: a.accel, exit: cv.code, seconds: cv.wall, cpuSeconds: cv.tree.cpuSeconds, peakRssMiB: cv.tree.peakRssMiB,
@@ -130,7 +136,7 @@ async function main(): Promise<void> {
       }
       if (!converted) { rows.push({ step: 'boot-test', accel: a.accel, note: 'no converted folder' }); continue; }
       const bt = await cli('image boot-test --converted', a.accel, ['image', 'boot-test', ...common, '--converted', converted, '--accel', a.accel,
-        '--timeout', '900', '--report-dir', join(work, `boot-${a.accel}`), '--json']);
+        '--timeout', a.accel === 'kvm' ? '240' : '900', '--report-dir', join(work, `boot-${a.accel}`), '--json'], 1200);
       let rep: BootTestReport | null = null;
       try { rep = JSON.parse(bt.out) as BootTestReport; } catch { /* failed */ }
       rows.push({ step: 'boot-test', accel: a.accel, exit: bt.code, seconds: bt.wall, cpuSeconds: bt.tree.cpuSeconds, peakRssMiB: bt.tree.peakRssMiB,
