@@ -98,7 +98,7 @@ export class TreeMeter {
     const exclude = new Set(this.o.exclude ?? []);
     const chosen = new Set<number>();
     const add = (pid: number) => {
-      if (chosen.has(pid) || exclude.has(pid) || pid === process.pid) return;
+      if (chosen.has(pid) || exclude.has(pid) || pid === process.pid || !all.has(pid)) return;
       chosen.add(pid);
       for (const c of kids.get(pid) ?? []) add(c);
     };
