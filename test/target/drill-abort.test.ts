@@ -92,7 +92,7 @@ test('a drill past its deadline is stopped during the appliance start: DRILL_TIM
   await nothingLeft(store, scratch, root, r.drillId);
 });
 
-test('convert aborted while its libguestfs session runs: rejects with the reason, no output folder, no DIR.tmp-*, nothing left', async (t) => {
+test('convert aborted while its libguestfs session runs (with the given memory): rejects with the reason, no output folder, no DIR.tmp-*, nothing left', async (t) => {
   const { store, scratch } = await rig(t, Buffer.alloc(64 * MiB));
   const [image] = await store.listImages(SOURCE);
   // The convert's folders: DIR.tmp-* beside DIR (its overlays, which the appliance names) and a scratch folder in TMPDIR.
@@ -102,7 +102,8 @@ test('convert aborted while its libguestfs session runs: rejects with the reason
   const p = convertImage(store, SOURCE, image!.imageId, { to: 'kvm', output: out, signal: abort.signal, memoryMiB: 1024 });
   let early: unknown = null;
   p.catch((e: unknown) => { early = e; });
-  await Promise.race([waitForProcess(parent, /qemu-system/), p.then(() => { throw new Error('convert ended'); }, () => { throw early; })]);
+  const cmd = await Promise.race([waitForProcess(parent, /qemu-system/), p.then(() => { throw new Error('convert ended'); }, () => { throw early; })]);
+  assert.match(cmd, / -m 1024 /, 'the convert\'s own libguestfs session runs with the given memory');
   const t0 = Date.now();
   abort.abort(new UserError('DRILL_INTERRUPTED', 'stopped by the test', 'none'));
   await assert.rejects(p, (e: Error & { code?: string }) => e.code === 'DRILL_INTERRUPTED');
