@@ -65,12 +65,17 @@ export function register(program: Command): void {
           + 'show again with: vmlift receiver info --data-dir DIR\n');
       }
       await new Promise<void>((done) => {
-        const stop = (sig: string) => {
+        // Listeners stay on while closing: a drill step's own signal handler (target/abort.ts) then kills
+        // its children without ending the process, and the drill ends DRILL_INTERRUPTED with its report.
+        let stopping = false;
+        const stop = (sig: NodeJS.Signals) => {
+          if (stopping) return;
+          stopping = true;
           log.info({ signal: sig }, 'receiver stopping');
           rx.close().finally(done);
         };
-        process.once('SIGINT', () => stop('SIGINT'));
-        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
       });
     });
 
