@@ -69,7 +69,8 @@ export function register(program: Command): void {
         // its children without ending the process, and the drill ends DRILL_INTERRUPTED with its report.
         let stopping = false;
         const stop = (sig: NodeJS.Signals) => {
-          if (stopping) return;
+          // A second signal ends at once (the steps' exit handlers still kill their children).
+          if (stopping) process.exit(128 + (sig === 'SIGINT' ? 2 : 15));
           stopping = true;
           log.info({ signal: sig }, 'receiver stopping');
           rx.close().finally(done);
