@@ -3,7 +3,7 @@
  * (test/engine/harness.ts: the lab with its cached guest, an in-process receiver with the real drill
  * steps, the agentless engine in this process):
  *
- *   node --import tsx bench/target.ts [--write-mib 32] [--alone 2] [--json]
+ *   node --import tsx bench/target.ts [--write-mib 32] [--alone 2] [--only commands,drill] [--json]
  *
  * 1. `vmlift image inspect`, `image convert --to kvm` and `image boot-test --converted` of the synced
  *    image, each as a child process: wall seconds, CPU seconds (user+sys) and peak RSS of its whole
@@ -37,12 +37,14 @@ const { values } = parseArgs({
   options: {
     'write-mib': { type: 'string', default: '32' },
     alone: { type: 'string', default: '2' },
+    only: { type: 'string', default: 'commands,drill' },
     json: { type: 'boolean', default: false },
   },
   strict: false,
 });
 const WRITE_MIB = Number(values['write-mib']);
-const ALONE = Math.max(1, Number(values.alone));
+const ALONE = Math.max(1, Math.min(6, Number(values.alone)));
+const ONLY = new Set(String(values.only).split(','));
 const VMLIFT = fileURLToPath(new URL('../bin/vmlift', import.meta.url));
 const say = (m: string) => { if (!values.json) process.stderr.write(`${m}\n`); };
 const load = () => loadavg().map((x) => x.toFixed(1)).join(' ');
@@ -92,7 +94,8 @@ async function main(): Promise<void> {
     const { lab, engine, rx, state } = rig;
     const vm = lab.vm('guest-debian');
     const disk = vm.disks[0]!;
-    engine.createJob({ id: 'guest', vmRef: vm.moref, settings: settings({ maxImages: 3 }) });
+    // Up to 10 images: the drill takes the full cycle's image, kept until it is pinned.
+    engine.createJob({ id: 'guest', vmRef: vm.moref, settings: settings({ maxImages: 10 }) });
     engine.start('guest');
     let t0 = Date.now();
     await engine.runNow('guest');
@@ -117,7 +120,7 @@ async function main(): Promise<void> {
     if (accel.accel === 'kvm') runs.push({ accel: 'kvm', guestfsSettings: '' });
     else say(`KVM: not measured, the probe says it does not run a guest here (${accel.reason})`);
     let converted: string | null = null;
-    for (const a of runs) {
+    for (const a of ONLY.has('commands') ? runs : []) {
       const ins = await cli('image inspect', a.accel, ['image', 'inspect', ...common, '--json'],
         a.accel === 'kvm' ? 300 : 1200, { LIBGUESTFS_BACKEND_SETTINGS: a.guestfsSettings });
       let verdict = '';
@@ -161,7 +164,11 @@ async function main(): Promise<void> {
     const alone = [];
     for (let i = 0; i < ALONE; i++) alone.push(await cycle(`alone ${i + 1}`));
 
-    say(`== a drill of image ${state.listCycles('guest', 1)[0]!.imageId} with a cycle during each of its steps, load average ${load()}`);
+    const aloneWall = median(alone.map((a) => a.wall));
+    if (!ONLY.has('drill')) { print(started, accel, alone.map((c) => ({ ...c, ratio: c.wall / aloneWall })), aloneWall); return; }
+    // The block writes above land anywhere on the disk, the guest's filesystem included: the drill takes
+    // the full cycle's image, whose guest is intact (as `job drill --image N`).
+    say(`== a drill of image ${c1.imageId} (the full cycle's) with a cycle during each of its steps, load average ${load()}`);
     const drills = new JobDrills({ state, service: rig.drillService, reportRoot: join(work, 'drill-home'), logger: silentLogger, pollMs: 1000 });
     let last: TreeSample = { procs: [] };
     const meter = new TreeMeter({ roots: () => [process.pid], needles: [scratch, rx.dir], exclude: [lab.pid], onSample: (s) => { last = s; } });
@@ -169,7 +176,7 @@ async function main(): Promise<void> {
     process.env.TMPDIR = scratch; // the drill steps' temporary folders (os.tmpdir())
     const self0 = process.cpuUsage();
     const d0 = Date.now();
-    const rec = await drills.start('guest');
+    const rec = await drills.start('guest', c1.imageId!);
     const beside: (Awaited<ReturnType<typeof cycle>> & { phase: string })[] = [];
     const has = (re: RegExp) => last.procs.some((p) => re.test(p.cmd));
     const phases: { name: string; steps: number; ready: () => boolean }[] = [
@@ -201,15 +208,22 @@ async function main(): Promise<void> {
     const selfSeconds = (selfCu.user + selfCu.system) / 1e6;
     const inProcess = selfSeconds - beside.reduce((s, b) => s + b.cpuVmlift, 0);
     say(`   drill: ${r.verdict} in ${drillWall.toFixed(0)} s (${r.steps.map((s) => `${s.step} ${s.seconds.toFixed(0)} s`).join(', ')}); tree CPU ${tree.cpuSeconds.toFixed(1)} s, peak RSS ${tree.peakRssMiB} MiB`);
-    const aloneWall = median(alone.map((a) => a.wall));
+    if (r.failure) say(`   drill failure: ${r.failure.step}: ${r.failure.code}: ${r.failure.message}\n   ${r.consoleTail.slice(-5).join('\n   ')}`);
     rows.push({ step: 'drill (inspect + convert + boot)', accel: r.accel ?? 'tcg', exit: r.verdict, seconds: drillWall, cpuSeconds: tree.cpuSeconds, peakRssMiB: tree.peakRssMiB,
-      note: `${r.steps.map((s) => `${s.step} ${s.seconds.toFixed(0)} s`).join(', ')}; login ${fmt(r.secondsToLogin)} s; CPU of its processes (${tree.daemonCpuSeconds.toFixed(0)} s of it detached daemons, sampled) + ≈${inProcess.toFixed(1)} s in the receiver process (exports); qemu -m ${tree.qemuMemory.map((q) => `${q.what === 'libguestfs appliance' ? 'appliance' : 'boot'} ${q.memoryMiB}`).join(', ')} MiB` });
+      note: `${r.failure ? `${r.failure.step} ${r.failure.code}: ${r.failure.message.slice(0, 200)}; ` : ''}${r.steps.map((s) => `${s.step} ${s.seconds.toFixed(0)} s`).join(', ')}; login ${fmt(r.secondsToLogin)} s; CPU of its processes (${tree.daemonCpuSeconds.toFixed(0)} s of it detached daemons, sampled) + ≈${inProcess.toFixed(1)} s in the receiver process (exports); qemu -m ${tree.qemuMemory.map((q) => `${q.what === 'libguestfs appliance' ? 'appliance' : 'boot'} ${q.memoryMiB}`).join(', ')} MiB` });
 
-    const cycles = [...alone.map((a) => ({ ...a, phase: 'alone' })), ...beside];
-    const summary = {
-      date: started.toISOString(), load: load(), accel, writeMiB: WRITE_MIB, rows,
-      cycles: cycles.map((c) => ({ ...c, ratio: c.wall / aloneWall })),
-    };
+    print(started, accel, [...alone.map((a) => ({ ...a, phase: 'alone' })), ...beside].map((c) => ({ ...c, ratio: c.wall / aloneWall })), aloneWall);
+  } finally {
+    await rig.close();
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+interface CycleRow { label: string; wall: number; ratio: number; readMiB: number; cpuVmlift: number; cpuLab: number; load: number }
+
+function print(started: Date, accel: { accel: string; reason: string }, cycles: CycleRow[], aloneWall = 0): void {
+  {
+    const summary = { date: started.toISOString(), load: load(), accel, writeMiB: WRITE_MIB, rows, cycles };
     if (values.json) { process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`); return; }
     console.log(`\ntarget benchmark, ${started.toISOString()} (load average now ${load()}); ${accel.accel === 'kvm' ? 'KVM probe passed' : `KVM: ${accel.reason}`}`);
     console.log('peak RSS: VmRSS summed over the whole process tree every 0.5 s (detached guestfish daemons and appliances followed), maximum; CPU: user+sys of the tree');
@@ -222,9 +236,6 @@ async function main(): Promise<void> {
     console.log('| cycle | wall s | × alone | read MiB | CPU vmlift s | CPU lab s | load |');
     console.log('|---|---|---|---|---|---|---|');
     for (const c of summary.cycles) console.log(`| ${c.label} | ${c.wall.toFixed(2)} | ${c.ratio.toFixed(2)} | ${c.readMiB.toFixed(1)} | ${c.cpuVmlift.toFixed(2)} | ${c.cpuLab.toFixed(2)} | ${c.load.toFixed(1)} |`);
-  } finally {
-    await rig.close();
-    await rm(work, { recursive: true, force: true });
   }
 }
 
