@@ -45,7 +45,7 @@ export function register(program: Command): void {
       if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 16) throw new UserError('BAD_OPTION', `--drill-concurrency must be 1-16, got ${o.drillConcurrency}`, 'pass e.g. --drill-concurrency 1');
       if (!Number.isInteger(bootTimeoutSeconds) || bootTimeoutSeconds < 30 || bootTimeoutSeconds > 7200) throw new UserError('BAD_OPTION', `--drill-timeout must be 30-7200 seconds, got ${o.drillTimeout}`, 'pass e.g. --drill-timeout 600');
       const memoryMiB = o.drillMemory === undefined ? undefined : Number(o.drillMemory);
-      if (memoryMiB !== undefined && (!Number.isInteger(memoryMiB) || memoryMiB < 1024 || memoryMiB > 262144)) throw new UserError('BAD_OPTION', `--drill-memory must be 1024-262144 MiB, got ${o.drillMemory}`, 'pass e.g. --drill-memory 2048 (virt-v2v needs about 1 GiB for its appliance)');
+      if (memoryMiB !== undefined && (!Number.isInteger(memoryMiB) || memoryMiB < 1024 || memoryMiB > 262144)) throw new UserError('BAD_OPTION', `--drill-memory must be 1024-262144 MiB, got ${o.drillMemory}`, 'pass e.g. --drill-memory 2048 (virt-v2v runs apt and update-initramfs inside its appliance)');
       const deadlineMinutes = Number(o.drillDeadline);
       if (!Number.isInteger(deadlineMinutes) || deadlineMinutes < 5 || deadlineMinutes > 7 * 24 * 60) throw new UserError('BAD_OPTION', `--drill-deadline must be 5-10080 minutes, got ${o.drillDeadline}`, 'pass e.g. --drill-deadline 240');
       const rx = await startReceiver({
