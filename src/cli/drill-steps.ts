@@ -5,11 +5,21 @@
  */
 import type { DrillSteps } from '../receiver/drills.ts';
 
-export function targetDrillSteps(): DrillSteps {
+export interface DrillStepOptions {
+  /**
+   * Memory of each step's guest in MiB: the libguestfs appliances of inspect and convert (virt-v2v's
+   * included), and the boot's guest at most this (the VM's own memory when lower). Default: libguestfs'
+   * own sizes (1280 MiB, virt-v2v 2560 MiB) and the VM's memory.
+   */
+  memoryMiB?: number | undefined;
+}
+
+export function targetDrillSteps(so: DrillStepOptions = {}): DrillSteps {
+  const memoryMiB = so.memoryMiB;
   return {
-    async inspect(store, sourceId, imageId) {
+    async inspect(store, sourceId, imageId, ctx) {
       const { inspectImage } = await import('../target/inspect.ts');
-      const r = await inspectImage(store, sourceId, imageId);
+      const r = await inspectImage(store, sourceId, imageId, { signal: ctx.signal, memoryMiB });
       const kvm = r.targets.kvm;
       const main = kvm.reasons.filter((x) => x.severity !== 'warning');
       const os = r.os ? `${r.os.product || r.os.distro} ${r.os.version}`.trim() : 'no operating system found';
@@ -17,19 +27,19 @@ export function targetDrillSteps(): DrillSteps {
     },
     async convert(store, sourceId, imageId, outputDir, ctx) {
       const { convertImage } = await import('../target/convert.ts');
-      const m = await convertImage(store, sourceId, imageId, { to: 'kvm', output: outputDir, onProgress: (line) => ctx.log.debug({ line }, 'convert') });
+      const m = await convertImage(store, sourceId, imageId, { to: 'kvm', output: outputDir, signal: ctx.signal, memoryMiB, onProgress: (line) => ctx.log.debug({ line }, 'convert') });
       return { message: `${m.v2v.tool} ${m.v2v.version} in ${m.v2v.seconds.toFixed(0)} s; ${m.cpus} CPUs, ${m.memoryMiB} MiB (${m.from}); check: ${m.check.verdict}` };
     },
     async boot(store, sourceId, imageId, o) {
       const { bootTest } = await import('../target/boot-test.ts');
       const r = await bootTest(store, {
         sourceId, imageId, converted: o.converted ?? undefined, timeoutSec: o.timeoutSeconds, reportDir: o.reportDir,
-        log: (line) => o.log.debug({ line }, 'boot-test'),
+        log: (line) => o.log.debug({ line }, 'boot-test'), signal: o.signal, maxMemoryMiB: memoryMiB,
       });
       return {
         passed: r.passed, accel: r.accel, secondsToLogin: r.secondsToLogin, consoleTail: r.consoleTail, screenshot: r.screenshot,
-        message: r.passed ? `${r.reached === 'login' ? 'login prompt' : 'multi-user target'} reached in ${(r.secondsToLogin ?? r.secondsToMultiUser ?? r.seconds).toFixed(0)} s (${r.accel})`
-          : r.failure?.message ?? 'the guest did not boot',
+        message: (r.passed ? `${r.reached === 'login' ? 'login prompt' : 'multi-user target'} reached in ${(r.secondsToLogin ?? r.secondsToMultiUser ?? r.seconds).toFixed(0)} s (${r.accel})`
+          : r.failure?.message ?? 'the guest did not boot') + (r.memoryCappedFrom ? `; booted with ${r.memoryMiB} MiB (the VM has ${r.memoryCappedFrom} MiB; --drill-memory)` : ''),
         code: r.failure?.code, fix: r.failure?.fix,
       };
     },

@@ -33,6 +33,11 @@ export interface DrillBoot {
   code?: string;
   fix?: string;
 }
+/**
+ * `signal` aborts when the drill is cancelled (the receiver stops, or the drill outlives its deadline):
+ * a step then ends its child processes (appliance, virt-v2v, QEMU) at once, removes its temporary
+ * files and rejects with the signal's reason.
+ */
 export interface DrillStepContext { signal: AbortSignal; log: Logger }
 
 /** What a drill runs, in order. Each step reads the image through the store's exports only. */
@@ -48,7 +53,11 @@ export interface DrillRunnerOptions {
   concurrency?: number;
   /** Boot-test timeout in seconds (default 600). */
   bootTimeoutSeconds?: number;
+  /** The whole drill's deadline in seconds, from its start (not its queueing); past it the drill is cancelled, DRILL_TIMEOUT (default 4 h). */
+  deadlineSeconds?: number;
 }
+
+export const DEFAULT_DRILL_DEADLINE_SECONDS = 4 * 3600;
 
 const REPORT = 'report.json';
 const SCREENSHOT = 'console.png';
@@ -137,6 +146,9 @@ export class DrillRunner {
     const abort = new AbortController();
     const release = await this.slots.acquire();
     this.running.set(drillId, abort);
+    const deadline = this.opts.deadlineSeconds ?? DEFAULT_DRILL_DEADLINE_SECONDS;
+    const timer = setTimeout(() => abort.abort(new UserError('DRILL_TIMEOUT', `the drill ran longer than its deadline of ${deadline} s and was stopped`,
+      'raise `receiver serve --drill-deadline` (minutes), or see in the report which step hung')), deadline * 1000);
     const log = this.log.child({ sourceId, drillId, imageId });
     const ctx: DrillStepContext = { signal: abort.signal, log };
     let r: DrillReport = { ...report, state: 'running', startedAt: new Date().toISOString() };
@@ -171,6 +183,7 @@ export class DrillRunner {
       const failed = r.steps.length && !r.steps[r.steps.length - 1]!.ok ? r.steps[r.steps.length - 1]!.step : 'drill';
       r = this.finish(r, { step: failed, code: rep.code, message: rep.message, fix: rep.fix });
     } finally {
+      clearTimeout(timer);
       this.running.delete(drillId);
       await rm(work, { recursive: true, force: true }).catch(() => undefined);
       await this.save(r).catch((e: unknown) => log.error({ err: errorMessage(e) }, 'cannot write the drill report'));

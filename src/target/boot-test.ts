@@ -17,6 +17,7 @@ import { CodedError, UserError } from '../util/errors.ts';
 import { onAbort } from './abort.ts';
 import { chooseAccel, markKvmBroken, type Accel } from './accel-probe.ts';
 import { killGroup, stopGroup } from './process-group.ts';
+import { abortError } from './guestfs.ts';
 import { QmpClient } from './qmp.ts';
 import { qemuArgs, SERCON_COM1, OVMF_VARS, type DiskBus, type QemuDisk } from './qemu-args.ts';
 import { BIOS_HANDOFF, SerialConsole, type Reached } from './serial-console.ts';
@@ -42,6 +43,10 @@ export interface BootTestOptions {
   expect?: string | undefined;
   /** Progress lines (stderr in the CLI). */
   log?: (line: string) => void;
+  /** Aborting kills QEMU's process group at once, removes the overlays and rejects with the signal's reason. */
+  signal?: AbortSignal | undefined;
+  /** The guest's memory at most this many MiB (default: the converted VM's memory, 1024 MiB unconverted); the report says when it was lowered. */
+  maxMemoryMiB?: number | undefined;
 }
 
 export interface BootFailure { code: string; message: string; fix: string }
@@ -60,6 +65,8 @@ export interface BootTestReport {
   seconds: number;
   cpus: number;
   memoryMiB: number;
+  /** The VM's memory when maxMemoryMiB lowered it. */
+  memoryCappedFrom?: number;
   disks: { disk: number; bus: DiskBus; backing: string }[];
   /** Peak resident memory of the QEMU process (VmHWM). */
   qemuPeakRssMiB: number | null;
@@ -176,7 +183,12 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
     if (child?.pid) killGroup(child.pid, 'SIGKILL');
     rmSync(tmp, { recursive: true, force: true });
   });
+  const signal = o.signal;
+  const onSignal = () => { if (child?.pid) killGroup(child.pid, 'SIGKILL'); };
+  signal?.addEventListener('abort', onSignal, { once: true });
+  const check = () => { if (signal?.aborted) throw abortError(signal); };
   try {
+    check();
     unpin = await store.pin(o.sourceId, o.imageId);
     // Overlays: QEMU writes only these; their backing files are opened read-only.
     const disks: (QemuDisk & { disk: number; backing: string; backingFile: string; backingFormat: 'raw' | 'qcow2' })[] = [];
@@ -190,17 +202,20 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
         const raw = join(tmp, `disk-${d.disk}.raw`), ov = join(tmp, `disk-${d.disk}.qcow2`);
         log(`exporting disk ${d.disk} (sparse raw) to ${raw}`);
         await store.export(o.sourceId, o.imageId, d.disk, 'raw', raw);
+        check();
         disks.push({ disk: d.disk, file: ov, format: 'qcow2', bus: 'virtio', backing: `store image ${o.imageId} disk ${d.disk}`, backingFile: raw, backingFormat: 'raw' });
       }
     }
     const cpus = manifest?.cpus ?? 2;
-    const memoryMiB = manifest?.memoryMiB ?? 1024;
+    const vmMemoryMiB = manifest?.memoryMiB ?? 1024;
+    const memoryMiB = o.maxMemoryMiB ? Math.min(vmMemoryMiB, o.maxMemoryMiB) : vmMemoryMiB;
     const firmware = manifest?.firmware ?? 'bios';
     const nic = manifest?.nic === 'e1000' ? 'e1000' : 'virtio-net-pci';
 
     let choice = o.accel === 'kvm' || o.accel === 'tcg'
       ? { accel: o.accel, reason: `--accel ${o.accel}` } : await chooseAccel();
     log(`accelerator: ${choice.accel} (${choice.reason})`);
+    check();
 
     const sercon = join(tmp, 'sercon-port');
     await writeFile(sercon, SERCON_COM1);
@@ -233,6 +248,7 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
       const con = new SerialConsole(40);
       con.expect = o.expect ?? null;
       const t0 = Date.now();
+      check();
       const p = spawn('qemu-system-x86_64', args, { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
       child = p;
       let stderr = '';
@@ -255,6 +271,7 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
 
       let failure: { code: string; message: string } | null = null;
       for (;;) {
+        check();
         // QEMU's exit can be seen before the console's last bytes are read: read them first, then judge.
         if (exited && !drained) { await Promise.race([serialClosed, new Promise((r) => setTimeout(r, 1000))]); drained = true; }
         const now = Date.now();
@@ -313,14 +330,18 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
       passed: failure === null, sourceId: o.sourceId, imageId: o.imageId, converted: convertedDir,
       accel: choice.accel, accelReason: choice.reason, reached: con.reached,
       secondsToLogin: rel(con.loginAt), secondsToMultiUser: rel(con.multiUserAt), seconds: Math.round(seconds * 10) / 10,
-      cpus, memoryMiB, disks: disks.map((d) => ({ disk: d.disk, bus: d.bus, backing: d.backing })),
+      cpus, memoryMiB, ...(memoryMiB < vmMemoryMiB ? { memoryCappedFrom: vmMemoryMiB } : {}), disks: disks.map((d) => ({ disk: d.disk, bus: d.bus, backing: d.backing })),
       qemuPeakRssMiB: rss, consoleTail: con.tail(25), screenshot, reportFile: join(reportDir, 'report.json'),
       ...(failure ? { failure: { ...failure, fix: fixFor(failure.code, convertedDir !== null, o.timeoutSec) } } : {}),
       ...(o.expect !== undefined ? { expected: { text: o.expect, line: con.expectedLine, seconds: rel(con.expectedAt) } } : {}),
     };
     await writeFile(report.reportFile, `${JSON.stringify(report, null, 2)}\n`);
     return report;
+  } catch (e) {
+    if (signal?.aborted) throw abortError(signal);
+    throw e;
   } finally {
+    signal?.removeEventListener('abort', onSignal);
     if (child?.pid) await stopGroup(child.pid);
     for (const s of servers) s.close();
     unregister();

@@ -18,7 +18,7 @@ import type { VmHardware } from '../model/images.ts';
 import { CodedError } from '../util/errors.ts';
 import { fsyncDir } from '../util/fsync.ts';
 import { onAbort } from './abort.ts';
-import { Guestfs, guestfsEnv, pidsMentioning } from './guestfs.ts';
+import { Guestfs, abortError, guestfsEnv, pidsMentioning } from './guestfs.ts';
 import { collect, type InspectReport } from './inspect.ts';
 import { prepareLinux, removeShim } from './prepare-linux.ts';
 import { domainXml, v2vSourceXml } from './domain-xml.ts';
@@ -38,6 +38,22 @@ export interface ConvertOptions {
   onProgress?: (line: string) => void;
   /** Commands the converted guest runs once at its first boot, in order (virt-customize --firstboot-command on the converted disks: Debian's virt-v2v-in-place 2.2 has no such option). */
   firstbootCommands?: string[];
+  /**
+   * Aborting ends virt-v2v, the libguestfs sessions and every process naming the convert's folders at
+   * once, removes the folders and rejects with the signal's reason (an export under way finishes first).
+   */
+  signal?: AbortSignal | undefined;
+  /**
+   * The libguestfs appliances' memory in MiB: vmlift's own sessions get it, and virt-v2v-in-place half
+   * of it as LIBGUESTFS_MEMSIZE (2.2 doubles the handle's memsize for its appliance). Default libguestfs'
+   * own: 1280 MiB for vmlift's sessions, 2560 MiB for virt-v2v's.
+   */
+  memoryMiB?: number | undefined;
+}
+
+/** LIBGUESTFS_MEMSIZE for virt-v2v-in-place so that its appliance gets `memoryMiB` (it starts it with twice the handle's memsize). */
+export function v2vMemsize(memoryMiB: number): number {
+  return Math.floor(memoryMiB / 2);
 }
 
 /** A program on PATH, or null. */
@@ -126,10 +142,11 @@ async function endProcesses(needles: string[]): Promise<void> {
   for (let i = 0; i < 30 && pidsMentioning(needles).length; i++) await new Promise((r) => setTimeout(r, 100));
 }
 
-async function qemuImg(args: string[]): Promise<string> {
+async function qemuImg(args: string[], signal?: AbortSignal): Promise<string> {
   try {
-    return (await run('qemu-img', args, { maxBuffer: 16 << 20 })).stdout;
+    return (await run('qemu-img', args, { maxBuffer: 16 << 20, signal })).stdout;
   } catch (e) {
+    if (signal?.aborted) throw abortError(signal);
     const err = e as { stderr?: string; message: string };
     throw new CodedError('QEMU_IMG_FAILED', `qemu-img ${args[0]} failed: ${(err.stderr ?? err.message).trim()}`, { fix: 'check free space in the output folder and the message above', cause: e });
   }
@@ -198,36 +215,50 @@ export async function convertImage(store: ImageStore, sourceId: string, imageId:
     if (scratch) rmSync(scratch, { recursive: true, force: true });
     unpin.sync();
   });
+  const signal = o.signal;
+  // On abort: every process of the convert at once; the step under way then fails and the catch below cleans up.
+  const onSignal = () => {
+    if (v2vPgid) { try { process.kill(-v2vPgid, 'SIGKILL'); } catch { /* gone */ } }
+    killAll(needles());
+  };
+  signal?.addEventListener('abort', onSignal, { once: true });
+  const stopIfAborted = () => { if (signal?.aborted) throw abortError(signal); };
+  const gfs = { memoryMiB: o.memoryMiB, signal };
   try {
+    stopIfAborted();
     await mkdir(build, { mode: 0o700 });
     scratch = await mkdtemp(join(tmpdir(), 'vmlift-convert-'));
     // Every child's temporary files (and so its command line) under `scratch`; the appliance cache stays shared.
     const env: NodeJS.ProcessEnv = { ...guestfsEnv(), TMPDIR: scratch, LIBGUESTFS_TMPDIR: scratch,
       LIBGUESTFS_CACHEDIR: process.env.LIBGUESTFS_CACHEDIR ?? tmpdir() };
+    const v2vEnv: NodeJS.ProcessEnv = o.memoryMiB ? { ...env, LIBGUESTFS_MEMSIZE: String(v2vMemsize(o.memoryMiB)) } : env;
 
     const overlays: string[] = [];
     for (const d of info.disks) {
       say(`exporting disk ${d.disk} (${d.capacity} bytes) as sparse raw`);
       const raw = join(build, `source-${d.disk}.raw`);
       await store.export(sourceId, imageId, d.disk, 'raw', raw);
+      stopIfAborted();
       await chmod(raw, 0o444);
       const ov = join(build, `overlay-${d.disk}.qcow2`);
-      await qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', raw, ov]);
+      await qemuImg(['create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', raw, ov], signal);
       overlays.push(ov);
     }
 
     say('inspecting the guest (libguestfs)');
-    const g = await Guestfs.open(overlays, { format: 'qcow2', write: true, env });
+    const g = await Guestfs.open(overlays, { format: 'qcow2', write: true, env, ...gfs });
     let report: InspectReport;
     let prepared: { changes: string[]; shim: boolean } = { changes: [], shim: false };
     let virtioWin: string | null;
     try {
       report = await collect(g, scratch);
+      stopIfAborted();
       ({ virtioWin } = conversionDecision(report));
       if (report.os!.type === 'linux') prepared = await prepareLinux(g, report);
     } finally {
       await g.close();
     }
+    stopIfAborted();
     for (const c of prepared.changes) say(`prepared: ${c}`);
     const os = report.os!;
     const hw = hardwareOf(info.meta, report);
@@ -238,7 +269,8 @@ export async function convertImage(store: ImageStore, sourceId: string, imageId:
     const version = await v2vVersion();
     say(`running ${V2V} ${version}`);
     const tv = Date.now();
-    await runV2v(['-i', 'libvirtxml', xml], virtioWin ? { ...env, VIRTIO_WIN: virtioWin } : env, join(scratch, 'v2v.log'), (l) => say(`v2v: ${l}`), (pid) => { v2vPgid = pid; });
+    stopIfAborted();
+    await runV2v(['-i', 'libvirtxml', xml], virtioWin ? { ...v2vEnv, VIRTIO_WIN: virtioWin } : v2vEnv, join(scratch, 'v2v.log'), (l) => say(`v2v: ${l}`), (pid) => { v2vPgid = pid; });
     v2vPgid = 0;
     const v2vSeconds = (Date.now() - tv) / 1000;
 
@@ -246,7 +278,8 @@ export async function convertImage(store: ImageStore, sourceId: string, imageId:
     for (const [i, d] of info.disks.entries()) {
       say(`writing disk-${d.disk}.qcow2`);
       const f = join(build, `disk-${d.disk}.qcow2`);
-      await qemuImg(['convert', '-f', 'qcow2', '-O', 'qcow2', overlays[i]!, f]);
+      stopIfAborted();
+      await qemuImg(['convert', '-f', 'qcow2', '-O', 'qcow2', overlays[i]!, f], signal);
       await rm(overlays[i]!, { force: true });
       await rm(join(build, `source-${d.disk}.raw`), { force: true });
       files.push(f);
@@ -255,7 +288,9 @@ export async function convertImage(store: ImageStore, sourceId: string, imageId:
     if (o.firstbootCommands?.length) {
       say(`adding ${o.firstbootCommands.length} first-boot command(s) (virt-customize)`);
       const args = ['--format', 'qcow2', ...files.flatMap((f) => ['-a', f]), ...o.firstbootCommands.flatMap((c) => ['--firstboot-command', c])];
-      await run('virt-customize', args, { env, maxBuffer: 16 << 20 }).catch((e: { stderr?: string; message: string }) => {
+      stopIfAborted();
+      await run('virt-customize', args, { env, maxBuffer: 16 << 20, signal }).catch((e: { stderr?: string; message: string }) => {
+        stopIfAborted();
         throw new CodedError('CONVERT_FIRSTBOOT', `virt-customize could not add the first-boot commands: ${(e.stderr ?? e.message).trim().slice(-500)}`,
           { fix: 'check that Debian\'s guestfs-tools is installed; run the same virt-customize by hand with -v -x to see why' });
       });
@@ -264,10 +299,12 @@ export async function convertImage(store: ImageStore, sourceId: string, imageId:
 
     say('checking the converted disks (libguestfs)');
     let check: { verdict: string; reasons: string[] } = { verdict: 'not checked', reasons: [] };
-    const cg = await Guestfs.open(files, { format: 'qcow2', write: true, env });
+    stopIfAborted();
+    const cg = await Guestfs.open(files, { format: 'qcow2', write: true, env, ...gfs });
     try {
       if (prepared.shim && await removeShim(cg, os.root)) say('removed the menu.lst shim');
       const after = await collect(cg, scratch);
+      stopIfAborted();
       const kvm = after.targets.kvm;
       check = { verdict: kvm.verdict, reasons: kvm.reasons.map((x) => x.code) };
       if (os.type === 'linux' && kvm.verdict !== 'ready') {
@@ -278,9 +315,10 @@ export async function convertImage(store: ImageStore, sourceId: string, imageId:
       await cg.close();
     }
 
+    stopIfAborted();
     const disks = [];
     for (const d of info.disks) {
-      const qi = JSON.parse(await qemuImg(['info', '--output=json', join(build, `disk-${d.disk}.qcow2`)])) as { 'virtual-size': number; 'backing-filename'?: string };
+      const qi = JSON.parse(await qemuImg(['info', '--output=json', join(build, `disk-${d.disk}.qcow2`)], signal)) as { 'virtual-size': number; 'backing-filename'?: string };
       if (qi['backing-filename']) throw new CodedError('CONVERT_FAILED', `disk-${d.disk}.qcow2 still has a backing file ${qi['backing-filename']}`);
       disks.push({ disk: d.disk, file: `disk-${d.disk}.qcow2`, bus: 'virtio' as const, sizeBytes: qi['virtual-size'] });
     }
@@ -306,10 +344,12 @@ export async function convertImage(store: ImageStore, sourceId: string, imageId:
     say(`converted in ${manifest.seconds.toFixed(1)} s`);
     return manifest;
   } catch (e) {
-    if (v2vPgid) { try { process.kill(-v2vPgid, 'SIGTERM'); } catch { /* gone */ } }
+    if (v2vPgid) { try { process.kill(-v2vPgid, signal?.aborted ? 'SIGKILL' : 'SIGTERM'); } catch { /* gone */ } }
     await endProcesses(needles());
+    if (signal?.aborted) throw abortError(signal);
     throw e;
   } finally {
+    signal?.removeEventListener('abort', onSignal);
     unregister();
     await rm(build, { recursive: true, force: true });
     if (scratch) await rm(scratch, { recursive: true, force: true });

@@ -26,6 +26,16 @@ export interface GuestfsOptions {
   write?: boolean;
   /** Environment of guestfish and its appliance (default guestfsEnv()). */
   env?: NodeJS.ProcessEnv;
+  /** The appliance's memory in MiB (LIBGUESTFS_MEMSIZE; default libguestfs' own, 1280 MiB on x86-64). */
+  memoryMiB?: number | undefined;
+  /** Aborting ends guestfish and its appliance at once; the command under way and every later one reject. */
+  signal?: AbortSignal | undefined;
+}
+
+/** The error to throw once `signal` aborted: its reason when that is an Error. */
+export function abortError(signal: AbortSignal): Error {
+  const r: unknown = signal.reason;
+  return r instanceof Error ? r : new CodedError('ABORTED', `stopped: ${String(r)}`);
 }
 
 /** Pids whose command line mentions one of `needles`. */
@@ -43,15 +53,23 @@ export function pidsMentioning(needles: string[]): number[] {
 export class Guestfs {
   private closed = false;
   private readonly unregister: () => void;
+  private offSignal: () => void = () => {};
+  private killed = false;
   /** `tmp`: the session's own TMPDIR (libguestfs' handle folder and overlays), removed with the session. */
   private constructor(readonly pid: number, private readonly env: NodeJS.ProcessEnv, private readonly tmp: string) {
     // The --listen daemon outlives this process unless killed; its recovery process then ends the appliance.
     this.unregister = onAbort(() => {
       try { execFileSync('guestfish', [`--remote=${pid}`, '--', 'exit'], { env, timeout: 5000, stdio: 'ignore' }); } catch { /* kill below */ }
-      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-      for (const p of pidsMentioning([tmp])) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+      this.kill();
       rmSync(tmp, { recursive: true, force: true });
     });
+  }
+
+  /** SIGKILLs guestfish and every process of the session (its appliance names the session's folder). */
+  kill(): void {
+    this.killed = true;
+    try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ }
+    for (const p of pidsMentioning([this.tmp])) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
   }
 
   /** Starts the appliance over `disks` (raw files unless told), read-only unless told. */
@@ -60,11 +78,14 @@ export class Guestfs {
     const parent = base.TMPDIR ?? tmpdir();
     const own = mkdtempSync(join(parent, 'guestfs-'));
     // The appliance cache stays where it was (shared, built once); the handle's files go in `own`.
-    const env = { ...base, TMPDIR: own, LIBGUESTFS_CACHEDIR: base.LIBGUESTFS_CACHEDIR ?? parent };
+    const env: NodeJS.ProcessEnv = { ...base, TMPDIR: own, LIBGUESTFS_CACHEDIR: base.LIBGUESTFS_CACHEDIR ?? parent,
+      ...(o.memoryMiB ? { LIBGUESTFS_MEMSIZE: String(o.memoryMiB) } : {}) };
     try {
+      if (o.signal?.aborted) throw abortError(o.signal);
       return await Guestfs.start(disks, o, env, own);
     } catch (e) {
       rmSync(own, { recursive: true, force: true });
+      if (o.signal?.aborted) throw abortError(o.signal);
       throw e;
     }
   }
@@ -90,6 +111,12 @@ export class Guestfs {
     const m = /GUESTFISH_PID=(\d+)/.exec(out);
     if (!m) throw new CodedError('GUESTFS_FAILED', `guestfish --listen printed no pid: ${out.slice(0, 200)}`);
     const g = new Guestfs(Number(m[1]), env, own);
+    if (o.signal) {
+      const signal = o.signal;
+      const onAbortSignal = () => g.kill();
+      if (signal.aborted) g.kill(); else signal.addEventListener('abort', onAbortSignal, { once: true });
+      g.offSignal = () => signal.removeEventListener('abort', onAbortSignal);
+    }
     try {
       await g.cmd('run');
     } catch (e) {
@@ -105,6 +132,7 @@ export class Guestfs {
    * server (guestfish exits on the first error): use it for what must succeed.
    */
   async cmd(...args: string[]): Promise<string> {
+    if (this.killed) throw new Error('the libguestfs session was stopped');
     try {
       const { stdout } = await run('guestfish', [`--remote=${this.pid}`, '--', ...args], { env: this.env, maxBuffer: 64 << 20 });
       return stdout;
@@ -137,6 +165,7 @@ export class Guestfs {
     if (alive(this.pid)) { try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ } }
     for (let i = 0; i < 50 && pidsMentioning([this.tmp]).length; i++) await new Promise((r) => setTimeout(r, 100));
     await rm(this.tmp, { recursive: true, force: true });
+    this.offSignal();
     this.unregister();
   }
 }

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ImageStore } from '../store/index.ts';
-import { Guestfs, type GuestfsOptions } from './guestfs.ts';
+import { Guestfs, abortError, type GuestfsOptions } from './guestfs.ts';
 import { onAbort } from './abort.ts';
 
 const run = promisify(execFile);
@@ -64,19 +64,35 @@ export interface InspectReport {
 const num = (s: string | null | undefined): number => Number((s ?? '').trim());
 const trim = (s: string | null): string => (s ?? '').trim();
 
+export interface InspectImageOptions {
+  /** Aborting ends the appliance at once and rejects with the signal's reason (the export under way finishes first). */
+  signal?: AbortSignal | undefined;
+  /** The libguestfs appliance's memory in MiB (default libguestfs' own). */
+  memoryMiB?: number | undefined;
+}
+
 /** Exports every disk of an image to sparse raw files in a temporary folder, inspects them, removes them. */
-export async function inspectImage(store: ImageStore, sourceId: string, imageId: string): Promise<InspectReport> {
+export async function inspectImage(store: ImageStore, sourceId: string, imageId: string, o: InspectImageOptions = {}): Promise<InspectReport> {
   const info = await store.getImage(sourceId, imageId);
   const tmp = await mkdtemp(join(tmpdir(), 'vmlift-inspect-'));
   const unregister = onAbort(() => rmSync(tmp, { recursive: true, force: true }));
   try {
     const files: string[] = [];
     for (const d of info.disks) {
+      if (o.signal?.aborted) throw abortError(o.signal);
       const f = join(tmp, `disk${d.disk}.raw`);
       await store.export(sourceId, imageId, d.disk, 'raw', f);
       files.push(f);
     }
-    return await inspectDisks(files, tmp);
+    try {
+      const report = await inspectDisks(files, tmp, { signal: o.signal, memoryMiB: o.memoryMiB });
+      // Commands of a killed session answer nothing: what was collected then is not a report.
+      if (o.signal?.aborted) throw abortError(o.signal);
+      return report;
+    } catch (e) {
+      if (o.signal?.aborted) throw abortError(o.signal);
+      throw e;
+    }
   } finally {
     unregister();
     await rm(tmp, { recursive: true, force: true });

@@ -243,7 +243,7 @@ test('a workgroup of two VMs and two agent sources: full, incremental, pause and
   assert.ok(b.v.images.length >= 1 && a.v.images.length >= 1, `images: ${JSON.stringify([a.v.images, b.v.images]).slice(0, 500)}`);
   const headers = (t: string) => t.split('\n').filter((l) => /^(DISK|CYCLE|IMAGE)\s/.test(l)).map((l) => l.split(/\s+/).join(' '));
   assert.deepEqual(headers(b.text), headers(a.text));
-  assert.match(b.text, /^job web01 {2}agent web01 {2}state completed/m);
+  assert.match(b.text, /^job web01 \(web01\) {2}agent web01 {2}state completed/m);
   // Both kinds count in the metrics.
   const metrics = await new EngineMetrics(state).registry.metrics();
   assert.match(metrics, /vmlift_jobs\{state="completed"\} 4/);

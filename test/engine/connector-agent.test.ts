@@ -111,7 +111,7 @@ test('connector serve --agent-port with agent serve from agent.json through a pr
   assert.match(metrics, /vmlift_wire_bytes_total\{job="db01"\} [1-9]/);
   assert.match(metrics, /vmlift_source_bytes_read_total\{job="db01"\} [1-9]/);
   const show = await vmlift(['job', 'show', 'db01', '--home', home]);
-  assert.match(show.stdout, /^job db01 {2}agent db01 {2}state waiting/m);
+  assert.match(show.stdout, /^job db01 \(db01\) {2}agent db01 {2}state waiting/m);
 
   // kill -9 of the connector while the agent sends an incremental: the agent finishes or resumes its
   // cycle, the restarted connector resumes the same cycle id and records its image.

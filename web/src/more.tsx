@@ -151,7 +151,7 @@ export function Inventory() {
     }
     let group = wg;
     if (newWg.trim() && made.length) {
-      try { group = (await call<Workgroup>('POST', '/v1/workgroups', { id: newWg.trim() })).id; setNewWg(''); } catch (x) { failed.push({ vm: newWg, error: asError(x) }); group = ''; }
+      try { group = (await call<{ workgroup: Workgroup }>('POST', '/v1/workgroups', { id: newWg.trim() })).workgroup.id; setNewWg(''); } catch (x) { failed.push({ vm: newWg, error: asError(x) }); group = ''; }
     }
     if (group && made.length) await call('POST', `/v1/workgroups/${encodeURIComponent(group)}/add`, { jobs: made }).catch((x) => failed.push({ vm: group, error: asError(x) }));
     call<Workgroup[]>('GET', '/v1/workgroups').then(setGroups, () => undefined);

@@ -197,7 +197,7 @@ export function register(program: Command): void {
       printResult(o.json, r, (x) => {
         const live = new Map((x.live?.disks ?? []).map((d) => [d.diskKey, d]));
         const lines = [
-          `job ${x.job.id} (${x.job.name})  ${x.job.kind === 'agent' ? 'agent' : `vm ${x.job.vmRef}`}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step}${x.live.taskProgress !== undefined ? `, vCenter task ${x.live.taskProgress} %` : ''})` : ''}`,
+          `job ${x.job.id} (${x.job.name})  ${x.job.kind === 'agent' ? `agent ${x.job.name}` : `vm ${x.job.vmRef}`}  state ${x.job.state}${x.live ? ` (cycle ${x.live.cycleId}, step ${x.live.step}${x.live.taskProgress !== undefined ? `, vCenter task ${x.live.taskProgress} %` : ''})` : ''}`,
           ...(x.job.description ? [`  ${x.job.description}`] : []),
           ...(x.job.disks ? [`  disks: ${x.job.disks.include ? `positions ${x.job.disks.include.join(', ')} only` : `all but device key(s) ${x.job.disks.exclude!.join(', ')}`}`] : []),
           ...errorLines(x.job.error),

@@ -35,17 +35,23 @@ export function register(program: Command): void {
     .option('--data-port <port>', 'data port (0 = any free port)', '8703')
     .option('--drill-concurrency <n>', 'drills (inspect, convert, boot-test) run at once; each boot holds its guest\'s memory', '1')
     .option('--drill-timeout <seconds>', 'boot-test timeout of a drill', '600')
+    .option('--drill-memory <MiB>', 'memory of a drill\'s libguestfs appliances (inspect, virt-v2v) and at most of its boot (default: libguestfs\' 1280/2560 MiB and the VM\'s memory)')
+    .option('--drill-deadline <minutes>', 'a drill running longer is stopped (DRILL_TIMEOUT)', '240')
     .option('--json', 'print the start-up facts as one JSON line')
-    .action(async (o: { dataDir: string; listen?: string; controlPort: string; dataPort: string; drillConcurrency: string; drillTimeout: string; json?: boolean }) => {
+    .action(async (o: { dataDir: string; listen?: string; controlPort: string; dataPort: string; drillConcurrency: string; drillTimeout: string; drillMemory?: string; drillDeadline: string; json?: boolean }) => {
       const log = createLogger({}, { cmd: 'receiver serve' });
       const concurrency = Number(o.drillConcurrency);
       const bootTimeoutSeconds = Number(o.drillTimeout);
       if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 16) throw new UserError('BAD_OPTION', `--drill-concurrency must be 1-16, got ${o.drillConcurrency}`, 'pass e.g. --drill-concurrency 1');
       if (!Number.isInteger(bootTimeoutSeconds) || bootTimeoutSeconds < 30 || bootTimeoutSeconds > 7200) throw new UserError('BAD_OPTION', `--drill-timeout must be 30-7200 seconds, got ${o.drillTimeout}`, 'pass e.g. --drill-timeout 600');
+      const memoryMiB = o.drillMemory === undefined ? undefined : Number(o.drillMemory);
+      if (memoryMiB !== undefined && (!Number.isInteger(memoryMiB) || memoryMiB < 1024 || memoryMiB > 262144)) throw new UserError('BAD_OPTION', `--drill-memory must be 1024-262144 MiB, got ${o.drillMemory}`, 'pass e.g. --drill-memory 2048 (virt-v2v runs apt and update-initramfs inside its appliance)');
+      const deadlineMinutes = Number(o.drillDeadline);
+      if (!Number.isInteger(deadlineMinutes) || deadlineMinutes < 5 || deadlineMinutes > 7 * 24 * 60) throw new UserError('BAD_OPTION', `--drill-deadline must be 5-10080 minutes, got ${o.drillDeadline}`, 'pass e.g. --drill-deadline 240');
       const rx = await startReceiver({
         dataDir: resolve(o.dataDir), controlPort: portOption(o.controlPort, '--control-port'), dataPort: portOption(o.dataPort, '--data-port'),
         ...(o.listen ? { listen: o.listen } : {}), logger: log,
-        drills: { steps: targetDrillSteps(), concurrency, bootTimeoutSeconds },
+        drills: { steps: targetDrillSteps({ memoryMiB }), concurrency, bootTimeoutSeconds, deadlineSeconds: deadlineMinutes * 60 },
       });
       const facts = {
         controlPort: rx.controlPort, dataPort: rx.dataPort, fingerprint: formatFingerprint(rx.fingerprint),
@@ -59,12 +65,18 @@ export function register(program: Command): void {
           + 'show again with: vmlift receiver info --data-dir DIR\n');
       }
       await new Promise<void>((done) => {
-        const stop = (sig: string) => {
+        // Listeners stay on while closing: a drill step's own signal handler (target/abort.ts) then kills
+        // its children without ending the process, and the drill ends DRILL_INTERRUPTED with its report.
+        let stopping = false;
+        const stop = (sig: NodeJS.Signals) => {
+          // A second signal ends at once (the steps' exit handlers still kill their children).
+          if (stopping) process.exit(128 + (sig === 'SIGINT' ? 2 : 15));
+          stopping = true;
           log.info({ signal: sig }, 'receiver stopping');
           rx.close().finally(done);
         };
-        process.once('SIGINT', () => stop('SIGINT'));
-        process.once('SIGTERM', () => stop('SIGTERM'));
+        process.on('SIGINT', stop);
+        process.on('SIGTERM', stop);
       });
     });
 
