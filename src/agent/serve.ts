@@ -11,8 +11,7 @@ import { access, readdir } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { UserError, errorMessage, errorReport, isTransient } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
-import { openSource } from '../source/open.ts';
-import type { BlockSource } from '../source/types.ts';
+import { openSources } from '../source/open.ts';
 import type { ReceiverSession } from '../transfer/contract.ts';
 import type { ImageInfo } from '../model/images.ts';
 import {
@@ -203,7 +202,7 @@ async function runCommandedCycle(o: ServeOptions, c: AgentCycleCommand, a: Activ
       return { cycleId: c.cycleId, ok: true, image: done, baseImageId: done.baseImageId, disks: [], wireBytes: 0, resentBytes: 0, durationMs: 0, images: before, ...(checks ? { checks } : {}) };
     }
     step = 'transfer';
-    const sources = await openAll(devices);
+    const sources = await openSources(devices);
     try {
       const report = await runDeviceCycle({
         sources, state, logger: log, retryForMs: o.retryForMs, signal: a.controller.signal,
@@ -244,13 +243,3 @@ async function registeredSources(stateDir: string): Promise<string[]> {
   return out;
 }
 
-async function openAll(paths: string[]): Promise<BlockSource[]> {
-  const out: BlockSource[] = [];
-  try {
-    for (const p of paths) out.push(await openSource(p));
-  } catch (e) {
-    await Promise.all(out.map((s) => s.close()));
-    throw e;
-  }
-  return out;
-}

@@ -43,3 +43,15 @@ export async function openSource(uri: string, opts: OpenSourceOptions = {}): Pro
         'use a local path (file or block device) or a supported transport URI');
   }
 }
+
+/** Opens every source of `uris`, or none: the ones opened are closed again when one fails. */
+export async function openSources(uris: string[], opts: OpenSourceOptions = {}): Promise<BlockSource[]> {
+  const out: BlockSource[] = [];
+  try {
+    for (const u of uris) out.push(await openSource(u, opts));
+  } catch (e) {
+    await Promise.all(out.map((s) => s.close()));
+    throw e;
+  }
+  return out;
+}

@@ -11,8 +11,7 @@ import { assertId } from '../../util/ids.ts';
 import { createLogger } from '../../util/log.ts';
 import { parseDuration, formatDuration } from '../../util/duration.ts';
 import { parseSettings } from '../../engine/settings.ts';
-import { openSource } from '../../source/open.ts';
-import type { BlockSource } from '../../source/types.ts';
+import { openSources } from '../../source/open.ts';
 import { AgentState } from '../../agent/state.ts';
 import { runDeviceCycle, defaultSourceId, type CycleReport } from '../../agent/device-cycle.ts';
 import { connectAgentSender, type AgentConnectOptions } from '../../agent/connect.ts';
@@ -124,7 +123,7 @@ async function sync(flags: SyncFlags): Promise<void> {
   try {
     for (;;) {
       const started = Date.now();
-      const sources = await openAll(f.device);
+      const sources = await openSources(f.device);
       let report: CycleReport;
       try {
         report = await runDeviceCycle({
@@ -176,16 +175,6 @@ async function withConfig(f: SyncFlags): Promise<SyncFlags & { receiver: string;
   return m as SyncFlags & { receiver: string; fingerprint: string };
 }
 
-async function openAll(paths: string[]): Promise<BlockSource[]> {
-  const out: BlockSource[] = [];
-  try {
-    for (const p of paths) out.push(await openSource(p));
-  } catch (e) {
-    await Promise.all(out.map((s) => s.close()));
-    throw e;
-  }
-  return out;
-}
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
