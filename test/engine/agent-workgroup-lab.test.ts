@@ -3,7 +3,7 @@
  * real `vmlift agent serve` process reading a plain file as its device and dialling out to the
  * connector's agent hub (TLS, pinned, token). The workgroup runs a full sync, an incremental sync,
  * a pause in the middle of an agent's cycle and a resume (the same cycle, resumed), a live bandwidth
- * change, and completes with the final sync; every image is bit-identical and `job show` shows both
+ * change, and completes with the final sync (and, for one VM and one agent, without); every image is bit-identical and `job show` shows both
  * kinds the same way. Then the failure paths: an agent that is not connected, a preflight failure,
  * a device the agent does not allow, a wrong token.
  */
@@ -213,14 +213,21 @@ test('a workgroup of two VMs and two agent sources: full, incremental, pause and
   assert.equal(resumed.state, 'committed', 'the paused cycle itself resumed and committed');
   assert.match(agents.get('web01')!.stderr, /settings changed by the connector/);
 
-  // Complete: the final sync, then no more cycles.
+  // Complete: one VM and one agent source without a final sync (on their last image: the writes below
+  // are not in it), then the workgroup, whose other two members run the final sync.
+  const beforeFinal = want;
   for (const v of vms) await guestWrites(lab, v.name, v.disks[0]!.key, v.disks[0]!.capacity, 2);
   for (const f of files) scribble(f, 4);
   want = await expectations();
-  assert.ok(wg.batch('wave', 'complete').every((m) => m.ok && m.state === 'completing'));
+  for (const id of ['vm-b', 'web02']) assert.equal(engine.complete(id, { finalSync: false }).state, 'completed', id);
+  const completing = wg.batch('wave', 'complete');
+  assert.deepEqual(completing.map((m) => [m.jobId, m.ok, m.ok ? m.state : m.code]),
+    [['vm-a', true, 'completing'], ['vm-b', false, 'ALREADY_COMPLETED'], ['web01', true, 'completing'], ['web02', false, 'ALREADY_COMPLETED']]);
   await until('completion', allIn(['completed', 'error']));
   assert.deepEqual(MEMBERS.map(stateOf), ['completed', 'completed', 'completed', 'completed'], JSON.stringify(MEMBERS.map((m) => engine.getJob(m).error)));
-  await checkImages('final', want);
+  await checkImages('final', { vm: [want.vm[0]!, beforeFinal.vm[1]!], file: [want.file[0]!, beforeFinal.file[1]!] });
+  assert.notEqual(want.file[1], beforeFinal.file[1], 'the writes after the last cycle changed web02 (so its image proves no final sync ran)');
+  assert.ok(!state.listCycles('web02').some((c) => c.kind === 'final'), 'web02 completed without a final sync');
   const sync = wg.batch('wave', 'sync');
   assert.ok(sync.every((m) => !m.ok), 'a completed member takes no sync');
 
