@@ -183,7 +183,8 @@ async function rewriteDir(dir: string, recordFile: string, chunkSize: number, re
       for (let i = 0; i * SLOT < outBuf.length; i++) {
         const slot = buf.subarray(i * SLOT, (i + 1) * SLOT);
         const len = slotLen(i);
-        const neu = len === 0 ? slot : await renamer.name(slot, len);
+        // a slot past the disk's end (read by no one, marked by gc) is named at its chunk's own length
+        const neu = await renamer.name(slot, len === 0 ? null : len);
         (neu ?? ZERO).copy(outBuf, i * SLOT);
         if (!(neu ?? ZERO).equals(slot)) changed = true;
       }
@@ -197,7 +198,8 @@ async function rewriteDir(dir: string, recordFile: string, chunkSize: number, re
         if (sub === RESET) { records.push({ slot, sub, digest: null }); continue; }
         const sl = slotLen(slot);
         const len = sl === null ? null : Math.min(ss, sl - sub * ss);
-        const neu = len !== null && len <= 0 ? digest : await renamer.name(digest, len);
+        // a sub-chunk past a shrunk slot's end is read by no one but verified: named at its own length
+        const neu = await renamer.name(digest, len !== null && len <= 0 ? null : len);
         if (!(neu ?? ZERO).equals(digest)) changed = true;
         records.push({ slot, sub, digest: neu });
       }

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openImageStore } from '../../src/store/index.ts';
@@ -56,7 +56,7 @@ interface Built { expected: Map<string, Buffer>; cycle: Buffer; chunks: number }
  * A format 1 store as the format 1 writer left it, holding: a hole slot and a slot naming the old
  * hole digest SHA-256(64 KiB of zeros); a short last chunk; that chunk read as a full slot of a disk
  * that grew (zero-padded) and a chunk read as a shorter slot of a disk that shrank (cut); sub-chunk
- * overlays with a hole sub-chunk; a chunk a format 1 gc set aside (`.gc-<pid>-<hex>`); an open cycle
+ * overlays with a hole sub-chunk and one past a shrunk slot's end; a chunk a format 1 gc set aside (`.gc-<pid>-<hex>`); an open cycle
  * whose refs.log names a chunk nothing else does.
  */
 async function buildFormat1(root: string): Promise<Built> {
@@ -98,7 +98,8 @@ async function buildFormat1(root: string): Promise<Built> {
   const slots20 = [name(A), ZERO, oldHole, name(B), name(A), name(C), name(E)];
   await image('2', '1', [
     { disk: 0, capacity: cap20, slots: slots20, subs: subs2, bytes: diskBytes(cap20, [A, null, null, B, A, C, E], subs2) },
-    { disk: 1, capacity: cap21, slots: [name(A), ZERO, name(B)], subs: null, bytes: diskBytes(cap21, [A, null, B], []) },
+    // disk 1 has a sub-chunk past its shrunk last slot (read by no one, but verified)
+    { disk: 1, capacity: cap21, slots: [name(A), ZERO, name(B)], subs: [[2, 3, D]], bytes: diskBytes(cap21, [A, null, B], []) },
   ]);
   await writeFile(join(root, 'sources', 'vm', 'last-seq'), '2');
   // an open cycle on image 2 left by a dead receiver: slot 4 = F, slot 6 sub 0 = D; G only in refs.log
@@ -176,7 +177,7 @@ test('vmlift image migrate renames every chunk of a hand-built format 1 store to
   assert.equal(r.code, 0, r.err);
   const res = JSON.parse(r.out) as Record<string, number>;
   assert.deepEqual([res.from, res.to, res.chunks, res.packs, res.alreadyPacked, res.refitted, res.missing, res.rewrittenFiles],
-    [1, 2, built.chunks, 2, 0, 2, 0, 8]);
+    [1, 2, built.chunks, 2, 0, 2, 0, 9]);
   await checkMigrated(root, built);
   const again = await run(['image', 'migrate', '--data-dir', dataDir, '--json']);
   assert.equal(again.code, 0, again.err);
@@ -184,7 +185,7 @@ test('vmlift image migrate renames every chunk of a hand-built format 1 store to
 });
 
 for (const kills of [['store:pack-sealed:1'], ['store:migrate:1'], ['store:migrate-rewritten:1'], ['store:migrate-rewritten:4', 'store:migrate-rewritten:2'],
-  ['store:migrate-rewritten:8'], ['store:migrate-switched']]) {
+  ['store:migrate-rewritten:9'], ['store:migrate-switched']]) {
   test(`vmlift image migrate killed at ${kills.join(', then ')} and run again gives the same format 2 store`, async (t) => {
     const dataDir = await tempDir(t, 'migrate-kill');
     const root = join(dataDir, 'store');
@@ -200,3 +201,22 @@ for (const kills of [['store:pack-sealed:1'], ['store:migrate:1'], ['store:migra
     await checkMigrated(root, built);
   });
 }
+
+test('a chunk the format 1 store had lost keeps its name and verify reports it missing; the rest migrates', async (t) => {
+  const dataDir = await tempDir(t, 'migrate-missing');
+  const root = join(dataDir, 'store');
+  await buildFormat1(root);
+  const idx = await readFile(join(root, 'sources', 'vm', 'images', '2', 'disk-0.idx'));
+  const lost = idx.toString('hex', 6 * 32, 7 * 32); // E, named by image 2 and the open cycle at slot 6
+  const dir = join(root, 'chunks', lost.slice(0, 2));
+  for (const n of await readdir(dir)) if (n.endsWith(lost)) await rm(join(dir, n));
+  const r = await run(['image', 'migrate', '--data-dir', dataDir, '--json']);
+  assert.equal(r.code, 0, r.err);
+  assert.equal((JSON.parse(r.out) as { missing: number }).missing, 2);
+  const s = await openImageStore(root);
+  t.after(() => s.close());
+  assert.equal((await s.verify('vm', '1')).ok, true);
+  const v = await s.verify('vm', '2');
+  assert.equal(v.ok, false);
+  assert.deepEqual(v.bad.map((b) => [b.disk, b.offset, b.reason]), [[0, 6 * CS, `chunk ${lost} is missing`]]);
+});
