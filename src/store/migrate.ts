@@ -48,7 +48,7 @@ export interface MigrateResult {
   alreadyPacked: number;
   /** Index, overlay and refs files rewritten with the new names by this run. */
   rewrittenFiles: number;
-  /** Slots whose chunk was stored again cut or zero-padded to the slot's length (a disk that grew or shrank). */
+  /** Chunks stored again cut or zero-padded to the length of a slot that reads them (a disk that grew or shrank). */
   refitted: number;
   /** Slots and sub-chunks naming a chunk the format 1 store had no file for (the name is kept: `vmlift image verify` reports it missing). */
   missing: number;

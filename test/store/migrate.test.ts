@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openImageStore } from '../../src/store/index.ts';
 import { treeDigest } from '../../src/util/tree-digest.ts';
+import { MigrateMap } from '../../src/store/migrate-map.ts';
 import { chunkFiles, sha, tempDir } from './helpers.ts';
 
 const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
@@ -219,4 +220,26 @@ test('a chunk the format 1 store had lost keeps its name and verify reports it m
   const v = await s.verify('vm', '2');
   assert.equal(v.ok, false);
   assert.deepEqual(v.bad.map((b) => [b.disk, b.offset, b.reason]), [[0, 6 * CS, `chunk ${lost} is missing`]]);
+});
+
+test('migrate.map keeps the records before a torn or damaged one and cuts the file there', async (t) => {
+  const dir = await tempDir(t, 'migrate-map');
+  const path = join(dir, 'migrate.map');
+  const m = await MigrateMap.open(path);
+  const pairs = Array.from({ length: 3 }, () => [randomBytes(32).toString('hex'), randomBytes(32).toString('hex')] as const);
+  for (const [o, n] of pairs) m.note(o, n);
+  await m.flush();
+  await m.close();
+  const whole = await readFile(path);
+  assert.equal(whole.length, 3 * 72);
+  await writeFile(path, Buffer.concat([whole, whole.subarray(0, 40)])); // a record torn mid-append
+  const m2 = await MigrateMap.open(path);
+  assert.deepEqual([...m2.names], pairs.map(([o, n]) => [o, n]));
+  assert.equal((await stat(path)).size, 3 * 72);
+  await m2.close();
+  const bad = Buffer.from(whole); bad[72 + 10]! ^= 1; // the second record damaged
+  await writeFile(path, bad);
+  const m3 = await MigrateMap.open(path);
+  assert.deepEqual([...m3.names], [[pairs[0]![0], pairs[0]![1]]]);
+  await m3.close();
 });
