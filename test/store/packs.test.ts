@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openImageStore, StoreError, type ImageStore } from '../../src/store/index.ts';
@@ -193,14 +193,31 @@ test('a store of another format version is refused, naming both versions and the
   await assert.rejects(openImageStore(root), (e: unknown) => e instanceof StoreError && e.code === 'STORE_VERSION' && /format 3/.test(e.message) && /newer vmlift/.test(e.fix ?? ''));
 });
 
-/** Rewrite a store as format 1 would have left it: one file per chunk under chunks/<hh>/, no packs. */
+/**
+ * Rewrite a store as format 1 would have left it: one file per chunk under chunks/<hh>/ named by the
+ * plain SHA-256 of its bytes, the image indexes and overlays naming those, no packs.
+ */
 async function toFormat1(root: string): Promise<number> {
-  let n = 0;
+  const old = new Map<string, Buffer>();
   for (const [id, entries] of await packIndexes(root)) {
     for (const e of entries) {
-      await mkdir(join(root, 'chunks', e.hex.slice(0, 2)), { recursive: true });
-      await writeFile(join(root, 'chunks', e.hex.slice(0, 2), e.hex), await readAt(join(root, 'packs', `${id}.pack`), e.offset, e.length));
-      n++;
+      const data = await readAt(join(root, 'packs', `${id}.pack`), e.offset, e.length);
+      const hex = sha(data);
+      old.set(e.hex, Buffer.from(hex, 'hex'));
+      await mkdir(join(root, 'chunks', hex.slice(0, 2)), { recursive: true });
+      await writeFile(join(root, 'chunks', hex.slice(0, 2), hex), data);
+    }
+  }
+  const rename = (b: Buffer, at: number) => { const o = old.get(b.toString('hex', at, at + 32)); if (o) o.copy(b, at); };
+  const imagesDir = join(root, 'sources', 'vm', 'images');
+  for (const img of await readdir(imagesDir)) {
+    for (const n of await readdir(join(imagesDir, img))) {
+      const path = join(imagesDir, img, n);
+      if (!/^disk-[0-9]+\.(idx|sub)$/.test(n)) continue;
+      const b = await readFile(path);
+      if (n.endsWith('.idx')) for (let k = 0; k < b.length; k += 32) rename(b, k);
+      else for (let k = 0; k + 38 <= b.length; k += 38) rename(b, k + 6);
+      await writeFile(path, b);
     }
   }
   await mkdir(join(root, 'chunks', 'ab'), { recursive: true });
@@ -208,7 +225,7 @@ async function toFormat1(root: string): Promise<number> {
   await rm(join(root, 'packs'), { recursive: true });
   const meta = JSON.parse(await readFile(join(root, 'store.json'), 'utf8')) as { chunkSize: number };
   await writeFile(join(root, 'store.json'), JSON.stringify({ version: 1, chunkSize: meta.chunkSize }));
-  return n;
+  return old.size;
 }
 
 test('vmlift image migrate converts a format 1 store in place; killed at each step and run again, it resumes; images stay bit-identical', async (t) => {
@@ -243,7 +260,7 @@ test('vmlift image migrate converts a format 1 store in place; killed at each st
   assert.ok(await stat(join(root, 'chunks')).catch(() => null), 'the old chunk files were not removed yet');
   const done = await run(bin, ['image', 'migrate', ...D, '--json']);
   assert.equal(done.code, 0, done.err);
-  assert.deepEqual(JSON.parse(done.out), { root, from: 2, to: 2, chunks: 0, bytes: 0, packs: 0, alreadyPacked: 0 });
+  assert.deepEqual(JSON.parse(done.out), { root, from: 2, to: 2, chunks: 0, bytes: 0, packs: 0, alreadyPacked: 0, rewrittenFiles: 0, refitted: 0, missing: 0 });
   assert.equal(await stat(join(root, 'chunks')).catch(() => null), null, 'chunks/ is gone');
   assert.equal((await chunkFiles(root)).size, chunks);
   assert.deepEqual(await leftovers(root), []);
