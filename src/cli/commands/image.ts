@@ -101,7 +101,10 @@ export function register(program: Command): void {
       printResult(o.json, r, (v) => v.from === v.to
         ? `store ${v.root} is already store format ${v.to}`
         : `store ${v.root}: format ${v.from} -> ${v.to}; ${v.chunks} chunks (${formatBytes(v.bytes)}) copied into ${v.packs} packs`
-          + (v.alreadyPacked ? `, ${v.alreadyPacked} already packed by an earlier run` : ''));
+          + (v.alreadyPacked ? `, ${v.alreadyPacked} already packed by an earlier run` : '')
+          + `, renamed to tree digests; ${v.rewrittenFiles} index, overlay and journal files rewritten`
+          + (v.refitted ? `, ${v.refitted} chunks stored again at the length of the slot that reads them` : '')
+          + (v.missing ? `\nwarning: ${v.missing} slots name a chunk the old store did not have; \`vmlift image verify\` names them (their images were damaged before the migration)` : ''));
     }));
 
   /** A command on one image of one source: --data-dir, --source, --image and --json, the store opened and the source checked. */
