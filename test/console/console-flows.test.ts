@@ -201,6 +201,8 @@ test('the web console in chromium: login, inventory → job, live speed, image, 
     await page.locator('figure.chart canvas').waitFor();
     assert.match(await page.locator('ul.images').textContent() ?? '', /vmlift image export --source two-disks --image \S+ --disk 0/);
     assert.match(await page.locator('table').first().textContent() ?? '', /http/, 'disks with their transport');
+    // One full cycle measures no change rate: the forecast says what it still needs (job show's own reason).
+    await page.locator('[data-forecast]').filter({ hasText: /no forecast yet: \S/ }).waitFor();
     await shot('job');
   });
 

@@ -56,7 +56,8 @@ export interface Cycle { id: string; seq: number; kind: string; state: string; s
 export interface Disk { diskKey: number; label: string; capacity: number; transport?: string | null; transportReason?: string | null }
 export interface Drill { id: string; imageId: string; state: string; verdict: string | null; requestedAt: string; endedAt: string | null; reportDir: string | null }
 export interface Image { imageId: string; committedAt?: string; disks?: { disk: number; capacity: number }[]; baseImageId?: string | null }
-export interface JobDetail { job: JobRow & { sourceId: string }; disks: Disk[]; cycles: Cycle[]; live: Live | null; drills: Drill[]; images: Image[] | { error: string } }
+export interface JobDetail { job: JobRow & { sourceId: string }; disks: Disk[]; cycles: Cycle[]; live: Live | null; drills: Drill[]; images: Image[] | { error: string };
+  finalSync?: { available: true; forecast: { seconds: number; changedBytes: number; throughput: number; changeRatePerHour: number } } | { available: false; reason: string } }
 export interface MemberResult { jobId: string; ok: boolean; state?: string; reason?: string }
 export interface Workgroup { id: string; name: string; createdAt: string; members: string[] }
 export interface Template { name: string; settings: Partial<Settings>; createdAt: string }

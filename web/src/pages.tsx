@@ -146,7 +146,9 @@ export function JobPage({ id }: { id: string }) {
       ))}</ul>
 
       <h2>{t('job.finalSync')}</h2>
-      <p>{t('job.noPrediction')}</p>
+      <p data-forecast>{!d.finalSync ? '' : d.finalSync.available
+        ? t('job.forecast', { s: d.finalSync.forecast.seconds.toFixed(1), changed: bytes(d.finalSync.forecast.changedBytes), rate: bytes(d.finalSync.forecast.throughput), hourly: bytes(d.finalSync.forecast.changeRatePerHour) })
+        : t('job.noForecast', { reason: d.finalSync.reason })}</p>
 
       <h2>{t('job.drills')}</h2>
       <button type="button" disabled={images.length === 0} onClick={async () => { try { await call('POST', `/v1/jobs/${encodeURIComponent(id)}/drill`, {}); done(null); } catch (e) { done(e instanceof ApiFailure ? e.error : null); } }}>{t('job.drill')}</button>
