@@ -7,7 +7,7 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { tokenMatches } from '../engine/api-access.ts';
+import { tokenMatches } from '../util/bearer-token.ts';
 
 export const SESSION_COOKIE = 'vmlift_session';
 export const CSRF_HEADER = 'x-vmlift-csrf';

@@ -18,7 +18,7 @@ import { previewBatch, type PreviewAction } from './batch-preview.ts';
 import { ConsoleAuth } from '../console/session-auth.ts';
 import { handleLogin, handleSession } from '../console/session-routes.ts';
 import { StaticAssets } from '../console/static-assets.ts';
-import { LiveEvents } from '../console/live-events.ts';
+import { LiveEvents } from './live-events.ts';
 import { FinalSyncConvergence } from './converge.ts';
 import { forecastFinalSync } from './final-sync-forecast.ts';
 

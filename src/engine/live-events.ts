@@ -6,7 +6,7 @@
  * bytes sent today, errors needing attention). Nothing is computed while no one listens.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { JobEngine } from '../engine/jobs.ts';
+import type { JobEngine } from './jobs.ts';
 import { JOB_STATES } from '../state/types.ts';
 
 interface Sample { t: number; done: number; cycleId: string }
