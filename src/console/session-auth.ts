@@ -32,6 +32,16 @@ export function readCookie(req: IncomingMessage, name: string): string | undefin
   return undefined;
 }
 
+/** The origin a request reached the connector on: https on the TLS listener (`connector serve --listen`), else http. */
+export function ownOrigin(req: IncomingMessage): string {
+  return `${(req.socket as { encrypted?: boolean }).encrypted ? 'https' : 'http'}://${req.headers.host ?? ''}`;
+}
+
+/** Whether the request came over TLS: its cookie is then also `Secure`. */
+export function overTls(req: IncomingMessage): boolean {
+  return (req.socket as { encrypted?: boolean }).encrypted === true;
+}
+
 export class ConsoleAuth {
   private readonly key: Buffer;
   /** Sessions ended with logout before their expiry (a restart forgets them; they expire anyway). */
@@ -53,7 +63,7 @@ export class ConsoleAuth {
   }
 
   /** A session for the API token or an unused link code; undefined when neither is valid. */
-  login(body: { token?: unknown; link?: unknown }): { cookie: string; session: string; csrf: string; expiresAt: string } | undefined {
+  login(body: { token?: unknown; link?: unknown }, secure = false): { cookie: string; session: string; csrf: string; expiresAt: string } | undefined {
     let ok = false;
     if (typeof body.token === 'string' && body.token) ok = tokenMatches(`Bearer ${body.token}`, this.token);
     else if (typeof body.link === 'string' && body.link) {
@@ -66,13 +76,13 @@ export class ConsoleAuth {
     const exp = this.now() + SESSION_SECONDS * 1000;
     const payload = `v1.${exp.toString(36)}.${randomBytes(12).toString('base64url')}`;
     const session = `${payload}.${this.mac(payload)}`;
-    return { session, cookie: this.cookie(session, SESSION_SECONDS), csrf: this.csrfFor(session), expiresAt: new Date(exp).toISOString() };
+    return { session, cookie: this.cookie(session, SESSION_SECONDS, secure), csrf: this.csrfFor(session), expiresAt: new Date(exp).toISOString() };
   }
 
-  logout(session: string): string {
+  logout(session: string, secure = false): string {
     const exp = this.expiry(session);
     if (exp) this.revoked.set(session, exp);
-    return this.cookie('', 0);
+    return this.cookie('', 0, secure);
   }
 
   csrfFor(session: string): string {
@@ -100,7 +110,7 @@ export class ConsoleAuth {
     const method = req.method ?? 'GET';
     if (method !== 'GET' && method !== 'HEAD') {
       const origin = req.headers.origin;
-      if (origin !== undefined && origin !== `http://${req.headers.host ?? ''}`) {
+      if (origin !== undefined && origin !== ownOrigin(req)) {
         return { ok: false, status: 403, code: 'CSRF', message: `request from another origin (${origin}) refused`, fix: 'use the console served by the connector itself' };
       }
       const given = req.headers[CSRF_HEADER];
@@ -111,8 +121,8 @@ export class ConsoleAuth {
     return { ok: true, via: 'session', session: session! };
   }
 
-  private cookie(value: string, maxAge: number): string {
-    return `${SESSION_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${maxAge}`;
+  private cookie(value: string, maxAge: number, secure: boolean): string {
+    return `${SESSION_COOKIE}=${value}; Path=/; HttpOnly; SameSite=Strict; Max-Age=${maxAge}${secure ? '; Secure' : ''}`;
   }
 
   private mac(payload: string): string {

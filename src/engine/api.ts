@@ -1,4 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import { hostname } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -15,7 +17,7 @@ import type { JobDrills } from './drills.ts';
 import { apiListenHost } from './api-access.ts';
 import { createAgentJob, registerAgentRoutes, type AgentApi } from './agent-api.ts';
 import { previewBatch, type PreviewAction } from './batch-preview.ts';
-import { ConsoleAuth } from '../console/session-auth.ts';
+import { ConsoleAuth, ownOrigin } from '../console/session-auth.ts';
 import { handleLogin, handleSession } from '../console/session-routes.ts';
 import { StaticAssets } from '../console/static-assets.ts';
 import { LiveEvents } from './live-events.ts';
@@ -55,6 +57,9 @@ const BATCH_ACTIONS = new Set(['start', 'sync', 'pause', 'resume', 'complete']);
  */
 export class ConnectorApi {
   private server: Server | undefined;
+  private remote: Server | undefined;
+  /** `https://host:port` of the TLS listener, for one-time links that work from another machine. */
+  private remoteBase: string | undefined;
   private readonly routes: [string, RegExp, Handler][] = [];
   /** The web console (src/console): sessions beside the bearer token, its page, live events. */
   private readonly auth: ConsoleAuth;
@@ -167,9 +172,23 @@ export class ConnectorApi {
     return this.server.address() as AddressInfo;
   }
 
+  /**
+   * The API and the console for other machines (`connector serve --listen`): TLS only, with the
+   * connector's own certificate (the one agents pin), on any address. Same routes, same auth.
+   */
+  async listenTls(port: number, host: string, tls: { key: string; cert: string }): Promise<AddressInfo> {
+    this.remote = createTlsServer({ key: tls.key, cert: tls.cert, minVersion: 'TLSv1.2' }, (req, res) => { void this.handle(req, res); });
+    await new Promise<void>((resolve, reject) => { this.remote!.once('error', reject); this.remote!.listen(port, host, resolve); });
+    const a = this.remote.address() as AddressInfo;
+    // A link for another machine names this host when the listener is on every address.
+    const named = host === '0.0.0.0' || host === '::' ? hostname() : host;
+    this.remoteBase = `https://${named.includes(':') ? `[${named}]` : named}:${a.port}`;
+    return a;
+  }
+
   async close(): Promise<void> {
     this.events.close();
-    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+    await Promise.all([this.server, this.remote].map((srv) => new Promise<void>((resolve) => (srv ? srv.close(() => resolve()) : resolve()))));
   }
 
   private drills(): JobDrills {
@@ -207,7 +226,7 @@ export class ConnectorApi {
         send(who.status, { error: { code: who.code, message: who.message, fix: who.fix } });
         return;
       }
-      if (handleSession(this.auth, who, req, path, (st, b, h) => send(st, b, undefined, h), `http://${req.headers.host ?? '127.0.0.1'}`)) return;
+      if (handleSession(this.auth, who, req, path, (st, b, h) => send(st, b, undefined, h), ownOrigin(req), this.remoteBase)) return;
       if (req.method === 'GET' && path === '/v1/events') { this.events.open(req, res); return; }
       const shot = req.method === 'GET' ? /^\/v1\/jobs\/([^/]+)\/drills\/([^/]+)\/screenshot$/.exec(path) : null;
       if (shot) { send(200, await drillScreenshot(this.o.engine, decodeURIComponent(shot[1]!), decodeURIComponent(shot[2]!)), 'image/png'); return; }

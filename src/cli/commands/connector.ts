@@ -24,6 +24,7 @@ import { checkNbdCommand } from '../../source/nbd-server.ts';
 import { apiListenHost } from '../../engine/api-access.ts';
 import { formatFingerprint, normalizeFingerprint } from '../../transfer/connect.ts';
 import { createAgentWiring } from '../agent-wiring.ts';
+import { loadOrCreateAgentTls } from '../../engine/agent-tls.ts';
 import { registerConnectorAgents } from './connector-agents.ts';
 
 interface InitFlags {
@@ -129,8 +130,8 @@ export function register(program: Command): void {
     .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
     .option('--json', 'print JSON')
     .action(async (f: { home?: string; json?: boolean }) => {
-      const link = await callApi<{ url: string; expiresAt: string }>(connectorHome(f.home), 'POST', '/v1/session/links');
-      printResult(f.json, link, (v) => `${v.url}\n(one use, valid until ${v.expiresAt})`);
+      const link = await callApi<{ url: string; remoteUrl?: string; expiresAt: string }>(connectorHome(f.home), 'POST', '/v1/session/links');
+      printResult(f.json, link, (v) => `${v.url}\n${v.remoteUrl ? `${v.remoteUrl}   (from another machine, over TLS)\n` : ''}(one use, valid until ${v.expiresAt})`);
     });
 
   c.command('serve').description('run the scheduler, the local API (for the CLI) and /metrics; resumes unfinished cycles after a restart')
@@ -141,8 +142,10 @@ export function register(program: Command): void {
     .option('--log-stderr', 'log to stderr instead of the rotated file')
     .option('--agent-port <port>', 'take agent sources: the TLS port `vmlift agent serve` dials out to (e.g. 8091; 0 = any free port)')
     .option('--agent-listen <host>', 'address of the agent port', '0.0.0.0')
-    .action(async (f: { home?: string; apiPort: string; apiListen: string; tickMs: string; logStderr?: boolean; agentPort?: string; agentListen: string }) => {
+    .option('--listen <host:port>', 'also serve the API and the web console to other machines, over TLS with the connector\'s own certificate (e.g. 0.0.0.0:8443)')
+    .action(async (f: { home?: string; apiPort: string; apiListen: string; tickMs: string; logStderr?: boolean; agentPort?: string; agentListen: string; listen?: string }) => {
       const apiHost = apiListenHost(f.apiListen);
+      const remote = f.listen !== undefined ? parseListen(f.listen) : undefined;
       const home = connectorHome(f.home);
       const config = await readConnectorConfig(home);
       const logger = createLogger(f.logStderr ? {} : { rotate: { base: join(home, 'logs', 'connector') } }, { component: 'connector' });
@@ -159,13 +162,16 @@ export function register(program: Command): void {
         inventory: async () => inventoryView(await wiring.vc.inventory()), ...(agents ? { agents } : {}) });
       const addr = await api.listen(Number(f.apiPort), apiHost);
       const agentAddr = agents ? await agents.hub.listen(Number(f.agentPort), f.agentListen) : undefined;
-      await writeFileAtomic(join(home, 'api.json'), JSON.stringify({ port: addr.port, pid: process.pid, ...(agentAddr ? { agentPort: agentAddr.port } : {}) }));
+      const tls = remote ? await loadOrCreateAgentTls(join(home, 'agent-tls')) : undefined;
+      const remoteAddr = remote && tls ? await api.listenTls(remote.port, remote.host, tls) : undefined;
+      await writeFileAtomic(join(home, 'api.json'), JSON.stringify({ port: addr.port, pid: process.pid, ...(agentAddr ? { agentPort: agentAddr.port } : {}), ...(remoteAddr ? { tlsPort: remoteAddr.port } : {}) }));
       const scheduler = new Scheduler(engine, { logger, tickMs: Number(f.tickMs), maxConcurrentJobs: config.limits.maxConcurrentJobs });
       const interrupted = state.runningCycles();
       if (interrupted.length) logger.info({ cycles: interrupted.map((x) => `${x.jobId}/${x.id}`) }, 'resuming cycles cut short by a restart');
       scheduler.start();
       logger.info({ port: addr.port, home }, 'connector started');
       if (agents && agentAddr) process.stderr.write(`vmlift connector: agents connect to https://${f.agentListen}:${agentAddr.port} (TLS, fingerprint ${formatFingerprint(agents.hub.fingerprint)})\n`);
+      if (remote && remoteAddr && tls) process.stderr.write(`vmlift connector: console for other machines at https://${remote.host.includes(':') ? `[${remote.host}]` : remote.host}:${remoteAddr.port}/console/ (TLS, certificate fingerprint ${formatFingerprint(tls.fingerprint)})\n`);
       process.stderr.write(`vmlift connector: API on http://${apiHost.includes(':') ? `[${apiHost}]` : apiHost}:${addr.port}, console at /console/ (login link: vmlift connector console-url), metrics at /metrics, logs in ${join(home, 'logs')}\n`);
       await new Promise<void>((resolve) => {
         const stop = () => resolve();
@@ -182,4 +188,14 @@ export function register(program: Command): void {
       state.close();
       logger.flush?.();
     });
+}
+
+/** `--listen HOST:PORT` (IPv6 as `[::]:8443`). */
+function parseListen(v: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(v.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || !(port >= 0 && port <= 65535)) {
+    throw new UserError('BAD_LISTEN', `--listen ${JSON.stringify(v)} is not HOST:PORT`, 'give an address and a port, e.g. --listen 0.0.0.0:8443 or --listen [::]:8443');
+  }
+  return { host: m[1] ?? m[2]!, port };
 }
