@@ -14,6 +14,7 @@ import {
   type AgentCommand, type AgentCycleCommand, type AgentCycleResult, type AgentHello, type AgentProgress,
 } from '../transfer/agent-link.ts';
 import type { AgentRegistry } from './agent-registry.ts';
+import { readJsonBody } from '../util/read-json-body.ts';
 
 export interface AgentTls { key: string; cert: string; fingerprint: string }
 
@@ -238,16 +239,4 @@ export class AgentHub {
   }
 }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const c of req) {
-    size += (c as Buffer).length;
-    if (size > 4 << 20) throw new UserError('BODY_TOO_LARGE', 'request body larger than 4 MiB');
-    chunks.push(c as Buffer);
-  }
-  if (!size) return {};
-  try { return JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>; } catch {
-    throw new UserError('BAD_JSON', 'request body is not valid JSON');
-  }
-}
+const readJson = (req: IncomingMessage): Promise<Record<string, unknown>> => readJsonBody(req, 4 << 20);

@@ -23,6 +23,7 @@ import { StaticAssets } from '../console/static-assets.ts';
 import { LiveEvents } from './live-events.ts';
 import { FinalSyncConvergence } from './converge.ts';
 import { forecastFinalSync } from './final-sync-forecast.ts';
+import { readJsonBody } from '../util/read-json-body.ts';
 
 export interface ApiOptions {
   engine: JobEngine;
@@ -261,18 +262,4 @@ async function drillScreenshot(engine: JobEngine, jobId: string, drillId: string
   }
 }
 
-async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const c of req) {
-    size += (c as Buffer).length;
-    if (size > 1 << 20) throw new UserError('BODY_TOO_LARGE', 'request body larger than 1 MiB');
-    chunks.push(c as Buffer);
-  }
-  if (!size) return {};
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
-  } catch {
-    throw new UserError('BAD_JSON', 'request body is not valid JSON');
-  }
-}
+const readJson = (req: IncomingMessage): Promise<Record<string, unknown>> => readJsonBody(req, 1 << 20);
