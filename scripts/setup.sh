@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(qemu-utils nbdkit libnbd-bin libnbd-dev golang-go golang-github-vmware-govmomi-dev gcc make openssl jq curl
   debootstrap extlinux syslinux-common libguestfs-tools guestfs-tools linux-image-amd64 virt-v2v qemu-system-x86
-  chromium)
+  chromium fonts-wqy-microhei)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
