@@ -26,6 +26,7 @@ import { join } from 'node:path';
 import type { Layout } from './layout.ts';
 import { StoreError } from './types.ts';
 import { dropFromCache } from './native.ts';
+import { PackReaders } from './pack-readers.ts';
 import { writeFully } from '../util/write-fully.ts';
 import { crashPoint } from '../util/crash.ts';
 
@@ -105,6 +106,7 @@ export class PackIndex {
   readonly damaged = new Set<string>();
   private scanning: Promise<void> | null = null;
   private lastScan = 0;
+  private readonly readers = new PackReaders();
 
   constructor(private readonly layout: Layout) {}
 
@@ -154,7 +156,7 @@ export class PackIndex {
       this.add(id, entries);
     }
     let gone = false;
-    for (const id of known) if (!seen.has(id) && this.packs.delete(id)) gone = true;
+    for (const id of known) if (!seen.has(id) && this.packs.delete(id)) { gone = true; this.readers.drop(this.layout.packPath(id)); }
     for (const id of [...this.damaged]) if (!seen.has(id)) this.damaged.delete(id);
     if (gone) this.rebuild();
     this.lastScan = Math.max(started, 1);
@@ -173,8 +175,12 @@ export class PackIndex {
 
   /** Pack `id` is gone (gc deleted or repacked it): its chunks are looked up in other packs. */
   forget(id: string): void {
+    this.readers.drop(this.layout.packPath(id));
     if (this.packs.delete(id)) this.rebuild();
   }
+
+  /** Close the read handles kept open (the store is closing). */
+  closeReaders(): Promise<void> { return this.readers.closeAll(); }
 
   lookup(hex: string): ChunkLocation | undefined { return this.map.get(hex); }
 
@@ -211,12 +217,12 @@ export class PackIndex {
       const first = await this.locate(hex);
       if (!first) break;
       // the usual copy first; when its pack is gone (gc set it aside or repacked it), any other copy
-      for (const loc of [first, ...this.copies(hex)]) {
+      for (const loc of this.candidates(hex, first)) {
         if (vanished.has(loc.pack)) continue;
         const len = length < 0 ? loc.length : length;
         const have = Math.max(0, Math.min(len, loc.length - offset));
         try {
-          const b = await readAt(this.layout.packPath(loc.pack), loc.offset + offset, have);
+          const b = await this.readers.read(this.layout.packPath(loc.pack), loc.offset + offset, have);
           if (loc !== first) this.map.set(hex, loc);
           return have === len ? b : Buffer.concat([b, Buffer.alloc(len - have)]);
         } catch (e) {
@@ -229,11 +235,13 @@ export class PackIndex {
     throw missing(hex);
   }
 
-  /** Every known copy of chunk `hex` (a scan of all entries: only when a pack vanished under a reader). */
-  private copies(hex: string): ChunkLocation[] {
-    const out: ChunkLocation[] = [];
-    for (const [id, entries] of this.packs) for (const e of entries) if (e.hex === hex) out.push({ pack: id, offset: e.offset, length: e.length });
-    return out;
+  /**
+   * The usual copy of chunk `hex`, then every other known copy: a scan of all entries, so it runs
+   * only when the usual copy's pack vanished under the reader.
+   */
+  private *candidates(hex: string, first: ChunkLocation): Generator<ChunkLocation> {
+    yield first;
+    for (const [id, entries] of this.packs) for (const e of entries) if (e.hex === hex && id !== first.pack) yield { pack: id, offset: e.offset, length: e.length };
   }
 }
 

@@ -409,6 +409,7 @@ class Store implements ImageStore {
     this.cancelOwedSweep();
     await this.sweeps;
     for (const c of [...this.active.values()]) await c.detach();
+    await this.layout.packIndex.closeReaders();
   }
 }
 

@@ -1,0 +1,85 @@
+/**
+ * Read handles of sealed packs, kept open while reads keep coming. A cycle's sub-chunk overlays and
+ * an export read the same few packs thousands of times; an open and a close per read cost two more
+ * trips through the thread pool than the read itself. Sealed packs never change, so a handle stays
+ * right until the pack is deleted. Handles idle for IDLE_MS close, and so do those of packs the index
+ * forgets, so a pack that gc deleted frees its space soon after.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+
+const IDLE_MS = 1000;
+const MAX_OPEN = 32;
+
+interface Held { fh: Promise<FileHandle>; busy: number; usedAt: number }
+
+export class PackReaders {
+  private readonly held = new Map<string, Held>();
+  private timer: NodeJS.Timeout | null = null;
+
+  /** Exactly `length` bytes at `offset` of the pack at `path` (zero-filled past its end). */
+  async read(path: string, offset: number, length: number): Promise<Buffer> {
+    const h = this.acquire(path);
+    try {
+      const fh = await h.fh;
+      const out = Buffer.alloc(length);
+      for (let done = 0; done < length;) {
+        const { bytesRead } = await fh.read(out, done, length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return out;
+    } finally {
+      h.busy--;
+      h.usedAt = Date.now();
+    }
+  }
+
+  /** Close the handle of `path` (its pack is gone or going). */
+  drop(path: string): void {
+    const h = this.held.get(path);
+    if (!h) return;
+    this.held.delete(path);
+    void closeWhenIdle(h);
+  }
+
+  async closeAll(): Promise<void> {
+    if (this.timer) { clearInterval(this.timer); this.timer = null; }
+    const all = [...this.held.values()];
+    this.held.clear();
+    await Promise.all(all.map(closeWhenIdle));
+  }
+
+  private acquire(path: string): Held {
+    let h = this.held.get(path);
+    if (!h) {
+      h = { fh: open(path, 'r'), busy: 0, usedAt: Date.now() };
+      const mine = h;
+      // a failed open (ENOENT: gc took the pack) is not kept
+      h.fh.catch(() => { if (this.held.get(path) === mine) this.held.delete(path); });
+      this.held.set(path, h);
+      if (this.held.size > MAX_OPEN) this.evictOldest();
+      this.timer ??= setInterval(() => this.closeIdle(), IDLE_MS).unref();
+    }
+    h.busy++;
+    return h;
+  }
+
+  private evictOldest(): void {
+    let oldest: [string, Held] | null = null;
+    for (const e of this.held) if (e[1].busy === 0 && (!oldest || e[1].usedAt < oldest[1].usedAt)) oldest = e;
+    if (oldest) this.drop(oldest[0]);
+  }
+
+  private closeIdle(): void {
+    const now = Date.now();
+    for (const [path, h] of this.held) if (h.busy === 0 && now - h.usedAt >= IDLE_MS) this.drop(path);
+    if (this.held.size === 0 && this.timer) { clearInterval(this.timer); this.timer = null; }
+  }
+}
+
+/** Close once the reads in flight on it are done (a dropped handle is no longer handed out). */
+async function closeWhenIdle(h: Held): Promise<void> {
+  while (h.busy > 0) await new Promise((r) => setTimeout(r, 5));
+  const fh = await h.fh.catch(() => null);
+  await fh?.close().catch(() => {});
+}
