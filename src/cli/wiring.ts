@@ -18,6 +18,7 @@ import type { DiskOpener, DiskOpenContext, SnapshotDisk, SnapshotHandle, VCenter
 import type { JobServices } from '../engine/jobs.ts';
 import type { DrillService } from '../engine/drills.ts';
 import { LimitedDiskOpener } from '../engine/limits.ts';
+import { askReceivers, type ReceiverFiguresResponse } from '../engine/receiver-figures.ts';
 import type { ConnectorConfig } from './connector-config.ts';
 import { toSnapshotDisk } from './snapshot-disk.ts';
 
@@ -28,6 +29,8 @@ export interface Wiring {
   /** vCenter's preflight of a VM (`workgroup start --dry-run`). */
   preflight(vmRef: string): ReturnType<VCenterService['preflight']>;
   images(sourceId: string): Promise<unknown[]>;
+  /** The receiver's space and dedup ratio (GET /v1/receivers). */
+  receivers(): Promise<ReceiverFiguresResponse>;
   /** Drills on the receiver, over each source's own credential. */
   drills: DrillService;
   close(): Promise<void>;
@@ -249,6 +252,10 @@ export async function createWiring(home: string, config: ConnectorConfig, logger
       });
       try { return await s.listImages(); } finally { await s.close(); }
     },
+    receivers: () => askReceivers([{
+      address: config.receiver.address, fingerprint: config.receiver.fingerprint, credentialsDir: join(home, 'credentials'), activationCode: code,
+      proxy: config.receiver.proxy, proxyPassword, acceptPin: acceptPinCommand(home),
+    }], logger),
     async close() {
       for (const s of drillSessions.values()) await s.then((x) => x.close(), () => undefined);
       disks.close();

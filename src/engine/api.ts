@@ -24,6 +24,7 @@ import { LiveEvents } from './live-events.ts';
 import { FinalSyncConvergence } from './converge.ts';
 import { forecastFinalSync } from './final-sync-forecast.ts';
 import { readJsonBody } from '../util/read-json-body.ts';
+import type { ReceiverFiguresResponse } from './receiver-figures.ts';
 
 export interface ApiOptions {
   engine: JobEngine;
@@ -44,6 +45,8 @@ export interface ApiOptions {
   agents?: AgentApi;
   /** vCenter's VMs with their preflight (GET /v1/inventory); absent: refused. */
   inventory?(): Promise<unknown[]>;
+  /** The receivers the connector knows, asked for their space and dedup ratio (GET /v1/receivers; receiver-figures.ts); absent: none known. */
+  receivers?(): Promise<ReceiverFiguresResponse>;
   /** `--max-final-sync` convergence (default: one over `engine`). */
   converge?: FinalSyncConvergence;
 }
@@ -158,6 +161,8 @@ export class ConnectorApi {
     });
 
     if (o.agents) registerAgentRoutes((m, re, h) => this.route(m, re, h as Handler), engine, o.agents);
+
+    this.route('GET', /^\/v1\/receivers$/, () => (o.receivers ? o.receivers() : { receivers: [] } satisfies ReceiverFiguresResponse));
 
     this.route('GET', /^\/v1\/templates$/, () => st.listTemplates());
     this.route('PUT', /^\/v1\/templates\/([^/]+)$/, (_r, [name], b) => st.putTemplate(name!, parseSettings(b as SettingsInput)));

@@ -12,6 +12,7 @@
  *   POST /v1/cycles/:id/commit              {meta?, expected?, verify?, sourceDigests?, maxImages?} → ImageInfo
  *   POST /v1/cycles/:id/abort               {disks?} → {}
  *   DELETE /v1/images/:id                   → {deleted}
+ *   GET  /v1/store                          → StoreFiguresResponse: free/total bytes of the data folder, the store's totals and dedup ratio (store-wide)
  *   POST /v1/drills                         {imageId?} → DrillReport (queued; inspect, convert and boot-test run in the background)
  *   GET  /v1/drills                         → {drills}
  *   GET  /v1/drills/:id                     → DrillReport
@@ -31,9 +32,10 @@ import { HDR_WIRE, WIRE_VERSION, declaredWireVersion, wireVersionRefusal } from 
 import { authenticate, registerSource } from './identity.ts';
 import { Refusal, refusalFrom, type OpenCycles } from './open-cycles.ts';
 import { drillsUnavailable, type DrillRunner } from './drills.ts';
+import { StoreFigures } from './store-figures.ts';
 import { parseAbortCycle, parseBeginCycle, parseCommitCycle, parseRegister, parseStartDrill, type JsonObject } from './requests.ts';
 import type {
-  AbortCycleResponse, DeleteImageResponse, DisksResponse, DrillsResponse, ErrorResponse, HeldResponse, ImagesResponse, RegisterResponse, WhoamiResponse,
+  AbortCycleResponse, DeleteImageResponse, DisksResponse, DrillsResponse, ErrorResponse, HeldResponse, ImagesResponse, RegisterResponse, StoreFiguresResponse, WhoamiResponse,
 } from '../transfer/contract.ts';
 
 /**
@@ -45,7 +47,11 @@ import type {
 export const BODY_LIMITS = { register: 64 * 1024, cycle: 1024 * 1024, commit: 64 * 1024 * 1024, drill: 64 * 1024 };
 export const BODIES_IN_FLIGHT = 128 * 1024 * 1024;
 
-export interface ControlContext { dataDir: string; store: ImageStore; cycles: OpenCycles; log: Logger; dataPort: () => number; drills?: DrillRunner }
+export interface ControlContext {
+  dataDir: string; store: ImageStore; cycles: OpenCycles; log: Logger; dataPort: () => number; drills?: DrillRunner;
+  /** The cached figures of GET /v1/store (default: one kept by this handler, told of the commits and deletes it serves). */
+  figures?: StoreFigures;
+}
 
 /** Bytes of request bodies held by requests being read (one per receiver). */
 class BodyBudget { used = 0; }
@@ -90,8 +96,9 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(b);
 }
 
-export function controlHandler(ctx: ControlContext): (req: IncomingMessage, res: ServerResponse) => void {
+export function controlHandler(context: ControlContext): (req: IncomingMessage, res: ServerResponse) => void {
   const bodies = new BodyBudget();
+  const ctx: ControlContext & { figures: StoreFigures } = { ...context, figures: context.figures ?? new StoreFigures(context.store, context.dataDir) };
   return (req, res) => {
     const url = new URL(req.url ?? '/', 'https://receiver');
     const route = `${req.method} ${url.pathname}`;
@@ -111,7 +118,7 @@ export function controlHandler(ctx: ControlContext): (req: IncomingMessage, res:
   };
 }
 
-async function handle(ctx: ControlContext, bodies: BodyBudget, req: IncomingMessage, res: ServerResponse, url: URL, setSource: (s: string) => void): Promise<void> {
+async function handle(ctx: ControlContext & { figures: StoreFigures }, bodies: BodyBudget, req: IncomingMessage, res: ServerResponse, url: URL, setSource: (s: string) => void): Promise<void> {
   const parts = url.pathname.split('/').filter(Boolean);
   if (parts[0] !== 'v1') throw new Refusal(404, 'NOT_FOUND', `no route ${url.pathname}`, SAME_VERSION_FIX);
   const m = req.method;
@@ -140,6 +147,7 @@ async function handle(ctx: ControlContext, bodies: BodyBudget, req: IncomingMess
 
   if (m === 'GET' && parts[1] === 'whoami' && parts.length === 2) return send(res, 200, { sourceId, dataPort: ctx.dataPort(), wireVersion: WIRE_VERSION } satisfies WhoamiResponse);
   if (m === 'GET' && parts[1] === 'images' && parts.length === 2) return send(res, 200, { images: await listImages(ctx.store, sourceId) } satisfies ImagesResponse);
+  if (m === 'GET' && parts[1] === 'store' && parts.length === 2) return send(res, 200, await ctx.figures.get() satisfies StoreFiguresResponse);
   if (m === 'GET' && parts[1] === 'disks' && parts.length === 2) {
     const imgs = await listImages(ctx.store, sourceId);
     const last = imgs[imgs.length - 1];
@@ -154,7 +162,9 @@ async function handle(ctx: ControlContext, bodies: BodyBudget, req: IncomingMess
       if (code === 'PINNED' || code === 'BUSY') throw new Refusal(409, code, errorMessage(e), 'retry once the export or verify has finished', { transient: true });
       throw e;
     });
+    ctx.figures.changed();
     await ctx.store.gc();
+    ctx.figures.changed();
     ctx.log.info({ sourceId, imageId }, 'image deleted by its source');
     return send(res, 200, { deleted: imageId } satisfies DeleteImageResponse);
   }
@@ -174,10 +184,13 @@ async function handle(ctx: ControlContext, bodies: BodyBudget, req: IncomingMess
       const size = { bytes: 0 };
       const body = parseCommitCycle(await readJson(req, BODY_LIMITS.commit, bodies, size));
       ctx.log.info({ sourceId, cycleId, bodyBytes: size.bytes }, 'commit requested');
-      return send(res, 200, await ctx.cycles.commit(sourceId, cycleId, body));
+      try {
+        return send(res, 200, await ctx.cycles.commit(sourceId, cycleId, body));
+      } finally { ctx.figures.changed(); }
     }
     if (m === 'POST' && parts[3] === 'abort' && parts.length === 4) {
       await ctx.cycles.abort(sourceId, cycleId, parseAbortCycle(await readJson(req, BODY_LIMITS.cycle, bodies)));
+      ctx.figures.changed();
       return send(res, 200, {} satisfies AbortCycleResponse);
     }
   }

@@ -187,11 +187,13 @@ export class PackIndex {
   /** Every sealed pack known (after `ensureLoaded`/`refresh`) with its entries. */
   allPacks(): ReadonlyMap<string, readonly PackEntry[]> { return this.packs; }
 
-  /** Distinct chunks, and bytes of chunk data in packs (copies included). */
-  totals(): { chunks: number; bytes: number; packs: number } {
+  /** Distinct chunks, bytes of chunk data in packs (copies included), and those bytes counting each chunk once. */
+  totals(): { chunks: number; bytes: number; distinctBytes: number; packs: number } {
     let bytes = 0;
     for (const entries of this.packs.values()) for (const e of entries) bytes += e.length;
-    return { chunks: this.map.size, bytes, packs: this.packs.size };
+    let distinctBytes = 0;
+    for (const loc of this.map.values()) distinctBytes += loc.length;
+    return { chunks: this.map.size, bytes, distinctBytes, packs: this.packs.size };
   }
 
   /** Where chunk `hex` is, after a rescan when it is not known yet; undefined when no pack holds it. */

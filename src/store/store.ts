@@ -10,7 +10,7 @@ import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { assertId, isValidId } from '../util/ids.ts';
 import { fsyncDir, writeFileAtomic } from '../util/fsync.ts';
-import { StoreError, type BeginCycleOptions, type CycleWriter, type ImageStore } from './types.ts';
+import { StoreError, type BeginCycleOptions, type CycleWriter, type ImageStore, type StoreStats } from './types.ts';
 import type { ImageInfo } from '../model/images.ts';
 import { assertImageId, indexName, Layout, SLOT, STORE_VERSION } from './layout.ts';
 import { isZeroSlot, chunkDigest } from './chunks.ts';
@@ -394,14 +394,15 @@ class Store implements ImageStore {
     this.owedSweep = null;
   }
 
-  async stats(): Promise<{ logicalBytes: number; storedBytes: number; chunks: number; dedupRatio: number }> {
-    let logicalBytes = 0;
+  async stats(): Promise<StoreStats> {
+    let logicalBytes = 0; let images = 0; let sources = 0;
     for (const src of await this.listSources()) {
-      for (const img of await this.listImages(src)) for (const d of img.disks) logicalBytes += d.allocatedBytes;
+      sources++;
+      for (const img of await this.listImages(src)) { images++; for (const d of img.disks) logicalBytes += d.allocatedBytes; }
     }
     await this.layout.packIndex.refresh();
-    const { chunks, bytes: storedBytes } = this.layout.packIndex.totals();
-    return { logicalBytes, storedBytes, chunks, dedupRatio: storedBytes > 0 ? logicalBytes / storedBytes : 1 };
+    const { chunks, bytes: storedBytes, distinctBytes } = this.layout.packIndex.totals();
+    return { logicalBytes, storedBytes, distinctBytes, chunks, images, sources, dedupRatio: distinctBytes > 0 ? logicalBytes / distinctBytes : 1 };
   }
 
   async close(): Promise<void> {

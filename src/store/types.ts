@@ -120,10 +120,20 @@ export interface ImageStore {
    * once the grace has passed, at the next `applyRetention`, and when it is next opened.
    */
   gc(): Promise<{ removedChunks: number; removedBytes: number; deferredChunks: number; removedPacks?: number; repackedChunks?: number; repackedBytes?: number }>;
-  /** Chunk totals for `image ls`: logical bytes referenced vs stored bytes (dedup ratio). */
-  stats(): Promise<{ logicalBytes: number; storedBytes: number; chunks: number; dedupRatio: number }>;
+  /** Chunk totals for `image ls` and the receiver's `GET /v1/store`: logical bytes referenced vs stored bytes (dedup ratio). */
+  stats(): Promise<StoreStats>;
   close(): Promise<void>;
 }
+
+/**
+ * Totals of a store. `logicalBytes`: the allocated bytes (non-hole chunks) of every disk of every
+ * image, each image counted in full (two images of the same data count twice). `storedBytes`: chunk
+ * data in packs, a chunk held by two packs counted twice (such copies wait for gc), garbage not yet
+ * swept included; `distinctBytes`: the same counting each chunk once. `dedupRatio` =
+ * logicalBytes / distinctBytes, copies counted once (1 for an empty store). Chunk data is stored as
+ * written (no compression), so the ratio is deduplication alone.
+ */
+export interface StoreStats { logicalBytes: number; storedBytes: number; distinctBytes: number; chunks: number; images: number; sources: number; dedupRatio: number }
 
 /** A refusal or failure of the image store (NOT_FOUND, PINNED, MISSING_EXTENTS, ...). */
 export class StoreError extends CodedError {}

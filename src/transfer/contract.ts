@@ -109,6 +109,19 @@ export interface DisksResponse { imageId: string | null; disks: DiskSpec[] }
 /** DELETE /v1/images/:id */
 export interface DeleteImageResponse { deleted: string }
 
+/**
+ * GET /v1/store: the receiver's space and its store's totals (store-wide, every source's images;
+ * receiver/store-figures.ts). `freeBytes`/`totalBytes`: statfs of the data folder (free = available
+ * to the receiver), read at the request. The rest (store/types.ts `StoreStats`) as computed at
+ * `computedAt` (at most 60 s before, and after the last commit or gc), taking `computeMs`.
+ */
+export interface StoreFiguresResponse {
+  freeBytes: number; totalBytes: number;
+  storedBytes: number; distinctBytes: number; logicalBytes: number; dedupRatio: number;
+  chunks: number; images: number; sources: number;
+  computedAt: string; computeMs: number;
+}
+
 /** GET /v1/images/:id/digests?disk=&blockSize= answers an octet stream: 16 bytes per block. */
 export interface DigestsQuery { disk: number; blockSize: number }
 

@@ -6,7 +6,7 @@ import { HDR_WIRE, WIRE_VERSION } from './wire-version.ts';
 import { linkTimeouts, type LinkTimeouts } from './link-timeouts.ts';
 import type {
   AbortCycleRequest, AbortCycleResponse, BeginCycleRequest, BeginCycleResponse, CommitCycleRequest, DeleteImageResponse,
-  DigestsQuery, DisksResponse, DrillReport, DrillsResponse, ImagesResponse, RegisterRequest, RegisterResponse, StartDrillRequest, WhoamiResponse,
+  DigestsQuery, DisksResponse, DrillReport, DrillsResponse, ImagesResponse, RegisterRequest, RegisterResponse, StartDrillRequest, StoreFiguresResponse, WhoamiResponse,
 } from './contract.ts';
 import type { ImageInfo } from '../model/images.ts';
 
@@ -104,6 +104,7 @@ export class ControlClient {
   whoami(): Promise<WhoamiResponse> { return this.request('GET', '/v1/whoami'); }
   images(): Promise<ImagesResponse> { return this.request('GET', '/v1/images'); }
   disks(): Promise<DisksResponse> { return this.request('GET', '/v1/disks'); }
+  storeFigures(): Promise<StoreFiguresResponse> { return this.request('GET', '/v1/store'); }
   deleteImage(imageId: string): Promise<DeleteImageResponse> { return this.request('DELETE', `/v1/images/${encodeURIComponent(imageId)}`); }
   digests(imageId: string, q: DigestsQuery): AsyncGenerator<Buffer> {
     return this.stream(`/v1/images/${encodeURIComponent(imageId)}/digests?disk=${q.disk}&blockSize=${q.blockSize}`);

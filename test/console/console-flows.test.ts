@@ -128,6 +128,8 @@ test('the web console in chromium: login, inventory → job, live speed, image, 
     const c = cookies.find((x) => x.name === 'vmlift_session');
     assert.ok(c && c.httpOnly && c.sameSite === 'Strict', JSON.stringify(cookies));
     assert.equal(await page.evaluate('document.cookie'), '', 'the session cookie is not readable by scripts');
+    // the overview's receiver card, through connector serve's wiring (its own source, over TLS): no image yet, ratio 1
+    await page.locator(`[data-receiver="127.0.0.1:${rx.rx.controlPort}"][data-reachable="true"] [data-testid="dedup"]`).filter({ hasText: 'Dedup ratio 1.0 ×' }).waitFor();
 
     const link = await cli<{ url: string }>(['connector', 'console-url']);
     const other = await browser.newContext();
@@ -297,6 +299,7 @@ test('the web console in chromium: login, inventory → job, live speed, image, 
     await page.getByRole('link', { name: '作业', exact: true }).waitFor();
     await page.locator('header select').selectOption('en');
     await page.getByRole('link', { name: 'Overview', exact: true }).click();
+    await page.locator('[data-testid="receivers"] [data-testid="dedup"]').waitFor();
     await shot('overview');
   });
 

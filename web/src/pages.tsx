@@ -2,6 +2,7 @@ import { useContext, useEffect, useState } from 'preact/hooks';
 import { call, ApiFailure, type JobDetail, type JobRow, type ApiError } from './api.ts';
 import { LiveContext, useT, StateBadge, Progress, ErrorBox, Chart, bytes, rate, duration, when } from './ui.tsx';
 import type { MsgKey } from './i18n.ts';
+import { ReceiverCard } from './receivers.tsx';
 
 export function Overview() {
   const t = useT();
@@ -18,7 +19,7 @@ export function Overview() {
         </div>
         <div class="card"><h2>{t('overview.throughput')}</h2><p class="big" data-testid="throughput">{rate(s.throughput)}</p></div>
         <div class="card"><h2>{t('overview.bytesToday')}</h2><p class="big" data-testid="bytes-today">{bytes(s.bytesToday)}</p></div>
-        <div class="card"><h2>{t('overview.receiver')}</h2><p>{t('overview.notReported')}</p></div>
+        <ReceiverCard />
       </div>
       <h2>{t('overview.errors')} ({s.errors})</h2>
       {failing.length === 0 ? <p>{t('overview.noErrors')}</p> : (

@@ -26,6 +26,8 @@ import { formatFingerprint, normalizeFingerprint } from '../../transfer/connect.
 import { createAgentWiring } from '../agent-wiring.ts';
 import { loadOrCreateAgentTls } from '../../engine/agent-tls.ts';
 import { registerConnectorAgents } from './connector-agents.ts';
+import { receiverLines } from '../receiver-lines.ts';
+import type { ReceiverFiguresResponse } from '../../engine/receiver-figures.ts';
 
 interface InitFlags {
   home?: string; server: string; user: string; passwordFile: string; thumbprint?: string; insecure?: boolean;
@@ -134,6 +136,15 @@ export function register(program: Command): void {
       printResult(f.json, link, (v) => `${v.url}\n${v.remoteUrl ? `${v.remoteUrl}   (from another machine, over TLS)\n` : ''}(one use, valid until ${v.expiresAt})`);
     });
 
+  c.command('receivers').description('the receiver\'s free space, stored bytes and dedup ratio, as the running connector reads them')
+    .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
+    .option('--json', 'print JSON')
+    .action(async (f: { home?: string; json?: boolean }) => {
+      const v = await callApi<ReceiverFiguresResponse>(connectorHome(f.home), 'GET', '/v1/receivers');
+      printResult(f.json, v, receiverLines);
+      if (v.receivers.some((r) => !r.reachable)) process.exitCode = 1;
+    });
+
   c.command('serve').description('run the scheduler, the local API (for the CLI) and /metrics; resumes unfinished cycles after a restart')
     .option('--home <dir>', 'connector home (default $VMLIFT_HOME or ~/.vmlift)')
     .option('--api-port <port>', 'local API port on 127.0.0.1 (0 = any free port)', '8090')
@@ -158,7 +169,7 @@ export function register(program: Command): void {
       const workgroups = new Workgroups(engine);
       const drills = new JobDrills({ state, service: wiring.drills, reportRoot: join(home, 'drills'), logger: logger.child({ component: 'drills' }) });
       drills.resume();
-      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, preflight: wiring.preflight, images: wiring.images, drills,
+      const api = new ConnectorApi({ engine, workgroups, metrics, logger, token: await apiToken(home), resolveVm: wiring.resolveVm, preflight: wiring.preflight, images: wiring.images, receivers: wiring.receivers, drills,
         inventory: async () => inventoryView(await wiring.vc.inventory()), ...(agents ? { agents } : {}) });
       const addr = await api.listen(Number(f.apiPort), apiHost);
       const agentAddr = agents ? await agents.hub.listen(Number(f.agentPort), f.agentListen) : undefined;

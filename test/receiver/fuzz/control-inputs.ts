@@ -87,13 +87,14 @@ function bodyFor(r: Prng, route: string, cycleIds: string[], code: string): Buff
 export function controlInput(r: Prng, src: ControlSource, others: ControlSource[], code: string): ControlInput {
   const cycleIds = ['c1', 'c2', 'c3'];
   const imageIds = ['1', '2', '3'];
-  const route = r.pick(['register', 'whoami', 'images', 'disks', 'digests', 'begin', 'held', 'commit', 'abort', 'delete', 'unknown']);
+  const route = r.pick(['register', 'whoami', 'images', 'disks', 'digests', 'begin', 'held', 'commit', 'abort', 'delete', 'store', 'unknown']);
   let method: string; let path: string;
   switch (route) {
     case 'register': method = 'POST'; path = '/v1/register'; break;
     case 'whoami': method = 'GET'; path = '/v1/whoami'; break;
     case 'images': method = 'GET'; path = '/v1/images'; break;
     case 'disks': method = 'GET'; path = '/v1/disks'; break;
+    case 'store': method = 'GET'; path = '/v1/store'; break;
     case 'digests': {
       method = 'GET';
       const q = r.chance(0.7) ? `disk=${r.pick(['0', '1', '-1', 'x', '1e3', ''])}&blockSize=${r.pick(['4096', '1048576', '65536', '0', '3', '4097', String(2 ** 40), 'NaN', ''])}` : r.pick(['', 'disk', '%00', 'blockSize=4096&blockSize=8192']);
