@@ -86,9 +86,9 @@ export function register(program: Command): void {
         throw new UserError('VC_FOLDER_EMPTY', `no virtual machine is in folder "${normalizeFolder(o.folder)}" or below it`,
           `give a VM folder path inside the datacenter as \`vmlift vc ls\` shows it in FOLDER${known.length ? ` (${known.slice(0, 10).join(', ')})` : ''}; names are case-sensitive`);
       }
-      printResult(o.json, vms, (list) => table(['NAME', 'REF', 'POWER', 'HW', 'GUEST', 'HOST', 'ESXI', 'CBT', 'DISKS', 'SIZE', 'SNAPSHOTS', 'DATACENTER', 'FOLDER'],
+      printResult(o.json, vms, (list) => table(['NAME', 'REF', 'POWER', 'HW', 'GUEST', 'HOST', 'ESXI', 'CBT', 'DISKS', 'SIZE', 'SNAPSHOTS', 'FOLDER', 'DATACENTER'],
         list.map((v) => [v.systemVm ? `${v.name} (system VM)` : v.name, v.ref, v.powerState, v.hardwareVersion, v.guestId, v.host?.name ?? '-', v.host?.version ?? '-', cbtState(v),
-          v.disks.length, formatBytes(v.disks.reduce((n, d) => n + d.capacity, 0)), countSnaps(v.snapshots), v.datacenter ?? '-', folderLabel(v)])));
+          v.disks.length, formatBytes(v.disks.reduce((n, d) => n + d.capacity, 0)), countSnaps(v.snapshots), folderLabel(v), v.datacenter ?? '-'])));
     }));
 
   conn(vc.command('show').argument('<vm>', 'VM name or managed object id (vm-42)').description('everything vmlift knows about one VM'))
