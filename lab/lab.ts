@@ -39,7 +39,8 @@ export interface LabDisk {
   /** The datastore the disk lives on: "LocalDS_0" (VMFS) or "vsanDatastore" (vSAN: no flat file, flatPath is outside the datastore). */
   datastore: string;
 }
-export interface LabVm { name: string; moref: string; disks: LabDisk[] }
+/** folder, vApp: with `folders`, the VM folder path below the datacenter's vm folder ("Prod/Web") and the vApp holding the VM. */
+export interface LabVm { name: string; moref: string; disks: LabDisk[]; folder?: string; vApp?: string }
 export interface LabSnapshot { ref: string; name: string; index: number; changeIds: Record<string, string> }
 
 interface LabState {
@@ -258,6 +259,8 @@ export interface StartLabOptions {
   pageSize?: number;
   /** Put the datacenter in a folder: its inventory path becomes F0/DC0. */
   dcFolder?: boolean;
+  /** Add VMs in nested VM folders: web-01, web-02 (Prod/Web), db-01 (Prod/Db), test-01 (Test), and shop-app in vApp shop (folder Prod). */
+  folders?: boolean;
   /** Add VM guest-debian (powered on, one pvscsi disk) holding the real Debian guest; true builds or reuses the cached image (lab/guest/build.sh), a string names a raw image. */
   guest?: boolean | string;
 }
@@ -273,6 +276,7 @@ export async function startLab(opts: StartLabOptions): Promise<Lab> {
   if (opts.vddkMap) args.push('-vddk-map');
   if (opts.pageSize !== undefined) args.push('-page-size', String(opts.pageSize));
   if (opts.dcFolder) args.push('-dc-folder');
+  if (opts.folders) args.push('-folders');
   if (opts.guest) args.push('-guest', typeof opts.guest === 'string' ? resolve(opts.guest) : await buildGuest());
   const log = await open(join(dir, 'lab.log'), 'a');
   const child = spawn(labBinary, args, { stdio: ['ignore', log.fd, log.fd], detached: !!opts.detached });

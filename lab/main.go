@@ -103,6 +103,9 @@ type vmInfo struct {
 	Name  string     `json:"name"`
 	Ref   string     `json:"moref"`
 	Disks []diskInfo `json:"disks"`
+	// With -folders: the VM folder path below the datacenter's vm folder, and the vApp it is in.
+	Folder string `json:"folder,omitempty"`
+	VApp   string `json:"vApp,omitempty"`
 }
 
 type labState struct {
@@ -198,6 +201,7 @@ func main() {
 	vddkMapFlag := flag.Bool("vddk-map", false, "export each snapshot's disks over NBD and publish <dir>/vddk-map.tsv for the VDDK double")
 	pageSize := flag.Int("page-size", defaultPageSize, "objects per RetrievePropertiesEx page when the request sets no maxObjects (0: no paging)")
 	dcFolder := flag.Bool("dc-folder", false, "put the datacenter in a folder (F0/DC0), as many vCenters do")
+	folderVMs := flag.Bool("folders", false, "add VMs in nested VM folders (Prod/Web, Prod/Db, Test) and one in a vApp (Prod/shop)")
 	guestImage := flag.String("guest", "", "add VM guest-debian whose disk is this raw image (lab/guest/build.sh)")
 	flag.Parse()
 	if *esxMode && !flagSet("user") {
@@ -342,6 +346,13 @@ func main() {
 			log.Fatalf("create VM %s: %v", p.name, err)
 		}
 		state.VMs = append(state.VMs, vi)
+	}
+	if *folderVMs && !*esxMode {
+		vis, err := createFolderVMs(ctx, c, l, folders.VmFolder, pool, ds.Reference(), folderPlans(*diskMB))
+		if err != nil {
+			log.Fatalf("folder VMs: %v", err)
+		}
+		state.VMs = append(state.VMs, vis...)
 	}
 	logf("%d VMs ready in %s", len(state.VMs), time.Since(start).Round(time.Millisecond))
 	if esxFr != nil {

@@ -21,7 +21,7 @@ import (
 
 var peerVMPaths = []string{"name", "runtime.powerState", "runtime.host", "runtime.consolidationNeeded", "config.guestId", "config.guestFullName",
 	"config.version", "config.uuid", "config.changeTrackingEnabled", "config.hardware.device", "config.extraConfig", "snapshot",
-	"capability.changeTrackingSupported"}
+	"capability.changeTrackingSupported", "config.hardware.numCPU", "config.hardware.memoryMB", "config.firmware", "parent", "parentVApp"}
 
 func runPeerInventory(rawURL, user, pwFile string, rounds int) error {
 	if s := os.Getenv("VMLIFT_PEER_ROUNDS"); s != "" {
@@ -47,7 +47,7 @@ func runPeerInventory(rawURL, user, pwFile string, rounds int) error {
 	objects := 0
 	for i := 0; i < rounds+1; i++ { // the first round warms up
 		start := time.Now()
-		v, err := view.NewManager(c.Client).CreateContainerView(ctx, c.ServiceContent.RootFolder, []string{"VirtualMachine", "HostSystem", "Datastore", "Datacenter", "Folder"}, true)
+		v, err := view.NewManager(c.Client).CreateContainerView(ctx, c.ServiceContent.RootFolder, []string{"VirtualMachine", "HostSystem", "Datastore", "Datacenter", "Folder", "VirtualApp"}, true)
 		if err != nil {
 			return err
 		}
@@ -55,7 +55,8 @@ func runPeerInventory(rawURL, user, pwFile string, rounds int) error {
 			ObjectSet: []types.ObjectSpec{{Obj: v.Reference(), Skip: types.NewBool(true), SelectSet: []types.BaseSelectionSpec{
 				&types.TraversalSpec{SelectionSpec: types.SelectionSpec{Name: "view"}, Type: "ContainerView", Path: "view", Skip: types.NewBool(false)}}}},
 			PropSet: []types.PropertySpec{{Type: "VirtualMachine", PathSet: peerVMPaths}, {Type: "HostSystem", PathSet: []string{"name", "config.product"}},
-				{Type: "Datastore", PathSet: []string{"name"}}, {Type: "Datacenter", PathSet: []string{"name", "datastore", "parent"}}, {Type: "Folder", PathSet: []string{"name", "parent"}}},
+				{Type: "Datastore", PathSet: []string{"name"}}, {Type: "Datacenter", PathSet: []string{"name", "datastore", "parent"}}, {Type: "Folder", PathSet: []string{"name", "parent"}},
+				{Type: "VirtualApp", PathSet: []string{"name", "parentFolder", "parentVApp"}}},
 		}}}
 		res, err := methods.RetrievePropertiesEx(ctx, c.Client, &req)
 		if err != nil {

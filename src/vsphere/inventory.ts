@@ -7,6 +7,7 @@ import type { ControllerType, DiskInfo, HostInfo, SnapshotNode, VmInfo } from '.
 import { systemVmKind } from './system-vms.ts';
 import type { Prune } from './lean-xml.ts';
 import { unreadableError } from './missing.ts';
+import { FolderTree } from './vm-folder.ts';
 
 export const VM_PATHS = [
   'name', 'runtime.powerState', 'runtime.host', 'runtime.consolidationNeeded', 'config.guestId', 'config.guestFullName',
@@ -139,16 +140,20 @@ function parseHost(o: ObjectProps): HostInfo {
 /** localeCompare's order, without its per-call cost (a thousand names sort in ten thousand compares). */
 const byName = new Intl.Collator();
 
-export const INVENTORY_TYPES = ['VirtualMachine', 'HostSystem', 'Datastore', 'Datacenter', 'Folder'];
+export const INVENTORY_TYPES = ['VirtualMachine', 'HostSystem', 'Datastore', 'Datacenter', 'Folder', 'VirtualApp'];
+
+/** What the inventory reads of every VM besides vmPaths: where it sits (vm-folder.ts). */
+const PLACEMENT_PATHS = ['parent', 'parentVApp'];
 
 /** The one filter spec of the inventory, over a ContainerView of INVENTORY_TYPES. */
 export function inventorySpec(view: MoRef, vmPaths: string[] = VM_PATHS): Record<string, unknown> {
   return viewSpec(view, [
-    { type: 'VirtualMachine', pathSet: vmPaths },
+    { type: 'VirtualMachine', pathSet: [...new Set([...vmPaths, ...PLACEMENT_PATHS])] },
     { type: 'HostSystem', pathSet: HOST_PATHS },
     { type: 'Datastore', pathSet: ['name'] },
     { type: 'Datacenter', pathSet: ['name', 'datastore', 'parent'] },
     { type: 'Folder', pathSet: ['name', 'parent'] },
+    { type: 'VirtualApp', pathSet: ['name', 'parentFolder', 'parentVApp'] },
   ]);
 }
 
@@ -186,8 +191,11 @@ export async function fetchInventory(s: VimSession, o: { vmPaths?: string[] } = 
   const dcOfDs = new Map<string, string>();
   const datacenters: string[] = [];
   const folders = new Map<string, { name: string; parent: string | undefined }>();
+  const tree = new FolderTree();
+  const dcNames = new Map<string, string>();
   for (const x of objs) {
     if (x.obj.type === 'Folder') folders.set(x.obj.value, { name: str(x.props['name']) ?? x.obj.value, parent: moref(x.props['parent'])?.value });
+    tree.add(x);
   }
   for (const x of objs) {
     if (x.obj.type === 'HostSystem') hosts.set(x.obj.value, parseHost(x));
@@ -195,10 +203,18 @@ export async function fetchInventory(s: VimSession, o: { vmPaths?: string[] } = 
     if (x.obj.type === 'Datacenter') {
       const name = inventoryPath(str(x.props['name']) ?? x.obj.value, moref(x.props['parent'])?.value, folders);
       datacenters.push(name);
+      dcNames.set(x.obj.value, name);
       for (const d of arrayOf(x.props['datastore'])) { const r = moref(d); if (r) dcOfDs.set(r.value, name); }
     }
   }
-  const vms = objs.filter((x) => x.obj.type === 'VirtualMachine').map((x) => parseVm(x, hosts, dcOfDs));
+  const vms = objs.filter((x) => x.obj.type === 'VirtualMachine').map((x) => {
+    const vm = parseVm(x, hosts, dcOfDs);
+    const at = tree.place(x.props);
+    vm.folder = at.folder;
+    vm.vApp = at.vApp;
+    if (at.datacenterRef) vm.datacenter ??= dcNames.get(at.datacenterRef) ?? null;
+    return vm;
+  });
   for (const vm of vms) for (const d of vm.disks) if (d.datastore) d.datastore = dsNames.get(d.datastore) ?? d.datastore;
   vms.sort((a, b) => byName.compare(a.name, b.name));
   return {
@@ -233,6 +249,8 @@ export async function fetchVmByRef(s: VimSession, ref: string, inv?: Inventory):
   }
   const vm = parseVm(o, hosts, new Map());
   if (inv) {
+    const seen = inv.vms.find((v) => v.ref === ref);
+    if (seen) { vm.folder = seen.folder ?? null; vm.vApp = seen.vApp ?? null; }
     const dsNames = new Map(inv.datastores.map((d) => [d.ref, d]));
     for (const d of vm.disks) {
       const ds = d.datastore ? dsNames.get(d.datastore) : undefined;

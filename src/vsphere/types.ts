@@ -67,6 +67,14 @@ export interface VmInfo {
   uuid: string;
   host: HostInfo | null;
   datacenter: string | null;
+  /**
+   * The VM-folder path inside its datacenter ("Prod/Web"; "" for the datacenter's vm folder itself;
+   * null when vCenter did not say). For a vApp member, the root vApp's folder (src/vsphere/vm-folder.ts).
+   * Set by the inventory pass (and fetchVm by name); absent where only one VM was read by ref.
+   */
+  folder?: string | null;
+  /** The vApp holding the VM, outermost first ("shop" or "shop/tier"), or null. */
+  vApp?: string | null;
   /** config.changeTrackingEnabled */
   changeTrackingEnabled: boolean;
   /** extraConfig ctkEnabled = TRUE */

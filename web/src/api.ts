@@ -63,6 +63,8 @@ export interface Workgroup { id: string; name: string; createdAt: string; member
 export interface Template { name: string; settings: Partial<Settings>; createdAt: string }
 export interface InventoryVm {
   ref: string; name: string; powerState: string; guestId: string; host: string | null; datacenter: string | null; datastores: string[];
+  /** VM-folder path inside the datacenter ("Prod/Web"; "" the datacenter's vm folder) and the vApp holding the VM. */
+  folder: string | null; vApp: string | null;
   cbt: string; disks: { key: number; label: string; capacity: number }[]; systemVm: string | null;
   preflight: { ok: boolean; failed: { name: string; message: string; fix?: string }[] };
 }

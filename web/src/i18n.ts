@@ -104,6 +104,8 @@ export const CATALOG = {
   'inv.search': ['Search by name', '名前で検索', '按名称搜索'],
   'inv.host': ['Host', 'ホスト', '主机'],
   'inv.datastore': ['Datastore', 'データストア', '数据存储'],
+  'inv.folder': ['Folder', 'フォルダー', '文件夹'],
+  'inv.vApp': ['vApp', 'vApp', 'vApp'],
   'inv.power': ['Power', '電源', '电源'],
   'inv.cbt': ['CBT', 'CBT', 'CBT'],
   'inv.any': ['any', 'すべて', '全部'],

@@ -109,6 +109,18 @@ export function Templates() {
 /** A job id from a VM name: the API's ids are [A-Za-z0-9._-]. */
 const jobId = (name: string) => name.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^[-.]+/, '').slice(0, 60) || 'vm';
 
+/** Every VM folder that holds a VM, with the folders above it ("Prod" and "Prod/Web"): a choice holds its subfolders. */
+function folderChoices(vms: InventoryVm[]): string[] {
+  const out = new Set<string>();
+  for (const v of vms) {
+    const parts = (v.folder ?? '').split('/').filter(Boolean);
+    for (let i = 1; i <= parts.length; i++) out.add(parts.slice(0, i).join('/'));
+  }
+  return [...out].sort();
+}
+const inFolder = (f: string | null, wanted: string) => f !== null && (f === wanted || f.startsWith(`${wanted}/`));
+const folderText = (v: InventoryVm, vApp: string) => v.folder === null ? '–' : `/${v.folder}${v.vApp ? ` (${vApp} ${v.vApp})` : ''}`;
+
 export function Inventory() {
   const t = useT();
   const [vms, setVms] = useState<InventoryVm[] | null>(null);
@@ -118,6 +130,7 @@ export function Inventory() {
   const [q, setQ] = useState('');
   const [host, setHost] = useState('');
   const [ds, setDs] = useState('');
+  const [folder, setFolder] = useState('');
   const [power, setPower] = useState('');
   const [cbt, setCbt] = useState('');
   const [sel, setSel] = useState<string[]>([]);
@@ -135,7 +148,9 @@ export function Inventory() {
   const all = vms ?? [];
   const hosts = useMemo(() => [...new Set(all.map((v) => v.host).filter(Boolean))] as string[], [vms]);
   const stores = useMemo(() => [...new Set(all.flatMap((v) => v.datastores))], [vms]);
+  const folders = useMemo(() => folderChoices(all), [vms]);
   const shown = all.filter((v) => (!q || v.name.toLowerCase().includes(q.toLowerCase())) && (!host || v.host === host)
+    && (!folder || inFolder(v.folder, folder))
     && (!ds || v.datastores.includes(ds)) && (!power || v.powerState === power) && (!cbt || v.cbt === cbt));
   const create = async (e: Event) => {
     e.preventDefault();
@@ -172,16 +187,17 @@ export function Inventory() {
         <span class="filter"><label for="inv-q">{t('inv.search')}</label> <input id="inv-q" type="search" value={q} onInput={(e) => setQ((e.target as HTMLInputElement).value)} /></span>
         {filter('inv-host', t('inv.host'), host, setHost, hosts)}
         {filter('inv-ds', t('inv.datastore'), ds, setDs, stores)}
+        {filter('inv-folder', t('inv.folder'), folder, setFolder, folders)}
         {filter('inv-power', t('inv.power'), power, setPower, ['poweredOn', 'poweredOff', 'suspended'])}
         {filter('inv-cbt', t('inv.cbt'), cbt, setCbt, ['on', 'off', 'partial'])}
       </div>
-      <table class="inventory"><thead><tr><th scope="col"><span class="sr">{t('inv.selected', { n: sel.length })}</span></th><th scope="col">VM</th><th scope="col">{t('inv.power')}</th><th scope="col">{t('inv.host')}</th><th scope="col">{t('inv.datastore')}</th><th scope="col">{t('inv.cbt')}</th><th scope="col">{t('inv.disks')}</th><th scope="col">{t('inv.preflight')}</th></tr></thead>
+      <table class="inventory"><thead><tr><th scope="col"><span class="sr">{t('inv.selected', { n: sel.length })}</span></th><th scope="col">VM</th><th scope="col">{t('inv.power')}</th><th scope="col">{t('inv.host')}</th><th scope="col">{t('inv.datastore')}</th><th scope="col">{t('inv.folder')}</th><th scope="col">{t('inv.cbt')}</th><th scope="col">{t('inv.disks')}</th><th scope="col">{t('inv.preflight')}</th></tr></thead>
         <tbody>{shown.map((v) => (
           <tr data-vm={v.name}>
             <td><input type="checkbox" aria-label={t('inv.select', { name: v.name })} disabled={!!v.systemVm} checked={sel.includes(v.ref)}
               onChange={(e) => setSel((e.target as HTMLInputElement).checked ? [...sel, v.ref] : sel.filter((x) => x !== v.ref))} /></td>
             <th scope="row">{v.name}{v.systemVm && <small> ({t('inv.system')})</small>}</th>
-            <td>{v.powerState}</td><td>{v.host ?? '–'}</td><td>{v.datastores.join(', ')}</td><td>{v.cbt}</td>
+            <td>{v.powerState}</td><td>{v.host ?? '–'}</td><td>{v.datastores.join(', ')}</td><td>{folderText(v, t('inv.vApp'))}</td><td>{v.cbt}</td>
             <td>{v.disks.length} · {bytes(v.disks.reduce((n, d) => n + d.capacity, 0))}</td>
             <td>{v.preflight.ok ? `✓ ${t('inv.ok')}` : <ul class="pf">{v.preflight.failed.map((f) => <li>⚠ {f.message}{f.fix && <small> — {f.fix}</small>}</li>)}</ul>}</td>
           </tr>

@@ -32,6 +32,7 @@ export function register(program: Command): void {
     .option('--esx', 'be a standalone ESXi host (HostAgent, ha-datacenter, user root) instead of a vCenter')
     .option('--page-size <n>', 'RetrievePropertiesEx page size without maxObjects (0: no paging)', '100')
     .option('--dc-folder', 'put the datacenter in a folder (inventory path F0/DC0)')
+    .option('--folders', 'add VMs in nested VM folders (Prod/Web, Prod/Db, Test) and one in a vApp (Prod/shop)')
     .option('--guest', 'add VM guest-debian holding a real bootable Debian guest (built once and cached: lab/guest/build.sh)')
     .option('--json', 'print JSON')
     .action(async (o) => {
@@ -39,7 +40,7 @@ export function register(program: Command): void {
       const running = await connectLab(o.dir).catch(() => undefined);
       if (running) throw new UserError('LAB_RUNNING', `a lab already runs in ${o.dir} (pid ${running.pid})`, `stop it with \`vmlift lab stop --dir ${o.dir}\``);
       const l = await startLab({ dir: o.dir, vms: int(o.vms, '--vms'), diskMb: int(o.diskMb, '--disk-mb'), detached: true, esx: !!o.esx,
-        pageSize: int(o.pageSize, '--page-size'), dcFolder: !!o.dcFolder, guest: !!o.guest });
+        pageSize: int(o.pageSize, '--page-size'), dcFolder: !!o.dcFolder, folders: !!o.folders, guest: !!o.guest });
       const info = { url: l.url, user: l.user, passwordFile: l.passwordFile, thumbprint: l.thumbprintSha256, thumbprintSha1: l.thumbprintSha1,
         pid: l.pid, datacenter: l.datacenter, datacenterPath: l.datacenterPath, datastore: l.datastore, vms: l.vms.length, apiType: l.apiType };
       printResult(o.json, info, (x) => [`lab ${x.apiType === 'HostAgent' ? 'ESXi host' : 'vCenter'} running (pid ${x.pid}, ${x.vms} VMs)`, `  --server ${x.url}`, `  --user ${x.user}`,

@@ -3,6 +3,7 @@ import { printResult, table, formatBytes } from '../output.ts';
 import { addOptions, type OptionSpec } from '../options.ts';
 import { UserError } from '../../util/errors.ts';
 import { VCenter, VimFault, faultToUserError, resolveConnection, type ConnectionFlags, type SnapshotNode, type VmInfo } from '../../vsphere/index.ts';
+import { inFolder, normalizeFolder } from '../../vsphere/vm-folder.ts';
 
 const VCENTER_OPTIONS: readonly OptionSpec[] = [
   ['--server <url>', 'vCenter or ESXi host URL (https://HOST/sdk); env VMLIFT_SERVER'],
@@ -45,6 +46,13 @@ function cbtState(vm: VmInfo): string {
   return vm.ctkEnabled && vm.disks.every((d) => d.ctkEnabled) ? 'on' : 'partial';
 }
 
+/** "/" for the vm folder itself, "Prod/shop (vApp)" for a vApp member, "-" when unknown. */
+function folderLabel(v: VmInfo): string {
+  if (v.folder === null || v.folder === undefined) return '-';
+  const f = v.folder || '/';
+  return v.vApp ? `${v.folder ? `${v.folder}/` : '/'}${v.vApp} (vApp)` : f;
+}
+
 function showVm(vm: VmInfo): string {
   const lines = [
     `${vm.name} (${vm.ref})`,
@@ -53,6 +61,7 @@ function showVm(vm: VmInfo): string {
     `  hardware:     ${vm.hardwareVersion}`,
     `  host:         ${vm.host ? `${vm.host.name} (ESXi ${vm.host.version} build ${vm.host.build})` : 'unknown'}`,
     `  datacenter:   ${vm.datacenter ?? 'unknown'}`,
+    ...(vm.folder !== undefined ? [`  folder:       ${folderLabel(vm)}`] : []),
     `  CBT:          ${cbtState(vm)} (changeTrackingEnabled=${vm.changeTrackingEnabled}, ctkEnabled=${vm.ctkConfig['ctkEnabled'] ?? 'unset'})`,
     `  snapshots:    ${countSnaps(vm.snapshots) || 'none'}${vm.consolidationNeeded ? ' (consolidation needed)' : ''}`,
     ...treeLines(vm.snapshots, 2).map((l) => `  ${l}`),
@@ -68,11 +77,18 @@ export function register(program: Command): void {
   const vc = program.command('vc').description('vCenter: inventory, preflight, CBT, snapshots, changed areas');
 
   conn(vc.command('ls').description('list the virtual machines with their CBT and snapshot state'))
+    .option('--folder <path>', 'only the VMs in this VM folder of the datacenter (Prod/Web) or below it')
     .action(async (o) => withVc(o, async (c) => {
       const inv = await c.inventory();
-      printResult(o.json, inv.vms, (vms) => table(['NAME', 'REF', 'POWER', 'HW', 'GUEST', 'HOST', 'ESXI', 'CBT', 'DISKS', 'SIZE', 'SNAPSHOTS', 'DATACENTER'],
-        vms.map((v) => [v.systemVm ? `${v.name} (system VM)` : v.name, v.ref, v.powerState, v.hardwareVersion, v.guestId, v.host?.name ?? '-', v.host?.version ?? '-', cbtState(v),
-          v.disks.length, formatBytes(v.disks.reduce((n, d) => n + d.capacity, 0)), countSnaps(v.snapshots), v.datacenter ?? '-'])));
+      const vms = o.folder === undefined ? inv.vms : inv.vms.filter((v) => inFolder(v.folder, o.folder));
+      if (o.folder !== undefined && vms.length === 0) {
+        const known = [...new Set(inv.vms.map((v) => v.folder).filter((f): f is string => !!f))].sort();
+        throw new UserError('VC_FOLDER_EMPTY', `no virtual machine is in folder "${normalizeFolder(o.folder)}" or below it`,
+          `give a VM folder path inside the datacenter as \`vmlift vc ls\` shows it in FOLDER${known.length ? ` (${known.slice(0, 10).join(', ')})` : ''}; names are case-sensitive`);
+      }
+      printResult(o.json, vms, (list) => table(['NAME', 'REF', 'POWER', 'HW', 'GUEST', 'HOST', 'ESXI', 'CBT', 'DISKS', 'SIZE', 'SNAPSHOTS', 'FOLDER', 'DATACENTER'],
+        list.map((v) => [v.systemVm ? `${v.name} (system VM)` : v.name, v.ref, v.powerState, v.hardwareVersion, v.guestId, v.host?.name ?? '-', v.host?.version ?? '-', cbtState(v),
+          v.disks.length, formatBytes(v.disks.reduce((n, d) => n + d.capacity, 0)), countSnaps(v.snapshots), folderLabel(v), v.datacenter ?? '-'])));
     }));
 
   conn(vc.command('show').argument('<vm>', 'VM name or managed object id (vm-42)').description('everything vmlift knows about one VM'))
