@@ -119,15 +119,6 @@ export function fingerprintMismatchFix(presented: string, acceptPin?: (presented
 }
 
 /**
- * The cipher list of the sender's connections: TLS 1.3 with AES-128-GCM only (every TLS 1.3 server
- * must support it, RFC 8446 9.1; OpenSSL servers pick by their own order, which puts AES-256 first),
- * then Node's TLS 1.2 defaults. AES-128-GCM costs about a third less CPU per byte than AES-256-GCM,
- * on both sides of the data connection (docs/transfer.md, Measurements).
- */
-export const SENDER_CIPHERS = ['TLS_AES_128_GCM_SHA256',
-  ...tls.DEFAULT_CIPHERS.split(':').filter((c) => !c.startsWith('TLS_'))].join(':');
-
-/**
  * TLS connection whose peer certificate must have the pinned SHA-256 fingerprint. Nothing is written
  * on the socket before the check passed. Resolves with a connected, verified socket.
  */
@@ -140,7 +131,6 @@ export async function connectPinned(o: PinnedConnectOptions): Promise<tls.TLSSoc
       servername: net.isIP(o.host) ? '' : o.host,
       rejectUnauthorized: false, // self-signed: trust comes from the pinned fingerprint below
       minVersion: 'TLSv1.2',
-      ciphers: SENDER_CIPHERS,
     });
     const timer = setTimeout(() => { s.destroy(); reject(new ConnectError(`receiver ${o.host}:${o.port} did not complete TLS within ${timeoutMs} ms (timeout connectMs)`)); }, timeoutMs);
     s.once('error', (e) => { clearTimeout(timer); reject(new ConnectError(`cannot connect to receiver ${o.host}:${o.port}: ${e.message}`, { cause: e })); });
