@@ -136,3 +136,23 @@ int vmlift_sha256(const uint8_t *data, size_t len, uint8_t *md) {
   if (!c || !sha256_md) return -1;
   return sha256(c, data, len, md);
 }
+
+/*
+ * The agent's per-window comparison, so no JavaScript runs per 4 KiB block: for each of `n` blocks,
+ * the first `width` bytes of its digest (digests[i * stride]) into fresh[i * width] (the new
+ * manifest's record) and changed[i] = 1 when they differ from old[i * width] (the previous
+ * manifest's). Returns the number of changed blocks, or -1 on bad arguments.
+ */
+int64_t vmlift_compare_blocks(const uint8_t *digests, size_t n, size_t stride, size_t width,
+                              const uint8_t *old, uint8_t *fresh, uint8_t *changed) {
+  if (width == 0 || width > stride) return -1;
+  int64_t count = 0;
+  for (size_t i = 0; i < n; i++) {
+    const uint8_t *d = digests + i * stride;
+    memcpy(fresh + i * width, d, width);
+    int c = memcmp(d, old + i * width, width) != 0;
+    changed[i] = (uint8_t)c;
+    count += c;
+  }
+  return count;
+}

@@ -57,15 +57,23 @@ export class ManifestReader {
   /** Old digests of blocks [first, first+count) as one buffer of count*16 bytes. Calls must go forward. */
   async get(first: number, count: number): Promise<Buffer> {
     const out = Buffer.allocUnsafe(count * DIGEST_SIZE);
-    for (let i = 0; i < count; i++) {
+    // in runs, not per block: a window is 256 blocks and this is called for every one
+    let i = 0;
+    while (i < count) {
       const b = first + i;
       if (b >= this.fileBlocks) {
-        zeroDigest(b === this.blocks - 1 ? this.lastLen : BLOCK_SIZE).copy(out, i * DIGEST_SIZE);
-        continue;
+        const last = first + count - 1 === this.blocks - 1 && this.lastLen !== BLOCK_SIZE;
+        const end = last ? count - 1 : count;
+        if (end > i) out.fill(zeroDigest(), i * DIGEST_SIZE, end * DIGEST_SIZE);
+        if (last) zeroDigest(this.lastLen).copy(out, (count - 1) * DIGEST_SIZE);
+        break;
       }
       if (b < this.bufStart || b >= this.bufStart + this.buf.length / DIGEST_SIZE) await this.fill(b);
+      if (b >= this.fileBlocks) continue; // the file was shorter than it said
+      const n = Math.min(count - i, this.bufStart + this.buf.length / DIGEST_SIZE - b, this.fileBlocks - b);
       const at = (b - this.bufStart) * DIGEST_SIZE;
-      this.buf.copy(out, i * DIGEST_SIZE, at, at + DIGEST_SIZE);
+      this.buf.copy(out, i * DIGEST_SIZE, at, at + n * DIGEST_SIZE);
+      i += n;
     }
     return out;
   }

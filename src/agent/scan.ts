@@ -11,6 +11,7 @@ import type { Range } from '../model/ranges.ts';
 import { BLOCK_SIZE, DIGEST_SIZE, zeroDigest, type ManifestReader, type ManifestWriter } from './manifest.ts';
 import { BLOCK_DIGEST, sharedDigestPool, type DigestPool, type WindowDigests } from './digest-pool.ts';
 import { treeDigestFromBlocks } from '../util/tree-digest.ts';
+import { nativeDigest } from '../util/native-digest.ts';
 import { crashPoint } from '../util/crash.ts';
 
 export const WINDOW = 1024 * 1024;
@@ -190,13 +191,64 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
   return res;
 }
 
+/** Per block of a window: its new manifest record, whether it is all zeros, whether it changed. */
+interface BlockStates {
+  /** DIGEST_SIZE bytes per block. */
+  fresh: Buffer;
+  zero: Uint8Array;
+  changed: Uint8Array;
+}
+
+/**
+ * The states of the window's blocks. A window read whole with native digests takes one native call
+ * (no JavaScript per 4 KiB block: at 256 blocks a window that loop was a tenth of the agent's main
+ * thread, docs/agent.md, Measurements); windows with holes, or digests from the worker fallback, go
+ * block by block.
+ */
+function blockStates(w: Window, buf: Buffer | null, dig: WindowDigests | null, old: Buffer, nBlocks: number): BlockStates {
+  const native = nativeDigest();
+  if (native && buf && dig && w.readStart === w.offset && w.readEnd === w.offset + w.length && dig.zero.length === nBlocks) {
+    const fresh = Buffer.allocUnsafe(nBlocks * DIGEST_SIZE);
+    const changed = new Uint8Array(nBlocks);
+    native.compareBlocks(dig.digests, nBlocks, BLOCK_DIGEST, DIGEST_SIZE, old, fresh, changed);
+    return { fresh, zero: dig.zero, changed };
+  }
+  const fresh = Buffer.allocUnsafe(nBlocks * DIGEST_SIZE);
+  const zeroF = new Uint8Array(nBlocks);
+  const changed = new Uint8Array(nBlocks);
+  const zero = zeroDigest();
+  for (let i = 0; i < nBlocks; i++) {
+    const off = w.offset + i * BLOCK_SIZE;
+    const len = Math.min(BLOCK_SIZE, w.offset + w.length - off);
+    let isZero: boolean;
+    let d: Buffer;
+    if (!buf || off < w.readStart || off >= w.readEnd) {
+      isZero = true;
+      d = len === BLOCK_SIZE ? zero : zeroDigest(len);
+    } else {
+      const k = (off - w.readStart) / BLOCK_SIZE; // reads start on a block boundary of the window
+      if (dig) {
+        isZero = dig.zero[k] === 1;
+        d = dig.digests.subarray(k * BLOCK_DIGEST, k * BLOCK_DIGEST + DIGEST_SIZE);
+      } else {
+        const block = buf.subarray(off - w.readStart, off - w.readStart + len);
+        isZero = len === BLOCK_SIZE ? block.equals(zeros(BLOCK_SIZE)) : block.every((x) => x === 0);
+        d = isZero ? (len === BLOCK_SIZE ? zero : zeroDigest(len)) : createHash('sha256').update(block).digest();
+      }
+    }
+    d.copy(fresh, i * DIGEST_SIZE, 0, DIGEST_SIZE);
+    zeroF[i] = isZero ? 1 : 0;
+    changed[i] = old.compare(fresh, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE) !== 0 ? 1 : 0;
+  }
+  return { fresh, zero: zeroF, changed };
+}
+
 /** Returns whether `buf` was handed over to the sink (it comes back through `release`). */
 async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig: WindowDigests | null, held: HeldCursor, res: ScanResult, buffers: WindowBuffers | null): Promise<boolean> {
   const nBlocks = Math.ceil(w.length / BLOCK_SIZE);
   const first = w.offset / BLOCK_SIZE;
   const old = await o.oldManifest.get(first, nBlocks);
-  const fresh = Buffer.allocUnsafe(nBlocks * DIGEST_SIZE);
-  const zero = zeroDigest();
+  const { fresh, zero, changed } = blockStates(w, buf, dig, old, nBlocks);
   // Runs of changed blocks to send: [startBlock, endBlock, isZero]
   let runStart = -1; let runZero = false; let handedOver = false;
   const flush = async (endBlock: number): Promise<void> => {
@@ -219,29 +271,14 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig:
     res.sentBytes += len;
     res.extents++;
   };
+  const lastLen = w.length - (nBlocks - 1) * BLOCK_SIZE;
+  const checkHeld = o.held !== undefined && o.held.length > 0;
   for (let i = 0; i < nBlocks; i++) {
-    const off = w.offset + i * BLOCK_SIZE;
-    const len = Math.min(BLOCK_SIZE, w.offset + w.length - off);
-    let isZero: boolean;
-    let d: Buffer;
-    if (!buf || off < w.readStart || off >= w.readEnd) {
-      isZero = true;
-      d = len === BLOCK_SIZE ? zero : zeroDigest(len);
-    } else {
-      const k = (off - w.readStart) / BLOCK_SIZE; // reads start on a block boundary of the window
-      if (dig) {
-        isZero = dig.zero[k] === 1;
-        d = dig.digests.subarray(k * BLOCK_DIGEST, k * BLOCK_DIGEST + DIGEST_SIZE);
-      } else {
-        const block = buf.subarray(off - w.readStart, off - w.readStart + len);
-        isZero = len === BLOCK_SIZE ? block.equals(zeros(BLOCK_SIZE)) : block.every((x) => x === 0);
-        d = isZero ? (len === BLOCK_SIZE ? zero : zeroDigest(len)) : createHash('sha256').update(block).digest();
-      }
-    }
-    d.copy(fresh, i * DIGEST_SIZE, 0, DIGEST_SIZE);
-    const changed = old.compare(fresh, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE) !== 0;
-    if (changed) res.changedBytes += len;
-    const send = changed && !held.covers(off, len);
+    const isChanged = changed[i] === 1;
+    const len = i === nBlocks - 1 ? lastLen : BLOCK_SIZE;
+    if (isChanged) res.changedBytes += len;
+    const send = isChanged && !(checkHeld && held.covers(w.offset + i * BLOCK_SIZE, len));
+    const isZero = zero[i] === 1;
     if (!send || (runStart >= 0 && runZero !== isZero)) await flush(i);
     if (send && runStart < 0) { runStart = i; runZero = isZero; }
   }
