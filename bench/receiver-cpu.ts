@@ -4,8 +4,10 @@
  * for quick before/after comparisons of receive-path changes on a shared machine (CPU seconds, not
  * MB/s, are what compares there).
  *
- *   node --import tsx bench/receiver-cpu.ts [--size 2] [--rounds 3] [--src FILE] [--dir DIR] [--perf FILE] [--json]
+ *   node --import tsx bench/receiver-cpu.ts [--size 2] [--rounds 3] [--src FILE] [--dir DIR] [--perf FILE] [--bins A,B] [--json]
  *
+ * `--bins A,B`: alternate rounds between these vmlift commands (e.g. a copy of the tree before a
+ * change, with its own dist/), both agent and receiver, so both see the same load.
  * `--src FILE`: reuse a source generated before (generated there when missing). Profiling the
  * receiver: VMLIFT_NODE_ARGS='--cpu-prof --cpu-prof-dir=/tmp/p' (bin/vmlift). Not part of the test suite.
  */
@@ -16,7 +18,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { generateDisk } from '../scripts/lib/gen-disk.ts';
-import { Receiver, agentCycle, log, warm } from './lib/agent-run.ts';
+import { NODE, Receiver, agentCycle, log, warm } from './lib/agent-run.ts';
 
 const { values } = parseArgs({
   options: {
@@ -26,6 +28,7 @@ const { values } = parseArgs({
     dir: { type: 'string' },
     json: { type: 'boolean', default: false },
     perf: { type: 'string' },
+    bins: { type: 'string' },
   },
 });
 const GiB = 2 ** 30;
@@ -40,8 +43,11 @@ try {
     log(`generating a ${SIZE / GiB} GiB fully allocated source at ${src}...`);
     await generateDisk({ path: src, size: SIZE, dataFraction: 1, textFraction: 0.5, seed: 42 });
   }
-  const rows: { round: number; mbps: number; agent: number; receiver: number; receiverRssMiB: number; load: number }[] = [];
-  for (let round = 0; round < ROUNDS; round++) {
+  const rows: { bin: string; round: number; mbps: number; agent: number; receiver: number; receiverRssMiB: number; load: number }[] = [];
+  const bins = values.bins ? values.bins.split(',') : [NODE[0]!];
+  for (let round = 0; round < ROUNDS * bins.length; round++) {
+    const bin = bins[round % bins.length]!;
+    NODE[0] = bin;
     await warm(src);
     const r = new Receiver(join(work, `recv-${round}`));
     await r.start();
@@ -50,20 +56,22 @@ try {
       const perf = values.perf ? spawn('perf', ['record', '-g', '-q', '-o', `${values.perf}.${round}`, '-p', String(r.proc.pid)], { stdio: 'inherit' }) : null;
       const c = await agentCycle(r, src, join(work, `state-${round}`), 0, SIZE);
       if (perf) await new Promise((res) => { perf.once('exit', res); perf.kill('SIGINT'); });
-      const row = { round, mbps: c.mbps, agent: c.agentCpu / (SIZE / GiB), receiver: c.receiverCpu / (SIZE / GiB), receiverRssMiB: c.receiverRssMiB, load: loadavg()[0]! };
+      const row = { bin, round, mbps: c.mbps, agent: c.agentCpu / (SIZE / GiB), receiver: c.receiverCpu / (SIZE / GiB), receiverRssMiB: c.receiverRssMiB, load: loadavg()[0]! };
       rows.push(row);
-      log(`round ${round}: ${row.mbps.toFixed(0)} MB/s, CPU s/GiB agent ${row.agent.toFixed(2)} receiver ${row.receiver.toFixed(2)}, receiver RSS ${row.receiverRssMiB.toFixed(0)} MiB, load ${row.load.toFixed(2)}`);
+      log(`round ${round} ${bin}: ${row.mbps.toFixed(0)} MB/s, CPU s/GiB agent ${row.agent.toFixed(2)} receiver ${row.receiver.toFixed(2)}, receiver RSS ${row.receiverRssMiB.toFixed(0)} MiB, load ${row.load.toFixed(2)}`);
     } finally {
       await r.stop();
       await rm(join(work, `recv-${round}`), { recursive: true, force: true });
       await rm(join(work, `state-${round}`), { recursive: true, force: true });
     }
   }
-  const mean = (k: 'mbps' | 'agent' | 'receiver'): number => rows.reduce((n, r) => n + r[k], 0) / rows.length;
-  const min = (k: 'agent' | 'receiver'): number => Math.min(...rows.map((r) => r[k]));
-  const summary = { sizeGiB: SIZE / GiB, rounds: ROUNDS, mbps: mean('mbps'), agent: mean('agent'), receiver: mean('receiver'), receiverMin: min('receiver'), load: loadavg() };
-  if (values.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
-  else log(`mean of ${ROUNDS}: ${summary.mbps.toFixed(0)} MB/s, CPU s/GiB agent ${summary.agent.toFixed(2)}, receiver ${summary.receiver.toFixed(2)} (min ${summary.receiverMin.toFixed(2)}); load ${summary.load.map((l) => l.toFixed(2)).join(' ')}`);
+  for (const bin of bins) {
+    const mine = rows.filter((r) => r.bin === bin);
+    const mean = (k: 'mbps' | 'agent' | 'receiver'): number => mine.reduce((n, r) => n + r[k], 0) / mine.length;
+    const summary = { bin, sizeGiB: SIZE / GiB, rounds: ROUNDS, mbps: mean('mbps'), agent: mean('agent'), receiver: mean('receiver'), receiverMin: Math.min(...mine.map((r) => r.receiver)), load: loadavg() };
+    if (values.json) process.stdout.write(`${JSON.stringify(summary)}\n`);
+    else log(`${bin}, mean of ${ROUNDS}: ${summary.mbps.toFixed(0)} MB/s, CPU s/GiB agent ${summary.agent.toFixed(2)}, receiver ${summary.receiver.toFixed(2)} (min ${summary.receiverMin.toFixed(2)}); load ${summary.load.map((l) => l.toFixed(2)).join(' ')}`);
+  }
 } finally {
   await rm(join(work, 'full.img'), { force: true });
   await rm(work, { recursive: true, force: true });
