@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import type { Layout } from './layout.ts';
 import { StoreError } from './types.ts';
 import { dropFromCache } from './native.ts';
-import { writeFully, writevFully } from '../util/write-fully.ts';
+import { writeFully } from '../util/write-fully.ts';
 import { crashPoint } from '../util/crash.ts';
 
 export const PACK_MAGIC = Buffer.from('VMLPACK1');
@@ -36,10 +36,6 @@ export const ENTRY_HEADER = 36;
 const IDX_RECORD = 44;
 
 export interface PackEntry { hex: string; offset: number; length: number }
-interface QueuedAppend { at: number; head: Buffer; data: Uint8Array; entry: PackEntry; resolve: () => void; reject: (e: unknown) => void }
-/** Most entries (header + data: two iovecs each, under IOV_MAX) and bytes of one pack write. */
-const WRITE_BATCH_ENTRIES = 256;
-const WRITE_BATCH_BYTES = 16 << 20;
 export interface ChunkLocation { pack: string; offset: number; length: number }
 
 let packCounter = 0;
@@ -271,11 +267,7 @@ export class PackWriter {
   get bytes(): number { return this.size; }
   get reserved(): boolean { return this.size > PACK_MAGIC.length; }
 
-  /**
-   * Append chunk `hex`: its data offset in the pack (reserved now) and the write. Appends queued
-   * while a write is in flight go out together in the next one: one `pwritev` of their headers and
-   * data (they are contiguous: offsets are reserved in call order), not two writes per chunk.
-   */
+  /** Append chunk `hex`: its data offset in the pack (reserved now) and the write. */
   append(hex: string, data: Uint8Array): { offset: number; written: Promise<void> } {
     const at = this.size;
     this.size += ENTRY_HEADER + data.length;
@@ -283,40 +275,16 @@ export class PackWriter {
     const head = Buffer.alloc(ENTRY_HEADER);
     head.writeUInt32BE(data.length, 0);
     head.write(hex, 4, 32, 'hex');
-    const written = new Promise<void>((resolve, reject) => {
-      this.queued.push({ at, head, data, entry: { hex, offset, length: data.length }, resolve, reject });
-    });
-    this.kickWrites();
+    const written = (async () => {
+      await writeFully(this.fh, head, at);
+      await writeFully(this.fh, data, offset);
+      this.entries.push({ hex, offset, length: data.length });
+    })();
     // a failed append is never indexed (its put fails): its bytes are only dead space in the pack
     const tracked = written.catch(() => {});
     this.writes.add(tracked);
     void tracked.then(() => this.writes.delete(tracked));
     return { offset, written };
-  }
-
-  private readonly queued: QueuedAppend[] = [];
-  private writing = false;
-
-  private kickWrites(): void {
-    if (this.writing) return;
-    this.writing = true;
-    void this.drainWrites().finally(() => { this.writing = false; });
-  }
-
-  private async drainWrites(): Promise<void> {
-    while (this.queued.length > 0) {
-      let bytes = 0;
-      let k = 0;
-      while (k < this.queued.length && k < WRITE_BATCH_ENTRIES && (k === 0 || bytes + this.queued[k]!.data.length <= WRITE_BATCH_BYTES)) bytes += this.queued[k++]!.data.length;
-      const batch = this.queued.splice(0, k);
-      try {
-        await writevFully(this.fh, batch.flatMap((q) => [q.head, q.data]), batch[0]!.at);
-      } catch (e) {
-        for (const q of batch) q.reject(e);
-        continue;
-      }
-      for (const q of batch) { this.entries.push(q.entry); q.resolve(); }
-    }
   }
 
   /**

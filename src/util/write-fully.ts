@@ -13,19 +13,3 @@ export async function writeFully(fh: FileHandle, data: Uint8Array | string, posi
     done += bytesWritten;
   }
 }
-
-/**
- * Write all of `bufs`, one after the other, at `position`: one `pwritev` (looping on a short write,
- * as `writeFully`), so a pack entry's header and data, or a run of entries, cost one system call.
- */
-export async function writevFully(fh: FileHandle, bufs: readonly Uint8Array[], position: number): Promise<void> {
-  let rest = [...bufs];
-  let at = position;
-  while (rest.length > 0) {
-    const { bytesWritten } = await fh.writev(rest, at);
-    at += bytesWritten;
-    let n = bytesWritten;
-    while (rest.length > 0 && n >= rest[0]!.length) { n -= rest[0]!.length; rest.shift(); }
-    if (n > 0) rest[0] = rest[0]!.subarray(n);
-  }
-}
