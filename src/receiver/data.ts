@@ -12,7 +12,7 @@ import type { TLSSocket } from 'node:tls';
 import type { Logger } from '../util/log.ts';
 import { errorMessage, errorReport } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
-import { readIntoBuffer } from '../util/socket-read-buffer.ts';
+import { readIntoBuffer, readIntoTargets } from '../util/socket-read-buffer.ts';
 import { StoreError } from '../store/types.ts';
 import { CODEC, FRAME, FrameAssembler, MAX_FRAME, MAX_JSON_FRAME, ProtocolError, SAME_VERSION_FIX, encodeJsonFrame, parseJsonBody, type WireError } from '../transfer/protocol.ts';
 import type { AckFrame, ReadyFrame } from '../transfer/contract.ts';
@@ -101,15 +101,35 @@ export class DataConnection implements CycleFeed {
     this.log = ctx.log.child({ peer: `${s.remoteAddress}:${s.remotePort}` });
     this.drained = new Promise((r) => { this.resolveDrained = r; });
     const helloTimer = setTimeout(() => { if (!this.helloSeen) this.refuse({ code: 'BAD_FRAME', message: 'no HELLO within 15 s', fix: SAME_VERSION_FIX }); }, HELLO_TIMEOUT_MS);
-    // reads land in one reused buffer and are copied straight into their frames (no ArrayBuffer per TLS record)
-    if (!readIntoBuffer(s, READ_BUFFER, (b) => this.onData(b))) s.on('data', (chunk: Buffer) => this.onData(chunk));
+    // Reads land straight in the frame being assembled (no copy; docs/transfer.md); where Node does
+    // not allow that, in one reused buffer copied into the frames (no ArrayBuffer per TLS record).
+    const installed = readIntoTargets(s, () => this.readTarget(), (n) => this.onLanded(n), (b) => this.onData(b))
+      || readIntoBuffer(s, READ_BUFFER, (b) => this.onData(b));
+    if (!installed) s.on('data', (chunk: Buffer) => this.onData(chunk));
     s.on('error', (e) => this.log.debug({ err: e.message }, 'data socket error'));
     s.on('close', () => { clearTimeout(helloTimer); this.onClose(); });
+  }
+
+  private scratch: Buffer | null = null;
+  /** Where the socket's next read goes: the frame being assembled; a scratch buffer once nothing more is taken. */
+  private readTarget(): Uint8Array {
+    if (this.closed || this.refused) return (this.scratch ??= Buffer.allocUnsafeSlow(16 * 1024));
+    return this.reader.target();
+  }
+
+  private onLanded(n: number): void {
+    if (this.closed || this.refused) return;
+    this.reader.landed(n);
+    this.takeFrames();
   }
 
   private onData(chunk: Buffer): void {
     if (this.closed || this.refused) return;
     this.reader.push(chunk);
+    this.takeFrames();
+  }
+
+  private takeFrames(): void {
     try {
       while (!this.refused && !this.inHello) {
         const f = this.reader.next();

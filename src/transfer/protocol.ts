@@ -116,17 +116,20 @@ const sharedFrameBuffers = new FrameBufferPool(32);
 /**
  * Splits a byte stream into frames. The bytes pushed in are only lent (a socket's reused read
  * buffer): each frame is copied once, straight into a buffer of its own (from a process-wide pool
- * for big frames, given back with `recycle`). A declared length above `maxFrame` is refused before
+ * for big frames, given back with `recycle`); or a socket reads straight into the frame (`target`,
+ * `landed`: no copy at all). A declared length above `maxFrame` is refused before
  * anything is buffered for it; the error is thrown by `next` once the frames before it are taken.
  */
 export class FrameAssembler {
-  private readonly head = Buffer.alloc(5);
+  /** Its own ArrayBuffer: a socket may read straight into it (`target`), and V8 never moves it. */
+  private readonly head = Buffer.from(new ArrayBuffer(5));
   private headFill = 0;
   private frame: Buffer | null = null;
   private fill = 0;
   private readonly ready: { type: number; body: Buffer; owned: boolean }[] = [];
   private error: ProtocolError | null = null;
   private framesStarted = 0;
+  private scratch: Buffer | null = null;
   /**
    * `firstFrameMax`: a lower limit for the first frame only (the receiver's HELLO, from a peer not yet let in:
    * a frame's buffer is made when its length arrives). Later frames may be pipelined behind it.
@@ -141,32 +144,52 @@ export class FrameAssembler {
   push(bytes: Uint8Array): void {
     let pos = 0;
     while (pos < bytes.length && !this.error) {
-      if (!this.frame) {
-        const k = Math.min(5 - this.headFill, bytes.length - pos);
-        this.head.set(bytes.subarray(pos, pos + k), this.headFill);
-        this.headFill += k;
-        pos += k;
-        if (this.headFill < 5) return;
-        const len = this.head.readUInt32BE(0);
-        const max = this.framesStarted++ === 0 ? this.firstFrameMax : this.maxFrame;
-        if (len < 1 || len > max) {
-          this.error = new ProtocolError('BAD_FRAME_LENGTH', `frame length ${len} is outside 1..${max}`, { fix: SAME_VERSION_FIX });
-          return;
-        }
-        this.frame = this.pool.take(4 + len);
-        this.head.copy(this.frame, 0);
-        this.fill = 5;
-        this.headFill = 0;
-      }
-      const k = Math.min(this.frame.length - this.fill, bytes.length - pos);
-      this.frame.set(bytes.subarray(pos, pos + k), this.fill);
-      this.fill += k;
+      const into = this.target();
+      const k = Math.min(into.length, bytes.length - pos);
+      into.set(bytes.subarray(pos, pos + k));
       pos += k;
-      if (this.fill === this.frame.length) {
-        this.ready.push({ type: this.frame[4]!, body: this.frame.subarray(5), owned: true });
-        this.frame = null;
-      }
+      this.landed(k);
     }
+  }
+
+  /**
+   * Where the next bytes of the stream go without a copy: the rest of the frame being assembled,
+   * else the rest of the 5-byte frame prefix (after an error: a scratch buffer, the bytes are
+   * dropped). A reader writes up to its length there and then calls `landed` with the count;
+   * nothing else may be pushed in between.
+   */
+  target(): Uint8Array {
+    if (this.error) return (this.scratch ??= Buffer.allocUnsafeSlow(16 * 1024));
+    if (this.frame) return this.frame.subarray(this.fill);
+    return this.head.subarray(this.headFill);
+  }
+
+  /** `n` bytes were written into the last `target`. */
+  landed(n: number): void {
+    if (this.error || n <= 0) return;
+    if (this.frame) {
+      this.fill += n;
+      if (this.fill === this.frame.length) this.complete();
+      return;
+    }
+    this.headFill += n;
+    if (this.headFill < 5) return;
+    this.headFill = 0;
+    const len = this.head.readUInt32BE(0);
+    const max = this.framesStarted++ === 0 ? this.firstFrameMax : this.maxFrame;
+    if (len < 1 || len > max) {
+      this.error = new ProtocolError('BAD_FRAME_LENGTH', `frame length ${len} is outside 1..${max}`, { fix: SAME_VERSION_FIX });
+      return;
+    }
+    this.frame = this.pool.take(4 + len);
+    this.head.copy(this.frame, 0);
+    this.fill = 5;
+    if (this.fill === this.frame.length) this.complete();
+  }
+
+  private complete(): void {
+    this.ready.push({ type: this.frame![4]!, body: this.frame!.subarray(5), owned: true });
+    this.frame = null;
   }
 
   next(): { type: number; body: Buffer; owned: boolean } | null {

@@ -65,3 +65,25 @@ export function readIntoBuffer(s: net.Socket, size: number, onBytes: (view: Buff
   for (let b = s.read() as Buffer | null; b !== null; b = s.read() as Buffer | null) onBytes(b);
   return true;
 }
+
+/**
+ * Like `readIntoBuffer`, with no buffer of its own: each read lands in `target()`, asked again after
+ * every read (the rest of the frame being assembled: protocol.ts's FrameAssembler), then
+ * `landed(n)` says how many bytes arrived there. Node's TLS socket still copies each decrypted
+ * record into the target; the copy from a read buffer into the frame is gone. Bytes the socket had
+ * already buffered are given to `onBytes` first (to copy). Returns false (and changes nothing) where
+ * this Node does not allow it.
+ */
+export function readIntoTargets(s: net.Socket, target: () => Uint8Array, landed: (n: number) => void, onBytes: (view: Buffer) => void): boolean {
+  const k = canReadIntoBuffer() ? findSlots() : null;
+  const handle = (s as unknown as { _handle?: { useUserBuffer?: (b: Uint8Array) => void } })._handle;
+  if (!k?.generator || typeof handle?.useUserBuffer !== 'function') return false;
+  for (let b = s.read() as Buffer | null; b !== null; b = s.read() as Buffer | null) onBytes(b);
+  const own = s as unknown as Record<symbol, unknown>;
+  const first = target();
+  own[k.buffer] = first;
+  own[k.callback] = (n: number): void => landed(n);
+  own[k.generator] = target;
+  handle.useUserBuffer(first);
+  return true;
+}

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { loadOrCreateTls } from '../../src/receiver/identity.ts';
-import { canReadIntoBuffer, readIntoBuffer } from '../../src/util/socket-read-buffer.ts';
+import { canReadIntoBuffer, readIntoBuffer, readIntoTargets } from '../../src/util/socket-read-buffer.ts';
+import { FrameAssembler } from '../../src/transfer/protocol.ts';
 
 const dir = await mkdtemp(join(tmpdir(), 'vmlift-readbuf-'));
 after(() => rm(dir, { recursive: true, force: true }));
@@ -65,12 +66,43 @@ test('bytes arrive intact, in order, with pause/resume holding the sender back, 
   assert.equal(sha(got), sha(payload));
 });
 
+test('reads land straight in the frames being assembled: every frame intact, in order, in a buffer of its own', async () => {
+  // frames of many sizes (1 byte to 1 MiB + header), so frame ends fall anywhere in a TLS record
+  const frames: Buffer[] = [];
+  for (let i = 0; i < 120; i++) {
+    const len = i % 3 === 0 ? 1 : i % 3 === 1 ? 1 + ((i * 7919) % 40000) : (1 << 20) + 57;
+    const f = randomBytes(4 + len);
+    f.writeUInt32BE(len, 0);
+    frames.push(f);
+  }
+  const got = await transfer(Buffer.concat(frames), (s) => new Promise((resolve, reject) => {
+    const reader = new FrameAssembler();
+    const out: Buffer[] = [];
+    let lastBody: ArrayBufferLike | null = null;
+    const take = (): void => {
+      for (let f = reader.next(); f; f = reader.next()) {
+        assert.notEqual(f.body.buffer, lastBody, 'each frame has a buffer of its own');
+        lastBody = f.body.buffer;
+        out.push(Buffer.concat([Buffer.from([f.type]), f.body]));
+      }
+    };
+    const installed = readIntoTargets(s, () => reader.target(), (n) => { reader.landed(n); take(); }, (b) => { reader.push(b); take(); });
+    assert.equal(installed, true);
+    s.pause();
+    setTimeout(() => s.resume(), 200);
+    s.on('end', () => resolve(Buffer.concat(out)));
+    s.on('error', reject);
+  }));
+  assert.equal(sha(got), sha(Buffer.concat(frames.map((f) => f.subarray(4)))));
+});
+
 test('with VMLIFT_SOCKET_DATA_EVENTS=1 nothing changes: data events as usual', async () => {
   process.env.VMLIFT_SOCKET_DATA_EVENTS = '1';
   try {
     const payload = randomBytes(3 << 20);
     const got = await transfer(payload, (s) => new Promise((resolve) => {
       assert.equal(readIntoBuffer(s, 65536, () => assert.fail('must not be called')), false);
+      assert.equal(readIntoTargets(s, () => Buffer.alloc(1), () => assert.fail('must not be called'), () => assert.fail('must not be called')), false);
       const parts: Buffer[] = [];
       s.on('data', (d: Buffer) => parts.push(d));
       s.on('end', () => resolve(Buffer.concat(parts)));
