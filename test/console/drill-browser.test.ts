@@ -175,6 +175,7 @@ test('drills in chromium: the workgroup confirm names who cannot drill; a failin
     }
     // The screenshot comes with the verdict, once the connector kept the report and the PNG.
     await page.locator('ul.drills > li[data-drill-state="passed"] img').waitFor().catch(() => undefined);
+    await sleep(600); // the in-page sampler's next turn
     const drillSeconds = (Date.now() - tDrill) / 1000;
     const seen = await page.evaluate('window.__drillSeen') as string[];
     const rec = (await detail('guest')).drills[0]!;
