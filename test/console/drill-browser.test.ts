@@ -8,7 +8,7 @@
  *   from the event stream (the step under way, the steps done with their durations), with no reload
  *   and no polling of the job, to "drill passed" and the console screenshot loaded;
  * - the other member's job page shows its drill abnormal, the failed step, the error and its fix.
- * Screenshots go to test-artifacts/console/ (git-ignored). Takes 15–35 minutes on a loaded 2-core
+ * Screenshots go to test-artifacts/console/ (git-ignored). Takes 12–32 minutes on a loaded 2-core
  * machine, nearly all of it the drill's virt-v2v conversion under TCG (figures: docs/console.md).
  */
 import { test } from 'node:test';
