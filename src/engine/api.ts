@@ -9,7 +9,7 @@ import { CodedError, UserError, isUserError, errorMessage, errorReport } from '.
 import { StateError, type JobSettings } from '../state/types.ts';
 import { parseSettings, resolveSettings, type SettingsInput } from './settings.ts';
 import type { JobEngine } from './jobs.ts';
-import type { Workgroups, BatchAction, Preflight } from './workgroups.ts';
+import { hasCommittedImage, type Workgroups, type BatchAction, type Preflight } from './workgroups.ts';
 import { diskSelection, selectDisks } from './names.ts';
 import { createWorkgroup } from './workgroup-create.ts';
 import type { EngineMetrics } from './metrics.ts';
@@ -145,8 +145,7 @@ export class ConnectorApi {
       // A start is previewed by its dry run, which also asks vCenter's preflight of first cycles.
       if (b.action === 'start') return workgroups.startDryRun(id!, o.preflight);
       const members = workgroups.get(id!).members.map((j) => engine.getJob(j));
-      const hasImage = (j: string) => st.listCycles(j, 1000).some((c) => c.state === 'committed');
-      return previewBatch(members, String(b.action ?? '') as PreviewAction, hasImage);
+      return previewBatch(members, String(b.action ?? '') as PreviewAction, (j) => hasCommittedImage(st, j));
     });
     this.route('GET', /^\/v1\/inventory$/, () => {
       if (!this.o.inventory) throw new UserError('INVENTORY_UNAVAILABLE', 'this connector has no vCenter inventory', 'start it with `vmlift connector serve`');

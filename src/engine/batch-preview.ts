@@ -1,10 +1,10 @@
 /**
  * What a workgroup batch would do, without doing it: per member, whether the action applies and, if
  * not, why (the same reasons the engine gives when it refuses). The console's confirm step shows it
- * before anything starts; `test/engine/batch-preview.test.ts` keeps it equal to the real batch.
+ * before anything starts; `test/console/session-api.test.ts` keeps it equal to the real batch (drill: test/console/drill-browser.test.ts).
  */
 import type { JobRecord } from '../state/types.ts';
-import { startRefusal, type MemberResult } from './workgroups.ts';
+import { drillRefusal, startRefusal, type MemberResult } from './workgroups.ts';
 
 export type PreviewAction = 'start' | 'sync' | 'pause' | 'resume' | 'complete' | 'drill';
 
@@ -27,7 +27,7 @@ export function refusal(action: PreviewAction, job: JobRecord, hasImage: boolean
       if (s === 'created') return `job ${job.id} has not synced yet`;
       return null;
     case 'drill':
-      return hasImage ? null : `job ${job.id} has no image on the receiver yet`;
+      return drillRefusal(job, hasImage);
   }
 }
 

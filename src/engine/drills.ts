@@ -31,6 +31,8 @@ export interface JobDrillsOptions {
 
 const ENDED = new Set(['passed', 'abnormal']);
 
+const progressKey = (r: Partial<DrillReport>): string => `${r.state}|${r.current?.step ?? ''}|${r.steps?.length ?? 0}`;
+
 export class JobDrills {
   private readonly followed = new Map<string, Promise<DrillRecord>>();
   private closed = false;
@@ -97,7 +99,8 @@ export class JobDrills {
         await this.sleep();
         continue;
       }
-      if (r.state !== current.state || ENDED.has(r.state)) {
+      // A change of state, of the step under way or of the steps done is kept at once: the console shows each live.
+      if (progressKey(r) !== progressKey(current.report as unknown as DrillReport) || r.state !== current.state || ENDED.has(r.state)) {
         current = this.o.state.updateDrill(rec.id, { state: r.state, report: r as unknown as Record<string, unknown> });
       }
       if (ENDED.has(r.state)) {

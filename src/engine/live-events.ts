@@ -7,7 +7,8 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { JobEngine } from './jobs.ts';
-import { JOB_STATES } from '../state/types.ts';
+import { JOB_STATES, type DrillRecord } from '../state/types.ts';
+import type { DrillReport } from '../transfer/contract.ts';
 
 interface Sample { t: number; done: number; cycleId: string }
 
@@ -16,8 +17,25 @@ export interface JobsEvent {
     id: string; name: string; state: string; workgroupId: string | null; nextSyncAt: string | null;
     error: unknown; settings: unknown; running: boolean; live: unknown; throughput: number;
     lastCycle: { kind: string; state: string; endedAt: string | null; wireBytes: number; imageId: string | null } | null;
+    /** The job's newest drill: its state, the step under way and the steps done (the report itself is in GET /v1/jobs/ID). */
+    drill: LiveDrill | null;
   }[];
   summary: { byState: Record<string, number>; throughput: number; bytesToday: number; errors: number };
+}
+
+export interface LiveDrill {
+  id: string; state: string; verdict: string | null;
+  current: { step: string; startedAt: string } | null;
+  steps: { step: string; ok: boolean; seconds: number }[];
+}
+
+function liveDrill(d: DrillRecord | undefined): LiveDrill | null {
+  if (!d) return null;
+  const r = d.report as Partial<DrillReport>;
+  return {
+    id: d.id, state: d.state, verdict: d.verdict, current: d.endedAt ? null : r.current ?? null,
+    steps: (r.steps ?? []).map((x) => ({ step: x.step, ok: x.ok, seconds: x.seconds })),
+  };
 }
 
 export class LiveEvents {
@@ -93,6 +111,7 @@ export class LiveEvents {
         id: j.id, name: j.name, state: j.state, workgroupId: j.workgroupId, nextSyncAt: j.nextSyncAt, error: j.error, settings: j.settings,
         running: this.engine.isRunning(j.id), live: live ?? null, throughput: Math.round(rate),
         lastCycle: c ? { kind: c.kind, state: c.state, endedAt: c.endedAt, wireBytes: c.wireBytes, imageId: c.imageId } : null,
+        drill: liveDrill(st.listDrills(j.id, 1)[0]),
       });
     }
     const ev: JobsEvent = { jobs, summary: { byState, throughput: Math.round(throughput), bytesToday, errors } };

@@ -177,6 +177,10 @@ export class Workgroups {
     const wg = this.get(id);
     const out: MemberResult[] = [];
     for (const jobId of wg.members) {
+      // Refused here with the batch preview's own reason, rather than by the receiver in other words.
+      const job = this.engine.state.getJob(jobId);
+      const why = job ? drillRefusal(job, hasCommittedImage(this.engine.state, jobId)) : null;
+      if (job && why) { out.push({ jobId, ok: false, state: job.state, reason: why }); continue; }
       try {
         const d = await drills.start(jobId);
         out.push({ jobId, ok: true, state: `drill ${d.state} (${d.id}, image ${d.imageId})` });
@@ -235,4 +239,14 @@ export function startRefusal(job: JobRecord): UserError | null {
     case 'paused': return new UserError('JOB_PAUSED', `job ${job.id} is paused; start leaves a paused job as it is`, `resume it: \`vmlift job resume ${job.id}\` (or \`vmlift workgroup resume\`)`);
     default: return null;
   }
+}
+
+/** Whether a job committed an image (a drill needs one). */
+export function hasCommittedImage(state: Pick<JobEngine['state'], 'listCycles'>, jobId: string): boolean {
+  return state.listCycles(jobId, 1000).some((c) => c.state === 'committed');
+}
+
+/** Why a member cannot be drilled, or null. */
+export function drillRefusal(job: JobRecord, hasImage: boolean): string | null {
+  return hasImage ? null : `job ${job.id} has no image on the receiver yet`;
 }

@@ -197,6 +197,8 @@ export class DrillRunner {
   private async step<T>(r: DrillReport, name: DrillStepName, fn: () => Promise<T>,
     line: (v: T) => Omit<DrillStepReport, 'step' | 'seconds'>): Promise<{ report: DrillReport; value: T }> {
     const t0 = Date.now();
+    // Saved with the step under way, so that followers (the connector, its console) see what runs now.
+    await this.save({ ...r, current: { step: name, startedAt: new Date(t0).toISOString() } });
     try {
       const value = await fn();
       const report = { ...r, steps: [...r.steps, { step: name, seconds: (Date.now() - t0) / 1000, ...line(value) }] };

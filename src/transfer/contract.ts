@@ -193,6 +193,8 @@ export interface DrillReport {
   startedAt: string | null;
   endedAt: string | null;
   steps: DrillStepReport[];
+  /** The step under way while the drill runs, and since when (absent from receivers before it, and once the step ended). */
+  current?: { step: DrillStepName; startedAt: string } | null;
   /** Set when the drill ended: "drill passed" or "drill abnormal" (the migration services' words). */
   verdict: 'drill passed' | 'drill abnormal' | null;
   /** The step that failed, its code, message and fix. */

@@ -49,12 +49,19 @@ export interface JobRow {
   id: string; name: string; state: string; workgroupId: string | null; nextSyncAt: string | null; error: JobError | null;
   settings: Settings; running: boolean; live: Live | null; throughput: number;
   lastCycle: { kind: string; state: string; endedAt: string | null; wireBytes: number; imageId: string | null } | null;
+  drill?: LiveDrill | null;
 }
 export interface Summary { byState: Record<string, number>; throughput: number; bytesToday: number; errors: number }
 export interface JobsEvent { jobs: JobRow[]; summary: Summary }
 export interface Cycle { id: string; seq: number; kind: string; state: string; startedAt: string; endedAt: string | null; sourceBytesRead: number; wireBytes: number; changedBytes: number; imageId: string | null; error: string | null; reason: string | null }
 export interface Disk { diskKey: number; label: string; capacity: number; transport?: string | null; transportReason?: string | null }
-export interface Drill { id: string; imageId: string; state: string; verdict: string | null; requestedAt: string; endedAt: string | null; reportDir: string | null }
+export interface DrillStep { step: string; ok: boolean; seconds: number; message?: string; code?: string; fix?: string }
+export interface DrillReport {
+  startedAt?: string | null; steps?: DrillStep[]; current?: { step: string; startedAt: string } | null;
+  failure?: { step: string; code: string; message: string; fix?: string } | null; accel?: string | null; secondsToLogin?: number | null; consoleTail?: string[]; screenshot?: boolean;
+}
+export interface Drill { id: string; imageId: string; state: string; verdict: string | null; requestedAt: string; endedAt: string | null; reportDir: string | null; report?: DrillReport }
+export interface LiveDrill { id: string; state: string; verdict: string | null; current: { step: string; startedAt: string } | null; steps: { step: string; ok: boolean; seconds: number }[] }
 export interface Image { imageId: string; committedAt?: string; disks?: { disk: number; capacity: number }[]; baseImageId?: string | null }
 export interface JobDetail { job: JobRow & { sourceId: string }; disks: Disk[]; cycles: Cycle[]; live: Live | null; drills: Drill[]; images: Image[] | { error: string };
   finalSync?: { available: true; forecast: { seconds: number; changedBytes: number; throughput: number; changeRatePerHour: number } } | { available: false; reason: string } }

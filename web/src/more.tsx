@@ -16,7 +16,7 @@ function WorkgroupCard({ wg, reload }: { wg: Workgroup; reload: () => void }) {
   const [result, setResult] = useState<MemberResult[] | null>(null);
   const [err, setErr] = useState<ApiError | null>(null);
   const [adding, setAdding] = useState<string[]>([]);
-  const stamp = live?.jobs.filter((j) => j.workgroupId === wg.id).map((j) => j.state).join() ?? '';
+  const stamp = live?.jobs.filter((j) => j.workgroupId === wg.id).map((j) => `${j.state}:${j.drill?.state ?? ''}`).join() ?? '';
   useEffect(() => { call<WgStatus>('GET', `/v1/workgroups/${encodeURIComponent(wg.id)}`).then(setStatus, (e) => setErr(asError(e))); }, [wg.id, wg.members.join(), stamp]);
   const ask = async (action: string) => {
     try { setResult(null); setConfirm({ action, preview: await call<MemberResult[]>('POST', `/v1/workgroups/${encodeURIComponent(wg.id)}/preview`, { action }) }); } catch (e) { setErr(asError(e)); }

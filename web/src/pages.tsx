@@ -3,6 +3,7 @@ import { call, ApiFailure, type JobDetail, type JobRow, type ApiError } from './
 import { LiveContext, useT, StateBadge, Progress, ErrorBox, Chart, bytes, rate, duration, when } from './ui.tsx';
 import type { MsgKey } from './i18n.ts';
 import { ReceiverCard } from './receivers.tsx';
+import { DrillList } from './drills.tsx';
 
 export function Overview() {
   const t = useT();
@@ -89,15 +90,10 @@ export function JobPage({ id }: { id: string }) {
   const [note, setNote] = useState('');
   const row = live?.jobs.find((j) => j.id === id);
   const load = () => call<JobDetail>('GET', `/v1/jobs/${encodeURIComponent(id)}`).then(setD, (e) => setErr(e instanceof ApiFailure ? e.error : { code: 'ERROR', message: String(e) }));
-  // Reload when the job's state, its last cycle, error or drills change (the live event tells).
-  const key = row ? `${row.state}|${row.lastCycle?.endedAt}|${row.error?.at}|${row.running}` : '';
+  // Reload when the job's state, its last cycle, error or newest drill (state, step, steps done, verdict) change: the live event tells.
+  const dr = row?.drill;
+  const key = row ? `${row.state}|${row.lastCycle?.endedAt}|${row.error?.at}|${row.running}|${dr ? `${dr.id}|${dr.state}|${dr.current?.step}|${dr.steps.length}|${dr.verdict}` : ''}` : '';
   useEffect(() => { void load(); }, [id, key]);
-  useEffect(() => {
-    const active = d?.drills.some((x) => !x.endedAt);
-    if (!active) return;
-    const tm = setInterval(() => void load(), 3000);
-    return () => clearInterval(tm);
-  }, [d?.drills.map((x) => x.state).join()]);
   if (!d) return err ? <ErrorBox error={err} /> : <p>{t('common.loading')}</p>;
   const job = { ...d.job, ...(row ?? {}) };
   const liveNow = row?.live ?? d.live;
@@ -153,11 +149,8 @@ export function JobPage({ id }: { id: string }) {
 
       <h2>{t('job.drills')}</h2>
       <button type="button" disabled={images.length === 0} onClick={async () => { try { await call('POST', `/v1/jobs/${encodeURIComponent(id)}/drill`, {}); done(null); } catch (e) { done(e instanceof ApiFailure ? e.error : null); } }}>{t('job.drill')}</button>
-      <ul class="drills">{d.drills.map((x) => (
-        <li>{x.id} · {x.state}{x.verdict ? ` · ${x.verdict}` : ''} · {when(x.endedAt ?? x.requestedAt)}
-          {x.reportDir && <div><img src={`/v1/jobs/${encodeURIComponent(id)}/drills/${encodeURIComponent(x.id)}/screenshot`} alt={t('job.screenshot', { id: x.id })} width={360} /></div>}
-        </li>
-      ))}</ul>
+      {images.length === 0 && <p><small>{t('drill.noImage')}</small></p>}
+      <DrillList jobId={id} drills={d.drills} live={row?.drill ?? null} />
     </section>
   );
 }
