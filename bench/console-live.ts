@@ -32,7 +32,7 @@ import { startLab, type Lab } from '../lab/lab.ts';
 const { values } = parseArgs({
   options: {
     jobs: { type: 'string', default: '200' },
-    window: { type: 'string', default: '60' },
+    window: { type: 'string', default: '20' },
     mbps: { type: 'string', default: '1' },
     pages: { type: 'string', default: '5' },
     json: { type: 'boolean', default: false },
@@ -51,8 +51,8 @@ const TICK = 100; // USER_HZ
 const log = (s: string) => { process.stderr.write(`${s}\n`); };
 
 // The windows, the set-up between them (browser start, page loads) and a margin, at the bandwidth limit.
-const phases = 3 + (PAGES > 0 ? 1 : 0);
-const liveSeconds = phases * WINDOW_S + 90 + 0.3 * JOBS;
+const windows = 5 + (PAGES > 1 ? 2 : 0);
+const liveSeconds = windows * WINDOW_S + 120 + 0.3 * JOBS;
 const DATA_MIB = Math.ceil((MBPS * 1e6 / 8) * liveSeconds / MiB);
 
 const children: ChildProcess[] = [];
@@ -197,8 +197,6 @@ try {
     return ph;
   };
 
-  const a = await measure('a  no console', 0);
-
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'] });
   const context = await browser.newContext({ locale: 'en-US', viewport: { width: 1280, height: 900 } });
   // log in once with a one-time link (as `vmlift connector console-url` prints), on a page closed afterwards
@@ -230,63 +228,84 @@ try {
     if (hash === 'jobs') await page.locator(`tr[data-job="${vms.at(-1)!.name}"]`).waitFor();
     else await page.getByRole('heading', { name: 'Overview' }).waitFor();
     const ms = Date.now() - t0;
-    await sleep(1000); // the CDP events of what has arrived
+    const firstEvents = bytes.events;
     const rows = await page.locator('tr[data-job]').count();
-    return { page, cdp, ms, rows, bytes: { ...bytes }, live: bytes };
+    return { page, ms, rows, firstEvents, bytes };
   };
 
   const cold = await openPage(context, 'jobs', true);
   if (cold.rows !== JOBS) throw new Error(`the jobs page shows ${cold.rows} rows, not ${JOBS}`);
+  await sleep(1000); // the CDP events of what has arrived
+  await cold.page.close();
   const warm = await openPage(context, 'jobs', false);
   await warm.page.close();
   const load = {
     coldMs: cold.ms, warmMs: warm.ms, rows: cold.rows,
-    coldAssetBytes: cold.bytes.assets, coldApiBytes: cold.bytes.api, coldFirstEventBytes: cold.bytes.events, coldFiles: cold.bytes.files,
+    coldAssetBytes: cold.bytes.assets, coldApiBytes: cold.bytes.api, coldFirstEventBytes: cold.firstEvents, coldFiles: cold.bytes.files,
     warmAssetBytes: warm.bytes.assets, warmFiles: warm.bytes.files,
   };
   results.pageLoad = load;
-  log(`page load (jobs table with ${cold.rows} rows): cold ${cold.ms} ms, ${(cold.bytes.assets / 1024).toFixed(1)} KiB of page (gzip) + ${(cold.bytes.api / 1024).toFixed(1)} KiB API + ${(cold.bytes.events / 1024).toFixed(1)} KiB of events so far; warm ${warm.ms} ms, ${(warm.bytes.assets / 1024).toFixed(1)} KiB`);
+  log(`page load (jobs table with ${cold.rows} rows): cold ${cold.ms} ms, ${(cold.bytes.assets / 1024).toFixed(1)} KiB of page (gzip) + ${(cold.bytes.api / 1024).toFixed(1)} KiB API + ${(cold.firstEvents / 1024).toFixed(1)} KiB of events until rendered; warm ${warm.ms} ms, ${(warm.bytes.assets / 1024).toFixed(1)} KiB`);
 
-  const ev0 = cold.live.events;
-  const b = await measure('b  console: jobs page, live', 1);
-  const eventBytesPerS = (cold.live.events - ev0) / WINDOW_S;
-  results.eventStreamBytesPerSecond = eventBytesPerS;
-  log(`  the page received ${(eventBytesPerS / 1024).toFixed(1)} KiB/s of events`);
-
-  let c: Phase | undefined;
-  const more: Page[] = [];
-  if (PAGES > 1) {
-    for (let i = 1; i < PAGES; i++) more.push((await openPage(context, i % 2 ? 'overview' : 'jobs', false)).page);
-    c = await measure(`c  console: ${PAGES} pages, live`, PAGES);
-  }
-  for (const p of [cold.page, ...more]) await p.close();
+  // Windows without and with the console in turn (a b a b a c a): the cycles' own cost drifts as they go
+  // from reading to only sending, so each console window is compared with the mean of its neighbours.
+  const pairs: { x: Phase; before: Phase; after: Phase; pointsOfCore: number; percentOfBaseline: number }[] = [];
+  const eventRates: number[] = [];
+  let prev = await measure('a  no console', 0);
+  const withPages = async (n: number, label: string) => {
+    const open: Awaited<ReturnType<typeof openPage>>[] = [];
+    for (let i = 0; i < n; i++) open.push(await openPage(context, i % 2 ? 'overview' : 'jobs', false));
+    await sleep(2000);
+    const ev0 = open[0]!.bytes.events;
+    const x = await measure(label, n);
+    eventRates.push((open[0]!.bytes.events - ev0) / WINDOW_S);
+    for (const p of open) await p.page.close();
+    await sleep(2000);
+    const after = await measure('a  no console', 0);
+    const baseline = (prev.cpuPercentOfCore + after.cpuPercentOfCore) / 2;
+    pairs.push({ x, before: prev, after, pointsOfCore: x.cpuPercentOfCore - baseline, percentOfBaseline: ((x.cpuPercentOfCore - baseline) / baseline) * 100 });
+    prev = after;
+  };
+  await withPages(1, 'b  console: jobs page, live');
+  await withPages(1, 'b  console: jobs page, live');
+  if (PAGES > 1) await withPages(PAGES, `c  console: ${PAGES} pages, live`);
   await browser.close();
   browser = undefined;
-  await sleep(3000);
-  const a2 = await measure("a' no console", 0);
 
-  const baseline = (a.cpuPercentOfCore + a2.cpuPercentOfCore) / 2;
-  const added = (x: Phase) => ({ pointsOfCore: x.cpuPercentOfCore - baseline, percentOfBaseline: ((x.cpuPercentOfCore - baseline) / baseline) * 100 });
+  const endJobs = await jobs();
+  const byState: Record<string, number> = {};
+  for (const j of endJobs) byState[`${j.state}${j.running ? ' (running)' : ''}`] = (byState[`${j.state}${j.running ? ' (running)' : ''}`] ?? 0) + 1;
+  const anError = endJobs.find((j) => j.error)?.error;
+  const mean = (xs: number[]) => xs.reduce((n, x) => n + x, 0) / xs.length;
+  const one = pairs.filter((p) => p.x.pages === 1);
+  const many = pairs.filter((p) => p.x.pages > 1);
+  const eventBytesPerS = mean(eventRates);
   results.phases = phaseResults;
-  results.baselineCpuPercentOfCore = baseline;
-  results.addedByConsole = { onePage: added(b), ...(c ? { pages: PAGES, manyPages: added(c) } : {}) };
+  results.pairs = pairs.map((p) => ({ label: p.x.label, pages: p.x.pages, pointsOfCore: p.pointsOfCore, percentOfBaseline: p.percentOfBaseline }));
+  results.addedByConsole = {
+    onePage: { pointsOfCore: mean(one.map((p) => p.pointsOfCore)), percentOfBaseline: mean(one.map((p) => p.percentOfBaseline)) },
+    ...(many.length ? { pages: PAGES, manyPages: { pointsOfCore: mean(many.map((p) => p.pointsOfCore)), percentOfBaseline: mean(many.map((p) => p.percentOfBaseline)) } } : {}),
+  };
+  results.eventStreamBytesPerSecond = eventBytesPerS;
   results.targetPercent = 5;
+  results.jobsAtEnd = byState;
+  if (anError) results.anError = anError;
   results.loadavg = loadavg();
 
   if (values.json) console.log(JSON.stringify(results));
   else {
     console.log(`console-live: ${JOBS} jobs, each a full cycle at ${MBPS} Mbps through a real connector and receiver; windows of ${WINDOW_S} s`);
-    console.log('| window | pages | connector CPU (% of a core) | vs baseline | peak RSS | read / written | cycles running | load avg (1 min) |');
-    console.log('|---|---|---|---|---|---|---|---|');
+    console.log('| window | pages | connector CPU (% of a core) | peak RSS | read / written | cycles running | load avg (1 min) |');
+    console.log('|---|---|---|---|---|---|---|');
     for (const x of phaseResults) {
-      const d = ((x.cpuPercentOfCore - baseline) / baseline) * 100;
-      console.log(`| ${x.label} | ${x.pages} | ${x.cpuPercentOfCore.toFixed(2)} | ${d >= 0 ? '+' : ''}${d.toFixed(1)} % | ${x.peakRssMiB.toFixed(0)} MiB | ${x.readMBps.toFixed(1)} / ${x.writtenMBps.toFixed(1)} MB/s | ${x.running}/${JOBS} | ${x.loadavg1.map((l) => l.toFixed(1)).join('→')} |`);
+      console.log(`| ${x.label} | ${x.pages} | ${x.cpuPercentOfCore.toFixed(2)} | ${x.peakRssMiB.toFixed(0)} MiB | ${x.readMBps.toFixed(1)} / ${x.writtenMBps.toFixed(1)} MB/s | ${x.running}/${JOBS} | ${x.loadavg1.map((l) => l.toFixed(1)).join('→')} |`);
     }
-    const ab = added(b);
-    console.log(`added by the console (1 page): ${ab.pointsOfCore.toFixed(2)} points of a core = ${ab.percentOfBaseline.toFixed(1)} % of the connector's CPU without it (target <= 5 %): ${ab.percentOfBaseline <= 5 ? 'met' : 'NOT met'}`);
-    if (c) { const ac = added(c); console.log(`added by ${PAGES} pages: ${ac.pointsOfCore.toFixed(2)} points = ${ac.percentOfBaseline.toFixed(1)} %`); }
-    console.log(`page load to the jobs table with ${load.rows} rows: cold ${load.coldMs} ms (${(load.coldAssetBytes / 1024).toFixed(1)} KiB page gzip, ${load.coldFiles} files, + ${(load.coldFirstEventBytes / 1024).toFixed(1)} KiB event stream), warm ${load.warmMs} ms (${(load.warmAssetBytes / 1024).toFixed(1)} KiB)`);
-    console.log(`event stream to one page: ${(eventBytesPerS / 1024).toFixed(1)} KiB/s`);
+    for (const p of pairs) console.log(`${p.x.label}: ${p.pointsOfCore >= 0 ? '+' : ''}${p.pointsOfCore.toFixed(2)} points of a core = ${p.percentOfBaseline >= 0 ? '+' : ''}${p.percentOfBaseline.toFixed(1)} % of the windows around it without a console`);
+    const ab = results.addedByConsole as { onePage: { pointsOfCore: number; percentOfBaseline: number }; manyPages?: { pointsOfCore: number; percentOfBaseline: number } };
+    console.log(`added by the console (1 page, mean): ${ab.onePage.pointsOfCore.toFixed(2)} points of a core = ${ab.onePage.percentOfBaseline.toFixed(1)} % of the connector's CPU without it (target <= 5 %): ${ab.onePage.percentOfBaseline <= 5 ? 'met' : 'NOT met'}`);
+    if (ab.manyPages) console.log(`added by ${PAGES} pages: ${ab.manyPages.pointsOfCore.toFixed(2)} points = ${ab.manyPages.percentOfBaseline.toFixed(1)} %`);
+    console.log(`page load to the jobs table with ${load.rows} rows: cold ${load.coldMs} ms (${(load.coldAssetBytes / 1024).toFixed(1)} KiB page gzip, ${load.coldFiles} files, + ${(load.coldFirstEventBytes / 1024).toFixed(1)} KiB of the event stream until rendered), warm ${load.warmMs} ms (${(load.warmAssetBytes / 1024).toFixed(1)} KiB)`);
+    console.log(`event stream to one page: ${(eventBytesPerS / 1024).toFixed(1)} KiB/s; jobs at the end: ${JSON.stringify(byState)}${anError ? `; an error: ${JSON.stringify(anError)}` : ''}`);
   }
 } finally {
   await browser?.close().catch(() => undefined);
