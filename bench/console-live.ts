@@ -177,12 +177,15 @@ try {
     await sleep(1000);
   }
   // The connector reads each disk ahead of the limited wire (into memory): wait until it has read them
-  // (reads below 1 MB/s over 5 s), so that the windows see one steady workload, sending at the limit.
+  // (reads below 1 MB/s over 5 s after they ran above 5 MB/s), so that the windows see one steady workload, sending at the limit.
   log(`all cycles running after ${((Date.now() - startedAt) / 1000).toFixed(0)} s; waiting until the disks are read`);
-  for (let i = 0; i < 120; i++) {
+  // (first the snapshots: reads start slowly, so wait for them to have begun)
+  for (let i = 0, begun = false; i < 180; i++) {
     const r0 = io().read;
     await sleep(5000);
-    if ((io().read - r0) / 5 < 1e6) break;
+    const rate = (io().read - r0) / 5;
+    if (rate > 5e6) begun = true;
+    else if (begun && rate < 1e6) break;
   }
   log(`disks read after ${((Date.now() - startedAt) / 1000).toFixed(0)} s`);
 
