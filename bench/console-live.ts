@@ -316,9 +316,10 @@ try {
     }
     for (const p of pairs) console.log(`${p.x.label}: ${p.pointsOfCore >= 0 ? '+' : ''}${p.pointsOfCore.toFixed(2)} points of a core = ${p.percentOfBaseline >= 0 ? '+' : ''}${p.percentOfBaseline.toFixed(1)} % of the windows around it without a console${p.steady ? '' : ' (unsteady neighbours: not counted)'}`);
     const ab = results.addedByConsole as { onePage: { pointsOfCore: number; percentOfBaseline: number }; manyPages?: { pointsOfCore: number; percentOfBaseline: number } };
-    console.log(`added by the console (1 page, mean of ${one.length} steady windows): ${ab.onePage.pointsOfCore.toFixed(2)} points of a core = ${ab.onePage.percentOfBaseline.toFixed(1)} % of the connector's CPU without it (target <= 5 %): ${ab.onePage.percentOfBaseline <= 5 ? 'met' : 'NOT met'}`);
+    if (!one.length) console.log('added by the console (1 page): no steady pair of windows (the workload moved under each; run again, or with more --rounds)');
+    else console.log(`added by the console (1 page, mean of ${one.length} steady windows): ${ab.onePage.pointsOfCore.toFixed(2)} points of a core = ${ab.onePage.percentOfBaseline.toFixed(1)} % of the connector's CPU without it (target <= 5 %): ${ab.onePage.percentOfBaseline <= 5 ? 'met' : 'NOT met'}`);
     if (ab.manyPages) console.log(`added by ${PAGES} pages: ${ab.manyPages.pointsOfCore.toFixed(2)} points = ${ab.manyPages.percentOfBaseline.toFixed(1)} %`);
-    console.log(`page load to the jobs table with ${load.rows} rows: cold ${load.coldMs} ms (${(load.coldAssetBytes / 1024).toFixed(1)} KiB page gzip, ${load.coldFiles} files,), warm ${load.warmMs} ms (${(load.warmAssetBytes / 1024).toFixed(1)} KiB)`);
+    console.log(`page load to the jobs table with ${load.rows} rows: cold ${load.coldMs} ms (${(load.coldAssetBytes / 1024).toFixed(1)} KiB page gzip, ${load.coldFiles} files), warm ${load.warmMs} ms (${(load.warmAssetBytes / 1024).toFixed(1)} KiB)`);
     console.log(`event stream to one page: ${eventsPerS.toFixed(2)} events/s, ${(eventBytesPerS / 1024).toFixed(1)} KiB/s; jobs at the end: ${JSON.stringify(byState)}${anError ? `; an error: ${JSON.stringify(anError)}` : ''}`);
   }
 } finally {
