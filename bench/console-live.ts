@@ -9,7 +9,7 @@
  * /proc/PID/stat) and peak RSS (VmRSS sampled every 250 ms), in turn:
  *   a   no console
  *   b   chromium (playwright-core, Debian's /usr/bin/chromium) open on the jobs page, following the
- *       live event stream (--rounds R times, default 4, each between two a windows)
+ *       live event stream (--rounds R times, default 3, each between two a windows)
  *   c   --pages P pages open (default 5: jobs and overview in turn; 0 skips)
  * Each console window is compared with the mean of the a windows on either side (the cycles' own cost
  * drifts); a pair whose neighbours differ by more than a quarter is shown but not counted.
@@ -17,7 +17,7 @@
  * the browser sees it: from navigation (cache cleared) to the jobs table rendered with N rows, and the
  * bytes over the wire (CDP Network: encoded, i.e. gzipped, bytes of each response), then the same warm.
  *
- *   bash scripts/bench.sh console-live -- [--jobs 200] [--window 20] [--rounds 4] [--mbps 1] [--pages 5] [--json]
+ *   bash scripts/bench.sh console-live -- [--jobs 200] [--window 20] [--rounds 3] [--mbps 1] [--pages 5] [--json]
  * Every process it starts (lab, receiver, connector, chromium) is stopped at the end, also on failure.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -38,7 +38,7 @@ const { values } = parseArgs({
     window: { type: 'string', default: '20' },
     mbps: { type: 'string', default: '1' },
     pages: { type: 'string', default: '5' },
-    rounds: { type: 'string', default: '4' },
+    rounds: { type: 'string', default: '3' },
     json: { type: 'boolean', default: false },
   },
   strict: true,
@@ -57,7 +57,9 @@ const log = (s: string) => { process.stderr.write(`${s}\n`); };
 
 // The windows, the set-up between them (browser start, page loads) and a margin, at the bandwidth limit.
 const windows = 1 + 2 * ROUNDS + (PAGES > 1 ? 2 : 0);
-const liveSeconds = windows * WINDOW_S + 120 + 0.3 * JOBS;
+// The connector reads the disks ahead of the wire first (about 5 min for 200 disks of 48 MiB here), and the
+// windows come after that: the cycles must outlast both.
+const liveSeconds = windows * WINDOW_S + 120 + 1.5 * JOBS;
 const DATA_MIB = Math.ceil((MBPS * 1e6 / 8) * liveSeconds / MiB);
 
 const children: ChildProcess[] = [];
