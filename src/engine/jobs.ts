@@ -131,6 +131,14 @@ export class JobEngine {
     return unrecorded ? { ...job, state: 'error', error: unrecorded } : job;
   }
 
+  /** Every job as getJob shows it, in one query (the live event stream lists them each second). */
+  listJobs(): JobRecord[] {
+    return this.o.state.listJobs().map((job) => {
+      const unrecorded = this.unrecorded.get(job.id);
+      return unrecorded ? { ...job, state: 'error', error: unrecorded } : job;
+    });
+  }
+
   /** created | error → syncing (the first cycle starts at the next scheduler tick). */
   start(id: string): JobRecord {
     const job = this.getJob(id);

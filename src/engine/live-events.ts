@@ -12,6 +12,12 @@ import type { DrillReport } from '../transfer/contract.ts';
 
 interface Sample { t: number; done: number; cycleId: string }
 
+/** What a job's finished cycles give the stream, and the job's facts it was read under. */
+interface CycleSummary { key: string; bytesToday: number; lastCycle: JobsEvent['jobs'][number]['lastCycle'] }
+
+/** A job's finished cycles change only when its record, its run, its cycle or its step does (or the day). */
+const CYCLES_REREAD_MS = 30_000;
+
 export interface JobsEvent {
   jobs: {
     id: string; name: string; state: string; workgroupId: string | null; nextSyncAt: string | null;
@@ -44,6 +50,7 @@ export class LiveEvents {
   private last = '';
   private readonly samples = new Map<string, Sample[]>();
   private beats = 0;
+  private readonly cycleSummaries = new Map<string, CycleSummary>();
 
   constructor(private readonly engine: JobEngine, private readonly tickMs = 1000) {}
 
@@ -90,29 +97,48 @@ export class LiveEvents {
     return t > first.t ? Math.max(0, ((done - first.done) * 1000) / (t - first.t)) : 0;
   }
 
+  /**
+   * Bytes sent today and the last finished cycle: read again from the state only when the job's record,
+   * run, cycle or step changed (a cycle that ends changes them), the day turned, or CYCLES_REREAD_MS
+   * passed; each second otherwise would read N × 30 cycle rows for nothing.
+   */
+  private cycleSummary(job: { id: string; updatedAt: string }, live: { cycleId: string; step: string } | undefined, today: string, t: number): CycleSummary {
+    const key = `${job.updatedAt}|${live?.cycleId ?? ''}|${live?.step ?? ''}|${today}|${Math.floor(t / CYCLES_REREAD_MS)}`;
+    const had = this.cycleSummaries.get(job.id);
+    if (had?.key === key) return had;
+    const cycles = this.engine.state.listCycles(job.id, 30);
+    let bytesToday = 0;
+    for (const c of cycles) if (c.endedAt?.startsWith(today)) bytesToday += c.wireBytes;
+    const c = cycles.find((x) => x.state !== 'running') ?? null;
+    const s = { key, bytesToday, lastCycle: c ? { kind: c.kind, state: c.state, endedAt: c.endedAt, wireBytes: c.wireBytes, imageId: c.imageId } : null };
+    this.cycleSummaries.set(job.id, s);
+    return s;
+  }
+
   private build(): string {
-    const st = this.engine.state;
     const t = Date.now();
     const today = new Date(t).toISOString().slice(0, 10);
     const byState: Record<string, number> = Object.fromEntries(JOB_STATES.map((s) => [s, 0]));
     let throughput = 0, bytesToday = 0, errors = 0;
     const jobs: JobsEvent['jobs'] = [];
-    for (const rec of st.listJobs()) {
-      const j = this.engine.getJob(rec.id);
+    const listed = this.engine.listJobs();
+    for (const j of listed) {
       const live = this.engine.live(j.id);
       const rate = this.throughput(j.id, live, t);
-      const cycles = st.listCycles(j.id, 30);
-      for (const c of cycles) if (c.endedAt?.startsWith(today)) bytesToday += c.wireBytes;
-      const c = cycles.find((x) => x.state !== 'running') ?? null;
+      const cs = this.cycleSummary(j, live, today, t);
+      bytesToday += cs.bytesToday;
       byState[j.state] = (byState[j.state] ?? 0) + 1;
       if (j.state === 'error') errors++;
       throughput += rate;
       jobs.push({
         id: j.id, name: j.name, state: j.state, workgroupId: j.workgroupId, nextSyncAt: j.nextSyncAt, error: j.error, settings: j.settings,
-        running: this.engine.isRunning(j.id), live: live ?? null, throughput: Math.round(rate),
-        lastCycle: c ? { kind: c.kind, state: c.state, endedAt: c.endedAt, wireBytes: c.wireBytes, imageId: c.imageId } : null,
-        drill: liveDrill(st.listDrills(j.id, 1)[0]),
+        running: this.engine.isRunning(j.id), live: live ?? null, throughput: Math.round(rate), lastCycle: cs.lastCycle,
+        drill: liveDrill(this.engine.state.listDrills(j.id, 1)[0]),
       });
+    }
+    if (this.cycleSummaries.size > listed.length) {
+      const ids = new Set(listed.map((j) => j.id));
+      for (const id of this.cycleSummaries.keys()) if (!ids.has(id)) this.cycleSummaries.delete(id);
     }
     const ev: JobsEvent = { jobs, summary: { byState, throughput: Math.round(throughput), bytesToday, errors } };
     return JSON.stringify(ev);
