@@ -22,7 +22,7 @@ export function targetDrillSteps(so: DrillStepOptions = {}): DrillSteps {
       const r = await inspectImage(store, sourceId, imageId, { signal: ctx.signal, memoryMiB });
       const kvm = r.targets.kvm;
       const main = kvm.reasons.filter((x) => x.severity !== 'warning');
-      const os = r.os ? `${r.os.product || r.os.distro} ${r.os.version}`.trim() : 'no operating system found';
+      const os = r.os ? osName(r.os) : 'no operating system found';
       return { verdict: kvm.verdict, message: [os, ...main.map((x) => x.message)].join('; '), code: main[0]?.code, fix: main[0]?.fix };
     },
     async convert(store, sourceId, imageId, outputDir, ctx) {
@@ -44,4 +44,10 @@ export function targetDrillSteps(so: DrillStepOptions = {}): DrillSteps {
       };
     },
   };
+}
+
+/** "debian 12.15", "Windows Server 2019 Standard": libguestfs gives Debian's product name as its bare version. */
+function osName(os: { product: string; distro: string; version: string }): string {
+  const base = os.product && os.product !== os.version ? os.product : os.distro;
+  return (base.includes(os.version) ? base : `${base} ${os.version}`).trim();
 }
