@@ -20,14 +20,7 @@ export class PackReaders {
   async read(path: string, offset: number, length: number): Promise<Buffer> {
     const h = this.acquire(path);
     try {
-      const fh = await h.fh;
-      const out = Buffer.alloc(length);
-      for (let done = 0; done < length;) {
-        const { bytesRead } = await fh.read(out, done, length - done, offset + done);
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
-      return out;
+      return await readFullyAt(await h.fh, offset, length);
     } finally {
       h.busy--;
       h.usedAt = Date.now();
@@ -75,6 +68,17 @@ export class PackReaders {
     for (const [path, h] of this.held) if (h.busy === 0 && now - h.usedAt >= IDLE_MS) this.drop(path);
     if (this.held.size === 0 && this.timer) { clearInterval(this.timer); this.timer = null; }
   }
+}
+
+/** Exactly `length` bytes at `offset` of an open file (fewer at its end: zero-filled). */
+export async function readFullyAt(fh: FileHandle, offset: number, length: number): Promise<Buffer> {
+  const out = Buffer.alloc(length);
+  for (let done = 0; done < length;) {
+    const { bytesRead } = await fh.read(out, done, length - done, offset + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return out;
 }
 
 /** Close once the reads in flight on it are done (a dropped handle is no longer handed out). */

@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import type { Layout } from './layout.ts';
 import { StoreError } from './types.ts';
 import { dropFromCache } from './native.ts';
-import { PackReaders } from './pack-readers.ts';
+import { PackReaders, readFullyAt } from './pack-readers.ts';
 import { writeFully } from '../util/write-fully.ts';
 import { crashPoint } from '../util/crash.ts';
 
@@ -79,13 +79,7 @@ export function decodeIndex(buf: Buffer): PackEntry[] | null {
 export async function readAt(path: string, offset: number, length: number): Promise<Buffer> {
   const fh = await open(path, 'r');
   try {
-    const out = Buffer.alloc(length);
-    for (let done = 0; done < length;) {
-      const { bytesRead } = await fh.read(out, done, length - done, offset + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
-    return out;
+    return await readFullyAt(fh, offset, length);
   } finally {
     await fh.close();
   }

@@ -12,14 +12,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium, type Page } from 'playwright-core';
 import { startLab } from '../../lab/lab.ts';
-import { startTestReceiver } from '../transfer/helpers.ts';
+import { startTestReceiver, freePort } from '../transfer/helpers.ts';
 import { guestWrites, MiB } from '../engine/harness.ts';
 import { vmlift } from '../vsphere/helpers.ts';
 import { PROJECT_ROOT } from '../../src/util/root.ts';
@@ -27,14 +26,6 @@ import { PROJECT_ROOT } from '../../src/util/root.ts';
 const CHROMIUM = '/usr/bin/chromium';
 const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 const artifacts = join(PROJECT_ROOT, 'test-artifacts', 'console');
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 /** "1.9 MiB/s" → bytes per second. */
 function parseRate(text: string): number {

@@ -15,14 +15,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 import { startLab } from '../../lab/lab.ts';
-import { startTestReceiver } from '../transfer/helpers.ts';
+import { startTestReceiver, freePort } from '../transfer/helpers.ts';
 import { vmlift } from '../vsphere/helpers.ts';
 import { targetDrillSteps } from '../../src/cli/drill-steps.ts';
 import { PROJECT_ROOT } from '../../src/util/root.ts';
@@ -31,14 +30,6 @@ const CHROMIUM = '/usr/bin/chromium';
 const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 const artifacts = join(PROJECT_ROOT, 'test-artifacts', 'console');
 const PNG = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 interface DrillRec { id: string; state: string; verdict: string | null; report: { steps: { step: string; ok: boolean }[]; failure: { code: string } | null } }
 interface Detail { job: { state: string }; cycles: { state: string; imageId: string | null }[]; drills: DrillRec[] }
