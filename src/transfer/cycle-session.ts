@@ -55,6 +55,8 @@ export interface SessionHost {
   readonly checksum: boolean;
   /** Bytes of unacknowledged payload kept for resend. */
   readonly windowBytes: number;
+  /** The window's limit now, at most windowBytes (a bandwidth-limited session holds less: window-size.ts). */
+  windowLimit?(): number;
   /** Give up reconnecting (or retrying a commit) after this long without progress. */
   readonly resumeTimeoutMs: number;
   /** zstd level for new pieces; null: compression off. */
@@ -337,7 +339,7 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
       const digest = digests?.subarray(k * 32, (k + 1) * 32);
       const zero = digest !== undefined && digest.every((b) => b === 0);
       const cost = data && !zero ? n : MARKER_COST;
-      while (!this.window.fits(cost)) {
+      while (!this.window.fits(cost, this.host.windowLimit?.() ?? this.host.windowBytes)) {
         await this.changed.wait();
         this.check();
       }

@@ -41,9 +41,9 @@ export class SendWindow<E extends WindowEntry> {
   /** Some entry is written to the current connection and not yet acknowledged. */
   get awaitingAck(): boolean { return this.cursor > 0; }
 
-  /** False while an entry of `cost` would take the window over its limit (an empty window takes anything). */
-  fits(cost: number): boolean {
-    return this.total === 0 || this.total + cost <= this.limit;
+  /** False while an entry of `cost` would take the window over `limit` (default its own; an empty window takes anything). */
+  fits(cost: number, limit = this.limit): boolean {
+    return this.total === 0 || this.total + cost <= Math.min(limit, this.limit);
   }
 
   /** Append an entry under the next sequence number. */

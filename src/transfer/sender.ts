@@ -25,6 +25,7 @@ import { ControlClient, type ControlTarget } from './control-client.ts';
 import { normalizeFingerprint, parseHostPort, parseProxy, redactUrl, ConnectError } from './connect.ts';
 import { zstdLevelFor } from './levels.ts';
 import { TokenBucket } from './token-bucket.ts';
+import { windowLimit } from './window-size.ts';
 import { obtainCredential } from './credential.ts';
 import { CycleSession, type SessionHost } from './cycle-session.ts';
 import { linkTimeouts, type LinkTimeouts } from './link-timeouts.ts';
@@ -83,11 +84,13 @@ export class Sender implements ReceiverSession {
     this.compression = opts.compression;
     this.zstdLevel = zstdLevelFor(opts.compression);
     this.bucket = new TokenBucket(opts.bandwidthMbps);
+    const windowBytes = opts.windowBytes ?? 64 * 1024 * 1024;
     this.host = {
       sourceId, credential, control, log,
       data: { ...target, dataPort },
       checksum: opts.checksum,
-      windowBytes: opts.windowBytes ?? 64 * 1024 * 1024,
+      windowBytes,
+      windowLimit: () => windowLimit(windowBytes, this.bucket.mbps),
       resumeTimeoutMs: opts.resumeTimeoutMs ?? 10 * 60 * 1000,
       zstdLevel: () => this.zstdLevel,
       takeTokens: (n) => this.bucket.take(n),
