@@ -279,8 +279,9 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
         if (con.loginAt !== null && expected) break;
         if (con.failure) { failure = { code: con.failure.code, message: `${con.failure.message}: "${con.failure.line}"` }; break; }
         if (con.multiUserAt !== null && now - con.multiUserAt > grace && expected) break;
-        if (exited && BIOS_HANDOFF.test(con.lastLine)) {
-          failure = { code: 'NO_OS', message: `the machine reset right after "${con.lastLine}" with nothing printed: the boot sector holds no boot loader (its code crashed)` }; break;
+        const handoff = exited ? lastHandoff(con.tail()) : null;
+        if (handoff) {
+          failure = { code: 'NO_OS', message: `the machine reset right after "${handoff}" with nothing printed: the boot sector holds no boot loader (its code crashed)` }; break;
         }
         if (exited) { failure = { code: 'QEMU_EXITED', message: `QEMU exited (${exited}) before a login prompt${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break; }
         if (qmp.events.some((e) => e.event === 'STOP')) {
@@ -348,4 +349,17 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
     await rm(tmp, { recursive: true, force: true });
     await unpin?.();
   }
+}
+
+/**
+ * The BIOS hand-over line ("Booting from Hard Disk...") when nothing readable followed it: the boot
+ * sector's code ran and printed nothing before the reset (stray bytes it may have sent are not text).
+ */
+function lastHandoff(tail: readonly string[]): string | null {
+  for (let k = tail.length - 1; k >= 0; k--) {
+    const line = tail[k]!.trim();
+    if (BIOS_HANDOFF.test(line)) return line;
+    if (/[A-Za-z0-9]{3}/.test(line)) return null;
+  }
+  return null;
 }

@@ -70,7 +70,7 @@ test('boot-test: zeroed boot sector -> NO_BOOTABLE_DEVICE (SeaBIOS on the serial
     const rep = JSON.parse(r.out) as BootTestReport;
     assert.equal(rep.passed, false);
     assert.equal(rep.accel, 'tcg');
-    assert.equal(rep.failure?.code, c.code, JSON.stringify(rep.failure));
+    assert.equal(rep.failure?.code, c.code, `${JSON.stringify(rep.failure)}; console tail: ${JSON.stringify(rep.consoleTail)}`);
     assert.match(rep.failure!.fix, c.fix);
     assert.match(rep.consoleTail.join('\n'), c.tail);
     assert.match(r.err, new RegExp(`vmlift: error: ${c.code}: .*\\n  fix: `));
