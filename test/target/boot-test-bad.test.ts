@@ -74,7 +74,10 @@ test('boot-test: zeroed boot sector -> NO_BOOTABLE_DEVICE (SeaBIOS on the serial
     assert.match(rep.failure!.fix, c.fix);
     assert.match(rep.consoleTail.join('\n'), c.tail);
     assert.match(r.err, new RegExp(`vmlift: error: ${c.code}: .*\\n  fix: `));
-    assert.ok(isPng(await readFile(rep.screenshot!)), 'the screenshot is a PNG');
+    // The boot code of the disk with no OS runs into zeros under TCG: sometimes it loops (QEMU stays up,
+    // a screenshot is taken), sometimes the CPU resets and QEMU exits (-no-reboot): then no screen is left.
+    if (rep.screenshot === null) assert.ok(c.source === 'noos' && /reset right after/.test(rep.failure!.message), `no screenshot: ${rep.failure!.message}`);
+    else assert.ok(isPng(await readFile(rep.screenshot)), 'the screenshot is a PNG');
     assert.deepEqual(JSON.parse(await readFile(join(rd, 'report.json'), 'utf8')), rep, 'report.json holds the report');
     await noLeftovers(scratch, dataDir, c.source);
   }
