@@ -11,8 +11,9 @@
  *                 window's tree digest from them (each byte hashed once); the receiver checks it by
  *                 hashing each 4 KiB block; chunk files written through the page cache, syncfs +
  *                 FADV_DONTNEED per batch on the receiver
- *   page-cache/tree-mb  the same with the block digests of native/digest/sha256-4k.c (2 blocks
- *                 interleaved with SHA-NI), as vmlift's digester computes them since issue 16 item 2
+ *   page-cache/tree-mb  the same with the block digests of native/digest/sha256-4k.c (AVX-512 16
+ *                 at a time, the rest SHA-NI 2 interleaved), as vmlift's digester computes them since
+ *                 issue 16 item 2 (needs SHA-NI)
  *   page-cache/2  what vmlift did before: 4 KiB block digests + window SHA-256 on the agent
  *   direct/2      the same with O_DIRECT chunk writes
  *   page-cache/1  the agent hashing once (no block digests for the manifest)
@@ -109,7 +110,7 @@ const VARIANTS: [string, (work: string, src: string, round: number) => Promise<R
   ['vmlift agent → receiver, compression 0', vmliftRun],
   ['floor page-cache/2 (vmlift\'s work before wire version 2)', (w, s) => floorRun(w, s, 'page-cache', 2)],
   ['floor page-cache/tree (vmlift\'s work with OpenSSL block digests)', (w, s) => floorRun(w, s, 'page-cache', 'tree')],
-  ['floor page-cache/tree-mb (vmlift\'s work now: SHA-NI, 2 blocks interleaved)', (w, s) => floorRun(w, s, 'page-cache', 'tree-mb')],
+  ['floor page-cache/tree-mb (vmlift\'s work now: AVX-512 / SHA-NI multi-buffer)', (w, s) => floorRun(w, s, 'page-cache', 'tree-mb')],
   ['floor direct/2', (w, s) => floorRun(w, s, 'direct', 2)],
   ['floor page-cache/1', (w, s) => floorRun(w, s, 'page-cache', 1)],
   ['floor none/1 (no store)', (w, s) => floorRun(w, s, 'none', 1)],

@@ -8,9 +8,9 @@
  *                                   SHA-256 as vmlift's agent did before wire version 2; 1: the
  *                                   window's SHA-256 only; tree: the 4 KiB block digests and the
  *                                   window's tree digest from them, as vmlift's agent does; tree-mb:
- *                                   the same with the block digests from native/digest/sha256-4k.c,
- *                                   two blocks interleaved, as vmlift's digester does since issue 16
- *                                   item 2 where the CPU has SHA-NI),
+ *                                   the same with the block digests from native/digest/sha256-4k.c
+ *                                   (AVX-512 16 at a time, the rest SHA-NI 2 interleaved), as vmlift's
+ *                                   digester does since issue 16 item 2),
  *                                   send a 40-byte header (length, digest) + the window over TLS
  *   receive PORT DIR MODE CERT KEY [tree|tree-mb]  accept one TLS connection, check each window's
  *                                   digest (SHA-256, or with `tree` its tree digest: each 4 KiB block
@@ -76,7 +76,8 @@ static void tree_digest(size_t n, const unsigned char *blocks, unsigned char *ou
 
 static void die(const char *what);
 
-/* multi-buffer: whole blocks through sha256-4k.c (2 interleaved), a short tail through OpenSSL */
+/* multi-buffer: whole blocks through sha256-4k.c as vmlift's digester does (16 at a time with
+   AVX-512, the rest 2 interleaved with SHA-NI), a short tail through OpenSSL */
 static int mb;
 static void block_digests(const unsigned char *buf, size_t n, unsigned char *blocks) {
   size_t whole = 0;
@@ -84,14 +85,17 @@ static void block_digests(const unsigned char *buf, size_t n, unsigned char *blo
     const uint8_t *msg[WINDOW / 4096];
     uint8_t *md[WINDOW / 4096];
     for (whole = 0; (whole + 1) * 4096 <= n; whole++) { msg[whole] = buf + whole * 4096; md[whole] = blocks + 32 * whole; }
-    sha256_4k_many(msg, md, whole, 2);
+    size_t i = 0;
+    if (mb & SHA256_4K_AVX512)
+      while (whole - i >= 16 && sha256_4k_x16(msg + i, md + i)) i += 16;
+    sha256_4k_many(msg + i, md + i, whole - i, 2);
   }
   for (size_t b = whole * 4096; b < n; b += 4096) sha256(buf + b, n - b < 4096 ? n - b : 4096, blocks + 32 * (b / 4096));
 }
 
 static void use_mb(void) {
-  if (!sha256_4k_supported()) die("tree-mb: no SHA extensions on this CPU");
-  mb = 1;
+  if (!(sha256_4k_supported() & SHA256_4K_NI)) die("tree-mb: no SHA extensions on this CPU");
+  mb = sha256_4k_supported();
 }
 
 static double now(void) {

@@ -1,9 +1,9 @@
 /*
- * SHA-256 (FIPS 180-4) of 4096-byte messages with the x86 SHA extensions (sha256rnds2: two rounds
+ * SHA-256 (FIPS 180-4) of 4096-byte messages, several at once: with the x86 SHA extensions (sha256rnds2: two rounds
  * on the state held as {A,B,E,F} and {C,D,G,H}; sha256msg1/sha256msg2: the message schedule's
  * sigma0 and sigma1 halves), LANES independent messages per pass: each round pair of one message
  * depends on the previous pair, so interleaving messages keeps the SHA unit busy instead of
- * waiting out its latency.
+ * waiting out its latency. Or, with AVX-512, 16 messages in the 16 lanes of its registers (below).
  *
  * A 4096-byte message is 64 blocks of data and one padding block (0x80, zeros, the bit length
  * 32768) that is the same for every message, so its schedule (W[t] + K[t]) is computed once.
@@ -14,6 +14,7 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #include <pthread.h>
+#include <string.h>
 
 static const uint32_t K[64] = {
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
@@ -31,15 +32,13 @@ static const uint32_t H0[8] = {
 
 /* W[t] + K[t] of the padding block of a 4096-byte message */
 static _Alignas(16) uint32_t pad_wk[64];
-static int supported;
+static int supported, supported16;
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 static uint32_t ror(uint32_t x, int n) { return x >> n | x << (32 - n); }
 
 static void init(void) {
   unsigned a, b, c, d;
-  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_SSE4_1) || !(c & bit_SSSE3)) return;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 29))) return; /* leaf 7 EBX bit 29: SHA */
   uint32_t w[64] = { [0] = 0x80000000u, [15] = SHA256_4K_MSG * 8 };
   for (int t = 16; t < 64; t++) {
     uint32_t s0 = ror(w[t - 15], 7) ^ ror(w[t - 15], 18) ^ (w[t - 15] >> 3);
@@ -47,12 +46,15 @@ static void init(void) {
     w[t] = w[t - 16] + s0 + w[t - 7] + s1;
   }
   for (int t = 0; t < 64; t++) pad_wk[t] = w[t] + K[t];
-  supported = 1;
+  /* leaf 7 EBX bit 29: SHA; sha256-4k's SHA-NI code also uses SSSE3's pshufb and SSE4.1's blends */
+  supported = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_SSE4_1) && (c & bit_SSSE3)
+      && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 29));
+  supported16 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 }
 
 int sha256_4k_supported(void) {
   pthread_once(&init_once, init);
-  return supported;
+  return (supported ? SHA256_4K_NI : 0) | (supported16 ? SHA256_4K_AVX512 : 0);
 }
 
 #define TARGET __attribute__((target("sha,sse4.1,ssse3")))
@@ -130,6 +132,72 @@ INLINE void hash_lanes(int lanes, const uint8_t *const *msg, uint8_t *const *md)
   }
 }
 
+/*
+ * 16 messages at once, one per 32-bit lane of AVX-512 registers, rounds computed as in FIPS 180-4
+ * (no SHA instructions; AVX-512 F and BW). The messages' words are gathered relative to msg[0], so every msg[i] must
+ * lie within +-2 GiB of it (sha256_4k_x16 checks).
+ */
+#define TARGET16 __attribute__((target("avx512f,avx512bw")))
+#define ROR(x, n) _mm512_ror_epi32((x), (n))
+#define XOR3(x, y, z) _mm512_ternarylogic_epi32((x), (y), (z), 0x96)
+
+TARGET16 static inline __attribute__((always_inline)) void round16(__m512i *s, __m512i wk) {
+  __m512i a = s[0], b = s[1], c = s[2], d = s[3], e = s[4], f = s[5], g = s[6], h = s[7];
+  __m512i t1 = _mm512_add_epi32(_mm512_add_epi32(h, XOR3(ROR(e, 6), ROR(e, 11), ROR(e, 25))),
+                                _mm512_add_epi32(_mm512_ternarylogic_epi32(e, f, g, 0xca), wk));
+  __m512i t2 = _mm512_add_epi32(XOR3(ROR(a, 2), ROR(a, 13), ROR(a, 22)), _mm512_ternarylogic_epi32(a, b, c, 0xe8));
+  s[7] = g; s[6] = f; s[5] = e; s[4] = _mm512_add_epi32(d, t1);
+  s[3] = c; s[2] = b; s[1] = a; s[0] = _mm512_add_epi32(t1, t2);
+}
+
+TARGET16 static void hash16(const uint8_t *base, const int32_t *off, uint8_t *const *md) {
+  const __m512i offsets = _mm512_loadu_si512(off);
+  const __m512i be = _mm512_set4_epi32(0x0c0d0e0f, 0x08090a0b, 0x04050607, 0x00010203);
+  __m512i s[8], w[16];
+  for (int i = 0; i < 8; i++) s[i] = _mm512_set1_epi32((int)H0[i]);
+  for (int blk = 0; blk < SHA256_4K_MSG / 64; blk++) {
+    __m512i s0[8];
+    for (int i = 0; i < 8; i++) s0[i] = s[i];
+#pragma GCC unroll 64
+    for (int t = 0; t < 64; t++) {
+      __m512i x;
+      if (t < 16) {
+        x = _mm512_i32gather_epi32(_mm512_add_epi32(offsets, _mm512_set1_epi32(blk * 64 + 4 * t)), (const void *)base, 1);
+        x = _mm512_shuffle_epi8(x, be);
+      } else {
+        __m512i w15 = w[(t - 15) & 15], w2 = w[(t - 2) & 15];
+        __m512i sig0 = XOR3(ROR(w15, 7), ROR(w15, 18), _mm512_srli_epi32(w15, 3));
+        __m512i sig1 = XOR3(ROR(w2, 17), ROR(w2, 19), _mm512_srli_epi32(w2, 10));
+        x = _mm512_add_epi32(_mm512_add_epi32(w[t & 15], sig0), _mm512_add_epi32(w[(t - 7) & 15], sig1));
+      }
+      w[t & 15] = x;
+      round16(s, _mm512_add_epi32(x, _mm512_set1_epi32((int)K[t])));
+    }
+    for (int i = 0; i < 8; i++) s[i] = _mm512_add_epi32(s[i], s0[i]);
+  }
+  __m512i s0[8];
+  for (int i = 0; i < 8; i++) s0[i] = s[i];
+#pragma GCC unroll 64
+  for (int t = 0; t < 64; t++) round16(s, _mm512_set1_epi32((int)pad_wk[t]));
+  uint32_t out[8][16];
+  for (int i = 0; i < 8; i++) _mm512_storeu_si512(out[i], _mm512_shuffle_epi8(_mm512_add_epi32(s[i], s0[i]), be));
+  for (int l = 0; l < 16; l++)
+    for (int i = 0; i < 8; i++) memcpy(md[l] + 4 * i, &out[i][l], 4);
+}
+
+/* 16 messages with AVX-512 when the CPU has it and they lie close enough together; returns 0 if not hashed. */
+int sha256_4k_x16(const uint8_t *const *msg, uint8_t *const *md) {
+  if (!supported16) return 0;
+  int32_t off[16];
+  for (int l = 0; l < 16; l++) {
+    ptrdiff_t d = msg[l] - msg[0];
+    if (d > INT32_MAX - SHA256_4K_MSG || d < INT32_MIN) return 0;
+    off[l] = (int32_t)d;
+  }
+  hash16(msg[0], off, md);
+  return 1;
+}
+
 TARGET static void hash1(const uint8_t *const *m, uint8_t *const *d) { hash_lanes(1, m, d); }
 TARGET static void hash2(const uint8_t *const *m, uint8_t *const *d) { hash_lanes(2, m, d); }
 TARGET static void hash3(const uint8_t *const *m, uint8_t *const *d) { hash_lanes(3, m, d); }
@@ -149,4 +217,5 @@ void sha256_4k_many(const uint8_t *const *msg, uint8_t *const *md, size_t n, int
 #else
 int sha256_4k_supported(void) { return 0; }
 void sha256_4k_many(const uint8_t *const *msg, uint8_t *const *md, size_t n, int lanes) { (void)msg; (void)md; (void)n; (void)lanes; }
+int sha256_4k_x16(const uint8_t *const *msg, uint8_t *const *md) { (void)msg; (void)md; return 0; }
 #endif

@@ -2,10 +2,11 @@
  * Block digests and tree digests for vmlift, called through koffi on its worker pool: no
  * JavaScript per block, no copies, no worker-thread messages.
  *
- * Whole 4 KiB blocks are hashed by sha256-4k.c (the x86 SHA extensions, two blocks interleaved:
- * ~1.2x OpenSSL's one block after the other, docs/transfer.md) when CPUID reports them and
- * VMLIFT_DIGEST_IMPL is not `openssl`. Everything else (short blocks, other block sizes, the tree
- * digest over the block digests, other CPUs) goes through the system's OpenSSL libcrypto via EVP with
+ * Whole 4 KiB blocks are hashed by sha256-4k.c, batched: 16 at a time with AVX-512 (~2x OpenSSL's
+ * one block after the other, docs/transfer.md), the rest with the x86 SHA extensions, two blocks
+ * interleaved (~1.2x), each where CPUID reports it. VMLIFT_DIGEST_IMPL=sha-ni leaves AVX-512 out,
+ * =openssl both. Everything else (short blocks, other block sizes, the tree digest over the block
+ * digests, other CPUs) goes through the system's OpenSSL libcrypto via EVP with
  * the algorithm fetched once: OpenSSL 3's one-shot SHA256() looks the algorithm up on every call,
  * which costs ~25 % at 4 KiB blocks (docs/transfer.md, Measurements). The prototypes are declared
  * here so no OpenSSL headers are needed.
@@ -39,13 +40,17 @@ static const char TREE_TAG[12] = { 'v', 'm', 'l', 'i', 'f', 't', '-', 't', 'r', 
 
 static EVP_MD *sha256_md;
 static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
-/* interleaved blocks per sha256-4k pass: 2 measured fastest here (3 and 4 spill registers) */
+/* interleaved blocks per SHA-NI pass: 2 measured fastest here (3 and 4 spill registers) */
 #define NI_LANES 2
-static int use_ni;
+/* which sha256-4k paths hash whole 4 KiB blocks (SHA256_4K_ bits; 0: OpenSSL) */
+static int use_4k;
 static void fetch_sha256(void) {
   sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
   const char *impl = getenv("VMLIFT_DIGEST_IMPL");
-  use_ni = !(impl && !strcmp(impl, "openssl")) && sha256_4k_supported();
+  int allowed = SHA256_4K_NI | SHA256_4K_AVX512;
+  if (impl && !strcmp(impl, "openssl")) allowed = 0;
+  else if (impl && !strcmp(impl, "sha-ni")) allowed = SHA256_4K_NI;
+  use_4k = sha256_4k_supported() & allowed;
 }
 
 /* A digest context of the calling thread (koffi runs async calls on several threads). */
@@ -90,7 +95,7 @@ struct batch {
 };
 
 static int batch_add(struct batch *q, EVP_MD_CTX *c, const uint8_t *p, size_t b, uint8_t *md) {
-  if (use_ni && b == TREE_BLOCK) {
+  if (use_4k && b == TREE_BLOCK) {
     q->msg[q->queued] = p;
     q->md[q->queued++] = md;
     return 0;
@@ -98,9 +103,14 @@ static int batch_add(struct batch *q, EVP_MD_CTX *c, const uint8_t *p, size_t b,
   return sha256(c, p, b, md);
 }
 
-static void batch_run(struct batch *q) {
-  if (q->queued) sha256_4k_many(q->msg, q->md, q->queued, NI_LANES);
+static int batch_run(struct batch *q, EVP_MD_CTX *c) {
+  size_t i = 0, n = q->queued;
   q->queued = 0;
+  if (use_4k & SHA256_4K_AVX512)
+    while (n - i >= 16 && sha256_4k_x16(q->msg + i, q->md + i)) i += 16;
+  if (use_4k & SHA256_4K_NI) { sha256_4k_many(q->msg + i, q->md + i, n - i, NI_LANES); return 0; }
+  for (; i < n; i++) if (sha256(c, q->msg[i], TREE_BLOCK, q->md[i])) return -1;
+  return 0;
 }
 
 /*
@@ -142,7 +152,7 @@ int64_t vmlift_digest_blocks(const uint8_t *data, size_t len, size_t block, size
         memcpy(md[i], zero_md, DIGEST_LEN);
       } else if (batch_add(&q, c, p, b, md[i])) r = -1;
     }
-    batch_run(&q);
+    if (!r) r = batch_run(&q, c);
     for (size_t i = 0; i < count && !r; i++) {
       size_t off = (first + i) * block;
       size_t b = len - off < block ? len - off : block;
@@ -174,18 +184,19 @@ int vmlift_tree_digest(const uint8_t *data, size_t len, uint8_t *md) {
   for (size_t i = 0; i < n && !r; i++) {
     size_t off = i * TREE_BLOCK;
     r = batch_add(&q, c, data + off, len - off < TREE_BLOCK ? len - off : TREE_BLOCK, full + i * DIGEST_LEN);
-    if (q.queued == BATCH) batch_run(&q);
+    if (!r && q.queued == BATCH) r = batch_run(&q, c);
   }
-  batch_run(&q);
+  if (!r) r = batch_run(&q, c);
   if (!r) r = tree_from_blocks(c, len, full, md);
   if (full != stack) free(full);
   return r;
 }
 
-/* Which SHA-256 hashes whole 4 KiB blocks in this process: "sha-ni-x2" or "openssl". */
+/* What hashes whole 4 KiB blocks in this process: "avx512-x16" (the rest of a batch by SHA-NI when
+   the CPU has it, else OpenSSL), "sha-ni-x2" or "openssl". */
 const char *vmlift_digest_impl(void) {
   pthread_once(&sha256_once, fetch_sha256);
-  return use_ni ? "sha-ni-x2" : "openssl";
+  return use_4k & SHA256_4K_AVX512 ? "avx512-x16" : use_4k ? "sha-ni-x2" : "openssl";
 }
 
 /* SHA-256 of data[0, len) into md (32 bytes). */

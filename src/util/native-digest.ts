@@ -1,10 +1,10 @@
 /**
- * SHA-256 and tree-digest work (util/tree-digest.ts) in native code (native/digest/: SHA-NI with
+ * SHA-256 and tree-digest work (util/tree-digest.ts) in native code (native/digest/: AVX-512 or SHA-NI with
  * interleaved 4 KiB blocks where the CPU has it, else OpenSSL's libcrypto), run by koffi off the
  * event loop: no JavaScript per 4 KiB block, no copies, no messages to worker threads, so block
  * digests cost a fraction of `crypto.hash` in a worker (docs/transfer.md, Measurements). Absent
  * (not built, another OS, or VMLIFT_NO_NATIVE_DIGEST=1), callers use Node's crypto instead and get
- * the same digests. VMLIFT_DIGEST_IMPL=openssl makes the library hash every block with libcrypto
+ * the same digests. VMLIFT_DIGEST_IMPL=sha-ni leaves AVX-512 out and =openssl makes the library hash every block with libcrypto
  * (read once, when it loads).
  */
 import { existsSync } from 'node:fs';
@@ -31,7 +31,7 @@ export interface BlockDigests {
 }
 
 export interface NativeDigest {
-  /** What hashes whole 4 KiB blocks: `sha-ni-x2` (native/digest/sha256-4k.c) or `openssl`. */
+  /** What hashes whole 4 KiB blocks: `avx512-x16` or `sha-ni-x2` (native/digest/sha256-4k.c), or `openssl`. */
   implementation: string;
   /**
    * Digests of the `block`-sized blocks of `data`, and with `piece` (then `block` must be 4096 and

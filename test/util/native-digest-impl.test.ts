@@ -1,7 +1,8 @@
 /**
  * The native digester gives the digests of Node's crypto and of the TypeScript tree digest with
- * either implementation of its 4 KiB blocks (SHA-NI with interleaved blocks, or OpenSSL forced by
- * VMLIFT_DIGEST_IMPL=openssl), for lengths around the block size and with all-zero blocks mixed in.
+ * each implementation of its 4 KiB blocks (AVX-512 16 at a time, SHA-NI with 2 interleaved: forced by
+ * VMLIFT_DIGEST_IMPL=sha-ni, or OpenSSL: forced by =openssl), for lengths around the block size and
+ * with all-zero blocks mixed in (so batches hold 16-block groups and odd remainders).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,7 +20,15 @@ const execFileP = promisify(execFile);
 const CHILD = fileURLToPath(new URL('./native-digest-child.ts', import.meta.url));
 const MiB = 1024 * 1024;
 const sha = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
-const cpuHasSha = /^flags\s*:.*\bsha_ni\b/m.test(readFileSync('/proc/cpuinfo', 'utf8'));
+const flags = /^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.split(/\s+/) ?? [];
+const cpuHasSha = flags.includes('sha_ni');
+const cpuHasAvx512 = flags.includes('avx512f') && flags.includes('avx512bw');
+/** The implementation the library must pick on this CPU for a VMLIFT_DIGEST_IMPL setting. */
+function implementationFor(setting: string | undefined): string {
+  if (setting === 'openssl') return 'openssl';
+  if (setting !== 'sha-ni' && cpuHasAvx512) return 'avx512-x16';
+  return cpuHasSha ? 'sha-ni-x2' : 'openssl';
+}
 
 /** Random data of `len` bytes with the 4 KiB blocks at `zeros` (negative: from the end) all zero. */
 function sample(len: number, zeros: number[] = []): Buffer {
@@ -78,10 +87,10 @@ test('native digests equal Node crypto and the TypeScript tree digest, with SHA-
     await writeFile(join(dir, 'cases.bin'), Buffer.concat(CASES));
     await writeFile(join(dir, 'lengths.json'), JSON.stringify(CASES.map((c) => c.length)));
     const want = CASES.map(expected);
-    for (const impl of [undefined, 'openssl']) {
+    for (const impl of [undefined, 'sha-ni', 'openssl']) {
       const got = await runChild(dir, impl);
-      assert.equal(got.implementation, impl === 'openssl' || !cpuHasSha ? 'openssl' : 'sha-ni-x2',
-        'the multi-buffer path runs where CPUID reports the SHA extensions, unless VMLIFT_DIGEST_IMPL=openssl');
+      assert.equal(got.implementation, implementationFor(impl),
+        'AVX-512 where the CPU has it (unless VMLIFT_DIGEST_IMPL=sha-ni or openssl), else SHA-NI where it has the SHA extensions (unless =openssl)');
       assert.equal(got.out.length, CASES.length);
       for (const [i, c] of CASES.entries()) {
         const { len, ...results } = got.out[i]!;
