@@ -11,6 +11,9 @@
  *                 window's tree digest from them (each byte hashed once); the receiver checks it by
  *                 hashing each 4 KiB block; chunk files written through the page cache, syncfs +
  *                 FADV_DONTNEED per batch on the receiver
+ *   page-cache/tree-mb  the same with the block digests of native/digest/sha256-4k.c (AVX-512 16
+ *                 at a time, the rest SHA-NI 2 interleaved), as vmlift's digester computes them since
+ *                 issue 16 item 2 (needs SHA-NI)
  *   page-cache/2  what vmlift did before: 4 KiB block digests + window SHA-256 on the agent
  *   direct/2      the same with O_DIRECT chunk writes
  *   page-cache/1  the agent hashing once (no block digests for the manifest)
@@ -43,6 +46,7 @@ const SIZE = Math.round(Number(values.size) * GiB / MiB) * MiB;
 const ROUNDS = Math.max(1, Number(values.rounds));
 const FLOOR_SRC = fileURLToPath(new URL('./floor/data-plane-floor.c', import.meta.url));
 const FLOOR_BIN = fileURLToPath(new URL('./floor/build/data-plane-floor', import.meta.url));
+const DIGEST_DIR = fileURLToPath(new URL('../native/digest/', import.meta.url));
 
 /** Build the C floor (needs OpenSSL's headers: Debian's libssl-dev, installed here when missing). */
 async function buildFloor(): Promise<void> {
@@ -53,17 +57,17 @@ async function buildFloor(): Promise<void> {
     await execFileP(cmd!, args);
   }
   await mkdir(join(FLOOR_BIN, '..'), { recursive: true });
-  await execFileP(process.env.CC ?? 'cc', ['-std=c11', '-O2', '-Wall', '-Wextra', '-o', FLOOR_BIN, FLOOR_SRC, '-lssl', '-lcrypto']);
+  await execFileP(process.env.CC ?? 'cc', ['-std=c11', '-O2', '-Wall', '-Wextra', '-I', DIGEST_DIR, '-o', FLOOR_BIN, FLOOR_SRC, join(DIGEST_DIR, 'sha256-4k.c'), '-lssl', '-lcrypto', '-pthread']);
 }
 
 interface Run { wall: number; mbps: number; cpu: Record<string, number> }
 
-async function floorRun(work: string, src: string, mode: string, passes: number | 'tree'): Promise<Run> {
+async function floorRun(work: string, src: string, mode: string, passes: number | 'tree' | 'tree-mb'): Promise<Run> {
   const store = join(work, 'floor-store');
   await rm(store, { recursive: true, force: true });
   await Promise.all(Array.from({ length: 256 }, (_, i) => mkdir(join(store, i.toString(16).padStart(2, '0')), { recursive: true })));
   const port = await freePort();
-  const recv = spawn(FLOOR_BIN, ['receive', String(port), store, mode, join(work, 'cert.pem'), join(work, 'key.pem'), ...(passes === 'tree' ? ['tree'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const recv = spawn(FLOOR_BIN, ['receive', String(port), store, mode, join(work, 'cert.pem'), join(work, 'key.pem'), ...(typeof passes === 'string' ? [passes] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
   let out = '';
   recv.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
   const exited = new Promise<number>((r) => recv.once('exit', (c) => r(c ?? 1)));
@@ -105,7 +109,8 @@ const VARIANTS: [string, (work: string, src: string, round: number) => Promise<R
   ['nbdcopy (nbdkit file → file)', (w, s) => nbdcopyRun(w, s)],
   ['vmlift agent → receiver, compression 0', vmliftRun],
   ['floor page-cache/2 (vmlift\'s work before wire version 2)', (w, s) => floorRun(w, s, 'page-cache', 2)],
-  ['floor page-cache/tree (vmlift\'s work now)', (w, s) => floorRun(w, s, 'page-cache', 'tree')],
+  ['floor page-cache/tree (vmlift\'s work with OpenSSL block digests)', (w, s) => floorRun(w, s, 'page-cache', 'tree')],
+  ['floor page-cache/tree-mb (vmlift\'s work now: AVX-512 / SHA-NI multi-buffer)', (w, s) => floorRun(w, s, 'page-cache', 'tree-mb')],
   ['floor direct/2', (w, s) => floorRun(w, s, 'direct', 2)],
   ['floor page-cache/1', (w, s) => floorRun(w, s, 'page-cache', 1)],
   ['floor none/1 (no store)', (w, s) => floorRun(w, s, 'none', 1)],

@@ -3,7 +3,7 @@
 #  - the libvixDiskLib test double into native/build/vddk-double/lib64/ (the layout of a VDDK
 #    distribution, so --vddk-libdir=native/build/vddk-double works); it reads the lab's snapshot
 #    views over NBD with libnbd (Debian libnbd-dev);
-#  - libvmlift-digest.so (block digests over OpenSSL's libcrypto, see native/digest/), which the agent
+#  - libvmlift-digest.so (block digests: SHA-NI or OpenSSL's libcrypto, see native/digest/), which the agent
 #    and the receiver use when present (they fall back to Node's crypto without it).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,12 +27,12 @@ if ! fresh "$lib" "$src" "$hdr"; then
   echo "native: built $lib" >&2
 fi
 
-dsrc=digest/vmlift-digest.c
+dsrc=(digest/vmlift-digest.c digest/sha256-4k.c)
 dlib=build/libvmlift-digest.so
-if ! fresh "$dlib" "$dsrc"; then
+if ! fresh "$dlib" "${dsrc[@]}" digest/sha256-4k.h; then
   mkdir -p build
   # libcrypto.so.3 by its soname: Debian's libssl3 (a dependency of openssl), no -dev package needed
-  ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -pthread -o "$dlib.tmp" "$dsrc" -l:libcrypto.so.3
+  ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -pthread -o "$dlib.tmp" "${dsrc[@]}" -l:libcrypto.so.3
   mv "$dlib.tmp" "$dlib"
   echo "native: built $dlib" >&2
 fi

@@ -7,11 +7,14 @@
  *                                   4 KiB block digests of the agent's manifest and the window's
  *                                   SHA-256 as vmlift's agent did before wire version 2; 1: the
  *                                   window's SHA-256 only; tree: the 4 KiB block digests and the
- *                                   window's tree digest from them, as vmlift's agent does now),
+ *                                   window's tree digest from them, as vmlift's agent does; tree-mb:
+ *                                   the same with the block digests from native/digest/sha256-4k.c
+ *                                   (AVX-512 16 at a time, the rest SHA-NI 2 interleaved), as vmlift's
+ *                                   digester does since issue 16 item 2),
  *                                   send a 40-byte header (length, digest) + the window over TLS
- *   receive PORT DIR MODE CERT KEY [tree]  accept one TLS connection, check each window's digest
- *                                   (SHA-256, or with `tree` its tree digest: each 4 KiB block hashed,
- *                                   as vmlift's receiver does now), store it
+ *   receive PORT DIR MODE CERT KEY [tree|tree-mb]  accept one TLS connection, check each window's
+ *                                   digest (SHA-256, or with `tree` its tree digest: each 4 KiB block
+ *                                   hashed, as vmlift's receiver does; tree-mb: with sha256-4k.c), store it
  *                                   as a chunk file: MODE none (discard), page-cache (as vmlift's
  *                                   store: temp file, syncfs + POSIX_FADV_DONTNEED + rename per
  *                                   batch of 32) or direct (the same with O_DIRECT writes)
@@ -37,6 +40,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "sha256-4k.h" /* native/digest/, linked by bench/data-plane-floor.ts */
+
 #define WINDOW (1 << 20)
 #define BLOCK 4096
 #define BATCH 32
@@ -45,9 +50,12 @@
 /* SHA-256 through EVP with the algorithm fetched once (OpenSSL 3's SHA256() fetches it per call). */
 static EVP_MD *md256;
 static EVP_MD_CTX *mdctx;
+static void md_init(void) {
+  if (!md256) { md256 = EVP_MD_fetch(NULL, "SHA256", NULL); mdctx = EVP_MD_CTX_new(); }
+}
 static void sha256(const unsigned char *d, size_t n, unsigned char *out) {
   unsigned int l;
-  if (!md256) { md256 = EVP_MD_fetch(NULL, "SHA256", NULL); mdctx = EVP_MD_CTX_new(); }
+  md_init();
   EVP_DigestInit_ex2(mdctx, md256, NULL);
   EVP_DigestUpdate(mdctx, d, n);
   EVP_DigestFinal_ex(mdctx, out, &l);
@@ -57,6 +65,7 @@ static void sha256(const unsigned char *d, size_t n, unsigned char *out) {
 static void tree_digest(size_t n, const unsigned char *blocks, unsigned char *out) {
   unsigned char head[20];
   unsigned int l;
+  md_init();
   memcpy(head, "vmlift-tree1", 12);
   for (int i = 0; i < 8; i++) head[12 + i] = (unsigned char)((uint64_t)n >> (56 - 8 * i));
   EVP_DigestInit_ex2(mdctx, md256, NULL);
@@ -65,8 +74,28 @@ static void tree_digest(size_t n, const unsigned char *blocks, unsigned char *ou
   EVP_DigestFinal_ex(mdctx, out, &l);
 }
 
+static void die(const char *what);
+
+/* multi-buffer: whole blocks through sha256-4k.c as vmlift's digester does (16 at a time with
+   AVX-512, the rest 2 interleaved with SHA-NI), a short tail through OpenSSL */
+static int mb;
 static void block_digests(const unsigned char *buf, size_t n, unsigned char *blocks) {
-  for (size_t b = 0; b < n; b += 4096) sha256(buf + b, n - b < 4096 ? n - b : 4096, blocks + 32 * (b / 4096));
+  size_t whole = 0;
+  if (mb) {
+    const uint8_t *msg[WINDOW / 4096];
+    uint8_t *md[WINDOW / 4096];
+    for (whole = 0; (whole + 1) * 4096 <= n; whole++) { msg[whole] = buf + whole * 4096; md[whole] = blocks + 32 * whole; }
+    size_t i = 0;
+    if (mb & SHA256_4K_AVX512)
+      while (whole - i >= 16 && sha256_4k_x16(msg + i, md + i)) i += 16;
+    sha256_4k_many(msg + i, md + i, whole - i, 2);
+  }
+  for (size_t b = whole * 4096; b < n; b += 4096) sha256(buf + b, n - b < 4096 ? n - b : 4096, blocks + 32 * (b / 4096));
+}
+
+static void use_mb(void) {
+  if (!(sha256_4k_supported() & SHA256_4K_NI)) die("tree-mb: no SHA extensions on this CPU");
+  mb = sha256_4k_supported();
 }
 
 static double now(void) {
@@ -116,8 +145,9 @@ static void finish_batch(struct pending *p, int *np, int drop_cache) {
 }
 
 static int receive(int argc, char **argv) {
-  if (argc != 7 && argc != 8) die("usage: receive PORT DIR MODE CERT KEY [tree]");
-  int tree = argc == 8 && !strcmp(argv[7], "tree");
+  if (argc != 7 && argc != 8) die("usage: receive PORT DIR MODE CERT KEY [tree|tree-mb]");
+  int tree = argc == 8 && (!strcmp(argv[7], "tree") || !strcmp(argv[7], "tree-mb"));
+  if (argc == 8 && !strcmp(argv[7], "tree-mb")) use_mb();
   static unsigned char blocks[32 * (WINDOW / 4096)];
   int port = atoi(argv[2]);
   const char *dir = argv[3], *mode = argv[4];
@@ -169,7 +199,8 @@ static int receive(int argc, char **argv) {
 
 static int send_source(int argc, char **argv) {
   if (argc != 6) die("usage: send HOST PORT SOURCE PASSES");
-  int tree = !strcmp(argv[5], "tree"), passes = tree ? 1 : atoi(argv[5]);
+  int tree = !strcmp(argv[5], "tree") || !strcmp(argv[5], "tree-mb"), passes = tree ? 1 : atoi(argv[5]);
+  if (!strcmp(argv[5], "tree-mb")) use_mb();
   struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM }, *ai;
   if (getaddrinfo(argv[2], argv[3], &hints, &ai)) die("address");
   int fd = socket(AF_INET, SOCK_STREAM, 0);

@@ -1,9 +1,11 @@
 /**
- * SHA-256 and tree-digest work (util/tree-digest.ts) in native code (native/digest/, over OpenSSL's libcrypto), run by koffi off the
+ * SHA-256 and tree-digest work (util/tree-digest.ts) in native code (native/digest/: AVX-512 or SHA-NI with
+ * interleaved 4 KiB blocks where the CPU has it, else OpenSSL's libcrypto), run by koffi off the
  * event loop: no JavaScript per 4 KiB block, no copies, no messages to worker threads, so block
  * digests cost a fraction of `crypto.hash` in a worker (docs/transfer.md, Measurements). Absent
  * (not built, another OS, or VMLIFT_NO_NATIVE_DIGEST=1), callers use Node's crypto instead and get
- * the same digests.
+ * the same digests. VMLIFT_DIGEST_IMPL=sha-ni leaves AVX-512 out and =openssl makes the library hash every block with libcrypto
+ * (read once, when it loads).
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -29,6 +31,8 @@ export interface BlockDigests {
 }
 
 export interface NativeDigest {
+  /** What hashes whole 4 KiB blocks: `avx512-x16` or `sha-ni-x2` (native/digest/sha256-4k.c), or `openssl`. */
+  implementation: string;
   /**
    * Digests of the `block`-sized blocks of `data`, and with `piece` (then `block` must be 4096 and
    * `piece` a multiple of it) the tree digests of its `piece`-sized pieces, from the same pass.
@@ -55,17 +59,19 @@ function load(): NativeDigest | null {
   const path = process.env.VMLIFT_NATIVE_DIGEST_LIB ?? DEFAULT_LIB;
   const koffi = loadKoffi();
   if (!koffi || !existsSync(path)) return null;
-  let digestBlocks: KoffiFn; let sha256: KoffiFn; let tree: KoffiFn; let compare: KoffiFn;
+  let digestBlocks: KoffiFn; let sha256: KoffiFn; let tree: KoffiFn; let compare: KoffiFn; let impl: KoffiFn;
   try {
     const lib = koffi.load(path);
     digestBlocks = lib.func('int64_t vmlift_digest_blocks(const uint8_t *data, size_t len, size_t block, size_t keep, uint8_t *digests, uint8_t *zero, size_t piece, uint8_t *piece_digests)');
     sha256 = lib.func('int vmlift_sha256(const uint8_t *data, size_t len, uint8_t *md)');
     tree = lib.func('int vmlift_tree_digest(const uint8_t *data, size_t len, uint8_t *md)');
+    impl = lib.func('const char *vmlift_digest_impl(void)');
     compare = lib.func('int64_t vmlift_compare_blocks(const uint8_t *digests, size_t n, size_t stride, size_t width, const uint8_t *old, uint8_t *fresh, uint8_t *changed)');
   } catch {
     return null;
   }
   return {
+    implementation: String(impl()),
     async blocks(data, block, keep, piece) {
       const n = Math.ceil(data.byteLength / block);
       const digests = Buffer.allocUnsafe(n * keep);
