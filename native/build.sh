@@ -4,7 +4,8 @@
 #    distribution, so --vddk-libdir=native/build/vddk-double works); it reads the lab's snapshot
 #    views over NBD with libnbd (Debian libnbd-dev);
 #  - libvmlift-digest.so (block digests over OpenSSL's libcrypto, see native/digest/), which the agent
-#    and the receiver use when present (they fall back to Node's crypto without it).
+#    and the receiver use when present (they fall back to Node's crypto without it), with the
+#    receiver's checked pack appends (vmlift-store-write.c: digest check and write in one call).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,11 +29,12 @@ if ! fresh "$lib" "$src" "$hdr"; then
 fi
 
 dsrc=digest/vmlift-digest.c
+ssrc=digest/vmlift-store-write.c
 dlib=build/libvmlift-digest.so
-if ! fresh "$dlib" "$dsrc"; then
+if ! fresh "$dlib" "$dsrc" "$ssrc"; then
   mkdir -p build
   # libcrypto.so.3 by its soname: Debian's libssl3 (a dependency of openssl), no -dev package needed
-  ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -pthread -o "$dlib.tmp" "$dsrc" -l:libcrypto.so.3
+  ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -pthread -o "$dlib.tmp" "$dsrc" "$ssrc" -l:libcrypto.so.3
   mv "$dlib.tmp" "$dlib"
   echo "native: built $dlib" >&2
 fi

@@ -91,7 +91,7 @@ export class StoreCycleWriter implements CycleWriter {
       throw new StoreError('BAD_LENGTH', `extent at offset ${offset} of disk ${disk} says length ${length} but carries ${data.length} bytes`);
     }
     if (length === 0) return;
-    await this.extents.write(ds, offset, length, data, opts?.sha256);
+    await this.extents.write(ds, offset, length, data, opts?.sha256, opts?.check === true);
   }
 
   flush(): Promise<void> {

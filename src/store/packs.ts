@@ -28,6 +28,8 @@ import { StoreError } from './types.ts';
 import { dropFromCache } from './native.ts';
 import { PackReaders, readFullyAt } from './pack-readers.ts';
 import { writeFully } from '../util/write-fully.ts';
+import { nativeDigest } from '../util/native-digest.ts';
+import { digestRefused } from './claims.ts';
 import { crashPoint } from '../util/crash.ts';
 
 export const PACK_MAGIC = Buffer.from('VMLPACK1');
@@ -35,6 +37,8 @@ export const IDX_MAGIC = Buffer.from('VMLPIDX1');
 /** Bytes before each entry's data in a pack: u32 length + 32-byte name. */
 export const ENTRY_HEADER = 36;
 const IDX_RECORD = 44;
+/** Checked appends ask the kernel to start writing each entry back at once (sync_file_range). */
+const START_WRITEBACK = false;
 
 export interface PackEntry { hex: string; offset: number; length: number }
 export interface ChunkLocation { pack: string; offset: number; length: number }
@@ -271,19 +275,39 @@ export class PackWriter {
   get bytes(): number { return this.size; }
   get reserved(): boolean { return this.size > PACK_MAGIC.length; }
 
+  /** Whether `appendChecked` can check and write in one call (the native library is built). */
+  static canAppendChecked(): boolean { return nativeDigest() !== null; }
+
   /** Append chunk `hex`: its data offset in the pack (reserved now) and the write. */
   append(hex: string, data: Uint8Array): { offset: number; written: Promise<void> } {
+    return this.appendWith(hex, data, async (head, at, offset) => {
+      await writeFully(this.fh, head, at);
+      await writeFully(this.fh, data, offset);
+    });
+  }
+
+  /**
+   * `append` of bytes whose name is only claimed (`claimed`, the 32 bytes `hex` spells): their tree
+   * digest is checked and the entry written in one native call (needs `canAppendChecked`). A refused
+   * claim writes nothing and rejects with BAD_DIGEST; its reserved bytes stay a hole in the pack.
+   */
+  appendChecked(hex: string, data: Uint8Array, claimed: Uint8Array): { offset: number; written: Promise<void> } {
+    const native = nativeDigest();
+    if (!native) throw new Error('appendChecked needs the native digest library');
+    return this.appendWith(hex, data, async (head, at) => {
+      const computed = await native.storeChecked(data, claimed, this.fh.fd, at, head, START_WRITEBACK);
+      if (computed) throw digestRefused(claimed, computed);
+    });
+  }
+
+  private appendWith(hex: string, data: Uint8Array, write: (head: Buffer, at: number, offset: number) => Promise<void>): { offset: number; written: Promise<void> } {
     const at = this.size;
     this.size += ENTRY_HEADER + data.length;
     const offset = at + ENTRY_HEADER;
-    const head = Buffer.alloc(ENTRY_HEADER);
+    const head = Buffer.allocUnsafe(ENTRY_HEADER);
     head.writeUInt32BE(data.length, 0);
     head.write(hex, 4, 32, 'hex');
-    const written = (async () => {
-      await writeFully(this.fh, head, at);
-      await writeFully(this.fh, data, offset);
-      this.entries.push({ hex, offset, length: data.length });
-    })();
+    const written = write(head, at, offset).then(() => { this.entries.push({ hex, offset, length: data.length }); });
     // a failed append is never indexed (its put fails): its bytes are only dead space in the pack
     const tracked = written.catch(() => {});
     this.writes.add(tracked);
