@@ -32,6 +32,13 @@ export function isZeroSlot(slot: Uint8Array): boolean {
   return true;
 }
 
+/** The cycle's refs.log (refs.ts): names noted before a chunk is created or reused. */
+export interface RefNotes {
+  note(hex: string): Promise<void>;
+  /** Its file, opened to append. */
+  readonly fd: number;
+}
+
 /** Bytes of a pack before the writer seals it and starts the next (a flush seals the open one early). */
 export const PACK_BYTES = 32 << 20;
 /** How stale a writer's view of other processes' packs may be for dedup (a missed dedup only costs a copy gc later drops). */
@@ -62,7 +69,7 @@ export class ChunkWriter {
   newBytes = 0;
   newPacks = 0;
 
-  constructor(private readonly layout: Layout, private readonly noteRef: (hex: string) => Promise<void>,
+  constructor(private readonly layout: Layout, private readonly refs: RefNotes,
     private readonly packBytes = PACK_BYTES) {}
 
   /** Make sure a chunk named `hex` with content `data` exists (durably after the next `sync`). */
@@ -91,16 +98,24 @@ export class ChunkWriter {
     return p;
   }
 
-  /** `claimed`: the digest `hex` names is to be checked against `data` (putChecked). */
+  /**
+   * `claimed`: the digest `hex` names is to be checked against `data` (putChecked); a new chunk's
+   * reference is then journaled by the native call that appends it, after the check and before its
+   * bytes are written.
+   */
   private async doPut(hex: string, data: Uint8Array, claimed: Buffer | null = null): Promise<void> {
     // Journal the reference before reusing a pack: gc either sees the journal entry, or runs its
     // mark before it and then sees the pack's mtime newer than its start (see gc.ts).
-    await this.noteRef(hex);
+    if (!claimed) await this.refs.note(hex);
     const index = this.layout.packIndex;
     await index.ensureLoaded();
     await index.refreshIfOlder(DEDUP_RESCAN_MS);
     const now = new Date();
-    if (claimed && index.lookup(hex)) { await checkClaim(data, claimed); claimed = null; }
+    if (claimed && index.lookup(hex)) {
+      await checkClaim(data, claimed);
+      claimed = null;
+      await this.refs.note(hex);
+    }
     for (let loc = index.lookup(hex); loc; loc = index.lookup(hex)) {
       try {
         await utimes(this.layout.packPath(loc.pack), now, now);
@@ -113,7 +128,7 @@ export class ChunkWriter {
       }
     }
     const pack = await this.openPack();
-    const { offset, written } = claimed ? pack.appendChecked(hex, data, claimed) : pack.append(hex, data);
+    const { offset, written } = claimed ? pack.appendChecked(hex, data, claimed, this.refs.fd) : pack.append(hex, data);
     const entry = { pack, offset, length: data.length, written };
     this.local.set(hex, entry);
     try {

@@ -37,8 +37,6 @@ export const IDX_MAGIC = Buffer.from('VMLPIDX1');
 /** Bytes before each entry's data in a pack: u32 length + 32-byte name. */
 export const ENTRY_HEADER = 36;
 const IDX_RECORD = 44;
-/** Checked appends ask the kernel to start writing each entry back at once (sync_file_range). */
-const START_WRITEBACK = false;
 
 export interface PackEntry { hex: string; offset: number; length: number }
 export interface ChunkLocation { pack: string; offset: number; length: number }
@@ -287,15 +285,16 @@ export class PackWriter {
   }
 
   /**
-   * `append` of bytes whose name is only claimed (`claimed`, the 32 bytes `hex` spells): their tree
-   * digest is checked and the entry written in one native call (needs `canAppendChecked`). A refused
-   * claim writes nothing and rejects with BAD_DIGEST; its reserved bytes stay a hole in the pack.
+   * `append` of bytes whose name is only claimed (`claimed`, the 32 bytes `hex` spells): in one
+   * native call (needs `canAppendChecked`) their tree digest is checked, the name appended to the
+   * refs journal `refsFd` (a file opened to append) and the entry written. A refused claim writes
+   * nothing and rejects with BAD_DIGEST; its reserved bytes stay a hole in the pack.
    */
-  appendChecked(hex: string, data: Uint8Array, claimed: Uint8Array): { offset: number; written: Promise<void> } {
+  appendChecked(hex: string, data: Uint8Array, claimed: Uint8Array, refsFd: number): { offset: number; written: Promise<void> } {
     const native = nativeDigest();
     if (!native) throw new Error('appendChecked needs the native digest library');
     return this.appendWith(hex, data, async (head, at) => {
-      const computed = await native.storeChecked(data, claimed, this.fh.fd, at, head, START_WRITEBACK);
+      const computed = await native.storeChecked(data, claimed, refsFd, Buffer.from(`${hex}\n`, 'latin1'), this.fh.fd, at, head);
       if (computed) throw digestRefused(claimed, computed);
     });
   }

@@ -46,12 +46,12 @@ export interface NativeDigest {
    */
   compareBlocks(digests: Uint8Array, n: number, stride: number, width: number, old: Uint8Array, fresh: Uint8Array, changed: Uint8Array): number;
   /**
-   * In one call off the event loop: the tree digest of `data`; when it equals `expected`, `head`
-   * written at `at` of the file `fd` and `data` right after it (`writeback`: the kernel starts
-   * writing them back at once). Resolves null when written, the computed digest when it differs
-   * (nothing written); rejects with the errno's code (ENOSPC, EIO, …) when a write failed.
+   * In one call off the event loop: the tree digest of `data`; when it equals `expected`, `ref`
+   * appended to the file `refsFd` (opened to append; -1: none), then `head` written at `at` of the
+   * file `fd` and `data` right after it. Resolves null when written, the computed digest when it
+   * differs (nothing written); rejects with the errno's code (ENOSPC, EIO, …) when a write failed.
    */
-  storeChecked(data: Uint8Array, expected: Uint8Array, fd: number, at: number, head: Uint8Array, writeback: boolean): Promise<Buffer | null>;
+  storeChecked(data: Uint8Array, expected: Uint8Array, refsFd: number, ref: Uint8Array | null, fd: number, at: number, head: Uint8Array): Promise<Buffer | null>;
 }
 
 const DEFAULT_LIB = join(PROJECT_ROOT, 'native', 'build', 'libvmlift-digest.so');
@@ -70,7 +70,7 @@ function load(): NativeDigest | null {
     sha256 = lib.func('int vmlift_sha256(const uint8_t *data, size_t len, uint8_t *md)');
     tree = lib.func('int vmlift_tree_digest(const uint8_t *data, size_t len, uint8_t *md)');
     compare = lib.func('int64_t vmlift_compare_blocks(const uint8_t *digests, size_t n, size_t stride, size_t width, const uint8_t *old, uint8_t *fresh, uint8_t *changed)');
-    storeChecked = lib.func('int vmlift_store_checked(const uint8_t *data, size_t len, const uint8_t *expected, uint8_t *md, int fd, int64_t at, const uint8_t *head, size_t head_len, int writeback)');
+    storeChecked = lib.func('int vmlift_store_checked(const uint8_t *data, size_t len, const uint8_t *expected, uint8_t *md, int refs_fd, const uint8_t *ref, size_t ref_len, int fd, int64_t at, const uint8_t *head, size_t head_len)');
   } catch {
     return null;
   }
@@ -97,10 +97,10 @@ function load(): NativeDigest | null {
       if (r < 0) throw new Error('native block comparison: bad arguments');
       return r;
     },
-    async storeChecked(data, expected, fd, at, head, writeback) {
+    async storeChecked(data, expected, refsFd, ref, fd, at, head) {
       if (expected.byteLength !== SHA256_LEN) throw new RangeError('storeChecked: the expected digest is not 32 bytes');
       const md = Buffer.allocUnsafe(SHA256_LEN);
-      const r = await callAsync(storeChecked, data, data.byteLength, expected, md, fd, at, head, head.byteLength, writeback ? 1 : 0);
+      const r = await callAsync(storeChecked, data, data.byteLength, expected, md, ref ? refsFd : -1, ref, ref?.byteLength ?? 0, fd, at, head, head.byteLength);
       if (r === 0) return null;
       if (r === 1) return md;
       if (r === -100000) throw new Error('native tree digest failed (libcrypto)');

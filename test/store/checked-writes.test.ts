@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openImageStore } from '../../src/store/index.ts';
 import { StoreError } from '../../src/store/types.ts';
@@ -14,6 +15,9 @@ import { nativeDigest } from '../../src/util/native-digest.ts';
 import { chunkFiles, packFiles, sha, storeWithImage, tempDir } from './helpers.ts';
 
 const MiB = 1 << 20;
+/** The names the cycle's refs.log holds (gc marks from them). */
+const refs = async (root: string, source: string, cycle: string): Promise<Set<string>> =>
+  new Set((await readFile(join(root, 'sources', source, 'cycles', cycle, 'refs.log'), 'utf8')).split('\n').filter(Boolean));
 const refused = (e: unknown): boolean => e instanceof StoreError && e.code === 'BAD_DIGEST' && /extent digest mismatch/.test(e.message);
 
 test('the native library is built (the one-call path is what these tests exercise)', () => {
@@ -31,6 +35,8 @@ test('checked whole chunks with true claims are stored bit-identical, named by t
     const part = disk.subarray(i * MiB, Math.min(cap, (i + 1) * MiB));
     return w.writeExtent(0, i * MiB, part.length, part, { sha256: treeDigest(part), check: true });
   }));
+  const noted = await refs(root, 'vm', 'c1');
+  for (const i of [0, 2, 3]) assert.ok(noted.has(treeDigest(disk.subarray(i * MiB, Math.min(cap, (i + 1) * MiB))).toString('hex')), `chunk ${i} is in refs.log before the commit`);
   const img = await w.commit({ expected: [{ disk: 0, ranges: [{ offset: 0, length: cap }] }] });
   assert.equal(sha(await store.readImage('vm', img.imageId, 0, 0, cap)), sha(disk));
   const names = await chunkFiles(root);
@@ -51,6 +57,7 @@ test('a checked whole chunk with a wrong claim is refused (BAD_DIGEST): nothing 
   await w.flush();
   assert.deepEqual((await w.held())[0]!.ranges, []);
   assert.equal((await chunkFiles(root)).size, 0, 'no pack names the refused bytes');
+  assert.ok(!(await refs(root, 'vm', 'c1')).has(treeDigest(good).toString('hex')), 'a refused claim is not journaled');
   // the same slot written right afterwards is stored as sent
   await w.writeExtent(0, 0, MiB, good, { sha256: treeDigest(good), check: true });
   await w.writeExtent(0, MiB, MiB, bad, { sha256: treeDigest(bad), check: true });
