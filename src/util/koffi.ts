@@ -9,11 +9,7 @@ export interface KoffiFn {
   async: (...args: unknown[]) => void;
 }
 export interface KoffiLib { func: (decl: string) => KoffiFn }
-export interface Koffi {
-  load: (lib: string) => KoffiLib;
-  errno: () => number;
-  config: (cfg?: Record<string, number>) => Record<string, number>;
-}
+export interface Koffi { load: (lib: string) => KoffiLib; errno: () => number }
 
 let koffi: Koffi | null | undefined;
 
@@ -22,9 +18,6 @@ export function loadKoffi(): Koffi | null {
   if (koffi === undefined) {
     try {
       koffi = createRequire(import.meta.url)('koffi') as Koffi;
-      // one resident call pool per call in flight: beyond its resident pools koffi allocates and
-      // frees a stack and heap per async call (~2 x the event-loop CPU per call; docs/transfer.md)
-      try { koffi.config({ ...koffi.config(), resident_async_pools: MAX_ASYNC }); } catch { /* koffi was configured and used already */ }
     } catch {
       koffi = null;
     }
