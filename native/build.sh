@@ -3,8 +3,9 @@
 #  - the libvixDiskLib test double into native/build/vddk-double/lib64/ (the layout of a VDDK
 #    distribution, so --vddk-libdir=native/build/vddk-double works); it reads the lab's snapshot
 #    views over NBD with libnbd (Debian libnbd-dev);
-#  - libvmlift-digest.so (block digests: SHA-NI or OpenSSL's libcrypto, see native/digest/), which the agent
-#    and the receiver use when present (they fall back to Node's crypto without it).
+#  - libvmlift-digest.so (block digests: AVX-512, SHA-NI or OpenSSL's libcrypto, see native/digest/), which the agent
+#    and the receiver use when present (they fall back to Node's crypto without it), with the
+#    receiver's checked pack appends (vmlift-store-write.c: digest check and write in one call).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -27,7 +28,7 @@ if ! fresh "$lib" "$src" "$hdr"; then
   echo "native: built $lib" >&2
 fi
 
-dsrc=(digest/vmlift-digest.c digest/sha256-4k.c)
+dsrc=(digest/vmlift-digest.c digest/sha256-4k.c digest/vmlift-store-write.c)
 dlib=build/libvmlift-digest.so
 if ! fresh "$dlib" "${dsrc[@]}" digest/sha256-4k.h; then
   mkdir -p build

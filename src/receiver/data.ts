@@ -13,7 +13,8 @@ import type { Logger } from '../util/log.ts';
 import { errorMessage, errorReport } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
 import { readIntoBuffer, readIntoTargets } from '../util/socket-read-buffer.ts';
-import { StoreError } from '../store/types.ts';
+import { StoreError, type CycleWriter } from '../store/types.ts';
+import { INLINE_HASH_MAX, nativeDigest } from '../util/native-digest.ts';
 import { CODEC, FRAME, FrameAssembler, MAX_FRAME, MAX_JSON_FRAME, ProtocolError, SAME_VERSION_FIX, encodeJsonFrame, parseJsonBody, type WireError } from '../transfer/protocol.ts';
 import type { AckFrame, ReadyFrame } from '../transfer/contract.ts';
 import type { CodecPool } from '../transfer/codec-pool.ts';
@@ -41,7 +42,7 @@ const HELLO_TIMEOUT_MS = 15000;
 const MAX_WRITE_NEED = WRITE_BYTES_IN_FLIGHT;
 
 type Item =
-  | { kind: 'extent'; seq: number; disk: number; offset: number; length: number; data: Promise<Buffer | null>; digest: Buffer; cost: number }
+  | { kind: 'extent'; seq: number; disk: number; offset: number; length: number; data: Promise<Buffer | null>; digest: Buffer; cost: number; storeChecks: boolean }
   | { kind: 'sync'; token: unknown };
 
 /**
@@ -192,13 +193,18 @@ export class DataConnection implements CycleFeed {
     const cost = body.length;
     const digest = Buffer.from(h.digest); // copied: the frame's buffer may move to a worker
     let data: Promise<Buffer | null>;
+    // A raw extent of one whole chunk: the store checks its digest as it appends it (one native call
+    // instead of a digest hop and two write hops; docs/store.md, "Checked appends").
+    const storeChecks = h.codec === CODEC.RAW && payload.length > INLINE_HASH_MAX && wholeChunk(this.oc!.writer, h.disk, h.offset, h.length);
     if (h.codec === CODEC.ZERO) {
       data = Promise.resolve(null);
+    } else if (storeChecks) {
+      data = Promise.resolve(payload);
     } else {
       data = this.ctx.pool.unpack(h.codec, payload, h.length, digest, owned);
       data.catch(() => undefined);
     }
-    this.queue.push({ kind: 'extent', seq: h.seq, disk: h.disk, offset: h.offset, length: h.length, data, digest, cost });
+    this.queue.push({ kind: 'extent', seq: h.seq, disk: h.disk, offset: h.offset, length: h.length, data, digest, cost, storeChecks });
     this.pending += cost;
     this.ctx.budget.used += cost;
     if ((this.pending > PENDING_LIMIT || this.ctx.budget.over()) && !this.paused) {
@@ -225,9 +231,9 @@ export class DataConnection implements CycleFeed {
         }
         const data = await item.data;
         if (this.refused) break;
-        // the digest was just checked against the bytes: the store may name the chunk by it
+        // the digest was just checked against the bytes (or the store checks it): the store may name the chunk by it
         crashPoint('receiver:extent');
-        const w = this.oc!.writer.writeExtent(item.disk, item.offset, item.length, data, data ? { sha256: item.digest } : undefined);
+        const w = this.oc!.writer.writeExtent(item.disk, item.offset, item.length, data, data ? { sha256: item.digest, check: item.storeChecks } : undefined);
         // the store keeps no reference once the write is done (whole chunks are written, partial ones copied)
         if (data) w.then(() => this.reader.recycle(data.buffer), () => undefined);
         else w.catch(() => undefined);
@@ -330,7 +336,7 @@ export class DataConnection implements CycleFeed {
       this.log.warn({ freeBytes: full.freeBytes, neededBytes: full.neededBytes }, 'store is full; the cycle stays open and resumes once space is freed');
       return errorReport(full);
     }
-    if (e instanceof StoreError) return what === 'write failed' ? errorReport(e) : { ...errorReport(e), message: `${what}: ${e.message}` };
+    if (e instanceof StoreError) return what === 'write failed' || e.code === 'BAD_DIGEST' ? errorReport(e) : { ...errorReport(e), message: `${what}: ${e.message}` };
     return internal(`${what}: ${errorMessage(e)}`);
   }
 
@@ -391,6 +397,14 @@ function syncToken(msg: Record<string, unknown>): number | undefined {
   const t = msg.token;
   if (t === undefined || (typeof t === 'number' && Number.isFinite(t))) return t;
   throw new ProtocolError('BAD_FRAME', 'SYNC token must be a number', { fix: SAME_VERSION_FIX });
+}
+
+/** Whether [offset, offset + length) of `disk` is exactly one whole chunk of the store (checked in range before). */
+function wholeChunk(w: CycleWriter, disk: number, offset: number, length: number): boolean {
+  const cs = w.chunkSize;
+  if (offset % cs !== 0 || !nativeDigest()) return false;
+  const capacity = w.disks.find((d) => d.disk === disk)?.capacity ?? 0;
+  return length === Math.min(cs, capacity - offset);
 }
 
 /** A failure of the receiver itself, not of what the peer sent. */

@@ -2,6 +2,7 @@ import { utimes } from 'node:fs/promises';
 import { fsyncDir } from '../util/fsync.ts';
 import type { Layout } from './layout.ts';
 import { PackWriter, readAt } from './packs.ts';
+import { checkClaim } from './claims.ts';
 import { treeDigestAsync, zeroTreeDigest } from '../util/tree-digest.ts';
 
 /**
@@ -29,6 +30,13 @@ export const zeroDigest: (len: number) => Buffer = zeroTreeDigest;
 export function isZeroSlot(slot: Uint8Array): boolean {
   for (let i = 0; i < slot.length; i++) if (slot[i] !== 0) return false;
   return true;
+}
+
+/** The cycle's refs.log (refs.ts): names noted before a chunk is created or reused. */
+export interface RefNotes {
+  note(hex: string): Promise<void>;
+  /** Its file, opened to append. */
+  readonly fd: number;
 }
 
 /** Bytes of a pack before the writer seals it and starts the next (a flush seals the open one early). */
@@ -61,7 +69,7 @@ export class ChunkWriter {
   newBytes = 0;
   newPacks = 0;
 
-  constructor(private readonly layout: Layout, private readonly noteRef: (hex: string) => Promise<void>,
+  constructor(private readonly layout: Layout, private readonly refs: RefNotes,
     private readonly packBytes = PACK_BYTES) {}
 
   /** Make sure a chunk named `hex` with content `data` exists (durably after the next `sync`). */
@@ -75,14 +83,39 @@ export class ChunkWriter {
     return p;
   }
 
-  private async doPut(hex: string, data: Uint8Array): Promise<void> {
+  /**
+   * `put` of bytes whose name `digest` is only claimed: checked against them before anything names
+   * them (BAD_DIGEST, nothing stored, when it differs). A new chunk is checked and appended in one
+   * native call (packs.ts, `appendChecked`); one this writer or the store already holds is hashed
+   * first, so a claim never makes a writer reuse content it was not sent.
+   */
+  putChecked(hex: string, data: Uint8Array, digest: Buffer): Promise<void> {
+    if (this.putting.has(hex) || this.local.has(hex) || this.confirmed.has(hex) || !PackWriter.canAppendChecked()) {
+      return checkClaim(data, digest).then(() => this.put(hex, data));
+    }
+    const p = this.doPut(hex, data, digest).finally(() => this.putting.delete(hex));
+    this.putting.set(hex, p);
+    return p;
+  }
+
+  /**
+   * `claimed`: the digest `hex` names is to be checked against `data` (putChecked); a new chunk's
+   * reference is then journaled by the native call that appends it, after the check and before its
+   * bytes are written.
+   */
+  private async doPut(hex: string, data: Uint8Array, claimed: Buffer | null = null): Promise<void> {
     // Journal the reference before reusing a pack: gc either sees the journal entry, or runs its
     // mark before it and then sees the pack's mtime newer than its start (see gc.ts).
-    await this.noteRef(hex);
+    if (!claimed) await this.refs.note(hex);
     const index = this.layout.packIndex;
     await index.ensureLoaded();
     await index.refreshIfOlder(DEDUP_RESCAN_MS);
     const now = new Date();
+    if (claimed && index.lookup(hex)) {
+      await checkClaim(data, claimed);
+      claimed = null;
+      await this.refs.note(hex);
+    }
     for (let loc = index.lookup(hex); loc; loc = index.lookup(hex)) {
       try {
         await utimes(this.layout.packPath(loc.pack), now, now);
@@ -95,7 +128,7 @@ export class ChunkWriter {
       }
     }
     const pack = await this.openPack();
-    const { offset, written } = pack.append(hex, data);
+    const { offset, written } = claimed ? pack.appendChecked(hex, data, claimed, this.refs.fd) : pack.append(hex, data);
     const entry = { pack, offset, length: data.length, written };
     this.local.set(hex, entry);
     try {

@@ -46,7 +46,7 @@ export class StoreCycleWriter implements CycleWriter {
   private constructor(private readonly env: CycleEnv, private readonly rec: CycleRecord, private readonly dir: string,
     private readonly journals: CycleJournals) {
     this.disks = Object.freeze(rec.disks.map((d) => Object.freeze({ ...d })));
-    this.chunks = new ChunkWriter(env.layout, (hex) => journals.refs.note(hex));
+    this.chunks = new ChunkWriter(env.layout, journals.refs);
     this.extents = new ExtentWriter(rec.chunkSize, this.chunks, journals.disks);
   }
 
@@ -91,7 +91,7 @@ export class StoreCycleWriter implements CycleWriter {
       throw new StoreError('BAD_LENGTH', `extent at offset ${offset} of disk ${disk} says length ${length} but carries ${data.length} bytes`);
     }
     if (length === 0) return;
-    await this.extents.write(ds, offset, length, data, opts?.sha256);
+    await this.extents.write(ds, offset, length, data, opts?.sha256, opts?.check === true);
   }
 
   flush(): Promise<void> {

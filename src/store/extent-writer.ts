@@ -1,4 +1,6 @@
+import { checkClaim } from './claims.ts';
 import { fitLength, isZeroSlot, chunkDigest, zeroDigest, type ChunkWriter } from './chunks.ts';
+import { StoreError } from './types.ts';
 import { SUBS, subSize } from './overlay.ts';
 import type { DiskJournals } from './journals.ts';
 import { WriteChain } from './write-chain.ts';
@@ -26,21 +28,35 @@ export class ExtentWriter {
   /**
    * Apply `length` bytes at `offset` of `ds` (`data` null = zeros; the caller checked the bounds).
    * Each chunk's part is queued synchronously, so overlapping calls apply in call order. `given`:
-   * the caller's SHA-256 of `data`, used when it names one whole chunk or sub-chunk.
+   * the caller's SHA-256 of `data`, used when it names one whole chunk or sub-chunk. `check`: `given`
+   * is a claim to check against `data` before anything is stored (types.ts, WriteExtentOptions).
    */
-  write(ds: DiskJournals, offset: number, length: number, data: Uint8Array | null, given: Uint8Array | string | undefined): Promise<void> {
+  write(ds: DiskJournals, offset: number, length: number, data: Uint8Array | null, given: Uint8Array | string | undefined, check = false): Promise<void> {
     const cs = this.chunkSize;
     const pieces: Promise<void>[] = [];
     const first = Math.floor(offset / cs);
     const last = Math.floor((offset + length - 1) / cs);
     const digest = given !== undefined && first === last ? toDigest(given) : null;
+    // A claim is checked while its chunk is stored when the extent is one whole chunk; else first, whole.
+    let claimChecked: Promise<void> | null = null;
+    let claimInPut = false;
+    if (check && data) {
+      const claim = given === undefined ? null : toDigest(given);
+      if (!claim) return Promise.reject(new StoreError('BAD_DIGEST', `extent at offset ${offset} of disk ${ds.spec.disk}: no 32-byte digest to check its bytes against`));
+      claimInPut = first === last && offset === first * cs && length === Math.min(cs, ds.spec.capacity - offset);
+      if (!claimInPut) {
+        claimChecked = checkClaim(data, claim);
+        claimChecked.catch(() => undefined);
+      }
+    }
     for (let i = first; i <= last; i++) {
       const cStart = i * cs;
       const cLen = Math.min(cs, ds.spec.capacity - cStart);
       const s = Math.max(offset, cStart);
       const e = Math.min(offset + length, cStart + cLen);
       const piece = data ? data.subarray(s - offset, e - offset) : null;
-      pieces.push(this.chain.run(chunkKey(ds.spec.disk, i), () => this.applyPiece(ds, i, cLen, s - cStart, e - s, piece, digest)));
+      const apply = () => this.applyPiece(ds, i, cLen, s - cStart, e - s, piece, digest, claimInPut);
+      pieces.push(this.chain.run(chunkKey(ds.spec.disk, i), claimChecked ? () => claimChecked.then(apply) : apply));
     }
     const range: Range = { offset, length };
     const op = Promise.all(pieces).then(() => { ds.noteWritten(range); });
@@ -59,14 +75,22 @@ export class ExtentWriter {
   /** Forget the cached sub-chunks (the cycle is aborted). */
   discardCached(): void { this.cache.clear(); }
 
-  private async applyPiece(ds: DiskJournals, i: number, cLen: number, at: number, len: number, piece: Uint8Array | null, given: Buffer | null): Promise<void> {
+  /** `unchecked`: `given` is the sender's claim for this whole chunk, checked as it is stored. */
+  private async applyPiece(ds: DiskJournals, i: number, cLen: number, at: number, len: number, piece: Uint8Array | null, given: Buffer | null, unchecked = false): Promise<void> {
     const disk = ds.spec.disk;
     if (at === 0 && len === cLen) {
+      // A refused claim must leave the slot as it was: with sub-chunks of it cached (patched, not
+      // stored), or a claim of all zeros, check it before they are dropped.
+      if (unchecked && piece && (this.cache.holdsSlot(disk, i, SUBS) || given!.equals(zeroDigest(cLen)))) {
+        await checkClaim(piece, given!);
+        unchecked = false;
+      }
       for (let k = 0; k < SUBS; k++) this.cache.drop(disk, i, k);
       let digest: Buffer | null = null;
       if (piece) {
         digest = given ?? await chunkDigest(piece);
         if (digest.equals(zeroDigest(cLen))) digest = null;
+        else if (unchecked) await this.chunks.putChecked(digest.toString('hex'), piece, digest);
         else await this.chunks.put(digest.toString('hex'), piece);
       }
       ds.index.set(i, digest);

@@ -28,6 +28,8 @@ import { StoreError } from './types.ts';
 import { dropFromCache } from './native.ts';
 import { PackReaders, readFullyAt } from './pack-readers.ts';
 import { writeFully } from '../util/write-fully.ts';
+import { nativeDigest } from '../util/native-digest.ts';
+import { digestRefused } from './claims.ts';
 import { crashPoint } from '../util/crash.ts';
 
 export const PACK_MAGIC = Buffer.from('VMLPACK1');
@@ -271,19 +273,40 @@ export class PackWriter {
   get bytes(): number { return this.size; }
   get reserved(): boolean { return this.size > PACK_MAGIC.length; }
 
+  /** Whether `appendChecked` can check and write in one call (the native library is built). */
+  static canAppendChecked(): boolean { return nativeDigest() !== null; }
+
   /** Append chunk `hex`: its data offset in the pack (reserved now) and the write. */
   append(hex: string, data: Uint8Array): { offset: number; written: Promise<void> } {
+    return this.appendWith(hex, data, async (head, at, offset) => {
+      await writeFully(this.fh, head, at);
+      await writeFully(this.fh, data, offset);
+    });
+  }
+
+  /**
+   * `append` of bytes whose name is only claimed (`claimed`, the 32 bytes `hex` spells): in one
+   * native call (needs `canAppendChecked`) their tree digest is checked, the name appended to the
+   * refs journal `refsFd` (a file opened to append) and the entry written. A refused claim writes
+   * nothing and rejects with BAD_DIGEST; its reserved bytes stay a hole in the pack.
+   */
+  appendChecked(hex: string, data: Uint8Array, claimed: Uint8Array, refsFd: number): { offset: number; written: Promise<void> } {
+    const native = nativeDigest();
+    if (!native) throw new Error('appendChecked needs the native digest library');
+    return this.appendWith(hex, data, async (head, at) => {
+      const computed = await native.storeChecked(data, claimed, refsFd, Buffer.from(`${hex}\n`, 'latin1'), this.fh.fd, at, head);
+      if (computed) throw digestRefused(claimed, computed);
+    });
+  }
+
+  private appendWith(hex: string, data: Uint8Array, write: (head: Buffer, at: number, offset: number) => Promise<void>): { offset: number; written: Promise<void> } {
     const at = this.size;
     this.size += ENTRY_HEADER + data.length;
     const offset = at + ENTRY_HEADER;
-    const head = Buffer.alloc(ENTRY_HEADER);
+    const head = Buffer.allocUnsafe(ENTRY_HEADER);
     head.writeUInt32BE(data.length, 0);
     head.write(hex, 4, 32, 'hex');
-    const written = (async () => {
-      await writeFully(this.fh, head, at);
-      await writeFully(this.fh, data, offset);
-      this.entries.push({ hex, offset, length: data.length });
-    })();
+    const written = write(head, at, offset).then(() => { this.entries.push({ hex, offset, length: data.length }); });
     // a failed append is never indexed (its put fails): its bytes are only dead space in the pack
     const tracked = written.catch(() => {});
     this.writes.add(tracked);

@@ -3,7 +3,8 @@ import type { FileHandle } from 'node:fs/promises';
 /**
  * A cycle's refs.log: the name of every chunk the cycle creates or reuses, appended *before* the
  * chunk file is created or touched (gc reads it; see gc.ts). Concurrent notes are group-committed:
- * one append per batch, off the main thread. No fsync: gc reads it from the same machine's page cache,
+ * one append per batch, off the main thread (a checked new chunk's name is appended by the native
+ * call that stores it, packs.ts `appendChecked`; the file is opened to append, so lines never mix). No fsync: gc reads it from the same machine's page cache,
  * and after a crash the cycle's unflushed references are gone anyway.
  */
 export class RefsJournal {
@@ -39,6 +40,9 @@ export class RefsJournal {
     }
     this.writing = false;
   }
+
+  /** The journal's file, opened to append: a native append (packs.ts, `appendChecked`) may add a line of its own. */
+  get fd(): number { return this.fh.fd; }
 
   close(): Promise<void> {
     return this.fh.close();

@@ -41,6 +41,13 @@ export class SubChunkCache {
     this.total += e.buf.length;
   }
 
+  /** Whether any of the first `subs` sub-chunks of `slot` is cached. */
+  holdsSlot(disk: number, slot: number, subs: number): boolean {
+    if (this.entries.size === 0) return false;
+    for (let k = 0; k < subs; k++) if (this.entries.has(keyOf(disk, slot, k))) return true;
+    return false;
+  }
+
   /** Forget a sub-chunk (it was written whole), changes and all. */
   drop(disk: number, slot: number, sub: number): void {
     const key = keyOf(disk, slot, sub);

@@ -57,6 +57,14 @@ export interface WriteExtentOptions {
    * checking it against the bytes (the receiver does, for wire digests).
    */
   sha256?: Uint8Array | string;
+  /**
+   * `sha256` is the sender's claim, not checked yet: the store checks it against the bytes (their
+   * tree digest, one pass that also names the chunk) before anything names or holds them, and fails
+   * with BAD_DIGEST, storing nothing, when it differs. For an extent of one whole chunk the check and
+   * the pack append are one native call (docs/store.md, "Checked appends"); any other extent is hashed
+   * whole first.
+   */
+  check?: boolean;
 }
 
 export interface CycleWriter {

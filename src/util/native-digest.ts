@@ -8,6 +8,7 @@
  * (read once, when it loads).
  */
 import { existsSync } from 'node:fs';
+import { constants as osc } from 'node:os';
 import { join } from 'node:path';
 import { PROJECT_ROOT } from './root.ts';
 import { callAsync, loadKoffi, type KoffiFn } from './koffi.ts';
@@ -48,6 +49,13 @@ export interface NativeDigest {
    * `old`'s. Returns the number of changed blocks.
    */
   compareBlocks(digests: Uint8Array, n: number, stride: number, width: number, old: Uint8Array, fresh: Uint8Array, changed: Uint8Array): number;
+  /**
+   * In one call off the event loop: the tree digest of `data`; when it equals `expected`, `ref`
+   * appended to the file `refsFd` (opened to append; -1: none), then `head` written at `at` of the
+   * file `fd` and `data` right after it. Resolves null when written, the computed digest when it
+   * differs (nothing written); rejects with the errno's code (ENOSPC, EIO, …) when a write failed.
+   */
+  storeChecked(data: Uint8Array, expected: Uint8Array, refsFd: number, ref: Uint8Array | null, fd: number, at: number, head: Uint8Array): Promise<Buffer | null>;
 }
 
 const DEFAULT_LIB = join(PROJECT_ROOT, 'native', 'build', 'libvmlift-digest.so');
@@ -59,7 +67,7 @@ function load(): NativeDigest | null {
   const path = process.env.VMLIFT_NATIVE_DIGEST_LIB ?? DEFAULT_LIB;
   const koffi = loadKoffi();
   if (!koffi || !existsSync(path)) return null;
-  let digestBlocks: KoffiFn; let sha256: KoffiFn; let tree: KoffiFn; let compare: KoffiFn; let impl: KoffiFn;
+  let digestBlocks: KoffiFn; let sha256: KoffiFn; let tree: KoffiFn; let compare: KoffiFn; let impl: KoffiFn; let storeChecked: KoffiFn;
   try {
     const lib = koffi.load(path);
     digestBlocks = lib.func('int64_t vmlift_digest_blocks(const uint8_t *data, size_t len, size_t block, size_t keep, uint8_t *digests, uint8_t *zero, size_t piece, uint8_t *piece_digests)');
@@ -67,6 +75,7 @@ function load(): NativeDigest | null {
     tree = lib.func('int vmlift_tree_digest(const uint8_t *data, size_t len, uint8_t *md)');
     impl = lib.func('const char *vmlift_digest_impl(void)');
     compare = lib.func('int64_t vmlift_compare_blocks(const uint8_t *digests, size_t n, size_t stride, size_t width, const uint8_t *old, uint8_t *fresh, uint8_t *changed)');
+    storeChecked = lib.func('int vmlift_store_checked(const uint8_t *data, size_t len, const uint8_t *expected, uint8_t *md, int refs_fd, const uint8_t *ref, size_t ref_len, int fd, int64_t at, const uint8_t *head, size_t head_len)');
   } catch {
     return null;
   }
@@ -94,12 +103,27 @@ function load(): NativeDigest | null {
       if (r < 0) throw new Error('native block comparison: bad arguments');
       return r;
     },
+    async storeChecked(data, expected, refsFd, ref, fd, at, head) {
+      if (expected.byteLength !== SHA256_LEN) throw new RangeError('storeChecked: the expected digest is not 32 bytes');
+      const md = Buffer.allocUnsafe(SHA256_LEN);
+      const r = await callAsync(storeChecked, data, data.byteLength, expected, md, ref ? refsFd : -1, ref, ref?.byteLength ?? 0, fd, at, head, head.byteLength);
+      if (r === 0) return null;
+      if (r === 1) return md;
+      if (r === -100000) throw new Error('native tree digest failed (libcrypto)');
+      throw errnoError(-r, 'pwrite');
+    },
     async tree(data) {
       const md = Buffer.allocUnsafe(SHA256_LEN);
       if (await callAsync(tree, data, data.byteLength, md) !== 0) throw new Error('native tree digest failed (libcrypto)');
       return md;
     },
   };
+}
+
+/** An error like Node's own for a failed system call: `code` is the errno's name (ENOSPC, EIO, …). */
+function errnoError(errno: number, syscall: string): NodeJS.ErrnoException {
+  const code = Object.entries(osc.errno).find(([, v]) => v === errno)?.[0] ?? 'EIO';
+  return Object.assign(new Error(`${code}: ${syscall} failed (errno ${errno})`), { code, errno: -errno, syscall });
 }
 
 /** The library file of the native digester, when this process uses one (codec workers load it too). */

@@ -4,7 +4,7 @@
  */
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
@@ -200,6 +200,22 @@ test('frames with a wrong digest', async () => {
   const held = (await authed('dig-a', cred).request<{ held: { ranges: { offset: number; length: number }[] }[] }>('GET', '/v1/cycles/c1/held')).held;
   assert.ok(!held.some((h) => h.ranges.some((x) => x.offset + x.length > 65536)), 'the bad extent was not applied');
   await noImages('dig-a');
+});
+
+test('a whole-chunk extent with a wrong digest (checked as the store appends it) is refused BAD_DIGEST; what came before it stays held after a flush', async () => {
+  const cred = await openCycle('dig-b');
+  const r = await rawData('dig-b', cred, 'c1');
+  const good = randomBytes(MiB);
+  const other = randomBytes(MiB);
+  r.s.write(extent(1, 0, 0, good));
+  r.s.write(encodeJsonFrame(FRAME.SYNC, { token: 1 }));
+  r.s.write(extent(2, 0, MiB, other, { digest: treeDigest(good) }));
+  await r.closed;
+  assert.equal(errorOf(r.frames).code, 'BAD_DIGEST');
+  assert.match(String(errorOf(r.frames).message), /extent digest mismatch/);
+  const held = (await authed('dig-b', cred).request<{ held: { ranges: { offset: number; length: number }[] }[] }>('GET', '/v1/cycles/c1/held')).held;
+  assert.deepEqual(held[0]!.ranges, [{ offset: 0, length: MiB }], 'the good extent is held, the bad one not');
+  await noImages('dig-b');
 });
 
 test('a sender of wire version 1 (plain SHA-256 extent digests) is refused on the data port and when it begins a cycle', async () => {

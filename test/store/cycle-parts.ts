@@ -26,7 +26,7 @@ export async function bareCycle(t: T, o: { layout: Layout; chunkSize: number; di
   const rec = await createCycle(o.layout, o.chunkSize, 'vm', o.cycleId ?? 'c', o.disks, null, dir);
   const journals = await CycleJournals.open(dir, rec);
   t.after(() => journals.close());
-  const chunks = new ChunkWriter(o.layout, (hex) => journals.refs.note(hex));
+  const chunks = new ChunkWriter(o.layout, journals.refs);
   const extents = new ExtentWriter(o.chunkSize, chunks, journals.disks, o.cacheBytes);
   const disk = (n = 0) => journals.disks.get(n)!;
   const write = (n: number, offset: number, data: Buffer | null, length = data!.length) => extents.write(disk(n), offset, length, data, undefined);

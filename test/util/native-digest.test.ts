@@ -75,3 +75,36 @@ test('codec pool: native level-0 pack and RAW unpack agree with the workers and 
     await workers.close();
   }
 });
+
+test('storeChecked: writes the refs line, the header and the bytes only when the tree digest matches; a failed write rejects with its errno code', async (t) => {
+  const { mkdtemp, open, readFile, rm } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = await mkdtemp(join(tmpdir(), 'vmlift-test-store-checked-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const native = nativeDigest()!;
+  const data = sample();
+  const head = Buffer.from('HEAD');
+  const pack = await open(join(dir, 'pack'), 'w+');
+  const refs = await open(join(dir, 'refs'), 'a');
+  try {
+    const wrong = await native.storeChecked(data, sha(data), refs.fd, Buffer.from('bad\n'), pack.fd, 8, head);
+    assert.deepEqual(wrong, treeDigest(data), 'a wrong claim answers the computed digest');
+    assert.equal((await pack.stat()).size, 0, 'and writes nothing');
+    assert.equal(await native.storeChecked(data, treeDigest(data), refs.fd, Buffer.from('good\n'), pack.fd, 8, head), null);
+    const back = await readFile(join(dir, 'pack'));
+    assert.equal(back.length, 8 + head.length + data.length);
+    assert.deepEqual(back.subarray(8, 12), head);
+    assert.equal(sha(back.subarray(12)).toString('hex'), sha(data).toString('hex'));
+    assert.equal(await readFile(join(dir, 'refs'), 'utf8'), 'good\n');
+  } finally {
+    await pack.close();
+    await refs.close();
+  }
+  const ro = await open(join(dir, 'pack'), 'r');
+  try {
+    await assert.rejects(native.storeChecked(data, treeDigest(data), -1, null, ro.fd, 0, head), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+  } finally {
+    await ro.close();
+  }
+});
