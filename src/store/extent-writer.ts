@@ -15,6 +15,13 @@ import type { Range } from '../model/ranges.ts';
 export class ExtentWriter {
   private readonly chain = new WriteChain();
   private readonly cache: SubChunkCache;
+  /**
+   * Entries evicted from the cache whose store is queued in their chunk's chain. A write queued
+   * before that store finds its sub-chunk here (else it would read the bytes from before the
+   * evicted patch), and one that replaces the sub-chunk whole cancels the store (else it would land
+   * after the newer bytes).
+   */
+  private readonly leaving = new Map<string, CachedSub>();
   private readonly subSize: number;
 
   constructor(private readonly chunkSize: number, private readonly chunks: ChunkWriter,
@@ -57,12 +64,12 @@ export class ExtentWriter {
   }
 
   /** Forget the cached sub-chunks (the cycle is aborted). */
-  discardCached(): void { this.cache.clear(); }
+  discardCached(): void { this.cache.clear(); this.leaving.clear(); }
 
   private async applyPiece(ds: DiskJournals, i: number, cLen: number, at: number, len: number, piece: Uint8Array | null, given: Buffer | null): Promise<void> {
     const disk = ds.spec.disk;
     if (at === 0 && len === cLen) {
-      for (let k = 0; k < SUBS; k++) this.cache.drop(disk, i, k);
+      for (let k = 0; k < SUBS; k++) { this.cache.drop(disk, i, k); this.leaving.delete(subKey(disk, i, k)); }
       let digest: Buffer | null = null;
       if (piece) {
         digest = given ?? await chunkDigest(piece);
@@ -82,11 +89,12 @@ export class ExtentWriter {
       const part = piece ? piece.subarray(ps - at, pe - at) : null;
       if (ps === sStart && pe === sEnd) {
         this.cache.drop(disk, i, k);
+        this.leaving.delete(subKey(disk, i, k));
         // the caller's digest names this sub-chunk when the extent is exactly this sub-chunk
         await this.storeSub(ds, i, k, part, sEnd - sStart, ps === at && pe === at + len ? given : null);
         continue;
       }
-      let entry = this.cache.get(disk, i, k);
+      let entry = this.cache.get(disk, i, k) ?? this.readopt(disk, i, k);
       if (!entry) {
         entry = { disk, slot: i, sub: k, buf: await this.currentSub(ds, i, sStart, sEnd), dirty: false };
         this.cache.add(entry);
@@ -95,7 +103,28 @@ export class ExtentWriter {
       else entry.buf.fill(0, ps - sStart, pe - sStart);
       entry.dirty = true;
     }
-    for (const e of this.cache.evict()) this.chain.track(this.chain.run(chunkKey(e.disk, e.slot), () => this.materialize(e)));
+    for (const e of this.cache.evict()) {
+      this.leaving.set(subKey(e.disk, e.slot, e.sub), e);
+      this.chain.track(this.chain.run(chunkKey(e.disk, e.slot), () => this.storeLeaving(e)));
+    }
+  }
+
+  /** An evicted entry back in the cache, when its store has not run yet (it then stores nothing). */
+  private readopt(disk: number, slot: number, sub: number): CachedSub | undefined {
+    const key = subKey(disk, slot, sub);
+    const e = this.leaving.get(key);
+    if (!e) return undefined;
+    this.leaving.delete(key);
+    this.cache.add(e);
+    return e;
+  }
+
+  /** Store an evicted entry, unless a later write took it back or replaced its sub-chunk. */
+  private async storeLeaving(e: CachedSub): Promise<void> {
+    const key = subKey(e.disk, e.slot, e.sub);
+    if (this.leaving.get(key) !== e) return;
+    this.leaving.delete(key);
+    await this.materialize(e);
   }
 
   /** Store sub-chunk k of slot i (`data` null = zeros) and note it in the overlay. */
@@ -128,6 +157,7 @@ export class ExtentWriter {
 }
 
 function chunkKey(disk: number, slot: number): string { return `${disk}:${slot}`; }
+function subKey(disk: number, slot: number, sub: number): string { return `${disk}:${slot}:${sub}`; }
 
 function toDigest(v: Uint8Array | string): Buffer | null {
   if (typeof v === 'string') return /^[0-9a-fA-F]{64}$/.test(v) ? Buffer.from(v, 'hex') : null;
