@@ -1,4 +1,4 @@
-import { fitLength, isZeroSlot, chunkDigest, zeroDigest, type ChunkWriter } from './chunks.ts';
+import { isZeroSlot, chunkDigest, zeroDigest, type ChunkWriter } from './chunks.ts';
 import { SUBS, subSize } from './overlay.ts';
 import type { DiskJournals } from './journals.ts';
 import { WriteChain } from './write-chain.ts';
@@ -22,6 +22,12 @@ export class ExtentWriter {
    * after the newer bytes).
    */
   private readonly leaving = new Map<string, CachedSub>();
+  /**
+   * Buffers of evicted entries once stored (nothing else holds them then), for the next sub-chunks
+   * read: an incremental's scattered changes otherwise allocate a new 64 KiB buffer each, and the
+   * external memory drives V8's collections (docs/store.md, "Incremental cycles on the receiver").
+   */
+  private readonly spare: Buffer[] = [];
   private readonly subSize: number;
 
   constructor(private readonly chunkSize: number, private readonly chunks: ChunkWriter,
@@ -64,7 +70,7 @@ export class ExtentWriter {
   }
 
   /** Forget the cached sub-chunks (the cycle is aborted). */
-  discardCached(): void { this.cache.clear(); this.leaving.clear(); }
+  discardCached(): void { this.cache.clear(); this.leaving.clear(); this.spare.length = 0; }
 
   private async applyPiece(ds: DiskJournals, i: number, cLen: number, at: number, len: number, piece: Uint8Array | null, given: Buffer | null): Promise<void> {
     const disk = ds.spec.disk;
@@ -125,6 +131,7 @@ export class ExtentWriter {
     if (this.leaving.get(key) !== e) return;
     this.leaving.delete(key);
     await this.materialize(e);
+    if (e.buf.length === this.subSize && this.spare.length < SPARE_BUFFERS) this.spare.push(e.buf);
   }
 
   /** Store sub-chunk k of slot i (`data` null = zeros) and note it in the overlay. */
@@ -141,11 +148,14 @@ export class ExtentWriter {
 
   /** The current bytes [sStart, sEnd) of slot i: its overlay sub-chunk, else that part of its chunk. */
   private async currentSub(ds: DiskJournals, i: number, sStart: number, sEnd: number): Promise<Buffer> {
+    const len = sEnd - sStart;
+    const into = len === this.subSize ? this.spare.pop() : undefined;
     const sub = ds.overlay.overlay.get(i)?.get(sStart / this.subSize);
-    if (sub) return isZeroSlot(sub) ? Buffer.alloc(sEnd - sStart) : fitLength(await this.chunks.read(sub.toString('hex')), sEnd - sStart);
-    const cur = await ds.index.get(i);
-    if (!cur) return Buffer.alloc(sEnd - sStart);
-    return this.chunks.readRange(cur.toString('hex'), sStart, sEnd - sStart);
+    // a sub-chunk file read as the length it fills (cut or zero-padded past its end)
+    if (sub && !isZeroSlot(sub)) return this.chunks.readRange(sub.toString('hex'), 0, len, into);
+    const cur = sub ? null : await ds.index.get(i);
+    if (cur) return this.chunks.readRange(cur.toString('hex'), sStart, len, into);
+    return into ? into.fill(0) : Buffer.alloc(len);
   }
 
   /** Hash and store a cached sub-chunk; runs in its chunk's chain. */
@@ -155,6 +165,9 @@ export class ExtentWriter {
     await this.storeSub(this.disks.get(e.disk)!, e.slot, e.sub, e.buf, e.buf.length);
   }
 }
+
+/** Spare sub-chunk buffers kept (1 MiB at 64 KiB sub-chunks). */
+const SPARE_BUFFERS = 16;
 
 function chunkKey(disk: number, slot: number): string { return `${disk}:${slot}`; }
 function subKey(disk: number, slot: number, sub: number): string { return `${disk}:${slot}:${sub}`; }
