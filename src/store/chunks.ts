@@ -1,7 +1,7 @@
 import { utimes } from 'node:fs/promises';
 import { fsyncDir } from '../util/fsync.ts';
 import type { Layout } from './layout.ts';
-import { PackWriter, readAt } from './packs.ts';
+import { PackWriter, padded, readAt } from './packs.ts';
 import { checkClaim } from './claims.ts';
 import { treeDigestAsync, zeroTreeDigest } from '../util/tree-digest.ts';
 
@@ -181,15 +181,18 @@ export class ChunkWriter {
     return this.layout.packIndex.read(hex);
   }
 
-  /** Bytes [offset, offset + length) of chunk `hex` (zeros past its end), also while its pack is not sealed. */
-  async readRange(hex: string, offset: number, length: number): Promise<Buffer> {
+  /**
+   * Bytes [offset, offset + length) of chunk `hex` (zeros past its end), also while its pack is not
+   * sealed; into the start of `into` when given.
+   */
+  async readRange(hex: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     await this.putting.get(hex)?.catch(() => {});
     const l = this.local.get(hex);
-    if (!l) return this.layout.packIndex.readRange(hex, offset, length);
+    if (!l) return this.layout.packIndex.readRange(hex, offset, length, into);
     await l.written;
     const have = Math.max(0, Math.min(length, l.length - offset));
-    const b = await readAt(l.pack.path, l.offset + offset, have);
-    return have === length ? b : Buffer.concat([b, Buffer.alloc(length - have)]);
+    const b = await readAt(l.pack.path, l.offset + offset, have, into);
+    return have === length ? b : padded(b, length, into);
   }
 
   /** Everything put so far is in sealed packs, and their folder entries are durable. */

@@ -17,6 +17,19 @@ import type { Range } from '../model/ranges.ts';
 export class ExtentWriter {
   private readonly chain = new WriteChain();
   private readonly cache: SubChunkCache;
+  /**
+   * Entries evicted from the cache whose store is queued in their chunk's chain. A write queued
+   * before that store finds its sub-chunk here (else it would read the bytes from before the
+   * evicted patch), and one that replaces the sub-chunk whole cancels the store (else it would land
+   * after the newer bytes).
+   */
+  private readonly leaving = new Map<string, CachedSub>();
+  /**
+   * Buffers of evicted entries once stored (nothing else holds them then), for the next sub-chunks
+   * read: an incremental's scattered changes otherwise allocate a new 64 KiB buffer each, and the
+   * external memory drives V8's collections (docs/store.md, "Incremental cycles on the receiver").
+   */
+  private readonly spare: Buffer[] = [];
   private readonly subSize: number;
 
   constructor(private readonly chunkSize: number, private readonly chunks: ChunkWriter,
@@ -73,19 +86,20 @@ export class ExtentWriter {
   }
 
   /** Forget the cached sub-chunks (the cycle is aborted). */
-  discardCached(): void { this.cache.clear(); }
+  discardCached(): void { this.cache.clear(); this.leaving.clear(); this.spare.length = 0; }
 
   /** `unchecked`: `given` is the sender's claim for this whole chunk, checked as it is stored. */
   private async applyPiece(ds: DiskJournals, i: number, cLen: number, at: number, len: number, piece: Uint8Array | null, given: Buffer | null, unchecked = false): Promise<void> {
     const disk = ds.spec.disk;
     if (at === 0 && len === cLen) {
-      // A refused claim must leave the slot as it was: with sub-chunks of it cached (patched, not
-      // stored), or a claim of all zeros, check it before they are dropped.
-      if (unchecked && piece && (this.cache.holdsSlot(disk, i, SUBS) || given!.equals(zeroDigest(cLen)))) {
+      // A refused claim must leave the slot as it was: with sub-chunks of it cached or leaving the
+      // cache (patched, not stored), or a claim of all zeros, check it before they are dropped.
+      const patched = this.cache.holdsSlot(disk, i, SUBS) || [...Array(SUBS).keys()].some((k) => this.leaving.has(subKey(disk, i, k)));
+      if (unchecked && piece && (patched || given!.equals(zeroDigest(cLen)))) {
         await checkClaim(piece, given!);
         unchecked = false;
       }
-      for (let k = 0; k < SUBS; k++) this.cache.drop(disk, i, k);
+      for (let k = 0; k < SUBS; k++) { this.cache.drop(disk, i, k); this.leaving.delete(subKey(disk, i, k)); }
       let digest: Buffer | null = null;
       if (piece) {
         digest = given ?? await chunkDigest(piece);
@@ -106,11 +120,12 @@ export class ExtentWriter {
       const part = piece ? piece.subarray(ps - at, pe - at) : null;
       if (ps === sStart && pe === sEnd) {
         this.cache.drop(disk, i, k);
+        this.leaving.delete(subKey(disk, i, k));
         // the caller's digest names this sub-chunk when the extent is exactly this sub-chunk
         await this.storeSub(ds, i, k, part, sEnd - sStart, ps === at && pe === at + len ? given : null);
         continue;
       }
-      let entry = this.cache.get(disk, i, k);
+      let entry = this.cache.get(disk, i, k) ?? this.readopt(disk, i, k);
       if (!entry) {
         entry = { disk, slot: i, sub: k, buf: await this.currentSub(ds, i, sStart, sEnd), dirty: false };
         this.cache.add(entry);
@@ -119,7 +134,29 @@ export class ExtentWriter {
       else entry.buf.fill(0, ps - sStart, pe - sStart);
       entry.dirty = true;
     }
-    for (const e of this.cache.evict()) this.chain.track(this.chain.run(chunkKey(e.disk, e.slot), () => this.materialize(e)));
+    for (const e of this.cache.evict()) {
+      this.leaving.set(subKey(e.disk, e.slot, e.sub), e);
+      this.chain.track(this.chain.run(chunkKey(e.disk, e.slot), () => this.storeLeaving(e)));
+    }
+  }
+
+  /** An evicted entry back in the cache, when its store has not run yet (it then stores nothing). */
+  private readopt(disk: number, slot: number, sub: number): CachedSub | undefined {
+    const key = subKey(disk, slot, sub);
+    const e = this.leaving.get(key);
+    if (!e) return undefined;
+    this.leaving.delete(key);
+    this.cache.add(e);
+    return e;
+  }
+
+  /** Store an evicted entry, unless a later write took it back or replaced its sub-chunk. */
+  private async storeLeaving(e: CachedSub): Promise<void> {
+    const key = subKey(e.disk, e.slot, e.sub);
+    if (this.leaving.get(key) !== e) return;
+    this.leaving.delete(key);
+    await this.materialize(e);
+    if (e.buf.length === this.subSize && this.spare.length < SPARE_BUFFERS) this.spare.push(e.buf);
   }
 
   /** Store sub-chunk k of slot i (`data` null = zeros) and note it in the overlay. */
@@ -136,11 +173,14 @@ export class ExtentWriter {
 
   /** The current bytes [sStart, sEnd) of slot i: its overlay sub-chunk, else that part of its chunk. */
   private async currentSub(ds: DiskJournals, i: number, sStart: number, sEnd: number): Promise<Buffer> {
+    const len = sEnd - sStart;
+    const into = len === this.subSize ? this.spare.pop() : undefined;
     const sub = ds.overlay.overlay.get(i)?.get(sStart / this.subSize);
-    if (sub) return isZeroSlot(sub) ? Buffer.alloc(sEnd - sStart) : fitLength(await this.chunks.read(sub.toString('hex')), sEnd - sStart);
-    const cur = await ds.index.get(i);
-    if (!cur) return Buffer.alloc(sEnd - sStart);
-    return this.chunks.readRange(cur.toString('hex'), sStart, sEnd - sStart);
+    // a sub-chunk file read as the length it fills (cut or zero-padded past its end)
+    if (sub && !isZeroSlot(sub)) return this.chunks.readRange(sub.toString('hex'), 0, len, into);
+    const cur = sub ? null : await ds.index.get(i);
+    if (cur) return this.chunks.readRange(cur.toString('hex'), sStart, len, into);
+    return into ? into.fill(0) : Buffer.alloc(len);
   }
 
   /** Hash and store a cached sub-chunk; runs in its chunk's chain. */
@@ -151,7 +191,11 @@ export class ExtentWriter {
   }
 }
 
+/** Spare sub-chunk buffers kept (1 MiB at 64 KiB sub-chunks). */
+const SPARE_BUFFERS = 16;
+
 function chunkKey(disk: number, slot: number): string { return `${disk}:${slot}`; }
+function subKey(disk: number, slot: number, sub: number): string { return `${disk}:${slot}:${sub}`; }
 
 function toDigest(v: Uint8Array | string): Buffer | null {
   if (typeof v === 'string') return /^[0-9a-fA-F]{64}$/.test(v) ? Buffer.from(v, 'hex') : null;

@@ -16,11 +16,11 @@ export class PackReaders {
   private readonly held = new Map<string, Held>();
   private timer: NodeJS.Timeout | null = null;
 
-  /** Exactly `length` bytes at `offset` of the pack at `path` (zero-filled past its end). */
-  async read(path: string, offset: number, length: number): Promise<Buffer> {
+  /** Exactly `length` bytes at `offset` of the pack at `path` (zero-filled past its end), into `into` when given. */
+  async read(path: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const h = this.acquire(path);
     try {
-      return await readFullyAt(await h.fh, offset, length);
+      return await readFullyAt(await h.fh, offset, length, into);
     } finally {
       h.busy--;
       h.usedAt = Date.now();
@@ -70,14 +70,19 @@ export class PackReaders {
   }
 }
 
-/** Exactly `length` bytes at `offset` of an open file (fewer at its end: zero-filled). */
-export async function readFullyAt(fh: FileHandle, offset: number, length: number): Promise<Buffer> {
-  const out = Buffer.alloc(length);
-  for (let done = 0; done < length;) {
+/**
+ * Exactly `length` bytes at `offset` of an open file (fewer at its end: zero-filled), into the start
+ * of `into` when given (a buffer the caller reuses) instead of a new buffer.
+ */
+export async function readFullyAt(fh: FileHandle, offset: number, length: number, into?: Buffer): Promise<Buffer> {
+  const out = into ? into.subarray(0, length) : Buffer.alloc(length);
+  let done = 0;
+  while (done < length) {
     const { bytesRead } = await fh.read(out, done, length - done, offset + done);
     if (bytesRead === 0) break;
     done += bytesRead;
   }
+  if (into && done < length) out.fill(0, done);
   return out;
 }
 

@@ -78,13 +78,20 @@ export function decodeIndex(buf: Buffer): PackEntry[] | null {
 }
 
 /** Read exactly `length` bytes at `offset` of `path` (fewer at its end: zero-filled). */
-export async function readAt(path: string, offset: number, length: number): Promise<Buffer> {
+export async function readAt(path: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
   const fh = await open(path, 'r');
   try {
-    return await readFullyAt(fh, offset, length);
+    return await readFullyAt(fh, offset, length, into);
   } finally {
     await fh.close();
   }
+}
+
+/** `b` (the first bytes of a range) followed by zeros up to `len` bytes: in `into` when `b` was read into it. */
+export function padded(b: Buffer, len: number, into?: Buffer): Buffer {
+  if (!into) return Buffer.concat([b, Buffer.alloc(len - b.length)]);
+  into.fill(0, b.length, len);
+  return into.subarray(0, len);
 }
 
 const missing = (hex: string) => new StoreError('CHUNK_MISSING', `chunk ${hex} is missing from the store`,
@@ -208,8 +215,9 @@ export class PackIndex {
   /**
    * Bytes [offset, offset + length) of chunk `hex` (zeros past its end; length -1 = to its end).
    * A pack that vanished under the reader (gc repacked it) is forgotten and the chunk found again.
+   * `into`: read into its start instead of a new buffer.
    */
-  async readRange(hex: string, offset: number, length: number): Promise<Buffer> {
+  async readRange(hex: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const vanished = new Set<string>();
     for (let attempt = 0; attempt < 3; attempt++) {
       const first = await this.locate(hex);
@@ -220,9 +228,9 @@ export class PackIndex {
         const len = length < 0 ? loc.length : length;
         const have = Math.max(0, Math.min(len, loc.length - offset));
         try {
-          const b = await this.readers.read(this.layout.packPath(loc.pack), loc.offset + offset, have);
+          const b = await this.readers.read(this.layout.packPath(loc.pack), loc.offset + offset, have, into);
           if (loc !== first) this.map.set(hex, loc);
-          return have === len ? b : Buffer.concat([b, Buffer.alloc(len - have)]);
+          return have === len ? b : padded(b, len, into);
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
           vanished.add(loc.pack);

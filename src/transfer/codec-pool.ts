@@ -52,7 +52,7 @@ export class CodecPool {
       zstd: requireHere('zstd-napi') as typeof import('zstd-napi'),
       getFrameContentSize: (requireHere('zstd-napi/binding') as Pick<CodecDeps, 'getFrameContentSize'>).getFrameContentSize,
       DCtx: (requireHere('zstd-napi/binding') as Pick<CodecDeps, 'DCtx'>).DCtx,
-      digest: treeDigest,
+      digest: this.native ? (b: Uint8Array) => this.native!.treeHere(b) : treeDigest,
       codec: { ...CODEC },
     });
     return this.inlineCodec;
@@ -75,7 +75,7 @@ export class CodecPool {
       if (digest) return { codec: CODEC.RAW, payload, digest };
       if (payload.length <= INLINE_HASH_MAX) {
         if (isAllZero(payload)) return { codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) };
-        return { codec: CODEC.RAW, payload, digest: treeDigest(payload) };
+        return { codec: CODEC.RAW, payload, digest: this.native ? this.native.treeHere(payload) : treeDigest(payload) };
       }
       // zero flags and the tree digest in one pass
       const r = await this.native!.blocks(payload, TREE_BLOCK, 1, wholeTreeBlocks(payload.length));
@@ -98,7 +98,7 @@ export class CodecPool {
   async unpack(codec: number, payload: Buffer, length: number, digest: Buffer, owned = false): Promise<Buffer> {
     if (codec === CODEC.RAW && (this.native || payload.length <= INLINE_HASH_MAX)) {
       // in place: nothing else writes to a received frame's bytes
-      const d = payload.length <= INLINE_HASH_MAX ? treeDigest(payload) : await this.native!.tree(payload);
+      const d = payload.length > INLINE_HASH_MAX ? await this.native!.tree(payload) : this.native ? this.native.treeHere(payload) : treeDigest(payload);
       if (!d.equals(digest)) throw new ProtocolError('BAD_DIGEST', digestMismatch(digest, d));
       return payload;
     }

@@ -16,7 +16,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import { PIECE_SIZE } from './protocol.ts';
 import { INLINE_HASH_MAX, nativeDigest } from '../util/native-digest.ts';
-import { TREE_BLOCK, treeDigest, wholeTreeBlocks } from '../util/tree-digest.ts';
+import { TREE_BLOCK, treeDigestHere, wholeTreeBlocks } from '../util/tree-digest.ts';
 import { split, type Range } from '../model/ranges.ts';
 
 const LEAF = 8 + 8 + 32;
@@ -46,7 +46,7 @@ async function pieceDigest(data: Uint8Array): Promise<Buffer> {
     const r = await native.blocks(data, TREE_BLOCK, 1, wholeTreeBlocks(data.length));
     return r.zero.every((z) => z === 1) ? Buffer.from(ZERO_DIGEST) : r.pieceDigests!;
   }
-  return isAllZero(data) ? Buffer.from(ZERO_DIGEST) : treeDigest(data);
+  return isAllZero(data) ? Buffer.from(ZERO_DIGEST) : treeDigestHere(data);
 }
 
 /**

@@ -50,8 +50,14 @@ const js = makeTreeDigest(nodeCrypto);
 /** The tree digest of `length` bytes from the full (32-byte) SHA-256 digests of their 4 KiB blocks. */
 export const treeDigestFromBlocks: (length: number, blockDigests: Uint8Array) => Buffer = js.fromBlocks;
 
-/** The tree digest of `data`, on this thread. */
+/** The tree digest of `data`, on this thread, in JavaScript. */
 export const treeDigest: (data: Uint8Array) => Buffer = js.of;
+
+/** The tree digest of `data` (up to INLINE_HASH_MAX bytes), on this thread: natively when the library is built. */
+export function treeDigestHere(data: Uint8Array): Buffer {
+  const native = nativeDigest();
+  return native ? native.treeHere(data) : treeDigest(data);
+}
 
 /** `n` rounded up to whole tree blocks: a `piece` for NativeDigest.blocks that covers all of an `n`-byte buffer. */
 export function wholeTreeBlocks(n: number): number { return Math.max(TREE_BLOCK, Math.ceil(n / TREE_BLOCK) * TREE_BLOCK); }
@@ -59,7 +65,7 @@ export function wholeTreeBlocks(n: number): number { return Math.max(TREE_BLOCK,
 /** The tree digest of `data`: natively off the event loop when it is large and the library is built. */
 export async function treeDigestAsync(data: Uint8Array): Promise<Buffer> {
   const native = data.length > INLINE_HASH_MAX ? nativeDigest() : null;
-  return native ? native.tree(data) : treeDigest(data);
+  return native ? native.tree(data) : treeDigestHere(data);
 }
 
 const zeroDigests = new Map<number, Buffer>();

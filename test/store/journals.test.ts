@@ -2,11 +2,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { appendFile, readFile, readdir, rename, stat, writeFile } from 'node:fs/promises';
+import { appendFile, open, readFile, readdir, rename, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { treeDigest as chunkName } from '../../src/util/tree-digest.ts';
-import { CycleJournals, parseHeld } from '../../src/store/journals.ts';
+import { CycleJournals, INDEX_PAGE_SLOTS, WorkingIndex, parseHeld } from '../../src/store/journals.ts';
 import { bareCycle, bareStore } from './cycle-parts.ts';
+import { tempDir } from './helpers.ts';
 
 const CS = 64 << 10;
 const SUB = CS / 16;
@@ -97,4 +98,31 @@ test('reopened after a crash mid-append, the journals read back what was flushed
   assert.deepEqual(await j3.disks.get(0)!.index.get(2), chunkName(b));
   assert.deepEqual(j3.disks.get(0)!.overlay.overlay.get(3), new Map([[7, sub]]));
   assert.deepEqual(j3.disks.get(0)!.overlay.overlay.get(1), overlay.get(1));
+});
+
+test('the working index answers from the file as last written: a page read before a flush is not used after it', async (t) => {
+  const dir = await tempDir(t, 'index');
+  const path = join(dir, 'disk-0.idx');
+  const slots = INDEX_PAGE_SLOTS * 2 + 5; // a short last page
+  const old = randomBytes(slots * 32);
+  await writeFile(path, old);
+  const fh = await open(path, 'r+');
+  t.after(() => fh.close());
+  const idx = new WorkingIndex(fh, slots);
+  assert.ok((await idx.get(5))!.equals(old.subarray(5 * 32, 6 * 32)));
+  assert.ok((await idx.get(slots - 1))!.equals(old.subarray((slots - 1) * 32)));
+  assert.equal(await idx.get(slots), null, 'past the file: a hole');
+  const five = randomBytes(32);
+  idx.set(5, five);
+  idx.set(6, null);
+  assert.ok((await idx.get(5))!.equals(five), 'a change not yet written');
+  const changes = idx.changes();
+  await idx.write(changes);
+  idx.written(changes);
+  assert.ok((await idx.get(5))!.equals(five), 'the written digest, not the page read before the flush');
+  assert.equal(await idx.get(6), null, 'a written hole');
+  assert.ok((await idx.get(INDEX_PAGE_SLOTS + 1))!.equals(old.subarray((INDEX_PAGE_SLOTS + 1) * 32, (INDEX_PAGE_SLOTS + 2) * 32)), 'another page');
+  const file = await readFile(path);
+  assert.ok(file.subarray(5 * 32, 6 * 32).equals(five));
+  assert.ok(file.subarray(6 * 32, 7 * 32).equals(Buffer.alloc(32)));
 });

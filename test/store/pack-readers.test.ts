@@ -49,3 +49,25 @@ test('pack readers: exact bytes through one kept handle; a dropped or idle handl
   await sleep(2300);
   assert.equal(handlesOn(b), 0, 'idle for more than a second: closed');
 });
+
+test('a read into a reused buffer overwrites it: the bytes read, then zeros past the end of the file, never what the buffer held', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'vmlift-readers-into-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'p.pack');
+  const content = randomBytes(10000);
+  writeFileSync(path, content);
+  const readers = new PackReaders();
+  t.after(() => readers.closeAll());
+  const into = Buffer.alloc(8192, 0xee);
+  const a = await readers.read(path, 100, 8192, into);
+  assert.equal(a.buffer, into.buffer, 'read into the given buffer');
+  assert.ok(a.equals(content.subarray(100, 100 + 8192)));
+  into.fill(0xee);
+  const b = await readers.read(path, 6000, 8192, into);
+  assert.equal(b.length, 8192);
+  assert.ok(b.subarray(0, 4000).equals(content.subarray(6000)));
+  assert.ok(b.subarray(4000).equals(Buffer.alloc(8192 - 4000)), 'zeros past the end, not the old bytes');
+  const c = await readers.read(path, 1000, 4096, into);
+  assert.equal(c.length, 4096, 'a shorter read: a view of the buffer\'s start');
+  assert.ok(c.equals(content.subarray(1000, 5096)));
+});

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { nativeDigest } from '../../src/util/native-digest.ts';
-import { treeDigest } from '../../src/util/tree-digest.ts';
+import { treeDigest, treeDigestHere } from '../../src/util/tree-digest.ts';
 import { DigestPool } from '../../src/agent/digest-pool.ts';
 import { CodecPool } from '../../src/transfer/codec-pool.ts';
 import { CODEC, ProtocolError } from '../../src/transfer/protocol.ts';
@@ -107,4 +107,23 @@ test('storeChecked: writes the refs line, the header and the bytes only when the
   } finally {
     await ro.close();
   }
+});
+
+test('tree digests on this thread (native, one call) equal the JavaScript ones, also of a view into a larger buffer', () => {
+  const native = nativeDigest();
+  assert.ok(native);
+  const big = sample();
+  for (const len of [0, 1, 4095, 4096, 4097, 65536, 65536 + 100, 256 * 1024]) {
+    for (const at of [0, 3, 8192]) {
+      const view = big.subarray(at, at + len);
+      assert.ok(native.treeHere(view).equals(treeDigest(view)), `length ${len} at ${at}`);
+      assert.ok(treeDigestHere(view).equals(treeDigest(view)), `treeDigestHere, length ${len} at ${at}`);
+    }
+  }
+  // a changed byte changes the digest (the call reads the view, not a stale or shifted copy)
+  const a = Buffer.from(big.subarray(0, 65536));
+  const before = native.treeHere(a);
+  a[65535] ^= 1;
+  assert.ok(!native.treeHere(a).equals(before));
+  assert.ok(native.treeHere(a).equals(treeDigest(a)));
 });
