@@ -27,13 +27,12 @@ if ! fresh "$lib" "$src" "$hdr"; then
   echo "native: built $lib" >&2
 fi
 
-dsrc="digest/vmlift-digest.c digest/vmlift-read-digest.c"
+dsrc=digest/vmlift-digest.c
 dlib=build/libvmlift-digest.so
-# shellcheck disable=SC2086 # two file names
-if ! fresh "$dlib" $dsrc; then
+if ! fresh "$dlib" "$dsrc"; then
   mkdir -p build
   # libcrypto.so.3 by its soname: Debian's libssl3 (a dependency of openssl), no -dev package needed
-  ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -pthread -o "$dlib.tmp" $dsrc -l:libcrypto.so.3
+  ${CC:-cc} -std=c11 -O2 -g -Wall -Wextra -Werror -fPIC -shared -pthread -o "$dlib.tmp" "$dsrc" -l:libcrypto.so.3
   mv "$dlib.tmp" "$dlib"
   echo "native: built $dlib" >&2
 fi

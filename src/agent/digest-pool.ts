@@ -71,9 +71,6 @@ export class DigestPool {
     this.pool = new WorkerPool<Reply>(size, () => new Worker(WORKER_SRC, { eval: true }));
   }
 
-  /** Whether digests are computed natively (then a source's own digested reads give the same ones). */
-  get isNative(): boolean { return this.native !== null; }
-
   /** Digests of the `blockSize` blocks of a copy of `data` (the caller keeps `data`). */
   async digest(data: Uint8Array, blockSize: number): Promise<WindowDigests> {
     if (this.native) return this.nativeDigests(data, blockSize);

@@ -151,16 +151,6 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     const b = buffers.take();
     return source.readInto!(start, b).then(() => b, (e: unknown) => { buffers.give(b); throw e; });
   };
-  // A whole window from a source that digests as it reads (the local reader, native): one hand-off
-  // to a pool thread per window instead of two. Short windows (the end of a disk, around holes) and
-  // other sources read, then digest.
-  const digestedReads = buffers && pool?.isNative && source.readIntoDigested && source.maxReadSize >= WINDOW;
-  const readDigested = (start: number): Promise<WindowDigests & { data: Buffer }> => {
-    const b = buffers!.take();
-    return source.readIntoDigested!(start, b, WINDOW).then(
-      (d) => ({ digests: d.digests, zero: d.zero, whole: d.pieceDigests, data: b }),
-      (e: unknown) => { buffers!.give(b); throw e; });
-  };
   const queue: { w: Window; data: Promise<Buffer | null>; digests: Promise<(WindowDigests & { data: Buffer }) | null> }[] = [];
   let next = 0;
   const plan = async (): Promise<void> => {
@@ -169,19 +159,11 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     next += length;
     const [readStart, readEnd] = await holes.dataSpan(offset, offset + length);
     const w: Window = { offset, length, readStart, readEnd };
-    let data: Promise<Buffer | null>;
-    let digests: Promise<(WindowDigests & { data: Buffer }) | null>;
-    if (digestedReads && readEnd - readStart === WINDOW) {
-      const both = readDigested(readStart).then((d) => { crashPoint('agent:read'); return d; });
-      digests = both;
-      data = both.then((d) => d.data);
-    } else {
-      data = readEnd > readStart ? read(readStart, readEnd - readStart).then((b) => { crashPoint('agent:read'); return b; }) : Promise.resolve(null);
-      // Hash as soon as the read lands, while earlier windows are still being sent. The window's
-      // wire digest comes from its block digests in the same pass (a tree digest): no byte is hashed twice.
-      // The read buffer moves to the worker and back (no copy): use the one the digests come with.
-      digests = pool ? data.then((b) => (b ? pool.digestOwned(b, BLOCK_SIZE, true) : null)) : Promise.resolve(null);
-    }
+    const data = readEnd > readStart ? read(readStart, readEnd - readStart).then((b) => { crashPoint('agent:read'); return b; }) : Promise.resolve(null);
+    // Hash as soon as the read lands, while earlier windows are still being sent. The window's
+    // wire digest comes from its block digests in the same pass (a tree digest): no byte is hashed twice.
+    // The read buffer moves to the worker and back (no copy): use the one the digests come with.
+    const digests = pool ? data.then((b) => (b ? pool.digestOwned(b, BLOCK_SIZE, true) : null)) : Promise.resolve(null);
     data.catch(() => {}); // awaited in order below; avoid an unhandled rejection meanwhile
     digests.catch(() => {});
     queue.push({ w, data, digests });

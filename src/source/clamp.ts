@@ -24,10 +24,5 @@ export function clampReads<S extends BlockSource>(inner: S, maxReadSize = inner.
       if (target.length <= max) return inner.readInto!(offset, target);
       for (let at = 0; at < target.length; at += max) await inner.readInto!(offset + at, target.subarray(at, Math.min(target.length, at + max)));
     }),
-    // Digests are per read: a read above the maximum is the caller's to split (it knows its pieces).
-    readIntoDigested: inner.readIntoDigested && (async (offset, target, piece) => {
-      if (target.length > max) throw new RangeError(`a digested read of ${target.length} bytes is longer than ${inner.uri}'s largest read (${max})`);
-      return inner.readIntoDigested!(offset, target, piece);
-    }),
   });
 }

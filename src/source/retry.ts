@@ -118,7 +118,6 @@ export function retryingSource<S extends BlockSource>(inner: S, policy: RetryPol
   return wrapSource(inner, {
     read: (offset, length) => retried(offset, length, () => inner.read(offset, length)),
     readInto: inner.readInto && ((offset, target) => retried(offset, target.length, () => inner.readInto!(offset, target))),
-    readIntoDigested: inner.readIntoDigested && ((offset, target, piece) => retried(offset, target.length, () => inner.readIntoDigested!(offset, target, piece))),
     extents,
   });
 }

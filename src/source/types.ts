@@ -2,7 +2,6 @@
  * The contract every disk reader implements (docs/design.md, "BlockSource").
  * Implementations: local (file / block device), nbd, vddk, http-datastore.
  */
-import type { BlockDigests } from '../util/native-digest.ts';
 
 export interface SourceExtent {
   offset: number;
@@ -31,13 +30,6 @@ export interface BlockSource {
    * The target's content is undefined when the promise rejects.
    */
   readInto?(offset: number, target: Buffer): Promise<void>;
-  /**
-   * Optional: like readInto(), and the digests of what it read in the same step (the agent's
-   * windows: one hand-off to a pool thread instead of two): the SHA-256 of each 4 KiB block (all 32
-   * bytes; the last block may be short), zero flags, and the tree digest of each `piece`-sized piece
-   * (a multiple of 4 KiB). The local reader has it when the native digester is built.
-   */
-  readIntoDigested?(offset: number, target: Buffer, piece: number): Promise<BlockDigests>;
   /** Allocated / hole map of [offset, offset+length) (default: the whole disk), in order, when the transport knows it. */
   extents?(offset?: number, length?: number): AsyncIterable<SourceExtent>;
   /**

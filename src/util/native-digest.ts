@@ -8,7 +8,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PROJECT_ROOT } from './root.ts';
-import { callAsync, loadKoffi, type KoffiFn, type KoffiLib } from './koffi.ts';
+import { callAsync, loadKoffi, type KoffiFn } from './koffi.ts';
 
 export const SHA256_LEN = 32;
 
@@ -28,22 +28,12 @@ export interface BlockDigests {
   pieceDigests?: Buffer;
 }
 
-/** A read of `preadBlocks` that did not fill its buffer: `errno` 0 = the file ended at `at`. */
-export interface PreadFailure { errno: number; at: number }
-
 export interface NativeDigest {
   /**
    * Digests of the `block`-sized blocks of `data`, and with `piece` (then `block` must be 4096 and
    * `piece` a multiple of it) the tree digests of its `piece`-sized pieces, from the same pass.
    */
   blocks(data: Uint8Array, block: number, keep: number, piece?: number): Promise<BlockDigests>;
-  /**
-   * Reads `target.length` bytes at `offset` of `fd` into `target` and digests them as `blocks` does,
-   * in one call on one pool thread (no hand-off between the read and the hash). A failed or short
-   * read answers where and why instead; `target`'s content is undefined then. The caller keeps `fd`
-   * open and `target` untouched until this resolves. Absent with a library built before it.
-   */
-  preadBlocks?(fd: number, offset: number, target: Uint8Array, block: number, keep: number, piece?: number): Promise<BlockDigests | PreadFailure>;
   /** Tree digest (util/tree-digest.ts) of `data`. */
   tree(data: Uint8Array): Promise<Buffer>;
   /** SHA-256 of `data`. */
@@ -56,15 +46,6 @@ export interface NativeDigest {
   compareBlocks(digests: Uint8Array, n: number, stride: number, width: number, old: Uint8Array, fresh: Uint8Array, changed: Uint8Array): number;
 }
 
-const PREAD_FAILED = -2;
-const PREAD_ENDED = -3;
-
-function checked(r: number, out: BlockDigests & { pieceDigests: Buffer | undefined }): BlockDigests {
-  const n = out.zero.length;
-  if (r !== n) throw new Error(`native block digests: ${r} blocks instead of ${n} (bad arguments)`);
-  return out.pieceDigests ? out : { digests: out.digests, zero: out.zero };
-}
-
 const DEFAULT_LIB = join(PROJECT_ROOT, 'native', 'build', 'libvmlift-digest.so');
 
 let loaded: NativeDigest | null | undefined;
@@ -74,9 +55,9 @@ function load(): NativeDigest | null {
   const path = process.env.VMLIFT_NATIVE_DIGEST_LIB ?? DEFAULT_LIB;
   const koffi = loadKoffi();
   if (!koffi || !existsSync(path)) return null;
-  let lib: KoffiLib; let digestBlocks: KoffiFn; let sha256: KoffiFn; let tree: KoffiFn; let compare: KoffiFn;
+  let digestBlocks: KoffiFn; let sha256: KoffiFn; let tree: KoffiFn; let compare: KoffiFn;
   try {
-    lib = koffi.load(path);
+    const lib = koffi.load(path);
     digestBlocks = lib.func('int64_t vmlift_digest_blocks(const uint8_t *data, size_t len, size_t block, size_t keep, uint8_t *digests, uint8_t *zero, size_t piece, uint8_t *piece_digests)');
     sha256 = lib.func('int vmlift_sha256(const uint8_t *data, size_t len, uint8_t *md)');
     tree = lib.func('int vmlift_tree_digest(const uint8_t *data, size_t len, uint8_t *md)');
@@ -84,27 +65,16 @@ function load(): NativeDigest | null {
   } catch {
     return null;
   }
-  let preadDigest: KoffiFn | undefined;
-  try {
-    preadDigest = lib.func('int64_t vmlift_pread_digest_blocks(int fd, int64_t offset, uint8_t *buf, size_t len, size_t block, size_t keep, uint8_t *digests, uint8_t *zero, size_t piece, uint8_t *piece_digests, uint8_t *fail)');
-  } catch { /* a library built before the function: callers read and digest in two steps */ }
-  const outputs = (len: number, block: number, keep: number, piece: number | undefined): BlockDigests & { pieceDigests: Buffer | undefined } => {
-    const n = Math.ceil(len / block);
-    return { digests: Buffer.allocUnsafe(n * keep), zero: new Uint8Array(n), pieceDigests: piece ? Buffer.allocUnsafe(Math.ceil(len / piece) * SHA256_LEN) : undefined };
-  };
   return {
     async blocks(data, block, keep, piece) {
-      const out = outputs(data.byteLength, block, keep, piece);
-      const r = await callAsync(digestBlocks, data, data.byteLength, block, keep, out.digests, out.zero, piece ?? 0, out.pieceDigests ?? null);
-      return checked(r, out);
+      const n = Math.ceil(data.byteLength / block);
+      const digests = Buffer.allocUnsafe(n * keep);
+      const zero = new Uint8Array(n);
+      const pieceDigests = piece ? Buffer.allocUnsafe(Math.ceil(data.byteLength / piece) * SHA256_LEN) : null;
+      const r = await callAsync(digestBlocks, data, data.byteLength, block, keep, digests, zero, piece ?? 0, pieceDigests);
+      if (r !== n) throw new Error(`native block digests: ${r} blocks instead of ${n} (bad arguments)`);
+      return pieceDigests ? { digests, zero, pieceDigests } : { digests, zero };
     },
-    preadBlocks: preadDigest && (async (fd, offset, target, block, keep, piece) => {
-      const out = outputs(target.byteLength, block, keep, piece);
-      const fail = Buffer.alloc(16);
-      const r = await callAsync(preadDigest, fd, offset, target, target.byteLength, block, keep, out.digests, out.zero, piece ?? 0, out.pieceDigests ?? null, fail);
-      if (r === PREAD_FAILED || r === PREAD_ENDED) return { errno: r === PREAD_FAILED ? Number(fail.readBigInt64LE(0)) : 0, at: Number(fail.readBigInt64LE(8)) };
-      return checked(r, out);
-    }),
     async sha256(data) {
       const md = Buffer.allocUnsafe(SHA256_LEN);
       if (await callAsync(sha256, data, data.byteLength, md) !== 0) throw new Error('native SHA-256 failed (libcrypto)');

@@ -6,12 +6,9 @@
  * `open` returns it under the retry wrapper, so a failed read raises SourceReadError like every reader's.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { getSystemErrorMap, getSystemErrorName } from 'node:util';
 import type { BlockSource, SourceExtent } from '../types.ts';
 import { UserError } from '../../util/errors.ts';
 import { retryingSource, type RetryPolicy } from '../retry.ts';
-import { nativeDigest, SHA256_LEN, type BlockDigests, type NativeDigest } from '../../util/native-digest.ts';
-import { TREE_BLOCK } from '../../util/tree-digest.ts';
 import { lseek, LseekError, SEEK_DATA, SEEK_END, SEEK_HOLE, ENXIO } from './libc.ts';
 
 export interface LocalSourceOptions {
@@ -29,12 +26,8 @@ export class LocalSource implements BlockSource {
   readonly maxReadSize: number;
   readonly maxInFlight: number;
   readonly isBlockDevice: boolean;
-  /** Present when the native digester can read: see BlockSource (defined only then, so `in` tells). */
-  declare readonly readIntoDigested?: (offset: number, target: Buffer, piece: number) => Promise<BlockDigests>;
   private readonly fh: FileHandle;
   private closed = false;
-  /** Native reads of fh's descriptor under way: close waits for them (the number could be reused). */
-  private nativeReads = new Set<Promise<unknown>>();
 
   private constructor(path: string, fh: FileHandle, capacity: number, isBlockDevice: boolean, opts: LocalSourceOptions) {
     this.uri = path;
@@ -43,8 +36,6 @@ export class LocalSource implements BlockSource {
     this.isBlockDevice = isBlockDevice;
     this.maxReadSize = opts.maxReadSize ?? 4 * 1024 * 1024;
     this.maxInFlight = opts.maxInFlight ?? 8;
-    const native = nativeDigest();
-    if (native?.preadBlocks) Object.defineProperty(this, 'readIntoDigested', { value: this.readDigested.bind(this, native), configurable: true });
   }
 
   static async open(path: string, opts: LocalSourceOptions = {}): Promise<LocalSource> {
@@ -96,41 +87,16 @@ export class LocalSource implements BlockSource {
   /** Into the caller's buffer: the agent reuses its window buffers (no 1 MiB allocation, and no major GC, per window). */
   async readInto(offset: number, buf: Buffer): Promise<void> {
     const length = buf.length;
-    this.checkRange(offset, length);
+    if (offset < 0 || offset + length > this.capacity) {
+      throw new RangeError(`read of ${length} bytes at ${offset} is outside ${this.uri} (capacity ${this.capacity})`);
+    }
     let done = 0;
     while (done < length) {
       let n: number;
       ({ bytesRead: n } = await this.fh.read(buf, done, length - done, offset + done));
-      if (n === 0) throw this.ended(offset + done);
+      if (n === 0) throw new Error(`${this.uri} ended at offset ${offset + done}, before its capacity ${this.capacity} (was it truncated?)`);
       done += n;
     }
-  }
-
-  /** pread and digests in one native call; its failures are the ones readInto raises. */
-  private async readDigested(native: NativeDigest, offset: number, buf: Buffer, piece: number): Promise<BlockDigests> {
-    this.checkRange(offset, buf.length);
-    if (this.closed) throw Object.assign(new Error('file closed'), { code: 'EBADF' });
-    const call = native.preadBlocks!(this.fh.fd, offset, buf, TREE_BLOCK, SHA256_LEN, piece);
-    this.nativeReads.add(call);
-    let r: Awaited<typeof call>;
-    try {
-      r = await call;
-    } finally {
-      this.nativeReads.delete(call);
-    }
-    if (!('errno' in r)) return r;
-    if (r.errno === 0) throw this.ended(r.at);
-    throw systemError(r.errno, 'read');
-  }
-
-  private checkRange(offset: number, length: number): void {
-    if (offset < 0 || offset + length > this.capacity) {
-      throw new RangeError(`read of ${length} bytes at ${offset} is outside ${this.uri} (capacity ${this.capacity})`);
-    }
-  }
-
-  private ended(at: number): Error {
-    return new Error(`${this.uri} ended at offset ${at}, before its capacity ${this.capacity} (was it truncated?)`);
   }
 
   async *extents(offset = 0, length = this.capacity - offset): AsyncIterable<SourceExtent> {
@@ -173,15 +139,8 @@ export class LocalSource implements BlockSource {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.allSettled([...this.nativeReads]);
     await this.fh.close();
   }
-}
-
-/** The error Node's fs gives for `errno` in `syscall` (code, errno, message), so callers see one kind whichever read failed. */
-function systemError(errno: number, syscall: string): NodeJS.ErrnoException {
-  const [code, text] = getSystemErrorMap().get(-errno) ?? [getSystemErrorName(-errno), 'unknown error'];
-  return Object.assign(new Error(`${code}: ${text}, ${syscall}`), { errno: -errno, code, syscall });
 }
 
 export function openLocalSource(path: string, opts?: LocalSourceOptions): Promise<LocalSource> {
