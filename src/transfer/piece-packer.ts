@@ -26,7 +26,7 @@ export class PiecePacker {
   /**
    * Pack `n` bytes at `pos` of `data` (null: zeros, a marker). `handOver`: the caller gave `data`
    * up; a piece that is all of it, and all of its own ArrayBuffer, moves to the worker without a
-   * copy. `digest`: the caller's tree digest of this piece (not all zeros): it is not hashed again.
+   * copy; one that is all of it but a view of a larger buffer is sent raw without a copy. `digest`: the caller's tree digest of this piece (not all zeros): it is not hashed again.
    */
   pack(data: Buffer | null, pos: number, n: number, opts?: SendOptions): PackedPiece {
     let piece: PackedPiece;
@@ -37,7 +37,9 @@ export class PiecePacker {
       const owned = !!opts?.handOver && whole && data.byteOffset === 0
         && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
       const { level, tag } = this.governor.pick(this.zstdLevel(), n);
-      piece = { packed: sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), level, owned, opts?.digest), phase: tag };
+      // a view handed over whole (one piece of a larger buffer) is not copied when it is sent raw
+      const given = !owned && !!opts?.handOver && whole;
+      piece = { packed: sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), level, owned, opts?.digest, given), phase: tag };
     }
     this.outstanding++;
     piece.packed.then(() => { this.outstanding--; }, () => { this.outstanding--; });
