@@ -58,6 +58,11 @@ export class CodecPool {
     return this.inlineCodec;
   }
 
+  /** Whether `pack` works on this thread, on the bytes it is given (else on a copy, or moved, in a worker). */
+  packsHere(zstdLevel: number | null, length: number, digest?: Buffer): boolean {
+    return zstdLevel === null && (digest !== undefined || this.native !== null || length <= INLINE_HASH_MAX);
+  }
+
   private run(req: Omit<PackRequest, 'id'> | Omit<UnpackRequest, 'id'>, transfer: ArrayBuffer[]): Promise<WorkerReply> {
     return this.pool.run(req, transfer);
   }
@@ -70,7 +75,7 @@ export class CodecPool {
    * units): used in place when it stays on this thread (no compression), copied for a worker.
    */
   async pack(data: Uint8Array, zstdLevel: number | null, owned = false, digest?: Buffer, given = false): Promise<Packed> {
-    const here = zstdLevel === null && (digest !== undefined || this.native !== null || data.byteLength <= INLINE_HASH_MAX);
+    const here = this.packsHere(zstdLevel, data.byteLength, digest);
     // own ArrayBuffer: transferred, and the caller may reuse `data`
     const copy = owned ? new Uint8Array(data.buffer, 0, data.byteLength) : given && here ? data : new Uint8Array(data);
     if (here) {

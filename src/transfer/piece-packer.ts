@@ -12,6 +12,8 @@ export interface PackedPiece {
   packed: Promise<Packed>;
   /** The governor's phase the piece was packed in (undefined: a marker, or compression off). */
   phase: PackPhase | undefined;
+  /** The packed piece was copied from the caller's bytes: the sender holds them no longer. */
+  copied?: boolean;
 }
 
 export class PiecePacker {
@@ -39,7 +41,8 @@ export class PiecePacker {
       const { level, tag } = this.governor.pick(this.zstdLevel(), n);
       // a view handed over whole (one piece of a larger buffer) is not copied when it is sent raw
       const given = !owned && !!opts?.handOver && whole;
-      piece = { packed: sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), level, owned, opts?.digest, given), phase: tag };
+      const pool = sharedCodecPool();
+      piece = { packed: pool.pack(owned ? data : data.subarray(pos, pos + n), level, owned, opts?.digest, given), phase: tag, copied: !owned && !(given && pool.packsHere(level, n, opts?.digest)) };
     }
     this.outstanding++;
     piece.packed.then(() => { this.outstanding--; }, () => { this.outstanding--; });
