@@ -19,8 +19,11 @@ export interface WindowDigests {
   digests: Buffer;
   /** 1 where the block is all zeros. */
   zero: Uint8Array;
-  /** Tree digest of the whole buffer (4 KiB blocks): the wire digest when it goes out as one extent. */
-  whole?: Buffer;
+  /**
+   * Tree digest of the whole buffer (4 KiB blocks): the wire digest when it goes out as one extent;
+   * with a `piece` size asked for, the tree digest of each piece (32 bytes each) instead.
+   */
+  whole?: Buffer | undefined;
 }
 
 // Plain JS run with eval: workers need no TypeScript loader.
@@ -83,23 +86,24 @@ export class DigestPool {
    * ArrayBuffer it moves to the worker and back without a copy (a 1 MiB copy into fresh memory costs
    * more CPU than the transfer, and each copy is garbage for the main thread's major GC). Use the
    * returned `data`; the argument may be detached (length 0) afterwards. `whole` (4 KiB blocks only):
-   * also the tree digest of all of `data`, derived from the block digests (no second pass).
+   * also the tree digest of all of `data`, derived from the block digests (no second pass), or of
+   * each `piece` of it (a multiple of 4 KiB).
    */
-  async digestOwned(data: Buffer, blockSize: number, whole = true): Promise<WindowDigests & { data: Buffer }> {
+  async digestOwned(data: Buffer, blockSize: number, whole = true, piece?: number): Promise<WindowDigests & { data: Buffer }> {
     const length = data.byteLength;
-    if (this.native) return { ...(await this.nativeDigests(data, blockSize, whole)), data };
-    if (!ownsItsBuffer(data)) return { ...withWhole(await this.digest(data, blockSize), length, blockSize, whole), data };
+    if (this.native) return { ...(await this.nativeDigests(data, blockSize, whole, piece)), data };
+    if (!ownsItsBuffer(data)) return { ...withWhole(await this.digest(data, blockSize), length, blockSize, whole, piece), data };
     const r = await this.run(new Uint8Array(data.buffer, 0, length), blockSize, true);
-    return { ...withWhole({ digests: r.digests, zero: r.zero }, length, blockSize, whole), data: r.data! };
+    return { ...withWhole({ digests: r.digests, zero: r.zero }, length, blockSize, whole, piece), data: r.data! };
   }
 
   /**
    * Native: works on `data` in place (no copy); the caller keeps it untouched until this resolves.
    * `whole`: also the tree digest of all of `data`, from the same pass.
    */
-  private async nativeDigests(data: Uint8Array, blockSize: number, whole = true): Promise<WindowDigests> {
+  private async nativeDigests(data: Uint8Array, blockSize: number, whole = true, piece?: number): Promise<WindowDigests> {
     const tree = whole && blockSize === TREE_BLOCK && data.byteLength > 0;
-    const r = await this.native!.blocks(data, blockSize, BLOCK_DIGEST, tree ? wholeTreeBlocks(data.byteLength) : undefined);
+    const r = await this.native!.blocks(data, blockSize, BLOCK_DIGEST, tree ? piece ?? wholeTreeBlocks(data.byteLength) : undefined);
     return { digests: r.digests, zero: r.zero, whole: r.pieceDigests };
   }
 
@@ -117,10 +121,16 @@ export class DigestPool {
   }
 }
 
-/** The worker path's window digest: the tree digest from the block digests it returned. */
-function withWhole(d: WindowDigests, length: number, blockSize: number, whole: boolean): WindowDigests {
+/** The worker path's window digest (or piece digests): tree digests from the block digests it returned. */
+function withWhole(d: WindowDigests, length: number, blockSize: number, whole: boolean, piece?: number): WindowDigests {
   if (!whole || blockSize !== TREE_BLOCK || length === 0 || d.whole) return d;
-  return { ...d, whole: treeDigestFromBlocks(length, d.digests) };
+  if (piece === undefined) return { ...d, whole: treeDigestFromBlocks(length, d.digests) };
+  const perPiece = piece / TREE_BLOCK;
+  const out = Buffer.allocUnsafe(Math.ceil(length / piece) * 32);
+  for (let p = 0; p * piece < length; p++) {
+    treeDigestFromBlocks(Math.min(piece, length - p * piece), d.digests.subarray(p * perPiece * BLOCK_DIGEST, (p + 1) * perPiece * BLOCK_DIGEST)).copy(out, p * 32);
+  }
+  return { ...d, whole: out };
 }
 
 let shared: DigestPool | undefined;

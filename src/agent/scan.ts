@@ -2,7 +2,8 @@
  * Scan one disk: read it in order (reads in parallel, bounded), digest every 4 KiB block, compare
  * with the previous image's manifest and send the blocks that differ, coalesced into extents of at
  * most one window. Holes the source reports are not read. Writes the new manifest as it goes and,
- * with `wholeDigest`, hashes the whole disk in order.
+ * with `wholeDigest`, hashes the whole disk in order. Reads and digests go by units of four windows
+ * (one read, one digest call per 4 MiB), compared and sent window by window.
  */
 import { createHash, type Hash } from 'node:crypto';
 import type { BlockSource, SourceExtent } from '../source/types.ts';
@@ -14,7 +15,13 @@ import { treeDigestFromBlocks } from '../util/tree-digest.ts';
 import { nativeDigest } from '../util/native-digest.ts';
 import { crashPoint } from '../util/crash.ts';
 
+/** The longest extent sent (a wire piece), and the unit of comparison. */
 export const WINDOW = 1024 * 1024;
+/**
+ * What one read and one digest call cover: per-read costs (promises, a pool hand-off, the digest
+ * call's set-up) come once per four windows (docs/transfer.md, issue 16 session 9).
+ */
+export const READ_UNIT = 4 * WINDOW;
 
 export interface ExtentSink {
   /** Ship `length` bytes at `offset`; `data` null = all zeros. Resolves when the sink can take more. */
@@ -114,17 +121,26 @@ class HeldCursor {
 }
 
 /**
- * Window buffers to read into again: a window sent whole comes back when the receiver acknowledged
- * it (SendOptions.release), one only compared comes back at once. A fresh 1 MiB buffer per window
- * made V8 run a major GC every few dozen MiB (docs/transfer.md, Measurements).
+ * Read-unit buffers to read into again: a unit comes back once the scan is done with it and the
+ * receiver acknowledged every window of it that was sent whole (SendOptions.release). A fresh
+ * buffer per read made V8 run a major GC every few dozen MiB (docs/transfer.md, Measurements).
  */
-class WindowBuffers {
+class UnitBuffers {
   private readonly free: Buffer[] = [];
-  constructor(private readonly max = 128) {}
-  take(): Buffer { return this.free.pop() ?? Buffer.allocUnsafeSlow(WINDOW); }
+  constructor(private readonly max = 32) {}
+  take(): Buffer { return this.free.pop() ?? Buffer.allocUnsafeSlow(READ_UNIT); }
   /** `b` is not used any more (a buffer moved to another thread is detached: dropped). */
   give(b: Buffer): void {
-    if (b.byteLength === WINDOW && b.buffer.byteLength === WINDOW && this.free.length < this.max) this.free.push(b);
+    if (b.byteLength === READ_UNIT && b.buffer.byteLength === READ_UNIT && this.free.length < this.max) this.free.push(b);
+  }
+  /**
+   * The holds on `b`: the scan's own (`done`) and one per window handed to the sink (`hold` gives
+   * its release); the buffer comes back when all have ended.
+   */
+  holds(b: Buffer): { hold: () => () => void; done: () => void } {
+    let n = 1;
+    const end = (): void => { if (--n === 0) this.give(b); };
+    return { hold: () => { n++; let once = false; return () => { if (!once) { once = true; end(); } }; }, done: end };
   }
 }
 
@@ -138,16 +154,17 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
   const { disk } = o;
   const source = clampReads(o.source); // a window longer than one read becomes several
   const capacity = source.capacity;
-  const readAhead = Math.max(1, o.readAhead ?? Math.min(8, source.maxInFlight));
+  // in windows as before (at most 8 MiB in flight), made of read units
+  const readAhead = Math.max(1, Math.ceil((o.readAhead ?? Math.min(8, source.maxInFlight)) * WINDOW / READ_UNIT));
   const holes = new HoleMap(source);
   const held = new HeldCursor(o.held ?? []);
   const whole: Hash | undefined = o.wholeDigest ? createHash('sha256') : undefined;
   const res: ScanResult = { disk, capacity, readBytes: 0, changedBytes: 0, sentBytes: 0, extents: 0 };
 
   const pool = o.digestPool === undefined ? sharedDigestPool() : o.digestPool;
-  const buffers = source.readInto ? new WindowBuffers() : null;
+  const buffers = source.readInto ? new UnitBuffers() : null;
   const read = (start: number, length: number): Promise<Buffer> => {
-    if (!buffers || length !== WINDOW) return source.read(start, length);
+    if (!buffers || length !== READ_UNIT) return source.read(start, length);
     const b = buffers.take();
     return source.readInto!(start, b).then(() => b, (e: unknown) => { buffers.give(b); throw e; });
   };
@@ -155,7 +172,7 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
   let next = 0;
   const plan = async (): Promise<void> => {
     const offset = next;
-    const length = Math.min(WINDOW, capacity - offset);
+    const length = Math.min(READ_UNIT, capacity - offset);
     next += length;
     const [readStart, readEnd] = await holes.dataSpan(offset, offset + length);
     const w: Window = { offset, length, readStart, readEnd };
@@ -163,7 +180,8 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     // Hash as soon as the read lands, while earlier windows are still being sent. The window's
     // wire digest comes from its block digests in the same pass (a tree digest): no byte is hashed twice.
     // The read buffer moves to the worker and back (no copy): use the one the digests come with.
-    const digests = pool ? data.then((b) => (b ? pool.digestOwned(b, BLOCK_SIZE, true) : null)) : Promise.resolve(null);
+    // With the tree digest of each window read whole (its wire digest when it is sent whole).
+    const digests = pool ? data.then((b) => (b ? pool.digestOwned(b, BLOCK_SIZE, true, readStart === offset ? WINDOW : undefined) : null)) : Promise.resolve(null);
     data.catch(() => {}); // awaited in order below; avoid an unhandled rejection meanwhile
     digests.catch(() => {});
     queue.push({ w, data, digests });
@@ -178,17 +196,45 @@ export async function scanDisk(o: ScanOptions): Promise<ScanResult> {
     const buf = dig ? dig.data : read;
     while (queue.length < readAhead && next < capacity) await plan();
     if (buf) res.readBytes += buf.length;
-    if (whole) {
-      if (w.readStart > w.offset) whole.update(zeros(w.readStart - w.offset));
-      if (buf) whole.update(buf);
-      if (w.offset + w.length > w.readEnd) whole.update(zeros(w.offset + w.length - Math.max(w.readEnd, w.offset)));
+    const holds = buf && buffers ? buffers.holds(buf) : null;
+    try {
+      for (let at = w.offset; at < w.offset + w.length; at += WINDOW) {
+        const part = windowOf(w, at, buf, dig);
+        if (whole) {
+          if (part.w.readStart > part.w.offset) whole.update(zeros(part.w.readStart - part.w.offset));
+          if (part.buf) whole.update(part.buf);
+          if (part.w.offset + part.w.length > part.w.readEnd) whole.update(zeros(part.w.offset + part.w.length - Math.max(part.w.readEnd, part.w.offset)));
+        }
+        await processWindow(o, part.w, part.buf, part.dig, held, res, holds?.hold);
+        o.onProgress?.({ disk, done: part.w.offset + part.w.length, total: capacity, changed: res.changedBytes });
+      }
+    } finally {
+      holds?.done();
     }
-    const handedOver = await processWindow(o, w, buf, dig, held, res, buffers);
-    if (buf && !handedOver) buffers?.give(buf);
-    o.onProgress?.({ disk, done: w.offset + w.length, total: capacity, changed: res.changedBytes });
   }
   if (whole) res.sha256 = whole.digest('hex');
   return res;
+}
+
+/**
+ * The window at `at` of a read unit: its part of the read (block-aligned, possibly empty), of the
+ * buffer and of the digests (its own tree digest when the unit was digested in windows and this
+ * window was read whole).
+ */
+function windowOf(u: Window, at: number, buf: Buffer | null, dig: WindowDigests | null): { w: Window; buf: Buffer | null; dig: WindowDigests | null } {
+  const end = Math.min(u.offset + u.length, at + WINDOW);
+  const readStart = Math.min(end, Math.max(u.readStart, at));
+  const readEnd = Math.max(readStart, Math.min(u.readEnd, end));
+  const w: Window = { offset: at, length: end - at, readStart, readEnd };
+  if (!buf || readEnd === readStart) return { w, buf: null, dig: null };
+  const from = readStart - u.readStart; const to = readEnd - u.readStart;
+  const part = buf.subarray(from, to);
+  if (!dig) return { w, buf: part, dig: null };
+  const k0 = from / BLOCK_SIZE; const k1 = Math.ceil(to / BLOCK_SIZE);
+  const unitPieces = u.readStart === u.offset && dig.whole && dig.whole.length === Math.ceil(u.length / WINDOW) * 32;
+  const piece = (at - u.offset) / WINDOW;
+  const whole = unitPieces && readStart === at && readEnd === end ? dig.whole!.subarray(piece * 32, piece * 32 + 32) : undefined;
+  return { w, buf: part, dig: { digests: dig.digests.subarray(k0 * BLOCK_DIGEST, k1 * BLOCK_DIGEST), zero: dig.zero.subarray(k0, k1), whole } };
 }
 
 /** Per block of a window: its new manifest record, whether it is all zeros, whether it changed. */
@@ -243,14 +289,14 @@ function blockStates(w: Window, buf: Buffer | null, dig: WindowDigests | null, o
   return { fresh, zero: zeroF, changed };
 }
 
-/** Returns whether `buf` was handed over to the sink (it comes back through `release`). */
-async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig: WindowDigests | null, held: HeldCursor, res: ScanResult, buffers: WindowBuffers | null): Promise<boolean> {
+/** `hold`: a window sent whole is handed over; the release it returns is its `release`. */
+async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig: WindowDigests | null, held: HeldCursor, res: ScanResult, hold: (() => () => void) | undefined): Promise<void> {
   const nBlocks = Math.ceil(w.length / BLOCK_SIZE);
   const first = w.offset / BLOCK_SIZE;
   const old = await o.oldManifest.get(first, nBlocks);
   const { fresh, zero, changed } = blockStates(w, buf, dig, old, nBlocks);
   // Runs of changed blocks to send: [startBlock, endBlock, isZero]
-  let runStart = -1; let runZero = false; let handedOver = false;
+  let runStart = -1; let runZero = false;
   const flush = async (endBlock: number): Promise<void> => {
     if (runStart < 0) return;
     const off = w.offset + runStart * BLOCK_SIZE;
@@ -265,8 +311,7 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig:
       const k = (off - w.readStart) / BLOCK_SIZE;
       digest = handOver && dig.whole ? dig.whole : treeDigestFromBlocks(len, dig.digests.subarray(k * BLOCK_DIGEST, (k + Math.ceil(len / BLOCK_SIZE)) * BLOCK_DIGEST));
     }
-    handedOver ||= handOver;
-    const release = handOver && buffers ? () => buffers.give(buf!) : undefined;
+    const release = handOver && hold ? hold() : undefined;
     await o.sink.send(o.disk, off, data, len, handOver || digest ? { handOver, digest, release } : undefined);
     res.sentBytes += len;
     res.extents++;
@@ -284,5 +329,4 @@ async function processWindow(o: ScanOptions, w: Window, buf: Buffer | null, dig:
   }
   await flush(nBlocks);
   await o.newManifest.append(fresh);
-  return handedOver;
 }

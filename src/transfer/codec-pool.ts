@@ -58,6 +58,11 @@ export class CodecPool {
     return this.inlineCodec;
   }
 
+  /** Whether `pack` works on this thread, on the bytes it is given (else on a copy, or moved, in a worker). */
+  packsHere(zstdLevel: number | null, length: number, digest?: Buffer): boolean {
+    return zstdLevel === null && (digest !== undefined || this.native !== null || length <= INLINE_HASH_MAX);
+  }
+
   private run(req: Omit<PackRequest, 'id'> | Omit<UnpackRequest, 'id'>, transfer: ArrayBuffer[]): Promise<WorkerReply> {
     return this.pool.run(req, transfer);
   }
@@ -66,11 +71,14 @@ export class CodecPool {
    * Zero check, tree digest (util/tree-digest.ts) and (zstdLevel !== null) compression of a copy of `data`; `owned`: `data` is
    * the whole of its own ArrayBuffer and the caller gives it up: it is transferred, not copied.
    * `digest`: the caller's tree digest of `data` (it is then taken as not all zeros and not hashed again).
+   * `given`: the caller gave `data` up although it is a view of a larger buffer (the agent's read
+   * units): used in place when it stays on this thread (no compression), copied for a worker.
    */
-  async pack(data: Uint8Array, zstdLevel: number | null, owned = false, digest?: Buffer): Promise<Packed> {
+  async pack(data: Uint8Array, zstdLevel: number | null, owned = false, digest?: Buffer, given = false): Promise<Packed> {
+    const here = this.packsHere(zstdLevel, data.byteLength, digest);
     // own ArrayBuffer: transferred, and the caller may reuse `data`
-    const copy = owned ? new Uint8Array(data.buffer, 0, data.byteLength) : new Uint8Array(data);
-    if (zstdLevel === null && (digest || this.native || copy.byteLength <= INLINE_HASH_MAX)) {
+    const copy = owned ? new Uint8Array(data.buffer, 0, data.byteLength) : given && here ? data : new Uint8Array(data);
+    if (here) {
       const payload = Buffer.from(copy.buffer, copy.byteOffset, copy.byteLength);
       if (digest) return { codec: CODEC.RAW, payload, digest };
       if (payload.length <= INLINE_HASH_MAX) {

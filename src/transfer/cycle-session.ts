@@ -345,9 +345,11 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
       }
       this.check();
       const overwrite = this.coverage.recordSent(disk, off, n);
-      const { packed, phase } = zero ? this.packer.pack(null, 0, n) : this.packer.pack(data, off - offset, n, digest ? { ...opts, digest } : { ...opts, digest: undefined });
+      const { packed, phase, copied } = zero ? this.packer.pack(null, 0, n) : this.packer.pack(data, off - offset, n, digest ? { ...opts, digest } : { ...opts, digest: undefined });
       // one piece only: pieces of one buffer may leave the window apart (after a receiver restart)
-      const release = opts?.handOver && pieces.length === 1 ? opts.release : undefined;
+      let release = opts?.handOver && pieces.length === 1 ? opts.release : undefined;
+      // packed from a copy (for compression) or a zero marker: the caller's bytes are free at once
+      if (release && (copied || zero)) { release(); release = undefined; }
       this.window.push({ disk, offset: off, length: n, overwrite, packed, cost, phase, release });
       this.changed.notify();
       crashPoint('transfer:send');

@@ -12,6 +12,8 @@ export interface PackedPiece {
   packed: Promise<Packed>;
   /** The governor's phase the piece was packed in (undefined: a marker, or compression off). */
   phase: PackPhase | undefined;
+  /** The packed piece was copied from the caller's bytes: the sender holds them no longer. */
+  copied?: boolean;
 }
 
 export class PiecePacker {
@@ -26,7 +28,7 @@ export class PiecePacker {
   /**
    * Pack `n` bytes at `pos` of `data` (null: zeros, a marker). `handOver`: the caller gave `data`
    * up; a piece that is all of it, and all of its own ArrayBuffer, moves to the worker without a
-   * copy. `digest`: the caller's tree digest of this piece (not all zeros): it is not hashed again.
+   * copy; one that is all of it but a view of a larger buffer is sent raw without a copy. `digest`: the caller's tree digest of this piece (not all zeros): it is not hashed again.
    */
   pack(data: Buffer | null, pos: number, n: number, opts?: SendOptions): PackedPiece {
     let piece: PackedPiece;
@@ -37,7 +39,10 @@ export class PiecePacker {
       const owned = !!opts?.handOver && whole && data.byteOffset === 0
         && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
       const { level, tag } = this.governor.pick(this.zstdLevel(), n);
-      piece = { packed: sharedCodecPool().pack(owned ? data : data.subarray(pos, pos + n), level, owned, opts?.digest), phase: tag };
+      // a view handed over whole (one piece of a larger buffer) is not copied when it is sent raw
+      const given = !owned && !!opts?.handOver && whole;
+      const pool = sharedCodecPool();
+      piece = { packed: pool.pack(owned ? data : data.subarray(pos, pos + n), level, owned, opts?.digest, given), phase: tag, copied: !owned && !(given && pool.packsHere(level, n, opts?.digest)) };
     }
     this.outstanding++;
     piece.packed.then(() => { this.outstanding--; }, () => { this.outstanding--; });

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DigestPool } from '../../src/agent/digest-pool.ts';
 import { ManifestReader, ManifestWriter } from '../../src/agent/manifest.ts';
-import { WINDOW, scanDisk, type ExtentSink } from '../../src/agent/scan.ts';
+import { READ_UNIT, WINDOW, scanDisk, type ExtentSink } from '../../src/agent/scan.ts';
 import { openLocalSource } from '../../src/source/local/index.ts';
 import { treeDigest } from '../../src/util/tree-digest.ts';
 
@@ -64,7 +64,8 @@ test('every extent sent carries its tree digest, derived from the block digests 
   const c1 = await scan(1);
   assert.equal(c1.sent.length, WINDOWS);
   assert.ok(c1.sent.every((s) => s.length === WINDOW && s.digest?.toString('hex') === s.sha), 'every window carries its correct tree digest');
-  assert.deepEqual([c1.pool.withWhole, c1.pool.without], [WINDOWS, 0]);
+  // one digest call per read unit (four windows), each window's wire digest from it
+  assert.deepEqual([c1.pool.withWhole, c1.pool.without], [WINDOWS * WINDOW / READ_UNIT, 0]);
 
   // nothing changed: blocks compared, nothing sent
   const c2 = await scan(2);
@@ -110,4 +111,31 @@ test('the manifest holds every block digest (holes, a short last block, with and
     assert.ok(got.equals(want), `manifest (${pool ? 'digest pool' : 'inline'})`);
     assert.deepEqual(sentBlocks, nonZero, `sent blocks (${pool ? 'digest pool' : 'inline'})`);
   }
+});
+
+test('a read unit\'s buffer is read into again only after every window of it handed to the sink was released', async () => {
+  const file = join(dir, 'units.img');
+  const units = 6;
+  const fh = await open(file, 'w');
+  await fh.write(randomBytes(units * READ_UNIT + 3 * 4096), 0, units * READ_UNIT + 3 * 4096, 0); // a short last unit too
+  await fh.close();
+  const disk = await readFile(file);
+  const held: { data: Buffer; offset: number; release?: () => void }[] = [];
+  let handedOver = 0;
+  const check = (h: { data: Buffer; offset: number }): void => {
+    assert.ok(h.data.equals(disk.subarray(h.offset, h.offset + h.data.length)), `the ${h.data.length} bytes at ${h.offset} are still the disk's until released`);
+  };
+  // release in a scrambled order, long after each send: an early reuse would overwrite held bytes
+  await runScan(file, null, join(dir, 'units.manifest'), new DigestPool(1), async (_disk, offset, data, _length, opts) => {
+    assert.ok(data && data.length <= WINDOW);
+    if (opts?.handOver) handedOver++;
+    held.push({ data, offset, release: opts?.release });
+    if (held.length > 9) {
+      const h = held.splice(held.length % 2 === 0 ? 0 : 3, 1)[0]!;
+      check(h);
+      h.release?.();
+    }
+  });
+  for (const h of held) check(h);
+  assert.equal(handedOver, units * READ_UNIT / WINDOW + 1, 'every whole window is handed over');
 });

@@ -55,3 +55,27 @@ test('a handed-over buffer that is one whole piece moves to the worker; packs in
   assert.ok(first!.digest.equals(digest));
   assert.equal(p.codecQueued, false);
 });
+
+test('a handed-over view of a larger buffer (the agent\'s read units) is sent raw in place, and copied for compression', async () => {
+  const unit = Buffer.from(new ArrayBuffer(4 << 20));
+  text(4 << 20).copy(unit);
+  const view = unit.subarray(1 << 20, 2 << 20);
+  const digest = sha(view);
+  const rawPiece = new PiecePacker(new CompressionGovernor(), () => null).pack(view, 0, view.length, { handOver: true, digest });
+  assert.equal(rawPiece.copied, false, 'the sender holds the caller\'s bytes until the piece is acknowledged');
+  const raw = await rawPiece.packed;
+  assert.equal(raw.codec, CODEC.RAW);
+  assert.equal(raw.payload!.buffer, unit.buffer, 'the payload is the caller\'s bytes, not a copy');
+  assert.equal(raw.payload!.byteOffset, 1 << 20);
+  const keptPiece = new PiecePacker(new CompressionGovernor(), () => null).pack(view, 0, view.length, { digest });
+  assert.equal(keptPiece.copied, true);
+  const kept = await keptPiece.packed;
+  assert.notEqual(kept.payload!.buffer, unit.buffer, 'not handed over: copied, the caller may reuse its buffer at once');
+  assert.ok(kept.payload!.equals(view));
+  const zstdPiece = new PiecePacker(new CompressionGovernor(), () => 1).pack(view, 0, view.length, { handOver: true, digest });
+  assert.equal(zstdPiece.copied, true, 'compressed from a copy: the caller\'s bytes are free at once (the sender releases them)');
+  const zstd = await zstdPiece.packed;
+  assert.equal(zstd.codec, CODEC.ZSTD);
+  assert.equal(unit.buffer.byteLength, 4 << 20, 'a view is never transferred to a worker (the rest of its buffer is the caller\'s)');
+  assert.ok(zstd.digest.equals(digest));
+});
