@@ -94,8 +94,7 @@ export class ExtentWriter {
     if (at === 0 && len === cLen) {
       // A refused claim must leave the slot as it was: with sub-chunks of it cached or leaving the
       // cache (patched, not stored), or a claim of all zeros, check it before they are dropped.
-      const patched = this.cache.holdsSlot(disk, i, SUBS) || [...Array(SUBS).keys()].some((k) => this.leaving.has(subKey(disk, i, k)));
-      if (unchecked && piece && (patched || given!.equals(zeroDigest(cLen)))) {
+      if (unchecked && piece && (this.patchedUnstored(disk, i) || given!.equals(zeroDigest(cLen)))) {
         await checkClaim(piece, given!);
         unchecked = false;
       }
@@ -138,6 +137,13 @@ export class ExtentWriter {
       this.leaving.set(subKey(e.disk, e.slot, e.sub), e);
       this.chain.track(this.chain.run(chunkKey(e.disk, e.slot), () => this.storeLeaving(e)));
     }
+  }
+
+  /** Whether a sub-chunk of slot i is patched and not stored yet (cached, or evicted with its store queued). */
+  private patchedUnstored(disk: number, slot: number): boolean {
+    if (this.cache.holdsSlot(disk, slot, SUBS)) return true;
+    for (let k = 0; k < SUBS; k++) if (this.leaving.has(subKey(disk, slot, k))) return true;
+    return false;
   }
 
   /** An evicted entry back in the cache, when its store has not run yet (it then stores nothing). */

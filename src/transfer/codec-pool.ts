@@ -52,10 +52,15 @@ export class CodecPool {
       zstd: requireHere('zstd-napi') as typeof import('zstd-napi'),
       getFrameContentSize: (requireHere('zstd-napi/binding') as Pick<CodecDeps, 'getFrameContentSize'>).getFrameContentSize,
       DCtx: (requireHere('zstd-napi/binding') as Pick<CodecDeps, 'DCtx'>).DCtx,
-      digest: this.native ? (b: Uint8Array) => this.native!.treeHere(b) : treeDigest,
+      digest: (b: Uint8Array) => this.digestHere(b),
       codec: { ...CODEC },
     });
     return this.inlineCodec;
+  }
+
+  /** The tree digest of a small `data` on this thread: natively unless this pool was made without. */
+  private digestHere(data: Uint8Array): Buffer {
+    return this.native ? this.native.treeHere(data) : treeDigest(data);
   }
 
   /** Whether `pack` works on this thread, on the bytes it is given (else on a copy, or moved, in a worker). */
@@ -83,7 +88,7 @@ export class CodecPool {
       if (digest) return { codec: CODEC.RAW, payload, digest };
       if (payload.length <= INLINE_HASH_MAX) {
         if (isAllZero(payload)) return { codec: CODEC.ZERO, payload: null, digest: Buffer.alloc(32) };
-        return { codec: CODEC.RAW, payload, digest: this.native ? this.native.treeHere(payload) : treeDigest(payload) };
+        return { codec: CODEC.RAW, payload, digest: this.digestHere(payload) };
       }
       // zero flags and the tree digest in one pass
       const r = await this.native!.blocks(payload, TREE_BLOCK, 1, wholeTreeBlocks(payload.length));
@@ -106,7 +111,7 @@ export class CodecPool {
   async unpack(codec: number, payload: Buffer, length: number, digest: Buffer, owned = false): Promise<Buffer> {
     if (codec === CODEC.RAW && (this.native || payload.length <= INLINE_HASH_MAX)) {
       // in place: nothing else writes to a received frame's bytes
-      const d = payload.length > INLINE_HASH_MAX ? await this.native!.tree(payload) : this.native ? this.native.treeHere(payload) : treeDigest(payload);
+      const d = payload.length > INLINE_HASH_MAX ? await this.native!.tree(payload) : this.digestHere(payload);
       if (!d.equals(digest)) throw new ProtocolError('BAD_DIGEST', digestMismatch(digest, d));
       return payload;
     }
