@@ -21,6 +21,7 @@ import { vmlift } from '../vsphere/helpers.ts';
 import { VMLIFT } from '../agent/harness.ts';
 import { connectorProcess } from './connector-process.ts';
 import { startConnectProxy } from '../agent/connect-proxy.ts';
+import { findSecrets, logFiles, startPoller } from '../cli/secret-scan-lib.ts';
 
 const MiB = 1 << 20;
 
@@ -83,6 +84,7 @@ test('connector serve --agent-port with agent serve from agent.json through a pr
   assert.match(refused2.stderr, /"proxy\.port" must be a port number 1\.\.65535, got "abc"/);
   assert.match(refused2.stderr, /fix: set "proxy\.port" to a number, e\.g\. 3128/);
 
+  const poller = startPoller(); // argv and environ of every process below this test, the agent's included
   const agent = spawn(VMLIFT, ['agent', 'serve', '--config', config, '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_FROM_SOURCE: '1' } });
   children.push(agent);
   let agentOut = '';
@@ -151,7 +153,19 @@ test('connector serve --agent-port with agent serve from agent.json through a pr
   assert.equal(data.status, 'fail');
   assert.match(data.fix!, new RegExp(`open TCP ${closed} from this server to the receiver and allow CONNECT to it on the proxy`));
 
-  assert.ok(!agentOut.includes(token), 'the token is not in the agent\'s output');
-  for (const f of readdirSync(join(home, 'logs'))) assert.ok(!readFileSync(join(home, 'logs', f), 'utf8').includes(token), `the token is not in ${f}`);
-  assert.ok(!agentOut.includes('proxy-secret'), 'the proxy password is not in the agent\'s output');
+  agent.kill('SIGTERM');
+  await new Promise((r) => agent.once('exit', r));
+  const procs = await poller.stop();
+  assert.ok(procs.some((p) => p.where === 'cmdline' && p.text.includes('agent serve')), 'the agent serve process was scanned');
+  const secrets: Record<string, string> = { 'agent token': token, 'proxy password': 'proxy-secret' };
+  const sourcesDir = join(dir, 'agent-state', 'sources');
+  for (const id of readdirSync(sourcesDir)) {
+    secrets[`agent credential ${id}`] = (JSON.parse(readFileSync(join(sourcesDir, id, 'credential.json'), 'utf8')) as { credential: string }).credential;
+  }
+  assert.ok(Object.keys(secrets).length >= 3, 'the agent registered a source and kept its credential');
+  const sources = [...procs.map((p) => ({ what: `${p.comm}[${p.pid}] ${p.where}`, text: p.text })), { what: 'agent output', text: agentOut },
+    ...logFiles(home).map((f) => ({ what: f, text: readFileSync(f, 'utf8') }))];
+  const hits = findSecrets(sources, secrets);
+  assert.deepEqual(hits, [], hits.join('\n'));
+  assert.ok(findSecrets([{ what: 'the token file', text: readFileSync(tokenFile, 'utf8') }], secrets).length > 0, 'the scan finds the token where it is kept');
 });
