@@ -1,10 +1,11 @@
 import { createReadStream } from 'node:fs';
 import { open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { readFullyAt } from './pack-readers.ts';
 import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import { isValidId } from '../util/ids.ts';
 import { SLOT, type Layout } from './layout.ts';
-import { PACK_ID, packWriterPid, PackWriter, readAt, type PackEntry } from './packs.ts';
+import { PACK_ID, packWriterPid, PackWriter, type PackEntry } from './packs.ts';
 import { PACK_BYTES } from './chunks.ts';
 import { overlayDigests, readOverlay } from './overlay.ts';
 import { isZeroSlot } from './chunks.ts';
@@ -199,6 +200,21 @@ async function sweepPacks(layout: Layout, marks: Set<string>, written: Set<strin
   };
 }
 
+/** Most bytes one read of a pack being rewritten spans, and the most dead bytes a read may skip over. */
+const RUN_BYTES = 8 << 20;
+const RUN_GAP = 64 << 10;
+
+/** `copy` (sorted by offset) cut into runs that one read each fetches: near neighbours, at most RUN_BYTES. */
+function* readRuns(copy: readonly PackEntry[]): Generator<PackEntry[]> {
+  let run: PackEntry[] = [];
+  for (const e of copy) {
+    const first = run[0]; const last = run[run.length - 1];
+    if (first && last && (e.offset - (last.offset + last.length) > RUN_GAP || e.offset + e.length - first.offset > RUN_BYTES)) { yield run; run = []; }
+    run.push(e);
+  }
+  if (run.length > 0) yield run;
+}
+
 interface Rewrite { copiedChunks: number; copiedBytes: number; retiredPacks: number; removedChunks: number; removedBytes: number; deferredChunks: number }
 
 /**
@@ -218,15 +234,30 @@ async function rewritePacks(layout: Layout, doomed: ReadonlyMap<string, readonly
   let writer: PackWriter | null = null;
   const sealed: Promise<void>[] = [];
   for (const [id, entries] of doomed) {
-    for (const e of entries) {
-      if (!live(e.hex) || kept.has(e.hex)) continue;
-      kept.add(e.hex);
-      const data = await readAt(layout.packPath(id), e.offset, e.length);
-      writer ??= await PackWriter.create(layout);
-      await writer.append(e.hex, data).written;
-      copiedChunks++;
-      copiedBytes += e.length;
-      if (writer.bytes >= PACK_BYTES) { sealed.push(writer.seal(index)); writer = null; }
+    const copy = entries.filter((e) => live(e.hex) && !kept.has(e.hex)).sort((a, b) => a.offset - b.offset);
+    if (copy.length === 0) continue;
+    const fh = await open(layout.packPath(id), 'r');
+    try {
+      for (const run of readRuns(copy)) {
+        const start = run[0]!.offset;
+        const buf = await readFullyAt(fh, start, run[run.length - 1]!.offset + run[run.length - 1]!.length - start);
+        const writes: Promise<void>[] = [];
+        const full: PackWriter[] = [];
+        for (const e of run) {
+          if (kept.has(e.hex)) continue;
+          kept.add(e.hex);
+          writer ??= await PackWriter.create(layout);
+          writes.push(writer.append(e.hex, buf.subarray(e.offset - start, e.offset - start + e.length)).written);
+          copiedChunks++;
+          copiedBytes += e.length;
+          if (writer.bytes >= PACK_BYTES) { full.push(writer); writer = null; }
+        }
+        // every copy written before its pack is sealed: a failed write stops gc before any old pack goes
+        await Promise.all(writes);
+        for (const w of full) sealed.push(w.seal(index));
+      }
+    } finally {
+      await fh.close();
     }
   }
   if (writer) sealed.push(writer.seal(index));
