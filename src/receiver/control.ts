@@ -163,9 +163,9 @@ async function handle(ctx: ControlContext & { figures: StoreFigures }, bodies: B
       throw e;
     });
     ctx.figures.changed();
-    await ctx.store.gc();
+    const gc = await ctx.store.gc();
     ctx.figures.changed();
-    ctx.log.info({ sourceId, imageId }, 'image deleted by its source');
+    ctx.log.info({ sourceId, imageId, removedBytes: gc.removedBytes, mergedPacks: gc.mergedPacks ?? 0 }, 'image deleted by its source');
     return send(res, 200, { deleted: imageId } satisfies DeleteImageResponse);
   }
   if (m === 'GET' && parts[1] === 'images' && parts[3] === 'digests' && parts.length === 4) {

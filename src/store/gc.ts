@@ -1,15 +1,17 @@
 import { createReadStream } from 'node:fs';
 import { open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { readFullyAt } from './pack-readers.ts';
 import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import { isValidId } from '../util/ids.ts';
 import { SLOT, type Layout } from './layout.ts';
-import { PACK_ID, packWriterPid, PackWriter, readAt, type PackEntry } from './packs.ts';
+import { PACK_ID, packWriterPid, PackWriter, type PackEntry } from './packs.ts';
 import { PACK_BYTES } from './chunks.ts';
 import { overlayDigests, readOverlay } from './overlay.ts';
 import { isZeroSlot } from './chunks.ts';
 import { pidAlive } from './pins.ts';
 import { crashPoint } from '../util/crash.ts';
+import { MERGE_BELOW, smallPacksToMerge } from './pack-merge.ts';
 
 /**
  * Mark and sweep. The rule that makes it safe against cycles running in other processes:
@@ -42,6 +44,10 @@ export interface GcResult {
   /** Live chunks copied out of packs that went. */
   repackedChunks?: number;
   repackedBytes?: number;
+  /** Small packs deleted after their live chunks were merged into full-sized packs (pack-merge.ts). */
+  mergedPacks?: number;
+  /** Live chunk bytes the merge copied. */
+  mergedBytes?: number;
   /** Unreferenced chunks left because they were touched within the grace: a later sweep removes them. */
   deferredChunks: number;
 }
@@ -79,35 +85,38 @@ async function markIndex(path: string, marks: Set<string>): Promise<void> {
   }
 }
 
-async function markRefs(path: string, marks: Set<string>): Promise<void> {
+async function markRefs(path: string, marks: Set<string>, written: Set<string>): Promise<void> {
+  const add = (hex: string) => { const k = hex.slice(0, 16); marks.add(k); written.add(k); };
   const stream = createReadStream(path, { encoding: 'utf8', highWaterMark: 1 << 20 });
   let rest = '';
   try {
     for await (const chunk of stream) {
       const lines = (rest + (chunk as string)).split('\n');
       rest = lines.pop()!;
-      for (const l of lines) if (l.length === 64) marks.add(l.slice(0, 16));
+      for (const l of lines) if (l.length === 64) add(l);
     }
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
-  if (rest.length === 64) marks.add(rest.slice(0, 16));
+  if (rest.length === 64) add(rest);
 }
 
-async function markDir(dir: string, marks: Set<string>, withRefs: boolean): Promise<void> {
+/** Mark what folder `dir` names; `written`: also note an open cycle's refs.log (the chunks it wrote or reused) there. */
+async function markDir(dir: string, marks: Set<string>, written?: Set<string>): Promise<void> {
   for (const n of await names(dir)) {
     if (/^disk-[0-9]+\.idx$/.test(n)) await markIndex(join(dir, n), marks);
     if (/^disk-[0-9]+\.sub$/.test(n)) for (const hex of overlayDigests(await readOverlay(join(dir, n)))) marks.add(hex.slice(0, 16));
   }
-  if (withRefs) await markRefs(join(dir, 'refs.log'), marks);
+  if (written) await markRefs(join(dir, 'refs.log'), marks, written);
 }
 
-export async function collectGarbage(layout: Layout, graceMs = GRACE_MS, repackBelow = REPACK_BELOW): Promise<GcResult> {
+export async function collectGarbage(layout: Layout, graceMs = GRACE_MS, repackBelow = REPACK_BELOW, mergeBelow = MERGE_BELOW): Promise<GcResult> {
   const t0 = Date.now();
   const marks = new Set<string>();
+  const written = new Set<string>();
   const sources = (await names(layout.sourcesDir)).filter((s) => isValidId(s));
   for (const src of sources) {
-    for (const c of await names(layout.cyclesDir(src))) await markDir(join(layout.cyclesDir(src), c), marks, true);
+    for (const c of await names(layout.cyclesDir(src))) await markDir(join(layout.cyclesDir(src), c), marks, written);
   }
   for (const src of sources) {
     // Committed images, and ones being committed (.tmp-) or removed (.trash-, may be restored);
@@ -118,11 +127,11 @@ export async function collectGarbage(layout: Layout, graceMs = GRACE_MS, repackB
         await rm(join(layout.imagesDir(src), i), { recursive: true, force: true });
         continue;
       }
-      await markDir(join(layout.imagesDir(src), i), marks, false);
+      await markDir(join(layout.imagesDir(src), i), marks);
     }
   }
   const cutoff = t0 - graceMs;
-  return sweepPacks(layout, marks, cutoff, repackBelow);
+  return sweepPacks(layout, marks, written, cutoff, repackBelow, mergeBelow);
 }
 
 /** Remove what dead processes left in the packs folder: unsealed packs, index temp files; put back packs a dead gc set aside. */
@@ -154,14 +163,11 @@ export async function removePackLeftovers(layout: Layout): Promise<void> {
 
 /**
  * Sweep the packs against the marks. A pack whose live share (bytes of marked chunks / bytes of
- * chunks) is below REPACK_BELOW goes: its live chunks that no kept pack holds are first copied into
- * a new pack (sealed, folder fsynced), then it is renamed aside, its mtime checked again (a writer
- * that reused one of its chunks meanwhile touched it: it is put back), and its index and file are
- * deleted. Leftovers of dead processes (unsealed packs, index temp files, packs set aside) are
- * cleaned up first.
+ * chunks) is below REPACK_BELOW goes (`rewritePacks`). Then small packs are merged (pack-merge.ts):
+ * their live chunks are copied into full-sized packs and they go the same way. Leftovers of dead
+ * processes (unsealed packs, index temp files, packs set aside) are cleaned up first.
  */
-async function sweepPacks(layout: Layout, marks: Set<string>, cutoff: number, repackBelow: number): Promise<GcResult> {
-  const dir = layout.packsDir;
+async function sweepPacks(layout: Layout, marks: Set<string>, written: Set<string>, cutoff: number, repackBelow: number, mergeBelow: number): Promise<GcResult> {
   const index = layout.packIndex;
   await removePackLeftovers(layout);
   await index.refresh();
@@ -178,51 +184,109 @@ async function sweepPacks(layout: Layout, marks: Set<string>, cutoff: number, re
     if (st.mtimeMs >= cutoff) { deferredChunks += dead; continue; }
     doomed.set(id, entries);
   }
-  // Live chunks held only by doomed packs are copied into new packs first.
+  const repack = await rewritePacks(layout, doomed, live, cutoff, () => crashPoint('store:gc-repacked'), () => crashPoint('store:gc'));
+  // Packs repacked or put back above were written or touched after the cutoff: never merged now.
+  const small = await smallPacksToMerge(layout, index.allPacks(), live, (hex) => written.has(hex.slice(0, 16)), cutoff, mergeBelow);
+  const merge = await rewritePacks(layout, small, live, cutoff, () => crashPoint('store:gc-merged'), () => crashPoint('store:gc-merge-aside'));
+  return {
+    removedChunks: repack.removedChunks + merge.removedChunks,
+    removedBytes: repack.removedBytes + merge.removedBytes,
+    deferredChunks: deferredChunks + repack.deferredChunks + merge.deferredChunks,
+    removedPacks: repack.retiredPacks,
+    repackedChunks: repack.copiedChunks,
+    repackedBytes: repack.copiedBytes,
+    mergedPacks: merge.retiredPacks,
+    mergedBytes: merge.copiedBytes,
+  };
+}
+
+/** Most bytes one read of a pack being rewritten spans, and the most dead bytes a read may skip over. */
+const RUN_BYTES = 8 << 20;
+const RUN_GAP = 64 << 10;
+
+/** `copy` (sorted by offset) cut into runs that one read each fetches: near neighbours, at most RUN_BYTES. */
+function* readRuns(copy: readonly PackEntry[]): Generator<PackEntry[]> {
+  let run: PackEntry[] = [];
+  for (const e of copy) {
+    const first = run[0]; const last = run[run.length - 1];
+    if (first && last && (e.offset - (last.offset + last.length) > RUN_GAP || e.offset + e.length - first.offset > RUN_BYTES)) { yield run; run = []; }
+    run.push(e);
+  }
+  if (run.length > 0) yield run;
+}
+
+interface Rewrite { copiedChunks: number; copiedBytes: number; retiredPacks: number; removedChunks: number; removedBytes: number; deferredChunks: number }
+
+/**
+ * Retire the packs `doomed`: their live chunks that no other pack holds are first copied into new
+ * packs (sealed, folder fsynced: then the crash point `copied`), then each old pack is renamed aside (then
+ * the crash point `aside`), its mtime checked again (a writer that reused one of its chunks meanwhile touched
+ * it: it is put back) and its index and file are deleted. Killed anywhere, a chunk is in its old
+ * pack, its new one, or both; removePackLeftovers puts back a pack set aside.
+ */
+async function rewritePacks(layout: Layout, doomed: ReadonlyMap<string, readonly PackEntry[]>, live: (hex: string) => boolean,
+  cutoff: number, copied: () => void, aside: () => void): Promise<Rewrite> {
+  const dir = layout.packsDir;
+  const index = layout.packIndex;
   const kept = new Set<string>();
   for (const [id, entries] of index.allPacks()) if (!doomed.has(id)) for (const e of entries) kept.add(e.hex);
-  let repackedChunks = 0; let repackedBytes = 0;
+  let copiedChunks = 0; let copiedBytes = 0;
   let writer: PackWriter | null = null;
   const sealed: Promise<void>[] = [];
   for (const [id, entries] of doomed) {
-    for (const e of entries) {
-      if (!live(e.hex) || kept.has(e.hex)) continue;
-      kept.add(e.hex);
-      const data = await readAt(layout.packPath(id), e.offset, e.length);
-      writer ??= await PackWriter.create(layout);
-      await writer.append(e.hex, data).written;
-      repackedChunks++;
-      repackedBytes += e.length;
-      if (writer.bytes >= PACK_BYTES) { sealed.push(writer.seal(index)); writer = null; }
+    const copy = entries.filter((e) => live(e.hex) && !kept.has(e.hex)).sort((a, b) => a.offset - b.offset);
+    if (copy.length === 0) continue;
+    const fh = await open(layout.packPath(id), 'r');
+    try {
+      for (const run of readRuns(copy)) {
+        const start = run[0]!.offset;
+        const buf = await readFullyAt(fh, start, run[run.length - 1]!.offset + run[run.length - 1]!.length - start);
+        const writes: Promise<void>[] = [];
+        const full: PackWriter[] = [];
+        for (const e of run) {
+          if (kept.has(e.hex)) continue;
+          kept.add(e.hex);
+          writer ??= await PackWriter.create(layout);
+          writes.push(writer.append(e.hex, buf.subarray(e.offset - start, e.offset - start + e.length)).written);
+          copiedChunks++;
+          copiedBytes += e.length;
+          if (writer.bytes >= PACK_BYTES) { full.push(writer); writer = null; }
+        }
+        // every copy written before its pack is sealed: a failed write stops gc before any old pack goes
+        await Promise.all(writes);
+        for (const w of full) sealed.push(w.seal(index));
+      }
+    } finally {
+      await fh.close();
     }
   }
   if (writer) sealed.push(writer.seal(index));
   if (sealed.length > 0) {
     await Promise.all(sealed);
     await fsyncDir(dir);
-    crashPoint('store:gc-repacked');
+    copied();
   }
-  let removedChunks = 0; let removedBytes = 0; let removedPacks = 0;
+  let removedChunks = 0; let removedBytes = 0; let retiredPacks = 0; let deferredChunks = 0;
   for (const [id, entries] of doomed) {
     const path = layout.packPath(id);
-    const aside = join(dir, `.gc-${process.pid}-${id}.pack`);
-    try { await rename(path, aside); } catch { continue; }
-    crashPoint('store:gc');
-    const st = await stat(aside);
+    const asidePath = join(dir, `.gc-${process.pid}-${id}.pack`);
+    try { await rename(path, asidePath); } catch { continue; }
+    aside();
+    const st = await stat(asidePath);
     const dead = entries.filter((e) => !live(e.hex));
     if (st.mtimeMs >= cutoff) {
-      await rename(aside, path);
+      await rename(asidePath, path);
       await fsyncDir(dir);
       deferredChunks += dead.length;
       continue;
     }
     await unlink(layout.packIndexPath(id));
-    await unlink(aside);
+    await unlink(asidePath);
     index.forget(id);
-    removedPacks++;
+    retiredPacks++;
     removedChunks += dead.length;
     for (const e of dead) removedBytes += e.length;
   }
   if (doomed.size > 0) await fsyncDir(dir).catch(() => {});
-  return { removedChunks, removedBytes, deferredChunks, removedPacks, repackedChunks, repackedBytes };
+  return { copiedChunks, copiedBytes, retiredPacks, removedChunks, removedBytes, deferredChunks };
 }

@@ -37,6 +37,8 @@ export interface StoreOptions {
   gcGraceMs?: number;
   /** gc rewrites or deletes a pack when less than this share of its bytes is live (default REPACK_BELOW, 0.5; 1 = any dead chunk). */
   repackBelow?: number;
+  /** gc merges sealed packs smaller than this many bytes into full-sized ones (default MERGE_BELOW, 8 MiB; 0 = never). */
+  mergeBelow?: number;
   /** Errors of sweeps the store runs by itself (owed garbage); the marker stays and a later pass retries. */
   onBackgroundError?: (e: unknown) => void;
 }
@@ -365,7 +367,7 @@ class Store implements ImageStore {
 
   private async sweep(): Promise<GcResult> {
     this.cancelOwedSweep();
-    const r = await collectGarbage(this.layout, this.graceMs, this.opts.repackBelow);
+    const r = await collectGarbage(this.layout, this.graceMs, this.opts.repackBelow, this.opts.mergeBelow);
     if (r.deferredChunks > 0) {
       await writeFileAtomic(this.layout.gcPending, JSON.stringify({ deferredChunks: r.deferredChunks, at: new Date().toISOString() }));
       this.scheduleOwedSweep();

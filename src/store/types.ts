@@ -123,11 +123,12 @@ export interface ImageStore {
   applyRetention(sourceId: string, maxImages: number): Promise<string[]>;
   /**
    * Mark and sweep chunks no index or open cycle references: a pack (packs.ts) with less than
-   * REPACK_BELOW of its bytes live is deleted, its live chunks copied to a new pack first. Safe while cycles run. Chunks spared
+   * REPACK_BELOW of its bytes live is deleted, its live chunks copied to a new pack first; packs smaller
+   * than MERGE_BELOW are merged into full-sized ones (`mergedPacks`, `mergedBytes`). Safe while cycles run. Chunks spared
    * by the sweep's grace (`deferredChunks`) are owed to a later sweep: the store runs one by itself
    * once the grace has passed, at the next `applyRetention`, and when it is next opened.
    */
-  gc(): Promise<{ removedChunks: number; removedBytes: number; deferredChunks: number; removedPacks?: number; repackedChunks?: number; repackedBytes?: number }>;
+  gc(): Promise<{ removedChunks: number; removedBytes: number; deferredChunks: number; removedPacks?: number; repackedChunks?: number; repackedBytes?: number; mergedPacks?: number; mergedBytes?: number }>;
   /** Chunk totals for `image ls` and the receiver's `GET /v1/store`: logical bytes referenced vs stored bytes (dedup ratio). */
   stats(): Promise<StoreStats>;
   close(): Promise<void>;

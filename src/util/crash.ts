@@ -25,5 +25,5 @@ export const CRASH_POINTS = [
   'agent:read', 'agent:after-commit',
   'receiver:extent', 'store:flush', 'store:commit-flushed', 'store:commit-verified', 'store:commit-published',
   'store:retention', 'store:gc', 'store:export',
-  'store:pack-synced', 'store:pack-sealed', 'store:gc-repacked', 'store:migrate', 'store:migrate-rewritten', 'store:migrate-switched',
+  'store:pack-synced', 'store:pack-sealed', 'store:gc-repacked', 'store:gc-merged', 'store:gc-merge-aside', 'store:migrate', 'store:migrate-rewritten', 'store:migrate-switched',
 ] as const;

@@ -218,6 +218,7 @@ export function register(program: Command): void {
     const gc = await store.gc();
     printResult(o.json, { sourceId: o.source, imageId: o.image, removed: true, ...gc },
       (v) => `removed image ${v.imageId} of ${v.sourceId}; freed ${v.removedChunks} chunks (${formatBytes(v.removedBytes)})` +
+        (v.mergedPacks ? `; merged ${v.mergedPacks} small packs (${formatBytes(v.mergedBytes ?? 0)} copied)` : '') +
         (v.deferredChunks ? `; ${v.deferredChunks} chunks written in the last seconds are left to the next sweep` : ''));
   });
 }
