@@ -30,6 +30,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { generateDisk } from '../scripts/lib/gen-disk.ts';
 import { Receiver, agentCycle, freePort, log, timed, warm } from './lib/agent-run.ts';
+import { VMLIFT_CIPHERS } from '../src/transfer/tls-suites.ts';
 
 const execFileP = promisify(execFile);
 const { values } = parseArgs({
@@ -80,8 +81,15 @@ async function floorRun(work: string, src: string, mode: string, passes: number 
   if (await exited !== 0) throw new Error('data-plane-floor receive failed');
   const wall = (performance.now() - t0) / 1000;
   await rm(store, { recursive: true, force: true });
-  const side = (text: string, name: string): number =>
-    (text.split('\n').filter((l) => l.includes(`"side":"${name}"`)).map((l) => JSON.parse(l) as { cpu: number })[0]?.cpu ?? NaN);
+  const line = (text: string, name: string): { cpu: number; cipher: string } | undefined =>
+    text.split('\n').filter((l) => l.includes(`"side":"${name}"`)).map((l) => JSON.parse(l) as { cpu: number; cipher: string })[0];
+  // the floor must do vmlift's work: the suite vmlift's ends negotiate (the first of its order)
+  const suite = VMLIFT_CIPHERS.split(':')[0];
+  for (const [text, name] of [[stdout, 'send'], [out, 'receive']] as const) {
+    const cipher = line(text, name)?.cipher;
+    if (cipher !== suite) throw new Error(`data-plane-floor ${name} negotiated ${cipher ?? 'nothing'}, not vmlift's ${suite}`);
+  }
+  const side = (text: string, name: string): number => line(text, name)?.cpu ?? NaN;
   return { wall, mbps: SIZE / 1e6 / wall, cpu: { agent: side(stdout, 'send'), receiver: side(out, 'receive') } };
 }
 

@@ -19,8 +19,9 @@
  *                                   store: temp file, syncfs + POSIX_FADV_DONTNEED + rename per
  *                                   batch of 32) or direct (the same with O_DIRECT writes)
  *
- * Each side prints one JSON line: {"side","bytes","wall","cpu"}. TLS is OpenSSL's default (TLS 1.3,
- * AES-256-GCM with AES-NI where the CPU has it), as in Node.
+ * Each side prints one JSON line: {"side","bytes","wall","cpu","cipher"}. TLS is what vmlift's ends
+ * negotiate (src/transfer/tls-suites.ts): TLS 1.3 with AES-128-GCM preferred by both sides and the
+ * server's order deciding (AES-NI where the CPU has it).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -104,12 +105,15 @@ static double now(void) {
   return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static void report(const char *side, double t0, long long bytes) {
+/* vmlift's TLS 1.3 order (src/transfer/tls-suites.ts); the floor negotiates the same suite. */
+static const char *const SUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
+
+static void report(const char *side, double t0, long long bytes, const SSL *s) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
                (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
-  printf("{\"side\":\"%s\",\"bytes\":%lld,\"wall\":%.3f,\"cpu\":%.3f}\n", side, bytes, now() - t0, cpu);
+  printf("{\"side\":\"%s\",\"bytes\":%lld,\"wall\":%.3f,\"cpu\":%.3f,\"cipher\":\"%s\"}\n", side, bytes, now() - t0, cpu, SSL_get_cipher_name(s));
   fflush(stdout);
 }
 
@@ -156,6 +160,8 @@ static int receive(int argc, char **argv) {
   SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
   if (!ctx || SSL_CTX_use_certificate_file(ctx, argv[5], SSL_FILETYPE_PEM) != 1 ||
       SSL_CTX_use_PrivateKey_file(ctx, argv[6], SSL_FILETYPE_PEM) != 1) die("certificate");
+  if (SSL_CTX_set_ciphersuites(ctx, SUITES) != 1) die("cipher suites");
+  SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
   int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port), .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -193,7 +199,7 @@ static int receive(int argc, char **argv) {
     i++;
   }
   finish_batch(batch, &np, !direct);
-  report("receive", t0, total);
+  report("receive", t0, total, s);
   return 0;
 }
 
@@ -206,6 +212,7 @@ static int send_source(int argc, char **argv) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (connect(fd, ai->ai_addr, ai->ai_addrlen)) die("connect");
   SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx || SSL_CTX_set_ciphersuites(ctx, SUITES) != 1) die("cipher suites");
   SSL *s = SSL_new(ctx);
   SSL_set_fd(s, fd);
   if (SSL_connect(s) != 1) die("TLS connect");
@@ -229,7 +236,7 @@ static int send_source(int argc, char **argv) {
   shutdown(fd, SHUT_WR);
   char drain[4096];
   while (read(fd, drain, sizeof drain) > 0) {}
-  report("send", t0, off);
+  report("send", t0, off, s);
   return 0;
 }
 

@@ -15,6 +15,7 @@ import {
 } from '../transfer/agent-link.ts';
 import type { AgentRegistry } from './agent-registry.ts';
 import { readJsonBody } from '../util/read-json-body.ts';
+import { SERVER_TLS } from '../transfer/tls-suites.ts';
 
 export interface AgentTls { key: string; cert: string; fingerprint: string }
 
@@ -62,7 +63,7 @@ export class AgentHub {
   get fingerprint(): string { return this.o.tls.fingerprint; }
 
   async listen(port: number, host: string): Promise<AddressInfo> {
-    this.server = createServer({ key: this.o.tls.key, cert: this.o.tls.cert, minVersion: 'TLSv1.2' }, (req, res) => { void this.handle(req, res); });
+    this.server = createServer({ key: this.o.tls.key, cert: this.o.tls.cert, ...SERVER_TLS }, (req, res) => { void this.handle(req, res); });
     await new Promise<void>((resolve, reject) => { this.server!.once('error', reject); this.server!.listen(port, host, resolve); });
     return this.server.address() as AddressInfo;
   }

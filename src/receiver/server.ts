@@ -10,6 +10,7 @@ import type { ImageStore } from '../store/types.ts';
 import { openImageStore } from '../store/index.ts';
 import { sharedCodecPool } from '../transfer/codec-pool.ts';
 import { formatFingerprint } from '../transfer/connect.ts';
+import { SERVER_TLS } from '../transfer/tls-suites.ts';
 import { createCode, listCodes, loadOrCreateTls, type ActivationCode } from './identity.ts';
 import { OpenCycles } from './open-cycles.ts';
 import { controlHandler } from './control.ts';
@@ -85,12 +86,12 @@ export async function startReceiver(o: ReceiverOptions): Promise<RunningReceiver
   if (interrupted) log.warn({ drills: interrupted }, 'drills interrupted by the last stop are marked abnormal');
   const pool = sharedCodecPool();
   let dataPort = 0;
-  const control = https.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2', ...CONTROL_TIMEOUTS },
+  const control = https.createServer({ key: init.key, cert: init.cert, ...SERVER_TLS, ...CONTROL_TIMEOUTS },
     controlHandler({ dataDir: o.dataDir, store, cycles, log, dataPort: () => dataPort, drills }));
   control.keepAliveTimeout = 5000;
   const conns = new Set<DataConnection>();
   const budget = new PendingBudget();
-  const data = tls.createServer({ key: init.key, cert: init.cert, minVersion: 'TLSv1.2', handshakeTimeout: HANDSHAKE_TIMEOUT_MS }, (s) => {
+  const data = tls.createServer({ key: init.key, cert: init.cert, ...SERVER_TLS, handshakeTimeout: HANDSHAKE_TIMEOUT_MS }, (s) => {
     s.setNoDelay(true);
     const c = new DataConnection(s, { dataDir: o.dataDir, cycles, pool, log, budget });
     conns.add(c);

@@ -1,6 +1,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { UserError } from '../util/errors.ts';
+import { CLIENT_TLS } from './tls-suites.ts';
 
 /** "AB:CD:..." or "abcd..." → 64 lowercase hex chars; throws a UserError on anything else. */
 export function normalizeFingerprint(fp: string): string {
@@ -130,7 +131,7 @@ export async function connectPinned(o: PinnedConnectOptions): Promise<tls.TLSSoc
       ...(raw ? { socket: raw } : { host: o.host, port: o.port }),
       servername: net.isIP(o.host) ? '' : o.host,
       rejectUnauthorized: false, // self-signed: trust comes from the pinned fingerprint below
-      minVersion: 'TLSv1.2',
+      ...CLIENT_TLS,
     });
     const timer = setTimeout(() => { s.destroy(); reject(new ConnectError(`receiver ${o.host}:${o.port} did not complete TLS within ${timeoutMs} ms (timeout connectMs)`)); }, timeoutMs);
     s.once('error', (e) => { clearTimeout(timer); reject(new ConnectError(`cannot connect to receiver ${o.host}:${o.port}: ${e.message}`, { cause: e })); });
