@@ -8,6 +8,7 @@ import { SLOT, type Layout } from './layout.ts';
 import { PACK_ID, packWriterPid, PackWriter, type PackEntry } from './packs.ts';
 import { PACK_BYTES } from './chunks.ts';
 import { overlayDigests, readOverlay } from './overlay.ts';
+import { StoreError } from './types.ts';
 import { isZeroSlot } from './chunks.ts';
 import { pidAlive } from './pins.ts';
 import { crashPoint } from '../util/crash.ts';
@@ -215,6 +216,11 @@ function* readRuns(copy: readonly PackEntry[]): Generator<PackEntry[]> {
   if (run.length > 0) yield run;
 }
 
+function truncatedPack(id: string, size: number, end: number): StoreError {
+  return new StoreError('PACK_TRUNCATED', `pack ${id} is ${size} bytes but its index names chunks up to byte ${end}: it is damaged, gc stops before it deletes anything`,
+    { fix: 'run `vmlift image verify` to find the images that read it, and restore the store folder from a backup or re-sync those disks' });
+}
+
 interface Rewrite { copiedChunks: number; copiedBytes: number; retiredPacks: number; removedChunks: number; removedBytes: number; deferredChunks: number }
 
 /**
@@ -238,9 +244,13 @@ async function rewritePacks(layout: Layout, doomed: ReadonlyMap<string, readonly
     if (copy.length === 0) continue;
     const fh = await open(layout.packPath(id), 'r');
     try {
+      const { size } = await fh.stat();
       for (const run of readRuns(copy)) {
         const start = run[0]!.offset;
-        const buf = await readFullyAt(fh, start, run[run.length - 1]!.offset + run[run.length - 1]!.length - start);
+        const end = run[run.length - 1]!.offset + run[run.length - 1]!.length;
+        // a pack shorter than its index is damaged: its chunks are not copied under their names as zeros
+        if (end > size) throw truncatedPack(id, size, end);
+        const buf = await readFullyAt(fh, start, end - start);
         const writes: Promise<void>[] = [];
         const full: PackWriter[] = [];
         for (const e of run) {

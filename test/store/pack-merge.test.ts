@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { cp, readFile, stat } from 'node:fs/promises';
+import { cp, readFile, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openImageStore, type ImageStore } from '../../src/store/index.ts';
@@ -120,6 +120,28 @@ test('30 hourly cycles of scattered changes: gc merges their 30 small packs into
   const again = await store.gc();
   assert.deepEqual([again.mergedPacks, again.mergedBytes, again.removedPacks, again.repackedBytes], [0, 0, 0, 0]);
   assert.deepEqual(await packFiles(root), files, 'the second gc changed nothing');
+});
+
+test('a small pack shorter than its index: gc refuses to copy it (PACK_TRUNCATED, naming the pack and the fix) and deletes no pack', async (t) => {
+  const root = join(await tempDir(t, 'merge-truncated'), 'store');
+  const store = await openImageStore(root);
+  t.after(() => store.close());
+  await hourlyCycles(store, MERGE_MIN_PACKS + 2);
+  const packs = await packIndexes(root);
+  let damaged = '';
+  for (const id of packs.keys()) if (await packSize(root, id) < MERGE_BELOW) { damaged = id; break; }
+  const path = join(root, 'packs', `${damaged}.pack`);
+  await truncate(path, (await packSize(root, damaged)) - 100);
+  await agePacks(root, new Date(Date.now() - 60_000));
+  const files = await packFiles(root);
+  await assert.rejects(store.gc(), (e: Error & { code?: string; fix?: string }) => {
+    assert.equal(e.code, 'PACK_TRUNCATED');
+    assert.match(e.message, new RegExp(`pack ${damaged} is \\d+ bytes but its index names chunks up to byte \\d+`));
+    assert.match(String(e.fix), /vmlift image verify/);
+    return true;
+  });
+  const left = new Set(await packFiles(root));
+  for (const f of files.filter((n) => n.endsWith('.pack'))) assert.ok(left.has(f), `${f} is still there`);
 });
 
 test('fewer than MERGE_MIN_PACKS small packs whose bytes fill no pack are left as they are', async (t) => {
