@@ -190,7 +190,8 @@ export class DataConnection implements CycleFeed {
 
   private onExtent(body: Buffer, owned: boolean): void {
     const { header: h, payload } = checkExtentFrame(body, this.oc!.writer.disks, this.oc!.cycleId);
-    const cost = body.length;
+    // the memory the frame holds (a pooled buffer may be larger than the frame)
+    const cost = owned ? body.buffer.byteLength : body.length;
     const digest = Buffer.from(h.digest); // copied: the frame's buffer may move to a worker
     let data: Promise<Buffer | null>;
     // A raw extent of one whole chunk: the store checks its digest as it appends it (one native call
@@ -201,7 +202,8 @@ export class DataConnection implements CycleFeed {
     } else if (storeChecks) {
       data = Promise.resolve(payload);
     } else {
-      data = this.ctx.pool.unpack(h.codec, payload, h.length, digest, owned);
+      // decompressed into a pooled frame buffer, given back once the store wrote it (below)
+      data = this.ctx.pool.unpack(h.codec, payload, h.length, digest, owned, h.codec === CODEC.ZSTD ? this.reader.buffer(h.length) : undefined);
       data.catch(() => undefined);
     }
     this.queue.push({ kind: 'extent', seq: h.seq, disk: h.disk, offset: h.offset, length: h.length, data, digest, cost, storeChecks });
