@@ -1,10 +1,10 @@
 /**
  * The receiver's CPU per GiB of a full cycle, alone: the vmlift variant of data-plane-floor.ts
- * (agent + receiver over loopback TLS, compression 0) run --rounds times on one generated source,
+ * (agent + receiver over loopback TLS, compression 0 unless --compression N) run --rounds times on one generated source,
  * for quick before/after comparisons of receive-path changes on a shared machine (CPU seconds, not
  * MB/s, are what compares there).
  *
- *   node --import tsx bench/receiver-cpu.ts [--size 2] [--rounds 3] [--src FILE] [--dir DIR] [--perf FILE] [--bins A,B] [--json]
+ *   node --import tsx bench/receiver-cpu.ts [--size 2] [--rounds 3] [--src FILE] [--dir DIR] [--perf FILE] [--strace FILE] [--bins A,B] [--compression 7] [--json]
  *
  * `--bins A,B`: alternate rounds between these vmlift commands (e.g. a copy of the tree before a
  * change, with its own dist/), both agent and receiver, so both see the same load.
@@ -28,7 +28,9 @@ const { values } = parseArgs({
     dir: { type: 'string' },
     json: { type: 'boolean', default: false },
     perf: { type: 'string' },
+    strace: { type: 'string' },
     bins: { type: 'string' },
+    compression: { type: 'string', default: '0' },
   },
 });
 const GiB = 2 ** 30;
@@ -53,9 +55,12 @@ try {
     await r.start();
     try {
       // --perf FILE: `perf record -g` of the receiver process during the cycle (Debian's linux-perf)
-      const perf = values.perf ? spawn('perf', ['record', '-g', '-q', '-o', `${values.perf}.${round}`, '-p', String(r.proc.pid)], { stdio: 'inherit' }) : null;
-      const c = await agentCycle(r, src, join(work, `state-${round}`), 0, SIZE);
+      const perf = values.perf ? spawn('perf', ['record', '-e', 'cpu-clock', '-F', '499', '-g', '-q', '-o', `${values.perf}.${round}`, '-p', String(r.proc.pid)], { stdio: 'inherit' }) : null;
+      // --strace FILE: `strace -f -c` (system calls counted per kind) of the receiver during the cycle
+      const strace = values.strace ? spawn('strace', ['-f', '-c', '-o', `${values.strace}.${round}`, '-p', String(r.proc.pid)], { stdio: 'inherit' }) : null;
+      const c = await agentCycle(r, src, join(work, `state-${round}`), Number(values.compression), SIZE);
       if (perf) await new Promise((res) => { perf.once('exit', res); perf.kill('SIGINT'); });
+      if (strace) await new Promise((res) => { strace.once('exit', res); strace.kill('SIGINT'); });
       const row = { bin, round, mbps: c.mbps, agent: c.agentCpu / (SIZE / GiB), receiver: c.receiverCpu / (SIZE / GiB), receiverRssMiB: c.receiverRssMiB, load: loadavg()[0]! };
       rows.push(row);
       log(`round ${round} ${bin}: ${row.mbps.toFixed(0)} MB/s, CPU s/GiB agent ${row.agent.toFixed(2)} receiver ${row.receiver.toFixed(2)}, receiver RSS ${row.receiverRssMiB.toFixed(0)} MiB, load ${row.load.toFixed(2)}`);

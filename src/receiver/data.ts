@@ -13,7 +13,7 @@ import type { Logger } from '../util/log.ts';
 import { errorMessage, errorReport } from '../util/errors.ts';
 import { assertId } from '../util/ids.ts';
 import { readIntoBuffer, readIntoTargets } from '../util/socket-read-buffer.ts';
-import { StoreError, type CycleWriter } from '../store/types.ts';
+import { StoreError } from '../store/types.ts';
 import { INLINE_HASH_MAX, nativeDigest } from '../util/native-digest.ts';
 import { CODEC, FRAME, FrameAssembler, MAX_FRAME, MAX_JSON_FRAME, ProtocolError, SAME_VERSION_FIX, encodeJsonFrame, parseJsonBody, type WireError } from '../transfer/protocol.ts';
 import type { AckFrame, ReadyFrame } from '../transfer/contract.ts';
@@ -190,18 +190,21 @@ export class DataConnection implements CycleFeed {
 
   private onExtent(body: Buffer, owned: boolean): void {
     const { header: h, payload } = checkExtentFrame(body, this.oc!.writer.disks, this.oc!.cycleId);
-    const cost = body.length;
+    // the memory the frame holds (a pooled buffer may be larger than the frame)
+    const cost = owned ? body.buffer.byteLength : body.length;
     const digest = Buffer.from(h.digest); // copied: the frame's buffer may move to a worker
     let data: Promise<Buffer | null>;
     // A raw extent of one whole chunk: the store checks its digest as it appends it (one native call
     // instead of a digest hop and two write hops; docs/store.md, "Checked appends").
-    const storeChecks = h.codec === CODEC.RAW && payload.length > INLINE_HASH_MAX && wholeChunk(this.oc!.writer, h.disk, h.offset, h.length);
+    // Any other raw extent is hashed by the codec pool on arrival, so its BAD_DIGEST refuses the frame before its write is issued.
+    const storeChecks = h.codec === CODEC.RAW && payload.length > INLINE_HASH_MAX && nativeDigest() !== null && this.oc!.writer.wholeChunk(h.disk, h.offset, h.length);
     if (h.codec === CODEC.ZERO) {
       data = Promise.resolve(null);
     } else if (storeChecks) {
       data = Promise.resolve(payload);
     } else {
-      data = this.ctx.pool.unpack(h.codec, payload, h.length, digest, owned);
+      // decompressed into a pooled frame buffer, given back once the store wrote it (below)
+      data = this.ctx.pool.unpack(h.codec, payload, h.length, digest, owned, h.codec === CODEC.ZSTD ? this.reader.buffer(h.length) : undefined);
       data.catch(() => undefined);
     }
     this.queue.push({ kind: 'extent', seq: h.seq, disk: h.disk, offset: h.offset, length: h.length, data, digest, cost, storeChecks });
@@ -397,14 +400,6 @@ function syncToken(msg: Record<string, unknown>): number | undefined {
   const t = msg.token;
   if (t === undefined || (typeof t === 'number' && Number.isFinite(t))) return t;
   throw new ProtocolError('BAD_FRAME', 'SYNC token must be a number', { fix: SAME_VERSION_FIX });
-}
-
-/** Whether [offset, offset + length) of `disk` is exactly one whole chunk of the store (checked in range before). */
-function wholeChunk(w: CycleWriter, disk: number, offset: number, length: number): boolean {
-  const cs = w.chunkSize;
-  if (offset % cs !== 0 || !nativeDigest()) return false;
-  const capacity = w.disks.find((d) => d.disk === disk)?.capacity ?? 0;
-  return length === Math.min(cs, capacity - offset);
 }
 
 /** A failure of the receiver itself, not of what the peer sent. */

@@ -17,7 +17,7 @@ import { validateBaseDisks, validateDisks, type CycleRecord } from './cycle-reco
 import { createCycle } from './new-cycle.ts';
 import { reopenCycle } from './recovery.ts';
 import { CycleJournals } from './journals.ts';
-import { ExtentWriter } from './extent-writer.ts';
+import { ExtentWriter, isWholeChunk } from './extent-writer.ts';
 import { publishImage } from './publish.ts';
 import { firstUncovered } from '../model/ranges.ts';
 import type { DiskSpec, HeldRanges, ImageInfo } from '../model/images.ts';
@@ -73,6 +73,11 @@ export class StoreCycleWriter implements CycleWriter {
     const rec = await reopenCycle(dir, src, cid, { disks, baseImageId: opts.baseImageId, baseDisks })
       ?? await createCycle(layout, env.chunkSize, src, cid, disks, opts.baseImageId, dir, baseDisks);
     return new StoreCycleWriter(env, rec, dir, await CycleJournals.open(dir, rec));
+  }
+
+  wholeChunk(disk: number, offset: number, length: number): boolean {
+    const ds = this.journals.disks.get(disk);
+    return ds !== undefined && isWholeChunk(this.rec.chunkSize, ds.spec.capacity, offset, length);
   }
 
   async writeExtent(disk: number, offset: number, length: number, data: Uint8Array | null, opts?: WriteExtentOptions): Promise<void> {

@@ -56,7 +56,7 @@ export class ExtentWriter {
     if (check && data) {
       const claim = given === undefined ? null : toDigest(given);
       if (!claim) return Promise.reject(new StoreError('BAD_DIGEST', `extent at offset ${offset} of disk ${ds.spec.disk}: no 32-byte digest to check its bytes against`));
-      claimInPut = first === last && offset === first * cs && length === Math.min(cs, ds.spec.capacity - offset);
+      claimInPut = isWholeChunk(cs, ds.spec.capacity, offset, length);
       if (!claimInPut) {
         claimChecked = checkClaim(data, claim);
         claimChecked.catch(() => undefined);
@@ -199,6 +199,11 @@ export class ExtentWriter {
 
 /** Spare sub-chunk buffers kept (1 MiB at 64 KiB sub-chunks). */
 const SPARE_BUFFERS = 16;
+
+/** Whether [offset, offset + length) of a disk of `capacity` bytes is exactly one whole chunk (the last one may be short). */
+export function isWholeChunk(chunkSize: number, capacity: number, offset: number, length: number): boolean {
+  return offset % chunkSize === 0 && length > 0 && length === Math.min(chunkSize, capacity - offset);
+}
 
 function chunkKey(disk: number, slot: number): string { return `${disk}:${slot}`; }
 function subKey(disk: number, slot: number, sub: number): string { return `${disk}:${slot}:${sub}`; }

@@ -82,6 +82,11 @@ export interface CycleWriter {
    * Concurrent calls are allowed; overlapping calls are applied in call order.
    */
   writeExtent(disk: number, offset: number, length: number, data: Uint8Array | null, opts?: WriteExtentOptions): Promise<void>;
+  /**
+   * Whether [offset, offset + length) of `disk` (in range) is one whole chunk: a checked write of it
+   * is checked as it is appended (WriteExtentOptions.check), any other is hashed whole first.
+   */
+  wholeChunk(disk: number, offset: number, length: number): boolean;
   /** Make everything written so far durable and reported by `held()`. */
   flush(): Promise<void>;
   /** What this cycle durably holds (after the last flush), also after a crash and reopen. */

@@ -107,8 +107,12 @@ export class CodecPool {
     };
   }
 
-  /** Decompress / check length and tree digest. Throws ProtocolError on a bad extent. */
-  async unpack(codec: number, payload: Buffer, length: number, digest: Buffer, owned = false): Promise<Buffer> {
+  /**
+   * Decompress / check length and tree digest. Throws ProtocolError on a bad extent. `into`: a
+   * buffer of at least `length` bytes of its own ArrayBuffer, given up by the caller, that a
+   * compressed extent is decompressed into (the result is a view of it; else a fresh buffer).
+   */
+  async unpack(codec: number, payload: Buffer, length: number, digest: Buffer, owned = false, into?: Buffer): Promise<Buffer> {
     if (codec === CODEC.RAW && (this.native || payload.length <= INLINE_HASH_MAX)) {
       // in place: nothing else writes to a received frame's bytes
       const d = payload.length > INLINE_HASH_MAX ? await this.native!.tree(payload) : this.digestHere(payload);
@@ -117,7 +121,10 @@ export class CodecPool {
     }
     // an owned payload (its ArrayBuffer holds nothing else in use) moves to the worker without a copy
     const p = owned ? new Uint8Array(payload.buffer, payload.byteOffset, payload.length) : new Uint8Array(payload);
-    const r = await this.run({ op: 'unpack', codec, payload: p, length, digest: new Uint8Array(digest) }, [p.buffer as ArrayBuffer]);
+    const out = into && codec === CODEC.ZSTD && into.length >= length && into.buffer !== p.buffer ? new Uint8Array(into.buffer, into.byteOffset, length) : undefined;
+    const transfer = [p.buffer as ArrayBuffer];
+    if (out) transfer.push(out.buffer as ArrayBuffer);
+    const r = await this.run({ op: 'unpack', codec, payload: p, length, digest: new Uint8Array(digest), into: out }, transfer);
     if (!r.ok) throw new ProtocolError(r.code, r.message);
     if (!('data' in r)) throw new Error('unexpected worker reply');
     return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);

@@ -24,7 +24,8 @@ export interface CodecWorkerData {
 }
 
 export type PackRequest = { id: number; op: 'pack'; data: Uint8Array; zstdLevel: number | null; digest?: Uint8Array };
-export type UnpackRequest = { id: number; op: 'unpack'; codec: number; payload: Uint8Array; length: number; digest: Uint8Array };
+/** `into`: `length` bytes to decompress into (moved here with the request, moved back with the reply). */
+export type UnpackRequest = { id: number; op: 'unpack'; codec: number; payload: Uint8Array; length: number; digest: Uint8Array; into?: Uint8Array };
 export type WorkerReply =
   | { id: number; ok: true; codec: number; payload: Uint8Array | null; digest: Uint8Array }
   | { id: number; ok: true; data: Uint8Array }
@@ -94,7 +95,7 @@ export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply;
       }
       // Into exactly the declared bytes: further frames, or a frame holding more than it claims, fail
       // here instead of being inflated (a 32 KiB payload of RLE blocks holds 1 GiB; docs/reliability.md).
-      data = Buffer.allocUnsafe(r.length);
+      data = r.into && r.into.byteLength === r.length ? Buffer.from(r.into.buffer, r.into.byteOffset, r.length) : Buffer.allocUnsafe(r.length);
       let n: number;
       try { n = dctx.decompress(data, payload); } catch (e) {
         return { id: r.id, ok: false, code: 'BAD_FRAME', message: `compressed extent does not decompress into its declared ${r.length} bytes: ${(e as Error).message}` };
@@ -149,6 +150,8 @@ export function codecWorkerMain(): void {
     const transfer: ArrayBuffer[] = [];
     const out = 'payload' in reply ? reply.payload : 'data' in reply ? reply.data : null;
     if (out && out.byteOffset === 0 && out.byteLength === out.buffer.byteLength && out.buffer instanceof ArrayBuffer) transfer.push(out.buffer);
+    // decompressed into the caller's buffer (a view of it): move that buffer back whole
+    else if (out && r.op === 'unpack' && r.into && out.buffer === r.into.buffer && out.buffer instanceof ArrayBuffer) transfer.push(out.buffer);
     // A raw extent is a view into the frame buffer that came in (after the frame header): move that
     // buffer back too. Without it structured clone copies the whole frame (and the receiver gets garbage).
     else if (out && r.op === 'unpack' && out.buffer === r.payload.buffer && out.buffer instanceof ArrayBuffer) transfer.push(out.buffer);

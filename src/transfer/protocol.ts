@@ -87,18 +87,21 @@ export class ProtocolError extends CodedError {}
 /** The fix of a frame only another vmlift version (or a peer that is not vmlift) would send. */
 export const SAME_VERSION_FIX = 'run the same vmlift version on the sender and the receiver';
 
-/** Frame buffers of one size (raw 1 MiB extents are all alike) given back for reuse, process-wide. */
+/**
+ * Buffers of one capacity, the largest big frame seen (a raw 1 MiB extent's), given back for reuse,
+ * process-wide. A request above half that capacity gets a view of a pooled buffer: compressed
+ * frames and the extents they decompress into share the raw frames' buffers instead of a fresh
+ * allocation each (fresh ones cost page faults and drive V8's collections; docs/transfer.md).
+ */
 class FrameBufferPool {
   private free: ArrayBuffer[] = [];
   private size = 0;
   constructor(private readonly max: number) {}
 
-  /** A buffer of `n` bytes of its own (a recycled one when `n` is the pooled size). */
+  /** A buffer of `n` bytes of its own (a view of a pooled one when `n` is more than half the pooled capacity). */
   take(n: number): Buffer {
-    if (n === this.size) {
-      const ab = this.free.pop();
-      if (ab) return Buffer.from(ab, 0, n);
-    } else if (n > 65536) { this.size = n; this.free = []; }
+    if (n > this.size && n > 65536) { this.size = n; this.free = []; }
+    if (this.size > 65536 && n > this.size / 2) return Buffer.from(this.free.pop() ?? new ArrayBuffer(this.size), 0, n);
     return Buffer.allocUnsafeSlow(n);
   }
 
@@ -138,6 +141,11 @@ export class FrameAssembler {
 
   recycle(ab: ArrayBufferLike): void {
     this.pool.give(ab);
+  }
+
+  /** A buffer of `n` bytes of its own from the same pool (a compressed extent decompresses into it), given back with `recycle`. */
+  buffer(n: number): Buffer {
+    return this.pool.take(n);
   }
 
   /** Copy `bytes` in (the caller may reuse them as soon as this returns). */

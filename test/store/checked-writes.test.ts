@@ -117,3 +117,19 @@ test('a refused whole chunk over sub-chunks patched in the cache leaves them as 
   small.copy(want, 8192);
   assert.equal(sha(await store.readImage('vm', img.imageId, 0, 0, MiB)), sha(want));
 });
+
+test('wholeChunk names the extents a checked write checks as it appends them: whole chunks, the short last one, nothing else', async (t) => {
+  const root = join(await tempDir(t, 'whole'), 'store');
+  const store = await openImageStore(root, { chunkSize: MiB });
+  const cap = 2 * MiB + 12288;
+  const w = await store.beginCycle({ sourceId: 'vm', cycleId: 'c1', disks: [{ disk: 0, capacity: cap }] });
+  assert.equal(w.wholeChunk(0, 0, MiB), true);
+  assert.equal(w.wholeChunk(0, MiB, MiB), true);
+  assert.equal(w.wholeChunk(0, 2 * MiB, 12288), true, 'the short last chunk');
+  assert.equal(w.wholeChunk(0, 2 * MiB, 8192), false, 'part of the last chunk');
+  assert.equal(w.wholeChunk(0, 4096, MiB), false, 'not on a chunk boundary');
+  assert.equal(w.wholeChunk(0, 0, MiB / 2), false, 'part of a chunk');
+  assert.equal(w.wholeChunk(0, 0, 2 * MiB), false, 'two chunks');
+  assert.equal(w.wholeChunk(1, 0, MiB), false, 'no such disk');
+  await w.abort();
+});

@@ -35,3 +35,20 @@ test('a small extent with a wrong length or digest is refused on unpack, as a la
   const wrong = Buffer.from(p.digest); wrong[0]! ^= 1;
   await assert.rejects(pool.unpack(p.codec, Buffer.from(p.payload!), 4096, wrong), (e: { code?: string }) => e.code === 'BAD_DIGEST');
 });
+
+test('a compressed extent decompresses into the buffer the caller gives, bit for bit; a bad one given a buffer is still refused', async () => {
+  const MiB = 1 << 20;
+  const data = Buffer.concat([text(MiB / 2), randomBytes(MiB / 2)]);
+  const p = await pool.pack(data, 7);
+  assert.equal(p.codec, CODEC.ZSTD);
+  const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+  // a pooled buffer is larger than the extent (a raw frame's): the result is a view of its start
+  const into = Buffer.from(new ArrayBuffer(MiB + 64), 0, MiB);
+  const back = await pool.unpack(p.codec, Buffer.from(p.payload!), MiB, p.digest, false, into);
+  assert.equal(sha(back), sha(data));
+  assert.equal(back.byteLength, MiB);
+  assert.equal(back.buffer.byteLength, MiB + 64, 'the caller\'s buffer came back, not a fresh one');
+  const wrong = Buffer.from(p.digest); wrong[5]! ^= 1;
+  await assert.rejects(pool.unpack(p.codec, Buffer.from(p.payload!), MiB, wrong, false, Buffer.allocUnsafeSlow(MiB)), (e: { code?: string }) => e.code === 'BAD_DIGEST');
+  await assert.rejects(pool.unpack(p.codec, Buffer.from(p.payload!), MiB - 1, p.digest, false, Buffer.allocUnsafeSlow(MiB)), (e: { code?: string }) => e.code === 'BAD_LENGTH');
+});

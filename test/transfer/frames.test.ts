@@ -54,3 +54,24 @@ test('a declared length above the limit is refused after the frames before it, b
   zero.push(Buffer.alloc(5));
   assert.throws(() => zero.next(), (e: unknown) => e instanceof ProtocolError && e.code === 'BAD_FRAME_LENGTH');
 });
+
+test('a smaller big frame (a compressed extent) does not empty the pool, and one above half its size reuses a pooled buffer', () => {
+  const a = new FrameAssembler();
+  a.push(frame(FRAME.EXTENT, randomBytes(1 << 20)));
+  const raw = a.next()!.body.buffer;
+  a.recycle(raw);
+  a.push(frame(FRAME.EXTENT, randomBytes(300_000)));
+  const small = a.next()!;
+  assert.notEqual(small.body.buffer, raw, 'a frame of less than half the pooled size gets a buffer of its own size');
+  assert.equal(small.body.buffer.byteLength, 5 + 300_000);
+  const body = randomBytes(700_000);
+  a.push(frame(FRAME.EXTENT, body));
+  const mid = a.next()!;
+  assert.equal(mid.body.buffer, raw, 'the recycled raw buffer holds a frame above half its size');
+  assert.ok(mid.body.equals(body));
+  assert.equal(mid.body.length, 700_000);
+  a.recycle(mid.body.buffer);
+  const out = a.buffer(1 << 20);
+  assert.equal(out.buffer, raw, 'an extent decompressed into a pooled buffer');
+  assert.equal(out.length, 1 << 20);
+});
