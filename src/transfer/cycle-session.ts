@@ -143,7 +143,12 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     this.requestedBaseDisks = o.baseDisks && [...o.baseDisks];
     this.estimatedBytes = o.estimatedBytes;
     this.log = host.log.child({ cycleId: o.cycleId });
-    this.window = new SendWindow<Entry>(host.windowBytes, (e) => e.release?.());
+    // an entry leaves the window once durable on the receiver: its bytes are no longer read
+    this.window = new SendWindow<Entry>(host.windowBytes, (e) => {
+      e.release?.();
+      if (e.done) e.done.release?.();
+      else e.packed.then((p) => p.release?.(), () => {});
+    });
     this.governor = new CompressionGovernor(undefined, undefined, { ...DEFAULT_TIMING, settleBytes: Math.max(DEFAULT_TIMING.settleBytes, host.windowBytes + (32 << 20)) });
     this.packer = new PiecePacker(this.governor, () => host.zstdLevel());
     this.linkEvents = {
