@@ -146,6 +146,9 @@ export class CodecPool {
     return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
   }
 
+  /** @internal Tests: end one codec worker as a crash would. */
+  killWorker(): Promise<number> { return this.pool.killOne(); }
+
   close(): Promise<void> {
     return this.pool.close();
   }

@@ -210,6 +210,8 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     this.fatal = e;
     this.log.error({ err: e.message }, 'cycle session failed');
     this.link?.destroy();
+    // nothing is written any more: the pieces' buffers go back to their owners (read units, codec buffers)
+    this.window.discard();
     this.changed.notify();
   }
 
