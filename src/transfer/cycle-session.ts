@@ -346,6 +346,10 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
       const digest = digests?.subarray(k * 32, (k + 1) * 32);
       const zero = digest !== undefined && digest.every((b) => b === 0);
       const cost = data && !zero ? n : MARKER_COST;
+      while (data && !zero && this.packer.full) {
+        await this.packer.room();
+        this.check();
+      }
       while (!this.window.fits(cost, this.host.windowLimit?.() ?? this.host.windowBytes)) {
         await this.changed.wait();
         this.check();
