@@ -1,12 +1,14 @@
 import { Worker } from 'node:worker_threads';
 import { createRequire } from 'node:module';
 import { codecWorkerMain, makeCodec, type CodecDeps, type CodecWorkerData, type PackRequest, type UnpackRequest, type WorkerReply } from './codec-worker.ts';
-import { CODEC, ProtocolError } from './protocol.ts';
+import { CODEC, PIECE_SIZE, ProtocolError } from './protocol.ts';
+import { BufferPool } from '../util/buffer-pool.ts';
 import { INLINE_HASH_MAX, nativeDigest, nativeDigestLibrary, type NativeDigest } from '../util/native-digest.ts';
 import { TREE_BLOCK, makeTreeDigest, treeDigest, wholeTreeBlocks } from '../util/tree-digest.ts';
 import { WorkerPool } from '../util/worker-pool.ts';
 
-export interface Packed { codec: number; payload: Buffer | null; digest: Buffer }
+/** `release`: the payload is in a buffer of the pool's: call once nothing reads it any more (it is reused). */
+export interface Packed { codec: number; payload: Buffer | null; digest: Buffer; release?: () => void }
 
 /**
  * Extents up to this size are compressed on the calling thread: for them zstd costs less than a
@@ -19,7 +21,6 @@ const requireHere = createRequire(import.meta.url);
 /** A worker running `codecWorkerMain` from its source text: no TypeScript loader in the worker. */
 function startCodecWorker(): Worker {
   const workerData: CodecWorkerData = {
-    zstdPath: requireHere.resolve('zstd-napi'),
     bindingPath: requireHere.resolve('zstd-napi/binding'),
     codec: { ...CODEC },
     nativeLib: nativeDigestLibrary() ?? undefined,
@@ -38,6 +39,11 @@ function startCodecWorker(): Worker {
 export class CodecPool {
   private readonly pool: WorkerPool<WorkerReply>;
   private readonly native: NativeDigest | null;
+  /**
+   * The copies of pieces that go to a worker: one piece each, reused once the piece (or its
+   * compressed form) is no longer held. A send window holds at most 64 MiB of pieces (sender.ts).
+   */
+  readonly pieceBuffers = new BufferPool(PIECE_SIZE, 64);
 
   /** `native`: hash uncompressed extents natively when possible (default). */
   constructor(size = 2, native = true) {
@@ -48,10 +54,13 @@ export class CodecPool {
   private inlineCodec: ReturnType<typeof makeCodec> | undefined;
   /** The codec on this thread (for small extents). */
   private inline(): ReturnType<typeof makeCodec> {
+    const binding = requireHere('zstd-napi/binding') as Pick<CodecDeps, 'getFrameContentSize' | 'DCtx' | 'CCtx' | 'compressBound' | 'CParameter'>;
     this.inlineCodec ??= makeCodec({
-      zstd: requireHere('zstd-napi') as typeof import('zstd-napi'),
-      getFrameContentSize: (requireHere('zstd-napi/binding') as Pick<CodecDeps, 'getFrameContentSize'>).getFrameContentSize,
-      DCtx: (requireHere('zstd-napi/binding') as Pick<CodecDeps, 'DCtx'>).DCtx,
+      getFrameContentSize: binding.getFrameContentSize,
+      DCtx: binding.DCtx,
+      CCtx: binding.CCtx,
+      compressBound: binding.compressBound,
+      CParameter: binding.CParameter,
       digest: (b: Uint8Array) => this.digestHere(b),
       codec: { ...CODEC },
     });
@@ -78,11 +87,14 @@ export class CodecPool {
    * `digest`: the caller's tree digest of `data` (it is then taken as not all zeros and not hashed again).
    * `given`: the caller gave `data` up although it is a view of a larger buffer (the agent's read
    * units): used in place when it stays on this thread (no compression), copied for a worker.
+   * A copy for a worker is made in a buffer of `pieceBuffers`: the result's `release` gives it back.
    */
   async pack(data: Uint8Array, zstdLevel: number | null, owned = false, digest?: Buffer, given = false): Promise<Packed> {
     const here = this.packsHere(zstdLevel, data.byteLength, digest);
+    const pooled = !owned && !here && data.byteLength > INLINE_PACK_MAX && data.byteLength <= this.pieceBuffers.size;
     // own ArrayBuffer: transferred, and the caller may reuse `data`
-    const copy = owned ? new Uint8Array(data.buffer, 0, data.byteLength) : given && here ? data : new Uint8Array(data);
+    const copy = owned ? new Uint8Array(data.buffer, 0, data.byteLength) : given && here ? data
+      : pooled ? copyInto(this.pieceBuffers.take(), data) : new Uint8Array(data);
     if (here) {
       const payload = Buffer.from(copy.buffer, copy.byteOffset, copy.byteLength);
       if (digest) return { codec: CODEC.RAW, payload, digest };
@@ -97,14 +109,25 @@ export class CodecPool {
     }
     const req = { op: 'pack' as const, data: copy, zstdLevel, digest: digest ? new Uint8Array(digest) : undefined };
     // a small extent costs less to compress here than its round trip to a worker
-    const r = copy.byteLength <= INLINE_PACK_MAX ? this.inline().pack({ id: 0, ...req }) : await this.run(req, [copy.buffer as ArrayBuffer]);
+    let r: WorkerReply;
+    try {
+      r = copy.byteLength <= INLINE_PACK_MAX ? this.inline().pack({ id: 0, ...req }) : await this.run(req, [copy.buffer as ArrayBuffer]);
+    } catch (e) {
+      if (pooled) this.pieceBuffers.lost();
+      throw e;
+    }
+    // an error reply, or a reply without the pack's bytes: the pooled buffer stayed in the worker
+    if (pooled && !(r.ok && 'codec' in r && (r.spare || r.payload))) this.pieceBuffers.lost();
     if (!r.ok) throw new Error(r.message);
     if (!('codec' in r)) throw new Error('unexpected worker reply');
-    return {
+    if (pooled && r.spare) this.pieceBuffers.give(r.spare.buffer as ArrayBuffer);
+    const packed: Packed = {
       codec: r.codec,
       payload: r.payload ? Buffer.from(r.payload.buffer, r.payload.byteOffset, r.payload.byteLength) : null,
       digest: Buffer.from(r.digest.buffer, r.digest.byteOffset, r.digest.byteLength),
     };
+    if (pooled && !r.spare && r.payload) packed.release = once(() => this.pieceBuffers.give(r.payload!.buffer as ArrayBuffer));
+    return packed;
   }
 
   /**
@@ -130,6 +153,9 @@ export class CodecPool {
     return Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
   }
 
+  /** @internal Tests: end one codec worker as a crash would. */
+  killWorker(): Promise<number> { return this.pool.killOne(); }
+
   close(): Promise<void> {
     return this.pool.close();
   }
@@ -137,6 +163,17 @@ export class CodecPool {
 
 export function digestMismatch(received: Uint8Array, computed: Uint8Array): string {
   return `extent digest mismatch: received ${Buffer.from(received).toString('hex').slice(0, 16)}…, computed ${Buffer.from(computed).toString('hex').slice(0, 16)}…`;
+}
+
+function copyInto(b: ArrayBuffer, data: Uint8Array): Uint8Array {
+  const view = new Uint8Array(b, 0, data.byteLength);
+  view.set(data);
+  return view;
+}
+
+function once(f: () => void): () => void {
+  let done = false;
+  return () => { if (!done) { done = true; f(); } };
 }
 
 const zeroPage = Buffer.alloc(64 * 1024);

@@ -8,14 +8,12 @@
  * (`codecWorkerMain` may use `makeCodec`, which the worker's script defines first), only `require`
  * of absolute paths from `workerData`, and plain values.
  */
-import type { Compressor } from 'zstd-napi';
 import type { makeTreeDigest as MakeTreeDigest } from '../util/tree-digest.ts';
 
 /** Defined by the worker's script before this module's functions (codec-pool.ts). */
 declare const makeTreeDigest: typeof MakeTreeDigest;
 
 export interface CodecWorkerData {
-  zstdPath: string;
   bindingPath: string;
   codec: { RAW: number; ZSTD: number; ZERO: number };
   /** The native digester's library and koffi (absent: the tree digest in JavaScript). */
@@ -27,16 +25,20 @@ export type PackRequest = { id: number; op: 'pack'; data: Uint8Array; zstdLevel:
 /** `into`: `length` bytes to decompress into (moved here with the request, moved back with the reply). */
 export type UnpackRequest = { id: number; op: 'unpack'; codec: number; payload: Uint8Array; length: number; digest: Uint8Array; into?: Uint8Array };
 export type WorkerReply =
-  | { id: number; ok: true; codec: number; payload: Uint8Array | null; digest: Uint8Array }
+  /** `spare`: the request's bytes when the payload is not in them (compressed, or a zero marker): for reuse. */
+  | { id: number; ok: true; codec: number; payload: Uint8Array | null; digest: Uint8Array; spare?: Uint8Array }
   | { id: number; ok: true; data: Uint8Array }
   | { id: number; ok: false; code: string; message: string };
 
 /** What `makeCodec` works with: passed in, so that its source text also runs as a worker's script. */
 export interface CodecDeps {
-  zstd: typeof import('zstd-napi');
   getFrameContentSize(frame: Uint8Array): number | null;
   /** zstd-napi's binding: a decompression context that decodes into a buffer of the caller's size. */
   DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
+  /** zstd-napi's binding: a compression context that compresses into a buffer of the caller's. */
+  CCtx: new () => { setParameter(param: number, value: number): void; compress2(dst: Uint8Array, src: Uint8Array): number };
+  compressBound(length: number): number;
+  CParameter: { compressionLevel: number; contentSizeFlag: number; checksumFlag: number };
   /** The tree digest (util/tree-digest.ts) of an extent's bytes. */
   digest(data: Uint8Array): Buffer;
   codec: { RAW: number; ZSTD: number; ZERO: number };
@@ -47,10 +49,12 @@ export interface CodecDeps {
  * Self-contained: it runs in codec workers from its source text, and on the main thread for small extents.
  */
 export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply; unpack(r: UnpackRequest): WorkerReply } {
-  const { zstd, getFrameContentSize, DCtx, digest: treeDigest, codec: CODEC } = deps;
+  const { getFrameContentSize, DCtx, CCtx, compressBound, CParameter, digest: treeDigest, codec: CODEC } = deps;
 
   const zeros = Buffer.alloc(1024 * 1024);
-  const compressors = new Map<number, Compressor>();
+  const compressors = new Map<number, InstanceType<CodecDeps['CCtx']>>();
+  // zstd's output goes here first: one buffer reused, not one of the bound's size per extent
+  let scratch = Buffer.alloc(0);
   const dctx = new DCtx();
 
   const isZero = (b: Buffer): boolean => {
@@ -61,11 +65,13 @@ export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply;
     return true;
   };
 
-  const compressor = (level: number): Compressor => {
+  const compressor = (level: number): InstanceType<CodecDeps['CCtx']> => {
     let c = compressors.get(level);
     if (!c) {
-      c = new zstd.Compressor();
-      c.setParameters({ compressionLevel: level, contentSizeFlag: true, checksumFlag: false });
+      c = new CCtx();
+      c.setParameter(CParameter.compressionLevel, level);
+      c.setParameter(CParameter.contentSizeFlag, 1);
+      c.setParameter(CParameter.checksumFlag, 0);
       compressors.set(level, c);
     }
     return c;
@@ -74,12 +80,19 @@ export function makeCodec(deps: CodecDeps): { pack(r: PackRequest): WorkerReply;
   const pack = (r: PackRequest): WorkerReply => {
     const data = Buffer.from(r.data.buffer, r.data.byteOffset, r.data.byteLength);
     // a digest from the caller: data it found not all zeros and already hashed
-    if (!r.digest && isZero(data)) return { id: r.id, ok: true, codec: CODEC.ZERO, payload: null, digest: new Uint8Array(32) };
+    if (!r.digest && isZero(data)) return { id: r.id, ok: true, codec: CODEC.ZERO, payload: null, digest: new Uint8Array(32), spare: r.data };
     const digest = r.digest ?? treeDigest(data);
     if (r.zstdLevel !== null) {
-      const c = compressor(r.zstdLevel).compress(data);
+      const bound = compressBound(data.length);
+      if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
+      const n = compressor(r.zstdLevel).compress2(scratch, data);
       // Not worth a decompress on the other side unless it saves at least 3 %.
-      if (c.length < data.length - (data.length >> 5)) return { id: r.id, ok: true, codec: CODEC.ZSTD, payload: c, digest };
+      if (n < data.length - (data.length >> 5)) {
+        // its own buffer of its size: moves to the caller without a copy, holds nothing more in the send window
+        const payload = Buffer.allocUnsafeSlow(n);
+        scratch.copy(payload, 0, 0, n);
+        return { id: r.id, ok: true, codec: CODEC.ZSTD, payload, digest, spare: r.data };
+      }
     }
     return { id: r.id, ok: true, codec: CODEC.RAW, payload: r.data, digest };
   };
@@ -133,10 +146,13 @@ export function codecWorkerMain(): void {
     } catch { digest = null; }
   }
   digest ??= makeTreeDigest(require('node:crypto') as typeof import('node:crypto')).of;
+  const binding = require(wd.bindingPath) as Pick<CodecDeps, 'getFrameContentSize' | 'DCtx' | 'CCtx' | 'compressBound' | 'CParameter'>;
   const { pack, unpack } = makeCodec({
-    zstd: require(wd.zstdPath) as typeof import('zstd-napi'),
-    getFrameContentSize: (require(wd.bindingPath) as Pick<CodecDeps, 'getFrameContentSize'>).getFrameContentSize,
-    DCtx: (require(wd.bindingPath) as Pick<CodecDeps, 'DCtx'>).DCtx,
+    getFrameContentSize: binding.getFrameContentSize,
+    DCtx: binding.DCtx,
+    CCtx: binding.CCtx,
+    compressBound: binding.compressBound,
+    CParameter: binding.CParameter,
     digest,
     codec: wd.codec,
   });
@@ -149,12 +165,15 @@ export function codecWorkerMain(): void {
     }
     const transfer: ArrayBuffer[] = [];
     const out = 'payload' in reply ? reply.payload : 'data' in reply ? reply.data : null;
+    const came = r.op === 'pack' ? r.data : r.payload;
     if (out && out.byteOffset === 0 && out.byteLength === out.buffer.byteLength && out.buffer instanceof ArrayBuffer) transfer.push(out.buffer);
     // decompressed into the caller's buffer (a view of it): move that buffer back whole
     else if (out && r.op === 'unpack' && r.into && out.buffer === r.into.buffer && out.buffer instanceof ArrayBuffer) transfer.push(out.buffer);
-    // A raw extent is a view into the frame buffer that came in (after the frame header): move that
-    // buffer back too. Without it structured clone copies the whole frame (and the receiver gets garbage).
-    else if (out && r.op === 'unpack' && out.buffer === r.payload.buffer && out.buffer instanceof ArrayBuffer) transfer.push(out.buffer);
+    // A raw extent is a view into the buffer that came in (after an unpack's frame header, or the first
+    // bytes of a pooled buffer): move that buffer back too. Without it structured clone copies the
+    // whole buffer (and the receiver gets garbage).
+    else if (out && out.buffer === came.buffer && out.buffer instanceof ArrayBuffer) transfer.push(out.buffer);
+    if ('spare' in reply && reply.spare && reply.spare.buffer instanceof ArrayBuffer && !transfer.includes(reply.spare.buffer)) transfer.push(reply.spare.buffer);
     parentPort!.postMessage(reply, transfer);
   });
 }

@@ -143,7 +143,12 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     this.requestedBaseDisks = o.baseDisks && [...o.baseDisks];
     this.estimatedBytes = o.estimatedBytes;
     this.log = host.log.child({ cycleId: o.cycleId });
-    this.window = new SendWindow<Entry>(host.windowBytes, (e) => e.release?.());
+    // an entry leaves the window once durable on the receiver: its bytes are no longer read
+    this.window = new SendWindow<Entry>(host.windowBytes, (e) => {
+      e.release?.();
+      if (e.done) e.done.release?.();
+      else e.packed.then((p) => p.release?.(), () => {});
+    });
     this.governor = new CompressionGovernor(undefined, undefined, { ...DEFAULT_TIMING, settleBytes: Math.max(DEFAULT_TIMING.settleBytes, host.windowBytes + (32 << 20)) });
     this.packer = new PiecePacker(this.governor, () => host.zstdLevel());
     this.linkEvents = {
@@ -205,6 +210,8 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
     this.fatal = e;
     this.log.error({ err: e.message }, 'cycle session failed');
     this.link?.destroy();
+    // nothing is written any more: the pieces' buffers go back to their owners (read units, codec buffers)
+    this.window.discard();
     this.changed.notify();
   }
 
@@ -339,6 +346,10 @@ export class CycleSession extends EventEmitter implements ReceiverCycle {
       const digest = digests?.subarray(k * 32, (k + 1) * 32);
       const zero = digest !== undefined && digest.every((b) => b === 0);
       const cost = data && !zero ? n : MARKER_COST;
+      while (data && !zero && this.packer.full) {
+        await this.packer.room();
+        this.check();
+      }
       while (!this.window.fits(cost, this.host.windowLimit?.() ?? this.host.windowBytes)) {
         await this.changed.wait();
         this.check();

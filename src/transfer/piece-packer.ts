@@ -16,14 +16,26 @@ export interface PackedPiece {
   copied?: boolean;
 }
 
+/**
+ * Packs in flight beyond which `send` waits for one to finish: enough to keep every codec worker
+ * busy, few enough that pieces queued for a worker do not fill the send window with copies.
+ */
+export const MAX_PACKS = 4 * CODEC_WORKERS;
+
 export class PiecePacker {
   private outstanding = 0;
+  private waiters: (() => void)[] = [];
 
   /** `zstdLevel`: the configured level for new pieces (null: compression off). */
   constructor(private readonly governor: CompressionGovernor, private readonly zstdLevel: () => number | null) {}
 
   /** More packs in flight than codec workers: waiting for one now is waiting for the codec. */
   get codecQueued(): boolean { return this.outstanding > CODEC_WORKERS; }
+
+  /** MAX_PACKS packs in flight: wait for `room` before the next. */
+  get full(): boolean { return this.outstanding >= MAX_PACKS; }
+  /** Resolves once a pack in flight finished. */
+  room(): Promise<void> { return new Promise((r) => this.waiters.push(r)); }
 
   /**
    * Pack `n` bytes at `pos` of `data` (null: zeros, a marker). `handOver`: the caller gave `data`
@@ -45,7 +57,13 @@ export class PiecePacker {
       piece = { packed: pool.pack(owned ? data : data.subarray(pos, pos + n), level, owned, opts?.digest, given), phase: tag, copied: !owned && !(given && pool.packsHere(level, n, opts?.digest)) };
     }
     this.outstanding++;
-    piece.packed.then(() => { this.outstanding--; }, () => { this.outstanding--; });
+    const settled = (): void => {
+      this.outstanding--;
+      const w = this.waiters;
+      this.waiters = [];
+      for (const r of w) r();
+    };
+    piece.packed.then(settled, settled);
     return piece;
   }
 }

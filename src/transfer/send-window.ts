@@ -86,6 +86,15 @@ export class SendWindow<E extends WindowEntry> {
     }
   }
 
+  /** The session is over without them (it failed): every entry leaves the window unsent. */
+  discard(): void {
+    const gone = this.entries;
+    this.entries = [];
+    this.cursor = 0;
+    this.total = 0;
+    if (this.dropped) for (const e of gone) this.dropped(e);
+  }
+
   /**
    * A new connection: the receiver said which sequence number of this stream is durable, or
    * (`durableSeq` null: it does not know the stream, e.g. after a restart) what its store holds.

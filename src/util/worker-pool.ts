@@ -14,10 +14,15 @@ export class WorkerPool<Reply extends { id: number }> {
 
   constructor(private readonly size: number, private readonly startWorker: () => Worker) {}
 
+  /** Starts workers up to `size` (first use, or after one exited). */
   private start(): void {
-    for (let i = 0; i < this.size; i++) {
+    while (this.workers.length < this.size) {
       const w = this.startWorker();
       const slot = { w, busy: 0, pending: new Map<number, Pending<Reply>>() };
+      const failAll = (e: Error): void => {
+        for (const p of slot.pending.values()) p.reject(e);
+        slot.pending.clear();
+      };
       w.on('message', (r: Reply) => {
         const p = slot.pending.get(r.id);
         if (!p) return;
@@ -25,19 +30,28 @@ export class WorkerPool<Reply extends { id: number }> {
         if (--slot.busy === 0) w.unref();
         p.resolve(r);
       });
-      w.on('error', (e) => {
-        for (const p of slot.pending.values()) p.reject(e);
-        slot.pending.clear();
+      w.on('error', failAll);
+      // a worker that died (crashed, killed, out of memory): its requests fail, the next one starts a new worker
+      w.once('exit', (code) => {
+        const k = this.workers.indexOf(slot);
+        if (k >= 0) this.workers.splice(k, 1);
+        failAll(new Error(`worker thread exited (code ${code}) with requests pending`));
       });
       w.unref();
       this.workers.push(slot);
     }
   }
 
+  /** @internal Tests: end one worker as a crash would (its pending requests fail). */
+  killOne(): Promise<number> {
+    const slot = this.workers[0];
+    return slot ? slot.w.terminate() : Promise.resolve(0);
+  }
+
   /** Post `message` (plus its `id`) to the least busy worker, moving `transfer`; resolves with the reply. */
   run(message: object, transfer: ArrayBuffer[]): Promise<Reply> {
     if (this.closed) return Promise.reject(new Error('worker pool is closed'));
-    if (this.workers.length === 0) this.start();
+    if (this.workers.length < this.size) this.start();
     let slot = this.workers[0]!;
     for (const s of this.workers) if (s.busy < slot.busy) slot = s;
     const id = this.nextId++;

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { PiecePacker } from '../../src/transfer/piece-packer.ts';
+import { MAX_PACKS, PiecePacker } from '../../src/transfer/piece-packer.ts';
 import { CompressionGovernor } from '../../src/transfer/compression-governor.ts';
 import { CODEC } from '../../src/transfer/protocol.ts';
 import { treeDigest } from '../../src/util/tree-digest.ts';
@@ -78,4 +78,15 @@ test('a handed-over view of a larger buffer (the agent\'s read units) is sent ra
   assert.equal(zstd.codec, CODEC.ZSTD);
   assert.equal(unit.buffer.byteLength, 4 << 20, 'a view is never transferred to a worker (the rest of its buffer is the caller\'s)');
   assert.ok(zstd.digest.equals(digest));
+});
+
+test('at most MAX_PACKS packs in flight: full until one finishes, then room', async () => {
+  const p = new PiecePacker(new CompressionGovernor(), () => 1);
+  const pieces = Array.from({ length: MAX_PACKS }, (_, k) => p.pack(text(1 << 20), 0, (1 << 20) - k));
+  assert.equal(p.full, true);
+  await p.room();
+  assert.equal(p.full, false);
+  const got = await Promise.all(pieces.map((x) => x.packed));
+  for (const [k, g] of got.entries()) assert.ok(g.digest.equals(sha(text(1 << 20).subarray(0, (1 << 20) - k))), `piece ${k}`);
+  for (const g of got) g.release?.();
 });
