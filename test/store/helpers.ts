@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { mkdtemp, open, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import assert from 'node:assert/strict';
@@ -117,4 +118,23 @@ export async function storeWithImage(t: Parameters<typeof tempDir>[0], o: { chun
   await writeAll(w1, 0, v1, o.chunkSize);
   await w1.commit();
   return { dir, root, store, v1 };
+}
+
+/** Runs `cmd args` to its end (from sources), with its output, exit code and signal. */
+export function run(cmd: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_FROM_SOURCE: '1', ...env } });
+    let out = ''; let err = '';
+    p.stdout.on('data', (d: Buffer) => { out += d; });
+    p.stderr.on('data', (d: Buffer) => { err += d; });
+    p.on('error', reject);
+    p.on('close', (code, signal) => resolve({ code, signal, out, err }));
+  });
+}
+
+/** Files of the packs folder that only a crash leaves: packs set aside, index temp files, packs without an index. */
+export async function leftovers(root: string): Promise<string[]> {
+  const files = await packFiles(root);
+  const set = new Set(files);
+  return files.filter((n) => n.startsWith('.gc-') || n.endsWith('.tmp') || (n.endsWith('.pack') && !set.has(n.replace(/\.pack$/, '.idx'))));
 }

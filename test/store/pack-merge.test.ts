@@ -3,7 +3,6 @@
 // are left alone, and a gc killed at each of the merge's crash points is finished by the next one.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { cp, readFile, stat, truncate } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -12,28 +11,13 @@ import { openImageStore, type ImageStore } from '../../src/store/index.ts';
 import { MERGE_BELOW, MERGE_MIN_PACKS } from '../../src/store/pack-merge.ts';
 import { ENTRY_HEADER, PACK_MAGIC, type PackEntry } from '../../src/store/packs.ts';
 import { PACK_BYTES } from '../../src/store/chunks.ts';
-import { agePacks, packFiles, packIndexes, scatter, sha, tempDir, writeAll } from './helpers.ts';
+import { agePacks, leftovers, packFiles, packIndexes, run, scatter, sha, tempDir, writeAll } from './helpers.ts';
 
 const MiB = 1 << 20;
 const CAP = 12 * MiB;
 const gcChild = fileURLToPath(new URL('./gc-child.ts', import.meta.url));
 
-function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, ['--import', 'tsx', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_FROM_SOURCE: '1', ...env } });
-    let out = ''; let err = '';
-    p.stdout.on('data', (d: Buffer) => { out += d; });
-    p.stderr.on('data', (d: Buffer) => { err += d; });
-    p.on('error', reject);
-    p.on('close', (code, signal) => resolve({ code, signal, out, err }));
-  });
-}
 
-async function leftovers(root: string): Promise<string[]> {
-  const files = await packFiles(root);
-  const set = new Set(files);
-  return files.filter((n) => n.startsWith('.gc-') || n.endsWith('.tmp') || (n.endsWith('.pack') && !set.has(n.replace(/\.pack$/, '.idx'))));
-}
 
 /** Bytes of pack file `id` (what MERGE_BELOW is compared with). */
 async function packSize(root: string, id: string): Promise<number> {
@@ -207,14 +191,14 @@ test('kill -9 of a merging gc at each of its crash points: reads give the same S
   for (const point of points) {
     const root = join(dir, point.replace(/[:]/g, '_'));
     await cp(base, root, { recursive: true, preserveTimestamps: true });
-    const killed = await run([gcChild, root], { VMLIFT_TEST_CRASH_AT: point });
+    const killed = await run(process.execPath, ['--import', 'tsx', gcChild, root], { VMLIFT_TEST_CRASH_AT: point });
     assert.equal(killed.signal, 'SIGKILL', `${point}: ${killed.err}`);
 
     const reader = await openImageStore(root);
     assert.deepEqual(await imageDigests(reader, want.keys()), want, `${point}: images read back after the kill`);
     await reader.close();
 
-    const done = await run([gcChild, root]);
+    const done = await run(process.execPath, ['--import', 'tsx', gcChild, root]);
     assert.equal(done.code, 0, `${point}: ${done.err}`);
     const r = JSON.parse(done.out) as { mergedPacks: number; mergedBytes: number; removedChunks: number };
     assert.equal(r.removedChunks, 0, point);
@@ -229,7 +213,7 @@ test('kill -9 of a merging gc at each of its crash points: reads give the same S
     await check.close();
 
     await agePacks(root, new Date(Date.now() - 60_000));
-    const third = await run([gcChild, root]);
+    const third = await run(process.execPath, ['--import', 'tsx', gcChild, root]);
     assert.equal(third.code, 0, third.err);
     assert.equal((JSON.parse(third.out) as { mergedPacks: number }).mergedPacks, 0, `${point}: a later gc has nothing to merge`);
   }

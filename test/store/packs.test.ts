@@ -2,13 +2,12 @@
 // files, the store format version and `vmlift image migrate`.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openImageStore, StoreError, type ImageStore } from '../../src/store/index.ts';
-import { agePacks, chunkFiles, packFiles, packIndexes, scatter, sha, tempDir, writeAll } from './helpers.ts';
+import { agePacks, chunkFiles, leftovers, packFiles, packIndexes, run, scatter, sha, tempDir, writeAll } from './helpers.ts';
 import { readAt } from '../../src/store/packs.ts';
 
 const MiB = 1 << 20;
@@ -16,23 +15,7 @@ const gcChild = fileURLToPath(new URL('./gc-child.ts', import.meta.url));
 const crashWriter = fileURLToPath(new URL('./crash-writer.ts', import.meta.url));
 const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 
-function run(cmd: string, args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_FROM_SOURCE: '1', ...env } });
-    let out = ''; let err = '';
-    p.stdout.on('data', (d: Buffer) => { out += d; });
-    p.stderr.on('data', (d: Buffer) => { err += d; });
-    p.on('error', reject);
-    p.on('close', (code, signal) => resolve({ code, signal, out, err }));
-  });
-}
 
-/** Files of the packs folder that only a crash leaves: packs set aside, index temp files, packs without an index. */
-async function leftovers(root: string): Promise<string[]> {
-  const files = await packFiles(root);
-  const set = new Set(files);
-  return files.filter((n) => n.startsWith('.gc-') || n.endsWith('.tmp') || (n.endsWith('.pack') && !set.has(n.replace(/\.pack$/, '.idx'))));
-}
 
 test('a full cycle stores its chunks in a few packs; an incremental cycle of scattered 4 KiB changes adds one pack per flush, not a file per sub-chunk', async (t) => {
   const root = join(await tempDir(t, 'packs-layout'), 'store');
