@@ -31,7 +31,12 @@ test('a cycle round trip: export has the source bytes; a second cycle changes on
   assert.equal(sha256(await readDisk(t.rx, 'rt-a', '1', 1, d1.length)), sha256(d1));
   const st1 = c1.stats();
   assert.ok(st1.zeroBytes > 0, 'holes travel as zero markers');
-  assert.ok(st1.wireBytes < st1.payloadBytes * 0.8, `compression and zero markers shrink the wire (${st1.wireBytes} vs ${st1.payloadBytes})`);
+  // The governor may send pieces raw while the codec, not the link, is what the sender waits for
+  // (a loaded machine): those bytes are not expected to shrink, the rest is (zeros to markers, text compressed).
+  const raw = st1.uncompressedForSpeedBytes;
+  assert.ok(st1.wireBytes < raw + (st1.payloadBytes - raw) * 0.8,
+    `compression and zero markers shrink the wire (${st1.wireBytes} vs ${st1.payloadBytes}, ${raw} sent raw for speed)`);
+  assert.ok(st1.wireBytes < st1.payloadBytes - st1.zeroBytes / 2, 'zero markers shrink the wire whatever the governor chose');
 
   // cycle 2: change a few scattered 4 KiB blocks of disk 0
   const d0b = Buffer.from(d0);
