@@ -2,14 +2,14 @@
 // receiver, the CLI against it, and `refused`, which checks a refusal's message, exit code and fix.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { startLab, type Lab } from '../../lab/lab.ts';
 import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
 import { vmlift } from '../vsphere/helpers.ts';
-import { connectorProcess, type ConnectorProcess } from '../engine/connector-process.ts';
+import { connectorProcess, initConnector, type ConnectorProcess } from '../engine/connector-process.ts';
 
 export interface Job { id: string; name: string; description: string; state: string; workgroupId: string | null; settings: { checksum: boolean; compression: number; bandwidthMbps: number } }
 export interface JobError { step: string; code?: string; message: string; fix?: string; attempts: number }
@@ -27,12 +27,7 @@ export function workflowRig(vms = 3): WorkflowRig {
     dir = mkdtempSync(join(tmpdir(), 'vmlift-workflow-'));
     r.lab = await startLab({ dir: join(dir, 'lab'), vms, diskMb: 8 });
     r.rx = await startTestReceiver();
-    r.home = join(dir, 'home');
-    const codeFile = join(dir, 'code');
-    writeFileSync(codeFile, `${r.rx.code}\n`);
-    const init = await vmlift(['connector', 'init', '--home', r.home, '--server', r.lab.url, '--user', r.lab.user, '--password-file', r.lab.passwordFile,
-      '--thumbprint', r.lab.thumbprint, '--receiver', `127.0.0.1:${r.rx.rx.controlPort}`, '--fingerprint', r.rx.rx.fingerprint, '--code-file', codeFile]);
-    assert.equal(init.code, 0, init.stderr);
+    r.home = (await initConnector(dir, r.lab, r.rx)).home;
     r.proc = connectorProcess(r.home);
     await r.proc.serve();
   });

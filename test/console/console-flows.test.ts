@@ -10,11 +10,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium, type Page } from 'playwright-core';
 import { startLab } from '../../lab/lab.ts';
@@ -22,9 +21,9 @@ import { startTestReceiver, freePort } from '../transfer/helpers.ts';
 import { guestWrites, MiB } from '../engine/harness.ts';
 import { vmlift } from '../vsphere/helpers.ts';
 import { PROJECT_ROOT } from '../../src/util/root.ts';
+import { connectorProcess, initConnector } from '../engine/connector-process.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
-const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 const artifacts = join(PROJECT_ROOT, 'test-artifacts', 'console');
 
 /** "1.9 MiB/s" → bytes per second. */
@@ -42,35 +41,19 @@ test('the web console in chromium: login, inventory → job, live speed, image, 
   const lab = await startLab({ dir: join(dir, 'lab'), vms: 3, diskMb: 64 });
   const rx = await startTestReceiver();
   const home = join(dir, 'home');
-  const codeFile = join(dir, 'code');
-  writeFileSync(codeFile, `${rx.code}\n`);
-  const init = await vmlift(['connector', 'init', '--home', home, '--server', lab.url, '--user', lab.user, '--password-file', lab.passwordFile,
-    '--thumbprint', lab.thumbprint, '--receiver', `127.0.0.1:${rx.rx.controlPort}`, '--fingerprint', rx.rx.fingerprint, '--code-file', codeFile]);
-  assert.equal(init.code, 0, init.stderr);
+  await initConnector(dir, lab, rx);
   // A small send window, so what the disks have read follows the wire; short retries, so a persistent fault shows soon.
   const config = JSON.parse(readFileSync(join(home, 'config.json'), 'utf8'));
   writeFileSync(join(home, 'config.json'), JSON.stringify({ ...config, receiver: { ...config.receiver, windowMib: 2 }, retry: { attempts: 2, baseDelayMs: 200, maxDelayMs: 400 } }));
 
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
-  const children: ChildProcess[] = [];
-  const serve = async (): Promise<ChildProcess> => {
-    rmSync(join(home, 'api.json'), { force: true });
-    const p = spawn(bin, ['connector', 'serve', '--home', home, '--api-port', String(port), '--tick-ms', '200'], { stdio: ['ignore', 'ignore', 'pipe'] });
-    children.push(p);
-    let err = '';
-    p.stderr!.on('data', (b) => { err += b; });
-    for (let i = 0; i < 300 && !existsSync(join(home, 'api.json')); i++) {
-      if (p.exitCode !== null) throw new Error(`connector exited: ${err}`);
-      await sleep(100);
-    }
-    assert.ok(existsSync(join(home, 'api.json')), `connector did not start: ${err}`);
-    return p;
-  };
+  const proc = connectorProcess(home);
+  const serve = (): Promise<ChildProcess> => proc.serve({}, ['--api-port', String(port)]);
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'] });
   t.after(async () => {
     await browser.close().catch(() => undefined);
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    proc.kill();
     await rx.close();
     await lab.stop();
     rmSync(dir, { recursive: true, force: true });

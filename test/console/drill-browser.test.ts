@@ -14,7 +14,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +25,7 @@ import { startTestReceiver, freePort } from '../transfer/helpers.ts';
 import { vmlift } from '../vsphere/helpers.ts';
 import { targetDrillSteps } from '../../src/cli/drill-steps.ts';
 import { PROJECT_ROOT } from '../../src/util/root.ts';
+import { initConnector } from '../engine/connector-process.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
@@ -45,11 +46,7 @@ test('drills in chromium: the workgroup confirm names who cannot drill; a failin
   // the failing drill's inspect overlaps the real drill rather than delaying it.
   const rx = await startTestReceiver({ drills: { steps: targetDrillSteps(), bootTimeoutSeconds: 900, concurrency: 2 } });
   const home = join(dir, 'home');
-  const codeFile = join(dir, 'code');
-  writeFileSync(codeFile, `${rx.code}\n`);
-  const init = await vmlift(['connector', 'init', '--home', home, '--server', lab.url, '--user', lab.user, '--password-file', lab.passwordFile,
-    '--thumbprint', lab.thumbprint, '--receiver', `127.0.0.1:${rx.rx.controlPort}`, '--fingerprint', rx.rx.fingerprint, '--code-file', codeFile]);
-  assert.equal(init.code, 0, init.stderr);
+  await initConnector(dir, lab, rx);
 
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;

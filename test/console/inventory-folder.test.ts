@@ -5,20 +5,17 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 import { startLab } from '../../lab/lab.ts';
 import { startTestReceiver, freePort } from '../transfer/helpers.ts';
 import { vmlift } from '../vsphere/helpers.ts';
 import { PROJECT_ROOT } from '../../src/util/root.ts';
+import { connectorProcess, initConnector } from '../engine/connector-process.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
-const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 const artifacts = join(PROJECT_ROOT, 'test-artifacts', 'console');
 
 test('the inventory page filters by folder: Prod/Web shows only its VMs, Prod also its subfolders and vApp', { timeout: 180_000 }, async (t) => {
@@ -29,31 +26,19 @@ test('the inventory page filters by folder: Prod/Web shows only its VMs, Prod al
   const lab = await startLab({ dir: join(dir, 'lab'), vms: 2, diskMb: 8, folders: true });
   const rx = await startTestReceiver();
   const home = join(dir, 'home');
-  const codeFile = join(dir, 'code');
-  writeFileSync(codeFile, `${rx.code}\n`);
-  const children: ChildProcess[] = [];
+  const proc = connectorProcess(home);
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'] });
   t.after(async () => {
     await browser.close().catch(() => undefined);
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    proc.kill();
     await rx.close();
     await lab.stop();
     rmSync(dir, { recursive: true, force: true });
   });
-  const init = await vmlift(['connector', 'init', '--home', home, '--server', lab.url, '--user', lab.user, '--password-file', lab.passwordFile,
-    '--thumbprint', lab.thumbprint, '--receiver', `127.0.0.1:${rx.rx.controlPort}`, '--fingerprint', rx.rx.fingerprint, '--code-file', codeFile]);
-  assert.equal(init.code, 0, init.stderr);
+  await initConnector(dir, lab, rx);
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
-  const p = spawn(bin, ['connector', 'serve', '--home', home, '--api-port', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] });
-  children.push(p);
-  let err = '';
-  p.stderr!.on('data', (b) => { err += b; });
-  for (let i = 0; i < 300 && !existsSync(join(home, 'api.json')); i++) {
-    if (p.exitCode !== null) throw new Error(`connector exited: ${err}`);
-    await sleep(100);
-  }
-  assert.ok(existsSync(join(home, 'api.json')), `connector did not start: ${err}`);
+  await proc.serve({}, ['--api-port', String(port)]);
   const token = readFileSync(join(home, 'api-token'), 'utf8').trim();
 
   // The API the page uses carries the folder.

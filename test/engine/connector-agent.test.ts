@@ -19,7 +19,7 @@ import { startTestReceiver, freePort } from '../transfer/helpers.ts';
 import { imageSha } from './harness.ts';
 import { vmlift } from '../vsphere/helpers.ts';
 import { VMLIFT } from '../agent/harness.ts';
-import { connectorProcess } from './connector-process.ts';
+import { connectorProcess, initConnector } from './connector-process.ts';
 import { startConnectProxy } from '../agent/connect-proxy.ts';
 import { findSecrets, logFiles, startPoller } from '../cli/secret-scan-lib.ts';
 
@@ -41,12 +41,7 @@ test('connector serve --agent-port with agent serve from agent.json through a pr
     await lab.stop();
     rmSync(dir, { recursive: true, force: true });
   });
-  const codeFile = join(dir, 'code');
-  writeFileSync(codeFile, `${rx.code}\n`);
-  const init = await vmlift(['connector', 'init', '--home', home, '--server', lab.url, '--user', lab.user, '--password-file', lab.passwordFile,
-    '--thumbprint', lab.thumbprint, '--receiver', `127.0.0.1:${rx.rx.controlPort}`, '--fingerprint', rx.rx.fingerprint, '--code-file', codeFile,
-    '--data-port', String(rx.rx.dataPort)]);
-  assert.equal(init.code, 0, init.stderr);
+  await initConnector(dir, lab, rx, ['--data-port', String(rx.rx.dataPort)]);
 
   const tokenFile = join(dir, 'agent.token');
   const add = await vmlift(['connector', 'add-agent', 'db01', '--token-out', tokenFile, '--home', home, '--json']);

@@ -7,7 +7,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -17,7 +17,7 @@ import { VCenter } from '../../src/vsphere/index.ts';
 import { PROJECT_ROOT } from '../../src/util/root.ts';
 import { liveSha, imageSha, guestWrites, MiB } from './harness.ts';
 import { vmlift } from '../vsphere/helpers.ts';
-import { connectorProcess } from './connector-process.ts';
+import { connectorProcess, initConnector } from './connector-process.ts';
 
 
 function procs(): Map<number, { ppid: number; argv: string[] }> {
@@ -55,14 +55,9 @@ test('nbd through the connector\'s own server: job show names the transport, no 
     await lab.stop();
     rmSync(dir, { recursive: true, force: true });
   });
-  const codeFile = join(dir, 'code');
-  writeFileSync(codeFile, `${rx.code}\n`);
   // An administrator's wrapper: the server runs under a shell that does not die with the connector.
   const command = ['bash', '-c', 'bash "$0" "$@" & wait', join(PROJECT_ROOT, 'lab/nbd-view.sh'), lab.dir, '{socket}', '{vm}', '{snapshot}', '{diskKey}'];
-  const init = await vmlift(['connector', 'init', '--home', home, '--server', lab.url, '--user', lab.user, '--password-file', lab.passwordFile,
-    '--thumbprint', lab.thumbprint, '--receiver', `127.0.0.1:${rx.rx.controlPort}`, '--fingerprint', rx.rx.fingerprint, '--code-file', codeFile,
-    '--nbd-command', JSON.stringify(command)]);
-  assert.equal(init.code, 0, init.stderr);
+  const { codeFile } = await initConnector(dir, lab, rx, ['--nbd-command', JSON.stringify(command)]);
   assert.deepEqual(JSON.parse(readFileSync(join(home, 'config.json'), 'utf8')).nbd, { command });
   const badInit = await vmlift(['connector', 'init', '--home', join(dir, 'h2'), '--server', lab.url, '--user', lab.user, '--password-file', lab.passwordFile,
     '--receiver', '127.0.0.1:1', '--fingerprint', 'x', '--code-file', codeFile, '--nbd-command', '["nbdkit","{sockett}"]']);

@@ -18,7 +18,7 @@ import { VCenter } from '../../src/vsphere/index.ts';
 import { PROJECT_ROOT } from '../../src/util/root.ts';
 import { liveSha, imageSha, guestWrites, MiB } from './harness.ts';
 import { vmlift } from '../vsphere/helpers.ts';
-import { connectorProcess } from './connector-process.ts';
+import { connectorProcess, initConnector } from './connector-process.ts';
 
 
 function children(pid: number): { pid: number; argv: string[] }[] {
@@ -54,16 +54,11 @@ test('vddk through connector serve: kill -9 during a VDDK read, a restart resume
     await lab.stop();
     rmSync(dir, { recursive: true, force: true });
   });
-  const codeFile = join(dir, 'code');
-  writeFileSync(codeFile, `${rx.code}\n`);
   const statsFile = join(dir, 'vddk-stats');
   const vddkConfig = join(dir, 'vddk.conf');
   writeFileSync(vddkConfig, `lab_map=${lab.vddkMapFile}\nstats_file=${statsFile}\n`, { mode: 0o600 });
   const stats = () => Object.fromEntries(readFileSync(statsFile, 'utf8').split(/\s+/).filter((l) => l.includes('=')).map((l) => { const [k, v] = l.split('='); return [k!, Number(v)]; }));
-  const init = await vmlift(['connector', 'init', '--home', home, '--server', lab.url, '--user', lab.user, '--password-file', lab.passwordFile,
-    '--thumbprint', lab.thumbprint, '--receiver', `127.0.0.1:${rx.rx.controlPort}`, '--fingerprint', rx.rx.fingerprint, '--code-file', codeFile,
-    '--vddk-libdir', join(PROJECT_ROOT, 'native/build/vddk-double'), '--vddk-config', vddkConfig]);
-  assert.equal(init.code, 0, init.stderr);
+  await initConnector(dir, lab, rx, ['--vddk-libdir', join(PROJECT_ROOT, 'native/build/vddk-double'), '--vddk-config', vddkConfig]);
 
   const { serve, api } = proc;
   interface Shown { job: { state: string; sourceId: string; error: { code: string; message: string; fix?: string } | null }; disks: { transport: string | null }[];

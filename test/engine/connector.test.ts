@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -10,7 +10,7 @@ import { startTestReceiver, type TestRx } from '../transfer/helpers.ts';
 import { VCenter } from '../../src/vsphere/index.ts';
 import { liveSha, imageSha, guestWrites, MiB } from './harness.ts';
 import { vmlift } from '../vsphere/helpers.ts';
-import { connectorProcess } from './connector-process.ts';
+import { connectorProcess, initConnector } from './connector-process.ts';
 
 
 interface Rig { lab: Lab; rx: TestRx; home: string; vc: VCenter; serve(env?: NodeJS.ProcessEnv): Promise<ChildProcess>; api<T>(args: string[]): Promise<T>; close(): Promise<void> }
@@ -20,11 +20,7 @@ async function rig(): Promise<Rig> {
   const lab = await startLab({ dir: join(dir, 'lab'), vms: 0, diskMb: 64 });
   const rx = await startTestReceiver();
   const home = join(dir, 'home');
-  const codeFile = join(dir, 'code');
-  writeFileSync(codeFile, `${rx.code}\n`);
-  const init = await vmlift(['connector', 'init', '--home', home, '--server', lab.url, '--user', lab.user, '--password-file', lab.passwordFile,
-    '--thumbprint', lab.thumbprint, '--receiver', `127.0.0.1:${rx.rx.controlPort}`, '--fingerprint', rx.rx.fingerprint, '--code-file', codeFile]);
-  assert.equal(init.code, 0, init.stderr);
+  await initConnector(dir, lab, rx);
   assert.ok(!readFileSync(join(home, 'config.json'), 'utf8').includes(rx.code), 'the config holds no secret');
   const vc = await VCenter.connect({ server: lab.url, user: lab.user, password: lab.password, trust: { thumbprint: lab.thumbprint } });
   const proc = connectorProcess(home);
