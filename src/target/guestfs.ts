@@ -3,7 +3,7 @@
  * guestfish's remote mode, so each command's output and failure stay apart.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -111,6 +111,12 @@ export class Guestfs {
     const m = /GUESTFISH_PID=(\d+)/.exec(out);
     if (!m) throw new CodedError('GUESTFS_FAILED', `guestfish --listen printed no pid: ${out.slice(0, 200)}`);
     const g = new Guestfs(Number(m[1]), env, own);
+    try {
+      await waitForListenSocket(listenSocketPath(g.pid), g.pid, LISTEN_SOCKET_WAIT_MS);
+    } catch (e) {
+      await g.close();
+      throw new CodedError('GUESTFS_FAILED', (e as Error).message, { fix: 'run `LIBGUESTFS_BACKEND_SETTINGS=force_tcg libguestfs-test-tool` to see why', cause: e });
+    }
     if (o.signal) {
       const signal = o.signal;
       const onAbortSignal = () => g.kill();
@@ -168,6 +174,32 @@ export class Guestfs {
     this.offSignal();
     this.unregister();
   }
+}
+
+/** Where `guestfish --listen` (libguestfs 1.48) puts the socket of server PID: a fixed folder per user, not TMPDIR. */
+export function listenSocketPath(pid: number): string {
+  return `/tmp/.guestfish-${process.geteuid?.() ?? 0}/socket-${pid}`;
+}
+
+const LISTEN_SOCKET_WAIT_MS = 30_000;
+
+/**
+ * Waits until the socket at PATH exists. guestfish --listen prints the server's pid before that
+ * child has bound its socket (libguestfs documents the race), so on a loaded machine the first
+ * `--remote` can find no socket and fail with "looks like the server is not running".
+ */
+export async function waitForListenSocket(path: string, pid: number, timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    try { if (statSync(path).isSocket()) return; } catch { /* not yet */ }
+    if (!alive(pid) || zombie(pid)) throw new Error(`guestfish --listen (pid ${pid}) exited before it made its socket ${path}`);
+    if (Date.now() >= until) throw new Error(`guestfish --listen (pid ${pid}) made no socket ${path} within ${timeoutMs / 1000} s`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+function zombie(pid: number): boolean {
+  try { return /^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8')); } catch { return false; }
 }
 
 function alive(pid: number): boolean {
