@@ -15,6 +15,12 @@
  *    data moves at least `minProbeRate` (on a slower link compression pays), and periods double while
  *    the preferred mode keeps winning.
  *
+ * On a fast link compressed time is what costs: the first period ends as soon as its compressed
+ * rate is measured at `minProbeRate` or more (the raw probe starts then, not after `periodMs`), and
+ * while raw is preferred a compressed probe is shorter the wider raw's last margin (`probeMs` divided
+ * by the margin, at most by MAX_PROBE_SHRINK; never shorter than it takes to measure it), since a
+ * clear loser needs less time to be confirmed.
+ *
  * On a slow or rate-limited link every piece is compressed (both rules agree).
  */
 export type PackMode = 'compressed' | 'raw';
@@ -34,6 +40,8 @@ export interface GovernorTiming {
 export const DEFAULT_TIMING: GovernorTiming = { periodMs: 3000, maxPeriodMs: 120_000, probeMs: 2000, settleBytes: 96 << 20, minProbeRate: 50_000 };
 /** Uncompressed becomes the preferred mode only when it moves this much more data per second. */
 export const PROBE_MARGIN = 1.1;
+/** The most a compressed probe is shortened while raw wins by a wide margin. */
+export const MAX_PROBE_SHRINK = 4;
 
 /** What a phase's written pieces moved (after settling). */
 export class PackPhase {
@@ -69,6 +77,10 @@ export class CompressionGovernor {
   private probe: PackPhase | null = null;
   private reference: PackPhase | null = null;
   private decideBy = 0;
+  /** raw rate / compressed rate at the last decision (1 before any). */
+  private lastMargin = 1;
+  /** When the running probe would end unshortened. */
+  private probeFullEnd = 0;
   /** The mode each decision chose (tests and logs). */
   readonly decisions: PackMode[] = [];
 
@@ -115,7 +127,8 @@ export class CompressionGovernor {
       if ((probe !== null && ref !== null) || now >= this.decideBy) this.decide(probe ?? 0, ref ?? 0, now);
       return;
     }
-    if (now < this.phaseEnd) return;
+    if (now < this.phaseEnd && !this.firstPeriodMeasured()) return;
+    if (this.current === this.probe && this.current.rate() === null && now < this.probeFullEnd) return; // a shortened probe runs until measured
     if (this.current === this.probe) { // back to the preferred mode while the probe's pieces go out
       this.startPhase(this.preferred, now, this.period);
       this.decideBy = now + this.period;
@@ -125,14 +138,24 @@ export class CompressionGovernor {
     const worthIt = this.preferred === 'raw' || (ref !== null && ref >= this.timing.minProbeRate);
     if (!worthIt) { this.startPhase(this.preferred, now, this.period); return; }
     this.reference = this.current;
-    this.startPhase(this.preferred === 'compressed' ? 'raw' : 'compressed', now, this.timing.probeMs);
+    const shrink = this.preferred === 'raw' ? Math.min(Math.max(this.lastMargin, 1), MAX_PROBE_SHRINK) : 1;
+    this.startPhase(this.preferred === 'compressed' ? 'raw' : 'compressed', now, this.timing.probeMs / shrink);
     this.probe = this.current;
+    this.probeFullEnd = now + this.timing.probeMs;
+  }
+
+  /** In the first compressed period, before any probe: its rate already shows a link worth probing. */
+  private firstPeriodMeasured(): boolean {
+    if (this.decisions.length > 0 || this.probe) return false;
+    const rate = this.current.rate();
+    return rate !== null && rate >= this.timing.minProbeRate;
   }
 
   private decide(probeRate: number, referenceRate: number, now: number): void {
     const raw = this.reference!.mode === 'raw' ? referenceRate : probeRate;
     const compressed = this.reference!.mode === 'compressed' ? referenceRate : probeRate;
     const winner: PackMode = raw > compressed * PROBE_MARGIN ? 'raw' : 'compressed';
+    this.lastMargin = compressed > 0 ? raw / compressed : MAX_PROBE_SHRINK;
     this.period = winner === this.preferred ? Math.min(this.period * 2, this.timing.maxPeriodMs) : this.timing.periodMs;
     this.preferred = winner;
     this.decisions.push(winner);

@@ -118,3 +118,31 @@ test('a rate-limited link (24 Mbit/s) with a fast codec: every piece is compress
     await t.close();
   }
 });
+
+test('governor: a fast link starts its raw probe as soon as the compressed rate is measured', () => {
+  const clock = { t: 0 };
+  const g = new CompressionGovernor(0.2, 0.8, TIMING, () => clock.t);
+  let firstRaw = -1;
+  for (let i = 0; i < 200 && firstRaw < 0; i++) {
+    const { level, tag } = g.pick(7, MiB);
+    if (level === null) firstRaw = clock.t;
+    clock.t += 8; // 131 MB/s of source compressed: above minProbeRate
+    g.written(tag, MiB);
+  }
+  // measured after settleBytes (16 MiB) plus a quarter of it: 20 pieces, 160 ms, not the 1000 ms period
+  assert.ok(firstRaw >= 0 && firstRaw < TIMING.periodMs / 4, `first raw piece at ${firstRaw} ms`);
+});
+
+test('governor: while raw wins by a wide margin the compressed probes are shorter, but still measured', () => {
+  const clock = { t: 0 };
+  const wide = new CompressionGovernor(0.2, 0.8, TIMING, () => clock.t);
+  const w = drive(wide, clock, 3000, { compressed: 8, raw: 2 }); // raw 4 times faster
+  const narrow = new CompressionGovernor(0.2, 0.8, TIMING, () => clock.t);
+  const n = drive(narrow, clock, 3000, { compressed: 8, raw: 5 }); // raw 1.6 times faster
+  assert.ok(wide.decisions.length > 2 && wide.decisions.every((d) => d === 'raw'), wide.decisions.join());
+  assert.ok(narrow.decisions.every((d) => d === 'raw'), narrow.decisions.join());
+  assert.ok(w.compressed / 3000 < n.compressed / 3000 / 2, `compressed share: wide ${w.compressed}, narrow ${n.compressed} of 3000`);
+  // the link slows: the shortened probe still measures compressed as the winner
+  drive(wide, clock, 4000, { compressed: 5, raw: 12 });
+  assert.equal(wide.decisions.at(-1), 'compressed');
+});
