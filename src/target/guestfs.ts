@@ -3,7 +3,7 @@
  * guestfish's remote mode, so each command's output and failure stay apart.
  */
 import { execFile, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -191,11 +191,21 @@ const LISTEN_SOCKET_WAIT_MS = 30_000;
 export async function waitForListenSocket(path: string, pid: number, timeoutMs: number): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
-    try { if (statSync(path).isSocket()) return; } catch { /* not yet */ }
+    if (listeningOn(path)) return;
     if (!alive(pid) || zombie(pid)) throw new Error(`guestfish --listen (pid ${pid}) exited before it made its socket ${path}`);
     if (Date.now() >= until) throw new Error(`guestfish --listen (pid ${pid}) made no socket ${path} within ${timeoutMs / 1000} s`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/**
+ * Whether a socket is listening at PATH, from the kernel's table (flag __SO_ACCEPTCON): a stale
+ * socket file left by a killed server whose pid was reused would pass a file check.
+ */
+function listeningOn(path: string): boolean {
+  let table = '';
+  try { table = readFileSync('/proc/net/unix', 'utf8'); } catch { return false; }
+  return table.split('\n').some((l) => l.endsWith(` ${path}`) && (parseInt(l.trim().split(/\s+/)[3] ?? '0', 16) & 0x10000) !== 0);
 }
 
 function zombie(pid: number): boolean {

@@ -30,8 +30,11 @@ test('waitForListenSocket waits for a socket made late, and fails at once, namin
   const path = join(dir, 'socket-late');
   const server = createServer();
   t.after(() => { server.close(); rmSync(dir, { recursive: true, force: true }); });
+  // A stale socket file (bound, never listening, as a killed server leaves it) does not count.
+  execFileSync('python3', ['-c', 'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', path]);
+  assert.ok(statSync(path).isSocket());
   const t0 = Date.now();
-  setTimeout(() => server.listen(path), 300);
+  setTimeout(() => { rmSync(path); server.listen(path); }, 300);
   await waitForListenSocket(path, process.pid, 10_000);
   assert.ok(Date.now() - t0 >= 280, 'it returned before the socket existed');
 
