@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { open, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
-import { readFullyAt } from './pack-readers.ts';
+import { readFullyAt, truncatedPack } from './pack-readers.ts';
 import { join } from 'node:path';
 import { fsyncDir } from '../util/fsync.ts';
 import { isValidId } from '../util/ids.ts';
@@ -216,11 +216,6 @@ function* readRuns(copy: readonly PackEntry[]): Generator<PackEntry[]> {
   if (run.length > 0) yield run;
 }
 
-function truncatedPack(id: string, size: number, end: number): StoreError {
-  return new StoreError('PACK_TRUNCATED', `pack ${id} is ${size} bytes but its index names chunks up to byte ${end}: it is damaged, gc stops before it deletes anything`,
-    { fix: 'run `vmlift image verify` to find the images that read it, and restore the store folder from a backup or re-sync those disks' });
-}
-
 interface Rewrite { copiedChunks: number; copiedBytes: number; retiredPacks: number; removedChunks: number; removedBytes: number; deferredChunks: number }
 
 /**
@@ -249,8 +244,8 @@ async function rewritePacks(layout: Layout, doomed: ReadonlyMap<string, readonly
         const start = run[0]!.offset;
         const end = run[run.length - 1]!.offset + run[run.length - 1]!.length;
         // a pack shorter than its index is damaged: its chunks are not copied under their names as zeros
-        if (end > size) throw truncatedPack(id, size, end);
-        const buf = await readFullyAt(fh, start, end - start);
+        if (end > size) throw truncatedPack(id, size, end, 'gc stops before it deletes anything');
+        const buf = await readFullyAt(fh, start, end - start, undefined, layout.packPath(id));
         const writes: Promise<void>[] = [];
         const full: PackWriter[] = [];
         for (const e of run) {

@@ -6,6 +6,8 @@
  * forgets, so a pack that gc deleted frees its space soon after.
  */
 import { open, type FileHandle } from 'node:fs/promises';
+import { basename } from 'node:path';
+import { StoreError } from './types.ts';
 
 const IDLE_MS = 1000;
 const MAX_OPEN = 32;
@@ -16,11 +18,11 @@ export class PackReaders {
   private readonly held = new Map<string, Held>();
   private timer: NodeJS.Timeout | null = null;
 
-  /** Exactly `length` bytes at `offset` of the pack at `path` (zero-filled past its end), into `into` when given. */
+  /** Exactly `length` bytes at `offset` of the pack at `path`, into `into` when given; PACK_TRUNCATED past its end. */
   async read(path: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
     const h = this.acquire(path);
     try {
-      return await readFullyAt(await h.fh, offset, length, into);
+      return await readFullyAt(await h.fh, offset, length, into, path);
     } finally {
       h.busy--;
       h.usedAt = Date.now();
@@ -71,20 +73,28 @@ export class PackReaders {
 }
 
 /**
- * Exactly `length` bytes at `offset` of an open file (fewer at its end: zero-filled), into the start
- * of `into` when given (a buffer the caller reuses) instead of a new buffer.
+ * Exactly `length` bytes at `offset` of the open pack file at `path`, into the start of `into` when
+ * given (a buffer the caller reuses) instead of a new buffer. A sealed pack holds every byte its index
+ * names, so a file that ends sooner is damaged: PACK_TRUNCATED, never zeros in an image or an export.
  */
-export async function readFullyAt(fh: FileHandle, offset: number, length: number, into?: Buffer): Promise<Buffer> {
-  const out = into ? into.subarray(0, length) : Buffer.alloc(length);
+export async function readFullyAt(fh: FileHandle, offset: number, length: number, into: Buffer | undefined, path: string): Promise<Buffer> {
+  const out = into ? into.subarray(0, length) : Buffer.allocUnsafeSlow(length);
   let done = 0;
   while (done < length) {
     const { bytesRead } = await fh.read(out, done, length - done, offset + done);
-    if (bytesRead === 0) break;
+    if (bytesRead === 0) throw truncatedPack(packIdOf(path), offset + done, offset + length, 'nothing is read from it as zeros');
     done += bytesRead;
   }
-  if (into && done < length) out.fill(0, done);
   return out;
 }
+
+/** The pack file `id` is `size` bytes, but bytes up to `end` were needed: it is damaged. */
+export function truncatedPack(id: string, size: number, end: number, consequence: string): StoreError {
+  return new StoreError('PACK_TRUNCATED', `pack ${id} is ${size} bytes but its index names chunks up to byte ${end}: it is damaged, ${consequence}`,
+    { fix: 'run `vmlift image verify` to find the images that read it, and restore the store folder from a backup or re-sync those disks' });
+}
+
+const packIdOf = (path: string) => basename(path).replace(/\.pack$/, '');
 
 /** Close once the reads in flight on it are done (a dropped handle is no longer handed out). */
 async function closeWhenIdle(h: Held): Promise<void> {

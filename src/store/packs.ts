@@ -77,11 +77,11 @@ export function decodeIndex(buf: Buffer): PackEntry[] | null {
   return out;
 }
 
-/** Read exactly `length` bytes at `offset` of `path` (fewer at its end: zero-filled). */
+/** Read exactly `length` bytes at `offset` of the pack at `path` (PACK_TRUNCATED past its end). */
 export async function readAt(path: string, offset: number, length: number, into?: Buffer): Promise<Buffer> {
   const fh = await open(path, 'r');
   try {
-    return await readFullyAt(fh, offset, length, into);
+    return await readFullyAt(fh, offset, length, into, path);
   } finally {
     await fh.close();
   }

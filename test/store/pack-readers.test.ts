@@ -1,6 +1,6 @@
 /**
  * Read handles of sealed packs (src/store/pack-readers.ts): one handle per pack while reads keep
- * coming, bytes exact (zero-filled past the end), and no handle left once the pack is forgotten or
+ * coming, bytes exact (PACK_TRUNCATED past the end of the file, never zeros), and no handle left once the pack is forgotten or
  * idle, so a pack gc deleted frees its space.
  */
 import { test } from 'node:test';
@@ -32,9 +32,11 @@ test('pack readers: exact bytes through one kept handle; a dropped or idle handl
 
   const reads = await Promise.all(Array.from({ length: 50 }, (_, k) => readers.read(a, k * 4096, 8192)));
   reads.forEach((r, k) => assert.ok(r.equals(data.subarray(k * 4096, k * 4096 + 8192)), `read ${k}`));
-  const tail = await readers.read(a, data.length - 100, 300);
-  assert.ok(tail.subarray(0, 100).equals(data.subarray(-100)) && tail.subarray(100).equals(Buffer.alloc(200)), 'zeros past the end');
-  assert.equal(handlesOn(a), 1, '51 reads, one handle');
+  const tail = await readers.read(a, data.length - 100, 100);
+  assert.ok(tail.equals(data.subarray(-100)), 'the last bytes');
+  await assert.rejects(readers.read(a, data.length - 100, 300), (e: Error & { code?: string }) =>
+    e.code === 'PACK_TRUNCATED' && /pack a is 262144 bytes but its index names chunks up to byte 262344/.test(e.message), 'past the end: damaged, not zeros');
+  assert.equal(handlesOn(a), 1, '52 reads, one handle');
 
   // gc deleted pack a: once the index forgets it, its handle goes and the space with it
   unlinkSync(a);
@@ -50,7 +52,7 @@ test('pack readers: exact bytes through one kept handle; a dropped or idle handl
   assert.equal(handlesOn(b), 0, 'idle for more than a second: closed');
 });
 
-test('a read into a reused buffer overwrites it: the bytes read, then zeros past the end of the file, never what the buffer held', async (t) => {
+test('a read into a reused buffer overwrites it with the bytes read, never what the buffer held; past the end of the file it fails', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'vmlift-readers-into-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const path = join(dir, 'p.pack');
@@ -63,10 +65,9 @@ test('a read into a reused buffer overwrites it: the bytes read, then zeros past
   assert.equal(a.buffer, into.buffer, 'read into the given buffer');
   assert.ok(a.equals(content.subarray(100, 100 + 8192)));
   into.fill(0xee);
-  const b = await readers.read(path, 6000, 8192, into);
-  assert.equal(b.length, 8192);
-  assert.ok(b.subarray(0, 4000).equals(content.subarray(6000)));
-  assert.ok(b.subarray(4000).equals(Buffer.alloc(8192 - 4000)), 'zeros past the end, not the old bytes');
+  await assert.rejects(readers.read(path, 6000, 8192, into), /pack p is 10000 bytes but its index names chunks up to byte 14192/);
+  const b = await readers.read(path, 10000 - 8192, 8192, into);
+  assert.ok(b.equals(content.subarray(10000 - 8192)), 'up to the very end');
   const c = await readers.read(path, 1000, 4096, into);
   assert.equal(c.length, 4096, 'a shorter read: a view of the buffer\'s start');
   assert.ok(c.equals(content.subarray(1000, 5096)));
