@@ -24,6 +24,7 @@ import { LiveEvents } from './live-events.ts';
 import { FinalSyncConvergence } from './converge.ts';
 import { forecastFinalSync } from './final-sync-forecast.ts';
 import { readJsonBody } from '../util/read-json-body.ts';
+import { SERVER_TLS } from '../transfer/tls-suites.ts';
 import type { ReceiverFiguresResponse } from './receiver-figures.ts';
 
 export interface ApiOptions {
@@ -182,7 +183,7 @@ export class ConnectorApi {
    * connector's own certificate (the one agents pin), on any address. Same routes, same auth.
    */
   async listenTls(port: number, host: string, tls: { key: string; cert: string }): Promise<AddressInfo> {
-    this.remote = createTlsServer({ key: tls.key, cert: tls.cert, minVersion: 'TLSv1.2' }, (req, res) => { void this.handle(req, res); });
+    this.remote = createTlsServer({ key: tls.key, cert: tls.cert, ...SERVER_TLS }, (req, res) => { void this.handle(req, res); });
     await new Promise<void>((resolve, reject) => { this.remote!.once('error', reject); this.remote!.listen(port, host, resolve); });
     const a = this.remote.address() as AddressInfo;
     // A link for another machine names this host when the listener is on every address.

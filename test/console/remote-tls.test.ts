@@ -11,7 +11,7 @@ import { request } from 'node:https';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TLSSocket } from 'node:tls';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import { ConnectorApi } from '../../src/engine/api.ts';
 import { JobEngine } from '../../src/engine/jobs.ts';
 import { Workgroups } from '../../src/engine/workgroups.ts';
@@ -86,6 +86,15 @@ test('connector --listen: the API and console over TLS with the connector\'s cer
     s.on('error', () => resolve(got));
   });
   assert.doesNotMatch(plain, /^HTTP\/1\.1 /, 'no HTTP answer without TLS');
+
+  // The same suites as every vmlift port: AEAD with forward secrecy; a TLS 1.2 CBC client is refused.
+  const suite = (o: ConnectionOptions) => new Promise<string>((resolve) => {
+    const s = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, maxVersion: 'TLSv1.2', ...o });
+    s.once('secureConnect', () => { resolve(s.getCipher().name); s.destroy(); });
+    s.once('error', (e) => { resolve(`refused: ${e.message}`); s.destroy(); });
+  });
+  assert.equal(await suite({ ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256' }), 'ECDHE-ECDSA-AES128-GCM-SHA256');
+  assert.match(await suite({ ciphers: 'ECDHE-ECDSA-AES128-SHA256' }), /^refused: /, 'TLS 1.2 CBC');
 });
 
 test('connector serve --listen refuses an address that is not HOST:PORT before anything starts', async () => {

@@ -1,7 +1,7 @@
 /**
- * The cipher suites of the receiver's ports and the senders' pinned connections, over real sockets:
- * AES-128-GCM between our own ends, the receiver's order deciding, and the same peers accepted and
- * refused as with Node's defaults (the settings before AES-128-GCM was preferred).
+ * The cipher suites of the receiver's ports, the agent hub and the senders' pinned connections, over
+ * real sockets: AES-128-GCM between our own ends, the receiver's order deciding, every AEAD suite
+ * with forward secrecy accepted, and TLS 1.2 CBC refused although Node's defaults take it.
  */
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,6 +10,10 @@ import { join } from 'node:path';
 import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { connectPinned } from '../../src/transfer/connect.ts';
+import { AgentHub } from '../../src/engine/agent-hub.ts';
+import { AgentRegistry } from '../../src/engine/agent-registry.ts';
+import { loadOrCreateAgentTls } from '../../src/engine/agent-tls.ts';
+import { silentLogger } from '../../src/util/log.ts';
 import { startTestReceiver, type TestRx } from './helpers.ts';
 
 /** Resolves with the negotiated suite and protocol, or the handshake's error. */
@@ -33,12 +37,16 @@ describe('TLS cipher suites', () => {
   let t: TestRx;
   let key: string;
   let cert: string;
+  let hub: AgentHub;
+  let hubPort: number;
   before(async () => {
     t = await startTestReceiver();
     key = await readFile(join(t.dir, 'rx', 'tls', 'key.pem'), 'utf8');
     cert = await readFile(join(t.dir, 'rx', 'tls', 'cert.pem'), 'utf8');
+    hub = new AgentHub({ registry: new AgentRegistry(join(t.dir, 'agents')), logger: silentLogger, tls: await loadOrCreateAgentTls(join(t.dir, 'agent-tls')) });
+    hubPort = (await hub.listen(0, '127.0.0.1')).port;
   });
-  after(async () => { await t.close(); });
+  after(async () => { await hub.close(); await t.close(); });
 
   it('our sender and our receiver agree on TLS 1.3 AES-128-GCM, on the data and the control port', async () => {
     for (const port of [t.rx.dataPort, t.rx.controlPort]) {
@@ -66,29 +74,33 @@ describe('TLS cipher suites', () => {
     } finally { only256.close(); }
   });
 
-  it("accepts and refuses exactly the clients Node's default settings did", async () => {
-    const before = await listen({ key, cert, minVersion: 'TLSv1.2' });
+  it("accepts every AEAD suite with forward secrecy, and refuses TLS 1.2 CBC suites that Node's defaults accept, on every vmlift port", async () => {
+    const nodeDefaults = await listen({ key, cert, minVersion: 'TLSv1.2' });
     try {
-      const clients: [string, tls.ConnectionOptions][] = [
-        ['only TLS_AES_256_GCM_SHA384', { ciphers: 'TLS_AES_256_GCM_SHA384' }],
-        ['only TLS_CHACHA20_POLY1305_SHA256', { ciphers: 'TLS_CHACHA20_POLY1305_SHA256' }],
-        ['TLS 1.2 only ECDHE-ECDSA-AES256-GCM-SHA384', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES256-GCM-SHA384' }],
-        ['TLS 1.2 only ECDHE-ECDSA-CHACHA20-POLY1305', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-CHACHA20-POLY1305' }],
-        ['TLS 1.2 only CBC (ECDHE-ECDSA-AES128-SHA256)', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-SHA256' }],
-        ['TLS 1.2 only CAMELLIA', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-CAMELLIA128-SHA256:@SECLEVEL=0' }],
-        ['TLS 1.2 only NULL (no encryption)', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-NULL-SHA:@SECLEVEL=0' }],
-        ['TLS 1.1', { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT:@SECLEVEL=0' }],
+      const clients: [string, tls.ConnectionOptions, boolean][] = [
+        ['only TLS_AES_256_GCM_SHA384', { ciphers: 'TLS_AES_256_GCM_SHA384' }, true],
+        ['only TLS_CHACHA20_POLY1305_SHA256', { ciphers: 'TLS_CHACHA20_POLY1305_SHA256' }, true],
+        ['TLS 1.2 only ECDHE-ECDSA-AES128-GCM-SHA256', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-GCM-SHA256' }, true],
+        ['TLS 1.2 only ECDHE-ECDSA-AES256-GCM-SHA384', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES256-GCM-SHA384' }, true],
+        ['TLS 1.2 only ECDHE-ECDSA-CHACHA20-POLY1305', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-CHACHA20-POLY1305' }, true],
+        ['TLS 1.2 only CBC (ECDHE-ECDSA-AES128-SHA256)', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-SHA256' }, false],
+        ['TLS 1.2 only CBC (ECDHE-ECDSA-AES256-SHA384)', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES256-SHA384' }, false],
+        ['TLS 1.2 only CBC, SHA-1 MAC (ECDHE-ECDSA-AES128-SHA)', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-AES128-SHA' }, false],
+        ['TLS 1.2 only CAMELLIA', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-CAMELLIA128-SHA256:@SECLEVEL=0' }, false],
+        ['TLS 1.2 only NULL (no encryption)', { maxVersion: 'TLSv1.2', ciphers: 'ECDHE-ECDSA-NULL-SHA:@SECLEVEL=0' }, false],
+        ['TLS 1.1', { minVersion: 'TLSv1', maxVersion: 'TLSv1.1', ciphers: 'DEFAULT:@SECLEVEL=0' }, false],
       ];
-      const outcomes = new Set<boolean>();
-      for (const [name, o] of clients) {
-        const was = await handshake(before.port, o);
-        outcomes.add('error' in was);
-        const now = await handshake(t.rx.dataPort, o);
-        assert.equal('error' in now, 'error' in was, `${name}: before ${JSON.stringify(was)}, now ${JSON.stringify(now)}`);
-        if (!('error' in was) && !('error' in now)) assert.equal(now.cipher, was.cipher, name);
+      let defaultsTookCbc = 0;
+      for (const [name, o, accepted] of clients) {
+        const was = await handshake(nodeDefaults.port, o);
+        if (name.includes('CBC') && !('error' in was)) defaultsTookCbc++;
+        for (const [port, where] of [[t.rx.dataPort, 'data port'], [t.rx.controlPort, 'control port'], [hubPort, 'agent hub']] as const) {
+          const now = await handshake(port, o);
+          assert.equal(!('error' in now), accepted, `${name} on the ${where}: ${JSON.stringify(now)}`);
+        }
       }
-      assert.equal(outcomes.size, 2, 'the clients must include some the old settings accepted and some they refused');
-    } finally { before.close(); }
+      assert.equal(defaultsTookCbc, 3, "Node's defaults take the CBC clients, so refusing them is this setting's doing");
+    } finally { nodeDefaults.close(); }
   });
 
   it('refuses a TLS 1.1 client and a NULL-cipher client that a permissive server would take', async () => {
