@@ -4,7 +4,6 @@
 // verify, and a kill at each crash point followed by a rerun gives the same store.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -12,23 +11,14 @@ import { fileURLToPath } from 'node:url';
 import { openImageStore } from '../../src/store/index.ts';
 import { treeDigest } from '../../src/util/tree-digest.ts';
 import { MigrateMap } from '../../src/store/migrate-map.ts';
-import { chunkFiles, sha, tempDir } from './helpers.ts';
+import { chunkFiles, run, sha, tempDir } from './helpers.ts';
 
 const bin = fileURLToPath(new URL('../../bin/vmlift', import.meta.url));
 const CS = 64 << 10;
 const SS = CS / 16;
 const DEAD_PID = 2147483646;
 
-function run(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; signal: string | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_FROM_SOURCE: '1', ...env } });
-    let out = ''; let err = '';
-    p.stdout.on('data', (d: Buffer) => { out += d; });
-    p.stderr.on('data', (d: Buffer) => { err += d; });
-    p.on('error', reject);
-    p.on('close', (code, signal) => resolve({ code, signal, out, err }));
-  });
-}
+const migrate = (args: string[], env: Record<string, string> = {}) => run(bin, ['image', 'migrate', ...args], env);
 
 const sha256 = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
 const ZERO = Buffer.alloc(32);
@@ -174,13 +164,13 @@ test('vmlift image migrate renames every chunk of a hand-built format 1 store to
   const dataDir = await tempDir(t, 'migrate');
   const root = join(dataDir, 'store');
   const built = await buildFormat1(root);
-  const r = await run(['image', 'migrate', '--data-dir', dataDir, '--json']);
+  const r = await migrate(['--data-dir', dataDir, '--json']);
   assert.equal(r.code, 0, r.err);
   const res = JSON.parse(r.out) as Record<string, number>;
   assert.deepEqual([res.from, res.to, res.chunks, res.packs, res.alreadyPacked, res.refitted, res.missing, res.rewrittenFiles],
     [1, 2, built.chunks, 2, 0, 2, 0, 9]);
   await checkMigrated(root, built);
-  const again = await run(['image', 'migrate', '--data-dir', dataDir, '--json']);
+  const again = await migrate(['--data-dir', dataDir, '--json']);
   assert.equal(again.code, 0, again.err);
   assert.match(again.out, /"from": ?2/);
 });
@@ -192,12 +182,12 @@ for (const kills of [['store:pack-sealed:1'], ['store:migrate:1'], ['store:migra
     const root = join(dataDir, 'store');
     const built = await buildFormat1(root);
     for (const at of kills) {
-      const k = await run(['image', 'migrate', '--data-dir', dataDir], { VMLIFT_TEST_CRASH_AT: at });
+      const k = await migrate(['--data-dir', dataDir], { VMLIFT_TEST_CRASH_AT: at });
       assert.equal(k.signal, 'SIGKILL', `${at}: ${k.err}`);
       const version = (JSON.parse(await readFile(join(root, 'store.json'), 'utf8')) as { version: number }).version;
       assert.equal(version, at === 'store:migrate-switched' ? 2 : 1);
     }
-    const r = await run(['image', 'migrate', '--data-dir', dataDir, '--json']);
+    const r = await migrate(['--data-dir', dataDir, '--json']);
     assert.equal(r.code, 0, r.err);
     await checkMigrated(root, built);
   });
@@ -211,7 +201,7 @@ test('a chunk the format 1 store had lost keeps its name and verify reports it m
   const lost = idx.toString('hex', 6 * 32, 7 * 32); // E, named by image 2 and the open cycle at slot 6
   const dir = join(root, 'chunks', lost.slice(0, 2));
   for (const n of await readdir(dir)) if (n.endsWith(lost)) await rm(join(dir, n));
-  const r = await run(['image', 'migrate', '--data-dir', dataDir, '--json']);
+  const r = await migrate(['--data-dir', dataDir, '--json']);
   assert.equal(r.code, 0, r.err);
   assert.equal((JSON.parse(r.out) as { missing: number }).missing, 2);
   const s = await openImageStore(root);
