@@ -63,7 +63,9 @@ async function probe(timeoutMs: number): Promise<AccelChoice> {
     const img = join(dir, 'probe.img'), out = join(dir, 'serial.log');
     await writeFile(img, probeBootSector());
     await writeFile(out, '');
-    const p = spawn('qemu-system-x86_64', ['-accel', 'kvm', '-nodefaults', '-no-user-config', '-vga', 'std', '-display', 'none', '-m', '16',
+    // The machine and CPU model a boot test runs (qemu-args.ts): on some nested hosts `-cpu max` makes
+    // QEMU abort at once under KVM (it cannot set an MSR the host's KVM refuses) while the default model runs.
+    const p = spawn('qemu-system-x86_64', ['-machine', 'pc,accel=kvm', '-cpu', 'max', '-nodefaults', '-no-user-config', '-vga', 'std', '-display', 'none', '-m', '16',
       '-drive', `file=${img},format=raw,if=ide,snapshot=on`, '-serial', `file:${out}`, '-monitor', 'none'],
     { detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
     pid = p.pid;

@@ -110,6 +110,8 @@ function fixFor(code: string, converted: boolean, timeoutSec: number): string {
       return 'the guest booted, but what was expected on its console did not come: check the command that prints it (a first-boot command runs once, after the network target) and raise --timeout under TCG';
     case 'GUEST_STOPPED':
       return 'QEMU stopped the guest (with KVM: an emulation failure, "KVM internal error"): run again with --accel tcg';
+    case 'QEMU_CRASHED':
+      return 'QEMU itself crashed (under KVM on a nested host: a CPU feature or MSR the host cannot give): read the QEMU message, and run again with --accel tcg';
     case 'QEMU_EXITED':
       return 'the guest reset or powered off before its login prompt (a triple fault: boot code that crashes), or QEMU failed: read the QEMU message and the console tail';
     default:
@@ -266,7 +268,12 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
       sSock.on('error', () => undefined);
       const serialClosed = new Promise<void>((r) => sSock.once('close', () => r()));
       let drained = false;
-      const qmp = await QmpClient.start(qSock);
+      // QEMU that crashes at start (an abort under KVM) drops the QMP socket: judged below as its exit.
+      const qmp = await QmpClient.start(qSock).catch(async (e: unknown) => {
+        await Promise.race([exitedP, new Promise((r) => setTimeout(r, 3000))]);
+        if (!exited) throw e;
+        return null;
+      });
       log(`qemu ${p.pid} started (${accel}, ${cpus} CPUs, ${memoryMiB} MiB, ${disks.map((d) => d.bus).join('+')}); waiting for a login prompt (timeout ${o.timeoutSec} s)`);
 
       let failure: { code: string; message: string } | null = null;
@@ -279,13 +286,17 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
         if (con.loginAt !== null && expected) break;
         if (con.failure) { failure = { code: con.failure.code, message: `${con.failure.message}: "${con.failure.line}"` }; break; }
         if (con.multiUserAt !== null && now - con.multiUserAt > grace && expected) break;
+        // killed by a signal (an abort, not our quit): QEMU itself failed, whatever the guest printed last
+        if (exited && (exited as string).startsWith('signal ')) {
+          failure = { code: 'QEMU_CRASHED', message: `QEMU crashed (${exited}) before a login prompt${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break;
+        }
         const handoff = exited ? lastHandoff(con.tail()) : null;
         if (handoff) {
           failure = { code: 'NO_OS', message: `the machine reset right after "${handoff}" with nothing printed: the boot sector holds no boot loader (its code crashed)` }; break;
         }
         if (exited) { failure = { code: 'QEMU_EXITED', message: `QEMU exited (${exited}) before a login prompt${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break; }
-        if (qmp.events.some((e) => e.event === 'STOP')) {
-          const st = await qmp.status().catch(() => 'unknown');
+        if (qmp?.events.some((e) => e.event === 'STOP')) {
+          const st = await qmp!.status().catch(() => 'unknown');
           failure = { code: 'GUEST_STOPPED', message: `QEMU stopped the guest (status ${st})${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break;
         }
         const since = con.waitingForRootSince;
@@ -305,10 +316,10 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
       const seconds = (Date.now() - t0) / 1000;
       const rss = peakRssMiB(p.pid!);
       let screenshot: string | null = join(reportDir, 'console.png');
-      if (exited) screenshot = null;
+      if (exited || !qmp) screenshot = null;
       else await qmp.screendump(screenshot).catch((e) => { log(`screendump failed: ${(e as Error).message}`); screenshot = null; });
-      await qmp.quit();
-      qmp.close();
+      await qmp?.quit();
+      qmp?.close();
       await Promise.race([exitedP, new Promise((r) => setTimeout(r, 3000))]);
       await stopGroup(p.pid!);
       child = null;
@@ -317,9 +328,12 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
     };
 
     let b = await boot(choice.accel);
-    if (choice.accel === 'kvm' && o.accel !== 'kvm' && b.failure && ['GUEST_STOPPED', 'NO_CONSOLE_OUTPUT'].includes(b.failure.code)) {
+    const kvmBroke: Record<string, string> = {
+      GUEST_STOPPED: 'stopped this guest (KVM internal error)', NO_CONSOLE_OUTPUT: 'showed no console output', QEMU_CRASHED: 'QEMU crashed',
+    };
+    if (choice.accel === 'kvm' && o.accel !== 'kvm' && b.failure && b.failure.code in kvmBroke) {
       // The probe passed but this guest does not run under KVM here (nested KVM emulation failures): TCG, and say so.
-      choice = { accel: 'tcg', reason: `KVM passed the probe but ${b.failure.code === 'GUEST_STOPPED' ? 'stopped this guest (KVM internal error)' : 'showed no console output'} after ${Math.round(b.seconds)} s: TCG` };
+      choice = { accel: 'tcg', reason: `KVM passed the probe but ${kvmBroke[b.failure.code]} after ${Math.round(b.seconds)} s: TCG` };
       markKvmBroken(choice.reason);
       log(`accelerator: tcg (${choice.reason})`);
       b = await boot('tcg');

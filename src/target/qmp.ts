@@ -23,7 +23,7 @@ export class QmpClient {
     const greeted = new Promise<void>((resolve, reject) => { q.greeting = { resolve: () => resolve(), reject }; });
     sock.setEncoding('utf8');
     sock.on('data', (d: string) => q.onData(d));
-    sock.on('error', () => q.fail(new Error('QMP socket error')));
+    sock.on('error', (e) => q.fail(new Error(`QMP socket error: ${e.message}`)));
     sock.on('close', () => q.fail(new Error('QMP connection closed (QEMU exited)')));
     await withTimeout(greeted, timeoutMs, 'QMP greeting');
     await q.execute('qmp_capabilities', undefined, timeoutMs);

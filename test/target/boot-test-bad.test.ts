@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, mkdir, readFile, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -113,6 +113,30 @@ test('boot-test: Ctrl-C (SIGINT) or SIGTERM during a boot ends QEMU, removes the
   assert.equal(j.code, 1);
   assert.equal((JSON.parse(j.out) as { error: { code: string } }).error.code, 'NOT_FOUND');
   await noLeftovers(scratch, dataDir, 'hang', true);
+});
+
+test('boot-test: QEMU that crashes mid-boot (real QEMU, SIGABRT as a nested host\'s KVM gives it) -> QEMU_CRASHED, exit 5 with the fix, no screenshot, nothing left behind', async (t) => {
+  const { dir, dataDir, scratch, reports, store } = await setup(t);
+  const hang = Buffer.alloc(16 * MiB);
+  hangingBootSector('vmlift test guest: about to crash').copy(hang);
+  await commitDisk(store, 'crash', hang);
+  // The fault: the real QEMU, aborted 3 s after it starts (by then its QMP and serial sockets are connected).
+  const bin = join(dir, 'bin');
+  await mkdir(bin);
+  const qemu = (await run('sh', ['-c', 'command -v qemu-system-x86_64'])).stdout.trim();
+  await writeFile(join(bin, 'qemu-system-x86_64'), `#!/bin/sh\n(sleep 3; kill -ABRT $$) &\nexec ${qemu} "$@"\n`, { mode: 0o755 });
+  const rd = join(reports, 'crash');
+  const r = await vmlift(['image', 'boot-test', '--data-dir', dataDir, '--source', 'crash', '--image', '1', '--timeout', '120',
+    '--accel', 'tcg', '--report-dir', rd, '--json'], { TMPDIR: scratch, PATH: `${bin}:${process.env.PATH}` }).done;
+  assert.equal(r.code, 5, r.err);
+  const rep = JSON.parse(r.out) as BootTestReport;
+  assert.equal(rep.failure?.code, 'QEMU_CRASHED', JSON.stringify(rep.failure));
+  assert.match(rep.failure!.message, /QEMU crashed \(signal SIGABRT\) before a login prompt/);
+  assert.match(rep.failure!.fix, /--accel tcg/);
+  assert.equal(rep.screenshot, null, 'no screen left after a crash');
+  assert.match(r.err, /vmlift: error: QEMU_CRASHED: .*\n  fix: /);
+  assert.doesNotMatch(r.err, /unexpected error/);
+  await noLeftovers(scratch, dataDir, 'crash');
 });
 
 test('accel probe: its boot sector prints the marker under TCG (so the probe can pass); here it picks an accelerator with a reason', async () => {
