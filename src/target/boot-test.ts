@@ -119,6 +119,11 @@ function fixFor(code: string, converted: boolean, timeoutSec: number): string {
   }
 }
 
+/** The failures of a boot under KVM that broken nested KVM causes (then TCG is tried), and how the reason says each. */
+const KVM_BROKE: Record<string, string> = {
+  GUEST_STOPPED: 'stopped this guest (KVM internal error)', NO_CONSOLE_OUTPUT: 'showed no console output', QEMU_CRASHED: 'QEMU crashed',
+};
+
 async function readManifest(dir: string, o: BootTestOptions): Promise<ConvertManifest> {
   const file = join(dir, 'convert.json');
   let m: ConvertManifest;
@@ -255,12 +260,15 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
       child = p;
       let stderr = '';
       p.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-8000); });
-      let exited: string | null = null;
+      // (typed by assertion: it is set in an event handler, so TypeScript must not narrow it to null)
+      let exited = null as string | null;
       const spawnError = new Promise<never>((_, rej) => p.on('error', (e) => rej((e as NodeJS.ErrnoException).code === 'ENOENT'
         ? new UserError('QEMU_MISSING', 'qemu-system-x86_64 is not installed', 'apt-get install qemu-system-x86') : e)));
       const exitedP = new Promise<void>((r) => p.on('exit', (c, sig) => { exited = sig ? `signal ${sig}` : `exit ${c}`; r(); }));
       const qemuMessage = () => stderr.split('\n').map((l) => l.trim())
         .filter((l) => l && !/externally provided fw_cfg item names|host doesn't support requested feature/.test(l)).slice(0, 3).join('; ');
+      /** QEMU's own message, as the end of a failure message. */
+      const qemuSays = () => (qemuMessage() ? `: ${qemuMessage()}` : '');
 
       const [sSock, qSock] = await Promise.race([Promise.all([serial.conn, qmpL.conn]), spawnError,
         exitedP.then(() => { throw new CodedError('QEMU_FAILED', `qemu-system-x86_64 did not start (${exited}): ${qemuMessage()}`, { fix: 'read the QEMU message' }); })]);
@@ -287,17 +295,15 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
         if (con.failure) { failure = { code: con.failure.code, message: `${con.failure.message}: "${con.failure.line}"` }; break; }
         if (con.multiUserAt !== null && now - con.multiUserAt > grace && expected) break;
         // killed by a signal (an abort, not our quit): QEMU itself failed, whatever the guest printed last
-        if (exited && (exited as string).startsWith('signal ')) {
-          failure = { code: 'QEMU_CRASHED', message: `QEMU crashed (${exited}) before a login prompt${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break;
-        }
+        if (exited?.startsWith('signal ')) { failure = { code: 'QEMU_CRASHED', message: `QEMU crashed (${exited}) before a login prompt${qemuSays()}` }; break; }
         const handoff = exited ? lastHandoff(con.tail()) : null;
         if (handoff) {
           failure = { code: 'NO_OS', message: `the machine reset right after "${handoff}" with nothing printed: the boot sector holds no boot loader (its code crashed)` }; break;
         }
-        if (exited) { failure = { code: 'QEMU_EXITED', message: `QEMU exited (${exited}) before a login prompt${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break; }
-        if (qmp?.events.some((e) => e.event === 'STOP')) {
-          const st = await qmp!.status().catch(() => 'unknown');
-          failure = { code: 'GUEST_STOPPED', message: `QEMU stopped the guest (status ${st})${qemuMessage() ? `: ${qemuMessage()}` : ''}` }; break;
+        if (exited) { failure = { code: 'QEMU_EXITED', message: `QEMU exited (${exited}) before a login prompt${qemuSays()}` }; break; }
+        if (qmp && qmp.events.some((e) => e.event === 'STOP')) {
+          const st = await qmp.status().catch(() => 'unknown');
+          failure = { code: 'GUEST_STOPPED', message: `QEMU stopped the guest (status ${st})${qemuSays()}` }; break;
         }
         const since = con.waitingForRootSince;
         if (since !== null && now - since > rootWait) {
@@ -328,12 +334,9 @@ export async function bootTest(store: ImageStore, o: BootTestOptions): Promise<B
     };
 
     let b = await boot(choice.accel);
-    const kvmBroke: Record<string, string> = {
-      GUEST_STOPPED: 'stopped this guest (KVM internal error)', NO_CONSOLE_OUTPUT: 'showed no console output', QEMU_CRASHED: 'QEMU crashed',
-    };
-    if (choice.accel === 'kvm' && o.accel !== 'kvm' && b.failure && b.failure.code in kvmBroke) {
+    if (choice.accel === 'kvm' && o.accel !== 'kvm' && b.failure && b.failure.code in KVM_BROKE) {
       // The probe passed but this guest does not run under KVM here (nested KVM emulation failures): TCG, and say so.
-      choice = { accel: 'tcg', reason: `KVM passed the probe but ${kvmBroke[b.failure.code]} after ${Math.round(b.seconds)} s: TCG` };
+      choice = { accel: 'tcg', reason: `KVM passed the probe but ${KVM_BROKE[b.failure.code]} after ${Math.round(b.seconds)} s: TCG` };
       markKvmBroken(choice.reason);
       log(`accelerator: tcg (${choice.reason})`);
       b = await boot('tcg');
