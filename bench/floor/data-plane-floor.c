@@ -96,7 +96,7 @@ static void block_digests(const unsigned char *buf, size_t n, unsigned char *blo
 
 static void use_mb(void) {
   if (!(sha256_4k_supported() & SHA256_4K_NI)) die("tree-mb: no SHA extensions on this CPU");
-  mb = sha256_4k_supported();
+  mb = sha256_4k_fastest(NULL); /* the paths vmlift's digester takes here */
 }
 
 static double now(void) {

@@ -76,5 +76,9 @@ int main(int argc, char **argv) {
   }
   double bytes = (double)rounds * reps * BLOCKS * SHA256_4K_MSG;
   for (int v = 0; v < 5 + have16; v++) printf("%-20s %6.0f MB/s per core (%.3f CPU s per GiB)\n", names[v], bytes / 1e6 / cpu[v], cpu[v] / (bytes / (1 << 30)));
+  double probe[2];
+  int use = sha256_4k_fastest(probe);
+  printf("vmlift's load-time probe (64 blocks): sha-ni x2 %.0f, avx512 x16 %.0f MB/s: it takes %s\n", probe[0], probe[1],
+         use & SHA256_4K_AVX512 ? "avx512 x16" : use & SHA256_4K_NI ? "sha-ni x2" : "openssl");
   return 0;
 }

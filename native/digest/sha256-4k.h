@@ -24,4 +24,9 @@ void sha256_4k_many(const uint8_t *const *msg, uint8_t *const *md, size_t n, int
    messages lie more than 2 GiB apart). Needs no SHA extensions; call sha256_4k_supported() first. */
 int sha256_4k_x16(const uint8_t *const *msg, uint8_t *const *md);
 
+/* The SHA256_4K_ bits worth using here: when the CPU has both, only the one that hashed a probe of
+   64 messages faster (timed once per process; AVX-512 keeps SHA-NI for a batch's remainder). When
+   `mbps` is not NULL: the probe's MB/s per core, [0] SHA-NI x2 and [1] AVX-512 x16 (0: not timed). */
+int sha256_4k_fastest(double *mbps);
+
 #endif

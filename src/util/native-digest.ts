@@ -4,8 +4,10 @@
  * event loop: no JavaScript per 4 KiB block, no copies, no messages to worker threads, so block
  * digests cost a fraction of `crypto.hash` in a worker (docs/transfer.md, Measurements). Absent
  * (not built, another OS, or VMLIFT_NO_NATIVE_DIGEST=1), callers use Node's crypto instead and get
- * the same digests. VMLIFT_DIGEST_IMPL=sha-ni leaves AVX-512 out and =openssl makes the library hash every block with libcrypto
- * (read once, when it loads).
+ * the same digests. Where the CPU has both AVX-512 and SHA-NI, the library times both once when it
+ * loads and takes the faster (`probe`). VMLIFT_DIGEST_IMPL (read once, when it loads) forces one:
+ * `sha-ni`, `avx512` (with SHA-NI for a batch's remainder), or `openssl` (every block by libcrypto);
+ * unset or `auto`, the probe decides. Any other value is refused when the library loads.
  */
 import { existsSync } from 'node:fs';
 import { constants as osc } from 'node:os';
@@ -34,6 +36,8 @@ export interface BlockDigests {
 export interface NativeDigest {
   /** What hashes whole 4 KiB blocks: `avx512-x16` or `sha-ni-x2` (native/digest/sha256-4k.c), or `openssl`. */
   implementation: string;
+  /** The load-time probe's MB/s per core of each whole-block path (0: not timed, the CPU lacks one of them). */
+  probe: { shaNiMBps: number; avx512MBps: number };
   /**
    * Digests of the `block`-sized blocks of `data`, and with `piece` (then `block` must be 4096 and
    * `piece` a multiple of it) the tree digests of its `piece`-sized pieces, from the same pass.
@@ -67,25 +71,36 @@ const DEFAULT_LIB = join(PROJECT_ROOT, 'native', 'build', 'libvmlift-digest.so')
 
 let loaded: NativeDigest | null | undefined;
 
+const DIGEST_IMPLS = ['auto', 'sha-ni', 'avx512', 'openssl'];
+
 function load(): NativeDigest | null {
   if (process.env.VMLIFT_NO_NATIVE_DIGEST === '1' || process.platform !== 'linux') return null;
+  const forced = process.env.VMLIFT_DIGEST_IMPL;
+  if (forced !== undefined && forced !== '' && !DIGEST_IMPLS.includes(forced)) {
+    throw new Error(`VMLIFT_DIGEST_IMPL=${forced} is not an implementation of the native digester: use one of ${DIGEST_IMPLS.join(', ')}, or unset it`);
+  }
   const path = process.env.VMLIFT_NATIVE_DIGEST_LIB ?? DEFAULT_LIB;
   const koffi = loadKoffi();
   if (!koffi || !existsSync(path)) return null;
-  let digestBlocks: KoffiFn; let sha256: KoffiFn; let tree: KoffiFn; let compare: KoffiFn; let impl: KoffiFn; let storeChecked: KoffiFn;
+  let digestBlocks: KoffiFn; let sha256: KoffiFn; let tree: KoffiFn; let compare: KoffiFn; let impl: KoffiFn; let probe: KoffiFn; let storeChecked: KoffiFn;
   try {
     const lib = koffi.load(path);
     digestBlocks = lib.func('int64_t vmlift_digest_blocks(const uint8_t *data, size_t len, size_t block, size_t keep, uint8_t *digests, uint8_t *zero, size_t piece, uint8_t *piece_digests)');
     sha256 = lib.func('int vmlift_sha256(const uint8_t *data, size_t len, uint8_t *md)');
     tree = lib.func('int vmlift_tree_digest(const uint8_t *data, size_t len, uint8_t *md)');
     impl = lib.func('const char *vmlift_digest_impl(void)');
+    probe = lib.func('void vmlift_digest_probe(double *mbps)');
     compare = lib.func('int64_t vmlift_compare_blocks(const uint8_t *digests, size_t n, size_t stride, size_t width, const uint8_t *old, uint8_t *fresh, uint8_t *changed)');
     storeChecked = lib.func('int vmlift_store_checked(const uint8_t *data, size_t len, const uint8_t *expected, uint8_t *md, int refs_fd, const uint8_t *ref, size_t ref_len, int fd, int64_t at, const uint8_t *head, size_t head_len)');
   } catch {
     return null;
   }
+  const implementation = String(impl());
+  const mbps = new Float64Array(2);
+  probe(mbps);
   return {
-    implementation: String(impl()),
+    implementation,
+    probe: { shaNiMBps: Math.round(mbps[0]!), avx512MBps: Math.round(mbps[1]!) },
     async blocks(data, block, keep, piece) {
       const n = Math.ceil(data.byteLength / block);
       const digests = Buffer.allocUnsafe(n * keep);

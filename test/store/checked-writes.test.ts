@@ -133,3 +133,18 @@ test('wholeChunk names the extents a checked write checks as it appends them: wh
   assert.equal(w.wholeChunk(1, 0, MiB), false, 'no such disk');
   await w.abort();
 });
+
+test('whole chunks checked before the store (a codec worker\'s decompressed bytes) are journaled in refs.log as they are appended, and read back bit-identical', async (t) => {
+  const root = join(await tempDir(t, 'prechecked'), 'store');
+  const store = await openImageStore(root, { chunkSize: MiB });
+  const cap = 4 * MiB;
+  const disk = randomBytes(cap);
+  const w = await store.beginCycle({ sourceId: 'vm', cycleId: 'c1', disks: [{ disk: 0, capacity: cap }] });
+  const digests = [0, 1, 2, 3].map((i) => treeDigest(disk.subarray(i * MiB, (i + 1) * MiB)));
+  await Promise.all(digests.map((d, i) => w.writeExtent(0, i * MiB, MiB, disk.subarray(i * MiB, (i + 1) * MiB), { sha256: d })));
+  const noted = await refs(root, 'vm', 'c1');
+  for (const [i, d] of digests.entries()) assert.ok(noted.has(d.toString('hex')), `chunk ${i} is in refs.log before the flush (gc marks from it)`);
+  const img = await w.commit({ expected: [{ disk: 0, ranges: [{ offset: 0, length: cap }] }] });
+  assert.equal(sha(await store.readImage('vm', img.imageId, 0, 0, cap)), sha(disk));
+  assert.equal((await store.verify('vm', img.imageId)).ok, true);
+});

@@ -32,4 +32,4 @@ for (const len of lengths) {
     sha256: (await native.sha256(data)).toString('hex'),
   });
 }
-process.stdout.write(JSON.stringify({ implementation: native.implementation, out }));
+process.stdout.write(JSON.stringify({ implementation: native.implementation, probe: native.probe, out }));

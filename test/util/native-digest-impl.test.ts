@@ -1,8 +1,9 @@
 /**
  * The native digester gives the digests of Node's crypto and of the TypeScript tree digest with
- * each implementation of its 4 KiB blocks (AVX-512 16 at a time, SHA-NI with 2 interleaved: forced by
- * VMLIFT_DIGEST_IMPL=sha-ni, or OpenSSL: forced by =openssl), for lengths around the block size and
- * with all-zero blocks mixed in (so batches hold 16-block groups and odd remainders).
+ * each implementation of its 4 KiB blocks (AVX-512 16 at a time: forced by VMLIFT_DIGEST_IMPL=avx512,
+ * SHA-NI with 2 interleaved: =sha-ni, or OpenSSL: =openssl; unset, the faster of the first two by the
+ * library's load-time probe), for lengths around the block size and with all-zero blocks mixed in (so
+ * batches hold 16-block groups and odd remainders).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,10 +24,12 @@ const sha = (b: Uint8Array): Buffer => createHash('sha256').update(b).digest();
 const flags = /^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.split(/\s+/) ?? [];
 const cpuHasSha = flags.includes('sha_ni');
 const cpuHasAvx512 = flags.includes('avx512f') && flags.includes('avx512bw');
-/** The implementation the library must pick on this CPU for a VMLIFT_DIGEST_IMPL setting. */
-function implementationFor(setting: string | undefined): string {
+type Probe = { shaNiMBps: number; avx512MBps: number };
+/** The implementation the library must pick on this CPU for a VMLIFT_DIGEST_IMPL setting, given its load-time probe. */
+function implementationFor(setting: string | undefined, probe: Probe): string {
   if (setting === 'openssl') return 'openssl';
-  if (setting !== 'sha-ni' && cpuHasAvx512) return 'avx512-x16';
+  if (setting === 'avx512' && cpuHasAvx512) return 'avx512-x16';
+  if (setting === undefined && cpuHasAvx512 && (!cpuHasSha || probe.avx512MBps > probe.shaNiMBps)) return 'avx512-x16';
   return cpuHasSha ? 'sha-ni-x2' : 'openssl';
 }
 
@@ -72,7 +75,7 @@ function expected(data: Buffer): Record<string, string> {
   };
 }
 
-async function runChild(dir: string, impl: string | undefined): Promise<{ implementation: string; out: (Record<string, string> & { len: number })[] }> {
+async function runChild(dir: string, impl: string | undefined): Promise<{ implementation: string; probe: Probe; out: (Record<string, string> & { len: number })[] }> {
   const env: NodeJS.ProcessEnv = { ...process.env };
   delete env.VMLIFT_DIGEST_IMPL;
   if (impl) env.VMLIFT_DIGEST_IMPL = impl;
@@ -81,16 +84,21 @@ async function runChild(dir: string, impl: string | undefined): Promise<{ implem
   return JSON.parse(stdout) as never;
 }
 
-test('native digests equal Node crypto and the TypeScript tree digest, with SHA-NI and with OpenSSL forced', async () => {
+test('native digests equal Node crypto and the TypeScript tree digest, with the probe\'s choice and with AVX-512, SHA-NI and OpenSSL forced', async () => {
   const dir = await mkdtemp(join(tmpdir(), 'vmlift-digest-impl-'));
   try {
     await writeFile(join(dir, 'cases.bin'), Buffer.concat(CASES));
     await writeFile(join(dir, 'lengths.json'), JSON.stringify(CASES.map((c) => c.length)));
     const want = CASES.map(expected);
-    for (const impl of [undefined, 'sha-ni', 'openssl']) {
+    for (const impl of [undefined, 'avx512', 'sha-ni', 'openssl']) {
       const got = await runChild(dir, impl);
-      assert.equal(got.implementation, implementationFor(impl),
-        'AVX-512 where the CPU has it (unless VMLIFT_DIGEST_IMPL=sha-ni or openssl), else SHA-NI where it has the SHA extensions (unless =openssl)');
+      if (cpuHasSha && cpuHasAvx512) {
+        assert.ok(got.probe.shaNiMBps > 100 && got.probe.avx512MBps > 100, `the probe timed both paths: ${JSON.stringify(got.probe)}`);
+      } else {
+        assert.ok(got.probe.shaNiMBps === 0 && got.probe.avx512MBps === 0, 'no probe without both paths');
+      }
+      assert.equal(got.implementation, implementationFor(impl, got.probe),
+        `VMLIFT_DIGEST_IMPL=${impl ?? '(unset)'}: unset, the faster path by the probe (${JSON.stringify(got.probe)}); avx512 or sha-ni where the CPU has it; openssl always`);
       assert.equal(got.out.length, CASES.length);
       for (const [i, c] of CASES.entries()) {
         const { len, ...results } = got.out[i]!;
@@ -98,6 +106,20 @@ test('native digests equal Node crypto and the TypeScript tree digest, with SHA-
         assert.deepEqual(results, want[i], `case ${i} (${len} bytes), implementation ${got.implementation}`);
       }
     }
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('an unknown VMLIFT_DIGEST_IMPL is refused, naming the values it takes', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vmlift-digest-impl-'));
+  try {
+    await writeFile(join(dir, 'cases.bin'), CASES[3]!);
+    await writeFile(join(dir, 'lengths.json'), JSON.stringify([CASES[3]!.length]));
+    await assert.rejects(runChild(dir, 'blake3'), (e: Error & { stderr?: string }) => {
+      assert.match(e.stderr ?? '', /VMLIFT_DIGEST_IMPL=blake3 is not an implementation .*auto, sha-ni, avx512, openssl/);
+      return true;
+    });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
