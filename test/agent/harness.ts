@@ -27,6 +27,21 @@ export async function killChildren(): Promise<void> {
 }
 process.once('exit', () => { for (const p of children) p.kill('SIGKILL'); });
 
+/**
+ * `n` distinct free ports: every listener stays open until all are taken, so two calls cannot get
+ * the same port back (a receiver given one port for both its control and data listeners hung a CI run).
+ */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(Array.from({ length: n }, () => new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => resolve(s));
+  })));
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
+  return ports;
+}
+
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
@@ -56,7 +71,8 @@ export class Receiver {
   private constructor(readonly dataDir: string, readonly controlPort: number, readonly dataPort: number) {}
 
   static async start(dataDir: string): Promise<Receiver> {
-    const r = new Receiver(dataDir, await freePort(), await freePort());
+    const [controlPort, dataPort] = await freePorts(2);
+    const r = new Receiver(dataDir, controlPort!, dataPort!);
     await r.spawn();
     const info = await vmlift(['receiver', 'info', '--data-dir', dataDir, '--json']);
     if (info.code !== 0) throw new Error(`receiver info failed: ${info.stderr}`);

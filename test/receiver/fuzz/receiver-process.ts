@@ -5,7 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { VMLIFT, freePort, killWait } from '../../agent/harness.ts';
+import { VMLIFT, freePorts, killWait } from '../../agent/harness.ts';
 
 export interface ReceiverFacts { controlPort: number; dataPort: number; fingerprint: string; activationCode: { code: string } | null }
 
@@ -21,7 +21,7 @@ export class FuzzedReceiver {
 
   /** `cwd`: the folder it runs in (checked to stay empty). */
   static async start(dataDir: string, cwd: string): Promise<FuzzedReceiver> {
-    const [controlPort, dataPort] = [await freePort(), await freePort()];
+    const [controlPort, dataPort] = await freePorts(2);
     const proc = spawn(VMLIFT, ['receiver', 'serve', '--data-dir', dataDir, '--listen', '127.0.0.1', '--control-port', String(controlPort),
       '--data-port', String(dataPort), '--json'], { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, VMLIFT_LOG_LEVEL: process.env.VMLIFT_FUZZ_LOG_LEVEL ?? 'error' } });
     let err = '';
